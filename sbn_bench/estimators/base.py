@@ -1,0 +1,221 @@
+"""The estimator contract: one immutable object per estimator, one surrogate function.
+
+An estimator is made by a factory with keyword-only hyperparameters (``concrete(tau=0.1)``) and is a
+frozen :class:`Estimator`: its name, hyperparameters, capability flags (``unbiased``,
+``randomness``, loss evaluations per sample, supported noises and losses) and one function,
+:class:`SurrogateFn`. The contract, stated once:
+
+    ``surrogate(problem, params, generator) -> Tensor [S]``
+
+    ``params`` are per-sample parameter replicas ``[S, *shape]`` (leaves with ``requires_grad``) and
+    ``generator`` is the only source of randomness. Entry ``s`` of the result is a scalar whose
+    gradient with respect to replica ``s`` is the ``s``-th independent single-sample estimate of
+    ``∇_θ J`` (SPEC §1: one noise draw per data point, averaged over the ``D`` data points).
+    Replica ``s`` must influence entry ``s`` only. One backward pass of ``surrogate.sum()`` thus
+    gives all ``S`` estimates (:func:`estimate`).
+
+Estimators with ``randomness == "path"`` (the estimate is a deterministic function of the sampled
+binary states) also provide :class:`PathSurrogateFn`, the same surrogate for *given* states, so the
+runner can take exact expectations over all ``2^{Σ n_k}`` paths.
+
+References:
+    The surrogate-loss convention follows Mohamed, Rosca, Figurnov, Mnih. "Monte Carlo Gradient
+    Estimation in Machine Learning". JMLR 2020 (deepmind ``mc_gradients``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor
+
+from sbn_bench import model
+from sbn_bench.model import LOSS_NAMES, NOISE_NAMES, Params
+from sbn_bench.problems import Problem
+
+Randomness = Literal["path", "continuous", "none"]
+RANDOMNESS = ("path", "continuous", "none")
+
+
+class SurrogateFn(Protocol):
+    def __call__(self, problem: Problem, params: Params, generator: torch.Generator) -> Tensor:
+        """Per-sample surrogate.
+
+        Args:
+            problem: data ``x [D, n0]``, labels, loss and noise (its own ``params`` are not used).
+            params: replicas ``[S, *shape]`` of every parameter, requiring grad.
+            generator: the only source of randomness.
+
+        Returns:
+            ``[S]``: the gradient of entry ``s`` w.r.t. replica ``s`` is the ``s``-th estimate.
+        """
+        ...
+
+
+class PathSurrogateFn(Protocol):
+    def __call__(self, problem: Problem, params: Params, states: Sequence[Tensor]) -> Tensor:
+        """Per-sample surrogate for given sampled states.
+
+        Args:
+            problem: as in :class:`SurrogateFn`.
+            params: replicas ``[S, *shape]``.
+            states: per stochastic layer, ``[S, D, n_k]`` sampled states in {0,1}.
+
+        Returns:
+            ``[S]``, as in :class:`SurrogateFn`.
+        """
+        ...
+
+
+class UnsupportedProblem(ValueError):
+    """An estimator was asked for a noise or loss it does not support (refused before compute)."""
+
+
+class ContractError(TypeError):
+    """An estimator (typically a plugin) that breaks the contract; the message names it."""
+
+
+def _one(widths: tuple[int, ...]) -> int:
+    return 1
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A gradient estimator: name, hyperparameters, capability flags and its surrogate.
+
+    Attributes:
+        name: registry name, e.g. ``"concrete"``.
+        surrogate: the :class:`SurrogateFn`.
+        hyperparams: ``(name, value)`` pairs, in the factory's order.
+        unbiased: ``E ĝ = ∇J`` for every parameter.
+        randomness: ``"path"`` (a function of the sampled binary states), ``"continuous"`` (needs
+            the continuous noise itself) or ``"none"`` (deterministic).
+        evals_per_sample: ``widths -> int``, loss evaluations per single-sample estimate for a net
+            with ``widths = (n0, n_1, …, n_L, n_out)`` (1 for backprop-like estimators).
+        noises: supported noise names.
+        losses: supported loss names.
+        description: one line for ``sbn-bench list``.
+        path_surrogate: for ``path`` estimators, the surrogate for given states (or None).
+        version: bumped when the estimator's numbers change; recorded in run manifests.
+    """
+
+    name: str
+    surrogate: SurrogateFn
+    hyperparams: tuple[tuple[str, Any], ...] = ()
+    unbiased: bool = False
+    randomness: Randomness = "path"
+    evals_per_sample: Callable[[tuple[int, ...]], int] = _one
+    noises: frozenset[str] = frozenset(NOISE_NAMES)
+    losses: frozenset[str] = frozenset(LOSS_NAMES)
+    description: str = ""
+    path_surrogate: PathSurrogateFn | None = field(default=None, compare=False)
+    version: str = "1"
+
+    @property
+    def spec(self) -> str:
+        """The command-line spelling, e.g. ``concrete:tau=0.1`` (name alone without hyperparams)."""
+        if not self.hyperparams:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+                                          for k, v in self.hyperparams)
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return dict(self.hyperparams)
+
+    def check_supports(self, problem: Problem) -> None:
+        """Refuse an unsupported noise or loss before any compute.
+
+        Raises:
+            UnsupportedProblem: naming the estimator, the value and the supported ones.
+        """
+        if problem.noise not in self.noises:
+            raise UnsupportedProblem(
+                f"estimator {self.spec!r} does not support noise {problem.noise!r} (problem "
+                f"{problem.name!r}); it supports noise {', '.join(sorted(self.noises))}")
+        if problem.loss not in self.losses:
+            raise UnsupportedProblem(
+                f"estimator {self.spec!r} does not support loss {problem.loss!r} (problem "
+                f"{problem.name!r}); it supports loss {', '.join(sorted(self.losses))}")
+
+    def supports(self, problem: Problem) -> bool:
+        return problem.noise in self.noises and problem.loss in self.losses
+
+
+def _gradients(surr: Tensor, reps: Mapping[str, Tensor], num_samples: int, who: str
+               ) -> dict[str, Tensor]:
+    if not isinstance(surr, Tensor) or surr.shape != (num_samples,):
+        shape = tuple(surr.shape) if isinstance(surr, Tensor) else type(surr).__name__
+        raise ContractError(f"estimator {who!r} returned a surrogate of shape {shape}, expected "
+                            f"[S] = ({num_samples},)")
+    if not surr.requires_grad:
+        return {k: torch.zeros_like(v) for k, v in reps.items()}
+    grads = torch.autograd.grad(surr.sum(), list(reps.values()), allow_unused=True)
+    return {k: (torch.zeros_like(v) if g is None else g).detach()
+            for (k, v), g in zip(reps.items(), grads)}
+
+
+def estimate(
+    estimator: Estimator,
+    problem: Problem,
+    num_samples: int,
+    generator: torch.Generator,
+) -> dict[str, Tensor]:
+    """``S`` independent single-sample gradient estimates in one backward pass.
+
+    Args:
+        estimator: the estimator.
+        problem: the problem, already on the wanted device and dtype (see :meth:`Problem.to`).
+        num_samples: ``S ≥ 1``.
+        generator: the only source of randomness (on the problem's device).
+
+    Returns:
+        ``{name: [S, *shape]}`` for every parameter of the problem.
+    """
+    if num_samples < 1:
+        raise ValueError(f"argument num_samples={num_samples} must be ≥ 1")
+    estimator.check_supports(problem)
+    reps = model.replicate(problem.params, num_samples)
+    with torch.enable_grad():
+        surr = estimator.surrogate(problem, reps, generator)
+        return _gradients(surr, reps, num_samples, estimator.spec)
+
+
+def estimate_on_paths(
+    estimator: Estimator,
+    problem: Problem,
+    states: Sequence[Tensor],
+) -> dict[str, Tensor]:
+    """The estimate for each given path (``path`` estimators only).
+
+    Args:
+        states: per layer, ``[S, D, n_k]`` states in {0,1}.
+
+    Returns:
+        ``{name: [S, *shape]}``: entry ``s`` is the estimate when the sampled states are ``states[:][s]``.
+    """
+    if estimator.path_surrogate is None:
+        raise ValueError(f"estimator {estimator.spec!r} has no path surrogate "
+                         f"(randomness {estimator.randomness!r})")
+    estimator.check_supports(problem)
+    num_samples = states[0].shape[0]
+    reps = model.replicate(problem.params, num_samples)
+    with torch.enable_grad():
+        surr = estimator.path_surrogate(problem, reps, states)
+        return _gradients(surr, reps, num_samples, estimator.spec)
+
+
+def from_path(path_fn: PathSurrogateFn) -> SurrogateFn:
+    """The :class:`SurrogateFn` that samples one path per replica and data point, then applies
+    ``path_fn`` to it."""
+
+    def surrogate(problem: Problem, params: Params, generator: torch.Generator) -> Tensor:
+        num_samples = params["weight_1"].shape[0]
+        states, _ = model.sample_states(params, problem.x, problem.noise_dist, num_samples,
+                                        generator)
+        return path_fn(problem, params, states)
+
+    return surrogate

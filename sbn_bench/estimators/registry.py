@@ -1,0 +1,263 @@
+"""One registry of estimator factories, filled from the entry-point group ``sbn_bench.estimators``
+(the built-ins are registered through it in our own ``pyproject.toml``) and from plugin files.
+
+A plugin file (``--plugin my_est.py``) defines a module-level dict ``ESTIMATORS`` mapping names to
+factories, exactly what an entry point would point at. Every factory is checked when it loads
+(keyword-only hyperparameters with defaults; called with its defaults it must return an
+:class:`~sbn_bench.estimators.base.Estimator` of that name with valid flags); a broken one is
+recorded in :attr:`Registry.errors` with its name and origin, and the others still load.
+
+Estimator specs on the command line: ``name`` or ``name:key=value,key=value``, e.g.
+``concrete:tau=0.1``; a list is comma-separated (``psa,st,concrete:tau=0.1,arm``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from sbn_bench.estimators.base import RANDOMNESS, ContractError, Estimator
+
+GROUP = "sbn_bench.estimators"
+
+Factory = Callable[..., Estimator]
+
+
+class EstimatorSpecError(ValueError):
+    """An estimator spec that names an unknown estimator or hyperparameter, or a bad value."""
+
+
+@dataclass(frozen=True)
+class PluginError:
+    """A plugin that failed to load or broke the contract."""
+
+    name: str
+    origin: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"estimator {self.name!r} from {self.origin}: {self.message}"
+
+
+@dataclass
+class Registry:
+    """Estimator factories by name, where each came from, and the plugins that failed."""
+
+    factories: dict[str, Factory] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
+    errors: list[PluginError] = field(default_factory=list)
+
+    def names(self) -> list[str]:
+        return sorted(self.factories)
+
+    def add(self, name: str, factory: Any, origin: str) -> bool:
+        """Check ``factory`` and register it; on failure record a :class:`PluginError`."""
+        try:
+            check_factory(name, factory)
+        except Exception as e:  # a plugin may raise anything: record it, keep loading the rest
+            self.errors.append(PluginError(name, origin, f"{type(e).__name__}: {e}"))
+            return False
+        if name in self.factories and self.origins[name] != origin:
+            self.errors.append(PluginError(
+                name, origin, f"name already registered by {self.origins[name]}; kept that one"))
+            return False
+        self.factories[name] = factory
+        self.origins[name] = origin
+        return True
+
+    def create(self, spec: str) -> Estimator:
+        """Build the estimator a spec names, e.g. ``"concrete:tau=0.1"``.
+
+        Raises:
+            EstimatorSpecError: unknown name (with close matches), unknown hyperparameter (with
+                the valid ones), or a value of the wrong type or out of range.
+        """
+        name, raw = _split_spec(spec)
+        if name not in self.factories:
+            failed = [e for e in self.errors if e.name == name]
+            if failed:
+                raise EstimatorSpecError(f"estimator {name!r} failed to load: {failed[0]}")
+            close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise EstimatorSpecError(f"estimator {name!r} is unknown{hint} Known estimators: "
+                                     f"{', '.join(self.names())}")
+        factory = self.factories[name]
+        params = hyperparameters(factory)
+        kwargs: dict[str, Any] = {}
+        for key, text in raw.items():
+            if key not in params:
+                close = difflib.get_close_matches(key, list(params), n=2, cutoff=0.5)
+                hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+                valid = ", ".join(params) or "none"
+                raise EstimatorSpecError(f"estimator {name!r} has no hyperparameter {key!r}{hint}"
+                                         f"; its hyperparameters: {valid}")
+            kwargs[key] = _convert(name, key, text, params[key])
+        try:
+            return factory(**kwargs)
+        except (ValueError, TypeError) as e:
+            raise EstimatorSpecError(f"estimator spec {spec!r}: {e}") from None
+
+    def create_many(self, specs: str | Sequence[str]) -> list[Estimator]:
+        """Build a list from ``"psa,st,concrete:tau=0.1"`` or a sequence of specs."""
+        items = split_specs(specs) if isinstance(specs, str) else list(specs)
+        if not items:
+            raise EstimatorSpecError("argument estimators is empty; expected e.g. 'psa,st,arm'")
+        return [self.create(s) for s in items]
+
+
+def hyperparameters(factory: Factory) -> dict[str, Any]:
+    """A factory's keyword-only hyperparameters and their defaults."""
+    sig = inspect.signature(factory)
+    return {n: p.default for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
+
+
+def check_factory(name: str, factory: Any) -> Estimator:
+    """Verify a factory against the contract (pluggy's ``_verify_hook``, for estimators).
+
+    Raises:
+        ContractError: what is wrong, naming the estimator.
+    """
+    if not callable(factory):
+        raise ContractError(f"factory for {name!r} is not callable (got {type(factory).__name__})")
+    sig = inspect.signature(factory)
+    for p in sig.parameters.values():
+        if p.kind is not p.KEYWORD_ONLY or p.default is p.empty:
+            raise ContractError(f"factory for {name!r}: parameter {p.name!r} must be keyword-only "
+                                "with a default (hyperparameters are keyword-only)")
+    est = factory()
+    if not isinstance(est, Estimator):
+        raise ContractError(f"factory for {name!r} returned {type(est).__name__}, expected an "
+                            "sbn_bench.Estimator")
+    if est.name != name:
+        raise ContractError(f"factory registered as {name!r} returned an estimator named "
+                            f"{est.name!r}")
+    if est.randomness not in RANDOMNESS:
+        raise ContractError(f"estimator {name!r}: randomness {est.randomness!r} is not one of "
+                            f"{', '.join(RANDOMNESS)}")
+    if not callable(est.surrogate):
+        raise ContractError(f"estimator {name!r}: surrogate is not callable")
+    if est.path_surrogate is not None and est.randomness != "path":
+        raise ContractError(f"estimator {name!r}: path_surrogate given but randomness is "
+                            f"{est.randomness!r}, expected 'path'")
+    n = est.evals_per_sample((2, 5, 5, 1))
+    if not isinstance(n, int) or n < 1:
+        raise ContractError(f"estimator {name!r}: evals_per_sample returned {n!r}, expected an "
+                            "int ≥ 1")
+    return est
+
+
+def _split_spec(spec: str) -> tuple[str, dict[str, str]]:
+    spec = spec.strip()
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    if not name:
+        raise EstimatorSpecError(f"estimator spec {spec!r} has no name; expected NAME or "
+                                 "NAME:key=value,...")
+    raw: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise EstimatorSpecError(f"estimator spec {spec!r}: {item!r} is not key=value")
+        raw[key.strip()] = value.strip()
+    return name, raw
+
+
+def split_specs(text: str) -> list[str]:
+    """Split ``"psa,concrete:tau=0.1,k=2,st"`` into ``["psa", "concrete:tau=0.1,k=2", "st"]``:
+    a ``key=value`` item without ``:`` continues the previous estimator's hyperparameters."""
+    out: list[str] = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        if "=" in item and ":" not in item and out:
+            out[-1] += "," + item
+        else:
+            out.append(item)
+    return out
+
+
+def _convert(name: str, key: str, text: str, default: Any) -> Any:
+    kind = type(default)
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        return text
+    except ValueError:
+        raise EstimatorSpecError(f"estimator {name!r}: hyperparameter {key}={text!r} is not a "
+                                 f"valid {kind.__name__} (default {default!r})") from None
+
+
+def _entry_points() -> Iterable[metadata.EntryPoint]:
+    return metadata.entry_points(group=GROUP)
+
+
+def load_plugin_file(registry: Registry, path: str | os.PathLike[str]) -> list[str]:
+    """Import a plugin file and register its ``ESTIMATORS`` dict; returns the names it added.
+
+    Raises:
+        FileNotFoundError / ContractError: the file is missing, does not import, or has no
+            ``ESTIMATORS`` dict (the message names the file). Individual broken factories are
+            recorded in ``registry.errors`` instead.
+    """
+    path = Path(path)
+    origin = f"plugin file {str(path)!r}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{origin} does not exist")
+    mod_name = f"sbn_bench_plugin_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise ContractError(f"{origin} cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        sys.modules.pop(mod_name, None)
+        raise ContractError(f"{origin} failed to import: {type(e).__name__}: {e}") from None
+    table = getattr(module, "ESTIMATORS", None)
+    if not isinstance(table, dict):
+        raise ContractError(f"{origin} defines no ESTIMATORS dict (name -> factory)")
+    return [n for n, f in table.items() if registry.add(str(n), f, origin)]
+
+
+def load_registry(plugins: Sequence[str | os.PathLike[str]] = (), *, entry_points: bool = True
+                  ) -> Registry:
+    """Build the registry: entry points of group ``sbn_bench.estimators``, then plugin files.
+
+    When the package runs from a source tree without being installed, its entry points are
+    absent; the built-ins are then registered from :mod:`sbn_bench.estimators.builtin` directly.
+    """
+    reg = Registry()
+    if entry_points:
+        for ep in _entry_points():
+            origin = f"entry point {ep.name} = {ep.value}"
+            try:
+                factory = ep.load()
+            except Exception as e:
+                reg.errors.append(PluginError(ep.name, origin, f"failed to load: "
+                                                               f"{type(e).__name__}: {e}"))
+                continue
+            reg.add(ep.name, factory, origin)
+    from sbn_bench.estimators import builtin
+
+    for name, factory in builtin.BUILTINS.items():
+        if name not in reg.factories and not any(e.name == name for e in reg.errors):
+            reg.add(name, factory, f"built-in {builtin.__name__}.{factory.__name__}")
+    for p in plugins:
+        try:
+            load_plugin_file(reg, p)
+        except (FileNotFoundError, ContractError) as e:
+            reg.errors.append(PluginError(Path(p).stem, f"plugin file {str(p)!r}", str(e)))
+    return reg

@@ -1,0 +1,224 @@
+"""The stochastic binary network (SBN) of SPEC §1, written as pure functions over a parameter dict.
+
+A network has real input ``x⁰ ∈ R^{n0}``, stochastic binary layers ``k = 1..L`` with ``n_k`` units in
+{0,1} states, then a deterministic output layer ``η = V x^L + c`` and a loss ``ℓ(η, y)``.
+Unit ``j`` of layer ``k`` fires iff ``a^k_j − Z^k_j ≥ 0`` with ``a^k = W^k x^{k-1} + b^k`` and noise
+``Z`` of symmetric CDF ``F``, so ``P(x^k_j = 1 | x^{k-1}) = F(a^k_j)``.
+
+Parameters live in a plain ``dict[str, Tensor]`` with the public names ``weight_1 … weight_L``,
+``bias_1 … bias_L``, ``weight_out``, ``bias_out`` (``[out, in]`` weights, as ``torch.nn.Linear``).
+Every function here accepts either *shared* parameters (``weight_k: [n_k, n_{k-1}]``) or *per-sample
+replicas* with a leading sample dimension (``weight_k: [S, n_k, n_{k-1}]``, ``bias_k: [S, n_k]``).
+With replicas, states are ``[S, D, n_k]`` and one backward pass of ``surrogate.sum()`` yields ``S``
+independent per-sample gradients (each replica only sees its own sample): the estimators and the
+runner rely on this.
+
+References:
+    Shekhovtsov, Yanush, Flach. "Path Sample-Analytic Gradient Estimators for Stochastic Binary
+    Networks". NeurIPS 2020.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+Params = Mapping[str, Tensor]
+
+NOISE_NAMES = ("logistic", "gaussian")
+LOSS_NAMES = ("logistic", "softmax", "mse")
+
+_SQRT2 = math.sqrt(2.0)
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class Noise:
+    """A symmetric noise distribution ``Z`` with CDF ``F`` (SPEC §1).
+
+    Attributes:
+        name: ``"logistic"`` (``F = sigmoid``, the paper's) or ``"gaussian"`` (``F = Φ``).
+        cdf: ``F(a)``, elementwise.
+        log_cdf: ``log F(a)``, computed in log space so that saturated units (|a| ≫ 1) stay finite.
+        pdf: ``F'(a)``.
+        icdf: ``F⁻¹(u)`` for ``u ∈ (0, 1)``.
+    """
+
+    name: str
+    cdf: Callable[[Tensor], Tensor]
+    log_cdf: Callable[[Tensor], Tensor]
+    pdf: Callable[[Tensor], Tensor]
+    icdf: Callable[[Tensor], Tensor]
+
+
+def _logistic_pdf(a: Tensor) -> Tensor:
+    s = torch.sigmoid(a)
+    return s * (1 - s)
+
+
+def _gaussian_pdf(a: Tensor) -> Tensor:
+    return torch.exp(-0.5 * a * a - _LOG_SQRT_2PI)
+
+
+NOISES: dict[str, Noise] = {
+    "logistic": Noise("logistic", torch.sigmoid, torch.nn.functional.logsigmoid, _logistic_pdf,
+                      torch.logit),
+    "gaussian": Noise("gaussian", torch.special.ndtr, torch.special.log_ndtr, _gaussian_pdf,
+                      torch.special.ndtri),
+}
+
+
+def get_noise(name: str) -> Noise:
+    """Return the :class:`Noise` called ``name``; a clear ``ValueError`` lists the valid names."""
+    try:
+        return NOISES[name]
+    except KeyError:
+        raise ValueError(f"noise {name!r} is unknown; expected one of {', '.join(NOISE_NAMES)}") \
+            from None
+
+
+def check_loss_name(name: str) -> str:
+    if name not in LOSS_NAMES:
+        raise ValueError(f"loss {name!r} is unknown; expected one of {', '.join(LOSS_NAMES)}")
+    return name
+
+
+def loss_fn(loss: str, eta: Tensor, y: Tensor) -> Tensor:
+    """Per-data-point loss ``ℓ(η, y)`` (SPEC §1).
+
+    Args:
+        loss: ``"logistic"`` (``log(1 + exp(−y η))``, labels ±1, ``n_out = 1``), ``"softmax"``
+            (cross-entropy, integer labels) or ``"mse"`` (``‖η − y‖²``).
+        eta: ``[..., D, n_out]`` output-layer values (any leading dimensions).
+        y: ``[D]`` labels (``[D, n_out]`` targets for mse), as stored in a ``Problem``.
+
+    Returns:
+        ``[..., D]`` losses.
+    """
+    if loss == "logistic":
+        return torch.nn.functional.softplus(-y.to(eta.dtype) * eta[..., 0])
+    if loss == "softmax":
+        logp = torch.log_softmax(eta, dim=-1)
+        idx = y.long().expand(*eta.shape[:-1]).unsqueeze(-1)
+        return -torch.gather(logp, -1, idx).squeeze(-1)
+    if loss == "mse":
+        target = y.to(eta.dtype)
+        target = target.unsqueeze(-1) if target.dim() == 1 else target
+        return ((eta - target) ** 2).sum(-1)
+    check_loss_name(loss)
+    raise AssertionError("unreachable")
+
+
+def n_layers(params: Params) -> int:
+    """Number of stochastic layers ``L`` (read from the ``weight_k`` names)."""
+    k = 0
+    while f"weight_{k + 1}" in params:
+        k += 1
+    return k
+
+
+def param_names(n_stochastic: int) -> list[str]:
+    """Public parameter names in network order: ``weight_1, bias_1, …, weight_out, bias_out``."""
+    names = []
+    for k in range(1, n_stochastic + 1):
+        names += [f"weight_{k}", f"bias_{k}"]
+    return names + ["weight_out", "bias_out"]
+
+
+def layer_of(name: str) -> str:
+    """The layer a parameter belongs to: ``"1" … "L"`` or ``"out"``."""
+    return name.split("_", 1)[1]
+
+
+def linear(weight: Tensor, bias: Tensor, x: Tensor) -> Tensor:
+    """``x Wᵀ + b`` with optional per-sample replicas.
+
+    Args:
+        weight: ``[n, m]`` (shared) or ``[S, n, m]`` (replicas).
+        bias: ``[n]`` or ``[S, n]``.
+        x: ``[D, m]`` or ``[S, D, m]``.
+
+    Returns:
+        ``[D, n]`` when everything is shared, else ``[S, D, n]``.
+    """
+    return torch.matmul(x, weight.transpose(-1, -2)) + bias.unsqueeze(-2)
+
+
+def preactivation(params: Params, k: int, x_prev: Tensor) -> Tensor:
+    """``a^k = W^k x^{k-1} + b^k`` for stochastic layer ``k`` (1-based): ``[(S,) D, n_k]``."""
+    return linear(params[f"weight_{k}"], params[f"bias_{k}"], x_prev)
+
+
+def output(params: Params, x_last: Tensor) -> Tensor:
+    """``η = V x^L + c``: ``[(S,) D, n_out]``."""
+    return linear(params["weight_out"], params["bias_out"], x_last)
+
+
+def sample_states(
+    params: Params,
+    x: Tensor,
+    noise: Noise,
+    num_samples: int,
+    generator: torch.Generator | None,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Draw ``S`` independent paths per data point (no gradient).
+
+    Args:
+        params: shared or replicated parameters.
+        x: ``[D, n0]`` real input.
+        noise: the noise distribution.
+        num_samples: ``S``.
+        generator: the only source of randomness.
+
+    Returns:
+        ``(states, preacts)``: lists over layers of ``[S, D, n_k]`` tensors, states in {0,1}.
+    """
+    states, preacts = [], []
+    h: Tensor = x
+    with torch.no_grad():
+        for k in range(1, n_layers(params) + 1):
+            a = preactivation(params, k, h)
+            if a.dim() == 2:
+                a = a.expand(num_samples, *a.shape)
+            u = torch.rand(a.shape, generator=generator, dtype=a.dtype, device=a.device)
+            h = (u < noise.cdf(a)).to(a.dtype)
+            states.append(h)
+            preacts.append(a)
+    return states, preacts
+
+
+def state_log_prob(noise: Noise, a: Tensor, states: Tensor) -> Tensor:
+    """``log p(x | a) = Σ_j log F(±a_j)`` summed over the last dimension, in log space.
+
+    Args:
+        a: ``[..., n]`` pre-activations; states: ``[..., n]`` in {0,1}.
+
+    Returns:
+        ``[...]`` log-probabilities.
+    """
+    s = 2 * states - 1
+    return noise.log_cdf(s * a).sum(-1)
+
+
+def replicate(params: Params, num_samples: int) -> dict[str, Tensor]:
+    """Independent leaf copies ``[S, *shape]`` of every parameter, with ``requires_grad``.
+
+    The gradient of ``f.sum()`` with respect to replica ``s`` is the gradient of ``f[s]`` alone,
+    so a surrogate of shape ``[S]`` yields ``S`` per-sample gradients in one backward pass.
+    """
+    return {
+        name: p.detach().unsqueeze(0).repeat(num_samples, *([1] * p.dim())).requires_grad_(True)
+        for name, p in params.items()
+    }
+
+
+def all_states(n: int, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
+               ) -> Tensor:
+    """All ``2^n`` binary states ``[2^n, n]`` in {0,1}; row ``i`` is ``i`` in binary, unit 0 the MSB."""
+    idx = torch.arange(2 ** n, device=device)
+    bits = (idx.unsqueeze(-1) >> torch.arange(n - 1, -1, -1, device=device)) & 1
+    return bits.to(dtype)

@@ -1,0 +1,410 @@
+"""Problems: an SBN's parameters plus data, loss and noise; constructors and the public ``.npz`` format.
+
+The problem file format is a public contract (README, "Problem files"):
+
+* ``x``: float ``[D, n0]``; ``y``: ``[D]`` (or ``[D, n_out]`` for ``mse``);
+* ``weight_1 … weight_L`` (``[n_k, n_{k-1}]``), ``bias_1 … bias_L`` (``[n_k]`` or ``[1, n_k]``);
+* ``weight_out`` (``[n_out, n_L]``), ``bias_out`` (``[n_out]`` or ``[1, n_out]``);
+* optional 0-d string arrays ``loss`` (default ``logistic``) and ``noise`` (default ``logistic``).
+
+``L`` is read from the ``weight_k`` names. Everything is validated on load and refused with an error
+naming the file and the array.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sbn_bench import model
+from sbn_bench.model import LOSS_NAMES, NOISE_NAMES, Noise, Params
+
+DEFAULT_DATA_POINTS = 100
+
+
+class ProblemError(ValueError):
+    """A problem (file, architecture or arrays) that cannot be used, with the reason."""
+
+
+@dataclass(frozen=True, eq=False)
+class Problem:
+    """An SBN with its data: everything needed to define ``J(θ)`` of SPEC §1.
+
+    Attributes:
+        params: float64 parameters by public name (``weight_1``, ``bias_1``, …, ``weight_out``,
+            ``bias_out``); weights ``[out, in]``, biases 1-D.
+        x: ``[D, n0]`` float64 inputs.
+        y: ``[D]`` labels (±1 float64 for ``logistic``, int64 classes for ``softmax``) or float64
+            ``[D]``/``[D, n_out]`` targets for ``mse``.
+        loss: ``"logistic"``, ``"softmax"`` or ``"mse"``.
+        noise: ``"logistic"`` or ``"gaussian"``.
+        name: a label for tables and reports.
+    """
+
+    params: dict[str, Tensor]
+    x: Tensor
+    y: Tensor
+    loss: str = "logistic"
+    noise: str = "logistic"
+    name: str = "problem"
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def n_layers(self) -> int:
+        """Number of stochastic layers ``L``."""
+        return model.n_layers(self.params)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """``(n0, n_1, …, n_L, n_out)``."""
+        ws = [self.x.shape[1]]
+        ws += [self.params[f"weight_{k}"].shape[0] for k in range(1, self.n_layers + 1)]
+        return (*ws, self.params["weight_out"].shape[0])
+
+    @property
+    def arch(self) -> str:
+        """The architecture as ``"2-5-5-5-1"``."""
+        return "-".join(str(w) for w in self.widths)
+
+    @property
+    def num_data(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def noise_dist(self) -> Noise:
+        return model.get_noise(self.noise)
+
+    @property
+    def param_names(self) -> list[str]:
+        return model.param_names(self.n_layers)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+           ) -> Problem:
+        """A copy on ``device`` with floating tensors cast to ``dtype`` (labels keep integer type)."""
+        def cast(t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+        return replace(self, params={k: cast(v) for k, v in self.params.items()},
+                       x=cast(self.x), y=cast(self.y))
+
+    def with_params(self, params: Params, name: str | None = None) -> Problem:
+        """A copy with new (detached) parameters, e.g. a training checkpoint."""
+        return replace(self, params={k: v.detach().clone() for k, v in params.items()},
+                       name=self.name if name is None else name)
+
+    def loss_values(self, eta: Tensor) -> Tensor:
+        """``ℓ(η, y)`` per data point: ``eta [..., D, n_out] → [..., D]``."""
+        return model.loss_fn(self.loss, eta, self.y)
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def _fail(source: str, array: str | None, msg: str) -> ProblemError:
+    where = f"problem {source}" + (f": array {array!r}" if array else "")
+    return ProblemError(f"{where} {msg}")
+
+
+def _normalise_labels(loss: str, y: Tensor, n_out: int, source: str) -> Tensor:
+    """Check that labels fit the loss and convert them to the stored form (see :class:`Problem`)."""
+    if loss == "logistic":
+        vals = set(torch.unique(y).tolist()) if y.numel() else set()
+        if y.dim() != 1:
+            raise _fail(source, "y", f"has shape {tuple(y.shape)}, expected [D] for loss 'logistic'")
+        if vals <= {-1.0, 1.0}:
+            return y.to(torch.float64)
+        if vals <= {0.0, 1.0}:
+            return (2 * y - 1).to(torch.float64)
+        raise _fail(source, "y", f"has values {sorted(vals)[:6]}, expected labels ±1 (or 0/1) "
+                                 "for loss 'logistic'")
+    if loss == "softmax":
+        if y.dim() != 1:
+            raise _fail(source, "y", f"has shape {tuple(y.shape)}, expected [D] class indices for "
+                                     "loss 'softmax'")
+        yr = torch.round(y.to(torch.float64))
+        if y.numel() and (not torch.equal(yr, y.to(torch.float64)) or yr.min() < 0
+                          or yr.max() >= n_out):
+            raise _fail(source, "y", f"must hold integer classes in [0, {n_out}) for loss "
+                                     f"'softmax' with n_out={n_out}")
+        return yr.to(torch.int64)
+    # mse
+    if not (y.dim() == 2 and y.shape[1] == n_out) and not (y.dim() == 1 and n_out == 1):
+        raise _fail(source, "y", f"has shape {tuple(y.shape)}, expected [D, {n_out}] targets for "
+                                 "loss 'mse'")
+    return y.to(torch.float64)
+
+
+def validate(p: Problem, source: str | None = None) -> None:
+    """Check a problem's arrays, shapes, finiteness, loss, noise and labels.
+
+    Labels are normalised in place of the frozen dataclass (±1 for logistic, int64 for softmax).
+
+    Raises:
+        ProblemError: naming the problem, the array and what was expected.
+    """
+    src = repr(source or p.meta.get("source") or p.name)
+    if p.loss not in LOSS_NAMES:
+        raise _fail(src, "loss", f"is {p.loss!r}, expected one of {', '.join(LOSS_NAMES)}")
+    if p.noise not in NOISE_NAMES:
+        raise _fail(src, "noise", f"is {p.noise!r}, expected one of {', '.join(NOISE_NAMES)}")
+    if p.x.dim() != 2 or p.x.shape[0] < 1 or p.x.shape[1] < 1:
+        raise _fail(src, "x", f"has shape {tuple(p.x.shape)}, expected [D, n0] with D, n0 ≥ 1")
+    L = model.n_layers(p.params)
+    if L < 1:
+        raise _fail(src, "weight_1", "is missing: a network needs at least one stochastic layer")
+    expected = set(model.param_names(L))
+    for name in model.param_names(L):
+        if name not in p.params:
+            raise _fail(src, name, "is missing")
+    for name in p.params:
+        if name not in expected:
+            raise _fail(src, name, f"is unexpected (the network has {L} stochastic layers; "
+                                   "expected weight_1..weight_L, bias_1..bias_L, weight_out, "
+                                   "bias_out)")
+    prev = p.x.shape[1]
+    for k in [*range(1, L + 1), "out"]:
+        w, b = p.params[f"weight_{k}"], p.params[f"bias_{k}"]
+        if w.dim() != 2 or w.shape[1] != prev or w.shape[0] < 1:
+            raise _fail(src, f"weight_{k}", f"has shape {tuple(w.shape)}, expected "
+                                            f"[n_{k}, {prev}] (n_{k} ≥ 1)")
+        if tuple(b.shape) != (w.shape[0],):
+            raise _fail(src, f"bias_{k}", f"has shape {tuple(b.shape)}, expected [{w.shape[0]}]")
+        prev = w.shape[0]
+    for name, t in [("x", p.x), ("y", p.y), *p.params.items()]:
+        if not torch.isfinite(t.to(torch.float64)).all():
+            raise _fail(src, name, "contains NaN or Inf")
+    if p.y.shape[0] != p.x.shape[0]:
+        raise _fail(src, "y", f"has {p.y.shape[0]} rows but x has {p.x.shape[0]} data points")
+    if p.loss == "logistic" and prev != 1:
+        raise _fail(src, "weight_out", f"has {prev} outputs, expected 1 for loss 'logistic'")
+    object.__setattr__(p, "y", _normalise_labels(p.loss, p.y, prev, src))
+
+
+# --------------------------------------------------------------------------------------------
+# constructors
+
+
+def parse_arch(arch: str | Sequence[int]) -> tuple[int, ...]:
+    """Parse ``"2-5-5-5-1"`` into ``(2, 5, 5, 5, 1)``: input, ≥ 1 stochastic layers, output."""
+    if isinstance(arch, str):
+        parts = arch.strip().split("-")
+        if not all(re.fullmatch(r"\d+", q) for q in parts):
+            raise ProblemError(f"argument arch={arch!r} is not of the form N0-N1-...-NL-NOUT "
+                               "(positive integers separated by '-', e.g. 2-5-5-5-1)")
+        widths = tuple(int(q) for q in parts)
+    else:
+        widths = tuple(int(w) for w in arch)
+    if len(widths) < 3 or min(widths) < 1:
+        raise ProblemError(f"argument arch={arch!r} needs an input width, at least one stochastic "
+                           "layer and an output width, all ≥ 1 (e.g. 2-5-5-5-1)")
+    return widths
+
+
+def _uniform(gen: torch.Generator, *shape: int) -> Tensor:
+    return torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1
+
+
+def random_params(widths: Sequence[int], gen: torch.Generator) -> dict[str, Tensor]:
+    """All weights and biases ``U(−1, 1)``, drawn layer by layer in network order."""
+    params: dict[str, Tensor] = {}
+    L = len(widths) - 2
+    for i, k in enumerate([*range(1, L + 1), "out"]):
+        params[f"weight_{k}"] = _uniform(gen, widths[i + 1], widths[i])
+        params[f"bias_{k}"] = _uniform(gen, widths[i + 1])
+    return params
+
+
+def random_problem(
+    arch: str | Sequence[int],
+    seed: int = 0,
+    *,
+    data_points: int = DEFAULT_DATA_POINTS,
+    loss: str = "logistic",
+    noise: str = "logistic",
+) -> Problem:
+    """A random problem (``--arch 2-5-5-5-1 --seed 0``).
+
+    Weights and biases ``U(−1, 1)``; inputs ``x ~ N(0, I)`` ``[D, n0]``; labels uniform ±1
+    (``logistic``), uniform classes (``softmax``) or ``N(0, 1)`` targets ``[D, n_out]`` (``mse``);
+    all from one ``torch.Generator`` seeded with ``seed``, in that order.
+    """
+    widths = parse_arch(arch)
+    if data_points < 1:
+        raise ProblemError(f"argument data_points={data_points} must be ≥ 1")
+    model.check_loss_name(loss)
+    model.get_noise(noise)
+    gen = torch.Generator().manual_seed(seed)
+    params = random_params(widths, gen)
+    x = torch.randn(data_points, widths[0], generator=gen, dtype=torch.float64)
+    n_out = widths[-1]
+    if loss == "logistic":
+        y = torch.randint(0, 2, (data_points,), generator=gen).to(torch.float64) * 2 - 1
+    elif loss == "softmax":
+        y = torch.randint(0, n_out, (data_points,), generator=gen)
+    else:
+        y = torch.randn(data_points, n_out, generator=gen, dtype=torch.float64)
+    return Problem(params, x, y, loss=loss, noise=noise,
+                   name=f"arch-{'-'.join(map(str, widths))}-seed{seed}")
+
+
+def paper_data(gen: torch.Generator, per_class: int = 100) -> tuple[Tensor, Tensor]:
+    """The paper's 2-D two-class data (SPEC §6): ``x [2·per_class, 2]``, labels ±1 ``[2·per_class]``.
+
+    Class +1: ``x₀ ~ U(−π/2, π/2)``, ``x₁ ~ U(0, 1)``. Class −1: ``x₀ ~ U(−π/2, π/2)``,
+    ``x₁ ~ U(−1, 1)`` kept only if ``x₁ < cos x₀`` (rejection sampling, in batches).
+    """
+    half = math.pi / 2
+    pos = torch.stack([(torch.rand(per_class, generator=gen, dtype=torch.float64) * 2 - 1) * half,
+                       torch.rand(per_class, generator=gen, dtype=torch.float64)], dim=1)
+    neg_rows: list[Tensor] = []
+    have = 0
+    while have < per_class:
+        cand = torch.stack(
+            [(torch.rand(2 * per_class, generator=gen, dtype=torch.float64) * 2 - 1) * half,
+             torch.rand(2 * per_class, generator=gen, dtype=torch.float64) * 2 - 1], dim=1)
+        keep = cand[cand[:, 1] < torch.cos(cand[:, 0])]
+        neg_rows.append(keep)
+        have += keep.shape[0]
+    neg = torch.cat(neg_rows)[:per_class]
+    x = torch.cat([pos, neg])
+    y = torch.cat([torch.ones(per_class), -torch.ones(per_class)]).to(torch.float64)
+    return x, y
+
+
+def rescale_layers(params: dict[str, Tensor], x: Tensor, noise: Noise, gen: torch.Generator,
+                   num_samples: int = 100) -> dict[str, Tensor]:
+    """Data-dependent initialisation of SPEC §6.
+
+    Layer by layer, each stochastic unit's weights and bias are rescaled so that its
+    pre-activation has mean 0 and variance 1 over the data and ``num_samples`` sampled states
+    of the (already rescaled) layers below. The output layer is left as drawn.
+    """
+    out = dict(params)
+    h = x.expand(num_samples, *x.shape)  # [S, D, n0]
+    for k in range(1, model.n_layers(params) + 1):
+        w, b = out[f"weight_{k}"], out[f"bias_{k}"]
+        a = model.linear(w, b, h).reshape(-1, w.shape[0])  # [S·D, n_k]
+        mean, std = a.mean(0), a.std(0).clamp_min(1e-12)
+        out[f"weight_{k}"] = w / std[:, None]
+        out[f"bias_{k}"] = (b - mean) / std
+        a = model.linear(out[f"weight_{k}"], out[f"bias_{k}"], h)
+        u = torch.rand(a.shape, generator=gen, dtype=a.dtype)
+        h = (u < noise.cdf(a)).to(a.dtype)
+    return out
+
+
+def paper_problem(seed: int = 0) -> Problem:
+    """The paper's problem (SPEC §6): 200 2-D points, net 2-5-5-5-1, logistic noise and loss,
+    weights ``U(−1, 1)`` then :func:`rescale_layers`. ``seed`` seeds one generator for all of it.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x, y = paper_data(gen)
+    params = random_params((2, 5, 5, 5, 1), gen)
+    params = rescale_layers(params, x, model.NOISES["logistic"], gen)
+    return Problem(params, x, y, loss="logistic", noise="logistic", name=f"paper-seed{seed}")
+
+
+def quick_problem(seed: int = 0) -> Problem:
+    """A small, fast preset for smoke runs: the paper's data on a 2-3-3-1 net, rescaled likewise."""
+    gen = torch.Generator().manual_seed(seed)
+    x, y = paper_data(gen, per_class=50)
+    params = rescale_layers(random_params((2, 3, 3, 1), gen), x, model.NOISES["logistic"], gen)
+    return Problem(params, x, y, name=f"quick-seed{seed}")
+
+
+PRESETS = {"paper": paper_problem, "quick": quick_problem}
+
+
+def preset_problem(name: str, seed: int = 0) -> Problem:
+    """A named preset (``paper``, ``quick``)."""
+    if name not in PRESETS:
+        raise ProblemError(f"argument preset={name!r} is unknown; expected one of "
+                           f"{', '.join(PRESETS)}")
+    return PRESETS[name](seed)
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+
+def save_problem(problem: Problem, path: str | os.PathLike[str]) -> Path:
+    """Write ``problem`` to ``path`` in the public ``.npz`` format, atomically (temp file + rename)."""
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {"x": problem.x.detach().cpu().numpy(),
+                                     "y": problem.y.detach().cpu().numpy()}
+    arrays.update({k: v.detach().cpu().to(torch.float64).numpy()
+                   for k, v in problem.params.items()})
+    arrays["loss"] = np.array(problem.loss)
+    arrays["noise"] = np.array(problem.noise)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _string_scalar(arr: np.ndarray, name: str, src: str) -> str:
+    if arr.shape != () or arr.dtype.kind not in "US":
+        raise _fail(src, name, f"must be a 0-d string array, got dtype {arr.dtype} shape "
+                               f"{arr.shape}")
+    return str(arr.item() if arr.dtype.kind == "U" else arr.item().decode())
+
+
+def _real_array(arr: np.ndarray, name: str, src: str) -> Tensor:
+    if arr.dtype.kind not in "fiub":
+        raise _fail(src, name, f"has dtype {arr.dtype}, expected a real numeric array")
+    return torch.from_numpy(np.array(arr, dtype=np.float64))
+
+
+def load_problem(path: str | os.PathLike[str]) -> Problem:
+    """Read and validate a problem file (format in the module docstring).
+
+    Raises:
+        ProblemError: the file is missing, not an ``.npz`` archive, truncated, or any array is
+            missing, unexpected, of the wrong shape or dtype, non-finite, or the loss, noise or
+            labels are invalid; the message names the file and the array.
+    """
+    path = Path(path)
+    src = repr(str(path))
+    if not path.is_file():
+        raise ProblemError(f"problem file {src} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            raw = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise ProblemError(f"problem file {src} is not a readable .npz archive ({e})") from None
+    if not isinstance(raw, dict):
+        raise ProblemError(f"problem file {src} is not an .npz archive")
+    for name in ("x", "y"):
+        if name not in raw:
+            raise _fail(src, name, "is missing")
+    loss = _string_scalar(raw.pop("loss"), "loss", src) if "loss" in raw else "logistic"
+    noise = _string_scalar(raw.pop("noise"), "noise", src) if "noise" in raw else "logistic"
+    x = _real_array(raw.pop("x"), "x", src)
+    y = _real_array(raw.pop("y"), "y", src)
+    params = {}
+    for name, arr in raw.items():
+        t = _real_array(arr, name, src)
+        if name.startswith("bias_") and t.dim() == 2 and t.shape[0] == 1:
+            t = t[0]
+        params[name] = t
+    return Problem(params, x, y, loss=loss, noise=noise, name=path.stem,
+                   meta={"source": str(path)})

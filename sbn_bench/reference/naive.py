@@ -1,0 +1,52 @@
+"""Naive enumeration of all ``2^{Σ n_k}`` joint paths: the test oracle for the chain (SPEC §2).
+
+Only for tiny networks: its cost is exponential in the total number of units.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from sbn_bench import model
+from sbn_bench.model import Params
+from sbn_bench.problems import Problem
+
+MAX_PATHS = 2**16
+
+
+def enumerate_paths(widths: tuple[int, ...], dtype: torch.dtype = torch.float64,
+                    device: torch.device | str = "cpu") -> list[Tensor]:
+    """All joint paths as per-layer states: a list over layers of ``[P, n_k]`` tensors,
+    ``P = 2^{Σ n_k}``, for ``widths = (n0, n_1, …, n_L, n_out)``."""
+    hidden = list(widths[1:-1])
+    joint = model.all_states(sum(hidden), dtype, device)
+    return list(torch.split(joint, hidden, dim=1))
+
+
+def path_log_probs(problem: Problem, params: Params, paths: list[Tensor]) -> Tensor:
+    """``log p(path | x⁰_d)`` for every path and data point: ``[P, D]``."""
+    noise = problem.noise_dist
+    a1 = model.preactivation(params, 1, problem.x.to(paths[0].dtype))  # [D, n_1]
+    s1 = paths[0].unsqueeze(1)  # [P, 1, n_1]
+    logp = model.state_log_prob(noise, a1.unsqueeze(0), s1)  # [P, D]
+    for k in range(2, len(paths) + 1):
+        a = model.preactivation(params, k, paths[k - 2])  # [P, n_k]
+        logp = logp + model.state_log_prob(noise, a, paths[k - 1]).unsqueeze(1)
+    return logp
+
+
+def objective(problem: Problem, params: Params | None = None, max_paths: int = MAX_PATHS
+              ) -> Tensor:
+    """``J`` by summing ``p(path) ℓ(path)`` over every joint path (0-d, differentiable)."""
+    params = problem.params if params is None else params
+    n_paths = 2 ** sum(problem.widths[1:-1])
+    if n_paths > max_paths:
+        raise ValueError(f"naive enumeration refused: {n_paths} joint paths > max_paths="
+                         f"{max_paths}")
+    paths = enumerate_paths(problem.widths, params["weight_1"].dtype, params["weight_1"].device)
+    logp = path_log_probs(problem, params, paths)  # [P, D]
+    eta = model.output(params, paths[-1])  # [P, n_out]
+    eta = eta.unsqueeze(1).expand(eta.shape[0], problem.num_data, eta.shape[1])
+    f = problem.loss_values(eta)  # [P, D]
+    return (torch.exp(logp) * f).sum(0).mean()
