@@ -164,3 +164,10 @@ def exact_gradient(problem: Problem, max_bytes: int = DEFAULT_MAX_BYTES
     J = objective(problem.to(dtype=torch.float64), leaves, max_bytes)
     grads = torch.autograd.grad(J, list(leaves.values()))
     return float(J.detach()), dict(zip(leaves, grads))
+
+
+def gradient_json(objective: float, gradient: dict[str, Tensor]) -> dict[str, object]:
+    """The public JSON shape of ``sbn-bench exact --json``:
+    ``{"objective": J, "gradient": {"weight_1": [[...]], "bias_1": [...], ...}}`` (biases 1-D)."""
+    return {"objective": float(objective),
+            "gradient": {k: v.detach().cpu().tolist() for k, v in gradient.items()}}

@@ -1,0 +1,25 @@
+"""The ``sbn-bench`` command line: it parses arguments, calls :mod:`sbn_bench` and prints."""
+
+from __future__ import annotations
+
+import click
+
+from sbn_bench import __version__
+from sbn_bench.cli.core import exact, list_, problem
+from sbn_bench.cli.report import report
+from sbn_bench.cli.run import run
+from sbn_bench.cli.train import train
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="sbn-bench")
+def main() -> None:
+    """Accuracy and speed of gradient estimators for stochastic binary networks.
+
+    Exact gradients by enumeration, a library of estimators (PSA, ST, ARM, REINFORCE, ...),
+    and a runner that measures bias, variance, relative RMSE, cosine and throughput.
+    """
+
+
+for _cmd in (run, exact, list_, report, train, problem):
+    main.add_command(_cmd)

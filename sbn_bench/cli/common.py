@@ -1,0 +1,111 @@
+"""Shared CLI pieces: problem selection options, plugin option, and error translation.
+
+The CLI only parses arguments, calls the library and prints; every command has a Python
+equivalent (README, "From Python").
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from sbn_bench import problems
+from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
+from sbn_bench.problems import Problem
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError,
+                                                 PermissionError, OSError)
+"""Library exceptions that are the user's input (bad values, files): shown as one line, no traceback.
+Every library error type is a subclass of one of these (ProblemError, EstimatorSpecError, …)."""
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn library errors into ``Error: …`` and exit status 1, without a traceback.
+
+    Set ``SBN_BENCH_DEBUG=1`` to see the traceback.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import os
+
+        try:
+            return fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except USER_ERRORS as e:
+            if os.environ.get("SBN_BENCH_DEBUG"):
+                raise
+            raise click.ClickException(str(e)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def problem_options(fn: F) -> F:
+    """``--problem FILE | --arch A | --preset NAME`` with ``--seed``, ``--data-points``, ``--loss``,
+    ``--noise`` (the last three for ``--arch`` only)."""
+    opts = [
+        click.option("--problem", "problem_file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Problem file (.npz, the public format in the README)."),
+        click.option("--arch", help="Random network, e.g. 2-5-5-5-1 (input-hidden...-output)."),
+        click.option("--preset", type=click.Choice(sorted(problems.PRESETS)),
+                     help="A named problem: 'paper' (SPEC §6) or 'quick' (a small smoke test)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed for --arch / --preset problems."),
+        click.option("--data-points", type=click.IntRange(min=1),
+                     default=problems.DEFAULT_DATA_POINTS, show_default=True,
+                     help="Data points of an --arch problem."),
+        click.option("--loss", type=click.Choice(LOSS_NAMES), default="logistic",
+                     show_default=True, help="Loss of an --arch problem."),
+        click.option("--noise", type=click.Choice(NOISE_NAMES), default="logistic",
+                     show_default=True, help="Noise of an --arch problem."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def resolve_problem(problem_file: Path | None, arch: str | None, preset: str | None, seed: int,
+                    data_points: int, loss: str, noise: str) -> Problem:
+    """The one problem selected by exactly one of ``--problem``, ``--arch``, ``--preset``."""
+    given = [n for n, v in (("--problem", problem_file), ("--arch", arch), ("--preset", preset))
+             if v is not None]
+    if len(given) != 1:
+        what = "none was given" if not given else f"got {' and '.join(given)}"
+        raise click.UsageError(f"give exactly one of --problem FILE, --arch 2-5-5-5-1 or "
+                               f"--preset paper ({what})")
+    if problem_file is not None:
+        return problems.load_problem(problem_file)
+    if arch is not None:
+        return problems.random_problem(arch, seed, data_points=data_points, loss=loss,
+                                       noise=noise)
+    assert preset is not None
+    return problems.preset_problem(preset, seed)
+
+
+def plugin_option(fn: F) -> F:
+    return click.option("--plugin", "plugins", multiple=True,
+                        type=click.Path(dir_okay=False, path_type=Path),
+                        help="Python file defining ESTIMATORS = {name: factory} (repeatable).")(fn)
+
+
+def echo_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=None, allow_nan=False)
+    sys.stdout.write("\n")
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain aligned text table."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""``sbn-bench exact``, ``sbn-bench list`` and ``sbn-bench problem``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sbn_bench import model, problems
+from sbn_bench.cli.common import (
+    echo_json,
+    format_table,
+    friendly_errors,
+    plugin_option,
+    problem_options,
+    resolve_problem,
+)
+from sbn_bench.estimators import load_registry
+from sbn_bench.reference import DEFAULT_MAX_BYTES, exact_gradient, gradient_json
+
+
+def max_bytes_option(fn):  # type: ignore[no-untyped-def]
+    return click.option("--max-exact-bytes", type=click.IntRange(min=1),
+                        default=DEFAULT_MAX_BYTES, show_default=True,
+                        help="Memory limit of the exact reference, in bytes; larger problems are "
+                             "refused before any work.")(fn)
+
+
+@click.command()
+@problem_options
+@max_bytes_option
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"objective": J, "gradient": {"weight_1": [[...]], ...}}.')
+@friendly_errors
+def exact(problem_file: Path | None, arch: str | None, preset: str | None, seed: int,
+          data_points: int, loss: str, noise: str, max_exact_bytes: int, as_json: bool) -> None:
+    """Exact objective and gradient of a problem by enumeration (float64).
+
+    Example: sbn-bench exact --preset paper
+    """
+    problem = resolve_problem(problem_file, arch, preset, seed, data_points, loss, noise)
+    J, grad = exact_gradient(problem, max_bytes=max_exact_bytes)
+    if as_json:
+        echo_json(gradient_json(J, grad))
+        return
+    click.echo(f"problem {problem.name}  arch {problem.arch}  D={problem.num_data}  "
+               f"loss {problem.loss}  noise {problem.noise}")
+    click.echo(f"objective J = {J:.12g}\n")
+    rows = []
+    for layer in [*map(str, range(1, problem.n_layers + 1)), "out"]:
+        w, b = grad[f"weight_{layer}"], grad[f"bias_{layer}"]
+        rows.append([layer, f"{float(w.norm()):.6g}", f"{float(b.norm()):.6g}",
+                     f"{float((w.square().sum() + b.square().sum()).sqrt()):.6g}"])
+    total = sum(float(g.square().sum()) for g in grad.values()) ** 0.5
+    rows.append(["all", "", "", f"{total:.6g}"])
+    click.echo(format_table(["layer", "|grad W|", "|grad b|", "|grad|"], rows))
+
+
+@click.command("list")
+@plugin_option
+@click.option("--json", "as_json", is_flag=True, help="Print the estimators as JSON.")
+@friendly_errors
+def list_(plugins: tuple[Path, ...], as_json: bool) -> None:
+    """List every registered estimator with its flags (built-ins, entry points, --plugin files).
+
+    Evaluations per sample are shown for the paper net 2-5-5-5-1.
+    """
+    reg = load_registry(plugins)
+    widths = (2, 5, 5, 5, 1)
+    entries = []
+    for name in reg.names():
+        est = reg.factories[name]()
+        entries.append({
+            "name": name, "unbiased": est.unbiased, "randomness": est.randomness,
+            "evals_per_sample": est.evals_per_sample(widths),
+            "noises": sorted(est.noises), "losses": sorted(est.losses),
+            "hyperparams": dict(est.hyperparams), "description": est.description,
+            "origin": reg.origins[name], "exact_mode": est.path_surrogate is not None,
+        })
+    if as_json:
+        echo_json({"estimators": entries,
+                   "errors": [{"name": e.name, "origin": e.origin, "message": e.message}
+                              for e in reg.errors]})
+        return
+    rows = [[e["name"], "yes" if e["unbiased"] else "no", e["randomness"],
+             str(e["evals_per_sample"]), ",".join(e["noises"]),
+             ",".join(f"{k}={v}" for k, v in e["hyperparams"].items()) or "-", e["description"]]
+            for e in entries]
+    click.echo(format_table(["name", "unbiased", "randomness", "evals", "noises", "hyperparams",
+                             "description"], rows))
+    for e in reg.errors:
+        click.echo(f"failed to load: {e}", err=True)
+
+
+@click.command()
+@problem_options
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the problem (.npz).")
+@friendly_errors
+def problem(problem_file: Path | None, arch: str | None, preset: str | None, seed: int,
+            data_points: int, loss: str, noise: str, out: Path) -> None:
+    """Write a problem to the public .npz format (e.g. to edit or share it).
+
+    Example: sbn-bench problem --preset paper --out paper.npz
+    """
+    p = resolve_problem(problem_file, arch, preset, seed, data_points, loss, noise)
+    problems.save_problem(p, out)
+    click.echo(f"wrote {out} (arch {p.arch}, D={p.num_data}, {len(model.param_names(p.n_layers))} "
+               "parameter arrays)")
