@@ -1,0 +1,36 @@
+"""An sbn-bench estimator plugin: REINFORCE with a constant baseline.
+
+Use it with ``sbn-bench list --plugin examples/reinforce_baseline.py`` or
+``sbn-bench run --plugin examples/reinforce_baseline.py --estimators reinforce-baseline:baseline=0.7``.
+"""
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from sbn_bench import model
+from sbn_bench.estimators import Estimator, from_path
+from sbn_bench.problems import Problem
+
+
+def reinforce_baseline(*, baseline: float = 0.5) -> Estimator:
+    """``∇ℓ(x^L) + (ℓ(x^L) − b) ∇ Σ_k log p(x^k | x^{k-1})``: unbiased for any constant ``b``.
+
+    References:
+        Williams. Machine Learning 8, 1992.
+    """
+
+    def path(problem: Problem, params: dict[str, Tensor], states: Sequence[Tensor]) -> Tensor:
+        # params: replicas [S, *shape]; states: per layer [S, D, n_k] in {0,1}.
+        inputs = [problem.x, *states[:-1]]
+        logp = sum(model.state_log_prob(problem.noise_dist, model.preactivation(params, k, h), x)
+                   for k, (h, x) in enumerate(zip(inputs, states), start=1))  # [S, D]
+        f = problem.loss_values(model.output(params, states[-1]))  # [S, D]
+        return (f + (f.detach() - baseline) * logp).mean(-1)  # [S]: one surrogate per sample
+
+    return Estimator("reinforce-baseline", from_path(path), hyperparams=(("baseline", baseline),),
+                     unbiased=True, randomness="path", path_surrogate=path,
+                     description="REINFORCE with a constant baseline (example plugin)")
+
+
+ESTIMATORS = {"reinforce-baseline": reinforce_baseline}
