@@ -60,6 +60,11 @@ def _logistic_pdf(a: Tensor) -> Tensor:
     return s * (1 - s)
 
 
+def _gaussian_cdf(a: Tensor) -> Tensor:
+    """``Φ(a) = ½ erfc(−a/√2)``: relative accuracy in the lower tail, where ``ndtr`` loses it."""
+    return 0.5 * torch.special.erfc(-a / _SQRT2)
+
+
 def _gaussian_pdf(a: Tensor) -> Tensor:
     return torch.exp(-0.5 * a * a - _LOG_SQRT_2PI)
 
@@ -67,7 +72,7 @@ def _gaussian_pdf(a: Tensor) -> Tensor:
 NOISES: dict[str, Noise] = {
     "logistic": Noise("logistic", torch.sigmoid, torch.nn.functional.logsigmoid, _logistic_pdf,
                       torch.logit),
-    "gaussian": Noise("gaussian", torch.special.ndtr, torch.special.log_ndtr, _gaussian_pdf,
+    "gaussian": Noise("gaussian", _gaussian_cdf, torch.special.log_ndtr, _gaussian_pdf,
                       torch.special.ndtri),
 }
 

@@ -41,8 +41,10 @@ class Problem:
     """An SBN with its data: everything needed to define ``J(θ)`` of SPEC §1.
 
     Attributes:
-        params: float64 parameters by public name (``weight_1``, ``bias_1``, …, ``weight_out``,
-            ``bias_out``); weights ``[out, in]``, biases 1-D.
+        params: parameters by public name (``weight_1``, ``bias_1``, …, ``weight_out``,
+            ``bias_out``); weights ``[out, in]``, biases 1-D. The constructors and the file loader
+            give float64; :meth:`to` makes float32 copies for estimators, and the reference
+            always computes in float64 (pass float64 values for exact work).
         x: ``[D, n0]`` float64 inputs.
         y: ``[D]`` labels (±1 float64 for ``logistic``, int64 classes for ``softmax``) or float64
             ``[D]``/``[D, n_out]`` targets for ``mse``.
@@ -387,12 +389,17 @@ def load_problem(path: str | os.PathLike[str]) -> Problem:
     if not path.is_file():
         raise ProblemError(f"problem file {src} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ProblemError(f"problem file {src} is not a readable .npz archive ({e})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ProblemError(f"problem file {src} is not an .npz archive (it holds a single "
+                           f"{type(loaded).__name__}; write problems with np.savez)")
+    try:
+        with loaded as z:
             raw = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise ProblemError(f"problem file {src} is not a readable .npz archive ({e})") from None
-    if not isinstance(raw, dict):
-        raise ProblemError(f"problem file {src} is not an .npz archive")
     for name in ("x", "y"):
         if name not in raw:
             raise _fail(src, name, "is missing")

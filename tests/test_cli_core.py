@@ -1,0 +1,183 @@
+"""``sbn-bench exact``, ``problem`` and ``list`` through click's test runner."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+from sbn_bench.cli import main
+from sbn_bench.problems import Problem, load_problem, random_problem
+from sbn_bench.reference import exact_gradient
+
+BUILTINS = ["exact", "reinforce", "reinforce-loo", "arm", "disarm", "concrete", "st-gumbel", "tanh", "st",
+            "st-identity", "psa"]
+"""The estimators of SPEC §3's table."""
+
+
+def _invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=True)
+
+
+def _ok(*args: str) -> Result:
+    r = _invoke(*args)
+    assert r.exit_code == 0, f"sbn-bench {' '.join(args)} exited {r.exit_code}:\n{r.output}\n{r.exception!r}"
+    return r
+
+
+def _check_json_gradient(out: str, problem: Problem) -> None:
+    """The public contract: {"objective": float, "gradient": {name: nested lists}}, shapes as in the
+    problem file (biases 1-D), values equal to ``exact_gradient`` (JSON floats round-trip exactly)."""
+    obj = json.loads(out)
+    assert set(obj) == {"objective", "gradient"}
+    assert isinstance(obj["objective"], float)
+    assert list(obj["gradient"]) == problem.param_names
+    J, grad = exact_gradient(problem)
+    assert obj["objective"] == J
+    for name, value in obj["gradient"].items():
+        t = torch.tensor(value, dtype=torch.float64)
+        assert t.shape == problem.params[name].shape, (name, t.shape)
+        assert torch.equal(t, grad[name]), name
+
+
+# --------------------------------------------------------------------------------------------
+# exact
+
+
+def test_exact_preset_paper_table(paper: Problem) -> None:
+    out = _ok("exact", "--preset", "paper").output
+    J, grad = exact_gradient(paper)
+    m = re.search(r"objective J = (\S+)", out)
+    assert m and abs(float(m.group(1)) - J) <= 1e-11 * J, out
+    assert "2-5-5-5-1" in out and "D=200" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()}
+    for layer in ["1", "2", "3", "out"]:
+        w, b = grad[f"weight_{layer}"], grad[f"bias_{layer}"]
+        got = [float(v) for v in rows[layer]]
+        expected = [float(w.norm()), float(b.norm()), float(torch.cat([w.flatten(), b]).norm())]
+        assert all(abs(g - e) <= 1e-5 * e for g, e in zip(got, expected)), (layer, got, expected)
+    total = float(torch.cat([g.flatten() for g in grad.values()]).norm())
+    assert abs(float(rows["all"][0]) - total) <= 1e-5 * total
+
+
+def test_exact_json_matches_exact_gradient(paper: Problem) -> None:
+    _check_json_gradient(_ok("exact", "--preset", "paper", "--json").output, paper)
+
+
+@pytest.mark.parametrize("extra", [["--loss", "softmax"], ["--loss", "mse", "--noise", "gaussian"]])
+def test_exact_json_arch_options(extra: list[str]) -> None:
+    args = ["--arch", "3-2-3-2", "--seed", "4", "--data-points", "7", *extra]
+    loss = extra[1]
+    noise = extra[3] if len(extra) > 2 else "logistic"
+    _check_json_gradient(_ok("exact", *args, "--json").output,
+                         random_problem("3-2-3-2", 4, data_points=7, loss=loss, noise=noise))
+
+
+def test_problem_file_then_exact_gives_the_same_numbers(tmp_path: Path) -> None:
+    f = tmp_path / "p.npz"
+    r = _ok("problem", "--arch", "2-4-3-1", "--seed", "3", "--data-points", "9", "--noise", "gaussian",
+            "--out", str(f))
+    assert str(f) in r.output
+    direct = random_problem("2-4-3-1", 3, data_points=9, noise="gaussian")
+    from_file = load_problem(f)
+    assert all(torch.equal(direct.params[k], from_file.params[k]) for k in direct.params)
+    out_arch = _ok("exact", "--arch", "2-4-3-1", "--seed", "3", "--data-points", "9", "--noise", "gaussian",
+                   "--json").output
+    out_file = _ok("exact", "--problem", str(f), "--json").output
+    assert json.loads(out_file) == json.loads(out_arch)
+    _check_json_gradient(out_file, direct)
+
+
+def test_exact_max_bytes_refuses_small_limit() -> None:
+    r = _invoke("exact", "--arch", "2-3-1", "--max-exact-bytes", "100")
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert re.search(r"^Error: .*table entries.*GiB.*limit", r.output, re.M), r.output
+
+
+def test_exact_size_guard_through_the_cli() -> None:
+    r = _invoke("exact", "--arch", "2-30-30-1")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert re.search(r"^Error: .*2-30-30-1.*table entries.*GiB.*limit of 4 GiB", r.output, re.M), r.output
+
+
+# --------------------------------------------------------------------------------------------
+# bad arguments
+
+
+def _error_lines(r: Result) -> list[str]:
+    return [line for line in r.output.splitlines() if line.startswith("Error:")]
+
+
+@pytest.mark.parametrize("args,names", [
+    (["exact"], ["--problem", "--arch", "--preset"]),
+    (["exact", "--arch", "2-3-1", "--preset", "paper"], ["--arch", "--preset"]),
+    (["exact", "--problem", "p.npz", "--arch", "2-3-1"], ["--problem", "--arch"]),
+    (["exact", "--arch", "2-x-1"], ["arch", "2-x-1"]),
+    (["exact", "--arch", "2-1"], ["arch", "2-1"]),
+    (["exact", "--problem", "does-not-exist.npz"], ["does-not-exist.npz"]),
+    (["exact", "--preset", "nope"], ["--preset", "nope"]),
+    (["exact", "--arch", "2-3-1", "--loss", "hinge"], ["--loss", "hinge"]),
+    (["exact", "--arch", "2-3-1", "--data-points", "0"], ["--data-points"]),
+    (["exact", "--arch", "2-3-2"], ["weight_out", "logistic"]),
+    (["problem", "--arch", "2-3-1"], ["--out"]),
+])
+def test_bad_arguments_give_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                           names: list[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = _invoke(*args)
+    assert r.exit_code != 0, r.output
+    assert isinstance(r.exception, SystemExit), f"unhandled {r.exception!r}"
+    assert "Traceback" not in r.output
+    errors = _error_lines(r)
+    assert len(errors) == 1, r.output
+    for name in names:
+        assert name in errors[0], f"{name!r} not in {errors[0]!r}"
+
+
+def test_bad_problem_file_names_file_and_array(tmp_path: Path) -> None:
+    import numpy as np
+
+    f = tmp_path / "broken.npz"
+    np.savez(f, x=np.zeros((3, 2)), y=np.ones(3), weight_1=np.zeros((2, 2)), bias_1=np.zeros(2),
+             weight_out=np.zeros((1, 2)))
+    r = _invoke("exact", "--problem", str(f))
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    (line,) = _error_lines(r)
+    assert str(f) in line and "'bias_out'" in line and "missing" in line
+
+
+# --------------------------------------------------------------------------------------------
+# list
+
+
+def test_list_shows_every_builtin() -> None:
+    out = _ok("list").output
+    first_column = {line.split()[0] for line in out.splitlines()[2:] if line.split()}
+    missing = [n for n in BUILTINS if n not in first_column]
+    assert not missing, f"not listed: {missing}\n{out}"
+
+
+def test_list_json_has_every_builtin_with_flags() -> None:
+    obj = json.loads(_ok("list", "--json").output)
+    by_name = {e["name"]: e for e in obj["estimators"]}
+    assert set(BUILTINS) <= set(by_name)
+    assert obj["errors"] == []
+    for name in BUILTINS:
+        e = by_name[name]
+        assert e["randomness"] in ("path", "continuous", "none") and isinstance(e["unbiased"], bool), name
+    # SPEC §3's bias column, for the ones it states plainly
+    assert all(by_name[n]["unbiased"] for n in ["exact", "reinforce", "reinforce-loo", "arm", "disarm"])
+    biased = ["concrete", "st-gumbel", "tanh", "st", "st-identity", "psa"]
+    assert not any(by_name[n]["unbiased"] for n in biased)
+
+
+def test_help_and_version() -> None:
+    out = _ok("--help").output
+    for cmd in ["exact", "list", "problem"]:
+        assert cmd in out
+    assert "--problem" in _ok("exact", "--help").output
+    assert re.search(r"sbn-bench, version \d", _ok("--version").output)

@@ -1,0 +1,357 @@
+"""Problems: constructors, the public ``.npz`` format (round trip, hand-written files), validation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sbn_bench import model
+from sbn_bench.problems import (
+    Problem,
+    ProblemError,
+    load_problem,
+    parse_arch,
+    preset_problem,
+    random_problem,
+    save_problem,
+)
+
+F64 = torch.float64
+
+
+def _assert_same_problem(a: Problem, b: Problem) -> None:
+    """Bit-identical arrays (values, shapes and dtypes), same loss and noise."""
+    assert (a.loss, a.noise) == (b.loss, b.noise)
+    assert a.widths == b.widths
+    assert set(a.params) == set(b.params)
+    for name in a.params:
+        assert a.params[name].dtype == b.params[name].dtype == F64, name
+        assert torch.equal(a.params[name], b.params[name]), name
+    for name, s, t in [("x", a.x, b.x), ("y", a.y, b.y)]:
+        assert s.dtype == t.dtype, f"{name}: {s.dtype} vs {t.dtype}"
+        assert torch.equal(s, t), name
+
+
+# --------------------------------------------------------------------------------------------
+# round trips
+
+
+@pytest.mark.parametrize("arch,loss,noise", [
+    ("2-3-1", "logistic", "logistic"),
+    ("3-2-4-2-3", "softmax", "gaussian"),
+    ("1-2-2", "mse", "gaussian"),
+    ("2-1-1-1-1-1", "mse", "logistic"),
+])
+def test_random_problem_round_trips_exactly(tmp_path: Path, arch: str, loss: str, noise: str) -> None:
+    p = random_problem(arch, 7, data_points=9, loss=loss, noise=noise)
+    path = save_problem(p, tmp_path / "sub" / "p.npz")
+    q = load_problem(path)
+    _assert_same_problem(p, q)
+    # and a second round trip changes nothing
+    _assert_same_problem(q, load_problem(save_problem(q, tmp_path / "again.npz")))
+
+
+def test_paper_problem_round_trips_exactly(tmp_path: Path, paper: Problem) -> None:
+    _assert_same_problem(paper, load_problem(save_problem(paper, tmp_path / "paper.npz")))
+
+
+def test_saved_file_follows_the_public_format(tmp_path: Path) -> None:
+    p = random_problem("2-3-2-1", 0, data_points=4, noise="gaussian")
+    path = save_problem(p, tmp_path / "p.npz")
+    with np.load(path, allow_pickle=False) as z:
+        assert sorted(z.files) == sorted(["x", "y", "loss", "noise", *model.param_names(2)])
+        assert z["x"].shape == (4, 2) and z["y"].shape == (4,)
+        assert z["weight_1"].shape == (3, 2) and z["bias_1"].shape == (3,)
+        assert z["weight_2"].shape == (2, 3) and z["weight_out"].shape == (1, 2)
+        assert z["loss"].shape == () and str(z["loss"]) == "logistic"
+        assert str(z["noise"]) == "gaussian"
+    assert not list(tmp_path.glob("*.tmp")), "the atomic write left a temporary file"
+
+
+def _hand_arrays() -> dict[str, np.ndarray]:
+    """A 2-2-1-1 problem written by hand, the way a user would: biases [1, n], labels {0,1}, no
+    loss/noise arrays (so both default to logistic)."""
+    return {
+        "x": np.array([[0.5, -1.0], [2.0, 0.25], [-0.75, 0.0]]),
+        "y": np.array([0, 1, 1]),
+        "weight_1": np.array([[0.1, -0.2], [0.3, 0.4]]),
+        "bias_1": np.array([[0.05, -0.05]]),
+        "weight_2": np.array([[1.5, -2.5]]),
+        "bias_2": np.array([[0.25]]),
+        "weight_out": np.array([[3.0]]),
+        "bias_out": np.array([[-1.0]]),
+    }
+
+
+def test_hand_written_file_with_row_biases_and_01_labels(tmp_path: Path) -> None:
+    arrays = _hand_arrays()
+    path = tmp_path / "hand.npz"
+    np.savez(path, **arrays)
+    p = load_problem(path)
+    assert (p.loss, p.noise, p.n_layers, p.widths) == ("logistic", "logistic", 2, (2, 2, 1, 1))
+    assert torch.equal(p.y, torch.tensor([-1.0, 1.0, 1.0], dtype=F64))  # {0,1} → ±1
+    assert torch.equal(p.x, torch.from_numpy(arrays["x"]))
+    for name in model.param_names(2):
+        expected = torch.from_numpy(arrays[name])
+        if name.startswith("bias_"):
+            expected = expected[0]  # [1, n] → [n]
+        assert p.params[name].shape == expected.shape and torch.equal(p.params[name], expected), name
+    # saving writes 1-D biases, and the reloaded problem is the same
+    _assert_same_problem(p, load_problem(save_problem(p, tmp_path / "out.npz")))
+
+
+def test_integer_and_float32_arrays_are_read_as_float64(tmp_path: Path) -> None:
+    arrays = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in _hand_arrays().items()}
+    arrays["x"] = np.array([[1, 2], [3, 4], [5, 6]], dtype=np.int32)
+    np.savez(tmp_path / "f32.npz", **arrays)
+    p = load_problem(tmp_path / "f32.npz")
+    assert all(t.dtype == F64 for t in [p.x, *p.params.values()])
+    assert torch.equal(p.params["weight_2"], torch.tensor([[1.5, -2.5]], dtype=F64))
+
+
+@pytest.mark.parametrize("labels", [[1, 0, 2, 1], [1.0, 2.0, 0.0, 1.0]])
+def test_softmax_labels_are_stored_as_int64(tmp_path: Path, labels: list[float]) -> None:
+    p = random_problem("2-2-3", 0, data_points=4, loss="softmax")
+    arrays = _arrays_of(p)
+    arrays["y"] = np.array(labels)
+    np.savez(tmp_path / "s.npz", **arrays)
+    q = load_problem(tmp_path / "s.npz")
+    assert q.y.dtype == torch.int64 and q.y.tolist() == [int(v) for v in labels]
+
+
+# --------------------------------------------------------------------------------------------
+# malformed files
+
+
+def _arrays_of(p: Problem) -> dict[str, np.ndarray]:
+    out = {"x": p.x.numpy(), "y": p.y.numpy(), "loss": np.array(p.loss), "noise": np.array(p.noise)}
+    out.update({k: v.numpy() for k, v in p.params.items()})
+    return out
+
+
+def _base(loss: str = "logistic") -> dict[str, np.ndarray]:
+    n_out = {"logistic": 1, "softmax": 3, "mse": 2}[loss]
+    return _arrays_of(random_problem(f"2-3-2-{n_out}", 0, data_points=4, loss=loss))
+
+
+def _drop(name: str):
+    return lambda a: {k: v for k, v in a.items() if k != name}
+
+
+def _set(name: str, value):
+    return lambda a: {**a, name: value(a) if callable(value) else value}
+
+
+def _with_nan(name: str, value: float):
+    def f(a: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t = np.array(a[name], dtype=np.float64)
+        t.flat[0] = value
+        return {**a, name: t}
+    return f
+
+
+MALFORMED = [
+    # (id, base loss, edit, array the message must name, extra text the message must contain)
+    ("missing-x", "logistic", _drop("x"), "x", "missing"),
+    ("missing-y", "logistic", _drop("y"), "y", "missing"),
+    ("missing-bias_1", "logistic", _drop("bias_1"), "bias_1", "missing"),
+    ("missing-weight_out", "logistic", _drop("weight_out"), "weight_out", "missing"),
+    ("missing-bias_out", "logistic", _drop("bias_out"), "bias_out", "missing"),
+    ("missing-weight_1", "logistic", _drop("weight_1"), "weight_1", "missing"),
+    ("weight-inner-shape", "logistic", _set("weight_2", np.zeros((2, 4))), "weight_2", "shape"),
+    ("weight-1d", "logistic", _set("weight_1", np.zeros(6)), "weight_1", "shape"),
+    ("bias-length", "logistic", _set("bias_1", np.zeros(2)), "bias_1", "shape"),
+    ("bias-out-length", "logistic", _set("bias_out", np.zeros(2)), "bias_out", "shape"),
+    ("x-1d", "logistic", _set("x", np.zeros(4)), "x", "shape"),
+    ("x-wrong-n0", "logistic", _set("x", np.zeros((4, 3))), "weight_1", "shape"),
+    ("y-rows", "logistic", _set("y", np.ones(3)), "y", "rows"),
+    ("nan-weight", "logistic", _with_nan("weight_2", math.nan), "weight_2", "NaN"),
+    ("nan-x", "logistic", _with_nan("x", math.nan), "x", "NaN"),
+    ("inf-bias", "logistic", _with_nan("bias_out", math.inf), "bias_out", "Inf"),
+    ("inf-y", "mse", _with_nan("y", -math.inf), "y", "Inf"),
+    ("unknown-loss", "logistic", _set("loss", np.array("hinge")), "loss", "hinge"),
+    ("unknown-noise", "logistic", _set("noise", np.array("uniform")), "noise", "uniform"),
+    ("loss-not-string", "logistic", _set("loss", np.array(1.0)), "loss", "string"),
+    ("loss-not-0d", "logistic", _set("loss", np.array(["logistic"])), "loss", "0-d"),
+    ("string-weight", "logistic", _set("weight_1", np.full((3, 2), "a")), "weight_1", "dtype"),
+    ("logistic-label-2", "logistic", _set("y", np.array([1.0, -1.0, 2.0, 1.0])), "y", "logistic"),
+    ("logistic-label-mixed", "logistic", _set("y", np.array([0.0, -1.0, 1.0, 1.0])), "y", "logistic"),
+    ("logistic-two-outputs", "mse", _set("loss", np.array("logistic")), "weight_out", "expected 1"),
+    ("softmax-class-too-big", "softmax", _set("y", np.array([0, 1, 3, 2])), "y", "softmax"),
+    ("softmax-negative", "softmax", _set("y", np.array([0, -1, 1, 2])), "y", "softmax"),
+    ("softmax-non-integer", "softmax", _set("y", np.array([0.0, 0.5, 1.0, 2.0])), "y", "softmax"),
+    ("softmax-2d-labels", "softmax", _set("y", np.zeros((4, 3))), "y", "softmax"),
+    ("mse-wrong-width", "mse", _set("y", np.zeros((4, 3))), "y", "mse"),
+    ("mse-1d-for-two-outputs", "mse", _set("y", np.zeros(4)), "y", "mse"),
+    ("unexpected-name", "logistic", _set("extra", np.zeros(2)), "extra", "unexpected"),
+    ("unexpected-layer", "logistic", _set("bias_3", np.zeros(2)), "bias_3", "unexpected"),
+    ("gap-in-layers", "logistic", _set("weight_4", np.zeros((1, 1))), "weight_4", "unexpected"),
+    ("no-stochastic-layer", "logistic",
+     lambda a: {k: v for k, v in a.items() if not k.endswith(("_1", "_2"))}, "weight_1", "missing"),
+]
+
+
+@pytest.mark.parametrize("loss,edit,array,text", [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
+def test_malformed_file_is_refused_naming_array_and_file(tmp_path: Path, loss: str, edit, array: str,
+                                                         text: str) -> None:
+    path = tmp_path / "bad_problem.npz"
+    np.savez(path, **edit(_base(loss)))
+    with pytest.raises(ProblemError) as info:
+        load_problem(path)
+    msg = str(info.value)
+    assert str(path) in msg, f"message does not name the file: {msg}"
+    assert f"'{array}'" in msg, f"message does not name array {array!r}: {msg}"
+    assert text in msg, f"message lacks {text!r}: {msg}"
+
+
+def test_truncated_file_is_refused(tmp_path: Path) -> None:
+    good = save_problem(random_problem("2-3-1", 0, data_points=50), tmp_path / "good.npz")
+    data = good.read_bytes()
+    for cut in (len(data) // 2, len(data) - 10, 30):
+        bad = tmp_path / f"cut{cut}.npz"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ProblemError, match="not a readable .npz") as info:
+            load_problem(bad)
+        assert str(bad) in str(info.value)
+
+
+def test_corrupted_member_is_refused(tmp_path: Path) -> None:
+    """A zip whose member data is damaged (CRC mismatch) is refused, not silently read."""
+    good = save_problem(random_problem("2-3-1", 0, data_points=50), tmp_path / "good.npz")
+    data = bytearray(good.read_bytes())
+    i = data.index(b"\x93NUMPY", data.index(b"x.npy")) + 200  # inside the x array's values
+    data[i] ^= 0xFF
+    bad = tmp_path / "flipped.npz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ProblemError) as info:
+        load_problem(bad)
+    assert str(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"x,y\n1,2\n", b"", b"\x93NUMPY\x01\x00garbage"])
+def test_file_that_is_not_npz_is_refused(tmp_path: Path, content: bytes) -> None:
+    bad = tmp_path / "notes.npz"
+    bad.write_bytes(content)
+    with pytest.raises(ProblemError, match="not a readable .npz") as info:
+        load_problem(bad)
+    assert str(bad) in str(info.value)
+
+
+def test_plain_npy_content_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "array.npz"
+    with open(bad, "wb") as f:
+        np.save(f, np.zeros((3, 2)))
+    with pytest.raises(ProblemError) as info:
+        load_problem(bad)
+    assert str(bad) in str(info.value)
+
+
+def test_missing_file_and_directory_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ProblemError, match="does not exist") as info:
+        load_problem(tmp_path / "nope.npz")
+    assert "nope.npz" in str(info.value)
+    with pytest.raises(ProblemError):
+        load_problem(tmp_path)
+
+
+def test_pickled_object_arrays_are_refused(tmp_path: Path) -> None:
+    """Object arrays need pickle, which could run code: the loader must not unpickle them."""
+    arrays = _base()
+    arrays["loss"] = np.array("logistic", dtype=object)
+    np.savez(tmp_path / "obj.npz", **arrays)
+    with pytest.raises(ProblemError) as info:
+        load_problem(tmp_path / "obj.npz")
+    assert "obj.npz" in str(info.value)
+
+
+def test_problem_constructor_validates_too() -> None:
+    p = random_problem("2-2-1", 0, data_points=3)
+    bad = dict(p.params, weight_out=torch.zeros(1, 3, dtype=F64))
+    with pytest.raises(ProblemError, match="'weight_out'.*shape"):
+        Problem(bad, p.x, p.y, name="handmade")
+    with pytest.raises(ProblemError, match="'handmade'"):
+        Problem(dict(p.params), p.x, p.y, loss="hinge", name="handmade")
+
+
+# --------------------------------------------------------------------------------------------
+# constructors
+
+
+def test_parse_arch() -> None:
+    assert parse_arch("2-5-5-5-1") == (2, 5, 5, 5, 1)
+    assert parse_arch([3, 1, 2]) == (3, 1, 2)
+    for bad in ["2-5", "2-x-1", "2--1", "2-0-1", "", "2,5,1", "-2-5-1", "2-5-1.5"]:
+        with pytest.raises(ProblemError, match="arch"):
+            parse_arch(bad)
+
+
+def test_random_problem_is_seeded_and_documented() -> None:
+    a, b, c = (random_problem("2-4-3-1", s, data_points=20) for s in (3, 3, 4))
+    _assert_same_problem(a, b)
+    assert not torch.equal(a.params["weight_1"], c.params["weight_1"])
+    assert a.widths == (2, 4, 3, 1) and a.num_data == 20 and a.arch == "2-4-3-1"
+    # weights and biases U(−1, 1), labels ±1, inputs standard normal (shape only: values are random)
+    for t in a.params.values():
+        assert t.dtype == F64 and t.abs().max() < 1
+    assert set(a.y.tolist()) <= {-1.0, 1.0} and a.x.shape == (20, 2)
+    sm = random_problem("2-3-4", 0, data_points=50, loss="softmax")
+    assert sm.y.dtype == torch.int64 and 0 <= int(sm.y.min()) and int(sm.y.max()) < 4
+    ms = random_problem("2-3-2", 0, data_points=5, loss="mse")
+    assert ms.y.shape == (5, 2) and ms.y.dtype == F64
+
+
+def test_random_problem_refuses_bad_arguments() -> None:
+    with pytest.raises(ProblemError, match="data_points"):
+        random_problem("2-2-1", 0, data_points=0)
+    with pytest.raises(ValueError, match="loss 'hinge'"):
+        random_problem("2-2-1", 0, loss="hinge")
+    with pytest.raises(ValueError, match="noise 'uniform'"):
+        random_problem("2-2-1", 0, noise="uniform")
+    with pytest.raises(ProblemError, match="expected 1 for loss 'logistic'"):
+        random_problem("2-2-2", 0)
+
+
+def test_paper_problem_follows_spec(paper: Problem) -> None:
+    """SPEC §6: 200 points, 100 per class; class +1 in [−π/2, π/2] × [0, 1]; class −1 below cos x₀;
+    net 2-5-5-5-1, logistic noise and loss; layer 1 rescaled to mean 0, variance 1 over the data."""
+    assert paper.widths == (2, 5, 5, 5, 1) and (paper.loss, paper.noise) == ("logistic", "logistic")
+    x, y = paper.x, paper.y
+    assert x.shape == (200, 2) and int((y == 1).sum()) == 100 and int((y == -1).sum()) == 100
+    assert (x[:, 0].abs() <= math.pi / 2).all()
+    pos, neg = x[y == 1], x[y == -1]
+    assert ((pos[:, 1] >= 0) & (pos[:, 1] <= 1)).all()
+    assert ((neg[:, 1] >= -1) & (neg[:, 1] < torch.cos(neg[:, 0]))).all()
+    # layer 1 sees the deterministic input: its pre-activations are standardised exactly over the
+    # data (up to the (N−1)/N of the unbiased std that the rescaling used over S·D copies)
+    a1 = model.preactivation(paper.params, 1, x)
+    torch.testing.assert_close(a1.mean(0), torch.zeros(5, dtype=F64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(a1.var(0, unbiased=False), torch.ones(5, dtype=F64), rtol=0, atol=1e-3)
+    # deeper layers are standardised over sampled states: check only that they are not degenerate
+    states, _ = model.sample_states(paper.params, x, paper.noise_dist, 200, torch.Generator().manual_seed(0))
+    for k in (2, 3):
+        a = model.preactivation(paper.params, k, states[k - 2]).reshape(-1, 5)
+        assert (a.mean(0).abs() < 0.3).all() and ((a.var(0) > 0.7) & (a.var(0) < 1.3)).all(), k
+
+
+def test_presets() -> None:
+    assert preset_problem("paper", 1).arch == "2-5-5-5-1"
+    _assert_same_problem(preset_problem("quick", 2), preset_problem("quick", 2))
+    with pytest.raises(ProblemError, match="preset='nope'.*paper"):
+        preset_problem("nope")
+
+
+def test_to_and_with_params(tiny: Problem) -> None:
+    p32 = tiny.to(dtype=torch.float32)
+    assert p32.x.dtype == torch.float32 and all(v.dtype == torch.float32 for v in p32.params.values())
+    sm = random_problem("2-2-3", 0, data_points=3, loss="softmax").to(dtype=torch.float32)
+    assert sm.y.dtype == torch.int64
+    new = {k: v + 1 for k, v in tiny.params.items()}
+    q = tiny.with_params(new, name="ckpt")
+    assert q.name == "ckpt" and torch.equal(q.params["bias_out"], tiny.params["bias_out"] + 1)
+    assert torch.equal(q.x, tiny.x)
+    new["bias_out"].add_(5)  # the copy is independent of the dict it was made from
+    assert torch.equal(q.params["bias_out"], tiny.params["bias_out"] + 1)
