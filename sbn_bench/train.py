@@ -1,0 +1,598 @@
+"""Train a problem's network with a gradient estimator (``sbn-bench train``; SPEC §6 "Training").
+
+Each optimisation step draws a minibatch of ``batch_size`` data points (the data are shuffled at the
+start of every epoch; the last minibatch of an epoch is smaller when ``batch_size`` does not divide
+``D``), takes **one** gradient sample of the estimator on the minibatch objective
+``J_B(θ) = (1/|B|) Σ_{d∈B} E_Z ℓ(η(x^L(Z); x⁰_d), y_d)`` (SPEC §1: one independent noise draw per
+data point), and applies one SGD (with momentum) or Adam step to float64 parameters. Any registered
+estimator can train, ``exact`` included (the exact gradient of ``J_B``).
+
+Files written to ``out_dir`` (all atomically: temp file + rename):
+
+* ``checkpoint_epoch{E}.npz``: the problem with the parameters after epoch ``E``, in the public
+  problem format (:func:`sbn_bench.problems.save_problem`). ``checkpoint_epoch0.npz`` (the initial
+  parameters) and the final epoch are always written, besides the requested epochs.
+* ``train_log.csv``: one row per epoch (:data:`LOG_COLUMNS`), row 0 being the initial parameters.
+  ``train_loss`` is the mean sampled loss of the epoch, ``(1/D) Σ_d ℓ(η(x^L), y_d)`` with each data
+  point's one noise draw taken at the parameters of its step (NaN at epoch 0), whatever the
+  estimator: it is the SBN's loss, not a relaxation's. ``exact_objective`` is ``J(θ)`` on the full
+  data by the exact reference, every ``log_every`` epochs and at every checkpoint (NaN elsewhere, and
+  everywhere when the reference refuses the problem as too large). ``wall_s`` is the time since the
+  start. The file is rewritten every few seconds during training, at checkpoints and at the end.
+* ``loss_curve.png``: both losses against epochs, checkpoints marked.
+* ``train_manifest.json``: configuration, seeds, estimator spec and version, problem fingerprint,
+  package versions, final objective and timings.
+
+Speed: a step does not go through :func:`sbn_bench.estimators.estimate` (which copies ``[S, *shape]``
+replicas) nor build a validated :class:`~sbn_bench.problems.Problem`; it calls the estimator's
+surrogate with ``S = 1`` *views* ``θ.unsqueeze(0)`` of the optimiser's leaf tensors (the contract's
+``[1, *shape]`` replicas), on an unvalidated row subset of the already validated problem, so autograd
+delivers the estimate straight onto the leaves. The estimate is the same as ``estimate(est, sub, 1,
+generator)[·][0]`` for the same generator state.
+
+Randomness: three independent streams derived from ``seed`` with :class:`numpy.random.SeedSequence`
+(data order, estimator noise, and the extra draw that measures ``train_loss`` for estimators without
+a path surrogate). A fixed seed gives identical checkpoints on the same machine and library versions.
+
+References:
+    Shekhovtsov, Yanush, Flach. "Path Sample-Analytic Gradient Estimators for Stochastic Binary
+    Networks". NeurIPS 2020, §5 (training with REINFORCE, batch 10, SGD lr 0.03, momentum 0.9).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sbn_bench import model
+from sbn_bench.estimators import ContractError, Estimator, load_registry
+from sbn_bench.problems import Problem, save_problem
+from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size, objective
+
+OPTIMIZERS = ("sgd", "adam")
+DEFAULT_SGD_MOMENTUM = 0.9
+LOG_COLUMNS = ["epoch", "step", "train_loss", "exact_objective", "wall_s"]
+"""Columns of ``train_log.csv``: epoch (0 = initial parameters), optimiser steps so far, mean sampled
+loss of the epoch, exact objective on the full data (or NaN), seconds since the start."""
+MANIFEST_VERSION = 1
+LOG_NAME = "train_log.csv"
+CURVE_NAME = "loss_curve.png"
+MANIFEST_NAME = "train_manifest.json"
+_FLUSH_SECONDS = 5.0
+
+ProgressFn = Callable[[int, int, Mapping[str, float]], None]
+"""``progress(epoch, epochs, row)``, called after every epoch with that epoch's log row."""
+
+
+class TrainArgumentError(ValueError):
+    """A training argument out of range; :attr:`argument` is its Python name (e.g. ``"lr"``)."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+
+class TrainingDiverged(ValueError):
+    """The parameters became NaN or Inf (typically: learning rate too high)."""
+
+
+def checkpoint_path(out_dir: str | os.PathLike[str], epoch: int) -> Path:
+    """``out_dir/checkpoint_epoch{epoch}.npz``."""
+    return Path(out_dir) / f"checkpoint_epoch{epoch}.npz"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` produced.
+
+    Attributes:
+        out_dir: the output directory.
+        problem: the problem with the final (trained) parameters.
+        checkpoints: epoch → checkpoint file, epoch 0 (initial) and the final epoch included.
+        log_path, curve_path, manifest_path: the training log, loss curve and manifest.
+        history: the log rows (:data:`LOG_COLUMNS`), epoch 0 first.
+        initial_objective, final_objective: exact ``J`` before and after training (NaN when the
+            reference refuses the problem).
+        wall_s: total seconds (steps, exact objectives, files); train_s: seconds in steps only.
+        exact_note: why the exact objective is missing, or None.
+    """
+
+    out_dir: Path
+    problem: Problem
+    checkpoints: dict[int, Path]
+    log_path: Path
+    curve_path: Path
+    manifest_path: Path
+    history: list[dict[str, float]]
+    initial_objective: float
+    final_objective: float
+    wall_s: float
+    train_s: float
+    exact_note: str | None = None
+    manifest: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+# --------------------------------------------------------------------------------------------
+# validation and helpers
+
+
+def check_arguments(
+    problem: Problem,
+    *,
+    optimizer: str,
+    lr: float,
+    momentum: float | None,
+    batch_size: int,
+    epochs: int,
+    checkpoints: Iterable[int],
+    seed: int,
+    log_every: int,
+    max_exact_bytes: int,
+) -> list[int]:
+    """Validate :func:`train`'s arguments before any work; return the sorted distinct checkpoints.
+
+    Raises:
+        TrainArgumentError: naming the argument, its value and what was expected.
+    """
+    def bad(arg: str, msg: str) -> TrainArgumentError:
+        return TrainArgumentError(arg, f"argument {arg}={msg}")
+
+    if optimizer not in OPTIMIZERS:
+        raise bad("optimizer", f"{optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise bad("lr", f"{lr!r} must be a finite number > 0")
+    if momentum is not None:
+        if optimizer != "sgd":
+            raise bad("momentum", f"{momentum!r} applies to optimizer 'sgd' only (Adam uses its "
+                                  "default betas (0.9, 0.999))")
+        if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
+            raise bad("momentum", f"{momentum!r} must be in [0, 1)")
+    for arg, v in (("batch_size", batch_size), ("epochs", epochs), ("log_every", log_every),
+                   ("max_exact_bytes", max_exact_bytes)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise bad(arg, f"{v!r} must be an integer ≥ 1")
+    if batch_size > problem.num_data:
+        raise bad("batch_size", f"{batch_size} exceeds the {problem.num_data} data points of "
+                                f"problem {problem.name!r}; use at most {problem.num_data} "
+                                "(= full-batch training)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise bad("seed", f"{seed!r} must be an integer ≥ 0")
+    given = list(checkpoints)
+    cps = []
+    for c in given:
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 1 <= c <= epochs:
+            raise bad("checkpoints", f"{given!r}: epoch {c!r} is not within 1..{epochs} "
+                                     f"(epochs={epochs})")
+        cps.append(int(c))
+    return sorted(set(cps))
+
+
+def parse_checkpoints(text: str) -> list[int]:
+    """``"1,100,2000"`` → ``[1, 100, 2000]`` (the CLI spelling).
+
+    Raises:
+        TrainArgumentError: an item that is not an integer.
+    """
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise TrainArgumentError("checkpoints", f"argument checkpoints={text!r}: {item!r} is not "
+                                                    "an integer epoch (expected e.g. '1,100,2000')"
+                                     ) from None
+    return out
+
+
+def problem_fingerprint(problem: Problem) -> str:
+    """SHA-256 of a problem's arrays (x, y, parameters in network order), loss and noise: equal
+    fingerprints mean the same training input (used to decide whether checkpoints can be reused)."""
+    h = hashlib.sha256()
+    h.update(f"{problem.loss}|{problem.noise}|".encode())
+    for name, t in [("x", problem.x), ("y", problem.y),
+                    *((k, problem.params[k]) for k in problem.param_names)]:
+        a = np.ascontiguousarray(t.detach().cpu().to(torch.float64).numpy())
+        h.update(f"{name}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _stream_seeds(seed: int) -> dict[str, int]:
+    """Independent 63-bit seeds for the data order, the estimator and the train-loss draws."""
+    children = np.random.SeedSequence(seed).spawn(3)
+    names = ("shuffle", "estimator", "monitor")
+    return {n: int(c.generate_state(1, np.uint64)[0] >> np.uint64(1)) for n, c in zip(names, children)}
+
+
+def _rows(problem: Problem, idx: Tensor, params: dict[str, Tensor]) -> Problem:
+    """The minibatch problem: rows ``idx`` of ``x``/``y`` with ``params``, without re-validation.
+
+    ``Problem.__init__`` validates (~0.1 ms, as long as a training step): rows of a validated problem
+    are valid, so the frozen dataclass is shallow-copied and its fields replaced instead.
+    """
+    sub = copy.copy(problem)
+    object.__setattr__(sub, "x", problem.x[idx])
+    object.__setattr__(sub, "y", problem.y[idx])
+    object.__setattr__(sub, "params", params)
+    return sub
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600: give a result file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt(v: float) -> str:
+    return "nan" if not math.isfinite(v) else repr(float(v))
+
+
+def write_log(path: Path, history: Sequence[Mapping[str, float]]) -> None:
+    """Write the training log CSV (:data:`LOG_COLUMNS`) atomically; NaN is written as ``nan``."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(LOG_COLUMNS)
+    for row in history:
+        w.writerow([int(row["epoch"]), int(row["step"]), _fmt(row["train_loss"]),
+                    _fmt(row["exact_objective"]), f"{row['wall_s']:.4f}"])
+    _atomic_write(path, buf.getvalue().encode())
+
+
+def _git_commit() -> str | None:
+    """The source tree's commit, read from ``.git`` files (no git process), or None."""
+    try:
+        git = Path(__file__).resolve().parent.parent / ".git"
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head or None
+        ref = head.split(None, 1)[1]
+        if (git / ref).is_file():
+            return (git / ref).read_text().strip()
+        packed = git / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text().splitlines():
+                if line.endswith(" " + ref):
+                    return line.split()[0]
+    except OSError:
+        pass
+    return None
+
+
+def _versions() -> dict[str, Any]:
+    from sbn_bench import __version__
+
+    out: dict[str, Any] = {"sbn_bench": __version__, "python": sys.version.split()[0],
+                           "torch": torch.__version__, "numpy": np.__version__,
+                           "platform": platform.platform(), "machine": platform.machine(),
+                           "torch_threads": torch.get_num_threads(), "commit": _git_commit()}
+    return out
+
+
+def _finite_or_none(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+# --------------------------------------------------------------------------------------------
+# the figure
+
+
+def plot_loss_curve(history: Sequence[Mapping[str, float]], path: Path, *, title: str,
+                    checkpoints: Sequence[int] = (), loss_name: str = "logistic") -> Path:
+    """Loss against epochs: the epoch's mean sampled loss and the exact objective ``J``, with the
+    checkpoint epochs marked. Written atomically as a PNG (matplotlib's Agg canvas, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ep = np.array([r["epoch"] for r in history], dtype=float)
+    tl = np.array([r["train_loss"] for r in history], dtype=float)
+    ex = np.array([r["exact_objective"] for r in history], dtype=float)
+    fig = Figure(figsize=(8, 4.8), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    m = np.isfinite(tl)
+    if m.any():
+        ax.plot(ep[m], tl[m], color="tab:blue", lw=0.8, alpha=0.55,
+                label="train loss (mean sampled minibatch loss over the epoch)")
+    m = np.isfinite(ex)
+    if m.any():
+        ax.plot(ep[m], ex[m], color="tab:red", lw=1.6, marker="o" if m.sum() <= 60 else None,
+                ms=3, label="exact objective J (full data)")
+    for i, c in enumerate(checkpoints):
+        ax.axvline(c, color="0.4", ls=":", lw=1, label="checkpoints (epoch)" if i == 0 else None)
+        ax.annotate(str(c), (c, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10),
+                    textcoords="offset points", fontsize=7, color="0.3")
+    if len(ep) and ep.max() >= 100:
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlim(0, ep.max() * 1.25)  # room for the last checkpoint's label
+    ax.set_xlabel("epoch" + (" (linear up to 10, then logarithmic)" if ax.get_xscale() == "symlog"
+                             else ""))
+    ax.set_ylabel(f"{loss_name} loss per data point")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    _atomic_write(path, buf.getvalue())
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+def _make_optimizer(name: str, leaves: list[Tensor], lr: float, momentum: float | None
+                    ) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(leaves, lr=lr,
+                               momentum=DEFAULT_SGD_MOMENTUM if momentum is None else momentum)
+    return torch.optim.Adam(leaves, lr=lr)
+
+
+def _step_gradient(estimator: Estimator, sub: Problem, leaves: Mapping[str, Tensor],
+                   views: Mapping[str, Tensor], g_est: torch.Generator, g_mon: torch.Generator
+                   ) -> tuple[list[Tensor], Tensor]:
+    """One gradient sample of the minibatch objective and the sampled losses of that step.
+
+    Args:
+        sub: the minibatch problem (``x [B, n0]``), its ``params`` the current values.
+        leaves: the optimiser's parameters (float64 leaves with ``requires_grad``).
+        views: ``leaf.unsqueeze(0)`` of every leaf: the contract's ``[1, *shape]`` replicas.
+        g_est: the estimator's generator. g_mon: the generator of the extra forward draw that
+            measures the loss for estimators without a path surrogate.
+
+    Returns:
+        ``(grads, losses)``: a gradient shaped like each leaf (same order; zeros where the
+        surrogate does not depend on it) and ``[B]`` sampled losses ``ℓ(η(x^L), y_d)``. A path
+        estimator's losses come from the very draw its gradient uses; its gradient equals
+        ``estimate(estimator, sub, 1, g_est)[name][0]`` for the same generator state.
+    """
+    path_fn = estimator.path_surrogate
+    with torch.enable_grad():
+        if path_fn is not None:
+            states, _ = model.sample_states(views, sub.x, sub.noise_dist, 1, g_est)
+            surr = path_fn(sub, views, states)
+        else:
+            surr = estimator.surrogate(sub, views, g_est)
+            states, _ = model.sample_states(sub.params, sub.x, sub.noise_dist, 1, g_mon)
+        if not isinstance(surr, Tensor) or surr.shape != (1,):
+            shape = tuple(surr.shape) if isinstance(surr, Tensor) else type(surr).__name__
+            raise ContractError(f"estimator {estimator.spec!r} returned a surrogate of shape "
+                                f"{shape}, expected [S] = (1,)")
+        raw = (torch.autograd.grad(surr.sum(), list(leaves.values()), allow_unused=True)
+               if surr.requires_grad else (None,) * len(leaves))
+    grads = [torch.zeros_like(leaf) if g is None else g.detach()
+             for leaf, g in zip(leaves.values(), raw)]
+    with torch.no_grad():
+        losses = sub.loss_values(model.output(sub.params, states[-1]))[0]  # [B]
+    return grads, losses
+
+
+def train(
+    problem: Problem,
+    estimator: Estimator | str,
+    *,
+    optimizer: Literal["sgd", "adam"] = "sgd",
+    lr: float = 0.03,
+    momentum: float | None = None,
+    batch_size: int = 10,
+    epochs: int = 2000,
+    checkpoints: Iterable[int] = (),
+    seed: int = 0,
+    out_dir: str | os.PathLike[str],
+    log_every: int = 1,
+    exact_log: bool = True,
+    max_exact_bytes: int = DEFAULT_MAX_BYTES,
+    progress: ProgressFn | None = None,
+    num_threads: int | None = 1,
+) -> TrainResult:
+    """Train ``problem``'s network with one sample of ``estimator`` per minibatch step.
+
+    The defaults are the paper's settings (SPEC §6: batch 10, SGD lr 0.03, momentum 0.9, 2000
+    epochs); the paper's checkpoints are ``checkpoints=(1, 100, 2000)``.
+
+    Args:
+        problem: the problem; its parameters are the initial ones (cast to float64).
+        estimator: an :class:`Estimator` or a spec such as ``"reinforce"`` or ``"concrete:tau=0.1"``
+            (built-ins and installed entry points; build plugin estimators with
+            :func:`~sbn_bench.estimators.load_registry` and pass the object).
+        optimizer: ``"sgd"`` (with momentum) or ``"adam"`` (default betas).
+        lr: learning rate, > 0.
+        momentum: SGD momentum in [0, 1); None means 0.9 (the paper's). Must be None for Adam.
+        batch_size: data points per step, 1..D (the last minibatch of an epoch may be smaller).
+        epochs: passes over the data, ≥ 1; one epoch is ``ceil(D / batch_size)`` steps.
+        checkpoints: epochs (each in 1..epochs) after which the parameters are saved; epoch 0 (the
+            initial parameters) and the final epoch are always saved as well.
+        seed: seeds the data order and the estimator's noise (see the module docstring).
+        out_dir: directory for the checkpoints, log, figure and manifest (created if needed).
+        log_every: compute the exact objective every this many epochs (and at every checkpoint).
+            The paper net's exact objective costs about 0.5 ms, so 1 adds ~1 s to 2000 epochs.
+        exact_log: compute the exact objective at all (False: the column is NaN).
+        max_exact_bytes: memory limit of the exact reference; a larger problem trains anyway, with
+            a NaN objective column and a note in the manifest.
+        progress: called as ``progress(epoch, epochs, row)`` after every epoch.
+        num_threads: torch intra-op threads while training (the previous setting is restored
+            afterwards); None leaves it alone. A step's tensors are tiny (``[1, batch, n_k]``), so
+            threads only add synchronisation: on a 2-core machine shared with other processes, 2
+            threads made a paper-net step ~8-25x slower than 1 thread (measured).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        TrainArgumentError: a bad argument, before any work. UnsupportedProblem: the estimator does
+        not support the problem's noise or loss. TrainingDiverged: the parameters became non-finite
+        (the log up to that epoch is written).
+    """
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                    or num_threads < 1):
+        raise TrainArgumentError("num_threads", f"argument num_threads={num_threads!r} must be an "
+                                                "integer ≥ 1 or None")
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _train(problem, estimator, optimizer=optimizer, lr=lr, momentum=momentum,
+                      batch_size=batch_size, epochs=epochs, checkpoints=checkpoints, seed=seed,
+                      out_dir=out_dir, log_every=log_every, exact_log=exact_log,
+                      max_exact_bytes=max_exact_bytes, progress=progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: float,
+           momentum: float | None, batch_size: int, epochs: int, checkpoints: Iterable[int],
+           seed: int, out_dir: str | os.PathLike[str], log_every: int, exact_log: bool,
+           max_exact_bytes: int, progress: ProgressFn | None) -> TrainResult:
+    t_start = time.perf_counter()
+    cps = check_arguments(problem, optimizer=optimizer, lr=lr, momentum=momentum,
+                          batch_size=batch_size, epochs=epochs, checkpoints=checkpoints, seed=seed,
+                          log_every=log_every, max_exact_bytes=max_exact_bytes)
+    if isinstance(estimator, str):
+        estimator = load_registry().create(estimator)
+    problem = problem.to(dtype=torch.float64)
+    estimator.check_supports(problem)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_epochs = sorted({0, *cps, epochs})
+
+    exact_note: str | None = None if exact_log else "exact objective not requested (exact_log=False)"
+    if exact_log:
+        try:
+            check_size(problem, max_exact_bytes)
+        except ReferenceTooLarge as e:
+            exact_note = str(e)
+
+    leaves = {k: problem.params[k].detach().clone().requires_grad_(True) for k in problem.param_names}
+    live = {k: v.detach() for k, v in leaves.items()}  # views: always the current values
+    views = {k: v.unsqueeze(0) for k, v in leaves.items()}  # the surrogate's [1, *shape] replicas
+    opt = _make_optimizer(optimizer, list(leaves.values()), lr, momentum)
+    seeds = _stream_seeds(seed)
+    device = problem.x.device
+    g_shuffle = torch.Generator().manual_seed(seeds["shuffle"])
+    g_est = torch.Generator(device=device).manual_seed(seeds["estimator"])
+    g_mon = torch.Generator(device=device).manual_seed(seeds["monitor"])
+    D = problem.num_data
+    t_objective = 0.0
+
+    def exact_J() -> float:
+        nonlocal t_objective
+        if exact_note is not None:
+            return math.nan
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            J = float(objective(problem, live, max_exact_bytes))
+        t_objective += time.perf_counter() - t0
+        return J
+
+    def save(epoch: int) -> Path:
+        return save_problem(problem.with_params(live, name=f"{problem.name}-epoch{epoch}"),
+                            checkpoint_path(out, epoch))
+
+    log_path, curve_path, manifest_path = out / LOG_NAME, out / CURVE_NAME, out / MANIFEST_NAME
+    written = {0: save(0)}
+    history: list[dict[str, float]] = [{"epoch": 0, "step": 0, "train_loss": math.nan,
+                                        "exact_objective": exact_J(), "wall_s": 0.0}]
+    initial_J = history[0]["exact_objective"]
+    write_log(log_path, history)
+    last_flush = time.perf_counter()
+    t_train = 0.0
+    step = 0
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        perm = torch.randperm(D, generator=g_shuffle).to(device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for start in range(0, D, batch_size):
+            sub = _rows(problem, perm[start:start + batch_size], live)
+            grads, losses = _step_gradient(estimator, sub, leaves, views, g_est, g_mon)
+            for leaf, gr in zip(leaves.values(), grads):
+                leaf.grad = gr
+            loss_sum += losses.sum()
+            opt.step()
+            step += 1
+        t_train += time.perf_counter() - t0
+        bad = [k for k, v in live.items() if not torch.isfinite(v).all()]
+        want_exact = epoch % log_every == 0 or epoch in save_epochs
+        row = {"epoch": epoch, "step": step, "train_loss": float(loss_sum) / D,
+               "exact_objective": exact_J() if want_exact and not bad else math.nan,
+               "wall_s": time.perf_counter() - t_start}
+        history.append(row)
+        if bad:
+            write_log(log_path, history)
+            raise TrainingDiverged(
+                f"training diverged at epoch {epoch} (step {step}): parameter {bad[0]} became NaN "
+                f"or Inf with estimator {estimator.spec!r}, optimizer {optimizer}, lr={lr}; lower "
+                f"the learning rate (log so far in {str(log_path)!r})")
+        if epoch in save_epochs:
+            written[epoch] = save(epoch)
+        if epoch in save_epochs or time.perf_counter() - last_flush > _FLUSH_SECONDS:
+            write_log(log_path, history)
+            last_flush = time.perf_counter()
+        if progress is not None:
+            progress(epoch, epochs, row)
+
+    write_log(log_path, history)
+    final_J = history[-1]["exact_objective"]
+    final = problem.with_params(live, name=f"{problem.name}-epoch{epochs}")
+    mom = (DEFAULT_SGD_MOMENTUM if momentum is None else momentum) if optimizer == "sgd" else None
+    title = (f"{problem.name} ({problem.arch}, D={D}): {estimator.spec}, {optimizer} lr={lr:g}"
+             + (f" momentum={mom:g}" if mom is not None else "") + f", batch {batch_size}")
+    plot_loss_curve(history, curve_path, title=title, checkpoints=[c for c in save_epochs if c > 0],
+                    loss_name=problem.loss)
+    wall = time.perf_counter() - t_start
+    manifest: dict[str, Any] = {
+        "kind": "sbn-bench train",
+        "manifest_version": MANIFEST_VERSION,
+        "config": {"optimizer": optimizer, "lr": lr, "momentum": mom, "batch_size": batch_size,
+                   "epochs": epochs, "checkpoints": cps, "seed": seed, "log_every": log_every,
+                   "exact_log": exact_log, "max_exact_bytes": max_exact_bytes},
+        "seeds": {"seed": seed, **seeds},
+        "problem": {"name": problem.name, "arch": problem.arch, "num_data": D,
+                    "loss": problem.loss, "noise": problem.noise,
+                    "fingerprint": problem_fingerprint(problem)},
+        "estimator": {"spec": estimator.spec, "name": estimator.name,
+                      "version": estimator.version, "hyperparams": estimator.hparams,
+                      "unbiased": estimator.unbiased, "randomness": estimator.randomness},
+        "steps": step,
+        "steps_per_epoch": math.ceil(D / batch_size),
+        "initial_objective": _finite_or_none(initial_J),
+        "final_objective": _finite_or_none(final_J),
+        "final_train_loss": _finite_or_none(history[-1]["train_loss"]),
+        "exact_objective_note": exact_note,
+        "wall_s": wall,
+        "train_s": t_train,
+        "exact_objective_s": t_objective,
+        "seconds_per_step": t_train / max(step, 1),
+        "checkpoints": {str(e): p.name for e, p in sorted(written.items())},
+        "files": {"log": LOG_NAME, "curve": CURVE_NAME},
+        "versions": _versions(),
+        "device": str(device),
+    }
+    _atomic_write(manifest_path, (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode())
+    return TrainResult(out_dir=out, problem=final, checkpoints=written, log_path=log_path,
+                       curve_path=curve_path, manifest_path=manifest_path, history=history,
+                       initial_objective=initial_J, final_objective=final_J, wall_s=wall,
+                       train_s=t_train, exact_note=exact_note, manifest=manifest)
