@@ -1,0 +1,227 @@
+"""Compare a run with a baseline run: ratios, and flags only where a difference exceeds its noise.
+
+Compared per (problem, checkpoint, estimator, layer): rrmse at M=1 and the relative bias; per
+(problem, checkpoint, estimator): samples/s. Ratios are run / baseline.
+
+A difference ``a − b`` is flagged when
+
+* Monte-Carlo values (standard errors ``s_a``, ``s_b``): ``|a − b| > z · √(s_a² + s_b²)`` with
+  ``z =`` :data:`DEFAULT_SIGMA` (3: a two-sided false-flag rate of 0.27 % per comparison for
+  Gaussian errors; with 2 about 5 % of equal cells would be flagged in a large table);
+* exact-mode values on both sides (no sampling error): ``|a − b| > 1e-12 · max(|a|, |b|) + 1e-12``,
+  i.e. beyond float64 round-off of these quantities, which are relative to ``‖g‖`` and hence of
+  order one;
+* throughput, whose spread over timed rounds is the uncertainty: ``|a − b| > √(IQR_a² + IQR_b²)``.
+
+Runs are only compared when they measured the same thing: the same problems (fingerprints), the same
+estimator versions, the same device and result schema. Otherwise :class:`IncomparableRuns` says what
+differs, unless ``force=True``; then the differences become warnings printed in the report.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from sbn_bench.reports.load import (
+    Run,
+    device_of,
+    estimator_versions,
+    problem_fingerprints,
+)
+from sbn_bench.reports.tables import (
+    Cell,
+    Table,
+    cell_label,
+    cell_rows,
+    fmt_num,
+    fmt_pm,
+    layer_key,
+    metric_index,
+    slug,
+    throughput_row,
+)
+
+DEFAULT_SIGMA = 3.0
+EXACT_REL = 1e-12
+EXACT_ABS = 1e-12
+
+
+class IncomparableRuns(ValueError):
+    """Two runs that did not measure the same thing (problems, estimator versions, device)."""
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Whether ``a`` (run) and ``b`` (baseline) differ beyond their uncertainty.
+
+    Attributes:
+        flagged: ``|a − b|`` exceeds the threshold (see the module docstring).
+        z: ``|a − b| / √(u_a² + u_b²)``; ``inf`` for a difference between exact values, 0 for none.
+        exact: both values had no uncertainty.
+    """
+
+    flagged: bool
+    z: float
+    exact: bool
+
+
+def _u(x: float | None) -> float:
+    return float(x) if x is not None and math.isfinite(x) and x > 0 else 0.0
+
+
+def significant(a: float, b: float, ua: float | None, ub: float | None,
+                sigma: float = DEFAULT_SIGMA) -> Difference:
+    """Test ``a`` against ``b`` with uncertainties ``ua``, ``ub`` (NaN/0/None: none, i.e. exact)."""
+    u = math.hypot(_u(ua), _u(ub))
+    d = abs(a - b)
+    if not (math.isfinite(a) and math.isfinite(b)):
+        same = a == b or (math.isnan(a) and math.isnan(b))
+        return Difference(not same, 0.0 if same else math.inf, u == 0)
+    if u > 0:
+        return Difference(d > sigma * u, d / u, False)
+    tol = EXACT_REL * max(abs(a), abs(b)) + EXACT_ABS
+    return Difference(d > tol, math.inf if d > tol else 0.0, True)
+
+
+def _cell_key(problem: str, checkpoint: str) -> list[str]:
+    return [f"{problem}@{checkpoint}", problem] if checkpoint else [problem]
+
+
+def check_comparable(run: Run, base: Run) -> tuple[list[str], list[str]]:
+    """What makes two runs incomparable, and what could not be checked.
+
+    Returns:
+        ``(differences, unchecked)``: lines such as ``"problem 'p' at checkpoint 'c' differs:
+        fingerprint … (run) vs … (baseline)"``; and lines naming facts missing from a manifest.
+    """
+    diffs: list[str] = []
+    unchecked: list[str] = []
+    fa, fb = problem_fingerprints(run.manifest), problem_fingerprints(base.manifest)
+    shared_cells = [c for c in run.cells() if c in set(base.cells())]
+    for p, c in shared_cells:
+        ka = next((k for k in _cell_key(p, c) if k in fa), None)
+        kb = next((k for k in _cell_key(p, c) if k in fb), None)
+        where = f"problem {p!r}" + (f" at checkpoint {c!r}" if c else "")
+        if ka is None or kb is None:
+            unchecked.append(f"{where}: no fingerprint in the "
+                             f"{'run' if ka is None else 'baseline'} manifest")
+        elif fa[ka] != fb[kb]:
+            diffs.append(f"{where} differs: fingerprint {fa[ka]} (run) vs {fb[kb]} (baseline)")
+    va, vb = estimator_versions(run.manifest), estimator_versions(base.manifest)
+    shared_est = [e for e in run.estimators() if e in set(base.estimators())]
+    for e in shared_est:
+        if e in va and e in vb:
+            if va[e] != vb[e]:
+                diffs.append(f"estimator {e!r} version {va[e]} (run) vs {vb[e]} (baseline)")
+        else:
+            unchecked.append(f"estimator {e!r}: no version in the "
+                             f"{'run' if e not in va else 'baseline'} manifest")
+    da, db = device_of(run), device_of(base)
+    if da is not None and db is not None and da != db:
+        diffs.append(f"device {da} (run) vs {db} (baseline)")
+    elif da is None or db is None:
+        unchecked.append("device unknown in " + ("the run" if da is None else "the baseline"))
+    sa, sb = run.manifest.get("schema_version"), base.manifest.get("schema_version")
+    if sa is not None and sb is not None and sa != sb:
+        diffs.append(f"result schema version {sa} (run) vs {sb} (baseline)")
+    return diffs, unchecked
+
+
+@dataclass
+class Comparison:
+    """The comparison section: tables of ratios, the flagged differences, warnings."""
+
+    run: Run
+    base: Run
+    sigma: float
+    tables: list[Table] = field(default_factory=list)
+    flagged: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _ratio(a: float, b: float, diff: Difference) -> str:
+    if not diff.flagged and diff.exact:
+        return "≈1" if math.isfinite(a) else "="
+    if b == 0:  # undefined unless the difference is real
+        return "∞" if diff.flagged else "—"
+    return fmt_num(a / b, 4)
+
+
+def _ratio_cell(a: float, b: float, diff: Difference) -> Cell:
+    text = _ratio(a, b, diff)
+    if diff.flagged:
+        text += " (exact)" if diff.exact else f" (z={diff.z:.1f})"
+    return Cell(text, diff.flagged)
+
+
+def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEFAULT_SIGMA) -> Comparison:
+    """Compare ``run`` with ``base`` (the baseline).
+
+    Raises:
+        IncomparableRuns: the runs differ in problems, estimator versions, device or schema, and
+            ``force`` is false. The message lists every difference.
+    """
+    diffs, unchecked = check_comparable(run, base)
+    if diffs and not force:
+        raise IncomparableRuns(f"cannot compare {str(run.path)!r} with baseline {str(base.path)!r}: "
+                               + "; ".join(diffs) + " (pass --force to compare anyway)")
+    cmp = Comparison(run, base, sigma)
+    cmp.warnings += [f"compared despite: {d} (--force)" for d in diffs]
+    cmp.notes += [f"not checked: {u}" for u in unchecked]
+    base_cells = set(base.cells())
+    for p, c in run.cells():
+        if (p, c) not in base_cells:
+            cmp.notes.append(f"{cell_label(p, c)}: not in the baseline, not compared")
+            continue
+        ia, ib = metric_index(cell_rows(run, p, c)), metric_index(cell_rows(base, p, c))
+        rows: list[list[Cell]] = []
+        keys = sorted({(e, lay) for (e, lay, _, _) in ia} & {(e, lay) for (e, lay, _, _) in ib},
+                      key=lambda k: (layer_key(k[1]), run.estimators().index(k[0])))
+        for est, layer in keys:
+            row = [Cell(layer), Cell(est)]
+            for metric, m, label in (("rrmse", 1.0, "rrmse M=1"), ("rel_bias", None, "rel. bias")):
+                va, vb = ia.get((est, layer, metric, m)), ib.get((est, layer, metric, m))
+                if va is None or vb is None:
+                    row += [Cell("—"), Cell("—"), Cell("—")]
+                    continue
+                diff = significant(va.value, vb.value, va.stderr, vb.stderr, sigma)
+                row += [Cell(fmt_pm(va.value, va.stderr)), Cell(fmt_pm(vb.value, vb.stderr)),
+                        _ratio_cell(va.value, vb.value, diff)]
+                if diff.flagged:
+                    how = "exact values" if diff.exact else f"z = {diff.z:.1f}"
+                    cmp.flagged.append(
+                        f"{cell_label(p, c)} · {est} · layer {layer} · {label}: "
+                        f"{fmt_pm(va.value, va.stderr)} vs {fmt_pm(vb.value, vb.stderr)} "
+                        f"(ratio {_ratio(va.value, vb.value, diff)}, {how})")
+            rows.append(row)
+        if rows:
+            cmp.tables.append(Table(
+                title=f"Accuracy: run / baseline · {cell_label(p, c)}",
+                header=["layer", "estimator", "rrmse M=1 run", "baseline", "ratio",
+                        "rel. bias run", "baseline", "ratio"],
+                rows=rows, anchor=slug("compare", p, c)))
+        trows: list[list[Cell]] = []
+        for est in run.estimators():
+            ta, tb = throughput_row(run, p, c, est), throughput_row(base, p, c, est)
+            if ta is None or tb is None:
+                continue
+            a, b = float(ta["samples_per_s"]), float(tb["samples_per_s"])
+            iqr_a = float(ta["samples_per_s_q75"] - ta["samples_per_s_q25"])
+            iqr_b = float(tb["samples_per_s_q75"] - tb["samples_per_s_q25"])
+            diff = significant(a, b, iqr_a, iqr_b, sigma=1.0)
+            trows.append([Cell(est), Cell(f"{fmt_num(a)} (IQR {fmt_num(iqr_a)})"),
+                          Cell(f"{fmt_num(b)} (IQR {fmt_num(iqr_b)})"), _ratio_cell(a, b, diff)])
+            if diff.flagged:
+                cmp.flagged.append(f"{cell_label(p, c)} · {est} · samples/s: {fmt_num(a)} vs "
+                                   f"{fmt_num(b)} (ratio {_ratio(a, b, diff)}, beyond the IQRs)")
+        if trows:
+            cmp.tables.append(Table(
+                title=f"Throughput: run / baseline · {cell_label(p, c)}",
+                header=["estimator", "samples/s run", "baseline", "ratio"], rows=trows,
+                anchor=slug("compare-throughput", p, c)))
+    for p, c in base.cells():
+        if (p, c) not in set(run.cells()):
+            cmp.notes.append(f"{cell_label(p, c)}: only in the baseline, not compared")
+    return cmp

@@ -1,0 +1,374 @@
+"""Read a run directory (``manifest.json``, ``metrics.csv``, ``throughput.csv``, ``failures.csv``).
+
+The columns are fixed in :mod:`sbn_bench.schema`; the manifest is read tolerantly: a missing key is
+reported as unknown, never as an error, so reports work on partial or older runs (STYLE 7).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sbn_bench import schema
+
+LAYER_ALL = "all"
+LAYER_OUT = "out"
+
+_STR_COLUMNS = ("problem", "checkpoint", "estimator", "layer", "metric", "mode", "device", "dtype",
+                "stage", "error")
+
+
+class RunDirError(FileNotFoundError):
+    """A path that is not a readable run directory; the message says what is missing."""
+
+
+@dataclass
+class Run:
+    """One run directory, loaded.
+
+    Attributes:
+        path: the directory.
+        manifest: ``manifest.json`` as a dict (empty when absent).
+        metrics: tidy rows, columns :data:`sbn_bench.schema.METRICS_COLUMNS` (``M`` float, NaN when the
+            metric does not depend on it; ``layer``/``checkpoint`` strings).
+        throughput: columns :data:`sbn_bench.schema.THROUGHPUT_COLUMNS` (may have no rows).
+        failures: columns :data:`sbn_bench.schema.FAILURES_COLUMNS` (may have no rows).
+        warnings: problems found while reading (unknown manifest keys are not warnings).
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+    metrics: pd.DataFrame
+    throughput: pd.DataFrame
+    failures: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    seeds_combined: int = 1
+
+    def cells(self) -> list[tuple[str, str]]:
+        """The (problem, checkpoint) pairs with results or failures, in run order."""
+        seen: dict[tuple[str, str], None] = {}
+        for frame in (self.metrics, self.throughput):
+            for p, c in zip(frame["problem"], frame["checkpoint"]):
+                seen.setdefault((p, c), None)
+        for p, c in zip(self.failures["problem"], self.failures["checkpoint"]):
+            if c or not any(k[0] == p for k in seen):
+                seen.setdefault((p, c), None)
+        return list(seen)
+
+    def estimators(self) -> list[str]:
+        """Estimator specs in run order (first appearance; failures last)."""
+        out: dict[str, None] = {}
+        for frame in (self.metrics, self.throughput, self.failures):
+            for e in frame["estimator"]:
+                out.setdefault(e, None)
+        return list(out)
+
+
+REQUIRED = {
+    "metrics.csv": ["problem", "checkpoint", "estimator", "layer", "metric", "M", "value", "stderr",
+                    "mode"],
+    "throughput.csv": ["problem", "estimator", "samples_per_s"],
+    "failures.csv": ["problem", "estimator", "error"],
+}
+"""The columns a report cannot do without (issue 4); the other schema columns are optional and
+read as empty when absent, so older or hand-made runs still render."""
+
+
+def _read_csv(path: Path, columns: list[str], required: bool) -> pd.DataFrame:
+    if not path.is_file():
+        if required:
+            raise RunDirError(f"no {path.name} in {str(path.parent)!r}: not a run directory "
+                              f"(write one with: sbn-bench run --out {path.parent})")
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    if path.stat().st_size == 0:
+        raise ValueError(f"{str(path)!r} is empty: expected a CSV header with columns "
+                         f"{', '.join(columns)}")
+    dtypes = {c: str for c in _STR_COLUMNS if c in columns}
+    frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
+    missing = [c for c in REQUIRED.get(path.name, columns) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{str(path)!r} lacks the column(s) {', '.join(missing)}; expected at least "
+                         f"{', '.join(REQUIRED.get(path.name, columns))} (sbn_bench.schema)")
+    for c in columns:
+        if c not in frame.columns:
+            frame[c] = "" if c in _STR_COLUMNS else float("nan")
+    for c in _STR_COLUMNS:
+        if c in frame.columns:
+            frame[c] = frame[c].fillna("").astype(object)
+    return frame
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Load a run directory written by ``sbn-bench run``.
+
+    Raises:
+        RunDirError: the directory does not exist, is not a directory, or has no ``metrics.csv``.
+        ValueError: a file is empty or lacks schema columns.
+    """
+    path = Path(run_dir)
+    if not path.exists():
+        raise RunDirError(f"run directory {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise RunDirError(f"{str(path)!r} is not a directory: expected a run directory "
+                          "(with manifest.json and metrics.csv)")
+    if not any(path.iterdir()):
+        raise RunDirError(f"run directory {str(path)!r} is empty: no metrics.csv (write one with: "
+                          f"sbn-bench run --out {path})")
+    metrics = _read_csv(path / "metrics.csv", schema.METRICS_COLUMNS, required=True)
+    metrics["M"] = pd.to_numeric(metrics["M"], errors="coerce").astype(float)
+    for c in ("value", "stderr"):
+        metrics[c] = pd.to_numeric(metrics[c], errors="coerce").astype(float)
+    throughput = _read_csv(path / "throughput.csv", schema.THROUGHPUT_COLUMNS, required=False)
+    for c in schema.THROUGHPUT_COLUMNS:
+        if c not in _STR_COLUMNS:
+            throughput[c] = pd.to_numeric(throughput[c], errors="coerce").astype(float)
+    failures = _read_csv(path / "failures.csv", schema.FAILURES_COLUMNS, required=False)
+    warnings: list[str] = []
+    manifest: dict[str, Any] = {}
+    mpath = path / "manifest.json"
+    if mpath.is_file():
+        try:
+            loaded = json.loads(mpath.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            warnings.append(f"manifest.json is not valid JSON ({e}); run facts are unknown")
+        else:
+            if isinstance(loaded, dict):
+                manifest = loaded
+            else:
+                warnings.append("manifest.json is not a JSON object; run facts are unknown")
+    else:
+        warnings.append("no manifest.json: run facts (version, commit, device) are unknown")
+    unknown = sorted(set(metrics["metric"]) - set(schema.METRICS))
+    if unknown:
+        warnings.append(f"metrics.csv has metric names outside the schema, ignored: {', '.join(unknown)}")
+    sv = manifest.get("schema_version")
+    if sv is not None and sv != schema.SCHEMA_VERSION:
+        warnings.append(f"manifest schema_version {sv} differs from this sbn-bench's "
+                        f"{schema.SCHEMA_VERSION}; the report may misread it")
+    metrics, n_seeds = combine_seeds(metrics)
+    throughput = _combine_throughput(throughput)
+    return Run(path, manifest, metrics, throughput, failures, warnings, n_seeds)
+
+
+METRIC_KEY = ["problem", "checkpoint", "estimator", "layer", "metric", "M"]
+
+
+def combine_seeds(metrics: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One row per (problem, checkpoint, estimator, layer, metric, M) when a run has several
+    sampling seeds: the mean over seeds, with standard error ``√(Σ se²)/n`` (independent seeds).
+
+    Returns:
+        ``(rows, n)``: ``n`` the largest number of rows combined into one (1: nothing to combine).
+    """
+    if metrics.empty:
+        return metrics, 1
+    grouped = metrics.groupby(METRIC_KEY, sort=False, dropna=False)
+    n = int(grouped.size().max())
+    if n == 1:
+        return metrics, 1
+    work = metrics.assign(_se2=metrics["stderr"] ** 2, _se_na=metrics["stderr"].isna(),
+                          _seed=metrics["seed"].astype(str))
+    out = work.groupby(METRIC_KEY, sort=False, dropna=False).agg(
+        value=("value", "mean"), _se2=("_se2", "sum"), _n=("value", "size"), _na=("_se_na", "sum"),
+        mode=("mode", lambda x: "/".join(dict.fromkeys(x))), seed=("_seed", ",".join),
+        samples=("samples", "sum"), device=("device", "first"), dtype=("dtype", "first"),
+    ).reset_index()
+    out["stderr"] = (out["_se2"] ** 0.5 / out["_n"]).where(out["_na"] < out["_n"])
+    return out[list(metrics.columns)], n
+
+
+def _combine_throughput(tp: pd.DataFrame) -> pd.DataFrame:
+    """One throughput row per (problem, checkpoint, estimator): the median of repeated rows."""
+    if tp.empty:
+        return tp
+    keys = ["problem", "checkpoint", "estimator"]
+    if not tp.duplicated(keys).any():
+        return tp
+    num = [c for c in tp.columns if c not in keys and pd.api.types.is_numeric_dtype(tp[c])]
+    other = [c for c in tp.columns if c not in keys and c not in num]
+    agg = {**{c: "median" for c in num}, **{c: "first" for c in other}}
+    return tp.groupby(keys, sort=False, as_index=False).agg(agg)[list(tp.columns)]
+
+
+# --------------------------------------------------------------------------------------------
+# manifest facts, read tolerantly
+
+
+def _get(d: Any, *keys: str) -> Any:
+    """``d[k1][k2]…`` or None."""
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _first(*values: Any) -> Any:
+    for v in values:
+        if v is not None and v != "":
+            return v
+    return None
+
+
+def _unique(frame: pd.DataFrame, column: str) -> str | None:
+    if column not in frame.columns or frame.empty:
+        return None
+    vals = [str(v) for v in pd.unique(frame[column].dropna()) if str(v) != ""]
+    if not vals:
+        return None
+    return ", ".join(vals)
+
+
+def _device_text(dev: Any) -> str | None:
+    if dev is None:
+        return None
+    if isinstance(dev, dict):
+        name = _first(dev.get("name"), dev.get("model"), dev.get("cpu"))
+        kind = _first(dev.get("type"), dev.get("device"), dev.get("kind"))
+        parts = [str(p) for p in (kind, name) if p is not None]
+        return " ".join(parts) if parts else json.dumps(dev, sort_keys=True)
+    return str(dev)
+
+
+def run_facts(run: Run) -> list[tuple[str, str]]:
+    """Header facts: sbn-bench version, commit, device, dtype, samples, seeds, date, schema version.
+
+    Unknown facts are written ``unknown``. Device, dtype, samples and seed fall back to
+    ``metrics.csv`` when the manifest lacks them.
+    """
+    m, cfg = run.manifest, run.manifest.get("config") or {}
+    env = m.get("environment") if isinstance(m.get("environment"), dict) else {}
+    pkgs = _first(m.get("packages"), m.get("package_versions"), m.get("versions"),
+                  env.get("packages")) or {}
+    version = _first(m.get("sbn_bench_version"), m.get("version"), _get(pkgs, "sbn-bench"),
+                     _get(pkgs, "sbn_bench"))
+    commit = _first(m.get("git_commit"), m.get("commit"), _get(m, "git", "commit"),
+                    env.get("git_commit"))
+    if isinstance(m.get("git"), str):
+        commit = _first(commit, m.get("git"))
+    dirty = _first(m.get("git_dirty"), _get(m, "git", "dirty"))
+    device = _first(_device_text(m.get("device")), _unique(run.metrics, "device"),
+                    _unique(run.throughput, "device"))
+    dtype = _first(cfg.get("dtype") if isinstance(cfg, dict) else None, m.get("dtype"),
+                   _unique(run.metrics, "dtype"))
+    samples = _first(cfg.get("samples") if isinstance(cfg, dict) else None, m.get("samples"),
+                     _unique(run.metrics, "samples"))
+    seeds = _first(m.get("seeds"), cfg.get("seeds") if isinstance(cfg, dict) else None,
+                   cfg.get("seed") if isinstance(cfg, dict) else None, m.get("seed"),
+                   _unique(run.metrics, "seed"))
+    if isinstance(seeds, (list, tuple)):
+        seeds = ", ".join(str(s) for s in seeds)
+    elif isinstance(seeds, dict):
+        seeds = ", ".join(f"{k}={v}" for k, v in seeds.items())
+    date = _first(m.get("created"), m.get("date"), m.get("timestamp"), m.get("started"),
+                  m.get("finished"))
+    status = m.get("status")
+    torch_v = _first(_get(pkgs, "torch"), m.get("torch_version"))
+    commit_text = None
+    if commit is not None:
+        commit_text = str(commit) + (" (uncommitted changes)" if dirty else "")
+    facts = [
+        ("sbn-bench version", version), ("git commit", commit_text), ("device", device),
+        ("dtype", dtype), ("samples", samples), ("seeds", seeds), ("date", date),
+        ("torch", torch_v), ("schema version", m.get("schema_version")),
+    ]
+    if status is not None:
+        facts.append(("status", status))
+    if run.seeds_combined > 1:
+        facts.append(("seeds combined", f"{run.seeds_combined} per cell: values are means over seeds, "
+                                        "stderr = √(Σ se²)/n"))
+    return [(k, "unknown" if v is None else str(v)) for k, v in facts]
+
+
+def _fp_text(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, dict):
+        v = _first(v.get("fingerprint"), v.get("sha256"), v.get("hash"), v.get("digest"))
+        return None if v is None else str(v)
+    return str(v)
+
+
+def problem_fingerprints(manifest: dict[str, Any]) -> dict[str, str]:
+    """``{"problem" or "problem@checkpoint": fingerprint}`` from the manifest (empty if absent).
+
+    Accepts a ``problems`` list of ``{name, checkpoint?, fingerprint}`` records, a ``problems`` or
+    ``fingerprints`` / ``problem_fingerprints`` mapping ``name -> fingerprint`` (or ``-> {fingerprint,
+    checkpoints: {name: fingerprint}}``).
+    """
+    out: dict[str, str] = {}
+
+    def add(name: str, ckpt: Any, value: Any) -> None:
+        fp = _fp_text(value)
+        if fp is not None:
+            out[f"{name}@{ckpt}" if ckpt not in (None, "") else name] = fp
+
+    for key in ("problems", "fingerprints", "problem_fingerprints"):
+        block = manifest.get(key)
+        if isinstance(block, list):
+            for rec in block:
+                if isinstance(rec, dict):
+                    name = _first(rec.get("name"), rec.get("problem"))
+                    if name is None:
+                        continue
+                    add(str(name), rec.get("checkpoint"), rec)
+                    cks = rec.get("checkpoints")
+                    if isinstance(cks, list):
+                        for ck in cks:
+                            if isinstance(ck, dict):
+                                add(str(name), _first(ck.get("name"), ck.get("checkpoint")), ck)
+                    elif isinstance(cks, dict):
+                        for ck, v in cks.items():
+                            add(str(name), ck, v)
+        elif isinstance(block, dict):
+            for name, v in block.items():
+                add(str(name), None, v)
+                if isinstance(v, dict) and isinstance(v.get("checkpoints"), dict):
+                    for ck, cv in v["checkpoints"].items():
+                        add(str(name), ck, cv)
+    return out
+
+
+def estimator_versions(manifest: dict[str, Any]) -> dict[str, str]:
+    """``{spec: version}`` from the manifest's ``estimators`` (a list of ``{spec|name, version}``
+    records or a mapping ``spec -> version | {version}``); also ``estimator_versions``."""
+    out: dict[str, str] = {}
+    for key in ("estimators", "estimator_versions"):
+        block = manifest.get(key)
+        if isinstance(block, list):
+            for rec in block:
+                if isinstance(rec, dict):
+                    spec = _first(rec.get("spec"), rec.get("name"))
+                    ver = rec.get("version")
+                    if spec is not None and ver is not None:
+                        out[str(spec)] = str(ver)
+        elif isinstance(block, dict):
+            for spec, v in block.items():
+                ver = v.get("version") if isinstance(v, dict) else v
+                if ver is not None and not isinstance(ver, (dict, list)):
+                    out[str(spec)] = str(ver)
+    return out
+
+
+def device_of(run: Run) -> str | None:
+    """The run's device as text (manifest first, then the tables)."""
+    return _first(_device_text(run.manifest.get("device")), _unique(run.metrics, "device"),
+                  _unique(run.throughput, "device"))
+
+
+def target_rrmse(run: Run) -> float | None:
+    """The target relative RMSE of ``time_to_accuracy_s``, when the manifest records it."""
+    cfg = run.manifest.get("config") or {}
+    for d in (cfg, run.manifest):
+        if not isinstance(d, dict):
+            continue
+        for k in ("target_rrmse", "target", "accuracy_target", "time_to_accuracy_target"):
+            v = d.get(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                return float(v)
+    return None
