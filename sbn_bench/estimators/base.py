@@ -100,14 +100,17 @@ class Estimator:
         description: one line for ``sbn-bench list``.
         path_surrogate: for ``path`` estimators, the surrogate for given states (or None).
         version: bumped when the estimator's numbers change; recorded in run manifests.
+
+    Two estimators are equal when their name, hyperparameters, flags and version are (the
+    functions are not compared).
     """
 
     name: str
-    surrogate: SurrogateFn
+    surrogate: SurrogateFn = field(compare=False)
     hyperparams: tuple[tuple[str, Any], ...] = ()
     unbiased: bool = False
     randomness: Randomness = "path"
-    evals_per_sample: Callable[[tuple[int, ...]], int] = _one
+    evals_per_sample: Callable[[tuple[int, ...]], int] = field(default=_one, compare=False)
     noises: frozenset[str] = frozenset(NOISE_NAMES)
     losses: frozenset[str] = frozenset(LOSS_NAMES)
     description: str = ""

@@ -5,17 +5,23 @@ vectorised over samples and data points (Python loops run over layers only). Ext
 dimensions (flipped copies, antithetic pairs) go *before* ``S`` so that replicated parameters
 broadcast. Output-layer parameters get the pathwise gradient at the sampled ``x^L`` unless said.
 They are registered through the entry-point group ``sbn_bench.estimators`` in ``pyproject.toml``.
+
+Path estimators run in one pass (:func:`_forward`): each layer's pre-activation is computed once,
+with gradient, and the state is sampled from it (or taken as given, for the path surrogate), drawing
+exactly as :func:`sbn_bench.model.sample_states` does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from sbn_bench import model
-from sbn_bench.estimators.base import Estimator, from_path
+from sbn_bench.estimators.base import Estimator, PathSurrogateFn, SurrogateFn
 from sbn_bench.model import Params
 from sbn_bench.problems import Problem
 
@@ -33,12 +39,78 @@ def _uniform(shape: torch.Size, like: Tensor, generator: torch.Generator) -> Ten
     """``U(0, 1)`` kept away from 0 and 1 so that ``F⁻¹(U)`` is finite."""
     u = torch.rand(shape, generator=generator, dtype=like.dtype, device=like.device)
     tiny = torch.finfo(like.dtype).eps
-    return u.clamp(tiny, 1 - tiny)
+    return u.clamp_(tiny, 1 - tiny)
 
 
 def _check_positive(name: str, value: float, what: str) -> None:
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"hyperparameter {name}={value!r} must be {what}")
+
+
+class _Layer(NamedTuple):
+    """One stochastic layer along a path: ``a`` the pre-activation (with gradient), ``fa = F(a)``,
+    ``x`` the state in {0,1} (no gradient) and ``h`` what the next layer sees (``x``, or ``x`` plus a
+    straight-through gradient). All ``[S, D, n_k]`` (or ``[S, K·D, n_k]``)."""
+
+    a: Tensor
+    fa: Tensor
+    x: Tensor
+    h: Tensor
+
+
+Through = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``(a, F(a), x) -> h``: the input the next layer sees."""
+
+
+def _states_only(a: Tensor, fa: Tensor, x: Tensor) -> Tensor:
+    return x
+
+
+def _forward(problem: Problem, params: Params, x0: Tensor, states: Sequence[Tensor] | None,
+             generator: torch.Generator | None, through: Through = _states_only) -> list[_Layer]:
+    """One pass through the stochastic layers for a path estimator.
+
+    Layer ``k``: ``a^k = W^k h^{k-1} + b^k`` (with gradient) and ``F(a^k)``; the state ``x^k`` is
+    ``states[k-1]`` when states are given, else ``[U < F(a^k)]`` with one ``U ~ U(0, 1)`` per unit
+    from ``generator``, layer by layer, the same draws as :func:`sbn_bench.model.sample_states`; so
+    a surrogate and its path surrogate agree on the states of one seed.
+
+    Args:
+        x0: ``[D, n0]`` (or ``[K·D, n0]``) real input.
+        states: per layer ``[S, D, n_k]`` given states, or None to sample.
+        through: ``h^k = through(a^k, F(a^k), x^k)``; the default passes the bare states.
+    """
+    F = problem.noise_dist.cdf
+    h: Tensor = x0
+    layers = []
+    for k in range(1, model.n_layers(params) + 1):
+        a = model.preactivation(params, k, h)  # [S, D, n_k]
+        fa = F(a)
+        if states is None:
+            with torch.no_grad():
+                u = torch.rand(a.shape, generator=generator, dtype=a.dtype, device=a.device)
+                x = (u < fa).to(a.dtype)
+        else:
+            x = states[k - 1]
+        h = through(a, fa, x)
+        layers.append(_Layer(a, fa, x, h))
+    return layers
+
+
+PathFn = Callable[..., Tensor]
+"""``fn(problem, params, states | None, generator | None) -> [S]``: a path estimator's surrogate."""
+
+
+def _path_pair(fn: PathFn) -> tuple[SurrogateFn, PathSurrogateFn]:
+    """The sampling surrogate and the path surrogate of ``fn(problem, params, states, generator)``."""
+
+    def surrogate(problem: Problem, params: Params, generator: torch.Generator) -> Tensor:
+        return fn(problem, params, None, generator)
+
+    def path_surrogate(problem: Problem, params: Params, states: Sequence[Tensor]) -> Tensor:
+        return fn(problem, params, states, None)
+
+    return surrogate, path_surrogate
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,14 +120,14 @@ def _check_positive(name: str, value: float, what: str) -> None:
 def exact() -> Estimator:
     """The exact gradient from :mod:`sbn_bench.reference` (zero bias, zero variance).
 
-    Every one of the ``S`` samples is the exact float64 gradient, cast to the run's dtype.
-    References: SPEC §2.
+    Every one of the ``S`` samples is the exact float64 gradient at the replicas' values (all
+    replicas hold the same parameters), cast to the run's dtype. References: SPEC §2.
     """
 
     def surrogate(problem: Problem, params: Params, generator: torch.Generator) -> Tensor:
         from sbn_bench.reference import exact_gradient
 
-        _, grad = exact_gradient(problem)
+        _, grad = exact_gradient(problem.with_params({k: v[0] for k, v in params.items()}))
         terms = [(params[k] * g.to(params[k].dtype)).flatten(1).sum(1) for k, g in grad.items()]
         return torch.stack(terms).sum(0)
 
@@ -68,23 +140,22 @@ def exact() -> Estimator:
 # score-function estimators
 
 
-def _preacts_on_path(problem: Problem, params: Params, states: Sequence[Tensor]) -> list[Tensor]:
-    """``a^k`` computed from the given states (states themselves carry no gradient)."""
-    inputs = [problem.x, *states[:-1]]
-    return [model.preactivation(params, k + 1, h) for k, h in enumerate(inputs)]
+def _score(problem: Problem, layer: _Layer) -> Tensor:
+    """A term whose gradient is ``∇ log p(x^k | x^{k-1})`` (``a`` is its only path to θ): ``[S, D]``.
+
+    For logistic noise ``∂/∂a log F(±a) = x − F(a)``, so ``(x − F(a)) a`` with the factor detached
+    (no log-sigmoid pass); other noises differentiate ``log F`` itself."""
+    if problem.noise == "logistic":
+        return ((layer.x - layer.fa).detach() * layer.a).sum(-1)
+    return model.state_log_prob(problem.noise_dist, layer.a, layer.x)
 
 
-def _log_prob_path(problem: Problem, params: Params, states: Sequence[Tensor]) -> Tensor:
-    """``Σ_k log p(x^k | x^{k-1})`` per sample and data point: ``[S, D]``."""
-    noise = problem.noise_dist
-    preacts = _preacts_on_path(problem, params, states)
-    return sum(model.state_log_prob(noise, a, x) for a, x in zip(preacts, states))
-
-
-def _reinforce_path(problem: Problem, params: Params, states: Sequence[Tensor]) -> Tensor:
-    f = problem.loss_values(model.output(params, states[-1]))  # [S, D]
-    logp = _log_prob_path(problem, params, states)  # [S, D]
-    return (f + f.detach() * logp).mean(-1)
+def _reinforce(problem: Problem, params: Params, states: Sequence[Tensor] | None,
+               generator: torch.Generator | None) -> Tensor:
+    layers = _forward(problem, params, problem.x, states, generator)
+    f = problem.loss_values(model.output(params, layers[-1].x))  # [S, D]
+    score = sum(_score(problem, layer) for layer in layers)  # [S, D]
+    return (f + f.detach() * score).mean(-1)
 
 
 def reinforce() -> Estimator:
@@ -94,8 +165,8 @@ def reinforce() -> Estimator:
         Williams. "Simple statistical gradient-following algorithms for connectionist
         reinforcement learning". Machine Learning 8, 1992.
     """
-    return Estimator("reinforce", from_path(_reinforce_path), unbiased=True, randomness="path",
-                     path_surrogate=_reinforce_path,
+    surrogate, path = _path_pair(_reinforce)
+    return Estimator("reinforce", surrogate, unbiased=True, randomness="path", path_surrogate=path,
                      description="score function (Williams 1992), unbiased, high variance")
 
 
@@ -116,11 +187,9 @@ def reinforce_loo(*, k: int = 2) -> Estimator:
     def surrogate(problem: Problem, params: Params, generator: torch.Generator) -> Tensor:
         S, D = params["weight_1"].shape[0], problem.num_data
         x_rep = problem.x.repeat(k, 1)  # [K·D, n0], draw i of point d at row i·D + d
-        states, _ = model.sample_states(params, x_rep, problem.noise_dist, S, generator)
-        noise = problem.noise_dist
-        logp = sum(model.state_log_prob(noise, model.preactivation(params, j + 1, h), x)
-                   for j, (h, x) in enumerate(zip([x_rep, *states[:-1]], states)))
-        eta = model.output(params, states[-1]).reshape(S, k, D, -1)  # [S, K, D, n_out]
+        layers = _forward(problem, params, x_rep, None, generator)  # [S, K·D, n_k]
+        logp = sum(_score(problem, layer) for layer in layers)  # [S, K·D]
+        eta = model.output(params, layers[-1].x).reshape(S, k, D, -1)  # [S, K, D, n_out]
         f = problem.loss_values(eta)  # [S, K, D]
         baseline = (f.sum(1, keepdim=True) - f) / (k - 1)
         logp = logp.reshape(S, k, D)
@@ -221,7 +290,7 @@ def _relaxed_surrogate(problem: Problem, params: Params, generator: torch.Genera
         z = noise.icdf(_uniform(a.shape, a, generator))
         soft = torch.sigmoid((a - z) / tau)
         if straight_through:
-            hard = (a.detach() - z >= 0).to(a.dtype)
+            hard = (a.detach() >= z).to(a.dtype)  # [a − Z ≥ 0]
             h = hard + (soft - soft.detach())
         else:
             h = soft
@@ -236,7 +305,7 @@ def concrete(*, tau: float = 1.0) -> Estimator:
         Maddison, Mnih, Teh. "The Concrete Distribution". ICLR 2017. Jang, Gu, Poole.
         "Categorical Reparameterization with Gumbel-Softmax". ICLR 2017.
     """
-    _check_positive("tau", tau, "> 0 (the relaxation temperature)")
+    _check_positive("tau", tau, "> 0 and finite (the relaxation temperature)")
     tau = float(tau)
     return Estimator("concrete", lambda p, q, g: _relaxed_surrogate(p, q, g, tau, False),
                      hyperparams=(("tau", tau),), randomness="continuous",
@@ -250,7 +319,7 @@ def st_gumbel(*, tau: float = 1.0) -> Estimator:
     References:
         Jang, Gu, Poole. "Categorical Reparameterization with Gumbel-Softmax". ICLR 2017.
     """
-    _check_positive("tau", tau, "> 0 (the relaxation temperature)")
+    _check_positive("tau", tau, "> 0 and finite (the relaxation temperature)")
     tau = float(tau)
     return Estimator("st-gumbel", lambda p, q, g: _relaxed_surrogate(p, q, g, tau, True),
                      hyperparams=(("tau", tau),), randomness="continuous",
@@ -280,15 +349,16 @@ def tanh() -> Estimator:
 # straight-through
 
 
-def _st_path(problem: Problem, params: Params, states: Sequence[Tensor], identity: bool
-             ) -> Tensor:
-    F = problem.noise_dist.cdf
-    h: Tensor = problem.x
-    for k, x in enumerate(states, start=1):
-        a = model.preactivation(params, k, h)
-        proxy = a if identity else F(a)
-        h = x + (proxy - proxy.detach())
-    return _mean_loss(problem, params, h)
+def _st(problem: Problem, params: Params, states: Sequence[Tensor] | None,
+        generator: torch.Generator | None, identity: bool) -> Tensor:
+    """Forward the states; backward ``∂x/∂a := 1`` (``identity``) or ``F'(a)``. ``proxy − detach(proxy)``
+    is exactly zero in value, so the forward values are the states themselves."""
+    def through(a: Tensor, fa: Tensor, x: Tensor) -> Tensor:
+        proxy = a if identity else fa
+        return x + (proxy - proxy.detach())
+
+    layers = _forward(problem, params, problem.x, states, generator, through)
+    return _mean_loss(problem, params, layers[-1].h)
 
 
 def st() -> Estimator:
@@ -299,10 +369,8 @@ def st() -> Estimator:
         Shekhovtsov, Yanush, Flach. NeurIPS 2020, §4 (ST as the linearisation of PSA).
     """
 
-    def path(problem: Problem, params: Params, states: Sequence[Tensor]) -> Tensor:
-        return _st_path(problem, params, states, identity=False)
-
-    return Estimator("st", from_path(path), randomness="path", path_surrogate=path,
+    surrogate, path = _path_pair(lambda p, q, s, g: _st(p, q, s, g, identity=False))
+    return Estimator("st", surrogate, randomness="path", path_surrogate=path,
                      description="straight-through with dx/da := F'(a) (Shekhovtsov et al. 2020)")
 
 
@@ -314,10 +382,8 @@ def st_identity() -> Estimator:
         Neurons for Conditional Computation". arXiv:1308.3432, 2013.
     """
 
-    def path(problem: Problem, params: Params, states: Sequence[Tensor]) -> Tensor:
-        return _st_path(problem, params, states, identity=True)
-
-    return Estimator("st-identity", from_path(path), randomness="path", path_surrogate=path,
+    surrogate, path = _path_pair(lambda p, q, s, g: _st(p, q, s, g, identity=True))
+    return Estimator("st-identity", surrogate, randomness="path", path_surrogate=path,
                      description="straight-through with dx/da := 1 (Bengio et al. 2013)")
 
 
@@ -325,46 +391,63 @@ def st_identity() -> Estimator:
 # PSA
 
 
-def flipped(x: Tensor) -> Tensor:
-    """Every single-unit flip of ``x [..., n]``: ``[n, ..., n]``, copy ``i`` has unit ``i`` flipped."""
-    n = x.shape[-1]
-    eye = torch.eye(n, dtype=x.dtype, device=x.device)  # [n(i), n]
-    shape = (n,) + (1,) * (x.dim() - 1) + (n,)
-    return x.unsqueeze(0) + (1 - 2 * x).unsqueeze(0) * eye.reshape(shape)
+def _psa(problem: Problem, params: Params, states: Sequence[Tensor] | None,
+         generator: torch.Generator | None) -> Tensor:
+    """SPEC §4, in ±1 states ``s = 2x − 1``; with ``w = W/2``, flipping input ``i`` moves ``a_j`` by
+    ``−2 w_ji s_i = −W_ji s_i``.
 
-
-def _psa_path(problem: Problem, params: Params, states: Sequence[Tensor]) -> Tensor:
-    """SPEC §4, in ±1 states ``s = 2x − 1``; ``w = W/2`` so flipping input ``i`` moves ``a_j`` by
-    ``−2 w_ji s_i``. ``Δ`` is computed without gradient: it only ever multiplies ``q^{k-1}``,
-    whose value is exactly zero, so its own gradient contributes nothing."""
+    ``Δ`` carries no gradient: it only ever multiplies ``q^{k-1}``, whose value is exactly zero. So
+    ``q^L = Σ_k Δ^L ⋯ Δ^{k+1} d^k`` is linear in the ``d^k`` and the term ``Σ_i q^L_i (f(s_{↓i}) − f(s))``
+    has the gradient of ``Σ_k λ^k · d^k`` with the adjoints ``λ^L = f(s_{↓·}) − f(s)`` and
+    ``λ^{k-1} = Δ^{kᵀ} λ^k``, computed without gradient: one small batched mat-vec per layer instead of
+    autograd's forward and backward through the ``q`` chain. Both terms are zero in value.
+    """
     F = problem.noise_dist.cdf
-    h: Tensor = problem.x
-    s_prev: Tensor | None = None
-    q: Tensor | None = None
-    a: Tensor | None = None
-    s: Tensor | None = None
-    for k, x in enumerate(states, start=1):
-        a = model.preactivation(params, k, h)  # [S, D, n_k] (= w s^{k-1} + b')
-        s = 2 * x - 1
-        d = -s * F(a)
-        if s_prev is None or q is None:
-            qk = d  # q⁰ = 0
-        else:
+    layers = _forward(problem, params, problem.x, states, generator)
+    a, fa, x, _ = layers[-1]
+    n = x.shape[-1]
+    p = F((2 * x - 1) * a).detach()  # probability of the sampled state of each last-layer unit
+    eta = model.output(params, x)  # [S, D, n_out]
+    f = problem.loss_values(eta)  # [S, D]
+    # η(x with unit i flipped) = η + V[:, i] (1 − 2 x_i): [S, D, n, n_out]
+    V = params["weight_out"]  # [S, n_out, n]
+    eta_flip = eta.unsqueeze(-2) + (1 - 2 * x).unsqueeze(-1) * V.transpose(-1, -2).unsqueeze(-3)
+    f_flip = problem.loss_values(eta_flip.movedim(-2, 0)).movedim(0, -1)  # [S, D, n]
+    diff = f_flip - f.unsqueeze(-1)
+    est = f + ((1 - p) / n * diff).sum(-1)  # [S, D]
+    lam = diff.detach()  # λ^L: [S, D, n_L]
+    for k in range(len(layers), 0, -1):
+        a, fa, x, _ = layers[k - 1]
+        s = 2 * x - 1  # [S, D, n_k]
+        term = (lam * (-s * fa)).sum(-1)  # λ^k · d^k, d^k_j = −s_j F(a_j)
+        est = est + (term - term.detach())
+        if k > 1:
             with torch.no_grad():
-                w = params[f"weight_{k}"].detach() / 2  # [S, n_k, n_{k-1}]
-                a_flip = a.unsqueeze(-1) - 2 * w.unsqueeze(1) * s_prev.unsqueeze(-2)
-                delta = -s.unsqueeze(-1) * (F(a_flip) - F(a).unsqueeze(-1))  # [S, D, n_k, n_{k-1}]
-            qk = d + (delta @ q.unsqueeze(-1)).squeeze(-1)
-        q = qk - qk.detach()
-        s_prev, h = s, x
-    assert a is not None and s is not None and q is not None
-    n = s.shape[-1]
-    p = F(s * a).detach()  # probability of the sampled state of each last-layer unit
-    f = problem.loss_values(model.output(params, states[-1]))  # [S, D]
-    f_flip = problem.loss_values(model.output(params, flipped(states[-1])))  # [n, S, D]
-    diff = f_flip.movedim(0, -1) - f.unsqueeze(-1)  # [S, D, n]
-    est = f + (((1 - p) / n + q) * diff).sum(-1)
+                # λ^{k-1}_i = Σ_j Δ_ji λ^k_j, Δ_ji = −s_j (F(ã_ji) − F(a_j)), ã_ji = a_j − W_ji s_i; with
+                # μ_j = −s_j λ^k_j: λ^{k-1}_i = Σ_j μ_j F(ã_ji) − Σ_j μ_j F(a_j). Layout [S, n_k, n_{k-1}, D]
+                # (D innermost keeps the elementwise loops long), computed in place: one large tensor.
+                mu = _units_first(-s * lam)  # [S, n_k, D]
+                s_prev = _units_first(2 * layers[k - 2].x - 1)  # [S, n_{k-1}, D]
+                W = params[f"weight_{k}"].detach().unsqueeze(-1)  # [S, n_k, n_{k-1}, 1]
+                a_flip = torch.addcmul(_units_first(a.detach()).unsqueeze(-2), W, s_prev.unsqueeze(-3),
+                                       value=-1)  # ã: [S, n_k, n_{k-1}, D]
+                lam_t = _cdf_(problem, a_flip).mul_(mu.unsqueeze(-2)).sum(-3)  # [S, n_{k-1}, D]
+                lam = (lam_t - (mu * _units_first(fa.detach())).sum(-2, keepdim=True)).transpose(-1, -2)
     return est.mean(-1)
+
+
+def _cdf_(problem: Problem, t: Tensor) -> Tensor:
+    """``F(t)``, overwriting ``t`` (no large temporary) for the built-in noises."""
+    if problem.noise == "logistic":
+        return t.sigmoid_()
+    if problem.noise == "gaussian":
+        return torch.special.ndtr(t, out=t)
+    return problem.noise_dist.cdf(t)
+
+
+def _units_first(t: Tensor) -> Tensor:
+    """``[S, D, n] → [S, n, D]``, contiguous."""
+    return t.transpose(-1, -2).contiguous()
 
 
 def psa() -> Estimator:
@@ -378,7 +461,8 @@ def psa() -> Estimator:
         Shekhovtsov, Yanush, Flach. "Path Sample-Analytic Gradient Estimators for Stochastic Binary
         Networks". NeurIPS 2020.
     """
-    return Estimator("psa", from_path(_psa_path), randomness="path", path_surrogate=_psa_path,
+    surrogate, path = _path_pair(_psa)
+    return Estimator("psa", surrogate, randomness="path", path_surrogate=path,
                      evals_per_sample=lambda w: 1 + w[-2],
                      description="Path Sample-Analytic (Shekhovtsov et al. 2020)")
 

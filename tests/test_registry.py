@@ -1,0 +1,184 @@
+"""The estimator registry: discovery from the entry-point group ``sbn_bench.estimators`` and plugin
+files, checking of plugins when they load, and parsing of estimator specs with clear errors."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from sbn_bench.estimators import GROUP, EstimatorSpecError, load_registry, registry, split_specs
+
+PLUGINS = Path(__file__).parent / "plugins"
+BUILTINS = {"exact", "reinforce", "reinforce-loo", "arm", "disarm", "concrete", "st-gumbel", "tanh",
+            "st", "st-identity", "psa"}
+
+
+@pytest.fixture(scope="module")
+def reg() -> registry.Registry:
+    return load_registry()
+
+
+# --------------------------------------------------------------------------------------------
+# discovery
+
+
+def test_builtins_come_from_our_entry_points(reg: registry.Registry) -> None:
+    """The package is installed (editable), so its own pyproject registers the 11 built-ins through
+    the same entry-point group a third party would use."""
+    eps = {ep.name: ep.value for ep in metadata.entry_points(group=GROUP)}
+    assert set(eps) >= BUILTINS
+    for name in BUILTINS:
+        assert eps[name].startswith("sbn_bench.estimators.builtin:"), eps[name]
+    assert set(reg.names()) >= BUILTINS
+    assert reg.errors == []
+    for name in BUILTINS:
+        assert reg.origins[name] == f"entry point {name} = {eps[name]}", reg.origins[name]
+
+
+def test_builtins_without_entry_points_fall_back_to_the_module() -> None:
+    reg = load_registry(entry_points=False)
+    assert set(reg.names()) == BUILTINS
+    assert all(reg.origins[n].startswith("built-in sbn_bench.estimators.builtin.") for n in BUILTINS)
+
+
+def test_plugin_file_registers_its_estimators() -> None:
+    path = PLUGINS / "thirdparty_estimators.py"
+    reg = load_registry(plugins=[path])
+    assert reg.errors == []
+    assert set(reg.names()) == BUILTINS | {"reinforce-cb", "mf-noise"}
+    assert reg.origins["mf-noise"] == f"plugin file {str(path)!r}"
+    est = reg.create("mf-noise:sigma=0.25")
+    assert (est.name, est.hparams) == ("mf-noise", {"sigma": 0.25})
+
+
+def test_broken_plugins_are_recorded_by_name_and_origin_without_stopping_the_others() -> None:
+    broken = PLUGINS / "broken_estimators.py"
+    at_import = PLUGINS / "raises_at_import.py"
+    missing = PLUGINS / "does_not_exist.py"
+    no_table = PLUGINS / "no_table.py"
+    good = PLUGINS / "thirdparty_estimators.py"
+    reg = load_registry(plugins=[broken, at_import, missing, no_table, good])
+    # everything valid still loaded, the built-in psa kept against the clashing plugin
+    assert set(reg.names()) == BUILTINS | {"fine-one", "reinforce-cb", "mf-noise"}
+    assert reg.origins["psa"].startswith("entry point psa")
+    errors = {(e.name, e.origin): e.message for e in reg.errors}
+    origin = f"plugin file {str(broken)!r}"
+    expected = {
+        "positional": "parameter 'tau' must be keyword-only with a default",
+        "no-default": "parameter 'tau' must be keyword-only with a default",
+        "wrong-type": "returned dict, expected an sbn_bench.Estimator",
+        "wrong-name": "returned an estimator named 'not-the-registered-name'",
+        "raises": "RuntimeError: this factory always fails",
+        "bad-randomness": "randomness 'sometimes' is not one of path, continuous, none",
+        "not-callable": "is not callable",
+        "psa": "name already registered by entry point psa",
+    }
+    for name, text in expected.items():
+        assert text in errors.get((name, origin), ""), (name, errors.get((name, origin)))
+    file_errors = {
+        ("raises_at_import", f"plugin file {str(at_import)!r}"): "failed to import: ImportError",
+        ("does_not_exist", f"plugin file {str(missing)!r}"): "does not exist",
+        ("no_table", f"plugin file {str(no_table)!r}"): "defines no ESTIMATORS dict",
+    }
+    for key, text in file_errors.items():
+        assert text in errors.get(key, ""), (key, errors.get(key))
+    assert len(reg.errors) == len(expected) + len(file_errors), [str(e) for e in reg.errors]
+    # the string form names the estimator and where it came from
+    assert str(next(e for e in reg.errors if e.name == "wrong-type")).startswith(
+        f"estimator 'wrong-type' from {origin}: ")
+    # asking for a broken estimator says why it is missing
+    with pytest.raises(EstimatorSpecError, match=r"estimator 'raises' failed to load: .*always fails"):
+        reg.create("raises")
+
+
+def test_broken_entry_point_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = list(metadata.entry_points(group=GROUP))
+    ghost = metadata.EntryPoint(name="ghost", value="sbn_bench_no_such_module:factory", group=GROUP)
+    monkeypatch.setattr(registry, "_entry_points", lambda: [ghost, *real])
+    reg = load_registry()
+    assert set(reg.names()) == BUILTINS
+    (err,) = reg.errors
+    assert err.name == "ghost"
+    assert err.origin == "entry point ghost = sbn_bench_no_such_module:factory"
+    assert "ModuleNotFoundError" in err.message
+
+
+# --------------------------------------------------------------------------------------------
+# specs
+
+
+@pytest.mark.parametrize(("spec", "name", "hparams"), [
+    ("psa", "psa", {}),
+    ("concrete:tau=0.1", "concrete", {"tau": 0.1}),
+    (" concrete : tau = 0.1 ", "concrete", {"tau": 0.1}),
+    ("concrete", "concrete", {"tau": 1.0}),
+    ("st-gumbel:tau=2", "st-gumbel", {"tau": 2.0}),
+    ("reinforce-loo:k=4", "reinforce-loo", {"k": 4}),
+    ("reinforce-loo", "reinforce-loo", {"k": 2}),
+])
+def test_spec_parsing(reg: registry.Registry, spec: str, name: str, hparams: dict) -> None:
+    est = reg.create(spec)
+    assert (est.name, est.hparams) == (name, hparams)
+    for key, value in hparams.items():
+        assert type(est.hparams[key]) is type(value)
+    assert reg.create(est.spec).hparams == est.hparams  # the spec round-trips
+
+
+def test_spec_lists(reg: registry.Registry) -> None:
+    ests = reg.create_many("psa,concrete:tau=0.1,st")
+    assert [(e.name, e.hparams) for e in ests] == [("psa", {}), ("concrete", {"tau": 0.1}), ("st", {})]
+    assert split_specs("reinforce-loo:k=4,concrete:tau=0.5,st") == ["reinforce-loo:k=4", "concrete:tau=0.5",
+                                                                     "st"]
+    assert [e.spec for e in reg.create_many(["arm", "concrete:tau=0.5"])] == ["arm", "concrete:tau=0.5"]
+    with pytest.raises(EstimatorSpecError, match="argument estimators is empty"):
+        reg.create_many("")
+
+
+@pytest.mark.parametrize(("spec", "suggestion"), [
+    ("concret", "'concrete'"), ("reinforce-lo", "'reinforce-loo'"), ("disram", "'disarm'"),
+    ("st_gumbel", "'st-gumbel'"),
+])
+def test_unknown_estimator_suggests_close_names(reg: registry.Registry, spec: str, suggestion: str) -> None:
+    with pytest.raises(EstimatorSpecError) as info:
+        reg.create(spec)
+    msg = str(info.value)
+    assert f"estimator {spec!r} is unknown" in msg and "did you mean" in msg and suggestion in msg, msg
+    assert "Known estimators: arm, concrete" in msg, msg
+
+
+def test_unknown_estimator_without_close_name_lists_all(reg: registry.Registry) -> None:
+    with pytest.raises(EstimatorSpecError, match=r"'zzzz' is unknown.*Known estimators: arm, .*tanh") as info:
+        reg.create("zzzz")
+    assert "did you mean" not in str(info.value)
+
+
+@pytest.mark.parametrize(("spec", "key", "valid"), [
+    ("concrete:temp=0.1", "temp", "tau"), ("reinforce-loo:K=4", "K", "k"), ("psa:tau=1", "tau", "none"),
+])
+def test_unknown_hyperparameter_lists_the_valid_ones(reg: registry.Registry, spec: str, key: str,
+                                                     valid: str) -> None:
+    with pytest.raises(EstimatorSpecError) as info:
+        reg.create(spec)
+    msg = str(info.value)
+    assert f"has no hyperparameter {key!r}" in msg and f"its hyperparameters: {valid}" in msg, msg
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("concrete:tau=0", "tau=0.0 must be > 0"),
+    ("concrete:tau=-1", "tau=-1.0 must be > 0"),
+    ("st-gumbel:tau=0", "tau=0.0 must be > 0"),
+    ("concrete:tau=nan", "tau=nan must be"),
+    ("concrete:tau=inf", "tau=inf must be"),
+    ("reinforce-loo:k=1", "k=1 must be an integer ≥ 2"),
+    ("reinforce-loo:k=0", "k=0 must be an integer ≥ 2"),
+    ("concrete:tau=abc", "tau='abc' is not a valid float"),
+    ("reinforce-loo:k=2.5", "k='2.5' is not a valid int"),
+    ("concrete:tau", "'tau' is not key=value"),
+    (":tau=1", "has no name"),
+])
+def test_bad_values_are_refused_naming_the_argument(reg: registry.Registry, spec: str, expected: str) -> None:
+    with pytest.raises(EstimatorSpecError) as info:
+        reg.create(spec)
+    assert expected in str(info.value), str(info.value)
