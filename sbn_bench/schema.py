@@ -38,4 +38,5 @@ THROUGHPUT_COLUMNS = [
     "peak_memory_bytes", "evals_per_sample",
 ]
 
-FAILURES_COLUMNS = ["problem", "checkpoint", "estimator", "stage", "error"]
+FAILURES_COLUMNS = ["problem", "checkpoint", "estimator", "stage", "error", "seed"]
+"""``seed`` is empty for failures that do not depend on it (throughput)."""

@@ -1,9 +1,260 @@
-"""``sbn-bench run``: placeholder until its issue lands."""
+"""``sbn-bench run``: measure estimators' accuracy and speed; it parses, calls
+:func:`sbn_bench.runner.run` and prints a summary."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
 
 import click
+from click.core import ParameterSource
+
+from sbn_bench import runner as runner_mod
+from sbn_bench.cli.common import (
+    format_table,
+    friendly_errors,
+    plugin_option,
+    problem_options,
+    resolve_problem,
+)
+from sbn_bench.cli.core import max_bytes_option
+from sbn_bench.config import (
+    DEFAULT_ESTIMATORS,
+    DEFAULT_MAX_PATHS,
+    DEVICES,
+    DTYPES,
+    MODES,
+    ConfigError,
+    ProblemSpec,
+    RunConfig,
+    ThroughputConfig,
+    default_m_grid,
+    load_config,
+    paper_m_grid,
+    parse_size,
+)
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers "
+                                 "(e.g. 0,1,2)") from None
+    if not out:
+        raise click.BadParameter(f"{value!r} is empty; expected integers such as 0,1,2")
+    return out
+
+
+def _m_list(ctx: click.Context, param: click.Parameter, value: str | None
+            ) -> tuple[int, ...] | str | None:
+    if value is None or value in ("default", "paper"):
+        return value
+    out = _int_list(ctx, param, value)
+    assert out is not None
+    if min(out) < 1:
+        raise click.BadParameter(f"{value!r}: every M must be ≥ 1")
+    return out
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value, param.name or "size")
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+class _Progress:
+    """A progress bar on a terminal (stderr), nothing otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int, cell: runner_mod.Cell, status: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label="cells", file=sys.stderr,
+                                         show_pos=True, item_show_func=lambda c: c)
+            self.bar.__enter__()
+        self.bar.update(1, current_item=f"{cell} {status}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
+                                              ParameterSource.ENVIRONMENT)
 
 
 @click.command()
-def run() -> None:
-    """Not yet available."""
-    raise click.ClickException("sbn-bench run is not implemented yet")
+@problem_options
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML file listing problems with checkpoints and settings (schema in the "
+                   "README); options given here override it.")
+@click.option("--estimators", default=",".join(DEFAULT_ESTIMATORS), show_default=True,
+              help="Comma-separated estimator specs, e.g. psa,st,concrete:tau=0.1.")
+@plugin_option
+@click.option("--samples", "-S", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Single-sample estimates S per cell.")
+@click.option("--M", "m_grid", callback=_m_list, default=None,
+              help="Sample counts M for mse/rrmse/cosine: a comma list, 'default' "
+                   "(1,2,5,...,1000 up to S) or 'paper' (1..9,10..90,...,9000 up to S).")
+@click.option("--seeds", callback=_int_list, default=None,
+              help="Sampling seeds, comma-separated (one cell each); default: --seed.")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPES), default="float64", show_default=True,
+              help="Estimators' dtype (the reference is always float64).")
+@click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
+              help="exact: enumerate all paths (path estimators, small nets); mc: sample; "
+                   "auto: exact where possible.")
+@click.option("--max-paths", type=click.IntRange(min=1), default=DEFAULT_MAX_PATHS,
+              show_default=True, help="Exact mode only with at most this many paths per data point.")
+@click.option("--chunk", type=click.IntRange(min=1), default=None,
+              help="Samples per estimator call (default: as many as --memory-budget allows).")
+@click.option("--memory-budget", callback=_size, default="1GiB", show_default=True,
+              help="Memory the estimator may use per chunk, e.g. 512MiB, 2GB.")
+@max_bytes_option
+@click.option("--target-rrmse", type=click.FloatRange(min=0, min_open=True), default=0.1,
+              show_default=True, help="Target relative RMSE of time_to_accuracy_s.")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Throughput: untimed rounds.")
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Throughput: timed rounds.")
+@click.option("--throughput-batch", type=click.IntRange(min=1), default=None,
+              help="Throughput: samples per round (default min(S, chunk, 200)).")
+@click.option("--no-throughput", is_flag=True, help="Skip the throughput measurement.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default runs/<problem name or config name>).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out, skipping finished cells.")
+@click.option("--no-report", is_flag=True, help="Do not write the report (sbn-bench report DIR "
+                                                "writes it later).")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@click.pass_context
+@friendly_errors
+def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset: str | None,
+        seed: int, data_points: int, loss: str, noise: str, config_file: Path | None,
+        estimators: str, plugins: tuple[Path, ...], samples: int,
+        m_grid: tuple[int, ...] | str | None, seeds: tuple[int, ...] | None, device: str,
+        dtype: str, mode: str, max_paths: int, chunk: int | None, memory_budget: int,
+        max_exact_bytes: int, target_rrmse: float, warmup: int, rounds: int,
+        throughput_batch: int | None, no_throughput: bool, out: Path | None, resume: bool,
+        no_report: bool, quiet: bool) -> None:
+    """Measure bias, variance, relative RMSE, cosine, SNR and throughput of estimators.
+
+    \b
+    Examples:
+      sbn-bench run --preset paper --samples 2000
+      sbn-bench run --arch 3-4-4-1 --estimators psa,st,arm --seeds 0,1,2 --out runs/small
+      sbn-bench run --config experiment.toml --resume
+
+    Writes manifest.json, metrics.csv, throughput.csv and failures.csv to --out.
+    """
+    from sbn_bench.estimators import split_specs
+
+    est_list = tuple(split_specs(estimators))
+    tp = ThroughputConfig(enabled=not no_throughput, warmup=warmup, rounds=rounds,
+                          batch=throughput_batch)
+    settings: dict[str, Any] = dict(
+        estimators=est_list, plugins=tuple(str(p) for p in plugins), samples=samples,
+        device=device, dtype=dtype, mode=mode, max_paths=max_paths, chunk=chunk,
+        memory_budget=memory_budget, max_exact_bytes=max_exact_bytes, target_rrmse=target_rrmse,
+        throughput=tp, resume=resume)
+    if config_file is not None:
+        clash = [f"--{n.replace('_', '-')}" for n in ("problem_file", "arch", "preset",
+                                                        "data_points", "loss", "noise")
+                 if _given(ctx, n)]
+        if clash:
+            raise click.UsageError(f"--config lists its own problems; do not combine it with "
+                                   f"{', '.join(o.replace('--problem-file', '--problem') for o in clash)}")
+        overrides = {k: v for k, v in settings.items() if k == "resume" or _given(ctx, k)}
+        if any(_given(ctx, n) for n in ("warmup", "rounds", "throughput_batch", "no_throughput")):
+            overrides["throughput"] = tp
+        if seeds is not None:
+            overrides["seeds"] = seeds
+        elif _given(ctx, "seed"):
+            overrides["seeds"] = (seed,)
+        if m_grid is not None:
+            overrides["M"] = None if m_grid == "default" else m_grid  # "paper": up to S, below
+        if out is not None:
+            overrides["out"] = str(out)
+        cfg = load_config(config_file, **overrides)
+        if cfg.out is None:
+            cfg = cfg.with_(out=str(Path("runs") / config_file.stem))
+    else:
+        problem = resolve_problem(problem_file, arch, preset, seed, data_points, loss, noise)
+        spec = ProblemSpec(preset=preset, arch=arch,
+                           file=str(problem_file) if problem_file is not None else None,
+                           seed=seed, data_points=data_points, loss=loss, noise=noise)
+        settings.update(problems=(spec,), seeds=seeds or (seed,), M=m_grid,
+                        out=str(out or Path("runs") / problem.name))
+        cfg = RunConfig(**_resolve_m(settings))
+    progress = _Progress(not quiet and sys.stderr.isatty() and not os.environ.get("CI"))
+    try:
+        result = runner_mod.run(cfg, progress=progress)
+    finally:
+        progress.close()
+    if not quiet:
+        _print_summary(result)
+    if not no_report:
+        _write_report(result.out, quiet)
+
+
+def _resolve_m(kw: dict[str, Any]) -> dict[str, Any]:
+    """Turn ``M="paper"|"default"`` into a grid up to the samples (when known here)."""
+    m = kw.get("M")
+    if m == "paper":
+        kw["M"] = paper_m_grid(kw.get("samples", 2000))
+    elif m == "default":
+        kw["M"] = default_m_grid(kw.get("samples", 2000))
+    return kw
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def _print_summary(result: runner_mod.RunResult) -> None:
+    tab = result.summary(m=1)
+    if not tab.empty:
+        click.echo("rrmse at M=1 (relative RMSE of one sample; mean over seeds), per layer:")
+        rows = [[*map(str, idx), *(_fmt(v) for v in r)] for idx, r in
+                zip(tab.index, tab.to_numpy())]
+        click.echo(format_table(["problem", "checkpoint", "estimator", *map(str, tab.columns)],
+                                rows))
+    n_fail = len(result.failures)
+    if n_fail:
+        click.echo(f"\n{n_fail} cell(s) failed:")
+        for _, f in result.failures.head(10).iterrows():
+            click.echo(f"  {f['problem']}/{f['checkpoint']}/{f['estimator']} [{f['stage']}]: "
+                       f"{f['error'][:200]}")
+    click.echo(f"\nresults in {result.out}/: metrics.csv, throughput.csv, failures.csv, "
+               f"manifest.json ({result.cells_run} cell(s) run, {result.cells_skipped} skipped)")
+
+
+def _write_report(out: Path, quiet: bool) -> None:
+    """Call ``sbn_bench.reports.write_report(out)`` when that module provides it."""
+    try:
+        from sbn_bench.reports import write_report  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    try:
+        where = write_report(out)
+    except Exception as e:
+        raise click.ClickException(f"the results are in {out}, but the report could not be "
+                                   f"written: {type(e).__name__}: {e} (try: sbn-bench report "
+                                   f"{out})") from None
+    if quiet or where is None:
+        return
+    paths = where.values() if isinstance(where, dict) else [where]
+    click.echo("report: " + ", ".join(str(p) for p in paths))

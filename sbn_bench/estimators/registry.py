@@ -86,7 +86,7 @@ class Registry:
             if failed:
                 raise EstimatorSpecError(f"estimator {name!r} failed to load: {failed[0]}")
             close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
             raise EstimatorSpecError(f"estimator {name!r} is unknown{hint} Known estimators: "
                                      f"{', '.join(self.names())}")
         factory = self.factories[name]

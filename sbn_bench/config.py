@@ -1,0 +1,594 @@
+"""What a run measures: :class:`RunConfig` (Python) and its TOML form (``sbn-bench run --config``).
+
+A run is the grid problems × checkpoints × estimators × seeds (SPEC §5). From Python::
+
+    from sbn_bench.config import RunConfig, ProblemSpec
+    from sbn_bench.runner import run
+
+    cfg = RunConfig(problems=(ProblemSpec(preset="paper"),), estimators=("psa", "st"),
+                    samples=2000, out="runs/paper")
+    result = run(cfg)
+
+TOML schema (every key optional unless marked; unknown keys are refused, with the file, the line
+and the valid keys; relative paths are relative to the TOML file's folder)::
+
+    estimators = ["psa", "st", "concrete:tau=0.1"]  # or one string "psa,st,concrete:tau=0.1"
+    plugins = ["my_estimators.py"]                # plugin files (ESTIMATORS = {name: factory})
+    samples = 2000                                # S single-sample estimates per cell (≥ 1)
+    M = [1, 10, 100]                              # sample counts for mse/rrmse/cosine, or
+                                                  # "default" (1,2,5,…,1000 up to S) or
+                                                  # "paper" (1..9, 10..90, …, 1000..9000 up to S)
+    seeds = [0, 1]                                # sampling seeds (one cell per seed)
+    device = "cpu"                                # "cpu" | "cuda"
+    dtype = "float64"                             # estimators' dtype: "float32" | "float64"
+    mode = "auto"                                 # "auto" | "exact" | "mc"
+    max_paths = 65536                             # exact mode: most paths 2^(Σ n_k) per data point
+    chunk = 500                                   # samples per chunk (default: from memory_budget)
+    memory_budget = "1GiB"                        # bytes (int) or "512MiB", "2GB", …
+    max_exact_bytes = "4GiB"                      # memory limit of the exact reference gradient
+    target_rrmse = 0.1                            # target of time_to_accuracy_s
+    stderr_batches = 32                           # batches for batch-means standard errors
+    cosine_groups = 1000                          # most independent M-means per M for cosine
+    out = "runs/my-run"                           # output folder
+
+    [throughput]
+    enabled = true
+    warmup = 1                                    # untimed rounds first
+    rounds = 5                                    # timed rounds
+    batch = 200                                   # samples per round (default min(S, chunk, 200))
+
+    [[problem]]                                   # one table per problem (at least one)
+    name = "paper"                                # label in the tables (default: from the source)
+    preset = "paper"                              # exactly one of preset / arch / file
+    seed = 0                                      # seed of a preset or arch problem
+    # arch = "2-5-5-5-1"; data_points = 100; loss = "logistic"; noise = "logistic"  (arch only)
+    # file = "problem.npz"
+    checkpoints = { init = "init", epoch100 = "ckpt/epoch100.npz" }
+                                                  # label = "init" (the problem itself) or a problem
+                                                  # file used as it is (parameters, data, loss and
+                                                  # noise); default { init = "init" }
+
+Options given on the command line override the TOML values.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from sbn_bench import problems
+from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
+from sbn_bench.problems import Problem
+from sbn_bench.reference import DEFAULT_MAX_BYTES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+DEFAULT_ESTIMATORS = ("psa", "st", "reinforce", "arm", "concrete:tau=0.1", "tanh")
+"""The default estimators of ``sbn-bench run``: the paper's (SPEC §6) but ``concrete:tau=1``."""
+
+DEFAULT_M = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+DEFAULT_MAX_PATHS = 2**16
+DEFAULT_MEMORY_BUDGET = 2**30
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "float64")
+MODES = ("auto", "exact", "mc")
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used; the message names the key (and file, line)."""
+
+
+def paper_m_grid(max_m: int | None = None) -> tuple[int, ...]:
+    """The paper's M grid (SPEC §6): 1..9, 10..90, 100..900, 1000..9000, limited to ``≤ max_m``."""
+    grid = tuple(d * 10**e for e in range(4) for d in range(1, 10))
+    return grid if max_m is None else tuple(m for m in grid if m <= max_m)
+
+
+def default_m_grid(max_m: int | None = None) -> tuple[int, ...]:
+    """1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, limited to ``≤ max_m``."""
+    return DEFAULT_M if max_m is None else tuple(m for m in DEFAULT_M if m <= max_m)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
+               "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12,
+               "tib": 2**40}
+
+
+def parse_size(value: int | str, what: str = "memory_budget") -> int:
+    """Bytes from an int or a string such as ``"512MiB"``, ``"2GB"``, ``"1e9"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}={value!r} is not a size; expected bytes or e.g. '512MiB'")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", str(value))
+        unit = m.group(2).lower() if m else ""
+        if m is None or unit not in _SIZE_UNITS:
+            raise ConfigError(f"{what}={value!r} is not a size; expected bytes or e.g. '512MiB', "
+                              "'2GB'")
+        try:
+            n = int(float(m.group(1)) * _SIZE_UNITS[unit])
+        except ValueError:
+            raise ConfigError(f"{what}={value!r} is not a size; expected bytes or e.g. "
+                              "'512MiB'") from None
+    if n < 1:
+        raise ConfigError(f"{what}={value!r} must be at least 1 byte")
+    return n
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint of a problem: ``source`` is ``"init"`` (the problem itself) or a problem file,
+    used as it is (its parameters, data, loss and noise)."""
+
+    label: str
+    source: str = "init"
+
+
+@dataclass(frozen=True)
+class ProblemSpec:
+    """Where a problem comes from: exactly one of ``preset``, ``arch`` and ``file``.
+
+    Attributes:
+        name: label in the result tables (default: the problem's own name, e.g. ``paper-seed0``).
+        preset / arch / file: the source (see :func:`sbn_bench.problems.preset_problem`,
+            :func:`~sbn_bench.problems.random_problem`, :func:`~sbn_bench.problems.load_problem`).
+        seed, data_points, loss, noise: for ``preset`` (seed) and ``arch`` (all four).
+        checkpoints: ``(label, "init" | problem file)`` pairs, measured in this order.
+    """
+
+    preset: str | None = None
+    arch: str | None = None
+    file: str | None = None
+    seed: int = 0
+    data_points: int = problems.DEFAULT_DATA_POINTS
+    loss: str = "logistic"
+    noise: str = "logistic"
+    name: str | None = None
+    checkpoints: tuple[Checkpoint, ...] = (Checkpoint("init"),)
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("preset", "arch", "file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            what = "none was given" if not given else f"got {' and '.join(given)}"
+            raise ConfigError(f"a problem needs exactly one of preset, arch or file ({what})")
+        if self.preset is not None and self.preset not in problems.PRESETS:
+            raise ConfigError(f"preset={self.preset!r} is unknown; expected one of "
+                              f"{', '.join(problems.PRESETS)}")
+        if self.arch is not None:
+            try:
+                problems.parse_arch(self.arch)
+            except problems.ProblemError as e:
+                raise ConfigError(str(e)) from None
+        _check_int("seed", self.seed, 0)
+        _check_int("data_points", self.data_points, 1)
+        if self.loss not in LOSS_NAMES:
+            raise ConfigError(f"loss={self.loss!r} is unknown; expected one of {', '.join(LOSS_NAMES)}")
+        if self.noise not in NOISE_NAMES:
+            raise ConfigError(f"noise={self.noise!r} is unknown; expected one of "
+                              f"{', '.join(NOISE_NAMES)}")
+        if self.name is not None and (not isinstance(self.name, str) or not self.name.strip()):
+            raise ConfigError(f"name={self.name!r} must be a non-empty string")
+        if not self.checkpoints:
+            raise ConfigError("checkpoints is empty; expected at least one, e.g. {init = 'init'}")
+        labels = [c.label for c in self.checkpoints]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ConfigError(f"checkpoint labels must be unique; repeated: {', '.join(dup)}")
+        for c in self.checkpoints:
+            if not isinstance(c.label, str) or not c.label.strip():
+                raise ConfigError(f"checkpoint label {c.label!r} must be a non-empty string")
+            if not isinstance(c.source, str) or not c.source:
+                raise ConfigError(f"checkpoint {c.label!r}: source {c.source!r} must be 'init' or a "
+                                  "problem file")
+
+    def base_problem(self) -> Problem:
+        """The problem this spec names (its ``init`` checkpoint), named :attr:`label`."""
+        if self.file is not None:
+            p = problems.load_problem(self.file)
+        elif self.arch is not None:
+            p = problems.random_problem(self.arch, self.seed, data_points=self.data_points,
+                                        loss=self.loss, noise=self.noise)
+        else:
+            assert self.preset is not None
+            p = problems.preset_problem(self.preset, self.seed)
+        return p if self.name is None else p.with_params(p.params, name=self.name)
+
+    def load(self) -> list[tuple[str, Problem]]:
+        """``(checkpoint label, problem)`` for every checkpoint, each named like the base problem.
+
+        Raises:
+            ProblemError: a problem or checkpoint file that cannot be used, or a checkpoint whose
+                architecture differs from the problem's.
+        """
+        base = self.base_problem()
+        out = []
+        for c in self.checkpoints:
+            if c.source == "init":
+                out.append((c.label, base))
+                continue
+            p = problems.load_problem(c.source)
+            if p.widths != base.widths:
+                raise problems.ProblemError(
+                    f"checkpoint {c.label!r} ({c.source}) has architecture {p.arch}, but problem "
+                    f"{base.name!r} has {base.arch}")
+            out.append((c.label, p.with_params(p.params, name=base.name)))
+        return out
+
+
+@dataclass(frozen=True)
+class ThroughputConfig:
+    """Throughput measurement (SPEC §5 "Cost"): ``warmup`` untimed rounds, then ``rounds`` timed
+    rounds of one ``estimate()`` call on ``batch`` samples (default ``min(S, chunk, 200)``)."""
+
+    enabled: bool = True
+    warmup: int = 1
+    rounds: int = 5
+    batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"throughput.enabled={self.enabled!r} must be true or false")
+        _check_int("throughput.warmup", self.warmup, 0)
+        _check_int("throughput.rounds", self.rounds, 1)
+        if self.batch is not None:
+            _check_int("throughput.batch", self.batch, 1)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run measures (see the module docstring for the TOML form).
+
+    Attributes:
+        problems: the problems, each with its checkpoints.
+        estimators: specs as on the command line (``"concrete:tau=0.1"``).
+        plugins: plugin files for the estimator registry.
+        samples: ``S``, single-sample estimates per cell (Monte-Carlo statistics and cosine).
+        M: sample counts for ``mse``/``rrmse``/``cosine_*``; ``None``: :func:`default_m_grid` up
+            to ``S``. Cosine needs ``M ≤ S``; larger M get mse/rrmse only.
+        seeds: sampling seeds; one cell per seed.
+        device: ``"cpu"`` or ``"cuda"``; dtype: the estimators' dtype (the reference is float64).
+        mode: ``"auto"`` (exact where possible), ``"exact"`` or ``"mc"``.
+        max_paths: exact mode only when a data point has ``2^{Σ n_k} ≤ max_paths`` paths.
+        chunk: samples per ``estimate()`` call; ``None``: as many as ``memory_budget`` allows.
+        memory_budget: bytes the estimator's tensors may take per chunk (an estimate).
+        max_exact_bytes: memory limit of the exact reference (refused beyond).
+        target_rrmse: the target ``t`` of ``time_to_accuracy_s``.
+        stderr_batches: batches for batch-means standard errors (see :mod:`sbn_bench.metrics`).
+        cosine_groups: at most this many independent M-means per M for the cosine metrics.
+        throughput: see :class:`ThroughputConfig`.
+        out: output folder; resume: continue a run in ``out``.
+    """
+
+    problems: tuple[ProblemSpec, ...]
+    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
+    plugins: tuple[str, ...] = ()
+    samples: int = 2000
+    M: tuple[int, ...] | None = None
+    seeds: tuple[int, ...] = (0,)
+    device: str = "cpu"
+    dtype: str = "float64"
+    mode: str = "auto"
+    max_paths: int = DEFAULT_MAX_PATHS
+    chunk: int | None = None
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    max_exact_bytes: int = DEFAULT_MAX_BYTES
+    target_rrmse: float = 0.1
+    stderr_batches: int = 32
+    cosine_groups: int = 1000
+    throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
+    out: str | None = None
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "problems", tuple(self.problems))
+        object.__setattr__(self, "estimators", tuple(self.estimators))
+        object.__setattr__(self, "plugins", tuple(str(p) for p in self.plugins))
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        if self.M is not None:
+            object.__setattr__(self, "M", tuple(self.M))
+        if not self.problems:
+            raise ConfigError("problems is empty; give at least one problem")
+        for p in self.problems:
+            if not isinstance(p, ProblemSpec):
+                raise ConfigError(f"problems must hold ProblemSpec objects, got {type(p).__name__}")
+        if not self.estimators:
+            raise ConfigError("estimators is empty; expected e.g. 'psa,st,arm'")
+        for e in self.estimators:
+            if not isinstance(e, str) or not e.strip():
+                raise ConfigError(f"estimators: {e!r} is not an estimator spec such as 'psa' or "
+                                  "'concrete:tau=0.1'")
+        _check_int("samples", self.samples, 1)
+        if self.M is not None:
+            if not self.M:
+                raise ConfigError("M is empty; expected sample counts such as 1,10,100")
+            for m in self.M:
+                _check_int("M", m, 1)
+            if len(set(self.M)) != len(self.M):
+                raise ConfigError(f"M={list(self.M)} has repeated values")
+        if not self.seeds:
+            raise ConfigError("seeds is empty; expected at least one seed")
+        for s in self.seeds:
+            _check_int("seeds", s, 0)
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds={list(self.seeds)} has repeated values")
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("mode", self.mode, MODES)
+        _check_int("max_paths", self.max_paths, 1)
+        if self.chunk is not None:
+            _check_int("chunk", self.chunk, 1)
+        _check_int("memory_budget", self.memory_budget, 1)
+        _check_int("max_exact_bytes", self.max_exact_bytes, 1)
+        if isinstance(self.target_rrmse, bool) or not isinstance(self.target_rrmse, (int, float)) \
+                or not math.isfinite(self.target_rrmse) or self.target_rrmse <= 0:
+            raise ConfigError(f"target_rrmse={self.target_rrmse!r} must be a number > 0")
+        object.__setattr__(self, "target_rrmse", float(self.target_rrmse))
+        _check_int("stderr_batches", self.stderr_batches, 2)
+        _check_int("cosine_groups", self.cosine_groups, 1)
+        if not isinstance(self.throughput, ThroughputConfig):
+            raise ConfigError("throughput must be a ThroughputConfig")
+        names = [p.name for p in self.problems if p.name is not None]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"problem names must be unique; repeated: {', '.join(dup)}")
+
+    @property
+    def m_grid(self) -> tuple[int, ...]:
+        """The M values: ``M`` as given, or :func:`default_m_grid` up to ``S``."""
+        return self.M if self.M is not None else default_m_grid(self.samples)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (the manifest's ``config``)."""
+        d = asdict(self)
+        d["problems"] = [{**asdict(p), "checkpoints": [[c.label, c.source] for c in p.checkpoints]}
+                         for p in self.problems]
+        d["m_grid"] = list(self.m_grid)
+        return _jsonable(d)
+
+    def with_(self, **changes: Any) -> RunConfig:
+        """A copy with ``changes`` (validated again)."""
+        return replace(self, **changes)
+
+
+def comparable(config_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of :meth:`RunConfig.to_dict` that must agree for ``--resume`` (all but ``out``
+    and ``resume``)."""
+    return {k: v for k, v in config_dict.items() if k not in ("out", "resume")}
+
+
+def diff_dicts(old: Any, new: Any, path: str = "") -> list[str]:
+    """Human-readable differences ``key: old → new`` between two JSON-like values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            p = f"{path}.{k}" if path else str(k)
+            if k not in old:
+                out.append(f"{p}: (absent) → {new[k]!r}")
+            elif k not in new:
+                out.append(f"{p}: {old[k]!r} → (absent)")
+            else:
+                out += diff_dicts(old[k], new[k], p)
+        return out
+    return [] if old == new else [f"{path or 'value'}: {old!r} → {new!r}"]
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}={value!r} must be an integer ≥ {minimum}")
+
+
+def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
+
+
+# --------------------------------------------------------------------------------------------
+# TOML
+
+_TOP_KEYS = {"estimators", "plugins", "samples", "M", "seeds", "device", "dtype", "mode",
+             "max_paths", "chunk", "memory_budget", "max_exact_bytes", "target_rrmse",
+             "stderr_batches", "cosine_groups", "out", "throughput", "problem"}
+_PROBLEM_KEYS = {f.name for f in fields(ProblemSpec)}
+_THROUGHPUT_KEYS = {f.name for f in fields(ThroughputConfig)}
+
+
+def _line_of(text: str, key: str, start: int = 0, table: str | None = None, index: int = 0) -> int:
+    """Best-effort 1-based line of ``key = …`` (within the ``index``-th ``[[table]]`` / ``[table]``
+    when given, else at or after line ``start``); 0 when not found."""
+    lines = text.splitlines()
+    lo = start
+    if table is not None:
+        headers = [i for i, ln in enumerate(lines)
+                   if re.match(rf"\s*\[\[?\s*{re.escape(table)}\s*\]\]?\s*(#.*)?$", ln)]
+        if index < len(headers):
+            lo = headers[index]
+            if key == "":
+                return lo + 1
+    for i in range(lo, len(lines)):
+        if i > lo and table is not None and re.match(r"\s*\[", lines[i]):
+            break
+        if re.match(rf"\s*\"?{re.escape(key)}\"?\s*=", lines[i]):
+            return i + 1
+    return 0
+
+
+def _suggest(key: str, valid: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(valid), n=2, cutoff=0.5)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+
+
+def _rel(base: Path, p: Any, key: str) -> str:
+    if not isinstance(p, str) or not p:
+        raise ConfigError(f"{key}={p!r} must be a file path (a string)")
+    path = Path(p)
+    return str(path if path.is_absolute() else base / path)
+
+
+def _m_value(v: Any) -> tuple[int, ...] | str | None:
+    if isinstance(v, str):
+        if v == "default":
+            return None
+        if v == "paper":
+            return "paper"
+        raise ConfigError(f"M={v!r} must be a list of integers, 'default' or 'paper'")
+    if not isinstance(v, list):
+        raise ConfigError(f"M={v!r} must be a list of integers, 'default' or 'paper'")
+    return tuple(v)
+
+
+def load_config(path: str | Path, **overrides: Any) -> RunConfig:
+    """Read a TOML run configuration (schema in the module docstring).
+
+    Args:
+        path: the ``.toml`` file.
+        overrides: :class:`RunConfig` fields that replace the file's values (the command line's).
+
+    Raises:
+        ConfigError: naming the file, the line (when known) and the bad key or value.
+        FileNotFoundError: the file does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        if "line" not in msg:  # e.g. "(at end of document)"
+            line = getattr(e, "lineno", None) or len(text.splitlines()) or 1
+            msg += f" (line {line})"
+        raise ConfigError(f"config file {str(path)!r}: invalid TOML: {msg}") from None
+    base = path.parent
+
+    def fail(msg: str, key: str = "", table: str | None = None, index: int = 0) -> ConfigError:
+        line = _line_of(text, key, table=table, index=index) if key or table else 0
+        where = f"config file {str(path)!r}" + (f", line {line}" if line else "")
+        return ConfigError(f"{where}: {msg}")
+
+    for k in raw:
+        if k not in _TOP_KEYS:
+            raise fail(f"unknown key {k!r}{_suggest(k, _TOP_KEYS)}; valid keys: "
+                       f"{', '.join(sorted(_TOP_KEYS))}", k)
+    kw: dict[str, Any] = {}
+    try_key = ""
+    try:
+        for k, v in raw.items():
+            try_key = k
+            if k in ("problem", "throughput"):
+                continue
+            if k == "estimators":
+                if isinstance(v, str):
+                    from sbn_bench.estimators import split_specs
+
+                    v = split_specs(v)
+                if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+                    raise ConfigError(f"estimators={v!r} must be a list of specs or one string")
+                kw[k] = tuple(v)
+            elif k == "plugins":
+                if not isinstance(v, list):
+                    raise ConfigError(f"plugins={v!r} must be a list of files")
+                kw[k] = tuple(_rel(base, p, "plugins") for p in v)
+            elif k == "M":
+                kw[k] = _m_value(v)
+            elif k == "seeds":
+                kw[k] = tuple(v) if isinstance(v, list) else (v,)
+            elif k in ("memory_budget", "max_exact_bytes"):
+                kw[k] = parse_size(v, k)
+            elif k == "out":
+                kw[k] = _rel(base, v, "out")
+            else:
+                kw[k] = v
+        try_key = "throughput"
+        if "throughput" in raw:
+            t = raw["throughput"]
+            if not isinstance(t, dict):
+                raise ConfigError(f"throughput must be a table ([throughput]), got {t!r}")
+            for tk in t:
+                if tk not in _THROUGHPUT_KEYS:
+                    raise fail(f"[throughput]: unknown key {tk!r}{_suggest(tk, _THROUGHPUT_KEYS)}; "
+                               f"valid keys: {', '.join(sorted(_THROUGHPUT_KEYS))}", tk,
+                               table="throughput")
+            try:
+                kw["throughput"] = ThroughputConfig(**t)
+            except ConfigError as e:
+                raise fail(str(e), _first_key_in(str(e), t), table="throughput") from None
+    except ConfigError as e:
+        if str(e).startswith("config file "):
+            raise
+        raise fail(str(e), try_key) from None
+    except TypeError as e:
+        raise fail(f"{try_key}: {e}", try_key) from None
+
+    probs = raw.get("problem")
+    if probs is None:
+        if "problems" not in overrides:
+            raise fail("no [[problem]] table; add at least one, e.g. [[problem]] preset = 'paper'")
+        probs = []
+    if not isinstance(probs, list):
+        raise fail("problem must be an array of tables ([[problem]])", "problem")
+    specs = []
+    for i, p in enumerate(probs):
+        label = f"problem {i + 1}"
+        for pk in p:
+            if pk not in _PROBLEM_KEYS:
+                raise fail(f"{label}: unknown key {pk!r}{_suggest(pk, _PROBLEM_KEYS)}; valid keys: "
+                           f"{', '.join(sorted(_PROBLEM_KEYS))}", pk, table="problem", index=i)
+        args = dict(p)
+        key = ""
+        try:
+            if "file" in args:
+                key = "file"
+                args["file"] = _rel(base, args["file"], "file")
+            if "checkpoints" in args:
+                key = "checkpoints"
+                ck = args["checkpoints"]
+                if not isinstance(ck, dict):
+                    raise ConfigError(f"checkpoints={ck!r} must be a table {{label = 'init' | "
+                                      "'file.npz', ...}}")
+                args["checkpoints"] = tuple(
+                    Checkpoint(str(lab), src if src == "init" else _rel(base, src, f"checkpoint "
+                                                                               f"{lab}"))
+                    for lab, src in ck.items())
+            key = ""
+            specs.append(ProblemSpec(**args))
+        except ConfigError as e:
+            bad = key or _first_key_in(str(e), p)
+            raise fail(f"{label}: {e}", bad, table="problem", index=i) from None
+        except TypeError as e:
+            raise fail(f"{label}: {e}", "", table="problem", index=i) from None
+    if specs:
+        kw["problems"] = tuple(specs)
+    kw.update(overrides)
+    if kw.get("M") == "paper":
+        kw["M"] = paper_m_grid(kw.get("samples", RunConfig.samples))
+    try:
+        return RunConfig(**kw)
+    except ConfigError as e:
+        raise fail(str(e), _first_key_in(str(e), raw)) from None
+
+
+def _first_key_in(message: str, table: Mapping[str, Any]) -> str:
+    """The first key of ``table`` that the message names as ``key=``."""
+    for k in table:
+        if re.search(rf"(^|\W){re.escape(k)}=", message):
+            return k
+    return ""

@@ -1,0 +1,588 @@
+"""The metrics of SPEC §5, per parameter group, from streamed estimates or from exact enumeration.
+
+Notation: ``g`` the exact gradient, ``ĝ`` one single-sample estimate, ``ḡ_M`` the mean of ``M``
+independent single-sample estimates; a *group* is one layer's ``W`` and ``b`` together (``"1" …
+"L"``, ``"out"``) or the whole network (``"all"``); norms and traces are over the group's
+coordinates.
+
+* bias ``β = E ĝ − g``: ``bias_norm = ‖β‖``, ``rel_bias = ‖β‖/‖g‖``;
+* ``variance V = E‖ĝ − E ĝ‖²`` (trace of the covariance of one single-sample estimate);
+* ``mse(M) = ‖β‖² + V/M``, ``rrmse(M) = √mse(M) / ‖g‖``;
+* ``cosine_mean / cosine_p15 / cosine_p85``: mean and 15th/85th percentiles (linear interpolation)
+  of ``cos(ḡ_M, g)`` over ``R`` independent M-means;
+* ``snr_median``: median over the group's coordinates of ``|E ĝ_i| / sd(ĝ_i)`` (coordinates with
+  ``E ĝ_i = sd(ĝ_i) = 0`` are left out; ``x/0 = ∞``);
+* ``time_to_accuracy_s = max(1, ⌈M*⌉) · seconds_per_sample`` with
+  ``M* = V / (t²‖g‖² − ‖β‖²)`` (``∞`` when the bias alone exceeds the target ``t``).
+
+**Monte-Carlo mode** (``S`` samples, streamed in chunks; everything accumulated in float64 with
+Chan/Welford updates, so memory is ``O(B·P)`` for ``B`` batches and ``P`` parameters, whatever ``S``):
+``E ĝ`` is estimated by the sample mean ``m`` and ``V`` by ``V̂ = Σ_i s_i²`` (unbiased per-coordinate
+variances). Since ``E‖m − g‖² = ‖β‖² + V/S``, the reported bias is corrected:
+``‖β‖²~ = ‖m − g‖² − V̂/S`` (unbiased), clipped at 0 for ``bias_norm`` and ``mse``.
+
+Standard errors (column ``stderr``; documented choices):
+
+The ``S`` samples are cut into ``B`` consecutive batches (``stderr_batches``, default 32).
+
+* ``V̂``: *batch means*, ``V̂`` per batch and ``stderr = sd_b / √B``.
+* ``snr_median``: delete-one-batch *jackknife* (``√((B−1)/B Σ_b (θ_(b) − θ̄)²)``); conservative
+  when the median jumps between coordinates of similar SNR.
+* ``‖β‖²~``: delta method, ``Var ≈ 4 βᵀ Cov(m) β + 2 tr(Cov(m)²)`` (exact for Gaussian estimates),
+  with ``Cov(m) = C_b / B`` estimated from the batch means ``m_b`` (``C_b`` their covariance):
+  ``βᵀC_bβ`` from the projections ``(m_b − m)·β̂`` minus the ``tr(Cov(m)²)`` that the noise of
+  ``β̂`` adds, ``tr(C_b²)`` by the U-statistic ``mean_{a≠b} ((m_a − m)·(m_b − m))²``. On Gaussian
+  test cases this is within about 10 % of the true spread, erring high when ``β = 0``.
+  Then ``stderr(‖β‖) = min(se/(2‖β‖), √se)`` and ``stderr(rel_bias) = stderr(‖β‖)/‖g‖``.
+* ``mse(M)``: ``√(se(‖β‖²)² + (se(V)/M)²)``, treating ``‖β‖²~`` and ``V̂`` as uncorrelated (they
+  are independent for Gaussian estimates); ``rrmse`` by the delta method ``se/(2√mse ‖g‖)``.
+* ``time_to_accuracy_s``: delta method in ``(V, ‖β‖²)`` for the continuous ``M*``; the spread of the
+  measured time per sample is not included (see ``throughput.csv`` for it).
+* cosine: the ``R`` M-means are the first ``R = min(cosine_groups, ⌊S/M⌋)`` disjoint blocks of ``M``
+  consecutive samples of the same stream, hence independent; ``stderr(mean) = sd/√R`` and, for
+  the percentiles, the distribution-free order-statistic interval ``(x_(⌈qR+√(Rq(1−q))⌉) −
+  x_(⌊qR−√(Rq(1−q))⌋))/2``. M-means need ``M ≤ S``: larger M get ``mse`` and ``rrmse`` only.
+
+**Exact mode** (``path`` estimators, small nets): for each data point ``d`` all paths ``p`` are
+enumerated with their probabilities ``p_d(p)``; ``E ĝ = (1/D) Σ_d Σ_p p_d(p) ĝ_d(p)`` and, the
+data points' noises being independent, per coordinate ``Var ĝ_i = (1/D²) Σ_d Var_d ĝ_{d,i}``.
+There is no sampling error (``stderr = 0``) except for the cosine rows, which still come from
+sampled M-means and are marked ``mode = "mc"``. Estimators with randomness ``none`` are exact with
+one sample (``V = 0``, ``cos(ḡ_M, g) = cos(ĝ, g)`` for every M).
+
+References:
+    Shekhovtsov, Yanush, Flach. NeurIPS 2020, §5 (rrmse and cosine versus M). Chan, Golub, LeVeque.
+    "Updating formulae and a pairwise algorithm for computing sample variances". 1979.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sbn_bench import model
+from sbn_bench.schema import METRICS
+
+ALL = "all"
+COSINE_QUANTILES = (0.15, 0.85)
+
+
+# --------------------------------------------------------------------------------------------
+# parameter groups
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Parameter groups over a flat gradient vector.
+
+    Attributes:
+        names: ``("1", …, "L", "out", "all")``.
+        params: parameter names in flat order (``weight_1, bias_1, …, weight_out, bias_out``).
+        shapes: their shapes.
+        slices: for each group, its contiguous slice of the flat vector.
+        dim: ``P``, the number of parameters.
+    """
+
+    names: tuple[str, ...]
+    params: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    slices: tuple[slice, ...]
+    dim: int
+
+    @classmethod
+    def of(cls, params: Mapping[str, Tensor]) -> Groups:
+        L = model.n_layers(params)
+        names = model.param_names(L)
+        shapes = tuple(tuple(params[n].shape) for n in names)
+        sizes = [math.prod(s) for s in shapes]
+        slices, start = [], 0
+        for i in range(0, len(names), 2):  # weight_k, bias_k pairs
+            n = sizes[i] + sizes[i + 1]
+            slices.append(slice(start, start + n))
+            start += n
+        groups = [*map(str, range(1, L + 1)), "out", ALL]
+        return cls(tuple(groups), tuple(names), shapes, (*slices, slice(0, start)), start)
+
+    def flatten(self, grads: Mapping[str, Tensor]) -> Tensor:
+        """``{name: [S, *shape]} → [S, P]`` float64 in flat order."""
+        return torch.cat([grads[n].reshape(grads[n].shape[0], -1).to(torch.float64)
+                          for n in self.params], dim=1)
+
+    def flatten_one(self, grad: Mapping[str, Tensor]) -> Tensor:
+        """``{name: shape} → [P]`` float64 (e.g. the exact gradient)."""
+        return torch.cat([grad[n].reshape(-1).to(torch.float64) for n in self.params])
+
+    def sums(self, v: Tensor) -> Tensor:
+        """Per-group sums over the last dimension: ``[..., P] → [..., G]``."""
+        return torch.stack([v[..., s].sum(-1) for s in self.slices], dim=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# pure reducers (scalars; tested against hand-computed values)
+
+
+def corrected_bias_sq(dist_sq: float, variance: float, num_samples: int) -> float:
+    """Unbiased ``‖β‖²`` from ``‖m − g‖²`` of a mean of ``S`` samples: ``‖m − g‖² − V̂/S``.
+
+    ``E‖m − g‖² = ‖β‖² + V/S`` and ``E V̂ = V``. The result can be negative (not clipped here).
+    """
+    return dist_sq - variance / num_samples
+
+
+def mse(bias_sq: float, variance: float, m: int) -> float:
+    """``MSE(M) = ‖β‖² + V/M`` (SPEC §5)."""
+    return bias_sq + variance / m
+
+
+def rrmse(mse_value: float, g_norm: float) -> float:
+    """``√MSE / ‖g‖`` (``∞`` for ``‖g‖ = 0`` and ``MSE > 0``)."""
+    return _div(math.sqrt(max(mse_value, 0.0)), g_norm)
+
+
+def samples_to_accuracy(bias_sq: float, variance: float, g_norm: float, target: float) -> float:
+    """``M* = V / (t²‖g‖² − ‖β‖²)``, the samples needed for ``rrmse(M*) = t`` (SPEC §5);
+    ``∞`` when the bias alone reaches the target."""
+    den = target**2 * g_norm**2 - bias_sq
+    if den <= 0:
+        return math.inf
+    return variance / den
+
+
+def time_to_accuracy(m_star: float, seconds_per_sample: float) -> float:
+    """Seconds to reach the target: ``max(1, ⌈M*⌉)`` samples (at least one must be drawn)."""
+    if math.isnan(seconds_per_sample) or math.isnan(m_star):
+        return math.nan
+    if math.isinf(m_star):
+        return math.inf
+    return max(1, math.ceil(m_star - 1e-12)) * seconds_per_sample
+
+
+def snr_median(mean: Tensor, var: Tensor) -> float:
+    """Median over coordinates of ``|mean_i| / √var_i``; ``0/0`` left out, ``x/0 = ∞``; NaN when
+    every coordinate is ``0/0``."""
+    num = mean.abs().double()
+    sd = var.clamp_min(0).double().sqrt()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (num / sd).cpu().numpy()
+    r = r[~np.isnan(r)]
+    return float(np.median(r)) if r.size else math.nan
+
+
+def cosines(sums: Tensor, g: Tensor, groups: Groups) -> Tensor:
+    """``cos(v, g)`` per group for each row of ``sums [R, P]`` (any positive scale of M-means):
+    ``[R, G]``; NaN where a norm is zero."""
+    dot = groups.sums(sums * g)
+    n1 = groups.sums(sums * sums).sqrt()
+    n2 = groups.sums(g * g).sqrt()
+    return dot / (n1 * n2)
+
+
+def quantile_stderr(values: Sequence[float] | np.ndarray, q: float) -> float:
+    """Standard error of the ``q``-quantile of ``R`` i.i.d. values, distribution-free.
+
+    The rank of the sample ``q``-quantile has standard deviation ``√(Rq(1−q))`` (binomial), so
+    ``(x_(⌈qR + √(Rq(1−q))⌉) − x_(⌊qR − √(Rq(1−q))⌋)) / 2`` (1-based order statistics, clipped to
+    ``1..R``) estimates one standard error. NaN for ``R < 2``.
+    """
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    x = x[~np.isnan(x)]
+    R = x.size
+    if R < 2:
+        return math.nan
+    h = math.sqrt(R * q * (1 - q))
+    hi = min(R, max(1, math.ceil(q * R + h)))
+    lo = min(R, max(1, math.floor(q * R - h)))
+    return float((x[hi - 1] - x[lo - 1]) / 2)
+
+
+def mean_stderr(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """``(mean, sd/√R)`` of i.i.d. values (NaN values left out; stderr NaN for ``R < 2``)."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    if x.size == 0:
+        return math.nan, math.nan
+    if x.size < 2:
+        return float(x[0]), math.nan
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size))
+
+
+def bias_sq_stderr(beta: Tensor, batch_dev: Tensor) -> float:
+    """Delta-method standard error of ``‖m − g‖²`` from ``B`` batch means (see module docstring).
+
+    ``Var‖m − g‖² ≈ 4 βᵀCβ + 2 tr(C²)`` with ``C = Cov(m) = C_b / B``. Plugging in ``β̂ = m − g``
+    overestimates ``βᵀCβ`` by ``E[(β̂ − β)ᵀC(β̂ − β)] = tr(C²)``, which is subtracted (the first
+    term is then clipped at 0), so ``Var ≈ max(4(β̂ᵀCβ̂ − tr(C²)), 0) + 2 tr(C²)``.
+
+    Args:
+        beta: ``[P]`` the estimated bias ``m − g``.
+        batch_dev: ``[B, P]`` batch means minus the overall mean, ``m_b − m``.
+
+    Returns:
+        The standard error (NaN for ``B < 2``).
+    """
+    B = batch_dev.shape[0]
+    if B < 2:
+        return math.nan
+    proj = batch_dev @ beta  # [B]
+    bcb = float((proj * proj).sum()) / (B - 1) / B  # β̂ᵀ (C_b / B) β̂
+    gram = batch_dev @ batch_dev.T  # [B, B]
+    off = gram * gram
+    tr_cb2 = max(float(off.sum() - off.diagonal().sum()) / (B * (B - 1)), 0.0)  # U-statistic
+    tr_c2 = tr_cb2 / B**2
+    return math.sqrt(max(4.0 * (bcb - tr_c2), 0.0) + 2.0 * tr_c2)
+
+
+def leave_one_batch_out(stats: MomentStats) -> tuple[Tensor, Tensor, Tensor]:
+    """Means, unbiased variances and counts of the samples without batch ``b``, for every ``b``
+    (Chan's update run backwards): ``([B, P], [B, P], [B])``."""
+    S = stats.n
+    n_b = stats.batch_n[:, None]
+    n_r = S - n_b
+    m_r = (S * stats.mean - n_b * stats.batch_mean) / n_r
+    d = stats.batch_mean - m_r
+    m2_r = stats.m2 - stats.batch_m2 - d * d * n_b * n_r / S
+    return m_r, m2_r.clamp_min(0) / (n_r - 1).clamp_min(1), n_r[:, 0]
+
+
+def jackknife_stderr(values: Sequence[float] | np.ndarray) -> float:
+    """Delete-one-batch jackknife: ``√((B−1)/B Σ_b (θ_(b) − θ̄)²)``; NaN unless all finite."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 2 or not np.isfinite(x).all():
+        return math.nan
+    B = x.size
+    return float(math.sqrt((B - 1) / B * ((x - x.mean()) ** 2).sum()))
+
+
+def norm_stderr(sq: float, se_sq: float) -> float:
+    """Standard error of ``√x`` from that of ``x ≥ 0``: ``min(se/(2√x), √se)``."""
+    if math.isnan(se_sq):
+        return math.nan
+    r = math.sqrt(max(sq, 0.0))
+    bound = math.sqrt(se_sq)
+    return bound if r == 0 else min(se_sq / (2 * r), bound)
+
+
+def _div(a: float, b: float) -> float:
+    if b == 0:
+        return math.nan if a == 0 else math.inf
+    return a / b
+
+
+# --------------------------------------------------------------------------------------------
+# streaming accumulators
+
+
+def _chunk_moments(x: Tensor) -> tuple[int, Tensor, Tensor]:
+    """``(n, mean, Σ (x − mean)²)`` over the rows of ``x [n, P]``."""
+    mean = x.mean(0)
+    dev = x - mean
+    return x.shape[0], mean, (dev * dev).sum(0)
+
+
+def _combine(na: int | float, ma: Tensor, m2a: Tensor, nb: int | float, mb: Tensor, m2b: Tensor
+             ) -> tuple[float, Tensor, Tensor]:
+    """Chan et al.'s pairwise update of (count or weight, mean, sum of squared deviations)."""
+    n = na + nb
+    if na == 0:
+        return nb, mb, m2b
+    if nb == 0:
+        return na, ma, m2a
+    delta = mb - ma
+    return n, ma + delta * (nb / n), m2a + m2b + delta * delta * (na * nb / n)
+
+
+@dataclass
+class MomentStats:
+    """Sufficient statistics of ``S`` single-sample estimates (Monte-Carlo mode), float64.
+
+    Attributes:
+        n: ``S``; mean: ``[P]``; m2: ``[P]`` sums of squared deviations;
+        batch_n: ``[B]``; batch_mean: ``[B, P]``; batch_m2: ``[B, P]`` (consecutive batches).
+    """
+
+    n: int
+    mean: Tensor
+    m2: Tensor
+    batch_n: Tensor
+    batch_mean: Tensor
+    batch_m2: Tensor
+
+
+class MomentAccumulator:
+    """Streams ``S`` estimates ``[c, P]`` chunk by chunk into per-batch means and squared
+    deviations (Chan's update); memory ``O(B·P)``.
+
+    Args:
+        num_samples: ``S`` (all updates together must hold exactly ``S`` rows).
+        dim: ``P``.
+        batches: ``B`` for batch-means standard errors (reduced so each batch has ≥ 2 samples).
+    """
+
+    def __init__(self, num_samples: int, dim: int, batches: int = 32,
+                 device: torch.device | str = "cpu") -> None:
+        self.S = num_samples
+        B = max(1, min(batches, num_samples // 2))
+        self.bounds = [b * num_samples // B for b in range(B + 1)]
+        self.count = 0
+        self.n = [0] * B
+        self.mean = torch.zeros(B, dim, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(B, dim, dtype=torch.float64, device=device)
+
+    def update(self, x: Tensor) -> None:
+        """Add the next rows ``x [c, P]`` (cast to float64)."""
+        x = x.to(torch.float64)
+        i = 0
+        while i < x.shape[0]:
+            pos = self.count + i
+            if pos >= self.S:
+                raise ValueError(f"MomentAccumulator: more than num_samples={self.S} rows")
+            b = next(j for j in range(len(self.n)) if self.bounds[j] <= pos < self.bounds[j + 1])
+            take = min(x.shape[0] - i, self.bounds[b + 1] - pos)
+            nb, mb, m2b = _chunk_moments(x[i:i + take])
+            n, m, m2 = _combine(self.n[b], self.mean[b], self.m2[b], nb, mb, m2b)
+            self.n[b], self.mean[b], self.m2[b] = int(n), m, m2
+            i += take
+        self.count += x.shape[0]
+
+    def result(self) -> MomentStats:
+        if self.count != self.S:
+            raise ValueError(f"MomentAccumulator: got {self.count} rows, expected {self.S}")
+        bn = torch.tensor(self.n, dtype=torch.float64, device=self.mean.device)
+        mean = (bn[:, None] * self.mean).sum(0) / self.S
+        dev = self.mean - mean
+        m2 = self.m2.sum(0) + (bn[:, None] * dev * dev).sum(0)
+        return MomentStats(self.S, mean, m2, bn, self.mean.clone(), self.m2.clone())
+
+
+def weighted_moments(parts: Sequence[Tensor], w: Tensor) -> tuple[float, Tensor, Tensor]:
+    """``(Σ w, mean, Σ w (x − mean)²)`` of the rows of ``x = cat(parts, dim=1)`` under weights ``w``.
+
+    Args:
+        parts: ``[c, *shape_j]`` tensors (e.g. one per parameter; reduced one by one, which keeps
+            the working set small and avoids concatenating the ``[c, P]`` matrix). Float64 parts
+            are overwritten (centred and squared in place).
+        w: ``[c]`` weights ``≥ 0``.
+
+    Returns:
+        ``(W, mean [P], m2 [P])`` in float64.
+    """
+    w = w.to(torch.float64)
+    W = float(w.sum())
+    means, m2s = [], []
+    for t in parts:
+        x = t.reshape(t.shape[0], -1).to(torch.float64)
+        m = (w @ x) / W
+        means.append(m)
+        m2s.append(w @ x.sub_(m).square_())
+    return W, torch.cat(means), torch.cat(m2s)
+
+
+class WeightedMoments:
+    """Exact weighted moments of a finite distribution, streamed in chunks (weights need not be
+    normalised): ``mean = Σ w x / Σ w``, ``var = Σ w (x − mean)² / Σ w``, per coordinate."""
+
+    def __init__(self) -> None:
+        self.w = 0.0
+        self.mean: Tensor | None = None
+        self.m2: Tensor | None = None
+
+    def update(self, x: Tensor | Sequence[Tensor], w: Tensor) -> None:
+        """Add rows ``x [c, P]`` (or a list of ``[c, *shape]`` parts, see :func:`weighted_moments`)
+        with weights ``w [c] ≥ 0``. Float64 inputs are overwritten."""
+        parts = [x] if isinstance(x, Tensor) else list(x)
+        if float(w.sum()) == 0:
+            return
+        wb, mb, m2b = weighted_moments(parts, w)
+        if self.mean is None or self.m2 is None:
+            self.w, self.mean, self.m2 = wb, mb, m2b
+        else:
+            self.w, self.mean, self.m2 = _combine(self.w, self.mean, self.m2, wb, mb, m2b)
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        """``(mean [P], var [P])``."""
+        if self.mean is None or self.m2 is None:
+            raise ValueError("WeightedMoments: no weight was added")
+        return self.mean, self.m2 / self.w
+
+
+class CosineAccumulator:
+    """Cosines ``cos(ḡ_M, g)`` per group of the first ``R_M = min(max_groups, ⌊S/M⌋)`` disjoint
+    blocks of ``M`` consecutive samples, for every ``M ≤ S`` of the grid; memory ``O(|grid|·P)``.
+    """
+
+    def __init__(self, g: Tensor, groups: Groups, m_values: Sequence[int], num_samples: int,
+                 max_groups: int = 1000) -> None:
+        self.g = g.to(torch.float64)
+        self.groups = groups
+        self.ms = [m for m in m_values if m <= num_samples]
+        self.need = {m: min(max_groups, num_samples // m) * m for m in self.ms}
+        self.used = dict.fromkeys(self.ms, 0)
+        self.partial = {m: torch.zeros_like(self.g) for m in self.ms}
+        self.cnt = dict.fromkeys(self.ms, 0)
+        self.out: dict[int, list[Tensor]] = {m: [] for m in self.ms}
+
+    def _emit(self, m: int, sums: Tensor) -> None:
+        self.out[m].append(cosines(sums, self.g, self.groups).cpu())
+
+    def update(self, x: Tensor) -> None:
+        """Add the next rows ``x [c, P]`` of the sample stream."""
+        x = x.to(torch.float64)
+        for m in self.ms:
+            rows = x[: max(0, self.need[m] - self.used[m])]
+            self.used[m] += rows.shape[0]
+            i = 0
+            if self.cnt[m] and rows.shape[0]:
+                k = min(m - self.cnt[m], rows.shape[0])
+                self.partial[m] = self.partial[m] + rows[:k].sum(0)
+                self.cnt[m] += k
+                i = k
+                if self.cnt[m] == m:
+                    self._emit(m, self.partial[m].unsqueeze(0))
+                    self.partial[m] = torch.zeros_like(self.g)
+                    self.cnt[m] = 0
+            full = (rows.shape[0] - i) // m
+            if full:
+                self._emit(m, rows[i:i + full * m].reshape(full, m, -1).sum(1))
+                i += full * m
+            if i < rows.shape[0]:
+                self.partial[m] = rows[i:].sum(0)
+                self.cnt[m] = rows.shape[0] - i
+
+    def result(self) -> dict[int, np.ndarray]:
+        """``{M: [R_M, G]}`` cosines."""
+        return {m: (torch.cat(v).numpy() if v else np.zeros((0, len(self.groups.names))))
+                for m, v in self.out.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# from statistics to rows
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Per-group figures (value, stderr) before they become rows."""
+
+    g_norm: float
+    bias_sq: float  # corrected in mc mode, unclipped
+    bias_sq_se: float
+    variance: float
+    variance_se: float
+    snr: float
+    snr_se: float
+
+
+def mc_group_stats(stats: MomentStats, g: Tensor, groups: Groups) -> dict[str, GroupStats]:
+    """Per-group figures of Monte-Carlo statistics (module docstring: bias correction and errors)."""
+    S = stats.n
+    g = g.to(stats.mean.device, torch.float64)
+    # [P] unbiased per-coordinate variance (undefined for a single sample: NaN, and so are the
+    # bias correction and everything built on V)
+    var = stats.m2 / (S - 1) if S > 1 else torch.full_like(stats.m2, math.nan)
+    beta = stats.mean - g
+    B = stats.batch_n.shape[0]
+    bvar = stats.batch_m2 / (stats.batch_n[:, None] - 1).clamp_min(1)  # [B, P]
+    bdev = stats.batch_mean - stats.mean
+    V = groups.sums(var)
+    Vb = groups.sums(bvar)  # [B, G]
+    dist = groups.sums(beta * beta)
+    gn = groups.sums(g * g).sqrt()
+    m_r, var_r, _ = leave_one_batch_out(stats)
+    out = {}
+    for j, (name, sl) in enumerate(zip(groups.names, groups.slices)):
+        V_j = float(V[j])
+        V_se = mean_stderr(Vb[:, j].cpu().numpy())[1] if B >= 2 else math.nan
+        snr_r = [snr_median(m_r[b, sl], var_r[b, sl]) for b in range(B)]
+        out[name] = GroupStats(
+            g_norm=float(gn[j]),
+            bias_sq=corrected_bias_sq(float(dist[j]), V_j, S),
+            bias_sq_se=bias_sq_stderr(beta[sl], bdev[:, sl]),
+            variance=V_j, variance_se=V_se,
+            snr=snr_median(stats.mean[sl], var[sl]), snr_se=jackknife_stderr(snr_r))
+    return out
+
+
+def exact_group_stats(mean: Tensor, var: Tensor, g: Tensor, groups: Groups) -> dict[str, GroupStats]:
+    """Per-group figures from the exact mean ``[P]`` and per-coordinate variance ``[P]`` of one
+    single-sample estimate (no sampling error: stderr 0)."""
+    g = g.to(mean.device, torch.float64)
+    beta = mean.to(torch.float64) - g
+    dist = groups.sums(beta * beta)
+    V = groups.sums(var.to(torch.float64))
+    gn = groups.sums(g * g).sqrt()
+    return {name: GroupStats(float(gn[j]), float(dist[j]), 0.0, float(V[j]), 0.0,
+                             snr_median(mean[sl], var[sl]), 0.0)
+            for j, (name, sl) in enumerate(zip(groups.names, groups.slices))}
+
+
+def metric_rows(gstats: Mapping[str, GroupStats], m_grid: Sequence[int],
+                cos: Mapping[int, np.ndarray] | None, *, mode: str, cosine_mode: str,
+                seconds_per_sample: float, target_rrmse: float) -> list[dict[str, object]]:
+    """Tidy rows ``{layer, metric, M, value, stderr, mode}`` for one cell, in a fixed order: per
+    group (``"1" … "L", "out", "all"``), the metrics of :data:`sbn_bench.schema.METRICS` in order,
+    M-dependent ones for each M (cosine only for the M present in ``cos``).
+
+    Args:
+        gstats: per-group figures (:func:`mc_group_stats` / :func:`exact_group_stats`).
+        cos: ``{M: [R, G]}`` cosines (``R = 1`` and ``cosine_mode == "exact"`` for deterministic
+            estimators: stderr 0); None for no cosine rows.
+        mode: ``"mc"`` or ``"exact"``, for every row but the cosine ones (``cosine_mode``).
+        seconds_per_sample: median from the throughput measurement (NaN when not measured).
+    """
+    rows: list[dict[str, object]] = []
+    exact = mode == "exact"
+    for j, (layer, st) in enumerate(gstats.items()):
+        b2 = max(st.bias_sq, 0.0)
+        bnorm = math.sqrt(b2)
+        bnorm_se = 0.0 if exact else norm_stderr(b2, st.bias_sq_se)
+
+        def add(metric: str, value: float, se: float, m: int | None = None, md: str = mode,
+                layer: str = layer) -> None:
+            rows.append({"layer": layer, "metric": metric, "M": m, "value": float(value),
+                         "stderr": float(se), "mode": md})
+
+        per_m: dict[str, list[tuple[int, float, float]]] = {k: [] for k in METRICS}
+        for m in m_grid:
+            v = mse(b2, st.variance, m)
+            v_se = 0.0 if exact else math.hypot(st.bias_sq_se, st.variance_se / m)
+            per_m["mse"].append((m, v, v_se))
+            r = rrmse(v, st.g_norm)
+            r_se = 0.0 if exact else _div(v_se, 2 * math.sqrt(v) * st.g_norm) if v > 0 else math.nan
+            per_m["rrmse"].append((m, r, r_se))
+            if cos is not None and m in cos:
+                c = cos[m][:, j]
+                det = cosine_mode == "exact"
+                mean_c, mean_se = mean_stderr(c)
+                per_m["cosine_mean"].append((m, mean_c, 0.0 if det else mean_se))
+                for q, key in zip(COSINE_QUANTILES, ("cosine_p15", "cosine_p85")):
+                    cc = c[~np.isnan(c)]
+                    val = float(np.quantile(cc, q)) if cc.size else math.nan
+                    per_m[key].append((m, val, 0.0 if det else quantile_stderr(c, q)))
+        m_star = samples_to_accuracy(b2, st.variance, st.g_norm, target_rrmse)
+        tta = time_to_accuracy(m_star, seconds_per_sample)
+        if exact or not math.isfinite(tta):
+            tta_se = 0.0 if exact and math.isfinite(tta) else math.nan
+        else:
+            den = target_rrmse**2 * st.g_norm**2 - b2
+            m_se = math.hypot(st.variance_se / den, st.variance * st.bias_sq_se / den**2)
+            tta_se = m_se * seconds_per_sample
+        for metric in METRICS:
+            if metric == "bias_norm":
+                add(metric, bnorm, bnorm_se)
+            elif metric == "rel_bias":
+                add(metric, _div(bnorm, st.g_norm), 0.0 if exact else _div(bnorm_se, st.g_norm))
+            elif metric == "variance":
+                add(metric, st.variance, st.variance_se)
+            elif metric == "snr_median":
+                add(metric, st.snr, st.snr_se)
+            elif metric == "time_to_accuracy_s":
+                add(metric, tta, tta_se)
+            else:
+                md = cosine_mode if metric.startswith("cosine") else mode
+                for m, v, se in per_m[metric]:
+                    add(metric, v, se, m, md)
+    return rows

@@ -1,0 +1,189 @@
+"""``sbn-bench run`` through click's CliRunner: help, small runs, resume, config files, and bad
+arguments that must give one line naming the argument (no traceback)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sbn_bench.cli import main
+from sbn_bench.schema import METRICS_COLUMNS
+
+SMALL = ["run", "--arch", "2-2-2-1", "--data-points", "3", "--samples", "40", "--M", "1,4",
+         "--estimators", "psa,arm", "--no-throughput", "--no-report"]
+
+
+def invoke(args: list[str]):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def test_help_lists_the_options():
+    res = invoke(["run", "--help"])
+    assert res.exit_code == 0
+    for opt in ("--preset", "--config", "--estimators", "--plugin", "--samples", "--M", "--seeds",
+                "--device", "--dtype", "--mode", "--max-paths", "--chunk", "--target-rrmse",
+                "--out", "--resume", "--no-throughput", "--quiet", "[cpu|cuda]",
+                "[auto|exact|mc]", "psa,st,reinforce,arm,concrete:tau=0.1,tanh"):
+        assert opt in res.output, opt
+
+
+def test_small_run_prints_summary_and_writes_files(tmp_path):
+    out = tmp_path / "run"
+    res = invoke([*SMALL, "--seeds", "0,1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "rrmse at M=1" in res.output and "arch-2-2-2-1-seed0" in res.output
+    assert "psa" in res.output and "arm" in res.output and str(out) in res.output
+    assert "cells" not in res.output.split("rrmse")[0]  # no progress bar when not a terminal
+    for name in ("manifest.json", "metrics.csv", "throughput.csv", "failures.csv"):
+        assert (out / name).is_file(), name
+    m = pd.read_csv(out / "metrics.csv")
+    assert list(m.columns) == METRICS_COLUMNS and set(m["seed"]) == {0, 1}
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["config"]["estimators"] == ["psa", "arm"] and man["seeds"] == [0, 1]
+    # run again: refused without --resume, skipped with it
+    res = CliRunner().invoke(main, [*SMALL, "--seeds", "0,1", "--out", str(out)])
+    assert res.exit_code == 1 and "--resume" in res.output and "Traceback" not in res.output
+    res = invoke([*SMALL, "--seeds", "0,1", "--out", str(out), "--resume"])
+    assert res.exit_code == 0 and "0 cell(s) run, 4 skipped" in res.output
+    res = CliRunner().invoke(main, [*SMALL, "--seeds", "0", "--out", str(out), "--resume"])
+    assert res.exit_code == 1 and "seeds" in res.output and "[0, 1] → [0]" in res.output
+
+
+def test_quiet_prints_nothing(tmp_path):
+    res = invoke([*SMALL, "--quiet", "--out", str(tmp_path / "q")])
+    assert res.exit_code == 0 and res.output == ""
+
+
+def test_default_out_is_runs_problem_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = invoke([*SMALL, "--quiet"])
+    assert res.exit_code == 0
+    assert (tmp_path / "runs/arch-2-2-2-1-seed0/metrics.csv").is_file()
+
+
+def test_seed_sets_problem_and_sampling_seed(tmp_path):
+    res = invoke([*SMALL, "--seed", "3", "--quiet", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0
+    man = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert man["seeds"] == [3] and man["config"]["problems"][0]["seed"] == 3
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--samples", "0"], ["--samples", "0"]),
+    (["--M", "1,x"], ["--M", "'1,x'"]),
+    (["--M", "0,1"], ["--M", "≥ 1"]),
+    (["--seeds", "a"], ["--seeds", "'a'"]),
+    (["--device", "gpu"], ["--device", "'gpu'", "cpu", "cuda"]),
+    (["--dtype", "half"], ["--dtype", "float32"]),
+    (["--mode", "fast"], ["--mode", "auto"]),
+    (["--memory-budget", "lots"], ["--memory-budget", "'lots'"]),
+    (["--target-rrmse", "0"], ["--target-rrmse"]),
+])
+def test_bad_arguments_name_the_option(tmp_path, args, words):
+    res = CliRunner().invoke(main, [*SMALL, *args, "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    for w in words:
+        assert w in res.output, (w, res.output)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--estimators", "psa,nope"], ["estimator 'nope' is unknown"]),
+    (["--estimators", "concrete:tua=1"], ["'tua'", "'tau'"]),
+    (["--plugin", "missing_plugin.py"], ["missing_plugin.py", "does not exist"]),
+])
+def test_bad_values_give_one_line_error(tmp_path, args, words):
+    res = CliRunner().invoke(main, [*SMALL, *args, "--out", str(tmp_path / "x")])
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith("Error: ") and res.output.count("\n") == 1, res.output
+    for w in words:
+        assert w in res.output, (w, res.output)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_cuda_without_cuda_is_refused_before_work(tmp_path):
+    res = CliRunner().invoke(main, [*SMALL, "--device", "cuda", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 1 and "CUDA is not available" in res.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_problem_selection_errors(tmp_path):
+    res = CliRunner().invoke(main, ["run", "--samples", "10"])
+    assert res.exit_code == 2 and "exactly one of --problem" in res.output
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[[problem]]\npreset = 'quick'\n")
+    res = CliRunner().invoke(main, ["run", "--config", str(cfg), "--preset", "quick"])
+    assert res.exit_code == 2 and "--config" in res.output and "--preset" in res.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[problem]]\npreset = 'quick'\nsamples = [\n")
+    res = CliRunner().invoke(main, ["run", "--config", str(bad)])
+    assert res.exit_code == 1 and "bad.toml" in res.output and "line" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_config_file_with_overrides(tmp_path, monkeypatch):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(textwrap.dedent("""
+        estimators = ["st", "tanh"]
+        samples = 100
+        M = [1, 2]
+        [throughput]
+        enabled = false
+        [[problem]]
+        name = "small"
+        arch = "2-2-2-1"
+        data_points = 3
+    """))
+    out = tmp_path / "o"
+    res = invoke(["run", "--config", str(cfg), "--samples", "30", "--seeds", "4,5", "--no-report",
+                  "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["config"]["samples"] == 30 and man["seeds"] == [4, 5]
+    assert man["config"]["M"] == [1, 2] and man["config"]["estimators"] == ["st", "tanh"]
+    assert "small" in res.output
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["run", "--config", str(cfg), "--quiet", "--no-report"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "runs/exp/metrics.csv").is_file()
+
+
+def test_report_hook_is_called(tmp_path, monkeypatch):
+    reports = pytest.importorskip("sbn_bench.reports")
+    calls = []
+
+    def fake(run_dir):
+        calls.append(Path(run_dir))
+        return Path(run_dir) / "report.md"
+
+    monkeypatch.setattr(reports, "write_report", fake, raising=False)
+    out = tmp_path / "r"
+    res = invoke([a for a in SMALL if a != "--no-report"] + ["--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert calls == [out] and f"report: {out / 'report.md'}" in res.output
+
+
+def test_failures_are_listed(tmp_path):
+    plugin = tmp_path / "p.py"
+    plugin.write_text(textwrap.dedent("""
+        from sbn_bench.estimators import Estimator
+
+        def boom():
+            def surrogate(problem, params, generator):
+                raise RuntimeError("kaput")
+            return Estimator("boom", surrogate, randomness="continuous")
+
+        ESTIMATORS = {"boom": boom}
+    """))
+    res = invoke([*SMALL[:-4], "--estimators", "st,boom", "--plugin", str(plugin),
+                  "--no-throughput", "--no-report", "--out", str(tmp_path / "f")])
+    assert res.exit_code == 0, res.output
+    assert "1 cell(s) failed" in res.output and "kaput" in res.output

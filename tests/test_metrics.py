@@ -1,0 +1,315 @@
+"""Metric reducers (sbn_bench.metrics) against hand-computed values, exact streaming, and the
+bias correction's unbiasedness on a synthetic Gaussian case.
+
+Statistical checks use z = 5.0 (two-sided failure rate ≈ 6e-7 per check, Bonferroni-bounded
+where several coordinates are checked at once) and print expected, actual and tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sbn_bench import metrics as mt
+from sbn_bench.schema import METRICS, METRICS_WITH_M
+
+Z = 5.0
+
+
+def params_321() -> dict[str, torch.Tensor]:
+    """A 3-2-1 net with one stochastic layer and a 2-unit second stochastic layer: 3-2-2-1."""
+    return {"weight_1": torch.zeros(2, 3), "bias_1": torch.zeros(2),
+            "weight_2": torch.zeros(2, 2), "bias_2": torch.zeros(2),
+            "weight_out": torch.zeros(1, 2), "bias_out": torch.zeros(1)}
+
+
+# --------------------------------------------------------------------------------------------
+# groups
+
+
+def test_groups_slices_follow_layers():
+    g = mt.Groups.of(params_321())
+    assert g.names == ("1", "2", "out", "all")
+    # layer 1: 2·3 + 2 = 8 coordinates, layer 2: 2·2 + 2 = 6, out: 2 + 1 = 3; all = 17
+    assert [(s.start, s.stop) for s in g.slices] == [(0, 8), (8, 14), (14, 17), (0, 17)]
+    assert g.dim == 17
+    grads = {k: torch.arange(v.numel(), dtype=torch.float32).reshape(1, *v.shape) + 1
+             for k, v in params_321().items()}
+    flat = g.flatten(grads)
+    assert flat.dtype == torch.float64 and flat.shape == (1, 17)
+    # weight_1 = 1..6, bias_1 = 1..2 → sum 21 + 3 = 24; weight_2 1..4, bias_2 1..2 → 10 + 3 = 13;
+    # weight_out 1..2, bias_out 1 → 3 + 1 = 4; all = 41
+    assert g.sums(flat).tolist() == [[24.0, 13.0, 4.0, 41.0]]
+
+
+# --------------------------------------------------------------------------------------------
+# scalar reducers, by hand
+
+
+def test_corrected_bias_sq():
+    # ‖m − g‖² = 0.5 includes V/S = 2/4 = 0.5 of noise: the corrected bias is 0.
+    assert mt.corrected_bias_sq(0.5, 2.0, 4) == 0.0
+    assert mt.corrected_bias_sq(1.0, 3.0, 10) == pytest.approx(0.7)
+    assert mt.corrected_bias_sq(0.1, 3.0, 10) == pytest.approx(-0.2)  # not clipped here
+
+
+def test_mse_rrmse():
+    assert mt.mse(0.09, 0.64, 4) == pytest.approx(0.25)  # 0.09 + 0.16
+    assert mt.rrmse(0.25, 2.5) == pytest.approx(0.2)  # √0.25 / 2.5
+    assert mt.rrmse(0.25, 0.0) == math.inf
+    assert math.isnan(mt.rrmse(0.0, 0.0))
+
+
+def test_samples_and_time_to_accuracy():
+    # t²‖g‖² − ‖β‖² = 0.01·4 − 0.01 = 0.03, M* = 0.3 / 0.03 = 10
+    assert mt.samples_to_accuracy(0.01, 0.3, 2.0, 0.1) == pytest.approx(10.0)
+    assert mt.samples_to_accuracy(0.05, 0.3, 2.0, 0.1) == math.inf  # the bias alone is too large
+    assert mt.samples_to_accuracy(1.0, 0.3, 2.0, 0.5) == math.inf  # exactly at the target (t‖g‖ = 1)
+    assert mt.time_to_accuracy(10.0, 0.002) == pytest.approx(0.02)
+    assert mt.time_to_accuracy(10.2, 0.5) == pytest.approx(5.5)  # ⌈10.2⌉ = 11 samples
+    assert mt.time_to_accuracy(0.3, 0.5) == pytest.approx(0.5)  # at least one sample
+    assert mt.time_to_accuracy(math.inf, 0.5) == math.inf
+    assert math.isnan(mt.time_to_accuracy(3.0, math.nan))
+
+
+def test_snr_median():
+    # ratios |m|/sd: 1/1 = 1, 2/2 = 1, 0/0 left out, 3/0 = ∞ → median of [1, 1, ∞] = 1
+    m = torch.tensor([1.0, -2.0, 0.0, 3.0])
+    v = torch.tensor([1.0, 4.0, 0.0, 0.0])
+    assert mt.snr_median(m, v) == 1.0
+    # [0.5, 2] → median 1.25
+    assert mt.snr_median(torch.tensor([1.0, 4.0]), torch.tensor([4.0, 4.0])) == 1.25
+    assert math.isnan(mt.snr_median(torch.zeros(2), torch.zeros(2)))
+
+
+def test_cosines_per_group():
+    g = mt.Groups.of(params_321())
+    ref = torch.zeros(17, dtype=torch.float64)
+    ref[0], ref[8], ref[14] = 1.0, 1.0, 1.0
+    v = torch.zeros(1, 17, dtype=torch.float64)
+    v[0, 0], v[0, 1] = 1.0, 1.0  # layer 1: cos 45° = 1/√2
+    v[0, 9] = 2.0  # layer 2: orthogonal, 0
+    v[0, 14] = -3.0  # out: opposite, −1
+    c = mt.cosines(v, ref, g)[0].tolist()
+    # all: v·ref = 1 − 3 = −2, ‖v‖ = √(1 + 1 + 4 + 9) = √15, ‖ref‖ = √3
+    expected = [1 / math.sqrt(2), 0.0, -1.0, -2 / math.sqrt(45)]
+    assert c == pytest.approx(expected, abs=1e-15), f"expected {expected}, got {c}"
+
+
+def test_quantile_and_mean_stderr():
+    x = np.arange(1, 101, dtype=float)
+    # R = 100, q = 0.5: h = √25 = 5, ranks ⌈55⌉ = 55 and ⌊45⌋ = 45 → (55 − 45)/2 = 5
+    assert mt.quantile_stderr(x, 0.5) == 5.0
+    # q = 0.15: h = √12.75 = 3.5707, ranks ⌈18.57⌉ = 19 and ⌊11.43⌋ = 11 → (19 − 11)/2 = 4
+    assert mt.quantile_stderr(x, 0.15) == 4.0
+    assert math.isnan(mt.quantile_stderr([1.0], 0.5))
+    mean, se = mt.mean_stderr([1.0, 2.0, 3.0, 4.0])
+    # sd = √(5/3), se = sd/2
+    assert (mean, se) == (2.5, pytest.approx(math.sqrt(5 / 3) / 2))
+
+
+def test_norm_stderr():
+    assert mt.norm_stderr(4.0, 0.4) == pytest.approx(0.1)  # 0.4 / (2·2) < √0.4
+    assert mt.norm_stderr(0.0, 0.04) == pytest.approx(0.2)  # √0.04
+    assert mt.norm_stderr(1e-6, 0.04) == pytest.approx(0.2)  # capped by √se
+
+
+def test_bias_sq_stderr_by_hand():
+    # B = 3 batch-mean deviations y = [1, −1, 0] (P = 1), β̂ = 2. C_b = Σ y² / (B − 1) = 1, so
+    # β̂ᵀ(C_b/B)β̂ = 4·1/3 = 4/3. U-statistic tr(C_b²) = Σ_{a≠b} (y_a y_b)² / (B(B−1)) = 2/6 = 1/3,
+    # tr(C²) = tr(C_b²)/B² = 1/27. Var = 4 (4/3 − 1/27) + 2/27 = 140/27 + 2/27 = 142/27.
+    se = mt.bias_sq_stderr(torch.tensor([2.0], dtype=torch.float64),
+                           torch.tensor([[1.0], [-1.0], [0.0]], dtype=torch.float64))
+    assert se == pytest.approx(math.sqrt(142 / 27))
+    # β̂ = 0: only 2 tr(C²) = 2/27 remains
+    se0 = mt.bias_sq_stderr(torch.tensor([0.0], dtype=torch.float64),
+                            torch.tensor([[1.0], [-1.0], [0.0]], dtype=torch.float64))
+    assert se0 == pytest.approx(math.sqrt(2 / 27))
+
+
+def test_leave_one_batch_out_and_jackknife():
+    gen = torch.Generator().manual_seed(6)
+    S, P, B = 30, 3, 5
+    x = torch.randn(S, P, generator=gen, dtype=torch.float64)
+    acc = mt.MomentAccumulator(S, P, batches=B)
+    acc.update(x)
+    m_r, var_r, n_r = mt.leave_one_batch_out(acc.result())
+    for b in range(B):
+        keep = torch.cat([x[: b * 6], x[(b + 1) * 6:]])
+        torch.testing.assert_close(m_r[b], keep.mean(0), rtol=0, atol=1e-13)
+        torch.testing.assert_close(var_r[b], keep.var(0), rtol=1e-12, atol=1e-14)
+        assert n_r[b] == 24
+    # jackknife of the mean = sd/√B of the batch means (equal batches): values θ_(b) of the mean
+    # without batch b give √((B−1)/B Σ (θ_(b) − θ̄)²) = √(Σ (m_b − m)² / (B (B−1)))
+    col = m_r[:, 0].numpy()
+    bm = x[:, 0].reshape(B, 6).mean(1).numpy()
+    assert mt.jackknife_stderr(col) == pytest.approx(bm.std(ddof=1) / math.sqrt(B))
+    assert math.isnan(mt.jackknife_stderr([1.0, math.inf]))
+
+
+# --------------------------------------------------------------------------------------------
+# streaming accumulators equal the direct computation
+
+
+def _chunks(x: torch.Tensor, sizes: list[int]):
+    i = 0
+    for s in sizes:
+        yield x[i:i + s]
+        i += s
+    assert i == x.shape[0]
+
+
+def test_moment_accumulator_matches_direct():
+    gen = torch.Generator().manual_seed(1)
+    S, P, B = 50, 5, 4
+    x = torch.randn(S, P, generator=gen, dtype=torch.float64) * 3 + 7
+    acc = mt.MomentAccumulator(S, P, batches=B)
+    for c in _chunks(x, [7, 7, 1, 20, 15]):
+        acc.update(c)
+    st = acc.result()
+    torch.testing.assert_close(st.mean, x.mean(0), rtol=0, atol=1e-12)
+    torch.testing.assert_close(st.m2 / (S - 1), x.var(0), rtol=1e-12, atol=0)
+    bounds = [b * S // B for b in range(B + 1)]  # 0, 12, 25, 37, 50
+    for b in range(B):
+        xb = x[bounds[b]:bounds[b + 1]]
+        assert int(st.batch_n[b]) == xb.shape[0]
+        torch.testing.assert_close(st.batch_mean[b], xb.mean(0), rtol=0, atol=1e-12)
+        torch.testing.assert_close(st.batch_m2[b], xb.var(0) * (xb.shape[0] - 1), rtol=1e-12,
+                                   atol=0)
+    with pytest.raises(ValueError, match="more than"):
+        acc.update(x[:1])
+
+
+def test_weighted_moments_match_direct():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(40, 3, generator=gen, dtype=torch.float64)
+    w = torch.rand(40, generator=gen, dtype=torch.float64)
+    acc = mt.WeightedMoments()
+    for xc, wc in zip(_chunks(x.clone(), [10, 25, 5]), _chunks(w, [10, 25, 5])):
+        acc.update(xc.clone(), wc)
+    mean, var = acc.result()
+    p = w / w.sum()
+    exp_mean = p @ x
+    exp_var = p @ (x - exp_mean) ** 2
+    torch.testing.assert_close(mean, exp_mean, rtol=0, atol=1e-14)
+    torch.testing.assert_close(var, exp_var, rtol=1e-12, atol=0)
+
+
+def test_cosine_accumulator_matches_direct():
+    g = mt.Groups.of(params_321())
+    gen = torch.Generator().manual_seed(3)
+    S = 23
+    x = torch.randn(S, g.dim, generator=gen, dtype=torch.float64)
+    ref = torch.randn(g.dim, generator=gen, dtype=torch.float64)
+    acc = mt.CosineAccumulator(ref, g, [1, 2, 5, 10, 30], S, max_groups=4)
+    for c in _chunks(x, [3, 4, 4, 1, 11]):
+        acc.update(c)
+    out = acc.result()
+    assert sorted(out) == [1, 2, 5, 10]  # M = 30 > S is skipped
+    for m, cos in out.items():
+        R = min(4, S // m)
+        means = x[: R * m].reshape(R, m, -1).mean(1)
+        expected = mt.cosines(means, ref, g).numpy()
+        assert cos.shape == (R, 4)
+        np.testing.assert_allclose(cos, expected, rtol=0, atol=1e-13)
+
+
+# --------------------------------------------------------------------------------------------
+# the bias correction is unbiased (synthetic Gaussian case)
+
+
+def test_bias_correction_is_unbiased():
+    """Samples x ~ N(μ, diag σ²) with g = μ − β: E[‖m − g‖² − V̂/S] = ‖β‖² while the uncorrected
+    ‖m − g‖² is off by V/S = Σσ²/S. 20 000 independent replicates of S = 8 samples are streamed
+    through one MomentAccumulator as separate coordinates (replicate r = coordinates 3r..3r+2)."""
+    reps, S = 20000, 8
+    beta = torch.tensor([0.1, 0.0, -0.05], dtype=torch.float64)
+    sigma = torch.tensor([1.0, 0.5, 1.5], dtype=torch.float64)
+    mu = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
+    g = mu - beta
+    gen = torch.Generator().manual_seed(4)
+    x = mu + sigma * torch.randn(S, reps, 3, generator=gen, dtype=torch.float64)
+    acc = mt.MomentAccumulator(S, reps * 3, batches=2)
+    for c in _chunks(x.reshape(S, -1), [3, 5]):
+        acc.update(c)
+    st = acc.result()
+    mean = st.mean.reshape(reps, 3)
+    V = (st.m2 / (S - 1)).reshape(reps, 3).sum(1)
+    dist = ((mean - g) ** 2).sum(1)
+    corrected = mt.corrected_bias_sq(dist, V, S).numpy()
+    true = float((beta**2).sum())
+    tol = Z * corrected.std(ddof=1) / math.sqrt(reps)
+    assert abs(corrected.mean() - true) <= tol, (
+        f"corrected ‖β‖²: expected {true}, got {corrected.mean()} (tolerance {tol})")
+    # the uncorrected estimate is off by V/S = (1 + 0.25 + 2.25)/8 = 0.4375, far beyond tol
+    shift = float(dist.mean()) - true
+    assert abs(shift - float((sigma**2).sum()) / S) <= Z * float(dist.std()) / math.sqrt(reps)
+    assert shift > 10 * tol
+
+
+@pytest.mark.parametrize("shift", [0.1, 0.0])
+def test_mc_stderrs_are_calibrated(shift):
+    """The reported stderr of the corrected ‖β‖² and of V̂ match the spread of those estimates
+    over 300 independent replicates (Gaussian samples, P = 7, S = 256, 16 batches), with a bias
+    (shift 0.1) and without. The ratio sd / mean(stderr) has a sampling error of about
+    1/√600 ≈ 4 % plus the approximations' own error (≈ 0.82 at β = 0, see the metrics docstring),
+    so [0.65, 1.35] holds at well beyond 5σ; the SNR's jackknife error must not be too small
+    (ratio ≤ 1.35)."""
+    g_ = mt.Groups.of({"weight_1": torch.zeros(2, 1), "bias_1": torch.zeros(2),
+                       "weight_out": torch.zeros(1, 2), "bias_out": torch.zeros(1)})
+    P, S, reps = g_.dim, 256, 300
+    gen = torch.Generator().manual_seed(5)
+    mu = torch.linspace(-1, 1, P, dtype=torch.float64)
+    sigma = torch.linspace(0.5, 2, P, dtype=torch.float64)
+    g = mu - shift
+    res: dict[str, list[float]] = {k: [] for k in ("b2", "b2_se", "v", "v_se", "snr", "snr_se")}
+    for _ in range(reps):
+        acc = mt.MomentAccumulator(S, P, batches=16)
+        acc.update(mu + sigma * torch.randn(S, P, generator=gen, dtype=torch.float64))
+        st = mt.mc_group_stats(acc.result(), g, g_)["all"]
+        for k, v in (("b2", st.bias_sq), ("b2_se", st.bias_sq_se), ("v", st.variance),
+                     ("v_se", st.variance_se), ("snr", st.snr), ("snr_se", st.snr_se)):
+            res[k].append(v)
+    for name in ("b2", "v", "snr"):
+        ratio = float(np.std(res[name], ddof=1) / np.mean(res[name + "_se"]))
+        lo = 0.0 if name == "snr" else 0.65
+        assert lo <= ratio <= 1.35, f"{name}: sd/mean(stderr) expected in [{lo}, 1.35], got {ratio}"
+    true_v = float((sigma**2).sum())
+    tol = Z * np.std(res["v"]) / math.sqrt(reps)
+    assert abs(np.mean(res["v"]) - true_v) <= tol, (np.mean(res["v"]), true_v, tol)
+
+
+# --------------------------------------------------------------------------------------------
+# rows
+
+
+def test_metric_rows_layout_and_values():
+    gs = {"1": mt.GroupStats(g_norm=2.0, bias_sq=0.01, bias_sq_se=0.0, variance=0.3,
+                             variance_se=0.0, snr=1.5, snr_se=0.0),
+          "all": mt.GroupStats(g_norm=2.0, bias_sq=-0.5, bias_sq_se=0.1, variance=0.3,
+                               variance_se=0.03, snr=1.0, snr_se=0.1)}
+    cos = {1: np.array([[0.5, 0.5], [0.7, 0.9]]), 10: np.array([[0.9, 0.8]])}
+    rows = mt.metric_rows(gs, [1, 10, 100], cos, mode="exact", cosine_mode="mc",
+                          seconds_per_sample=0.002, target_rrmse=0.1)
+    by = {(r["layer"], r["metric"], r["M"]): r for r in rows}
+    # layer 1: bias 0.1, rel 0.05; mse(10) = 0.01 + 0.03 = 0.04, rrmse = 0.2/2 = 0.1
+    assert by[("1", "bias_norm", None)]["value"] == pytest.approx(0.1)
+    assert by[("1", "rel_bias", None)]["value"] == pytest.approx(0.05)
+    assert by[("1", "mse", 10)]["value"] == pytest.approx(0.04)
+    assert by[("1", "rrmse", 10)]["value"] == pytest.approx(0.1)
+    assert by[("1", "rrmse", 10)]["stderr"] == 0.0 and by[("1", "rrmse", 10)]["mode"] == "exact"
+    # M* = 0.3/(0.04 − 0.01) = 10 samples → 0.02 s
+    assert by[("1", "time_to_accuracy_s", None)]["value"] == pytest.approx(0.02)
+    assert by[("1", "cosine_mean", 1)]["value"] == pytest.approx(0.6)
+    assert by[("1", "cosine_mean", 1)]["mode"] == "mc"
+    assert by[("1", "cosine_p15", 1)]["value"] == pytest.approx(0.5 + 0.15 * 0.2)
+    assert ("1", "cosine_mean", 100) not in by  # no M-means for M = 100
+    # group "all": negative corrected bias is clipped to 0
+    assert by[("all", "bias_norm", None)]["value"] == 0.0
+    assert by[("all", "mse", 1)]["value"] == pytest.approx(0.3)
+    metrics_seen = list(dict.fromkeys(r["metric"] for r in rows if r["layer"] == "1"))
+    assert metrics_seen == list(METRICS)
+    assert all((r["M"] is None) == (r["metric"] not in METRICS_WITH_M) for r in rows)

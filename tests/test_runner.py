@@ -1,0 +1,531 @@
+"""The runner (sbn_bench.runner), its storage and its TOML configuration.
+
+Exact mode is checked against independent brute force (every joint path of every data point) and
+against the exact reference; Monte-Carlo mode against exact mode within its stated uncertainty
+(z = 5.3: two-sided failure rate 1e-7 per comparison, so ≤ 1e-6 over the ≤ 10 comparisons of a
+test, Bonferroni). Resumed runs must reproduce an uninterrupted run byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from sbn_bench import problems, runner, schema
+from sbn_bench.config import (
+    Checkpoint,
+    ConfigError,
+    ProblemSpec,
+    RunConfig,
+    ThroughputConfig,
+    load_config,
+    paper_m_grid,
+)
+from sbn_bench.estimators import estimate, estimate_on_paths, load_registry
+from sbn_bench.metrics import Groups
+from sbn_bench.reference import exact_gradient
+from sbn_bench.reference.naive import enumerate_paths, path_log_probs
+from sbn_bench.storage import RunDirError
+
+Z = 5.3
+REG = load_registry()
+
+
+def tiny(seed: int = 0, data_points: int = 3, arch: str = "2-2-2-1", noise: str = "logistic"
+         ) -> problems.Problem:
+    return problems.random_problem(arch, seed, data_points=data_points, noise=noise)
+
+
+def tiny_config(out: Path, **kw) -> RunConfig:
+    base = dict(problems=(ProblemSpec(arch="2-2-2-1", data_points=3),), estimators=("psa", "st"),
+                samples=64, M=(1, 4, 16), throughput=ThroughputConfig(enabled=False), out=str(out))
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def flat_grad(problem: problems.Problem) -> torch.Tensor:
+    return Groups.of(problem.params).flatten_one(exact_gradient(problem)[1])
+
+
+PLUGIN = textwrap.dedent('''
+    import time
+    import torch
+    from sbn_bench.estimators import Estimator
+    from sbn_bench.estimators.builtin import st
+
+
+    def boom():
+        def surrogate(problem, params, generator):
+            raise RuntimeError("boom: this estimator always fails")
+        return Estimator("boom", surrogate, randomness="continuous")
+
+
+    def nan():
+        base = st()
+        def surrogate(problem, params, generator):
+            return base.surrogate(problem, params, generator) * float("nan")
+        return Estimator("nan", surrogate, randomness="path")
+
+
+    def slow():
+        base = st()
+        def surrogate(problem, params, generator):
+            time.sleep(0.3)
+            return base.surrogate(problem, params, generator)
+        return Estimator("slow", surrogate, randomness="path")
+
+
+    ESTIMATORS = {"boom": boom, "nan": nan, "slow": slow}
+''')
+
+
+@pytest.fixture
+def plugin(tmp_path: Path) -> Path:
+    p = tmp_path / "plugin_ests.py"
+    p.write_text(PLUGIN)
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# exact mode
+
+
+def test_path_log_probs_fast_equals_naive():
+    p = tiny(1, data_points=4, arch="3-2-3-2-1", noise="gaussian")
+    paths = enumerate_paths(p.widths)
+    first, rest = runner.path_log_probs_fast(p, paths)
+    n1, total = p.widths[1], sum(p.widths[1:-1])
+    idx1 = torch.arange(paths[0].shape[0]) >> (total - n1)
+    fast = (first[:, idx1] + rest).T  # [P, D]
+    torch.testing.assert_close(fast, path_log_probs(p, p.params, paths), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["psa", "reinforce", "st"])
+def test_exact_moments_equal_brute_force_over_joint_paths(name):
+    """Independent oracle: with D = 2 data points, enumerate every pair of paths (p₁, p₂) with
+    probability p_1(p₁) p_2(p₂), evaluate the full two-point estimate on each pair and take its
+    mean and per-coordinate variance directly."""
+    p = tiny(2, data_points=2)
+    est = REG.create(name)
+    g_ = Groups.of(p.params)
+    mean, var = runner.exact_path_moments(est, p, torch.float64, torch.device("cpu"), 7, g_)
+    paths = enumerate_paths(p.widths)
+    P = paths[0].shape[0]
+    logp = path_log_probs(p, p.params, paths)  # [P, D]
+    i, j = torch.meshgrid(torch.arange(P), torch.arange(P), indexing="ij")
+    i, j = i.reshape(-1), j.reshape(-1)
+    w = torch.exp(logp[i, 0] + logp[j, 1])  # [P²]
+    states = [torch.stack([s[i], s[j]], dim=1) for s in paths]  # [P², 2, n_k]
+    x = g_.flatten(estimate_on_paths(est, p, states))
+    bf_mean = w @ x
+    bf_var = w @ (x - bf_mean) ** 2
+    torch.testing.assert_close(mean, bf_mean, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(var, bf_var, rtol=1e-10, atol=1e-13)
+
+
+def test_exact_mode_reinforce_is_unbiased_and_psa_exact_in_last_layers():
+    p = tiny(3, data_points=4, arch="2-3-2-1")
+    g = flat_grad(p)
+    g_ = Groups.of(p.params)
+    mean, _ = runner.exact_path_moments(REG.create("reinforce"), p, torch.float64,
+                                        torch.device("cpu"), 1000, g_)
+    torch.testing.assert_close(mean, g, rtol=1e-10, atol=1e-12)
+    mean, _ = runner.exact_path_moments(REG.create("psa"), p, torch.float64,
+                                        torch.device("cpu"), 1000, g_)
+    for layer, sl in zip(g_.names, g_.slices):
+        err = float((mean[sl] - g[sl]).norm() / g[sl].norm())
+        if layer in ("2", "out"):  # SPEC §4: unbiased in the last stochastic and output layers
+            assert err < 1e-10, (layer, err)
+        elif layer == "1":
+            assert err > 1e-4, (layer, err)  # biased in earlier layers
+
+
+def _rows(rows):
+    return {(r["layer"], r["metric"], r["M"]): r for r in rows}
+
+
+def test_exact_mode_equals_monte_carlo_within_stderr(tmp_path):
+    p = tiny(4, data_points=3)
+    g = flat_grad(p)
+    est = REG.create("psa")
+    cfg = tiny_config(tmp_path, samples=20000, M=(1, 10))
+    exact = _rows(runner.stats_cell_rows(est, p, g, cfg.with_(mode="exact"), 0, "init"))
+    mc = _rows(runner.stats_cell_rows(est, p, g, cfg.with_(mode="mc"), 0, "init"))
+    assert {r["mode"] for k, r in exact.items() if not k[1].startswith("cosine")} == {"exact"}
+    assert {r["mode"] for r in mc.values()} == {"mc"}
+    assert exact[("1", "cosine_mean", 1)]["mode"] == "mc"
+    for layer in ("1", "2", "out", "all"):
+        for metric, m in (("variance", None), ("bias_norm", None), ("mse", 1)):
+            e, r = exact[(layer, metric, m)], mc[(layer, metric, m)]
+            assert e["stderr"] == 0.0
+            tol = Z * r["stderr"]
+            assert abs(r["value"] - e["value"]) <= tol, (
+                f"{layer} {metric}: exact {e['value']}, mc {r['value']} (tolerance {tol})")
+
+
+def test_monte_carlo_moments_match_exact_moments_per_coordinate():
+    """Per coordinate, |m_i − E ĝ_i| ≤ z √(Var_i / S) and |s²_i − Var_i| ≤ z √((μ4_i − Var_i²)/S)
+    (μ4 the fourth central moment, estimated from the samples) with z = 6 for all 2·15 checks
+    (Bonferroni: 30 · 2e-9 ≈ 6e-8)."""
+    p = tiny(5, data_points=3)
+    g_ = Groups.of(p.params)
+    est = REG.create("st")
+    mean, var = runner.exact_path_moments(est, p, torch.float64, torch.device("cpu"), 100, g_)
+    S = 20000
+    x = g_.flatten(estimate(est, p, S, torch.Generator().manual_seed(0)))
+    tol = 6 * (var / S).sqrt() + 1e-15
+    err = (x.mean(0) - mean).abs()
+    assert bool((err <= tol).all()), f"expected {mean}, got {x.mean(0)}, tolerance {tol}"
+    m4 = ((x - x.mean(0)) ** 4).mean(0)
+    tol_v = 6 * ((m4 - x.var(0) ** 2).clamp_min(0) / S).sqrt() + 1e-15
+    err_v = (x.var(0) - var).abs()
+    assert bool((err_v <= tol_v).all()), f"expected {var}, got {x.var(0)}, tolerance {tol_v}"
+
+
+def test_deterministic_estimator_is_exact_with_one_sample(tmp_path):
+    p = tiny(6)
+    g = flat_grad(p)
+    est = REG.create("tanh")
+    rows = _rows(runner.stats_cell_rows(est, p, g, tiny_config(tmp_path), 0, "init"))
+    ghat = Groups.of(p.params).flatten(estimate(est, p, 1, torch.Generator()))[0]
+    assert rows[("all", "variance", None)]["value"] == 0.0
+    assert rows[("all", "bias_norm", None)]["value"] == pytest.approx(float((ghat - g).norm()),
+                                                                      rel=1e-12)
+    assert rows[("all", "cosine_mean", 4)]["mode"] == "exact"
+    assert rows[("all", "cosine_mean", 4)]["stderr"] == 0.0
+    assert {r["samples"] for r in rows.values()} == {1}
+
+
+def test_choose_mode():
+    p = tiny()
+    assert runner.choose_mode(REG.create("psa"), p, "auto", 2**16) == "exact"
+    assert runner.choose_mode(REG.create("psa"), p, "auto", 8) == "mc"  # 16 paths > 8
+    assert runner.choose_mode(REG.create("arm"), p, "auto", 2**16) == "mc"
+    assert runner.choose_mode(REG.create("tanh"), p, "auto", 2**16) == "exact"
+    assert runner.choose_mode(REG.create("psa"), p, "mc", 2**16) == "mc"
+    with pytest.raises(runner.CellFailure, match="no path surrogate"):
+        runner.choose_mode(REG.create("arm"), p, "exact", 2**16)
+
+
+def test_chunks_bound_the_samples_per_call(tmp_path, monkeypatch):
+    calls: list[int] = []
+    real = runner.estimate
+
+    def spy(est, problem, n, gen):
+        calls.append(n)
+        return real(est, problem, n, gen)
+
+    monkeypatch.setattr(runner, "estimate", spy)
+    cfg = tiny_config(tmp_path, estimators=("arm",), samples=50, chunk=7)
+    runner.run(cfg)
+    assert calls == [7] * 7 + [1], calls
+
+
+# --------------------------------------------------------------------------------------------
+# outputs, failures, determinism, resume
+
+
+def test_run_writes_tidy_tables_and_manifest(tmp_path):
+    cfg = tiny_config(tmp_path / "out", estimators=("psa", "arm"), seeds=(0, 1),
+                      throughput=ThroughputConfig(rounds=2, batch=8))
+    res = runner.run(cfg)
+    m = pd.read_csv(tmp_path / "out" / "metrics.csv")
+    assert list(m.columns) == schema.METRICS_COLUMNS
+    assert set(m["metric"]) == set(schema.METRICS)
+    assert set(m["layer"]) == {"1", "2", "out", "all"}
+    assert set(m["estimator"]) == {"psa", "arm"} and set(m["seed"]) == {0, 1}
+    assert m.loc[~m["metric"].isin(schema.METRICS_WITH_M), "M"].isna().all()
+    assert set(m.loc[m["estimator"] == "arm", "mode"]) == {"mc"}
+    assert len(res.metrics) == len(m)
+    t = pd.read_csv(tmp_path / "out" / "throughput.csv")
+    assert list(t.columns) == schema.THROUGHPUT_COLUMNS and len(t) == 2
+    assert (t["samples_per_s"] > 0).all() and t["peak_memory_bytes"].isna().all()
+    assert t.loc[t["estimator"] == "arm", "evals_per_sample"].item() == 4  # 2 L
+    tta = m[m["metric"] == "time_to_accuracy_s"]["value"]
+    assert tta.notna().all()
+    f = pd.read_csv(tmp_path / "out" / "failures.csv")
+    assert list(f.columns) == schema.FAILURES_COLUMNS and f.empty
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert man["schema_version"] == schema.SCHEMA_VERSION and man["status"] == "complete"
+    assert man["seeds"] == [0, 1] and man["config"]["samples"] == 64
+    assert {"torch", "numpy", "pandas", "sbn_bench"} <= set(man["packages"])
+    assert [e["spec"] for e in man["estimators"]] == ["psa", "arm"]
+    assert all(e["version"] for e in man["estimators"])
+    assert man["problems"][0]["sha256"] == runner.fingerprint(tiny())
+    assert man["device"]["type"] == "cpu" and "python" in man and "git_commit" in man
+    assert res.summary().shape == (2, 4)
+
+
+def test_fingerprint_changes_with_the_parameters():
+    p = tiny()
+    q = p.with_params({**p.params, "bias_out": p.params["bias_out"] + 1e-12})
+    assert runner.fingerprint(p) != runner.fingerprint(q)
+    assert runner.fingerprint(p) == runner.fingerprint(tiny())
+
+
+def test_same_config_gives_byte_identical_metrics(tmp_path):
+    runner.run(tiny_config(tmp_path / "a"))
+    runner.run(tiny_config(tmp_path / "b"))
+    a = (tmp_path / "a" / "metrics.csv").read_bytes()
+    assert a == (tmp_path / "b" / "metrics.csv").read_bytes()
+    # a different seed changes the Monte-Carlo numbers
+    runner.run(tiny_config(tmp_path / "c", seeds=(1,)))
+    assert a != (tmp_path / "c" / "metrics.csv").read_bytes()
+
+
+def test_cell_results_do_not_depend_on_other_cells(tmp_path):
+    runner.run(tiny_config(tmp_path / "a", estimators=("psa", "st")))
+    runner.run(tiny_config(tmp_path / "b", estimators=("st",)))
+    a = pd.read_csv(tmp_path / "a" / "metrics.csv")
+    b = pd.read_csv(tmp_path / "b" / "metrics.csv")
+    pd.testing.assert_frame_equal(a[a["estimator"] == "st"].reset_index(drop=True), b)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_identical_results(tmp_path, plugin):
+    cfg = tiny_config(tmp_path / "full", estimators=("psa", "arm", "boom"), seeds=(0, 1),
+                      plugins=(str(plugin),))
+    runner.run(cfg)
+    done = []
+
+    def kill_after_three(cell):
+        done.append(cell)
+        if len(done) == 3:
+            raise Stop
+
+    part = cfg.with_(out=str(tmp_path / "part"))
+    with pytest.raises(Stop):
+        runner.run(part, on_cell_done=kill_after_three)
+    man = json.loads((tmp_path / "part" / "manifest.json").read_text())
+    assert man["status"] == "running"  # killed: never marked complete
+    # a killed write leaves at most a temporary file, which must be ignored
+    (tmp_path / "part" / "cells" / ".stray.metrics.csv.123.tmp").write_text("garbage")
+    res = runner.run(part.with_(resume=True))
+    assert res.cells_skipped == 3 and res.cells_run == 3
+    for name in ("metrics.csv", "failures.csv"):
+        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "part" / name).read_bytes()
+
+
+def test_sigkilled_cli_run_resumes_to_identical_results(tmp_path, plugin):
+    from click.testing import CliRunner
+
+    from sbn_bench.cli import main
+
+    args = ["run", "--arch", "2-2-2-1", "--data-points", "3", "--samples", "32", "--M", "1,4",
+            "--estimators", "slow", "--plugin", str(plugin), "--seeds", "0,1,2,3,4,5",
+            "--no-throughput", "--no-report", "--quiet"]
+    full = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "full")])
+    assert full.exit_code == 0, full.output
+    out = tmp_path / "killed"
+    code = "import sys; from sbn_bench.cli import main; main(sys.argv[1:])"
+    proc = subprocess.Popen([sys.executable, "-c", code, *args, "--out", str(out)],
+                            env={**os.environ, "CI": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list((out / "cells").glob("*.metrics.csv"))) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    n_parts = len(list((out / "cells").glob("*.metrics.csv")))
+    assert 2 <= n_parts < 6
+    res = CliRunner().invoke(main, [*args, "--out", str(out), "--resume"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "full" / "metrics.csv").read_bytes() == (out / "metrics.csv").read_bytes()
+
+
+def test_failing_plugin_estimators_are_recorded_and_the_run_goes_on(tmp_path, plugin):
+    cfg = tiny_config(tmp_path / "out", estimators=("boom", "st", "nan"), plugins=(str(plugin),),
+                      throughput=ThroughputConfig(rounds=1, batch=4))
+    res = runner.run(cfg)
+    f = res.failures
+    assert set(f["estimator"]) == {"boom", "nan"}, f
+    boom = f[f["estimator"] == "boom"].set_index("stage")["error"]
+    assert "RuntimeError: boom: this estimator always fails" in boom["estimate"]
+    assert "boom" in boom["throughput"]
+    nan = f[(f["estimator"] == "nan")]
+    assert list(nan["stage"]) == ["estimate"] and "NaN/Inf" in nan["error"].item()
+    assert nan["seed"].item() == 0
+    assert set(res.metrics["estimator"]) == {"st"} and len(res.metrics) > 0
+    assert set(res.throughput["estimator"]) == {"st", "nan"}
+    assert res.manifest["cells"]["failed"] == 3
+    # failed cells are tried again on resume (and fail again); finished ones are skipped
+    again = runner.run(cfg.with_(resume=True))
+    assert again.cells_run == 3 and again.cells_skipped == 3
+    pd.testing.assert_frame_equal(again.failures, f)
+
+
+def test_unusable_cells_are_failures_with_their_reason(tmp_path):
+    cfg = tiny_config(tmp_path / "a", problems=(ProblemSpec(arch="2-2-2-1", data_points=3,
+                                                            noise="gaussian"),),
+                      estimators=("arm", "st"), mode="exact")
+    res = runner.run(cfg)
+    stages = res.failures.set_index("estimator")["stage"].to_dict()
+    assert stages == {"arm": "supports"}  # arm is logistic-only; checked before the mode
+    assert set(res.metrics["estimator"]) == {"st"}
+    res = runner.run(tiny_config(tmp_path / "b", estimators=("arm",), mode="exact"))
+    assert res.failures["stage"].tolist() == ["mode"]
+    assert "exact mode impossible" in res.failures["error"].item()
+    res = runner.run(tiny_config(tmp_path / "c", max_exact_bytes=1))
+    assert res.failures["stage"].tolist() == ["reference", "reference"]
+    assert "exact reference refused" in res.failures["error"].iloc[0]
+    assert res.metrics.empty
+
+
+def test_output_folder_rules(tmp_path):
+    cfg = tiny_config(tmp_path / "run", estimators=("st",))
+    runner.run(cfg)
+    with pytest.raises(RunDirError, match="--resume"):
+        runner.run(cfg)
+    with pytest.raises(RunDirError, match=r"samples: 64 → 65"):
+        runner.run(cfg.with_(samples=65, resume=True))
+    with pytest.raises(RunDirError, match="estimators"):
+        runner.run(cfg.with_(estimators=("psa",), resume=True))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="no manifest.json"):
+        runner.run(cfg.with_(out=str(other), resume=True))
+    res = runner.run(cfg.with_(resume=True))  # same settings: everything is skipped
+    assert res.cells_run == 0 and res.cells_skipped == 1
+
+
+def test_bad_inputs_fail_before_any_work(tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="'nope' is unknown"):
+        runner.run(tiny_config(out, estimators=("psa", "nope")))
+    with pytest.raises(ValueError, match="more than once"):
+        runner.run(tiny_config(out, estimators=("st", "st")))
+    with pytest.raises(ValueError, match="does not exist"):
+        runner.run(tiny_config(out, plugins=(str(tmp_path / "missing.py"),)))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            runner.run(tiny_config(out, device="cuda"))
+    assert not out.exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run(tmp_path):
+    res = runner.run(tiny_config(tmp_path, device="cuda", throughput=ThroughputConfig(rounds=2)))
+    assert res.failures.empty and (res.throughput["peak_memory_bytes"] > 0).all()
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+
+
+def test_config_validation_names_the_key():
+    p = (ProblemSpec(preset="quick"),)
+    for kw, key in [({"samples": 0}, "samples"), ({"mode": "fast"}, "mode"),
+                    ({"M": (1, 0)}, "M"), ({"seeds": ()}, "seeds"), ({"dtype": "half"}, "dtype"),
+                    ({"target_rrmse": 0.0}, "target_rrmse"), ({"estimators": ()}, "estimators")]:
+        with pytest.raises(ConfigError, match=key):
+            RunConfig(problems=p, **kw)
+    with pytest.raises(ConfigError, match="exactly one of preset, arch or file"):
+        ProblemSpec(preset="quick", arch="2-2-1")
+    with pytest.raises(ConfigError, match="unique"):
+        ProblemSpec(preset="quick", checkpoints=(Checkpoint("a"), Checkpoint("a")))
+    assert RunConfig(problems=p, samples=30).m_grid == (1, 2, 5, 10, 20)
+    assert paper_m_grid(25) == (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20)
+    assert len(paper_m_grid()) == 36 and paper_m_grid()[-1] == 9000
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_toml_config_with_checkpoints_runs(tmp_path):
+    p = tiny(7)
+    trained = p.with_params({k: v * 0.5 for k, v in p.params.items()})
+    problems.save_problem(trained, tmp_path / "ckpt" / "half.npz")
+    cfg_file = _write(tmp_path / "exp.toml", """
+        estimators = "psa,st"
+        samples = 40
+        M = [1, 5]
+        seeds = [0]
+        out = "results"
+
+        [throughput]
+        enabled = false
+
+        [[problem]]
+        name = "tiny"
+        arch = "2-2-2-1"
+        seed = 7
+        data_points = 3
+        checkpoints = { init = "init", half = "ckpt/half.npz" }
+
+        [[problem]]
+        preset = "quick"
+        """)
+    cfg = load_config(cfg_file)
+    assert cfg.out == str(tmp_path / "results") and cfg.estimators == ("psa", "st")
+    assert cfg.problems[0].checkpoints[1] == Checkpoint("half", str(tmp_path / "ckpt" / "half.npz"))
+    res = runner.run(cfg.with_(problems=cfg.problems[:1]))
+    assert list(dict.fromkeys(res.metrics["checkpoint"])) == ["init", "half"]
+    assert set(res.metrics["problem"]) == {"tiny"}
+    man = res.manifest["problems"]
+    assert man[1]["sha256"] == runner.fingerprint(trained) != man[0]["sha256"]
+    # command-line overrides win; M = "paper" is cut at S
+    assert load_config(cfg_file, samples=12, M="paper").m_grid == (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("samples = 10\nmode = \n", 2, ["invalid TOML"]),
+    ("samples = 10\nsampels = 3\n[[problem]]\npreset = 'quick'\n", 2, ["'sampels'", "'samples'"]),
+    ("samples = 0\n[[problem]]\npreset = 'quick'\n", 1, ["samples=0", "≥ 1"]),
+    ("[[problem]]\npreset = 'quick'\n\n[[problem]]\narch = '2-2-1'\nsed = 1\n", 6, ["problem 2",
+                                                                                   "'sed'"]),
+    ("[[problem]]\npreset = 'quick'\nseed = -1\n", 3, ["problem 1", "seed=-1"]),
+    ("[[problem]]\n\narch = '2-x-1'\n", 3, ["problem 1", "arch='2-x-1'"]),
+    ("[[problem]]\npreset = 'quick'\n[throughput]\nrounds = 0\n", 4, ["throughput.rounds=0"]),
+    ("[[problem]]\npreset = 'quick'\n[throughput]\nround = 3\n", 4, ["'round'", "'rounds'"]),
+    ("mode = 'fast'\n[[problem]]\npreset = 'quick'\n", 1, ["mode='fast'", "auto, exact, mc"]),
+    ("samples = 3\n", 0, ["no [[problem]]"]),
+])
+def test_toml_errors_name_file_line_and_key(tmp_path, text, line, words):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    msg = str(e.value)
+    assert str(f) in msg
+    if line:
+        assert f"line {line}" in msg, msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config(tmp_path / "none.toml")
+
+
+def test_stable_seed_is_stable():
+    # SHA-256 based: the same in every process (no PYTHONHASHSEED dependence)
+    code = ("from sbn_bench.runner import stable_seed; "
+            "print(stable_seed(0, 'paper-seed0', 'init', 'concrete:tau=0.1'))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": h}).stdout.strip()
+            for h in ("1", "2")}
+    assert outs == {str(runner.stable_seed(0, "paper-seed0", "init", "concrete:tau=0.1"))}
+    assert runner.stable_seed(0, "a") != runner.stable_seed(1, "a")
+    assert 0 <= runner.stable_seed(0, "a") < 2**63
+    assert math.isfinite(runner.stable_seed(0, "a"))
