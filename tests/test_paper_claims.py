@@ -49,7 +49,7 @@ def _paperlike(psa_bias: float = 0.01, tanh_late: float = 0.9) -> pd.DataFrame:
 
 def test_all_claims_confirmed_on_a_paperlike_table() -> None:
     claims = paper.evaluate_claims(_paperlike())
-    assert [c.confirmed for c in claims] == [True, True, True, True], claims
+    assert [c.confirmed for c in claims] == [True] * 7, claims
 
 
 def test_psa_lowest_fails_when_another_estimator_is_better() -> None:
@@ -67,16 +67,42 @@ def test_tanh_claim_not_confirmed_without_degradation() -> None:
 def test_unbiased_claim_needs_tens_of_samples() -> None:
     # arm's rrmse sqrt(1/M) reaches psa's M=1 rrmse sqrt(0.01²+0.01)≈0.1005 at M=99 (≥ 10):
     # confirmed; with psa variance 0.5 it reaches it at M=2: not confirmed.
-    assert paper.claim_unbiased_slow(_paperlike()).confirmed is True
+    assert paper.claim_unbiased_tens(_paperlike()).confirmed is True
     df = _paperlike()
     psa_m1 = math.sqrt(0.01**2 + 0.5)
     df.loc[(df.estimator == "psa") & (df.metric == "rrmse") & (df.M == 1), "value"] = psa_m1
-    assert paper.claim_unbiased_slow(df).confirmed is False
+    assert paper.claim_unbiased_tens(df).confirmed is False
 
 
 def test_claims_undecided_without_data() -> None:
     empty = _paperlike()
-    empty = empty[empty.estimator == "arm"]
+    empty = empty[empty.estimator == "concrete:tau=0.1"]
     assert all(c.confirmed is None for c in paper.evaluate_claims(empty))
     md = paper.claims_markdown(paper.evaluate_claims(empty))
-    assert md.count("undecided") == 4
+    assert md.count("undecided") == 7
+
+
+def test_st_depth_and_training_claims_follow_the_biases() -> None:
+    df = _paperlike()
+    assert paper.claim_st_bias_depth(df).confirmed is True
+    assert paper.claim_st_bias_training(df).confirmed is True
+    # reverse the depth order of st's bias at the last checkpoint: layer 3 now has the most
+    sel = (df.estimator == "st") & (df.metric == "rel_bias") & (df.checkpoint == "epoch2000")
+    for layer, scale in (("1", 1 / 3), ("3", 3.0)):
+        df.loc[sel & (df.layer == layer), "value"] *= scale
+    assert paper.claim_st_bias_depth(df).confirmed is False
+
+
+def test_st_close_claim_uses_the_ratio_threshold() -> None:
+    df = _paperlike()
+    sel = (df.estimator == "st") & (df.metric == "rrmse") & (df.checkpoint == "epoch1") & (df.M == 1)
+    df.loc[sel & (df.layer == "2"), "value"] *= 2  # ratio 1.2 → 2.4 > 1.5
+    c = paper.claim_st_close(df)
+    assert c.confirmed is False and "layer 2" in c.evidence
+
+
+def test_unbiased_rate_rejects_a_biased_curve() -> None:
+    df = _paperlike()
+    sel = (df.estimator == "arm") & (df.metric == "rrmse")
+    df.loc[sel, "value"] = (df.loc[sel, "value"] ** 2 + 0.05**2) ** 0.5  # bias floor: slope > -0.5
+    assert paper.claim_unbiased_rate(df).confirmed is False

@@ -139,6 +139,9 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--resume", is_flag=True, help="Continue the run in --out, skipping finished cells.")
 @click.option("--no-report", is_flag=True, help="Do not write the report (sbn-bench report DIR "
                                                 "writes it later).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="--preset paper: where trained checkpoints are cached (default "
+                   "$SBN_BENCH_CACHE or ~/.cache/sbn-bench).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.pass_context
 @friendly_errors
@@ -149,12 +152,18 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         dtype: str, mode: str, max_paths: int, chunk: int | None, memory_budget: int,
         max_exact_bytes: int, target_rrmse: float, warmup: int, rounds: int,
         throughput_batch: int | None, no_throughput: bool, out: Path | None, resume: bool,
-        no_report: bool, quiet: bool) -> None:
+        no_report: bool, cache_dir: Path | None, quiet: bool) -> None:
     """Measure bias, variance, relative RMSE, cosine, SNR and throughput of estimators.
+
+    --preset paper is the paper's whole experiment (SPEC §6): REINFORCE training to epochs
+    1, 100 and 2000 (cached for later runs), then 11 estimators, 20 000 samples and the paper's
+    M grid at each checkpoint, and a report that checks the paper's claims. --samples,
+    --estimators and --M override its defaults. --preset quick is a one-checkpoint smoke test.
 
     \b
     Examples:
-      sbn-bench run --preset paper --samples 2000
+      sbn-bench run --preset paper --out runs/paper
+      sbn-bench run --preset quick
       sbn-bench run --arch 3-4-4-1 --estimators psa,st,arm --seeds 0,1,2 --out runs/small
       sbn-bench run --config experiment.toml --resume
 
@@ -191,6 +200,35 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         cfg = load_config(config_file, **overrides)
         if cfg.out is None:
             cfg = cfg.with_(out=str(Path("runs") / config_file.stem))
+    elif preset == "paper" and not any(_given(ctx, n) for n in ("problem_file", "arch")):
+        from sbn_bench import paper
+
+        for k in ("estimators", "samples", "plugins"):
+            settings.pop(k)
+        kw = dict(seed=seed, out=str(out or Path("runs") / "paper"),
+                  samples=samples if _given(ctx, "samples") else paper.SAMPLES,
+                  estimators=est_list if _given(ctx, "estimators") else None,
+                  plugins=tuple(str(p) for p in plugins), cache_dir=cache_dir, **settings)
+        if m_grid is not None:
+            kw["M"] = _resolve_m({"M": m_grid, "samples": kw["samples"]})["M"]
+        if seeds is not None and seeds != (seed,):
+            raise click.UsageError("--preset paper uses one seed (--seed) for data, training and "
+                                   "sampling; --seeds is not supported with it")
+        progress = _Progress(not quiet and sys.stderr.isatty() and not os.environ.get("CI"))
+        try:
+            result = paper.run_paper(progress=progress, message=None if quiet else click.echo,
+                                     **kw)
+        finally:
+            progress.close()
+        if not quiet:
+            _print_summary(result)
+            exp = result.manifest["experiment"]
+            click.echo(f"wall time: training {exp['training']['train_wall_s']:.0f} s"
+                       f"{' (cached)' if exp['training']['cached'] else ''}, evaluation "
+                       f"{exp['timing']['evaluation_s']:.0f} s")
+        if not no_report:
+            _write_report(result.out, quiet)
+        return
     else:
         problem = resolve_problem(problem_file, arch, preset, seed, data_points, loss, noise)
         spec = ProblemSpec(preset=preset, arch=arch,

@@ -100,12 +100,17 @@ def write_report(
             stale.unlink()
     figures = write_figures(run, out / "figures")
     written: dict[str, Path] = {}
+    from sbn_bench import paper
+
+    extra = paper.is_paper_run(run.manifest)  # the paper's claims, for `sbn-bench run --preset paper`
     if "md" in formats:
         written["md"] = out / "report.md"
-        _write_text(written["md"], markdown.render_report(run, figures, cmp, out))
+        _write_text(written["md"], markdown.render_report(
+            run, figures, cmp, out, extra=paper.report_section_markdown(run) if extra else None))
     if "html" in formats:
         written["html"] = out / "report.html"
-        _write_text(written["html"], html.render_report(run, figures, cmp))
+        _write_text(written["html"], html.render_report(
+            run, figures, cmp, extra=paper.report_section_html(run) if extra else None))
     if figures:
         written["figures"] = out / "figures"
     return written

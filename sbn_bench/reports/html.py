@@ -89,8 +89,9 @@ def _figure(f: FigureFile) -> str:
             f"<figcaption>{_e(f.caption)}</figcaption></figure>")
 
 
-def render_report(run: Run, figures: Sequence[FigureFile], cmp: Comparison | None) -> str:
-    """The whole report as one HTML document."""
+def render_report(run: Run, figures: Sequence[FigureFile], cmp: Comparison | None,
+                  extra: str | None = None) -> str:
+    """The whole report as one HTML document; ``extra`` (HTML) goes right after the header."""
     title = f"sbn-bench report: {run.path.name}"
     facts = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in run_facts(run))
     parts = [f"<h1>{_e(title)}</h1>",
@@ -98,6 +99,8 @@ def render_report(run: Run, figures: Sequence[FigureFile], cmp: Comparison | Non
              f"{facts}</tbody></table>"]
     if run.warnings:
         parts.append('<div class="warning">' + _notes(run.warnings) + "</div>")
+    if extra:
+        parts.append(extra)
     parts += ["<h2>Summary</h2>", f'<p class="legend">{_inline_md(LEGEND)}</p>']
     for p, c in run.cells():
         if not cell_rows(run, p, c).empty:

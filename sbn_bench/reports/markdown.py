@@ -113,9 +113,14 @@ def header_markdown(run: Run, title: str) -> str:
     return out
 
 
-def render_report(run: Run, figures: Sequence[FigureFile], cmp: Comparison | None, out_dir: Path) -> str:
-    """The whole Markdown report; figure links are relative to ``out_dir``."""
-    parts = [header_markdown(run, f"sbn-bench report: {run.path.name}"), "## Summary", LEGEND,
+def render_report(run: Run, figures: Sequence[FigureFile], cmp: Comparison | None, out_dir: Path,
+                  extra: str | None = None) -> str:
+    """The whole Markdown report; figure links are relative to ``out_dir``; ``extra`` (Markdown)
+    goes right after the header (the paper's claims, for a paper run)."""
+    parts = [header_markdown(run, f"sbn-bench report: {run.path.name}")]
+    if extra:
+        parts.append(extra.rstrip("\n"))
+    parts += ["## Summary", LEGEND,
              summary_markdown(run).rstrip("\n"), "## Figures"]
     if not figures:
         parts.append("No figures (no metric rows).")
