@@ -53,3 +53,17 @@ def test_example_plugin_is_unbiased_by_exact_enumeration() -> None:
     for k in g:
         err = float((mean[k] - g[k]).norm() / g[k].norm())
         assert err < 1e-10, f"{k}: relative error {err:.3g}, expected < 1e-10"
+
+
+def test_readme_from_python_block_runs(monkeypatch) -> None:
+    # the first block of "From Python" is executed as written (from the repository root, where
+    # examples/ lives), and gives what its comments say
+    monkeypatch.chdir(ROOT)
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## From Python"):]
+    code = _python_blocks(section)[0]
+    scope: dict = {}
+    exec(compile(code, "README.md:From Python", "exec"), scope)
+    assert set(scope["g"]) == set(scope["problem"].params)
+    assert scope["g"]["weight_1"].shape == (1000, 5, 2)
+    assert abs(scope["J"] - 0.810862227635) < 1e-9
