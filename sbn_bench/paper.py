@@ -134,7 +134,8 @@ def claim_psa_lowest(df: pd.DataFrame) -> Claim:
     if worst[0] is math.inf:
         return Claim(text, None, "no comparable cells")
     ok = not losses
-    ev = f"closest case: {worst[1]} (ratio best-other/psa = {worst[0]:.3g})"
+    ev = (f"worst case for psa: {worst[1]} (best other / psa = {worst[0]:.3g}; the claim needs "
+          f"≥ 1 everywhere)")
     if losses:
         ev += f"; psa is beaten in {len(losses)} cells, e.g. " + "; ".join(losses[:3])
     return Claim(text, ok, ev)
@@ -174,7 +175,8 @@ def claim_st_bias_depth(df: pd.DataFrame) -> Claim:
         if c == ckpts[-1]:
             ok = all(x >= y for x, y in zip(b[:-1], b[1:]))
     return Claim(text, bool(ok), "st relative bias per hidden layer, " + "; ".join(parts)
-                 + f" (judged at {ckpts[-1]}: non-increasing from layer 1 to {layers[-1]})")
+                 + f" (judged at {ckpts[-1]}: each layer's bias must be at least that of the "
+                   f"layer above it, from layer {layers[-1]} down to layer 1)")
 
 
 def claim_st_bias_training(df: pd.DataFrame) -> Claim:
@@ -395,12 +397,12 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
               estimators: Sequence[str] | None = None, M: Sequence[int] | None = None,
               cache_dir: str | os.PathLike[str] | None = None, training: dict[str, Any] | None = None,
               progress: Any = None, message: Callable[[str], None] | None = None,
-              **settings: Any) -> Any:
+              report: bool = True, **settings: Any) -> Any:
     """SPEC §6 end to end: train (or reuse) the checkpoints, run the estimators, record timings.
 
-    The run folder gets ``training/`` (the training log, loss curve and manifest) and the
-    manifest an ``experiment`` entry with the training and evaluation wall times, which
-    :func:`sbn_bench.reports.write_report` turns into the claims section.
+    The run folder gets ``training/`` (the training log, loss curve and manifest), the manifest an
+    ``experiment`` entry with the training and evaluation wall times, and (``report=True``) the
+    report, with the claims section (:func:`sbn_bench.reports.write_report`).
 
     Returns:
         The :class:`~sbn_bench.runner.RunResult`.
@@ -436,6 +438,10 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
     }
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     result.manifest.update(manifest)
+    if report:
+        from sbn_bench.reports import write_report
+
+        write_report(out)
     return result
 
 
@@ -485,8 +491,9 @@ DIFFERENCES = (
     "in detail. The claims are about orderings and trends, which is what this section checks.")
 
 
-def report_section_markdown(run: Any) -> str:
-    """The paper section of a report (``run``: :class:`sbn_bench.reports.load.Run`)."""
+def report_section_markdown(run: Any, out_dir: str | os.PathLike[str] | None = None) -> str:
+    """The paper section of a report (``run``: :class:`sbn_bench.reports.load.Run`); links are
+    relative to ``out_dir`` (default ``run.path / "report"``)."""
     claims = evaluate_claims(run.metrics)
     parts = ["## The paper's claims (SPEC §6)", "Each verdict is computed from this run's "
              "`metrics.csv` by `sbn_bench.paper.evaluate_claims`.", claims_markdown(claims).rstrip(),
@@ -498,8 +505,10 @@ def report_section_markdown(run: Any) -> str:
     if rows:
         parts.append("| checkpoint | exact objective J |\n|---|---|\n"
                      + "\n".join(f"| {a} | {b} |" for a, b in rows))
-    if (run.path / "training" / "loss_curve.png").is_file():
-        parts.append("![training loss curve](../training/loss_curve.png)")
+    curve = run.path / "training" / "loss_curve.png"
+    if curve.is_file():
+        rel = Path(os.path.relpath(curve, Path(out_dir or run.path / "report"))).as_posix()
+        parts.append(f"![training loss curve]({rel})")
     return "\n\n".join(parts) + "\n"
 
 

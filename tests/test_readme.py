@@ -67,3 +67,15 @@ def test_readme_from_python_block_runs(monkeypatch) -> None:
     assert set(scope["g"]) == set(scope["problem"].params)
     assert scope["g"]["weight_1"].shape == (1000, 5, 2)
     assert abs(scope["J"] - 0.810862227635) < 1e-9
+
+
+def test_docs_spec_is_the_shared_spec() -> None:
+    # docs/SPEC.md is the project's copy of the team's shared SPEC (so a clone can read the
+    # mathematics); when the shared folder is beside the checkout, the two must be identical
+    shared = ROOT.parent / "shared" / "SPEC.md"
+    if not shared.is_file():
+        import pytest
+
+        pytest.skip("no shared/SPEC.md beside this checkout")
+    assert (ROOT / "docs" / "SPEC.md").read_text() == shared.read_text(), \
+        "docs/SPEC.md differs from ../shared/SPEC.md: copy the shared SPEC into docs/"

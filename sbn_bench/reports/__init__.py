@@ -106,7 +106,7 @@ def write_report(
     if "md" in formats:
         written["md"] = out / "report.md"
         _write_text(written["md"], markdown.render_report(
-            run, figures, cmp, out, extra=paper.report_section_markdown(run) if extra else None))
+            run, figures, cmp, out, extra=paper.report_section_markdown(run, out) if extra else None))
     if "html" in formats:
         written["html"] = out / "report.html"
         _write_text(written["html"], html.render_report(
