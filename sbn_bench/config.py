@@ -24,9 +24,9 @@ and the valid keys; relative paths are relative to the TOML file's folder)::
     mode = "auto"                                 # "auto" | "exact" | "mc"
     max_paths = 65536                             # exact mode: most paths 2^(Σ n_k) per data point
     chunk = 500                                   # samples per chunk (default: from memory_budget)
-    memory_budget = "1GiB"                        # bytes (int) or "512MiB", "2GB", …
+    memory_budget = "1GiB"                        # bytes (int) or "512MiB", "2GB", … (see below)
     max_exact_bytes = "4GiB"                      # memory limit of the exact reference gradient
-    target_rrmse = 0.1                            # target of time_to_accuracy_s
+    target_rrmse = 0.1                            # target of samples_to_accuracy (M*)
     stderr_batches = 32                           # batches for batch-means standard errors
     cosine_groups = 1000                          # most independent M-means per M for cosine
     out = "runs/my-run"                           # output folder
@@ -49,6 +49,22 @@ and the valid keys; relative paths are relative to the TOML file's folder)::
                                                   # noise); default { init = "init" }
 
 Options given on the command line override the TOML values.
+
+Memory budget (``memory_budget``, ``--memory-budget``; default 1 GiB): the most memory the
+estimator's tensors may take in one ``estimate()`` call. The runner draws each cell's ``S`` samples
+in chunks of ``⌊budget / bytes per sample⌋`` (``--chunk`` fixes the chunk instead), where the bytes
+per sample are an upper estimate (:func:`sbn_bench.runner.bytes_per_sample`: parameter replicas and
+their gradients, per-data-point activations, PSA's flip tables, every loss evaluation, autograd's
+saved tensors: 1.3-1.7 MB for the paper's 2-5-5-5-1 net with 200 points in float64, half that in
+float32, so the default budget takes about 600-800 samples per call). The statistics are streamed,
+so a cell needs this much whatever ``S`` is. A request that cannot fit is
+refused before any work, with the estimate: one sample larger than the budget, or an explicit
+``chunk`` or throughput ``batch`` whose samples exceed it. Exact mode enumerates all ``2^{Σ n_k}``
+paths, whose tables must fit in the budget too (``auto`` mode then uses Monte Carlo instead;
+``exact`` mode records the cell as a failure with the numbers). The exact reference gradient has
+its own limit, ``max_exact_bytes`` (default 4 GiB; larger problems are refused with the estimate).
+The budget covers the estimator's tensors, not the Python process, the problem's data, or the
+statistics accumulators (``O((stderr_batches + |M|) · P)`` floats for ``P`` parameters).
 """
 
 from __future__ import annotations
@@ -78,6 +94,8 @@ DEFAULT_ESTIMATORS = ("psa", "st", "reinforce", "arm", "concrete:tau=0.1", "tanh
 DEFAULT_M = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 DEFAULT_MAX_PATHS = 2**16
 DEFAULT_MEMORY_BUDGET = 2**30
+MAX_SEED = 2**63 - 1
+"""Largest seed: torch generators take 64-bit seeds (larger ones overflow)."""
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
 MODES = ("auto", "exact", "mc")
@@ -117,7 +135,7 @@ def parse_size(value: int | str, what: str = "memory_budget") -> int:
                               "'2GB'")
         try:
             n = int(float(m.group(1)) * _SIZE_UNITS[unit])
-        except ValueError:
+        except (ValueError, OverflowError):  # "1e999" is infinite: not a size either
             raise ConfigError(f"{what}={value!r} is not a size; expected bytes or e.g. "
                               "'512MiB'") from None
     if n < 1:
@@ -161,6 +179,10 @@ class ProblemSpec:
         if len(given) != 1:
             what = "none was given" if not given else f"got {' and '.join(given)}"
             raise ConfigError(f"a problem needs exactly one of preset, arch or file ({what})")
+        for k, example in (("preset", "'paper'"), ("arch", "'2-5-5-5-1'"), ("file", "'problem.npz'")):
+            v = getattr(self, k)
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(f"{k}={v!r} must be a string such as {example}")
         if self.preset is not None and self.preset not in problems.PRESETS:
             raise ConfigError(f"preset={self.preset!r} is unknown; expected one of "
                               f"{', '.join(problems.PRESETS)}")
@@ -169,7 +191,7 @@ class ProblemSpec:
                 problems.parse_arch(self.arch)
             except problems.ProblemError as e:
                 raise ConfigError(str(e)) from None
-        _check_int("seed", self.seed, 0)
+        _check_int("seed", self.seed, 0, MAX_SEED)
         _check_int("data_points", self.data_points, 1)
         if self.loss not in LOSS_NAMES:
             raise ConfigError(f"loss={self.loss!r} is unknown; expected one of {', '.join(LOSS_NAMES)}")
@@ -260,9 +282,10 @@ class RunConfig:
         mode: ``"auto"`` (exact where possible), ``"exact"`` or ``"mc"``.
         max_paths: exact mode only when a data point has ``2^{Σ n_k} ≤ max_paths`` paths.
         chunk: samples per ``estimate()`` call; ``None``: as many as ``memory_budget`` allows.
-        memory_budget: bytes the estimator's tensors may take per chunk (an estimate).
+        memory_budget: bytes the estimator's tensors may take per chunk (an upper estimate; see
+            "Memory budget" in the module docstring); requests that cannot fit are refused.
         max_exact_bytes: memory limit of the exact reference (refused beyond).
-        target_rrmse: the target ``t`` of ``time_to_accuracy_s``.
+        target_rrmse: the target ``t`` of ``samples_to_accuracy`` and ``time_to_accuracy_s``.
         stderr_batches: batches for batch-means standard errors (see :mod:`sbn_bench.metrics`).
         cosine_groups: at most this many independent M-means per M for the cosine metrics.
         throughput: see :class:`ThroughputConfig`.
@@ -318,7 +341,7 @@ class RunConfig:
         if not self.seeds:
             raise ConfigError("seeds is empty; expected at least one seed")
         for s in self.seeds:
-            _check_int("seeds", s, 0)
+            _check_int("seeds", s, 0, MAX_SEED)
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds={list(self.seeds)} has repeated values")
         _check_choice("device", self.device, DEVICES)
@@ -359,6 +382,55 @@ class RunConfig:
         """A copy with ``changes`` (validated again)."""
         return replace(self, **changes)
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, base: str | Path | None = None,
+                  out: str | None = None) -> RunConfig:
+        """The inverse of :meth:`to_dict` (e.g. a manifest's ``config``): the same configuration.
+
+        Args:
+            d: a dict written by :meth:`to_dict`.
+            base: the folder that relative paths (problem, checkpoint and plugin files, ``out``)
+                refer to, e.g. the manifest's ``cwd``; None leaves them as they are.
+            out: replaces the recorded output folder (a rerun elsewhere).
+
+        Raises:
+            ConfigError: a key or value that :class:`RunConfig` does not accept.
+        """
+        def at(p: Any) -> Any:
+            if base is None or not isinstance(p, str) or Path(p).is_absolute():
+                return p
+            return str(Path(base) / p)
+
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known - {"m_grid"})
+        if unknown:
+            raise ConfigError(f"config has unknown keys {', '.join(map(repr, unknown))} (written by "
+                              "another sbn-bench version?)")
+        kw = {k: v for k, v in d.items() if k in known}
+        try:
+            specs = []
+            for p in kw.get("problems") or []:
+                p = dict(p)
+                if p.get("file") is not None:
+                    p["file"] = at(p["file"])
+                p["checkpoints"] = tuple(Checkpoint(str(lab), src if src == "init" else at(src))
+                                         for lab, src in p.get("checkpoints") or [])
+                specs.append(ProblemSpec(**p))
+            kw["problems"] = tuple(specs)
+            if "throughput" in kw:
+                kw["throughput"] = ThroughputConfig(**kw["throughput"])
+            for k in ("estimators", "seeds"):
+                if k in kw:
+                    kw[k] = tuple(kw[k])
+            if kw.get("M") is not None:
+                kw["M"] = tuple(kw["M"])
+            kw["plugins"] = tuple(at(p) for p in kw.get("plugins") or ())
+            kw["out"] = out if out is not None else at(kw.get("out"))
+            kw["resume"] = False
+            return cls(**kw)
+        except TypeError as e:
+            raise ConfigError(f"config cannot be rebuilt: {e}") from None
+
 
 def comparable(config_dict: Mapping[str, Any]) -> dict[str, Any]:
     """The part of :meth:`RunConfig.to_dict` that must agree for ``--resume`` (all but ``out``
@@ -366,20 +438,30 @@ def comparable(config_dict: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config_dict.items() if k not in ("out", "resume")}
 
 
+def _short(v: Any, limit: int = 80) -> str:
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def diff_dicts(old: Any, new: Any, path: str = "") -> list[str]:
-    """Human-readable differences ``key: old → new`` between two JSON-like values."""
+    """Human-readable differences ``key: old → new`` between two JSON-like values (lists of the
+    same length compared item by item as ``key[i]``; long values shortened with ``…``)."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for k in sorted(set(old) | set(new), key=str):
             p = f"{path}.{k}" if path else str(k)
             if k not in old:
-                out.append(f"{p}: (absent) → {new[k]!r}")
+                out.append(f"{p}: (absent) → {_short(new[k])}")
             elif k not in new:
-                out.append(f"{p}: {old[k]!r} → (absent)")
+                out.append(f"{p}: {_short(old[k])} → (absent)")
             else:
                 out += diff_dicts(old[k], new[k], p)
         return out
-    return [] if old == new else [f"{path or 'value'}: {old!r} → {new!r}"]
+    if (isinstance(old, list) and isinstance(new, list) and len(old) == len(new)
+            and any(isinstance(v, (dict, list)) for v in old)):
+        return [d for i, (a, b) in enumerate(zip(old, new))
+                for d in diff_dicts(a, b, f"{path or 'value'}[{i}]")]
+    return [] if old == new else [f"{path or 'value'}: {_short(old)} → {_short(new)}"]
 
 
 def _jsonable(x: Any) -> Any:
@@ -390,9 +472,12 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name}={value!r} must be an integer ≥ {minimum}")
+        raise ConfigError(f"{name}={value!r} must be an integer ≥ {minimum}"
+                          + (f" and ≤ {maximum}" if maximum is not None else ""))
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}={value!r} must be an integer ≥ {minimum} and ≤ {maximum}")
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
@@ -466,9 +551,20 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
         FileNotFoundError: the file does not exist.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} is not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(f"config file {str(path)!r}, line {line}: not UTF-8 text (byte "
+                          f"{data[e.start]:#04x} at offset {e.start}); TOML files are UTF-8") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -477,6 +573,8 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
             line = getattr(e, "lineno", None) or len(text.splitlines()) or 1
             msg += f" (line {line})"
         raise ConfigError(f"config file {str(path)!r}: invalid TOML: {msg}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {str(path)!r}: invalid TOML: nested too deeply") from None
     base = path.parent
 
     def fail(msg: str, key: str = "", table: str | None = None, index: int = 0) -> ConfigError:
@@ -548,6 +646,9 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
     specs = []
     for i, p in enumerate(probs):
         label = f"problem {i + 1}"
+        if not isinstance(p, dict):
+            raise fail(f"{label} is {p!r}; each problem must be a table ([[problem]] with keys "
+                       f"such as preset, arch or file)", "problem")
         for pk in p:
             if pk not in _PROBLEM_KEYS:
                 raise fail(f"{label}: unknown key {pk!r}{_suggest(pk, _PROBLEM_KEYS)}; valid keys: "
@@ -579,7 +680,10 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
         kw["problems"] = tuple(specs)
     kw.update(overrides)
     if kw.get("M") == "paper":
-        kw["M"] = paper_m_grid(kw.get("samples", RunConfig.samples))
+        samples = kw.get("samples", RunConfig.samples)
+        if isinstance(samples, bool) or not isinstance(samples, int):
+            raise fail(f"samples={samples!r} must be an integer ≥ 1", "samples")
+        kw["M"] = paper_m_grid(samples)
     try:
         return RunConfig(**kw)
     except ConfigError as e:

@@ -12,8 +12,21 @@ coordinates.
   of ``cos(ḡ_M, g)`` over ``R`` independent M-means;
 * ``snr_median``: median over the group's coordinates of ``|E ĝ_i| / sd(ĝ_i)`` (coordinates with
   ``E ĝ_i = sd(ĝ_i) = 0`` are left out; ``x/0 = ∞``);
-* ``time_to_accuracy_s = max(1, ⌈M*⌉) · seconds_per_sample`` with
-  ``M* = V / (t²‖g‖² − ‖β‖²)`` (``∞`` when the bias alone exceeds the target ``t``).
+* ``samples_to_accuracy``: ``M* = V / (t²‖g‖² − ‖β‖²)``, the samples an average needs for
+  ``rrmse(M*) = t`` (SPEC §5; ``∞`` when the bias alone reaches the target ``t``, 0 for an estimator
+  without error); deterministic, in ``metrics.csv``;
+* ``time_to_accuracy_s = max(1, ⌈M*⌉) · seconds_per_sample``: it multiplies ``M*`` by the *measured*
+  time per sample, so it is not reproducible bit for bit and is written apart, to
+  ``timed_metrics.csv`` (:func:`timed_rows`), only for cells whose throughput was measured.
+
+**Zero gradients and undefined values** (a saturated unit has ``‖g‖ = 0`` exactly in its layer):
+the relative metrics ``rel_bias`` and ``rrmse`` are ``x/0 = ∞`` for an error ``x > 0`` and ``0/0 =
+0`` for an estimator that is exactly right (zero bias and zero variance: there is no error, relative
+to anything). ``cos(v, g)`` is 0 for a zero estimate ``v = 0`` (it has no component along ``g``) and
+undefined for ``g = 0``. The only NaN *values* a run writes are documented in :data:`NAN_VALUES`
+(the runner records any other NaN as a failure of the cell, see :func:`undocumented_nans`); a
+standard error is NaN where it cannot be estimated (fewer than two batches or M-means, an infinite
+value, a jackknife over non-finite values).
 
 **Monte-Carlo mode** (``S`` samples, streamed in chunks; everything accumulated in float64 with
 Chan/Welford updates, so memory is ``O(B·P)`` for ``B`` batches and ``P`` parameters, whatever ``S``):
@@ -59,7 +72,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -140,13 +153,16 @@ def mse(bias_sq: float, variance: float, m: int) -> float:
 
 
 def rrmse(mse_value: float, g_norm: float) -> float:
-    """``√MSE / ‖g‖`` (``∞`` for ``‖g‖ = 0`` and ``MSE > 0``)."""
+    """``√MSE / ‖g‖`` (``∞`` for ``‖g‖ = 0`` and ``MSE > 0``; 0 for ``MSE = ‖g‖ = 0``)."""
     return _div(math.sqrt(max(mse_value, 0.0)), g_norm)
 
 
 def samples_to_accuracy(bias_sq: float, variance: float, g_norm: float, target: float) -> float:
     """``M* = V / (t²‖g‖² − ‖β‖²)``, the samples needed for ``rrmse(M*) = t`` (SPEC §5);
-    ``∞`` when the bias alone reaches the target."""
+    ``∞`` when the bias alone reaches the target; 0 for an estimator without error (``V = 0`` and
+    ``‖β‖ = 0``: any number of samples is exact, also when ``‖g‖ = 0``)."""
+    if variance == 0 and bias_sq <= 0:
+        return 0.0
     den = target**2 * g_norm**2 - bias_sq
     if den <= 0:
         return math.inf
@@ -173,13 +189,39 @@ def snr_median(mean: Tensor, var: Tensor) -> float:
     return float(np.median(r)) if r.size else math.nan
 
 
-def cosines(sums: Tensor, g: Tensor, groups: Groups) -> Tensor:
+def _pow2_below(m: Tensor) -> Tensor:
+    """``2^e`` with ``1 ≤ m / 2^e < 2`` elementwise for ``m > 0`` (1 where ``m`` is 0 or not finite)."""
+    ok = (m > 0) & torch.isfinite(m)
+    _, e = torch.frexp(torch.where(ok, m, torch.ones_like(m)))
+    return torch.where(ok, torch.ldexp(torch.ones_like(m), e - 1), torch.ones_like(m))
+
+
+def cosines(sums: Tensor, g: Tensor, groups: Groups, coord_scale: Tensor | None = None) -> Tensor:
     """``cos(v, g)`` per group for each row of ``sums [R, P]`` (any positive scale of M-means):
-    ``[R, G]``; NaN where a norm is zero."""
-    dot = groups.sums(sums * g)
-    n1 = groups.sums(sums * sums).sqrt()
-    n2 = groups.sums(g * g).sqrt()
-    return dot / (n1 * n2)
+    ``[R, G]``. 0 where ``v = 0`` in the group (a zero estimate has no component along ``g``), NaN
+    where ``g = 0`` (undefined).
+
+    Each vector is divided by a power of two near its largest entry first (exact), so that the
+    squares of tiny or huge entries cannot underflow or overflow. ``coord_scale [P]``: when the
+    values were divided per layer by :func:`layer_scales` ``c``, pass ``c / max(c)`` to bring them
+    back to one scale for group "all" (the layer groups do not depend on their scale).
+    """
+    out = []
+    sums = sums.to(torch.float64)
+    g = g.to(torch.float64)
+    last = len(groups.slices) - 1
+    for j, sl in enumerate(groups.slices):
+        v, r = sums[:, sl], g[sl]
+        if j == last and coord_scale is not None:
+            f = coord_scale[sl].to(v)
+            v, r = v * f, r * f
+        sv = _pow2_below(v.abs().amax(-1, keepdim=True))  # [R, 1]
+        sr = _pow2_below(r.abs().max())
+        vn, rn = v / sv, r / sr
+        c = (vn * rn).sum(-1) / ((vn * vn).sum(-1).sqrt() * (rn * rn).sum().sqrt())
+        c = torch.where((v == 0).all(-1), torch.zeros_like(c), c)
+        out.append(c if bool((r != 0).any()) else torch.full_like(c, math.nan))
+    return torch.stack(out, dim=-1)
 
 
 def quantile_stderr(values: Sequence[float] | np.ndarray, q: float) -> float:
@@ -268,8 +310,12 @@ def norm_stderr(sq: float, se_sq: float) -> float:
 
 
 def _div(a: float, b: float) -> float:
+    """``a / b`` for a relative error: ``x/0 = ∞`` for ``x > 0`` and ``0/0 = 0`` (no error); NaN
+    only for NaN inputs."""
+    if math.isnan(a) or math.isnan(b):
+        return math.nan
     if b == 0:
-        return math.nan if a == 0 else math.inf
+        return 0.0 if a == 0 else math.inf
     return a / b
 
 
@@ -373,12 +419,13 @@ def weighted_moments(parts: Sequence[Tensor], w: Tensor) -> tuple[float, Tensor,
     """
     w = w.to(torch.float64)
     W = float(w.sum())
-    means, m2s = [], []
+    sw = w.sqrt().unsqueeze(1)  # [c, 1]: Σ (√w (x − m))², so that a large deviation on a path of
+    means, m2s = [], []        # tiny (or zero) probability cannot overflow its square first
     for t in parts:
         x = t.reshape(t.shape[0], -1).to(torch.float64)
         m = (w @ x) / W
         means.append(m)
-        m2s.append(w @ x.sub_(m).square_())
+        m2s.append(x.sub_(m).mul_(sw).square_().sum(0))
     return W, torch.cat(means), torch.cat(m2s)
 
 
@@ -416,9 +463,10 @@ class CosineAccumulator:
     """
 
     def __init__(self, g: Tensor, groups: Groups, m_values: Sequence[int], num_samples: int,
-                 max_groups: int = 1000) -> None:
+                 max_groups: int = 1000, coord_scale: Tensor | None = None) -> None:
         self.g = g.to(torch.float64)
         self.groups = groups
+        self.coord_scale = coord_scale  # see cosines()
         self.ms = [m for m in m_values if m <= num_samples]
         self.need = {m: min(max_groups, num_samples // m) * m for m in self.ms}
         self.used = dict.fromkeys(self.ms, 0)
@@ -427,7 +475,7 @@ class CosineAccumulator:
         self.out: dict[int, list[Tensor]] = {m: [] for m in self.ms}
 
     def _emit(self, m: int, sums: Tensor) -> None:
-        self.out[m].append(cosines(sums, self.g, self.groups).cpu())
+        self.out[m].append(cosines(sums, self.g, self.groups, self.coord_scale).cpu())
 
     def update(self, x: Tensor) -> None:
         """Add the next rows ``x [c, P]`` of the sample stream."""
@@ -465,7 +513,13 @@ class CosineAccumulator:
 
 @dataclass(frozen=True)
 class GroupStats:
-    """Per-group figures (value, stderr) before they become rows."""
+    """Per-group figures (value, stderr) before they become rows.
+
+    ``scale`` (a power of two): the norms (``g_norm``) are in units of ``scale`` and the squared
+    figures (``bias_sq``, ``variance`` and their errors) in units of ``scale²``, so that tiny or huge
+    gradients keep their precision (see :func:`layer_scales`); :func:`metric_rows` multiplies the
+    absolute metrics back and takes the relative ones as they are.
+    """
 
     g_norm: float
     bias_sq: float  # corrected in mc mode, unclipped
@@ -474,10 +528,70 @@ class GroupStats:
     variance_se: float
     snr: float
     snr_se: float
+    scale: float = 1.0
 
 
-def mc_group_stats(stats: MomentStats, g: Tensor, groups: Groups) -> dict[str, GroupStats]:
-    """Per-group figures of Monte-Carlo statistics (module docstring: bias correction and errors)."""
+def layer_scales(g: Tensor, groups: Groups, probe: Tensor | None = None) -> Tensor:
+    """A power of two per layer group, ``[P]`` (constant on each layer's coordinates).
+
+    Layer ``l`` gets ``c_l = 2^e`` with ``1 ≤ m_l / c_l < 2`` for ``m_l`` the largest ``|g_i|`` and
+    ``|ĝ_i|`` of its coordinates (``probe [c, P]``: some estimates, e.g. the first chunk), or 1 when
+    they are all zero. Dividing a layer's values by ``c_l`` is exact in floating point and scales
+    every statistic by a power of two (exactly undone afterwards), but keeps sums of squares away
+    from float64's underflow (``|x| < 1e-154``, e.g. through saturated units, ``|a| ≳ 350``) and
+    overflow; in the normal range the results are bit-identical to unscaled ones.
+    """
+    g = g.to(torch.float64)
+    c = torch.ones_like(g)
+    for sl in groups.slices[:-1]:  # the layers; the last group is "all"
+        m = float(g[sl].abs().max()) if g[sl].numel() else 0.0
+        if probe is not None and probe.numel():
+            pm = float(probe[:, sl].abs().max())
+            m = max(m, pm) if math.isfinite(pm) else m
+        if m > 0 and math.isfinite(m):
+            c[sl] = math.ldexp(1.0, math.frexp(m)[1] - 1)
+    return c
+
+
+def rescale_moments(stats: MomentStats, factor: Tensor) -> MomentStats:
+    """The statistics of ``x · factor`` (per coordinate, ``factor [P]``) from those of ``x``."""
+    f2 = factor * factor
+    return MomentStats(stats.n, stats.mean * factor, stats.m2 * f2, stats.batch_n,
+                       stats.batch_mean * factor, stats.batch_m2 * f2)
+
+
+def _mixed_scales(groups: Groups, scale: Tensor | None) -> tuple[list[float], float, Tensor | None]:
+    """Per layer group its scale, the scale ``C`` of group "all" (the largest) and the factors
+    ``c / C`` that bring every coordinate to it (None without scales)."""
+    if scale is None:
+        return [1.0] * (len(groups.slices) - 1), 1.0, None
+    per = [float(scale[sl][0]) if scale[sl].numel() else 1.0 for sl in groups.slices[:-1]]
+    C = max(per)
+    return per, C, scale.to(torch.float64) / C
+
+
+def mc_group_stats(stats: MomentStats, g: Tensor, groups: Groups, scale: Tensor | None = None
+                   ) -> dict[str, GroupStats]:
+    """Per-group figures of Monte-Carlo statistics (module docstring: bias correction and errors).
+
+    Args:
+        stats, g: the statistics of the estimates and the exact gradient, both divided by
+            ``scale [P]`` (:func:`layer_scales`; None: unscaled). Each layer's figures are taken in
+            its own scale, those of "all" in the largest one.
+    """
+    per, C, factor = _mixed_scales(groups, scale)
+    out = _mc_group_stats(stats, g, groups)
+    for name, c in zip(groups.names[:-1], per):
+        out[name] = replace(out[name], scale=c)
+    if factor is not None:
+        g = g.to(stats.mean.device, torch.float64)
+        out[ALL] = replace(_mc_group_stats(rescale_moments(stats, factor), g * factor, groups,
+                                           only_all=True)[ALL], scale=C)
+    return out
+
+
+def _mc_group_stats(stats: MomentStats, g: Tensor, groups: Groups, only_all: bool = False
+                    ) -> dict[str, GroupStats]:
     S = stats.n
     g = g.to(stats.mean.device, torch.float64)
     # [P] unbiased per-coordinate variance (undefined for a single sample: NaN, and so are the
@@ -494,6 +608,8 @@ def mc_group_stats(stats: MomentStats, g: Tensor, groups: Groups) -> dict[str, G
     m_r, var_r, _ = leave_one_batch_out(stats)
     out = {}
     for j, (name, sl) in enumerate(zip(groups.names, groups.slices)):
+        if only_all and name != ALL:
+            continue
         V_j = float(V[j])
         V_se = mean_stderr(Vb[:, j].cpu().numpy())[1] if B >= 2 else math.nan
         snr_r = [snr_median(m_r[b, sl], var_r[b, sl]) for b in range(B)]
@@ -506,9 +622,26 @@ def mc_group_stats(stats: MomentStats, g: Tensor, groups: Groups) -> dict[str, G
     return out
 
 
-def exact_group_stats(mean: Tensor, var: Tensor, g: Tensor, groups: Groups) -> dict[str, GroupStats]:
+def exact_group_stats(mean: Tensor, var: Tensor, g: Tensor, groups: Groups,
+                      scale: Tensor | None = None) -> dict[str, GroupStats]:
     """Per-group figures from the exact mean ``[P]`` and per-coordinate variance ``[P]`` of one
-    single-sample estimate (no sampling error: stderr 0)."""
+    single-sample estimate (no sampling error: stderr 0). ``mean``, ``g`` divided by ``scale``
+    and ``var`` by ``scale²`` when given (as in :func:`mc_group_stats`)."""
+    per, C, factor = _mixed_scales(groups, scale)
+    out = _exact_group_stats(mean, var, g, groups)
+    for name, c in zip(groups.names[:-1], per):
+        out[name] = replace(out[name], scale=c)
+    if factor is not None:
+        f = factor.to(mean.device)
+        out[ALL] = replace(_exact_group_stats(mean.to(torch.float64) * f,
+                                              var.to(torch.float64) * f * f,
+                                              g.to(mean.device, torch.float64) * f, groups)[ALL],
+                           scale=C)
+    return out
+
+
+def _exact_group_stats(mean: Tensor, var: Tensor, g: Tensor, groups: Groups
+                       ) -> dict[str, GroupStats]:
     g = g.to(mean.device, torch.float64)
     beta = mean.to(torch.float64) - g
     dist = groups.sums(beta * beta)
@@ -521,27 +654,32 @@ def exact_group_stats(mean: Tensor, var: Tensor, g: Tensor, groups: Groups) -> d
 
 def metric_rows(gstats: Mapping[str, GroupStats], m_grid: Sequence[int],
                 cos: Mapping[int, np.ndarray] | None, *, mode: str, cosine_mode: str,
-                seconds_per_sample: float, target_rrmse: float) -> list[dict[str, object]]:
+                target_rrmse: float) -> list[dict[str, object]]:
     """Tidy rows ``{layer, metric, M, value, stderr, mode}`` for one cell, in a fixed order: per
     group (``"1" … "L", "out", "all"``), the metrics of :data:`sbn_bench.schema.METRICS` in order,
-    M-dependent ones for each M (cosine only for the M present in ``cos``).
+    M-dependent ones for each M (cosine only for the M present in ``cos``). Every value is a
+    deterministic function of the samples (no timings): see :func:`timed_rows` for those.
 
     Args:
         gstats: per-group figures (:func:`mc_group_stats` / :func:`exact_group_stats`).
         cos: ``{M: [R, G]}`` cosines (``R = 1`` and ``cosine_mode == "exact"`` for deterministic
             estimators: stderr 0); None for no cosine rows.
         mode: ``"mc"`` or ``"exact"``, for every row but the cosine ones (``cosine_mode``).
-        seconds_per_sample: median from the throughput measurement (NaN when not measured).
+        target_rrmse: the target ``t`` of ``samples_to_accuracy``.
     """
     rows: list[dict[str, object]] = []
     exact = mode == "exact"
     for j, (layer, st) in enumerate(gstats.items()):
+        # in units of st.scale (norms) and st.scale² (squares): relative figures as they are,
+        # absolute ones multiplied back (exact: powers of two)
+        sc, sc2 = st.scale, st.scale * st.scale
         b2 = max(st.bias_sq, 0.0)
         bnorm = math.sqrt(b2)
         bnorm_se = 0.0 if exact else norm_stderr(b2, st.bias_sq_se)
 
         def add(metric: str, value: float, se: float, m: int | None = None, md: str = mode,
                 layer: str = layer) -> None:
+            se = math.nan if math.isinf(value) and not exact else se
             rows.append({"layer": layer, "metric": metric, "M": m, "value": float(value),
                          "stderr": float(se), "mode": md})
 
@@ -549,9 +687,14 @@ def metric_rows(gstats: Mapping[str, GroupStats], m_grid: Sequence[int],
         for m in m_grid:
             v = mse(b2, st.variance, m)
             v_se = 0.0 if exact else math.hypot(st.bias_sq_se, st.variance_se / m)
-            per_m["mse"].append((m, v, v_se))
+            per_m["mse"].append((m, v * sc2, v_se * sc2))
             r = rrmse(v, st.g_norm)
-            r_se = 0.0 if exact else _div(v_se, 2 * math.sqrt(v) * st.g_norm) if v > 0 else math.nan
+            if exact:
+                r_se = 0.0
+            elif v > 0:
+                r_se = _div(v_se, 2 * math.sqrt(v) * st.g_norm)
+            else:  # √ is not differentiable at 0: its standard error is at most √se (norm_stderr)
+                r_se = _div(norm_stderr(v, v_se), st.g_norm)
             per_m["rrmse"].append((m, r, r_se))
             if cos is not None and m in cos:
                 c = cos[m][:, j]
@@ -563,26 +706,80 @@ def metric_rows(gstats: Mapping[str, GroupStats], m_grid: Sequence[int],
                     val = float(np.quantile(cc, q)) if cc.size else math.nan
                     per_m[key].append((m, val, 0.0 if det else quantile_stderr(c, q)))
         m_star = samples_to_accuracy(b2, st.variance, st.g_norm, target_rrmse)
-        tta = time_to_accuracy(m_star, seconds_per_sample)
-        if exact or not math.isfinite(tta):
-            tta_se = 0.0 if exact and math.isfinite(tta) else math.nan
+        if exact:
+            m_star_se = 0.0
+        elif not math.isfinite(m_star) or m_star == 0:
+            m_star_se = math.nan if not math.isfinite(m_star) else 0.0
         else:
             den = target_rrmse**2 * st.g_norm**2 - b2
-            m_se = math.hypot(st.variance_se / den, st.variance * st.bias_sq_se / den**2)
-            tta_se = m_se * seconds_per_sample
+            m_star_se = math.hypot(st.variance_se / den, st.variance * st.bias_sq_se / den**2)
         for metric in METRICS:
             if metric == "bias_norm":
-                add(metric, bnorm, bnorm_se)
+                add(metric, bnorm * sc, bnorm_se * sc)
             elif metric == "rel_bias":
                 add(metric, _div(bnorm, st.g_norm), 0.0 if exact else _div(bnorm_se, st.g_norm))
             elif metric == "variance":
-                add(metric, st.variance, st.variance_se)
+                add(metric, st.variance * sc2, st.variance_se * sc2)
             elif metric == "snr_median":
                 add(metric, st.snr, st.snr_se)
-            elif metric == "time_to_accuracy_s":
-                add(metric, tta, tta_se)
+            elif metric == "samples_to_accuracy":
+                add(metric, m_star, m_star_se)
             else:
                 md = cosine_mode if metric.startswith("cosine") else mode
                 for m, v, se in per_m[metric]:
                     add(metric, v, se, m, md)
     return rows
+
+
+def timed_rows(rows: Sequence[Mapping[str, object]], seconds_per_sample: float
+               ) -> list[dict[str, object]]:
+    """The ``time_to_accuracy_s`` rows derived from a cell's ``samples_to_accuracy`` rows and the
+    measured median seconds per sample: ``max(1, ⌈M*⌉) · seconds_per_sample`` with standard error
+    ``se(M*) · seconds_per_sample`` (the spread of the timing itself is in ``throughput.csv``).
+
+    Returns:
+        The same columns as ``rows`` (tidy, one per group); empty when ``seconds_per_sample`` is
+        not a finite positive number (no throughput measurement: nothing to report).
+    """
+    if not (math.isfinite(seconds_per_sample) and seconds_per_sample > 0):
+        return []
+    out = []
+    for r in rows:
+        if r["metric"] != "samples_to_accuracy":
+            continue
+        m_star, se = float(r["value"]), float(r["stderr"])  # type: ignore[arg-type]
+        tta = time_to_accuracy(m_star, seconds_per_sample)
+        out.append({**r, "metric": "time_to_accuracy_s", "value": tta,
+                    "stderr": se * seconds_per_sample if math.isfinite(tta) else
+                    (0.0 if r["mode"] == "exact" else math.nan)})
+    return out
+
+
+NAN_VALUES = {
+    "cosine_mean": "the group's exact gradient is zero (‖g‖ = 0): its direction is undefined",
+    "cosine_p15": "as cosine_mean",
+    "cosine_p85": "as cosine_mean",
+    "snr_median": "every coordinate of the group has E ĝ_i = sd(ĝ_i) = 0 (the estimate is exactly "
+                  "zero there): no coordinate has a defined ratio",
+}
+"""The only NaN values a run writes to ``metrics.csv`` and when (every other metric is always a
+number, possibly ``inf``)."""
+
+
+def undocumented_nans(rows: Sequence[Mapping[str, object]], gstats: Mapping[str, GroupStats]
+                      ) -> list[str]:
+    """``"metric (layer L, M=…)"`` for every NaN value of ``rows`` not allowed by :data:`NAN_VALUES`
+    (cosines only where ``‖g‖ = 0``): the runner records a cell with any as a failure."""
+    bad = []
+    for r in rows:
+        value = float(r["value"])  # type: ignore[arg-type]
+        if not math.isnan(value):
+            continue
+        metric, layer = str(r["metric"]), str(r["layer"])
+        st = gstats.get(layer)
+        if metric.startswith("cosine") and st is not None and st.g_norm == 0:
+            continue
+        if metric == "snr_median":
+            continue
+        bad.append(f"{metric} (layer {layer}" + (f", M={r['M']})" if r["M"] is not None else ")"))
+    return bad

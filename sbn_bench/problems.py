@@ -14,10 +14,10 @@ naming the file and the array.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 import tempfile
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +30,9 @@ from sbn_bench import model
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES, Noise, Params
 
 DEFAULT_DATA_POINTS = 100
+MAX_PROBLEM_BYTES = 2**33
+"""Largest random problem (parameters and data, float64): 8 GiB; larger requests are refused
+before allocating, with the size, rather than failing in the allocator."""
 
 
 class ProblemError(ValueError):
@@ -215,6 +218,11 @@ def parse_arch(arch: str | Sequence[int]) -> tuple[int, ...]:
     return widths
 
 
+def _is_int(v: object) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
 def _uniform(gen: torch.Generator, *shape: int) -> Tensor:
     return torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1
 
@@ -244,10 +252,19 @@ def random_problem(
     all from one ``torch.Generator`` seeded with ``seed``, in that order.
     """
     widths = parse_arch(arch)
-    if data_points < 1:
-        raise ProblemError(f"argument data_points={data_points} must be ≥ 1")
+    if not _is_int(data_points) or data_points < 1:
+        raise ProblemError(f"argument data_points={data_points!r} must be an integer ≥ 1")
+    if not _is_int(seed) or not 0 <= seed < 2**63:
+        raise ProblemError(f"argument seed={seed!r} must be an integer in [0, 2^63)")
+    data_points, seed = int(data_points), int(seed)
     model.check_loss_name(loss)
     model.get_noise(noise)
+    n_params = sum(widths[i + 1] * (widths[i] + 1) for i in range(len(widths) - 1))
+    need = 8 * (n_params + data_points * (widths[0] + widths[-1]))
+    if need > MAX_PROBLEM_BYTES:
+        raise ProblemError(f"argument arch={'-'.join(map(str, widths))!r} with data_points="
+                           f"{data_points} needs {need / 2**30:.3g} GiB for its parameters and data, "
+                           f"over the {MAX_PROBLEM_BYTES / 2**30:.3g} GiB that a problem may take")
     gen = torch.Generator().manual_seed(seed)
     params = random_params(widths, gen)
     x = torch.randn(data_points, widths[0], generator=gen, dtype=torch.float64)
@@ -351,17 +368,23 @@ def save_problem(problem: Problem, path: str | os.PathLike[str]) -> Path:
                    for k, v in problem.params.items()})
     arrays["loss"] = np.array(problem.loss)
     arrays["noise"] = np.array(problem.noise)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise ProblemError(f"cannot write problem file {str(path)!r}: {e.strerror or e}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
@@ -370,7 +393,12 @@ def _string_scalar(arr: np.ndarray, name: str, src: str) -> str:
     if arr.shape != () or arr.dtype.kind not in "US":
         raise _fail(src, name, f"must be a 0-d string array, got dtype {arr.dtype} shape "
                                f"{arr.shape}")
-    return str(arr.item() if arr.dtype.kind == "U" else arr.item().decode())
+    if arr.dtype.kind == "U":
+        return str(arr.item())
+    try:
+        return arr.item().decode("utf-8")
+    except UnicodeDecodeError:
+        raise _fail(src, name, f"holds bytes {arr.item()!r} that are not UTF-8 text") from None
 
 
 def _real_array(arr: np.ndarray, name: str, src: str) -> Tensor:
@@ -379,30 +407,60 @@ def _real_array(arr: np.ndarray, name: str, src: str) -> Tensor:
     return torch.from_numpy(np.array(arr, dtype=np.float64))
 
 
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local header, or an empty zip
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _read_arrays(path: Path, src: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` archive at ``path`` (no pickles), or a ProblemError.
+
+    The archive is checked by its magic bytes first, so that a text, pickle or ``.npy`` file gets
+    a message about what it is rather than numpy's hint to allow pickles. Any failure while reading
+    (truncated archive, corrupt deflate stream, bad header) becomes a ProblemError naming the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise ProblemError(f"problem file {src} cannot be read ({e.strerror or e})") from None
+    if head.startswith(_NPY_MAGIC):
+        raise ProblemError(f"problem file {src} is not a readable .npz archive (it holds a single "
+                           ".npy array; write problems with np.savez or sbn-bench problem)")
+    if not head.startswith(_ZIP_MAGIC):
+        what = "it is empty" if not head else "it does not start with a zip header"
+        raise ProblemError(f"problem file {src} is not a readable .npz archive ({what}; write "
+                           "problems with np.savez or sbn-bench problem)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):  # pragma: no cover - excluded by the magic
+                raise ProblemError(f"problem file {src} is not an .npz archive")
+            return {k: z[k] for k in z.files}
+    except ProblemError:
+        raise
+    except Exception as e:  # zipfile, zlib, struct, numpy header errors: all mean "corrupt"
+        detail = str(e).strip() or type(e).__name__
+        if "pickle" in detail:
+            detail = "an array holds Python objects (pickles are not loaded)"
+        raise ProblemError(f"problem file {src} is not a readable .npz archive "
+                           f"({type(e).__name__}: {detail})") from None
+
+
 def load_problem(path: str | os.PathLike[str]) -> Problem:
     """Read and validate a problem file (format in the module docstring).
 
     Raises:
-        ProblemError: the file is missing, not an ``.npz`` archive, truncated, or any array is
-            missing, unexpected, of the wrong shape or dtype, non-finite, or the loss, noise or
-            labels are invalid; the message names the file and the array.
+        ProblemError: the file is missing, not an ``.npz`` archive, truncated or corrupt, or any
+            array is missing, unexpected, of the wrong shape or dtype, non-finite, or the loss, noise
+            or labels are invalid; the message names the file and the array. Nothing else is raised
+            (this is fuzzed in ``tests/test_hardening_fuzz.py``).
     """
     path = Path(path)
     src = repr(str(path))
-    if not path.is_file():
+    if not path.exists():
         raise ProblemError(f"problem file {src} does not exist")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ProblemError(f"problem file {src} is not a readable .npz archive ({e})") from None
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise ProblemError(f"problem file {src} is not an .npz archive (it holds a single "
-                           f"{type(loaded).__name__}; write problems with np.savez)")
-    try:
-        with loaded as z:
-            raw = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise ProblemError(f"problem file {src} is not a readable .npz archive ({e})") from None
+    if not path.is_file():
+        raise ProblemError(f"problem file {src} is not a file")
+    raw = _read_arrays(path, src)
     for name in ("x", "y"):
         if name not in raw:
             raise _fail(src, name, "is missing")

@@ -4,19 +4,28 @@ Layout of ``--out DIR``::
 
     manifest.json        schema version, config, seeds, versions, device, commit, estimators, problems
     metrics.csv          schema.METRICS_COLUMNS, one row per (problem, checkpoint, estimator, seed,
-                         layer, metric, M)
+                         layer, metric, M); deterministic values only (schema.METRICS)
+    timed_metrics.csv    the same columns for the metrics that depend on measured time
+                         (schema.TIMED_METRICS: time_to_accuracy_s), cells with a throughput only
     throughput.csv       schema.THROUGHPUT_COLUMNS
     failures.csv         schema.FAILURES_COLUMNS
-    cells/<id>.<kind>.csv  one part file per finished cell (kind: metrics, throughput, failure)
+    cells/<id>.<kind>.csv  one part file per finished cell (kind: metrics, timed, throughput,
+                         failure)
 
 Every file is written to a temporary file in the same folder and renamed over the target
-(``os.replace``), so a run killed at any moment leaves only complete files. The three tables are
+(``os.replace``), so a run killed at any moment leaves only complete files. The tables are
 re-assembled from the part files, in the run's cell order, by concatenating their text: the same
-cells give byte-identical tables however the run was interrupted and resumed.
+cells give byte-identical tables however the run was interrupted and resumed. A statistics cell
+writes its ``timed`` part before its ``metrics`` part, whose presence marks the cell as done.
+
+A write that fails (full disk, read-only folder, lost permissions) raises :class:`WriteError`, an
+``OSError`` whose one-line message names the file, the reason and how to continue; the files
+written before it are complete and untouched (the failed write's temporary file is removed).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -33,9 +42,10 @@ from sbn_bench import schema
 from sbn_bench.config import diff_dicts
 
 MANIFEST = "manifest.json"
-TABLES = {"metrics": ("metrics.csv", schema.METRICS_COLUMNS),
-          "throughput": ("throughput.csv", schema.THROUGHPUT_COLUMNS),
-          "failure": ("failures.csv", schema.FAILURES_COLUMNS)}
+TABLES = {"metrics": (schema.TABLE_FILES["metrics"], schema.METRICS_COLUMNS),
+          "timed": (schema.TABLE_FILES["timed"], schema.METRICS_COLUMNS),
+          "throughput": (schema.TABLE_FILES["throughput"], schema.THROUGHPUT_COLUMNS),
+          "failure": (schema.TABLE_FILES["failure"], schema.FAILURES_COLUMNS)}
 CELLS = "cells"
 
 
@@ -43,18 +53,53 @@ class RunDirError(ValueError):
     """An output folder that cannot be used (exists without --resume, or resumes another run)."""
 
 
+class WriteError(OSError):
+    """A file of a run could not be written (full disk, read-only folder, …).
+
+    An ``OSError`` (``errno`` is the cause's) with a one-line message: the file, the reason, and that
+    the files written before it are intact.
+    """
+
+    def __init__(self, path: Path, cause: OSError,
+                 hint: str = "free space or fix the folder's permissions, then continue with "
+                             "--resume") -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.path = path
+        reason = cause.strerror or str(cause)
+        code = errno.errorcode.get(cause.errno or 0)
+        self.message = (f"cannot write {str(path)!r}: {reason}" + (f" [{code}]" if code else "")
+                        + f"; the files written before are complete and intact ({hint})")
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``.
+
+    Raises:
+        WriteError: the folder, the temporary file or the rename failed (the temporary file is
+            removed; ``path`` keeps its previous content, if any).
+    """
+    path = Path(path)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, WriteError):
+            raise
+        raise WriteError(path, e) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -172,11 +217,17 @@ class RunStore:
                                   f"{shown}. Use the same settings, or --out to start a new run")
             manifest = {**old, "resumed": [*old.get("resumed", []), manifest["started"]],
                         "status": "running", "environment_last": manifest.get("environment")}
+            for stray in [*d.glob(".*.tmp"), *store.cells.glob(".*.tmp")]:
+                stray.unlink(missing_ok=True)  # temporary files of writes that were killed
         try:
             store.cells.mkdir(parents=True, exist_ok=True)
             store.write_manifest(manifest)
-        except PermissionError as e:
-            raise RunDirError(f"cannot write in output folder {str(d)!r}: {e}") from None
+        except OSError as e:
+            reason = e.strerror or str(e)
+            code = errno.errorcode.get(e.errno or 0)
+            raise RunDirError(f"cannot write in output folder {str(d)!r}: {reason}"
+                              + (f" [{code}]" if code else "") + "; choose another --out or fix "
+                              "the folder's permissions") from None
         store.manifest = manifest
         return store
 
@@ -208,8 +259,8 @@ class RunStore:
         return read_table(self.part(cell_id, kind), TABLES[kind][1])
 
     def assemble(self, cell_ids: Iterable[str]) -> None:
-        """Rewrite metrics.csv, throughput.csv and failures.csv from the part files, in the order
-        of ``cell_ids`` (each table atomically)."""
+        """Rewrite the tables (:data:`TABLES`) from the part files, in the order of ``cell_ids``
+        (each table atomically)."""
         ids = list(cell_ids)
         for kind, (fname, columns) in TABLES.items():
             header = ",".join(columns) + "\n"

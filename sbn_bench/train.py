@@ -235,15 +235,26 @@ def _rows(problem: Problem, idx: Tensor, params: dict[str, Tensor]) -> Problem:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    """Write ``data`` through a temporary file and a rename; a failed write (full disk, read-only
+    folder) raises :class:`sbn_bench.storage.WriteError` naming ``path``, earlier files intact."""
+    from sbn_bench.storage import WriteError
+
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600: give a result file the usual permissions
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise WriteError(path, e, "free space or fix the folder's permissions, then train "
+                                  "again") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -60,7 +60,7 @@ def test_mse_rrmse():
     assert mt.mse(0.09, 0.64, 4) == pytest.approx(0.25)  # 0.09 + 0.16
     assert mt.rrmse(0.25, 2.5) == pytest.approx(0.2)  # √0.25 / 2.5
     assert mt.rrmse(0.25, 0.0) == math.inf
-    assert math.isnan(mt.rrmse(0.0, 0.0))
+    assert mt.rrmse(0.0, 0.0) == 0.0  # no error relative to a zero gradient (documented: not NaN)
 
 
 def test_samples_and_time_to_accuracy():
@@ -68,6 +68,8 @@ def test_samples_and_time_to_accuracy():
     assert mt.samples_to_accuracy(0.01, 0.3, 2.0, 0.1) == pytest.approx(10.0)
     assert mt.samples_to_accuracy(0.05, 0.3, 2.0, 0.1) == math.inf  # the bias alone is too large
     assert mt.samples_to_accuracy(1.0, 0.3, 2.0, 0.5) == math.inf  # exactly at the target (t‖g‖ = 1)
+    assert mt.samples_to_accuracy(0.0, 0.0, 0.0, 0.1) == 0.0  # no error: even for ‖g‖ = 0
+    assert mt.samples_to_accuracy(0.0, 0.3, 0.0, 0.1) == math.inf  # ‖g‖ = 0, V > 0: never
     assert mt.time_to_accuracy(10.0, 0.002) == pytest.approx(0.02)
     assert mt.time_to_accuracy(10.2, 0.5) == pytest.approx(5.5)  # ⌈10.2⌉ = 11 samples
     assert mt.time_to_accuracy(0.3, 0.5) == pytest.approx(0.5)  # at least one sample
@@ -292,8 +294,7 @@ def test_metric_rows_layout_and_values():
           "all": mt.GroupStats(g_norm=2.0, bias_sq=-0.5, bias_sq_se=0.1, variance=0.3,
                                variance_se=0.03, snr=1.0, snr_se=0.1)}
     cos = {1: np.array([[0.5, 0.5], [0.7, 0.9]]), 10: np.array([[0.9, 0.8]])}
-    rows = mt.metric_rows(gs, [1, 10, 100], cos, mode="exact", cosine_mode="mc",
-                          seconds_per_sample=0.002, target_rrmse=0.1)
+    rows = mt.metric_rows(gs, [1, 10, 100], cos, mode="exact", cosine_mode="mc", target_rrmse=0.1)
     by = {(r["layer"], r["metric"], r["M"]): r for r in rows}
     # layer 1: bias 0.1, rel 0.05; mse(10) = 0.01 + 0.03 = 0.04, rrmse = 0.2/2 = 0.1
     assert by[("1", "bias_norm", None)]["value"] == pytest.approx(0.1)
@@ -301,8 +302,12 @@ def test_metric_rows_layout_and_values():
     assert by[("1", "mse", 10)]["value"] == pytest.approx(0.04)
     assert by[("1", "rrmse", 10)]["value"] == pytest.approx(0.1)
     assert by[("1", "rrmse", 10)]["stderr"] == 0.0 and by[("1", "rrmse", 10)]["mode"] == "exact"
-    # M* = 0.3/(0.04 − 0.01) = 10 samples → 0.02 s
-    assert by[("1", "time_to_accuracy_s", None)]["value"] == pytest.approx(0.02)
+    # M* = 0.3/(0.04 − 0.01) = 10 samples → 0.02 s (timed rows, derived with the measured time)
+    assert by[("1", "samples_to_accuracy", None)]["value"] == pytest.approx(10.0)
+    timed = {(r["layer"], r["metric"], r["M"]): r for r in mt.timed_rows(rows, 0.002)}
+    assert timed[("1", "time_to_accuracy_s", None)]["value"] == pytest.approx(0.02)
+    assert {k[1] for k in timed} == {"time_to_accuracy_s"} and len(timed) == len(gs)
+    assert mt.timed_rows(rows, math.nan) == []  # no throughput measurement: no timed rows
     assert by[("1", "cosine_mean", 1)]["value"] == pytest.approx(0.6)
     assert by[("1", "cosine_mean", 1)]["mode"] == "mc"
     assert by[("1", "cosine_p15", 1)]["value"] == pytest.approx(0.5 + 0.15 * 0.2)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from sbn_bench import problems
+from sbn_bench.config import MAX_SEED
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
 from sbn_bench.problems import Problem
 
@@ -44,7 +45,16 @@ def friendly_errors(fn: F) -> F:
         except USER_ERRORS as e:
             if os.environ.get("SBN_BENCH_DEBUG"):
                 raise
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(str(e) or type(e).__name__) from None
+        except (MemoryError, RuntimeError) as e:
+            # out of memory while allocating (torch raises RuntimeError "can't allocate memory"):
+            # the request was too large for this machine, not a bug to show a traceback for
+            text = " ".join(str(e).split())
+            if os.environ.get("SBN_BENCH_DEBUG") or not (
+                    isinstance(e, MemoryError) or "allocate" in text or "out of memory" in text):
+                raise
+            raise click.ClickException(f"out of memory: {text or 'MemoryError'} (use a smaller "
+                                       "problem, or lower --memory-budget / --chunk)") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -58,7 +68,7 @@ def problem_options(fn: F) -> F:
         click.option("--arch", help="Random network, e.g. 2-5-5-5-1 (input-hidden...-output)."),
         click.option("--preset", type=click.Choice(sorted(problems.PRESETS)),
                      help="A named problem: 'paper' (SPEC §6) or 'quick' (a small smoke test)."),
-        click.option("--seed", type=int, default=0, show_default=True,
+        click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
                      help="Seed for --arch / --preset problems."),
         click.option("--data-points", type=click.IntRange(min=1),
                      default=problems.DEFAULT_DATA_POINTS, show_default=True,
@@ -95,6 +105,11 @@ def plugin_option(fn: F) -> F:
     return click.option("--plugin", "plugins", multiple=True,
                         type=click.Path(dir_okay=False, path_type=Path),
                         help="Python file defining ESTIMATORS = {name: factory} (repeatable).")(fn)
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr."""
+    click.echo(f"Warning: {' '.join(message.split())}", err=True)
 
 
 def echo_json(obj: Any) -> None:

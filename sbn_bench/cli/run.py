@@ -18,6 +18,7 @@ from sbn_bench.cli.common import (
     plugin_option,
     problem_options,
     resolve_problem,
+    warn,
 )
 from sbn_bench.cli.core import max_bytes_option
 from sbn_bench.config import (
@@ -167,7 +168,11 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
       sbn-bench run --arch 3-4-4-1 --estimators psa,st,arm --seeds 0,1,2 --out runs/small
       sbn-bench run --config experiment.toml --resume
 
-    Writes manifest.json, metrics.csv, throughput.csv and failures.csv to --out.
+    Writes manifest.json, metrics.csv, timed_metrics.csv (time to accuracy, which depends on
+    measured time), throughput.csv and failures.csv to --out. metrics.csv is reproducible: the same
+    command, seeds and device give a byte-identical file. A --plugin file that cannot be loaded is
+    an error; its broken estimators are warnings unless requested. Requests over --memory-budget
+    are refused before any work, with the estimate.
     """
     from sbn_bench.estimators import split_specs
 
@@ -217,7 +222,7 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         progress = _Progress(not quiet and sys.stderr.isatty() and not os.environ.get("CI"))
         try:
             result = paper.run_paper(progress=progress, message=None if quiet else click.echo,
-                                     **kw)
+                                     report=False, **kw)
         finally:
             progress.close()
         if not quiet:
@@ -239,7 +244,7 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         cfg = RunConfig(**_resolve_m(settings))
     progress = _Progress(not quiet and sys.stderr.isatty() and not os.environ.get("CI"))
     try:
-        result = runner_mod.run(cfg, progress=progress)
+        result = runner_mod.run(cfg, progress=progress, warn=warn)
     finally:
         progress.close()
     if not quiet:
@@ -276,8 +281,9 @@ def _print_summary(result: runner_mod.RunResult) -> None:
         for _, f in result.failures.head(10).iterrows():
             click.echo(f"  {f['problem']}/{f['checkpoint']}/{f['estimator']} [{f['stage']}]: "
                        f"{f['error'][:200]}")
-    click.echo(f"\nresults in {result.out}/: metrics.csv, throughput.csv, failures.csv, "
-               f"manifest.json ({result.cells_run} cell(s) run, {result.cells_skipped} skipped)")
+    click.echo(f"\nresults in {result.out}/: metrics.csv, timed_metrics.csv, throughput.csv, "
+               f"failures.csv, manifest.json ({result.cells_run} cell(s) run, "
+               f"{result.cells_skipped} skipped)")
 
 
 def _write_report(out: Path, quiet: bool) -> None:

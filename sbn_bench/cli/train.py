@@ -16,8 +16,9 @@ from sbn_bench.cli.common import (
     plugin_option,
     problem_options,
     resolve_problem,
+    warn,
 )
-from sbn_bench.estimators import load_registry
+from sbn_bench.config import MAX_SEED
 from sbn_bench.reference import DEFAULT_MAX_BYTES
 
 _OPTION_OF = {"optimizer": "--optimizer", "lr": "--lr", "momentum": "--momentum",
@@ -50,7 +51,7 @@ def _bad(e: training.TrainArgumentError, seed_option: str = "--train-seed") -> c
 @click.option("--checkpoints", "checkpoints_text", default="", metavar="E1,E2,...",
               help="Epochs after which to save the parameters, each in 1..EPOCHS, e.g. 1,100,2000. "
                    "The initial parameters (epoch 0) and the last epoch are always saved.")
-@click.option("--train-seed", type=int, default=None,
+@click.option("--train-seed", type=click.IntRange(0, MAX_SEED), default=None,
               help="Seed of the data order and the estimator's noise [default: --seed].")
 @click.option("--out", "out_dir", required=True,
               type=click.Path(file_okay=False, path_type=Path),
@@ -82,8 +83,14 @@ def train(problem_file: Path | None, arch: str | None, preset: str | None, seed:
         checkpoints = training.parse_checkpoints(checkpoints_text)
     except training.TrainArgumentError as e:
         raise _bad(e) from None
+    from sbn_bench.estimators.registry import load_plugins
+
+    # a --plugin file that cannot be loaded is an error before any work; broken factories in a
+    # loadable file are warnings unless the one requested
+    reg, warnings = load_plugins(plugins, [estimator_spec.split(":")[0].strip()])
+    for w in warnings:
+        warn(w)
     problem = resolve_problem(problem_file, arch, preset, seed, data_points, loss, noise)
-    reg = load_registry(plugins)
     estimator = reg.create(estimator_spec)
     show_progress = not quiet and sys.stderr.isatty()
     bar_ctx = (click.progressbar(length=epochs, label=f"training {estimator.spec}", file=sys.stderr,

@@ -35,13 +35,26 @@ class EstimatorSpecError(ValueError):
     """An estimator spec that names an unknown estimator or hyperparameter, or a bad value."""
 
 
+class PluginFileError(ValueError):
+    """A plugin file named explicitly (``--plugin FILE``) that cannot be loaded at all."""
+
+
 @dataclass(frozen=True)
 class PluginError:
-    """A plugin that failed to load or broke the contract."""
+    """A plugin that failed to load or broke the contract.
+
+    Attributes:
+        name: the estimator's name (for a whole plugin file: the file's stem).
+        origin: ``"plugin file '…'"`` or ``"entry point …"``.
+        message: why.
+        whole_file: the plugin file itself could not be loaded (missing, import error, no
+            ``ESTIMATORS`` dict), as opposed to one broken factory in a loadable file.
+    """
 
     name: str
     origin: str
     message: str
+    whole_file: bool = False
 
     def __str__(self) -> str:
         return f"estimator {self.name!r} from {self.origin}: {self.message}"
@@ -62,7 +75,7 @@ class Registry:
         """Check ``factory`` and register it; on failure record a :class:`PluginError`."""
         try:
             check_factory(name, factory)
-        except Exception as e:  # a plugin may raise anything: record it, keep loading the rest
+        except (Exception, SystemExit) as e:  # a plugin may raise anything: record it, go on
             self.errors.append(PluginError(name, origin, f"{type(e).__name__}: {e}"))
             return False
         if name in self.factories and self.origins[name] != origin:
@@ -101,9 +114,20 @@ class Registry:
                                          f"; its hyperparameters: {valid}")
             kwargs[key] = _convert(name, key, text, params[key])
         try:
-            return factory(**kwargs)
+            est = factory(**kwargs)
         except (ValueError, TypeError) as e:
             raise EstimatorSpecError(f"estimator spec {spec!r}: {e}") from None
+        except (Exception, SystemExit) as e:  # a plugin factory may raise anything
+            raise EstimatorSpecError(f"estimator spec {spec!r}: the factory of {name!r} "
+                                     f"({self.origins.get(name)}) raised {type(e).__name__}: "
+                                     f"{e}") from None
+        if not isinstance(est, Estimator) or est.name != name:
+            got = f"an estimator named {est.name!r}" if isinstance(est, Estimator) else \
+                type(est).__name__
+            raise EstimatorSpecError(f"estimator spec {spec!r}: the factory of {name!r} "
+                                     f"({self.origins.get(name)}) returned {got}, expected an "
+                                     f"sbn_bench.Estimator named {name!r}")
+        return est
 
     def create_many(self, specs: str | Sequence[str]) -> list[Estimator]:
         """Build a list from ``"psa,st,concrete:tau=0.1"`` or a sequence of specs."""
@@ -213,17 +237,19 @@ def load_plugin_file(registry: Registry, path: str | os.PathLike[str]) -> list[s
     """
     path = Path(path)
     origin = f"plugin file {str(path)!r}"
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{origin} does not exist")
+    if not path.is_file():
+        raise ContractError(f"{origin} is not a file (expected a Python file defining ESTIMATORS)")
     mod_name = f"sbn_bench_plugin_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:
-        raise ContractError(f"{origin} cannot be imported as a Python module")
+        raise ContractError(f"{origin} cannot be imported as a Python module (expected a .py file)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a plugin's sys.exit() must not end the caller
         sys.modules.pop(mod_name, None)
         raise ContractError(f"{origin} failed to import: {type(e).__name__}: {e}") from None
     table = getattr(module, "ESTIMATORS", None)
@@ -259,5 +285,30 @@ def load_registry(plugins: Sequence[str | os.PathLike[str]] = (), *, entry_point
         try:
             load_plugin_file(reg, p)
         except (FileNotFoundError, ContractError) as e:
-            reg.errors.append(PluginError(Path(p).stem, f"plugin file {str(p)!r}", str(e)))
+            reg.errors.append(PluginError(Path(p).stem, f"plugin file {str(p)!r}", str(e),
+                                          whole_file=True))
     return reg
+
+
+def load_plugins(plugins: Sequence[str | os.PathLike[str]], requested: Iterable[str] = ()
+                 ) -> tuple[Registry, list[str]]:
+    """The registry with ``plugins`` loaded, for a command that names them explicitly (``sbn-bench
+    run`` and ``train``: the design decision of issue 6).
+
+    A plugin file that cannot be loaded at all (missing, fails to import, no ``ESTIMATORS`` dict)
+    is an error before any work: the user asked for it. A loadable file's broken factories are only
+    warnings (returned, one line each, for the names not in ``requested``); requesting one is an
+    error of :meth:`Registry.create`, which says why it failed to load.
+
+    Raises:
+        PluginFileError: naming each plugin file that cannot be loaded and why.
+    """
+    reg = load_registry(plugins)
+    origins = {f"plugin file {str(p)!r}" for p in plugins}
+    fatal = [e for e in reg.errors if e.whole_file and e.origin in origins]
+    if fatal:
+        raise PluginFileError("; ".join(e.message for e in fatal))
+    asked = set(requested)
+    warnings = [f"plugin estimator {e.name!r} was not loaded ({e.origin}): {e.message}"
+                for e in reg.errors if e.origin in origins and e.name not in asked]
+    return reg, warnings

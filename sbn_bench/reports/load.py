@@ -1,4 +1,9 @@
-"""Read a run directory (``manifest.json``, ``metrics.csv``, ``throughput.csv``, ``failures.csv``).
+"""Read a run directory (``manifest.json``, ``metrics.csv``, ``timed_metrics.csv``,
+``throughput.csv``, ``failures.csv``).
+
+``timed_metrics.csv`` (the metrics that depend on measured time, e.g. ``time_to_accuracy_s``; it
+has the columns of ``metrics.csv``) is appended to :attr:`Run.metrics` when present, so the reports
+show them beside the others; older runs kept those rows in ``metrics.csv`` itself.
 
 The columns are fixed in :mod:`sbn_bench.schema`; the manifest is read tolerantly: a missing key is
 reported as unknown, never as an error, so reports work on partial or older runs (STYLE 7).
@@ -73,6 +78,8 @@ REQUIRED = {
     "metrics.csv": ["problem", "checkpoint", "estimator", "layer", "metric", "M", "value", "stderr",
                     "mode"],
     "throughput.csv": ["problem", "estimator", "samples_per_s"],
+    "timed_metrics.csv": ["problem", "checkpoint", "estimator", "layer", "metric", "M", "value",
+                          "stderr", "mode"],
     "failures.csv": ["problem", "estimator", "error"],
 }
 """The columns a report cannot do without (issue 4); the other schema columns are optional and
@@ -120,6 +127,13 @@ def load_run(run_dir: str | Path) -> Run:
         raise RunDirError(f"run directory {str(path)!r} is empty: no metrics.csv (write one with: "
                           f"sbn-bench run --out {path})")
     metrics = _read_csv(path / "metrics.csv", schema.METRICS_COLUMNS, required=True)
+    timed_path = path / "timed_metrics.csv"
+    if timed_path.is_file() and timed_path.stat().st_size > 0:
+        timed = _read_csv(timed_path, schema.METRICS_COLUMNS, required=False)
+        if not timed.empty:
+            timed = timed[list(metrics.columns)]
+            metrics = (pd.concat([metrics, timed], ignore_index=True) if not metrics.empty
+                       else timed.reset_index(drop=True))
     metrics["M"] = pd.to_numeric(metrics["M"], errors="coerce").astype(float)
     for c in ("value", "stderr"):
         metrics[c] = pd.to_numeric(metrics[c], errors="coerce").astype(float)
@@ -143,7 +157,7 @@ def load_run(run_dir: str | Path) -> Run:
                 warnings.append("manifest.json is not a JSON object; run facts are unknown")
     else:
         warnings.append("no manifest.json: run facts (version, commit, device) are unknown")
-    unknown = sorted(set(metrics["metric"]) - set(schema.METRICS))
+    unknown = sorted(set(metrics["metric"]) - set(schema.METRICS) - set(schema.TIMED_METRICS))
     if unknown:
         warnings.append(f"metrics.csv has metric names outside the schema, ignored: {', '.join(unknown)}")
     sv = manifest.get("schema_version")

@@ -1,0 +1,365 @@
+"""Bad input never crashes with a traceback and never writes a partial result (issue 6, item 1).
+
+Every refusal here is checked three ways: the exit status (2 for click's option errors, 1 for the
+library's), a one-line ``Error: …`` naming the bad thing (no ``Traceback``), and an ``--out`` folder
+that was never created (no manifest, no results). The parsers themselves are fuzzed in
+``test_hardening_fuzz.py``; plugin files, estimator specs, hyperparameter ranges and problem files are
+covered here through the CLI and the Python API.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+
+from sbn_bench import problems, runner
+from sbn_bench.cli import main
+from sbn_bench.config import ConfigError, ProblemSpec, RunConfig, ThroughputConfig, load_config
+from sbn_bench.estimators import EstimatorSpecError, load_registry
+from sbn_bench.estimators.registry import PluginFileError, load_plugins
+
+PLUGINS = Path(__file__).parent / "plugins"
+SMALL = ["--arch", "2-2-1", "--data-points", "3", "--samples", "8", "--M", "1,2", "--no-throughput",
+         "--no-report", "--quiet"]
+
+
+def invoke(args: list[str]) -> Result:
+    return CliRunner().invoke(main, args, prog_name="sbn-bench")
+
+
+def assert_refused(res: Result, code: int, words: list[str], out: Path | None = None) -> None:
+    """Exit ``code``, no traceback, a one-line ``Error:`` holding ``words``; nothing written."""
+    assert res.exit_code == code, f"exit {res.exit_code}, expected {code}:\n{res.output}"
+    assert "Traceback" not in res.output, res.output
+    assert isinstance(res.exception, SystemExit), f"uncaught {res.exception!r}"
+    err = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(err) == 1, res.output
+    if code == 1:  # library refusals: exactly one line of output
+        assert res.output.count("\n") == 1, res.output
+    for w in words:
+        assert w in err[0], f"{w!r} not in {err[0]!r}"
+    if out is not None:
+        assert not out.exists(), f"{out} was created by a refused run: {list(out.rglob('*'))}"
+
+
+# --------------------------------------------------------------------------------------------
+# every command as a new user meets it
+
+
+@pytest.mark.parametrize("cmd", [[], ["run"], ["exact"], ["list"], ["report"], ["train"],
+                                 ["problem"]])
+def test_every_help_works(cmd):
+    res = invoke([*cmd, "--help"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("Usage: sbn-bench") and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["nonsense"], 2, ["No such command 'nonsense'"]),
+    (["run", "--arch"], 2, ["--arch", "requires an argument"]),
+    (["run", "--bogus"], 2, ["No such option", "--bogus"]),
+    (["exact"], 2, ["exactly one of --problem"]),
+    (["report"], 2, ["Missing argument 'DIR'"]),
+    (["problem", "--arch", "2-2-1"], 2, ["--out"]),
+    (["run", "--arch", "2-2-1", "--seed", str(2**64)], 2, ["--seed", "18446744073709551616"]),
+    (["exact", "--arch", "2-2-1", "--seed", "-1"], 2, ["--seed", "-1"]),
+    (["train", "--arch", "2-2-1", "--train-seed", str(2**70), "--out", "x"], 2, ["--train-seed"]),
+    (["run", *SMALL, "--memory-budget", "1e999"], 2, ["--memory-budget", "'1e999'", "not a size"]),
+    (["run", *SMALL, "--memory-budget", "-1MiB"], 2, ["--memory-budget"]),
+    (["run", *SMALL, "--chunk", "0"], 2, ["--chunk"]),
+    (["run", *SMALL, "--max-paths", "0"], 2, ["--max-paths"]),
+    (["run", *SMALL, "--rounds", "0"], 2, ["--rounds"]),
+])
+def test_wrong_arguments_are_one_line_errors(tmp_path, args, code, words):
+    out = tmp_path / "out"
+    with_out = args[0] == "run" and args[-1] != "--arch"
+    assert_refused(invoke([*args, *(["--out", str(out)] if with_out else [])]), code, words,
+                   out if with_out else None)
+
+
+def test_huge_problems_are_refused_before_allocating(tmp_path):
+    out = tmp_path / "out"
+    res = invoke(["run", "--arch", "2-2-1", "--data-points", str(10**11), "--out", str(out)])
+    assert_refused(res, 1, ["data_points=100000000000", "GiB"], out)
+    assert_refused(invoke(["exact", "--arch", "2-3000000000-1"]), 1, ["arch=", "GiB"])
+
+
+def test_unwritable_problem_file_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = invoke(["problem", "--arch", "2-2-1", "--out", str(blocker / "sub" / "p.npz")])
+    assert_refused(res, 1, ["cannot write problem file", "p.npz"])
+    assert list(tmp_path.iterdir()) == [blocker]  # no temporary file left behind
+
+
+# --------------------------------------------------------------------------------------------
+# estimator names and hyperparameters
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("psaa", ["estimator 'psaa' is unknown", "did you mean 'psa'"]),
+    ("reinforce_loo", ["'reinforce_loo' is unknown", "'reinforce-loo'"]),
+    ("concrete:tua=1", ["no hyperparameter 'tua'", "did you mean 'tau'"]),
+    ("reinforce-loo:kk=3", ["no hyperparameter 'kk'", "'k'"]),
+    ("psa:tau=1", ["'psa' has no hyperparameter 'tau'", "its hyperparameters: none"]),
+    ("concrete:tau=0", ["tau=0.0 must be > 0"]),
+    ("concrete:tau=-1", ["tau=-1.0 must be > 0"]),
+    ("concrete:tau=nan", ["tau=nan must be > 0 and finite"]),
+    ("st-gumbel:tau=inf", ["tau=inf must be > 0 and finite"]),
+    ("concrete:tau=abc", ["tau='abc' is not a valid float"]),
+    ("reinforce-loo:k=1", ["k=1 must be an integer ≥ 2"]),
+    ("reinforce-loo:k=0", ["k=0 must be an integer ≥ 2"]),
+    ("reinforce-loo:k=2.5", ["k='2.5' is not a valid int"]),
+    ("concrete:tau", ["'tau' is not key=value"]),
+    (":tau=1", ["has no name"]),
+])
+def test_bad_estimator_specs(tmp_path, spec, words):
+    out = tmp_path / "out"
+    assert_refused(invoke(["run", *SMALL, "--estimators", f"st,{spec}", "--out", str(out)]), 1,
+                   words, out)
+    with pytest.raises(EstimatorSpecError) as e:  # the same from Python
+        load_registry().create(spec)
+    for w in words:
+        assert w in str(e.value)
+    assert_refused(invoke(["train", "--arch", "2-2-1", "--estimator", spec, "--epochs", "1",
+                           "--out", str(out)]), 1, words, out)
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"samples": 0}, ["samples=0", "≥ 1"]),
+    ({"samples": -5}, ["samples=-5"]),
+    ({"samples": 2.5}, ["samples=2.5"]),
+    ({"samples": True}, ["samples=True"]),
+    ({"M": (0, 1)}, ["M=0"]),
+    ({"seeds": (-1,)}, ["seeds=-1"]),
+    ({"seeds": (2**64,)}, ["seeds=18446744073709551616", "≤"]),
+    ({"target_rrmse": math.nan}, ["target_rrmse=nan"]),
+    ({"memory_budget": 0}, ["memory_budget=0"]),
+    ({"throughput": {"rounds": 0}}, ["throughput.rounds=0"]),
+    ({"throughput": {"batch": 0}}, ["throughput.batch=0"]),
+])
+def test_out_of_range_settings_from_python(tmp_path, kw, words):
+    with pytest.raises(ConfigError) as e:
+        if "throughput" in kw:
+            ThroughputConfig(**kw["throughput"])
+        else:
+            RunConfig(problems=(ProblemSpec(arch="2-2-1"),), out=str(tmp_path / "o"), **kw)
+    for w in words:
+        assert w in str(e.value)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--samples", "0"], ["--samples", "0"]),
+    (["--samples", "-3"], ["--samples", "-3"]),
+    (["--target-rrmse", "-1"], ["--target-rrmse"]),
+])
+def test_out_of_range_settings_from_the_cli(tmp_path, args, words):
+    out = tmp_path / "out"
+    assert_refused(invoke(["run", *SMALL, *args, "--out", str(out)]), 2, words, out)
+
+
+# --------------------------------------------------------------------------------------------
+# configuration files
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("samples = 10\n[[problem]]\npreset = 'quick'\nmode = [\n", 4, ["invalid TOML"]),
+    ("estimators = 'psa'\nsampels = 3\n[[problem]]\npreset = 'quick'\n", 2,
+     ["unknown key 'sampels'", "did you mean 'samples'"]),
+    ("[[problem]]\npreset = 'quick'\nnoize = 'gaussian'\n", 3, ["unknown key 'noize'", "'noise'"]),
+    ("samples = 0\n[[problem]]\npreset = 'quick'\n", 1, ["samples=0"]),
+    ("memory_budget = '1e999'\n[[problem]]\npreset = 'quick'\n", 1, ["memory_budget='1e999'"]),
+    ("[[problem]]\narch = {init = 0}\n", 2, ["arch={'init': 0} must be a string"]),
+    ("problem = [1, 2]\n", 1, ["problem 1 is 1"]),
+    ("samples = 'x'\nM = 'paper'\n[[problem]]\npreset = 'quick'\n", 1, ["samples='x'"]),
+    ("seeds = [18446744073709551616]\n[[problem]]\npreset = 'quick'\n", 1, ["seeds="]),
+])
+def test_malformed_toml_names_file_and_line(tmp_path, text, line, words):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg)
+    msg = str(e.value)
+    assert str(cfg) in msg and f"line {line}" in msg, msg
+    for w in words:
+        assert w in msg, msg
+    out = tmp_path / "out"
+    assert_refused(invoke(["run", "--config", str(cfg), "--out", str(out)]), 1,
+                   [str(cfg), f"line {line}", *words], out)
+
+
+def test_config_that_is_not_utf8_or_not_a_file(tmp_path):
+    cfg = tmp_path / "bin.toml"
+    cfg.write_bytes(b"samples = 3\n\xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"bin.toml', line 2: not UTF-8 text \(byte 0xff"):
+        load_config(cfg)
+    with pytest.raises(ConfigError, match="is not a file"):
+        load_config(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# problem files
+
+
+def _arrays() -> dict[str, np.ndarray]:
+    p = problems.random_problem("2-3-1", 0, data_points=4)
+    return {"x": p.x.numpy(), "y": p.y.numpy(), **{k: v.numpy() for k, v in p.params.items()}}
+
+
+def _poisoned(name: str, value: float) -> dict[str, np.ndarray]:
+    a = _arrays()
+    a[name] = a[name].copy()
+    a[name].reshape(-1)[0] = value
+    return a
+
+
+BAD_FILES = {
+    "truncated": lambda p: p.write_bytes(_npz_bytes(_arrays())[:200]),
+    "not_npz": lambda p: p.write_text("x,y\n1,2\n"),
+    "empty": lambda p: p.write_bytes(b""),
+    "npy": lambda p: np.save(open(p, "wb"), np.zeros(3)),
+    "nan": lambda p: np.savez(open(p, "wb"), **_poisoned("x", math.nan)),
+    "inf": lambda p: np.savez(open(p, "wb"), **_poisoned("weight_1", math.inf)),
+    "wrong_shape": lambda p: np.savez(open(p, "wb"), **{**_arrays(), "weight_1": np.zeros((3, 5))}),
+    "missing_array": lambda p: np.savez(open(p, "wb"), **{k: v for k, v in _arrays().items()
+                                                         if k != "bias_out"}),
+}
+WORDS = {"truncated": "not a readable .npz", "not_npz": "does not start with a zip header",
+         "empty": "it is empty", "npy": "single .npy array", "nan": "'x' contains NaN or Inf",
+         "inf": "'weight_1' contains NaN or Inf", "wrong_shape": "'weight_1' has shape (3, 5)",
+         "missing_array": "'bias_out' is missing"}
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_bad_problem_files_are_refused_by_every_command(tmp_path, kind):
+    path = tmp_path / f"{kind}.npz"
+    BAD_FILES[kind](path)
+    out = tmp_path / "out"
+    words = [str(path), WORDS[kind]]
+    assert_refused(invoke(["run", "--problem", str(path), "--out", str(out)]), 1, words, out)
+    assert_refused(invoke(["exact", "--problem", str(path)]), 1, words)
+    assert_refused(invoke(["train", "--problem", str(path), "--out", str(out)]), 1, words, out)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[[problem]]\nfile = '{path.name}'\n")
+    assert_refused(invoke(["run", "--config", str(cfg), "--out", str(out)]), 1, words, out)
+    ckpt = tmp_path / "k.toml"
+    ckpt.write_text(f"[[problem]]\narch = '2-3-1'\ncheckpoints = {{init = 'init', "
+                    f"late = '{path.name}'}}\n")
+    assert_refused(invoke(["run", "--config", str(ckpt), "--out", str(out)]), 1, words, out)
+
+
+# --------------------------------------------------------------------------------------------
+# plugin files: a named file that cannot be loaded is an error before any work
+
+
+@pytest.mark.parametrize("plugin, words", [
+    ("does_not_exist.py", ["does_not_exist.py", "does not exist"]),
+    ("raises_at_import.py", ["raises_at_import.py", "failed to import: ImportError"]),
+    ("no_table.py", ["no_table.py", "defines no ESTIMATORS dict"]),
+])
+def test_unloadable_plugin_file_is_an_error_before_any_work(tmp_path, plugin, words):
+    path = PLUGINS / plugin
+    out = tmp_path / "out"
+    assert_refused(invoke(["run", *SMALL, "--estimators", "st", "--plugin", str(path),
+                           "--out", str(out)]), 1, words, out)
+    assert_refused(invoke(["train", "--arch", "2-2-1", "--estimator", "st", "--epochs", "1",
+                           "--plugin", str(path), "--out", str(out)]), 1, words, out)
+    with pytest.raises(PluginFileError) as e:
+        runner.run(RunConfig(problems=(ProblemSpec(arch="2-2-1", data_points=3),),
+                             estimators=("st",), plugins=(str(path),), samples=4,
+                             throughput=ThroughputConfig(enabled=False), out=str(out)))
+    for w in words:
+        assert w in str(e.value)
+    assert not out.exists()
+
+
+def test_plugin_that_calls_sys_exit_is_refused_not_obeyed(tmp_path):
+    p = tmp_path / "exits.py"
+    p.write_text("import sys\nsys.exit(3)\n")
+    out = tmp_path / "out"
+    assert_refused(invoke(["run", *SMALL, "--plugin", str(p), "--out", str(out)]), 1,
+                   ["exits.py", "failed to import: SystemExit"], out)
+
+
+def test_broken_factories_warn_and_fail_only_when_requested(tmp_path):
+    broken = PLUGINS / "broken_estimators.py"
+    out = tmp_path / "ok"
+    res = invoke(["run", *SMALL, "--estimators", "fine-one,st", "--plugin", str(broken),
+                  "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    warnings = [w for w in res.stderr.splitlines() if w.startswith("Warning: ")]
+    for name in ("positional", "no-default", "wrong-type", "wrong-name", "raises",
+                 "bad-randomness", "not-callable", "psa"):
+        assert any(f"'{name}'" in w for w in warnings), (name, res.stderr)
+    assert all("broken_estimators.py" in w for w in warnings)
+    assert (out / "metrics.csv").is_file()
+    # asking for a broken one is an error naming why, before any work
+    out2 = tmp_path / "bad"
+    assert_refused(invoke(["run", *SMALL, "--estimators", "st,raises", "--plugin", str(broken),
+                           "--out", str(out2)]), 1,
+                   ["'raises' failed to load", "this factory always fails"], out2)
+    reg, warns = load_plugins([broken], ["raises"])
+    assert not any("'raises'" in w for w in warns) and any("'wrong-name'" in w for w in warns)
+
+
+CONTRACT_BREAKERS = textwrap.dedent('''
+    import torch
+    from sbn_bench.estimators import Estimator
+
+
+    def wrong_shape():
+        def surrogate(problem, params, generator):
+            return params["weight_1"].sum()  # a scalar, not [S]
+        return Estimator("wrong-shape", surrogate, randomness="continuous")
+
+
+    def not_a_tensor():
+        return Estimator("not-a-tensor", lambda p, q, g: [1.0], randomness="continuous")
+
+
+    def factory_raises(*, k: int = 2):
+        if k != 2:
+            raise RuntimeError("only k=2 is implemented")
+        return Estimator("factory-raises", lambda p, q, g: q["weight_1"].flatten(1).sum(1),
+                         hyperparams=(("k", k),), randomness="none")
+
+
+    ESTIMATORS = {"wrong-shape": wrong_shape, "not-a-tensor": not_a_tensor,
+                  "factory-raises": factory_raises}
+''')
+
+
+def test_estimators_that_break_the_contract_at_run_time_are_recorded(tmp_path):
+    plugin = tmp_path / "breakers.py"
+    plugin.write_text(CONTRACT_BREAKERS)
+    out = tmp_path / "out"
+    res = invoke(["run", *SMALL[:-1], "--estimators", "wrong-shape,not-a-tensor,st",
+                  "--plugin", str(plugin), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    import pandas as pd
+
+    f = pd.read_csv(out / "failures.csv").set_index("estimator")
+    assert "surrogate of shape ()" in f.loc["wrong-shape", "error"]
+    assert "ContractError" in f.loc["wrong-shape", "error"]
+    assert "expected [S]" in f.loc["not-a-tensor", "error"]
+    assert set(pd.read_csv(out / "metrics.csv")["estimator"]) == {"st"}
+    assert "2 cell(s) failed" in res.output
+    # a factory that raises something other than ValueError/TypeError for a hyperparameter
+    out2 = tmp_path / "o2"
+    assert_refused(invoke(["run", *SMALL, "--estimators", "factory-raises:k=3", "--plugin",
+                           str(plugin), "--out", str(out2)]), 1,
+                   ["factory-raises:k=3", "RuntimeError: only k=2 is implemented"], out2)
