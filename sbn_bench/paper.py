@@ -397,7 +397,8 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
               estimators: Sequence[str] | None = None, M: Sequence[int] | None = None,
               cache_dir: str | os.PathLike[str] | None = None, training: dict[str, Any] | None = None,
               progress: Any = None, message: Callable[[str], None] | None = None,
-              report: bool = True, **settings: Any) -> Any:
+              warn: Callable[[str], None] | None = None, report: bool = True,
+              **settings: Any) -> Any:
     """SPEC §6 end to end: train (or reuse) the checkpoints, run the estimators, record timings.
 
     The run folder gets ``training/`` (the training log, loss curve and manifest), the manifest an
@@ -416,7 +417,7 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
     config = paper_config(ckpts, seed=seed, out=str(out), samples=samples,
                           estimators=estimators, M=M, **settings)
     t1 = time.perf_counter()
-    result = runner.run(config, progress=progress)
+    result = runner.run(config, progress=progress, warn=warn)
     t_eval = time.perf_counter() - t1
     train_dir = Path(out) / "training"
     train_dir.mkdir(parents=True, exist_ok=True)
