@@ -198,6 +198,11 @@ class ProblemSpec:
         if self.noise not in NOISE_NAMES:
             raise ConfigError(f"noise={self.noise!r} is unknown; expected one of "
                               f"{', '.join(NOISE_NAMES)}")
+        if self.arch is not None:
+            try:
+                problems.check_arch_loss(self.arch, self.loss)
+            except problems.ProblemError as e:
+                raise ConfigError(str(e)) from None
         if self.name is not None and (not isinstance(self.name, str) or not self.name.strip()):
             raise ConfigError(f"name={self.name!r} must be a non-empty string")
         if not self.checkpoints:
@@ -595,9 +600,12 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
                 continue
             if k == "estimators":
                 if isinstance(v, str):
-                    from sbn_bench.estimators import split_specs
+                    from sbn_bench.estimators import EstimatorSpecError, split_specs
 
-                    v = split_specs(v)
+                    try:
+                        v = split_specs(v)
+                    except EstimatorSpecError as e:
+                        raise ConfigError(str(e).removeprefix("argument ")) from None
                 if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
                     raise ConfigError(f"estimators={v!r} must be a list of specs or one string")
                 kw[k] = tuple(v)

@@ -367,6 +367,9 @@ def ensure_checkpoints(seed: int = 0, *, training: dict[str, Any] | None = None,
         if final.exists():  # another process finished first: keep its result
             shutil.rmtree(tmp, ignore_errors=True)
         else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700
             os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -195,6 +195,9 @@ def validate(p: Problem, source: str | None = None) -> None:
         raise _fail(src, "y", f"has {p.y.shape[0]} rows but x has {p.x.shape[0]} data points")
     if p.loss == "logistic" and prev != 1:
         raise _fail(src, "weight_out", f"has {prev} outputs, expected 1 for loss 'logistic'")
+    if p.loss == "softmax" and prev < 2:
+        raise _fail(src, "weight_out", f"has {prev} output, expected at least 2 (one per class) for "
+                                       "loss 'softmax': with one class the loss is 0 for every θ")
     object.__setattr__(p, "y", _normalise_labels(p.loss, p.y, prev, src))
 
 
@@ -216,6 +219,25 @@ def parse_arch(arch: str | Sequence[int]) -> tuple[int, ...]:
         raise ProblemError(f"argument arch={arch!r} needs an input width, at least one stochastic "
                            "layer and an output width, all ≥ 1 (e.g. 2-5-5-5-1)")
     return widths
+
+
+def check_arch_loss(arch: str | Sequence[int], loss: str) -> None:
+    """Refuse an output width that the loss cannot use: ``logistic`` needs ``n_out = 1``,
+    ``softmax`` ``n_out ≥ 2`` (one class gives ``J ≡ 0``); ``mse`` takes any.
+
+    Raises:
+        ProblemError: naming the architecture, its ``n_out`` and what the loss expects.
+    """
+    widths = parse_arch(arch)
+    text, n_out = "-".join(map(str, widths)), widths[-1]
+    if loss == "logistic" and n_out != 1:
+        raise ProblemError(f"argument arch={text!r} gives weight_out n_out={n_out} outputs, expected "
+                           "1 for loss 'logistic' (e.g. 2-5-5-5-1); use loss 'softmax' for several "
+                           "classes")
+    if loss == "softmax" and n_out < 2:
+        raise ProblemError(f"argument arch={text!r} gives weight_out n_out={n_out} output, expected at "
+                           "least 2 (one per class) for loss 'softmax' (e.g. 2-5-5-5-3); use loss "
+                           "'logistic' for two classes with one output")
 
 
 def _is_int(v: object) -> bool:
@@ -259,6 +281,7 @@ def random_problem(
     data_points, seed = int(data_points), int(seed)
     model.check_loss_name(loss)
     model.get_noise(noise)
+    check_arch_loss(widths, loss)
     n_params = sum(widths[i + 1] * (widths[i] + 1) for i in range(len(widths) - 1))
     need = 8 * (n_params + data_points * (widths[0] + widths[-1]))
     if need > MAX_PROBLEM_BYTES:

@@ -12,7 +12,8 @@ estimator, its throughput cell (unless disabled), then one statistics cell per s
 cell is written to its own part file atomically (:mod:`sbn_bench.storage`); ``resume=True`` skips
 the cells already written (failed cells are tried again) and refuses a folder whose manifest
 differs. A cell whose estimator raises, or returns NaN/Inf, is recorded in ``failures.csv`` with
-its message, and the run goes on.
+its message, and the run goes on (what the configuration alone makes impossible is refused
+before any work instead: :func:`check_combinations`).
 
 Determinism: each cell's ``torch.Generator`` is seeded with a SHA-256 hash of
 ``(seed, problem, checkpoint, estimator)`` (never Python's salted ``hash()``), so a cell's numbers
@@ -30,8 +31,12 @@ of a cell are drawn in chunks of ``chunk_size`` samples, each chunk's estimator 
 the budget. A request that cannot fit is refused before anything is written, with the numbers: one
 sample larger than the budget, an explicit ``chunk`` or throughput ``batch`` over it. Exact mode's
 enumeration of ``2^{Σ n_k}`` paths (:func:`exact_enumeration_bytes`) must fit as well: ``auto``
-mode falls back to Monte Carlo, ``exact`` mode records the cell as a failure with the numbers. The
-exact reference gradient has its own limit, ``max_exact_bytes``.
+mode falls back to Monte Carlo, ``exact`` mode is refused before any work with the numbers. The
+exact reference gradient has its own limit, ``max_exact_bytes``, also checked before any work.
+
+Unsupported combinations are refused before any work (:func:`check_combinations`): an estimator
+that does not support a problem's noise or loss, ``mode="exact"`` where exact mode is impossible,
+a problem too large for the exact reference.
 
 Numbers that cannot be trusted are never written silently: an estimator returning NaN/Inf, a
 non-finite reference gradient, Monte-Carlo statistics from fewer than two samples, or any NaN value
@@ -155,12 +160,18 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
 
     def summary(self, m: int = 1) -> pd.DataFrame:
-        """``rrmse`` at ``M = m`` per (problem, checkpoint, estimator) and layer (mean over seeds)."""
+        """``rrmse`` at ``M = m`` per (problem, checkpoint, estimator) and layer (mean over seeds).
+
+        Columns: layers ``1 … L`` (the deepest problem's), ``out``, ``all``; NaN where a problem
+        has fewer layers than the deepest one.
+        """
         df = self.metrics
         df = df[(df["metric"] == "rrmse") & (df["M"] == m)]
         if df.empty:
             return pd.DataFrame()
-        layers = list(dict.fromkeys(df["layer"]))
+        found = list(dict.fromkeys(df["layer"]))
+        layers = sorted((x for x in found if str(x).isdigit()), key=int) + \
+            [x for x in found if not str(x).isdigit()]
         tab = df.pivot_table(index=["problem", "checkpoint", "estimator"], columns="layer",
                              values="value", aggfunc="mean", sort=False)
         return tab.reindex(columns=layers)
@@ -301,6 +312,68 @@ def check_memory(config: RunConfig, probs: Sequence[tuple[str, str, Problem]],
                 "lower chunk / throughput batch, or raise memory_budget")
         raise RunError(f"refused before any work: the request exceeds memory_budget="
                        f"{format_bytes(budget)} (estimated): {shown} ({hint})")
+
+
+def check_combinations(config: RunConfig, probs: Sequence[tuple[str, str, Problem]],
+                       estimators: Sequence[Estimator]) -> None:
+    """Refuse, before any work, what the configuration already makes impossible (STYLE 3, SPEC §2).
+
+    * a (problem/checkpoint, estimator) pair whose noise or loss the estimator does not support
+      (:meth:`Estimator.check_supports`);
+    * with ``config.mode == "exact"``, a pair for which exact mode is impossible
+      (:func:`choose_mode`: no path surrogate, over ``max_paths``, path tables over the budget);
+    * a problem too large for the exact reference (:func:`sbn_bench.reference.check_size` under
+      ``config.max_exact_bytes``), with the estimated cost and the limit.
+
+    What only the computation can tell (an estimator raising or returning NaN/Inf, a non-finite
+    reference) stays a recorded failure of its cell.
+
+    Raises:
+        RunError: listing every refused pair or problem with its reason, and what to change.
+    """
+    from sbn_bench.reference import ReferenceTooLarge, check_size
+
+    itemsize = torch.finfo(DTYPES[config.dtype]).bits // 8
+    unsupported: list[str] = []
+    no_exact: list[str] = []
+    too_large: list[str] = []
+    sized: set[tuple[tuple[int, ...], int]] = set()
+    for pname, label, prob in probs:
+        where = f"{pname}/{label}"
+        key = (prob.widths, prob.num_data)
+        if key not in sized:
+            sized.add(key)
+            try:
+                check_size(prob, max_bytes=config.max_exact_bytes)
+            except ReferenceTooLarge as e:
+                too_large.append(str(e))
+        for est in estimators:
+            try:
+                est.check_supports(prob)
+            except UnsupportedProblem as e:
+                unsupported.append(f"{where} × {est.spec}: {e}")
+                continue
+            if config.mode == "exact":
+                try:
+                    choose_mode(est, prob, "exact", config.max_paths,
+                                memory_budget=config.memory_budget, itemsize=itemsize)
+                except CellFailure as e:
+                    reason = str(e).removeprefix("exact mode impossible: ")
+                    reason = reason.removesuffix(" (use --mode auto or mc)")
+                    no_exact.append(f"{where} × {est.spec}: {reason}")
+    parts: list[str] = []
+    if unsupported:
+        parts.append(f"{len(unsupported)} (problem/checkpoint, estimator) pair(s) are not supported: "
+                     + "; ".join(unsupported) + " (remove these estimators from --estimators, or "
+                     "use a problem with a noise and loss they support; see sbn-bench list)")
+    if no_exact:
+        parts.append(f"--mode exact is impossible for {len(no_exact)} (problem/checkpoint, "
+                     f"estimator) pair(s): " + "; ".join(no_exact)
+                     + " (use --mode auto, which is exact where possible, or --mode mc)")
+    if too_large:
+        parts.append("; ".join(too_large) + " (SPEC §2: every metric needs the exact gradient)")
+    if parts:
+        raise RunError("refused before any work: " + ". ".join(parts))
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,7 +592,8 @@ def _check_device(config: RunConfig) -> None:
 
 
 def prepare(config: RunConfig) -> _Prepared:
-    """Everything checked before any work: device, plugins, estimators, problems, memory, cells.
+    """Everything checked before any work: device, plugins, estimators, problems, supported
+    combinations and the reference's size (:func:`check_combinations`), memory, cells.
 
     Raises:
         RunError / ConfigError / EstimatorSpecError / ProblemError: with the reason.
@@ -540,6 +614,7 @@ def prepare(config: RunConfig) -> _Prepared:
             raise RunError(f"two problems are named {name!r}; give them distinct names")
         names.append(name)
         probs += [(name, label, p) for label, p in loaded]
+    check_combinations(config, probs, ests)
     check_memory(config, probs, ests)
     prep = _Prepared(ests, reg, probs, warnings=warnings)
     for pname, label, _ in probs:

@@ -74,8 +74,17 @@ class WriteError(OSError):
         return self.message
 
 
+def file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file, ``0o666 & ~umask`` (``mkstemp``
+    creates ``0o600``, which would make results unreadable to the rest of a group or machine)."""
+    umask = os.umask(0)  # the only way to read the umask; set straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``.
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``; the file gets the
+    usual mode (:func:`file_mode`).
 
     Raises:
         WriteError: the folder, the temporary file or the rename failed (the temporary file is
@@ -90,6 +99,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except OSError as e:
         if tmp is not None:

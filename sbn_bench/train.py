@@ -93,6 +93,42 @@ class TrainingDiverged(ValueError):
     """The parameters became NaN or Inf (typically: learning rate too high)."""
 
 
+def training_files(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """The files of a previous training in ``out_dir`` (checkpoints, log, manifest, loss curve),
+    sorted; empty when there are none (or no such folder)."""
+    d = Path(out_dir)
+    if not d.is_dir():
+        return []
+    found = [p for p in d.glob("checkpoint_epoch*.npz")
+             if p.name.removeprefix("checkpoint_epoch").removesuffix(".npz").isdigit()]
+    found += [d / n for n in (LOG_NAME, MANIFEST_NAME, CURVE_NAME) if (d / n).exists()]
+    return sorted(found)
+
+
+def _check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> None:
+    """Refuse an ``out_dir`` holding a previous training's outputs, or remove them (``overwrite``):
+    stale checkpoints beside new ones would be mistaken for this run's."""
+    d = Path(out_dir)
+    if d.exists() and not d.is_dir():
+        raise TrainArgumentError("out_dir", f"argument out_dir={str(d)!r} exists and is not a "
+                                            "folder; choose another output folder")
+    old = training_files(d)
+    if not old:
+        return
+    if not overwrite:
+        # the loss curve alone is not a training's mark (any figure may have that name)
+        marks = [p.name for p in old if p.name != CURVE_NAME]
+        if marks:
+            shown = ", ".join(marks[:6]) + (f", … ({len(marks) - 6} more)" if len(marks) > 6 else "")
+            raise TrainArgumentError(
+                "out_dir", f"argument out_dir={str(d)!r} already holds the outputs of a training "
+                           f"({shown}); choose another output folder (--out), or overwrite=True "
+                           "(--overwrite) to remove them first")
+        return
+    for p in old:
+        p.unlink(missing_ok=True)
+
+
 def checkpoint_path(out_dir: str | os.PathLike[str], epoch: int) -> Path:
     """``out_dir/checkpoint_epoch{epoch}.npz``."""
     return Path(out_dir) / f"checkpoint_epoch{epoch}.npz"
@@ -237,7 +273,7 @@ def _rows(problem: Problem, idx: Tensor, params: dict[str, Tensor]) -> Problem:
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` through a temporary file and a rename; a failed write (full disk, read-only
     folder) raises :class:`sbn_bench.storage.WriteError` naming ``path``, earlier files intact."""
-    from sbn_bench.storage import WriteError
+    from sbn_bench.storage import WriteError, file_mode
 
     tmp: str | None = None
     try:
@@ -245,7 +281,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600: give a result file the usual permissions
+        os.chmod(tmp, file_mode())  # mkstemp creates 0600: give the usual mode, 0o666 & ~umask
         os.replace(tmp, path)
     except OSError as e:
         if tmp is not None:
@@ -419,6 +455,7 @@ def train(
     max_exact_bytes: int = DEFAULT_MAX_BYTES,
     progress: ProgressFn | None = None,
     num_threads: int | None = 1,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train ``problem``'s network with one sample of ``estimator`` per minibatch step.
 
@@ -449,12 +486,16 @@ def train(
             afterwards); None leaves it alone. A step's tensors are tiny (``[1, batch, n_k]``), so
             threads only add synchronisation: on a 2-core machine shared with other processes, 2
             threads made a paper-net step ~8-25x slower than 1 thread (measured).
+        overwrite: when ``out_dir`` already holds a training's outputs (``checkpoint_epoch*.npz``,
+            ``train_log.csv``, ``train_manifest.json``), remove them (and ``loss_curve.png``) before
+            training; when False (default) such a folder is refused before any work.
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
-        TrainArgumentError: a bad argument, before any work. UnsupportedProblem: the estimator does
+        TrainArgumentError: a bad argument, or ``out_dir`` holding a previous training's
+        outputs without ``overwrite``, before any work. UnsupportedProblem: the estimator does
         not support the problem's noise or loss. TrainingDiverged: the parameters became non-finite
         (the log up to that epoch is written).
     """
@@ -469,7 +510,7 @@ def train(
         return _train(problem, estimator, optimizer=optimizer, lr=lr, momentum=momentum,
                       batch_size=batch_size, epochs=epochs, checkpoints=checkpoints, seed=seed,
                       out_dir=out_dir, log_every=log_every, exact_log=exact_log,
-                      max_exact_bytes=max_exact_bytes, progress=progress)
+                      max_exact_bytes=max_exact_bytes, progress=progress, overwrite=overwrite)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -477,7 +518,8 @@ def train(
 def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: float,
            momentum: float | None, batch_size: int, epochs: int, checkpoints: Iterable[int],
            seed: int, out_dir: str | os.PathLike[str], log_every: int, exact_log: bool,
-           max_exact_bytes: int, progress: ProgressFn | None) -> TrainResult:
+           max_exact_bytes: int, progress: ProgressFn | None, overwrite: bool = False
+           ) -> TrainResult:
     t_start = time.perf_counter()
     cps = check_arguments(problem, optimizer=optimizer, lr=lr, momentum=momentum,
                           batch_size=batch_size, epochs=epochs, checkpoints=checkpoints, seed=seed,
@@ -486,6 +528,7 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
         estimator = load_registry().create(estimator)
     problem = problem.to(dtype=torch.float64)
     estimator.check_supports(problem)
+    _check_out_dir(out_dir, overwrite)  # the last check: it removes old files when overwriting
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_epochs = sorted({0, *cps, epochs})

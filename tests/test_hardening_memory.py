@@ -124,9 +124,11 @@ def test_exact_enumeration_must_fit_the_budget(tmp_path):
     spec = (ProblemSpec(arch="2-4-4-4-1", data_points=3),)
     res = runner.run(_cfg(tmp_path / "auto", problems=spec, memory_budget=budget))
     assert set(res.metrics["mode"]) == {"mc"} and res.failures.empty  # auto: Monte Carlo instead
-    res = runner.run(_cfg(tmp_path / "exact", problems=spec, memory_budget=budget, mode="exact"))
-    assert set(res.failures["stage"]) == {"mode"} and res.metrics.empty
-    msg = res.failures["error"].iloc[0]
+    # exact mode: refused before any work (review item 3; it was a recorded failure per cell)
+    with pytest.raises(runner.RunError) as err:
+        runner.run(_cfg(tmp_path / "exact", problems=spec, memory_budget=budget, mode="exact"))
+    assert not (tmp_path / "exact").exists()
+    msg = str(err.value)
     assert f"enumerating the 4096 paths of problem 'arch-2-4-4-4-1-seed0' needs about " \
            f"{runner.format_bytes(need)}, over memory_budget={runner.format_bytes(budget)}" in msg
     res = runner.run(_cfg(tmp_path / "ok", problems=spec, memory_budget=need + one))

@@ -375,21 +375,31 @@ def test_failing_plugin_estimators_are_recorded_and_the_run_goes_on(tmp_path, pl
     pd.testing.assert_frame_equal(again.failures, f)
 
 
-def test_unusable_cells_are_failures_with_their_reason(tmp_path):
+def test_unusable_combinations_are_refused_before_any_work_with_their_reason(tmp_path):
+    # Changed deliberately (review item 3; STYLE 3 "Unsupported combinations are refused before any
+    # compute, with the reason", SPEC §2): these were recorded failure cells before; now the whole
+    # run is refused by runner.prepare, naming each pair and its reason, and nothing is written.
     cfg = tiny_config(tmp_path / "a", problems=(ProblemSpec(arch="2-2-2-1", data_points=3,
                                                             noise="gaussian"),),
                       estimators=("arm", "st"), mode="exact")
-    res = runner.run(cfg)
-    stages = res.failures.set_index("estimator")["stage"].to_dict()
-    assert stages == {"arm": "supports"}  # arm is logistic-only; checked before the mode
-    assert set(res.metrics["estimator"]) == {"st"}
-    res = runner.run(tiny_config(tmp_path / "b", estimators=("arm",), mode="exact"))
-    assert res.failures["stage"].tolist() == ["mode"]
-    assert "exact mode impossible" in res.failures["error"].item()
-    res = runner.run(tiny_config(tmp_path / "c", max_exact_bytes=1))
-    assert res.failures["stage"].tolist() == ["reference", "reference"]
-    assert "exact reference refused" in res.failures["error"].iloc[0]
-    assert res.metrics.empty
+    with pytest.raises(runner.RunError) as err:
+        runner.run(cfg)
+    msg = str(err.value)
+    assert msg.startswith("refused before any work: 1 (problem/checkpoint, estimator) pair(s) are "
+                          "not supported: arch-2-2-2-1-seed0/init × arm: estimator 'arm' does not "
+                          "support noise 'gaussian'"), msg
+    assert "it supports noise logistic" in msg and "× st" not in msg, msg
+    with pytest.raises(runner.RunError, match=r"--mode exact is impossible for 1 .*"
+                                              r"arch-2-2-2-1-seed0/init × arm: estimator 'arm' has "
+                                              r"randomness 'continuous' and no path surrogate.*"
+                                              r"use --mode auto"):
+        runner.run(tiny_config(tmp_path / "b", estimators=("arm",), mode="exact"))
+    with pytest.raises(runner.RunError, match=r"exact reference refused for problem "
+                                              r"'arch-2-2-2-1-seed0' .*over the limit"):
+        runner.run(tiny_config(tmp_path / "c", max_exact_bytes=1))
+    assert not any((tmp_path / d).exists() for d in "abc")
+    # what only the computation can tell stays a recorded failure: see
+    # test_failing_plugin_estimators_are_recorded_and_the_run_goes_on
 
 
 def test_output_folder_rules(tmp_path):

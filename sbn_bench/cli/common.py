@@ -107,6 +107,20 @@ def plugin_option(fn: F) -> F:
                         help="Python file defining ESTIMATORS = {name: factory} (repeatable).")(fn)
 
 
+def size_callback(ctx: click.Context | None, param: click.Parameter | None, value: str | int | None
+                  ) -> int | None:
+    """A click callback: bytes from ``"4GiB"``, ``"512MiB"``, ``"2GB"``, ``"1e9"`` or a plain
+    integer (:func:`sbn_bench.config.parse_size`)."""
+    if value is None:
+        return None
+    from sbn_bench.config import ConfigError, parse_size
+
+    try:
+        return parse_size(value, (param.name if param is not None else None) or "size")
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def warn(message: str) -> None:
     """A one-line warning on stderr."""
     click.echo(f"Warning: {' '.join(message.split())}", err=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sbn_bench.cli.common import friendly_errors
+from sbn_bench.cli.common import friendly_errors, warn
 
 
 @click.command()
@@ -39,7 +39,7 @@ def report(run_dir: Path, compare_dir: Path | None, out_dir: Path | None, format
     from sbn_bench.reports import write_report
 
     written = write_report(run_dir, compare_dir, formats or ("md", "html"), out_dir=out_dir,
-                           force=force, sigma=sigma)
+                           force=force, sigma=sigma, warn=warn)
     for key in ("md", "html"):
         if key in written:
             click.echo(f"wrote {written[key]}")

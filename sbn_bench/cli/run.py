@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -222,7 +223,10 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         progress = _Progress(not quiet and sys.stderr.isatty() and not os.environ.get("CI"))
         try:
             result = paper.run_paper(progress=progress, message=None if quiet else click.echo,
-                                     report=False, **kw)
+                                     warn=warn, report=False, **kw)
+        except KeyboardInterrupt:
+            progress.close()
+            _interrupted(ctx, kw["out"])
         finally:
             progress.close()
         if not quiet:
@@ -245,12 +249,27 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
     progress = _Progress(not quiet and sys.stderr.isatty() and not os.environ.get("CI"))
     try:
         result = runner_mod.run(cfg, progress=progress, warn=warn)
+    except KeyboardInterrupt:
+        progress.close()
+        _interrupted(ctx, cfg.out)
     finally:
         progress.close()
     if not quiet:
         _print_summary(result)
     if not no_report:
         _write_report(result.out, quiet)
+
+
+INTERRUPTED_EXIT = 130
+"""Exit status after Ctrl-C (128 + SIGINT, as shells report it)."""
+
+
+def _interrupted(ctx: click.Context, out: str | os.PathLike[str] | None) -> None:
+    """After Ctrl-C: say that the finished cells are saved and how to continue; exit 130."""
+    where = out if out is not None else "DIR"
+    click.echo(f"\nInterrupted: the finished cells are saved in {where}; continue with the same "
+               f"command plus --resume (sbn-bench run ... --out {where} --resume).", err=True)
+    ctx.exit(INTERRUPTED_EXIT)
 
 
 def _resolve_m(kw: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +283,8 @@ def _resolve_m(kw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.3g}"
+    """A summary value; ``-`` for a missing one (a layer that this row's problem does not have)."""
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
 
 
 def _print_summary(result: runner_mod.RunResult) -> None:

@@ -16,15 +16,17 @@ from sbn_bench.cli.common import (
     plugin_option,
     problem_options,
     resolve_problem,
+    size_callback,
     warn,
 )
+from sbn_bench.cli.core import size_text
 from sbn_bench.config import MAX_SEED
 from sbn_bench.reference import DEFAULT_MAX_BYTES
 
 _OPTION_OF = {"optimizer": "--optimizer", "lr": "--lr", "momentum": "--momentum",
               "batch_size": "--batch-size", "epochs": "--epochs", "checkpoints": "--checkpoints",
               "seed": "--train-seed", "log_every": "--log-every",
-              "max_exact_bytes": "--max-exact-bytes"}
+              "max_exact_bytes": "--max-exact-bytes", "out_dir": "--out"}
 
 
 def _bad(e: training.TrainArgumentError, seed_option: str = "--train-seed") -> click.BadParameter:
@@ -59,16 +61,21 @@ def _bad(e: training.TrainArgumentError, seed_option: str = "--train-seed") -> c
                    "train_manifest.json.")
 @click.option("--log-every", type=int, default=1, show_default=True,
               help="Compute the exact objective every this many epochs (and at checkpoints).")
-@click.option("--max-exact-bytes", type=int, default=DEFAULT_MAX_BYTES, show_default=True,
-              help="Memory limit of the exact reference; above it training still runs but the "
-                   "exact objective is not logged (NaN, with a note in the manifest).")
+@click.option("--overwrite", is_flag=True,
+              help="Remove the files of a previous training in --out first (without it, such a "
+                   "folder is refused).")
+@click.option("--max-exact-bytes", type=click.STRING, callback=size_callback, metavar="SIZE",
+              default=size_text(DEFAULT_MAX_BYTES), show_default=True,
+              help="Memory limit of the exact reference: bytes or a size such as 4GiB, 512MiB, 2GB; "
+                   "above it training still runs but the exact objective is not logged (NaN, with "
+                   "a note in the manifest).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 @friendly_errors
 def train(problem_file: Path | None, arch: str | None, preset: str | None, seed: int,
           data_points: int, loss: str, noise: str, plugins: tuple[Path, ...], estimator_spec: str,
           optimizer: str, lr: float, momentum: float | None, batch_size: int, epochs: int,
           checkpoints_text: str, train_seed: int | None, out_dir: Path, log_every: int,
-          max_exact_bytes: int, quiet: bool) -> None:
+          overwrite: bool, max_exact_bytes: int, quiet: bool) -> None:
     """Train a problem's network with a gradient estimator; write checkpoints (problem files),
     a training log (CSV), a loss curve (PNG) and a manifest (JSON) to --out.
 
@@ -106,7 +113,7 @@ def train(problem_file: Path | None, arch: str | None, preset: str | None, seed:
                 momentum=momentum, batch_size=batch_size, epochs=epochs, checkpoints=checkpoints,
                 seed=seed if train_seed is None else train_seed, out_dir=out_dir,
                 log_every=log_every, max_exact_bytes=max_exact_bytes,
-                progress=progress if bar is not None else None)
+                progress=progress if bar is not None else None, overwrite=overwrite)
         except training.TrainArgumentError as e:
             raise _bad(e, "--seed" if train_seed is None else "--train-seed") from None
     if quiet:

@@ -196,9 +196,23 @@ def _split_spec(spec: str) -> tuple[str, dict[str, str]]:
 
 def split_specs(text: str) -> list[str]:
     """Split ``"psa,concrete:tau=0.1,k=2,st"`` into ``["psa", "concrete:tau=0.1,k=2", "st"]``:
-    a ``key=value`` item without ``:`` continues the previous estimator's hyperparameters."""
+    a ``key=value`` item without ``:`` continues the previous estimator's hyperparameters.
+
+    An empty or blank ``text`` gives ``[]``.
+
+    Raises:
+        EstimatorSpecError: an empty item (``"psa,,st"``, ``"psa,st,"``), naming the value.
+    """
     out: list[str] = []
-    for item in filter(None, (s.strip() for s in text.split(","))):
+    items = [s.strip() for s in text.split(",")]
+    if items == [""]:
+        return out
+    if "" in items:
+        where = ", ".join(str(i + 1) for i, s in enumerate(items) if not s)
+        raise EstimatorSpecError(f"argument estimators={text!r} has an empty item (position {where} "
+                                 "of the comma-separated list); expected specs separated by single "
+                                 "commas, e.g. 'psa,st,concrete:tau=0.1'")
+    for item in items:
         if "=" in item and ":" not in item and out:
             out[-1] += "," + item
         else:

@@ -13,8 +13,12 @@ Modules: :mod:`.load` (reading a run), :mod:`.tables`, :mod:`.figures`, :mod:`.m
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from sbn_bench.reports.compare import (
@@ -25,6 +29,7 @@ from sbn_bench.reports.compare import (
     significant,
 )
 from sbn_bench.reports.load import Run, RunDirError, load_run
+from sbn_bench.storage import file_mode
 
 FORMATS = ("md", "html")
 
@@ -43,13 +48,47 @@ __all__ = [
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write atomically (temporary file in the same directory, then rename)."""
+    """Write atomically (temporary file in the same directory, then rename), mode ``0o666 & ~umask``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _swap_in(staging: Path, out: Path, names: Sequence[str]) -> None:
+    """Move the freshly written ``figures/`` and report files from ``staging`` into ``out``.
+
+    The old ``figures/`` is moved aside first and put back if the new one cannot be moved in; the
+    report files then replace the old ones one rename each (``os.replace``). Until this point
+    nothing in ``out`` has changed, so a report that fails to render leaves the previous one intact.
+    """
+    from sbn_bench.reports.figures import FIGURE_KINDS
+
+    old, new, final = staging / "figures.old", staging / "figures", out / "figures"
+    if final.is_dir():
+        # files in figures/ that no report wrote (not ``*_<kind>.png``) move over to the new folder
+        ours = {p for kind in FIGURE_KINDS for p in final.glob(f"*_{kind}.png")}
+        foreign = [p for p in final.iterdir() if p not in ours]
+        if foreign:
+            new.mkdir(exist_ok=True)
+            for p in foreign:
+                if p.is_dir():
+                    shutil.copytree(p, new / p.name)
+                else:
+                    shutil.copy2(p, new / p.name)
+        os.replace(final, old)
+    try:
+        if new.exists():
+            os.replace(new, final)
+    except BaseException:
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        raise
+    for name in names:
+        os.replace(staging / name, out / name)
 
 
 def write_report(
@@ -60,6 +99,7 @@ def write_report(
     out_dir: str | os.PathLike[str] | None = None,
     force: bool = False,
     sigma: float = DEFAULT_SIGMA,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Path]:
     """Write the report of a run directory.
 
@@ -73,6 +113,8 @@ def write_report(
         force: compare runs even when their problems, estimator versions or devices differ (the
             report then warns).
         sigma: the ``z`` of the comparison's flagging rule for Monte-Carlo values.
+        warn: called with a one-line warning when the run is unfinished (its manifest's status is
+            ``running`` or ``incomplete``; the report then opens with the same warning).
 
     Returns:
         ``{"md": path, "html": path, "figures": directory}`` for what was written.
@@ -89,28 +131,46 @@ def write_report(
     if not sigma > 0:
         raise ValueError(f"argument sigma={sigma!r} must be > 0")
     from sbn_bench.reports import html, markdown
-    from sbn_bench.reports.figures import FIGURE_KINDS, write_figures
+    from sbn_bench.reports.figures import write_figures
 
     run = load_run(run_dir)
     cmp = compare_runs(run, load_run(compare_dir), force=force, sigma=sigma) if compare_dir else None
+    if run.incomplete and warn is not None:
+        warn(run.incomplete)
     out = Path(out_dir) if out_dir is not None else run.path / "report"
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    for kind in FIGURE_KINDS:  # figures of an earlier report in the same place
-        for stale in (out / "figures").glob(f"*_{kind}.png"):
-            stale.unlink()
-    figures = write_figures(run, out / "figures")
-    written: dict[str, Path] = {}
-    from sbn_bench import paper
+    # everything is written into a staging folder inside ``out`` and moved into place only once the
+    # whole report has rendered: a failure leaves the previous report (or no report folder) as it was
+    staging = Path(tempfile.mkdtemp(prefix=".report-", suffix=".tmp", dir=out))
+    try:
+        staged = write_figures(run, staging / "figures")
+        # the Markdown links and captions refer to where the figures will be
+        figures = [replace(f, path=out / "figures" / f.path.name) for f in staged]
+        written: dict[str, Path] = {}
+        from sbn_bench import paper
 
-    extra = paper.is_paper_run(run.manifest)  # the paper's claims, for `sbn-bench run --preset paper`
-    if "md" in formats:
-        written["md"] = out / "report.md"
-        _write_text(written["md"], markdown.render_report(
-            run, figures, cmp, out, extra=paper.report_section_markdown(run, out) if extra else None))
-    if "html" in formats:
-        written["html"] = out / "report.html"
-        _write_text(written["html"], html.render_report(
-            run, figures, cmp, extra=paper.report_section_html(run) if extra else None))
+        extra = paper.is_paper_run(run.manifest)  # the paper's claims, for `run --preset paper`
+        names = []
+        if "md" in formats:
+            written["md"] = out / "report.md"
+            names.append("report.md")
+            _write_text(staging / "report.md", markdown.render_report(
+                run, figures, cmp, out,
+                extra=paper.report_section_markdown(run, out) if extra else None))
+        if "html" in formats:
+            written["html"] = out / "report.html"
+            names.append("report.html")
+            _write_text(staging / "report.html", html.render_report(  # embeds the staged PNGs
+                run, staged, cmp, extra=paper.report_section_html(run) if extra else None))
+        _swap_in(staging, out, names)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     if figures:
         written["figures"] = out / "figures"
     return written

@@ -13,6 +13,8 @@ A difference ``a − b`` is flagged when
   order one;
 * throughput, whose spread over timed rounds is the uncertainty: ``|a − b| > √(IQR_a² + IQR_b²)``.
 
+Runs with no (problem, checkpoint) or no estimator in common are refused (there is nothing to
+compare); cells found in only one of the runs are listed in the report's notes as not compared.
 Runs are only compared when they measured the same thing: the same problems (fingerprints), the same
 estimator versions, the same device and result schema. Otherwise :class:`IncomparableRuns` says what
 differs, unless ``force=True``; then the differences become warnings printed in the report.
@@ -160,13 +162,28 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
     """Compare ``run`` with ``base`` (the baseline).
 
     Raises:
-        IncomparableRuns: the runs differ in problems, estimator versions, device or schema, and
-            ``force`` is false. The message lists every difference.
+        IncomparableRuns: the runs have no (problem, checkpoint), or no estimator, in common (even
+            with ``force``: there is nothing to compare); or they differ in problems, estimator
+            versions, device or schema, and ``force`` is false. The message lists every difference.
     """
+    where = f"cannot compare {str(run.path)!r} with baseline {str(base.path)!r}"
+    run_cells, base_cells_list = run.cells(), base.cells()
+    shared = [c for c in run_cells if c in set(base_cells_list)]
+
+    def listing(cells: list[tuple[str, str]]) -> str:
+        return ", ".join(cell_label(p, c) for p, c in cells) or "none"
+
+    if not shared:
+        raise IncomparableRuns(f"{where}: the runs have no problem/checkpoint in common (the run has "
+                               f"{listing(run_cells)}; the baseline has {listing(base_cells_list)})")
+    shared_est = [e for e in run.estimators() if e in set(base.estimators())]
+    if not shared_est:
+        raise IncomparableRuns(f"{where}: the runs have no estimator in common (the run has "
+                               f"{', '.join(run.estimators()) or 'none'}; the baseline has "
+                               f"{', '.join(base.estimators()) or 'none'})")
     diffs, unchecked = check_comparable(run, base)
     if diffs and not force:
-        raise IncomparableRuns(f"cannot compare {str(run.path)!r} with baseline {str(base.path)!r}: "
-                               + "; ".join(diffs) + " (pass --force to compare anyway)")
+        raise IncomparableRuns(f"{where}: " + "; ".join(diffs) + " (pass --force to compare anyway)")
     cmp = Comparison(run, base, sigma)
     cmp.warnings += [f"compared despite: {d} (--force)" for d in diffs]
     cmp.notes += [f"not checked: {u}" for u in unchecked]

@@ -176,7 +176,10 @@ def bias_variance_frame(rows: pd.DataFrame) -> pd.DataFrame:
         gnorm = math.sqrt(bn**2 + V / M) / r
         out.append({"layer": layer, "estimator": est, "rel_bias": vals["rel_bias"],
                     "rel_sd": math.sqrt(V) / gnorm if gnorm > 0 else float("nan")})
-    return pd.DataFrame(out, columns=["layer", "estimator", "rel_bias", "rel_sd"])
+    df = pd.DataFrame(out, columns=["layer", "estimator", "rel_bias", "rel_sd"])
+    # an empty frame (e.g. only zero-error estimators, whose ‖g‖ cannot be recovered) has object
+    # columns, which numpy's isfinite refuses
+    return df.astype({"rel_bias": float, "rel_sd": float})
 
 
 def _label_points(ax, xs: np.ndarray, ys: np.ndarray, texts: Sequence[str], colours: Sequence,

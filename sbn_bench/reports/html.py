@@ -94,9 +94,11 @@ def render_report(run: Run, figures: Sequence[FigureFile], cmp: Comparison | Non
     """The whole report as one HTML document; ``extra`` (HTML) goes right after the header."""
     title = f"sbn-bench report: {run.path.name}"
     facts = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in run_facts(run))
-    parts = [f"<h1>{_e(title)}</h1>",
-             f'<table class="facts"><tbody><tr><th>run</th><td><code>{_e(run.path)}</code></td></tr>'
-             f"{facts}</tbody></table>"]
+    parts = [f"<h1>{_e(title)}</h1>"]
+    if run.incomplete:
+        parts.append(f'<div class="warning"><strong>Warning:</strong> {_e(run.incomplete)}</div>')
+    parts += [f'<table class="facts"><tbody><tr><th>run</th><td><code>{_e(run.path)}</code></td></tr>'
+              f"{facts}</tbody></table>"]
     if run.warnings:
         parts.append('<div class="warning">' + _notes(run.warnings) + "</div>")
     if extra:

@@ -53,6 +53,9 @@ class Run:
     failures: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
     seeds_combined: int = 1
+    incomplete: str | None = None
+    """Set when the manifest says the run did not finish (status ``running`` or ``incomplete``):
+    a one-line warning with the number of cells done (:func:`incomplete_note`)."""
 
     def cells(self) -> list[tuple[str, str]]:
         """The (problem, checkpoint) pairs with results or failures, in run order."""
@@ -166,7 +169,44 @@ def load_run(run_dir: str | Path) -> Run:
                         f"{schema.SCHEMA_VERSION}; the report may misread it")
     metrics, n_seeds = combine_seeds(metrics)
     throughput = _combine_throughput(throughput)
-    return Run(path, manifest, metrics, throughput, failures, warnings, n_seeds)
+    return Run(path, manifest, metrics, throughput, failures, warnings, n_seeds,
+               incomplete=incomplete_note(path, manifest))
+
+
+_CELL_KINDS = ("metrics", "throughput", "failure")
+"""Part files that mark a cell as done (``cells/<id>.<kind>.csv``; see :mod:`sbn_bench.storage`)."""
+
+
+def _expected_cells(manifest: dict[str, Any]) -> int | None:
+    """Cells the run was configured with: the recorded count, or (for a run that was killed before
+    recording it) (problem, checkpoint) pairs × estimators × (seeds + one throughput cell)."""
+    recorded = _get(manifest, "cells", "total")
+    if isinstance(recorded, int):
+        return recorded
+    probs, ests, seeds = (manifest.get(k) for k in ("problems", "estimators", "seeds"))
+    if not (isinstance(probs, list) and isinstance(ests, list) and isinstance(seeds, list)):
+        return None
+    tp = _get(manifest, "config", "throughput", "enabled")
+    return len(probs) * len(ests) * (len(seeds) + (tp is not False))
+
+
+def incomplete_note(path: Path, manifest: dict[str, Any]) -> str | None:
+    """``"this run is incomplete: N of M cells; resume it with …"`` when the manifest's status is
+    ``running`` (interrupted, or still going) or ``incomplete``; None otherwise (``complete`` or
+    unknown, e.g. older runs without a status)."""
+    status = manifest.get("status")
+    if status not in ("running", "incomplete"):
+        return None
+    cells = path / "cells"
+    done = ({f.name.split(".", 1)[0] for kind in _CELL_KINDS for f in cells.glob(f"*.{kind}.csv")}
+            if cells.is_dir() else set())
+    total = _expected_cells(manifest)
+    count = f"{len(done)} of {total} cells" if total is not None else f"{len(done)} cells"
+    state = "status 'running': interrupted, or still going" if status == "running" else \
+        "status 'incomplete'"
+    return (f"this run is incomplete: {count} done ({state}); the tables show only those. Resume it "
+            f"with the command that started it plus --resume (sbn-bench run ... --out {path} "
+            f"--resume), then write the report again")
 
 
 METRIC_KEY = ["problem", "checkpoint", "estimator", "layer", "metric", "M"]

@@ -107,7 +107,10 @@ def comparison_markdown(cmp: Comparison) -> str:
 def header_markdown(run: Run, title: str) -> str:
     facts = run_facts(run)
     rows = "\n".join(f"| {_esc(k)} | {_esc(v)} |" for k, v in facts)
-    out = f"# {title}\n\n| run | `{run.path}` |\n|---|---|\n{rows}\n"
+    out = f"# {title}\n\n"
+    if run.incomplete:
+        out += f"> **Warning:** {_esc(run.incomplete)}\n\n"
+    out += f"| run | `{run.path}` |\n|---|---|\n{rows}\n"
     if run.warnings:
         out += "\n" + render_notes([f"warning: {w}" for w in run.warnings]) + "\n"
     return out
