@@ -8,13 +8,13 @@ noises and losses, and agreement of the path surrogate with the sampling surroga
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from pathlib import Path
 from statistics import NormalDist
 
 import pytest
 import torch
+from oracles import path_expectation as _path_expectation
 
 from sbn_bench import model
 from sbn_bench.estimators import (
@@ -27,7 +27,6 @@ from sbn_bench.estimators import (
 )
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
 from sbn_bench.problems import Problem, random_problem
-from sbn_bench.reference.naive import enumerate_paths, path_log_probs
 
 PLUGIN = Path(__file__).parent / "plugins" / "thirdparty_estimators.py"
 REGISTRY = load_registry(plugins=[PLUGIN])
@@ -319,20 +318,6 @@ def test_path_surrogate_equals_surrogate_on_the_same_states(spec: str, kind: str
     sampled = estimate(est, problem, S, _gen(9))
     for name in sampled:
         torch.testing.assert_close(on_paths[name], sampled[name], rtol=1e-12, atol=1e-14)
-
-
-def _path_expectation(est: Estimator, problem: Problem) -> dict[str, torch.Tensor]:
-    """``E ĝ`` by enumerating every joint path of every data point, weighted by its probability."""
-    paths = enumerate_paths(problem.widths)  # per layer [P, n_k]
-    logp = path_log_probs(problem, problem.params, paths)  # [P, D]
-    total: dict[str, torch.Tensor] = {}
-    for d in range(problem.num_data):
-        one = dataclasses.replace(problem, x=problem.x[d:d + 1], y=problem.y[d:d + 1])
-        g = estimate_on_paths(est, one, [p.unsqueeze(1) for p in paths])  # [P, *shape]
-        w = torch.exp(logp[:, d])
-        for k, v in g.items():
-            total[k] = total.get(k, 0) + torch.tensordot(w, v, dims=1) / problem.num_data
-    return total
 
 
 @pytest.mark.parametrize("spec", PATH_SPECS)

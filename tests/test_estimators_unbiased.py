@@ -11,7 +11,6 @@ On random nets of depth 1–3, every loss, both noises where supported.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 from pathlib import Path
@@ -19,11 +18,11 @@ from statistics import NormalDist
 
 import pytest
 import torch
+from oracles import path_expectation
 
-from sbn_bench.estimators import Estimator, estimate, estimate_on_paths, load_registry
+from sbn_bench.estimators import estimate, load_registry
 from sbn_bench.problems import Problem, random_problem
 from sbn_bench.reference import exact_gradient
-from sbn_bench.reference.naive import enumerate_paths, path_log_probs
 
 PLUGIN = Path(__file__).parent / "plugins" / "thirdparty_estimators.py"
 REGISTRY = load_registry(plugins=[PLUGIN])
@@ -67,25 +66,6 @@ CASES = [(s, net) for s in UNBIASED_SPECS for net in NETS
 
 def _flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([g.flatten(1) for g in grads.values()], dim=1)
-
-
-def path_expectation(est: Estimator, problem: Problem) -> dict[str, torch.Tensor]:
-    """``E ĝ = (1/D) Σ_d Σ_paths p(path | x⁰_d) ĝ_d(path)``, every joint path enumerated.
-
-    The path surrogate averages over data points, so each data point gets its own one-point problem
-    whose ``P`` "samples" are the ``P`` joint paths.
-    """
-    paths = enumerate_paths(problem.widths)  # per layer [P, n_k]
-    logp = path_log_probs(problem, problem.params, paths)  # [P, D]
-    total: dict[str, torch.Tensor] = {}
-    for d in range(problem.num_data):
-        one = dataclasses.replace(problem, x=problem.x[d:d + 1], y=problem.y[d:d + 1])
-        g = estimate_on_paths(est, one, [p.unsqueeze(1) for p in paths])  # [P, *shape]
-        w = torch.exp(logp[:, d])
-        assert abs(float(w.sum()) - 1) < 1e-12
-        for k, v in g.items():
-            total[k] = total.get(k, 0) + torch.tensordot(w, v, dims=1) / problem.num_data
-    return total
 
 
 def z_test(samples: dict[str, torch.Tensor], exact: dict[str, torch.Tensor], alpha: float = ALPHA

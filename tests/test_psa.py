@@ -10,19 +10,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Sequence
 
 import pytest
 import torch
+from oracles import path_expectation
 from torch import Tensor
 
 from sbn_bench import model
-from sbn_bench.estimators import Estimator, estimate_on_paths, load_registry
+from sbn_bench.estimators import estimate_on_paths, load_registry
 from sbn_bench.problems import Problem, random_problem
 from sbn_bench.reference import exact_gradient
-from sbn_bench.reference.naive import enumerate_paths, path_log_probs
 
 REGISTRY = load_registry()
 PSA, ST = REGISTRY.create("psa"), REGISTRY.create("st")
@@ -32,20 +31,6 @@ EXACT_RTOL = 1e-10
 @functools.cache
 def _problem(arch: str, seed: int, loss: str = "logistic", noise: str = "logistic") -> Problem:
     return random_problem(arch, seed, data_points=3, loss=loss, noise=noise)
-
-
-def path_expectation(est: Estimator, problem: Problem) -> dict[str, Tensor]:
-    """``E ĝ = (1/D) Σ_d Σ_paths p(path | x⁰_d) ĝ_d(path)``, every joint path enumerated (each data
-    point as a one-point problem whose ``P`` samples are the ``P`` joint paths)."""
-    paths = enumerate_paths(problem.widths)  # per layer [P, n_k]
-    logp = path_log_probs(problem, problem.params, paths)  # [P, D]
-    total: dict[str, Tensor] = {}
-    for d in range(problem.num_data):
-        one = dataclasses.replace(problem, x=problem.x[d:d + 1], y=problem.y[d:d + 1])
-        g = estimate_on_paths(est, one, [p.unsqueeze(1) for p in paths])  # [P, *shape]
-        for k, v in g.items():
-            total[k] = total.get(k, 0) + torch.tensordot(torch.exp(logp[:, d]), v, dims=1)
-    return {k: v / problem.num_data for k, v in total.items()}
 
 
 def _rel_err(mean: dict[str, Tensor], exact: dict[str, Tensor], layer: str) -> float:

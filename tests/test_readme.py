@@ -5,12 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
+from oracles import path_expectation
 
 from sbn_bench import problems
-from sbn_bench.estimators import estimate_on_paths, load_registry
+from sbn_bench.estimators import load_registry
 from sbn_bench.reference import exact_gradient
-from sbn_bench.reference.naive import enumerate_paths, path_log_probs
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "reinforce_baseline.py"
@@ -42,14 +41,7 @@ def test_example_plugin_is_unbiased_by_exact_enumeration() -> None:
     assert est.hparams == {"baseline": 0.7}
     p = problems.random_problem("2-2-2-1", 3, data_points=3)
     _, g = exact_gradient(p)
-    paths = enumerate_paths(p.widths)
-    mean = {k: torch.zeros_like(v) for k, v in p.params.items()}
-    for d in range(p.num_data):
-        sub = problems.Problem(p.params, p.x[d:d + 1], p.y[d:d + 1], loss=p.loss, noise=p.noise)
-        w = path_log_probs(sub, p.params, paths)[:, 0].exp()  # [P]
-        est_d = estimate_on_paths(est, sub, [s.unsqueeze(1) for s in paths])
-        for k in mean:
-            mean[k] += torch.einsum("p,p...->...", w, est_d[k]) / p.num_data
+    mean = path_expectation(est, p)
     for k in g:
         err = float((mean[k] - g[k]).norm() / g[k].norm())
         assert err < 1e-10, f"{k}: relative error {err:.3g}, expected < 1e-10"
