@@ -341,6 +341,7 @@ def ensure_checkpoints(seed: int = 0, *, training: dict[str, Any] | None = None,
     so an interrupted training leaves no half-written cache.
     """
     from sbn_bench import problems
+    from sbn_bench.fileio import dir_mode
     from sbn_bench.train import train
 
     training = dict(TRAINING if training is None else training)
@@ -367,9 +368,7 @@ def ensure_checkpoints(seed: int = 0, *, training: dict[str, Any] | None = None,
         if final.exists():  # another process finished first: keep its result
             shutil.rmtree(tmp, ignore_errors=True)
         else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700
+            os.chmod(tmp, dir_mode())  # mkdtemp makes 0700
             os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -13,11 +13,11 @@ naming the file and the array.
 
 from __future__ import annotations
 
+import io
 import math
 import numbers
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench import model
+from sbn_bench.fileio import WriteError, atomic_write_bytes
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES, Noise, Params
 
 DEFAULT_DATA_POINTS = 100
@@ -391,24 +392,12 @@ def save_problem(problem: Problem, path: str | os.PathLike[str]) -> Path:
                    for k, v in problem.params.items()})
     arrays["loss"] = np.array(problem.loss)
     arrays["noise"] = np.array(problem.noise)
-    tmp: str | None = None
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        atomic_write_bytes(path, buf.getvalue())
+    except WriteError as e:
         raise ProblemError(f"cannot write problem file {str(path)!r}: {e.strerror or e}") from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -31,7 +31,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,8 @@ import pandas as pd
 
 from sbn_bench import schema
 from sbn_bench.config import diff_dicts
+from sbn_bench.fileio import WriteError as WriteError  # re-exported: a run's write errors
+from sbn_bench.fileio import atomic_write_text
 
 MANIFEST = "manifest.json"
 TABLES = {"metrics": (schema.TABLE_FILES["metrics"], schema.METRICS_COLUMNS),
@@ -51,66 +52,6 @@ CELLS = "cells"
 
 class RunDirError(ValueError):
     """An output folder that cannot be used (exists without --resume, or resumes another run)."""
-
-
-class WriteError(OSError):
-    """A file of a run could not be written (full disk, read-only folder, …).
-
-    An ``OSError`` (``errno`` is the cause's) with a one-line message: the file, the reason, and that
-    the files written before it are intact.
-    """
-
-    def __init__(self, path: Path, cause: OSError,
-                 hint: str = "free space or fix the folder's permissions, then continue with "
-                             "--resume") -> None:
-        super().__init__(cause.errno, cause.strerror)
-        self.path = path
-        reason = cause.strerror or str(cause)
-        code = errno.errorcode.get(cause.errno or 0)
-        self.message = (f"cannot write {str(path)!r}: {reason}" + (f" [{code}]" if code else "")
-                        + f"; the files written before are complete and intact ({hint})")
-
-    def __str__(self) -> str:
-        return self.message
-
-
-def file_mode() -> int:
-    """The mode a plain ``open(path, "w")`` gives a new file, ``0o666 & ~umask`` (``mkstemp``
-    creates ``0o600``, which would make results unreadable to the rest of a group or machine)."""
-    umask = os.umask(0)  # the only way to read the umask; set straight back
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``; the file gets the
-    usual mode (:func:`file_mode`).
-
-    Raises:
-        WriteError: the folder, the temporary file or the rename failed (the temporary file is
-            removed; ``path`` keeps its previous content, if any).
-    """
-    path = Path(path)
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, WriteError):
-            raise
-        raise WriteError(path, e) from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def to_csv_text(df: pd.DataFrame, columns: list[str]) -> str:

@@ -50,7 +50,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +62,7 @@ from torch import Tensor
 
 from sbn_bench import model
 from sbn_bench.estimators import ContractError, Estimator, load_registry
+from sbn_bench.fileio import atomic_write_bytes
 from sbn_bench.problems import Problem, save_problem
 from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size, objective
 
@@ -271,27 +271,9 @@ def _rows(problem: Problem, idx: Tensor, params: dict[str, Tensor]) -> Problem:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` through a temporary file and a rename; a failed write (full disk, read-only
-    folder) raises :class:`sbn_bench.storage.WriteError` naming ``path``, earlier files intact."""
-    from sbn_bench.storage import WriteError, file_mode
-
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, file_mode())  # mkstemp creates 0600: give the usual mode, 0o666 & ~umask
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise WriteError(path, e, "free space or fix the folder's permissions, then train "
-                                  "again") from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
+    """:func:`sbn_bench.fileio.atomic_write_bytes` with a hint for training: a failed write raises
+    :class:`~sbn_bench.fileio.WriteError` naming ``path``, earlier files intact."""
+    atomic_write_bytes(path, data, "free space or fix the folder's permissions, then train again")
 
 
 def _fmt(v: float) -> str:

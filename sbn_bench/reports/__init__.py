@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from sbn_bench.fileio import atomic_write_text
 from sbn_bench.reports.compare import (
     DEFAULT_SIGMA,
     Comparison,
@@ -29,7 +30,6 @@ from sbn_bench.reports.compare import (
     significant,
 )
 from sbn_bench.reports.load import Run, RunDirError, load_run
-from sbn_bench.storage import file_mode
 
 FORMATS = ("md", "html")
 
@@ -45,17 +45,6 @@ __all__ = [
     "significant",
     "write_report",
 ]
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically (temporary file in the same directory, then rename), mode ``0o666 & ~umask``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _swap_in(staging: Path, out: Path, names: Sequence[str]) -> None:
@@ -155,13 +144,13 @@ def write_report(
         if "md" in formats:
             written["md"] = out / "report.md"
             names.append("report.md")
-            _write_text(staging / "report.md", markdown.render_report(
+            atomic_write_text(staging / "report.md", markdown.render_report(
                 run, figures, cmp, out,
                 extra=paper.report_section_markdown(run, out) if extra else None))
         if "html" in formats:
             written["html"] = out / "report.html"
             names.append("report.html")
-            _write_text(staging / "report.html", html.render_report(  # embeds the staged PNGs
+            atomic_write_text(staging / "report.html", html.render_report(  # embeds the staged PNGs
                 run, staged, cmp, extra=paper.report_section_html(run) if extra else None))
         _swap_in(staging, out, names)
     except BaseException:

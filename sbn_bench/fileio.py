@@ -1,0 +1,88 @@
+"""Atomic file writes, shared by every writer of the project (runs, training, problem files,
+reports). It imports nothing of sbn_bench, so any module can use it.
+
+A file is written to a temporary file in the same folder, flushed to disk, given the usual mode
+and renamed over the target (``os.replace``): a reader, or a process killed at any moment, only
+ever sees the old complete file or the new complete file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+DEFAULT_HINT = "free space or fix the folder's permissions, then continue with --resume"
+
+
+class WriteError(OSError):
+    """A file could not be written (full disk, read-only folder, …).
+
+    An ``OSError`` (``errno`` is the cause's) with a one-line message: the file, the reason, and that
+    the files written before it are intact.
+    """
+
+    def __init__(self, path: Path, cause: OSError, hint: str = DEFAULT_HINT) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.path = path
+        reason = cause.strerror or str(cause)
+        code = errno.errorcode.get(cause.errno or 0)
+        self.message = (f"cannot write {str(path)!r}: {reason}" + (f" [{code}]" if code else "")
+                        + f"; the files written before are complete and intact ({hint})")
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _umask() -> int:
+    umask = os.umask(0)  # the only way to read the umask; set straight back
+    os.umask(umask)
+    return umask
+
+
+def file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file, ``0o666 & ~umask`` (``mkstemp``
+    creates ``0o600``, which would make results unreadable to the rest of a group or machine)."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """The mode ``mkdir`` gives a new folder, ``0o777 & ~umask`` (``mkdtemp`` creates ``0o700``)."""
+    return 0o777 & ~_umask()
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, hint: str = DEFAULT_HINT) -> None:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``, with the usual mode
+    (:func:`file_mode`); the folder is created if needed.
+
+    Raises:
+        WriteError: the folder, the temporary file or the rename failed (the temporary file is
+            removed; ``path`` keeps its previous content, if any); ``hint`` ends its message.
+    """
+    path = Path(path)
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, WriteError):
+            raise
+        raise WriteError(path, e, hint) from None
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, hint: str = DEFAULT_HINT) -> None:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8, newlines as given."""
+    atomic_write_bytes(path, text.encode("utf-8"), hint)
