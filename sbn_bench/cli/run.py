@@ -185,6 +185,8 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         device=device, dtype=dtype, mode=mode, max_paths=max_paths, chunk=chunk,
         memory_budget=memory_budget, max_exact_bytes=max_exact_bytes, target_rrmse=target_rrmse,
         throughput=tp, resume=resume)
+    is_paper = (config_file is None and preset == "paper"
+                and not any(_given(ctx, n) for n in ("problem_file", "arch")))
     if config_file is not None:
         clash = [f"--{n.replace('_', '-')}" for n in ("problem_file", "arch", "preset",
                                                         "data_points", "loss", "noise")
@@ -206,7 +208,7 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         cfg = load_config(config_file, **overrides)
         if cfg.out is None:
             cfg = cfg.with_(out=str(Path("runs") / config_file.stem))
-    elif preset == "paper" and not any(_given(ctx, n) for n in ("problem_file", "arch")):
+    elif is_paper:
         from sbn_bench import paper
 
         for k in ("estimators", "samples", "plugins"):
@@ -220,24 +222,11 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         if seeds is not None and seeds != (seed,):
             raise click.UsageError("--preset paper uses one seed (--seed) for data, training and "
                                    "sampling; --seeds is not supported with it")
-        progress = _Progress(not quiet and sys.stderr.isatty() and not os.environ.get("CI"))
-        try:
-            result = paper.run_paper(progress=progress, message=None if quiet else click.echo,
-                                     warn=warn, report=False, **kw)
-        except KeyboardInterrupt:
-            progress.close()
-            _interrupted(ctx, kw["out"])
-        finally:
-            progress.close()
-        if not quiet:
-            _print_summary(result)
-            exp = result.manifest["experiment"]
-            click.echo(f"wall time: training {exp['training']['train_wall_s']:.0f} s"
-                       f"{' (cached)' if exp['training']['cached'] else ''}, evaluation "
-                       f"{exp['timing']['evaluation_s']:.0f} s")
-        if not no_report:
-            _write_report(result.out, quiet)
-        return
+        out_dir: str | None = kw["out"]
+
+        def execute(progress: _Progress) -> runner_mod.RunResult:
+            return paper.run_paper(progress=progress, message=None if quiet else click.echo,
+                                   warn=warn, report=False, **kw)
     else:
         problem = resolve_problem(problem_file, arch, preset, seed, data_points, loss, noise)
         spec = ProblemSpec(preset=preset, arch=arch,
@@ -246,16 +235,27 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         settings.update(problems=(spec,), seeds=seeds or (seed,), M=m_grid,
                         out=str(out or Path("runs") / problem.name))
         cfg = RunConfig(**_resolve_m(settings))
+    if not is_paper:
+        out_dir = cfg.out
+
+        def execute(progress: _Progress) -> runner_mod.RunResult:
+            return runner_mod.run(cfg, progress=progress, warn=warn)
+
     progress = _Progress(not quiet and sys.stderr.isatty() and not os.environ.get("CI"))
     try:
-        result = runner_mod.run(cfg, progress=progress, warn=warn)
+        result = execute(progress)
     except KeyboardInterrupt:
         progress.close()
-        _interrupted(ctx, cfg.out)
+        _interrupted(ctx, out_dir)
     finally:
         progress.close()
     if not quiet:
         _print_summary(result)
+        exp = result.manifest.get("experiment")
+        if exp:  # --preset paper: training and evaluation times
+            click.echo(f"wall time: training {exp['training']['train_wall_s']:.0f} s"
+                       f"{' (cached)' if exp['training']['cached'] else ''}, evaluation "
+                       f"{exp['timing']['evaluation_s']:.0f} s")
     if not no_report:
         _write_report(result.out, quiet)
 
