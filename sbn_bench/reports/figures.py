@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -91,6 +92,17 @@ def _layer_title(layer: str, n_layers: int) -> str:
     return {"out": "output layer", "all": "all parameters"}.get(layer, layer)
 
 
+def _lines_vs_m(ax: Axes, sub: pd.DataFrame, y: str, estimators: Sequence[str],
+                pal: dict[str, tuple[float, float, float]], marks: dict[str, str]) -> list[str]:
+    """One line per estimator of ``y`` against ``M`` on ``ax`` (colours and markers fixed per
+    estimator across figures); returns the estimators drawn, in ``estimators`` order."""
+    present = [e for e in estimators if e in set(sub["estimator"])]
+    sns.lineplot(data=sub, x="M", y=y, hue="estimator", hue_order=present, style="estimator",
+                 style_order=present, markers=marks, dashes=False, palette=pal, ax=ax,
+                 legend=False, errorbar=None, linewidth=1.6)
+    return present
+
+
 def rrmse_figure(rows: pd.DataFrame, estimators: Sequence[str], title: str) -> Figure | None:
     """rrmse(M) per layer, log-log, one line per estimator, ±2 stderr band for MC values."""
     data = rows[(rows["metric"] == "rrmse") & rows["M"].notna() & (rows["value"] > 0)]
@@ -103,10 +115,7 @@ def rrmse_figure(rows: pd.DataFrame, estimators: Sequence[str], title: str) -> F
         fig, axes = _facets(len(layers), f"Relative RMSE vs samples averaged — {title}")
         for ax, layer in zip(axes, layers):
             sub = data[data["layer"] == layer].sort_values("M")
-            present = [e for e in estimators if e in set(sub["estimator"])]
-            sns.lineplot(data=sub, x="M", y="value", hue="estimator", hue_order=present,
-                         style="estimator", style_order=present, markers=marks, dashes=False,
-                         palette=pal, ax=ax, legend=False, errorbar=None, linewidth=1.6)
+            present = _lines_vs_m(ax, sub, "value", estimators, pal, marks)
             for e in present:
                 es = sub[sub["estimator"] == e]
                 se = es["stderr"].fillna(0.0).to_numpy()
@@ -138,10 +147,7 @@ def cosine_figure(rows: pd.DataFrame, estimators: Sequence[str], title: str) -> 
         fig, axes = _facets(len(layers), f"Cosine to the exact gradient vs samples averaged — {title}")
         for ax, layer in zip(axes, layers):
             sub = wide[wide["layer"] == layer].sort_values("M")
-            present = [e for e in estimators if e in set(sub["estimator"])]
-            sns.lineplot(data=sub, x="M", y="cosine_mean", hue="estimator", hue_order=present,
-                         style="estimator", style_order=present, markers=marks, dashes=False,
-                         palette=pal, ax=ax, legend=False, errorbar=None, linewidth=1.6)
+            present = _lines_vs_m(ax, sub, "cosine_mean", estimators, pal, marks)
             if {"cosine_p15", "cosine_p85"} <= set(sub.columns):
                 for e in present:
                     es = sub[sub["estimator"] == e]
