@@ -53,18 +53,18 @@ Options given on the command line override the TOML values.
 Memory budget (``memory_budget``, ``--memory-budget``; default 1 GiB): the most memory the
 estimator's tensors may take in one ``estimate()`` call. The runner draws each cell's ``S`` samples
 in chunks of ``⌊budget / bytes per sample⌋`` (``--chunk`` fixes the chunk instead), where the bytes
-per sample are an upper estimate (:func:`sbn_bench.runner.bytes_per_sample`: parameter replicas and
-their gradients, per-data-point activations, PSA's flip tables, every loss evaluation, autograd's
-saved tensors: 1.3-1.7 MB for the paper's 2-5-5-5-1 net with 200 points in float64, half that in
-float32, so the default budget takes about 600-800 samples per call). The statistics are streamed,
-so a cell needs this much whatever ``S`` is. A request that cannot fit is
+per sample are an upper estimate (:meth:`sbn_bench.estimators.Estimator.memory_per_sample`:
+parameter replicas and their gradients, per-data-point activations, PSA's flip tables, every loss
+evaluation, autograd's saved tensors: 1.3-1.7 MB for the paper's 2-5-5-5-1 net with 200 points in
+float64, half that in float32, so the default budget takes about 600-800 samples per call). The
+statistics are streamed, so a cell needs this much whatever ``S`` is. A request that cannot fit is
 refused before any work, with the estimate: one sample larger than the budget, or an explicit
 ``chunk`` or throughput ``batch`` whose samples exceed it. Exact mode enumerates all ``2^{Σ n_k}``
 paths, whose tables must fit in the budget too (``auto`` mode then uses Monte Carlo instead;
-``exact`` mode records the cell as a failure with the numbers). The exact reference gradient has
-its own limit, ``max_exact_bytes`` (default 4 GiB; larger problems are refused with the estimate).
-The budget covers the estimator's tensors, not the Python process, the problem's data, or the
-statistics accumulators (``O((stderr_batches + |M|) · P)`` floats for ``P`` parameters).
+``exact`` mode records the cell as a failure with the numbers). The exact reference gradient has its
+own limit, ``max_exact_bytes`` (default 4 GiB; larger problems are refused with the estimate). The
+budget covers the estimator's tensors, not the Python process, the problem's data, or the statistics
+accumulators (``O((stderr_batches + |M|) · P)`` floats for ``P`` parameters).
 """
 
 from __future__ import annotations
@@ -78,10 +78,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from sbn_bench import problems
+import torch
+
+from sbn_bench import problems, units
+from sbn_bench.errors import ArgumentError, SbnBenchError
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
 from sbn_bench.problems import Problem
-from sbn_bench.reference import DEFAULT_MAX_BYTES
+from sbn_bench.reference import DEFAULT_MAX_BYTES, MAX_PATHS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -92,17 +95,23 @@ DEFAULT_ESTIMATORS = ("psa", "st", "reinforce", "arm", "concrete:tau=0.1", "tanh
 """The default estimators of ``sbn-bench run``: the paper's (SPEC §6) but ``concrete:tau=1``."""
 
 DEFAULT_M = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
-DEFAULT_MAX_PATHS = 2**16
+DEFAULT_MAX_PATHS = MAX_PATHS
 DEFAULT_MEMORY_BUDGET = 2**30
 MAX_SEED = 2**63 - 1
 """Largest seed: torch generators take 64-bit seeds (larger ones overflow)."""
 DEVICES = ("cpu", "cuda")
-DTYPES = ("float32", "float64")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+"""The estimators' dtypes by name (the reference is always float64)."""
 MODES = ("auto", "exact", "mc")
 
 
-class ConfigError(ValueError):
-    """A run configuration that cannot be used; the message names the key (and file, line)."""
+class ConfigError(SbnBenchError, ValueError):
+    """A run configuration that cannot be used; the message names the key (and file, line), and
+    ``argument`` is the key."""
+
+
+class ConfigFileError(ConfigError):
+    """A :class:`ConfigError` located in a TOML file: the message names the file and the line."""
 
 
 def paper_m_grid(max_m: int | None = None) -> tuple[int, ...]:
@@ -116,31 +125,16 @@ def default_m_grid(max_m: int | None = None) -> tuple[int, ...]:
     return DEFAULT_M if max_m is None else tuple(m for m in DEFAULT_M if m <= max_m)
 
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
-               "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12,
-               "tib": 2**40}
-
-
 def parse_size(value: int | str, what: str = "memory_budget") -> int:
-    """Bytes from an int or a string such as ``"512MiB"``, ``"2GB"``, ``"1e9"``."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{what}={value!r} is not a size; expected bytes or e.g. '512MiB'")
-    if isinstance(value, int):
-        n = value
-    else:
-        m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", str(value))
-        unit = m.group(2).lower() if m else ""
-        if m is None or unit not in _SIZE_UNITS:
-            raise ConfigError(f"{what}={value!r} is not a size; expected bytes or e.g. '512MiB', "
-                              "'2GB'")
-        try:
-            n = int(float(m.group(1)) * _SIZE_UNITS[unit])
-        except (ValueError, OverflowError):  # "1e999" is infinite: not a size either
-            raise ConfigError(f"{what}={value!r} is not a size; expected bytes or e.g. "
-                              "'512MiB'") from None
-    if n < 1:
-        raise ConfigError(f"{what}={value!r} must be at least 1 byte")
-    return n
+    """Bytes from an int or a string such as ``"512MiB"`` (:func:`sbn_bench.units.parse_size`).
+
+    Raises:
+        ConfigError: naming ``what`` and the value.
+    """
+    try:
+        return units.parse_size(value, what)
+    except ArgumentError as e:
+        raise ConfigError(str(e), argument=what, value=value, expected=e.expected) from None
 
 
 @dataclass(frozen=True)
@@ -182,29 +176,32 @@ class ProblemSpec:
         for k, example in (("preset", "'paper'"), ("arch", "'2-5-5-5-1'"), ("file", "'problem.npz'")):
             v = getattr(self, k)
             if v is not None and not isinstance(v, str):
-                raise ConfigError(f"{k}={v!r} must be a string such as {example}")
+                raise ConfigError(f"{k}={v!r} must be a string such as {example}", argument=k)
         if self.preset is not None and self.preset not in problems.PRESETS:
             raise ConfigError(f"preset={self.preset!r} is unknown; expected one of "
-                              f"{', '.join(problems.PRESETS)}")
+                              f"{', '.join(problems.PRESETS)}", argument="preset")
         if self.arch is not None:
             try:
                 problems.parse_arch(self.arch)
             except problems.ProblemError as e:
-                raise ConfigError(str(e)) from None
+                raise ConfigError(str(e), argument="arch", value=self.arch,
+                                  expected=e.expected) from None
         _check_int("seed", self.seed, 0, MAX_SEED)
         _check_int("data_points", self.data_points, 1)
         if self.loss not in LOSS_NAMES:
-            raise ConfigError(f"loss={self.loss!r} is unknown; expected one of {', '.join(LOSS_NAMES)}")
+            raise ConfigError(f"loss={self.loss!r} is unknown; expected one of {', '.join(LOSS_NAMES)}",
+                              argument="loss")
         if self.noise not in NOISE_NAMES:
             raise ConfigError(f"noise={self.noise!r} is unknown; expected one of "
-                              f"{', '.join(NOISE_NAMES)}")
+                              f"{', '.join(NOISE_NAMES)}", argument="noise")
         if self.arch is not None:
             try:
                 problems.check_arch_loss(self.arch, self.loss)
             except problems.ProblemError as e:
-                raise ConfigError(str(e)) from None
+                raise ConfigError(str(e), argument="arch", value=self.arch,
+                                  expected=e.expected) from None
         if self.name is not None and (not isinstance(self.name, str) or not self.name.strip()):
-            raise ConfigError(f"name={self.name!r} must be a non-empty string")
+            raise ConfigError(f"name={self.name!r} must be a non-empty string", argument="name")
         if not self.checkpoints:
             raise ConfigError("checkpoints is empty; expected at least one, e.g. {init = 'init'}")
         labels = [c.label for c in self.checkpoints]
@@ -264,7 +261,8 @@ class ThroughputConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
-            raise ConfigError(f"throughput.enabled={self.enabled!r} must be true or false")
+            raise ConfigError(f"throughput.enabled={self.enabled!r} must be true or false",
+                              argument="throughput.enabled")
         _check_int("throughput.warmup", self.warmup, 0)
         _check_int("throughput.rounds", self.rounds, 1)
         if self.batch is not None:
@@ -342,13 +340,13 @@ class RunConfig:
             for m in self.M:
                 _check_int("M", m, 1)
             if len(set(self.M)) != len(self.M):
-                raise ConfigError(f"M={list(self.M)} has repeated values")
+                raise ConfigError(f"M={list(self.M)} has repeated values", argument="M")
         if not self.seeds:
             raise ConfigError("seeds is empty; expected at least one seed")
         for s in self.seeds:
             _check_int("seeds", s, 0, MAX_SEED)
         if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds={list(self.seeds)} has repeated values")
+            raise ConfigError(f"seeds={list(self.seeds)} has repeated values", argument="seeds")
         _check_choice("device", self.device, DEVICES)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("mode", self.mode, MODES)
@@ -359,7 +357,8 @@ class RunConfig:
         _check_int("max_exact_bytes", self.max_exact_bytes, 1)
         if isinstance(self.target_rrmse, bool) or not isinstance(self.target_rrmse, (int, float)) \
                 or not math.isfinite(self.target_rrmse) or self.target_rrmse <= 0:
-            raise ConfigError(f"target_rrmse={self.target_rrmse!r} must be a number > 0")
+            raise ConfigError(f"target_rrmse={self.target_rrmse!r} must be a number > 0",
+                              argument="target_rrmse")
         object.__setattr__(self, "target_rrmse", float(self.target_rrmse))
         _check_int("stderr_batches", self.stderr_batches, 2)
         _check_int("cosine_groups", self.cosine_groups, 1)
@@ -437,38 +436,6 @@ class RunConfig:
             raise ConfigError(f"config cannot be rebuilt: {e}") from None
 
 
-def comparable(config_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of :meth:`RunConfig.to_dict` that must agree for ``--resume`` (all but ``out``
-    and ``resume``)."""
-    return {k: v for k, v in config_dict.items() if k not in ("out", "resume")}
-
-
-def _short(v: Any, limit: int = 80) -> str:
-    text = repr(v)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def diff_dicts(old: Any, new: Any, path: str = "") -> list[str]:
-    """Human-readable differences ``key: old → new`` between two JSON-like values (lists of the
-    same length compared item by item as ``key[i]``; long values shortened with ``…``)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new), key=str):
-            p = f"{path}.{k}" if path else str(k)
-            if k not in old:
-                out.append(f"{p}: (absent) → {_short(new[k])}")
-            elif k not in new:
-                out.append(f"{p}: {_short(old[k])} → (absent)")
-            else:
-                out += diff_dicts(old[k], new[k], p)
-        return out
-    if (isinstance(old, list) and isinstance(new, list) and len(old) == len(new)
-            and any(isinstance(v, (dict, list)) for v in old)):
-        return [d for i, (a, b) in enumerate(zip(old, new))
-                for d in diff_dicts(a, b, f"{path or 'value'}[{i}]")]
-    return [] if old == new else [f"{path or 'value'}: {_short(old)} → {_short(new)}"]
-
-
 def _jsonable(x: Any) -> Any:
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
@@ -480,14 +447,15 @@ def _jsonable(x: Any) -> Any:
 def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name}={value!r} must be an integer ≥ {minimum}"
-                          + (f" and ≤ {maximum}" if maximum is not None else ""))
+                          + (f" and ≤ {maximum}" if maximum is not None else ""), argument=name)
     if maximum is not None and value > maximum:
-        raise ConfigError(f"{name}={value!r} must be an integer ≥ {minimum} and ≤ {maximum}")
+        raise ConfigError(f"{name}={value!r} must be an integer ≥ {minimum} and ≤ {maximum}", argument=name)
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}", argument=name,
+                          value=value, expected=f"one of {', '.join(choices)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,7 +495,7 @@ def _suggest(key: str, valid: set[str]) -> str:
 
 def _rel(base: Path, p: Any, key: str) -> str:
     if not isinstance(p, str) or not p:
-        raise ConfigError(f"{key}={p!r} must be a file path (a string)")
+        raise ConfigError(f"{key}={p!r} must be a file path (a string)", argument=key)
     path = Path(p)
     return str(path if path.is_absolute() else base / path)
 
@@ -538,9 +506,9 @@ def _m_value(v: Any) -> tuple[int, ...] | str | None:
             return None
         if v == "paper":
             return "paper"
-        raise ConfigError(f"M={v!r} must be a list of integers, 'default' or 'paper'")
+        raise ConfigError(f"M={v!r} must be a list of integers, 'default' or 'paper'", argument="M")
     if not isinstance(v, list):
-        raise ConfigError(f"M={v!r} must be a list of integers, 'default' or 'paper'")
+        raise ConfigError(f"M={v!r} must be a list of integers, 'default' or 'paper'", argument="M")
     return tuple(v)
 
 
@@ -553,11 +521,11 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
 
     Raises:
         ConfigError: naming the file, the line (when known) and the bad key or value.
-        FileNotFoundError: the file does not exist.
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        raise ConfigError(f"config file {str(path)!r} does not exist", argument=str(path),
+                          expected="an existing TOML file")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} is not a file")
     try:
@@ -582,10 +550,12 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
         raise ConfigError(f"config file {str(path)!r}: invalid TOML: nested too deeply") from None
     base = path.parent
 
-    def fail(msg: str, key: str = "", table: str | None = None, index: int = 0) -> ConfigError:
+    def fail(msg: str, key: str | None = "", table: str | None = None, index: int = 0
+             ) -> ConfigFileError:
+        key = key or ""
         line = _line_of(text, key, table=table, index=index) if key or table else 0
         where = f"config file {str(path)!r}" + (f", line {line}" if line else "")
-        return ConfigError(f"{where}: {msg}")
+        return ConfigFileError(f"{where}: {msg}", argument=key or str(path))
 
     for k in raw:
         if k not in _TOP_KEYS:
@@ -605,13 +575,15 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
                     try:
                         v = split_specs(v)
                     except EstimatorSpecError as e:
-                        raise ConfigError(str(e).removeprefix("argument ")) from None
+                        raise ConfigError(str(e), argument="estimators", value=v,
+                                          expected=e.expected) from None
                 if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-                    raise ConfigError(f"estimators={v!r} must be a list of specs or one string")
+                    raise ConfigError(f"estimators={v!r} must be a list of specs or one string",
+                                      argument="estimators")
                 kw[k] = tuple(v)
             elif k == "plugins":
                 if not isinstance(v, list):
-                    raise ConfigError(f"plugins={v!r} must be a list of files")
+                    raise ConfigError(f"plugins={v!r} must be a list of files", argument="plugins")
                 kw[k] = tuple(_rel(base, p, "plugins") for p in v)
             elif k == "M":
                 kw[k] = _m_value(v)
@@ -627,7 +599,8 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
         if "throughput" in raw:
             t = raw["throughput"]
             if not isinstance(t, dict):
-                raise ConfigError(f"throughput must be a table ([throughput]), got {t!r}")
+                raise ConfigError(f"throughput must be a table ([throughput]), got {t!r}",
+                                  argument="throughput", value=t, expected="a table")
             for tk in t:
                 if tk not in _THROUGHPUT_KEYS:
                     raise fail(f"[throughput]: unknown key {tk!r}{_suggest(tk, _THROUGHPUT_KEYS)}; "
@@ -636,10 +609,11 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
             try:
                 kw["throughput"] = ThroughputConfig(**t)
             except ConfigError as e:
-                raise fail(str(e), _first_key_in(str(e), t), table="throughput") from None
+                raise fail(str(e), (e.argument or "").removeprefix("throughput."),
+                           table="throughput") from None
+    except ConfigFileError:
+        raise
     except ConfigError as e:
-        if str(e).startswith("config file "):
-            raise
         raise fail(str(e), try_key) from None
     except TypeError as e:
         raise fail(f"{try_key}: {e}", try_key) from None
@@ -672,7 +646,7 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
                 ck = args["checkpoints"]
                 if not isinstance(ck, dict):
                     raise ConfigError(f"checkpoints={ck!r} must be a table {{label = 'init' | "
-                                      "'file.npz', ...}}")
+                                      "'file.npz', ...}}", argument="checkpoints")
                 args["checkpoints"] = tuple(
                     Checkpoint(str(lab), src if src == "init" else _rel(base, src, f"checkpoint "
                                                                                f"{lab}"))
@@ -680,8 +654,7 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
             key = ""
             specs.append(ProblemSpec(**args))
         except ConfigError as e:
-            bad = key or _first_key_in(str(e), p)
-            raise fail(f"{label}: {e}", bad, table="problem", index=i) from None
+            raise fail(f"{label}: {e}", key or e.argument, table="problem", index=i) from None
         except TypeError as e:
             raise fail(f"{label}: {e}", "", table="problem", index=i) from None
     if specs:
@@ -695,12 +668,4 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
     try:
         return RunConfig(**kw)
     except ConfigError as e:
-        raise fail(str(e), _first_key_in(str(e), raw)) from None
-
-
-def _first_key_in(message: str, table: Mapping[str, Any]) -> str:
-    """The first key of ``table`` that the message names as ``key=``."""
-    for k in table:
-        if re.search(rf"(^|\W){re.escape(k)}=", message):
-            return k
-    return ""
+        raise fail(str(e), e.argument if e.argument in raw else "") from None

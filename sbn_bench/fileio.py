@@ -1,5 +1,5 @@
 """Atomic file writes, shared by every writer of the project (runs, training, problem files,
-reports). It imports nothing of sbn_bench, so any module can use it.
+reports). It imports only :mod:`sbn_bench.errors`, so any module can use it.
 
 A file is written to a temporary file in the same folder, flushed to disk, given the usual mode
 and renamed over the target (``os.replace``): a reader, or a process killed at any moment, only
@@ -13,26 +13,28 @@ import os
 import tempfile
 from pathlib import Path
 
+from sbn_bench.errors import SbnBenchError
+
 DEFAULT_HINT = "free space or fix the folder's permissions, then continue with --resume"
 
 
-class WriteError(OSError):
+class WriteError(SbnBenchError, OSError):
     """A file could not be written (full disk, read-only folder, …).
 
     An ``OSError`` (``errno`` is the cause's) with a one-line message: the file, the reason, and that
-    the files written before it are intact.
+    the files written before it are intact. ``argument`` is the file's path.
     """
 
     def __init__(self, path: Path, cause: OSError, hint: str = DEFAULT_HINT) -> None:
-        super().__init__(cause.errno, cause.strerror)
-        self.path = path
         reason = cause.strerror or str(cause)
         code = errno.errorcode.get(cause.errno or 0)
-        self.message = (f"cannot write {str(path)!r}: {reason}" + (f" [{code}]" if code else "")
-                        + f"; the files written before are complete and intact ({hint})")
-
-    def __str__(self) -> str:
-        return self.message
+        message = (f"cannot write {str(path)!r}: {reason}" + (f" [{code}]" if code else "")
+                   + f"; the files written before are complete and intact ({hint})")
+        SbnBenchError.__init__(self, message, argument=str(path), expected="a writable file")
+        self.errno = cause.errno
+        self.strerror = cause.strerror
+        self.filename = str(path)
+        self.path = path
 
 
 def _umask() -> int:

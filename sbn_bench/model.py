@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sbn_bench.errors import ArgumentError
+
 Params = Mapping[str, Tensor]
 
 NOISE_NAMES = ("logistic", "gaussian")
@@ -78,17 +80,25 @@ NOISES: dict[str, Noise] = {
 
 
 def get_noise(name: str) -> Noise:
-    """Return the :class:`Noise` called ``name``; a clear ``ValueError`` lists the valid names."""
+    """Return the :class:`Noise` called ``name``.
+
+    Raises:
+        ArgumentError: an unknown name, listing the valid ones.
+    """
     try:
         return NOISES[name]
     except KeyError:
-        raise ValueError(f"noise {name!r} is unknown; expected one of {', '.join(NOISE_NAMES)}") \
-            from None
+        expected = f"one of {', '.join(NOISE_NAMES)}"
+        raise ArgumentError(f"noise {name!r} is unknown; expected {expected}", argument="noise",
+                            value=name, expected=expected) from None
 
 
 def check_loss_name(name: str) -> str:
+    """``name`` when it is a loss of :data:`LOSS_NAMES`, else an :class:`ArgumentError`."""
     if name not in LOSS_NAMES:
-        raise ValueError(f"loss {name!r} is unknown; expected one of {', '.join(LOSS_NAMES)}")
+        expected = f"one of {', '.join(LOSS_NAMES)}"
+        raise ArgumentError(f"loss {name!r} is unknown; expected {expected}", argument="loss",
+                            value=name, expected=expected)
     return name
 
 
@@ -163,6 +173,23 @@ def output(params: Params, x_last: Tensor) -> Tensor:
     return linear(params["weight_out"], params["bias_out"], x_last)
 
 
+def bernoulli(probs: Tensor, generator: torch.Generator | None) -> Tensor:
+    """States in {0,1} with ``P(x = 1) = probs``: ``[U < probs]`` with one ``U ~ U(0, 1)`` per entry
+    drawn from ``generator`` (no gradient). The one sampling kernel of the package: the model, the
+    estimators and the problem constructors draw states through it, so that a surrogate, its path
+    surrogate and :func:`sample_states` agree on the states of one seed.
+
+    Args:
+        probs: ``[...]`` firing probabilities ``F(a)`` (any dtype and device; a gradient is ignored).
+
+    Returns:
+        ``[...]`` states, same dtype and device as ``probs``.
+    """
+    with torch.no_grad():
+        u = torch.rand(probs.shape, generator=generator, dtype=probs.dtype, device=probs.device)
+        return (u < probs).to(probs.dtype)
+
+
 def sample_states(
     params: Params,
     x: Tensor,
@@ -189,8 +216,7 @@ def sample_states(
             a = preactivation(params, k, h)
             if a.dim() == 2:
                 a = a.expand(num_samples, *a.shape)
-            u = torch.rand(a.shape, generator=generator, dtype=a.dtype, device=a.device)
-            h = (u < noise.cdf(a)).to(a.dtype)
+            h = bernoulli(noise.cdf(a), generator)
             states.append(h)
             preacts.append(a)
     return states, preacts

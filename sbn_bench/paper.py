@@ -11,7 +11,6 @@ References:
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import math
 import os
@@ -25,6 +24,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from sbn_bench import __version__, problems
+from sbn_bench.config import Checkpoint, ProblemSpec, RunConfig, paper_m_grid
+from sbn_bench.fileio import atomic_write_text, dir_mode
+from sbn_bench.metrics import hidden_layers
+from sbn_bench.reports import write_report
+from sbn_bench.reports.load import Run
+from sbn_bench.reports.sections import Block, Bullets, Heading, Image, Text
+from sbn_bench.reports.tables import Table, TableCell
+from sbn_bench.runner import RunResult, run
+from sbn_bench.train import train
 
 PAPER_ESTIMATORS = ["reinforce", "arm", "concrete:tau=0.1", "concrete:tau=1.0", "tanh", "st", "psa"]
 """The seven estimators of the paper's Fig. 3."""
@@ -48,11 +58,6 @@ TANH_DEGRADE_RATIO = 2.0
 
 TENS_OF_SAMPLES = 10
 """"Tens of samples": an unbiased method needs at least this many to match one PSA sample."""
-
-
-def m_grid() -> list[int]:
-    """The paper's sample counts: 1..9, 10..90, 100..900, 1000..9000."""
-    return [m * 10**e for e in range(4) for m in range(1, 10)]
 
 
 def checkpoint_label(epoch: int) -> str:
@@ -79,7 +84,7 @@ def _values(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def _hidden_layers(df: pd.DataFrame) -> list[str]:
-    return sorted({str(x) for x in df["layer"] if str(x).isdigit()}, key=int)
+    return hidden_layers(df["layer"])
 
 
 def _ckpt_epoch(label: str) -> int | None:
@@ -304,10 +309,7 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 def _training_key(seed: int, training: dict[str, Any]) -> str:
-    from sbn_bench import __version__, problems
-    from sbn_bench.runner import fingerprint
-
-    blob = json.dumps({"problem": fingerprint(problems.paper_problem(seed)), "seed": seed,
+    blob = json.dumps({"problem": problems.paper_problem(seed).fingerprint(), "seed": seed,
                        "training": {k: list(v) if isinstance(v, tuple) else v
                                     for k, v in training.items()},
                        "sbn_bench": __version__}, sort_keys=True)
@@ -340,10 +342,6 @@ def ensure_checkpoints(seed: int = 0, *, training: dict[str, Any] | None = None,
     the sbn-bench version; training writes into a temporary folder renamed into place at the end,
     so an interrupted training leaves no half-written cache.
     """
-    from sbn_bench import problems
-    from sbn_bench.fileio import dir_mode
-    from sbn_bench.train import train
-
     training = dict(TRAINING if training is None else training)
     epochs = tuple(training["checkpoints"])
     root = cache_root(cache_dir)
@@ -378,18 +376,16 @@ def ensure_checkpoints(seed: int = 0, *, training: dict[str, Any] | None = None,
 
 def paper_config(checkpoints: TrainedCheckpoints, *, seed: int = 0, out: str,
                  samples: int = SAMPLES, estimators: Sequence[str] | None = None,
-                 M: Sequence[int] | None = None, **settings: Any) -> Any:
+                 M: Sequence[int] | None = None, **settings: Any) -> RunConfig:
     """The :class:`~sbn_bench.config.RunConfig` of the paper's experiment at given checkpoints.
 
     Defaults: the paper's seven estimators plus :data:`EXTRA_ESTIMATORS`, ``S = 20 000``, the
     paper's M grid (up to ``S``). ``settings`` are passed on to ``RunConfig``.
     """
-    from sbn_bench.config import Checkpoint, ProblemSpec, RunConfig
-
     spec = ProblemSpec(preset="paper", seed=seed, name="paper",
                        checkpoints=tuple(Checkpoint(label, str(path))
                                          for label, path in checkpoints.paths.items()))
-    grid = tuple(M) if M is not None else tuple(m for m in m_grid() if m <= samples)
+    grid = tuple(M) if M is not None else paper_m_grid(samples)
     return RunConfig(problems=(spec,), estimators=tuple(estimators or PAPER_ESTIMATORS
                                                         + EXTRA_ESTIMATORS),
                      samples=samples, M=grid, seeds=(seed,), out=out, **settings)
@@ -400,7 +396,7 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
               cache_dir: str | os.PathLike[str] | None = None, training: dict[str, Any] | None = None,
               progress: Any = None, message: Callable[[str], None] | None = None,
               warn: Callable[[str], None] | None = None, report: bool = True,
-              **settings: Any) -> Any:
+              **settings: Any) -> RunResult:
     """SPEC §6 end to end: train (or reuse) the checkpoints, run the estimators, record timings.
 
     The run folder gets ``training/`` (the training log, loss curve and manifest), the manifest an
@@ -410,16 +406,13 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
     Returns:
         The :class:`~sbn_bench.runner.RunResult`.
     """
-    from sbn_bench import runner
-    from sbn_bench.storage import atomic_write_text
-
     t0 = time.perf_counter()
     ckpts = ensure_checkpoints(seed, training=training, cache_dir=cache_dir, progress=message)
     t_train = time.perf_counter() - t0
     config = paper_config(ckpts, seed=seed, out=str(out), samples=samples,
                           estimators=estimators, M=M, **settings)
     t1 = time.perf_counter()
-    result = runner.run(config, progress=progress, warn=warn)
+    result = run(config, progress=progress, warn=warn)
     t_eval = time.perf_counter() - t1
     train_dir = Path(out) / "training"
     train_dir.mkdir(parents=True, exist_ok=True)
@@ -442,9 +435,7 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     result.manifest.update(manifest)
     if report:
-        from sbn_bench.reports import write_report
-
-        write_report(out)
+        write_report(out, sections=[ClaimsSection()])
     return result
 
 
@@ -494,56 +485,42 @@ DIFFERENCES = (
     "in detail. The claims are about orderings and trends, which is what this section checks.")
 
 
-def report_section_markdown(run: Any, out_dir: str | os.PathLike[str] | None = None) -> str:
-    """The paper section of a report (``run``: :class:`sbn_bench.reports.load.Run`); links are
-    relative to ``out_dir`` (default ``run.path / "report"``)."""
-    claims = evaluate_claims(run.metrics)
-    parts = ["## The paper's claims (SPEC §6)", "Each verdict is computed from this run's "
-             "`metrics.csv` by `sbn_bench.paper.evaluate_claims`.", claims_markdown(claims).rstrip(),
-             "### Where these checkpoints differ from the paper's", DIFFERENCES]
-    facts = _experiment_facts(run.manifest)
-    if facts:
-        parts.append("\n".join(f"- {f}" for f in facts))
-    rows = _training_table(run.path, run.manifest)
-    if rows:
-        parts.append("| checkpoint | exact objective J |\n|---|---|\n"
-                     + "\n".join(f"| {a} | {b} |" for a, b in rows))
-    curve = run.path / "training" / "loss_curve.png"
-    if curve.is_file():
-        rel = Path(os.path.relpath(curve, Path(out_dir or run.path / "report"))).as_posix()
-        parts.append(f"![training loss curve]({rel})")
-    return "\n\n".join(parts) + "\n"
+_VERDICT = {True: "confirmed", False: "not confirmed", None: "undecided"}
 
 
-def report_section_html(run: Any) -> str:
-    """The same section as HTML (the loss curve embedded)."""
-    import base64
+class ClaimsSection:
+    """The report section of a paper run (``sbn-bench run --preset paper``): each claim's verdict
+    with its evidence, where the checkpoints differ from the paper's, the training's objective and
+    loss curve. Registered in the entry-point group ``sbn_bench.report_sections``."""
 
-    e = html.escape
-    verdict = {True: "confirmed", False: "<strong>not confirmed</strong>", None: "undecided"}
-    claims = evaluate_claims(run.metrics)
-    rows = "".join(f"<tr><td>{e(c.claim)}</td><td>{verdict[c.confirmed]}</td>"
-                   f"<td>{e(c.evidence)}</td></tr>" for c in claims)
-    out = ["<h2>The paper's claims (SPEC §6)</h2>",
-           "<p>Each verdict is computed from this run's <code>metrics.csv</code> by "
-           "<code>sbn_bench.paper.evaluate_claims</code>.</p>",
-           "<table><thead><tr><th>paper's claim</th><th>this run</th><th>evidence</th></tr></thead>"
-           f"<tbody>{rows}</tbody></table>",
-           "<h3>Where these checkpoints differ from the paper's</h3>", f"<p>{e(DIFFERENCES)}</p>"]
-    facts = _experiment_facts(run.manifest)
-    if facts:
-        out.append("<ul>" + "".join(f"<li>{e(f)}</li>" for f in facts) + "</ul>")
-    trows = _training_table(run.path, run.manifest)
-    if trows:
-        out.append("<table><thead><tr><th>checkpoint</th><th>exact objective J</th></tr></thead>"
-                   "<tbody>" + "".join(f"<tr><td>{a}</td><td>{b}</td></tr>" for a, b in trows)
-                   + "</tbody></table>")
-    curve = run.path / "training" / "loss_curve.png"
-    if curve.is_file():
-        data = base64.b64encode(curve.read_bytes()).decode()
-        out.append(f'<figure><img src="data:image/png;base64,{data}" alt="training loss curve">'
-                   "<figcaption>training loss curve</figcaption></figure>")
-    return "\n".join(out)
+    name = "paper-claims"
+
+    def applies(self, run: Run) -> bool:
+        return is_paper_run(run.manifest)
+
+    def blocks(self, run: Run) -> list[Block]:
+        claims = evaluate_claims(run.metrics)
+        rows = [[TableCell(c.claim), TableCell(_VERDICT[c.confirmed], c.confirmed is False),
+                 TableCell(c.evidence)] for c in claims]
+        out: list[Block] = [
+            Heading("The paper's claims (SPEC §6)"),
+            Text("Each verdict is computed from this run's `metrics.csv` by "
+                 "`sbn_bench.paper.evaluate_claims`."),
+            Table("", ["paper's claim", "this run", "evidence"], rows, anchor="paper-claims"),
+            Heading("Where these checkpoints differ from the paper's", 3),
+            Text(DIFFERENCES)]
+        facts = _experiment_facts(run.manifest)
+        if facts:
+            out.append(Bullets(facts))
+        trows = _training_table(run.path, run.manifest)
+        if trows:
+            out.append(Table("", ["checkpoint", "exact objective J"],
+                             [[TableCell(a), TableCell(b)] for a, b in trows],
+                             anchor="paper-training"))
+        curve = run.path / "training" / "loss_curve.png"
+        if curve.is_file():
+            out.append(Image(curve, "training loss curve"))
+        return out
 
 
 def is_paper_run(manifest: dict[str, Any]) -> bool:

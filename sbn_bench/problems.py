@@ -13,6 +13,7 @@ naming the file and the array.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import numbers
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench import model
+from sbn_bench.errors import SbnBenchError
 from sbn_bench.fileio import WriteError, atomic_write_bytes
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES, Noise, Params
 
@@ -36,7 +38,7 @@ MAX_PROBLEM_BYTES = 2**33
 before allocating, with the size, rather than failing in the allocator."""
 
 
-class ProblemError(ValueError):
+class ProblemError(SbnBenchError, ValueError):
     """A problem (file, architecture or arrays) that cannot be used, with the reason."""
 
 
@@ -114,6 +116,19 @@ class Problem:
         """``ℓ(η, y)`` per data point: ``eta [..., D, n_out] → [..., D]``."""
         return model.loss_fn(self.loss, eta, self.y)
 
+    def fingerprint(self) -> str:
+        """SHA-256 over the problem's arrays (name, dtype, shape, bytes, in name order), loss and
+        noise: equal fingerprints mean the same ``J(θ)``. The one problem identity of the package
+        (run manifests, training manifests and caches)."""
+        h = hashlib.sha256()
+        arrays = {"x": self.x, "y": self.y, **self.params}
+        for k in sorted(arrays):
+            a = np.ascontiguousarray(arrays[k].detach().cpu().contiguous().numpy())
+            h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+            h.update(a.tobytes())
+        h.update(f"loss={self.loss}|noise={self.noise}".encode())
+        return h.hexdigest()
+
 
 # --------------------------------------------------------------------------------------------
 # validation
@@ -121,7 +136,7 @@ class Problem:
 
 def _fail(source: str, array: str | None, msg: str) -> ProblemError:
     where = f"problem {source}" + (f": array {array!r}" if array else "")
-    return ProblemError(f"{where} {msg}")
+    return ProblemError(f"{where} {msg}", argument=array or source)
 
 
 def _normalise_labels(loss: str, y: Tensor, n_out: int, source: str) -> Tensor:
@@ -212,13 +227,13 @@ def parse_arch(arch: str | Sequence[int]) -> tuple[int, ...]:
         parts = arch.strip().split("-")
         if not all(re.fullmatch(r"\d+", q) for q in parts):
             raise ProblemError(f"argument arch={arch!r} is not of the form N0-N1-...-NL-NOUT "
-                               "(positive integers separated by '-', e.g. 2-5-5-5-1)")
+                               "(positive integers separated by '-', e.g. 2-5-5-5-1)", argument="arch")
         widths = tuple(int(q) for q in parts)
     else:
         widths = tuple(int(w) for w in arch)
     if len(widths) < 3 or min(widths) < 1:
         raise ProblemError(f"argument arch={arch!r} needs an input width, at least one stochastic "
-                           "layer and an output width, all ≥ 1 (e.g. 2-5-5-5-1)")
+                           "layer and an output width, all ≥ 1 (e.g. 2-5-5-5-1)", argument="arch")
     return widths
 
 
@@ -234,11 +249,11 @@ def check_arch_loss(arch: str | Sequence[int], loss: str) -> None:
     if loss == "logistic" and n_out != 1:
         raise ProblemError(f"argument arch={text!r} gives weight_out n_out={n_out} outputs, expected "
                            "1 for loss 'logistic' (e.g. 2-5-5-5-1); use loss 'softmax' for several "
-                           "classes")
+                           "classes", argument="arch")
     if loss == "softmax" and n_out < 2:
         raise ProblemError(f"argument arch={text!r} gives weight_out n_out={n_out} output, expected at "
                            "least 2 (one per class) for loss 'softmax' (e.g. 2-5-5-5-3); use loss "
-                           "'logistic' for two classes with one output")
+                           "'logistic' for two classes with one output", argument="arch")
 
 
 def _is_int(v: object) -> bool:
@@ -276,9 +291,10 @@ def random_problem(
     """
     widths = parse_arch(arch)
     if not _is_int(data_points) or data_points < 1:
-        raise ProblemError(f"argument data_points={data_points!r} must be an integer ≥ 1")
+        raise ProblemError(f"argument data_points={data_points!r} must be an integer ≥ 1",
+                           argument="data_points")
     if not _is_int(seed) or not 0 <= seed < 2**63:
-        raise ProblemError(f"argument seed={seed!r} must be an integer in [0, 2^63)")
+        raise ProblemError(f"argument seed={seed!r} must be an integer in [0, 2^63)", argument="seed")
     data_points, seed = int(data_points), int(seed)
     model.check_loss_name(loss)
     model.get_noise(noise)
@@ -288,7 +304,8 @@ def random_problem(
     if need > MAX_PROBLEM_BYTES:
         raise ProblemError(f"argument arch={'-'.join(map(str, widths))!r} with data_points="
                            f"{data_points} needs {need / 2**30:.3g} GiB for its parameters and data, "
-                           f"over the {MAX_PROBLEM_BYTES / 2**30:.3g} GiB that a problem may take")
+                           f"over the {MAX_PROBLEM_BYTES / 2**30:.3g} GiB that a problem may take",
+                           argument="arch")
     gen = torch.Generator().manual_seed(seed)
     params = random_params(widths, gen)
     x = torch.randn(data_points, widths[0], generator=gen, dtype=torch.float64)
@@ -344,8 +361,7 @@ def rescale_layers(params: dict[str, Tensor], x: Tensor, noise: Noise, gen: torc
         out[f"weight_{k}"] = w / std[:, None]
         out[f"bias_{k}"] = (b - mean) / std
         a = model.linear(out[f"weight_{k}"], out[f"bias_{k}"], h)
-        u = torch.rand(a.shape, generator=gen, dtype=a.dtype)
-        h = (u < noise.cdf(a)).to(a.dtype)
+        h = model.bernoulli(noise.cdf(a), gen)
     return out
 
 
@@ -375,7 +391,7 @@ def preset_problem(name: str, seed: int = 0) -> Problem:
     """A named preset (``paper``, ``quick``)."""
     if name not in PRESETS:
         raise ProblemError(f"argument preset={name!r} is unknown; expected one of "
-                           f"{', '.join(PRESETS)}")
+                           f"{', '.join(PRESETS)}", argument="preset")
     return PRESETS[name](seed)
 
 
@@ -464,7 +480,7 @@ def load_problem(path: str | os.PathLike[str]) -> Problem:
         ProblemError: the file is missing, not an ``.npz`` archive, truncated or corrupt, or any
             array is missing, unexpected, of the wrong shape or dtype, non-finite, or the loss, noise
             or labels are invalid; the message names the file and the array. Nothing else is raised
-            (this is fuzzed in ``tests/test_hardening_fuzz.py``).
+            (fuzzed in ``tests/test_problems.py``).
     """
     path = Path(path)
     src = repr(str(path))

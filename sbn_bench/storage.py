@@ -6,17 +6,17 @@ Layout of ``--out DIR``::
     metrics.csv          schema.METRICS_COLUMNS, one row per (problem, checkpoint, estimator, seed,
                          layer, metric, M); deterministic values only (schema.METRICS)
     timed_metrics.csv    the same columns for the metrics that depend on measured time
-                         (schema.TIMED_METRICS: time_to_accuracy_s), cells with a throughput only
+                         (schema.TIMED_METRICS: time_to_accuracy_s), derived from metrics.csv and
+                         throughput.csv when the tables are assembled
     throughput.csv       schema.THROUGHPUT_COLUMNS
     failures.csv         schema.FAILURES_COLUMNS
-    cells/<id>.<kind>.csv  one part file per finished cell (kind: metrics, timed, throughput,
-                         failure)
+    cells/<id>.<kind>.csv  one part file per finished cell (kind: metrics, throughput, failure)
 
 Every file is written to a temporary file in the same folder and renamed over the target
 (``os.replace``), so a run killed at any moment leaves only complete files. The tables are
 re-assembled from the part files, in the run's cell order, by concatenating their text: the same
-cells give byte-identical tables however the run was interrupted and resumed. A statistics cell
-writes its ``timed`` part before its ``metrics`` part, whose presence marks the cell as done.
+cells give byte-identical tables however the run was interrupted and resumed. A cell's part file
+marks it as done.
 
 A write that fails (full disk, read-only folder, lost permissions) raises :class:`WriteError`, an
 ``OSError`` whose one-line message names the file, the reason and how to continue; the files
@@ -28,9 +28,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import platform
-import subprocess
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,74 +35,65 @@ from typing import Any
 import pandas as pd
 
 from sbn_bench import schema
-from sbn_bench.config import diff_dicts
+from sbn_bench.errors import SbnBenchError
 from sbn_bench.fileio import WriteError as WriteError  # re-exported: a run's write errors
 from sbn_bench.fileio import atomic_write_text
+from sbn_bench.schema import read_table, to_csv_text
 
 MANIFEST = "manifest.json"
-TABLES = {"metrics": (schema.TABLE_FILES["metrics"], schema.METRICS_COLUMNS),
-          "timed": (schema.TABLE_FILES["timed"], schema.METRICS_COLUMNS),
-          "throughput": (schema.TABLE_FILES["throughput"], schema.THROUGHPUT_COLUMNS),
-          "failure": (schema.TABLE_FILES["failure"], schema.FAILURES_COLUMNS)}
+TABLES = {kind: (schema.TABLE_FILES[kind], schema.COLUMNS[kind]) for kind in schema.TABLE_FILES}
+PART_KINDS = ("metrics", "throughput", "failure")
+"""The tables assembled from per-cell part files; ``timed`` is derived from two of them."""
 CELLS = "cells"
 
 
-class RunDirError(ValueError):
-    """An output folder that cannot be used (exists without --resume, or resumes another run)."""
+class RunDirError(SbnBenchError, ValueError):
+    """A folder that cannot be used as a run folder: an output folder that exists without
+    ``--resume`` or resumes another run, or a folder to report on that is not a run
+    (``argument`` is the folder)."""
 
 
-def to_csv_text(df: pd.DataFrame, columns: list[str]) -> str:
-    """The canonical CSV text of a table (floats as shortest round-trip repr, NaN empty)."""
-    return df.reindex(columns=columns).to_csv(index=False, lineterminator="\n")
+def table_text(kind: str, rows: list[dict[str, Any]]) -> str:
+    """The canonical CSV text of rows of a table kind (:data:`TABLES`): its columns in order,
+    integer columns without a decimal point, floats as their shortest round-trip repr."""
+    columns = TABLES[kind][1]
+    df = pd.DataFrame(rows, columns=columns)
+    for c in schema.INT_COLUMNS:
+        if c in df.columns:
+            df[c] = pd.array(df[c].tolist(), dtype="Int64")
+    return to_csv_text(df, columns)
 
 
-def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
-    """Read a table written by this module (exact float round trip; ``M`` as nullable int)."""
-    dtypes: dict[str, Any] = {c: str for c in ("problem", "checkpoint", "estimator", "layer",
-                                                "metric", "mode", "device", "dtype", "stage",
-                                                "error") if c in columns}
-    if "M" in columns:
-        dtypes["M"] = "Int64"
-    for c in ("seed", "samples"):
-        if c in columns:
-            dtypes[c] = "Int64"
-    extra: dict[str, Any] = {}
-    if int(pd.__version__.split(".")[0]) < 3:  # pandas ≥ 3 round-trips floats by default
-        extra["float_precision"] = "round_trip"
-    return pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""], **extra)
+def comparable(config_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a configuration (:meth:`sbn_bench.config.RunConfig.to_dict`) that must agree for
+    ``--resume`` (all but ``out`` and ``resume``)."""
+    return {k: v for k, v in config_dict.items() if k not in ("out", "resume")}
 
 
-def git_commit(start: Path | None = None) -> str | None:
-    """``git rev-parse HEAD`` of the repository holding the package, or None."""
-    where = start or Path(__file__).resolve().parent
-    try:
-        r = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
-                           text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    out = r.stdout.strip()
-    return out if r.returncode == 0 and out else None
+def _short(v: Any, limit: int = 80) -> str:
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def package_versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    import sbn_bench
-
-    out: dict[str, str | None] = {"sbn_bench": sbn_bench.__version__}
-    for name in ("torch", "numpy", "pandas", "click"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def environment() -> dict[str, Any]:
-    """Python, platform and package versions for the manifest."""
-    return {"python": sys.version.split()[0], "platform": platform.platform(),
-            "machine": platform.machine(), "packages": package_versions(),
-            "git_commit": git_commit()}
+def diff_dicts(old: Any, new: Any, path: str = "") -> list[str]:
+    """Human-readable differences ``key: old → new`` between two JSON-like values (lists of the
+    same length compared item by item as ``key[i]``; long values shortened with ``…``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            p = f"{path}.{k}" if path else str(k)
+            if k not in old:
+                out.append(f"{p}: (absent) → {_short(new[k])}")
+            elif k not in new:
+                out.append(f"{p}: {_short(old[k])} → (absent)")
+            else:
+                out += diff_dicts(old[k], new[k], p)
+        return out
+    if (isinstance(old, list) and isinstance(new, list) and len(old) == len(new)
+            and any(isinstance(v, (dict, list)) for v in old)):
+        return [d for i, (a, b) in enumerate(zip(old, new))
+                for d in diff_dicts(a, b, f"{path or 'value'}[{i}]")]
+    return [] if old == new else [f"{path or 'value'}: {_short(old)} → {_short(new)}"]
 
 
 RESUME_KEYS = ("schema_version", "config", "estimators", "problems", "packages", "device")
@@ -113,8 +101,6 @@ RESUME_KEYS = ("schema_version", "config", "estimators", "problems", "packages",
 
 
 def _identity(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    from sbn_bench.config import comparable
-
     out = {k: manifest.get(k) for k in RESUME_KEYS}
     if isinstance(out["config"], dict):
         out["config"] = comparable(out["config"])
@@ -144,28 +130,31 @@ class RunStore:
         store = cls(Path(out))
         d = store.out
         if d.exists() and not d.is_dir():
-            raise RunDirError(f"output {str(d)!r} exists and is not a folder; choose another --out")
+            raise RunDirError(f"output {str(d)!r} exists and is not a folder; choose another --out",
+                              argument=str(d))
         has_any = d.is_dir() and any(d.iterdir())
         mpath = d / MANIFEST
         if has_any and not resume:
             raise RunDirError(f"output folder {str(d)!r} is not empty (it holds "
                               f"{'a previous run' if mpath.exists() else 'other files'}); use "
-                              "--resume to continue that run, or --out to choose another folder")
+                              "--resume to continue that run, or --out to choose another folder",
+                              argument=str(d))
         if has_any and resume:
             if not mpath.is_file():
                 raise RunDirError(f"cannot resume in {str(d)!r}: it has no {MANIFEST} (not an "
-                                  "sbn-bench run folder); choose another --out")
+                                  "sbn-bench run folder); choose another --out", argument=str(d))
             try:
                 old = json.loads(mpath.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 raise RunDirError(f"cannot resume in {str(d)!r}: {MANIFEST} is unreadable "
-                                  f"({e})") from None
+                                  f"({e})", argument=str(d)) from None
             diffs = diff_dicts(_identity(old), _identity(manifest))
             if diffs:
                 shown = "; ".join(diffs[:8]) + (f"; … ({len(diffs) - 8} more)" if len(diffs) > 8
                                                 else "")
                 raise RunDirError(f"cannot resume in {str(d)!r}: its run differs from this one: "
-                                  f"{shown}. Use the same settings, or --out to start a new run")
+                                  f"{shown}. Use the same settings, or --out to start a new run",
+                                  argument=str(d))
             manifest = {**old, "resumed": [*old.get("resumed", []), manifest["started"]],
                         "status": "running", "environment_last": manifest.get("environment")}
             for stray in [*d.glob(".*.tmp"), *store.cells.glob(".*.tmp")]:
@@ -178,7 +167,7 @@ class RunStore:
             code = errno.errorcode.get(e.errno or 0)
             raise RunDirError(f"cannot write in output folder {str(d)!r}: {reason}"
                               + (f" [{code}]" if code else "") + "; choose another --out or fix "
-                              "the folder's permissions") from None
+                              "the folder's permissions", argument=str(d)) from None
         store.manifest = manifest
         return store
 
@@ -196,12 +185,11 @@ class RunStore:
 
     def write_part(self, cell_id: str, kind: str, rows: list[dict[str, Any]]) -> None:
         """Write one cell's rows (kind ``metrics``, ``throughput`` or ``failure``) atomically."""
-        columns = TABLES[kind][1]
-        df = pd.DataFrame(rows, columns=columns)
-        for c in ("M", "seed", "samples"):
-            if c in df.columns:
-                df[c] = pd.array(df[c].tolist(), dtype="Int64")
-        atomic_write_text(self.part(cell_id, kind), to_csv_text(df, columns))
+        atomic_write_text(self.part(cell_id, kind), table_text(kind, rows))
+
+    def write_table(self, kind: str, rows: list[dict[str, Any]]) -> None:
+        """Write a whole table (e.g. the derived ``timed`` one) atomically."""
+        atomic_write_text(self.out / TABLES[kind][0], table_text(kind, rows))
 
     def remove_part(self, cell_id: str, kind: str) -> None:
         self.part(cell_id, kind).unlink(missing_ok=True)
@@ -213,7 +201,8 @@ class RunStore:
         """Rewrite the tables (:data:`TABLES`) from the part files, in the order of ``cell_ids``
         (each table atomically)."""
         ids = list(cell_ids)
-        for kind, (fname, columns) in TABLES.items():
+        for kind in PART_KINDS:
+            fname, columns = TABLES[kind]
             header = ",".join(columns) + "\n"
             body = []
             for cid in ids:
@@ -223,6 +212,6 @@ class RunStore:
                     body.append(text.split("\n", 1)[1] if "\n" in text else "")
             atomic_write_text(self.out / fname, header + "".join(body))
 
-    def tables(self) -> dict[str, pd.DataFrame]:
-        """The assembled tables as DataFrames."""
-        return {kind: read_table(self.out / fname, cols) for kind, (fname, cols) in TABLES.items()}
+    def tables(self, kinds: Iterable[str] = tuple(TABLES)) -> dict[str, pd.DataFrame]:
+        """The assembled tables of ``kinds`` (default: all) as DataFrames."""
+        return {kind: read_table(self.out / TABLES[kind][0], TABLES[kind][1]) for kind in kinds}

@@ -43,13 +43,10 @@ from __future__ import annotations
 
 import copy
 import csv
-import hashlib
 import io
 import json
 import math
 import os
-import platform
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,9 +58,11 @@ import torch
 from torch import Tensor
 
 from sbn_bench import model
+from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import ContractError, Estimator, load_registry
 from sbn_bench.fileio import atomic_write_bytes
 from sbn_bench.problems import Problem, save_problem
+from sbn_bench.provenance import environment
 from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size, objective
 
 OPTIMIZERS = ("sgd", "adam")
@@ -81,15 +80,14 @@ ProgressFn = Callable[[int, int, Mapping[str, float]], None]
 """``progress(epoch, epochs, row)``, called after every epoch with that epoch's log row."""
 
 
-class TrainArgumentError(ValueError):
+class TrainArgumentError(SbnBenchError, ValueError):
     """A training argument out of range; :attr:`argument` is its Python name (e.g. ``"lr"``)."""
 
     def __init__(self, argument: str, message: str) -> None:
-        super().__init__(message)
-        self.argument = argument
+        super().__init__(message, argument=argument)
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(SbnBenchError, ValueError):
     """The parameters became NaN or Inf (typically: learning rate too high)."""
 
 
@@ -237,19 +235,6 @@ def parse_checkpoints(text: str) -> list[int]:
     return out
 
 
-def problem_fingerprint(problem: Problem) -> str:
-    """SHA-256 of a problem's arrays (x, y, parameters in network order), loss and noise: equal
-    fingerprints mean the same training input (used to decide whether checkpoints can be reused)."""
-    h = hashlib.sha256()
-    h.update(f"{problem.loss}|{problem.noise}|".encode())
-    for name, t in [("x", problem.x), ("y", problem.y),
-                    *((k, problem.params[k]) for k in problem.param_names)]:
-        a = np.ascontiguousarray(t.detach().cpu().to(torch.float64).numpy())
-        h.update(f"{name}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def _stream_seeds(seed: int) -> dict[str, int]:
     """Independent 63-bit seeds for the data order, the estimator and the train-loss draws."""
     children = np.random.SeedSequence(seed).spawn(3)
@@ -291,34 +276,13 @@ def write_log(path: Path, history: Sequence[Mapping[str, float]]) -> None:
     _atomic_write(path, buf.getvalue().encode())
 
 
-def _git_commit() -> str | None:
-    """The source tree's commit, read from ``.git`` files (no git process), or None."""
-    try:
-        git = Path(__file__).resolve().parent.parent / ".git"
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref:"):
-            return head or None
-        ref = head.split(None, 1)[1]
-        if (git / ref).is_file():
-            return (git / ref).read_text().strip()
-        packed = git / "packed-refs"
-        if packed.is_file():
-            for line in packed.read_text().splitlines():
-                if line.endswith(" " + ref):
-                    return line.split()[0]
-    except OSError:
-        pass
-    return None
-
-
 def _versions() -> dict[str, Any]:
-    from sbn_bench import __version__
-
-    out: dict[str, Any] = {"sbn_bench": __version__, "python": sys.version.split()[0],
-                           "torch": torch.__version__, "numpy": np.__version__,
-                           "platform": platform.platform(), "machine": platform.machine(),
-                           "torch_threads": torch.get_num_threads(), "commit": _git_commit()}
-    return out
+    """Package versions, platform, torch threads and commit (:mod:`sbn_bench.provenance`)."""
+    env = environment()
+    return {"sbn_bench": env["packages"]["sbn_bench"], "python": env["python"],
+            "torch": env["packages"]["torch"], "numpy": env["packages"]["numpy"],
+            "platform": env["platform"], "machine": env["machine"],
+            "torch_threads": torch.get_num_threads(), "commit": env["git_commit"]}
 
 
 def _finite_or_none(v: float) -> float | None:
@@ -497,6 +461,72 @@ def train(
         torch.set_num_threads(previous_threads)
 
 
+class _ExactObjective:
+    """``J(θ)`` of the live parameters on the full data by the exact reference (NaN when ``note``
+    says why not), with the time it took in total."""
+
+    def __init__(self, problem: Problem, live: Mapping[str, Tensor], max_bytes: int,
+                 exact_log: bool) -> None:
+        self.problem, self.live, self.max_bytes = problem, live, max_bytes
+        self.note: str | None = None if exact_log else \
+            "exact objective not requested (exact_log=False)"
+        if exact_log:
+            try:
+                check_size(problem, max_bytes)
+            except ReferenceTooLarge as e:
+                self.note = str(e)
+        self.seconds = 0.0
+
+    def __call__(self) -> float:
+        if self.note is not None:
+            return math.nan
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            J = float(objective(self.problem, self.live, self.max_bytes))
+        self.seconds += time.perf_counter() - t0
+        return J
+
+
+@dataclass
+class _State:
+    """The optimiser's parameters: ``leaves`` (float64, requiring grad), ``live`` (their current
+    values, detached views) and ``views`` (the surrogate's ``[1, *shape]`` replicas)."""
+
+    leaves: dict[str, Tensor]
+    live: dict[str, Tensor]
+    views: dict[str, Tensor]
+
+    @classmethod
+    def of(cls, problem: Problem) -> _State:
+        leaves = {k: problem.params[k].detach().clone().requires_grad_(True)
+                  for k in problem.param_names}
+        return cls(leaves, {k: v.detach() for k, v in leaves.items()},
+                   {k: v.unsqueeze(0) for k, v in leaves.items()})
+
+    def non_finite(self) -> list[str]:
+        return [k for k, v in self.live.items() if not torch.isfinite(v).all()]
+
+
+def _epoch(problem: Problem, estimator: Estimator, state: _State, opt: torch.optim.Optimizer,
+           batch_size: int, gens: Mapping[str, torch.Generator]) -> tuple[float, int]:
+    """One pass over the shuffled data, one optimiser step per minibatch: ``(sum of the sampled
+    losses, steps)``."""
+    D, device = problem.num_data, problem.x.device
+    perm = torch.randperm(D, generator=gens["shuffle"]).to(device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    steps = 0
+    for start in range(0, D, batch_size):
+        sub = _rows(problem, perm[start:start + batch_size], state.live)
+        grads, losses = _step_gradient(estimator, sub, state.leaves, state.views,
+                                       gens["estimator"], gens["monitor"])
+        for leaf, gr in zip(state.leaves.values(), grads):
+            leaf.grad = gr
+        loss_sum += losses.sum()
+        opt.step()
+        steps += 1
+    return float(loss_sum), steps
+
+
 def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: float,
            momentum: float | None, batch_size: int, epochs: int, checkpoints: Iterable[int],
            seed: int, out_dir: str | os.PathLike[str], log_every: int, exact_log: bool,
@@ -514,65 +544,34 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_epochs = sorted({0, *cps, epochs})
-
-    exact_note: str | None = None if exact_log else "exact objective not requested (exact_log=False)"
-    if exact_log:
-        try:
-            check_size(problem, max_exact_bytes)
-        except ReferenceTooLarge as e:
-            exact_note = str(e)
-
-    leaves = {k: problem.params[k].detach().clone().requires_grad_(True) for k in problem.param_names}
-    live = {k: v.detach() for k, v in leaves.items()}  # views: always the current values
-    views = {k: v.unsqueeze(0) for k, v in leaves.items()}  # the surrogate's [1, *shape] replicas
-    opt = _make_optimizer(optimizer, list(leaves.values()), lr, momentum)
+    state = _State.of(problem)
+    exact_J = _ExactObjective(problem, state.live, max_exact_bytes, exact_log)
+    opt = _make_optimizer(optimizer, list(state.leaves.values()), lr, momentum)
     seeds = _stream_seeds(seed)
-    device = problem.x.device
-    g_shuffle = torch.Generator().manual_seed(seeds["shuffle"])
-    g_est = torch.Generator(device=device).manual_seed(seeds["estimator"])
-    g_mon = torch.Generator(device=device).manual_seed(seeds["monitor"])
-    D = problem.num_data
-    t_objective = 0.0
-
-    def exact_J() -> float:
-        nonlocal t_objective
-        if exact_note is not None:
-            return math.nan
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            J = float(objective(problem, live, max_exact_bytes))
-        t_objective += time.perf_counter() - t0
-        return J
+    gens = {"shuffle": torch.Generator().manual_seed(seeds["shuffle"]),
+            **{k: torch.Generator(device=problem.x.device).manual_seed(seeds[k])
+               for k in ("estimator", "monitor")}}
 
     def save(epoch: int) -> Path:
-        return save_problem(problem.with_params(live, name=f"{problem.name}-epoch{epoch}"),
+        return save_problem(problem.with_params(state.live, name=f"{problem.name}-epoch{epoch}"),
                             checkpoint_path(out, epoch))
 
-    log_path, curve_path, manifest_path = out / LOG_NAME, out / CURVE_NAME, out / MANIFEST_NAME
+    log_path = out / LOG_NAME
     written = {0: save(0)}
     history: list[dict[str, float]] = [{"epoch": 0, "step": 0, "train_loss": math.nan,
                                         "exact_objective": exact_J(), "wall_s": 0.0}]
-    initial_J = history[0]["exact_objective"]
     write_log(log_path, history)
     last_flush = time.perf_counter()
     t_train = 0.0
     step = 0
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        perm = torch.randperm(D, generator=g_shuffle).to(device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for start in range(0, D, batch_size):
-            sub = _rows(problem, perm[start:start + batch_size], live)
-            grads, losses = _step_gradient(estimator, sub, leaves, views, g_est, g_mon)
-            for leaf, gr in zip(leaves.values(), grads):
-                leaf.grad = gr
-            loss_sum += losses.sum()
-            opt.step()
-            step += 1
+        loss_sum, steps = _epoch(problem, estimator, state, opt, batch_size, gens)
+        step += steps
         t_train += time.perf_counter() - t0
-        bad = [k for k, v in live.items() if not torch.isfinite(v).all()]
+        bad = state.non_finite()
         want_exact = epoch % log_every == 0 or epoch in save_epochs
-        row = {"epoch": epoch, "step": step, "train_loss": float(loss_sum) / D,
+        row = {"epoch": epoch, "step": step, "train_loss": loss_sum / problem.num_data,
                "exact_objective": exact_J() if want_exact and not bad else math.nan,
                "wall_s": time.perf_counter() - t_start}
         history.append(row)
@@ -581,7 +580,8 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
             raise TrainingDiverged(
                 f"training diverged at epoch {epoch} (step {step}): parameter {bad[0]} became NaN "
                 f"or Inf with estimator {estimator.spec!r}, optimizer {optimizer}, lr={lr}; lower "
-                f"the learning rate (log so far in {str(log_path)!r})")
+                f"the learning rate (log so far in {str(log_path)!r})", argument="lr", value=lr,
+                expected="a smaller learning rate")
         if epoch in save_epochs:
             written[epoch] = save(epoch)
         if epoch in save_epochs or time.perf_counter() - last_flush > _FLUSH_SECONDS:
@@ -591,44 +591,57 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
             progress(epoch, epochs, row)
 
     write_log(log_path, history)
-    final_J = history[-1]["exact_objective"]
-    final = problem.with_params(live, name=f"{problem.name}-epoch{epochs}")
     mom = (DEFAULT_SGD_MOMENTUM if momentum is None else momentum) if optimizer == "sgd" else None
-    title = (f"{problem.name} ({problem.arch}, D={D}): {estimator.spec}, {optimizer} lr={lr:g}"
-             + (f" momentum={mom:g}" if mom is not None else "") + f", batch {batch_size}")
-    plot_loss_curve(history, curve_path, title=title, checkpoints=[c for c in save_epochs if c > 0],
-                    loss_name=problem.loss)
+    title = (f"{problem.name} ({problem.arch}, D={problem.num_data}): {estimator.spec}, {optimizer} "
+             f"lr={lr:g}" + (f" momentum={mom:g}" if mom is not None else "")
+             + f", batch {batch_size}")
+    plot_loss_curve(history, out / CURVE_NAME, title=title,
+                    checkpoints=[c for c in save_epochs if c > 0], loss_name=problem.loss)
     wall = time.perf_counter() - t_start
-    manifest: dict[str, Any] = {
+    config = {"optimizer": optimizer, "lr": lr, "momentum": mom, "batch_size": batch_size,
+              "epochs": epochs, "checkpoints": cps, "seed": seed, "log_every": log_every,
+              "exact_log": exact_log, "max_exact_bytes": max_exact_bytes}
+    timing = {"wall_s": wall, "train_s": t_train, "exact_objective_s": exact_J.seconds,
+              "seconds_per_step": t_train / max(step, 1)}
+    manifest = _train_manifest(problem, estimator, config, {"seed": seed, **seeds}, history,
+                               step, exact_J.note, timing, written)
+    _atomic_write(out / MANIFEST_NAME,
+                  (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode())
+    final = problem.with_params(state.live, name=f"{problem.name}-epoch{epochs}")
+    return TrainResult(out_dir=out, problem=final, checkpoints=written, log_path=log_path,
+                       curve_path=out / CURVE_NAME, manifest_path=out / MANIFEST_NAME,
+                       history=history, initial_objective=history[0]["exact_objective"],
+                       final_objective=history[-1]["exact_objective"], wall_s=wall,
+                       train_s=t_train, exact_note=exact_J.note, manifest=manifest)
+
+
+def _train_manifest(problem: Problem, estimator: Estimator, config: dict[str, Any],
+                    seeds: dict[str, int], history: Sequence[Mapping[str, float]], steps: int,
+                    exact_note: str | None, timing: dict[str, float], written: Mapping[int, Path]
+                    ) -> dict[str, Any]:
+    """``train_manifest.json``: configuration, seeds, problem, estimator, objectives, timings,
+    files and versions."""
+    D = problem.num_data
+    return {
         "kind": "sbn-bench train",
         "manifest_version": MANIFEST_VERSION,
-        "config": {"optimizer": optimizer, "lr": lr, "momentum": mom, "batch_size": batch_size,
-                   "epochs": epochs, "checkpoints": cps, "seed": seed, "log_every": log_every,
-                   "exact_log": exact_log, "max_exact_bytes": max_exact_bytes},
-        "seeds": {"seed": seed, **seeds},
+        "config": config,
+        "seeds": seeds,
         "problem": {"name": problem.name, "arch": problem.arch, "num_data": D,
                     "loss": problem.loss, "noise": problem.noise,
-                    "fingerprint": problem_fingerprint(problem)},
+                    "fingerprint": problem.fingerprint()},
         "estimator": {"spec": estimator.spec, "name": estimator.name,
-                      "version": estimator.version, "hyperparams": estimator.hparams,
+                      "version": estimator.version, "hyperparams": dict(estimator.hyperparams),
                       "unbiased": estimator.unbiased, "randomness": estimator.randomness},
-        "steps": step,
-        "steps_per_epoch": math.ceil(D / batch_size),
-        "initial_objective": _finite_or_none(initial_J),
-        "final_objective": _finite_or_none(final_J),
+        "steps": steps,
+        "steps_per_epoch": math.ceil(D / config["batch_size"]),
+        "initial_objective": _finite_or_none(history[0]["exact_objective"]),
+        "final_objective": _finite_or_none(history[-1]["exact_objective"]),
         "final_train_loss": _finite_or_none(history[-1]["train_loss"]),
         "exact_objective_note": exact_note,
-        "wall_s": wall,
-        "train_s": t_train,
-        "exact_objective_s": t_objective,
-        "seconds_per_step": t_train / max(step, 1),
+        **timing,
         "checkpoints": {str(e): p.name for e, p in sorted(written.items())},
         "files": {"log": LOG_NAME, "curve": CURVE_NAME},
         "versions": _versions(),
-        "device": str(device),
+        "device": str(problem.x.device),
     }
-    _atomic_write(manifest_path, (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode())
-    return TrainResult(out_dir=out, problem=final, checkpoints=written, log_path=log_path,
-                       curve_path=curve_path, manifest_path=manifest_path, history=history,
-                       initial_objective=initial_J, final_objective=final_J, wall_s=wall,
-                       train_s=t_train, exact_note=exact_note, manifest=manifest)

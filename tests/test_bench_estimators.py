@@ -3,7 +3,7 @@
 of the same network and batch (replicated parameters ``[S, *shape]``, deterministic forward
 ``x → F(a) → … → loss``, one backward pass).
 
-Targets (issue 3, read from the benchmark table, never asserted): every single-pass estimator
+Targets (read from the benchmark table, never asserted): every single-pass estimator
 (``reinforce``, ``st``, ``st-identity``, ``concrete``, ``st-gumbel``, ``tanh``) within 2× of the
 floor, ``psa`` within 4×. Run for real with::
 

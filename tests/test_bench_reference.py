@@ -1,4 +1,4 @@
-"""Benchmarks of the exact reference (issue 2): the computation only, problems built outside the timed call.
+"""Benchmarks of the exact reference: the computation only, problems built outside the timed call.
 
 Targets (not asserted: speed is never a unit-test failure): the paper net under 5 ms; the 2-12-12-12-12-1
 net (D = 100; naive enumeration of its 2^48 paths is impossible) under 2 s and 2 GiB on 2 CPU cores.

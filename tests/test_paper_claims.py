@@ -11,6 +11,7 @@ import math
 import pandas as pd
 
 from sbn_bench import paper
+from sbn_bench.config import paper_m_grid
 
 LAYERS = ["1", "2", "3"]
 
@@ -26,7 +27,7 @@ def _table(spec: dict[tuple[str, str], tuple[float, float]], ckpts: list[str]) -
             b = rb * scale
             rows.append(dict(checkpoint=ckpt, estimator=est, layer=layer, metric="rel_bias",
                              M=math.nan, value=b))
-            for M in paper.m_grid():
+            for M in paper_m_grid():
                 rows.append(dict(checkpoint=ckpt, estimator=est, layer=layer, metric="rrmse", M=M,
                                  value=math.sqrt(b**2 + rv / M)))
     df = pd.DataFrame(rows)

@@ -355,3 +355,11 @@ def test_to_and_with_params(tiny: Problem) -> None:
     assert torch.equal(q.x, tiny.x)
     new["bias_out"].add_(5)  # the copy is independent of the dict it was made from
     assert torch.equal(q.params["bias_out"], tiny.params["bias_out"] + 1)
+
+
+def test_fingerprint_changes_with_the_parameters_and_nothing_else():
+    p = random_problem("2-2-2-1", 0, data_points=3)
+    q = p.with_params({**p.params, "bias_out": p.params["bias_out"] + 1e-12})
+    assert p.fingerprint() != q.fingerprint()
+    assert p.fingerprint() == random_problem("2-2-2-1", 0, data_points=3).fingerprint()
+    assert p.fingerprint() == p.with_params(p.params, name="renamed").fingerprint()

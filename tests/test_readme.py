@@ -38,7 +38,7 @@ def test_example_plugin_is_unbiased_by_exact_enumeration() -> None:
     reg = load_registry([EXAMPLE])
     assert not reg.errors, reg.errors
     est = reg.create("reinforce-baseline:baseline=0.7")
-    assert est.hparams == {"baseline": 0.7}
+    assert dict(est.hyperparams) == {"baseline": 0.7}
     p = problems.random_problem("2-2-2-1", 3, data_points=3)
     _, g = exact_gradient(p)
     mean = path_expectation(est, p)

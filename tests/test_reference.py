@@ -472,3 +472,17 @@ def test_size_guard_refuses_before_any_work(monkeypatch: pytest.MonkeyPatch) -> 
         exact_gradient(p)
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before  # Linux: KiB
     assert grown_kib < 64 * 1024, f"peak RSS grew by {grown_kib} KiB while refusing"
+
+
+def test_production_path_log_probs_equal_the_naive_oracle():
+    """:func:`sbn_bench.reference.path_log_probs` (layer 1 per data point, later layers per path)
+    equals the oracle's plain product over every joint path."""
+    from sbn_bench.reference import enumerate_paths, path_log_probs
+    from sbn_bench.reference.paths import first_layer_index
+
+    p = random_problem("3-2-3-2-1", 1, data_points=4, noise="gaussian")
+    paths = enumerate_paths(p.widths)
+    first, rest = path_log_probs(p, paths)
+    idx1 = first_layer_index(p.widths, paths[0].shape[0])
+    fast = (first[:, idx1] + rest).T  # [P, D]
+    torch.testing.assert_close(fast, naive.path_log_probs(p, p.params, paths), rtol=0, atol=1e-12)

@@ -36,6 +36,7 @@ from sbn_bench.estimators import estimate, estimate_on_paths, load_registry
 from sbn_bench.metrics import Groups
 from sbn_bench.reference import exact_gradient
 from sbn_bench.reference.naive import enumerate_paths, path_log_probs
+from sbn_bench.runner import cells
 from sbn_bench.storage import RunDirError
 
 Z = 5.3
@@ -62,7 +63,7 @@ PLUGIN = textwrap.dedent('''
     import time
     import torch
     from sbn_bench.estimators import Estimator
-    from sbn_bench.estimators.builtin import st
+    from sbn_bench.estimators.builtin.straight_through import st
 
 
     def boom():
@@ -99,16 +100,6 @@ def plugin(tmp_path: Path) -> Path:
 
 # --------------------------------------------------------------------------------------------
 # exact mode
-
-
-def test_path_log_probs_fast_equals_naive():
-    p = tiny(1, data_points=4, arch="3-2-3-2-1", noise="gaussian")
-    paths = enumerate_paths(p.widths)
-    first, rest = runner.path_log_probs_fast(p, paths)
-    n1, total = p.widths[1], sum(p.widths[1:-1])
-    idx1 = torch.arange(paths[0].shape[0]) >> (total - n1)
-    fast = (first[:, idx1] + rest).T  # [P, D]
-    torch.testing.assert_close(fast, path_log_probs(p, p.params, paths), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["psa", "reinforce", "st"])
@@ -220,13 +211,13 @@ def test_choose_mode():
 
 def test_chunks_bound_the_samples_per_call(tmp_path, monkeypatch):
     calls: list[int] = []
-    real = runner.estimate
+    real = cells.estimate
 
     def spy(est, problem, n, gen):
         calls.append(n)
         return real(est, problem, n, gen)
 
-    monkeypatch.setattr(runner, "estimate", spy)
+    monkeypatch.setattr(cells, "estimate", spy)
     cfg = tiny_config(tmp_path, estimators=("arm",), samples=50, chunk=7)
     runner.run(cfg)
     assert calls == [7] * 7 + [1], calls
@@ -267,16 +258,9 @@ def test_run_writes_tidy_tables_and_manifest(tmp_path):
     assert {"torch", "numpy", "pandas", "sbn_bench"} <= set(man["packages"])
     assert [e["spec"] for e in man["estimators"]] == ["psa", "arm"]
     assert all(e["version"] for e in man["estimators"])
-    assert man["problems"][0]["sha256"] == runner.fingerprint(tiny())
+    assert man["problems"][0]["sha256"] == tiny().fingerprint()
     assert man["device"]["type"] == "cpu" and "python" in man and "git_commit" in man
     assert res.summary().shape == (2, 4)
-
-
-def test_fingerprint_changes_with_the_parameters():
-    p = tiny()
-    q = p.with_params({**p.params, "bias_out": p.params["bias_out"] + 1e-12})
-    assert runner.fingerprint(p) != runner.fingerprint(q)
-    assert runner.fingerprint(p) == runner.fingerprint(tiny())
 
 
 def test_same_config_gives_byte_identical_metrics(tmp_path):
@@ -376,9 +360,9 @@ def test_failing_plugin_estimators_are_recorded_and_the_run_goes_on(tmp_path, pl
 
 
 def test_unusable_combinations_are_refused_before_any_work_with_their_reason(tmp_path):
-    # Changed deliberately (review item 3; STYLE 3 "Unsupported combinations are refused before any
-    # compute, with the reason", SPEC §2): these were recorded failure cells before; now the whole
-    # run is refused by runner.prepare, naming each pair and its reason, and nothing is written.
+    # STYLE 3 "Unsupported combinations are refused before any compute, with the reason", SPEC §2:
+    # the whole run is refused by runner.prepare, naming each pair and its reason, and nothing is
+    # written.
     cfg = tiny_config(tmp_path / "a", problems=(ProblemSpec(arch="2-2-2-1", data_points=3,
                                                             noise="gaussian"),),
                       estimators=("arm", "st"), mode="exact")
@@ -497,7 +481,7 @@ def test_toml_config_with_checkpoints_runs(tmp_path):
     assert list(dict.fromkeys(res.metrics["checkpoint"])) == ["init", "half"]
     assert set(res.metrics["problem"]) == {"tiny"}
     man = res.manifest["problems"]
-    assert man[1]["sha256"] == runner.fingerprint(trained) != man[0]["sha256"]
+    assert man[1]["sha256"] == trained.fingerprint() != man[0]["sha256"]
     # command-line overrides win; M = "paper" is cut at S
     assert load_config(cfg_file, samples=12, M="paper").m_grid == (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 
@@ -529,8 +513,9 @@ def test_toml_errors_name_file_line_and_key(tmp_path, text, line, words):
 
 
 def test_missing_config_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist") as info:
         load_config(tmp_path / "none.toml")
+    assert info.value.argument == str(tmp_path / "none.toml")
 
 
 def test_stable_seed_is_stable():

@@ -1,4 +1,4 @@
-"""``sbn-bench train`` and :func:`sbn_bench.train.train` (issue 5, item 1).
+"""``sbn-bench train`` and :func:`sbn_bench.train.train`.
 
 Checked against closed forms (one SGD / SGD-with-momentum / Adam step on the exact gradient), against
 :func:`sbn_bench.estimators.estimate` (the training fast path computes the same estimate), against

@@ -17,21 +17,21 @@ import click
 
 from sbn_bench import problems
 from sbn_bench.config import MAX_SEED
+from sbn_bench.errors import SbnBenchError
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
 from sbn_bench.problems import Problem
+from sbn_bench.units import parse_size, size_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError,
-                                                 PermissionError, OSError)
-"""Library exceptions that are the user's input (bad values, files): shown as one line, no traceback.
-Every library error type is a subclass of one of these (ProblemError, EstimatorSpecError, …)."""
-
 
 def friendly_errors(fn: F) -> F:
-    """Turn library errors into ``Error: …`` and exit status 1, without a traceback.
+    """Turn the library's :class:`~sbn_bench.errors.SbnBenchError` (the user's input: bad values,
+    files, plugins, folders) into one ``Error: …`` line and exit status 1, without a traceback.
+    Any other exception is a bug and shows its traceback. Running out of memory while allocating
+    (a request too large for the machine) is also one line.
 
-    Set ``SBN_BENCH_DEBUG=1`` to see the traceback.
+    Set ``SBN_BENCH_DEBUG=1`` to see the traceback of every error.
     """
 
     @functools.wraps(fn)
@@ -42,7 +42,7 @@ def friendly_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except click.ClickException:
             raise
-        except USER_ERRORS as e:
+        except SbnBenchError as e:
             if os.environ.get("SBN_BENCH_DEBUG"):
                 raise
             raise click.ClickException(str(e) or type(e).__name__) from None
@@ -110,15 +110,21 @@ def plugin_option(fn: F) -> F:
 def size_callback(ctx: click.Context | None, param: click.Parameter | None, value: str | int | None
                   ) -> int | None:
     """A click callback: bytes from ``"4GiB"``, ``"512MiB"``, ``"2GB"``, ``"1e9"`` or a plain
-    integer (:func:`sbn_bench.config.parse_size`)."""
+    integer (:func:`sbn_bench.units.parse_size`)."""
     if value is None:
         return None
-    from sbn_bench.config import ConfigError, parse_size
-
     try:
         return parse_size(value, (param.name if param is not None else None) or "size")
-    except ConfigError as e:
+    except SbnBenchError as e:
         raise click.BadParameter(str(e)) from None
+
+
+def size_option(name: str, default: int, help: str) -> Callable[[F], F]:
+    """A ``--name SIZE`` option in bytes or a size such as 4GiB, 512MiB, 2GB (the one spelling of
+    every size option)."""
+    return click.option(name, type=click.STRING, callback=size_callback, metavar="SIZE",
+                        default=size_text(default), show_default=True,
+                        help=help + " Bytes or a size such as 4GiB, 512MiB, 2GB.")
 
 
 def warn(message: str) -> None:

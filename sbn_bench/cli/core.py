@@ -14,26 +14,15 @@ from sbn_bench.cli.common import (
     plugin_option,
     problem_options,
     resolve_problem,
-    size_callback,
+    size_option,
 )
 from sbn_bench.estimators import load_registry
 from sbn_bench.reference import DEFAULT_MAX_BYTES, exact_gradient, gradient_json
 
-
-def size_text(n: int) -> str:
-    """``4294967296 → "4GiB"``: the largest binary unit that divides ``n`` (for option defaults)."""
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n % size == 0:
-            return f"{n // size}{unit}"
-    return str(n)
-
-
-def max_bytes_option(fn):  # type: ignore[no-untyped-def]
-    """``--max-exact-bytes SIZE``: bytes or a size such as 4GiB, 512MiB, 2GB (like --memory-budget)."""
-    return click.option("--max-exact-bytes", type=click.STRING, callback=size_callback,
-                        metavar="SIZE", default=size_text(DEFAULT_MAX_BYTES), show_default=True,
-                        help="Memory limit of the exact reference: bytes or a size such as 4GiB, "
-                             "512MiB, 2GB; larger problems are refused before any work.")(fn)
+max_bytes_option = size_option(
+    "--max-exact-bytes", DEFAULT_MAX_BYTES,
+    "Memory limit of the exact reference; larger problems are refused before any work.")
+"""``--max-exact-bytes SIZE`` (exact, run)."""
 
 
 @click.command()

@@ -19,23 +19,23 @@ from sbn_bench.cli.common import (
     plugin_option,
     problem_options,
     resolve_problem,
+    size_option,
     warn,
 )
 from sbn_bench.cli.core import max_bytes_option
 from sbn_bench.config import (
     DEFAULT_ESTIMATORS,
     DEFAULT_MAX_PATHS,
+    DEFAULT_MEMORY_BUDGET,
     DEVICES,
     DTYPES,
     MODES,
-    ConfigError,
     ProblemSpec,
     RunConfig,
     ThroughputConfig,
     default_m_grid,
     load_config,
     paper_m_grid,
-    parse_size,
 )
 
 
@@ -61,15 +61,6 @@ def _m_list(ctx: click.Context, param: click.Parameter, value: str | None
     if min(out) < 1:
         raise click.BadParameter(f"{value!r}: every M must be ≥ 1")
     return out
-
-
-def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_size(value, param.name or "size")
-    except ConfigError as e:
-        raise click.BadParameter(str(e)) from None
 
 
 class _Progress:
@@ -115,7 +106,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--seeds", callback=_int_list, default=None,
               help="Sampling seeds, comma-separated (one cell each); default: --seed.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(DTYPES), default="float64", show_default=True,
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float64", show_default=True,
               help="Estimators' dtype (the reference is always float64).")
 @click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
               help="exact: enumerate all paths (path estimators, small nets); mc: sample; "
@@ -124,8 +115,7 @@ def _given(ctx: click.Context, name: str) -> bool:
               show_default=True, help="Exact mode only with at most this many paths per data point.")
 @click.option("--chunk", type=click.IntRange(min=1), default=None,
               help="Samples per estimator call (default: as many as --memory-budget allows).")
-@click.option("--memory-budget", callback=_size, default="1GiB", show_default=True,
-              help="Memory the estimator may use per chunk, e.g. 512MiB, 2GB.")
+@size_option("--memory-budget", DEFAULT_MEMORY_BUDGET, "Memory the estimator may use per chunk.")
 @max_bytes_option
 @click.option("--target-rrmse", type=click.FloatRange(min=0, min_open=True), default=0.1,
               show_default=True, help="Target relative RMSE of time_to_accuracy_s.")

@@ -16,10 +16,9 @@ from sbn_bench.cli.common import (
     plugin_option,
     problem_options,
     resolve_problem,
-    size_callback,
+    size_option,
     warn,
 )
-from sbn_bench.cli.core import size_text
 from sbn_bench.config import MAX_SEED
 from sbn_bench.reference import DEFAULT_MAX_BYTES
 
@@ -64,11 +63,9 @@ def _bad(e: training.TrainArgumentError, seed_option: str = "--train-seed") -> c
 @click.option("--overwrite", is_flag=True,
               help="Remove the files of a previous training in --out first (without it, such a "
                    "folder is refused).")
-@click.option("--max-exact-bytes", type=click.STRING, callback=size_callback, metavar="SIZE",
-              default=size_text(DEFAULT_MAX_BYTES), show_default=True,
-              help="Memory limit of the exact reference: bytes or a size such as 4GiB, 512MiB, 2GB; "
-                   "above it training still runs but the exact objective is not logged (NaN, with "
-                   "a note in the manifest).")
+@size_option("--max-exact-bytes", DEFAULT_MAX_BYTES,
+             "Memory limit of the exact reference; above it training still runs but the exact "
+             "objective is not logged (NaN, with a note in the manifest).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 @friendly_errors
 def train(problem_file: Path | None, arch: str | None, preset: str | None, seed: int,

@@ -1,6 +1,17 @@
-"""Estimator plugin API and the built-in library (SPEC §3–4; README "Writing an estimator")."""
+"""Estimator plugin API and the built-in library (SPEC §3–4; README "Writing an estimator").
+
+* :mod:`~sbn_bench.estimators.base`: the contract (:class:`Estimator`, :class:`SurrogateFn`,
+  :func:`estimate`);
+* :mod:`~sbn_bench.estimators.kernel`: the path kernel estimators are built from;
+* :mod:`~sbn_bench.estimators.builtin`: the built-ins, one module per family;
+* :mod:`~sbn_bench.estimators.registry`: the registry, filled from the entry-point group
+  ``sbn_bench.estimators`` and plugin files;
+* :mod:`~sbn_bench.estimators.testing`: the conformance kit (:func:`check_estimator`) that every
+  built-in passes, for plugin authors' own tests.
+"""
 
 from sbn_bench.estimators.base import (
+    FAMILIES,
     RANDOMNESS,
     ContractError,
     Estimator,
@@ -8,6 +19,7 @@ from sbn_bench.estimators.base import (
     Randomness,
     SurrogateFn,
     UnsupportedProblem,
+    default_bytes_per_sample,
     estimate,
     estimate_on_paths,
     from_path,
@@ -16,14 +28,17 @@ from sbn_bench.estimators.registry import (
     GROUP,
     EstimatorSpecError,
     PluginError,
+    PluginFileError,
     Registry,
     check_factory,
     load_plugin_file,
+    load_plugins,
     load_registry,
     split_specs,
 )
 
 __all__ = [
+    "FAMILIES",
     "GROUP",
     "RANDOMNESS",
     "ContractError",
@@ -31,15 +46,18 @@ __all__ = [
     "EstimatorSpecError",
     "PathSurrogateFn",
     "PluginError",
+    "PluginFileError",
     "Randomness",
     "Registry",
     "SurrogateFn",
     "UnsupportedProblem",
     "check_factory",
+    "default_bytes_per_sample",
     "estimate",
     "estimate_on_paths",
     "from_path",
     "load_plugin_file",
+    "load_plugins",
     "load_registry",
     "split_specs",
 ]

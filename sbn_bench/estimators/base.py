@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench import model
+from sbn_bench.errors import ArgumentError, SbnBenchError
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES, Params
 from sbn_bench.problems import Problem
 
@@ -70,16 +71,40 @@ class PathSurrogateFn(Protocol):
         ...
 
 
-class UnsupportedProblem(ValueError):
-    """An estimator was asked for a noise or loss it does not support (refused before compute)."""
+class UnsupportedProblem(SbnBenchError, ValueError):
+    """An estimator was asked for a noise or loss it does not support (refused before compute);
+    ``argument`` is ``"noise"`` or ``"loss"``."""
 
 
-class ContractError(TypeError):
-    """An estimator (typically a plugin) that breaks the contract; the message names it."""
+class ContractError(SbnBenchError, TypeError):
+    """An estimator (typically a plugin) that breaks the contract; ``argument`` names it."""
+
+
+FAMILIES = ("exact", "score-function", "antithetic", "relaxed", "straight-through", "psa")
+"""The built-in estimator families (one module each in :mod:`sbn_bench.estimators.builtin`);
+a plugin may declare any family name (reports group and colour estimators by it)."""
 
 
 def _one(widths: tuple[int, ...]) -> int:
     return 1
+
+
+def default_bytes_per_sample(widths: Sequence[int], num_data: int, itemsize: int, evals: int) -> int:
+    """A rough upper estimate of the memory one single-sample estimate takes inside
+    :func:`estimate` (the parameter replica and its gradient, per-data-point activations, PSA's
+    ``[D, n_k, n_{k-1}]`` flip tables, ``evals`` loss evaluations, autograd's saved tensors); the
+    tests check it against torch's profiler for every built-in. An estimator that needs more
+    declares :attr:`Estimator.bytes_per_sample`.
+
+    Args:
+        widths: ``(n0, n_1, …, n_L, n_out)``; num_data: ``D``; itemsize: bytes per float.
+        evals: loss evaluations per sample (:attr:`Estimator.evals_per_sample`).
+    """
+    n_params = sum(widths[i + 1] * (widths[i] + 1) for i in range(len(widths) - 1))
+    fan = sum(widths[i + 1] * widths[i] for i in range(len(widths) - 1))
+    units = sum(widths[1:])
+    per_data = 4 * fan + 8 * units + 4 * max(1, evals) * widths[-1] * (1 + widths[-2])
+    return itemsize * (6 * n_params + 2 * num_data * per_data) + 8 * n_params
 
 
 @dataclass(frozen=True)
@@ -100,6 +125,11 @@ class Estimator:
         description: one line for ``sbn-bench list``.
         path_surrogate: for ``path`` estimators, the surrogate for given states (or None).
         version: bumped when the estimator's numbers change; recorded in run manifests.
+        family: the family it belongs to (:data:`FAMILIES` for the built-ins), for reports.
+        bytes_per_sample: ``(widths, num_data, itemsize) -> bytes``, an upper estimate of the memory
+            one sample takes inside :func:`estimate`, read by the runner's memory planner; None:
+            :func:`default_bytes_per_sample` with :attr:`evals_per_sample`
+            (:meth:`memory_per_sample`).
 
     Two estimators are equal when their name, hyperparameters, flags and version are (the
     functions are not compared).
@@ -116,6 +146,9 @@ class Estimator:
     description: str = ""
     path_surrogate: PathSurrogateFn | None = field(default=None, compare=False)
     version: str = "1"
+    family: str = field(default="", compare=False)
+    bytes_per_sample: Callable[[tuple[int, ...], int, int], int] | None = field(default=None,
+                                                                               compare=False)
 
     @property
     def spec(self) -> str:
@@ -125,9 +158,12 @@ class Estimator:
         return self.name + ":" + ",".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
                                           for k, v in self.hyperparams)
 
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return dict(self.hyperparams)
+    def memory_per_sample(self, widths: tuple[int, ...], num_data: int, itemsize: int) -> int:
+        """Bytes one sample takes inside :func:`estimate` (an upper estimate): the estimator's own
+        :attr:`bytes_per_sample`, else :func:`default_bytes_per_sample`."""
+        if self.bytes_per_sample is not None:
+            return int(self.bytes_per_sample(widths, num_data, itemsize))
+        return default_bytes_per_sample(widths, num_data, itemsize, self.evals_per_sample(widths))
 
     def check_supports(self, problem: Problem) -> None:
         """Refuse an unsupported noise or loss before any compute.
@@ -135,14 +171,14 @@ class Estimator:
         Raises:
             UnsupportedProblem: naming the estimator, the value and the supported ones.
         """
-        if problem.noise not in self.noises:
-            raise UnsupportedProblem(
-                f"estimator {self.spec!r} does not support noise {problem.noise!r} (problem "
-                f"{problem.name!r}); it supports noise {', '.join(sorted(self.noises))}")
-        if problem.loss not in self.losses:
-            raise UnsupportedProblem(
-                f"estimator {self.spec!r} does not support loss {problem.loss!r} (problem "
-                f"{problem.name!r}); it supports loss {', '.join(sorted(self.losses))}")
+        for what, value, supported in (("noise", problem.noise, self.noises),
+                                       ("loss", problem.loss, self.losses)):
+            if value not in supported:
+                expected = f"{what} {', '.join(sorted(supported))}"
+                raise UnsupportedProblem(
+                    f"estimator {self.spec!r} does not support {what} {value!r} (problem "
+                    f"{problem.name!r}); it supports {expected}", argument=what, value=value,
+                    expected=expected)
 
     def supports(self, problem: Problem) -> bool:
         return problem.noise in self.noises and problem.loss in self.losses
@@ -153,7 +189,8 @@ def _gradients(surr: Tensor, reps: Mapping[str, Tensor], num_samples: int, who: 
     if not isinstance(surr, Tensor) or surr.shape != (num_samples,):
         shape = tuple(surr.shape) if isinstance(surr, Tensor) else type(surr).__name__
         raise ContractError(f"estimator {who!r} returned a surrogate of shape {shape}, expected "
-                            f"[S] = ({num_samples},)")
+                            f"[S] = ({num_samples},)", argument=who, value=shape,
+                            expected=f"a tensor of shape ({num_samples},)")
     if not surr.requires_grad:
         return {k: torch.zeros_like(v) for k, v in reps.items()}
     grads = torch.autograd.grad(surr.sum(), list(reps.values()), allow_unused=True)
@@ -179,7 +216,8 @@ def estimate(
         ``{name: [S, *shape]}`` for every parameter of the problem.
     """
     if num_samples < 1:
-        raise ValueError(f"argument num_samples={num_samples} must be ≥ 1")
+        raise ArgumentError(f"argument num_samples={num_samples} must be ≥ 1",
+                            argument="num_samples", value=num_samples, expected="an integer ≥ 1")
     estimator.check_supports(problem)
     reps = model.replicate(problem.params, num_samples)
     with torch.enable_grad():
@@ -201,8 +239,9 @@ def estimate_on_paths(
         ``{name: [S, *shape]}``: entry ``s`` is the estimate when the sampled states are ``states[:][s]``.
     """
     if estimator.path_surrogate is None:
-        raise ValueError(f"estimator {estimator.spec!r} has no path surrogate "
-                         f"(randomness {estimator.randomness!r})")
+        raise ArgumentError(f"estimator {estimator.spec!r} has no path surrogate "
+                            f"(randomness {estimator.randomness!r})", argument="estimator",
+                            value=estimator.spec, expected="an estimator with a path surrogate")
     estimator.check_supports(problem)
     num_samples = states[0].shape[0]
     reps = model.replicate(problem.params, num_samples)

@@ -24,6 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sbn_bench.errors import SbnBenchError
+from sbn_bench.estimators import builtin
 from sbn_bench.estimators.base import RANDOMNESS, ContractError, Estimator
 
 GROUP = "sbn_bench.estimators"
@@ -31,12 +33,14 @@ GROUP = "sbn_bench.estimators"
 Factory = Callable[..., Estimator]
 
 
-class EstimatorSpecError(ValueError):
-    """An estimator spec that names an unknown estimator or hyperparameter, or a bad value."""
+class EstimatorSpecError(SbnBenchError, ValueError):
+    """An estimator spec that names an unknown estimator or hyperparameter, or a bad value
+    (``argument`` is the spec, or ``NAME:KEY`` for a hyperparameter)."""
 
 
-class PluginFileError(ValueError):
-    """A plugin file named explicitly (``--plugin FILE``) that cannot be loaded at all."""
+class PluginFileError(SbnBenchError, ValueError):
+    """A plugin file named explicitly (``--plugin FILE``) that cannot be loaded at all
+    (``argument`` is the file)."""
 
 
 @dataclass(frozen=True)
@@ -97,11 +101,14 @@ class Registry:
         if name not in self.factories:
             failed = [e for e in self.errors if e.name == name]
             if failed:
-                raise EstimatorSpecError(f"estimator {name!r} failed to load: {failed[0]}")
+                raise EstimatorSpecError(f"estimator {name!r} failed to load: {failed[0]}",
+                                         argument=spec, value=name,
+                                         expected="an estimator that loads")
             close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
             hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
             raise EstimatorSpecError(f"estimator {name!r} is unknown{hint} Known estimators: "
-                                     f"{', '.join(self.names())}")
+                                     f"{', '.join(self.names())}", argument=spec, value=name,
+                                     expected=f"one of {', '.join(self.names())}")
         factory = self.factories[name]
         params = hyperparameters(factory)
         kwargs: dict[str, Any] = {}
@@ -111,29 +118,34 @@ class Registry:
                 hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
                 valid = ", ".join(params) or "none"
                 raise EstimatorSpecError(f"estimator {name!r} has no hyperparameter {key!r}{hint}"
-                                         f"; its hyperparameters: {valid}")
+                                         f"; its hyperparameters: {valid}", argument=spec,
+                                         value=key, expected=f"one of {valid}")
             kwargs[key] = _convert(name, key, text, params[key])
         try:
             est = factory(**kwargs)
         except (ValueError, TypeError) as e:
-            raise EstimatorSpecError(f"estimator spec {spec!r}: {e}") from None
+            raise EstimatorSpecError(f"estimator spec {spec!r}: {e}", argument=spec,
+                                     value=getattr(e, "value", SbnBenchError.UNSET),
+                                     expected=getattr(e, "expected", None)) from None
         except (Exception, SystemExit) as e:  # a plugin factory may raise anything
             raise EstimatorSpecError(f"estimator spec {spec!r}: the factory of {name!r} "
                                      f"({self.origins.get(name)}) raised {type(e).__name__}: "
-                                     f"{e}") from None
+                                     f"{e}", argument=spec) from None
         if not isinstance(est, Estimator) or est.name != name:
             got = f"an estimator named {est.name!r}" if isinstance(est, Estimator) else \
                 type(est).__name__
             raise EstimatorSpecError(f"estimator spec {spec!r}: the factory of {name!r} "
                                      f"({self.origins.get(name)}) returned {got}, expected an "
-                                     f"sbn_bench.Estimator named {name!r}")
+                                     f"sbn_bench.Estimator named {name!r}", argument=spec)
         return est
 
     def create_many(self, specs: str | Sequence[str]) -> list[Estimator]:
         """Build a list from ``"psa,st,concrete:tau=0.1"`` or a sequence of specs."""
         items = split_specs(specs) if isinstance(specs, str) else list(specs)
         if not items:
-            raise EstimatorSpecError("argument estimators is empty; expected e.g. 'psa,st,arm'")
+            raise EstimatorSpecError("argument estimators is empty; expected e.g. 'psa,st,arm'",
+                                     argument="estimators", value=specs,
+                                     expected="e.g. 'psa,st,arm'")
         return [self.create(s) for s in items]
 
 
@@ -143,38 +155,48 @@ def hyperparameters(factory: Factory) -> dict[str, Any]:
     return {n: p.default for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
 
 
+def check_signature(name: str, factory: Any) -> None:
+    """A factory is callable and its parameters are keyword-only hyperparameters with defaults.
+
+    Raises:
+        ContractError: what is wrong, naming the estimator.
+    """
+    if not callable(factory):
+        raise ContractError(f"factory for {name!r} is not callable (got {type(factory).__name__})",
+                            argument=name)
+    sig = inspect.signature(factory)
+    for p in sig.parameters.values():
+        if p.kind is not p.KEYWORD_ONLY or p.default is p.empty:
+            raise ContractError(f"factory for {name!r}: parameter {p.name!r} must be keyword-only "
+                                "with a default (hyperparameters are keyword-only)", argument=name)
+
+
 def check_factory(name: str, factory: Any) -> Estimator:
     """Verify a factory against the contract (pluggy's ``_verify_hook``, for estimators).
 
     Raises:
         ContractError: what is wrong, naming the estimator.
     """
-    if not callable(factory):
-        raise ContractError(f"factory for {name!r} is not callable (got {type(factory).__name__})")
-    sig = inspect.signature(factory)
-    for p in sig.parameters.values():
-        if p.kind is not p.KEYWORD_ONLY or p.default is p.empty:
-            raise ContractError(f"factory for {name!r}: parameter {p.name!r} must be keyword-only "
-                                "with a default (hyperparameters are keyword-only)")
+    check_signature(name, factory)
     est = factory()
     if not isinstance(est, Estimator):
         raise ContractError(f"factory for {name!r} returned {type(est).__name__}, expected an "
-                            "sbn_bench.Estimator")
+                            "sbn_bench.Estimator", argument=name)
     if est.name != name:
         raise ContractError(f"factory registered as {name!r} returned an estimator named "
-                            f"{est.name!r}")
+                            f"{est.name!r}", argument=name)
     if est.randomness not in RANDOMNESS:
         raise ContractError(f"estimator {name!r}: randomness {est.randomness!r} is not one of "
-                            f"{', '.join(RANDOMNESS)}")
+                            f"{', '.join(RANDOMNESS)}", argument=name)
     if not callable(est.surrogate):
-        raise ContractError(f"estimator {name!r}: surrogate is not callable")
+        raise ContractError(f"estimator {name!r}: surrogate is not callable", argument=name)
     if est.path_surrogate is not None and est.randomness != "path":
         raise ContractError(f"estimator {name!r}: path_surrogate given but randomness is "
-                            f"{est.randomness!r}, expected 'path'")
+                            f"{est.randomness!r}, expected 'path'", argument=name)
     n = est.evals_per_sample((2, 5, 5, 1))
     if not isinstance(n, int) or n < 1:
         raise ContractError(f"estimator {name!r}: evals_per_sample returned {n!r}, expected an "
-                            "int ≥ 1")
+                            "int ≥ 1", argument=name)
     return est
 
 
@@ -184,12 +206,13 @@ def _split_spec(spec: str) -> tuple[str, dict[str, str]]:
     name = name.strip()
     if not name:
         raise EstimatorSpecError(f"estimator spec {spec!r} has no name; expected NAME or "
-                                 "NAME:key=value,...")
+                                 "NAME:key=value,...", argument=spec)
     raw: dict[str, str] = {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
-            raise EstimatorSpecError(f"estimator spec {spec!r}: {item!r} is not key=value")
+            raise EstimatorSpecError(f"estimator spec {spec!r}: {item!r} is not key=value",
+                                     argument=spec, value=item, expected="key=value")
         raw[key.strip()] = value.strip()
     return name, raw
 
@@ -211,7 +234,8 @@ def split_specs(text: str) -> list[str]:
         where = ", ".join(str(i + 1) for i, s in enumerate(items) if not s)
         raise EstimatorSpecError(f"argument estimators={text!r} has an empty item (position {where} "
                                  "of the comma-separated list); expected specs separated by single "
-                                 "commas, e.g. 'psa,st,concrete:tau=0.1'")
+                                 "commas, e.g. 'psa,st,concrete:tau=0.1'", argument="estimators",
+                                 value=text, expected="specs separated by single commas")
     for item in items:
         if "=" in item and ":" not in item and out:
             out[-1] += "," + item
@@ -234,7 +258,9 @@ def _convert(name: str, key: str, text: str, default: Any) -> Any:
         return text
     except ValueError:
         raise EstimatorSpecError(f"estimator {name!r}: hyperparameter {key}={text!r} is not a "
-                                 f"valid {kind.__name__} (default {default!r})") from None
+                                 f"valid {kind.__name__} (default {default!r})",
+                                 argument=f"{name}:{key}", value=text,
+                                 expected=f"a {kind.__name__}") from None
 
 
 def _entry_points() -> Iterable[metadata.EntryPoint]:
@@ -245,30 +271,33 @@ def load_plugin_file(registry: Registry, path: str | os.PathLike[str]) -> list[s
     """Import a plugin file and register its ``ESTIMATORS`` dict; returns the names it added.
 
     Raises:
-        FileNotFoundError / ContractError: the file is missing, does not import, or has no
+        PluginFileError / ContractError: the file is missing, does not import, or has no
             ``ESTIMATORS`` dict (the message names the file). Individual broken factories are
             recorded in ``registry.errors`` instead.
     """
     path = Path(path)
     origin = f"plugin file {str(path)!r}"
     if not path.exists():
-        raise FileNotFoundError(f"{origin} does not exist")
+        raise PluginFileError(f"{origin} does not exist", argument=str(path))
     if not path.is_file():
-        raise ContractError(f"{origin} is not a file (expected a Python file defining ESTIMATORS)")
+        raise ContractError(f"{origin} is not a file (expected a Python file defining ESTIMATORS)",
+                            argument=str(path))
     mod_name = f"sbn_bench_plugin_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:
-        raise ContractError(f"{origin} cannot be imported as a Python module (expected a .py file)")
+        raise ContractError(f"{origin} cannot be imported as a Python module (expected a .py file)",
+                            argument=str(path))
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as e:  # a plugin's sys.exit() must not end the caller
         sys.modules.pop(mod_name, None)
-        raise ContractError(f"{origin} failed to import: {type(e).__name__}: {e}") from None
+        raise ContractError(f"{origin} failed to import: {type(e).__name__}: {e}",
+                            argument=str(path)) from None
     table = getattr(module, "ESTIMATORS", None)
     if not isinstance(table, dict):
-        raise ContractError(f"{origin} defines no ESTIMATORS dict (name -> factory)")
+        raise ContractError(f"{origin} defines no ESTIMATORS dict (name -> factory)", argument=str(path))
     return [n for n, f in table.items() if registry.add(str(n), f, origin)]
 
 
@@ -290,15 +319,13 @@ def load_registry(plugins: Sequence[str | os.PathLike[str]] = (), *, entry_point
                                                                f"{type(e).__name__}: {e}"))
                 continue
             reg.add(ep.name, factory, origin)
-    from sbn_bench.estimators import builtin
-
     for name, factory in builtin.BUILTINS.items():
         if name not in reg.factories and not any(e.name == name for e in reg.errors):
             reg.add(name, factory, f"built-in {builtin.__name__}.{factory.__name__}")
     for p in plugins:
         try:
             load_plugin_file(reg, p)
-        except (FileNotFoundError, ContractError) as e:
+        except (PluginFileError, ContractError) as e:
             reg.errors.append(PluginError(Path(p).stem, f"plugin file {str(p)!r}", str(e),
                                           whole_file=True))
     return reg
@@ -307,7 +334,7 @@ def load_registry(plugins: Sequence[str | os.PathLike[str]] = (), *, entry_point
 def load_plugins(plugins: Sequence[str | os.PathLike[str]], requested: Iterable[str] = ()
                  ) -> tuple[Registry, list[str]]:
     """The registry with ``plugins`` loaded, for a command that names them explicitly (``sbn-bench
-    run`` and ``train``: the design decision of issue 6).
+    run`` and ``train``).
 
     A plugin file that cannot be loaded at all (missing, fails to import, no ``ESTIMATORS`` dict)
     is an error before any work: the user asked for it. A loadable file's broken factories are only
@@ -321,7 +348,8 @@ def load_plugins(plugins: Sequence[str | os.PathLike[str]], requested: Iterable[
     origins = {f"plugin file {str(p)!r}" for p in plugins}
     fatal = [e for e in reg.errors if e.whole_file and e.origin in origins]
     if fatal:
-        raise PluginFileError("; ".join(e.message for e in fatal))
+        raise PluginFileError("; ".join(e.message for e in fatal), argument=fatal[0].origin,
+                              expected="a Python file defining ESTIMATORS = {name: factory}")
     asked = set(requested)
     warnings = [f"plugin estimator {e.name!r} was not loaded ({e.origin}): {e.message}"
                 for e in reg.errors if e.origin in origins and e.name not in asked]

@@ -24,8 +24,10 @@ import torch
 from torch import Tensor
 
 from sbn_bench import model
+from sbn_bench.errors import SbnBenchError
 from sbn_bench.model import Noise, Params
 from sbn_bench.problems import Problem
+from sbn_bench.units import format_gib
 
 DEFAULT_MAX_BYTES = 4 * 2**30
 """Default memory limit of the exact reference (4 GiB); see :func:`check_size`."""
@@ -34,8 +36,9 @@ _BYTES_PER_ENTRY = 8 * 3
 """float64, times three: the table, the Kronecker intermediates kept for backward, its gradient."""
 
 
-class ReferenceTooLarge(ValueError):
-    """The exact reference would exceed its memory limit; raised before any allocation."""
+class ReferenceTooLarge(SbnBenchError, ValueError):
+    """The exact reference would exceed its memory limit; raised before any allocation
+    (``argument`` is ``max_bytes``, ``value`` the limit)."""
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,6 @@ def estimate_cost(widths: tuple[int, ...], num_data: int) -> ReferenceCost:
     return ReferenceCost(states=states, bytes=states * _BYTES_PER_ENTRY)
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.3g} GiB"
-
-
 def check_size(problem: Problem, max_bytes: int = DEFAULT_MAX_BYTES) -> ReferenceCost:
     """Refuse a problem too large for the exact reference, before any work.
 
@@ -76,8 +75,10 @@ def check_size(problem: Problem, max_bytes: int = DEFAULT_MAX_BYTES) -> Referenc
         raise ReferenceTooLarge(
             f"exact reference refused for problem {problem.name!r} (arch {problem.arch}, "
             f"D={problem.num_data}): it needs {cost.states:.4g} table entries, about "
-            f"{_gib(cost.bytes)} of memory, over the limit of {_gib(max_bytes)} "
-            "(raise it with max_bytes= / --max-exact-bytes, or use fewer units per layer)")
+            f"{format_gib(cost.bytes)} of memory, over the limit of {format_gib(max_bytes)} "
+            "(raise it with max_bytes= / --max-exact-bytes, or use fewer units per layer)",
+            argument="max_bytes", value=max_bytes,
+            expected=f"at least {format_gib(cost.bytes)} for this problem")
     return cost
 
 

@@ -1,6 +1,8 @@
 """Naive enumeration of all ``2^{Σ n_k}`` joint paths: the test oracle for the chain (SPEC §2).
 
-Only for tiny networks: its cost is exponential in the total number of units.
+Only for tiny networks: its cost is exponential in the total number of units. It computes every
+path's probability the plain way (one product per path and data point), independently of the
+chain and of :func:`sbn_bench.reference.paths.path_log_probs`, which the tests check against it.
 """
 
 from __future__ import annotations
@@ -9,19 +11,10 @@ import torch
 from torch import Tensor
 
 from sbn_bench import model
+from sbn_bench.errors import ArgumentError
 from sbn_bench.model import Params
 from sbn_bench.problems import Problem
-
-MAX_PATHS = 2**16
-
-
-def enumerate_paths(widths: tuple[int, ...], dtype: torch.dtype = torch.float64,
-                    device: torch.device | str = "cpu") -> list[Tensor]:
-    """All joint paths as per-layer states: a list over layers of ``[P, n_k]`` tensors,
-    ``P = 2^{Σ n_k}``, for ``widths = (n0, n_1, …, n_L, n_out)``."""
-    hidden = list(widths[1:-1])
-    joint = model.all_states(sum(hidden), dtype, device)
-    return list(torch.split(joint, hidden, dim=1))
+from sbn_bench.reference.paths import MAX_PATHS, enumerate_paths, num_paths
 
 
 def path_log_probs(problem: Problem, params: Params, paths: list[Tensor]) -> Tensor:
@@ -40,10 +33,11 @@ def objective(problem: Problem, params: Params | None = None, max_paths: int = M
               ) -> Tensor:
     """``J`` by summing ``p(path) ℓ(path)`` over every joint path (0-d, differentiable)."""
     params = problem.params if params is None else params
-    n_paths = 2 ** sum(problem.widths[1:-1])
+    n_paths = num_paths(problem.widths)
     if n_paths > max_paths:
-        raise ValueError(f"naive enumeration refused: {n_paths} joint paths > max_paths="
-                         f"{max_paths}")
+        raise ArgumentError(f"naive enumeration refused: {n_paths} joint paths > max_paths="
+                            f"{max_paths}", argument="max_paths", value=max_paths,
+                            expected=f"at least the {n_paths} joint paths")
     paths = enumerate_paths(problem.widths, params["weight_1"].dtype, params["weight_1"].device)
     logp = path_log_probs(problem, params, paths)  # [P, D]
     eta = model.output(params, paths[-1])  # [P, n_out]

@@ -8,7 +8,8 @@ From Python::
     print(paths["html"])
 
 Modules: :mod:`.load` (reading a run), :mod:`.tables`, :mod:`.figures`, :mod:`.markdown`,
-:mod:`.html`, :mod:`.compare`.
+:mod:`.html`, :mod:`.compare`, :mod:`.sections` (report sections as plug-ins, entry-point group
+``sbn_bench.report_sections``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from sbn_bench.errors import ArgumentError
 from sbn_bench.fileio import atomic_write_text
+from sbn_bench.reports import html, markdown
 from sbn_bench.reports.compare import (
     DEFAULT_SIGMA,
     Comparison,
@@ -29,7 +32,9 @@ from sbn_bench.reports.compare import (
     compare_runs,
     significant,
 )
+from sbn_bench.reports.figures import FIGURE_KINDS, write_figures
 from sbn_bench.reports.load import Run, RunDirError, load_run
+from sbn_bench.reports.sections import ReportSection, load_sections, render_sections
 
 FORMATS = ("md", "html")
 
@@ -38,6 +43,7 @@ __all__ = [
     "FORMATS",
     "Comparison",
     "IncomparableRuns",
+    "ReportSection",
     "Run",
     "RunDirError",
     "compare_runs",
@@ -54,8 +60,6 @@ def _swap_in(staging: Path, out: Path, names: Sequence[str]) -> None:
     report files then replace the old ones one rename each (``os.replace``). Until this point
     nothing in ``out`` has changed, so a report that fails to render leaves the previous one intact.
     """
-    from sbn_bench.reports.figures import FIGURE_KINDS
-
     old, new, final = staging / "figures.old", staging / "figures", out / "figures"
     if final.is_dir():
         # files in figures/ that no report wrote (not ``*_<kind>.png``) move over to the new folder
@@ -89,6 +93,7 @@ def write_report(
     force: bool = False,
     sigma: float = DEFAULT_SIGMA,
     warn: Callable[[str], None] | None = None,
+    sections: Sequence[ReportSection] | None = None,
 ) -> dict[str, Path]:
     """Write the report of a run directory.
 
@@ -103,7 +108,10 @@ def write_report(
             report then warns).
         sigma: the ``z`` of the comparison's flagging rule for Monte-Carlo values.
         warn: called with a one-line warning when the run is unfinished (its manifest's status is
-            ``running`` or ``incomplete``; the report then opens with the same warning).
+            ``running`` or ``incomplete``; the report then opens with the same warning), and for
+            each report section that failed to load or render.
+        sections: the report sections to render after the header (default: those registered in
+            the entry-point group ``sbn_bench.report_sections``; each renders when it applies).
 
     Returns:
         ``{"md": path, "html": path, "figures": directory}`` for what was written.
@@ -115,17 +123,27 @@ def write_report(
     """
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise ValueError(f"argument formats={list(formats)!r}: expected a non-empty subset of "
-                         f"{', '.join(FORMATS)}")
+        raise ArgumentError(f"argument formats={list(formats)!r}: expected a non-empty subset of "
+                            f"{', '.join(FORMATS)}", argument="formats", value=list(formats),
+                            expected=f"a non-empty subset of {', '.join(FORMATS)}")
     if not sigma > 0:
-        raise ValueError(f"argument sigma={sigma!r} must be > 0")
-    from sbn_bench.reports import html, markdown
-    from sbn_bench.reports.figures import write_figures
+        raise ArgumentError(f"argument sigma={sigma!r} must be > 0", argument="sigma", value=sigma,
+                            expected="a number > 0")
 
     run = load_run(run_dir)
     cmp = compare_runs(run, load_run(compare_dir), force=force, sigma=sigma) if compare_dir else None
     if run.incomplete and warn is not None:
         warn(run.incomplete)
+    if sections is None:
+        loaded = load_sections()
+        sections, section_errors = loaded.sections, loaded.errors
+    else:
+        section_errors = []
+    blocks, render_errors = render_sections(run, sections)
+    for w in [*section_errors, *render_errors]:
+        run.warnings.append(w)
+        if warn is not None:
+            warn(w)
     out = Path(out_dir) if out_dir is not None else run.path / "report"
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -137,21 +155,17 @@ def write_report(
         # the Markdown links and captions refer to where the figures will be
         figures = [replace(f, path=out / "figures" / f.path.name) for f in staged]
         written: dict[str, Path] = {}
-        from sbn_bench import paper
-
-        extra = paper.is_paper_run(run.manifest)  # the paper's claims, for `run --preset paper`
         names = []
         if "md" in formats:
             written["md"] = out / "report.md"
             names.append("report.md")
             atomic_write_text(staging / "report.md", markdown.render_report(
-                run, figures, cmp, out,
-                extra=paper.report_section_markdown(run, out) if extra else None))
+                run, figures, cmp, out, sections=blocks))
         if "html" in formats:
             written["html"] = out / "report.html"
             names.append("report.html")
             atomic_write_text(staging / "report.html", html.render_report(  # embeds the staged PNGs
-                run, staged, cmp, extra=paper.report_section_html(run) if extra else None))
+                run, staged, cmp, sections=blocks))
         _swap_in(staging, out, names)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

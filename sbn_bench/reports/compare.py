@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from sbn_bench.errors import SbnBenchError
 from sbn_bench.reports.load import (
     Run,
     device_of,
@@ -32,8 +33,8 @@ from sbn_bench.reports.load import (
     problem_fingerprints,
 )
 from sbn_bench.reports.tables import (
-    Cell,
     Table,
+    TableCell,
     cell_label,
     cell_rows,
     fmt_num,
@@ -49,7 +50,7 @@ EXACT_REL = 1e-12
 EXACT_ABS = 1e-12
 
 
-class IncomparableRuns(ValueError):
+class IncomparableRuns(SbnBenchError, ValueError):
     """Two runs that did not measure the same thing (problems, estimator versions, device)."""
 
 
@@ -151,11 +152,11 @@ def _ratio(a: float, b: float, diff: Difference) -> str:
     return fmt_num(a / b, 4)
 
 
-def _ratio_cell(a: float, b: float, diff: Difference) -> Cell:
+def _ratio_cell(a: float, b: float, diff: Difference) -> TableCell:
     text = _ratio(a, b, diff)
     if diff.flagged:
         text += " (exact)" if diff.exact else f" (z={diff.z:.1f})"
-    return Cell(text, diff.flagged)
+    return TableCell(text, diff.flagged)
 
 
 def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEFAULT_SIGMA) -> Comparison:
@@ -193,18 +194,18 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
             cmp.notes.append(f"{cell_label(p, c)}: not in the baseline, not compared")
             continue
         ia, ib = metric_index(cell_rows(run, p, c)), metric_index(cell_rows(base, p, c))
-        rows: list[list[Cell]] = []
+        rows: list[list[TableCell]] = []
         keys = sorted({(e, lay) for (e, lay, _, _) in ia} & {(e, lay) for (e, lay, _, _) in ib},
                       key=lambda k: (layer_key(k[1]), run.estimators().index(k[0])))
         for est, layer in keys:
-            row = [Cell(layer), Cell(est)]
+            row = [TableCell(layer), TableCell(est)]
             for metric, m, label in (("rrmse", 1.0, "rrmse M=1"), ("rel_bias", None, "rel. bias")):
                 va, vb = ia.get((est, layer, metric, m)), ib.get((est, layer, metric, m))
                 if va is None or vb is None:
-                    row += [Cell("—"), Cell("—"), Cell("—")]
+                    row += [TableCell("—"), TableCell("—"), TableCell("—")]
                     continue
                 diff = significant(va.value, vb.value, va.stderr, vb.stderr, sigma)
-                row += [Cell(fmt_pm(va.value, va.stderr)), Cell(fmt_pm(vb.value, vb.stderr)),
+                row += [TableCell(fmt_pm(va.value, va.stderr)), TableCell(fmt_pm(vb.value, vb.stderr)),
                         _ratio_cell(va.value, vb.value, diff)]
                 if diff.flagged:
                     how = "exact values" if diff.exact else f"z = {diff.z:.1f}"
@@ -219,7 +220,7 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
                 header=["layer", "estimator", "rrmse M=1 run", "baseline", "ratio",
                         "rel. bias run", "baseline", "ratio"],
                 rows=rows, anchor=slug("compare", p, c)))
-        trows: list[list[Cell]] = []
+        trows: list[list[TableCell]] = []
         for est in run.estimators():
             ta, tb = throughput_row(run, p, c, est), throughput_row(base, p, c, est)
             if ta is None or tb is None:
@@ -228,8 +229,8 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
             iqr_a = float(ta["samples_per_s_q75"] - ta["samples_per_s_q25"])
             iqr_b = float(tb["samples_per_s_q75"] - tb["samples_per_s_q25"])
             diff = significant(a, b, iqr_a, iqr_b, sigma=1.0)
-            trows.append([Cell(est), Cell(f"{fmt_num(a)} (IQR {fmt_num(iqr_a)})"),
-                          Cell(f"{fmt_num(b)} (IQR {fmt_num(iqr_b)})"), _ratio_cell(a, b, diff)])
+            trows.append([TableCell(est), TableCell(f"{fmt_num(a)} (IQR {fmt_num(iqr_a)})"),
+                          TableCell(f"{fmt_num(b)} (IQR {fmt_num(iqr_b)})"), _ratio_cell(a, b, diff)])
             if diff.flagged:
                 cmp.flagged.append(f"{cell_label(p, c)} · {est} · samples/s: {fmt_num(a)} vs "
                                    f"{fmt_num(b)} (ratio {_ratio(a, b, diff)}, beyond the IQRs)")

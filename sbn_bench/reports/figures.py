@@ -26,8 +26,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import StrMethodFormatter, SymmetricalLogLocator
 
+from sbn_bench.metrics import layer_key
 from sbn_bench.reports.load import Run
-from sbn_bench.reports.tables import cell_label, cell_rows, layer_key, slug
+from sbn_bench.reports.tables import cell_label, cell_rows, slug
 
 DPI = 110
 FIGURE_KINDS = ("rrmse", "cosine", "bias_variance", "throughput")

@@ -7,11 +7,13 @@ import base64
 import html
 from collections.abc import Sequence
 from importlib import resources
+from pathlib import Path
 
 from sbn_bench.reports.compare import Comparison
 from sbn_bench.reports.figures import FigureFile
 from sbn_bench.reports.load import Run, run_facts
 from sbn_bench.reports.markdown import LEGEND
+from sbn_bench.reports.sections import Block, Bullets, Heading, Image, Text
 from sbn_bench.reports.tables import (
     Table,
     cell_failures,
@@ -84,14 +86,36 @@ def _block(table: Table, level: int = 3, css_class: str = "") -> str:
 
 
 def _figure(f: FigureFile) -> str:
-    data = base64.b64encode(f.path.read_bytes()).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(f.caption)}">'
-            f"<figcaption>{_e(f.caption)}</figcaption></figure>")
+    return _image(f.path, f.caption)
+
+
+def _image(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(caption)}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def render_blocks(blocks: Sequence[Block]) -> str:
+    """Report-section blocks as HTML (images embedded)."""
+    parts = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            parts.append(f"<h{b.level}>{_e(b.text)}</h{b.level}>")
+        elif isinstance(b, Text):
+            parts.append(f"<p>{_inline_md(b.text)}</p>")
+        elif isinstance(b, Bullets):
+            parts.append("<ul>" + "".join(f"<li>{_e(x)}</li>" for x in b.items) + "</ul>")
+        elif isinstance(b, Table):
+            parts.append(_block(b) if b.title else render_table(b) + _notes(b.notes))
+        elif isinstance(b, Image):
+            parts.append(_image(b.path, b.caption))
+    return "\n".join(parts)
 
 
 def render_report(run: Run, figures: Sequence[FigureFile], cmp: Comparison | None,
-                  extra: str | None = None) -> str:
-    """The whole report as one HTML document; ``extra`` (HTML) goes right after the header."""
+                  sections: Sequence[Block] = ()) -> str:
+    """The whole report as one HTML document; the ``sections``' blocks go right after the
+    header."""
     title = f"sbn-bench report: {run.path.name}"
     facts = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in run_facts(run))
     parts = [f"<h1>{_e(title)}</h1>"]
@@ -101,8 +125,8 @@ def render_report(run: Run, figures: Sequence[FigureFile], cmp: Comparison | Non
               f"{facts}</tbody></table>"]
     if run.warnings:
         parts.append('<div class="warning">' + _notes(run.warnings) + "</div>")
-    if extra:
-        parts.append(extra)
+    if sections:
+        parts.append(render_blocks(sections))
     parts += ["<h2>Summary</h2>", f'<p class="legend">{_inline_md(LEGEND)}</p>']
     for p, c in run.cells():
         if not cell_rows(run, p, c).empty:

@@ -20,16 +20,10 @@ from typing import Any
 import pandas as pd
 
 from sbn_bench import schema
+from sbn_bench.schema import TableError, read_table
+from sbn_bench.storage import RunDirError
 
-LAYER_ALL = "all"
-LAYER_OUT = "out"
-
-_STR_COLUMNS = ("problem", "checkpoint", "estimator", "layer", "metric", "mode", "device", "dtype",
-                "stage", "error")
-
-
-class RunDirError(FileNotFoundError):
-    """A path that is not a readable run directory; the message says what is missing."""
+__all__ = ["Run", "RunDirError", "TableError", "load_run"]
 
 
 @dataclass
@@ -85,32 +79,18 @@ REQUIRED = {
                           "stderr", "mode"],
     "failures.csv": ["problem", "estimator", "error"],
 }
-"""The columns a report cannot do without (issue 4); the other schema columns are optional and
-read as empty when absent, so older or hand-made runs still render."""
+"""The columns a report cannot do without; the other schema columns are optional and read as empty
+when absent, so older or hand-made runs still render."""
 
 
 def _read_csv(path: Path, columns: list[str], required: bool) -> pd.DataFrame:
     if not path.is_file():
         if required:
             raise RunDirError(f"no {path.name} in {str(path.parent)!r}: not a run directory "
-                              f"(write one with: sbn-bench run --out {path.parent})")
+                              f"(write one with: sbn-bench run --out {path.parent})",
+                              argument=str(path.parent), expected=f"a folder with {path.name}")
         return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-    if path.stat().st_size == 0:
-        raise ValueError(f"{str(path)!r} is empty: expected a CSV header with columns "
-                         f"{', '.join(columns)}")
-    dtypes = {c: str for c in _STR_COLUMNS if c in columns}
-    frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
-    missing = [c for c in REQUIRED.get(path.name, columns) if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{str(path)!r} lacks the column(s) {', '.join(missing)}; expected at least "
-                         f"{', '.join(REQUIRED.get(path.name, columns))} (sbn_bench.schema)")
-    for c in columns:
-        if c not in frame.columns:
-            frame[c] = "" if c in _STR_COLUMNS else float("nan")
-    for c in _STR_COLUMNS:
-        if c in frame.columns:
-            frame[c] = frame[c].fillna("").astype(object)
-    return frame
+    return read_table(path, columns, required=REQUIRED.get(path.name, columns))
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -118,17 +98,18 @@ def load_run(run_dir: str | Path) -> Run:
 
     Raises:
         RunDirError: the directory does not exist, is not a directory, or has no ``metrics.csv``.
-        ValueError: a file is empty or lacks schema columns.
+        TableError: a file is empty, not CSV, or lacks schema columns.
     """
     path = Path(run_dir)
     if not path.exists():
-        raise RunDirError(f"run directory {str(path)!r} does not exist")
+        raise RunDirError(f"run directory {str(path)!r} does not exist", argument=str(path),
+                          expected="a run directory written by sbn-bench run")
     if not path.is_dir():
         raise RunDirError(f"{str(path)!r} is not a directory: expected a run directory "
-                          "(with manifest.json and metrics.csv)")
+                          "(with manifest.json and metrics.csv)", argument=str(path))
     if not any(path.iterdir()):
         raise RunDirError(f"run directory {str(path)!r} is empty: no metrics.csv (write one with: "
-                          f"sbn-bench run --out {path})")
+                          f"sbn-bench run --out {path})", argument=str(path))
     metrics = _read_csv(path / "metrics.csv", schema.METRICS_COLUMNS, required=True)
     timed_path = path / "timed_metrics.csv"
     if timed_path.is_file() and timed_path.stat().st_size > 0:
@@ -142,7 +123,7 @@ def load_run(run_dir: str | Path) -> Run:
         metrics[c] = pd.to_numeric(metrics[c], errors="coerce").astype(float)
     throughput = _read_csv(path / "throughput.csv", schema.THROUGHPUT_COLUMNS, required=False)
     for c in schema.THROUGHPUT_COLUMNS:
-        if c not in _STR_COLUMNS:
+        if c not in schema.TEXT_COLUMNS:
             throughput[c] = pd.to_numeric(throughput[c], errors="coerce").astype(float)
     failures = _read_csv(path / "failures.csv", schema.FAILURES_COLUMNS, required=False)
     warnings: list[str] = []

@@ -13,6 +13,7 @@ from pathlib import Path
 from sbn_bench.reports.compare import Comparison
 from sbn_bench.reports.figures import FigureFile
 from sbn_bench.reports.load import Run, run_facts
+from sbn_bench.reports.sections import Block, Bullets, Heading, Image, Text
 from sbn_bench.reports.tables import (
     Table,
     cell_failures,
@@ -116,13 +117,31 @@ def header_markdown(run: Run, title: str) -> str:
     return out
 
 
+def render_blocks(blocks: Sequence[Block], out_dir: Path) -> str:
+    """Report-section blocks as Markdown; image links relative to ``out_dir``."""
+    parts = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            parts.append(f"{'#' * b.level} {_esc(b.text)}")
+        elif isinstance(b, Text):
+            parts.append(" ".join(b.text.split()))
+        elif isinstance(b, Bullets):
+            parts.append(render_notes(b.items))
+        elif isinstance(b, Table):
+            parts.append(_block(b) if b.title else render_table(b))
+        elif isinstance(b, Image):
+            rel = Path(os.path.relpath(b.path, out_dir)).as_posix()
+            parts.append(f"![{_esc(b.caption)}]({rel})")
+    return "\n\n".join(parts)
+
+
 def render_report(run: Run, figures: Sequence[FigureFile], cmp: Comparison | None, out_dir: Path,
-                  extra: str | None = None) -> str:
-    """The whole Markdown report; figure links are relative to ``out_dir``; ``extra`` (Markdown)
-    goes right after the header (the paper's claims, for a paper run)."""
+                  sections: Sequence[Block] = ()) -> str:
+    """The whole Markdown report; figure links are relative to ``out_dir``; the ``sections``'
+    blocks (report sections such as the paper's claims) go right after the header."""
     parts = [header_markdown(run, f"sbn-bench report: {run.path.name}")]
-    if extra:
-        parts.append(extra.rstrip("\n"))
+    if sections:
+        parts.append(render_blocks(sections, out_dir))
     parts += ["## Summary", LEGEND,
              summary_markdown(run).rstrip("\n"), "## Figures"]
     if not figures:

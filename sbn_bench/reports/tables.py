@@ -18,7 +18,9 @@ from typing import Literal
 
 import pandas as pd
 
-from sbn_bench.reports.load import LAYER_ALL, LAYER_OUT, Run, target_rrmse
+from sbn_bench import metrics
+from sbn_bench.metrics import layer_key
+from sbn_bench.reports.load import Run, target_rrmse
 
 Better = Literal["low", "high"]
 
@@ -31,7 +33,7 @@ TIE_ABS = 1e-12
 
 
 @dataclass(frozen=True)
-class Cell:
+class TableCell:
     """One table cell: its text and whether it is emphasised (rendered bold): the best value of its
     column in a summary table, a flagged difference in a comparison table."""
 
@@ -45,7 +47,7 @@ class Table:
 
     title: str
     header: list[str]
-    rows: list[list[Cell]]
+    rows: list[list[TableCell]]
     notes: list[str] = field(default_factory=list)
     anchor: str = ""
 
@@ -99,13 +101,6 @@ def slug(*parts: str) -> str:
         s = re.sub(r"[^A-Za-z0-9.=-]+", "-", str(p)).strip("-")
         out.append(s.replace("=", "") or "x")
     return "_".join(out)
-
-
-def layer_key(layer: str) -> tuple[int, int, str]:
-    """Sort key: stochastic layers ``1 … L`` in order, then ``out``, then ``all``."""
-    if layer.isdigit():
-        return (0, int(layer), "")
-    return ({LAYER_OUT: 1, LAYER_ALL: 2}.get(layer, 3), 0, layer)
 
 
 def cell_label(problem: str, checkpoint: str) -> str:
@@ -174,6 +169,13 @@ def _mark_best(values: Sequence[float | None], better: Better) -> list[bool]:
 # tables
 
 
+def _better(metric: str) -> Better:
+    """Which direction is better for a metric, from the metric registry."""
+    b = metrics.better(metric)
+    assert b is not None, metric
+    return b
+
+
 @dataclass(frozen=True)
 class _Col:
     header: str
@@ -213,17 +215,18 @@ def summary_table(run: Run, problem: str, checkpoint: str,
     target = target_rrmse(run)
     cols: list[tuple[str, _Col, int | None]] = []
     for t in m_targets:
-        cols.append(("rrmse", _Col(f"rrmse {m_label('rrmse', t)}", "low"), t))
-    cols.append(("rel_bias", _Col("rel. bias", "low"), None))
+        cols.append(("rrmse", _Col(f"rrmse {m_label('rrmse', t)}", _better("rrmse")), t))
+    cols.append(("rel_bias", _Col("rel. bias", _better("rel_bias")), None))
     for t in m_targets:
-        cols.append(("cosine_mean", _Col(f"cosine {m_label('cosine_mean', t)}", "high"), t))
+        cols.append(("cosine_mean", _Col(f"cosine {m_label('cosine_mean', t)}",
+                                         _better("cosine_mean")), t))
     cols.append(("samples_per_s", _Col("samples/s", "high"), None))
     tta = f"time to rrmse ≤ {fmt_num(target)} (s)" if target is not None else "time to accuracy (s)"
-    cols.append(("time_to_accuracy_s", _Col(tta, "low"), None))
+    cols.append(("time_to_accuracy_s", _Col(tta, _better("time_to_accuracy_s")), None))
 
     estimators = [e for e in run.estimators() if e in set(rows_df["estimator"])]
     layers = sorted(set(rows_df["layer"]), key=layer_key)
-    out_rows: list[list[Cell]] = []
+    out_rows: list[list[TableCell]] = []
     for layer in layers:
         group: list[tuple[str, str, list[tuple[float | None, str]]]] = []
         for est in estimators:
@@ -251,8 +254,8 @@ def summary_table(run: Run, problem: str, checkpoint: str,
             group.append((est, "/".join(modes), vals))
         best = [_mark_best([g[2][j][0] for g in group], cols[j][1].better) for j in range(len(cols))]
         for i, (est, mode, vals) in enumerate(group):
-            out_rows.append([Cell(layer), Cell(est), Cell(mode)]
-                            + [Cell(txt, best[j][i]) for j, (_, txt) in enumerate(vals)])
+            out_rows.append([TableCell(layer), TableCell(est), TableCell(mode)]
+                            + [TableCell(txt, best[j][i]) for j, (_, txt) in enumerate(vals)])
     notes += [f"failed: {line}" for line in failure_lines(cell_failures(run, problem, checkpoint))]
     return Table(title=cell_label(problem, checkpoint),
                  header=["layer", "estimator", "mode"] + [c[1].header for c in cols],
@@ -279,12 +282,12 @@ def throughput_table(run: Run, problem: str, checkpoint: str) -> Table | None:
         mem = r["peak_memory_bytes"]
         mem_txt = "—" if not math.isfinite(mem) else fmt_num(mem / 2**20) + " MiB"
         rows.append([
-            Cell(r["estimator"]), Cell(f"{r['device']} {r['dtype']}".strip()),
-            Cell(fmt_num(r["samples_per_s"]), b),
-            Cell(f"{fmt_num(r['samples_per_s_q25'])} – {fmt_num(r['samples_per_s_q75'])}"),
-            Cell(fmt_num(r["seconds_per_sample"])),
-            Cell(fmt_int(r["evals_per_sample"])),
-            Cell(fmt_int(r["batch"])), Cell(fmt_int(r["rounds"])), Cell(mem_txt),
+            TableCell(r["estimator"]), TableCell(f"{r['device']} {r['dtype']}".strip()),
+            TableCell(fmt_num(r["samples_per_s"]), b),
+            TableCell(f"{fmt_num(r['samples_per_s_q25'])} – {fmt_num(r['samples_per_s_q75'])}"),
+            TableCell(fmt_num(r["seconds_per_sample"])),
+            TableCell(fmt_int(r["evals_per_sample"])),
+            TableCell(fmt_int(r["batch"])), TableCell(fmt_int(r["rounds"])), TableCell(mem_txt),
         ])
     return Table(title=f"Throughput · {cell_label(problem, checkpoint)}",
                  header=["estimator", "device", "samples/s", "IQR samples/s", "s/sample",

@@ -1,9 +1,10 @@
-"""Memory (issue 6, item 5): a request over the memory budget is chunked or refused up front with
+"""Memory: a request over the memory budget is chunked or refused up front with
 the estimate.
 
-The chunking rests on :func:`sbn_bench.runner.bytes_per_sample` being an upper bound of what one
-sample really takes; that is measured here with torch's profiler (``profile_memory``: every CPU
-allocation and free, replayed in time order to find the peak) for every built-in estimator.
+The chunking rests on :meth:`sbn_bench.estimators.Estimator.memory_per_sample` being an upper bound
+of what one sample really takes; that is measured here with torch's profiler (``profile_memory``:
+every CPU allocation and free, replayed in time order to find the peak) for every built-in
+estimator.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from sbn_bench import problems, runner
 from sbn_bench.cli import main
 from sbn_bench.config import ProblemSpec, RunConfig, ThroughputConfig
 from sbn_bench.estimators import estimate, load_registry
+from sbn_bench.estimators.base import default_bytes_per_sample
 from sbn_bench.estimators.builtin import BUILTINS
+from sbn_bench.metrics import Groups
+from sbn_bench.runner import cells
+from sbn_bench.units import format_bytes
 
 REG = load_registry()
 
@@ -44,17 +49,16 @@ def test_bytes_per_sample_bounds_the_real_peak(arch, loss, D):
         for dtype in (torch.float32, torch.float64):
             q = p.to(dtype=dtype)
             got = peak_bytes(lambda est=est, q=q: estimate(est, q, S, torch.Generator().manual_seed(0)))
-            bound = S * runner.bytes_per_sample(p.widths, D, torch.finfo(dtype).bits // 8,
-                                                est.evals_per_sample(p.widths))
+            bound = S * est.memory_per_sample(p.widths, D, torch.finfo(dtype).bits // 8)
             assert 0 < got <= bound, f"{spec} {dtype}: peak {got} B > estimate {bound} B"
 
 
 def test_chunks_keep_every_call_within_the_budget(tmp_path, monkeypatch):
     p = problems.random_problem("2-5-5-5-1", 0, data_points=30)
-    one = runner.bytes_per_sample(p.widths, 30, 8, REG.create("psa").evals_per_sample(p.widths))
+    one = REG.create("psa").memory_per_sample(p.widths, 30, 8)
     budget = int(7.5 * one)
     calls: list[tuple[str, int, int]] = []
-    real = runner.estimate
+    real = cells.estimate
 
     def spy(est, problem, n, gen):
         out = {}
@@ -62,14 +66,14 @@ def test_chunks_keep_every_call_within_the_budget(tmp_path, monkeypatch):
         calls.append((est.spec, n, peak))
         return out
 
-    monkeypatch.setattr(runner, "estimate", spy)
+    monkeypatch.setattr(cells, "estimate", spy)
     runner.run(RunConfig(problems=(ProblemSpec(arch="2-5-5-5-1", data_points=30),),
                          estimators=("psa", "arm"), samples=50, M=(1, 10), mode="mc",
                          memory_budget=budget, throughput=ThroughputConfig(enabled=False),
                          out=str(tmp_path / "r")))
     psa = [n for s, n, _ in calls if s == "psa"]
     assert psa == [7] * 7 + [1], psa  # ⌊7.5⌋ samples per call
-    arm_one = runner.bytes_per_sample(p.widths, 30, 8, REG.create("arm").evals_per_sample(p.widths))
+    arm_one = REG.create("arm").memory_per_sample(p.widths, 30, 8)
     assert {n for s, n, _ in calls if s == "arm"} <= {budget // arm_one, 50 % (budget // arm_one)}
     for spec, n, peak in calls:
         assert peak <= budget, f"{spec}: a call of {n} samples peaked at {peak} B > {budget} B"
@@ -84,13 +88,13 @@ def _cfg(out, **kw) -> RunConfig:
 
 def test_a_sample_larger_than_the_budget_is_refused_up_front(tmp_path):
     out = tmp_path / "r"
-    need = runner.bytes_per_sample((2, 5, 5, 1), 20, 8, 1 + 5)  # psa: 1 + n_L evaluations
+    need = default_bytes_per_sample((2, 5, 5, 1), 20, 8, 1 + 5)  # psa: 1 + n_L evaluations
     with pytest.raises(runner.RunError) as e:
         runner.run(_cfg(out, memory_budget=need - 1))
     msg = str(e.value)
-    assert "refused before any work" in msg and f"memory_budget={runner.format_bytes(need - 1)}" in msg
+    assert "refused before any work" in msg and f"memory_budget={format_bytes(need - 1)}" in msg
     assert f"psa on arch-2-5-5-1-seed0 (2-5-5-1, D=20, float64): one sample needs about " \
-           f"{runner.format_bytes(need)}" in msg
+           f"{format_bytes(need)}" in msg
     assert "st on" not in msg  # st's sample fits: only the offender is named
     assert not out.exists()
     res = CliRunner().invoke(main, ["run", "--arch", "2-5-5-1", "--data-points", "20",
@@ -102,7 +106,7 @@ def test_a_sample_larger_than_the_budget_is_refused_up_front(tmp_path):
 
 
 def test_explicit_chunk_or_throughput_batch_over_the_budget_is_refused(tmp_path):
-    one = runner.bytes_per_sample((2, 5, 5, 1), 20, 4, 6)  # psa in float32
+    one = default_bytes_per_sample((2, 5, 5, 1), 20, 4, 6)  # psa in float32
     budget = 10 * one
     with pytest.raises(runner.RunError, match=r"psa .*float32\): chunk=11 samples need about .* "
                                               r"\(at most 10 fit\)"):
@@ -118,19 +122,19 @@ def test_explicit_chunk_or_throughput_batch_over_the_budget_is_refused(tmp_path)
 def test_exact_enumeration_must_fit_the_budget(tmp_path):
     p = problems.random_problem("2-4-4-4-1", 0, data_points=3)  # 2^12 paths per data point
     need = runner.exact_enumeration_bytes(p.widths, 3, 8)
-    one = runner.bytes_per_sample(p.widths, 3, 8, 1 + 4)
+    one = REG.create("psa").memory_per_sample(p.widths, 3, 8)
     assert one < need  # a budget between the two: samples fit, the path tables do not
     budget = (one + need) // 2
     spec = (ProblemSpec(arch="2-4-4-4-1", data_points=3),)
     res = runner.run(_cfg(tmp_path / "auto", problems=spec, memory_budget=budget))
     assert set(res.metrics["mode"]) == {"mc"} and res.failures.empty  # auto: Monte Carlo instead
-    # exact mode: refused before any work (review item 3; it was a recorded failure per cell)
+    # exact mode: refused before any work
     with pytest.raises(runner.RunError) as err:
         runner.run(_cfg(tmp_path / "exact", problems=spec, memory_budget=budget, mode="exact"))
     assert not (tmp_path / "exact").exists()
     msg = str(err.value)
     assert f"enumerating the 4096 paths of problem 'arch-2-4-4-4-1-seed0' needs about " \
-           f"{runner.format_bytes(need)}, over memory_budget={runner.format_bytes(budget)}" in msg
+           f"{format_bytes(need)}, over memory_budget={format_bytes(budget)}" in msg
     res = runner.run(_cfg(tmp_path / "ok", problems=spec, memory_budget=need + one))
     assert set(res.metrics.loc[~res.metrics["metric"].str.startswith("cosine"), "mode"]) == {"exact"}
 
@@ -139,11 +143,11 @@ def test_exact_enumeration_estimate_bounds_the_real_peak():
     """The path tables (paths, states, log-probabilities, weights) of exact mode, without the
     estimator's chunks, stay within :func:`exact_enumeration_bytes`."""
     p = problems.random_problem("2-3-4-3-1", 0, data_points=2)  # 1024 paths per data point
-    groups = runner.Groups.of(p.params)
+    groups = Groups.of(p.params)
     est = REG.create("st")
     chunk = 256
     got = peak_bytes(lambda: runner.exact_path_moments(est, p, torch.float64, torch.device("cpu"),
                                                        chunk, groups))
-    chunks = chunk * runner.bytes_per_sample(p.widths, 1, 8, 1)
+    chunks = chunk * est.memory_per_sample(p.widths, 1, 8)
     tables = runner.exact_enumeration_bytes(p.widths, 2, 8)
     assert 0 < got <= tables + chunks, (got, tables, chunks)

@@ -1,4 +1,4 @@
-"""Reproducibility (issue 6, item 3).
+"""Reproducibility of runs.
 
 * The same command, seed and device give a byte-identical ``metrics.csv`` on the CPU, also across
   processes with different hash seeds and with the throughput measured: every value there is a
@@ -111,7 +111,7 @@ def test_report_still_shows_time_to_accuracy(first, tmp_path):
 
 PLUGIN = textwrap.dedent('''
     from sbn_bench.estimators import Estimator
-    from sbn_bench.estimators.builtin import st
+    from sbn_bench.estimators.builtin.straight_through import st
 
 
     def half_st():

@@ -1,4 +1,4 @@
-"""Numerical robustness (issue 6, item 4): saturated units, extreme logits and float32 give finite
+"""Numerical robustness: saturated units, extreme logits and float32 give finite
 results or a recorded failure, never a silent NaN in a table.
 
 A *saturated* net has its weights and biases multiplied by 1000, so pre-activations reach
@@ -25,6 +25,7 @@ from sbn_bench.config import ProblemSpec, RunConfig, ThroughputConfig
 from sbn_bench.estimators import estimate, load_registry
 from sbn_bench.estimators.builtin import BUILTINS
 from sbn_bench.reference import exact_gradient
+from sbn_bench.runner import cells
 
 REG = load_registry()
 LOSS_ARCH = {"logistic": "2-4-3-1", "softmax": "2-3-3-3", "mse": "2-3-3-2"}
@@ -241,7 +242,7 @@ def test_non_finite_reference_is_a_recorded_failure(tmp_path, monkeypatch):
         J, grad = exact_gradient(problem)
         return J, {k: v * math.nan if k == "bias_1" else v for k, v in grad.items()}
 
-    monkeypatch.setattr(runner, "exact_gradient", nan_gradient)
+    monkeypatch.setattr(cells, "exact_gradient", nan_gradient)
     res = runner.run(_tiny_config(tmp_path / "r"))
     assert res.metrics.empty
     assert set(res.failures["stage"]) == {"reference"}
@@ -257,14 +258,14 @@ def test_single_sample_monte_carlo_is_a_recorded_failure(tmp_path):
 
 
 def test_undocumented_nan_statistics_are_a_recorded_failure(tmp_path, monkeypatch):
-    real = runner.metric_rows
+    real = cells.metric_rows
 
     def poisoned(*a, **k):
         rows = real(*a, **k)
         rows[3]["value"] = math.nan  # the 4th row: layer 1's mse at M=1
         return rows
 
-    monkeypatch.setattr(runner, "metric_rows", poisoned)
+    monkeypatch.setattr(cells, "metric_rows", poisoned)
     res = runner.run(_tiny_config(tmp_path / "r", estimators=("st",)))
     assert res.metrics.empty
     (err,) = res.failures["error"]

@@ -1,4 +1,4 @@
-"""Faults (issue 6, item 2): a run killed at any point resumes to the results of an uninterrupted run,
+"""Faults: a run killed at any point resumes to the results of an uninterrupted run,
 and a full disk or read-only folder gives a one-line error with the earlier files intact.
 
 Kills are real ``SIGKILL``s of a child process, at chosen moments: after the 1st, 2nd and 5th
@@ -134,7 +134,7 @@ def test_killed_cli_run_resumes_from_the_cli(tmp_path, reference):
     out = tmp_path / "killed"
     code = textwrap.dedent("""
         import sys, time
-        import sbn_bench.runner as r
+        import sbn_bench.runner.cells as r
         real = r.stats_cell_rows
         def slow(*a, **k):  # a slow estimator, so that the kill lands between cells
             time.sleep(0.4)
@@ -149,7 +149,7 @@ def test_killed_cli_run_resumes_from_the_cli(tmp_path, reference):
 
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if len(list((out / "cells").glob("stats-*.metrics.csv"))) >= 2:
+            if len(list((out / "cells").glob("metrics-*.metrics.csv"))) >= 2:
                 break
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)

@@ -1,17 +1,10 @@
-"""Fuzzing the two parsers of user files (issue 6, item 1), with hypothesis.
+"""Fuzzing the problem-file parser with hypothesis: :func:`sbn_bench.problems.load_problem` on
+random ``.npz`` archives (random names, shapes, dtypes, non-finite values, strings and undecodable
+bytes), on mutations of a valid problem file (truncated, bytes flipped, arrays dropped, reshaped or
+poisoned) and on raw garbage bytes: it either returns a valid :class:`~sbn_bench.problems.Problem`
+or raises :class:`~sbn_bench.problems.ProblemError`, never anything else.
 
-* :func:`sbn_bench.problems.load_problem` on random ``.npz`` archives (random names, shapes, dtypes,
-  non-finite values, strings and undecodable bytes), on mutations of a valid problem file
-  (truncated, bytes flipped, arrays dropped, reshaped or poisoned) and on raw garbage bytes: it
-  either returns a valid :class:`~sbn_bench.problems.Problem` or raises
-  :class:`~sbn_bench.problems.ProblemError`, never anything else.
-* :func:`sbn_bench.config.load_config` on random TOML-like text (valid and broken syntax, undecodable
-  bytes) and on TOML of the right structure with values of every wrong type or range: it returns a
-  :class:`~sbn_bench.config.RunConfig` or raises :class:`~sbn_bench.config.ConfigError` whose message
-  names the file, never another exception.
-
-Every test is derandomised (the same examples on every run) and cheap per example; together they
-generate well over a thousand cases in the default run.
+Every test is derandomised (the same examples on every run) and cheap per example.
 """
 
 from __future__ import annotations
@@ -28,7 +21,6 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from sbn_bench import problems
-from sbn_bench.config import ConfigError, RunConfig, load_config
 from sbn_bench.problems import Problem, ProblemError, load_problem
 
 FUZZ = settings(max_examples=250, deadline=None, derandomize=True, database=None,
@@ -191,114 +183,3 @@ def test_fuzz_single_npy_and_zip_without_arrays(fuzz_dir):
         load_problem(z)
 
 
-# --------------------------------------------------------------------------------------------
-# TOML configurations
-
-
-def _toml_value(v) -> str:
-    """A minimal TOML serialiser for the fuzzer's values (tomli_w is not a dependency)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(type(v))
-
-
-def _toml_key(k: str) -> str:
-    return k if k and all(c.isalnum() or c in "_-" for c in k) else _toml_value(k)
-
-
-def _dump(top: dict, tables: dict[str, dict], arrays: dict[str, list[dict]]) -> str:
-    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in top.items()]
-    for name, t in tables.items():
-        lines.append(f"[{name}]")
-        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in t.items()]
-    for name, items in arrays.items():
-        for t in items:
-            lines.append(f"[[{name}]]")
-            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in t.items()]
-    return "\n".join(lines) + "\n"
-
-
-_scalars = st.one_of(
-    st.integers(-3, 5), st.integers(min_value=-2**63, max_value=2**63 - 1),
-    st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
-    st.sampled_from(["", "psa", "psa,st", "concrete:tau=0", "paper", "default", "quick",
-                     "2-2-1", "2-x-1", "1e999", "1GiB", "-1MiB", "0", "init", "cpu", "cuda",
-                     "float32", "exact", "mc", "logistic", "gaussian", "softmax", "nope.npz",
-                     "a.py"]),
-    st.text(max_size=6))
-_values = st.recursive(_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["init", "a", "", "x y"]), inner,
-                                                 max_size=2)), max_leaves=5)
-
-TOP = ["estimators", "plugins", "samples", "M", "seeds", "device", "dtype", "mode", "max_paths",
-       "chunk", "memory_budget", "max_exact_bytes", "target_rrmse", "stderr_batches",
-       "cosine_groups", "out", "sampels", "problem", "throughput"]
-PROBLEM = ["name", "preset", "arch", "file", "seed", "data_points", "loss", "noise", "checkpoints",
-           "sed"]
-THROUGHPUT = ["enabled", "warmup", "rounds", "batch", "round"]
-
-
-def _check_config(path: Path) -> None:
-    try:
-        cfg = load_config(path)
-    except ConfigError as e:
-        assert str(path) in str(e), f"the error does not name the file: {e}"
-        event("ConfigError")
-        return
-    event("valid config")
-    assert isinstance(cfg, RunConfig) and cfg.problems
-
-
-@FUZZ
-@given(top=st.dictionaries(st.sampled_from(TOP[:-2]), _values, max_size=5),
-       tp=st.one_of(st.none(), st.dictionaries(st.sampled_from(THROUGHPUT), _values, max_size=3)),
-       probs=st.lists(st.dictionaries(st.sampled_from(PROBLEM), _values, max_size=4), max_size=3),
-       valid_problem=st.booleans())
-def test_fuzz_config_structure_with_bad_values(fuzz_dir, top, tp, probs, valid_problem):
-    if valid_problem:
-        probs = [{"preset": "quick"}, *probs]
-    text = _dump(top, {"throughput": tp} if tp is not None else {}, {"problem": probs})
-    path = fuzz_dir / "structured.toml"
-    path.write_text(text, encoding="utf-8")
-    _check_config(path)
-
-
-_fragments = st.sampled_from([
-    "samples = 10", "samples = ", "samples = [1, 2", "M = 'paper'", "M = [1, 0]", "seeds = 1",
-    "[[problem]]", "[problem]", "[throughput]", "[[throughput]]", "preset = 'quick'",
-    "arch = '2-2-1'", "problem = 1", "problem = [1, 2]", "problem = ['a']", "throughput = 3",
-    "checkpoints = { init = 'init' }", "checkpoints = 3", "estimators = ''", "= 3", "a.b = 1",
-    "[a.b]", "'key' = \"val\"", "memory_budget = '1e999'", "memory_budget = 1.5",
-    "samples = 'x'\nM = 'paper'", "x = 1979-05-27T07:32:00Z", "seed = 18446744073709551616",
-    "data_points = 0", "# comment", "", "\"\"\"", "[[problem]]\nfile = 3", "a = [[[[[1]]]]]",
-])
-
-
-@FUZZ
-@given(parts=st.lists(st.one_of(_fragments, st.text(max_size=20)), max_size=8))
-def test_fuzz_config_text(fuzz_dir, parts):
-    path = fuzz_dir / "text.toml"
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
-    _check_config(path)
-
-
-@FUZZ
-@given(raw=st.binary(max_size=80), prefix=st.sampled_from([b"", b"[[problem]]\npreset = 'quick'\n"]))
-def test_fuzz_config_bytes(fuzz_dir, raw, prefix):
-    path = fuzz_dir / "bytes.toml"
-    path.write_bytes(prefix + raw)
-    _check_config(path)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from sbn_bench.estimators import GROUP, EstimatorSpecError, load_registry, registry, split_specs
+from sbn_bench.estimators.builtin import BUILTINS as BUILTIN_FACTORIES
 
 PLUGINS = Path(__file__).parent / "plugins"
-BUILTINS = {"exact", "reinforce", "reinforce-loo", "arm", "disarm", "concrete", "st-gumbel", "tanh",
-            "st", "st-identity", "psa"}
+BUILTINS = set(BUILTIN_FACTORIES)
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +25,15 @@ def reg() -> registry.Registry:
 
 
 def test_builtins_come_from_our_entry_points(reg: registry.Registry) -> None:
-    """The package is installed (editable), so its own pyproject registers the 11 built-ins through
-    the same entry-point group a third party would use."""
-    eps = {ep.name: ep.value for ep in metadata.entry_points(group=GROUP)}
+    """The package is installed (editable), so its own pyproject registers every built-in through
+    the same entry-point group a third party would use, pointing at the factory in its family's
+    module (the entry points and ``BUILTINS`` agree)."""
+    eps = {ep.name: ep for ep in metadata.entry_points(group=GROUP)}
     assert set(eps) >= BUILTINS
     for name in BUILTINS:
-        assert eps[name].startswith("sbn_bench.estimators.builtin:"), eps[name]
+        assert eps[name].value.startswith("sbn_bench.estimators.builtin."), eps[name].value
+        assert eps[name].load() is BUILTIN_FACTORIES[name], name
+    eps = {name: ep.value for name, ep in eps.items()}
     assert set(reg.names()) >= BUILTINS
     assert reg.errors == []
     for name in BUILTINS:
@@ -50,7 +53,7 @@ def test_plugin_file_registers_its_estimators() -> None:
     assert set(reg.names()) == BUILTINS | {"reinforce-cb", "mf-noise"}
     assert reg.origins["mf-noise"] == f"plugin file {str(path)!r}"
     est = reg.create("mf-noise:sigma=0.25")
-    assert (est.name, est.hparams) == ("mf-noise", {"sigma": 0.25})
+    assert (est.name, dict(est.hyperparams)) == ("mf-noise", {"sigma": 0.25})
 
 
 def test_broken_plugins_are_recorded_by_name_and_origin_without_stopping_the_others() -> None:
@@ -109,7 +112,7 @@ def test_broken_entry_point_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None
 # specs
 
 
-@pytest.mark.parametrize(("spec", "name", "hparams"), [
+@pytest.mark.parametrize(("spec", "name", "hyperparams"), [
     ("psa", "psa", {}),
     ("concrete:tau=0.1", "concrete", {"tau": 0.1}),
     (" concrete : tau = 0.1 ", "concrete", {"tau": 0.1}),
@@ -118,17 +121,18 @@ def test_broken_entry_point_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None
     ("reinforce-loo:k=4", "reinforce-loo", {"k": 4}),
     ("reinforce-loo", "reinforce-loo", {"k": 2}),
 ])
-def test_spec_parsing(reg: registry.Registry, spec: str, name: str, hparams: dict) -> None:
+def test_spec_parsing(reg: registry.Registry, spec: str, name: str, hyperparams: dict) -> None:
     est = reg.create(spec)
-    assert (est.name, est.hparams) == (name, hparams)
-    for key, value in hparams.items():
-        assert type(est.hparams[key]) is type(value)
-    assert reg.create(est.spec).hparams == est.hparams  # the spec round-trips
+    assert (est.name, dict(est.hyperparams)) == (name, hyperparams)
+    for key, value in hyperparams.items():
+        assert type(dict(est.hyperparams)[key]) is type(value)
+    assert reg.create(est.spec).hyperparams == est.hyperparams  # the spec round-trips
 
 
 def test_spec_lists(reg: registry.Registry) -> None:
     ests = reg.create_many("psa,concrete:tau=0.1,st")
-    assert [(e.name, e.hparams) for e in ests] == [("psa", {}), ("concrete", {"tau": 0.1}), ("st", {})]
+    assert [(e.name, dict(e.hyperparams)) for e in ests] == [("psa", {}), ("concrete", {"tau": 0.1}), ("st",
+                                                                                                       {})]
     assert split_specs("reinforce-loo:k=4,concrete:tau=0.5,st") == ["reinforce-loo:k=4", "concrete:tau=0.5",
                                                                      "st"]
     assert [e.spec for e in reg.create_many(["arm", "concrete:tau=0.5"])] == ["arm", "concrete:tau=0.5"]

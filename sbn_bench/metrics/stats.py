@@ -1,139 +1,23 @@
-"""The metrics of SPEC §5, per parameter group, from streamed estimates or from exact enumeration.
+"""The statistics behind the metrics of SPEC §5: pure reducers, streaming accumulators (Monte-Carlo
+moments, exact weighted moments, cosines of M-means) and per-group figures with standard errors.
 
-Notation: ``g`` the exact gradient, ``ĝ`` one single-sample estimate, ``ḡ_M`` the mean of ``M``
-independent single-sample estimates; a *group* is one layer's ``W`` and ``b`` together (``"1" …
-"L"``, ``"out"``) or the whole network (``"all"``); norms and traces are over the group's
-coordinates.
-
-* bias ``β = E ĝ − g``: ``bias_norm = ‖β‖``, ``rel_bias = ‖β‖/‖g‖``;
-* ``variance V = E‖ĝ − E ĝ‖²`` (trace of the covariance of one single-sample estimate);
-* ``mse(M) = ‖β‖² + V/M``, ``rrmse(M) = √mse(M) / ‖g‖``;
-* ``cosine_mean / cosine_p15 / cosine_p85``: mean and 15th/85th percentiles (linear interpolation)
-  of ``cos(ḡ_M, g)`` over ``R`` independent M-means;
-* ``snr_median``: median over the group's coordinates of ``|E ĝ_i| / sd(ĝ_i)`` (coordinates with
-  ``E ĝ_i = sd(ĝ_i) = 0`` are left out; ``x/0 = ∞``);
-* ``samples_to_accuracy``: ``M* = V / (t²‖g‖² − ‖β‖²)``, the samples an average needs for
-  ``rrmse(M*) = t`` (SPEC §5; ``∞`` when the bias alone reaches the target ``t``, 0 for an estimator
-  without error); deterministic, in ``metrics.csv``;
-* ``time_to_accuracy_s = max(1, ⌈M*⌉) · seconds_per_sample``: it multiplies ``M*`` by the *measured*
-  time per sample, so it is not reproducible bit for bit and is written apart, to
-  ``timed_metrics.csv`` (:func:`timed_rows`), only for cells whose throughput was measured.
-
-**Zero gradients and undefined values** (a saturated unit has ``‖g‖ = 0`` exactly in its layer):
-the relative metrics ``rel_bias`` and ``rrmse`` are ``x/0 = ∞`` for an error ``x > 0`` and ``0/0 =
-0`` for an estimator that is exactly right (zero bias and zero variance: there is no error, relative
-to anything). ``cos(v, g)`` is 0 for a zero estimate ``v = 0`` (it has no component along ``g``) and
-undefined for ``g = 0``. The only NaN *values* a run writes are documented in :data:`NAN_VALUES`
-(the runner records any other NaN as a failure of the cell, see :func:`undocumented_nans`); a
-standard error is NaN where it cannot be estimated (fewer than two batches or M-means, an infinite
-value, a jackknife over non-finite values).
-
-**Monte-Carlo mode** (``S`` samples, streamed in chunks; everything accumulated in float64 with
-Chan/Welford updates, so memory is ``O(B·P)`` for ``B`` batches and ``P`` parameters, whatever ``S``):
-``E ĝ`` is estimated by the sample mean ``m`` and ``V`` by ``V̂ = Σ_i s_i²`` (unbiased per-coordinate
-variances). Since ``E‖m − g‖² = ‖β‖² + V/S``, the reported bias is corrected:
-``‖β‖²~ = ‖m − g‖² − V̂/S`` (unbiased), clipped at 0 for ``bias_norm`` and ``mse``.
-
-Standard errors (column ``stderr``; documented choices):
-
-The ``S`` samples are cut into ``B`` consecutive batches (``stderr_batches``, default 32).
-
-* ``V̂``: *batch means*, ``V̂`` per batch and ``stderr = sd_b / √B``.
-* ``snr_median``: delete-one-batch *jackknife* (``√((B−1)/B Σ_b (θ_(b) − θ̄)²)``); conservative
-  when the median jumps between coordinates of similar SNR.
-* ``‖β‖²~``: delta method, ``Var ≈ 4 βᵀ Cov(m) β + 2 tr(Cov(m)²)`` (exact for Gaussian estimates),
-  with ``Cov(m) = C_b / B`` estimated from the batch means ``m_b`` (``C_b`` their covariance):
-  ``βᵀC_bβ`` from the projections ``(m_b − m)·β̂`` minus the ``tr(Cov(m)²)`` that the noise of
-  ``β̂`` adds, ``tr(C_b²)`` by the U-statistic ``mean_{a≠b} ((m_a − m)·(m_b − m))²``. On Gaussian
-  test cases this is within about 10 % of the true spread, erring high when ``β = 0``.
-  Then ``stderr(‖β‖) = min(se/(2‖β‖), √se)`` and ``stderr(rel_bias) = stderr(‖β‖)/‖g‖``.
-* ``mse(M)``: ``√(se(‖β‖²)² + (se(V)/M)²)``, treating ``‖β‖²~`` and ``V̂`` as uncorrelated (they
-  are independent for Gaussian estimates); ``rrmse`` by the delta method ``se/(2√mse ‖g‖)``.
-* ``time_to_accuracy_s``: delta method in ``(V, ‖β‖²)`` for the continuous ``M*``; the spread of the
-  measured time per sample is not included (see ``throughput.csv`` for it).
-* cosine: the ``R`` M-means are the first ``R = min(cosine_groups, ⌊S/M⌋)`` disjoint blocks of ``M``
-  consecutive samples of the same stream, hence independent; ``stderr(mean) = sd/√R`` and, for
-  the percentiles, the distribution-free order-statistic interval ``(x_(⌈qR+√(Rq(1−q))⌉) −
-  x_(⌊qR−√(Rq(1−q))⌋))/2``. M-means need ``M ≤ S``: larger M get ``mse`` and ``rrmse`` only.
-
-**Exact mode** (``path`` estimators, small nets): for each data point ``d`` all paths ``p`` are
-enumerated with their probabilities ``p_d(p)``; ``E ĝ = (1/D) Σ_d Σ_p p_d(p) ĝ_d(p)`` and, the
-data points' noises being independent, per coordinate ``Var ĝ_i = (1/D²) Σ_d Var_d ĝ_{d,i}``.
-There is no sampling error (``stderr = 0``) except for the cosine rows, which still come from
-sampled M-means and are marked ``mode = "mc"``. Estimators with randomness ``none`` are exact with
-one sample (``V = 0``, ``cos(ḡ_M, g) = cos(ĝ, g)`` for every M).
-
-References:
-    Shekhovtsov, Yanush, Flach. NeurIPS 2020, §5 (rrmse and cosine versus M). Chan, Golub, LeVeque.
-    "Updating formulae and a pairwise algorithm for computing sample variances". 1979.
+See :mod:`sbn_bench.metrics` for the definitions, the bias correction and the standard errors.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from sbn_bench import model
-from sbn_bench.schema import METRICS
+from sbn_bench.metrics.groups import ALL, Groups
 
-ALL = "all"
 COSINE_QUANTILES = (0.15, 0.85)
-
-
-# --------------------------------------------------------------------------------------------
-# parameter groups
-
-
-@dataclass(frozen=True)
-class Groups:
-    """Parameter groups over a flat gradient vector.
-
-    Attributes:
-        names: ``("1", …, "L", "out", "all")``.
-        params: parameter names in flat order (``weight_1, bias_1, …, weight_out, bias_out``).
-        shapes: their shapes.
-        slices: for each group, its contiguous slice of the flat vector.
-        dim: ``P``, the number of parameters.
-    """
-
-    names: tuple[str, ...]
-    params: tuple[str, ...]
-    shapes: tuple[tuple[int, ...], ...]
-    slices: tuple[slice, ...]
-    dim: int
-
-    @classmethod
-    def of(cls, params: Mapping[str, Tensor]) -> Groups:
-        L = model.n_layers(params)
-        names = model.param_names(L)
-        shapes = tuple(tuple(params[n].shape) for n in names)
-        sizes = [math.prod(s) for s in shapes]
-        slices, start = [], 0
-        for i in range(0, len(names), 2):  # weight_k, bias_k pairs
-            n = sizes[i] + sizes[i + 1]
-            slices.append(slice(start, start + n))
-            start += n
-        groups = [*map(str, range(1, L + 1)), "out", ALL]
-        return cls(tuple(groups), tuple(names), shapes, (*slices, slice(0, start)), start)
-
-    def flatten(self, grads: Mapping[str, Tensor]) -> Tensor:
-        """``{name: [S, *shape]} → [S, P]`` float64 in flat order."""
-        return torch.cat([grads[n].reshape(grads[n].shape[0], -1).to(torch.float64)
-                          for n in self.params], dim=1)
-
-    def flatten_one(self, grad: Mapping[str, Tensor]) -> Tensor:
-        """``{name: shape} → [P]`` float64 (e.g. the exact gradient)."""
-        return torch.cat([grad[n].reshape(-1).to(torch.float64) for n in self.params])
-
-    def sums(self, v: Tensor) -> Tensor:
-        """Per-group sums over the last dimension: ``[..., P] → [..., G]``."""
-        return torch.stack([v[..., s].sum(-1) for s in self.slices], dim=-1)
-
+"""The percentiles of ``cos(ḡ_M, g)`` reported beside its mean."""
 
 # --------------------------------------------------------------------------------------------
 # pure reducers (scalars; tested against hand-computed values)
@@ -154,7 +38,7 @@ def mse(bias_sq: float, variance: float, m: int) -> float:
 
 def rrmse(mse_value: float, g_norm: float) -> float:
     """``√MSE / ‖g‖`` (``∞`` for ``‖g‖ = 0`` and ``MSE > 0``; 0 for ``MSE = ‖g‖ = 0``)."""
-    return _div(math.sqrt(max(mse_value, 0.0)), g_norm)
+    return safe_ratio(math.sqrt(max(mse_value, 0.0)), g_norm)
 
 
 def samples_to_accuracy(bias_sq: float, variance: float, g_norm: float, target: float) -> float:
@@ -309,7 +193,7 @@ def norm_stderr(sq: float, se_sq: float) -> float:
     return bound if r == 0 else min(se_sq / (2 * r), bound)
 
 
-def _div(a: float, b: float) -> float:
+def safe_ratio(a: float, b: float) -> float:
     """``a / b`` for a relative error: ``x/0 = ∞`` for ``x > 0`` and ``0/0 = 0`` (no error); NaN
     only for NaN inputs."""
     if math.isnan(a) or math.isnan(b):
@@ -652,134 +536,3 @@ def _exact_group_stats(mean: Tensor, var: Tensor, g: Tensor, groups: Groups
             for j, (name, sl) in enumerate(zip(groups.names, groups.slices))}
 
 
-def metric_rows(gstats: Mapping[str, GroupStats], m_grid: Sequence[int],
-                cos: Mapping[int, np.ndarray] | None, *, mode: str, cosine_mode: str,
-                target_rrmse: float) -> list[dict[str, object]]:
-    """Tidy rows ``{layer, metric, M, value, stderr, mode}`` for one cell, in a fixed order: per
-    group (``"1" … "L", "out", "all"``), the metrics of :data:`sbn_bench.schema.METRICS` in order,
-    M-dependent ones for each M (cosine only for the M present in ``cos``). Every value is a
-    deterministic function of the samples (no timings): see :func:`timed_rows` for those.
-
-    Args:
-        gstats: per-group figures (:func:`mc_group_stats` / :func:`exact_group_stats`).
-        cos: ``{M: [R, G]}`` cosines (``R = 1`` and ``cosine_mode == "exact"`` for deterministic
-            estimators: stderr 0); None for no cosine rows.
-        mode: ``"mc"`` or ``"exact"``, for every row but the cosine ones (``cosine_mode``).
-        target_rrmse: the target ``t`` of ``samples_to_accuracy``.
-    """
-    rows: list[dict[str, object]] = []
-    exact = mode == "exact"
-    for j, (layer, st) in enumerate(gstats.items()):
-        # in units of st.scale (norms) and st.scale² (squares): relative figures as they are,
-        # absolute ones multiplied back (exact: powers of two)
-        sc, sc2 = st.scale, st.scale * st.scale
-        b2 = max(st.bias_sq, 0.0)
-        bnorm = math.sqrt(b2)
-        bnorm_se = 0.0 if exact else norm_stderr(b2, st.bias_sq_se)
-
-        def add(metric: str, value: float, se: float, m: int | None = None, md: str = mode,
-                layer: str = layer) -> None:
-            se = math.nan if math.isinf(value) and not exact else se
-            rows.append({"layer": layer, "metric": metric, "M": m, "value": float(value),
-                         "stderr": float(se), "mode": md})
-
-        per_m: dict[str, list[tuple[int, float, float]]] = {k: [] for k in METRICS}
-        for m in m_grid:
-            v = mse(b2, st.variance, m)
-            v_se = 0.0 if exact else math.hypot(st.bias_sq_se, st.variance_se / m)
-            per_m["mse"].append((m, v * sc2, v_se * sc2))
-            r = rrmse(v, st.g_norm)
-            if exact:
-                r_se = 0.0
-            elif v > 0:
-                r_se = _div(v_se, 2 * math.sqrt(v) * st.g_norm)
-            else:  # √ is not differentiable at 0: its standard error is at most √se (norm_stderr)
-                r_se = _div(norm_stderr(v, v_se), st.g_norm)
-            per_m["rrmse"].append((m, r, r_se))
-            if cos is not None and m in cos:
-                c = cos[m][:, j]
-                det = cosine_mode == "exact"
-                mean_c, mean_se = mean_stderr(c)
-                per_m["cosine_mean"].append((m, mean_c, 0.0 if det else mean_se))
-                for q, key in zip(COSINE_QUANTILES, ("cosine_p15", "cosine_p85")):
-                    cc = c[~np.isnan(c)]
-                    val = float(np.quantile(cc, q)) if cc.size else math.nan
-                    per_m[key].append((m, val, 0.0 if det else quantile_stderr(c, q)))
-        m_star = samples_to_accuracy(b2, st.variance, st.g_norm, target_rrmse)
-        if exact:
-            m_star_se = 0.0
-        elif not math.isfinite(m_star) or m_star == 0:
-            m_star_se = math.nan if not math.isfinite(m_star) else 0.0
-        else:
-            den = target_rrmse**2 * st.g_norm**2 - b2
-            m_star_se = math.hypot(st.variance_se / den, st.variance * st.bias_sq_se / den**2)
-        for metric in METRICS:
-            if metric == "bias_norm":
-                add(metric, bnorm * sc, bnorm_se * sc)
-            elif metric == "rel_bias":
-                add(metric, _div(bnorm, st.g_norm), 0.0 if exact else _div(bnorm_se, st.g_norm))
-            elif metric == "variance":
-                add(metric, st.variance * sc2, st.variance_se * sc2)
-            elif metric == "snr_median":
-                add(metric, st.snr, st.snr_se)
-            elif metric == "samples_to_accuracy":
-                add(metric, m_star, m_star_se)
-            else:
-                md = cosine_mode if metric.startswith("cosine") else mode
-                for m, v, se in per_m[metric]:
-                    add(metric, v, se, m, md)
-    return rows
-
-
-def timed_rows(rows: Sequence[Mapping[str, object]], seconds_per_sample: float
-               ) -> list[dict[str, object]]:
-    """The ``time_to_accuracy_s`` rows derived from a cell's ``samples_to_accuracy`` rows and the
-    measured median seconds per sample: ``max(1, ⌈M*⌉) · seconds_per_sample`` with standard error
-    ``se(M*) · seconds_per_sample`` (the spread of the timing itself is in ``throughput.csv``).
-
-    Returns:
-        The same columns as ``rows`` (tidy, one per group); empty when ``seconds_per_sample`` is
-        not a finite positive number (no throughput measurement: nothing to report).
-    """
-    if not (math.isfinite(seconds_per_sample) and seconds_per_sample > 0):
-        return []
-    out = []
-    for r in rows:
-        if r["metric"] != "samples_to_accuracy":
-            continue
-        m_star, se = float(r["value"]), float(r["stderr"])  # type: ignore[arg-type]
-        tta = time_to_accuracy(m_star, seconds_per_sample)
-        out.append({**r, "metric": "time_to_accuracy_s", "value": tta,
-                    "stderr": se * seconds_per_sample if math.isfinite(tta) else
-                    (0.0 if r["mode"] == "exact" else math.nan)})
-    return out
-
-
-NAN_VALUES = {
-    "cosine_mean": "the group's exact gradient is zero (‖g‖ = 0): its direction is undefined",
-    "cosine_p15": "as cosine_mean",
-    "cosine_p85": "as cosine_mean",
-    "snr_median": "every coordinate of the group has E ĝ_i = sd(ĝ_i) = 0 (the estimate is exactly "
-                  "zero there): no coordinate has a defined ratio",
-}
-"""The only NaN values a run writes to ``metrics.csv`` and when (every other metric is always a
-number, possibly ``inf``)."""
-
-
-def undocumented_nans(rows: Sequence[Mapping[str, object]], gstats: Mapping[str, GroupStats]
-                      ) -> list[str]:
-    """``"metric (layer L, M=…)"`` for every NaN value of ``rows`` not allowed by :data:`NAN_VALUES`
-    (cosines only where ``‖g‖ = 0``): the runner records a cell with any as a failure."""
-    bad = []
-    for r in rows:
-        value = float(r["value"])  # type: ignore[arg-type]
-        if not math.isnan(value):
-            continue
-        metric, layer = str(r["metric"]), str(r["layer"])
-        st = gstats.get(layer)
-        if metric.startswith("cosine") and st is not None and st.g_norm == 0:
-            continue
-        if metric == "snr_median":
-            continue
-        bad.append(f"{metric} (layer {layer}" + (f", M={r['M']})" if r["M"] is not None else ")"))
-    return bad

@@ -1,9 +1,10 @@
-"""Bad input never crashes with a traceback and never writes a partial result (issue 6, item 1).
+"""Bad input never crashes with a traceback and never writes a partial result.
 
 Every refusal here is checked three ways: the exit status (2 for click's option errors, 1 for the
 library's), a one-line ``Error: …`` naming the bad thing (no ``Traceback``), and an ``--out`` folder
 that was never created (no manifest, no results). The parsers themselves are fuzzed in
-``test_hardening_fuzz.py``; plugin files, estimator specs, hyperparameter ranges and problem files are
+``test_problems_fuzz.py`` and ``test_config_fuzz.py``; plugin files, estimator specs,
+hyperparameter ranges and problem files are
 covered here through the CLI and the Python API.
 """
 

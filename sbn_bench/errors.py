@@ -1,0 +1,56 @@
+"""The errors a user can cause, with one base class that carries what was wrong (STYLE 17).
+
+Every error that is the user's input (a bad argument, file, plugin or folder) is a
+:class:`SbnBenchError`: its message is one line naming the argument, the bad value and what was
+expected, and the same facts are attributes (:attr:`~SbnBenchError.argument`,
+:attr:`~SbnBenchError.value`, :attr:`~SbnBenchError.expected`), so that no caller ever parses a
+message back into data. The command line turns exactly these into one ``Error: …`` line; any other
+exception is a bug and shows its traceback.
+
+The subclasses also derive from the built-in exception that fits (``ValueError``, ``TypeError``,
+``OSError``), so ``except ValueError`` in user code keeps working. They live beside the code that
+raises them (:class:`sbn_bench.problems.ProblemError`, :class:`sbn_bench.config.ConfigError`, …);
+this module imports nothing of sbn_bench, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_UNSET: Any = object()
+
+
+class SbnBenchError(Exception):
+    """An error caused by the user's input, with a one-line message.
+
+    Attributes:
+        argument: the argument, option, key, file or estimator that is wrong (None when the error
+            concerns no single argument).
+        value: the bad value (``UNSET`` when not recorded).
+        expected: what was expected, in words (None when not recorded).
+    """
+
+    UNSET = _UNSET
+
+    def __init__(self, message: str, *, argument: str | None = None, value: Any = _UNSET,
+                 expected: str | None = None) -> None:
+        super().__init__(message)
+        self.message = " ".join(str(message).split()) if "\n" not in str(message) else str(message)
+        self.argument = argument
+        self.value = value
+        self.expected = expected
+
+    def __str__(self) -> str:
+        return self.message
+
+    @classmethod
+    def bad_value(cls, argument: str, value: Any, expected: str, *, detail: str = "",
+                  **kwargs: Any) -> SbnBenchError:
+        """``argument ARG=VALUE …: expected EXPECTED``: the standard message of a bad value."""
+        text = f"argument {argument}={value!r}" + (f" {detail}" if detail else "") \
+            + f"; expected {expected}"
+        return cls(text, argument=argument, value=value, expected=expected, **kwargs)
+
+
+class ArgumentError(SbnBenchError, ValueError):
+    """A Python argument out of its range (e.g. ``num_samples=0``)."""

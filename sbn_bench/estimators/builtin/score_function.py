@@ -1,0 +1,76 @@
+"""The score-function family: REINFORCE and its leave-one-out baseline (unbiased, path randomness).
+
+References:
+    Williams. "Simple statistical gradient-following algorithms for connectionist reinforcement
+    learning". Machine Learning 8, 1992. Kool, van Hoof, Welling. "Buy 4 REINFORCE samples, get a
+    baseline for free!" ICLR workshop 2019.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from sbn_bench import model
+from sbn_bench.estimators.base import Estimator
+from sbn_bench.estimators.kernel import check_count, forward, path_pair, score
+from sbn_bench.model import Params
+from sbn_bench.problems import Problem
+
+FAMILY = "score-function"
+
+
+def _reinforce(problem: Problem, params: Params, states: Sequence[Tensor] | None,
+               generator: torch.Generator | None) -> Tensor:
+    layers = forward(problem, params, problem.x, states, generator)
+    f = problem.loss_values(model.output(params, layers[-1].x))  # [S, D]
+    logp = sum(score(problem, layer) for layer in layers)  # [S, D]
+    return (f + f.detach() * logp).mean(-1)
+
+
+def reinforce() -> Estimator:
+    """REINFORCE / score function: ``∇ℓ(x^L) + ℓ(x^L) ∇ Σ_k log p(x^k | x^{k-1})``.
+
+    References:
+        Williams. "Simple statistical gradient-following algorithms for connectionist
+        reinforcement learning". Machine Learning 8, 1992.
+    """
+    surrogate, path = path_pair(_reinforce)
+    return Estimator("reinforce", surrogate, unbiased=True, randomness="path", path_surrogate=path,
+                     family=FAMILY,
+                     description="score function (Williams 1992), unbiased, high variance")
+
+
+def reinforce_loo(*, k: int = 2) -> Estimator:
+    """REINFORCE with ``K`` draws per data point and the leave-one-out baseline.
+
+    ``ĝ = (1/K) Σ_i [∇ℓ_i + (ℓ_i − (1/(K−1)) Σ_{j≠i} ℓ_j) ∇ log p(path_i)]``. Its randomness is
+    ``K`` paths per data point, so there is no single-path surrogate (exact mode would need
+    ``2^{K Σ n_k}`` paths).
+
+    References:
+        Kool, van Hoof, Welling. "Buy 4 REINFORCE samples, get a baseline for free!" ICLR
+        workshop 2019.
+    """
+    check_count("k", k, 2)
+
+    def surrogate(problem: Problem, params: Params, generator: torch.Generator) -> Tensor:
+        S, D = params["weight_1"].shape[0], problem.num_data
+        x_rep = problem.x.repeat(k, 1)  # [K·D, n0], draw i of point d at row i·D + d
+        layers = forward(problem, params, x_rep, None, generator)  # [S, K·D, n_k]
+        logp = sum(score(problem, layer) for layer in layers)  # [S, K·D]
+        eta = model.output(params, layers[-1].x).reshape(S, k, D, -1)  # [S, K, D, n_out]
+        f = problem.loss_values(eta)  # [S, K, D]
+        baseline = (f.sum(1, keepdim=True) - f) / (k - 1)
+        logp = logp.reshape(S, k, D)
+        return (f + (f - baseline).detach() * logp).mean((1, 2))
+
+    return Estimator("reinforce-loo", surrogate, hyperparams=(("k", k),), unbiased=True,
+                     randomness="path", evals_per_sample=lambda w: k, family=FAMILY,
+                     description="REINFORCE, K draws, leave-one-out baseline (Kool et al. 2019)")
+
+
+ESTIMATORS = {"reinforce": reinforce, "reinforce-loo": reinforce_loo}
+"""This family's factories by registry name (the plugin-file format)."""

@@ -1,0 +1,154 @@
+"""The path kernel: the pieces every estimator is built from, public so that a plugin does not
+re-implement them.
+
+* :func:`forward`: one pass through the stochastic layers along a sampled (or given) path, each
+  layer's pre-activation with gradient, its firing probability and state, and what the next layer
+  sees (the bare state, or the state plus a straight-through gradient);
+* :func:`path_pair`: the sampling surrogate and the path surrogate of one function of the path, so
+  that the runner can take exact expectations over every path;
+* :func:`score`: a term whose gradient is ``∇ log p(x^k | x^{k-1})``;
+* :func:`mean_loss`, :func:`downstream_loss`: the loss of a path, and of states propagated from a
+  layer with fresh samples;
+* :func:`uniform`: ``U(0, 1)`` noise kept away from 0 and 1; :func:`check_positive` for
+  hyperparameters.
+
+Shapes: replicas ``[S, *shape]`` of every parameter, states ``[S, D, n_k]`` in {0,1}; extra leading
+dimensions (flipped copies, antithetic pairs) go *before* ``S`` so that replicated parameters
+broadcast. Every draw goes through :func:`sbn_bench.model.bernoulli`, layer by layer, so a
+surrogate, its path surrogate and :func:`sbn_bench.model.sample_states` agree on one seed's states.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from sbn_bench import model
+from sbn_bench.errors import ArgumentError
+from sbn_bench.estimators.base import PathSurrogateFn, SurrogateFn
+from sbn_bench.model import Params
+from sbn_bench.problems import Problem
+
+
+def num_layers(widths: Sequence[int]) -> int:
+    """``L`` for ``widths = (n0, n_1, …, n_L, n_out)``."""
+    return len(widths) - 2
+
+
+def mean_loss(problem: Problem, params: Params, x_last: Tensor) -> Tensor:
+    """``ℓ(V x^L + c, y)`` averaged over data points: ``x_last [..., S, D, n_L] → [..., S]``."""
+    return problem.loss_values(model.output(params, x_last)).mean(-1)
+
+
+def uniform(shape: torch.Size | Sequence[int], like: Tensor, generator: torch.Generator) -> Tensor:
+    """``U(0, 1)`` of ``like``'s dtype and device, kept away from 0 and 1 so that ``F⁻¹(U)`` is
+    finite."""
+    u = torch.rand(tuple(shape), generator=generator, dtype=like.dtype, device=like.device)
+    tiny = torch.finfo(like.dtype).eps
+    return u.clamp_(tiny, 1 - tiny)
+
+
+def check_positive(name: str, value: float, what: str) -> float:
+    """``value`` as a float when it is finite and > 0, else an :class:`ArgumentError` naming the
+    hyperparameter."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not (value > 0 and math.isfinite(value)):
+        raise ArgumentError(f"hyperparameter {name}={value!r} must be {what}", argument=name,
+                            value=value, expected=what)
+    return float(value)
+
+
+def check_count(name: str, value: int, minimum: int) -> int:
+    """``value`` when it is an integer ``≥ minimum`` (a number of draws), else an
+    :class:`ArgumentError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ArgumentError(f"hyperparameter {name}={value!r} must be an integer ≥ {minimum}",
+                            argument=name, value=value, expected=f"an integer ≥ {minimum}")
+    return value
+
+
+class Layer(NamedTuple):
+    """One stochastic layer along a path: ``a`` the pre-activation (with gradient), ``fa = F(a)``,
+    ``x`` the state in {0,1} (no gradient) and ``h`` what the next layer sees (``x``, or ``x`` plus a
+    straight-through gradient). All ``[S, D, n_k]`` (or ``[S, K·D, n_k]``)."""
+
+    a: Tensor
+    fa: Tensor
+    x: Tensor
+    h: Tensor
+
+
+Through = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``(a, F(a), x) -> h``: the input the next layer sees."""
+
+
+def states_only(a: Tensor, fa: Tensor, x: Tensor) -> Tensor:
+    """The default :data:`Through`: the next layer sees the bare state."""
+    return x
+
+
+def forward(problem: Problem, params: Params, x0: Tensor, states: Sequence[Tensor] | None,
+            generator: torch.Generator | None, through: Through = states_only) -> list[Layer]:
+    """One pass through the stochastic layers for a path estimator.
+
+    Layer ``k``: ``a^k = W^k h^{k-1} + b^k`` (with gradient) and ``F(a^k)``; the state ``x^k`` is
+    ``states[k-1]`` when states are given, else :func:`sbn_bench.model.bernoulli` of ``F(a^k)``
+    from ``generator``, layer by layer.
+
+    Args:
+        x0: ``[D, n0]`` (or ``[K·D, n0]``) real input.
+        states: per layer ``[S, D, n_k]`` given states, or None to sample.
+        through: ``h^k = through(a^k, F(a^k), x^k)``; the default passes the bare states.
+    """
+    F = problem.noise_dist.cdf
+    h: Tensor = x0
+    layers = []
+    for k in range(1, model.n_layers(params) + 1):
+        a = model.preactivation(params, k, h)  # [S, D, n_k]
+        fa = F(a)
+        x = model.bernoulli(fa, generator) if states is None else states[k - 1]
+        h = through(a, fa, x)
+        layers.append(Layer(a, fa, x, h))
+    return layers
+
+
+PathFn = Callable[[Problem, Params, "Sequence[Tensor] | None", "torch.Generator | None"], Tensor]
+"""``fn(problem, params, states | None, generator | None) -> [S]``: a path estimator's surrogate,
+sampling the states when they are None."""
+
+
+def path_pair(fn: PathFn) -> tuple[SurrogateFn, PathSurrogateFn]:
+    """The sampling surrogate and the path surrogate of ``fn(problem, params, states, generator)``."""
+
+    def surrogate(problem: Problem, params: Params, generator: torch.Generator) -> Tensor:
+        return fn(problem, params, None, generator)
+
+    def path_surrogate(problem: Problem, params: Params, states: Sequence[Tensor]) -> Tensor:
+        return fn(problem, params, states, None)
+
+    return surrogate, path_surrogate
+
+
+def score(problem: Problem, layer: Layer) -> Tensor:
+    """A term whose gradient is ``∇ log p(x^k | x^{k-1})`` (``a`` is its only path to θ): ``[S, D]``.
+
+    For logistic noise ``∂/∂a log F(±a) = x − F(a)``, so ``(x − F(a)) a`` with the factor detached
+    (no log-sigmoid pass); other noises differentiate ``log F`` itself."""
+    if problem.noise == "logistic":
+        return ((layer.x - layer.fa).detach() * layer.a).sum(-1)
+    return model.state_log_prob(problem.noise_dist, layer.a, layer.x)
+
+
+def downstream_loss(problem: Problem, params: Params, k: int, start: Tensor,
+                    generator: torch.Generator) -> Tensor:
+    """Loss after propagating ``start`` (states of layer ``k``, ``[..., S, D, n_k]``) through
+    layers ``k+1..L`` with fresh samples: ``[..., S, D]`` (no gradient)."""
+    with torch.no_grad():
+        h = start
+        for j in range(k + 1, model.n_layers(params) + 1):
+            h = model.bernoulli(problem.noise_dist.cdf(model.preactivation(params, j, h)), generator)
+        return problem.loss_values(model.output(params, h))

@@ -1,0 +1,129 @@
+"""The metrics of SPEC §5, per parameter group, from streamed estimates or from exact enumeration.
+
+Modules: :mod:`~sbn_bench.metrics.groups` (parameter groups and their order),
+:mod:`~sbn_bench.metrics.stats` (reducers, accumulators, per-group figures) and
+:mod:`~sbn_bench.metrics.registry` (one :class:`~sbn_bench.metrics.registry.Metric` per metric: the
+schema, the NaN policy and the report columns derive from it).
+
+Notation: ``g`` the exact gradient, ``ĝ`` one single-sample estimate, ``ḡ_M`` the mean of ``M``
+independent single-sample estimates; a *group* is one layer's ``W`` and ``b`` together (``"1" …
+"L"``, ``"out"``) or the whole network (``"all"``); norms and traces are over the group's
+coordinates.
+
+* bias ``β = E ĝ − g``: ``bias_norm = ‖β‖``, ``rel_bias = ‖β‖/‖g‖``;
+* ``variance V = E‖ĝ − E ĝ‖²`` (trace of the covariance of one single-sample estimate);
+* ``mse(M) = ‖β‖² + V/M``, ``rrmse(M) = √mse(M) / ‖g‖``;
+* ``cosine_mean / cosine_p15 / cosine_p85``: mean and 15th/85th percentiles (linear interpolation)
+  of ``cos(ḡ_M, g)`` over ``R`` independent M-means;
+* ``snr_median``: median over the group's coordinates of ``|E ĝ_i| / sd(ĝ_i)`` (coordinates with
+  ``E ĝ_i = sd(ĝ_i) = 0`` are left out; ``x/0 = ∞``);
+* ``samples_to_accuracy``: ``M* = V / (t²‖g‖² − ‖β‖²)``, the samples an average needs for
+  ``rrmse(M*) = t`` (SPEC §5; ``∞`` when the bias alone reaches the target ``t``, 0 for an estimator
+  without error); deterministic, in ``metrics.csv``;
+* ``time_to_accuracy_s = max(1, ⌈M*⌉) · seconds_per_sample``: it multiplies ``M*`` by the *measured*
+  time per sample, so it is not reproducible bit for bit and is written apart, to
+  ``timed_metrics.csv`` (:func:`timed_rows`), only for cells whose throughput was measured.
+
+**Zero gradients and undefined values** (a saturated unit has ``‖g‖ = 0`` exactly in its layer):
+the relative metrics ``rel_bias`` and ``rrmse`` are ``x/0 = ∞`` for an error ``x > 0`` and ``0/0 =
+0`` for an estimator that is exactly right (zero bias and zero variance: there is no error, relative
+to anything). ``cos(v, g)`` is 0 for a zero estimate ``v = 0`` (it has no component along ``g``) and
+undefined for ``g = 0``. The only NaN *values* a run writes are documented in :data:`NAN_VALUES`
+(the runner records any other NaN as a failure of the cell, see :func:`undocumented_nans`); a
+standard error is NaN where it cannot be estimated (fewer than two batches or M-means, an infinite
+value, a jackknife over non-finite values).
+
+**Monte-Carlo mode** (``S`` samples, streamed in chunks; everything accumulated in float64 with
+Chan/Welford updates, so memory is ``O(B·P)`` for ``B`` batches and ``P`` parameters, whatever ``S``):
+``E ĝ`` is estimated by the sample mean ``m`` and ``V`` by ``V̂ = Σ_i s_i²`` (unbiased per-coordinate
+variances). Since ``E‖m − g‖² = ‖β‖² + V/S``, the reported bias is corrected:
+``‖β‖²~ = ‖m − g‖² − V̂/S`` (unbiased), clipped at 0 for ``bias_norm`` and ``mse``.
+
+Standard errors (column ``stderr``; documented choices):
+
+The ``S`` samples are cut into ``B`` consecutive batches (``stderr_batches``, default 32).
+
+* ``V̂``: *batch means*, ``V̂`` per batch and ``stderr = sd_b / √B``.
+* ``snr_median``: delete-one-batch *jackknife* (``√((B−1)/B Σ_b (θ_(b) − θ̄)²)``); conservative
+  when the median jumps between coordinates of similar SNR.
+* ``‖β‖²~``: delta method, ``Var ≈ 4 βᵀ Cov(m) β + 2 tr(Cov(m)²)`` (exact for Gaussian estimates),
+  with ``Cov(m) = C_b / B`` estimated from the batch means ``m_b`` (``C_b`` their covariance):
+  ``βᵀC_bβ`` from the projections ``(m_b − m)·β̂`` minus the ``tr(Cov(m)²)`` that the noise of
+  ``β̂`` adds, ``tr(C_b²)`` by the U-statistic ``mean_{a≠b} ((m_a − m)·(m_b − m))²``. On Gaussian
+  test cases this is within about 10 % of the true spread, erring high when ``β = 0``.
+  Then ``stderr(‖β‖) = min(se/(2‖β‖), √se)`` and ``stderr(rel_bias) = stderr(‖β‖)/‖g‖``.
+* ``mse(M)``: ``√(se(‖β‖²)² + (se(V)/M)²)``, treating ``‖β‖²~`` and ``V̂`` as uncorrelated (they
+  are independent for Gaussian estimates); ``rrmse`` by the delta method ``se/(2√mse ‖g‖)``.
+* ``time_to_accuracy_s``: delta method in ``(V, ‖β‖²)`` for the continuous ``M*``; the spread of the
+  measured time per sample is not included (see ``throughput.csv`` for it).
+* cosine: the ``R`` M-means are the first ``R = min(cosine_groups, ⌊S/M⌋)`` disjoint blocks of ``M``
+  consecutive samples of the same stream, hence independent; ``stderr(mean) = sd/√R`` and, for
+  the percentiles, the distribution-free order-statistic interval ``(x_(⌈qR+√(Rq(1−q))⌉) −
+  x_(⌊qR−√(Rq(1−q))⌋))/2``. M-means need ``M ≤ S``: larger M get ``mse`` and ``rrmse`` only.
+
+**Exact mode** (``path`` estimators, small nets): for each data point ``d`` all paths ``p`` are
+enumerated with their probabilities ``p_d(p)``; ``E ĝ = (1/D) Σ_d Σ_p p_d(p) ĝ_d(p)`` and, the
+data points' noises being independent, per coordinate ``Var ĝ_i = (1/D²) Σ_d Var_d ĝ_{d,i}``.
+There is no sampling error (``stderr = 0``) except for the cosine rows, which still come from
+sampled M-means and are marked ``mode = "mc"``. Estimators with randomness ``none`` are exact with
+one sample (``V = 0``, ``cos(ḡ_M, g) = cos(ĝ, g)`` for every M).
+
+References:
+    Shekhovtsov, Yanush, Flach. NeurIPS 2020, §5 (rrmse and cosine versus M). Chan, Golub, LeVeque.
+    "Updating formulae and a pairwise algorithm for computing sample variances". 1979.
+"""
+
+from __future__ import annotations
+
+from sbn_bench.metrics.groups import ALL, OUT, Groups, hidden_layers, layer_key, sort_layers
+from sbn_bench.metrics.registry import (
+    BY_NAME,
+    METRICS,
+    NAN_VALUES,
+    TIMED_METRICS,
+    GroupContext,
+    Metric,
+    TimedMetric,
+    better,
+    metric_rows,
+    timed_rows,
+    undocumented_nans,
+)
+from sbn_bench.metrics.stats import (
+    COSINE_QUANTILES,
+    CosineAccumulator,
+    GroupStats,
+    MomentAccumulator,
+    MomentStats,
+    WeightedMoments,
+    bias_sq_stderr,
+    corrected_bias_sq,
+    cosines,
+    exact_group_stats,
+    jackknife_stderr,
+    layer_scales,
+    leave_one_batch_out,
+    mc_group_stats,
+    mean_stderr,
+    mse,
+    norm_stderr,
+    quantile_stderr,
+    rescale_moments,
+    rrmse,
+    safe_ratio,
+    samples_to_accuracy,
+    snr_median,
+    time_to_accuracy,
+    weighted_moments,
+)
+
+__all__ = [
+    "ALL", "BY_NAME", "COSINE_QUANTILES", "METRICS", "NAN_VALUES", "OUT", "TIMED_METRICS",
+    "CosineAccumulator", "GroupContext", "GroupStats", "Groups", "Metric", "MomentAccumulator",
+    "MomentStats", "TimedMetric", "WeightedMoments", "better", "bias_sq_stderr",
+    "corrected_bias_sq", "cosines", "exact_group_stats", "hidden_layers", "jackknife_stderr",
+    "layer_key", "layer_scales", "leave_one_batch_out", "mc_group_stats", "mean_stderr",
+    "metric_rows", "mse", "norm_stderr", "quantile_stderr", "rescale_moments", "rrmse",
+    "safe_ratio", "samples_to_accuracy", "snr_median", "sort_layers", "time_to_accuracy",
+    "timed_rows", "undocumented_nans", "weighted_moments",
+]

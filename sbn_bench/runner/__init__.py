@@ -1,0 +1,308 @@
+"""The runner: problems × checkpoints × estimators × seeds → tidy metrics, throughput, failures.
+
+:func:`run` is the Python API behind ``sbn-bench run`` (the CLI only parses and calls it)::
+
+    from sbn_bench.config import RunConfig, ProblemSpec
+    from sbn_bench.runner import run
+    result = run(RunConfig(problems=(ProblemSpec(preset="quick"),), out="runs/quick"))
+    result.metrics        # pandas DataFrame, schema.METRICS_COLUMNS
+
+The manager (this module) plans the run (:mod:`~sbn_bench.runner.plan`: every check before any
+work, the cells, the manifest), hands ``(cell, context)`` tasks to an executor
+(:mod:`~sbn_bench.runner.executors`), which measures each with the pure function
+:func:`~sbn_bench.runner.cells.measure_cell`, and writes each result to its own part file
+atomically (:mod:`sbn_bench.storage`). The reference gradient of a problem checkpoint is computed
+once, by the manager, when its first statistics cell is due, and passed to every cell that needs it.
+
+Cells, in order: for each problem and checkpoint, for each estimator, its throughput cell (unless
+disabled), then one statistics cell per seed. ``resume=True`` skips the cells already written
+(failed cells are tried again) and refuses a folder whose manifest differs. A cell whose estimator
+raises, or returns NaN/Inf, is recorded in ``failures.csv`` with its message, and the run goes on
+(what the configuration alone makes impossible is refused before any work instead).
+
+``timed_metrics.csv`` (time to accuracy: ``samples_to_accuracy`` × the measured seconds per
+sample) is derived from ``metrics.csv`` and ``throughput.csv`` whenever the tables are assembled,
+never from state kept in the process. The manifest records the configuration, the working
+directory and the plugin files' hashes: :func:`config_from_manifest` rebuilds the
+:class:`~sbn_bench.config.RunConfig` and :func:`rerun` repeats a run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings as warnings_mod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sbn_bench.config import ConfigError, RunConfig
+from sbn_bench.metrics import sort_layers, timed_rows
+from sbn_bench.provenance import file_sha256
+from sbn_bench.runner.cells import (
+    Cell,
+    CellContext,
+    CellResult,
+    Reference,
+    exact_path_moments,
+    exact_reference,
+    measure_cell,
+    stable_seed,
+    stats_cell_rows,
+)
+from sbn_bench.runner.executors import Executor, SerialExecutor, Task, make_executor
+from sbn_bench.runner.memory import (
+    CellFailure,
+    ExactImpossible,
+    RunError,
+    check_memory,
+    choose_mode,
+    chunk_size,
+    exact_enumeration_bytes,
+)
+from sbn_bench.runner.plan import Plan, build_manifest, check_combinations, prepare
+from sbn_bench.storage import RunStore
+
+ASSEMBLE_EVERY_S = 10.0
+"""The tables are re-assembled from the part files at most this often during a run, and at its end."""
+
+__all__ = [
+    "ASSEMBLE_EVERY_S", "Cell", "CellContext", "CellFailure", "CellResult", "ExactImpossible",
+    "Executor", "Plan", "Reference", "RunError", "RunResult", "SerialExecutor", "Task",
+    "build_manifest", "check_combinations", "check_memory", "choose_mode", "chunk_size",
+    "config_from_manifest", "exact_enumeration_bytes", "exact_path_moments", "exact_reference",
+    "make_executor", "measure_cell", "prepare", "rerun", "run", "stable_seed", "stats_cell_rows",
+    "timed_table",
+]
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` returns (everything is also in ``out``).
+
+    Attributes:
+        out: the output folder.
+        metrics / throughput / failures: the assembled tables (schema columns).
+        manifest: the manifest as written.
+        cells_run / cells_skipped / cells_failed: counts of this invocation.
+        timed_metrics: ``timed_metrics.csv`` (``time_to_accuracy_s`` rows, metrics columns).
+        warnings: plugin factories that failed to load (estimators not requested by this run).
+    """
+
+    out: Path
+    metrics: pd.DataFrame
+    throughput: pd.DataFrame
+    failures: pd.DataFrame
+    manifest: dict[str, Any]
+    cells_run: int = 0
+    cells_skipped: int = 0
+    cells_failed: int = 0
+    timed_metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self, m: int = 1) -> pd.DataFrame:
+        """``rrmse`` at ``M = m`` per (problem, checkpoint, estimator) and layer (mean over seeds).
+
+        Columns: layers ``1 … L`` (the deepest problem's), ``out``, ``all``; NaN where a problem
+        has fewer layers than the deepest one.
+        """
+        df = self.metrics
+        df = df[(df["metric"] == "rrmse") & (df["M"] == m)]
+        if df.empty:
+            return pd.DataFrame()
+        tab = df.pivot_table(index=["problem", "checkpoint", "estimator"], columns="layer",
+                             values="value", aggfunc="mean", sort=False)
+        return tab.reindex(columns=sort_layers(df["layer"]))
+
+
+ProgressFn = Callable[[int, int, Cell, str], None]
+"""``progress(done, total, cell, status)``; status ``"done"``, ``"skipped"`` or ``"failed"``."""
+
+
+def timed_table(metrics: pd.DataFrame, throughput: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows of ``timed_metrics.csv``: for every statistics cell with a measured throughput,
+    :func:`~sbn_bench.metrics.timed_rows` of its rows and the median seconds per sample of its
+    (problem, checkpoint, estimator). In the order of ``metrics``."""
+    if metrics.empty or throughput.empty:
+        return []
+    spp = {(p, c, e): float(s) for p, c, e, s in zip(
+        throughput["problem"], throughput["checkpoint"], throughput["estimator"],
+        throughput["seconds_per_sample"])}
+    rows: list[dict[str, Any]] = []
+    key_cols = ["problem", "checkpoint", "estimator"]
+    for key, group in metrics.groupby(key_cols, sort=False):
+        s = spp.get(tuple(key), math.nan)  # type: ignore[arg-type]
+        if math.isnan(s):
+            continue
+        records = group.astype(object).where(group.notna(), None).to_dict("records")
+        for r in records:
+            for c in ("value", "stderr"):
+                r[c] = math.nan if r[c] is None else float(r[c])
+        rows += timed_rows(records, s)
+    return rows
+
+
+def _warn(messages: list[str], warn: Callable[[str], None] | None) -> None:
+    for w in messages:
+        if warn is not None:
+            warn(w)
+        else:
+            warnings_mod.warn(w, stacklevel=3)
+
+
+def run(config: RunConfig, *, progress: ProgressFn | None = None,
+        on_cell_done: Callable[[Cell], None] | None = None,
+        warn: Callable[[str], None] | None = None,
+        executor: Executor | None = None) -> RunResult:
+    """Run (or resume) the configured grid and write it to ``config.out``.
+
+    Args:
+        config: what to measure (``config.out`` is required).
+        progress: called after every cell (see :data:`ProgressFn`).
+        on_cell_done: called after every cell has been written (a test hook: raising from it
+            stops the run there, as a kill would).
+        warn: called with each warning before any work (plugin factories that failed to load but
+            are not requested); default: :func:`warnings.warn`. Also in ``RunResult.warnings``.
+        executor: where the cells run (default: :class:`SerialExecutor`, in this process).
+
+    Returns:
+        :class:`RunResult`.
+
+    Raises:
+        RunError, ConfigError, EstimatorSpecError, ProblemError, RunDirError: bad input, before
+            any work and before anything is written.
+        storage.WriteError: a result file could not be written (full disk, read-only folder): the files
+            written before are intact, and ``resume=True`` continues once the cause is fixed.
+    """
+    if config.out is None:
+        raise RunError("config.out is not set; give an output folder (out=…, --out DIR)",
+                       argument="out", value=None, expected="an output folder")
+    plan = prepare(config)
+    _warn(plan.warnings, warn)
+    store = RunStore.open(config.out, build_manifest(config, plan), config.resume)
+    debug = bool(os.environ.get("SBN_BENCH_DEBUG"))
+    executor = executor or SerialExecutor(debug=debug)
+    total = len(plan.cells)
+    ids = [c.id for c in plan.cells]
+    done = n_run = n_fail = 0
+    pending: list[Cell] = []
+    for cell in plan.cells:
+        if store.has(cell.id, cell.kind):
+            done += 1
+            if progress:
+                progress(done, total, cell, "skipped")
+        else:
+            pending.append(cell)
+    n_skip = done
+    references: dict[tuple[str, str], Reference] = {}
+
+    def tasks() -> Iterator[Task]:
+        for cell in pending:
+            store.remove_part(cell.id, "failure")
+            problem = plan.problem(cell.problem, cell.checkpoint)
+            ref = None
+            if cell.kind == "metrics":
+                key = (cell.problem, cell.checkpoint)
+                if key not in references:
+                    references[key] = exact_reference(problem, config.max_exact_bytes)
+                ref = references[key]
+            yield cell, CellContext(problem, plan.estimator(cell.estimator), ref, config)
+
+    last_assemble = time.monotonic()
+    try:
+        for result in executor.map(tasks()):
+            # storage errors are not the estimator's: they propagate (WriteError) and stop the run
+            store.write_part(result.cell.id, result.kind, result.rows)
+            done += 1
+            n_run += 1
+            n_fail += result.failed
+            if progress:
+                progress(done, total, result.cell, "failed" if result.failed else "done")
+            if on_cell_done:
+                on_cell_done(result.cell)
+            if time.monotonic() - last_assemble > ASSEMBLE_EVERY_S:
+                _assemble(store, ids)
+                last_assemble = time.monotonic()
+    except BaseException:
+        try:  # keep the tables as complete as the part files, without hiding the cause
+            _assemble(store, ids)
+        except OSError:
+            pass
+        raise
+    finally:
+        executor.close()
+    tables = _assemble(store, ids)
+    done_all = all(store.has(c.id, c.kind) or store.has(c.id, "failure") for c in plan.cells)
+    manifest = {**store.manifest, "status": "complete" if done_all else "incomplete",
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "cells": {"total": total, "run": n_run, "skipped": n_skip, "failed": n_fail}}
+    if plan.warnings:
+        manifest["warnings"] = plan.warnings
+    store.write_manifest(manifest)
+    return RunResult(store.out, tables["metrics"], tables["throughput"], tables["failure"],
+                     manifest, n_run, n_skip, n_fail, timed_metrics=tables["timed"],
+                     warnings=list(plan.warnings))
+
+
+def _assemble(store: RunStore, ids: list[str]) -> dict[str, pd.DataFrame]:
+    """Assemble the part-file tables, derive ``timed_metrics.csv``, return all four tables."""
+    store.assemble(ids)
+    tables = store.tables(("metrics", "throughput", "failure"))
+    store.write_table("timed", timed_table(tables["metrics"], tables["throughput"]))
+    tables["timed"] = store.tables(("timed",))["timed"]
+    return tables
+
+
+def config_from_manifest(manifest: dict[str, Any] | str | os.PathLike[str], *,
+                         out: str | os.PathLike[str] | None = None) -> RunConfig:
+    """The :class:`RunConfig` a run was made with, from its manifest (a dict, a ``manifest.json``
+    or a run folder), with relative paths resolved against the run's working directory.
+
+    Args:
+        out: the output folder of the new run (default: the recorded one, which then holds the
+            results: pass a new folder to repeat a run elsewhere).
+
+    Raises:
+        ConfigError: the manifest has no usable ``config`` (the message says what is wrong).
+    """
+    if not isinstance(manifest, dict):
+        path = Path(manifest)
+        path = path / "manifest.json" if path.is_dir() else path
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read the manifest {str(path)!r}: {e}",
+                              argument=str(path)) from None
+        if not isinstance(manifest, dict):
+            raise ConfigError(f"manifest {str(path)!r} is not a JSON object", argument=str(path),
+                              expected="a JSON object written by sbn-bench run")
+    d = manifest.get("config")
+    if not isinstance(d, dict):
+        raise ConfigError("the manifest has no 'config' object (not written by sbn-bench run)",
+                          argument="config", expected="a 'config' object")
+    return RunConfig.from_dict(d, base=manifest.get("cwd"), out=None if out is None else str(out))
+
+
+def rerun(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], **kw: Any) -> RunResult:
+    """Repeat the run recorded in ``run_dir`` into the new folder ``out``: the same configuration,
+    seeds and estimators (on the same device and library versions, ``metrics.csv`` is then
+    byte-identical). Plugin files whose content changed since are refused.
+
+    Raises:
+        RunError: a plugin file changed or is missing; and whatever :func:`run` raises.
+    """
+    path = Path(run_dir)
+    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    cfg = config_from_manifest(manifest, out=out)
+    for rec, p in zip(manifest.get("plugins") or [], cfg.plugins):
+        if rec.get("sha256") and file_sha256(p) != rec["sha256"]:
+            raise RunError(f"plugin file {p!r} differs from the one run {str(path)!r} used (its "
+                           "SHA-256 changed, or it is missing): the rerun would not measure the same "
+                           "estimators", argument=p, expected="the plugin file the run used")
+    return run(cfg.with_(resume=False), **kw)

@@ -1,0 +1,357 @@
+"""One cell of a run, measured by a pure function (STYLE 15): ``measure_cell(cell, context) ->
+CellResult``, with everything it needs passed in.
+
+A :class:`Cell` is the key of one unit of work: a statistics cell (``kind="metrics"``: one
+estimator on one problem checkpoint with one sampling seed) or a throughput cell
+(``kind="throughput"``, no seed). A :class:`CellContext` holds what measuring it takes: the problem,
+the estimator, the reference gradient and the run's settings. Nothing a cell needs lives in a
+closure or in the process: an executor may run it anywhere (:mod:`sbn_bench.runner.executors`).
+
+Determinism: each cell's ``torch.Generator`` is seeded with :func:`stable_seed` of ``(seed,
+problem, checkpoint, estimator)`` (SHA-256, never Python's salted ``hash()``), so a cell's numbers
+do not depend on which other cells ran, and the same command gives a byte-identical
+``metrics.csv`` on the CPU, resumed or not. The chunk size is part of the configuration: a
+different chunk draws the noise in a different order.
+
+Numbers that cannot be trusted are never written silently: an estimator returning NaN/Inf, a
+non-finite reference gradient, Monte-Carlo statistics from fewer than two samples, or any NaN value
+that :data:`sbn_bench.metrics.NAN_VALUES` does not document make the cell a recorded failure.
+
+Modes (``config.mode``): ``exact`` takes the expectations over every path (estimators with a
+``path_surrogate``, problems with ``2^{Σ n_k} ≤ max_paths`` paths per data point) or, for
+estimators without randomness, from one sample; ``mc`` estimates them from ``S`` samples;
+``auto`` is exact where possible. Metrics and their errors: :mod:`sbn_bench.metrics`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from sbn_bench.config import DTYPES, RunConfig
+from sbn_bench.estimators import Estimator, UnsupportedProblem, estimate, estimate_on_paths
+from sbn_bench.metrics import (
+    CosineAccumulator,
+    Groups,
+    MomentAccumulator,
+    WeightedMoments,
+    cosines,
+    exact_group_stats,
+    layer_scales,
+    mc_group_stats,
+    metric_rows,
+    undocumented_nans,
+)
+from sbn_bench.problems import Problem
+from sbn_bench.reference import enumerate_paths, exact_gradient, path_log_probs
+from sbn_bench.reference.paths import first_layer_index
+from sbn_bench.runner.memory import CellFailure, choose_mode, chunk_size, itemsize
+from sbn_bench.throughput import measure
+
+CellKind = Literal["metrics", "throughput"]
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from SHA-256 of the parts' JSON (stable across processes and platforms)."""
+    h = hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()
+    return int(h[:16], 16) & (2**63 - 1)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: ``kind`` ``"metrics"`` (one seed) or ``"throughput"`` (seed None).
+
+    Its rows go to the table of the same kind; a failed cell's row goes to ``failures.csv``.
+    """
+
+    kind: CellKind
+    problem: str
+    checkpoint: str
+    estimator: str
+    seed: int | None = None
+
+    @property
+    def id(self) -> str:
+        """A file-name-safe stable id (SHA-256 of the key)."""
+        key = json.dumps([self.kind, self.problem, self.checkpoint, self.estimator, self.seed])
+        return f"{self.kind}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+
+    def __str__(self) -> str:
+        s = f"{self.problem}/{self.checkpoint}/{self.estimator}"
+        return s + (f" seed {self.seed}" if self.seed is not None else " throughput")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference gradient of a problem checkpoint: ``gradient [P]`` (float64, flat in
+    :class:`~sbn_bench.metrics.Groups` order), or why there is none (``error``: the cells that need
+    it fail with that message)."""
+
+    gradient: Tensor | None
+    error: str | None = None
+
+
+def exact_reference(problem: Problem, max_bytes: int) -> Reference:
+    """The exact reference gradient of ``problem`` (SPEC §2), checked finite; a failure is returned
+    as a :class:`Reference` with its message (every statistics cell of the problem records it)."""
+    try:
+        _, grad = exact_gradient(problem, max_bytes=max_bytes)
+    except Exception as e:  # noqa: BLE001 - recorded for every cell of this problem
+        return Reference(None, f"the exact reference gradient failed, so no metrics for this "
+                               f"problem: {e}")
+    flat = Groups.of(problem.params).flatten_one(grad)
+    if not torch.isfinite(flat).all():
+        bad = [k for k, v in grad.items() if not torch.isfinite(v).all()]
+        return Reference(None, "the exact reference gradient failed, so no metrics for this "
+                               f"problem: it is not finite (NaN/Inf in {', '.join(bad)}): the "
+                               "problem's values overflow float64")
+    return Reference(flat)
+
+
+@dataclass(frozen=True)
+class CellContext:
+    """Everything :func:`measure_cell` needs: the problem checkpoint (float64, on the CPU), the
+    estimator, the reference (None for throughput cells) and the run's settings."""
+
+    problem: Problem
+    estimator: Estimator
+    reference: Reference | None
+    config: RunConfig
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """A measured cell: ``kind`` is the cell's table (``"metrics"``, ``"throughput"``) or
+    ``"failure"``; ``rows`` its rows in that table's columns (:mod:`sbn_bench.schema`)."""
+
+    cell: Cell
+    kind: str
+    rows: list[dict[str, Any]]
+
+    @property
+    def failed(self) -> bool:
+        return self.kind == "failure"
+
+
+def failure_row(cell: Cell, stage: str, message: str) -> dict[str, Any]:
+    """The ``failures.csv`` row of a cell that failed at ``stage``."""
+    return {"problem": cell.problem, "checkpoint": cell.checkpoint, "estimator": cell.estimator,
+            "stage": stage, "error": " ".join(str(message).split()), "seed": cell.seed}
+
+
+def measure_cell(cell: Cell, context: CellContext, *, debug: bool = False) -> CellResult:
+    """Measure one cell: its rows, or its failure (an estimator may raise anything; the run goes
+    on). Pure: the result depends on the cell and the context only.
+
+    Args:
+        debug: re-raise an estimator's exception instead of recording it (``SBN_BENCH_DEBUG``).
+    """
+    try:
+        if cell.kind == "throughput":
+            return CellResult(cell, "throughput", [throughput_row(cell, context)])
+        assert cell.seed is not None and context.reference is not None
+        if context.reference.gradient is None:
+            raise CellFailure("reference", str(context.reference.error))
+        rows = stats_cell_rows(context.estimator, context.problem, context.reference.gradient,
+                               context.config, cell.seed, cell.checkpoint)
+        return CellResult(cell, "metrics", rows)
+    except UnsupportedProblem as e:
+        return CellResult(cell, "failure", [failure_row(cell, "supports", str(e))])
+    except CellFailure as e:
+        if debug:
+            raise
+        return CellResult(cell, "failure", [failure_row(cell, e.stage, str(e))])
+    except Exception as e:  # noqa: BLE001 - an estimator may raise anything; the run goes on
+        if debug:
+            raise
+        stage = "throughput" if cell.kind == "throughput" else "estimate"
+        return CellResult(cell, "failure", [failure_row(cell, stage, f"{type(e).__name__}: {e}")])
+
+
+# --------------------------------------------------------------------------------------------
+# throughput
+
+
+def throughput_row(cell: Cell, context: CellContext) -> dict[str, Any]:
+    """The ``throughput.csv`` row of a throughput cell (:func:`sbn_bench.throughput.measure`)."""
+    est, problem, config = context.estimator, context.problem, context.config
+    device, dtype = torch.device(config.device), DTYPES[config.dtype]
+    est.check_supports(problem)
+    prob = problem.to(device, dtype)
+    chunk = chunk_size(config, est, problem)
+    batch = config.throughput.batch or min(config.samples, chunk, 200)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(stable_seed("throughput", problem.name, cell.checkpoint, est.spec))
+    try:
+        r = measure(est, prob, batch=batch, rounds=config.throughput.rounds,
+                    warmup=config.throughput.warmup, generator=gen)
+    except Exception as e:
+        raise CellFailure("throughput", f"{type(e).__name__}: {e}") from e
+    return {"problem": problem.name, "checkpoint": cell.checkpoint, "estimator": est.spec,
+            "device": config.device, "dtype": config.dtype, **r.__dict__}
+
+
+# --------------------------------------------------------------------------------------------
+# statistics
+
+
+def check_finite(x: Tensor, groups: Groups, what: str) -> None:
+    """Raise a :class:`CellFailure` naming the first parameter with a NaN/Inf in ``x [c, P]``."""
+    if torch.isfinite(x).all():
+        return
+    bad = ~torch.isfinite(x)
+    name = groups.param_of(int(bad.any(0).nonzero()[0]))
+    raise CellFailure("estimate", f"estimator returned NaN/Inf ({int(bad.sum())} of {x.numel()} "
+                                  f"entries, first in {name}) in {what}")
+
+
+def sample_stream(estimator: Estimator, problem: Problem, num_samples: int, chunk: int,
+                  generator: torch.Generator, groups: Groups) -> Iterator[Tensor]:
+    """Draw ``num_samples`` estimates in chunks: each a checked (finite) ``[c, P]`` float64 chunk."""
+    done = 0
+    while done < num_samples:
+        c = min(chunk, num_samples - done)
+        try:
+            grads = estimate(estimator, problem, c, generator)
+        except CellFailure:
+            raise
+        except Exception as e:
+            raise CellFailure("estimate", f"{type(e).__name__}: {e}") from e
+        x = groups.flatten(grads)
+        check_finite(x, groups, f"samples {done}..{done + c - 1}")
+        yield x
+        done += c
+
+
+def exact_path_moments(estimator: Estimator, problem: Problem, dtype: torch.dtype,
+                       device: torch.device, chunk: int, groups: Groups,
+                       scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Exact mean ``[P]`` and per-coordinate variance ``[P]`` of one single-sample estimate of a
+    ``path`` estimator, by enumerating all ``2^{Σ n_k}`` paths for each data point.
+
+    ``E ĝ = (1/D) Σ_d Σ_p p_d(p) ĝ_d(p)`` and ``Var ĝ_i = (1/D²) Σ_d Var_d ĝ_{d,i}``, where
+    ``ĝ_d(p)`` is the estimate on the one-point problem ``(x_d, y_d)`` along path ``p`` (the noise
+    of different data points is independent). Paths are processed ``chunk`` at a time; the
+    estimates are evaluated in ``dtype``, the moments accumulated in float64. With ``scale [P]``
+    (:func:`~sbn_bench.metrics.layer_scales`) the estimates are divided by it first, and so are the
+    mean (the variance by ``scale²``).
+    """
+    paths = enumerate_paths(problem.widths, torch.float64, device)  # list of [P, n_k]
+    P = paths[0].shape[0]
+    first, rest = path_log_probs(problem.to(device), paths)
+    idx1 = first_layer_index(problem.widths, P, device)
+    states = [p.to(dtype).unsqueeze(1) for p in paths]  # [P, 1, n_k]
+    D = problem.num_data
+    div: dict[str, float] = {}
+    if scale is not None:
+        start = 0
+        for n, shape in zip(groups.params, groups.shapes):
+            div[n] = float(scale[start])  # constant on a parameter (one layer)
+            start += math.prod(shape)
+    sum_mean = torch.zeros(groups.dim, dtype=torch.float64, device=device)
+    sum_var = torch.zeros_like(sum_mean)
+    for d in range(D):
+        sub = Problem(problem.params, problem.x[d:d + 1], problem.y[d:d + 1], loss=problem.loss,
+                      noise=problem.noise, name=problem.name).to(device, dtype)
+        w = torch.exp(first[d, idx1] + rest)  # [P]
+        acc = WeightedMoments()
+        for i in range(0, P, chunk):
+            try:
+                grads = estimate_on_paths(estimator, sub, [s[i:i + chunk] for s in states])
+            except Exception as e:
+                raise CellFailure("exact", f"{type(e).__name__}: {e}") from e
+            acc.update([grads[n].to(torch.float64) / div[n] if div else grads[n]
+                        for n in groups.params], w[i:i + chunk])
+        mean_d, var_d = acc.result()
+        if not (torch.isfinite(mean_d).all() and torch.isfinite(var_d).all()):
+            # NaN/Inf in any path's estimate propagates to the weighted sums (weights are > 0,
+            # and 0·Inf is NaN), so checking the moments checks every path.
+            check_finite(torch.stack([mean_d, var_d]), groups,
+                         f"exact enumeration over the paths of data point {d}")
+        sum_mean += mean_d
+        sum_var += var_d
+    return sum_mean / D, sum_var / D**2
+
+
+def stats_cell_rows(estimator: Estimator, problem: Problem, g: Tensor, config: RunConfig,
+                    seed: int, checkpoint: str) -> list[dict[str, Any]]:
+    """The metric rows of one statistics cell (:data:`sbn_bench.schema.METRICS_COLUMNS`, metrics
+    :data:`sbn_bench.metrics.METRICS`: no timed values).
+
+    Args:
+        problem: float64 on the CPU (moved to ``config.device``/``config.dtype`` here).
+        g: ``[P]`` float64 reference gradient (flat, :class:`~sbn_bench.metrics.Groups` order).
+
+    Raises:
+        CellFailure: the estimator raised or returned NaN/Inf, exact mode is impossible,
+            Monte-Carlo mode has fewer than two samples, or a statistic came out NaN where
+            :data:`sbn_bench.metrics.NAN_VALUES` does not allow it.
+    """
+    device, dtype = torch.device(config.device), DTYPES[config.dtype]
+    estimator.check_supports(problem)
+    groups = Groups.of(problem.params)
+    g = g.to(device)
+    mode = choose_mode(estimator, problem, config.mode, config.max_paths,
+                       memory_budget=config.memory_budget, itemsize=itemsize(config.dtype))
+    S, grid = config.samples, config.m_grid
+    if mode == "mc" and S < 2:
+        raise CellFailure("mode", f"Monte-Carlo statistics need samples ≥ 2 (got {S}): the variance "
+                                  "of a single sample is undefined; use more samples or exact mode")
+    prob = problem.to(device, dtype)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(stable_seed(seed, problem.name, checkpoint, estimator.spec))
+    chunk = chunk_size(config, estimator, problem)
+    samples = S
+    if mode == "exact" and estimator.randomness == "none":
+        x = next(sample_stream(estimator, prob, 1, 1, gen, groups))
+        scale = layer_scales(g, groups, x)
+        gs, mean = g / scale, x[0] / scale
+        gstats = exact_group_stats(mean, torch.zeros_like(mean), gs, groups, scale)
+        c = cosines(mean.unsqueeze(0), gs, groups, scale / scale.max()).cpu().numpy()
+        cos = {m: c for m in grid if m <= S}
+        cos_mode, samples = "exact", 1
+    else:
+        # every value is divided by a power of two per layer (exact; see layer_scales) chosen from
+        # the exact gradient and the first chunk, so that saturated nets' tiny gradients keep
+        # their precision in sums of squares
+        stream = sample_stream(estimator, prob, S, chunk, gen, groups)
+        first = next(stream)
+        scale = layer_scales(g, groups, first)
+        gs = g / scale
+        cos_acc = CosineAccumulator(gs, groups, grid, S, config.cosine_groups,
+                                    coord_scale=scale / scale.max())
+        sinks: list[Any] = [cos_acc]
+        mom = None
+        if mode == "exact":
+            pchunk = chunk_size(config, estimator, problem, num_data=1)
+            mean, var = exact_path_moments(estimator, problem, dtype, device, pchunk, groups, scale)
+            gstats = exact_group_stats(mean, var, gs, groups, scale)
+        else:
+            mom = MomentAccumulator(S, groups.dim, config.stderr_batches, device)
+            sinks.append(mom)
+        for x in itertools.chain([first], stream):
+            x = x / scale
+            for sink in sinks:
+                sink.update(x)
+        if mom is not None:
+            gstats = mc_group_stats(mom.result(), gs, groups, scale)
+        cos, cos_mode = cos_acc.result(), "mc"
+    rows = metric_rows(gstats, grid, cos, mode=mode, cosine_mode=cos_mode,
+                       target_rrmse=config.target_rrmse)
+    bad = undocumented_nans(rows, gstats)
+    if bad:
+        raise CellFailure("metrics", f"statistics came out NaN in {len(bad)} row(s) ("
+                                     f"{', '.join(bad[:4])}{', …' if len(bad) > 4 else ''}): the "
+                                     "estimates are too large for float64 sums")
+    for r in rows:
+        r.update(problem=problem.name, checkpoint=checkpoint, estimator=estimator.spec,
+                 samples=samples, seed=seed, device=config.device, dtype=config.dtype)
+    return rows

@@ -1,0 +1,155 @@
+"""The memory planner and the choice of mode: how many samples one estimator call may take, whether
+exact mode fits, and the up-front refusal of requests that cannot fit.
+
+Memory (``config.memory_budget``): the samples of a cell are drawn in chunks of ``chunk_size``
+samples, each chunk's estimator tensors estimated (:meth:`Estimator.memory_per_sample
+<sbn_bench.estimators.Estimator.memory_per_sample>`, an upper bound that the tests check against
+torch's profiler) to fit in the budget. A request that cannot fit is refused before anything is
+written, with the numbers: one sample larger than the budget, an explicit ``chunk`` or throughput
+``batch`` over it. Exact mode's enumeration of ``2^{Σ n_k}`` paths (:func:`exact_enumeration_bytes`)
+must fit as well: ``auto`` mode falls back to Monte Carlo, ``exact`` mode is refused before any work
+with the numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from sbn_bench.config import DTYPES, RunConfig
+from sbn_bench.errors import SbnBenchError
+from sbn_bench.estimators import Estimator
+from sbn_bench.problems import Problem
+from sbn_bench.reference import num_paths
+from sbn_bench.units import format_bytes
+
+
+class RunError(SbnBenchError, ValueError):
+    """A run that cannot start (bad device, estimator, plugin, or a request that cannot fit);
+    raised before any work."""
+
+
+class CellFailure(Exception):
+    """One cell failed; ``stage`` says where (``reference``, ``mode``, ``estimate``, ``exact``,
+    ``metrics``, ``throughput``). Recorded in ``failures.csv``; the run goes on."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+class ExactImpossible(CellFailure):
+    """Exact mode was requested where it is impossible; :attr:`reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("mode", f"exact mode impossible: {reason} (use --mode auto or mc)")
+        self.reason = reason
+
+
+def itemsize(dtype: str) -> int:
+    """Bytes per float of a dtype name (``"float32"`` → 4)."""
+    return torch.finfo(DTYPES[dtype]).bits // 8
+
+
+def chunk_size(config: RunConfig, estimator: Estimator, problem: Problem, num_data: int | None = None
+               ) -> int:
+    """Samples per ``estimate()`` call: ``config.chunk`` or what ``memory_budget`` allows for
+    ``num_data`` data points (default: the problem's); at least one (:func:`check_memory` refuses
+    a run in which one sample does not fit)."""
+    if config.chunk is not None:
+        return config.chunk
+    D = problem.num_data if num_data is None else num_data
+    return max(1, config.memory_budget
+               // estimator.memory_per_sample(problem.widths, D, itemsize(config.dtype)))
+
+
+def exact_enumeration_bytes(widths: Sequence[int], num_data: int, itemsize: int) -> int:
+    """Memory that exact mode's path tables take besides the estimator's chunks: the ``P =
+    2^{Σ n_k}`` paths in float64 and in the estimators' dtype, the preactivations and
+    log-probabilities along them, their weights and indices, and layer 1's ``[D, 2^{n_1}]`` table."""
+    units = sum(widths[1:-1])
+    P = 2**units
+    return P * (units * (16 + itemsize) + 32) + num_data * 2 ** widths[1] * 8
+
+
+def choose_mode(estimator: Estimator, problem: Problem, mode: str, max_paths: int, *,
+                memory_budget: int | None = None, itemsize: int = 8) -> str:
+    """``"exact"`` or ``"mc"`` for this estimator and problem.
+
+    Exact mode needs a path surrogate (or no randomness), at most ``max_paths`` paths per data
+    point and, when ``memory_budget`` is given, path tables (:func:`exact_enumeration_bytes`) within
+    it; ``auto`` falls back to ``mc`` otherwise.
+
+    Raises:
+        ExactImpossible: ``mode == "exact"`` where exact mode is impossible (with the reason and,
+            for memory, the numbers).
+    """
+    if mode == "mc":
+        return "mc"
+    if estimator.randomness == "none":
+        return "exact"
+    reason = None
+    paths = num_paths(problem.widths)
+    if estimator.path_surrogate is None:
+        reason = (f"estimator {estimator.spec!r} has randomness {estimator.randomness!r} and no "
+                  "path surrogate")
+    elif paths > max_paths:
+        reason = (f"problem {problem.name!r} has {paths} paths per data point, over "
+                  f"max_paths={max_paths}")
+    elif memory_budget is not None:
+        need = exact_enumeration_bytes(problem.widths, problem.num_data, itemsize)
+        if need > memory_budget:
+            reason = (f"enumerating the {paths} paths of problem {problem.name!r} needs "
+                      f"about {format_bytes(need)}, over memory_budget={format_bytes(memory_budget)}")
+    if reason is None:
+        return "exact"
+    if mode == "exact":
+        raise ExactImpossible(reason)
+    return "mc"
+
+
+def check_memory(config: RunConfig, problems: Sequence[tuple[str, str, Problem]],
+                 estimators: Sequence[Estimator]) -> None:
+    """Refuse, before any work, a run whose requests cannot fit in ``config.memory_budget``.
+
+    For every problem and estimator (that supports it): one sample must fit
+    (:meth:`~sbn_bench.estimators.Estimator.memory_per_sample`), and so must an explicit
+    ``config.chunk`` of samples and an explicit throughput ``batch``. (Without an explicit chunk the
+    samples are chunked to fit.)
+
+    Raises:
+        RunError: listing each request, its estimated memory and the budget, and what to change.
+    """
+    budget = config.memory_budget
+    size = itemsize(config.dtype)
+    found: list[str] = []
+    least = 0  # the smallest budget that would hold one sample of everything
+    seen: set[tuple[tuple[int, ...], int, str]] = set()
+    for pname, _, prob in problems:
+        for est in estimators:
+            key = (prob.widths, prob.num_data, est.spec)
+            if key in seen or not est.supports(prob):
+                continue
+            seen.add(key)
+            one = est.memory_per_sample(prob.widths, prob.num_data, size)
+            where = f"{est.spec} on {pname} ({prob.arch}, D={prob.num_data}, {config.dtype})"
+            if one > budget:
+                found.append(f"{where}: one sample needs about {format_bytes(one)}")
+                least = max(least, one)
+                continue
+            fit = budget // one
+            if config.chunk is not None and config.chunk * one > budget:
+                found.append(f"{where}: chunk={config.chunk} samples need about "
+                             f"{format_bytes(config.chunk * one)} (at most {fit} fit)")
+            tb = config.throughput.batch
+            if config.throughput.enabled and tb is not None and tb * one > budget:
+                found.append(f"{where}: throughput batch={tb} samples need about "
+                             f"{format_bytes(tb * one)} (at most {fit} fit)")
+    if found:
+        shown = "; ".join(found[:3]) + (f"; … ({len(found) - 3} more)" if len(found) > 3 else "")
+        hint = (f"raise memory_budget to at least {format_bytes(least)}" if least else
+                "lower chunk / throughput batch, or raise memory_budget")
+        raise RunError(f"refused before any work: the request exceeds memory_budget="
+                       f"{format_bytes(budget)} (estimated): {shown} ({hint})",
+                       argument="memory_budget", value=budget, expected=hint)

@@ -1,0 +1,191 @@
+"""Planning a run before any work: the checks that refuse what cannot work, the list of cells and the
+manifest (STYLE 7).
+
+Unsupported combinations are refused before any work (:func:`check_combinations`): an estimator
+that does not support a problem's noise or loss, ``mode="exact"`` where exact mode is impossible,
+a problem too large for the exact reference. Requests that cannot fit in the memory budget are
+refused by :func:`~sbn_bench.runner.memory.check_memory`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sbn_bench import schema
+from sbn_bench.config import RunConfig
+from sbn_bench.estimators import Estimator, Registry, UnsupportedProblem, load_plugins
+from sbn_bench.problems import Problem
+from sbn_bench.provenance import environment, file_sha256
+from sbn_bench.reference import ReferenceTooLarge, check_size, num_paths
+from sbn_bench.runner.cells import Cell
+from sbn_bench.runner.memory import ExactImpossible, RunError, check_memory, choose_mode, itemsize
+
+ProblemCheckpoint = tuple[str, str, Problem]
+"""``(problem name, checkpoint label, problem)``."""
+
+
+@dataclass
+class Plan:
+    """What a run will do, checked: the estimators, the registry they came from, the problem
+    checkpoints, the cells in run order and the warnings to print."""
+
+    estimators: list[Estimator]
+    registry: Registry
+    problems: list[ProblemCheckpoint]
+    cells: list[Cell] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def problem(self, name: str, checkpoint: str) -> Problem:
+        return next(p for n, c, p in self.problems if (n, c) == (name, checkpoint))
+
+    def estimator(self, spec: str) -> Estimator:
+        return next(e for e in self.estimators if e.spec == spec)
+
+
+def check_device(config: RunConfig) -> None:
+    """Refuse ``device="cuda"`` where CUDA is not available."""
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"device='cuda' was requested but CUDA is not available (torch "
+                       f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use "
+                       "--device cpu", argument="device", value="cuda",
+                       expected="'cpu' on a machine without CUDA")
+
+
+def check_combinations(config: RunConfig, problems: Sequence[ProblemCheckpoint],
+                       estimators: Sequence[Estimator]) -> None:
+    """Refuse, before any work, what the configuration already makes impossible (STYLE 3, SPEC §2).
+
+    * a (problem/checkpoint, estimator) pair whose noise or loss the estimator does not support
+      (:meth:`Estimator.check_supports`);
+    * with ``config.mode == "exact"``, a pair for which exact mode is impossible
+      (:func:`~sbn_bench.runner.memory.choose_mode`: no path surrogate, over ``max_paths``, path
+      tables over the budget);
+    * a problem too large for the exact reference (:func:`sbn_bench.reference.check_size` under
+      ``config.max_exact_bytes``), with the estimated cost and the limit.
+
+    What only the computation can tell (an estimator raising or returning NaN/Inf, a non-finite
+    reference) stays a recorded failure of its cell.
+
+    Raises:
+        RunError: listing every refused pair or problem with its reason, and what to change.
+    """
+    size = itemsize(config.dtype)
+    unsupported: list[str] = []
+    no_exact: list[str] = []
+    too_large: list[str] = []
+    sized: set[tuple[tuple[int, ...], int]] = set()
+    for pname, label, prob in problems:
+        where = f"{pname}/{label}"
+        key = (prob.widths, prob.num_data)
+        if key not in sized:
+            sized.add(key)
+            try:
+                check_size(prob, max_bytes=config.max_exact_bytes)
+            except ReferenceTooLarge as e:
+                too_large.append(str(e))
+        for est in estimators:
+            try:
+                est.check_supports(prob)
+            except UnsupportedProblem as e:
+                unsupported.append(f"{where} × {est.spec}: {e}")
+                continue
+            if config.mode == "exact":
+                try:
+                    choose_mode(est, prob, "exact", config.max_paths,
+                                memory_budget=config.memory_budget, itemsize=size)
+                except ExactImpossible as e:
+                    no_exact.append(f"{where} × {est.spec}: {e.reason}")
+    parts: list[str] = []
+    if unsupported:
+        parts.append(f"{len(unsupported)} (problem/checkpoint, estimator) pair(s) are not supported: "
+                     + "; ".join(unsupported) + " (remove these estimators from --estimators, or "
+                     "use a problem with a noise and loss they support; see sbn-bench list)")
+    if no_exact:
+        parts.append(f"--mode exact is impossible for {len(no_exact)} (problem/checkpoint, "
+                     f"estimator) pair(s): " + "; ".join(no_exact)
+                     + " (use --mode auto, which is exact where possible, or --mode mc)")
+    if too_large:
+        parts.append("; ".join(too_large) + " (SPEC §2: every metric needs the exact gradient)")
+    if parts:
+        argument = "estimators" if unsupported else "mode" if no_exact else "max_exact_bytes"
+        raise RunError("refused before any work: " + ". ".join(parts), argument=argument)
+
+
+def prepare(config: RunConfig) -> Plan:
+    """Everything checked before any work: device, plugins, estimators, problems, supported
+    combinations and the reference's size (:func:`check_combinations`), memory, cells.
+
+    Raises:
+        RunError / ConfigError / EstimatorSpecError / ProblemError: with the reason.
+    """
+    check_device(config)
+    reg, warnings = load_plugins(config.plugins, [s.split(":")[0].strip() for s in config.estimators])
+    ests = [reg.create(s) for s in config.estimators]
+    specs = [e.spec for e in ests]
+    dup = sorted({s for s in specs if specs.count(s) > 1})
+    if dup:
+        raise RunError(f"estimators lists {', '.join(dup)} more than once", argument="estimators",
+                       value=list(specs), expected="each estimator once")
+    problems: list[ProblemCheckpoint] = []
+    names: list[str] = []
+    for spec in config.problems:
+        loaded = spec.load()
+        name = loaded[0][1].name
+        if name in names:
+            raise RunError(f"two problems are named {name!r}; give them distinct names",
+                           argument="problems", value=name, expected="distinct problem names")
+        names.append(name)
+        problems += [(name, label, p) for label, p in loaded]
+    check_combinations(config, problems, ests)
+    check_memory(config, problems, ests)
+    plan = Plan(ests, reg, problems, warnings=warnings)
+    for pname, label, _ in problems:
+        for e in ests:
+            if config.throughput.enabled:
+                plan.cells.append(Cell("throughput", pname, label, e.spec))
+            plan.cells += [Cell("metrics", pname, label, e.spec, s) for s in config.seeds]
+    return plan
+
+
+def build_manifest(config: RunConfig, plan: Plan) -> dict[str, Any]:
+    """The manifest (STYLE 7): schema version, config, seeds, versions, device, commit,
+    estimator specs and versions, problem fingerprints, and what a rerun needs (the working
+    directory that relative paths in ``config`` refer to, the plugin files' hashes)."""
+    env = environment()
+    dev: dict[str, Any] = {"type": config.device, "dtype": config.dtype,
+                           "torch_threads": torch.get_num_threads()}
+    if config.device == "cuda":
+        dev["name"] = torch.cuda.get_device_name(0)
+        dev["cuda"] = torch.version.cuda
+    else:
+        dev["name"] = env["processor"]
+    return {
+        "schema_version": schema.SCHEMA_VERSION,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "status": "running",
+        "config": config.to_dict(),
+        "cwd": os.getcwd(),
+        "seeds": list(config.seeds),
+        "packages": env["packages"],
+        "python": env["python"],
+        "platform": env["platform"],
+        "git_commit": env["git_commit"],
+        "device": dev,
+        "plugins": [{"path": str(Path(p).resolve()), "sha256": file_sha256(p)}
+                    for p in config.plugins],
+        "estimators": [{"spec": e.spec, "name": e.name, "version": e.version, "family": e.family,
+                        "hyperparams": dict(e.hyperparams),
+                        "unbiased": e.unbiased, "randomness": e.randomness,
+                        "origin": plan.registry.origins.get(e.name)} for e in plan.estimators],
+        "problems": [{"problem": n, "checkpoint": c, "arch": p.arch, "num_data": p.num_data,
+                      "loss": p.loss, "noise": p.noise, "paths_per_point": num_paths(p.widths),
+                      "source": p.meta.get("source"), "sha256": p.fingerprint()}
+                     for n, c, p in plan.problems],
+    }

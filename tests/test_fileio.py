@@ -1,0 +1,74 @@
+"""Atomic writes give result files the usual mode (0o666 and not the umask), not mkstemp's 0600."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sbn_bench import runner
+from sbn_bench.cli import main
+from sbn_bench.config import ProblemSpec, RunConfig, ThroughputConfig
+from sbn_bench.problems import random_problem, save_problem
+from sbn_bench.reports import write_report
+from sbn_bench.train import train
+
+cli_run = importlib.import_module("sbn_bench.cli.run")  # the module (sbn_bench.cli.run is the command)
+
+
+DATA = Path(__file__).parent / "data"
+
+
+RUN_A, RUN_B = DATA / "run_a", DATA / "run_b"
+
+
+def invoke(args: list[str]):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def tiny_config(out: Path, **kw) -> RunConfig:
+    base = dict(problems=(ProblemSpec(arch="2-2-1", data_points=3),), estimators=("psa",),
+                samples=16, M=(1, 4), throughput=ThroughputConfig(enabled=False), out=str(out))
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def exact_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exact") / "run"
+    res = runner.run(tiny_config(out, problems=(ProblemSpec(arch="2-3-1", data_points=5),),
+                                 estimators=("exact",), samples=50, M=(1, 10, 50),
+                                 throughput=ThroughputConfig(rounds=2, warmup=0)))
+    assert res.failures.empty and (res.metrics["value"][res.metrics["metric"] == "rrmse"] == 0).all()
+    return out
+
+
+def _renamed_copy(src: Path, dst: Path, old: str, new: str) -> Path:
+    shutil.copytree(src, dst)
+    for f in dst.iterdir():
+        if f.suffix in (".csv", ".json"):
+            f.write_text(f.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    return dst
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_written_files_get_the_usual_mode(tmp_path: Path) -> None:
+    old = os.umask(0o027)  # a umask that neither 0600 nor 0644 satisfies: expect 0640
+    try:
+        res = runner.run(tiny_config(tmp_path / "run"))
+        write_report(res.out, formats=("md",))
+        train(random_problem("2-2-1", 0, data_points=4), "st", epochs=1, batch_size=4,
+              out_dir=tmp_path / "train", num_threads=None)
+        save_problem(random_problem("2-2-1", 0, data_points=4), tmp_path / "p.npz")
+    finally:
+        os.umask(old)
+    files = [*(tmp_path / "run").rglob("*.csv"), tmp_path / "run" / "manifest.json",
+             tmp_path / "run" / "report" / "report.md", *(tmp_path / "train").iterdir(),
+             tmp_path / "p.npz"]
+    modes = {str(f.relative_to(tmp_path)): oct(stat.S_IMODE(f.stat().st_mode)) for f in files}
+    assert len(files) >= 10 and set(modes.values()) == {oct(0o640)}, modes

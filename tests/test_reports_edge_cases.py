@@ -1,0 +1,127 @@
+"""Reports of unusual runs: only exact estimators, zero-error rows, a failing render that must leave
+the previous report intact, and comparisons of runs with few or no cells in common.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from sbn_bench import runner
+from sbn_bench.cli import main
+from sbn_bench.config import ProblemSpec, RunConfig, ThroughputConfig
+from sbn_bench.reports import IncomparableRuns, compare_runs, load_run, write_report
+from sbn_bench.reports import markdown as md_module
+from sbn_bench.reports.figures import bias_variance_frame
+
+cli_run = importlib.import_module("sbn_bench.cli.run")  # the module (sbn_bench.cli.run is the command)
+
+
+DATA = Path(__file__).parent / "data"
+
+
+RUN_A, RUN_B = DATA / "run_a", DATA / "run_b"
+
+
+def invoke(args: list[str]):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def tiny_config(out: Path, **kw) -> RunConfig:
+    base = dict(problems=(ProblemSpec(arch="2-2-1", data_points=3),), estimators=("psa",),
+                samples=16, M=(1, 4), throughput=ThroughputConfig(enabled=False), out=str(out))
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def exact_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exact") / "run"
+    res = runner.run(tiny_config(out, problems=(ProblemSpec(arch="2-3-1", data_points=5),),
+                                 estimators=("exact",), samples=50, M=(1, 10, 50),
+                                 throughput=ThroughputConfig(rounds=2, warmup=0)))
+    assert res.failures.empty and (res.metrics["value"][res.metrics["metric"] == "rrmse"] == 0).all()
+    return out
+
+
+def _renamed_copy(src: Path, dst: Path, old: str, new: str) -> Path:
+    shutil.copytree(src, dst)
+    for f in dst.iterdir():
+        if f.suffix in (".csv", ".json"):
+            f.write_text(f.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    return dst
+
+
+def test_bias_variance_frame_of_zero_error_rows_is_numeric() -> None:
+    rows = pd.DataFrame({"layer": ["1"] * 4, "estimator": ["exact"] * 4,
+                         "metric": ["variance", "bias_norm", "rel_bias", "rrmse"],
+                         "M": [np.nan, np.nan, np.nan, 1.0], "value": [0.0, 0.0, 0.0, 0.0]})
+    bv = bias_variance_frame(rows)  # ‖g‖ cannot be recovered from rrmse = 0: no point
+    assert bv.empty and bv["rel_sd"].dtype == float and bv["rel_bias"].dtype == float
+
+
+def test_report_of_an_exact_only_run_renders(exact_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    written = write_report(exact_run, out_dir=out)
+    md = written["md"].read_text(encoding="utf-8")
+    assert "| exact" in md and "No results." not in md
+    assert written["html"].is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "report.html", "report.md"]
+
+
+def test_failed_report_leaves_the_previous_one_intact(exact_run: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "rep"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("rendering failed")
+
+    # no previous report: nothing at all is left behind (no folder without report.md)
+    monkeypatch.setattr(md_module, "render_report", broken)
+    with pytest.raises(RuntimeError, match="rendering failed"):
+        write_report(exact_run, out_dir=out)
+    assert not out.exists(), list(out.rglob("*"))
+    monkeypatch.undo()
+    write_report(exact_run, out_dir=out)
+    (out / "figures" / "mine.txt").write_text("a file of the user's")  # survives re-rendering
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    monkeypatch.setattr(md_module, "render_report", broken)
+    with pytest.raises(RuntimeError, match="rendering failed"):
+        write_report(exact_run, out_dir=out)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # same files, same bytes, no staging folder left
+    monkeypatch.undo()
+    write_report(exact_run, out_dir=out)
+    assert (out / "figures" / "mine.txt").read_text() == "a file of the user's"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_compare_refuses_runs_without_a_common_cell(tmp_path: Path) -> None:
+    other = _renamed_copy(RUN_B, tmp_path / "b", "tiny-2-3-2-1", "another-problem")
+    with pytest.raises(IncomparableRuns) as err:
+        compare_runs(load_run(RUN_A), load_run(other), force=True)
+    msg = str(err.value)
+    assert "the runs have no problem/checkpoint in common" in msg, msg
+    assert "the run has tiny-2-3-2-1 · checkpoint init, tiny-2-3-2-1 · checkpoint gd30" in msg, msg
+    assert "the baseline has another-problem · checkpoint init" in msg, msg
+    r = invoke(["report", RUN_A, "--compare", other, "--out", tmp_path / "rep", "--format", "md"])
+    assert r.exit_code == 1 and r.output.startswith("Error: cannot compare"), r.output
+    assert "no problem/checkpoint in common" in r.output and not (tmp_path / "rep").exists()
+
+
+def test_compare_of_partly_shared_runs_notes_the_others(tmp_path: Path) -> None:
+    base = tmp_path / "b"
+    shutil.copytree(RUN_B, base)
+    for name in ("metrics.csv", "throughput.csv", "failures.csv"):
+        df = pd.read_csv(base / name, dtype=str, keep_default_na=False)
+        df[df["checkpoint"] != "gd30"].to_csv(base / name, index=False)
+    cmp = compare_runs(load_run(RUN_A), load_run(base))
+    assert "tiny-2-3-2-1 · checkpoint gd30: not in the baseline, not compared" in cmp.notes
+    assert any("checkpoint init" in t.title for t in cmp.tables)
+    assert not any("gd30" in t.title for t in cmp.tables)

@@ -1,0 +1,87 @@
+"""sbn-bench train refuses an output folder that holds a previous training, unless asked to overwrite it."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sbn_bench import runner
+from sbn_bench.cli import main
+from sbn_bench.config import ProblemSpec, RunConfig, ThroughputConfig
+from sbn_bench.problems import random_problem
+from sbn_bench.train import TrainArgumentError, train
+
+cli_run = importlib.import_module("sbn_bench.cli.run")  # the module (sbn_bench.cli.run is the command)
+
+
+DATA = Path(__file__).parent / "data"
+
+
+RUN_A, RUN_B = DATA / "run_a", DATA / "run_b"
+
+
+def invoke(args: list[str]):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def tiny_config(out: Path, **kw) -> RunConfig:
+    base = dict(problems=(ProblemSpec(arch="2-2-1", data_points=3),), estimators=("psa",),
+                samples=16, M=(1, 4), throughput=ThroughputConfig(enabled=False), out=str(out))
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def exact_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exact") / "run"
+    res = runner.run(tiny_config(out, problems=(ProblemSpec(arch="2-3-1", data_points=5),),
+                                 estimators=("exact",), samples=50, M=(1, 10, 50),
+                                 throughput=ThroughputConfig(rounds=2, warmup=0)))
+    assert res.failures.empty and (res.metrics["value"][res.metrics["metric"] == "rrmse"] == 0).all()
+    return out
+
+
+def _renamed_copy(src: Path, dst: Path, old: str, new: str) -> Path:
+    shutil.copytree(src, dst)
+    for f in dst.iterdir():
+        if f.suffix in (".csv", ".json"):
+            f.write_text(f.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    return dst
+
+
+def test_train_refuses_a_folder_with_a_previous_training(tmp_path: Path) -> None:
+    p = random_problem("2-2-1", 0, data_points=4)
+    out = tmp_path / "t"
+    train(p, "st", epochs=3, batch_size=4, checkpoints=(1, 2), out_dir=out, num_threads=None)
+    assert (out / "checkpoint_epoch2.npz").is_file()
+    with pytest.raises(TrainArgumentError, match=r"already holds the outputs of a training "
+                                                 r"\(checkpoint_epoch0\.npz, checkpoint_epoch1\.npz, "
+                                                 r"checkpoint_epoch2\.npz, checkpoint_epoch3\.npz, "
+                                                 r"train_log\.csv, train_manifest\.json\).*--out") as e:
+        train(p, "st", epochs=1, batch_size=4, out_dir=out, num_threads=None)
+    assert e.value.argument == "out_dir"
+    res = train(p, "st", epochs=1, batch_size=4, out_dir=out, num_threads=None, overwrite=True)
+    left = sorted(f.name for f in out.iterdir())
+    assert left == ["checkpoint_epoch0.npz", "checkpoint_epoch1.npz", "loss_curve.png",
+                    "train_log.csv", "train_manifest.json"], left  # no stale epoch 2 and 3
+    assert sorted(res.checkpoints) == [0, 1]
+    # a folder with other files only is fine
+    other = tmp_path / "o"
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    train(p, "st", epochs=1, batch_size=4, out_dir=other, num_threads=None)
+
+
+def test_cli_train_refuses_a_used_out_unless_overwrite(tmp_path: Path) -> None:
+    args = ["train", "--arch", "2-2-1", "--data-points", "4", "--estimator", "st", "--epochs", "1",
+            "--batch-size", "4", "--out", tmp_path / "t", "-q"]
+    assert invoke(args).exit_code == 0
+    r = invoke(args)
+    assert r.exit_code == 2 and "Invalid value for '--out'" in r.output, r.output
+    assert "checkpoint_epoch0.npz" in r.output and "--overwrite" in r.output, r.output
+    r = invoke([*args, "--overwrite"])
+    assert r.exit_code == 0, r.output
