@@ -82,6 +82,7 @@ import torch
 
 from sbn_bench import problems, units
 from sbn_bench.errors import ArgumentError, SbnBenchError
+from sbn_bench.estimators import EstimatorSpecError, split_specs
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
 from sbn_bench.problems import Problem
 from sbn_bench.reference import DEFAULT_MAX_BYTES, MAX_PATHS
@@ -512,6 +513,171 @@ def _m_value(v: Any) -> tuple[int, ...] | str | None:
     return tuple(v)
 
 
+@dataclass(frozen=True)
+class _TomlFile:
+    """A TOML file read for :func:`load_config`: its path, text and table, and the errors located
+    in it (:meth:`fail`)."""
+
+    path: Path
+    text: str
+    raw: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: Path) -> _TomlFile:
+        where = f"config file {str(path)!r}"
+        if not path.exists():
+            raise ConfigError(f"{where} does not exist", argument=str(path),
+                              expected="an existing TOML file")
+        if not path.is_file():
+            raise ConfigError(f"{where} is not a file", argument=str(path),
+                              expected="a TOML file")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"{where} cannot be read ({e.strerror or e})",
+                              argument=str(path)) from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data[:e.start].count(b"\n") + 1
+            raise ConfigError(f"{where}, line {line}: not UTF-8 text (byte {data[e.start]:#04x} at "
+                              f"offset {e.start}); TOML files are UTF-8", argument=str(path),
+                              expected="UTF-8 text") from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            msg = str(e)
+            if "line" not in msg:  # e.g. "(at end of document)"
+                line = getattr(e, "lineno", None) or len(text.splitlines()) or 1
+                msg += f" (line {line})"
+            raise ConfigError(f"{where}: invalid TOML: {msg}", argument=str(path),
+                              expected="valid TOML") from None
+        except RecursionError:
+            raise ConfigError(f"{where}: invalid TOML: nested too deeply", argument=str(path),
+                              expected="valid TOML") from None
+        return cls(path, text, raw)
+
+    def fail(self, msg: str, key: str | None = "", table: str | None = None, index: int = 0
+             ) -> ConfigFileError:
+        """An error naming the file and the line of ``key`` (within ``[[table]]`` number
+        ``index`` when given)."""
+        key = key or ""
+        line = _line_of(self.text, key, table=table, index=index) if key or table else 0
+        where = f"config file {str(self.path)!r}" + (f", line {line}" if line else "")
+        return ConfigFileError(f"{where}: {msg}", argument=key or str(self.path))
+
+
+def _top_level_value(k: str, v: Any, base: Path) -> Any:
+    """A top-level TOML value as a :class:`RunConfig` field (relative paths against ``base``)."""
+    if k == "estimators":
+        if isinstance(v, str):
+            try:
+                v = split_specs(v)
+            except EstimatorSpecError as e:
+                raise ConfigError(str(e), argument="estimators", value=v,
+                                  expected=e.expected) from None
+        if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+            raise ConfigError(f"estimators={v!r} must be a list of specs or one string",
+                              argument="estimators")
+        return tuple(v)
+    if k == "plugins":
+        if not isinstance(v, list):
+            raise ConfigError(f"plugins={v!r} must be a list of files", argument="plugins")
+        return tuple(_rel(base, p, "plugins") for p in v)
+    if k == "M":
+        return _m_value(v)
+    if k == "seeds":
+        return tuple(v) if isinstance(v, list) else (v,)
+    if k in ("memory_budget", "max_exact_bytes"):
+        return parse_size(v, k)
+    if k == "out":
+        return _rel(base, v, "out")
+    return v
+
+
+def _settings(f: _TomlFile) -> dict[str, Any]:
+    """The top-level keys and ``[throughput]`` of a TOML configuration, as RunConfig fields."""
+    for k in f.raw:
+        if k not in _TOP_KEYS:
+            raise f.fail(f"unknown key {k!r}{_suggest(k, _TOP_KEYS)}; valid keys: "
+                         f"{', '.join(sorted(_TOP_KEYS))}", k)
+    kw: dict[str, Any] = {}
+    key = ""
+    try:
+        for key, v in f.raw.items():
+            if key not in ("problem", "throughput"):
+                kw[key] = _top_level_value(key, v, f.path.parent)
+        key = "throughput"
+        if "throughput" in f.raw:
+            t = f.raw["throughput"]
+            if not isinstance(t, dict):
+                raise ConfigError(f"throughput must be a table ([throughput]), got {t!r}",
+                                  argument="throughput", value=t, expected="a table")
+            for tk in t:
+                if tk not in _THROUGHPUT_KEYS:
+                    raise f.fail(f"[throughput]: unknown key {tk!r}{_suggest(tk, _THROUGHPUT_KEYS)}"
+                                 f"; valid keys: {', '.join(sorted(_THROUGHPUT_KEYS))}", tk,
+                                 table="throughput")
+            try:
+                kw["throughput"] = ThroughputConfig(**t)
+            except ConfigError as e:
+                raise f.fail(str(e), (e.argument or "").removeprefix("throughput."),
+                             table="throughput") from None
+    except ConfigFileError:
+        raise
+    except ConfigError as e:
+        raise f.fail(str(e), key) from None
+    except TypeError as e:
+        raise f.fail(f"{key}: {e}", key) from None
+    return kw
+
+
+def _problem_specs(f: _TomlFile, required: bool) -> tuple[ProblemSpec, ...]:
+    """The ``[[problem]]`` tables as :class:`ProblemSpec` objects (at least one when ``required``)."""
+    tables = f.raw.get("problem")
+    if tables is None:
+        if required:
+            raise f.fail("no [[problem]] table; add at least one, e.g. [[problem]] preset = 'paper'")
+        return ()
+    if not isinstance(tables, list):
+        raise f.fail("problem must be an array of tables ([[problem]])", "problem")
+    specs = []
+    for i, p in enumerate(tables):
+        label = f"problem {i + 1}"
+        if not isinstance(p, dict):
+            raise f.fail(f"{label} is {p!r}; each problem must be a table ([[problem]] with keys "
+                         f"such as preset, arch or file)", "problem")
+        for pk in p:
+            if pk not in _PROBLEM_KEYS:
+                raise f.fail(f"{label}: unknown key {pk!r}{_suggest(pk, _PROBLEM_KEYS)}; valid "
+                             f"keys: {', '.join(sorted(_PROBLEM_KEYS))}", pk, table="problem",
+                             index=i)
+        args = dict(p)
+        key = ""
+        try:
+            if "file" in args:
+                key = "file"
+                args["file"] = _rel(f.path.parent, args["file"], "file")
+            if "checkpoints" in args:
+                key = "checkpoints"
+                args["checkpoints"] = _checkpoints(args["checkpoints"], f.path.parent)
+            key = ""
+            specs.append(ProblemSpec(**args))
+        except ConfigError as e:
+            raise f.fail(f"{label}: {e}", key or e.argument, table="problem", index=i) from None
+        except TypeError as e:
+            raise f.fail(f"{label}: {e}", "", table="problem", index=i) from None
+    return tuple(specs)
+
+
+def _checkpoints(ck: Any, base: Path) -> tuple[Checkpoint, ...]:
+    if not isinstance(ck, dict):
+        raise ConfigError(f"checkpoints={ck!r} must be a table {{label = 'init' | 'file.npz', ...}}",
+                          argument="checkpoints")
+    return tuple(Checkpoint(str(lab), src if src == "init" else _rel(base, src, f"checkpoint {lab}"))
+                 for lab, src in ck.items())
+
+
 def load_config(path: str | Path, **overrides: Any) -> RunConfig:
     """Read a TOML run configuration (schema in the module docstring).
 
@@ -522,150 +688,18 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
     Raises:
         ConfigError: naming the file, the line (when known) and the bad key or value.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {str(path)!r} does not exist", argument=str(path),
-                          expected="an existing TOML file")
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} is not a file")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"config file {str(path)!r} cannot be read ({e.strerror or e})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ConfigError(f"config file {str(path)!r}, line {line}: not UTF-8 text (byte "
-                          f"{data[e.start]:#04x} at offset {e.start}); TOML files are UTF-8") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        msg = str(e)
-        if "line" not in msg:  # e.g. "(at end of document)"
-            line = getattr(e, "lineno", None) or len(text.splitlines()) or 1
-            msg += f" (line {line})"
-        raise ConfigError(f"config file {str(path)!r}: invalid TOML: {msg}") from None
-    except RecursionError:
-        raise ConfigError(f"config file {str(path)!r}: invalid TOML: nested too deeply") from None
-    base = path.parent
-
-    def fail(msg: str, key: str | None = "", table: str | None = None, index: int = 0
-             ) -> ConfigFileError:
-        key = key or ""
-        line = _line_of(text, key, table=table, index=index) if key or table else 0
-        where = f"config file {str(path)!r}" + (f", line {line}" if line else "")
-        return ConfigFileError(f"{where}: {msg}", argument=key or str(path))
-
-    for k in raw:
-        if k not in _TOP_KEYS:
-            raise fail(f"unknown key {k!r}{_suggest(k, _TOP_KEYS)}; valid keys: "
-                       f"{', '.join(sorted(_TOP_KEYS))}", k)
-    kw: dict[str, Any] = {}
-    try_key = ""
-    try:
-        for k, v in raw.items():
-            try_key = k
-            if k in ("problem", "throughput"):
-                continue
-            if k == "estimators":
-                if isinstance(v, str):
-                    from sbn_bench.estimators import EstimatorSpecError, split_specs
-
-                    try:
-                        v = split_specs(v)
-                    except EstimatorSpecError as e:
-                        raise ConfigError(str(e), argument="estimators", value=v,
-                                          expected=e.expected) from None
-                if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-                    raise ConfigError(f"estimators={v!r} must be a list of specs or one string",
-                                      argument="estimators")
-                kw[k] = tuple(v)
-            elif k == "plugins":
-                if not isinstance(v, list):
-                    raise ConfigError(f"plugins={v!r} must be a list of files", argument="plugins")
-                kw[k] = tuple(_rel(base, p, "plugins") for p in v)
-            elif k == "M":
-                kw[k] = _m_value(v)
-            elif k == "seeds":
-                kw[k] = tuple(v) if isinstance(v, list) else (v,)
-            elif k in ("memory_budget", "max_exact_bytes"):
-                kw[k] = parse_size(v, k)
-            elif k == "out":
-                kw[k] = _rel(base, v, "out")
-            else:
-                kw[k] = v
-        try_key = "throughput"
-        if "throughput" in raw:
-            t = raw["throughput"]
-            if not isinstance(t, dict):
-                raise ConfigError(f"throughput must be a table ([throughput]), got {t!r}",
-                                  argument="throughput", value=t, expected="a table")
-            for tk in t:
-                if tk not in _THROUGHPUT_KEYS:
-                    raise fail(f"[throughput]: unknown key {tk!r}{_suggest(tk, _THROUGHPUT_KEYS)}; "
-                               f"valid keys: {', '.join(sorted(_THROUGHPUT_KEYS))}", tk,
-                               table="throughput")
-            try:
-                kw["throughput"] = ThroughputConfig(**t)
-            except ConfigError as e:
-                raise fail(str(e), (e.argument or "").removeprefix("throughput."),
-                           table="throughput") from None
-    except ConfigFileError:
-        raise
-    except ConfigError as e:
-        raise fail(str(e), try_key) from None
-    except TypeError as e:
-        raise fail(f"{try_key}: {e}", try_key) from None
-
-    probs = raw.get("problem")
-    if probs is None:
-        if "problems" not in overrides:
-            raise fail("no [[problem]] table; add at least one, e.g. [[problem]] preset = 'paper'")
-        probs = []
-    if not isinstance(probs, list):
-        raise fail("problem must be an array of tables ([[problem]])", "problem")
-    specs = []
-    for i, p in enumerate(probs):
-        label = f"problem {i + 1}"
-        if not isinstance(p, dict):
-            raise fail(f"{label} is {p!r}; each problem must be a table ([[problem]] with keys "
-                       f"such as preset, arch or file)", "problem")
-        for pk in p:
-            if pk not in _PROBLEM_KEYS:
-                raise fail(f"{label}: unknown key {pk!r}{_suggest(pk, _PROBLEM_KEYS)}; valid keys: "
-                           f"{', '.join(sorted(_PROBLEM_KEYS))}", pk, table="problem", index=i)
-        args = dict(p)
-        key = ""
-        try:
-            if "file" in args:
-                key = "file"
-                args["file"] = _rel(base, args["file"], "file")
-            if "checkpoints" in args:
-                key = "checkpoints"
-                ck = args["checkpoints"]
-                if not isinstance(ck, dict):
-                    raise ConfigError(f"checkpoints={ck!r} must be a table {{label = 'init' | "
-                                      "'file.npz', ...}}", argument="checkpoints")
-                args["checkpoints"] = tuple(
-                    Checkpoint(str(lab), src if src == "init" else _rel(base, src, f"checkpoint "
-                                                                               f"{lab}"))
-                    for lab, src in ck.items())
-            key = ""
-            specs.append(ProblemSpec(**args))
-        except ConfigError as e:
-            raise fail(f"{label}: {e}", key or e.argument, table="problem", index=i) from None
-        except TypeError as e:
-            raise fail(f"{label}: {e}", "", table="problem", index=i) from None
+    f = _TomlFile.read(Path(path))
+    kw = _settings(f)
+    specs = _problem_specs(f, required="problems" not in overrides)
     if specs:
-        kw["problems"] = tuple(specs)
+        kw["problems"] = specs
     kw.update(overrides)
     if kw.get("M") == "paper":
         samples = kw.get("samples", RunConfig.samples)
         if isinstance(samples, bool) or not isinstance(samples, int):
-            raise fail(f"samples={samples!r} must be an integer ≥ 1", "samples")
+            raise f.fail(f"samples={samples!r} must be an integer ≥ 1", "samples")
         kw["M"] = paper_m_grid(samples)
     try:
         return RunConfig(**kw)
     except ConfigError as e:
-        raise fail(str(e), e.argument if e.argument in raw else "") from None
+        raise f.fail(str(e), e.argument if e.argument in f.raw else "") from None

@@ -43,14 +43,6 @@ class SbnBenchError(Exception):
     def __str__(self) -> str:
         return self.message
 
-    @classmethod
-    def bad_value(cls, argument: str, value: Any, expected: str, *, detail: str = "",
-                  **kwargs: Any) -> SbnBenchError:
-        """``argument ARG=VALUE …: expected EXPECTED``: the standard message of a bad value."""
-        text = f"argument {argument}={value!r}" + (f" {detail}" if detail else "") \
-            + f"; expected {expected}"
-        return cls(text, argument=argument, value=value, expected=expected, **kwargs)
-
 
 class ArgumentError(SbnBenchError, ValueError):
     """A Python argument out of its range (e.g. ``num_samples=0``)."""

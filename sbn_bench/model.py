@@ -144,11 +144,6 @@ def param_names(n_stochastic: int) -> list[str]:
     return names + ["weight_out", "bias_out"]
 
 
-def layer_of(name: str) -> str:
-    """The layer a parameter belongs to: ``"1" … "L"`` or ``"out"``."""
-    return name.split("_", 1)[1]
-
-
 def linear(weight: Tensor, bias: Tensor, x: Tensor) -> Tensor:
     """``x Wᵀ + b`` with optional per-sample replicas.
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sbn_bench import __version__, problems
+from sbn_bench import problems
 from sbn_bench.config import Checkpoint, ProblemSpec, RunConfig, paper_m_grid
 from sbn_bench.fileio import atomic_write_text, dir_mode
 from sbn_bench.metrics import hidden_layers
@@ -35,6 +35,7 @@ from sbn_bench.reports.sections import Block, Bullets, Heading, Image, Text
 from sbn_bench.reports.tables import Table, TableCell
 from sbn_bench.runner import RunResult, run
 from sbn_bench.train import train
+from sbn_bench.version import __version__
 
 PAPER_ESTIMATORS = ["reinforce", "arm", "concrete:tau=0.1", "concrete:tau=1.0", "tanh", "st", "psa"]
 """The seven estimators of the paper's Fig. 3."""
@@ -285,14 +286,6 @@ def evaluate_claims(metrics: pd.DataFrame) -> list[Claim]:
     return [claim_psa_lowest(metrics), claim_st_close(metrics), claim_st_bias_depth(metrics),
             claim_st_bias_training(metrics), claim_unbiased_rate(metrics),
             claim_unbiased_tens(metrics), claim_tanh_degrades(metrics)]
-
-
-def claims_markdown(claims: list[Claim]) -> str:
-    """A Markdown table of the claims with verdicts and evidence."""
-    verdict = {True: "confirmed", False: "**not confirmed**", None: "undecided"}
-    lines = ["| paper's claim | this run | evidence |", "|---|---|---|"]
-    lines += [f"| {c.claim} | {verdict[c.confirmed]} | {c.evidence} |" for c in claims]
-    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------

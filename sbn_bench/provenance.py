@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sbn_bench.version import __version__
+
 PACKAGES = ("torch", "numpy", "pandas", "click")
 """Third-party packages whose versions a manifest records."""
 
@@ -35,8 +37,6 @@ def git_commit(start: str | None = None) -> str | None:
 
 def package_versions() -> dict[str, str | None]:
     """``{"sbn_bench": …, "torch": …, "numpy": …, "pandas": …, "click": …}`` (None if absent)."""
-    from sbn_bench import __version__
-
     out: dict[str, str | None] = {"sbn_bench": __version__}
     for name in PACKAGES:
         try:

@@ -194,9 +194,6 @@ class RunStore:
     def remove_part(self, cell_id: str, kind: str) -> None:
         self.part(cell_id, kind).unlink(missing_ok=True)
 
-    def read_part(self, cell_id: str, kind: str) -> pd.DataFrame:
-        return read_table(self.part(cell_id, kind), TABLES[kind][1])
-
     def assemble(self, cell_ids: Iterable[str]) -> None:
         """Rewrite the tables (:data:`TABLES`) from the part files, in the order of ``cell_ids``
         (each table atomically)."""

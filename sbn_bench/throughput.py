@@ -39,10 +39,6 @@ class ThroughputResult:
     evals_per_sample: int
 
 
-def cuda_available() -> bool:
-    return torch.cuda.is_available()
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

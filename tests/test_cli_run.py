@@ -156,15 +156,16 @@ def test_config_file_with_overrides(tmp_path, monkeypatch):
     assert (tmp_path / "runs/exp/metrics.csv").is_file()
 
 
-def test_report_hook_is_called(tmp_path, monkeypatch):
-    reports = pytest.importorskip("sbn_bench.reports")
+def test_report_is_written_after_the_run(tmp_path, monkeypatch):
+    from sbn_bench import reports
+
     calls = []
 
     def fake(run_dir):
         calls.append(Path(run_dir))
-        return Path(run_dir) / "report.md"
+        return {"md": Path(run_dir) / "report.md"}
 
-    monkeypatch.setattr(reports, "write_report", fake, raising=False)
+    monkeypatch.setattr(reports, "write_report", fake)
     out = tmp_path / "r"
     res = invoke([a for a in SMALL if a != "--no-report"] + ["--out", str(out)])
     assert res.exit_code == 0, res.output

@@ -159,7 +159,6 @@ def test_all_states_is_binary_counting_with_unit_0_most_significant() -> None:
 def test_param_names_and_layer_count() -> None:
     names = model.param_names(2)
     assert names == ["weight_1", "bias_1", "weight_2", "bias_2", "weight_out", "bias_out"]
-    assert [model.layer_of(n) for n in names] == ["1", "1", "2", "2", "out", "out"]
     p = random_problem("3-4-2-5-2", 0, data_points=2, loss="softmax")
     assert model.n_layers(p.params) == 3
 

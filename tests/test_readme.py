@@ -71,3 +71,19 @@ def test_docs_spec_is_the_shared_spec() -> None:
         pytest.skip("no shared/SPEC.md beside this checkout")
     assert (ROOT / "docs" / "SPEC.md").read_text() == shared.read_text(), \
         "docs/SPEC.md differs from ../shared/SPEC.md: copy the shared SPEC into docs/"
+
+
+def test_readme_conformance_example_is_the_file_and_passes() -> None:
+    """The README's conformance example is ``examples/test_reinforce_baseline.py``, and the example
+    plugin passes the whole conformance table when pytest runs that file."""
+    import subprocess
+    import sys
+
+    test_file = ROOT / "examples" / "test_reinforce_baseline.py"
+    assert test_file.read_text() in _python_blocks((ROOT / "README.md").read_text()), \
+        "README's conformance example differs from examples/test_reinforce_baseline.py"
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "--rootdir", str(ROOT / "examples"), str(test_file)],
+                         capture_output=True, text=True, cwd=ROOT / "examples")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert " passed" in res.stdout and "failed" not in res.stdout, res.stdout[-2000:]

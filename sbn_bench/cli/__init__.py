@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from sbn_bench import __version__
 from sbn_bench.cli.core import exact, list_, problem
 from sbn_bench.cli.report import report
 from sbn_bench.cli.run import run
 from sbn_bench.cli.train import train
+from sbn_bench.version import __version__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

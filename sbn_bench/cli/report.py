@@ -36,7 +36,7 @@ def report(run_dir: Path, compare_dir: Path | None, out_dir: Path | None, format
 
     Example: sbn-bench report runs/paper --compare runs/baseline
     """
-    from sbn_bench.reports import write_report
+    from sbn_bench.reports import write_report  # imported when used: seaborn is slow to load
 
     written = write_report(run_dir, compare_dir, formats or ("md", "html"), out_dir=out_dir,
                            force=force, sigma=sigma, warn=warn)

@@ -37,6 +37,7 @@ from sbn_bench.config import (
     load_config,
     paper_m_grid,
 )
+from sbn_bench.estimators import split_specs
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -165,8 +166,6 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
     an error; its broken estimators are warnings unless requested. Requests over --memory-budget
     are refused before any work, with the estimate.
     """
-    from sbn_bench.estimators import split_specs
-
     est_list = tuple(split_specs(estimators))
     tp = ThroughputConfig(enabled=not no_throughput, warmup=warmup, rounds=rounds,
                           batch=throughput_batch)
@@ -199,7 +198,7 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         if cfg.out is None:
             cfg = cfg.with_(out=str(Path("runs") / config_file.stem))
     elif is_paper:
-        from sbn_bench import paper
+        from sbn_bench import paper  # imported when used: it loads the reports (seaborn)
 
         for k in ("estimators", "samples", "plugins"):
             settings.pop(k)
@@ -297,18 +296,15 @@ def _print_summary(result: runner_mod.RunResult) -> None:
 
 
 def _write_report(out: Path, quiet: bool) -> None:
-    """Call ``sbn_bench.reports.write_report(out)`` when that module provides it."""
-    try:
-        from sbn_bench.reports import write_report  # type: ignore[attr-defined]
-    except ImportError:
-        return
+    """Write the run's report (:func:`sbn_bench.reports.write_report`); a failure to render it is
+    one line that says the results are safe and how to try again."""
+    from sbn_bench.reports import write_report  # imported when used: seaborn is slow to load
+
     try:
         where = write_report(out)
     except Exception as e:
         raise click.ClickException(f"the results are in {out}, but the report could not be "
                                    f"written: {type(e).__name__}: {e} (try: sbn-bench report "
                                    f"{out})") from None
-    if quiet or where is None:
-        return
-    paths = where.values() if isinstance(where, dict) else [where]
-    click.echo("report: " + ", ".join(str(p) for p in paths))
+    if not quiet:
+        click.echo("report: " + ", ".join(str(p) for p in where.values()))

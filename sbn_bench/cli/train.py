@@ -20,6 +20,7 @@ from sbn_bench.cli.common import (
     warn,
 )
 from sbn_bench.config import MAX_SEED
+from sbn_bench.estimators import load_plugins
 from sbn_bench.reference import DEFAULT_MAX_BYTES
 
 _OPTION_OF = {"optimizer": "--optimizer", "lr": "--lr", "momentum": "--momentum",
@@ -87,8 +88,6 @@ def train(problem_file: Path | None, arch: str | None, preset: str | None, seed:
         checkpoints = training.parse_checkpoints(checkpoints_text)
     except training.TrainArgumentError as e:
         raise _bad(e) from None
-    from sbn_bench.estimators.registry import load_plugins
-
     # a --plugin file that cannot be loaded is an error before any work; broken factories in a
     # loadable file are warnings unless the one requested
     reg, warnings = load_plugins(plugins, [estimator_spec.split(":")[0].strip()])

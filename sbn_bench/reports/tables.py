@@ -324,6 +324,3 @@ def orphan_failures(run: Run) -> pd.DataFrame:
     return f[~shown]
 
 
-def summary_tables(run: Run) -> list[Table]:
-    """The summary table of every (problem, checkpoint) with results, in run order."""
-    return [summary_table(run, p, c) for p, c in run.cells() if not cell_rows(run, p, c).empty]
