@@ -76,6 +76,11 @@ class Problem:
         return model.n_layers(self.params)
 
     @property
+    def layer_kinds(self) -> tuple[str, ...]:
+        """The kind of each stochastic layer (``"dense"``)."""
+        return ("dense",) * self.n_layers
+
+    @property
     def widths(self) -> tuple[int, ...]:
         """``(n0, n_1, …, n_L, n_out)``."""
         ws = [self.x.shape[1]]

@@ -126,6 +126,8 @@ class Estimator:
         path_surrogate: for ``path`` estimators, the surrogate for given states (or None).
         version: bumped when the estimator's numbers change; recorded in run manifests.
         family: the family it belongs to (:data:`FAMILIES` for the built-ins), for reports.
+        layers: the kinds of stochastic layer it supports (``"dense"``).
+        single_layer: it needs a network with exactly one stochastic layer.
         bytes_per_sample: ``(widths, num_data, itemsize) -> bytes``, an upper estimate of the memory
             one sample takes inside :func:`estimate`, read by the runner's memory planner; None:
             :func:`default_bytes_per_sample` with :attr:`evals_per_sample`
@@ -147,6 +149,8 @@ class Estimator:
     path_surrogate: PathSurrogateFn | None = field(default=None, compare=False)
     version: str = "1"
     family: str = field(default="", compare=False)
+    layers: frozenset[str] = frozenset({"dense"})
+    single_layer: bool = False
     bytes_per_sample: Callable[[tuple[int, ...], int, int], int] | None = field(default=None,
                                                                                compare=False)
 
@@ -165,23 +169,37 @@ class Estimator:
             return int(self.bytes_per_sample(widths, num_data, itemsize))
         return default_bytes_per_sample(widths, num_data, itemsize, self.evals_per_sample(widths))
 
+    def unsupported(self, problem: Problem) -> UnsupportedProblem | None:
+        """Why this estimator cannot take ``problem`` (its noise, loss, a stochastic layer kind,
+        more than one stochastic layer), or None when it can."""
+        checks = [("noise", problem.noise, self.noises), ("loss", problem.loss, self.losses)]
+        checks += [("layer", kind, self.layers) for kind in problem.layer_kinds]
+        for what, value, supported in checks:
+            if value not in supported:
+                expected = f"{what} {', '.join(sorted(supported))}"
+                return UnsupportedProblem(
+                    f"estimator {self.spec!r} does not support {what} {value!r} (problem "
+                    f"{problem.name!r}); it supports {expected}", argument=what, value=value,
+                    expected=expected)
+        if self.single_layer and problem.n_layers != 1:
+            return UnsupportedProblem(
+                f"estimator {self.spec!r} supports networks with one stochastic layer only (problem "
+                f"{problem.name!r} has {problem.n_layers})", argument="layers",
+                value=problem.n_layers, expected="one stochastic layer")
+        return None
+
     def check_supports(self, problem: Problem) -> None:
-        """Refuse an unsupported noise or loss before any compute.
+        """Refuse an unsupported problem before any compute.
 
         Raises:
             UnsupportedProblem: naming the estimator, the value and the supported ones.
         """
-        for what, value, supported in (("noise", problem.noise, self.noises),
-                                       ("loss", problem.loss, self.losses)):
-            if value not in supported:
-                expected = f"{what} {', '.join(sorted(supported))}"
-                raise UnsupportedProblem(
-                    f"estimator {self.spec!r} does not support {what} {value!r} (problem "
-                    f"{problem.name!r}); it supports {expected}", argument=what, value=value,
-                    expected=expected)
+        why = self.unsupported(problem)
+        if why is not None:
+            raise why
 
     def supports(self, problem: Problem) -> bool:
-        return problem.noise in self.noises and problem.loss in self.losses
+        return self.unsupported(problem) is None
 
 
 def _gradients(surr: Tensor, reps: Mapping[str, Tensor], num_samples: int, who: str

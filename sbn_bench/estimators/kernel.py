@@ -1,6 +1,8 @@
 """The path kernel: the pieces every estimator is built from, public so that a plugin does not
 re-implement them.
 
+* :func:`preactivation`, :func:`preactivation_moments`, :func:`output`, :func:`losses`: the
+  network's pieces, for any network the problem describes;
 * :func:`forward`: one pass through the stochastic layers along a sampled (or given) path, each
   layer's pre-activation with gradient, its firing probability and state, and what the next layer
   sees (the bare state, or the state plus a straight-through gradient);
@@ -39,9 +41,42 @@ def num_layers(widths: Sequence[int]) -> int:
     return len(widths) - 2
 
 
+def stochastic_layers(problem: Problem) -> int:
+    """``L``, the number of stochastic layers of the problem's network."""
+    return problem.n_layers
+
+
+def preactivation(problem: Problem, params: Params, k: int, h: Tensor) -> Tensor:
+    """``a^k`` of stochastic layer ``k`` (1-based) from its input ``h`` (the real input for
+    ``k = 1``, the states ``x^{k-1}`` otherwise): ``[..., S, D, n_{k-1}] → [..., S, D, n_k]``, with
+    replicas ``[S, *shape]`` of the parameters. Every stochastic layer's units are a flat last
+    dimension, whatever the layer's kind."""
+    return model.preactivation(params, k, h)
+
+
+def preactivation_moments(problem: Problem, params: Params, k: int, mean: Tensor, var: Tensor
+                          ) -> tuple[Tensor, Tensor]:
+    """Mean and variance of ``a^k`` when the inputs of layer ``k`` are independent with the given
+    means and variances (``[..., S, D, n_{k-1}]``): ``(W m + b, (W∘W) v)`` (deterministic
+    propagation of means and variances, e.g. the PSA authors' AP2)."""
+    w, b = params[f"weight_{k}"], params[f"bias_{k}"]
+    return model.linear(w, b, mean), model.linear(w * w, torch.zeros_like(b), var)
+
+
+def output(problem: Problem, params: Params, x_last: Tensor) -> Tensor:
+    """The network's output ``η`` from the last stochastic layer's states (or relaxations):
+    ``[..., S, D, n_L] → [..., S, D, n_out]``."""
+    return model.output(params, x_last)
+
+
+def losses(problem: Problem, params: Params, x_last: Tensor) -> Tensor:
+    """``ℓ(η(x^L), y)`` per data point: ``x_last [..., S, D, n_L] → [..., S, D]``."""
+    return problem.loss_values(output(problem, params, x_last))
+
+
 def mean_loss(problem: Problem, params: Params, x_last: Tensor) -> Tensor:
-    """``ℓ(V x^L + c, y)`` averaged over data points: ``x_last [..., S, D, n_L] → [..., S]``."""
-    return problem.loss_values(model.output(params, x_last)).mean(-1)
+    """``ℓ(η(x^L), y)`` averaged over data points: ``x_last [..., S, D, n_L] → [..., S]``."""
+    return losses(problem, params, x_last).mean(-1)
 
 
 def uniform(shape: torch.Size | Sequence[int], like: Tensor, generator: torch.Generator) -> Tensor:
@@ -107,8 +142,8 @@ def forward(problem: Problem, params: Params, x0: Tensor, states: Sequence[Tenso
     F = problem.noise_dist.cdf
     h: Tensor = x0
     layers = []
-    for k in range(1, model.n_layers(params) + 1):
-        a = model.preactivation(params, k, h)  # [S, D, n_k]
+    for k in range(1, stochastic_layers(problem) + 1):
+        a = preactivation(problem, params, k, h)  # [S, D, n_k]
         fa = F(a)
         x = model.bernoulli(fa, generator) if states is None else states[k - 1]
         h = through(a, fa, x)
@@ -149,6 +184,7 @@ def downstream_loss(problem: Problem, params: Params, k: int, start: Tensor,
     layers ``k+1..L`` with fresh samples: ``[..., S, D]`` (no gradient)."""
     with torch.no_grad():
         h = start
-        for j in range(k + 1, model.n_layers(params) + 1):
-            h = model.bernoulli(problem.noise_dist.cdf(model.preactivation(params, j, h)), generator)
-        return problem.loss_values(model.output(params, h))
+        for j in range(k + 1, stochastic_layers(problem) + 1):
+            h = model.bernoulli(problem.noise_dist.cdf(preactivation(problem, params, j, h)),
+                                generator)
+        return losses(problem, params, h)

@@ -15,9 +15,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sbn_bench import model
 from sbn_bench.estimators.base import Estimator
-from sbn_bench.estimators.kernel import downstream_loss, mean_loss, num_layers, uniform
+from sbn_bench.estimators.kernel import (
+    downstream_loss,
+    mean_loss,
+    num_layers,
+    preactivation,
+    stochastic_layers,
+    uniform,
+)
 from sbn_bench.model import Params
 from sbn_bench.problems import Problem
 
@@ -31,9 +37,8 @@ def antithetic_surrogate(problem: Problem, params: Params, generator: torch.Gene
     F = problem.noise_dist.cdf
     h: Tensor = problem.x
     total: Tensor | None = None
-    L = model.n_layers(params)
-    for k in range(1, L + 1):
-        a = model.preactivation(params, k, h)  # [S, D, n_k]; h carries no gradient
+    for k in range(1, stochastic_layers(problem) + 1):
+        a = preactivation(problem, params, k, h)  # [S, D, n_k]; h carries no gradient
         u = uniform(a.shape, a, generator)
         with torch.no_grad():
             fa = F(a)

@@ -15,9 +15,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sbn_bench import model
 from sbn_bench.estimators.base import Estimator
-from sbn_bench.estimators.kernel import check_positive, mean_loss, uniform
+from sbn_bench.estimators.kernel import (
+    check_positive,
+    mean_loss,
+    preactivation,
+    stochastic_layers,
+    uniform,
+)
 from sbn_bench.model import Params
 from sbn_bench.problems import Problem
 
@@ -49,8 +54,8 @@ def relaxed_surrogate(problem: Problem, params: Params, generator: torch.Generat
     """Concrete (``straight_through=False``) or straight-through Concrete surrogate at ``tau``."""
     noise = problem.noise_dist
     h: Tensor = problem.x
-    for k in range(1, model.n_layers(params) + 1):
-        a = model.preactivation(params, k, h)
+    for k in range(1, stochastic_layers(problem) + 1):
+        a = preactivation(problem, params, k, h)
         z = noise.icdf(uniform(a.shape, a, generator))
         if straight_through:
             h = StraightThroughConcrete.apply(a, z, tau)  # [a − Z ≥ 0], σ((a − Z)/τ) backward
@@ -97,8 +102,8 @@ def tanh() -> Estimator:
 
     def surrogate(problem: Problem, params: Params, generator: torch.Generator) -> Tensor:
         h: Tensor = problem.x
-        for k in range(1, model.n_layers(params) + 1):
-            h = problem.noise_dist.cdf(model.preactivation(params, k, h))
+        for k in range(1, stochastic_layers(problem) + 1):
+            h = problem.noise_dist.cdf(preactivation(problem, params, k, h))
         return mean_loss(problem, params, h)
 
     return Estimator("tanh", surrogate, randomness="none", family=FAMILY,

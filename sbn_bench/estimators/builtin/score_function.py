@@ -13,9 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from sbn_bench import model
 from sbn_bench.estimators.base import Estimator
-from sbn_bench.estimators.kernel import check_count, forward, path_pair, score
+from sbn_bench.estimators.kernel import check_count, forward, losses, output, path_pair, score
 from sbn_bench.model import Params
 from sbn_bench.problems import Problem
 
@@ -25,7 +24,7 @@ FAMILY = "score-function"
 def _reinforce(problem: Problem, params: Params, states: Sequence[Tensor] | None,
                generator: torch.Generator | None) -> Tensor:
     layers = forward(problem, params, problem.x, states, generator)
-    f = problem.loss_values(model.output(params, layers[-1].x))  # [S, D]
+    f = losses(problem, params, layers[-1].x)  # [S, D]
     logp = sum(score(problem, layer) for layer in layers)  # [S, D]
     return (f + f.detach() * logp).mean(-1)
 
@@ -61,7 +60,7 @@ def reinforce_loo(*, k: int = 2) -> Estimator:
         x_rep = problem.x.repeat(k, 1)  # [K·D, n0], draw i of point d at row i·D + d
         layers = forward(problem, params, x_rep, None, generator)  # [S, K·D, n_k]
         logp = sum(score(problem, layer) for layer in layers)  # [S, K·D]
-        eta = model.output(params, layers[-1].x).reshape(S, k, D, -1)  # [S, K, D, n_out]
+        eta = output(problem, params, layers[-1].x).reshape(S, k, D, -1)  # [S, K, D, n_out]
         f = problem.loss_values(eta)  # [S, K, D]
         baseline = (f.sum(1, keepdim=True) - f) / (k - 1)
         logp = logp.reshape(S, k, D)
