@@ -30,6 +30,8 @@ and the valid keys; relative paths are relative to the TOML file's folder)::
     stderr_batches = 32                           # batches for batch-means standard errors
     cosine_groups = 1000                          # most independent M-means per M for cosine
     out = "runs/my-run"                           # output folder
+    executor = "serial"                           # where cells run
+    cell_timeout = 3600                           # seconds a cell may take (recorded as failed)
 
     [throughput]
     enabled = true
@@ -98,6 +100,13 @@ DEFAULT_ESTIMATORS = ("psa", "st", "reinforce", "arm", "concrete:tau=0.1", "tanh
 DEFAULT_M = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 DEFAULT_MAX_PATHS = MAX_PATHS
 DEFAULT_MEMORY_BUDGET = 2**30
+DEFAULT_CELL_TIMEOUT = 3600.0
+"""Seconds a cell may take by default (an hour: far above any built-in cell on the presets, which
+take seconds); a cell past it is recorded as failed and the run goes on."""
+MAX_SAMPLES = 10**9
+"""Largest ``samples`` (and throughput batch): beyond it a run would not finish in any reasonable
+time on any machine."""
+MAX_ROUNDS = 10**6
 MAX_SEED = 2**63 - 1
 """Largest seed: torch generators take 64-bit seeds (larger ones overflow)."""
 DEVICES = ("cpu", "cuda")
@@ -216,6 +225,27 @@ class ProblemSpec:
                 raise ConfigError(f"checkpoint {c.label!r}: source {c.source!r} must be 'init' or a "
                                   "problem file")
 
+    @property
+    def label(self) -> str:
+        """The problem's name in the tables: :attr:`name`, else the name its constructor gives
+        (``paper-seed0``, ``arch-2-5-5-5-1-seed0``, the file's stem)."""
+        if self.name is not None:
+            return self.name
+        if self.arch is not None:
+            return f"arch-{'-'.join(map(str, problems.parse_arch(self.arch)))}-seed{self.seed}"
+        if self.preset is not None:
+            return f"{self.preset}-seed{self.seed}"
+        return Path(str(self.file)).stem
+
+    def shape(self) -> tuple[tuple[int, ...], int] | None:
+        """``(widths, data points)`` of the problem before it is built (None for a file, which must
+        be read to know it): size checks run on it first."""
+        if self.arch is not None:
+            return problems.parse_arch(self.arch), self.data_points
+        if self.preset is not None:
+            return problems.PRESET_SHAPES[self.preset]
+        return None
+
     def base_problem(self) -> Problem:
         """The problem this spec names (its ``init`` checkpoint), named :attr:`label`."""
         if self.file is not None:
@@ -264,10 +294,10 @@ class ThroughputConfig:
         if not isinstance(self.enabled, bool):
             raise ConfigError(f"throughput.enabled={self.enabled!r} must be true or false",
                               argument="throughput.enabled")
-        _check_int("throughput.warmup", self.warmup, 0)
-        _check_int("throughput.rounds", self.rounds, 1)
+        _check_int("throughput.warmup", self.warmup, 0, MAX_ROUNDS)
+        _check_int("throughput.rounds", self.rounds, 1, MAX_ROUNDS)
         if self.batch is not None:
-            _check_int("throughput.batch", self.batch, 1)
+            _check_int("throughput.batch", self.batch, 1, MAX_SAMPLES)
 
 
 @dataclass(frozen=True)
@@ -276,7 +306,9 @@ class RunConfig:
 
     Attributes:
         problems: the problems, each with its checkpoints.
-        estimators: specs as on the command line (``"concrete:tau=0.1"``).
+        estimators: specs as on the command line (``"concrete:tau=0.1"``); None: the defaults
+            (:data:`DEFAULT_ESTIMATORS`), each on the problems it supports (the others are skipped
+            with a warning, whereas an estimator asked for by name must support every problem).
         plugins: plugin files for the estimator registry.
         samples: ``S``, single-sample estimates per cell (Monte-Carlo statistics and cosine).
         M: sample counts for ``mse``/``rrmse``/``cosine_*``; ``None``: :func:`default_m_grid` up
@@ -293,11 +325,15 @@ class RunConfig:
         stderr_batches: batches for batch-means standard errors (see :mod:`sbn_bench.metrics`).
         cosine_groups: at most this many independent M-means per M for the cosine metrics.
         throughput: see :class:`ThroughputConfig`.
-        out: output folder; resume: continue a run in ``out``.
+        out: output folder; resume: continue a run in ``out`` (it may add problems, checkpoints,
+            estimators, seeds and plugin files).
+        executor: where the cells run (``"serial"``: in this process).
+        cell_timeout: seconds a cell may take before it is stopped and recorded as failed
+            (:data:`DEFAULT_CELL_TIMEOUT`); None: no limit.
     """
 
     problems: tuple[ProblemSpec, ...]
-    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
+    estimators: tuple[str, ...] | None = None
     plugins: tuple[str, ...] = ()
     samples: int = 2000
     M: tuple[int, ...] | None = None
@@ -315,10 +351,13 @@ class RunConfig:
     throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
     out: str | None = None
     resume: bool = False
+    executor: str = "serial"
+    cell_timeout: float | None = DEFAULT_CELL_TIMEOUT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "problems", tuple(self.problems))
-        object.__setattr__(self, "estimators", tuple(self.estimators))
+        if self.estimators is not None:
+            object.__setattr__(self, "estimators", tuple(self.estimators))
         object.__setattr__(self, "plugins", tuple(str(p) for p in self.plugins))
         object.__setattr__(self, "seeds", tuple(self.seeds))
         if self.M is not None:
@@ -328,18 +367,26 @@ class RunConfig:
         for p in self.problems:
             if not isinstance(p, ProblemSpec):
                 raise ConfigError(f"problems must hold ProblemSpec objects, got {type(p).__name__}")
-        if not self.estimators:
-            raise ConfigError("estimators is empty; expected e.g. 'psa,st,arm'")
-        for e in self.estimators:
+        if self.estimators is not None and not self.estimators:
+            raise ConfigError("estimators is empty; expected e.g. 'psa,st,arm'",
+                              argument="estimators")
+        for e in self.estimators or ():
             if not isinstance(e, str) or not e.strip():
                 raise ConfigError(f"estimators: {e!r} is not an estimator spec such as 'psa' or "
                                   "'concrete:tau=0.1'")
-        _check_int("samples", self.samples, 1)
+        _check_int("samples", self.samples, 1, MAX_SAMPLES)
         if self.M is not None:
             if not self.M:
-                raise ConfigError("M is empty; expected sample counts such as 1,10,100")
+                raise ConfigError("M is empty; expected sample counts such as 1,10,100",
+                                  argument="M")
             for m in self.M:
                 _check_int("M", m, 1)
+            over = [m for m in self.M if m > self.samples]
+            if over:
+                raise ConfigError(f"M={list(self.M)} has values above samples={self.samples} "
+                                  f"({', '.join(map(str, over))}): an average of M samples needs at "
+                                  "least M samples; raise samples or lower M", argument="M",
+                                  value=list(self.M), expected=f"values ≤ samples={self.samples}")
             if len(set(self.M)) != len(self.M):
                 raise ConfigError(f"M={list(self.M)} has repeated values", argument="M")
         if not self.seeds:
@@ -363,12 +410,27 @@ class RunConfig:
         object.__setattr__(self, "target_rrmse", float(self.target_rrmse))
         _check_int("stderr_batches", self.stderr_batches, 2)
         _check_int("cosine_groups", self.cosine_groups, 1)
+        if not isinstance(self.executor, str) or not self.executor:
+            raise ConfigError(f"executor={self.executor!r} must be a string such as 'serial'",
+                              argument="executor")
+        if self.cell_timeout is not None:
+            if isinstance(self.cell_timeout, bool) or not isinstance(self.cell_timeout, (int, float)) \
+                    or not math.isfinite(self.cell_timeout) or self.cell_timeout <= 0:
+                raise ConfigError(f"cell_timeout={self.cell_timeout!r} must be a number of seconds "
+                                  "> 0, or None for no limit", argument="cell_timeout",
+                                  value=self.cell_timeout, expected="seconds > 0")
+            object.__setattr__(self, "cell_timeout", float(self.cell_timeout))
         if not isinstance(self.throughput, ThroughputConfig):
             raise ConfigError("throughput must be a ThroughputConfig")
         names = [p.name for p in self.problems if p.name is not None]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ConfigError(f"problem names must be unique; repeated: {', '.join(dup)}")
+
+    @property
+    def estimator_specs(self) -> tuple[str, ...]:
+        """The estimators to run: :attr:`estimators`, or the defaults when it is None."""
+        return DEFAULT_ESTIMATORS if self.estimators is None else self.estimators
 
     @property
     def m_grid(self) -> tuple[int, ...]:
@@ -425,7 +487,7 @@ class RunConfig:
             if "throughput" in kw:
                 kw["throughput"] = ThroughputConfig(**kw["throughput"])
             for k in ("estimators", "seeds"):
-                if k in kw:
+                if kw.get(k) is not None:
                     kw[k] = tuple(kw[k])
             if kw.get("M") is not None:
                 kw["M"] = tuple(kw["M"])
@@ -464,7 +526,8 @@ def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
 
 _TOP_KEYS = {"estimators", "plugins", "samples", "M", "seeds", "device", "dtype", "mode",
              "max_paths", "chunk", "memory_budget", "max_exact_bytes", "target_rrmse",
-             "stderr_batches", "cosine_groups", "out", "throughput", "problem"}
+             "stderr_batches", "cosine_groups", "out", "throughput", "problem", "executor",
+             "cell_timeout"}
 _PROBLEM_KEYS = {f.name for f in fields(ProblemSpec)}
 _THROUGHPUT_KEYS = {f.name for f in fields(ThroughputConfig)}
 

@@ -112,6 +112,12 @@ class Problem:
         return replace(self, params={k: cast(v) for k, v in self.params.items()},
                        x=cast(self.x), y=cast(self.y))
 
+    def copy(self) -> Problem:
+        """A copy with its own tensors (a cell's private problem: nothing it does to it reaches
+        another cell)."""
+        return replace(self, params={k: v.detach().clone() for k, v in self.params.items()},
+                       x=self.x.clone(), y=self.y.clone(), meta=dict(self.meta))
+
     def with_params(self, params: Params, name: str | None = None) -> Problem:
         """A copy with new (detached) parameters, e.g. a training checkpoint."""
         return replace(self, params={k: v.detach().clone() for k, v in params.items()},
@@ -370,13 +376,17 @@ def rescale_layers(params: dict[str, Tensor], x: Tensor, noise: Noise, gen: torc
     return out
 
 
+PAPER_WIDTHS = (2, 5, 5, 5, 1)
+QUICK_WIDTHS = (2, 3, 3, 1)
+
+
 def paper_problem(seed: int = 0) -> Problem:
     """The paper's problem (SPEC §6): 200 2-D points, net 2-5-5-5-1, logistic noise and loss,
     weights ``U(−1, 1)`` then :func:`rescale_layers`. ``seed`` seeds one generator for all of it.
     """
     gen = torch.Generator().manual_seed(seed)
     x, y = paper_data(gen)
-    params = random_params((2, 5, 5, 5, 1), gen)
+    params = random_params(PAPER_WIDTHS, gen)
     params = rescale_layers(params, x, model.NOISES["logistic"], gen)
     return Problem(params, x, y, loss="logistic", noise="logistic", name=f"paper-seed{seed}")
 
@@ -385,11 +395,13 @@ def quick_problem(seed: int = 0) -> Problem:
     """A small, fast preset for smoke runs: the paper's data on a 2-3-3-1 net, rescaled likewise."""
     gen = torch.Generator().manual_seed(seed)
     x, y = paper_data(gen, per_class=50)
-    params = rescale_layers(random_params((2, 3, 3, 1), gen), x, model.NOISES["logistic"], gen)
+    params = rescale_layers(random_params(QUICK_WIDTHS, gen), x, model.NOISES["logistic"], gen)
     return Problem(params, x, y, name=f"quick-seed{seed}")
 
 
 PRESETS = {"paper": paper_problem, "quick": quick_problem}
+PRESET_SHAPES = {"paper": (PAPER_WIDTHS, 200), "quick": (QUICK_WIDTHS, 100)}
+"""``(widths, data points)`` of each preset, known before it is built (size checks run first)."""
 
 
 def preset_problem(name: str, seed: int = 0) -> Problem:

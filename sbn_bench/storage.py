@@ -25,9 +25,14 @@ written before it are complete and untouched (the failed write's temporary file 
 
 from __future__ import annotations
 
+import csv
 import errno
+import fcntl
+import hashlib
+import io
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -96,80 +101,203 @@ def diff_dicts(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [f"{path or 'value'}: {_short(old)} → {_short(new)}"]
 
 
-RESUME_KEYS = ("schema_version", "config", "estimators", "problems", "packages", "device")
-"""Manifest entries that must agree for ``--resume`` (not: times, commit, python patch level)."""
+RUN_WIDE = ("schema_version", "config", "packages", "device")
+"""Manifest entries that every cell depends on: they must agree for ``--resume`` (the config without
+the lists that a resumed run may extend: problems, estimators, seeds, plugins)."""
+
+EXTENSIBLE_CONFIG = ("problems", "estimators", "seeds", "plugins", "out", "resume", "executor",
+                     "cell_timeout")
+"""Configuration entries that a resumed run may change: it may add problems, checkpoints,
+estimators, seeds and plugin files (the finished cells stay valid), run elsewhere or differently."""
 
 
-def _identity(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: manifest.get(k) for k in RESUME_KEYS}
+def _run_wide(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: manifest.get(k) for k in RUN_WIDE}
     if isinstance(out["config"], dict):
-        out["config"] = comparable(out["config"])
+        out["config"] = {k: v for k, v in out["config"].items() if k not in EXTENSIBLE_CONFIG}
     if isinstance(out["packages"], dict):
         out["packages"] = {k: out["packages"].get(k) for k in ("sbn_bench", "torch")}
     if isinstance(out["device"], dict):
-        out["device"] = {k: out["device"].get(k) for k in ("type", "name")}
+        out["device"] = {k: out["device"].get(k) for k in ("type", "name", "torch_threads")}
     return out
 
 
+def _records(manifest: Mapping[str, Any], key: str, ident: tuple[str, ...], value: str
+             ) -> dict[str, Any]:
+    """``{identity: value}`` of a manifest list (estimators, problems, plugins), tolerant of
+    malformed entries."""
+    out: dict[str, Any] = {}
+    items = manifest.get(key)
+    for r in items if isinstance(items, list) else []:
+        if isinstance(r, dict):
+            out["/".join(str(r.get(k)) for k in ident)] = r.get(value)
+    return out
+
+
+def resume_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What makes the finished cells of run ``old`` invalid for run ``new``, one line each: a
+    run-wide setting that differs, an estimator whose version changed, a problem checkpoint whose
+    arrays changed (fingerprint), a plugin file whose content changed (SHA-256). Additions (more
+    problems, checkpoints, estimators, seeds or plugin files) are not differences."""
+    diffs = diff_dicts(_run_wide(old), _run_wide(new))
+    for key, ident, value, what in (
+            ("estimators", ("spec",), "version", "estimator {} version"),
+            ("problems", ("problem", "checkpoint"), "sha256", "problem {} (fingerprint)"),
+            ("plugins", ("path",), "sha256", "plugin file {} (SHA-256)")):
+        a, b = _records(old, key, ident, value), _records(new, key, ident, value)
+        for name in sorted(set(a) & set(b)):
+            if a[name] != b[name]:
+                diffs.append(f"{what.format(repr(name))}: {_short(a[name])} → {_short(b[name])}")
+    return diffs
+
+
+PART_TRAILER = re.compile(r"#rows=(\d+) sha256=([0-9a-f]{64})")
+"""The last line of a part file: its row count and the SHA-256 of everything before it."""
+
+
+def part_text(kind: str, rows: list[dict[str, Any]]) -> str:
+    """A part file's text: the table's header and rows (:func:`table_text`), then a trailer line
+    ``#rows=N sha256=…`` that lets a reader tell a complete part from an empty, truncated or foreign
+    one."""
+    body = table_text(kind, rows)
+    digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
+    return f"{body}#rows={len(rows)} sha256={digest}\n"
+
+
+def part_problem(text: str, kind: str, key: Mapping[str, Any] | None = None) -> str | None:
+    """Why a part file's text is not a complete part of ``kind`` for the cell ``key`` (column →
+    value, e.g. problem, checkpoint, estimator, seed), or None when it is."""
+    if not text.endswith("\n"):
+        return "it does not end with a newline (truncated)"
+    body, _, last = text[:-1].rpartition("\n")
+    m = PART_TRAILER.fullmatch(last)
+    if m is None:
+        return "it has no '#rows=N sha256=…' trailer (truncated, empty or not written by sbn-bench)"
+    body += "\n"
+    if hashlib.sha256(body.encode("utf-8")).hexdigest() != m.group(2):
+        return "its SHA-256 does not match its content (corrupt)"
+    lines = body.splitlines()
+    header = ",".join(TABLES[kind][1])
+    if not lines or lines[0] != header:
+        return f"its header is not {header!r}"
+    rows = list(csv.DictReader(io.StringIO(body)))
+    if len(rows) != int(m.group(1)) or not rows:
+        return f"it holds {len(rows)} rows, its trailer says {m.group(1)}"
+    for col, want in (key or {}).items():
+        got = rows[0].get(col)
+        if got != ("" if want is None else str(want)):
+            return f"its {col} is {got!r}, expected {want!r} (a part of another cell)"
+    return None
+
+
+LOCK = ".lock"
+"""The lock file of a run folder: one run at a time writes into it."""
+
+MAX_DIFFERENCES_SHOWN = 40
+
+
 class RunStore:
-    """The output folder of one run (see the module docstring)."""
+    """The output folder of one run (see the module docstring). Holds the folder's lock from
+    :meth:`open` to :meth:`close`."""
 
     def __init__(self, out: Path) -> None:
         self.out = Path(out)
         self.cells = self.out / CELLS
+        self._lock: int | None = None
 
     @classmethod
     def open(cls, out: str | os.PathLike[str], manifest: dict[str, Any], resume: bool
              ) -> RunStore:
-        """Check the folder and write (or, resuming, check and update) the manifest.
+        """Lock the folder, check it, and write (or, resuming, check and update) the manifest.
 
         Raises:
-            RunDirError: ``out`` holds results and ``resume`` is false; or it holds another run's
-                results (the differences are listed); or it is not a folder.
+            RunDirError: another run holds the folder; ``out`` holds results and ``resume`` is
+                false; or it holds a run whose finished cells this one cannot reuse (every
+                difference is listed); or it is not a folder.
         """
         store = cls(Path(out))
         d = store.out
         if d.exists() and not d.is_dir():
-            raise RunDirError(f"output {str(d)!r} exists and is not a folder; choose another --out",
-                              argument=str(d))
-        has_any = d.is_dir() and any(d.iterdir())
-        mpath = d / MANIFEST
-        if has_any and not resume:
-            raise RunDirError(f"output folder {str(d)!r} is not empty (it holds "
-                              f"{'a previous run' if mpath.exists() else 'other files'}); use "
-                              "--resume to continue that run, or --out to choose another folder",
-                              argument=str(d))
-        if has_any and resume:
-            if not mpath.is_file():
-                raise RunDirError(f"cannot resume in {str(d)!r}: it has no {MANIFEST} (not an "
-                                  "sbn-bench run folder); choose another --out", argument=str(d))
-            try:
-                old = json.loads(mpath.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise RunDirError(f"cannot resume in {str(d)!r}: {MANIFEST} is unreadable "
-                                  f"({e})", argument=str(d)) from None
-            diffs = diff_dicts(_identity(old), _identity(manifest))
-            if diffs:
-                shown = "; ".join(diffs[:8]) + (f"; … ({len(diffs) - 8} more)" if len(diffs) > 8
-                                                else "")
-                raise RunDirError(f"cannot resume in {str(d)!r}: its run differs from this one: "
-                                  f"{shown}. Use the same settings, or --out to start a new run",
-                                  argument=str(d))
-            manifest = {**old, "resumed": [*old.get("resumed", []), manifest["started"]],
-                        "status": "running", "environment_last": manifest.get("environment")}
-            for stray in [*d.glob(".*.tmp"), *store.cells.glob(".*.tmp")]:
-                stray.unlink(missing_ok=True)  # temporary files of writes that were killed
+            raise RunDirError(f"output {str(d)!r} exists and is not a folder; choose another output "
+                              "folder (out=…, --out)", argument=str(d))
+        text = json.dumps(manifest, indent=2, allow_nan=True) + "\n"  # serialisable before any write
+        existed = d.is_dir()
         try:
-            store.cells.mkdir(parents=True, exist_ok=True)
-            store.write_manifest(manifest)
+            d.mkdir(parents=True, exist_ok=True)
+            store._acquire()
+            store._check(manifest, resume, existed)
+            if resume and (d / MANIFEST).is_file():
+                manifest = store._resumed(manifest)
+                text = json.dumps(manifest, indent=2, allow_nan=True) + "\n"
+            store.cells.mkdir(exist_ok=True)
+            atomic_write_text(d / MANIFEST, text)
+        except RunDirError:
+            store.close()
+            raise
         except OSError as e:
+            store.close()
             reason = e.strerror or str(e)
             code = errno.errorcode.get(e.errno or 0)
             raise RunDirError(f"cannot write in output folder {str(d)!r}: {reason}"
-                              + (f" [{code}]" if code else "") + "; choose another --out or fix "
-                              "the folder's permissions", argument=str(d)) from None
+                              + (f" [{code}]" if code else "") + "; choose another output folder "
+                              "or fix the folder's permissions", argument=str(d)) from None
         store.manifest = manifest
         return store
+
+    def _acquire(self) -> None:
+        fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RunDirError(f"output folder {str(self.out)!r} is in use by another run (it holds "
+                              "the folder's lock); wait for it to finish, or choose another output "
+                              "folder", argument=str(self.out)) from None
+        self._lock = fd
+
+    def close(self) -> None:
+        """Release the folder's lock."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def _check(self, manifest: dict[str, Any], resume: bool, existed: bool) -> None:
+        d, mpath = self.out, self.out / MANIFEST
+        has_any = existed and any(p.name != LOCK for p in d.iterdir())
+        if has_any and not resume:
+            raise RunDirError(f"output folder {str(d)!r} is not empty (it holds "
+                              f"{'a previous run' if mpath.exists() else 'other files'}); resume "
+                              "that run (resume=True, --resume) or choose another output folder "
+                              "(out=…, --out)", argument=str(d))
+        if has_any and resume and not mpath.is_file():
+            raise RunDirError(f"cannot resume in {str(d)!r}: it has no {MANIFEST} (not an "
+                              "sbn-bench run folder); choose another output folder",
+                              argument=str(d))
+
+    def _resumed(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        d, mpath = self.out, self.out / MANIFEST
+        try:
+            old = json.loads(mpath.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise RunDirError(f"cannot resume in {str(d)!r}: {MANIFEST} is unreadable ({e})",
+                              argument=str(d)) from None
+        if not isinstance(old, dict):
+            raise RunDirError(f"cannot resume in {str(d)!r}: {MANIFEST} holds a JSON "
+                              f"{type(old).__name__}, not an object (not written by sbn-bench "
+                              "run)", argument=str(d), expected="a manifest object")
+        diffs = resume_differences(old, manifest)
+        if diffs:
+            n = MAX_DIFFERENCES_SHOWN
+            shown = "; ".join(diffs[:n]) + (f"; … ({len(diffs) - n} more)" if len(diffs) > n else "")
+            raise RunDirError(f"cannot resume in {str(d)!r}: its finished cells were measured "
+                              f"differently ({len(diffs)} difference(s): {shown}). A resumed run "
+                              "may add problems, checkpoints, estimators, seeds and plugin files; "
+                              "use the same settings otherwise, or another output folder",
+                              argument=str(d), value=diffs)
+        for stray in [*d.glob(".*.tmp"), *self.cells.glob(".*.tmp")]:
+            stray.unlink(missing_ok=True)  # temporary files of writes that were killed
+        return {**manifest, "started": old.get("started", manifest["started"]),
+                "resumed": [*old.get("resumed", []), manifest["started"]]}
 
     manifest: dict[str, Any]
 
@@ -184,8 +312,22 @@ class RunStore:
         return self.part(cell_id, kind).is_file()
 
     def write_part(self, cell_id: str, kind: str, rows: list[dict[str, Any]]) -> None:
-        """Write one cell's rows (kind ``metrics``, ``throughput`` or ``failure``) atomically."""
-        atomic_write_text(self.part(cell_id, kind), table_text(kind, rows))
+        """Write one cell's rows (kind ``metrics``, ``throughput`` or ``failure``) atomically, with
+        the trailer that validates it (:func:`part_text`)."""
+        atomic_write_text(self.part(cell_id, kind), part_text(kind, rows))
+
+    def check_part(self, cell_id: str, kind: str, key: Mapping[str, Any] | None = None
+                   ) -> str | None:
+        """Why the part file of a cell is not usable (missing, unreadable, incomplete, corrupt, of
+        another cell), or None when it is complete."""
+        p = self.part(cell_id, kind)
+        if not p.is_file():
+            return "missing"
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            return f"unreadable ({e})"
+        return part_problem(text, kind, key)
 
     def write_table(self, kind: str, rows: list[dict[str, Any]]) -> None:
         """Write a whole table (e.g. the derived ``timed`` one) atomically."""
@@ -206,7 +348,8 @@ class RunStore:
                 p = self.part(cid, kind)
                 if p.is_file():
                     text = p.read_text(encoding="utf-8")
-                    body.append(text.split("\n", 1)[1] if "\n" in text else "")
+                    if part_problem(text, kind) is None:  # header, rows, trailer: keep the rows
+                        body.append(text.split("\n", 1)[1].rsplit("#rows=", 1)[0])
             atomic_write_text(self.out / fname, header + "".join(body))
 
     def tables(self, kinds: Iterable[str] = tuple(TABLES)) -> dict[str, pd.DataFrame]:

@@ -6,6 +6,7 @@ memory planner, the configuration and the command line. Imports nothing of sbn_b
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 from sbn_bench.errors import ArgumentError
 
@@ -45,8 +46,16 @@ def parse_size(value: int | str, argument: str = "size") -> int:
     return n
 
 
+def format_count(n: int | float) -> str:
+    """A count of any size with four significant digits: ``"1.153e+18"``, ``"4.495e+307"``, also for
+    integers beyond float range (``2**2000``), which ``f"{n:.4g}"`` cannot format."""
+    return f"{Decimal(n):.4g}" if isinstance(n, int) else f"{n:.4g}"
+
+
 def format_bytes(n: float) -> str:
-    """``"1.5 MiB (1,572,864 bytes)"``; below 1 KiB ``"17 bytes"``."""
+    """``"1.5 MiB (1,572,864 bytes)"``; below 1 KiB ``"17 bytes"``; sizes of any magnitude."""
+    if n >= 2**60:
+        return f"{format_gib(n)} ({format_count(int(n))} bytes)"
     for unit, size in _BINARY[1:]:
         if n >= size:
             return f"{n / size:.3g} {unit} ({int(n):,} bytes)"
@@ -54,8 +63,9 @@ def format_bytes(n: float) -> str:
 
 
 def format_gib(n: float) -> str:
-    """``"4 GiB"``: a size in GiB with three significant digits (the reference's limits)."""
-    return f"{n / 2**30:.3g} GiB"
+    """``"4 GiB"``: a size in GiB with three significant digits (the reference's limits); sizes of
+    any magnitude (``"3.81e+599 GiB"``)."""
+    return f"{Decimal(int(n)) / Decimal(2**30):.3g} GiB"
 
 
 def size_text(n: int) -> str:

@@ -249,10 +249,11 @@ def test_non_finite_reference_is_a_recorded_failure(tmp_path, monkeypatch):
     assert "not finite (NaN/Inf in bias_1)" in res.failures["error"].iloc[0]
 
 
-def test_single_sample_monte_carlo_is_a_recorded_failure(tmp_path):
-    res = runner.run(_tiny_config(tmp_path / "r", samples=1, M=(1,), estimators=("arm", "tanh")))
-    f = res.failures.set_index("estimator")
-    assert f.loc["arm", "stage"] == "mode" and "samples ≥ 2" in f.loc["arm", "error"]
+def test_single_sample_monte_carlo_is_refused_up_front(tmp_path):
+    with pytest.raises(runner.RunError, match=r"samples=1 but 1 .*× arm .*samples ≥ 2") as info:
+        runner.run(_tiny_config(tmp_path / "r", samples=1, M=(1,), estimators=("arm", "tanh")))
+    assert info.value.argument == "samples" and not (tmp_path / "r").exists()
+    res = runner.run(_tiny_config(tmp_path / "t", samples=1, M=(1,), estimators=("tanh",)))
     assert set(res.metrics["estimator"]) == {"tanh"}  # exact with one sample: fine
     assert res.metrics["value"].notna().all()
 

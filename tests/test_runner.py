@@ -300,7 +300,7 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path, plugin):
     with pytest.raises(Stop):
         runner.run(part, on_cell_done=kill_after_three)
     man = json.loads((tmp_path / "part" / "manifest.json").read_text())
-    assert man["status"] == "running"  # killed: never marked complete
+    assert man["status"] == "incomplete"  # stopped by an exception: never marked complete
     # a killed write leaves at most a temporary file, which must be ignored
     (tmp_path / "part" / "cells" / ".stray.metrics.csv.123.tmp").write_text("garbage")
     res = runner.run(part.with_(resume=True))
@@ -393,15 +393,16 @@ def test_output_folder_rules(tmp_path):
         runner.run(cfg)
     with pytest.raises(RunDirError, match=r"samples: 64 → 65"):
         runner.run(cfg.with_(samples=65, resume=True))
-    with pytest.raises(RunDirError, match="estimators"):
-        runner.run(cfg.with_(estimators=("psa",), resume=True))
+    res = runner.run(cfg.with_(estimators=("st", "psa"), resume=True))  # an addition: allowed
+    assert (res.cells_run, res.cells_skipped) == (1, 1) and set(res.metrics["estimator"]) == \
+        {"st", "psa"}
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     with pytest.raises(RunDirError, match="no manifest.json"):
         runner.run(cfg.with_(out=str(other), resume=True))
     res = runner.run(cfg.with_(resume=True))  # same settings: everything is skipped
-    assert res.cells_run == 0 and res.cells_skipped == 1
+    assert res.cells_run == 0 and res.cells_skipped == 1 and set(res.metrics["estimator"]) == {"st"}
 
 
 def test_bad_inputs_fail_before_any_work(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from sbn_bench.cli.common import (
 )
 from sbn_bench.cli.core import max_bytes_option
 from sbn_bench.config import (
+    DEFAULT_CELL_TIMEOUT,
     DEFAULT_ESTIMATORS,
     DEFAULT_MAX_PATHS,
     DEFAULT_MEMORY_BUDGET,
@@ -96,8 +98,10 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file listing problems with checkpoints and settings (schema in the "
                    "README); options given here override it.")
-@click.option("--estimators", default=",".join(DEFAULT_ESTIMATORS), show_default=True,
-              help="Comma-separated estimator specs, e.g. psa,st,concrete:tau=0.1.")
+@click.option("--estimators", default=None,
+              help="Comma-separated estimator specs, e.g. psa,st,concrete:tau=0.1 (sbn-bench list "
+                   f"shows them all). Default: {','.join(DEFAULT_ESTIMATORS)}, each on the problems "
+                   "it supports.")
 @plugin_option
 @click.option("--samples", "-S", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Single-sample estimates S per cell.")
@@ -106,7 +110,8 @@ def _given(ctx: click.Context, name: str) -> bool:
                    "(1,2,5,...,1000 up to S) or 'paper' (1..9,10..90,...,9000 up to S).")
 @click.option("--seeds", callback=_int_list, default=None,
               help="Sampling seeds, comma-separated (one cell each); default: --seed.")
-@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+              help="Where the estimators run (cuda needs a CUDA build of torch and a GPU).")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float64", show_default=True,
               help="Estimators' dtype (the reference is always float64).")
 @click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
@@ -129,7 +134,14 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--no-throughput", is_flag=True, help="Skip the throughput measurement.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default runs/<problem name or config name>).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out, skipping finished cells.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out, skipping finished cells; it may add problems, "
+                   "checkpoints, estimators, seeds and plugin files.")
+@click.option("--executor", default="serial", show_default=True,
+              help="Where cells run: serial (this process).")
+@click.option("--cell-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=DEFAULT_CELL_TIMEOUT, show_default=True,
+              help="Seconds a cell may take; a cell past it is recorded as failed.")
 @click.option("--no-report", is_flag=True, help="Do not write the report (sbn-bench report DIR "
                                                 "writes it later).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -145,7 +157,8 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         dtype: str, mode: str, max_paths: int, chunk: int | None, memory_budget: int,
         max_exact_bytes: int, target_rrmse: float, warmup: int, rounds: int,
         throughput_batch: int | None, no_throughput: bool, out: Path | None, resume: bool,
-        no_report: bool, cache_dir: Path | None, quiet: bool) -> None:
+        no_report: bool, cache_dir: Path | None, quiet: bool, executor: str,
+        cell_timeout: float) -> None:
     """Measure bias, variance, relative RMSE, cosine, SNR and throughput of estimators.
 
     --preset paper is the paper's whole experiment (SPEC §6): REINFORCE training to epochs
@@ -166,14 +179,14 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
     an error; its broken estimators are warnings unless requested. Requests over --memory-budget
     are refused before any work, with the estimate.
     """
-    est_list = tuple(split_specs(estimators))
+    est_list = None if estimators is None else tuple(split_specs(estimators))
     tp = ThroughputConfig(enabled=not no_throughput, warmup=warmup, rounds=rounds,
                           batch=throughput_batch)
     settings: dict[str, Any] = dict(
         estimators=est_list, plugins=tuple(str(p) for p in plugins), samples=samples,
         device=device, dtype=dtype, mode=mode, max_paths=max_paths, chunk=chunk,
         memory_budget=memory_budget, max_exact_bytes=max_exact_bytes, target_rrmse=target_rrmse,
-        throughput=tp, resume=resume)
+        throughput=tp, resume=resume, executor=executor, cell_timeout=cell_timeout)
     is_paper = (config_file is None and preset == "paper"
                 and not any(_given(ctx, n) for n in ("problem_file", "arch")))
     if config_file is not None:
@@ -204,7 +217,7 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
             settings.pop(k)
         kw = dict(seed=seed, out=str(out or Path("runs") / "paper"),
                   samples=samples if _given(ctx, "samples") else paper.SAMPLES,
-                  estimators=est_list if _given(ctx, "estimators") else None,
+                  estimators=est_list,
                   plugins=tuple(str(p) for p in plugins), cache_dir=cache_dir, **settings)
         if m_grid is not None:
             kw["M"] = _resolve_m({"M": m_grid, "samples": kw["samples"]})["M"]
@@ -247,17 +260,56 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
                        f"{exp['timing']['evaluation_s']:.0f} s")
     if not no_report:
         _write_report(result.out, quiet)
+    if result.all_failed:
+        raise click.ClickException(f"every one of the {len(result.failures)} cell(s) failed (see "
+                                   f"{result.out}/failures.csv); no results were measured")
 
 
 INTERRUPTED_EXIT = 130
 """Exit status after Ctrl-C (128 + SIGINT, as shells report it)."""
 
 
+def given_arguments(ctx: click.Context) -> list[str]:
+    """The options of this command that were given on the command line, spelled again (flags,
+    repeated options, values), in the command's order."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name is None or not _given(ctx, param.name):
+            continue
+        flag = param.opts[-1] if param.is_flag else max(param.opts, key=len)
+        value = ctx.params[param.name]
+        if param.is_flag:
+            if value:
+                args.append(flag)
+        elif param.multiple:
+            for v in value:
+                args += [flag, str(v)]
+        else:
+            raw = value if not isinstance(value, (tuple, list)) else ",".join(map(str, value))
+            args += [flag, str(raw)]
+    return args
+
+
+def resume_command(ctx: click.Context, out: str | os.PathLike[str]) -> str:
+    """The command that continues an interrupted run: the options given plus ``--out`` (the
+    folder the run used) and ``--resume``, quoted for a POSIX shell."""
+    args = [a for a in given_arguments(ctx)]
+    if "--out" not in args:
+        args += ["--out", str(out)]
+    if "--resume" not in args:
+        args.append("--resume")
+    return " ".join(shlex.quote(a) for a in ["sbn-bench", ctx.info_name or "run", *args])
+
+
 def _interrupted(ctx: click.Context, out: str | os.PathLike[str] | None) -> None:
-    """After Ctrl-C: say that the finished cells are saved and how to continue; exit 130."""
-    where = out if out is not None else "DIR"
-    click.echo(f"\nInterrupted: the finished cells are saved in {where}; continue with the same "
-               f"command plus --resume (sbn-bench run ... --out {where} --resume).", err=True)
+    """After Ctrl-C: say what is saved and the command that continues; exit 130."""
+    if out is not None and (Path(out) / "manifest.json").is_file():
+        click.echo(f"\nInterrupted: the finished cells are saved in {out}; continue with\n  "
+                   f"{resume_command(ctx, out)}", err=True)
+    else:
+        click.echo("\nInterrupted before any result was written (nothing is saved; trained "
+                   "checkpoints are cached only when their training finishes); run the same "
+                   "command again.", err=True)
     ctx.exit(INTERRUPTED_EXIT)
 
 

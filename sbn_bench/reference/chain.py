@@ -27,7 +27,7 @@ from sbn_bench import model
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.model import Noise, Params
 from sbn_bench.problems import Problem
-from sbn_bench.units import format_gib
+from sbn_bench.units import format_count, format_gib
 
 DEFAULT_MAX_BYTES = 4 * 2**30
 """Default memory limit of the exact reference (4 GiB); see :func:`check_size`."""
@@ -64,22 +64,33 @@ def estimate_cost(widths: tuple[int, ...], num_data: int) -> ReferenceCost:
     return ReferenceCost(states=states, bytes=states * _BYTES_PER_ENTRY)
 
 
-def check_size(problem: Problem, max_bytes: int = DEFAULT_MAX_BYTES) -> ReferenceCost:
-    """Refuse a problem too large for the exact reference, before any work.
+def check_shape(widths: tuple[int, ...], num_data: int, max_bytes: int = DEFAULT_MAX_BYTES,
+                name: str = "problem") -> ReferenceCost:
+    """Refuse a network shape too large for the exact reference, before the problem (its data and
+    parameters) is even built.
 
     Raises:
         ReferenceTooLarge: with the estimated states and memory and the limit.
     """
-    cost = estimate_cost(problem.widths, problem.num_data)
+    cost = estimate_cost(widths, num_data)
     if cost.bytes > max_bytes:
+        arch = "-".join(map(str, widths))
         raise ReferenceTooLarge(
-            f"exact reference refused for problem {problem.name!r} (arch {problem.arch}, "
-            f"D={problem.num_data}): it needs {cost.states:.4g} table entries, about "
-            f"{format_gib(cost.bytes)} of memory, over the limit of {format_gib(max_bytes)} "
-            "(raise it with max_bytes= / --max-exact-bytes, or use fewer units per layer)",
-            argument="max_bytes", value=max_bytes,
-            expected=f"at least {format_gib(cost.bytes)} for this problem")
+            f"exact reference refused for problem {name!r} (arch {arch}, D={num_data}): it needs "
+            f"{format_count(cost.states)} table entries, about {format_gib(cost.bytes)} of memory, "
+            f"over the limit of {format_gib(max_bytes)} (raise it with max_bytes= / "
+            "--max-exact-bytes, or use fewer units per layer)", argument="max_bytes",
+            value=max_bytes, expected=f"at least {format_gib(cost.bytes)} for this problem")
     return cost
+
+
+def check_size(problem: Problem, max_bytes: int = DEFAULT_MAX_BYTES) -> ReferenceCost:
+    """Refuse a problem too large for the exact reference, before any work (:func:`check_shape`).
+
+    Raises:
+        ReferenceTooLarge: with the estimated states and memory and the limit.
+    """
+    return check_shape(problem.widths, problem.num_data, max_bytes, problem.name)
 
 
 def _prob_table(noise: Noise, a: Tensor) -> Tensor:

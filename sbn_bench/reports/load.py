@@ -173,18 +173,18 @@ def _expected_cells(manifest: dict[str, Any]) -> int | None:
 
 def incomplete_note(path: Path, manifest: dict[str, Any]) -> str | None:
     """``"this run is incomplete: N of M cells; resume it with …"`` when the manifest's status is
-    ``running`` (interrupted, or still going) or ``incomplete``; None otherwise (``complete`` or
-    unknown, e.g. older runs without a status)."""
+    ``running`` (killed, or still going), ``interrupted`` (Ctrl-C) or ``incomplete``; None
+    otherwise (``complete`` or unknown, e.g. older runs without a status)."""
     status = manifest.get("status")
-    if status not in ("running", "incomplete"):
+    if status not in ("running", "interrupted", "incomplete"):
         return None
     cells = path / "cells"
     done = ({f.name.split(".", 1)[0] for kind in _CELL_KINDS for f in cells.glob(f"*.{kind}.csv")}
             if cells.is_dir() else set())
     total = _expected_cells(manifest)
     count = f"{len(done)} of {total} cells" if total is not None else f"{len(done)} cells"
-    state = "status 'running': interrupted, or still going" if status == "running" else \
-        "status 'incomplete'"
+    state = "status 'running': killed, or still going" if status == "running" else \
+        f"status {status!r}"
     return (f"this run is incomplete: {count} done ({state}); the tables show only those. Resume it "
             f"with the command that started it plus --resume (sbn-bench run ... --out {path} "
             f"--resume), then write the report again")

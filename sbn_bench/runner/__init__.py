@@ -43,6 +43,7 @@ from typing import Any
 import pandas as pd
 
 from sbn_bench.config import ConfigError, RunConfig
+from sbn_bench.errors import SbnBenchError
 from sbn_bench.metrics import sort_layers, timed_rows
 from sbn_bench.provenance import file_sha256
 from sbn_bench.runner.cells import (
@@ -105,6 +106,11 @@ class RunResult:
     cells_failed: int = 0
     timed_metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def all_failed(self) -> bool:
+        """Every cell of the run failed (none has results): the command exits non-zero."""
+        return self.metrics.empty and self.throughput.empty and not self.failures.empty
 
     def summary(self, m: int = 1) -> pd.DataFrame:
         """``rrmse`` at ``M = m`` per (problem, checkpoint, estimator) and layer (mean over seeds).
@@ -186,18 +192,36 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None,
     plan = prepare(config)
     _warn(plan.warnings, warn)
     store = RunStore.open(config.out, build_manifest(config, plan), config.resume)
+    try:
+        return _run(config, plan, store, progress, on_cell_done, executor)
+    finally:
+        store.close()
+
+
+def part_key(cell: Cell) -> dict[str, Any]:
+    """The columns a cell's part file must hold: its problem, checkpoint, estimator (and seed)."""
+    key: dict[str, Any] = {"problem": cell.problem, "checkpoint": cell.checkpoint,
+                           "estimator": cell.estimator}
+    if cell.kind == "metrics":
+        key["seed"] = cell.seed
+    return key
+
+
+def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | None,
+         on_cell_done: Callable[[Cell], None] | None, executor: Executor | None) -> RunResult:
     debug = bool(os.environ.get("SBN_BENCH_DEBUG"))
-    executor = executor or SerialExecutor(debug=debug)
+    executor = executor or make_executor(config.executor, debug=debug)
     total = len(plan.cells)
     ids = [c.id for c in plan.cells]
     done = n_run = n_fail = 0
     pending: list[Cell] = []
     for cell in plan.cells:
-        if store.has(cell.id, cell.kind):
+        if store.check_part(cell.id, cell.kind, part_key(cell)) is None:
             done += 1
             if progress:
                 progress(done, total, cell, "skipped")
-        else:
+        else:  # missing, or a part that is empty, truncated, corrupt or another cell's: run it
+            store.remove_part(cell.id, cell.kind)
             pending.append(cell)
     n_skip = done
     references: dict[tuple[str, str], Reference] = {}
@@ -229,16 +253,29 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None,
             if time.monotonic() - last_assemble > ASSEMBLE_EVERY_S:
                 _assemble(store, ids)
                 last_assemble = time.monotonic()
-    except BaseException:
+    except BaseException as e:
         try:  # keep the tables as complete as the part files, without hiding the cause
             _assemble(store, ids)
-        except OSError:
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "incomplete"
+            store.write_manifest({**store.manifest, "status": status,
+                                  "cells": {"total": total, "run": n_run, "skipped": n_skip,
+                                            "failed": n_fail}})
+        except (OSError, SbnBenchError):
             pass
         raise
     finally:
         executor.close()
-    tables = _assemble(store, ids)
-    done_all = all(store.has(c.id, c.kind) or store.has(c.id, "failure") for c in plan.cells)
+    try:
+        tables = _assemble(store, ids)
+        assembled = True
+    except SbnBenchError:
+        assembled = False
+        raise
+    finally:
+        if not assembled:
+            store.write_manifest({**store.manifest, "status": "incomplete"})
+    done_all = all(store.check_part(c.id, c.kind, part_key(c)) is None
+                   or store.check_part(c.id, "failure", part_key(c)) is None for c in plan.cells)
     manifest = {**store.manifest, "status": "complete" if done_all else "incomplete",
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "cells": {"total": total, "run": n_run, "skipped": n_skip, "failed": n_fail}}

@@ -25,14 +25,19 @@ estimators without randomness, from one sample; ``mc`` estimates them from ``S``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import math
+import random
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -147,29 +152,82 @@ def failure_row(cell: Cell, stage: str, message: str) -> dict[str, Any]:
             "stage": stage, "error": " ".join(str(message).split()), "seed": cell.seed}
 
 
+class CellTimeout(BaseException):
+    """A cell ran past ``config.cell_timeout`` (a ``BaseException``, so that no ``except
+    Exception`` inside an estimator or the statistics swallows it)."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`CellTimeout` in this thread after ``seconds`` (``SIGALRM``): it interrupts
+    Python code and sleeps, which is what a hung plugin does. Without ``SIGALRM`` (Windows) or off
+    the main thread (executors' worker threads, which enforce their own limit), no limit."""
+    usable = (seconds is not None and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise CellTimeout(f"the cell ran past its time limit of {seconds:g} s (cell_timeout)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def seed_global_rngs(*parts: object) -> None:
+    """Seed Python's, NumPy's and torch's global generators from the cell's key, so that an
+    estimator that draws from them (against the contract, which gives it a generator) still gives
+    the same numbers for the same command."""
+    seed = stable_seed("global", *parts)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def measure_cell(cell: Cell, context: CellContext, *, debug: bool = False) -> CellResult:
-    """Measure one cell: its rows, or its failure (an estimator may raise anything; the run goes
-    on). Pure: the result depends on the cell and the context only.
+    """Measure one cell: its rows, or its failure (an estimator may raise anything, even
+    ``SystemExit``; the run goes on). Pure: the result depends on the cell and the context only.
+
+    The estimator gets a private copy of the problem (a plugin that modifies it in place cannot
+    change another cell's numbers, and is recorded as failed); the global random generators are
+    seeded from the cell's key (:func:`seed_global_rngs`); the cell runs under
+    ``config.cell_timeout`` (:func:`time_limit`).
 
     Args:
         debug: re-raise an estimator's exception instead of recording it (``SBN_BENCH_DEBUG``).
     """
+    seed_global_rngs(cell.kind, cell.problem, cell.checkpoint, cell.estimator, cell.seed)
+    problem = context.problem.copy()
     try:
-        if cell.kind == "throughput":
-            return CellResult(cell, "throughput", [throughput_row(cell, context)])
-        assert cell.seed is not None and context.reference is not None
-        if context.reference.gradient is None:
-            raise CellFailure("reference", str(context.reference.error))
-        rows = stats_cell_rows(context.estimator, context.problem, context.reference.gradient,
-                               context.config, cell.seed, cell.checkpoint)
-        return CellResult(cell, "metrics", rows)
+        with time_limit(context.config.cell_timeout):
+            if cell.kind == "throughput":
+                rows = [throughput_row(cell, context, problem)]
+            else:
+                assert cell.seed is not None and context.reference is not None
+                if context.reference.gradient is None:
+                    raise CellFailure("reference", str(context.reference.error))
+                rows = stats_cell_rows(context.estimator, problem, context.reference.gradient,
+                                       context.config, cell.seed, cell.checkpoint)
+        if problem.fingerprint() != context.problem.fingerprint():
+            raise CellFailure("estimate", f"estimator {cell.estimator!r} modified the problem it "
+                                          "was given (its data or parameters) in place; its "
+                                          "numbers are not trusted")
+        return CellResult(cell, cell.kind, rows)
     except UnsupportedProblem as e:
         return CellResult(cell, "failure", [failure_row(cell, "supports", str(e))])
+    except CellTimeout as e:
+        return CellResult(cell, "failure", [failure_row(cell, "timeout", str(e))])
     except CellFailure as e:
         if debug:
             raise
         return CellResult(cell, "failure", [failure_row(cell, e.stage, str(e))])
-    except Exception as e:  # noqa: BLE001 - an estimator may raise anything; the run goes on
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - an estimator may raise anything
         if debug:
             raise
         stage = "throughput" if cell.kind == "throughput" else "estimate"
@@ -180,9 +238,12 @@ def measure_cell(cell: Cell, context: CellContext, *, debug: bool = False) -> Ce
 # throughput
 
 
-def throughput_row(cell: Cell, context: CellContext) -> dict[str, Any]:
-    """The ``throughput.csv`` row of a throughput cell (:func:`sbn_bench.throughput.measure`)."""
-    est, problem, config = context.estimator, context.problem, context.config
+def throughput_row(cell: Cell, context: CellContext, problem: Problem | None = None
+                   ) -> dict[str, Any]:
+    """The ``throughput.csv`` row of a throughput cell (:func:`sbn_bench.throughput.measure`), on
+    ``problem`` (default: the context's)."""
+    est, config = context.estimator, context.config
+    problem = context.problem if problem is None else problem
     device, dtype = torch.device(config.device), DTYPES[config.dtype]
     est.check_supports(problem)
     prob = problem.to(device, dtype)

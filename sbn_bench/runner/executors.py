@@ -55,15 +55,25 @@ EXECUTORS = ("serial",)
 """The executors :func:`make_executor` knows."""
 
 
+def check_executor(spec: str) -> str:
+    """The executor's name when ``spec`` names one (``"serial"``), checked before any work.
+
+    Raises:
+        ArgumentError: an unknown spec, naming the valid ones.
+    """
+    name = spec.split(":", 1)[0]
+    if name not in EXECUTORS or (name == "serial" and spec != "serial"):
+        raise ArgumentError(f"argument executor={spec!r} is unknown; expected one of "
+                            f"{', '.join(EXECUTORS)}", argument="executor", value=spec,
+                            expected=f"one of {', '.join(EXECUTORS)}")
+    return name
+
+
 def make_executor(spec: str = "serial", *, debug: bool = False) -> Executor:
     """The executor a spec names (``"serial"``).
 
     Raises:
         ArgumentError: an unknown spec, naming the valid ones.
     """
-    name = spec.split(":", 1)[0]
-    if name == "serial":
-        return SerialExecutor(debug=debug)
-    raise ArgumentError(f"argument executor={spec!r} is unknown; expected one of "
-                        f"{', '.join(EXECUTORS)}", argument="executor", value=spec,
-                        expected=f"one of {', '.join(EXECUTORS)}")
+    check_executor(spec)
+    return SerialExecutor(debug=debug)

@@ -9,6 +9,7 @@ refused by :func:`~sbn_bench.runner.memory.check_memory`.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,8 +24,9 @@ from sbn_bench.config import RunConfig
 from sbn_bench.estimators import Estimator, Registry, UnsupportedProblem, load_plugins
 from sbn_bench.problems import Problem
 from sbn_bench.provenance import environment, file_sha256
-from sbn_bench.reference import ReferenceTooLarge, check_size, num_paths
+from sbn_bench.reference import ReferenceTooLarge, check_shape, check_size, num_paths
 from sbn_bench.runner.cells import Cell
+from sbn_bench.runner.executors import check_executor
 from sbn_bench.runner.memory import ExactImpossible, RunError, check_memory, choose_mode, itemsize
 
 ProblemCheckpoint = tuple[str, str, Problem]
@@ -41,6 +43,9 @@ class Plan:
     problems: list[ProblemCheckpoint]
     cells: list[Cell] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)
+    """``(problem, checkpoint, estimator)`` pairs left out: a default estimator that does not
+    support the problem."""
 
     def problem(self, name: str, checkpoint: str) -> Problem:
         return next(p for n, c, p in self.problems if (n, c) == (name, checkpoint))
@@ -59,7 +64,8 @@ def check_device(config: RunConfig) -> None:
 
 
 def check_combinations(config: RunConfig, problems: Sequence[ProblemCheckpoint],
-                       estimators: Sequence[Estimator]) -> None:
+                       estimators: Sequence[Estimator],
+                       skipped: Sequence[tuple[str, str, str]] = ()) -> None:
     """Refuse, before any work, what the configuration already makes impossible (STYLE 3, SPEC §2).
 
     * a (problem/checkpoint, estimator) pair whose noise or loss the estimator does not support
@@ -68,10 +74,12 @@ def check_combinations(config: RunConfig, problems: Sequence[ProblemCheckpoint],
       (:func:`~sbn_bench.runner.memory.choose_mode`: no path surrogate, over ``max_paths``, path
       tables over the budget);
     * a problem too large for the exact reference (:func:`sbn_bench.reference.check_size` under
-      ``config.max_exact_bytes``), with the estimated cost and the limit.
+      ``config.max_exact_bytes``), with the estimated cost and the limit;
+    * ``samples < 2`` where a pair would be measured by Monte Carlo (the variance of one sample is
+      undefined).
 
     What only the computation can tell (an estimator raising or returning NaN/Inf, a non-finite
-    reference) stays a recorded failure of its cell.
+    reference) stays a recorded failure of its cell. ``skipped`` pairs are left out.
 
     Raises:
         RunError: listing every refused pair or problem with its reason, and what to change.
@@ -80,6 +88,7 @@ def check_combinations(config: RunConfig, problems: Sequence[ProblemCheckpoint],
     unsupported: list[str] = []
     no_exact: list[str] = []
     too_large: list[str] = []
+    one_sample: list[str] = []
     sized: set[tuple[tuple[int, ...], int]] = set()
     for pname, label, prob in problems:
         where = f"{pname}/{label}"
@@ -91,17 +100,21 @@ def check_combinations(config: RunConfig, problems: Sequence[ProblemCheckpoint],
             except ReferenceTooLarge as e:
                 too_large.append(str(e))
         for est in estimators:
+            if (pname, label, est.spec) in skipped:
+                continue
             try:
                 est.check_supports(prob)
             except UnsupportedProblem as e:
                 unsupported.append(f"{where} × {est.spec}: {e}")
                 continue
-            if config.mode == "exact":
-                try:
-                    choose_mode(est, prob, "exact", config.max_paths,
-                                memory_budget=config.memory_budget, itemsize=size)
-                except ExactImpossible as e:
-                    no_exact.append(f"{where} × {est.spec}: {e.reason}")
+            try:
+                mode = choose_mode(est, prob, config.mode, config.max_paths,
+                                   memory_budget=config.memory_budget, itemsize=size)
+            except ExactImpossible as e:
+                no_exact.append(f"{where} × {est.spec}: {e.reason}")
+                continue
+            if mode == "mc" and config.samples < 2:
+                one_sample.append(f"{where} × {est.spec}")
     parts: list[str] = []
     if unsupported:
         parts.append(f"{len(unsupported)} (problem/checkpoint, estimator) pair(s) are not supported: "
@@ -113,26 +126,73 @@ def check_combinations(config: RunConfig, problems: Sequence[ProblemCheckpoint],
                      + " (use --mode auto, which is exact where possible, or --mode mc)")
     if too_large:
         parts.append("; ".join(too_large) + " (SPEC §2: every metric needs the exact gradient)")
+    if one_sample:
+        parts.append(f"samples={config.samples} but {len(one_sample)} (problem/checkpoint, "
+                     f"estimator) pair(s) are measured by Monte Carlo, whose variance needs at least "
+                     f"2 samples: {'; '.join(one_sample[:5])}"
+                     + (f"; … ({len(one_sample) - 5} more)" if len(one_sample) > 5 else "")
+                     + " (use samples ≥ 2)")
     if parts:
-        argument = "estimators" if unsupported else "mode" if no_exact else "max_exact_bytes"
+        argument = ("estimators" if unsupported else "mode" if no_exact else
+                    "max_exact_bytes" if too_large else "samples")
         raise RunError("refused before any work: " + ". ".join(parts), argument=argument)
 
 
+def check_hyperparameters(estimators: Sequence[Estimator]) -> None:
+    """Every hyperparameter must be JSON (the manifest records it, a rerun rebuilds it from there).
+
+    Raises:
+        RunError: naming the estimator, the hyperparameter and its type.
+    """
+    for e in estimators:
+        for k, v in e.hyperparams:
+            try:
+                json.dumps(v, allow_nan=True)
+            except (TypeError, ValueError):
+                raise RunError(f"estimator {e.spec!r}: hyperparameter {k}={v!r} is a "
+                               f"{type(v).__name__}, which a run manifest cannot record; use a "
+                               "number, string or bool", argument=f"{e.name}:{k}", value=v,
+                               expected="a JSON value (number, string, bool)") from None
+
+
+def check_shapes(config: RunConfig) -> None:
+    """Refuse, before any problem is built, a problem whose shape the exact reference cannot take
+    (so that the refusal comes before the data are allocated)."""
+    for spec in config.problems:
+        shape = spec.shape()
+        if shape is not None:
+            try:
+                check_shape(shape[0], shape[1], config.max_exact_bytes, spec.label)
+            except ReferenceTooLarge as e:
+                raise RunError(f"refused before any work: {e} (SPEC §2: every metric needs the exact "
+                               "gradient)", argument="max_exact_bytes",
+                               value=config.max_exact_bytes, expected=e.expected) from None
+
+
 def prepare(config: RunConfig) -> Plan:
-    """Everything checked before any work: device, plugins, estimators, problems, supported
-    combinations and the reference's size (:func:`check_combinations`), memory, cells.
+    """Everything checked before any work: device, plugins, estimators, problem sizes (before the
+    problems are built), supported combinations and the reference's size
+    (:func:`check_combinations`), memory, cells.
+
+    With the default estimators (``config.estimators`` None), an estimator that does not support a
+    problem is left out of that problem with a warning; estimators asked for by name must support
+    every problem.
 
     Raises:
         RunError / ConfigError / EstimatorSpecError / ProblemError: with the reason.
     """
     check_device(config)
-    reg, warnings = load_plugins(config.plugins, [s.split(":")[0].strip() for s in config.estimators])
-    ests = [reg.create(s) for s in config.estimators]
+    check_executor(config.executor)
+    specs_in = config.estimator_specs
+    reg, warnings = load_plugins(config.plugins, [s.split(":")[0].strip() for s in specs_in])
+    ests = [reg.create(s) for s in specs_in]
     specs = [e.spec for e in ests]
     dup = sorted({s for s in specs if specs.count(s) > 1})
     if dup:
         raise RunError(f"estimators lists {', '.join(dup)} more than once", argument="estimators",
                        value=list(specs), expected="each estimator once")
+    check_hyperparameters(ests)
+    check_shapes(config)
     problems: list[ProblemCheckpoint] = []
     names: list[str] = []
     for spec in config.problems:
@@ -143,11 +203,22 @@ def prepare(config: RunConfig) -> Plan:
                            argument="problems", value=name, expected="distinct problem names")
         names.append(name)
         problems += [(name, label, p) for label, p in loaded]
-    check_combinations(config, problems, ests)
+    skipped: list[tuple[str, str, str]] = []
+    if config.estimators is None:
+        for pname, label, prob in problems:
+            for e in ests:
+                why = e.unsupported(prob)
+                if why is not None:
+                    skipped.append((pname, label, e.spec))
+                    warnings.append(f"default estimator {e.spec!r} left out of {pname}/{label}: "
+                                    f"{why}")
+    check_combinations(config, problems, ests, skipped)
     check_memory(config, problems, ests)
-    plan = Plan(ests, reg, problems, warnings=warnings)
+    plan = Plan(ests, reg, problems, warnings=warnings, skipped=skipped)
     for pname, label, _ in problems:
         for e in ests:
+            if (pname, label, e.spec) in skipped:
+                continue
             if config.throughput.enabled:
                 plan.cells.append(Cell("throughput", pname, label, e.spec))
             plan.cells += [Cell("metrics", pname, label, e.spec, s) for s in config.seeds]
