@@ -618,6 +618,9 @@ class _TomlFile:
         except RecursionError:
             raise ConfigError(f"{where}: invalid TOML: nested too deeply", argument=str(path),
                               expected="valid TOML") from None
+        except ValueError as e:  # e.g. an integer of more than 4300 digits
+            raise ConfigError(f"{where}: invalid TOML: {e}", argument=str(path),
+                              expected="valid TOML") from None
         return cls(path, text, raw)
 
     def fail(self, msg: str, key: str | None = "", table: str | None = None, index: int = 0

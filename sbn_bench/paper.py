@@ -342,8 +342,13 @@ def ensure_checkpoints(seed: int = 0, *, training: dict[str, Any] | None = None,
     paths = {checkpoint_label(e): final / f"checkpoint_epoch{e}.npz" for e in epochs}
     manifest = final / "train_manifest.json"
     if manifest.is_file() and all(p.is_file() for p in paths.values()):
-        wall = json.loads(manifest.read_text()).get("wall_s", math.nan)
-        return TrainedCheckpoints(paths, final, True, float(wall))
+        wall = _cached_wall_time(manifest)
+        if wall is not None:
+            return TrainedCheckpoints(paths, final, True, wall)
+        if progress:
+            progress(f"the cached training in {final} is damaged ({manifest.name} is not a training "
+                     "manifest); training again")
+        shutil.rmtree(final, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", suffix=".tmp", dir=root))
     try:
@@ -365,6 +370,17 @@ def ensure_checkpoints(seed: int = 0, *, training: dict[str, Any] | None = None,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return TrainedCheckpoints(paths, final, False, wall)
+
+
+def _cached_wall_time(manifest: Path) -> float | None:
+    """The training time a cached training manifest records, or None when the file is not a
+    training manifest (unreadable, invalid JSON, not an object, no time)."""
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    wall = data.get("wall_s") if isinstance(data, dict) else None
+    return float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) else None
 
 
 def paper_config(checkpoints: TrainedCheckpoints, *, seed: int = 0, out: str,
@@ -392,9 +408,9 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
               **settings: Any) -> RunResult:
     """SPEC §6 end to end: train (or reuse) the checkpoints, run the estimators, record timings.
 
-    The run folder gets ``training/`` (the training log, loss curve and manifest), the manifest an
-    ``experiment`` entry with the training and evaluation wall times, and (``report=True``) the
-    report, with the claims section (:func:`sbn_bench.reports.write_report`).
+    The run folder gets ``training/`` (the checkpoints, training log, loss curve and manifest),
+    the manifest an ``experiment`` entry with the training and evaluation wall times, and
+    (``report=True``) the report, with the claims section (:func:`sbn_bench.reports.write_report`).
 
     Returns:
         The :class:`~sbn_bench.runner.RunResult`.
@@ -409,7 +425,9 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
     t_eval = time.perf_counter() - t1
     train_dir = Path(out) / "training"
     train_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("train_log.csv", "loss_curve.png", "train_manifest.json"):
+    names = ["train_log.csv", "loss_curve.png", "train_manifest.json",
+             *(p.name for p in ckpts.paths.values())]
+    for name in names:  # the run folder holds its checkpoints: the cache may be cleared
         if (ckpts.directory / name).is_file():
             shutil.copyfile(ckpts.directory / name, train_dir / name)
     manifest_path = Path(out) / "manifest.json"

@@ -19,6 +19,7 @@ import math
 import numbers
 import os
 import re
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -456,30 +457,84 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local header, or an
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def _read_arrays(path: Path, src: str) -> dict[str, np.ndarray]:
+MAX_FILE_BYTES = 2**30
+"""Most bytes the arrays of a problem file may declare, in total (1 GiB; the digits presets take
+about 1 MB): every member's shape × item size is checked against it before anything is read, so a
+small archive that would decompress to gigabytes (a zip bomb) is refused. ``load_problem(path,
+max_bytes=…)`` raises it."""
+
+
+def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, src: str
+                   ) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype an ``.npy`` member declares, read from its header only."""
+    name = info.filename.removesuffix(".npy")
+    with zf.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        except Exception as e:  # noqa: BLE001 - any header error means "not an npy array"
+            raise _fail(src, name, f"is not an .npy array ({type(e).__name__}: "
+                                   f"{str(e).strip() or 'bad header'})") from None
+    if dtype.hasobject:
+        raise _fail(src, name, "holds Python objects (pickles are not loaded)")
+    return tuple(int(n) for n in shape), dtype
+
+
+def _read_arrays(path: Path, src: str, max_bytes: int = MAX_FILE_BYTES) -> dict[str, np.ndarray]:
     """Every array of the ``.npz`` archive at ``path`` (no pickles), or a ProblemError.
 
     The archive is checked by its magic bytes first, so that a text, pickle or ``.npy`` file gets
-    a message about what it is rather than numpy's hint to allow pickles. Any failure while reading
-    (truncated archive, corrupt deflate stream, bad header) becomes a ProblemError naming the file.
+    a message about what it is. Then every member's name (``NAME.npy``, each once) and header (shape,
+    dtype) are checked, and the declared sizes summed against ``max_bytes``, before any array is
+    read. Any failure while reading (truncated archive, corrupt deflate stream, bad header) becomes a
+    ProblemError naming the file (and the member).
     """
     try:
         with open(path, "rb") as f:
             head = f.read(8)
     except OSError as e:
-        raise ProblemError(f"problem file {src} cannot be read ({e.strerror or e})") from None
+        raise ProblemError(f"problem file {src} cannot be read ({e.strerror or e})",
+                           argument=src) from None
     if head.startswith(_NPY_MAGIC):
         raise ProblemError(f"problem file {src} is not a readable .npz archive (it holds a single "
-                           ".npy array; write problems with np.savez or sbn-bench problem)")
+                           ".npy array; write problems with np.savez or sbn-bench problem)",
+                           argument=src)
     if not head.startswith(_ZIP_MAGIC):
         what = "it is empty" if not head else "it does not start with a zip header"
         raise ProblemError(f"problem file {src} is not a readable .npz archive ({what}; write "
-                           "problems with np.savez or sbn-bench problem)")
+                           "problems with np.savez or sbn-bench problem)", argument=src)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):  # pragma: no cover - excluded by the magic
-                raise ProblemError(f"problem file {src} is not an .npz archive")
-            return {k: z[k] for k in z.files}
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            names = [i.filename for i in infos]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ProblemError(f"problem file {src} holds the member(s) {', '.join(dup)} more "
+                                   "than once (which one counts would be ambiguous)", argument=src,
+                                   value=dup, expected="each array once")
+            total = 0
+            for info in infos:
+                if not info.filename.endswith(".npy"):
+                    raise _fail(src, info.filename, "is not an .npy array (an .npz archive holds "
+                                                    "NAME.npy members only)")
+                shape, dtype = _member_header(zf, info, src)
+                total += math.prod(shape) * dtype.itemsize
+                if total > max_bytes:
+                    raise ProblemError(
+                        f"problem file {src}: array {info.filename.removesuffix('.npy')!r} declares "
+                        f"shape {shape} of {dtype} and the arrays so far {total:,} bytes, over the "
+                        f"{max_bytes:,} bytes a problem file may hold (max_bytes); refused before "
+                        "reading", argument="max_bytes", value=max_bytes,
+                        expected=f"at least {total:,} bytes")
+            out = {}
+            for info in infos:
+                with zf.open(info) as f:
+                    out[info.filename.removesuffix(".npy")] = np.lib.format.read_array(
+                        f, allow_pickle=False)
+            return out
     except ProblemError:
         raise
     except Exception as e:  # zipfile, zlib, struct, numpy header errors: all mean "corrupt"
@@ -487,11 +542,14 @@ def _read_arrays(path: Path, src: str) -> dict[str, np.ndarray]:
         if "pickle" in detail:
             detail = "an array holds Python objects (pickles are not loaded)"
         raise ProblemError(f"problem file {src} is not a readable .npz archive "
-                           f"({type(e).__name__}: {detail})") from None
+                           f"({type(e).__name__}: {detail})", argument=src) from None
 
 
-def load_problem(path: str | os.PathLike[str]) -> Problem:
+def load_problem(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTES) -> Problem:
     """Read and validate a problem file (format in the module docstring).
+
+    Args:
+        max_bytes: most bytes the file's arrays may declare in total (:data:`MAX_FILE_BYTES`).
 
     Raises:
         ProblemError: the file is missing, not an ``.npz`` archive, truncated or corrupt, or any
@@ -505,10 +563,16 @@ def load_problem(path: str | os.PathLike[str]) -> Problem:
         raise ProblemError(f"problem file {src} does not exist")
     if not path.is_file():
         raise ProblemError(f"problem file {src} is not a file")
-    raw = _read_arrays(path, src)
+    raw = _read_arrays(path, src, max_bytes)
     for name in ("x", "y"):
         if name not in raw:
             raise _fail(src, name, "is missing")
+    for name, ndim in (("x", 2), ("y", (1, 2))):
+        dims = ndim if isinstance(ndim, tuple) else (ndim,)
+        if raw[name].ndim not in dims:
+            raise _fail(src, name, f"has shape {raw[name].shape}, expected "
+                                   + (f"{dims[0]} dimensions" if len(dims) == 1 else
+                                      " or ".join(map(str, dims)) + " dimensions"))
     loss = _string_scalar(raw.pop("loss"), "loss", src) if "loss" in raw else "logistic"
     noise = _string_scalar(raw.pop("noise"), "noise", src) if "noise" in raw else "logistic"
     x = _real_array(raw.pop("x"), "x", src)

@@ -19,6 +19,7 @@ recorded in ``failures.csv`` instead. ``stderr`` is NaN where it cannot be estim
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,7 +92,6 @@ def read_table(path: str | os.PathLike[str], columns: Sequence[str], *,
             names the file and the columns).
     """
     path = Path(path)
-    need = list(columns if required is None else required)
     try:
         size = path.stat().st_size
     except OSError as e:
@@ -101,22 +101,30 @@ def read_table(path: str | os.PathLike[str], columns: Sequence[str], *,
         raise TableError(f"{str(path)!r} is empty: expected a CSV header with columns "
                          f"{', '.join(columns)}", argument=str(path),
                          expected=f"a CSV table with columns {', '.join(columns)}")
+    return parse_table(path, columns, required=required, name=str(path))
+
+
+def parse_table(source: str | os.PathLike[str] | io.StringIO, columns: Sequence[str], *,
+                required: Sequence[str] | None = None, name: str = "table") -> pd.DataFrame:
+    """:func:`read_table` of a file or a text buffer (``name`` in the messages)."""
+    path = name
+    need = list(columns if required is None else required)
     dtypes: dict[str, Any] = {c: str for c in TEXT_COLUMNS if c in columns}
     dtypes.update({c: "Int64" for c in INT_COLUMNS if c in columns})
     extra: dict[str, Any] = {}
     if int(pd.__version__.split(".")[0]) < 3:  # pandas ≥ 3 round-trips floats by default
         extra["float_precision"] = "round_trip"
     try:
-        frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""], **extra)
+        frame = pd.read_csv(source, dtype=dtypes, keep_default_na=False, na_values=[""], **extra)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
         detail = " ".join(str(e).split())
-        raise TableError(f"{str(path)!r} is not a readable results table ({type(e).__name__}: "
-                         f"{detail})", argument=str(path),
+        raise TableError(f"{path!r} is not a readable results table ({type(e).__name__}: "
+                         f"{detail})", argument=path,
                          expected=f"a CSV table with columns {', '.join(columns)}") from None
     missing = [c for c in need if c not in frame.columns]
     if missing:
-        raise TableError(f"{str(path)!r} lacks the column(s) {', '.join(missing)}; expected at least "
-                         f"{', '.join(need)} (sbn_bench.schema)", argument=str(path),
+        raise TableError(f"{path!r} lacks the column(s) {', '.join(missing)}; expected at least "
+                         f"{', '.join(need)} (sbn_bench.schema)", argument=path,
                          value=missing, expected=", ".join(need))
     for c in columns:
         if c not in frame.columns:
@@ -126,6 +134,59 @@ def read_table(path: str | os.PathLike[str], columns: Sequence[str], *,
         if c in frame.columns:
             frame[c] = frame[c].fillna("").astype(object)
     return frame
+
+
+MODES = ("exact", "mc")
+"""The ``mode`` of a metric row."""
+
+
+def check_table(frame: pd.DataFrame, kind: str, path: str | os.PathLike[str]) -> None:
+    """Refuse a results table whose values cannot be what sbn-bench writes: a ``mode`` other than
+    :data:`MODES`, ``M`` or ``samples`` below 1, a negative ``seed``, non-numeric values, a truncated
+    last row (a missing value where the row has none). The message names the file, the line and
+    the column.
+
+    Raises:
+        TableError: the first bad value.
+    """
+    def bad(i: int, col: str, value: object, expected: str) -> TableError:
+        value = value.item() if hasattr(value, "item") else value  # numpy scalars as plain values
+        return TableError(f"{str(path)!r}, line {i + 2}: {col}={value!r} is not a valid value "
+                          f"(expected {expected}); the file is corrupt or was not written by "
+                          "sbn-bench", argument=str(path), value=value, expected=expected)
+
+    if kind in ("metrics", "timed"):
+        for i, m in enumerate(frame["mode"]):
+            if m not in MODES:
+                raise bad(i, "mode", m, f"one of {', '.join(MODES)}")
+        for i, metric in enumerate(frame["metric"]):
+            if not metric:
+                raise bad(i, "metric", metric, "a metric name")
+    for col, lo in (("M", 1), ("samples", 1), ("seed", 0)):
+        if col in frame.columns:
+            values = frame[col]
+            low = values.notna() & (values < lo)
+            if low.any():
+                i = int(low.to_numpy().nonzero()[0][0])
+                raise bad(i, col, values.iloc[i], f"an integer ≥ {lo}")
+    numeric = [c for c in frame.columns if c not in TEXT_COLUMNS and c not in INT_COLUMNS]
+    for col in numeric:
+        if not pd.api.types.is_numeric_dtype(frame[col]):
+            values = pd.to_numeric(frame[col], errors="coerce")
+            wrong = values.isna() & frame[col].notna() & (frame[col].astype(str) != "")
+            if wrong.any():
+                i = int(wrong.to_numpy().nonzero()[0][0])
+                raise bad(i, col, frame[col].iloc[i], "a number")
+
+
+def ends_with_newline(path: str | os.PathLike[str]) -> bool:
+    """Whether a non-empty file ends with a newline (a table cut off mid-row does not)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def to_csv_text(frame: pd.DataFrame, columns: Sequence[str]) -> str:

@@ -43,7 +43,7 @@ from sbn_bench import schema
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.fileio import WriteError as WriteError  # re-exported: a run's write errors
 from sbn_bench.fileio import atomic_write_text
-from sbn_bench.schema import read_table, to_csv_text
+from sbn_bench.schema import parse_table, read_table, to_csv_text
 
 MANIFEST = "manifest.json"
 TABLES = {kind: (schema.TABLE_FILES[kind], schema.COLUMNS[kind]) for kind in schema.TABLE_FILES}
@@ -355,3 +355,24 @@ class RunStore:
     def tables(self, kinds: Iterable[str] = tuple(TABLES)) -> dict[str, pd.DataFrame]:
         """The assembled tables of ``kinds`` (default: all) as DataFrames."""
         return {kind: read_table(self.out / TABLES[kind][0], TABLES[kind][1]) for kind in kinds}
+
+
+def tables_from_parts(run_dir: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
+    """The tables of a run folder assembled in memory from its complete part files (``cells/``),
+    for a run whose tables were never written or were cut off (killed before its first assembly).
+    Incomplete parts are left out; rows come in the parts' file-name order."""
+    cells = Path(run_dir) / CELLS
+    out = {}
+    for kind in PART_KINDS:
+        fname, columns = TABLES[kind]
+        body = []
+        for p in sorted(cells.glob(f"*.{kind}.csv")) if cells.is_dir() else []:
+            try:
+                text = p.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            if part_problem(text, kind) is None:
+                body.append(text.split("\n", 1)[1].rsplit("#rows=", 1)[0])
+        buf = io.StringIO(",".join(columns) + "\n" + "".join(body))
+        out[kind] = parse_table(buf, columns, name=f"{cells}/*.{kind}.csv")
+    return out

@@ -87,5 +87,5 @@ def measure(estimator: Estimator, problem: Problem, *, batch: int, rounds: int =
         seconds_per_sample_q25=float(np.quantile(spp, 0.25)),
         seconds_per_sample_q75=float(np.quantile(spp, 0.75)),
         peak_memory_bytes=peak,
-        evals_per_sample=int(estimator.evals_per_sample(problem.widths)),
+        evals_per_sample=estimator.evals(problem.widths),
     )

@@ -5,6 +5,7 @@ memory planner, the configuration and the command line. Imports nothing of sbn_b
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal
 
@@ -49,7 +50,10 @@ def parse_size(value: int | str, argument: str = "size") -> int:
 def format_count(n: int | float) -> str:
     """A count of any size with four significant digits: ``"1.153e+18"``, ``"4.495e+307"``, also for
     integers beyond float range (``2**2000``), which ``f"{n:.4g}"`` cannot format."""
-    return f"{Decimal(n):.4g}" if isinstance(n, int) else f"{n:.4g}"
+    try:
+        return f"{float(n):.4g}"
+    except OverflowError:
+        return f"{Decimal(n):.4g}"
 
 
 def format_bytes(n: float) -> str:
@@ -64,8 +68,13 @@ def format_bytes(n: float) -> str:
 
 def format_gib(n: float) -> str:
     """``"4 GiB"``: a size in GiB with three significant digits (the reference's limits); sizes of
-    any magnitude (``"3.81e+599 GiB"``)."""
-    return f"{Decimal(int(n)) / Decimal(2**30):.3g} GiB"
+    any magnitude (``"3.81e+599 GiB"``, ``"inf GiB"``)."""
+    if isinstance(n, float) and not math.isfinite(n):
+        return f"{n} GiB"
+    try:
+        return f"{n / 2**30:.3g} GiB"
+    except OverflowError:
+        return f"{Decimal(int(n)) / Decimal(2**30):.3g} GiB"
 
 
 def size_text(n: int) -> str:

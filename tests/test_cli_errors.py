@@ -86,8 +86,13 @@ def test_wrong_arguments_are_one_line_errors(tmp_path, args, code, words):
 def test_huge_problems_are_refused_before_allocating(tmp_path):
     out = tmp_path / "out"
     res = invoke(["run", "--arch", "2-2-1", "--data-points", str(10**11), "--out", str(out)])
-    assert_refused(res, 1, ["data_points=100000000000", "GiB"], out)
-    assert_refused(invoke(["exact", "--arch", "2-3000000000-1"]), 1, ["arch=", "GiB"])
+    assert_refused(res, 1, ["D=100000000000", "GiB"], out)
+    assert_refused(invoke(["exact", "--arch", "2-3000000000-1"]), 1, ["2-3000000000-1", "GiB"])
+    # the reference's size guard runs before the data are built: 5 GB of data never allocated
+    res = invoke(["exact", "--arch", "2-5-5-1", "--data-points", str(10**8)])
+    assert_refused(res, 1, ["D=100000000", "over the limit of 4 GiB"])
+    # a layer of 1023 units: its 2^1023 states are counted, not overflowed
+    assert_refused(invoke(["exact", "--arch", "2-1023-1"]), 1, ["1.798e+310 table entries"])
 
 
 def test_unwritable_problem_file_is_one_line(tmp_path):
@@ -364,3 +369,73 @@ def test_estimators_that_break_the_contract_at_run_time_are_recorded(tmp_path):
     assert_refused(invoke(["run", *SMALL, "--estimators", "factory-raises:k=3", "--plugin",
                            str(plugin), "--out", str(out2)]), 1,
                    ["factory-raises:k=3", "RuntimeError: only k=2 is implemented"], out2)
+
+
+# --------------------------------------------------------------------------------------------
+# options that do not apply, non-finite results, all-failed runs
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["exact", "--preset", "quick", "--data-points", "5", "--loss", "softmax"],
+     ["--data-points, --loss apply to --arch problems only, not to --preset"]),
+    (["exact", "--problem", "PROBLEM", "--seed", "5"], ["--seed does not apply to --problem"]),
+    (["exact", "--problem", "PROBLEM", "--noise", "gaussian"],
+     ["--noise applies to --arch problems only"]),
+    (["problem", "--preset", "paper", "--noise", "gaussian", "--out", "x.npz"],
+     ["--noise applies to --arch problems only"]),
+])
+def test_options_that_do_not_apply_are_refused(tmp_path, args, words):
+    f = tmp_path / "p.npz"
+    problems.save_problem(problems.random_problem("2-2-1", 0, data_points=3), f)
+    args = [str(f) if a == "PROBLEM" else a for a in args]
+    assert_refused(invoke(args), 2, words)
+
+
+def _overflowing_problem(tmp_path) -> Path:
+    p = problems.random_problem("2-2-1", 0, data_points=3, loss="mse")
+    big = p.with_params({**p.params, "weight_out": p.params["weight_out"] * 1e300,
+                         "bias_out": p.params["bias_out"] * 1e300})
+    return problems.save_problem(big, tmp_path / "big.npz")
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_exact_refuses_a_non_finite_result_and_never_prints_half_json(tmp_path, json_flag):
+    res = invoke(["exact", "--problem", str(_overflowing_problem(tmp_path)), *json_flag])
+    assert_refused(res, 1, ["is not finite", "overflow float64"])
+    assert "{" not in res.output  # no partial JSON before the error
+
+
+def test_a_run_where_every_cell_failed_exits_non_zero(tmp_path):
+    plugin = tmp_path / "boom.py"
+    plugin.write_text(textwrap.dedent("""
+        from sbn_bench.estimators import Estimator
+
+        def boom():
+            def surrogate(problem, params, generator):
+                raise RuntimeError("kaput")
+            return Estimator("boom", surrogate, randomness="continuous", description="fails")
+
+        ESTIMATORS = {"boom": boom}
+    """))
+    out = tmp_path / "r"
+    res = invoke(["run", "--arch", "2-2-1", "--data-points", "3", "--samples", "8", "--M", "1",
+                  "--estimators", "boom", "--plugin", str(plugin), "--no-report", "--out", str(out)])
+    assert res.exit_code == 1 and "Error: every one of the 2 cell(s) failed" in res.output
+    assert (out / "failures.csv").is_file()
+
+
+def test_the_cli_refuses_m_above_samples_and_samples_one_with_monte_carlo(tmp_path):
+    out = tmp_path / "r"
+    assert_refused(invoke(["run", "--arch", "2-2-1", "--data-points", "3", "--samples", "100",
+                           "--M", "5000", "--out", str(out)]), 1,
+                   ["M=[5000] has values above samples=100"], out)
+    assert_refused(invoke(["run", "--arch", "2-2-1", "--data-points", "3", "--samples", "1",
+                           "--M", "1", "--estimators", "arm,tanh", "--out", str(out)]), 1,
+                   ["samples=1", "Monte Carlo"], out)
+
+
+def test_a_toml_integer_of_thousands_of_digits_is_one_line(tmp_path):
+    cfg = tmp_path / "big.toml"
+    cfg.write_text("samples = " + "9" * 5000 + "\n[[problem]]\npreset = 'quick'\n")
+    assert_refused(invoke(["run", "--config", str(cfg), "--out", str(tmp_path / "r")]), 1,
+                   ["big.toml", "invalid TOML", "4300"])

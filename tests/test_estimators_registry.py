@@ -186,3 +186,101 @@ def test_bad_values_are_refused_naming_the_argument(reg: registry.Registry, spec
     with pytest.raises(EstimatorSpecError) as info:
         reg.create(spec)
     assert expected in str(info.value), str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# hostile plugins
+
+
+def _plugin(tmp_path: Path, body: str, name: str = "hostile.py") -> Path:
+    import textwrap
+
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(body))
+    return p
+
+
+def test_a_plugin_named_like_a_builtin_is_refused_when_requested(tmp_path: Path) -> None:
+    from sbn_bench.estimators import PluginFileError, load_plugins
+
+    p = _plugin(tmp_path, """
+        from sbn_bench.estimators.builtin.straight_through import st
+
+        def psa():
+            e = st()
+            import dataclasses
+            return dataclasses.replace(e, name="psa")
+
+        ESTIMATORS = {"psa": psa}
+    """)
+    with pytest.raises(PluginFileError, match=r"defines estimator 'psa', a name already registered "
+                                              r"by entry point psa.*rename") as info:
+        load_plugins([p], ["psa"])
+    assert info.value.value == "psa"
+    reg, warnings = load_plugins([p], ["st"])  # not requested: a warning, and psa is the built-in
+    assert any("'psa'" in w and "already registered" in w for w in warnings)
+    assert reg.origins["psa"].startswith("entry point psa")
+
+
+@pytest.mark.parametrize("evals", ["raise ValueError('no')", "return None", "return 0",
+                                   "return w[7]"])
+def test_a_plugin_whose_evals_per_sample_misbehaves_is_recorded_not_fatal(tmp_path: Path,
+                                                                       evals: str) -> None:
+    """``evals_per_sample`` is checked on several networks when the plugin loads (``w[7]`` fails on
+    the short ones only): the factory is recorded as broken, ``list`` still works."""
+    from click.testing import CliRunner
+
+    from sbn_bench.cli import main
+
+    p = _plugin(tmp_path, f"""
+        from sbn_bench.estimators import Estimator
+
+        def evals(w):
+            {evals}
+
+        def bad():
+            return Estimator("bad", lambda p, q, g: None, randomness="none", evals_per_sample=evals,
+                             description="bad evals")
+
+        ESTIMATORS = {{"bad": bad}}
+    """)
+    reg = load_registry([p])
+    assert "bad" not in reg.names()
+    (err,) = [e for e in reg.errors if e.name == "bad"]
+    assert "evals_per_sample" in err.message
+    res = CliRunner().invoke(main, ["list", "--plugin", str(p)])
+    assert res.exit_code == 0 and "psa" in res.output and "failed to load" in res.stderr
+
+
+def test_a_plugin_printing_at_import_does_not_corrupt_list_json(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from sbn_bench.cli import main
+
+    p = _plugin(tmp_path, """
+        print("hello from the plugin")
+        from sbn_bench.estimators.builtin.straight_through import st as _st
+
+        def st2():
+            import dataclasses
+            return dataclasses.replace(_st(), name="st2")
+
+        ESTIMATORS = {"st2": st2}
+    """)
+    res = CliRunner().invoke(main, ["list", "--json", "--plugin", str(p)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert "st2" in {e["name"] for e in data["estimators"]}
+    assert "hello from the plugin" in res.stderr
+
+
+def test_list_refuses_a_plugin_file_that_cannot_be_loaded(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sbn_bench.cli import main
+
+    res = CliRunner().invoke(main, ["list", "--plugin", str(tmp_path / "noest.py")])
+    assert res.exit_code == 1 and res.output.startswith("Error: plugin file") and \
+        "does not exist" in res.output and "noest" not in res.output.split("does not exist")[1]

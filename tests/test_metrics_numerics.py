@@ -164,9 +164,9 @@ def test_relative_errors_of_zero_gradients():
     bad = mt.undocumented_nans(list(rows.values()), gs)
     assert bad == []  # NaN cosines where ‖g‖ = 0 and a NaN SNR are documented
     gs["all"] = mt.GroupStats(1.0, 0.04, 0.0, 0.0, 0.0, 1.0, 0.0)  # ‖g‖ ≠ 0: NaN cosine is not
-    assert mt.undocumented_nans(list(rows.values()), gs) == ["cosine_mean (layer all, M=1)",
-                                                             "cosine_p15 (layer all, M=1)",
-                                                             "cosine_p85 (layer all, M=1)"]
+    assert mt.undocumented_nans(list(rows.values()), gs) == ["cosine_mean NaN (layer all, M=1)",
+                                                             "cosine_p15 NaN (layer all, M=1)",
+                                                             "cosine_p85 NaN (layer all, M=1)"]
 
 
 def _params_321() -> dict[str, torch.Tensor]:
@@ -271,4 +271,20 @@ def test_undocumented_nan_statistics_are_a_recorded_failure(tmp_path, monkeypatc
     assert res.metrics.empty
     (err,) = res.failures["error"]
     assert res.failures["stage"].item() == "metrics"
-    assert "NaN in 1 row(s) (mse (layer 1, M=1))" in err
+    assert "not finite in 1 row(s) (mse NaN (layer 1, M=1))" in err
+
+
+def test_an_overflowing_variance_is_a_recorded_failure_not_inf(tmp_path):
+    """Finite estimates near 1e200 have a variance near 1e400, beyond float64: the cell is a
+    recorded failure (only relative errors, SNRs and sample counts may be infinite)."""
+    from sbn_bench.estimators import Estimator
+
+    huge = Estimator("huge", lambda p, q, g: (q["weight_1"].sum((1, 2)) * 1e200
+                                             * (1 + torch.rand(q["weight_1"].shape[0],
+                                                               generator=g, dtype=torch.float64))),
+                     randomness="continuous", description="estimates near 1e200")
+    problem = problems.random_problem("1-1-1", 0, data_points=2)
+    g = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)  # weight_1, bias_1, weight_out, …
+    with pytest.raises(cells.CellFailure, match=r"variance inf \(layer 1\)"):
+        cells.stats_cell_rows(huge, problem, g, _tiny_config(tmp_path / "x", mode="mc", samples=8,
+                                                             M=(1,)), 0, "init")

@@ -90,3 +90,44 @@ def test_report_has_claims_section(reduced_run) -> None:
     html = paths["html"].read_text()
     assert "The paper&#x27;s claims" in html or "The paper's claims" in html
     assert "training loss curve" in html
+
+
+def test_the_run_folder_keeps_its_checkpoints_and_the_report_links_inside(reduced_run) -> None:
+    """The trained checkpoints are copied into the run's ``training/`` (the cache may be cleared),
+    and ``report.md`` links only to files inside ``report/``."""
+    import re
+
+    out, _, _ = reduced_run
+    for e in REDUCED["checkpoints"]:
+        assert (out / "training" / f"checkpoint_epoch{e}.npz").is_file()
+    md = write_report(out)["md"].read_text()
+    links = re.findall(r"\]\(([^)]+)\)", md)
+    assert links and all(not link.startswith(("..", "/")) for link in links), links
+
+
+def test_a_damaged_training_cache_is_trained_again(reduced_run, tmp_path: Path) -> None:
+    import shutil
+
+    _, cache, _ = reduced_run
+    mine = tmp_path / "cache"
+    shutil.copytree(cache, mine)
+    entry = next(p for p in mine.iterdir() if p.is_dir())
+    (entry / "train_manifest.json").write_text("[1, 2]")  # valid JSON, not a training manifest
+    notes: list[str] = []
+    again = paper.ensure_checkpoints(0, training=REDUCED, cache_dir=mine, progress=notes.append)
+    assert again.cached is False and any("damaged" in n for n in notes)
+    assert json.loads((entry / "train_manifest.json").read_text())["kind"] == "sbn-bench train"
+
+
+def test_ctrl_c_during_training_does_not_name_a_folder(tmp_path: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from sbn_bench.cli import main
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(paper, "ensure_checkpoints", interrupted)
+    res = CliRunner().invoke(main, ["run", "--preset", "paper", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 130
+    assert "before any result was written" in res.stderr and str(tmp_path / "p") not in res.stderr

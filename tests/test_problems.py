@@ -363,3 +363,95 @@ def test_fingerprint_changes_with_the_parameters_and_nothing_else():
     assert p.fingerprint() != q.fingerprint()
     assert p.fingerprint() == random_problem("2-2-2-1", 0, data_points=3).fingerprint()
     assert p.fingerprint() == p.with_params(p.params, name="renamed").fingerprint()
+
+
+# --------------------------------------------------------------------------------------------
+# hostile files: every member is checked (name, header, declared size) before any array is read
+
+
+def _valid_arrays() -> dict[str, np.ndarray]:
+    p = random_problem("2-2-1", 0, data_points=3)
+    out = {k: v.numpy() for k, v in p.params.items()}
+    out.update(x=p.x.numpy(), y=p.y.numpy())
+    return out
+
+
+def _write_zip(path: Path, members: list[tuple[str, bytes]]) -> None:
+    import warnings
+    import zipfile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate names we want
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for name, data in members:
+                z.writestr(name, data)
+
+
+def _npy(a: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def test_duplicate_members_are_refused(tmp_path: Path) -> None:
+    arrays = _valid_arrays()
+    members = [(f"{k}.npy", _npy(v)) for k, v in arrays.items()]
+    members.append(("bias_out.npy", _npy(arrays["bias_out"] + 5)))  # a second bias_out
+    path = tmp_path / "dup.npz"
+    _write_zip(path, members)
+    with pytest.raises(ProblemError, match=r"dup.npz' holds the member\(s\) bias_out.npy more than "
+                                           r"once") as info:
+        load_problem(path)
+    assert info.value.value == ["bias_out.npy"]
+
+
+def test_a_zip_bomb_is_refused_before_reading(tmp_path: Path) -> None:
+    """An archive of a few hundred kB whose x declares 800 MB: refused from the headers, before any
+    decompression (peak memory stays far below the array)."""
+    import resource
+
+    arrays = _valid_arrays()
+    big = np.zeros((50_000_000, 2))  # 800 MB of zeros compresses to about 800 kB
+    members = [(f"{k}.npy", _npy(v)) for k, v in arrays.items() if k != "x"]
+    members.append(("x.npy", _npy(big)))
+    del big
+    path = tmp_path / "bomb.npz"
+    _write_zip(path, members)
+    assert path.stat().st_size < 2_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ProblemError, match=r"array 'x' declares shape \(50000000, 2\).*over the "
+                                           r"134,217,728 bytes") as info:
+        load_problem(path, max_bytes=2**27)
+    assert info.value.argument == "max_bytes"
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kb < 200_000, f"peak RSS grew by {grown_kb} kB while refusing"
+
+
+@pytest.mark.parametrize(("member", "data", "words"), [
+    ("notes.txt", b"hello", "'notes.txt' is not an .npy array"),
+    ("x.npy", b"not an npy header at all", "array 'x' is not an .npy array"),
+])
+def test_members_that_are_not_npy_arrays_are_refused(tmp_path: Path, member: str, data: bytes,
+                                                     words: str) -> None:
+    arrays = _valid_arrays()
+    members = [(f"{k}.npy", _npy(v)) for k, v in arrays.items() if f"{k}.npy" != member]
+    members.append((member, data))
+    path = tmp_path / "odd.npz"
+    _write_zip(path, members)
+    with pytest.raises(ProblemError, match=words):
+        load_problem(path)
+
+
+@pytest.mark.parametrize(("name", "value", "words"), [
+    ("y", np.array(1.0), r"array 'y' has shape \(\), expected 1 or 2 dimensions"),
+    ("x", np.array([1.0, 2.0]), r"array 'x' has shape \(2,\), expected 2 dimensions"),
+])
+def test_arrays_of_the_wrong_dimension_are_refused(tmp_path: Path, name: str, value: np.ndarray,
+                                                   words: str) -> None:
+    arrays = {**_valid_arrays(), name: value}
+    path = tmp_path / "dims.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ProblemError, match=words):
+        load_problem(path)

@@ -68,7 +68,8 @@ def test_docs_spec_is_the_shared_spec() -> None:
     if not shared.is_file():
         import pytest
 
-        pytest.skip("no shared/SPEC.md beside this checkout")
+        pytest.skip("no upstream SPEC.md beside this checkout to compare docs/SPEC.md with "
+                    "(maintainers' checkouts have one)")
     assert (ROOT / "docs" / "SPEC.md").read_text() == shared.read_text(), \
         "docs/SPEC.md differs from ../shared/SPEC.md: copy the shared SPEC into docs/"
 
@@ -87,3 +88,24 @@ def test_readme_conformance_example_is_the_file_and_passes() -> None:
                          capture_output=True, text=True, cwd=ROOT / "examples")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert " passed" in res.stdout and "failed" not in res.stdout, res.stdout[-2000:]
+
+
+def test_readme_toml_example_is_the_example_file_and_runs(tmp_path) -> None:
+    """The README's TOML block is ``examples/experiment.toml``, and that file runs as it is (with
+    fewer samples, to stay quick)."""
+    from click.testing import CliRunner
+
+    from sbn_bench.cli import main
+
+    toml = (ROOT / "examples" / "experiment.toml").read_text()
+    assert toml in re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    out = tmp_path / "experiment"
+    res = CliRunner().invoke(main, ["run", "--config", str(ROOT / "examples" / "experiment.toml"),
+                                    "--samples", "40", "--M", "1,10", "--no-throughput",
+                                    "--no-report", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    import pandas as pd
+
+    m = pd.read_csv(out / "metrics.csv")
+    assert set(m["problem"]) == {"quick", "gaussian-net"}
+    assert "reinforce-baseline:baseline=0.7" in set(m["estimator"])

@@ -125,3 +125,101 @@ def test_compare_of_partly_shared_runs_notes_the_others(tmp_path: Path) -> None:
     assert "tiny-2-3-2-1 · checkpoint gd30: not in the baseline, not compared" in cmp.notes
     assert any("checkpoint init" in t.title for t in cmp.tables)
     assert not any("gd30" in t.title for t in cmp.tables)
+
+
+# --------------------------------------------------------------------------------------------
+# damaged and unfinished runs, hostile names, stale staging folders
+
+
+@pytest.fixture()
+def small_run(tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    runner.run(tiny_config(out, estimators=("psa", "st"), seeds=(0, 1)))
+    return out
+
+
+def test_a_cut_off_metrics_table_is_assembled_from_the_parts(small_run: Path) -> None:
+    whole = load_run(small_run).metrics
+    text = (small_run / "metrics.csv").read_text()
+    (small_run / "metrics.csv").write_text(text[: len(text) // 2])  # killed mid-write
+    run = load_run(small_run)
+    assert any("cut off mid-row" in w for w in run.warnings)
+    assert len(run.metrics) == len(whole)
+
+
+def test_a_cut_off_table_without_parts_is_refused(small_run: Path) -> None:
+    from sbn_bench.schema import TableError
+
+    shutil.rmtree(small_run / "cells")
+    text = (small_run / "metrics.csv").read_text()
+    (small_run / "metrics.csv").write_text(text[:-20])
+    with pytest.raises(TableError, match="metrics.csv' is cut off mid-row"):
+        load_run(small_run)
+
+
+def test_a_run_killed_before_its_first_assembly_has_a_report(small_run: Path) -> None:
+    for name in ("metrics.csv", "throughput.csv", "failures.csv", "timed_metrics.csv"):
+        (small_run / name).unlink()
+    res = invoke(["report", small_run, "--format", "md"])
+    assert res.exit_code == 0, res.output
+    md = (small_run / "report" / "report.md").read_text()
+    assert "never assembled" in md and "psa" in md
+
+
+@pytest.mark.parametrize(("column", "value", "words"), [
+    ("M", "-5", "M=-5 is not a valid value (expected an integer ≥ 1)"),
+    ("mode", "/exact", "mode='/exact' is not a valid value"),
+])
+def test_impossible_values_in_a_metrics_table_are_refused(small_run: Path, column: str, value: str,
+                                                          words: str) -> None:
+    df = pd.read_csv(small_run / "metrics.csv", dtype=str, keep_default_na=False)
+    row = df.index[df["M"] != ""][0] if column == "M" else 0
+    df.loc[row, column] = value
+    df.to_csv(small_run / "metrics.csv", index=False)
+    res = invoke(["report", small_run])
+    assert res.exit_code == 1 and f"line {row + 2}: {words}" in res.output, res.output
+    assert res.output.count("\n") == 1
+
+
+def test_markup_in_names_is_escaped_in_the_markdown(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    runner.run(tiny_config(out, problems=(ProblemSpec(arch="2-2-1", data_points=3,
+                                                      name="<script>alert(1)</script>"),)))
+    write_report(out, formats=("md",))
+    md = (out / "report" / "report.md").read_text()
+    assert "<script>" not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
+
+
+def test_stale_staging_folders_of_killed_reports_are_removed(small_run: Path) -> None:
+    stale = small_run / "report" / ".report-dead.tmp"
+    stale.mkdir(parents=True)
+    (stale / "half.png").write_bytes(b"x")
+    write_report(small_run, formats=("md",))
+    assert not stale.exists()
+
+
+def test_compare_warns_when_the_dtypes_differ(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    runner.run(tiny_config(a, estimators=("psa",), samples=16, mode="mc"))
+    runner.run(tiny_config(b, estimators=("psa",), samples=16, mode="mc", dtype="float32"))
+    cmp = compare_runs(load_run(a), load_run(b))
+    assert any("float64 (run) and float32 (baseline)" in w for w in cmp.warnings)
+
+
+def test_a_full_disk_while_writing_the_report_names_the_file(small_run: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    from sbn_bench.fileio import WriteError
+
+    real = os.replace
+
+    def full(src, dst):
+        if str(dst).endswith("report.md"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(WriteError, match=r"report.md.*No space left on device"):
+        write_report(small_run, formats=("md",))

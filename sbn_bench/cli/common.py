@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from sbn_bench import problems
-from sbn_bench.config import MAX_SEED
+from sbn_bench.config import MAX_SEED, ProblemSpec
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
 from sbn_bench.problems import Problem
+from sbn_bench.reference import check_shape
 from sbn_bench.units import parse_size, size_text
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -69,7 +71,8 @@ def problem_options(fn: F) -> F:
         click.option("--preset", type=click.Choice(sorted(problems.PRESETS)),
                      help="A named problem: 'paper' (SPEC §6) or 'quick' (a small smoke test)."),
         click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
-                     help="Seed for --arch / --preset problems."),
+                     help="Seed of an --arch or --preset problem (run and train: also the seed of "
+                          "the sampling or training, unless given apart)."),
         click.option("--data-points", type=click.IntRange(min=1),
                      default=problems.DEFAULT_DATA_POINTS, show_default=True,
                      help="Data points of an --arch problem."),
@@ -83,22 +86,52 @@ def problem_options(fn: F) -> F:
     return fn
 
 
-def resolve_problem(problem_file: Path | None, arch: str | None, preset: str | None, seed: int,
-                    data_points: int, loss: str, noise: str) -> Problem:
-    """The one problem selected by exactly one of ``--problem``, ``--arch``, ``--preset``."""
-    given = [n for n, v in (("--problem", problem_file), ("--arch", arch), ("--preset", preset))
-             if v is not None]
-    if len(given) != 1:
-        what = "none was given" if not given else f"got {' and '.join(given)}"
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the option ``name`` was given on the command line (or in the environment), as
+    opposed to taking its default."""
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
+                                              ParameterSource.ENVIRONMENT)
+
+
+def problem_spec(ctx: click.Context, problem_file: Path | None, arch: str | None,
+                 preset: str | None, seed: int, data_points: int, loss: str, noise: str, *,
+                 seed_has_other_use: bool = False) -> ProblemSpec:
+    """The one problem selected by exactly one of ``--problem``, ``--arch``, ``--preset``, as a
+    :class:`~sbn_bench.config.ProblemSpec` (not built yet: size checks can run first).
+
+    Options that do not apply to the chosen source are refused rather than ignored:
+    ``--data-points``, ``--loss`` and ``--noise`` apply to ``--arch`` only, ``--seed`` to ``--arch``
+    and ``--preset`` (and to ``--problem`` when the command also seeds with it:
+    ``seed_has_other_use``).
+    """
+    chosen = [n for n, v in (("--problem", problem_file), ("--arch", arch), ("--preset", preset))
+              if v is not None]
+    if len(chosen) != 1:
+        what = "none was given" if not chosen else f"got {' and '.join(chosen)}"
         raise click.UsageError(f"give exactly one of --problem FILE, --arch 2-5-5-5-1 or "
                                f"--preset paper ({what})")
-    if problem_file is not None:
-        return problems.load_problem(problem_file)
-    if arch is not None:
-        return problems.random_problem(arch, seed, data_points=data_points, loss=loss,
-                                       noise=noise)
-    assert preset is not None
-    return problems.preset_problem(preset, seed)
+    only_arch = [f"--{n.replace('_', '-')}" for n in ("data_points", "loss", "noise")
+                 if given(ctx, n)]
+    if arch is None and only_arch:
+        verb = "applies" if len(only_arch) == 1 else "apply"
+        raise click.UsageError(f"{', '.join(only_arch)} {verb} to --arch problems only, not to "
+                               f"{chosen[0]} (a preset or a problem file defines its own data, "
+                               "loss and noise)")
+    if problem_file is not None and given(ctx, "seed") and not seed_has_other_use:
+        raise click.UsageError("--seed does not apply to --problem FILE (a problem file holds its "
+                               "own parameters and data)")
+    return ProblemSpec(preset=preset, arch=arch,
+                       file=str(problem_file) if problem_file is not None else None,
+                       seed=seed, data_points=data_points, loss=loss, noise=noise)
+
+
+def build_problem(spec: ProblemSpec, max_exact_bytes: int | None = None) -> Problem:
+    """The problem of ``spec``; with ``max_exact_bytes``, a shape the exact reference cannot take
+    is refused before the problem (its data) is built."""
+    shape = spec.shape()
+    if max_exact_bytes is not None and shape is not None:
+        check_shape(shape[0], shape[1], max_exact_bytes, spec.label)
+    return spec.base_problem()
 
 
 def plugin_option(fn: F) -> F:
@@ -133,8 +166,9 @@ def warn(message: str) -> None:
 
 
 def echo_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=None, allow_nan=False)
-    sys.stdout.write("\n")
+    """Print ``obj`` as one line of JSON, all or nothing (it is serialised before printing)."""
+    text = json.dumps(obj, indent=None, allow_nan=False)
+    sys.stdout.write(text + "\n")
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:

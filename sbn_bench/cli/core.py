@@ -8,15 +8,16 @@ import click
 
 from sbn_bench import model, problems
 from sbn_bench.cli.common import (
+    build_problem,
     echo_json,
     format_table,
     friendly_errors,
     plugin_option,
     problem_options,
-    resolve_problem,
+    problem_spec,
     size_option,
 )
-from sbn_bench.estimators import load_registry
+from sbn_bench.estimators import load_plugins
 from sbn_bench.reference import DEFAULT_MAX_BYTES, exact_gradient, gradient_json
 
 max_bytes_option = size_option(
@@ -30,14 +31,17 @@ max_bytes_option = size_option(
 @max_bytes_option
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"objective": J, "gradient": {"weight_1": [[...]], ...}}.')
+@click.pass_context
 @friendly_errors
-def exact(problem_file: Path | None, arch: str | None, preset: str | None, seed: int,
-          data_points: int, loss: str, noise: str, max_exact_bytes: int, as_json: bool) -> None:
+def exact(ctx: click.Context, problem_file: Path | None, arch: str | None, preset: str | None,
+          seed: int, data_points: int, loss: str, noise: str, max_exact_bytes: int,
+          as_json: bool) -> None:
     """Exact objective and gradient of a problem by enumeration (float64).
 
     Example: sbn-bench exact --preset paper
     """
-    problem = resolve_problem(problem_file, arch, preset, seed, data_points, loss, noise)
+    spec = problem_spec(ctx, problem_file, arch, preset, seed, data_points, loss, noise)
+    problem = build_problem(spec, max_exact_bytes)
     J, grad = exact_gradient(problem, max_bytes=max_exact_bytes)
     if as_json:
         echo_json(gradient_json(J, grad))
@@ -64,14 +68,14 @@ def list_(plugins: tuple[Path, ...], as_json: bool) -> None:
 
     Evaluations per sample are shown for the paper net 2-5-5-5-1.
     """
-    reg = load_registry(plugins)
+    reg, _ = load_plugins(plugins)  # a --plugin file that cannot be loaded is an error
     widths = (2, 5, 5, 5, 1)
     entries = []
     for name in reg.names():
         est = reg.factories[name]()
         entries.append({
             "name": name, "unbiased": est.unbiased, "randomness": est.randomness,
-            "evals_per_sample": est.evals_per_sample(widths),
+            "evals_per_sample": est.evals(widths),
             "noises": sorted(est.noises), "losses": sorted(est.losses),
             "hyperparams": dict(est.hyperparams), "description": est.description,
             "origin": reg.origins[name], "exact_mode": est.path_surrogate is not None,
@@ -95,14 +99,15 @@ def list_(plugins: tuple[Path, ...], as_json: bool) -> None:
 @problem_options
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the problem (.npz).")
+@click.pass_context
 @friendly_errors
-def problem(problem_file: Path | None, arch: str | None, preset: str | None, seed: int,
-            data_points: int, loss: str, noise: str, out: Path) -> None:
+def problem(ctx: click.Context, problem_file: Path | None, arch: str | None, preset: str | None,
+            seed: int, data_points: int, loss: str, noise: str, out: Path) -> None:
     """Write a problem to the public .npz format (e.g. to edit or share it).
 
     Example: sbn-bench problem --preset paper --out paper.npz
     """
-    p = resolve_problem(problem_file, arch, preset, seed, data_points, loss, noise)
+    p = build_problem(problem_spec(ctx, problem_file, arch, preset, seed, data_points, loss, noise))
     problems.save_problem(p, out)
     click.echo(f"wrote {out} (arch {p.arch}, D={p.num_data}, {len(model.param_names(p.n_layers))} "
                "parameter arrays)")

@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 from sbn_bench import runner as runner_mod
 from sbn_bench.cli.common import (
     format_table,
     friendly_errors,
+    given,
     plugin_option,
     problem_options,
-    resolve_problem,
+    problem_spec,
     size_option,
     warn,
 )
@@ -32,7 +32,6 @@ from sbn_bench.config import (
     DEVICES,
     DTYPES,
     MODES,
-    ProblemSpec,
     RunConfig,
     ThroughputConfig,
     default_m_grid,
@@ -86,11 +85,6 @@ class _Progress:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
             self.bar = None
-
-
-def _given(ctx: click.Context, name: str) -> bool:
-    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
-                                              ParameterSource.ENVIRONMENT)
 
 
 @click.command()
@@ -188,20 +182,20 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         memory_budget=memory_budget, max_exact_bytes=max_exact_bytes, target_rrmse=target_rrmse,
         throughput=tp, resume=resume, executor=executor, cell_timeout=cell_timeout)
     is_paper = (config_file is None and preset == "paper"
-                and not any(_given(ctx, n) for n in ("problem_file", "arch")))
+                and not any(given(ctx, n) for n in ("problem_file", "arch")))
     if config_file is not None:
         clash = [f"--{n.replace('_', '-')}" for n in ("problem_file", "arch", "preset",
                                                         "data_points", "loss", "noise")
-                 if _given(ctx, n)]
+                 if given(ctx, n)]
         if clash:
             raise click.UsageError(f"--config lists its own problems; do not combine it with "
                                    f"{', '.join(o.replace('--problem-file', '--problem') for o in clash)}")
-        overrides = {k: v for k, v in settings.items() if k == "resume" or _given(ctx, k)}
-        if any(_given(ctx, n) for n in ("warmup", "rounds", "throughput_batch", "no_throughput")):
+        overrides = {k: v for k, v in settings.items() if k == "resume" or given(ctx, k)}
+        if any(given(ctx, n) for n in ("warmup", "rounds", "throughput_batch", "no_throughput")):
             overrides["throughput"] = tp
         if seeds is not None:
             overrides["seeds"] = seeds
-        elif _given(ctx, "seed"):
+        elif given(ctx, "seed"):
             overrides["seeds"] = (seed,)
         if m_grid is not None:
             overrides["M"] = None if m_grid == "default" else m_grid  # "paper": up to S, below
@@ -216,7 +210,7 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         for k in ("estimators", "samples", "plugins"):
             settings.pop(k)
         kw = dict(seed=seed, out=str(out or Path("runs") / "paper"),
-                  samples=samples if _given(ctx, "samples") else paper.SAMPLES,
+                  samples=samples if given(ctx, "samples") else paper.SAMPLES,
                   estimators=est_list,
                   plugins=tuple(str(p) for p in plugins), cache_dir=cache_dir, **settings)
         if m_grid is not None:
@@ -230,12 +224,10 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
             return paper.run_paper(progress=progress, message=None if quiet else click.echo,
                                    warn=warn, report=False, **kw)
     else:
-        problem = resolve_problem(problem_file, arch, preset, seed, data_points, loss, noise)
-        spec = ProblemSpec(preset=preset, arch=arch,
-                           file=str(problem_file) if problem_file is not None else None,
-                           seed=seed, data_points=data_points, loss=loss, noise=noise)
+        spec = problem_spec(ctx, problem_file, arch, preset, seed, data_points, loss, noise,
+                            seed_has_other_use=True)
         settings.update(problems=(spec,), seeds=seeds or (seed,), M=m_grid,
-                        out=str(out or Path("runs") / problem.name))
+                        out=str(out or Path("runs") / spec.label))
         cfg = RunConfig(**_resolve_m(settings))
     if not is_paper:
         out_dir = cfg.out
@@ -274,7 +266,7 @@ def given_arguments(ctx: click.Context) -> list[str]:
     repeated options, values), in the command's order."""
     args: list[str] = []
     for param in ctx.command.params:
-        if not isinstance(param, click.Option) or param.name is None or not _given(ctx, param.name):
+        if not isinstance(param, click.Option) or param.name is None or not given(ctx, param.name):
             continue
         flag = param.opts[-1] if param.is_flag else max(param.opts, key=len)
         value = ctx.params[param.name]

@@ -12,10 +12,11 @@ import click
 
 from sbn_bench import train as training
 from sbn_bench.cli.common import (
+    build_problem,
     friendly_errors,
     plugin_option,
     problem_options,
-    resolve_problem,
+    problem_spec,
     size_option,
     warn,
 )
@@ -68,8 +69,10 @@ def _bad(e: training.TrainArgumentError, seed_option: str = "--train-seed") -> c
              "Memory limit of the exact reference; above it training still runs but the exact "
              "objective is not logged (NaN, with a note in the manifest).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
+@click.pass_context
 @friendly_errors
-def train(problem_file: Path | None, arch: str | None, preset: str | None, seed: int,
+def train(ctx: click.Context, problem_file: Path | None, arch: str | None, preset: str | None,
+          seed: int,
           data_points: int, loss: str, noise: str, plugins: tuple[Path, ...], estimator_spec: str,
           optimizer: str, lr: float, momentum: float | None, batch_size: int, epochs: int,
           checkpoints_text: str, train_seed: int | None, out_dir: Path, log_every: int,
@@ -93,7 +96,8 @@ def train(problem_file: Path | None, arch: str | None, preset: str | None, seed:
     reg, warnings = load_plugins(plugins, [estimator_spec.split(":")[0].strip()])
     for w in warnings:
         warn(w)
-    problem = resolve_problem(problem_file, arch, preset, seed, data_points, loss, noise)
+    problem = build_problem(problem_spec(ctx, problem_file, arch, preset, seed, data_points, loss,
+                                         noise, seed_has_other_use=True))
     estimator = reg.create(estimator_spec)
     show_progress = not quiet and sys.stderr.isatty()
     bar_ctx = (click.progressbar(length=epochs, label=f"training {estimator.spec}", file=sys.stderr,

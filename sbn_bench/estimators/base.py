@@ -162,12 +162,19 @@ class Estimator:
         return self.name + ":" + ",".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
                                           for k, v in self.hyperparams)
 
+    def evals(self, widths: tuple[int, ...]) -> int:
+        """:attr:`evals_per_sample` of ``widths``, checked: a plugin's function that raises or
+        returns anything but an int ≥ 1 is a :class:`ContractError` naming the estimator."""
+        return _positive_int(self, "evals_per_sample", lambda: self.evals_per_sample(widths), widths)
+
     def memory_per_sample(self, widths: tuple[int, ...], num_data: int, itemsize: int) -> int:
         """Bytes one sample takes inside :func:`estimate` (an upper estimate): the estimator's own
-        :attr:`bytes_per_sample`, else :func:`default_bytes_per_sample`."""
+        :attr:`bytes_per_sample` (checked like :meth:`evals`), else :func:`default_bytes_per_sample`."""
         if self.bytes_per_sample is not None:
-            return int(self.bytes_per_sample(widths, num_data, itemsize))
-        return default_bytes_per_sample(widths, num_data, itemsize, self.evals_per_sample(widths))
+            fn = self.bytes_per_sample
+            return _positive_int(self, "bytes_per_sample", lambda: fn(widths, num_data, itemsize),
+                                 widths)
+        return default_bytes_per_sample(widths, num_data, itemsize, self.evals(widths))
 
     def unsupported(self, problem: Problem) -> UnsupportedProblem | None:
         """Why this estimator cannot take ``problem`` (its noise, loss, a stochastic layer kind,
@@ -200,6 +207,19 @@ class Estimator:
 
     def supports(self, problem: Problem) -> bool:
         return self.unsupported(problem) is None
+
+
+def _positive_int(est: Estimator, what: str, fn: Callable[[], Any], widths: tuple[int, ...]
+                  ) -> int:
+    try:
+        n = fn()
+    except Exception as e:  # noqa: BLE001 - a plugin's function may raise anything
+        raise ContractError(f"estimator {est.spec!r}: {what}({widths}) raised {type(e).__name__}: "
+                            f"{e}", argument=est.spec, expected="an int ≥ 1") from None
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ContractError(f"estimator {est.spec!r}: {what}({widths}) returned {n!r}, expected an "
+                            "int ≥ 1", argument=est.spec, value=n, expected="an int ≥ 1")
+    return n
 
 
 def _gradients(surr: Tensor, reps: Mapping[str, Tensor], num_samples: int, who: str

@@ -13,6 +13,7 @@ Estimator specs on the command line: ``name`` or ``name:key=value,key=value``, e
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
 import inspect
@@ -29,6 +30,10 @@ from sbn_bench.estimators import builtin
 from sbn_bench.estimators.base import RANDOMNESS, ContractError, Estimator
 
 GROUP = "sbn_bench.estimators"
+
+CHECK_WIDTHS = ((2, 5, 5, 1), (2, 5, 5, 5, 1), (1, 1, 1), (3, 4, 2))
+"""Networks on which a factory's ``evals_per_sample`` and ``bytes_per_sample`` are checked when it
+loads (so that ``sbn-bench list`` and the runner's memory planner cannot fail on them later)."""
 
 Factory = Callable[..., Estimator]
 
@@ -59,6 +64,8 @@ class PluginError:
     origin: str
     message: str
     whole_file: bool = False
+    clash: bool = False
+    """The name was already registered (a built-in, an entry point, another plugin)."""
 
     def __str__(self) -> str:
         return f"estimator {self.name!r} from {self.origin}: {self.message}"
@@ -84,7 +91,8 @@ class Registry:
             return False
         if name in self.factories and self.origins[name] != origin:
             self.errors.append(PluginError(
-                name, origin, f"name already registered by {self.origins[name]}; kept that one"))
+                name, origin, f"name already registered by {self.origins[name]}; kept that one",
+                clash=True))
             return False
         self.factories[name] = factory
         self.origins[name] = origin
@@ -193,10 +201,9 @@ def check_factory(name: str, factory: Any) -> Estimator:
     if est.path_surrogate is not None and est.randomness != "path":
         raise ContractError(f"estimator {name!r}: path_surrogate given but randomness is "
                             f"{est.randomness!r}, expected 'path'", argument=name)
-    n = est.evals_per_sample((2, 5, 5, 1))
-    if not isinstance(n, int) or n < 1:
-        raise ContractError(f"estimator {name!r}: evals_per_sample returned {n!r}, expected an "
-                            "int ≥ 1", argument=name)
+    for widths in CHECK_WIDTHS:
+        est.evals(widths)
+        est.memory_per_sample(widths, 10, 8)
     return est
 
 
@@ -290,7 +297,8 @@ def load_plugin_file(registry: Registry, path: str | os.PathLike[str]) -> list[s
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     try:
-        spec.loader.exec_module(module)
+        with contextlib.redirect_stdout(sys.stderr):  # a plugin that prints must not corrupt stdout
+            spec.loader.exec_module(module)
     except (Exception, SystemExit) as e:  # a plugin's sys.exit() must not end the caller
         sys.modules.pop(mod_name, None)
         raise ContractError(f"{origin} failed to import: {type(e).__name__}: {e}",
@@ -337,9 +345,11 @@ def load_plugins(plugins: Sequence[str | os.PathLike[str]], requested: Iterable[
     run`` and ``train``).
 
     A plugin file that cannot be loaded at all (missing, fails to import, no ``ESTIMATORS`` dict)
-    is an error before any work: the user asked for it. A loadable file's broken factories are only
-    warnings (returned, one line each, for the names not in ``requested``); requesting one is an
-    error of :meth:`Registry.create`, which says why it failed to load.
+    is an error before any work: the user asked for it. So is a plugin estimator named like an
+    estimator already registered (a built-in) when that name is requested: the run would silently
+    measure the other one. A loadable file's broken factories are only warnings (returned, one line
+    each, for the names not in ``requested``); requesting one is an error of
+    :meth:`Registry.create`, which says why it failed to load.
 
     Raises:
         PluginFileError: naming each plugin file that cannot be loaded and why.
@@ -351,6 +361,13 @@ def load_plugins(plugins: Sequence[str | os.PathLike[str]], requested: Iterable[
         raise PluginFileError("; ".join(e.message for e in fatal), argument=fatal[0].origin,
                               expected="a Python file defining ESTIMATORS = {name: factory}")
     asked = set(requested)
+    clashes = [e for e in reg.errors if e.clash and e.origin in origins and e.name in asked]
+    if clashes:
+        e = clashes[0]
+        raise PluginFileError(f"{e.origin} defines estimator {e.name!r}, a name already registered "
+                              f"by {reg.origins[e.name]}; the run would measure the latter: rename "
+                              "the plugin's estimator (its ESTIMATORS key and Estimator name)",
+                              argument=e.origin, value=e.name, expected="a name of its own")
     warnings = [f"plugin estimator {e.name!r} was not loaded ({e.origin}): {e.message}"
                 for e in reg.errors if e.origin in origins and e.name not in asked]
     return reg, warnings

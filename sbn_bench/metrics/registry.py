@@ -78,6 +78,9 @@ class Metric:
         nan_when: when a NaN value is legitimate, in words (None: never).
         nan_allowed: ``GroupStats -> bool``, whether a NaN value is legitimate for that group.
         cosine: its mode is that of the cosines (sampled M-means) rather than the cell's.
+        inf_allowed: an infinite value has a meaning (a relative error when ``‖g‖ = 0``, samples
+            that no number of samples reaches); for the others (norms, variances) infinity only
+            means float64 overflowed, and the cell is recorded as failed instead.
     """
 
     name: str
@@ -89,6 +92,7 @@ class Metric:
     nan_when: str | None = None
     nan_allowed: Callable[[GroupStats], bool] | None = None
     cosine: bool = False
+    inf_allowed: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,11 +176,12 @@ _COSINE_NAN = "the group's exact gradient is zero (‖g‖ = 0): its direction i
 
 METRICS: tuple[Metric, ...] = (
     Metric("bias_norm", "‖E ĝ − g‖ (bias-corrected in mc mode)", False, "low", "norm", _bias_norm),
-    Metric("rel_bias", "‖E ĝ − g‖ / ‖g‖", False, "low", "relative", _rel_bias),
+    Metric("rel_bias", "‖E ĝ − g‖ / ‖g‖", False, "low", "relative", _rel_bias, inf_allowed=True),
     Metric("variance", "E‖ĝ − E ĝ‖² (trace of the covariance) of one single-sample estimate",
            False, "low", "square", _variance),
     Metric("mse", "‖β‖² + V/M", True, "low", "square", _mse),
-    Metric("rrmse", "√mse / ‖g‖ (the paper's y-axis)", True, "low", "relative", _rrmse),
+    Metric("rrmse", "√mse / ‖g‖ (the paper's y-axis)", True, "low", "relative", _rrmse,
+           inf_allowed=True),
     Metric("cosine_mean", "mean of cos(ḡ_M, g) over independent M-sample means", True, "high",
            "relative", _cosine_mean, nan_when=_COSINE_NAN, nan_allowed=_zero_gradient,
            cosine=True),
@@ -190,9 +195,9 @@ METRICS: tuple[Metric, ...] = (
            "relative", _snr,
            nan_when="every coordinate of the group has E ĝ_i = sd(ĝ_i) = 0 (the estimate is exactly "
                     "zero there): no coordinate has a defined ratio",
-           nan_allowed=lambda st: True),
+           nan_allowed=lambda st: True, inf_allowed=True),
     Metric("samples_to_accuracy", "M* = V / (t²‖g‖² − ‖β‖²): samples to reach the target rrmse t",
-           False, "low", "relative", _samples_to_accuracy),
+           False, "low", "relative", _samples_to_accuracy, inf_allowed=True),
 )
 """The metrics of ``metrics.csv``, in the order of its rows: each a deterministic function of the
 sampled estimates, so the same command, seed and device give a byte-identical file."""
@@ -300,17 +305,23 @@ def timed_rows(rows: Sequence[Mapping[str, object]], seconds_per_sample: float
 
 def undocumented_nans(rows: Sequence[Mapping[str, object]], gstats: Mapping[str, GroupStats]
                       ) -> list[str]:
-    """``"metric (layer L, M=…)"`` for every NaN value of ``rows`` that its :class:`Metric` does not
-    allow for that group: the runner records a cell with any as a failure."""
+    """``"metric (layer L, M=…)"`` for every value of ``rows`` that its :class:`Metric` does not
+    allow: a NaN where it is not documented for that group, an infinity where it can only mean an
+    overflow. The runner records a cell with any as a failure."""
     bad = []
     for r in rows:
         value = float(r["value"])  # type: ignore[arg-type]
-        if not math.isnan(value):
+        if math.isfinite(value):
             continue
         metric, layer = str(r["metric"]), str(r["layer"])
         spec, st = BY_NAME.get(metric), gstats.get(layer)
-        if spec is not None and spec.nan_allowed is not None and st is not None \
-                and spec.nan_allowed(st):
+        if math.isnan(value):
+            if spec is not None and spec.nan_allowed is not None and st is not None \
+                    and spec.nan_allowed(st):
+                continue
+        elif spec is not None and spec.inf_allowed:
             continue
-        bad.append(f"{metric} (layer {layer}" + (f", M={r['M']})" if r["M"] is not None else ")"))
+        what = "NaN" if math.isnan(value) else "inf"
+        bad.append(f"{metric} {what} (layer {layer}"
+                   + (f", M={r['M']})" if r["M"] is not None else ")"))
     return bad

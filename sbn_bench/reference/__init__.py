@@ -9,6 +9,7 @@ way and serves as the test oracle of both.
 from sbn_bench.reference.chain import (
     DEFAULT_MAX_BYTES,
     ReferenceCost,
+    ReferenceNotFinite,
     ReferenceTooLarge,
     check_shape,
     check_size,
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "MAX_PATHS",
     "ReferenceCost",
+    "ReferenceNotFinite",
     "ReferenceTooLarge",
     "check_shape",
     "check_size",

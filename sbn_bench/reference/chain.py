@@ -18,6 +18,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,11 @@ class ReferenceTooLarge(SbnBenchError, ValueError):
     (``argument`` is ``max_bytes``, ``value`` the limit)."""
 
 
+class ReferenceNotFinite(SbnBenchError, ValueError):
+    """The exact objective or gradient is not finite: the problem's values overflow float64
+    (``argument`` names the first non-finite array)."""
+
+
 @dataclass(frozen=True)
 class ReferenceCost:
     """Estimated size of an exact computation.
@@ -50,14 +56,23 @@ class ReferenceCost:
         bytes: estimated peak memory in bytes (float64 entries, forward and backward).
     """
 
-    states: int
-    bytes: int
+    states: int | float
+    bytes: int | float
+
+
+_MAX_EXACT_EXPONENT = 4096
+"""Beyond ``2^4096`` table entries the cost is reported as infinite: computing the integer itself
+(``2**3_000_000_000`` for a layer of three billion units) would hang the size guard."""
 
 
 def estimate_cost(widths: tuple[int, ...], num_data: int) -> ReferenceCost:
-    """Cost of :func:`objective` for ``widths = (n0, n_1, …, n_L, n_out)`` and ``D = num_data``."""
+    """Cost of :func:`objective` for ``widths = (n0, n_1, …, n_L, n_out)`` and ``D = num_data``
+    (``inf`` when the exponents exceed :data:`_MAX_EXACT_EXPONENT`)."""
     hidden = widths[1:-1]
     n_out = widths[-1]
+    exponents = [hidden[0], *(a + b for a, b in zip(hidden[:-1], hidden[1:])), hidden[-1]]
+    if max(exponents) > _MAX_EXACT_EXPONENT:
+        return ReferenceCost(states=math.inf, bytes=math.inf)
     states = num_data * 2 ** hidden[0]
     states += sum(2 ** (a + b) for a, b in zip(hidden[:-1], hidden[1:]))
     states += num_data * 2 ** hidden[-1] * n_out
@@ -75,10 +90,12 @@ def check_shape(widths: tuple[int, ...], num_data: int, max_bytes: int = DEFAULT
     cost = estimate_cost(widths, num_data)
     if cost.bytes > max_bytes:
         arch = "-".join(map(str, widths))
+        needs = (f"{format_count(cost.states)} table entries, about {format_gib(cost.bytes)} of "
+                 "memory" if cost.bytes != math.inf else
+                 f"more than 2^{_MAX_EXACT_EXPONENT} table entries, beyond any memory")
         raise ReferenceTooLarge(
             f"exact reference refused for problem {name!r} (arch {arch}, D={num_data}): it needs "
-            f"{format_count(cost.states)} table entries, about {format_gib(cost.bytes)} of memory, "
-            f"over the limit of {format_gib(max_bytes)} (raise it with max_bytes= / "
+            f"{needs}, over the limit of {format_gib(max_bytes)} (raise it with max_bytes= / "
             "--max-exact-bytes, or use fewer units per layer)", argument="max_bytes",
             value=max_bytes, expected=f"at least {format_gib(cost.bytes)} for this problem")
     return cost
@@ -171,11 +188,22 @@ def exact_gradient(problem: Problem, max_bytes: int = DEFAULT_MAX_BYTES
 
     Returns:
         ``(objective, gradient)``: a float and a dict of tensors shaped like ``problem.params``.
+
+    Raises:
+        ReferenceTooLarge: over ``max_bytes``. ReferenceNotFinite: the result overflows float64.
     """
     leaves = leaf_params(problem.to(dtype=torch.float64))
     J = objective(problem.to(dtype=torch.float64), leaves, max_bytes)
     grads = torch.autograd.grad(J, list(leaves.values()))
-    return float(J.detach()), dict(zip(leaves, grads))
+    out = dict(zip(leaves, grads))
+    bad = ([] if torch.isfinite(J) else ["objective"]) + \
+        [k for k, v in out.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise ReferenceNotFinite(
+            f"the exact reference of problem {problem.name!r} is not finite (J = {float(J):g}; "
+            f"NaN/Inf in {', '.join(bad)}): its values overflow float64 (scale its weights or "
+            "inputs down)", argument=bad[0], expected="finite values")
+    return float(J.detach()), out
 
 
 def gradient_json(objective: float, gradient: dict[str, Tensor]) -> dict[str, object]:

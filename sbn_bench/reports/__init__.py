@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sbn_bench.errors import ArgumentError
-from sbn_bench.fileio import atomic_write_text
+from sbn_bench.fileio import WriteError, atomic_write_text
 from sbn_bench.reports import html, markdown
 from sbn_bench.reports.compare import (
     DEFAULT_SIGMA,
@@ -34,7 +34,13 @@ from sbn_bench.reports.compare import (
 )
 from sbn_bench.reports.figures import FIGURE_KINDS, write_figures
 from sbn_bench.reports.load import Run, RunDirError, load_run
-from sbn_bench.reports.sections import ReportSection, load_sections, render_sections
+from sbn_bench.reports.sections import (
+    Block,
+    Image,
+    ReportSection,
+    load_sections,
+    render_sections,
+)
 
 FORMATS = ("md", "html")
 
@@ -64,6 +70,7 @@ def _swap_in(staging: Path, out: Path, names: Sequence[str]) -> None:
     if final.is_dir():
         # files in figures/ that no report wrote (not ``*_<kind>.png``) move over to the new folder
         ours = {p for kind in FIGURE_KINDS for p in final.glob(f"*_{kind}.png")}
+        ours |= set(final.glob(f"{SECTION_IMAGE_PREFIX}*"))
         foreign = [p for p in final.iterdir() if p not in ours]
         if foreign:
             new.mkdir(exist_ok=True)
@@ -82,6 +89,29 @@ def _swap_in(staging: Path, out: Path, names: Sequence[str]) -> None:
         raise
     for name in names:
         os.replace(staging / name, out / name)
+
+
+SECTION_IMAGE_PREFIX = "section_"
+
+
+def _images_inside(blocks: Sequence[Block], staged: Path, final: Path
+                   ) -> tuple[list[Block], list[Block]]:
+    """Section images that live outside the report (e.g. a run's ``training/loss_curve.png``) are
+    copied among its figures, so that ``report.md`` links only inside its own folder: the blocks
+    with the staged copies (for the HTML, which embeds them now) and with their final paths."""
+    at_stage: list[Block] = []
+    at_final: list[Block] = []
+    for b in blocks:
+        if isinstance(b, Image):
+            staged.mkdir(parents=True, exist_ok=True)
+            name = f"{SECTION_IMAGE_PREFIX}{b.path.name}"
+            shutil.copyfile(b.path, staged / name)
+            at_stage.append(Image(staged / name, b.caption))
+            at_final.append(Image(final / name, b.caption))
+        else:
+            at_stage.append(b)
+            at_final.append(b)
+    return at_stage, at_final
 
 
 def write_report(
@@ -146,12 +176,19 @@ def write_report(
             warn(w)
     out = Path(out_dir) if out_dir is not None else run.path / "report"
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    # everything is written into a staging folder inside ``out`` and moved into place only once the
-    # whole report has rendered: a failure leaves the previous report (or no report folder) as it was
-    staging = Path(tempfile.mkdtemp(prefix=".report-", suffix=".tmp", dir=out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".report-*.tmp"):  # staging folders of reports that were killed
+            shutil.rmtree(stale, ignore_errors=True)
+        # everything is written into a staging folder inside ``out`` and moved into place only once
+        # the whole report has rendered: a failure leaves the previous report (or none) as it was
+        staging = Path(tempfile.mkdtemp(prefix=".report-", suffix=".tmp", dir=out))
+    except OSError as e:
+        raise WriteError(out, e, "free space or fix the folder's permissions, then write the report "
+                                 "again") from None
     try:
         staged = write_figures(run, staging / "figures")
+        staged_blocks, final_blocks = _images_inside(blocks, staging / "figures", out / "figures")
         # the Markdown links and captions refer to where the figures will be
         figures = [replace(f, path=out / "figures" / f.path.name) for f in staged]
         written: dict[str, Path] = {}
@@ -160,18 +197,22 @@ def write_report(
             written["md"] = out / "report.md"
             names.append("report.md")
             atomic_write_text(staging / "report.md", markdown.render_report(
-                run, figures, cmp, out, sections=blocks))
+                run, figures, cmp, out, sections=final_blocks))
         if "html" in formats:
             written["html"] = out / "report.html"
             names.append("report.html")
             atomic_write_text(staging / "report.html", html.render_report(  # embeds the staged PNGs
-                run, staged, cmp, sections=blocks))
+                run, staged, cmp, sections=staged_blocks))
         _swap_in(staging, out, names)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()  # only if still empty
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            where = Path(e.filename) if getattr(e, "filename", None) else staging
+            raise WriteError(where, e, "free space or fix the folder's permissions, then write "
+                                       "the report again") from None
         raise
     shutil.rmtree(staging, ignore_errors=True)
     if figures:

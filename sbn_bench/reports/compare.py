@@ -187,6 +187,11 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
         raise IncomparableRuns(f"{where}: " + "; ".join(diffs) + " (pass --force to compare anyway)")
     cmp = Comparison(run, base, sigma)
     cmp.warnings += [f"compared despite: {d} (--force)" for d in diffs]
+    dtypes = [", ".join(sorted({str(x) for x in r.metrics["dtype"] if str(x)})) or "unknown"
+              for r in (run, base)]
+    if dtypes[0] != dtypes[1]:
+        cmp.warnings.append(f"the estimators ran in {dtypes[0]} (run) and {dtypes[1]} (baseline): "
+                            "differences may be rounding as much as method")
     cmp.notes += [f"not checked: {u}" for u in unchecked]
     base_cells = set(base.cells())
     for p, c in run.cells():

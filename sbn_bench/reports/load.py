@@ -21,7 +21,7 @@ import pandas as pd
 
 from sbn_bench import schema
 from sbn_bench.schema import TableError, read_table
-from sbn_bench.storage import RunDirError
+from sbn_bench.storage import RunDirError, tables_from_parts
 
 __all__ = ["Run", "RunDirError", "TableError", "load_run"]
 
@@ -93,6 +93,26 @@ def _read_csv(path: Path, columns: list[str], required: bool) -> pd.DataFrame:
     return read_table(path, columns, required=REQUIRED.get(path.name, columns))
 
 
+def _tables_from_parts(path: Path) -> tuple[str, dict[str, pd.DataFrame]] | None:
+    """The tables of an unfinished or damaged run, assembled from its part files, with a note
+    saying why; None when its assembled tables are there and complete. A run killed before it
+    first assembled its tables has only ``cells/``; a table cut off mid-row does not end with a
+    newline."""
+    tables = [path / name for name in ("metrics.csv", "throughput.csv", "failures.csv")]
+    has_parts = (path / "cells").is_dir() and any((path / "cells").glob("*.csv"))
+    if not has_parts:
+        return None
+    if not tables[0].is_file():
+        why = "its tables were never assembled (the run stopped before)"
+    else:
+        cut = [t.name for t in tables if t.is_file() and not schema.ends_with_newline(t)]
+        if not cut:
+            return None
+        why = f"{', '.join(cut)} {'is' if len(cut) == 1 else 'are'} cut off mid-row"
+    return (f"{why}: the tables below are assembled from the complete part files in "
+            f"{path / 'cells'}", tables_from_parts(path))
+
+
 def load_run(run_dir: str | Path) -> Run:
     """Load a run directory written by ``sbn-bench run``.
 
@@ -110,10 +130,29 @@ def load_run(run_dir: str | Path) -> Run:
     if not any(path.iterdir()):
         raise RunDirError(f"run directory {str(path)!r} is empty: no metrics.csv (write one with: "
                           f"sbn-bench run --out {path})", argument=str(path))
-    metrics = _read_csv(path / "metrics.csv", schema.METRICS_COLUMNS, required=True)
+    from_parts = _tables_from_parts(path)
+    warnings: list[str] = []
+    if from_parts is not None:
+        note, tables = from_parts
+        warnings.append(note)
+        metrics, throughput, failures = tables["metrics"], tables["throughput"], tables["failure"]
+    else:
+        for name in ("metrics.csv", "throughput.csv", "failures.csv"):
+            t = path / name
+            if t.is_file() and not schema.ends_with_newline(t):
+                raise TableError(f"{str(t)!r} is cut off mid-row (the run was killed while writing "
+                                 "it, or the file was damaged) and the run has no part files to "
+                                 "assemble it from; resume the run to rewrite it", argument=str(t),
+                                 expected="a complete table")
+        metrics = _read_csv(path / "metrics.csv", schema.METRICS_COLUMNS, required=True)
+        throughput = _read_csv(path / "throughput.csv", schema.THROUGHPUT_COLUMNS, required=False)
+        failures = _read_csv(path / "failures.csv", schema.FAILURES_COLUMNS, required=False)
+    schema.check_table(metrics, "metrics", path / "metrics.csv")
+    schema.check_table(throughput, "throughput", path / "throughput.csv")
     timed_path = path / "timed_metrics.csv"
-    if timed_path.is_file() and timed_path.stat().st_size > 0:
+    if from_parts is None and timed_path.is_file() and timed_path.stat().st_size > 0:
         timed = _read_csv(timed_path, schema.METRICS_COLUMNS, required=False)
+        schema.check_table(timed, "timed", timed_path)
         if not timed.empty:
             timed = timed[list(metrics.columns)]
             metrics = (pd.concat([metrics, timed], ignore_index=True) if not metrics.empty
@@ -121,12 +160,9 @@ def load_run(run_dir: str | Path) -> Run:
     metrics["M"] = pd.to_numeric(metrics["M"], errors="coerce").astype(float)
     for c in ("value", "stderr"):
         metrics[c] = pd.to_numeric(metrics[c], errors="coerce").astype(float)
-    throughput = _read_csv(path / "throughput.csv", schema.THROUGHPUT_COLUMNS, required=False)
     for c in schema.THROUGHPUT_COLUMNS:
         if c not in schema.TEXT_COLUMNS:
             throughput[c] = pd.to_numeric(throughput[c], errors="coerce").astype(float)
-    failures = _read_csv(path / "failures.csv", schema.FAILURES_COLUMNS, required=False)
-    warnings: list[str] = []
     manifest: dict[str, Any] = {}
     mpath = path / "manifest.json"
     if mpath.is_file():

@@ -37,7 +37,11 @@ LEGEND = (
 
 
 def _esc(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """Text for a Markdown table cell or line: one line, ``|`` escaped, and HTML's ``&``, ``<``, ``>``
+    as entities (a problem named ``<script>`` must not become markup where Markdown is rendered)."""
+    text = " ".join(str(text).split())
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("|", "\\|"))
 
 
 def render_table(table: Table) -> str:
@@ -57,7 +61,7 @@ def render_notes(notes: Sequence[str]) -> str:
 
 
 def _block(table: Table, level: str = "###") -> str:
-    parts = [f"{level} {table.title}", "", render_table(table) if table.rows else "_(no rows)_"]
+    parts = [f"{level} {_esc(table.title)}", "", render_table(table) if table.rows else "_(no rows)_"]
     if table.notes:
         parts += ["", render_notes(table.notes)]
     return "\n".join(parts)
@@ -72,7 +76,7 @@ def summary_markdown(run: Run) -> str:
             parts.append(_block(summary_table(run, p, c)))
         else:
             lines = failure_lines(cell_failures(run, p, c))
-            parts.append(f"### {cell_label(p, c)}\n\nNo results."
+            parts.append(f"### {_esc(cell_label(p, c))}\n\nNo results."
                          + ("\n\n" + render_notes([f"failed: {x}" for x in lines]) if lines else ""))
         tp = throughput_table(run, p, c)
         if tp is not None:
@@ -108,7 +112,7 @@ def comparison_markdown(cmp: Comparison) -> str:
 def header_markdown(run: Run, title: str) -> str:
     facts = run_facts(run)
     rows = "\n".join(f"| {_esc(k)} | {_esc(v)} |" for k, v in facts)
-    out = f"# {title}\n\n"
+    out = f"# {_esc(title)}\n\n"
     if run.incomplete:
         out += f"> **Warning:** {_esc(run.incomplete)}\n\n"
     out += f"| run | `{run.path}` |\n|---|---|\n{rows}\n"
@@ -150,7 +154,7 @@ def render_report(run: Run, figures: Sequence[FigureFile], cmp: Comparison | Non
         mine = [f for f in figures if (f.problem, f.checkpoint) == (p, c)]
         if not mine:
             continue
-        parts.append(f"### {cell_label(p, c)}")
+        parts.append(f"### {_esc(cell_label(p, c))}")
         for f in mine:
             rel = Path(os.path.relpath(f.path, out_dir)).as_posix()
             parts.append(f"![{_esc(f.caption)}]({rel})\n\n_{_esc(f.caption)}_")

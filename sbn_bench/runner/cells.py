@@ -409,7 +409,7 @@ def stats_cell_rows(estimator: Estimator, problem: Problem, g: Tensor, config: R
                        target_rrmse=config.target_rrmse)
     bad = undocumented_nans(rows, gstats)
     if bad:
-        raise CellFailure("metrics", f"statistics came out NaN in {len(bad)} row(s) ("
+        raise CellFailure("metrics", f"statistics are not finite in {len(bad)} row(s) ("
                                      f"{', '.join(bad[:4])}{', …' if len(bad) > 4 else ''}): the "
                                      "estimates are too large for float64 sums")
     for r in rows:

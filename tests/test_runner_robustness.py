@@ -1,0 +1,267 @@
+"""The runner against hostile plugins, damaged run folders and surprising settings: every case
+gives either the right numbers or a recorded failure or a one-line refusal, never silently wrong
+results or a hang.
+
+The plugins are written by the tests into temporary files, as a user would write them.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from sbn_bench import runner
+from sbn_bench.config import ConfigError, ProblemSpec, RunConfig, ThroughputConfig
+from sbn_bench.estimators import PluginFileError
+from sbn_bench.storage import RunDirError, RunStore, part_problem
+
+
+def config(out: Path, **kw) -> RunConfig:
+    base = dict(problems=(ProblemSpec(arch="2-2-2-1", data_points=3),), estimators=("psa", "st"),
+                samples=24, M=(1, 4), throughput=ThroughputConfig(enabled=False), out=str(out))
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def plugin(tmp_path: Path, body: str, name: str = "hostile.py") -> str:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(body))
+    return str(p)
+
+
+MUTATOR = """
+    from sbn_bench.estimators.builtin.straight_through import st
+
+    def mutator():
+        base = st()
+
+        def surrogate(problem, params, generator):
+            problem.params["weight_1"].add_(1.0)  # against the contract: modifies the problem
+            return base.surrogate(problem, params, generator)
+
+        import dataclasses
+        return dataclasses.replace(base, name="mutator", surrogate=surrogate, path_surrogate=None,
+                                   randomness="continuous")
+
+    ESTIMATORS = {"mutator": mutator}
+"""
+
+
+def test_a_plugin_that_modifies_the_problem_cannot_change_other_cells(tmp_path: Path) -> None:
+    """Every cell gets a private copy of the problem: the later estimators' numbers are those of a
+    run without the plugin, and the plugin's cell is recorded as failed."""
+    p = plugin(tmp_path, MUTATOR)
+    clean = runner.run(config(tmp_path / "clean", estimators=("psa", "st")))
+    dirty = runner.run(config(tmp_path / "dirty", estimators=("mutator", "psa", "st"), plugins=(p,)))
+    assert (tmp_path / "clean" / "metrics.csv").read_text() == \
+        (tmp_path / "dirty" / "metrics.csv").read_text()
+    (err,) = dirty.failures["error"]
+    assert "'mutator' modified the problem it was given" in err
+    assert set(clean.metrics["estimator"]) == {"psa", "st"}
+
+
+def test_resume_refuses_a_changed_plugin_file(tmp_path: Path) -> None:
+    p = plugin(tmp_path, MUTATOR.replace("add_(1.0)", "add_(0.0)"))
+    cfg = config(tmp_path / "r", estimators=("mutator",), plugins=(p,))
+    runner.run(cfg)
+    Path(p).write_text(Path(p).read_text() + "\n# changed\n")
+    with pytest.raises(RunDirError, match=r"plugin file '.*hostile.py' \(SHA-256\)"):
+        runner.run(cfg.with_(resume=True))
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "truncated", "no trailer", "other cell"])
+def test_damaged_part_files_are_run_again(tmp_path: Path, damage: str) -> None:
+    cfg = config(tmp_path / "r", seeds=(0, 1))
+    first = (runner.run(cfg), (tmp_path / "r" / "metrics.csv").read_bytes())
+    parts = sorted((tmp_path / "r" / "cells").glob("metrics-*.metrics.csv"))
+    victim, other = parts[0], parts[1]
+    text = victim.read_text()
+    victim.write_text({"empty": "", "garbage": "\x00\x01 not a csv\n",
+                       "truncated": text[: len(text) // 2],
+                       "no trailer": text.rsplit("#rows=", 1)[0],
+                       "other cell": other.read_text()}[damage])
+    assert part_problem(victim.read_text(), "metrics") is not None or damage == "other cell"
+    res = runner.run(cfg.with_(resume=True))
+    assert res.cells_run == 1 and res.manifest["status"] == "complete"
+    assert (tmp_path / "r" / "metrics.csv").read_bytes() == first[1]
+
+
+GLOBAL_RNG = """
+    import torch
+    from sbn_bench.estimators import Estimator
+
+    def global_rng():
+        def surrogate(problem, params, generator):
+            noise = torch.rand(params["weight_1"].shape[0], dtype=problem.x.dtype)  # global RNG
+            return params["weight_1"].sum((1, 2)) * noise
+        return Estimator("global-rng", surrogate, randomness="continuous",
+                         description="draws from torch's global generator")
+
+    ESTIMATORS = {"global-rng": global_rng}
+"""
+
+
+def test_a_plugin_drawing_from_the_global_generator_is_reproducible(tmp_path: Path) -> None:
+    p = plugin(tmp_path, GLOBAL_RNG)
+    torch.manual_seed(123)  # whatever state the caller leaves behind
+    runner.run(config(tmp_path / "a", estimators=("global-rng",), plugins=(p,)))
+    torch.rand(7)
+    runner.run(config(tmp_path / "b", estimators=("global-rng",), plugins=(p,)))
+    assert (tmp_path / "a" / "metrics.csv").read_bytes() == \
+        (tmp_path / "b" / "metrics.csv").read_bytes()
+
+
+HANGS_AND_EXITS = """
+    import sys, time
+    from sbn_bench.estimators.builtin.straight_through import st
+
+    def sleeper():
+        base = st()
+        def surrogate(problem, params, generator):
+            time.sleep(3600)
+        import dataclasses
+        return dataclasses.replace(base, name="sleeper", surrogate=surrogate, path_surrogate=None,
+                                   randomness="continuous")
+
+    def quitter():
+        base = st()
+        def surrogate(problem, params, generator):
+            sys.exit(3)
+        import dataclasses
+        return dataclasses.replace(base, name="quitter", surrogate=surrogate, path_surrogate=None,
+                                   randomness="continuous")
+
+    ESTIMATORS = {"sleeper": sleeper, "quitter": quitter}
+"""
+
+
+def test_a_hung_cell_times_out_and_a_plugin_exit_is_recorded(tmp_path: Path) -> None:
+    p = plugin(tmp_path, HANGS_AND_EXITS)
+    res = runner.run(config(tmp_path / "r", estimators=("sleeper", "quitter", "st"), plugins=(p,),
+                            cell_timeout=1.0))
+    f = res.failures.set_index("estimator")
+    assert f.loc["sleeper", "stage"] == "timeout" and "time limit of 1 s" in f.loc["sleeper", "error"]
+    assert f.loc["quitter", "stage"] == "estimate" and "SystemExit: 3" in f.loc["quitter", "error"]
+    assert set(res.metrics["estimator"]) == {"st"} and res.manifest["status"] == "complete"
+
+
+def test_a_folder_in_use_by_another_run_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    cfg = config(out)
+    runner.run(cfg)
+    holder = RunStore.open(out, json.loads((out / "manifest.json").read_text()), resume=True)
+    try:
+        with pytest.raises(RunDirError, match="in use by another run"):
+            runner.run(cfg.with_(resume=True))
+    finally:
+        holder.close()
+    assert runner.run(cfg.with_(resume=True)).cells_skipped == 2  # free again
+
+
+def test_resume_refuses_another_thread_count(tmp_path: Path) -> None:
+    cfg = config(tmp_path / "r")
+    runner.run(cfg)
+    before = torch.get_num_threads()
+    torch.set_num_threads(before + 1)
+    try:
+        with pytest.raises(RunDirError, match=r"device.torch_threads"):
+            runner.run(cfg.with_(resume=True))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_manifest_that_is_not_an_object_is_refused_on_resume(tmp_path: Path) -> None:
+    cfg = config(tmp_path / "r")
+    runner.run(cfg)
+    (tmp_path / "r" / "manifest.json").write_text("[1, 2, 3]")
+    with pytest.raises(RunDirError, match="holds a JSON list, not an object"):
+        runner.run(cfg.with_(resume=True))
+
+
+def test_a_hyperparameter_a_manifest_cannot_record_is_refused_before_any_write(
+        tmp_path: Path) -> None:
+    p = plugin(tmp_path, """
+        from sbn_bench.estimators.builtin.straight_through import st
+
+        def odd(*, scale: object = None):
+            import dataclasses
+            return dataclasses.replace(st(), name="odd", hyperparams=(("scale", {1, 2}),))
+
+        ESTIMATORS = {"odd": odd}
+    """)
+    out = tmp_path / "r"
+    with pytest.raises(runner.RunError, match=r"estimator 'odd.*hyperparameter scale=\{1, 2\} is a "
+                                              r"set") as info:
+        runner.run(config(out, estimators=("odd",), plugins=(p,)))
+    assert info.value.argument == "odd:scale" and not out.exists()
+    assert runner.run(config(out, estimators=("st",))).manifest["status"] == "complete"
+
+
+def test_default_estimators_skip_what_they_cannot_take(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    res = runner.run(config(tmp_path / "r", estimators=None, samples=8, M=(1,),
+                            problems=(ProblemSpec(arch="2-2-1", data_points=3, noise="gaussian"),)),
+                     warn=warnings.append)
+    assert {"arm"} <= {w.split("'")[1] for w in warnings if "left out" in w}
+    assert "arm" not in set(res.metrics["estimator"]) and "psa" in set(res.metrics["estimator"])
+    with pytest.raises(runner.RunError, match="not supported"):  # asked for by name: refused
+        runner.run(config(tmp_path / "s", estimators=("arm",), samples=8, M=(1,),
+                          problems=(ProblemSpec(arch="2-2-1", data_points=3, noise="gaussian"),)))
+
+
+def test_m_above_samples_and_huge_settings_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"M=\[5000\] has values above samples=100") as info:
+        config(tmp_path / "r", samples=100, M=(5000,))
+    assert info.value.argument == "M"
+    with pytest.raises(ConfigError, match=r"samples=100000000000000000000000 must be an integer ≥ 1 "
+                                          r"and ≤ 1000000000"):
+        config(tmp_path / "r", samples=10**23, M=(1,))
+    with pytest.raises(ConfigError, match="throughput.rounds"):
+        ThroughputConfig(rounds=10**23)
+
+
+def test_ctrl_c_marks_the_manifest_interrupted(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+
+    def stop(cell) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(config(out), on_cell_done=stop)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["status"] == "interrupted" and man["cells"]["run"] == 1
+
+
+def test_resume_may_add_checkpoints_and_estimators(tmp_path: Path) -> None:
+    from sbn_bench import problems
+    from sbn_bench.config import Checkpoint
+
+    ck = tmp_path / "ck.npz"
+    problems.save_problem(problems.random_problem("2-2-2-1", 5, data_points=3), ck)
+    cfg = config(tmp_path / "r")
+    runner.run(cfg)
+    spec = ProblemSpec(arch="2-2-2-1", data_points=3,
+                       checkpoints=(Checkpoint("init"), Checkpoint("later", str(ck))))
+    res = runner.run(cfg.with_(problems=(spec,), estimators=("psa", "st", "reinforce"), resume=True))
+    assert (res.cells_run, res.cells_skipped) == (4, 2)
+    assert set(res.metrics["checkpoint"]) == {"init", "later"}
+
+
+def test_run_in_a_thread_still_works_without_a_time_limit(tmp_path: Path) -> None:
+    """Off the main thread no ``SIGALRM`` can stop a cell: the run works, without the limit."""
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(r=runner.run(config(tmp_path / "r",
+                                                                       cell_timeout=5.0))))
+    t.start()
+    t.join(120)
+    assert box["r"].manifest["status"] == "complete"
+
+
+def test_plugin_file_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(PluginFileError, match="missing.py' does not exist"):
+        runner.run(config(tmp_path / "r", plugins=(str(tmp_path / "missing.py"),)))
