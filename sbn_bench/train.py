@@ -66,6 +66,8 @@ from sbn_bench.provenance import environment
 from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size, objective
 
 OPTIMIZERS = ("sgd", "adam")
+MAX_EPOCHS = 10**6
+"""Most epochs a training may ask for."""
 DEFAULT_SGD_MOMENTUM = 0.9
 LOG_COLUMNS = ["epoch", "step", "train_loss", "exact_objective", "wall_s"]
 """Columns of ``train_log.csv``: epoch (0 = initial parameters), optimiser steps so far, mean sampled
@@ -202,6 +204,9 @@ def check_arguments(
                    ("max_exact_bytes", max_exact_bytes)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise bad(arg, f"{v!r} must be an integer ≥ 1")
+    if epochs > MAX_EPOCHS:
+        raise bad("epochs", f"{epochs!r} must be at most {MAX_EPOCHS:,} (a training that long would "
+                            "not finish)")
     if batch_size > problem.num_data:
         raise bad("batch_size", f"{batch_size} exceeds the {problem.num_data} data points of "
                                 f"problem {problem.name!r}; use at most {problem.num_data} "

@@ -85,3 +85,10 @@ def test_cli_train_refuses_a_used_out_unless_overwrite(tmp_path: Path) -> None:
     assert "checkpoint_epoch0.npz" in r.output and "--overwrite" in r.output, r.output
     r = invoke([*args, "--overwrite"])
     assert r.exit_code == 0, r.output
+
+
+def test_an_endless_number_of_epochs_is_refused(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["train", "--arch", "2-2-1", "--data-points", "3", "--epochs",
+                                    str(10**23), "--out", str(tmp_path / "t")])
+    assert res.exit_code == 2 and "--epochs" in res.output and "at most 1,000,000" in res.output
+    assert not (tmp_path / "t").exists()
