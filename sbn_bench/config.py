@@ -32,12 +32,17 @@ and the valid keys; relative paths are relative to the TOML file's folder)::
     out = "runs/my-run"                           # output folder
     executor = "serial"                           # where cells run
     cell_timeout = 3600                           # seconds a cell may take (recorded as failed)
+    threads = 1                                   # torch threads (recorded in the manifest)
 
-    [throughput]
+    [throughput]                                  # once per network shape, interleaved
     enabled = true
-    warmup = 1                                    # untimed rounds first
-    rounds = 5                                    # timed rounds
-    batch = 200                                   # samples per round (default min(S, chunk, 200))
+    warmup = 1                                    # untimed calls first
+    rounds = 7                                    # at least this many timed rounds per estimator
+    max_rounds = 30                               # more until the interval is narrow, at most these
+    min_round_s = 0.2                             # a round lasts at least this long
+    max_seconds = 20                              # time for the rounds beyond the first 7
+    rel_width = 0.2                               # target width of the median's 95 % interval
+    batch = 200                                   # samples per call (default: calibrated)
 
     [[problem]]                                   # one table per problem (at least one)
     name = "paper"                                # label in the tables (default: from the source)
@@ -282,13 +287,20 @@ class ProblemSpec:
 
 @dataclass(frozen=True)
 class ThroughputConfig:
-    """Throughput measurement (SPEC §5 "Cost"): ``warmup`` untimed rounds, then ``rounds`` timed
-    rounds of one ``estimate()`` call on ``batch`` samples (default ``min(S, chunk, 200)``)."""
+    """Throughput measurement (SPEC §5 "Cost"; method in :mod:`sbn_bench.throughput`): once per
+    network shape, every estimator's rounds interleaved, each round at least ``min_round_s``
+    seconds (``batch`` samples per call, or calibrated), at least ``rounds`` rounds and more (up to
+    ``max_rounds`` and ``max_seconds``) until the confidence interval of the median is within
+    ``rel_width``; ``warmup`` untimed calls first."""
 
     enabled: bool = True
     warmup: int = 1
-    rounds: int = 5
+    rounds: int = 7
     batch: int | None = None
+    max_rounds: int = 30
+    min_round_s: float = 0.2
+    max_seconds: float = 20.0
+    rel_width: float = 0.2
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -296,8 +308,18 @@ class ThroughputConfig:
                               argument="throughput.enabled")
         _check_int("throughput.warmup", self.warmup, 0, MAX_ROUNDS)
         _check_int("throughput.rounds", self.rounds, 1, MAX_ROUNDS)
+        _check_int("throughput.max_rounds", self.max_rounds, 1, MAX_ROUNDS)
+        if self.max_rounds < self.rounds:
+            object.__setattr__(self, "max_rounds", self.rounds)
         if self.batch is not None:
             _check_int("throughput.batch", self.batch, 1, MAX_SAMPLES)
+        for name in ("min_round_s", "max_seconds", "rel_width"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or v <= 0:
+                raise ConfigError(f"throughput.{name}={v!r} must be a number > 0",
+                                  argument=f"throughput.{name}", value=v, expected="a number > 0")
+            object.__setattr__(self, name, float(v))
 
 
 @dataclass(frozen=True)
@@ -330,6 +352,8 @@ class RunConfig:
         executor: where the cells run (``"serial"``: in this process).
         cell_timeout: seconds a cell may take before it is stopped and recorded as failed
             (:data:`DEFAULT_CELL_TIMEOUT`); None: no limit.
+        threads: torch threads while the run measures (one per process suits the small networks
+            measured here: more threads mostly spin); recorded in the manifest.
     """
 
     problems: tuple[ProblemSpec, ...]
@@ -353,6 +377,7 @@ class RunConfig:
     resume: bool = False
     executor: str = "serial"
     cell_timeout: float | None = DEFAULT_CELL_TIMEOUT
+    threads: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "problems", tuple(self.problems))
@@ -410,6 +435,7 @@ class RunConfig:
         object.__setattr__(self, "target_rrmse", float(self.target_rrmse))
         _check_int("stderr_batches", self.stderr_batches, 2)
         _check_int("cosine_groups", self.cosine_groups, 1)
+        _check_int("threads", self.threads, 1, 4096)
         if not isinstance(self.executor, str) or not self.executor:
             raise ConfigError(f"executor={self.executor!r} must be a string such as 'serial'",
                               argument="executor")
@@ -527,7 +553,7 @@ def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
 _TOP_KEYS = {"estimators", "plugins", "samples", "M", "seeds", "device", "dtype", "mode",
              "max_paths", "chunk", "memory_budget", "max_exact_bytes", "target_rrmse",
              "stderr_batches", "cosine_groups", "out", "throughput", "problem", "executor",
-             "cell_timeout"}
+             "cell_timeout", "threads"}
 _PROBLEM_KEYS = {f.name for f in fields(ProblemSpec)}
 _THROUGHPUT_KEYS = {f.name for f in fields(ThroughputConfig)}
 

@@ -30,7 +30,10 @@ import pandas as pd
 from sbn_bench import metrics
 from sbn_bench.errors import SbnBenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Version 2: throughput is measured once per network shape (column ``network``), interleaved, with
+a confidence interval for its median (``_lo``/``_hi``, ``ci_level``, ``wide``) and the thread count;
+version 1 runs (quartiles ``_q25``/``_q75``) are still readable."""
 
 TABLE_FILES = {"metrics": "metrics.csv", "timed": "timed_metrics.csv",
                "throughput": "throughput.csv", "failure": "failures.csv"}
@@ -53,11 +56,16 @@ deterministic figure by a *measured* time, so they change from run to run; deriv
 METRICS_WITH_M = tuple(m.name for m in metrics.METRICS if m.per_m)
 
 THROUGHPUT_COLUMNS = [
-    "problem", "checkpoint", "estimator", "device", "dtype", "batch", "rounds",
-    "samples_per_s", "samples_per_s_q25", "samples_per_s_q75",
-    "seconds_per_sample", "seconds_per_sample_q25", "seconds_per_sample_q75",
+    "network", "problem", "checkpoint", "estimator", "device", "dtype", "threads", "batch",
+    "rounds", "samples_per_s", "samples_per_s_lo", "samples_per_s_hi",
+    "seconds_per_sample", "seconds_per_sample_lo", "seconds_per_sample_hi", "ci_level", "wide",
     "peak_memory_bytes", "evals_per_sample",
 ]
+"""One row per (network shape, estimator): ``network`` is the shape the figure holds for (its
+architecture, data points, loss and noise; the weights do not matter), ``problem``/``checkpoint``
+the problem it was measured on; the median samples/s over interleaved rounds with its confidence
+interval ``[_lo, _hi]`` at level ``ci_level``; ``wide`` when that interval is wider than the target
+(the figure is not trusted)."""
 
 FAILURES_COLUMNS = ["problem", "checkpoint", "estimator", "stage", "error", "seed"]
 """``seed`` is empty for failures that do not depend on it (throughput)."""
@@ -67,10 +75,10 @@ COLUMNS = {"metrics": METRICS_COLUMNS, "timed": METRICS_COLUMNS,
 """The columns of each table kind."""
 
 TEXT_COLUMNS = ("problem", "checkpoint", "estimator", "layer", "metric", "mode", "device", "dtype",
-                "stage", "error")
+                "stage", "error", "network")
 """Columns read as text (never as numbers: a checkpoint named ``1`` stays ``"1"``)."""
 
-INT_COLUMNS = ("M", "seed", "samples")
+INT_COLUMNS = ("M", "seed", "samples", "threads")
 """Integer columns that may be empty (pandas ``Int64``)."""
 
 

@@ -165,14 +165,11 @@ def test_a_folder_in_use_by_another_run_is_refused(tmp_path: Path) -> None:
 
 def test_resume_refuses_another_thread_count(tmp_path: Path) -> None:
     cfg = config(tmp_path / "r")
-    runner.run(cfg)
     before = torch.get_num_threads()
-    torch.set_num_threads(before + 1)
-    try:
-        with pytest.raises(RunDirError, match=r"device.torch_threads"):
-            runner.run(cfg.with_(resume=True))
-    finally:
-        torch.set_num_threads(before)
+    runner.run(cfg)
+    assert torch.get_num_threads() == before  # the run's thread count is restored after it
+    with pytest.raises(RunDirError, match=r"device.torch_threads: 1 → 2"):
+        runner.run(cfg.with_(resume=True, threads=2))
 
 
 def test_a_manifest_that_is_not_an_object_is_refused_on_resume(tmp_path: Path) -> None:

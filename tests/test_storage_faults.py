@@ -44,10 +44,11 @@ def config(out: Path, **kw) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    """The uninterrupted run (9 cells: per estimator one throughput and two statistics cells)."""
+    """The uninterrupted run (7 cells: one throughput cell for the network, every estimator's
+    rounds interleaved, and per estimator two statistics cells)."""
     out = tmp_path_factory.mktemp("ref") / "run"
     res = runner.run(config(out))
-    assert res.manifest["status"] == "complete" and res.cells_run == 9
+    assert res.manifest["status"] == "complete" and res.cells_run == 7
     return out
 
 
@@ -113,10 +114,10 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path, reference, when, 
                     and not p.name.endswith(".timed.csv")])
     if when == "cell":
         assert finished == n, sorted(p.name for p in (out / "cells").iterdir())
-    else:  # killed inside the 4th part write (the 3rd cell's timed part precedes its metrics)
+    else:  # killed inside the 4th part write
         assert any(p.name.endswith(".tmp") for p in (out / "cells").iterdir())
     res = runner.run(config(out, resume=True))
-    assert res.cells_skipped == finished and res.cells_run == 9 - finished
+    assert res.cells_skipped == finished and res.cells_run == 7 - finished
     assert res.manifest["status"] == "complete"
     assert [t.removesuffix("+00:00")[:4] for t in res.manifest["resumed"]]  # the resume is logged
     _assert_same_results(reference, out)
@@ -282,7 +283,7 @@ def test_folder_turning_read_only_mid_run_keeps_the_finished_cells(tmp_path, mon
     assert "cannot write" in str(e.value) and e.value.errno in (errno.EROFS, errno.EACCES)
     monkeypatch.undo()
     written = sorted(p.name for p in (out / "cells").iterdir() if p.name.endswith(".metrics.csv"))
-    assert len(written) == 2  # the 3 finished cells: psa's throughput and its two seeds
+    assert len(written) == 2  # the 3 finished cells: the throughput cell and psa's two seeds
     assert all((reference / "cells" / n).read_bytes() == (out / "cells" / n).read_bytes()
                for n in written)
     res = runner.run(config(out, resume=True))

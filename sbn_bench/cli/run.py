@@ -120,11 +120,15 @@ class _Progress:
 @click.option("--target-rrmse", type=click.FloatRange(min=0, min_open=True), default=0.1,
               show_default=True, help="Target relative RMSE of time_to_accuracy_s.")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Throughput: untimed rounds.")
-@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Throughput: timed rounds.")
+              help="Throughput: untimed calls per estimator first.")
+@click.option("--rounds", type=click.IntRange(min=1), default=7, show_default=True,
+              help="Throughput: at least this many interleaved rounds per estimator (more, up to "
+                   "30, until the 95% interval of the median is within 20%).")
 @click.option("--throughput-batch", type=click.IntRange(min=1), default=None,
-              help="Throughput: samples per round (default min(S, chunk, 200)).")
+              help="Throughput: samples per call (default: calibrated so a round lasts ≥ 0.2 s).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch threads while measuring (one suits small networks: more mostly spin); "
+                   "recorded in the manifest.")
 @click.option("--no-throughput", is_flag=True, help="Skip the throughput measurement.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default runs/<problem name or config name>).")
@@ -152,7 +156,7 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         max_exact_bytes: int, target_rrmse: float, warmup: int, rounds: int,
         throughput_batch: int | None, no_throughput: bool, out: Path | None, resume: bool,
         no_report: bool, cache_dir: Path | None, quiet: bool, executor: str,
-        cell_timeout: float) -> None:
+        cell_timeout: float, threads: int) -> None:
     """Measure bias, variance, relative RMSE, cosine, SNR and throughput of estimators.
 
     --preset paper is the paper's whole experiment (SPEC §6): REINFORCE training to epochs
@@ -180,7 +184,8 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         estimators=est_list, plugins=tuple(str(p) for p in plugins), samples=samples,
         device=device, dtype=dtype, mode=mode, max_paths=max_paths, chunk=chunk,
         memory_budget=memory_budget, max_exact_bytes=max_exact_bytes, target_rrmse=target_rrmse,
-        throughput=tp, resume=resume, executor=executor, cell_timeout=cell_timeout)
+        throughput=tp, resume=resume, executor=executor, cell_timeout=cell_timeout,
+        threads=threads)
     is_paper = (config_file is None and preset == "paper"
                 and not any(given(ctx, n) for n in ("problem_file", "arch")))
     if config_file is not None:

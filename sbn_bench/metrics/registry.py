@@ -278,11 +278,12 @@ def metric_rows(gstats: Mapping[str, GroupStats], m_grid: Sequence[int],
     return rows
 
 
-def timed_rows(rows: Sequence[Mapping[str, object]], seconds_per_sample: float
-               ) -> list[dict[str, object]]:
+def timed_rows(rows: Sequence[Mapping[str, object]], seconds_per_sample: float,
+               seconds_se: float = 0.0) -> list[dict[str, object]]:
     """The ``time_to_accuracy_s`` rows derived from a cell's ``samples_to_accuracy`` rows and the
     measured median seconds per sample: ``max(1, ⌈M*⌉) · seconds_per_sample`` with standard error
-    ``se(M*) · seconds_per_sample`` (the spread of the timing itself is in ``throughput.csv``).
+    ``√((se(M*) · s)² + (max(1, ⌈M*⌉) · se(s))²)``, ``se(s)`` the standard error of the seconds per
+    sample (from its confidence interval), so the uncertainty of the timing is carried too.
 
     Returns:
         The same columns as ``rows`` (tidy, one per group); empty when ``seconds_per_sample`` is
@@ -297,9 +298,13 @@ def timed_rows(rows: Sequence[Mapping[str, object]], seconds_per_sample: float
                 continue
             m_star, se = float(r["value"]), float(r["stderr"])  # type: ignore[arg-type]
             tta = time_to_accuracy(m_star, seconds_per_sample)
-            out.append({**r, "metric": timed.name, "value": tta,
-                        "stderr": se * seconds_per_sample if math.isfinite(tta) else
-                        (0.0 if r["mode"] == "exact" else math.nan)})
+            if math.isfinite(tta):
+                samples = tta / seconds_per_sample
+                se_tta = math.hypot(se * seconds_per_sample, samples * seconds_se) \
+                    if math.isfinite(se) else math.nan
+            else:
+                se_tta = 0.0 if r["mode"] == "exact" else math.nan
+            out.append({**r, "metric": timed.name, "value": tta, "stderr": se_tta})
     return out
 
 

@@ -11,7 +11,9 @@ A difference ``a − b`` is flagged when
 * exact-mode values on both sides (no sampling error): ``|a − b| > 1e-12 · max(|a|, |b|) + 1e-12``,
   i.e. beyond float64 round-off of these quantities, which are relative to ``‖g‖`` and hence of
   order one;
-* throughput, whose spread over timed rounds is the uncertainty: ``|a − b| > √(IQR_a² + IQR_b²)``.
+* throughput (the median over interleaved rounds with a confidence interval): when the two
+  intervals do not overlap (schema-1 runs, which kept quartiles over rounds:
+  ``|a − b| > √(IQR_a² + IQR_b²)``).
 
 Runs with no (problem, checkpoint) or no estimator in common are refused (there is nothing to
 compare); cells found in only one of the runs are listed in the report's notes as not compared.
@@ -87,6 +89,16 @@ def significant(a: float, b: float, ua: float | None, ub: float | None,
     return Difference(d > tol, math.inf if d > tol else 0.0, True)
 
 
+def intervals_differ(a: tuple[float, float], b: tuple[float, float]) -> Difference:
+    """Two measured figures differ when their confidence intervals ``(lo, hi)`` do not overlap
+    (throughput: the interval of the median over interleaved rounds); unknown intervals (NaN) are
+    never flagged."""
+    if not all(math.isfinite(v) for v in (*a, *b)):
+        return Difference(False, 0.0, False)
+    apart = a[0] > b[1] or b[0] > a[1]
+    return Difference(apart, math.nan if apart else 0.0, False)
+
+
 def _cell_key(problem: str, checkpoint: str) -> list[str]:
     return [f"{problem}@{checkpoint}", problem] if checkpoint else [problem]
 
@@ -155,7 +167,8 @@ def _ratio(a: float, b: float, diff: Difference) -> str:
 def _ratio_cell(a: float, b: float, diff: Difference) -> TableCell:
     text = _ratio(a, b, diff)
     if diff.flagged:
-        text += " (exact)" if diff.exact else f" (z={diff.z:.1f})"
+        text += (" (exact)" if diff.exact else " (intervals apart)" if math.isnan(diff.z)
+                 else f" (z={diff.z:.1f})")
     return TableCell(text, diff.flagged)
 
 
@@ -231,14 +244,21 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
             if ta is None or tb is None:
                 continue
             a, b = float(ta["samples_per_s"]), float(tb["samples_per_s"])
-            iqr_a = float(ta["samples_per_s_q75"] - ta["samples_per_s_q25"])
-            iqr_b = float(tb["samples_per_s_q75"] - tb["samples_per_s_q25"])
-            diff = significant(a, b, iqr_a, iqr_b, sigma=1.0)
-            trows.append([TableCell(est), TableCell(f"{fmt_num(a)} (IQR {fmt_num(iqr_a)})"),
-                          TableCell(f"{fmt_num(b)} (IQR {fmt_num(iqr_b)})"), _ratio_cell(a, b, diff)])
+            ia = (float(ta["samples_per_s_lo"]), float(ta["samples_per_s_hi"]))
+            ib = (float(tb["samples_per_s_lo"]), float(tb["samples_per_s_hi"]))
+            if all(math.isfinite(float(t.get("ci_level", math.nan))) for t in (ta, tb)):
+                diff = intervals_differ(ia, ib)
+            else:  # schema-1 runs: quartiles over rounds, compared by √(IQR_a² + IQR_b²)
+                diff = significant(a, b, ia[1] - ia[0], ib[1] - ib[0], sigma=1.0)
+            trows.append([TableCell(est),
+                          TableCell(f"{fmt_num(a)} [{fmt_num(ia[0])}, {fmt_num(ia[1])}]"),
+                          TableCell(f"{fmt_num(b)} [{fmt_num(ib[0])}, {fmt_num(ib[1])}]"),
+                          _ratio_cell(a, b, diff)])
             if diff.flagged:
+                why = ("their confidence intervals do not overlap" if math.isnan(diff.z) else
+                       "beyond their interquartile ranges")
                 cmp.flagged.append(f"{cell_label(p, c)} · {est} · samples/s: {fmt_num(a)} vs "
-                                   f"{fmt_num(b)} (ratio {_ratio(a, b, diff)}, beyond the IQRs)")
+                                   f"{fmt_num(b)} (ratio {_ratio(a, b, diff)}, {why})")
         if trows:
             cmp.tables.append(Table(
                 title=f"Throughput: run / baseline · {cell_label(p, c)}",

@@ -4,7 +4,7 @@
 * cosine ``cos(ḡ_M, g)`` vs M per layer, the mean with its 15–85th percentile band;
 * bias–variance scatter per layer: relative bias ``‖β‖/‖g‖`` against relative standard deviation
   ``√V/‖g‖`` of one sample, each point labelled with its estimator;
-* throughput bars: median samples/s per estimator with the interquartile range over timed rounds.
+* throughput bars: median samples/s per estimator with its confidence interval over timed rounds.
 
 Figures are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas (no pyplot, no
 global backend switch), so reports can be rendered from any process, headless or not.
@@ -266,8 +266,8 @@ def throughput_figure(tp: pd.DataFrame, estimators: Sequence[str], title: str) -
     tp = tp.drop_duplicates("estimator").set_index("estimator").loc[order].reset_index()
     pal = palette(estimators)
     y = tp["samples_per_s"].to_numpy(float)
-    lo = np.clip(y - tp["samples_per_s_q25"].to_numpy(float), 0, None)
-    hi = np.clip(tp["samples_per_s_q75"].to_numpy(float) - y, 0, None)
+    lo = np.clip(y - tp["samples_per_s_lo"].to_numpy(float), 0, None)
+    hi = np.clip(tp["samples_per_s_hi"].to_numpy(float) - y, 0, None)
     devices = ", ".join(sorted({f"{d} {t}" for d, t in zip(tp["device"], tp["dtype"])}))
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
         fig = Figure(figsize=(1.0 + 0.75 * len(order) + 2.0, 4.2), dpi=DPI)
@@ -284,7 +284,7 @@ def throughput_figure(tp: pd.DataFrame, estimators: Sequence[str], title: str) -
         else:
             ax.set_ylabel("samples/s, median over rounds")
             ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
-        ax.set_xlabel("estimator (error bars: interquartile range over timed rounds)")
+        ax.set_xlabel("estimator (error bars: confidence interval of the median over rounds)")
         ax.tick_params(axis="x", labelrotation=30)
         for lab in ax.get_xticklabels():
             lab.set_horizontalalignment("right")
@@ -309,7 +309,8 @@ def write_figures(run: Run, out_dir: Path) -> list[FigureFile]:
              f"Cosine to the exact gradient vs M per layer, mean with 15–85th percentile band, {title}."),
             ("bias_variance", bias_variance_figure, rows,
              f"Relative bias vs relative standard deviation of one sample per layer, {title}."),
-            ("throughput", throughput_figure, tp, f"Throughput (median samples/s, IQR bars), {title}."),
+            ("throughput", throughput_figure, tp,
+             f"Throughput (median samples/s, confidence interval bars), {title}."),
         ]
         for kind, fn, data, caption in jobs:
             path = out_dir / f"{base}_{kind}.png"

@@ -152,7 +152,8 @@ def render_report(run: Run, figures: Sequence[FigureFile], cmp: Comparison | Non
         parts.append(
             f'<p class="legend">Ratios are run / baseline. A difference is flagged (bold) only beyond '
             f"its uncertainty: |a − b| &gt; {cmp.sigma:g}·√(se_a² + se_b²) for Monte-Carlo values, "
-            f"beyond float64 round-off (1e-12) for exact values, beyond √(IQR_a² + IQR_b²) for "
+            f"beyond float64 round-off (1e-12) for exact values, when the confidence intervals do not "
+            f"overlap for "
             f"samples/s. <code>≈1</code>: equal to working precision; <code>—</code>: undefined "
             f"(baseline 0).</p>")
         if cmp.flagged:

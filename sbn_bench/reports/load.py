@@ -163,6 +163,11 @@ def load_run(run_dir: str | Path) -> Run:
     for c in schema.THROUGHPUT_COLUMNS:
         if c not in schema.TEXT_COLUMNS:
             throughput[c] = pd.to_numeric(throughput[c], errors="coerce").astype(float)
+    for what in ("samples_per_s", "seconds_per_sample"):  # schema 1: quartiles over rounds
+        old = [f"{what}_q25", f"{what}_q75"]
+        if all(c in throughput.columns for c in old) and throughput[f"{what}_lo"].isna().all():
+            throughput[f"{what}_lo"] = pd.to_numeric(throughput[old[0]], errors="coerce")
+            throughput[f"{what}_hi"] = pd.to_numeric(throughput[old[1]], errors="coerce")
     manifest: dict[str, Any] = {}
     mpath = path / "manifest.json"
     if mpath.is_file():
@@ -424,6 +429,16 @@ def estimator_versions(manifest: dict[str, Any]) -> dict[str, str]:
                 if ver is not None and not isinstance(ver, (dict, list)):
                     out[str(spec)] = str(ver)
     return out
+
+
+def network_of(run: Run, problem: str, checkpoint: str) -> str | None:
+    """The network key of a problem checkpoint (architecture, data points, loss, noise: what a
+    throughput figure holds for), from the manifest; None when it does not say."""
+    for r in run.manifest.get("problems") or []:
+        if isinstance(r, dict) and r.get("problem") == problem and r.get("checkpoint") == checkpoint:
+            if all(k in r for k in ("arch", "num_data", "loss", "noise")):
+                return f"{r['arch']}/D{r['num_data']}/{r['loss']}/{r['noise']}"
+    return None
 
 
 def device_of(run: Run) -> str | None:

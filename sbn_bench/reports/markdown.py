@@ -96,7 +96,8 @@ def comparison_markdown(cmp: Comparison) -> str:
                      + render_notes(cmp.warnings))
     rule = (f"Ratios are run / baseline. A difference is flagged (bold) only beyond its uncertainty: "
             f"|a − b| > {cmp.sigma:g}·√(se_a² + se_b²) for Monte-Carlo values, beyond float64 "
-            f"round-off (1e-12) for exact values, beyond √(IQR_a² + IQR_b²) for samples/s. "
+            f"round-off (1e-12) for exact values, when the confidence intervals do not overlap for "
+            f"samples/s. "
             f"`≈1`: equal to working precision; `—`: undefined (baseline 0).")
     parts.append(rule)
     if cmp.flagged:

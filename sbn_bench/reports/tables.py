@@ -20,7 +20,7 @@ import pandas as pd
 
 from sbn_bench import metrics
 from sbn_bench.metrics import layer_key
-from sbn_bench.reports.load import Run, target_rrmse
+from sbn_bench.reports.load import Run, network_of, target_rrmse
 
 Better = Literal["low", "high"]
 
@@ -135,14 +135,26 @@ def metric_index(rows: pd.DataFrame) -> dict[tuple[str, str, str, float | None],
 
 
 def throughput_row(run: Run, problem: str, checkpoint: str, estimator: str) -> pd.Series | None:
-    """The throughput row of an estimator on a problem (at the checkpoint when measured per checkpoint)."""
+    """The throughput row of an estimator on a problem checkpoint: the figure of its network shape
+    (measured once per shape), or, for runs that measured per checkpoint, at that checkpoint."""
     tp = run.throughput
     if tp.empty:
         return None
+    network = network_of(run, problem, checkpoint)
+    if network is not None and "network" in tp.columns:
+        on = tp[(tp["network"] == network) & (tp["estimator"] == estimator)]
+        if not on.empty:
+            return on.iloc[0]
     same = tp[(tp["problem"] == problem) & (tp["estimator"] == estimator)]
     exact = same[same["checkpoint"] == checkpoint]
     pick = exact if not exact.empty else same
     return None if pick.empty else pick.iloc[0]
+
+
+def _is_wide(row: pd.Series) -> bool:
+    """A throughput figure whose confidence interval is wider than the target (not trusted)."""
+    w = row.get("wide", False)
+    return str(w).lower() in ("true", "1", "1.0")
 
 
 def cell_rows(run: Run, problem: str, checkpoint: str) -> pd.DataFrame:
@@ -240,7 +252,10 @@ def summary_table(run: Run, problem: str, checkpoint: str,
                 if metric == "samples_per_s":
                     tr = throughput_row(run, problem, checkpoint, est)
                     v = None if tr is None else float(tr["samples_per_s"])
-                    vals.append((v, fmt_num(v)))
+                    if tr is not None and _is_wide(tr):  # shown, never called the fastest
+                        vals.append((None, f"{fmt_num(v)} (wide)"))
+                    else:
+                        vals.append((v, fmt_num(v)))
                     continue
                 m = used_m.get((metric, t)) if t is not None else None
                 if t is not None and m is None:
@@ -263,9 +278,9 @@ def summary_table(run: Run, problem: str, checkpoint: str,
 
 
 def throughput_table(run: Run, problem: str, checkpoint: str) -> Table | None:
-    """Throughput of each estimator on a (problem, checkpoint): median samples/s with its
-    interquartile range over the timed rounds, seconds per sample, peak memory, loss evaluations
-    per sample. None when the run measured none."""
+    """Throughput of each estimator on a (problem, checkpoint): median samples/s with the
+    confidence interval of the median over the interleaved rounds, seconds per sample, peak memory,
+    loss evaluations per sample. None when the run measured none there."""
     tp = run.throughput
     if tp.empty:
         return None
@@ -284,13 +299,13 @@ def throughput_table(run: Run, problem: str, checkpoint: str) -> Table | None:
         rows.append([
             TableCell(r["estimator"]), TableCell(f"{r['device']} {r['dtype']}".strip()),
             TableCell(fmt_num(r["samples_per_s"]), b),
-            TableCell(f"{fmt_num(r['samples_per_s_q25'])} – {fmt_num(r['samples_per_s_q75'])}"),
+            TableCell(f"{fmt_num(r['samples_per_s_lo'])} – {fmt_num(r['samples_per_s_hi'])}"),
             TableCell(fmt_num(r["seconds_per_sample"])),
             TableCell(fmt_int(r["evals_per_sample"])),
             TableCell(fmt_int(r["batch"])), TableCell(fmt_int(r["rounds"])), TableCell(mem_txt),
         ])
     return Table(title=f"Throughput · {cell_label(problem, checkpoint)}",
-                 header=["estimator", "device", "samples/s", "IQR samples/s", "s/sample",
+                 header=["estimator", "device", "samples/s", "interval samples/s", "s/sample",
                          "evals/sample", "batch", "rounds", "peak memory"],
                  rows=rows, anchor=slug("throughput", problem, checkpoint))
 

@@ -34,13 +34,14 @@ import math
 import os
 import time
 import warnings as warnings_mod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from sbn_bench.config import ConfigError, RunConfig
 from sbn_bench.errors import SbnBenchError
@@ -54,6 +55,7 @@ from sbn_bench.runner.cells import (
     exact_path_moments,
     exact_reference,
     measure_cell,
+    network_key,
     stable_seed,
     stats_cell_rows,
 )
@@ -131,26 +133,27 @@ ProgressFn = Callable[[int, int, Cell, str], None]
 """``progress(done, total, cell, status)``; status ``"done"``, ``"skipped"`` or ``"failed"``."""
 
 
-def timed_table(metrics: pd.DataFrame, throughput: pd.DataFrame) -> list[dict[str, Any]]:
-    """The rows of ``timed_metrics.csv``: for every statistics cell with a measured throughput,
-    :func:`~sbn_bench.metrics.timed_rows` of its rows and the median seconds per sample of its
-    (problem, checkpoint, estimator). In the order of ``metrics``."""
+def timed_table(metrics: pd.DataFrame, throughput: pd.DataFrame,
+                networks: Mapping[tuple[str, str], str]) -> list[dict[str, Any]]:
+    """The rows of ``timed_metrics.csv``: for every statistics cell whose estimator has a measured
+    throughput on its network (``networks``: (problem, checkpoint) → network key),
+    :func:`~sbn_bench.metrics.timed_rows` of its rows with the median seconds per sample and its
+    confidence interval. In the order of ``metrics``."""
     if metrics.empty or throughput.empty:
         return []
-    spp = {(p, c, e): float(s) for p, c, e, s in zip(
-        throughput["problem"], throughput["checkpoint"], throughput["estimator"],
-        throughput["seconds_per_sample"])}
+    spp = {(n, e): (float(s), float(lo), float(hi)) for n, e, s, lo, hi in zip(
+        throughput["network"], throughput["estimator"], throughput["seconds_per_sample"],
+        throughput["seconds_per_sample_lo"], throughput["seconds_per_sample_hi"])}
     rows: list[dict[str, Any]] = []
-    key_cols = ["problem", "checkpoint", "estimator"]
-    for key, group in metrics.groupby(key_cols, sort=False):
-        s = spp.get(tuple(key), math.nan)  # type: ignore[arg-type]
+    for (p, c, e), group in metrics.groupby(["problem", "checkpoint", "estimator"], sort=False):
+        s, lo, hi = spp.get((networks.get((p, c), ""), e), (math.nan, math.nan, math.nan))
         if math.isnan(s):
             continue
         records = group.astype(object).where(group.notna(), None).to_dict("records")
         for r in records:
-            for c in ("value", "stderr"):
-                r[c] = math.nan if r[c] is None else float(r[c])
-        rows += timed_rows(records, s)
+            for col in ("value", "stderr"):
+                r[col] = math.nan if r[col] is None else float(r[col])
+        rows += timed_rows(records, s, (hi - lo) / (2 * 1.96))
     return rows
 
 
@@ -192,18 +195,21 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None,
     plan = prepare(config)
     _warn(plan.warnings, warn)
     store = RunStore.open(config.out, build_manifest(config, plan), config.resume)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
     try:
         return _run(config, plan, store, progress, on_cell_done, executor)
     finally:
+        torch.set_num_threads(threads)
         store.close()
 
 
 def part_key(cell: Cell) -> dict[str, Any]:
-    """The columns a cell's part file must hold: its problem, checkpoint, estimator (and seed)."""
-    key: dict[str, Any] = {"problem": cell.problem, "checkpoint": cell.checkpoint,
-                           "estimator": cell.estimator}
+    """The columns a cell's part file must hold: its problem, checkpoint, estimator and seed (a
+    throughput cell's rows name each estimator of its group)."""
+    key: dict[str, Any] = {"problem": cell.problem, "checkpoint": cell.checkpoint}
     if cell.kind == "metrics":
-        key["seed"] = cell.seed
+        key.update(estimator=cell.estimator, seed=cell.seed)
     return key
 
 
@@ -230,18 +236,21 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
         for cell in pending:
             store.remove_part(cell.id, "failure")
             problem = plan.problem(cell.problem, cell.checkpoint)
-            ref = None
-            if cell.kind == "metrics":
-                key = (cell.problem, cell.checkpoint)
-                if key not in references:
-                    references[key] = exact_reference(problem, config.max_exact_bytes)
-                ref = references[key]
-            yield cell, CellContext(problem, plan.estimator(cell.estimator), ref, config)
+            if cell.kind == "throughput":
+                yield cell, CellContext(problem, None, None, config, group=plan.group(cell))
+                continue
+            key = (cell.problem, cell.checkpoint)
+            if key not in references:
+                references[key] = exact_reference(problem, config.max_exact_bytes)
+            yield cell, CellContext(problem, plan.estimator(cell.estimator), references[key],
+                                    config)
 
     last_assemble = time.monotonic()
     try:
         for result in executor.map(tasks()):
             # storage errors are not the estimator's: they propagate (WriteError) and stop the run
+            if result.failures:  # members of a throughput group that failed, written first
+                store.write_part(result.cell.id, "failure", result.failures)
             store.write_part(result.cell.id, result.kind, result.rows)
             done += 1
             n_run += 1
@@ -251,11 +260,11 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
             if on_cell_done:
                 on_cell_done(result.cell)
             if time.monotonic() - last_assemble > ASSEMBLE_EVERY_S:
-                _assemble(store, ids)
+                _assemble(store, ids, plan)
                 last_assemble = time.monotonic()
     except BaseException as e:
         try:  # keep the tables as complete as the part files, without hiding the cause
-            _assemble(store, ids)
+            _assemble(store, ids, plan)
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "incomplete"
             store.write_manifest({**store.manifest, "status": status,
                                   "cells": {"total": total, "run": n_run, "skipped": n_skip,
@@ -266,7 +275,7 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
     finally:
         executor.close()
     try:
-        tables = _assemble(store, ids)
+        tables = _assemble(store, ids, plan)
         assembled = True
     except SbnBenchError:
         assembled = False
@@ -287,11 +296,12 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
                      warnings=list(plan.warnings))
 
 
-def _assemble(store: RunStore, ids: list[str]) -> dict[str, pd.DataFrame]:
+def _assemble(store: RunStore, ids: list[str], plan: Plan) -> dict[str, pd.DataFrame]:
     """Assemble the part-file tables, derive ``timed_metrics.csv``, return all four tables."""
     store.assemble(ids)
     tables = store.tables(("metrics", "throughput", "failure"))
-    store.write_table("timed", timed_table(tables["metrics"], tables["throughput"]))
+    networks = {(n, c): network_key(p) for n, c, p in plan.problems}
+    store.write_table("timed", timed_table(tables["metrics"], tables["throughput"], networks))
     tables["timed"] = store.tables(("timed",))["timed"]
     return tables
 

@@ -3,7 +3,8 @@ CellResult``, with everything it needs passed in.
 
 A :class:`Cell` is the key of one unit of work: a statistics cell (``kind="metrics"``: one
 estimator on one problem checkpoint with one sampling seed) or a throughput cell
-(``kind="throughput"``, no seed). A :class:`CellContext` holds what measuring it takes: the problem,
+(``kind="throughput"``, no seed: every estimator on one network shape, their rounds interleaved; its
+``estimator`` is the comma-joined list). A :class:`CellContext` holds what measuring it takes: the problem,
 the estimator, the reference gradient and the run's settings. Nothing a cell needs lives in a
 closure or in the process: an executor may run it anywhere (:mod:`sbn_bench.runner.executors`).
 
@@ -34,7 +35,7 @@ import random
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -59,7 +60,7 @@ from sbn_bench.problems import Problem
 from sbn_bench.reference import enumerate_paths, exact_gradient, path_log_probs
 from sbn_bench.reference.paths import first_layer_index
 from sbn_bench.runner.memory import CellFailure, choose_mode, chunk_size, itemsize
-from sbn_bench.throughput import measure
+from sbn_bench.throughput import MemberFailed, ThroughputSettings, measure_group
 
 CellKind = Literal["metrics", "throughput"]
 
@@ -121,34 +122,48 @@ def exact_reference(problem: Problem, max_bytes: int) -> Reference:
     return Reference(flat)
 
 
+def network_key(problem: Problem) -> str:
+    """What a throughput figure holds for: the network's shape, data points, loss and noise
+    (``"2-5-5-5-1/D200/logistic/logistic"``); the weights do not change an estimator's cost."""
+    return f"{problem.arch}/D{problem.num_data}/{problem.loss}/{problem.noise}"
+
+
 @dataclass(frozen=True)
 class CellContext:
     """Everything :func:`measure_cell` needs: the problem checkpoint (float64, on the CPU), the
-    estimator, the reference (None for throughput cells) and the run's settings."""
+    estimator (for a throughput cell: ``group``, every estimator measured together), the
+    reference (None for throughput cells) and the run's settings."""
 
     problem: Problem
-    estimator: Estimator
+    estimator: Estimator | None
     reference: Reference | None
     config: RunConfig
+    group: tuple[Estimator, ...] = ()
 
 
 @dataclass(frozen=True)
 class CellResult:
     """A measured cell: ``kind`` is the cell's table (``"metrics"``, ``"throughput"``) or
-    ``"failure"``; ``rows`` its rows in that table's columns (:mod:`sbn_bench.schema`)."""
+    ``"failure"``; ``rows`` its rows in that table's columns (:mod:`sbn_bench.schema`);
+    ``failures``: rows of ``failures.csv`` besides (estimators of a throughput group that failed
+    while the others were measured)."""
 
     cell: Cell
     kind: str
     rows: list[dict[str, Any]]
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
         return self.kind == "failure"
 
 
-def failure_row(cell: Cell, stage: str, message: str) -> dict[str, Any]:
-    """The ``failures.csv`` row of a cell that failed at ``stage``."""
-    return {"problem": cell.problem, "checkpoint": cell.checkpoint, "estimator": cell.estimator,
+def failure_row(cell: Cell, stage: str, message: str, estimator: str | None = None
+                ) -> dict[str, Any]:
+    """The ``failures.csv`` row of a cell that failed at ``stage`` (``estimator``: one member of
+    a throughput group)."""
+    return {"problem": cell.problem, "checkpoint": cell.checkpoint,
+            "estimator": cell.estimator if estimator is None else estimator,
             "stage": stage, "error": " ".join(str(message).split()), "seed": cell.seed}
 
 
@@ -207,7 +222,12 @@ def measure_cell(cell: Cell, context: CellContext, *, debug: bool = False) -> Ce
     try:
         with time_limit(context.config.cell_timeout):
             if cell.kind == "throughput":
-                rows = [throughput_row(cell, context, problem)]
+                rows, failed = throughput_rows(cell, context, problem)
+                if problem.fingerprint() != context.problem.fingerprint():
+                    raise CellFailure("throughput", "an estimator modified the problem it was "
+                                                    "given (its data or parameters) in place")
+                return CellResult(cell, "throughput" if rows else "failure",
+                                  rows or failed, failed if rows else [])
             else:
                 assert cell.seed is not None and context.reference is not None
                 if context.reference.gradient is None:
@@ -238,26 +258,42 @@ def measure_cell(cell: Cell, context: CellContext, *, debug: bool = False) -> Ce
 # throughput
 
 
-def throughput_row(cell: Cell, context: CellContext, problem: Problem | None = None
-                   ) -> dict[str, Any]:
-    """The ``throughput.csv`` row of a throughput cell (:func:`sbn_bench.throughput.measure`), on
-    ``problem`` (default: the context's)."""
-    est, config = context.estimator, context.config
-    problem = context.problem if problem is None else problem
+def throughput_rows(cell: Cell, context: CellContext, problem: Problem
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``throughput.csv`` rows of a throughput cell (:func:`sbn_bench.throughput.measure_group`:
+    every estimator of the group on ``problem``, rounds interleaved), and a failure row for each
+    estimator that raised (the others are measured again without it)."""
+    config = context.config
     device, dtype = torch.device(config.device), DTYPES[config.dtype]
-    est.check_supports(problem)
     prob = problem.to(device, dtype)
-    chunk = chunk_size(config, est, problem)
-    batch = config.throughput.batch or min(config.samples, chunk, 200)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(stable_seed("throughput", problem.name, cell.checkpoint, est.spec))
-    try:
-        r = measure(est, prob, batch=batch, rounds=config.throughput.rounds,
-                    warmup=config.throughput.warmup, generator=gen)
-    except Exception as e:
-        raise CellFailure("throughput", f"{type(e).__name__}: {e}") from e
-    return {"problem": problem.name, "checkpoint": cell.checkpoint, "estimator": est.spec,
-            "device": config.device, "dtype": config.dtype, **r.__dict__}
+    tp = config.throughput
+    settings = ThroughputSettings(warmup=tp.warmup, min_round_s=tp.min_round_s,
+                                  min_rounds=tp.rounds, max_rounds=tp.max_rounds,
+                                  max_seconds=tp.max_seconds, rel_width=tp.rel_width,
+                                  batch=tp.batch)
+    members = list(context.group)
+    failed: list[dict[str, Any]] = []
+    while members:
+        gens = []
+        for e in members:
+            g = torch.Generator(device=device)
+            g.manual_seed(stable_seed("throughput", network_key(problem), e.spec))
+            gens.append(g)
+        try:
+            results = measure_group(members, prob, generators=gens, settings=settings,
+                                    max_batch=[min(chunk_size(config, e, problem), config.samples)
+                                               for e in members])
+        except MemberFailed as m:
+            e = members.pop(m.index)
+            failed.append(failure_row(cell, "throughput", f"{type(m.error).__name__}: {m.error}",
+                                      estimator=e.spec))
+            continue
+        rows = [{"network": network_key(problem), "problem": cell.problem,
+                 "checkpoint": cell.checkpoint, "estimator": e.spec, "device": config.device,
+                 "dtype": config.dtype, "threads": torch.get_num_threads(), **r.__dict__}
+                for e, r in zip(members, results)]
+        return rows, failed
+    return [], failed
 
 
 # --------------------------------------------------------------------------------------------

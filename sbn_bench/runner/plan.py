@@ -25,7 +25,7 @@ from sbn_bench.estimators import Estimator, Registry, UnsupportedProblem, load_p
 from sbn_bench.problems import Problem
 from sbn_bench.provenance import environment, file_sha256
 from sbn_bench.reference import ReferenceTooLarge, check_shape, check_size, num_paths
-from sbn_bench.runner.cells import Cell
+from sbn_bench.runner.cells import Cell, network_key
 from sbn_bench.runner.executors import check_executor
 from sbn_bench.runner.memory import ExactImpossible, RunError, check_memory, choose_mode, itemsize
 
@@ -46,12 +46,18 @@ class Plan:
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
     """``(problem, checkpoint, estimator)`` pairs left out: a default estimator that does not
     support the problem."""
+    groups: dict[tuple[str, str], tuple[Estimator, ...]] = field(default_factory=dict)
+    """The estimators of each throughput cell, by its (problem, checkpoint)."""
 
     def problem(self, name: str, checkpoint: str) -> Problem:
         return next(p for n, c, p in self.problems if (n, c) == (name, checkpoint))
 
     def estimator(self, spec: str) -> Estimator:
         return next(e for e in self.estimators if e.spec == spec)
+
+    def group(self, cell: Cell) -> tuple[Estimator, ...]:
+        """The estimators a throughput cell measures together."""
+        return self.groups[(cell.problem, cell.checkpoint)]
 
 
 def check_device(config: RunConfig) -> None:
@@ -215,12 +221,16 @@ def prepare(config: RunConfig) -> Plan:
     check_combinations(config, problems, ests, skipped)
     check_memory(config, problems, ests)
     plan = Plan(ests, reg, problems, warnings=warnings, skipped=skipped)
-    for pname, label, _ in problems:
-        for e in ests:
-            if (pname, label, e.spec) in skipped:
-                continue
-            if config.throughput.enabled:
-                plan.cells.append(Cell("throughput", pname, label, e.spec))
+    measured: set[str] = set()
+    for pname, label, prob in problems:
+        mine = [e for e in ests if (pname, label, e.spec) not in skipped]
+        key = network_key(prob)
+        if config.throughput.enabled and key not in measured and mine:
+            # one throughput cell per network shape: every estimator on it, rounds interleaved
+            measured.add(key)
+            plan.groups[(pname, label)] = tuple(mine)
+            plan.cells.append(Cell("throughput", pname, label, ",".join(e.spec for e in mine)))
+        for e in mine:
             plan.cells += [Cell("metrics", pname, label, e.spec, s) for s in config.seeds]
     return plan
 
@@ -231,7 +241,7 @@ def build_manifest(config: RunConfig, plan: Plan) -> dict[str, Any]:
     directory that relative paths in ``config`` refer to, the plugin files' hashes)."""
     env = environment()
     dev: dict[str, Any] = {"type": config.device, "dtype": config.dtype,
-                           "torch_threads": torch.get_num_threads()}
+                           "torch_threads": config.threads}
     if config.device == "cuda":
         dev["name"] = torch.cuda.get_device_name(0)
         dev["cuda"] = torch.version.cuda

@@ -10,7 +10,8 @@ independently of the runner so that the report tests do not depend on it:
   (S = 4000 samples, bias-corrected, standard errors by the delta method); cosines from 200
   resampled M-means of the S drawn samples (with replacement) in both modes;
 * one estimator, ``nan-plugin``, that returns NaN: recorded in ``failures.csv``;
-* throughput measured with a warm-up and 5 timed rounds of batch 256.
+* throughput measured with a warm-up and 5 timed rounds of batch 256 (the committed runs are in
+  the result schema's version 1: quartiles over rounds, read by the reports as the interval).
 
 ``run_b`` is the same configuration with another seed, **except** that its ``st`` is a deliberately
 regressed copy whose layer-1 estimates are scaled by 1.25 (same name and version): the comparison

@@ -1,0 +1,153 @@
+"""The throughput method (sbn_bench.throughput): a distribution-free interval for the median,
+calibrated rounds, interleaving, estimators that fail while the others are measured; and the runner
+measuring once per network shape. Speed itself is never asserted (it is measured, not tested)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from sbn_bench import runner
+from sbn_bench.config import Checkpoint, ProblemSpec, RunConfig, ThroughputConfig
+from sbn_bench.estimators import Estimator, load_registry
+from sbn_bench.problems import random_problem, save_problem
+from sbn_bench.throughput import MemberFailed, ThroughputSettings, measure_group, median_ci
+
+REG = load_registry()
+
+
+@pytest.mark.parametrize(("n", "j"), [(5, 1), (7, 1), (9, 2), (20, 6), (30, 10)])
+def test_median_interval_has_the_binomial_coverage(n: int, j: int) -> None:
+    """The interval is ``(x_(j), x_(n+1−j))`` with the largest ``j`` whose coverage
+    ``1 − 2 P(Bin(n, ½) ≤ j − 1)`` is ≥ 95 % (or the range when no j reaches it)."""
+    values = list(range(100, 100 + n))
+    lo, hi, coverage = median_ci(values[::-1])  # order does not matter
+    assert (lo, hi) == (values[j - 1], values[n - j])
+    below = sum(math.comb(n, i) for i in range(j)) / 2**n
+    assert coverage == pytest.approx(1 - 2 * below)
+    if j > 1:
+        tighter = sum(math.comb(n, i) for i in range(j + 1)) / 2**n
+        assert 1 - 2 * tighter < 0.95  # the next order statistic would not cover
+
+
+def test_the_median_interval_covers_the_median_as_stated() -> None:
+    """Over 2000 seeded sets of 9 draws of an exponential (median log 2), the interval contains the
+    true median in at least its stated coverage minus 3 binomial standard errors."""
+    g = torch.Generator().manual_seed(0)
+    hits, cov = 0, 0.0
+    for _ in range(2000):
+        x = (-torch.log(torch.rand(9, generator=g, dtype=torch.float64))).tolist()
+        lo, hi, cov = median_ci(x)
+        hits += lo <= math.log(2) <= hi
+    p = hits / 2000
+    assert p >= cov - 3 * math.sqrt(cov * (1 - cov) / 2000), (p, cov)
+
+
+def _recording(name: str, log: list[str], fail_after: int | None = None) -> Estimator:
+    base = REG.create("tanh")
+    calls = []
+
+    def surrogate(problem, params, generator):
+        log.append(name)
+        calls.append(1)
+        if fail_after is not None and len(calls) > fail_after:
+            raise RuntimeError("gave up")
+        return base.surrogate(problem, params, generator)
+
+    return Estimator(name, surrogate, randomness="none", description=name)
+
+
+def test_rounds_are_interleaved_and_rotated() -> None:
+    log: list[str] = []
+    ests = [_recording(n, log) for n in ("a", "b", "c")]
+    p = random_problem("2-2-1", 0, data_points=3)
+    settings = ThroughputSettings(warmup=0, min_round_s=1e-9, min_rounds=3, max_rounds=3,
+                                  batch=2)
+    res = measure_group(ests, p, max_batch=[8] * 3, generators=[torch.Generator()] * 3,
+                        settings=settings)
+    timed = log[-9:]  # after one calibration call each
+    assert timed == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert [r.rounds for r in res] == [3, 3, 3]
+    for r in res:
+        assert r.samples_per_s_lo <= r.samples_per_s <= r.samples_per_s_hi
+        assert r.seconds_per_sample == pytest.approx(1 / r.samples_per_s)
+
+
+def test_calibration_makes_a_round_last_the_minimum() -> None:
+    p = random_problem("2-5-5-1", 0, data_points=50)
+    est = REG.create("st")
+    settings = ThroughputSettings(warmup=1, min_round_s=0.05, min_rounds=3, max_rounds=3)
+    (r,) = measure_group([est], p, max_batch=[64], generators=[torch.Generator()],
+                         settings=settings)
+    # the batch is capped at 64; a round is as many calls as reach 0.05 s
+    assert r.batch % 64 == 0 or r.batch < 64
+    assert r.batch / r.samples_per_s >= 0.05 * 0.5  # a round lasted about the minimum or more
+
+
+def test_a_member_that_fails_is_named() -> None:
+    log: list[str] = []
+    ests = [_recording("a", log), _recording("b", log, fail_after=2)]
+    p = random_problem("2-2-1", 0, data_points=3)
+    settings = ThroughputSettings(warmup=0, min_round_s=1e-9, min_rounds=4, max_rounds=4, batch=1)
+    with pytest.raises(MemberFailed) as info:
+        measure_group(ests, p, max_batch=[4, 4], generators=[torch.Generator()] * 2,
+                      settings=settings)
+    assert info.value.index == 1 and "gave up" in str(info.value)
+
+
+def test_the_runner_measures_once_per_network_and_records_failing_members(tmp_path: Path) -> None:
+    """Two checkpoints of one network share one interleaved throughput cell; another network has
+    its own; every statistics cell gets its time to accuracy from its network's figure; a member
+    that fails is recorded while the others are measured."""
+    ck = tmp_path / "ck.npz"
+    save_problem(random_problem("2-2-2-1", 9, data_points=3), ck)
+    plugin = tmp_path / "slowfail.py"
+    plugin.write_text(
+        "from sbn_bench.estimators import Estimator\n"
+        "def broken():\n"
+        "    def surrogate(problem, params, generator):\n"
+        "        raise RuntimeError('cannot time me')\n"
+        "    return Estimator('broken', surrogate, randomness='none', description='x')\n"
+        "ESTIMATORS = {'broken': broken}\n")
+    cfg = RunConfig(
+        problems=(ProblemSpec(arch="2-2-2-1", data_points=3, name="a",
+                              checkpoints=(Checkpoint("init"), Checkpoint("later", str(ck)))),
+                  ProblemSpec(arch="2-3-1", data_points=3, name="b")),
+        estimators=("psa", "st"), samples=16, M=(1,), out=str(tmp_path / "r"),
+        throughput=ThroughputConfig(rounds=2, max_rounds=2, min_round_s=0.01, warmup=0))
+    res = runner.run(cfg)
+    tp = res.throughput
+    assert sorted(set(tp["network"])) == ["2-2-2-1/D3/logistic/logistic", "2-3-1/D3/logistic/logistic"]
+    assert len(tp) == 4 and set(tp["threads"]) == {1}
+    timed = res.timed_metrics
+    assert set(zip(timed["problem"], timed["checkpoint"])) == {("a", "init"), ("a", "later"),
+                                                               ("b", "init")}
+    res2 = runner.run(cfg.with_(estimators=("psa", "broken"), out=str(tmp_path / "s"),
+                                plugins=(str(plugin),)))
+    f = res2.failures
+    assert (f["stage"] == "throughput").any() and "cannot time me" in " ".join(f["error"])
+    assert set(res2.throughput["estimator"]) == {"psa"}
+
+
+def test_a_wide_figure_is_never_the_fastest(tmp_path: Path) -> None:
+    from sbn_bench.reports import load_run
+    from sbn_bench.reports.tables import summary_table
+
+    out = tmp_path / "r"
+    runner.run(RunConfig(problems=(ProblemSpec(arch="2-2-1", data_points=3),),
+                         estimators=("psa", "st"), samples=16, M=(1,), out=str(out),
+                         throughput=ThroughputConfig(rounds=2, max_rounds=2, min_round_s=0.01,
+                                                     warmup=0)))
+    tp = pd.read_csv(out / "throughput.csv")
+    tp["wide"] = [True, False]
+    tp.loc[0, "samples_per_s"] = 1e12  # the wide one "fastest" by far
+    tp.to_csv(out / "throughput.csv", index=False)
+    table = summary_table(load_run(out), "arch-2-2-1-seed0", "init")
+    col = table.header.index("samples/s")
+    cells = {row[1].text: row[col] for row in table.rows if row[0].text == "1"}
+    assert cells["psa"].text.endswith("(wide)") and not cells["psa"].strong
+    assert cells["st"].strong
