@@ -20,7 +20,7 @@ and the valid keys; relative paths are relative to the TOML file's folder)::
                                                   # "paper" (1..9, 10..90, …, 1000..9000 up to S)
     seeds = [0, 1]                                # sampling seeds (one cell per seed)
     device = "cpu"                                # "cpu" | "cuda"
-    dtype = "float64"                             # estimators' dtype: "float32" | "float64"
+    dtype = "float32"                             # sampling dtype: "float32" | "float64"
     mode = "auto"                                 # "auto" | "exact" | "mc"
     max_paths = 65536                             # exact mode: most paths 2^(Σ n_k) per data point
     chunk = 500                                   # samples per chunk (default: from memory_budget)
@@ -336,7 +336,9 @@ class RunConfig:
         M: sample counts for ``mse``/``rrmse``/``cosine_*``; ``None``: :func:`default_m_grid` up
             to ``S``. Cosine needs ``M ≤ S``; larger M get mse/rrmse only.
         seeds: sampling seeds; one cell per seed.
-        device: ``"cpu"`` or ``"cuda"``; dtype: the estimators' dtype (the reference is float64).
+        device: ``"cpu"`` or ``"cuda"``; dtype: the dtype the estimators' samples are drawn in
+            (float32 by default: about twice as fast, and the metrics agree with float64 within
+            their standard errors); the reference and exact-mode enumeration are always float64.
         mode: ``"auto"`` (exact where possible), ``"exact"`` or ``"mc"``.
         max_paths: exact mode only when a data point has ``2^{Σ n_k} ≤ max_paths`` paths.
         chunk: samples per ``estimate()`` call; ``None``: as many as ``memory_budget`` allows.
@@ -363,7 +365,7 @@ class RunConfig:
     M: tuple[int, ...] | None = None
     seeds: tuple[int, ...] = (0,)
     device: str = "cpu"
-    dtype: str = "float64"
+    dtype: str = "float32"
     mode: str = "auto"
     max_paths: int = DEFAULT_MAX_PATHS
     chunk: int | None = None

@@ -287,4 +287,4 @@ def test_an_overflowing_variance_is_a_recorded_failure_not_inf(tmp_path):
     g = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)  # weight_1, bias_1, weight_out, …
     with pytest.raises(cells.CellFailure, match=r"variance inf \(layer 1\)"):
         cells.stats_cell_rows(huge, problem, g, _tiny_config(tmp_path / "x", mode="mc", samples=8,
-                                                             M=(1,)), 0, "init")
+                                                             M=(1,), dtype="float64"), 0, "init")

@@ -200,7 +200,7 @@ def test_stale_staging_folders_of_killed_reports_are_removed(small_run: Path) ->
 
 def test_compare_warns_when_the_dtypes_differ(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    runner.run(tiny_config(a, estimators=("psa",), samples=16, mode="mc"))
+    runner.run(tiny_config(a, estimators=("psa",), samples=16, mode="mc", dtype="float64"))
     runner.run(tiny_config(b, estimators=("psa",), samples=16, mode="mc", dtype="float32"))
     cmp = compare_runs(load_run(a), load_run(b))
     assert any("float64 (run) and float32 (baseline)" in w for w in cmp.warnings)

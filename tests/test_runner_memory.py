@@ -70,7 +70,7 @@ def test_chunks_keep_every_call_within_the_budget(tmp_path, monkeypatch):
     runner.run(RunConfig(problems=(ProblemSpec(arch="2-5-5-5-1", data_points=30),),
                          estimators=("psa", "arm"), samples=50, M=(1, 10), mode="mc",
                          memory_budget=budget, throughput=ThroughputConfig(enabled=False),
-                         out=str(tmp_path / "r")))
+                         out=str(tmp_path / "r"), dtype="float64"))
     psa = [n for s, n, _ in calls if s == "psa"]
     assert psa == [7] * 7 + [1], psa  # ⌊7.5⌋ samples per call
     arm_one = REG.create("arm").memory_per_sample(p.widths, 30, 8)
@@ -81,7 +81,8 @@ def test_chunks_keep_every_call_within_the_budget(tmp_path, monkeypatch):
 
 def _cfg(out, **kw) -> RunConfig:
     base = dict(problems=(ProblemSpec(arch="2-5-5-1", data_points=20),), estimators=("st", "psa"),
-                samples=20, M=(1,), throughput=ThroughputConfig(enabled=False), out=str(out))
+                samples=20, M=(1,), throughput=ThroughputConfig(enabled=False), out=str(out),
+                dtype="float64")
     base.update(kw)
     return RunConfig(**base)
 

@@ -77,15 +77,30 @@ def test_rounds_are_interleaved_and_rotated() -> None:
         assert r.seconds_per_sample == pytest.approx(1 / r.samples_per_s)
 
 
-def test_calibration_makes_a_round_last_the_minimum() -> None:
+def test_calibration_makes_a_round_last_the_minimum(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a fake clock where one sample costs 1 ms, a round reaches the 0.05 s minimum: the batch
+    grows (up to its cap) and the calls per round make up the rest."""
+    import types
+
+    from sbn_bench import throughput
+
+    clock = [0.0]
+
+    def fake_estimate(est, problem, batch, generator):
+        clock[0] += 1e-3 * batch
+
+    monkeypatch.setattr(throughput, "estimate", fake_estimate)
+    monkeypatch.setattr(throughput, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     p = random_problem("2-5-5-1", 0, data_points=50)
     est = REG.create("st")
     settings = ThroughputSettings(warmup=1, min_round_s=0.05, min_rounds=3, max_rounds=3)
-    (r,) = measure_group([est], p, max_batch=[64], generators=[torch.Generator()],
-                         settings=settings)
-    # the batch is capped at 64; a round is as many calls as reach 0.05 s
-    assert r.batch % 64 == 0 or r.batch < 64
-    assert r.batch / r.samples_per_s >= 0.05 * 0.5  # a round lasted about the minimum or more
+    (small,) = measure_group([est], p, max_batch=[64], generators=[torch.Generator()],
+                             settings=settings)
+    assert 50 <= small.batch <= 64 and small.samples_per_s == pytest.approx(1000)
+    (capped,) = measure_group([est], p, max_batch=[16], generators=[torch.Generator()],
+                              settings=settings)
+    assert capped.batch == 16 * 4  # 16 samples take 0.016 s: 4 calls make a round of ≥ 0.05 s
+    assert capped.rounds == 3 and capped.samples_per_s == pytest.approx(1000)
 
 
 def test_a_member_that_fails_is_named() -> None:

@@ -106,8 +106,9 @@ class _Progress:
               help="Sampling seeds, comma-separated (one cell each); default: --seed.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the estimators run (cuda needs a CUDA build of torch and a GPU).")
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float64", show_default=True,
-              help="Estimators' dtype (the reference is always float64).")
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True,
+              help="dtype of the estimators' samples (the reference and exact-mode enumeration are "
+                   "always float64).")
 @click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
               help="exact: enumerate all paths (path estimators, small nets); mc: sample; "
                    "auto: exact where possible.")

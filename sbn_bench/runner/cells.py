@@ -59,7 +59,7 @@ from sbn_bench.metrics import (
 from sbn_bench.problems import Problem
 from sbn_bench.reference import enumerate_paths, exact_gradient, path_log_probs
 from sbn_bench.reference.paths import first_layer_index
-from sbn_bench.runner.memory import CellFailure, choose_mode, chunk_size, itemsize
+from sbn_bench.runner.memory import CellFailure, choose_mode, chunk_size
 from sbn_bench.throughput import MemberFailed, ThroughputSettings, measure_group
 
 CellKind = Literal["metrics", "throughput"]
@@ -205,6 +205,12 @@ def seed_global_rngs(*parts: object) -> None:
     torch.manual_seed(seed)
 
 
+def modified_problem(stage: str, who: str) -> CellFailure:
+    """The failure of a cell whose estimator modified the problem it was given."""
+    return CellFailure(stage, f"{who} modified the problem it was given (its data or parameters) "
+                              "in place; its numbers are not trusted")
+
+
 def measure_cell(cell: Cell, context: CellContext, *, debug: bool = False) -> CellResult:
     """Measure one cell: its rows, or its failure (an estimator may raise anything, even
     ``SystemExit``; the run goes on). Pure: the result depends on the cell and the context only.
@@ -224,8 +230,7 @@ def measure_cell(cell: Cell, context: CellContext, *, debug: bool = False) -> Ce
             if cell.kind == "throughput":
                 rows, failed = throughput_rows(cell, context, problem)
                 if problem.fingerprint() != context.problem.fingerprint():
-                    raise CellFailure("throughput", "an estimator modified the problem it was "
-                                                    "given (its data or parameters) in place")
+                    raise modified_problem("throughput", "an estimator")
                 return CellResult(cell, "throughput" if rows else "failure",
                                   rows or failed, failed if rows else [])
             else:
@@ -235,9 +240,7 @@ def measure_cell(cell: Cell, context: CellContext, *, debug: bool = False) -> Ce
                 rows = stats_cell_rows(context.estimator, problem, context.reference.gradient,
                                        context.config, cell.seed, cell.checkpoint)
         if problem.fingerprint() != context.problem.fingerprint():
-            raise CellFailure("estimate", f"estimator {cell.estimator!r} modified the problem it "
-                                          "was given (its data or parameters) in place; its "
-                                          "numbers are not trusted")
+            raise modified_problem("estimate", f"estimator {cell.estimator!r}")
         return CellResult(cell, cell.kind, rows)
     except UnsupportedProblem as e:
         return CellResult(cell, "failure", [failure_row(cell, "supports", str(e))])
@@ -266,6 +269,7 @@ def throughput_rows(cell: Cell, context: CellContext, problem: Problem
     config = context.config
     device, dtype = torch.device(config.device), DTYPES[config.dtype]
     prob = problem.to(device, dtype)
+    witness = prob.fingerprint()  # a converted copy: the caller's check would not see changes
     tp = config.throughput
     settings = ThroughputSettings(warmup=tp.warmup, min_round_s=tp.min_round_s,
                                   min_rounds=tp.rounds, max_rounds=tp.max_rounds,
@@ -292,6 +296,8 @@ def throughput_rows(cell: Cell, context: CellContext, problem: Problem
                  "checkpoint": cell.checkpoint, "estimator": e.spec, "device": config.device,
                  "dtype": config.dtype, "threads": torch.get_num_threads(), **r.__dict__}
                 for e, r in zip(members, results)]
+        if prob.fingerprint() != witness:
+            raise modified_problem("throughput", "an estimator")
         return rows, failed
     return [], failed
 
@@ -397,18 +403,20 @@ def stats_cell_rows(estimator: Estimator, problem: Problem, g: Tensor, config: R
     groups = Groups.of(problem.params)
     g = g.to(device)
     mode = choose_mode(estimator, problem, config.mode, config.max_paths,
-                       memory_budget=config.memory_budget, itemsize=itemsize(config.dtype))
+                       memory_budget=config.memory_budget)
     S, grid = config.samples, config.m_grid
     if mode == "mc" and S < 2:
         raise CellFailure("mode", f"Monte-Carlo statistics need samples ≥ 2 (got {S}): the variance "
                                   "of a single sample is undefined; use more samples or exact mode")
     prob = problem.to(device, dtype)
+    witness = prob.fingerprint()  # a converted copy: the caller's check would not see changes
     gen = torch.Generator(device=device)
     gen.manual_seed(stable_seed(seed, problem.name, checkpoint, estimator.spec))
     chunk = chunk_size(config, estimator, problem)
     samples = S
     if mode == "exact" and estimator.randomness == "none":
-        x = next(sample_stream(estimator, prob, 1, 1, gen, groups))
+        # exact: no sampling error, so no rounding either (float64 whatever the sampling dtype)
+        x = next(sample_stream(estimator, problem.to(device, torch.float64), 1, 1, gen, groups))
         scale = layer_scales(g, groups, x)
         gs, mean = g / scale, x[0] / scale
         gstats = exact_group_stats(mean, torch.zeros_like(mean), gs, groups, scale)
@@ -428,8 +436,10 @@ def stats_cell_rows(estimator: Estimator, problem: Problem, g: Tensor, config: R
         sinks: list[Any] = [cos_acc]
         mom = None
         if mode == "exact":
-            pchunk = chunk_size(config, estimator, problem, num_data=1)
-            mean, var = exact_path_moments(estimator, problem, dtype, device, pchunk, groups, scale)
+            pchunk = chunk_size(config.with_(dtype="float64"), estimator, problem, num_data=1)
+            # exact: enumerated in float64 whatever the sampling dtype (no rounding to report)
+            mean, var = exact_path_moments(estimator, problem, torch.float64, device, pchunk,
+                                           groups, scale)
             gstats = exact_group_stats(mean, var, gs, groups, scale)
         else:
             mom = MomentAccumulator(S, groups.dim, config.stderr_batches, device)
@@ -448,6 +458,8 @@ def stats_cell_rows(estimator: Estimator, problem: Problem, g: Tensor, config: R
         raise CellFailure("metrics", f"statistics are not finite in {len(bad)} row(s) ("
                                      f"{', '.join(bad[:4])}{', …' if len(bad) > 4 else ''}): the "
                                      "estimates are too large for float64 sums")
+    if prob.fingerprint() != witness:
+        raise modified_problem("estimate", f"estimator {estimator.spec!r}")
     for r in rows:
         r.update(problem=problem.name, checkpoint=checkpoint, estimator=estimator.spec,
                  samples=samples, seed=seed, device=config.device, dtype=config.dtype)

@@ -64,17 +64,18 @@ def chunk_size(config: RunConfig, estimator: Estimator, problem: Problem, num_da
                // estimator.memory_per_sample(problem.widths, D, itemsize(config.dtype)))
 
 
-def exact_enumeration_bytes(widths: Sequence[int], num_data: int, itemsize: int) -> int:
+def exact_enumeration_bytes(widths: Sequence[int], num_data: int, itemsize: int = 8) -> int:
     """Memory that exact mode's path tables take besides the estimator's chunks: the ``P =
-    2^{Σ n_k}`` paths in float64 and in the estimators' dtype, the preactivations and
-    log-probabilities along them, their weights and indices, and layer 1's ``[D, 2^{n_1}]`` table."""
+    2^{Σ n_k}`` paths (exact mode always enumerates in float64, ``itemsize = 8``), the
+    preactivations and log-probabilities along them, their weights and indices, and layer 1's
+    ``[D, 2^{n_1}]`` table."""
     units = sum(widths[1:-1])
     P = 2**units
     return P * (units * (16 + itemsize) + 32) + num_data * 2 ** widths[1] * 8
 
 
 def choose_mode(estimator: Estimator, problem: Problem, mode: str, max_paths: int, *,
-                memory_budget: int | None = None, itemsize: int = 8) -> str:
+                memory_budget: int | None = None) -> str:
     """``"exact"`` or ``"mc"`` for this estimator and problem.
 
     Exact mode needs a path surrogate (or no randomness), at most ``max_paths`` paths per data
@@ -98,7 +99,7 @@ def choose_mode(estimator: Estimator, problem: Problem, mode: str, max_paths: in
         reason = (f"problem {problem.name!r} has {paths} paths per data point, over "
                   f"max_paths={max_paths}")
     elif memory_budget is not None:
-        need = exact_enumeration_bytes(problem.widths, problem.num_data, itemsize)
+        need = exact_enumeration_bytes(problem.widths, problem.num_data)
         if need > memory_budget:
             reason = (f"enumerating the {paths} paths of problem {problem.name!r} needs "
                       f"about {format_bytes(need)}, over memory_budget={format_bytes(memory_budget)}")

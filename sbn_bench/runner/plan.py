@@ -27,7 +27,7 @@ from sbn_bench.provenance import environment, file_sha256
 from sbn_bench.reference import ReferenceTooLarge, check_shape, check_size, num_paths
 from sbn_bench.runner.cells import Cell, network_key
 from sbn_bench.runner.executors import check_executor
-from sbn_bench.runner.memory import ExactImpossible, RunError, check_memory, choose_mode, itemsize
+from sbn_bench.runner.memory import ExactImpossible, RunError, check_memory, choose_mode
 
 ProblemCheckpoint = tuple[str, str, Problem]
 """``(problem name, checkpoint label, problem)``."""
@@ -90,7 +90,6 @@ def check_combinations(config: RunConfig, problems: Sequence[ProblemCheckpoint],
     Raises:
         RunError: listing every refused pair or problem with its reason, and what to change.
     """
-    size = itemsize(config.dtype)
     unsupported: list[str] = []
     no_exact: list[str] = []
     too_large: list[str] = []
@@ -115,7 +114,7 @@ def check_combinations(config: RunConfig, problems: Sequence[ProblemCheckpoint],
                 continue
             try:
                 mode = choose_mode(est, prob, config.mode, config.max_paths,
-                                   memory_budget=config.memory_budget, itemsize=size)
+                                   memory_budget=config.memory_budget)
             except ExactImpossible as e:
                 no_exact.append(f"{where} × {est.spec}: {e.reason}")
                 continue
