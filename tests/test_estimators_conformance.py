@@ -33,16 +33,21 @@ PLUGIN_NAMES = {"reinforce-cb", "mf-noise"}
 
 
 def _non_default_specs() -> list[str]:
-    """One non-default spelling of every hyperparameter of the registry: numbers doubled (integers
-    ≥ 2 plus one), so the table also covers hyperparameters other than the defaults."""
+    """One non-default spelling per estimator of the registry with hyperparameters, every numeric
+    one changed at once: positive numbers halved, others moved down by 1.5, integers ≥ 2 plus one
+    (so every value stays valid), so the table also covers hyperparameters other than the
+    defaults."""
     specs = []
     for name in REGISTRY.names():
         est = REGISTRY.create(name)
+        changed = []
         for key, value in est.hyperparams:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             new = value + 1 if isinstance(value, int) else (value * 0.5 if value > 0 else value - 1.5)
-            specs.append(f"{name}:{key}={new}")
+            changed.append(f"{key}={new}")
+        if changed:
+            specs.append(f"{name}:{','.join(changed)}")
     return specs
 
 

@@ -11,6 +11,8 @@
 """
 
 from sbn_bench.estimators.base import (
+    ADAPT_SAMPLES,
+    DEFAULT_ADAPT_STEPS,
     FAMILIES,
     RANDOMNESS,
     ContractError,
@@ -19,6 +21,7 @@ from sbn_bench.estimators.base import (
     Randomness,
     SurrogateFn,
     UnsupportedProblem,
+    adapt_estimator,
     default_bytes_per_sample,
     estimate,
     estimate_on_paths,
@@ -38,6 +41,8 @@ from sbn_bench.estimators.registry import (
 )
 
 __all__ = [
+    "ADAPT_SAMPLES",
+    "DEFAULT_ADAPT_STEPS",
     "FAMILIES",
     "GROUP",
     "RANDOMNESS",
@@ -51,6 +56,7 @@ __all__ = [
     "Registry",
     "SurrogateFn",
     "UnsupportedProblem",
+    "adapt_estimator",
     "check_factory",
     "default_bytes_per_sample",
     "estimate",
