@@ -77,23 +77,32 @@ def test_spec_round_trips(spec: str) -> None:
 
 
 def test_builtin_flags_follow_spec_table() -> None:
-    """SPEC §3's table: bias and randomness of each built-in; ARM/DisARM logistic only and cost
-    ``2L``, PSA ``1 + n_L`` evaluations; every built-in names its family."""
-    unbiased = {"exact", "reinforce", "reinforce-loo", "arm", "disarm"}
-    randomness = {"exact": "none", "tanh": "none", "arm": "continuous", "disarm": "continuous",
-                  "concrete": "continuous", "st-gumbel": "continuous"}
+    """SPEC §3 and §3b's tables: bias and randomness of each built-in; logistic noise only where
+    the mathematics needs it; the evaluation counts; one stochastic layer for double-cv; the
+    adaptive ones; every built-in names its family."""
+    unbiased = {"exact", "reinforce", "reinforce-loo", "arm", "disarm", "muprop", "leg", "rebar",
+                "relax", "nvil", "arms", "double-cv"}
+    randomness = {"exact": "none", "tanh": "none", "ap2": "none", "arm": "continuous",
+                  "disarm": "continuous", "concrete": "continuous", "st-gumbel": "continuous",
+                  "leg": "continuous", "rebar": "continuous", "relax": "continuous",
+                  "arms": "continuous", "gr-mc": "continuous", "local-reparam": "continuous"}
+    logistic_only = {"arm", "disarm", "arms", "rebar", "relax", "reinmax"}
+    adaptive = {"rebar", "relax", "nvil"}
     for name in BUILTINS:
         est = REGISTRY.create(name)
         assert est.unbiased == (name in unbiased), name
         assert est.randomness == randomness.get(name, "path"), name
         assert est.family in FAMILIES, (name, est.family)
+        assert (est.noises == {"logistic"}) == (name in logistic_only), name
+        assert (est.adapt is not None) == (name in adaptive), name
+        assert est.single_layer == (name == "double-cv"), name
     for name in ("arm", "disarm"):
         est = REGISTRY.create(name)
-        assert est.noises == {"logistic"}
         assert est.evals_per_sample((2, 5, 5, 5, 1)) == 6
         assert est.evals_per_sample((2, 3, 1)) == 2
-    assert REGISTRY.create("psa").evals_per_sample((2, 5, 5, 4, 1)) == 5
-    assert REGISTRY.create("reinforce-loo:k=4").evals_per_sample((2, 5, 1)) == 4
+    evals = {"psa": 5, "reinforce-loo:k=4": 4, "arms:k=3": 9, "leg": 15, "gr-mc": 1, "reinmax": 1}
+    for spec, n in evals.items():
+        assert REGISTRY.create(spec).evals_per_sample((2, 5, 5, 4, 1)) == n, spec
 
 
 @pytest.mark.parametrize("name", ["arm", "disarm"])
