@@ -100,7 +100,8 @@ def test_builtin_flags_follow_spec_table() -> None:
         est = REGISTRY.create(name)
         assert est.evals_per_sample((2, 5, 5, 5, 1)) == 6
         assert est.evals_per_sample((2, 3, 1)) == 2
-    evals = {"psa": 5, "reinforce-loo:k=4": 4, "arms:k=3": 9, "leg": 15, "gr-mc": 1, "reinmax": 1}
+    evals = {"psa": 5, "reinforce-loo:k=4": 4, "arms:k=3": 9, "leg": 15, "muprop": 4, "rebar": 7,
+             "relax": 7, "double-cv:k=3": 3, "nvil": 1, "gr-mc": 1, "reinmax": 1}
     for spec, n in evals.items():
         assert REGISTRY.create(spec).evals_per_sample((2, 5, 5, 4, 1)) == n, spec
 

@@ -6,6 +6,7 @@ module                 estimators
 =====================  ==================================================================
 ``exact``              ``exact``
 ``score_function``     ``reinforce``, ``reinforce-loo``
+``control_variates``   ``muprop``, ``nvil``, ``rebar``, ``relax``, ``double-cv``
 ``local``              ``leg``
 ``antithetic``         ``arm``, ``disarm``, ``arms``
 ``relaxed``            ``concrete``, ``st-gumbel``, ``gr-mc``, ``tanh``, ``ap2``, ``local-reparam``
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from sbn_bench.estimators.base import Estimator
 from sbn_bench.estimators.builtin import (
     antithetic,
+    control_variates,
     exact,
     local,
     psa,
@@ -35,7 +37,8 @@ from sbn_bench.estimators.builtin import (
     straight_through,
 )
 
-FAMILY_MODULES = (exact, score_function, local, antithetic, relaxed, straight_through, psa)
+FAMILY_MODULES = (exact, score_function, control_variates, local, antithetic, relaxed,
+                  straight_through, psa)
 """One module per family, each with its ``ESTIMATORS`` table (name → factory)."""
 
 BUILTINS: dict[str, Callable[..., Estimator]] = {
