@@ -6,6 +6,7 @@ deliberately broken estimators (it can fail), and the built-ins' flags follow SP
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -182,12 +183,44 @@ def _scalar_surrogate() -> Estimator:
                      description="returns a scalar")
 
 
+def _adapts_with_the_global_generator() -> Estimator:
+    """REINFORCE with a constant baseline that its adapt draws from torch's global generator
+    instead of the one it is given: not reproducible from a seed."""
+    def make(baseline: float) -> Estimator:
+        def path(problem, params, states):
+            inputs = [problem.x, *states[:-1]]
+            logp = sum(model.state_log_prob(problem.noise_dist, model.preactivation(params, k, h), x)
+                       for k, (h, x) in enumerate(zip(inputs, states), start=1))
+            f = problem.loss_values(model.output(params, states[-1]))
+            return (f + (f.detach() - baseline) * logp).mean(-1)
+
+        return Estimator("global-rng", from_path(path), unbiased=True, randomness="path",
+                         path_surrogate=path, description="adapts with the global generator",
+                         adapt=lambda problem, generator, steps: make(float(torch.rand(()))))
+    return make(0.0)
+
+
+def _adapt_renames() -> Estimator:
+    base = REGISTRY.create("reinforce")
+    return dataclasses.replace(base, name="renamed", adapt=lambda problem, generator, steps: base)
+
+
+def _adapt_breaks_shapes() -> Estimator:
+    """Tuned, it returns one scalar instead of ``[S]``."""
+    broken = dataclasses.replace(_scalar_surrogate(), name="bad-tuning")
+    return dataclasses.replace(REGISTRY.create("tanh"), name="bad-tuning",
+                               adapt=lambda problem, generator, steps: broken)
+
+
 @pytest.mark.parametrize(("make", "check"), [
     (_counter_baseline, kit.check_statelessness),
     (_shared_noise, kit.check_uncorrelated_samples),
     (_biased_but_claims_unbiased, kit.check_unbiasedness),
     (_mixes_replicas, kit.check_replica_independence),
     (_scalar_surrogate, kit.check_shapes),
+    (_adapts_with_the_global_generator, kit.check_adapt),
+    (_adapt_renames, kit.check_adapt),
+    (_adapt_breaks_shapes, kit.check_adapt),
 ])
 def test_the_kit_catches_a_broken_estimator(make, check) -> None:
     est = make()
@@ -200,6 +233,7 @@ def test_the_kit_catches_a_broken_estimator(make, check) -> None:
 def test_check_estimator_takes_a_factory_and_reports_skips() -> None:
     skipped = kit.check_estimator(BUILTINS["tanh"])
     assert any(s.startswith("check_unbiasedness") for s in skipped)
+    assert any(s.startswith("check_adapt: not adaptive") for s in skipped)
     if not torch.cuda.is_available():
         assert any(s.startswith("check_cuda") for s in skipped)
 

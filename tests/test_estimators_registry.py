@@ -153,7 +153,8 @@ def test_unknown_estimator_suggests_close_names(reg: registry.Registry, spec: st
 
 
 def test_unknown_estimator_without_close_name_lists_all(reg: registry.Registry) -> None:
-    with pytest.raises(EstimatorSpecError, match=r"'zzzz' is unknown.*Known estimators: ap2, arm, .*tanh") as info:
+    with pytest.raises(EstimatorSpecError,
+                       match=r"'zzzz' is unknown.*Known estimators: ap2, arm, .*tanh") as info:
         reg.create("zzzz")
     assert "did you mean" not in str(info.value)
 
