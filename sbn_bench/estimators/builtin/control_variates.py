@@ -238,7 +238,7 @@ def _nvil(hidden: int, tuned: Tuned | None) -> Estimator:
     return Estimator("nvil", surrogate, hyperparams=(("hidden", hidden),), unbiased=True,
                      randomness="path", path_surrogate=path, family=FAMILY, adapt=adapt,
                      description="REINFORCE per layer with learned input-dependent baselines "
-                                 "(Mnih & Gregor 2014); adaptive")
+                                 "(Mnih & Gregor 2014)")
 
 
 def nvil(*, hidden: int = 16) -> Estimator:
@@ -462,7 +462,7 @@ def rebar(*, eta: float = 1.0, tau: float = 0.5) -> Estimator:
                      evals_per_sample=lambda w: 1 + 2 * num_layers(w), bytes_per_sample=_rebar_bytes,
                      adapt=adapt,
                      description="REBAR: Concrete control variate with conditional noise, per layer "
-                                 "(Tucker et al. 2017); adaptive eta")
+                                 "(Tucker et al. 2017)")
 
 
 def _relax(eta: float, tau: float, hidden: int, tuned: Tuned | None) -> Estimator:
@@ -495,7 +495,7 @@ def _relax(eta: float, tau: float, hidden: int, tuned: Tuned | None) -> Estimato
                      evals_per_sample=lambda w: 1 + 2 * num_layers(w), bytes_per_sample=_rebar_bytes,
                      adapt=adapt,
                      description="RELAX: REBAR's control variate plus a learned network c_phi "
-                                 "(Grathwohl et al. 2018); adaptive")
+                                 "(Grathwohl et al. 2018)")
 
 
 def relax(*, eta: float = 1.0, tau: float = 0.5, hidden: int = 16) -> Estimator:

@@ -137,8 +137,8 @@ def reinmax() -> Estimator:
     surrogate, path = path_pair(lambda p, q, s, g: _through_path(p, q, s, g, reinmax_through))
     return Estimator("reinmax", surrogate, randomness="path", path_surrogate=path, family=FAMILY,
                      noises=frozenset({"logistic"}),
-                     description="ReinMax, binary form: Heun combination 2 dpi1/da - dpi0/da / 2 "
-                                 "(Liu et al. 2023)")
+                     description="ReinMax in binary form: the sample forward, a Heun-method "
+                                 "backward (Liu et al. 2023)")
 
 
 ESTIMATORS = {"st": st, "st-identity": st_identity, "hard-st": hard_st, "reinmax": reinmax}
