@@ -127,15 +127,14 @@ def tanh() -> Estimator:
 def conditional_noise(problem: Problem, a: Tensor, x: Tensor, v: Tensor) -> Tensor:
     """Noise ``Z ~ p(Z | x)`` given the state ``x = [a − Z ≥ 0]``, from uniforms ``v``
     (no gradient): ``Z = F⁻¹(v F(a))`` when ``x = 1`` (``Z ≤ a``), ``Z = −F⁻¹(v F(−a))`` when
-    ``x = 0`` (``Z > a``, by the symmetry of ``F``). ``v`` has extra leading dimensions (draws)
-    before those of ``a`` and ``x``."""
+    ``x = 0`` (``Z > a``, by the symmetry of ``F``); with ``s = 2x − 1`` both are
+    ``s F⁻¹(v F(s a))``. ``v`` has extra leading dimensions (draws) before those of ``a`` and ``x``;
+    it is overwritten."""
     noise = problem.noise_dist
     with torch.no_grad():
-        tiny = torch.finfo(a.dtype).tiny
-        a = a.detach()
-        up = noise.icdf((v * noise.cdf(a)).clamp_(min=tiny))
-        down = -noise.icdf((v * noise.cdf(-a)).clamp_(min=tiny))
-        return torch.where(x > 0, up, down)
+        sign = 2 * x - 1
+        w = v.mul_(noise.cdf(sign * a.detach())).clamp_(min=torch.finfo(a.dtype).tiny)
+        return noise.icdf(w).mul_(sign)
 
 
 def gumbel_rao_surrogate(problem: Problem, params: Params, generator: torch.Generator, k: int,
@@ -156,8 +155,8 @@ def gumbel_rao_surrogate(problem: Problem, params: Params, generator: torch.Gene
             if k > 1:
                 v = uniform((k - 1, *a.shape), a, generator)
                 zs = torch.cat([zs, conditional_noise(problem, a, x, v)])
-            s = torch.sigmoid((a.detach() - zs) / tau)
-            slope = (s * (1 - s)).mean(0) / tau  # (1/K) Σ σ'(t_i)/τ
+            s = torch.sigmoid_(zs.neg_().add_(a.detach()).div_(tau))  # σ((a − Z_i)/τ)
+            slope = s.sub_(s * s).mean(0).div_(tau)  # (1/K) Σ σ'(t_i)/τ
         h = x + slope * (a - a.detach())
     return mean_loss(problem, params, h)
 
