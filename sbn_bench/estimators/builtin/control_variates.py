@@ -55,7 +55,9 @@ from sbn_bench.problems import Problem
 FAMILY = "control-variates"
 
 ADAPT_LR = 0.01
-"""Adam's learning rate for the learned baselines and control variates."""
+"""Adam's initial learning rate for the learned baselines and control variates; it decays
+linearly to 0 over the adaptation budget, so the last iterate does not jitter around the optimum
+(the variance is sharply curved in REBAR's scale η)."""
 
 
 def _fixed(params: Params) -> dict[str, Tensor]:
@@ -186,6 +188,13 @@ def _applies(tuned: Tuned | None, problem: Problem) -> bool:
     return tuned is not None and tuned.widths == problem.widths
 
 
+def _optimiser(leaves: list[Tensor], steps: int
+               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam at :data:`ADAPT_LR`, decaying linearly to 0 over ``steps`` steps."""
+    opt = torch.optim.Adam(leaves, lr=ADAPT_LR)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 - t / max(steps, 1))
+
+
 def _sampling_params(problem: Problem, num_samples: int) -> dict[str, Tensor]:
     """The problem's parameters as ``S`` replicas without gradient (expanded, not copied)."""
     return {k: v.detach().expand(num_samples, *v.shape) for k, v in problem.params.items()}
@@ -222,7 +231,7 @@ def _nvil(hidden: int, tuned: Tuned | None) -> Estimator:
         L, n0 = p64.n_layers, p64.widths[0]
         nets = [Mlp.init(n0 + (p64.widths[k - 1] if k > 1 else 0), hidden, generator, p64.x)
                 for k in range(1, L + 1)]
-        opt = torch.optim.Adam([t for net in nets for t in net.tensors()], lr=ADAPT_LR)
+        opt, schedule = _optimiser([t for net in nets for t in net.tensors()], steps)
         reps = _sampling_params(p64, ADAPT_SAMPLES)
         for _ in range(steps):
             with torch.no_grad():
@@ -233,6 +242,7 @@ def _nvil(hidden: int, tuned: Tuned | None) -> Estimator:
             opt.zero_grad()
             objective.backward()
             opt.step()
+            schedule.step()
         return _nvil(hidden, Tuned(p64.widths, tuple(net.frozen() for net in nets)))
 
     return Estimator("nvil", surrogate, hyperparams=(("hidden", hidden),), unbiased=True,
@@ -244,7 +254,7 @@ def _nvil(hidden: int, tuned: Tuned | None) -> Estimator:
 def nvil(*, hidden: int = 16) -> Estimator:
     """NVIL: REINFORCE per layer with a learned input-dependent baseline
     ``b_ψ_k(x⁰, x^{k-1})`` (a tanh network with ``hidden`` units), trained by its adaptation phase
-    to minimise the squared learning signal ``E(ℓ − b_k)²`` (Adam, :data:`ADAPT_LR`, one step per
+    to minimise the squared learning signal ``E(ℓ − b_k)²`` (Adam from :data:`ADAPT_LR`, one step per
     batch of :data:`~sbn_bench.estimators.base.ADAPT_SAMPLES` paths per data point). Untuned, the
     baselines are 0 (REINFORCE). No variance normalisation (it rescales the estimate). Unbiased;
     path randomness; any noise and loss; adaptive.
@@ -473,7 +483,7 @@ def _relax(eta: float, tau: float, hidden: int, tuned: Tuned | None) -> Estimato
                 for k in range(1, L + 1)]
         etas = torch.full((L,), eta, dtype=torch.float64, device=p64.x.device, requires_grad=True)
         leaves = [t for net in nets for t in net.tensors()]
-        opt = torch.optim.Adam([*leaves, etas], lr=ADAPT_LR)
+        opt, schedule = _optimiser([*leaves, etas], steps)
         hidden_params = [f"{w}_{k}" for k in range(1, L + 1) for w in ("weight", "bias")]
         for _ in range(steps):
             reps = model.replicate(p64.params, ADAPT_SAMPLES)
@@ -486,6 +496,7 @@ def _relax(eta: float, tau: float, hidden: int, tuned: Tuned | None) -> Estimato
             opt.zero_grad()
             objective.backward(inputs=[*leaves, etas])
             opt.step()
+            schedule.step()
         state = Tuned(ws, tuple(net.frozen() for net in nets), tuple(etas.detach().tolist()))
         return _relax(eta, tau, hidden, state)
 
@@ -504,7 +515,7 @@ def relax(*, eta: float = 1.0, tau: float = 0.5, hidden: int = 16) -> Estimator:
     input, layer ``k``'s input state and ``z``. Its adaptation trains ``φ`` and a per-layer ``η``
     (starting at ``eta``) to minimise the estimate's second moment over the hidden layers'
     parameters, ``E‖ĝ‖²`` (the mean does not depend on them), by differentiating through the
-    estimator (Adam, :data:`ADAPT_LR`). Untuned, ``c_φ = 0``: ``rebar(eta, tau)``. Unbiased;
+    estimator (Adam from :data:`ADAPT_LR`). Untuned, ``c_φ = 0``: ``rebar(eta, tau)``. Unbiased;
     continuous randomness; logistic noise; adaptive.
 
     Follows ``duvenaud/relax``, ``binary_vae_multilayer_per_layer.py`` (``relaxation == "add"``:

@@ -257,7 +257,7 @@ def ap2() -> Estimator:
         baseline).
     """
     return Estimator("ap2", lambda p, q, g: moment_surrogate(p, q, None, sample=False),
-                     randomness="none", family=FAMILY,
+                     randomness="none", family=FAMILY, noises=frozenset(NOISE_VARIANCE),
                      description="AP2: deterministic propagation of means and variances (CLT), "
                                  "the PSA authors' AP2")
 
