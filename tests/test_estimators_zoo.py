@@ -403,3 +403,24 @@ def test_leg_is_exact_for_a_layer_of_one_unit(loss: str, noise: str) -> None:
     for name in ("weight_1", "bias_1"):
         torch.testing.assert_close(g[name], exact[name].expand_as(g[name]), rtol=1e-12, atol=1e-15)
     assert float(g["weight_out"].std(0).max()) > 0  # the output layer is still sampled
+
+
+# --------------------------------------------------------------------------------------------
+# rebar and relax: the conditional noise
+
+
+def test_conditional_logistic_noise_has_the_sample_value_and_the_conditional_derivative() -> None:
+    """``Z̃`` equals ``z = logit(u)`` and ``∂(a − Z̃)/∂a`` is the conditional reparameterisation's
+    derivative, in closed form: with ``ṽ`` the conditional uniform, ``v = ṽ σ(a)`` (``x = 1``) has
+    ``∂ logit(v)/∂a = σ(−a)/(1 − v)`` and ``v = 1 − (1 − ṽ) σ(−a)`` (``x = 0``) has ``σ(a)/v``."""
+    a = torch.linspace(-6, 6, 41, dtype=F64).repeat(50)
+    u = torch.rand(a.shape, generator=_gen(8), dtype=F64)
+    x = (u < torch.sigmoid(a)).to(F64)
+    assert 0 < float(x.mean()) < 1
+    leaf = a.clone().requires_grad_(True)
+    z = torch.logit(u)
+    zt = control_variates.conditional_logistic(leaf, x, u, z)
+    assert torch.equal(zt.detach(), z)
+    (slope,) = torch.autograd.grad(zt.sum(), leaf)
+    want = torch.where(x > 0, torch.sigmoid(-a) / (1 - u), torch.sigmoid(a) / u)
+    torch.testing.assert_close(slope, want, rtol=1e-9, atol=1e-12)

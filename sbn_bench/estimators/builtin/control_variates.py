@@ -276,24 +276,22 @@ def nvil(*, hidden: int = 16) -> Estimator:
 def conditional_logistic(a: Tensor, x: Tensor, u: Tensor, z: Tensor) -> Tensor:
     """The noise ``Z̃`` of the conditional reparameterisation, ``[S, D, n]``: value ``z = logit(u)``
     (the noise that drew ``x = [u < σ(a)]``), gradient that of ``logit(v(a))`` with the conditional
-    uniform ``ṽ`` held fixed, ``v = ṽ σ(a)`` when ``x = 1`` and ``v = σ(a) + ṽ σ(−a)`` when
+    uniform ``ṽ`` held fixed, ``v = ṽ σ(a)`` when ``x = 1`` and ``v = 1 − (1 − ṽ) σ(−a)`` when
     ``x = 0``: so ``a − Z̃ ~ p(z | x)`` and its derivative in ``a`` is the conditional one.
 
-    The tied randomness of ``tensorflow/models`` ``research/rebar/rebar.py`` (``_u_to_v``: the
-    value forced equal to ``u``), written with ``log σ`` and ``log1p`` so that it stays finite for
-    saturated units."""
+    With ``s = 2x − 1``, ``w = ṽ`` (``x = 1``) or ``1 − ṽ`` (``x = 0``) both cases are
+    ``logit(v) = s G(w, s a)``, ``G(w, b) = log w + log σ(b) − log1p(−w σ(b))``: one expression,
+    finite for saturated units. This is the tied randomness of ``tensorflow/models``
+    ``research/rebar/rebar.py`` (``_u_to_v``, the value forced equal to ``u``)."""
     eps = torch.finfo(a.dtype).eps
-    tiny = torch.finfo(a.dtype).tiny
     with torch.no_grad():
-        p, q = torch.sigmoid(a), torch.sigmoid(-a)
-        v = torch.where(x > 0, u / p.clamp(min=tiny), (u - p) / q.clamp(min=tiny))
-        v = v.clamp_(eps, 1 - eps)
-    one = x > 0
-    log_v = torch.where(one, torch.log(v) + torch.nn.functional.logsigmoid(a),
-                        torch.log1p(-(1 - v) * torch.sigmoid(-a)))
-    log_1mv = torch.where(one, torch.log1p(-v * torch.sigmoid(a)),
-                          torch.log1p(-v) + torch.nn.functional.logsigmoid(-a))
-    zt = log_v - log_1mv
+        sign = 2 * x - 1
+        q = torch.sigmoid(sign * a)  # probability of the sampled state
+        # w = ṽ for x = 1 (u = ṽ σ(a)); w = 1 − ṽ = (1 − u)/σ(−a) for x = 0
+        w = torch.where(x > 0, u, 1 - u).div_(q.clamp(min=torch.finfo(a.dtype).tiny))
+        w = w.clamp_(eps, 1 - eps)
+    b = sign * a
+    zt = sign * (torch.log(w) + torch.nn.functional.logsigmoid(b) - torch.log1p(-w * torch.sigmoid(b)))
     return zt + (z - zt).detach()
 
 
