@@ -1,7 +1,7 @@
 """Estimator plugin API and the built-in library (SPEC §3–4; README "Writing an estimator").
 
 * :mod:`~sbn_bench.estimators.base`: the contract (:class:`Estimator`, :class:`SurrogateFn`,
-  :func:`estimate`);
+  :func:`estimate`, and :func:`adapt_estimator` for estimators that learn before they estimate);
 * :mod:`~sbn_bench.estimators.kernel`: the path kernel estimators are built from;
 * :mod:`~sbn_bench.estimators.builtin`: the built-ins, one module per family;
 * :mod:`~sbn_bench.estimators.registry`: the registry, filled from the entry-point group

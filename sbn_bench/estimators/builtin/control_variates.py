@@ -417,7 +417,8 @@ def rebar(*, eta: float = 1.0, tau: float = 0.5) -> Estimator:
     differentiated through layer ``k``'s logits only (``z`` the logistic variable of the sample,
     ``z̃ ~ p(z | b)`` tied to the same uniform, later layers relaxed with their own noise); the
     output layer pathwise. Unbiased for any ``η`` and ``τ``; continuous randomness; logistic noise;
-    ``1 + 2L`` loss evaluations per sample.
+    ``1 + 2L`` loss evaluations per sample. ``τ`` is the relaxation's temperature (λ in Tucker et
+    al. and SPEC §3b; ``tau`` as everywhere in this package).
 
     Its adaptation tunes ``η`` for the lowest total variance: the estimate is ``A + η B`` with
     ``B`` of mean zero, so ``η* = −Cov(A, B)/Var(B)`` (traces), computed from
