@@ -557,8 +557,8 @@ def double_cv_given(problem: Problem, params: Params, states: Tensor, alpha: flo
     fa = problem.noise_dist.cdf(a)
     with torch.enable_grad():
         b = states.detach().clone().requires_grad_(True)
-        (grad_b,) = torch.autograd.grad(losses(problem, _fixed(params), b).sum(), b)  # [K, S, D, n]
-    f = losses(problem, params, states)  # [K, S, D], the output layer's pathwise terms
+        f = losses(problem, params, b)  # [K, S, D], the output layer's pathwise terms
+        (grad_b,) = torch.autograd.grad(f.sum(), b, retain_graph=True)  # [K, S, D, n]
     with torch.no_grad():
         p = fa.detach()
         total_grad = grad_b.sum(0)
