@@ -209,3 +209,19 @@ def test_learned_networks_apply_only_to_the_widths_they_were_learned_for(name: s
     same_widths = random_problem(training_problem().arch, 9, data_points=4)
     assert not _same(estimate(tuned(name), same_widths, 8, _gen(3)),
                      estimate(REGISTRY.create(name), same_widths, 8, _gen(3)))
+
+
+@pytest.mark.parametrize("spec", ["nvil:hidden=1024", "relax:hidden=1024"])
+def test_memory_bound_covers_the_learned_networks(spec: str) -> None:
+    """The runner's memory planner reads ``memory_per_sample``: it must bound the tuned estimator
+    (wide networks evaluated for every sample and data point; at this width the generic bound
+    does not), measured as in ``tests/test_runner_memory.py``."""
+    from test_runner_memory import peak_bytes
+
+    problem = random_problem("2-5-5-5-1", 0, data_points=40)
+    est, _ = adapt_estimator(REGISTRY.create(spec), problem, 1, seed=0)
+    for dtype in (torch.float32, torch.float64):
+        q = problem.to(dtype=dtype)
+        got = peak_bytes(lambda q=q: estimate(est, q, 32, _gen(0)))
+        bound = 32 * est.memory_per_sample(problem.widths, 40, torch.finfo(dtype).bits // 8)
+        assert 0 < got <= bound, f"{spec} {dtype}: peak {got} B > bound {bound} B"

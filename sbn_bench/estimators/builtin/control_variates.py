@@ -195,6 +195,18 @@ def _optimiser(leaves: list[Tensor], steps: int
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 - t / max(steps, 1))
 
 
+def _nets_bytes(widths: tuple[int, ...], num_data: int, itemsize: int, hidden: int, evals: int,
+                copies: int, factor: int, base: int | None = None) -> int:
+    """A memory bound for an estimator that runs a learned network per stochastic layer, one layer
+    at a time: ``base`` (else :func:`default_bytes_per_sample` for ``evals``) plus ``factor``
+    tensors of one network's inputs and hidden units for each of ``copies`` evaluations per data
+    point."""
+    if base is None:
+        base = default_bytes_per_sample(widths, num_data, itemsize, evals)
+    width = hidden + 2 * max(widths[:-1]) + widths[0]
+    return base + factor * itemsize * num_data * copies * width
+
+
 def _sampling_params(problem: Problem, num_samples: int) -> dict[str, Tensor]:
     """The problem's parameters as ``S`` replicas without gradient (expanded, not copied)."""
     return {k: v.detach().expand(num_samples, *v.shape) for k, v in problem.params.items()}
@@ -247,6 +259,7 @@ def _nvil(hidden: int, tuned: Tuned | None) -> Estimator:
 
     return Estimator("nvil", surrogate, hyperparams=(("hidden", hidden),), unbiased=True,
                      randomness="path", path_surrogate=path, family=FAMILY, adapt=adapt,
+                     bytes_per_sample=lambda w, d, i: _nets_bytes(w, d, i, hidden, 1, 1, 4),
                      description="REINFORCE per layer with learned input-dependent baselines "
                                  "(Mnih & Gregor 2014)")
 
@@ -502,7 +515,9 @@ def _relax(eta: float, tau: float, hidden: int, tuned: Tuned | None) -> Estimato
     return Estimator("relax", lambda p, q, g: rebar_surrogate(p, q, g, tau, eta, tuned),
                      hyperparams=(("eta", eta), ("tau", tau), ("hidden", hidden)), unbiased=True,
                      randomness="continuous", family=FAMILY, noises=frozenset({"logistic"}),
-                     evals_per_sample=lambda w: 1 + 2 * num_layers(w), bytes_per_sample=_rebar_bytes,
+                     evals_per_sample=lambda w: 1 + 2 * num_layers(w),
+                     bytes_per_sample=lambda w, d, i: _nets_bytes(w, d, i, hidden, 1 + 2 * num_layers(w),
+                                                                  2, 4, _rebar_bytes(w, d, i)),
                      adapt=adapt,
                      description="RELAX: REBAR's control variate plus a learned network c_phi "
                                  "(Grathwohl et al. 2018)")
