@@ -53,6 +53,16 @@ def _non_default_specs() -> list[str]:
 
 
 SPECS = [*REGISTRY.names(), *_non_default_specs()]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The checks run on tiny nets: one torch thread is as fast, and immune to OpenMP threads
+    spinning on cores that other processes hold (shared CI machines)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 ESTIMATORS = [REGISTRY.create(s) for s in SPECS]
 
 

@@ -27,6 +27,16 @@ from sbn_bench.units import format_bytes
 REG = load_registry()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Small nets: one torch thread is as fast, and immune to OpenMP threads spinning on cores
+    that other processes hold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def peak_bytes(fn) -> int:
     """Peak of the CPU memory allocated by torch while ``fn()`` runs (allocations minus frees)."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
