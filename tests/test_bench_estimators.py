@@ -30,7 +30,9 @@ S = 100
 
 REGISTRY = load_registry()
 BUILTINS = ["exact", "reinforce", "reinforce-loo", "arm", "disarm", "concrete", "st-gumbel", "tanh",
-            "st", "st-identity", "psa"]
+            "st", "st-identity", "psa", "muprop", "nvil", "rebar", "relax", "leg", "arms", "gr-mc",
+            "reinmax", "hard-st", "ap2", "local-reparam"]
+"""Every built-in that takes the paper's net (``double-cv`` needs one stochastic layer)."""
 SINGLE_PASS = {"reinforce", "st", "st-identity", "concrete", "st-gumbel", "tanh"}
 
 

@@ -15,8 +15,9 @@ from sbn_bench.problems import Problem, load_problem, random_problem
 from sbn_bench.reference import exact_gradient
 
 BUILTINS = ["exact", "reinforce", "reinforce-loo", "arm", "disarm", "concrete", "st-gumbel", "tanh", "st",
-            "st-identity", "psa"]
-"""The estimators of SPEC §3's table."""
+            "st-identity", "psa", "muprop", "leg", "rebar", "relax", "nvil", "arms", "double-cv", "gr-mc",
+            "reinmax", "hard-st", "ap2", "local-reparam"]
+"""The estimators of SPEC §3's and §3b's tables."""
 
 
 def _invoke(*args: str) -> Result:
@@ -169,10 +170,31 @@ def test_list_json_has_every_builtin_with_flags() -> None:
     for name in BUILTINS:
         e = by_name[name]
         assert e["randomness"] in ("path", "continuous", "none") and isinstance(e["unbiased"], bool), name
-    # SPEC §3's bias column, for the ones it states plainly
-    assert all(by_name[n]["unbiased"] for n in ["exact", "reinforce", "reinforce-loo", "arm", "disarm"])
-    biased = ["concrete", "st-gumbel", "tanh", "st", "st-identity", "psa"]
+    # SPEC §3's and §3b's bias column, for the ones it states plainly
+    assert all(by_name[n]["unbiased"] for n in ["exact", "reinforce", "reinforce-loo", "arm", "disarm",
+                                                  "muprop", "leg", "rebar", "relax", "nvil", "arms",
+                                                  "double-cv"])
+    biased = ["concrete", "st-gumbel", "tanh", "st", "st-identity", "psa", "gr-mc", "reinmax", "hard-st",
+              "ap2", "local-reparam"]
     assert not any(by_name[n]["unbiased"] for n in biased)
+    # every flag of the contract is there
+    for e in by_name.values():
+        assert {"family", "losses", "layers", "single_layer", "adaptive", "hyperparams", "description",
+                "origin", "exact_mode", "evals_per_sample", "noises"} <= set(e), e
+    assert [n for n, e in by_name.items() if e["adaptive"]] == ["nvil", "rebar", "relax"]
+    assert [n for n, e in by_name.items() if e["single_layer"]] == ["double-cv"]
+    assert by_name["double-cv"]["hyperparams"] == {"k": 4, "alpha": -1.0}
+    assert (by_name["leg"]["family"], by_name["leg"]["evals_per_sample"]) == ("local-expectation", 16)
+
+
+def test_list_table_shows_the_columns_of_the_json() -> None:
+    lines = _ok("list").output.splitlines()
+    assert lines[0].split() == ["name", "family", "unbiased", "randomness", "evals", "noises", "losses",
+                                "layers", "hyperparams", "description"]
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert "dense (1 layer)" in rows["double-cv"] and "k=4,alpha=-1.0" in rows["double-cv"]
+    assert "continuous, adaptive" in rows["relax"] and "control-variates" in rows["relax"]
+    assert "logistic,mse,softmax" in rows["reinmax"] and " logistic " in rows["reinmax"]
 
 
 def test_help_and_version() -> None:

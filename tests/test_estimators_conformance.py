@@ -6,6 +6,7 @@ deliberately broken estimators (it can fail), and the built-ins' flags follow SP
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -33,20 +34,35 @@ PLUGIN_NAMES = {"reinforce-cb", "mf-noise"}
 
 
 def _non_default_specs() -> list[str]:
-    """One non-default spelling of every hyperparameter of the registry: numbers doubled (integers
-    ≥ 2 plus one), so the table also covers hyperparameters other than the defaults."""
+    """One non-default spelling per estimator of the registry with hyperparameters, every numeric
+    one changed at once: positive numbers halved, others moved down by 1.5, integers ≥ 2 plus one
+    (so every value stays valid), so the table also covers hyperparameters other than the
+    defaults."""
     specs = []
     for name in REGISTRY.names():
         est = REGISTRY.create(name)
+        changed = []
         for key, value in est.hyperparams:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             new = value + 1 if isinstance(value, int) else (value * 0.5 if value > 0 else value - 1.5)
-            specs.append(f"{name}:{key}={new}")
+            changed.append(f"{key}={new}")
+        if changed:
+            specs.append(f"{name}:{','.join(changed)}")
     return specs
 
 
 SPECS = [*REGISTRY.names(), *_non_default_specs()]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The checks run on tiny nets: one torch thread is as fast, and immune to OpenMP threads
+    spinning on cores that other processes hold (shared CI machines)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 ESTIMATORS = [REGISTRY.create(s) for s in SPECS]
 
 
@@ -72,23 +88,33 @@ def test_spec_round_trips(spec: str) -> None:
 
 
 def test_builtin_flags_follow_spec_table() -> None:
-    """SPEC §3's table: bias and randomness of each built-in; ARM/DisARM logistic only and cost
-    ``2L``, PSA ``1 + n_L`` evaluations; every built-in names its family."""
-    unbiased = {"exact", "reinforce", "reinforce-loo", "arm", "disarm"}
-    randomness = {"exact": "none", "tanh": "none", "arm": "continuous", "disarm": "continuous",
-                  "concrete": "continuous", "st-gumbel": "continuous"}
+    """SPEC §3 and §3b's tables: bias and randomness of each built-in; logistic noise only where
+    the mathematics needs it; the evaluation counts; one stochastic layer for double-cv; the
+    adaptive ones; every built-in names its family."""
+    unbiased = {"exact", "reinforce", "reinforce-loo", "arm", "disarm", "muprop", "leg", "rebar",
+                "relax", "nvil", "arms", "double-cv"}
+    randomness = {"exact": "none", "tanh": "none", "ap2": "none", "arm": "continuous",
+                  "disarm": "continuous", "concrete": "continuous", "st-gumbel": "continuous",
+                  "leg": "continuous", "rebar": "continuous", "relax": "continuous",
+                  "arms": "continuous", "gr-mc": "continuous", "local-reparam": "continuous"}
+    logistic_only = {"arm", "disarm", "arms", "rebar", "relax", "reinmax"}
+    adaptive = {"rebar", "relax", "nvil"}
     for name in BUILTINS:
         est = REGISTRY.create(name)
         assert est.unbiased == (name in unbiased), name
         assert est.randomness == randomness.get(name, "path"), name
         assert est.family in FAMILIES, (name, est.family)
+        assert (est.noises == {"logistic"}) == (name in logistic_only), name
+        assert (est.adapt is not None) == (name in adaptive), name
+        assert est.single_layer == (name == "double-cv"), name
     for name in ("arm", "disarm"):
         est = REGISTRY.create(name)
-        assert est.noises == {"logistic"}
         assert est.evals_per_sample((2, 5, 5, 5, 1)) == 6
         assert est.evals_per_sample((2, 3, 1)) == 2
-    assert REGISTRY.create("psa").evals_per_sample((2, 5, 5, 4, 1)) == 5
-    assert REGISTRY.create("reinforce-loo:k=4").evals_per_sample((2, 5, 1)) == 4
+    evals = {"psa": 5, "reinforce-loo:k=4": 4, "arms:k=3": 9, "leg": 15, "muprop": 4, "rebar": 7,
+             "relax": 7, "double-cv:k=3": 3, "nvil": 1, "gr-mc": 1, "reinmax": 1}
+    for spec, n in evals.items():
+        assert REGISTRY.create(spec).evals_per_sample((2, 5, 5, 4, 1)) == n, spec
 
 
 @pytest.mark.parametrize("name", ["arm", "disarm"])
@@ -167,12 +193,44 @@ def _scalar_surrogate() -> Estimator:
                      description="returns a scalar")
 
 
+def _adapts_with_the_global_generator() -> Estimator:
+    """REINFORCE with a constant baseline that its adapt draws from torch's global generator
+    instead of the one it is given: not reproducible from a seed."""
+    def make(baseline: float) -> Estimator:
+        def path(problem, params, states):
+            inputs = [problem.x, *states[:-1]]
+            logp = sum(model.state_log_prob(problem.noise_dist, model.preactivation(params, k, h), x)
+                       for k, (h, x) in enumerate(zip(inputs, states), start=1))
+            f = problem.loss_values(model.output(params, states[-1]))
+            return (f + (f.detach() - baseline) * logp).mean(-1)
+
+        return Estimator("global-rng", from_path(path), unbiased=True, randomness="path",
+                         path_surrogate=path, description="adapts with the global generator",
+                         adapt=lambda problem, generator, steps: make(float(torch.rand(()))))
+    return make(0.0)
+
+
+def _adapt_renames() -> Estimator:
+    base = REGISTRY.create("reinforce")
+    return dataclasses.replace(base, name="renamed", adapt=lambda problem, generator, steps: base)
+
+
+def _adapt_breaks_shapes() -> Estimator:
+    """Tuned, it returns one scalar instead of ``[S]``."""
+    broken = dataclasses.replace(_scalar_surrogate(), name="bad-tuning")
+    return dataclasses.replace(REGISTRY.create("tanh"), name="bad-tuning",
+                               adapt=lambda problem, generator, steps: broken)
+
+
 @pytest.mark.parametrize(("make", "check"), [
     (_counter_baseline, kit.check_statelessness),
     (_shared_noise, kit.check_uncorrelated_samples),
     (_biased_but_claims_unbiased, kit.check_unbiasedness),
     (_mixes_replicas, kit.check_replica_independence),
     (_scalar_surrogate, kit.check_shapes),
+    (_adapts_with_the_global_generator, kit.check_adapt),
+    (_adapt_renames, kit.check_adapt),
+    (_adapt_breaks_shapes, kit.check_adapt),
 ])
 def test_the_kit_catches_a_broken_estimator(make, check) -> None:
     est = make()
@@ -185,6 +243,7 @@ def test_the_kit_catches_a_broken_estimator(make, check) -> None:
 def test_check_estimator_takes_a_factory_and_reports_skips() -> None:
     skipped = kit.check_estimator(BUILTINS["tanh"])
     assert any(s.startswith("check_unbiasedness") for s in skipped)
+    assert any(s.startswith("check_adapt: not adaptive") for s in skipped)
     if not torch.cuda.is_available():
         assert any(s.startswith("check_cuda") for s in skipped)
 

@@ -36,7 +36,7 @@ def test_biased_path_estimators_are_really_biased(net: str) -> None:
     problem, exact = kit.unbiasedness_problem(net), kit.exact_of(net)
     for name in [n for n in REGISTRY.names() if REGISTRY.create(n).path_surrogate is not None
                  and not REGISTRY.create(n).unbiased]:
-        if name == "psa" and problem.n_layers == 1:
+        if (name == "psa" and problem.n_layers == 1) or not REGISTRY.create(name).supports(problem):
             continue
         mean = kit.path_expectation(REGISTRY.create(name), problem)
         rel = float((mean["weight_1"] - exact["weight_1"]).norm() / exact["weight_1"].norm())

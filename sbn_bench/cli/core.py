@@ -66,7 +66,9 @@ def exact(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
 def list_(plugins: tuple[Path, ...], as_json: bool) -> None:
     """List every registered estimator with its flags (built-ins, entry points, --plugin files).
 
-    Evaluations per sample are shown for the paper net 2-5-5-5-1.
+    Evaluations per sample are shown for the paper net 2-5-5-5-1; "layers" lists the stochastic
+    layer kinds supported, with "(1 layer)" for estimators that need exactly one; "adaptive"
+    estimators learn before they estimate.
     """
     reg, _ = load_plugins(plugins)  # a --plugin file that cannot be loaded is an error
     widths = (2, 5, 5, 5, 1)
@@ -74,9 +76,10 @@ def list_(plugins: tuple[Path, ...], as_json: bool) -> None:
     for name in reg.names():
         est = reg.factories[name]()
         entries.append({
-            "name": name, "unbiased": est.unbiased, "randomness": est.randomness,
-            "evals_per_sample": est.evals(widths),
-            "noises": sorted(est.noises), "losses": sorted(est.losses),
+            "name": name, "family": est.family, "unbiased": est.unbiased,
+            "randomness": est.randomness, "evals_per_sample": est.evals(widths),
+            "noises": sorted(est.noises), "losses": sorted(est.losses), "layers": sorted(est.layers),
+            "single_layer": est.single_layer, "adaptive": est.adapt is not None,
             "hyperparams": dict(est.hyperparams), "description": est.description,
             "origin": reg.origins[name], "exact_mode": est.path_surrogate is not None,
         })
@@ -85,12 +88,14 @@ def list_(plugins: tuple[Path, ...], as_json: bool) -> None:
                    "errors": [{"name": e.name, "origin": e.origin, "message": e.message}
                               for e in reg.errors]})
         return
-    rows = [[e["name"], "yes" if e["unbiased"] else "no", e["randomness"],
-             str(e["evals_per_sample"]), ",".join(e["noises"]),
+    rows = [[e["name"], e["family"] or "-", "yes" if e["unbiased"] else "no",
+             e["randomness"] + (", adaptive" if e["adaptive"] else ""), str(e["evals_per_sample"]),
+             ",".join(e["noises"]), ",".join(e["losses"]),
+             ",".join(e["layers"]) + (" (1 layer)" if e["single_layer"] else ""),
              ",".join(f"{k}={v}" for k, v in e["hyperparams"].items()) or "-", e["description"]]
             for e in entries]
-    click.echo(format_table(["name", "unbiased", "randomness", "evals", "noises", "hyperparams",
-                             "description"], rows))
+    click.echo(format_table(["name", "family", "unbiased", "randomness", "evals", "noises", "losses",
+                             "layers", "hyperparams", "description"], rows))
     for e in reg.errors:
         click.echo(f"failed to load: {e}", err=True)
 

@@ -1,7 +1,7 @@
 """Estimator plugin API and the built-in library (SPEC §3–4; README "Writing an estimator").
 
 * :mod:`~sbn_bench.estimators.base`: the contract (:class:`Estimator`, :class:`SurrogateFn`,
-  :func:`estimate`);
+  :func:`estimate`, and :func:`adapt_estimator` for estimators that learn before they estimate);
 * :mod:`~sbn_bench.estimators.kernel`: the path kernel estimators are built from;
 * :mod:`~sbn_bench.estimators.builtin`: the built-ins, one module per family;
 * :mod:`~sbn_bench.estimators.registry`: the registry, filled from the entry-point group
@@ -11,6 +11,8 @@
 """
 
 from sbn_bench.estimators.base import (
+    ADAPT_SAMPLES,
+    DEFAULT_ADAPT_STEPS,
     FAMILIES,
     RANDOMNESS,
     ContractError,
@@ -19,6 +21,7 @@ from sbn_bench.estimators.base import (
     Randomness,
     SurrogateFn,
     UnsupportedProblem,
+    adapt_estimator,
     default_bytes_per_sample,
     estimate,
     estimate_on_paths,
@@ -38,6 +41,8 @@ from sbn_bench.estimators.registry import (
 )
 
 __all__ = [
+    "ADAPT_SAMPLES",
+    "DEFAULT_ADAPT_STEPS",
     "FAMILIES",
     "GROUP",
     "RANDOMNESS",
@@ -51,6 +56,7 @@ __all__ = [
     "Registry",
     "SurrogateFn",
     "UnsupportedProblem",
+    "adapt_estimator",
     "check_factory",
     "default_bytes_per_sample",
     "estimate",

@@ -18,6 +18,13 @@ Estimators with ``randomness == "path"`` (the estimate is a deterministic functi
 binary states) also provide :class:`PathSurrogateFn`, the same surrogate for *given* states, so the
 runner can take exact expectations over all ``2^{Σ n_k}`` paths.
 
+*Adaptive* estimators (SPEC §3b: ``rebar`` with a tuned η, ``relax``, ``nvil``) learn something
+before they estimate: :attr:`Estimator.adapt` ``(problem, generator, steps)`` returns a frozen, tuned
+estimator of the same name whose learned state is held in its closures or hyperparameters; the
+untuned estimator is itself a valid estimator. :func:`adapt_estimator` runs it with a seeded
+generator and times it, so that every adaptive estimator gets the same documented budget
+(:data:`DEFAULT_ADAPT_STEPS`) and a rerun is bit-identical.
+
 References:
     The surrogate-loss convention follows Mohamed, Rosca, Figurnov, Mnih. "Monte Carlo Gradient
     Estimation in Machine Learning". JMLR 2020 (deepmind ``mc_gradients``).
@@ -25,6 +32,7 @@ References:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -80,13 +88,23 @@ class ContractError(SbnBenchError, TypeError):
     """An estimator (typically a plugin) that breaks the contract; ``argument`` names it."""
 
 
-FAMILIES = ("exact", "score-function", "antithetic", "relaxed", "straight-through", "psa")
+FAMILIES = ("exact", "score-function", "antithetic", "relaxed", "straight-through", "psa",
+            "control-variates", "local-expectation")
 """The built-in estimator families (one module each in :mod:`sbn_bench.estimators.builtin`);
 a plugin may declare any family name (reports group and colour estimators by it)."""
 
 
 def _one(widths: tuple[int, ...]) -> int:
     return 1
+
+
+DEFAULT_ADAPT_STEPS = 200
+"""The adaptation budget every adaptive estimator gets by default: ``steps`` optimiser steps, each
+on a batch of :data:`ADAPT_SAMPLES` single-sample estimates per data point (``rebar`` computes its
+variance-minimising η in closed form from ``steps × ADAPT_SAMPLES`` pilot estimates instead)."""
+
+ADAPT_SAMPLES = 16
+"""Single-sample estimates per data point in one adaptation step."""
 
 
 def default_bytes_per_sample(widths: Sequence[int], num_data: int, itemsize: int, evals: int) -> int:
@@ -132,6 +150,10 @@ class Estimator:
             one sample takes inside :func:`estimate`, read by the runner's memory planner; None:
             :func:`default_bytes_per_sample` with :attr:`evals_per_sample`
             (:meth:`memory_per_sample`).
+        adapt: for adaptive estimators, ``adapt(problem, generator, steps) -> Estimator``: a frozen,
+            tuned estimator of the same name (its learned state in closures or hyperparameters),
+            trained on ``problem`` for ``steps`` steps with ``generator`` as the only source of
+            randomness; None for the others. Run it through :func:`adapt_estimator`.
 
     Two estimators are equal when their name, hyperparameters, flags and version are (the
     functions are not compared).
@@ -153,6 +175,8 @@ class Estimator:
     single_layer: bool = False
     bytes_per_sample: Callable[[tuple[int, ...], int, int], int] | None = field(default=None,
                                                                                compare=False)
+    adapt: Callable[[Problem, torch.Generator, int], Estimator] | None = field(default=None,
+                                                                             compare=False)
 
     @property
     def spec(self) -> str:
@@ -220,6 +244,48 @@ def _positive_int(est: Estimator, what: str, fn: Callable[[], Any], widths: tupl
         raise ContractError(f"estimator {est.spec!r}: {what}({widths}) returned {n!r}, expected an "
                             "int ≥ 1", argument=est.spec, value=n, expected="an int ≥ 1")
     return n
+
+
+def adapt_estimator(estimator: Estimator, problem: Problem, steps: int = DEFAULT_ADAPT_STEPS,
+                    seed: int = 0) -> tuple[Estimator, float]:
+    """Tune an adaptive estimator on ``problem``: ``estimator.adapt(problem, generator, steps)``
+    with a generator on the problem's device seeded with ``seed``, timed with a wall clock.
+
+    The same seed gives a bit-identical tuned estimator (on the same device and dtype). A
+    non-adaptive estimator is returned as is, after no time.
+
+    Args:
+        estimator: the (untuned) estimator.
+        problem: the problem to tune on (its device and dtype are used).
+        steps: the adaptation budget ``≥ 0`` (:data:`DEFAULT_ADAPT_STEPS` by default).
+        seed: seeds the generator.
+
+    Returns:
+        ``(tuned, seconds)``.
+
+    Raises:
+        ArgumentError: ``steps`` is not an integer ``≥ 0``.
+        UnsupportedProblem: the estimator cannot take the problem.
+        ContractError: ``adapt`` returned something other than an estimator of the same name.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ArgumentError(f"argument steps={steps!r} must be an integer ≥ 0", argument="steps",
+                            value=steps, expected="an integer ≥ 0")
+    if estimator.adapt is None:
+        return estimator, 0.0
+    estimator.check_supports(problem)
+    generator = torch.Generator(device=problem.x.device).manual_seed(seed)
+    start = time.perf_counter()
+    tuned = estimator.adapt(problem, generator, steps)
+    seconds = time.perf_counter() - start
+    if not isinstance(tuned, Estimator) or tuned.name != estimator.name:
+        got = f"an estimator named {tuned.name!r}" if isinstance(tuned, Estimator) else \
+            type(tuned).__name__
+        raise ContractError(f"estimator {estimator.spec!r}: adapt returned {got}, expected an "
+                            f"sbn_bench.Estimator named {estimator.name!r}",
+                            argument=estimator.name, value=got,
+                            expected=f"an Estimator named {estimator.name!r}")
+    return tuned, seconds
 
 
 def _gradients(surr: Tensor, reps: Mapping[str, Tensor], num_samples: int, who: str

@@ -11,8 +11,8 @@ re-implement them.
 * :func:`score`: a term whose gradient is ``∇ log p(x^k | x^{k-1})``;
 * :func:`mean_loss`, :func:`downstream_loss`: the loss of a path, and of states propagated from a
   layer with fresh samples;
-* :func:`uniform`: ``U(0, 1)`` noise kept away from 0 and 1; :func:`check_positive` for
-  hyperparameters.
+* :func:`uniform`: ``U(0, 1)`` noise kept away from 0 and 1; :func:`check_positive`,
+  :func:`check_finite` and :func:`check_count` for hyperparameters.
 
 Shapes: replicas ``[S, *shape]`` of every parameter, states ``[S, D, n_k]`` in {0,1}; extra leading
 dimensions (flipped copies, antithetic pairs) go *before* ``S`` so that replicated parameters
@@ -63,6 +63,15 @@ def preactivation_moments(problem: Problem, params: Params, k: int, mean: Tensor
     return model.linear(w, b, mean), model.linear(w * w, torch.zeros_like(b), var)
 
 
+def output_moments(problem: Problem, params: Params, mean: Tensor, var: Tensor
+                   ) -> tuple[Tensor, Tensor]:
+    """Mean and variance of the output ``η`` when the last stochastic layer's units are independent
+    with the given means and variances (``[..., S, D, n_L] → [..., S, D, n_out]`` each):
+    ``(V m + c, (V∘V) v)``, as :func:`preactivation_moments` for the output layer."""
+    v, c = params["weight_out"], params["bias_out"]
+    return model.linear(v, c, mean), model.linear(v * v, torch.zeros_like(c), var)
+
+
 def output(problem: Problem, params: Params, x_last: Tensor) -> Tensor:
     """The network's output ``η`` from the last stochastic layer's states (or relaxations):
     ``[..., S, D, n_L] → [..., S, D, n_out]``."""
@@ -92,6 +101,15 @@ def check_positive(name: str, value: float, what: str) -> float:
     hyperparameter."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not (value > 0 and math.isfinite(value)):
+        raise ArgumentError(f"hyperparameter {name}={value!r} must be {what}", argument=name,
+                            value=value, expected=what)
+    return float(value)
+
+
+def check_finite(name: str, value: float, what: str) -> float:
+    """``value`` as a float when it is a finite real number (e.g. a control-variate scale, which
+    may be 0 or negative), else an :class:`ArgumentError` naming the hyperparameter."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ArgumentError(f"hyperparameter {name}={value!r} must be {what}", argument=name,
                             value=value, expected=what)
     return float(value)

@@ -23,7 +23,8 @@ supports:
 ``shapes``                 ``{name: [S, *shape]}`` in float64 and float32, on the problem's device,
                            finite, detached; the path surrogate likewise
 ``cuda``                   the same on a CUDA device (skipped without one)
-``refusal``                an unsupported noise or loss is refused before the generator is used
+``refusal``                an unsupported noise or loss (or a deep net, for ``single_layer``) is
+                           refused before the generator is used
 ``determinism``            the same seed gives identical estimates; another seed different ones
                            (unless ``randomness == "none"``, which must not depend on it)
 ``statelessness``          results do not depend on earlier calls (another problem, another seed
@@ -38,7 +39,16 @@ supports:
                            path equals the exact gradient to 1e-10 (``path``); one sample is the
                            gradient (``none``); else a seeded per-coordinate z-test, on nets of
                            depth 1–3
+``adapt``                  adaptive estimators: ``adapt`` (a small budget, :data:`ADAPT_STEPS`)
+                           returns an estimator of the same name, bit-identical for one seed, that
+                           passes ``shapes``
 =========================  =====================================================================
+
+Every other check runs on the estimator as given: an adaptive estimator untuned must itself be a
+valid estimator.
+
+Estimators flagged ``single_layer`` run on the one-layer check problems instead
+(:data:`ONE_LAYER_PROBLEMS`).
 
 Statistical checks are seeded and each fails a correct estimator with probability at most
 :data:`ALPHA` (two-sided, Bonferroni over the coordinates it looks at).
@@ -61,6 +71,7 @@ from sbn_bench.estimators.base import (
     RANDOMNESS,
     Estimator,
     UnsupportedProblem,
+    adapt_estimator,
     estimate,
     estimate_on_paths,
 )
@@ -83,6 +94,9 @@ CORRELATION_SAMPLES = 4000
 EXACT_RTOL = 1e-10
 """Relative tolerance of exact comparisons by enumeration."""
 
+ADAPT_STEPS = 3
+"""Adaptation budget of the ``adapt`` check (it checks the contract, not the tuning)."""
+
 
 class ConformanceError(AssertionError):
     """An estimator failed a conformance check; the message names the estimator and the check and
@@ -100,7 +114,8 @@ class CheckSkipped(Exception):
 @functools.cache
 def check_problem(kind: str) -> Problem:
     """The small problems the checks run on (cached; read-only): ``logistic`` (2-3-2-1),
-    ``softmax-gaussian`` (3-2-2-3), ``mse`` (2-2-3-2), ``mse-gaussian`` (2-2-2-1)."""
+    ``softmax-gaussian`` (3-2-2-3), ``mse`` (2-2-3-2), ``mse-gaussian`` (2-2-2-1), and with one
+    stochastic layer ``logistic-1`` (2-3-1), ``softmax-gaussian-1`` (3-3-3), ``mse-1`` (2-2-2)."""
     if kind == "logistic":
         return random_problem("2-3-2-1", 1, data_points=5)
     if kind == "softmax-gaussian":
@@ -109,10 +124,20 @@ def check_problem(kind: str) -> Problem:
         return random_problem("2-2-3-2", 3, data_points=4, loss="mse")
     if kind == "mse-gaussian":
         return random_problem("2-2-2-1", 4, data_points=3, loss="mse", noise="gaussian")
+    if kind == "logistic-1":
+        return random_problem("2-3-1", 5, data_points=5)
+    if kind == "softmax-gaussian-1":
+        return random_problem("3-3-3", 6, data_points=4, loss="softmax", noise="gaussian")
+    if kind == "mse-1":
+        return random_problem("2-2-2", 7, data_points=4, loss="mse")
     raise KeyError(kind)
 
 
 CHECK_PROBLEMS = ("logistic", "softmax-gaussian", "mse", "mse-gaussian")
+"""The check problems of every estimator that takes deep networks."""
+
+ONE_LAYER_PROBLEMS = ("logistic-1", "softmax-gaussian-1", "mse-1")
+"""The check problems of estimators that need one stochastic layer (``single_layer``)."""
 
 UNBIASEDNESS_NETS = {
     "2-2-1/logistic": dict(arch="2-2-1", seed=11),
@@ -137,7 +162,8 @@ def exact_of(net: str) -> dict[str, Tensor]:
 
 
 def _supported(est: Estimator) -> list[Problem]:
-    found = [check_problem(k) for k in CHECK_PROBLEMS if est.supports(check_problem(k))]
+    kinds = ONE_LAYER_PROBLEMS if est.single_layer else CHECK_PROBLEMS
+    found = [check_problem(k) for k in kinds if est.supports(check_problem(k))]
     if not found:
         raise ConformanceError(f"estimator {est.spec!r} supports none of the check problems "
                                f"(noises {sorted(est.noises)}, losses {sorted(est.losses)})")
@@ -321,6 +347,23 @@ def check_refusal(est: Estimator) -> None:
                                         "not refused")
         if not torch.equal(gen.get_state(), before):
             raise _fail(est, "refusal", "the generator was used before the refusal")
+    if est.single_layer:
+        problem = _supported(est)[0]
+        deep = random_problem(f"{problem.widths[0]}-2-{problem.arch.split('-', 1)[1]}", 0,
+                              data_points=3, loss=problem.loss, noise=problem.noise)
+        gen = _gen(0)
+        before = gen.get_state()
+        try:
+            estimate(est, deep, 2, gen)
+        except UnsupportedProblem as e:
+            if repr(est.spec) not in str(e) or e.argument != "layers":
+                raise _fail(est, "refusal", f"message {str(e)!r} (argument {e.argument!r}) does not "
+                                            f"name {est.spec!r} and the layers") from None
+        else:
+            raise _fail(est, "refusal", f"single_layer, but a net with {deep.n_layers} stochastic "
+                                        "layers was not refused")
+        if not torch.equal(gen.get_state(), before):
+            raise _fail(est, "refusal", "the generator was used before the refusal")
 
 
 @_check
@@ -481,10 +524,38 @@ def check_unbiasedness(est: Estimator) -> None:
                 raise _fail(est, "unbiasedness", f"biased on {net}: {report}")
 
 
+@_check
+def check_adapt(est: Estimator) -> None:
+    """Adaptive estimators: :func:`~sbn_bench.estimators.base.adapt_estimator` with
+    :data:`ADAPT_STEPS` steps on the first check problem returns an :class:`Estimator` of the same
+    name; two runs with one seed give bit-identical estimates; the tuned estimator passes
+    :func:`check_shapes` (on the problem it was tuned for and on the others)."""
+    if est.adapt is None:
+        raise CheckSkipped("not adaptive")
+    if not callable(est.adapt):
+        raise _fail(est, "adapt", f"adapt is {type(est.adapt).__name__}, expected a callable")
+    problem = _supported(est)[0]
+    tuned, _ = adapt_estimator(est, problem, ADAPT_STEPS, seed=17)
+    again, _ = adapt_estimator(est, problem, ADAPT_STEPS, seed=17)
+    for t in (tuned, again):
+        if not isinstance(t, Estimator) or t.name != est.name:
+            raise _fail(est, "adapt", f"adapt returned {t!r}, expected an Estimator named {est.name!r}")
+    a, b = estimate(tuned, problem, 4, _gen(5)), estimate(again, problem, 4, _gen(5))
+    for k in a:
+        if not torch.equal(a[k], b[k]):
+            diff = float((a[k] - b[k]).abs().max())
+            raise _fail(est, "adapt", f"{k}: two adaptations with seed 17 give estimates that differ "
+                                      f"by up to {diff:.3g}, expected bit-identical")
+    try:
+        check_shapes(tuned)
+    except ConformanceError as e:
+        raise _fail(est, "adapt", f"the tuned estimator fails check 'shapes': {e}") from None
+
+
 CHECKS: tuple[Callable[[Estimator], None], ...] = (
     check_contract, check_shapes, check_cuda, check_refusal, check_determinism,
     check_statelessness, check_replica_independence, check_uncorrelated_samples,
-    check_path_surrogate, check_unbiasedness,
+    check_path_surrogate, check_unbiasedness, check_adapt,
 )
 """The conformance table, in the order :func:`check_estimator` runs it."""
 

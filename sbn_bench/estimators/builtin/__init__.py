@@ -1,16 +1,18 @@
 """The built-in estimators (SPEC §3–4), one module per family, each factory returning a frozen
 :class:`~sbn_bench.estimators.Estimator`.
 
-=====================  ==================================================
+=====================  ==================================================================
 module                 estimators
-=====================  ==================================================
+=====================  ==================================================================
 ``exact``              ``exact``
 ``score_function``     ``reinforce``, ``reinforce-loo``
-``antithetic``         ``arm``, ``disarm``
-``relaxed``            ``concrete``, ``st-gumbel``, ``tanh``
-``straight_through``   ``st``, ``st-identity``
+``control_variates``   ``muprop``, ``nvil``, ``rebar``, ``relax``, ``double-cv``
+``local``              ``leg``
+``antithetic``         ``arm``, ``disarm``, ``arms``
+``relaxed``            ``concrete``, ``st-gumbel``, ``gr-mc``, ``tanh``, ``ap2``, ``local-reparam``
+``straight_through``   ``st``, ``st-identity``, ``hard-st``, ``reinmax``
 ``psa``                ``psa``
-=====================  ==================================================
+=====================  ==================================================================
 
 All are built from :mod:`sbn_bench.estimators.kernel` and vectorised over samples and data points
 (Python loops run over layers only). They are registered through the entry-point group
@@ -26,14 +28,17 @@ from collections.abc import Callable
 from sbn_bench.estimators.base import Estimator
 from sbn_bench.estimators.builtin import (
     antithetic,
+    control_variates,
     exact,
+    local,
     psa,
     relaxed,
     score_function,
     straight_through,
 )
 
-FAMILY_MODULES = (exact, score_function, antithetic, relaxed, straight_through, psa)
+FAMILY_MODULES = (exact, score_function, control_variates, local, antithetic, relaxed,
+                  straight_through, psa)
 """One module per family, each with its ``ESTIMATORS`` table (name → factory)."""
 
 BUILTINS: dict[str, Callable[..., Estimator]] = {
