@@ -21,7 +21,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -155,7 +155,76 @@ def linear(weight: Tensor, bias: Tensor, x: Tensor) -> Tensor:
     Returns:
         ``[D, n]`` when everything is shared, else ``[S, D, n]``.
     """
+    if weight.dim() == 3 and _shared_value(weight) and _shared_value(bias):
+        return _ReplicatedLinear.apply(weight, bias, x)
     return torch.matmul(x, weight.transpose(-1, -2)) + bias.unsqueeze(-2)
+
+
+def _shared_value(t: Tensor) -> bool:
+    """Whether every replica ``t[s]`` equals ``t[0]`` (always so inside :func:`estimate` unless an
+    estimator perturbs its replicas): a check over the parameters only, cheap next to the layer."""
+    if t.stride(0) == 0:
+        return True
+    with torch.no_grad():
+        return bool((t == t[:1]).all())
+
+
+def _units_major_mm(w: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x wᵀ (+ bias)`` for ``x [..., m]`` (any leading dimensions) and one matrix ``w [n, m]``,
+    computed as ``w @ x_flatᵀ`` (one GEMM with the long dimension last, about ten times faster
+    than ``x_flat @ wᵀ`` for the narrow layers of SBNs) and returned as a view ``[..., n]`` whose
+    units are the slowest dimension in memory; elementwise work downstream keeps that layout, so
+    the next layer's ``x_flatᵀ`` is contiguous without a copy."""
+    lead = x.shape[:-1]
+    flat_t = x.reshape(-1, x.shape[-1]).T
+    if not flat_t.is_contiguous():
+        flat_t = flat_t.contiguous()
+    out = w @ flat_t if bias is None else torch.addmm(bias.unsqueeze(-1), w, flat_t)
+    return out.T.reshape(*lead, w.shape[0])
+
+
+class _ReplicatedLinear(torch.autograd.Function):
+    """``x Wᵀ + b`` for replicas ``W [S, n, m]``, ``b [S, n]`` of one value: the forward uses the
+    shared value (one GEMM over all samples and data points instead of ``S`` small ones), the
+    backward gives each replica its own gradient ``Σ_d δ[…, s, d]ᵀ x[…, s, d]`` and ``x`` its
+    gradient through the shared weight. ``x`` is ``[D, m]`` (shared by the samples) or
+    ``[..., S, D, m]``; the result is ``[..., S, D, n]``."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, bias: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+        w0 = weight[0]
+        ctx.save_for_backward(w0, x)
+        ctx.S = weight.shape[0]
+        out = _units_major_mm(w0, x, bias[0])
+        if x.dim() == 2:  # the same for every sample: materialised units-major, [n, S, D] in memory
+            D, n = out.shape
+            out = out.T.unsqueeze(1).expand(n, ctx.S, D).contiguous().permute(1, 2, 0)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        w0, x = ctx.saved_tensors
+        gw = gb = gx = None
+        lead = tuple(range(grad.dim() - 3))  # dimensions before [S, D, n]
+        if ctx.needs_input_grad[0]:
+            if x.dim() == 2:  # Σ_d g[s, d, j] x[d, i]: one GEMM [S·n, D] @ [D, m]
+                g = grad.sum(lead) if lead else grad
+                gw = torch.matmul(g.transpose(-1, -2), x)
+            elif grad.dim() == 3:
+                gw = torch.bmm(grad.transpose(-1, -2), x)
+            else:
+                xe = x.expand(*grad.shape[:-1], x.shape[-1])
+                gw = torch.einsum("lsdn,lsdm->snm", grad.reshape(-1, *grad.shape[-3:]),
+                                  xe.reshape(-1, *xe.shape[-3:]))
+        if ctx.needs_input_grad[1]:
+            gb = grad.sum((*lead, -2))
+        if ctx.needs_input_grad[2]:
+            gx = _units_major_mm(w0.T, grad)
+            if x.dim() == 2:
+                gx = gx.reshape(-1, *x.shape).sum(0)
+            elif gx.shape != x.shape:
+                gx = gx.sum_to_size(x.shape)
+        return gw, gb, gx
 
 
 def preactivation(params: Params, k: int, x_prev: Tensor) -> Tensor:
@@ -168,11 +237,59 @@ def output(params: Params, x_last: Tensor) -> Tensor:
     return linear(params["weight_out"], params["bias_out"], x_last)
 
 
+def uniform(shape: Sequence[int], dtype: torch.dtype, device: torch.device | str,
+            generator: torch.Generator | None) -> Tensor:
+    """``U ~ U(0, 1)`` in ``[0, 1)`` of the given shape, drawn from ``generator`` (no gradient).
+
+    The values are drawn in one canonical order whatever the caller does with them: the last
+    dimension (the units of a layer) slowest, the others in row-major order. The result has that
+    memory layout too (:func:`_units_major_mm` gives pre-activations the same), so elementwise work
+    on both is a plain loop. On the CPU the values are built from 64-bit integers of
+    ``generator`` (``Tensor.random_``, the same Mersenne Twister) written into the mantissa of a
+    float in ``[1, 2)``, minus one: two float32 per integer (23 random bits each) or one float64
+    (52 bits), about twice as fast as ``torch.rand``; elsewhere ``torch.rand``.
+    """
+    shape = tuple(int(n) for n in shape)
+    n = math.prod(shape)
+    device = torch.device(device)
+    with torch.no_grad():
+        if device.type == "cpu" and dtype in (torch.float32, torch.float64):
+            if dtype == torch.float32:
+                bits = torch.empty((n + 1) // 2, dtype=torch.int64).random_(generator=generator)
+                flat = bits.view(torch.int32)[:n]
+                flat.bitwise_and_(0x7FFFFF).bitwise_or_(0x3F800000)  # 23 random mantissa bits
+                flat = flat.view(torch.float32).sub_(1.0)
+            else:
+                flat = torch.empty(n, dtype=torch.int64).random_(generator=generator)
+                flat.bitwise_and_(0xFFFFFFFFFFFFF).bitwise_or_(0x3FF0000000000000)  # 52 bits
+                flat = flat.view(torch.float64).sub_(1.0)
+        else:
+            flat = torch.rand(n, generator=generator, dtype=dtype, device=device)
+    if len(shape) < 2:
+        return flat.view(shape)
+    return flat.view(shape[-1], *shape[:-1]).movedim(0, -1)
+
+
+def units_major_empty(shape: Sequence[int], like: Tensor) -> Tensor:
+    """An uninitialised tensor of ``like``'s dtype and device whose last dimension (the units) is
+    the slowest in memory, the layout :func:`uniform` and :func:`linear` give (write stacked states
+    into it so that the next layer needs no copy)."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) < 2:
+        return like.new_empty(shape)
+    return like.new_empty((shape[-1], *shape[:-1])).movedim(0, -1)
+
+
+def uniform_like(t: Tensor, generator: torch.Generator | None) -> Tensor:
+    """:func:`uniform` with ``t``'s shape, dtype and device."""
+    return uniform(t.shape, t.dtype, t.device, generator)
+
+
 def bernoulli(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     """States in {0,1} with ``P(x = 1) = probs``: ``[U < probs]`` with one ``U ~ U(0, 1)`` per entry
-    drawn from ``generator`` (no gradient). The one sampling kernel of the package: the model, the
-    estimators and the problem constructors draw states through it, so that a surrogate, its path
-    surrogate and :func:`sample_states` agree on the states of one seed.
+    drawn from ``generator`` (:func:`uniform_like`; no gradient). The one sampling kernel of the
+    package: the model, the estimators and the problem constructors draw states through it, so that
+    a surrogate, its path surrogate and :func:`sample_states` agree on the states of one seed.
 
     Args:
         probs: ``[...]`` firing probabilities ``F(a)`` (any dtype and device; a gradient is ignored).
@@ -181,8 +298,7 @@ def bernoulli(probs: Tensor, generator: torch.Generator | None) -> Tensor:
         ``[...]`` states, same dtype and device as ``probs``.
     """
     with torch.no_grad():
-        u = torch.rand(probs.shape, generator=generator, dtype=probs.dtype, device=probs.device)
-        return (u < probs).to(probs.dtype)
+        return uniform_like(probs.detach(), generator).lt_(probs)  # in place: 1.0 where U < p
 
 
 def sample_states(
@@ -231,13 +347,15 @@ def state_log_prob(noise: Noise, a: Tensor, states: Tensor) -> Tensor:
 
 
 def replicate(params: Params, num_samples: int) -> dict[str, Tensor]:
-    """Independent leaf copies ``[S, *shape]`` of every parameter, with ``requires_grad``.
+    """Leaf replicas ``[S, *shape]`` of every parameter, with ``requires_grad``.
 
     The gradient of ``f.sum()`` with respect to replica ``s`` is the gradient of ``f[s]`` alone,
-    so a surrogate of shape ``[S]`` yields ``S`` per-sample gradients in one backward pass.
+    so a surrogate of shape ``[S]`` yields ``S`` per-sample gradients in one backward pass. The
+    replicas are one private copy expanded along ``S`` (no ``S``-fold copy; :func:`linear` then
+    computes with the shared value): read them, never write them.
     """
     return {
-        name: p.detach().unsqueeze(0).repeat(num_samples, *([1] * p.dim())).requires_grad_(True)
+        name: p.detach().clone().unsqueeze(0).expand(num_samples, *p.shape).requires_grad_(True)
         for name, p in params.items()
     }
 

@@ -373,7 +373,9 @@ def rescale_layers(params: dict[str, Tensor], x: Tensor, noise: Noise, gen: torc
         out[f"weight_{k}"] = w / std[:, None]
         out[f"bias_{k}"] = (b - mean) / std
         a = model.linear(out[f"weight_{k}"], out[f"bias_{k}"], h)
-        h = model.bernoulli(noise.cdf(a), gen)
+        # drawn with torch.rand, as since the first version: a preset problem never changes with
+        # the estimators' sampling kernel (sbn_bench.model.bernoulli)
+        h = (torch.rand(a.shape, generator=gen, dtype=a.dtype) < noise.cdf(a)).to(a.dtype)
     return out
 
 

@@ -251,8 +251,12 @@ def test_replicas_give_independent_per_sample_gradients(loss: str, noise: str, a
 
 def test_replicate_copies_are_detached_from_the_source() -> None:
     p = random_problem("2-2-1", 0, data_points=2)
+    before = p.params["weight_1"].clone()
     reps = model.replicate(p.params, 3)
+    assert reps["weight_1"].shape == (3, 2, 2) and reps["weight_1"].is_leaf
     with torch.no_grad():
-        reps["weight_1"][0].add_(1.0)
-    torch.testing.assert_close(reps["weight_1"][1], p.params["weight_1"])
-    assert not torch.equal(reps["weight_1"][0], p.params["weight_1"])
+        reps["weight_1"][0].add_(1.0)  # against the contract, but it cannot reach the problem
+    torch.testing.assert_close(p.params["weight_1"], before)
+    with pytest.raises(RuntimeError):  # the replicas are one expanded copy: never written whole
+        with torch.no_grad():
+            reps["bias_1"].add_(1.0)

@@ -89,9 +89,9 @@ def mean_loss(problem: Problem, params: Params, x_last: Tensor) -> Tensor:
 
 
 def uniform(shape: torch.Size | Sequence[int], like: Tensor, generator: torch.Generator) -> Tensor:
-    """``U(0, 1)`` of ``like``'s dtype and device, kept away from 0 and 1 so that ``F⁻¹(U)`` is
-    finite."""
-    u = torch.rand(tuple(shape), generator=generator, dtype=like.dtype, device=like.device)
+    """``U(0, 1)`` of ``like``'s dtype and device (:func:`sbn_bench.model.uniform`: drawn in one
+    canonical order), kept away from 0 and 1 so that ``F⁻¹(U)`` is finite."""
+    u = model.uniform(shape, like.dtype, like.device, generator)
     tiny = torch.finfo(like.dtype).eps
     return u.clamp_(tiny, 1 - tiny)
 
@@ -122,6 +122,48 @@ def check_count(name: str, value: int, minimum: int) -> int:
         raise ArgumentError(f"hyperparameter {name}={value!r} must be an integer ≥ {minimum}",
                             argument=name, value=value, expected=f"an integer ≥ {minimum}")
     return value
+
+
+class _PassThrough(torch.autograd.Function):
+    """Value ``x``, gradient flowing to ``proxy`` unchanged (``x + proxy − detach(proxy)`` in one
+    pass, without its two elementwise operations)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, proxy: Tensor, x: Tensor
+                ) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
+
+
+class _WithSlope(torch.autograd.Function):
+    """Value ``x``, ``∂/∂a := slope`` (``x + slope · (a − detach(a))`` in one pass)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, a: Tensor, x: Tensor, slope: Tensor
+                ) -> Tensor:
+        ctx.save_for_backward(slope)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+                 ) -> tuple[Tensor, None, None]:
+        (slope,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad * slope, None, None
+
+
+def pass_through(x: Tensor, proxy: Tensor) -> Tensor:
+    """``x`` in value, the gradient of ``proxy`` (same shape) in the backward pass: the
+    straight-through ``x + (proxy − detach(proxy))`` without its two elementwise passes."""
+    return _PassThrough.apply(proxy, x)
+
+
+def with_slope(x: Tensor, a: Tensor, slope: Tensor) -> Tensor:
+    """``x`` in value, ``∂/∂a := slope`` (detached, same shape) in the backward pass:
+    ``x + slope · (a − detach(a))`` without its elementwise passes in the forward."""
+    return _WithSlope.apply(a, x, slope.detach())
 
 
 class Layer(NamedTuple):

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from sbn_bench import model
 from sbn_bench.estimators.base import Estimator
 from sbn_bench.estimators.kernel import (
     check_count,
@@ -49,9 +50,10 @@ def antithetic_surrogate(problem: Problem, params: Params, generator: torch.Gene
         u = uniform(a.shape, a, generator)
         with torch.no_grad():
             fa = F(a)
-            b1 = (u > 1 - fa).to(a.dtype)  # [U > F(−a)]
-            b2 = (u < fa).to(a.dtype)  # [U < F(a)]
-            pair = downstream_loss(problem, params, k, torch.stack([b1, b2]), generator)
+            states = model.units_major_empty((2, *a.shape), a)
+            b1 = torch.gt(u, 1 - fa, out=states[0])  # [U > F(−a)]
+            b2 = torch.lt(u, fa, out=states[1])  # [U < F(a)]
+            pair = downstream_loss(problem, params, k, states, generator)
             diff = pair[0] - pair[1]  # [S, D]
             if disarm:
                 coef = 0.5 * diff.unsqueeze(-1) * (1 - 2 * b2) * (b1 != b2).to(a.dtype) \

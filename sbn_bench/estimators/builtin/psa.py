@@ -33,37 +33,39 @@ def psa_surrogate(problem: Problem, params: Params, states: Sequence[Tensor] | N
     ``λ^{k-1} = Δ^{kᵀ} λ^k``, computed without gradient: one small batched mat-vec per layer instead of
     autograd's forward and backward through the ``q`` chain. Both terms are zero in value.
     """
-    F = problem.noise_dist.cdf
     layers = forward(problem, params, problem.x, states, generator)
+    with torch.no_grad():
+        neg_s = [layer.x.mul(-2).add_(1) for layer in layers]  # −s^k = 1 − 2x^k, [S, D, n_k]
     a, fa, x, _ = layers[-1]
     n = x.shape[-1]
-    p = F((2 * x - 1) * a).detach()  # probability of the sampled state of each last-layer unit
+    with torch.no_grad():  # probability of the sampled state of each last-layer unit
+        p = torch.where(x > 0, fa, 1 - fa)
     eta = model.output(params, x)  # [S, D, n_out]
     f = problem.loss_values(eta)  # [S, D]
     # η(x with unit i flipped) = η + V[:, i] (1 − 2 x_i): [S, D, n, n_out]
     V = params["weight_out"]  # [S, n_out, n]
-    eta_flip = eta.unsqueeze(-2) + (1 - 2 * x).unsqueeze(-1) * V.transpose(-1, -2).unsqueeze(-3)
+    eta_flip = eta.unsqueeze(-2) + neg_s[-1].unsqueeze(-1) * V.transpose(-1, -2).unsqueeze(-3)
     f_flip = problem.loss_values(eta_flip.movedim(-2, 0)).movedim(0, -1)  # [S, D, n]
     diff = f_flip - f.unsqueeze(-1)
     est = f + ((1 - p) / n * diff).sum(-1)  # [S, D]
     lam = diff.detach()  # λ^L: [S, D, n_L]
     for k in range(len(layers), 0, -1):
-        a, fa, x, _ = layers[k - 1]
-        s = 2 * x - 1  # [S, D, n_k]
-        term = (lam * (-s * fa)).sum(-1)  # λ^k · d^k, d^k_j = −s_j F(a_j)
+        fa = layers[k - 1].fa
+        mu = neg_s[k - 1] * lam  # μ_j = −s_j λ^k_j (no gradient)
+        term = (mu * fa).sum(-1)  # λ^k · d^k with d^k_j = −s_j F(a_j): [S, D]
         est = est + (term - term.detach())
         if k > 1:
             with torch.no_grad():
-                # λ^{k-1}_i = Σ_j Δ_ji λ^k_j, Δ_ji = −s_j (F(ã_ji) − F(a_j)), ã_ji = a_j − W_ji s_i; with
-                # μ_j = −s_j λ^k_j: λ^{k-1}_i = Σ_j μ_j F(ã_ji) − Σ_j μ_j F(a_j). Layout [S, n_k, n_{k-1}, D]
-                # (D innermost keeps the elementwise loops long), computed in place: one large tensor.
-                mu = _units_first(-s * lam)  # [S, n_k, D]
-                s_prev = _units_first(2 * layers[k - 2].x - 1)  # [S, n_{k-1}, D]
-                W = params[f"weight_{k}"].detach().unsqueeze(-1)  # [S, n_k, n_{k-1}, 1]
-                a_flip = torch.addcmul(_units_first(a.detach()).unsqueeze(-2), W, s_prev.unsqueeze(-3),
-                                       value=-1)  # ã: [S, n_k, n_{k-1}, D]
-                lam_t = _cdf_(problem, a_flip).mul_(mu.unsqueeze(-2)).sum(-3)  # [S, n_{k-1}, D]
-                lam = (lam_t - (mu * _units_first(fa.detach())).sum(-2, keepdim=True)).transpose(-1, -2)
+                # λ^{k-1}_i = Σ_j Δ_ji λ^k_j, Δ_ji = −s_j (F(ã_ji) − F(a_j)), ã_ji = a_j − W_ji s_i:
+                # λ^{k-1}_i = Σ_j μ_j F(ã_ji) − Σ_j μ_j F(a_j) (the second sum is the term's value).
+                # Layout [n_k, n_{k-1}, S, D], units outermost as the layers' tensors are in memory
+                # (sbn_bench.model.linear), computed in place: one large tensor.
+                s_prev = _units_first(neg_s[k - 2]).neg()  # s^{k-1}: [n_{k-1}, S, D]
+                W = params[f"weight_{k}"].detach().permute(1, 2, 0).unsqueeze(-1)  # [n_k, n_{k-1}, S, 1]
+                a_flip = torch.addcmul(_units_first(layers[k - 1].a.detach()).unsqueeze(1), W, s_prev,
+                                       value=-1)  # ã: [n_k, n_{k-1}, S, D]
+                lam_t = _cdf_(problem, a_flip).mul_(_units_first(mu).unsqueeze(1)).sum(0)
+                lam = lam_t.sub_(term.detach()).permute(1, 2, 0)  # [S, D, n_{k-1}]
     return est.mean(-1)
 
 
@@ -77,8 +79,8 @@ def _cdf_(problem: Problem, t: Tensor) -> Tensor:
 
 
 def _units_first(t: Tensor) -> Tensor:
-    """``[S, D, n] → [S, n, D]``, contiguous."""
-    return t.transpose(-1, -2).contiguous()
+    """``[S, D, n] → [n, S, D]`` (a view, contiguous when ``t`` is units-major in memory)."""
+    return t.permute(2, 0, 1)
 
 
 def psa() -> Estimator:

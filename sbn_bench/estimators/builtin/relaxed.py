@@ -32,6 +32,7 @@ from sbn_bench.estimators.kernel import (
     preactivation_moments,
     stochastic_layers,
     uniform,
+    with_slope,
 )
 from sbn_bench.model import Params
 from sbn_bench.problems import Problem
@@ -157,7 +158,7 @@ def gumbel_rao_surrogate(problem: Problem, params: Params, generator: torch.Gene
                 zs = torch.cat([zs, conditional_noise(problem, a, x, v)])
             s = torch.sigmoid_(zs.neg_().add_(a.detach()).div_(tau))  # σ((a − Z_i)/τ)
             slope = s.sub_(s * s).mean(0).div_(tau)  # (1/K) Σ σ'(t_i)/τ
-        h = x + slope * (a - a.detach())
+        h = with_slope(x, a, slope)
     return mean_loss(problem, params, h)
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench.estimators.base import Estimator
-from sbn_bench.estimators.kernel import Through, forward, mean_loss, path_pair
+from sbn_bench.estimators.kernel import Through, forward, mean_loss, pass_through, path_pair, with_slope
 from sbn_bench.model import Params
 from sbn_bench.problems import Problem
 
@@ -31,8 +31,7 @@ def straight_through(problem: Problem, params: Params, states: Sequence[Tensor] 
     """Forward the states; backward ``∂x/∂a := 1`` (``identity``) or ``F'(a)``. ``proxy −
     detach(proxy)`` is exactly zero in value, so the forward values are the states themselves."""
     def through(a: Tensor, fa: Tensor, x: Tensor) -> Tensor:
-        proxy = a if identity else fa
-        return x + (proxy - proxy.detach())
+        return pass_through(x, a if identity else fa)
 
     return _through_path(problem, params, states, generator, through)
 
@@ -47,8 +46,9 @@ def _through_path(problem: Problem, params: Params, states: Sequence[Tensor] | N
 def hard_st_through(a: Tensor, fa: Tensor, x: Tensor) -> Tensor:
     """``x`` forward, ``∂x/∂a := ½ [|a| < 1]`` backward: the PSA authors' ``HardST`` (``s = ±1``
     forward, ``∂s/∂a := hardtanh'(a)``) in {0,1} states, ``x = (s + 1)/2``."""
-    clip = torch.nn.functional.hardtanh(a)
-    return x + 0.5 * (clip - clip.detach())
+    with torch.no_grad():
+        slope = (a.abs() < 1).to(a.dtype).mul_(0.5)
+    return with_slope(x, a, slope)
 
 
 def reinmax_coefficient(fa: Tensor, x: Tensor) -> Tensor:
@@ -73,7 +73,7 @@ def reinmax_coefficient(fa: Tensor, x: Tensor) -> Tensor:
 
 def reinmax_through(a: Tensor, fa: Tensor, x: Tensor) -> Tensor:
     """``x`` forward, ``∂x/∂a := reinmax_coefficient(F(a), x)`` backward."""
-    return x + reinmax_coefficient(fa, x) * (a - a.detach())
+    return with_slope(x, a, reinmax_coefficient(fa, x))
 
 
 def st() -> Estimator:
