@@ -210,6 +210,8 @@ class _ReplicatedLinear(torch.autograd.Function):
             if x.dim() == 2:  # Σ_d g[s, d, j] x[d, i]: one GEMM [S·n, D] @ [D, m]
                 g = grad.sum(lead) if lead else grad
                 gw = torch.matmul(g.transpose(-1, -2), x)
+            elif grad.dim() == 3 and grad.shape[-2] == 1:  # one data point (exact mode's paths)
+                gw = grad.transpose(-1, -2) * x  # the outer product, elementwise
             elif grad.dim() == 3:
                 gw = torch.bmm(grad.transpose(-1, -2), x)
             else:

@@ -371,7 +371,7 @@ def exact_path_moments(estimator: Estimator, problem: Problem, dtype: torch.dtyp
                 grads = estimate_on_paths(estimator, sub, [s[i:i + chunk] for s in states])
             except Exception as e:
                 raise CellFailure("exact", f"{type(e).__name__}: {e}") from e
-            acc.update([grads[n].to(torch.float64) / div[n] if div else grads[n]
+            acc.update([grads[n].to(torch.float64).div_(div[n]) if div else grads[n]
                         for n in groups.params], w[i:i + chunk])
         mean_d, var_d = acc.result()
         if not (torch.isfinite(mean_d).all() and torch.isfinite(var_d).all()):
