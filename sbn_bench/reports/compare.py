@@ -131,9 +131,33 @@ def check_comparable(run: Run, base: Run) -> tuple[list[str], list[str]]:
     return diffs, unchecked
 
 
+@dataclass(frozen=True)
+class Flagged:
+    """One difference beyond its uncertainty: where, what, both values and the ratio."""
+
+    problem: str
+    checkpoint: str
+    estimator: str
+    layer: str
+    quantity: str
+    run: str
+    base: str
+    ratio: str
+    z: float
+    exact: bool
+
+
 @dataclass
 class Comparison:
-    """The comparison section: tables of ratios, the flagged differences, warnings."""
+    """The comparison of a run with a baseline.
+
+    Attributes:
+        tables: every compared value, as ratio tables (for Python use; the report shows only the
+            flagged differences).
+        flagged: one line per difference beyond its uncertainty.
+        differences: the same, as :class:`Flagged` records.
+        compared: how many values were compared.
+    """
 
     run: Run
     base: Run
@@ -142,6 +166,26 @@ class Comparison:
     flagged: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    differences: list[Flagged] = field(default_factory=list)
+    compared: int = 0
+
+    def rule(self) -> str:
+        """The flagging rule, in words."""
+        return (f"Ratios are run / baseline. A difference is shown only beyond its uncertainty: "
+                f"|a − b| > {self.sigma:g}·√(se_a² + se_b²) for Monte-Carlo values, beyond float64 "
+                f"round-off (1e-12) for exact values, beyond √(IQR_a² + IQR_b²) for samples/s; "
+                f"z = |a − b|/√(se_a² + se_b²) (∞ between exact values). {len(self.differences)} of "
+                f"{self.compared} compared values differ.")
+
+
+def differences_table(cmp: Comparison) -> Table:
+    """The flagged differences only, one row each (sortable by z)."""
+    rows = [[TableCell(cell_label(d.problem, d.checkpoint)), TableCell(d.estimator), TableCell(d.layer),
+             TableCell(d.quantity), TableCell(d.run), TableCell(d.base), TableCell(d.ratio, True),
+             TableCell("exact" if d.exact else f"{d.z:.1f}", sort=math.inf if d.exact else d.z)]
+            for d in cmp.differences]
+    return Table(title="", header=["where", "estimator", "layer", "quantity", "run", "baseline",
+                                   "ratio", "z"], rows=rows, anchor="compare-differences")
 
 
 def _ratio(a: float, b: float, diff: Difference) -> str:
@@ -204,11 +248,15 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
                 if va is None or vb is None:
                     row += [TableCell("—"), TableCell("—"), TableCell("—")]
                     continue
+                cmp.compared += 1
                 diff = significant(va.value, vb.value, va.stderr, vb.stderr, sigma)
                 row += [TableCell(fmt_pm(va.value, va.stderr)), TableCell(fmt_pm(vb.value, vb.stderr)),
                         _ratio_cell(va.value, vb.value, diff)]
                 if diff.flagged:
                     how = "exact values" if diff.exact else f"z = {diff.z:.1f}"
+                    cmp.differences.append(Flagged(
+                        p, c, est, layer, label, fmt_pm(va.value, va.stderr),
+                        fmt_pm(vb.value, vb.stderr), _ratio(va.value, vb.value, diff), diff.z, diff.exact))
                     cmp.flagged.append(
                         f"{cell_label(p, c)} · {est} · layer {layer} · {label}: "
                         f"{fmt_pm(va.value, va.stderr)} vs {fmt_pm(vb.value, vb.stderr)} "
@@ -229,6 +277,10 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
             iqr_a = float(ta["samples_per_s_q75"] - ta["samples_per_s_q25"])
             iqr_b = float(tb["samples_per_s_q75"] - tb["samples_per_s_q25"])
             diff = significant(a, b, iqr_a, iqr_b, sigma=1.0)
+            cmp.compared += 1
+            if diff.flagged:
+                cmp.differences.append(Flagged(p, c, est, "", "samples/s", fmt_num(a), fmt_num(b),
+                                               _ratio(a, b, diff), diff.z, diff.exact))
             trows.append([TableCell(est), TableCell(f"{fmt_num(a)} (IQR {fmt_num(iqr_a)})"),
                           TableCell(f"{fmt_num(b)} (IQR {fmt_num(iqr_b)})"), _ratio_cell(a, b, diff)])
             if diff.flagged:
