@@ -95,7 +95,7 @@ def best_table(run: Run, problem: str, m: float = 1.0) -> Table:
                 assert best is not None
                 ties = [ests[i] for i in r.ties]
                 row += [TableCell(ests[r.best], strong=not ties),
-                        TableCell(fmt_estimate(best), sort=best.value),
+                        TableCell(fmt_estimate(best, bound=metric == "rel_bias"), sort=best.value),
                         TableCell("tie: " + fmt_names(ties) if ties else "clear", tie=bool(ties))]
                 if metric == "rrmse":
                     nxt = "—" if r.runner_up is None else \

@@ -197,9 +197,12 @@ reference's relative error ``ε`` (0 for the exact one). Absent or empty: the ex
 
 def _with_reference(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with the :data:`REFERENCE_COLUMNS`, empty cells filled with the exact reference."""
-    ref = frame["reference"].astype(str) if "reference" in frame.columns else None
-    frame["reference"] = EXACT_REFERENCE if ref is None else \
-        ref.where(~ref.isin(["", "nan", "None"]), EXACT_REFERENCE).astype(object)
+    if "reference" in frame.columns:
+        ref = frame["reference"].astype(object).where(frame["reference"].notna(), "").astype(str)
+        frame["reference"] = ref.where(~ref.isin(["", "nan", "None", "<NA>"]), EXACT_REFERENCE) \
+            .astype(object)
+    else:
+        frame["reference"] = EXACT_REFERENCE
     err = pd.to_numeric(frame["reference_rel_error"], errors="coerce") \
         if "reference_rel_error" in frame.columns else pd.Series(0.0, index=frame.index)
     frame["reference_rel_error"] = err.where(frame["reference"] != EXACT_REFERENCE, 0.0).astype(float)
