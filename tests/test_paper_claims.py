@@ -235,3 +235,13 @@ def test_claims_are_decided_per_problem() -> None:
     by = paper.evaluate_claims_by_problem(both)
     assert list(by) == ["paper-train0", "paper-train1"]
     assert by["paper-train0"][6].verdict == "confirmed" and by["paper-train1"][6].verdict == "not confirmed"
+
+
+def test_the_documented_regeneration_command_is_the_one_in_the_code() -> None:
+    """README and ``sbn-bench run --help`` give the one command that regenerates the published
+    reproduction with five training seeds."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert paper.REGENERATE in readme
+    assert "--train-seeds 0-4" in paper.REGENERATE and "reports/paper-5-5-5" in paper.REGENERATE

@@ -121,8 +121,12 @@ def test_tables_are_sortable_with_numeric_keys_and_long_ones_filterable(parsed: 
     assert parsed.filters and set(parsed.filters) <= table_ids
 
 
-def test_cells_wrap_instead_of_overflowing() -> None:
-    assert "nowrap" not in style()
+def test_text_cells_wrap_and_tables_scroll_in_their_own_box() -> None:
+    css = style()
+    rules = {sel.strip(): body for sel, body in (r.split("{", 1) for r in css.split("}") if "{" in r)}
+    nowrap = [sel for sel, body in rules.items() if "nowrap" in body]
+    assert nowrap == ["td.n"], nowrap  # numbers only: text cells (td.l, th) wrap
+    assert "overflow-x: auto" in rules[".table-wrap"]
 
 
 def _chromium() -> str | None:
@@ -149,8 +153,12 @@ PROBE = """
   location.hash = "#tiny-2-3-2-1--checkpoint-gd30";
   window.dispatchEvent(new HashChangeEvent("hashchange"));
   var opened = document.getElementById("tiny-2-3-2-1--checkpoint-gd30").open;
+  document.querySelectorAll("details").forEach(function (d) { d.open = true; });
+  var wide = Array.prototype.filter.call(document.querySelectorAll(".table-wrap"), function (w) {
+    return w.scrollWidth > w.clientWidth + 1; }).map(function (w) { return w.querySelector("table").id; });
   document.body.setAttribute("data-probe", JSON.stringify({asc: asc, desc: desc, shown: shown,
-    opened: opened, width: document.documentElement.scrollWidth, window: window.innerWidth}));
+    opened: opened, width: document.documentElement.scrollWidth, window: window.innerWidth,
+    wide: wide}));
 }());
 </script>
 """
@@ -179,3 +187,4 @@ def test_in_a_real_browser_tables_sort_and_filter_and_the_page_fits_1400px(repor
     assert probe["shown"] and set(probe["shown"]) == {"arm"}
     assert probe["opened"] is True, "a link to a closed section opens it"
     assert probe["width"] <= probe["window"] <= 1400, probe
+    assert probe["wide"] == [], f"tables wider than the page at 1400 px: {probe['wide']}"

@@ -69,10 +69,10 @@ def _styles(run: Run) -> dict[str, fg.Style]:
 # the headline
 
 
-def best_table(run: Run, problem: str, m: float = 1.0) -> Table:
+def best_table(run: Run, problem: str, m: float = 1.0, *, compact: bool = False) -> Table:
     """The best estimator per (checkpoint, layer) of ``problem``: lowest rrmse at M=``m`` and
     lowest relative bias, each with its ties and its margin over the next (rules of
-    :mod:`~sbn_bench.reports.ranking`)."""
+    :mod:`~sbn_bench.reports.ranking`); ``compact``: rrmse and its ties only (for side by side)."""
     rows: list[list[TableCell]] = []
     notes: list[str] = []
     unresolved: Counter[str] = Counter()
@@ -105,7 +105,10 @@ def best_table(run: Run, problem: str, m: float = 1.0) -> Table:
                 else:
                     unresolved.update(e for e, rk in zip(ests, r.ranks)
                                       if rk == "unresolved" and values[ests.index(e)] is not None)
-            rows.append(row)
+            rows.append(row[:5] if compact else row)
+    if compact:
+        return Table(title="", header=["checkpoint", "layer", f"best rrmse M={m:g}", "rrmse", "ties"],
+                     rows=rows, anchor=slug("best", problem))
     if unresolved:
         notes.append("not ranked for bias (clipped at 0 or smaller than its standard error: "
                      "the run cannot resolve it): " + ", ".join(f"{e} ({n}×)" for e, n in unresolved.items()))
@@ -348,9 +351,9 @@ def comparison_blocks(cmp: Comparison) -> list[Block]:
         out.append(Heading(f"Headline side by side · {p}", 3))
         out.append(Columns(["this run", "baseline"],
                            [[heatmap_plot(cmp.run, p, f"{slug(p)}_compare_run_headline"),
-                             best_table(cmp.run, p)],
+                             best_table(cmp.run, p, compact=True)],
                             [heatmap_plot(cmp.base, p, f"{slug(p)}_compare_base_headline"),
-                             best_table(cmp.base, p)]]))
+                             best_table(cmp.base, p, compact=True)]]))
     out.append(Heading("Differences beyond their uncertainty", 3))
     table = differences_table(cmp)
     if table.rows:

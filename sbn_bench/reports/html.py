@@ -4,8 +4,8 @@ external resources, no network).
 
 It has a table of contents, collapsible sections (``<details>``, opened by a link to anything
 inside them), and sortable tables (click a header; numbers sort by value, the ``data-v`` of a
-cell) with a filter box above long ones. Cells wrap: no table pushes the page wider than the
-window.
+cell) with a filter box above long ones. Text cells wrap and a number stays on one line; a table
+wider than the page scrolls inside its own box, so the page never grows wider than the window.
 """
 
 from __future__ import annotations
@@ -77,9 +77,16 @@ def script() -> str:
     return resources.files("sbn_bench.reports").joinpath("report.js").read_text(encoding="utf-8")
 
 
+def _text_column(table: Table, j: int) -> bool:
+    """A column of words (no sort key, no cell starting with a number): aligned left."""
+    cells = [row[j] for row in table.rows if j < len(row)]
+    return bool(cells) and all(c.sort is None and not c.text[:1].isdigit() and c.text[:2] not in ("≤ ", "≈0")
+                               for c in cells if c.text not in ("", "—"))
+
+
 def render_table(table: Table, css_class: str = "", anchors: Anchors | None = None) -> str:
     """A sortable table (with a filter box when it is long); best cells bold, ties italic."""
-    left = [h in TEXT_COLUMNS for h in table.header]
+    left = [h in TEXT_COLUMNS or _text_column(table, j) for j, h in enumerate(table.header)]
     anchor = table.anchor or "table"
     tid = anchors.take(anchor) if anchors is not None else anchor
     head = "".join(f'<th{" class=l" if lft else ""} scope="col">{_e(h)}</th>'
@@ -92,7 +99,7 @@ def render_table(table: Table, css_class: str = "", anchors: Anchors | None = No
         prev = first
         tds = []
         for c, lft in zip(row, left):
-            classes = " ".join(x for x in ("l" if lft else "", "strong" if c.strong else "",
+            classes = " ".join(x for x in ("l" if lft else "n", "strong" if c.strong else "",
                                            "tie" if c.tie else "") if x)
             attr = f' class="{classes}"' if classes else ""
             if c.sort is not None:
