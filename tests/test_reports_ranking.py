@@ -250,3 +250,39 @@ def test_heatmap_boxes_the_best_and_dashes_the_ties() -> None:
     assert len(boxes) == 2  # a (best) and b (within 2 s.e.: a tie), not c
     assert boxes[0].get_linestyle() != boxes[1].get_linestyle()  # one solid, one dashed
     assert {round(p.get_y() + p.get_height() / 2) for p in boxes} == {0, 1}
+
+
+def _many_estimators(n_new: int) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
+    """run_a's rows at checkpoint init plus ``n_new`` invented estimators (copies of arm's rows,
+    scaled) in four more families."""
+    run = load_run(RUN_A)
+    rows = run.metrics[run.metrics["checkpoint"] == "init"]
+    fams = run.families()
+    extra = []
+    for i in range(n_new):
+        part = rows[rows["estimator"] == "arm"].copy()
+        name = f"new-{i}"
+        part["estimator"] = name
+        part.loc[~part["metric"].str.startswith("cosine"), "value"] *= 1 + 0.05 * i
+        extra.append(part)
+        fams[name] = f"family-{i % 4}"
+    ests = [*run.estimators(), *(f"new-{i}" for i in range(n_new))]
+    return pd.concat([rows, *extra], ignore_index=True), ests, fams
+
+
+def test_twenty_five_estimators_become_small_multiples_with_distinct_styles() -> None:
+    from sbn_bench.reports.figures import MAX_LINES, accuracy_figure, bias_variance_figure
+
+    rows, ests, fams = _many_estimators(19)
+    present = [e for e in ests if e in set(rows["estimator"])]
+    assert len(present) == 24
+    sty = styles(ests, fams)
+    assert len({(s.colour, s.marker, s.dash) for s in sty.values()}) == len(ests)
+    groups = panel_groups(present, fams, MAX_LINES)
+    assert len(groups) >= 2
+    fig = draw(accuracy_figure, rows, ests, sty, "many")
+    assert len(fig.get_axes()) == 2 * len(groups) * 4  # (rrmse, 1 − cos) × groups, × 4 layers
+    for ax in fig.get_axes():  # no panel holds more than MAX_LINES lines
+        assert len(ax.get_lines()) <= MAX_LINES
+    fig = draw(bias_variance_figure, rows, ests, sty, ["init"], "many")
+    assert len(fig.get_axes()) == len(groups) * 3  # one row per group, layers 1, 2, all

@@ -25,7 +25,7 @@ import pandas as pd
 from sbn_bench.metrics import layer_key
 from sbn_bench.reports import figures as fg
 from sbn_bench.reports.compare import Comparison, differences_table
-from sbn_bench.reports.families import by_family
+from sbn_bench.reports.families import by_family, ranked
 from sbn_bench.reports.load import Run, checkpoint_axis
 from sbn_bench.reports.ranking import TIE_Z, rank
 from sbn_bench.reports.sections import Block, Bullets, Columns, Details, Heading, Plot, Text
@@ -61,6 +61,13 @@ def _problem_rows(run: Run, problem: str) -> pd.DataFrame:
     return mt[mt["problem"] == problem]
 
 
+def _ranked_estimators(run: Run, idx: dict) -> list[str]:
+    """The estimators with rows in ``idx`` that take part in "best" (not the exact reference)."""
+    fams = run.families()
+    present = {k[0] for k in idx}
+    return [e for e in run.estimators() if e in present and ranked(e, fams)]
+
+
 def _styles(run: Run) -> dict[str, fg.Style]:
     return fg.styles(run.estimators(), run.families())
 
@@ -78,7 +85,7 @@ def best_table(run: Run, problem: str, m: float = 1.0, *, compact: bool = False)
     unresolved: Counter[str] = Counter()
     for ck in run.checkpoints(problem):
         idx = cell_index(run, problem, ck)
-        ests = [e for e in run.estimators() if any(k[0] == e for k in idx)]
+        ests = _ranked_estimators(run, idx)
         layers = sorted({k[1] for k in idx}, key=layer_key)
         for layer in layers:
             row = [TableCell(ck, sort=float(run.checkpoints(problem).index(ck))),
@@ -123,7 +130,7 @@ def best_counts(run: Run, problem: str, m: float = 1.0) -> Counter[str]:
     counts: Counter[str] = Counter()
     for ck in run.checkpoints(problem):
         idx = cell_index(run, problem, ck)
-        ests = [e for e in run.estimators() if any(k[0] == e for k in idx)]
+        ests = _ranked_estimators(run, idx)
         for layer in {k[1] for k in idx}:
             r = rank([idx.get((e, layer, "rrmse", m)) for e in ests], "low")
             counts.update(ests[i] for i, x in enumerate(r.ranks) if x in ("best", "tie"))
@@ -168,7 +175,7 @@ def across_problems_table(run: Run, problems: Sequence[str], m: float = 1.0) -> 
     for p in problems:
         for ck in run.checkpoints(p):
             idx = cell_index(run, p, ck)
-            ests = [e for e in run.estimators() if any(k[0] == e for k in idx)]
+            ests = _ranked_estimators(run, idx)
             for layer in sorted({k[1] for k in idx}, key=layer_key):
                 r = rank([idx.get((e, layer, "rrmse", m)) for e in ests], "low")
                 if r.best is None:

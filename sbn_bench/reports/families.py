@@ -31,6 +31,16 @@ NAME_FAMILIES: dict[str, str] = {
 whenever it does); for the built-ins it agrees with the registry (a test checks it)."""
 
 
+UNRANKED_FAMILIES = frozenset({"exact"})
+"""Families never called best: the ``exact`` estimator is the reference itself (zero error by
+construction); its rows are shown but not ranked."""
+
+
+def ranked(estimator: str, families: Mapping[str, str]) -> bool:
+    """Whether ``estimator`` takes part in "best" and "tie" marks (not in :data:`UNRANKED_FAMILIES`)."""
+    return families.get(estimator, OTHER) not in UNRANKED_FAMILIES
+
+
 def name_of(spec: str) -> str:
     """The registry name of an estimator spec: ``"concrete:tau=0.1"`` → ``"concrete"``."""
     return str(spec).split(":", 1)[0]

@@ -46,7 +46,13 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from sbn_bench.metrics import layer_key
-from sbn_bench.reports.families import OTHER, by_family, family_order, panel_groups
+from sbn_bench.reports.families import (
+    OTHER,
+    UNRANKED_FAMILIES,
+    by_family,
+    family_order,
+    panel_groups,
+)
 from sbn_bench.reports.load import checkpoint_axis
 from sbn_bench.reports.ranking import Estimate, rank
 
@@ -66,9 +72,10 @@ FAMILY_CMAPS = {
 }
 """The hue of each built-in family: a sequential colormap and the range of shades its members
 take (light to dark)."""
-SPARE_CMAPS = (("RdPu", 0.45, 0.9), ("GnBu", 0.5, 0.95), ("YlOrBr", 0.5, 0.9),
-               ("PuBuGn", 0.5, 0.95), ("copper", 0.2, 0.7), ("Greys", 0.45, 0.9))
-"""Hues for the other families, in order of first appearance."""
+SPARE_CMAPS = (("RdPu", 0.5, 0.95), ("BrBG", 0.05, 0.28), ("BrBG", 0.72, 0.95),
+               ("cividis", 0.7, 0.92), ("Greys", 0.45, 0.9))
+"""Hues for the other families, in order of first appearance, each apart from the built-ins':
+pinks, browns, teals, olives, then greys."""
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 DASHES = ("-", "--", "-.", ":")
 
@@ -256,10 +263,16 @@ def _fits(values: np.ndarray, lim: tuple[float, float] | None) -> bool:
 def _off_scale_note(ax: Axes, names: Mapping[str, float]) -> None:
     if not names:
         return
-    text = "off scale: " + ", ".join(f"{e} ({_short(v)})" for e, v in names.items())
+    items = [f"{e} ({_short(v)})" for e, v in names.items()]
+    text = "off scale: " + _cut(items)
     ax.text(0.02, 0.98, text, transform=ax.transAxes, fontsize=6.5, va="top", ha="left",
             color="#7a2c00", bbox=dict(boxstyle="round,pad=0.2", fc="#fff3e0", ec="none", alpha=0.9),
-            zorder=5, wrap=True)
+            zorder=5)
+
+
+def _cut(items: Sequence[str], limit: int = 2) -> str:
+    """``a, b +3``: a panel note short enough to stay inside its panel."""
+    return ", ".join(items[:limit]) + (f" +{len(items) - limit}" if len(items) > limit else "")
 
 
 def _short(v: float) -> str:
@@ -323,7 +336,8 @@ def heatmap_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[s
     im = ax.imshow(masked, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     ax.grid(False)
     for j, (c, lay) in enumerate(cols):
-        ranking = rank([idx.get((e, c, lay)) for e in ests], "low")
+        ranking = rank([idx.get((e, c, lay)) if sty[e].family not in UNRANKED_FAMILIES else None
+                        for e in ests], "low")
         for i in range(len(ests)):
             v = vals[i, j]
             if not np.isfinite(v):
@@ -331,7 +345,7 @@ def heatmap_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[s
                 continue
             shade = norm(min(max(v, vmin), vmax)) if v > 0 else 0.0
             colour = "white" if shade > 0.55 else "black"
-            r = ranking.ranks[i]
+            r = ranking.ranks[i] if sty[ests[i]].family not in UNRANKED_FAMILIES else ""
             ax.text(j, i, _short(v), ha="center", va="center", fontsize=6.5, color=colour,
                     fontweight="bold" if r == "best" else "normal")
             if r in ("best", "tie"):
@@ -583,8 +597,9 @@ def story_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[str
                 note = {**off}
                 _off_scale_note(ax, note)
                 if zero:
-                    ax.text(0.02, 0.02, "≈0 (unbiased): " + ", ".join(zero), transform=ax.transAxes,
-                            fontsize=6.2, color="#555555", va="bottom", ha="left", wrap=True)
+                    what = "≈0 (unbiased)" if kind == "relative bias" else "≈0"
+                    ax.text(0.02, 0.02, f"{what}: {_cut(zero, 3)}", transform=ax.transAxes,
+                            fontsize=6.2, color="#555555", va="bottom", ha="left")
                 if c == 0:
                     ax.set_ylabel(f"{kind}, log")
                 if r == 0:
@@ -694,9 +709,11 @@ def _symlog_ticks(lin: float, hi: float) -> list[float]:
 def bias_variance_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[str, Style],
                          checkpoints: Sequence[str], title: str) -> Figure | None:
     """Relative bias against relative standard deviation of one sample (symlog axes, shared by
-    every panel), one row per checkpoint and one column per layer (the stochastic layers and all
-    parameters; the output layer, where nearly every estimator is pathwise, only when there is
-    little else), every point labelled (with a leader line when the label sits away from it)."""
+    every panel), one row per checkpoint (per checkpoint and group of whole families when there are
+    more than :data:`MAX_LINES` estimators: the others then grey, for context) and one column per
+    layer (the stochastic layers and all parameters; the output layer, where nearly every estimator
+    is pathwise, only when there is little else), every point labelled (with a leader line when the
+    label sits away from it)."""
     bv = bias_variance_frame(rows)
     bv = bv[np.isfinite(bv["rel_sd"]) & np.isfinite(bv["rel_bias"])]
     if bv.empty:
@@ -723,7 +740,10 @@ def bias_variance_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Map
     x_lin = 10 ** math.floor(math.log10(pos_s.min())) if not pos_s.empty else 1e-3
     x_hi = float(pos_s.max()) * 2.5 if not pos_s.empty else 10.0
     y_hi = float(max(pos_b.max() if not pos_b.empty else 1.0, y_lin * 10)) * 2.5
-    fig, axes = _grid(len(ckpts), len(layers), panel=(2.5, 2.1), sharex=True, sharey=True,
+    present = [e for e in estimators if e in set(bv["estimator"])]
+    groups = panel_groups(present, {e: sty[e].family for e in present}, MAX_LINES)
+    rows_spec = [(ck, g) for ck in ckpts for g in groups]
+    fig, axes = _grid(len(rows_spec), len(layers), panel=(2.5, 2.1), sharex=True, sharey=True,
                       title=title, hgap=0.5, left=1.05)
     for ax in axes.ravel():
         ax.set_xscale("symlog", linthresh=x_lin, linscale=0.4)
@@ -739,7 +759,8 @@ def bias_variance_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Map
     start = max(x_lin, y_lin)
     diag = np.geomspace(start, min(x_hi, y_hi), 12) if start < min(x_hi, y_hi) else None
     est_order = {e: i for i, e in enumerate(estimators)}
-    for r, ck in enumerate(ckpts):
+    for r, (ck, group) in enumerate(rows_spec):
+        members = set(group)
         for c, layer in enumerate(layers):
             ax = axes[r, c]
             if diag is not None:
@@ -747,9 +768,14 @@ def bias_variance_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Map
             sel = ((bv["checkpoint"] == ck) & (bv["layer"] == layer)).to_numpy()
             panel = bv[sel]
             ok = fits[sel]
-            off = {e: float(max(sd, b)) for e, sd, b, f in zip(panel["estimator"], panel["rel_sd"],
-                                                               panel["rel_bias"], ok) if not f}
-            sub = panel[ok].sort_values("estimator", key=lambda s: s.map(est_order))
+            mine = panel["estimator"].isin(members).to_numpy()
+            off = {e: float(max(sd, b)) for e, sd, b, f, m in zip(
+                panel["estimator"], panel["rel_sd"], panel["rel_bias"], ok, mine) if not f and m}
+            if len(groups) > 1:  # the other groups' points, in grey, for context
+                rest = panel[ok & ~mine]
+                ax.plot(rest["rel_sd"], rest["rel_bias"], linestyle="none", marker="o", markersize=2.5,
+                        color="#c8c8c8", zorder=2, clip_on=False)
+            sub = panel[ok & mine].sort_values("estimator", key=lambda s: s.map(est_order))
             for e, x, y in zip(sub["estimator"], sub["rel_sd"], sub["rel_bias"]):
                 ax.plot([x], [y], linestyle="none", color=sty[e].colour, marker=sty[e].marker,
                         markersize=5, markeredgecolor="white", markeredgewidth=0.4, zorder=3,
@@ -758,15 +784,17 @@ def bias_variance_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Map
                 ax.set_title(_layer_title(layer, n_layers))
             if c == 0:
                 ax.set_ylabel(f"{ck}\nrel. bias ‖β‖/‖g‖")
-            if r == len(ckpts) - 1:
+            if r == len(rows_spec) - 1:
                 ax.set_xlabel("rel. std. dev. √V/‖g‖")
             if not sub.empty:
                 label_points(ax, sub["rel_sd"].to_numpy(float), sub["rel_bias"].to_numpy(float),
                              list(sub["estimator"]), [sty[e].colour for e in sub["estimator"]])
             _off_scale_note(ax, off)
-    present = [e for e in estimators if e in set(bv["estimator"])]
-    _legend(fig, by_family(present, {e: sty[e].family for e in present}), sty,
-            [Line2D([], [], color="grey", linestyle="--", label="bias = std. dev.")])
+    extra = [Line2D([], [], color="grey", linestyle="--", label="bias = std. dev.")]
+    if len(groups) > 1:
+        extra.append(Line2D([], [], color="#c8c8c8", marker="o", linestyle="none", markersize=3,
+                            label="other rows' estimators"))
+    _legend(fig, by_family(present, {e: sty[e].family for e in present}), sty, extra)
     fig.text(0.01, 0.005, f"symlog axes: linear below {x_lin:g} (x) and {y_lin:g} (y), log above; "
              "a bias at 0 is zero to round-off, or a Monte-Carlo estimate clipped at 0 (see the "
              "tables' upper bounds)", fontsize=6.5, color="#555555")

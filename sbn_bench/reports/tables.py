@@ -24,6 +24,7 @@ import pandas as pd
 
 from sbn_bench import metrics
 from sbn_bench.metrics import layer_key
+from sbn_bench.reports.families import ranked
 from sbn_bench.reports.load import Run, is_mc_reference, target_rrmse
 from sbn_bench.reports.ranking import ROUND_ABS, Better, Estimate, rank, upper_bound
 
@@ -244,9 +245,11 @@ def _mark_best(values: Sequence[float | None], better: Better) -> list[bool]:
 
 
 def ranked_cells(estimates: Sequence[Estimate | None], better: Better, *,
-                 bound: bool = False) -> list[TableCell]:
-    """One cell per estimate, the best bold and the ties italic (:func:`~sbn_bench.reports.ranking.rank`)."""
-    ranking = rank(estimates, better)
+                 bound: bool = False, rankable: Sequence[bool] | None = None) -> list[TableCell]:
+    """One cell per estimate, the best bold and the ties italic (:func:`~sbn_bench.reports.ranking.rank`);
+    estimates whose ``rankable`` is False are shown but take no part."""
+    ok = rankable if rankable is not None else [True] * len(estimates)
+    ranking = rank([e if r else None for e, r in zip(estimates, ok)], better)
     out = []
     for est, r in zip(estimates, ranking.ranks):
         if est is None:
@@ -344,14 +347,17 @@ def summary_table(run: Run, problem: str, checkpoint: str,
                 vals.append(None if t is not None and m is None else idx.get((est, layer, metric, m)))
             group.append((est, "/".join(modes), "; ".join(refs), vals))
         columns = []
+        rankable = [ranked(g[0], families) for g in group]
         for j, (metric, col, _t) in enumerate(cols):
             estimates = [g[3][j] for g in group]
             if metric == "samples_per_s":  # medians over timed rounds: ranked as they are
-                best = _mark_best([None if e is None else e.value for e in estimates], "high")
+                best = _mark_best([None if e is None or not r else e.value
+                                   for e, r in zip(estimates, rankable)], "high")
                 columns.append([TableCell("—") if e is None else TableCell(fmt_num(e.value), b, sort=e.value)
                                 for e, b in zip(estimates, best)])
             else:
-                columns.append(ranked_cells(estimates, col.better, bound=metric in BOUNDED_METRICS))
+                columns.append(ranked_cells(estimates, col.better, bound=metric in BOUNDED_METRICS,
+                                            rankable=rankable))
         for i, (est, mode, ref, _vals) in enumerate(group):
             lead = [TableCell(layer, sort=float(layer_key(layer)[0] * 1000 + layer_key(layer)[1])),
                     TableCell(est), TableCell(families.get(est, "")), TableCell(mode)]
