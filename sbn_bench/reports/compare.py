@@ -181,7 +181,7 @@ class Comparison:
 def differences_table(cmp: Comparison) -> Table:
     """The flagged differences only, one row each (sortable by z)."""
     rows = [[TableCell(cell_label(d.problem, d.checkpoint)), TableCell(d.estimator), TableCell(d.layer),
-             TableCell(d.quantity), TableCell(d.run), TableCell(d.base), TableCell(d.ratio, True),
+             TableCell(d.quantity), TableCell(d.run), TableCell(d.base), TableCell(d.ratio),
              TableCell("exact" if d.exact else f"{d.z:.1f}", sort=math.inf if d.exact else d.z)]
             for d in cmp.differences]
     return Table(title="", header=["where", "estimator", "layer", "quantity", "run", "baseline",
