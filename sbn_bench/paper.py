@@ -126,14 +126,12 @@ def above(x: float, threshold: float, se: float) -> Verdict:
         return "no data" if math.isnan(x) or math.isnan(threshold) else \
             ("confirmed" if x > threshold else "not confirmed")
     se = se if math.isfinite(se) and se > 0 else 0.0
-    tol = ROUND_ABS + ROUND_REL * max(abs(x), abs(threshold))
-    if x - Z * se > threshold + (tol if se == 0 else 0.0):
+    tol = ROUND_ABS + ROUND_REL * max(abs(x), abs(threshold)) if se == 0 else 0.0
+    if x - Z * se > threshold + tol:
         return "confirmed"
-    if x + Z * se < threshold - (tol if se == 0 else 0.0):
+    if x + Z * se < threshold - tol:
         return "not confirmed"
-    if se == 0:
-        return "inconclusive"  # equal to round-off
-    return "inconclusive"
+    return "inconclusive"  # the interval straddles the threshold (exact: equal to round-off)
 
 
 def below(x: float, threshold: float, se: float) -> Verdict:
@@ -450,10 +448,12 @@ def claim_unbiased_tens(df: pd.DataFrame | ClaimData) -> Claim:
                     parts.append("not confirmed")  # matched psa with fewer than tens of samples
             at_top = dict(curve).get(m_top)
             if not parts and at_top is not None:
+                # not significantly below psa at any M < tens (else "not confirmed" above): is it
+                # still significantly above at the largest one?
                 v = above(at_top.value, t.value, math.hypot(at_top.uncertainty, t.uncertainty))
-                parts.append("inconclusive" if v == "not confirmed" else v)
-                if m_top < TENS_OF_SAMPLES - 1 and parts[-1] == "confirmed":
-                    parts[-1] = "inconclusive"  # the grid cannot tell M = m_top+1 … 9 apart
+                if v == "confirmed" and m_top < TENS_OF_SAMPLES - 1:
+                    v = "inconclusive"  # the grid cannot tell M = m_top+1 … 9 apart
+                parts.append(v)
             verdicts.append(combine(parts) if parts else "inconclusive")
             shown.append(f"{est} L{layer} {m_hit}")
     if not verdicts:

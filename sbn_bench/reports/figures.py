@@ -29,9 +29,10 @@ kept as text.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib as mpl
 import numpy as np
@@ -844,7 +845,7 @@ def throughput_figure(tp: pd.DataFrame, estimators: Sequence[str], sty: Mapping[
     return fig
 
 
-def draw(fn, *args, **kwargs):  # noqa: ANN001, ANN201 - a thin wrapper
+def draw(fn: Callable[..., Figure | None], *args: Any, **kwargs: Any) -> Figure | None:
     """Call a figure function inside the report's matplotlib settings (:data:`RC`)."""
     with mpl.rc_context(RC):
         return fn(*args, **kwargs)
