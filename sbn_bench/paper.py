@@ -816,8 +816,13 @@ VERDICT_LEGEND = (
     "values have no sampling error. Each claim's criterion says how its uncertainty is used.")
 
 
+_TONE = {"confirmed": "good", "not confirmed": "bad", "inconclusive": "unsure", "no data": ""}
+
+
 def _verdict_cell(verdict: Verdict) -> TableCell:
-    return TableCell(verdict, strong=verdict == "not confirmed", tie=verdict == "inconclusive")
+    """A verdict: bold when not confirmed, italic when inconclusive (Markdown), coloured (HTML)."""
+    return TableCell(verdict, strong=verdict == "not confirmed", tie=verdict == "inconclusive",
+                     tone=_TONE[verdict])
 
 
 class ClaimsSection:
@@ -849,7 +854,7 @@ class ClaimsSection:
             for i, c in enumerate(first):
                 verdicts = [by_problem[p][i].verdict for p in problems]
                 rows.append([TableCell(c.claim)] + [_verdict_cell(v) for v in verdicts]
-                            + [TableCell(verdict_count(verdicts), strong=True), TableCell(c.criterion)])
+                            + [TableCell(verdict_count(verdicts)), TableCell(c.criterion)])
             out += [Text(f"One column per independent training ({len(problems)} training seeds), "
                          "then the count over them."),
                     Table("", ["paper's claim", *problems, "across training seeds", "criterion"], rows,

@@ -100,7 +100,8 @@ def render_table(table: Table, css_class: str = "", anchors: Anchors | None = No
         tds = []
         for c, lft in zip(row, left):
             classes = " ".join(x for x in ("l" if lft else "n", "strong" if c.strong else "",
-                                           "tie" if c.tie else "") if x)
+                                           "tie" if c.tie else "", f"tone-{c.tone}" if c.tone else "")
+                               if x)
             attr = f' class="{classes}"' if classes else ""
             if c.sort is not None:
                 attr += f' data-v="{c.sort!r}"'

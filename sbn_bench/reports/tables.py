@@ -26,7 +26,7 @@ from sbn_bench import metrics
 from sbn_bench.metrics import layer_key
 from sbn_bench.reports.families import ranked
 from sbn_bench.reports.load import Run, is_mc_reference, target_rrmse
-from sbn_bench.reports.ranking import ROUND_ABS, Better, Estimate, rank, upper_bound
+from sbn_bench.reports.ranking import ROUND_ABS, ROUND_REL, Better, Estimate, rank, upper_bound
 
 M_TARGETS = (1, 100)
 """The sample counts of the summary columns: a single sample and the average of 100."""
@@ -46,12 +46,15 @@ class TableCell:
             difference in a comparison table, a verdict that needs attention.
         tie: within the uncertainty of the best (rendered in italics).
         sort: the number a sortable table orders this cell by (None: its text).
+        tone: ``"good"``, ``"bad"`` or ``"unsure"`` for cells that state a judgement (a verdict):
+            coloured accordingly in HTML; ``""`` for none.
     """
 
     text: str
     strong: bool = False
     tie: bool = False
     sort: float | None = None
+    tone: str = ""
 
 
 @dataclass
@@ -100,9 +103,11 @@ def fmt_int(v: float | None) -> str:
 
 
 def fmt_pm(v: float | None, se: float | None, sig: int = 3) -> str:
-    """``value ± stderr`` when the standard error is positive, else the value alone."""
+    """``value ± stderr`` when the standard error is above round-off (e.g. not the ``1e-17`` of a
+    deterministic estimator in Monte-Carlo mode), else the value alone."""
     s = fmt_num(v, sig)
-    if se is not None and math.isfinite(se) and se > 0 and v is not None and math.isfinite(v):
+    if (se is not None and math.isfinite(se) and v is not None and math.isfinite(v)
+            and se > ROUND_REL * abs(v) + ROUND_ABS * 1e-3):
         return f"{s} ± {fmt_num(se, 2)}"
     return s
 
