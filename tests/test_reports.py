@@ -214,13 +214,14 @@ def test_figures_are_labelled_log_scaled_with_complete_legends(run_a) -> None:
     with_data = [e for e in ests if e in set(rows["estimator"])]
     fig = draw(accuracy_figure, rows, ests, sty, "tiny · init")
     axes = fig.get_axes()
-    assert len(axes) == 2 * 4, "rrmse and 1 − cosine rows × 4 layers"
+    assert len(axes) == 2 * 3, "rrmse and 1 − cosine rows × layers 1, 2, all (not out)"
+    assert [ax.get_title() for ax in axes[:3]] == ["layer 1 of 2", "layer 2 of 2", "all parameters"]
     for ax in axes:
         assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
-    assert all(axes[k].get_ylabel() for k in (0, 4)) and all(ax.get_title() for ax in axes[:4])
+    assert all(axes[k].get_ylabel() for k in (0, 3))
     assert set(with_data) <= set(_legend_names(fig))
     # the y axes of a row are shared: the same limits in every panel
-    assert len({ax.get_ylim() for ax in axes[:4]}) == 1
+    assert len({ax.get_ylim() for ax in axes[:3]}) == 1
     checkpoints = run_a.checkpoints("tiny-2-3-2-1")
     prob = run_a.metrics
     fig = draw(bias_variance_figure, prob, ests, sty, checkpoints, "tiny")

@@ -281,7 +281,7 @@ def test_twenty_five_estimators_become_small_multiples_with_distinct_styles() ->
     groups = panel_groups(present, fams, MAX_LINES)
     assert len(groups) >= 2
     fig = draw(accuracy_figure, rows, ests, sty, "many")
-    assert len(fig.get_axes()) == 2 * len(groups) * 4  # (rrmse, 1 − cos) × groups, × 4 layers
+    assert len(fig.get_axes()) == 2 * len(groups) * 3  # (rrmse, 1 − cos) × groups, × layers 1, 2, all
     for ax in fig.get_axes():  # no panel holds more than MAX_LINES lines
         assert len(ax.get_lines()) <= MAX_LINES
     fig = draw(bias_variance_figure, rows, ests, sty, ["init"], "many")

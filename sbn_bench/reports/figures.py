@@ -208,7 +208,7 @@ def _power_of_ten(x: float, _pos: object = None) -> str:
 def _decades(ax: Axes, axis: str = "y") -> None:
     """Log ticks at whole decades only, labelled as plain text, no minor ticks."""
     target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_locator(LogLocator(base=10, numticks=7))
+    target.set_major_locator(LogLocator(base=10, numticks=5))  # every other decade beyond 5
     target.set_major_formatter(FuncFormatter(_power_of_ten))
     target.set_minor_locator(NullLocator())
 
@@ -380,6 +380,8 @@ def heatmap_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[s
     cb = fig.colorbar(im, cax=cax, extend=extend)
     cb.set_label(f"{metric} at M={m:g} (log)", fontsize=7.5)
     cb.ax.tick_params(labelsize=7)
+    cb.ax.yaxis.set_major_formatter(FuncFormatter(_power_of_ten))
+    cb.ax.yaxis.set_minor_locator(NullLocator())
     fig.suptitle(title, x=left / w, ha="left", y=1 - 0.08 / h, va="top", fontsize=9.5)
     return fig
 
@@ -444,7 +446,8 @@ def accuracy_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[
                     title: str, limits: Mapping[str, tuple[float, float] | None] | None = None
                     ) -> Figure | None:
     """rrmse(M) (log-log, bars ±2 standard errors) and ``1 − cos(ḡ_M, g)`` (log-log, bars from
-    the 15th to the 85th percentile) per layer, bars at the marked points only; one row of panels
+    the 15th to the 85th percentile) per layer (the stochastic layers and all parameters; the
+    output layer only when there is little else), bars at the marked points only; one row of panels
     per group of at most :data:`MAX_LINES` estimators (whole families). ``limits``
     (:func:`accuracy_limits`) fixes the y axes so that the checkpoints of a problem share them."""
     rr = curves(rows, "rrmse")
@@ -456,6 +459,8 @@ def accuracy_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[
     groups = panel_groups(present, {e: sty[e].family for e in present}, MAX_LINES)
     layers = sorted({k[0] for k in (*rr, *cm)}, key=layer_key)
     n_layers = sum(1 for lay in layers if lay.isdigit())
+    if len(layers) > 2 and "out" in layers:  # pathwise for (almost) every estimator: the
+        layers.remove("out")                 # lines coincide; the tables and the story show it
     kinds = [k for k, d in (("rrmse", rr), ("cosine", cm)) if d]
     nrows = len(kinds) * len(groups)
     fig, axes = _grid(nrows, len(layers), sharex=True, sharey="row", title=title)
@@ -701,10 +706,13 @@ def label_points(ax: Axes, xs: np.ndarray, ys: np.ndarray, texts: Sequence[str],
     return placed
 
 
-def _symlog_ticks(lin: float, hi: float) -> list[float]:
-    """0 and the decades from ``lin`` up to ``hi``."""
+def _symlog_ticks(lin: float, hi: float, most: int = 5) -> list[float]:
+    """0 and the decades from ``lin`` up to ``hi``, every other one when there are more than
+    ``most`` (every tick is an object matplotlib builds and lays out: few keep figures fast)."""
     lo_e, hi_e = round(math.log10(lin)), math.floor(math.log10(hi))
-    return [0.0, *(10.0 ** e for e in range(lo_e, hi_e + 1))]
+    decades = list(range(lo_e, hi_e + 1))
+    step = 1 if len(decades) <= most else 2
+    return [0.0, *(10.0 ** e for e in decades[::-1][::step][::-1])]
 
 
 def bias_variance_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[str, Style],
