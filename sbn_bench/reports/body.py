@@ -316,9 +316,9 @@ class DetailsSection:
             limits = fg.accuracy_limits(rows) if not rows.empty else {}
             cks = run.checkpoints(p)
             inner: list[Block] = []
-            for ck in cks:
+            for ck in cks:  # a single checkpoint is shown open: there is nothing else to pick
                 inner.append(Details(cell_label(p, ck), checkpoint_blocks(run, p, ck, limits),
-                                     level=4, open=False))
+                                     level=4, open=len(cks) == 1))
             if not rows.empty:
                 inner.append(Plot(f"{slug(p)}_bias_variance",
                                   partial(fg.draw, fg.bias_variance_figure, rows, run.estimators(), sty,
