@@ -25,7 +25,7 @@ import pandas as pd
 from sbn_bench.metrics import layer_key
 from sbn_bench.reports import figures as fg
 from sbn_bench.reports.compare import Comparison, differences_table
-from sbn_bench.reports.families import by_family, ranked
+from sbn_bench.reports.families import ranked
 from sbn_bench.reports.load import Run, checkpoint_axis
 from sbn_bench.reports.ranking import TIE_Z, rank
 from sbn_bench.reports.sections import Block, Bullets, Columns, Details, Heading, Plot, Text
@@ -370,12 +370,3 @@ def comparison_blocks(cmp: Comparison) -> list[Block]:
     if cmp.notes:
         out.append(Bullets(cmp.notes))
     return out
-
-
-def families_text(run: Run) -> str:
-    """``family: a, b; family: c`` for the legend of a report."""
-    fams = run.families()
-    groups: dict[str, list[str]] = {}
-    for e in by_family(run.estimators(), fams):
-        groups.setdefault(fams[e], []).append(e)
-    return "; ".join(f"{f}: {', '.join(es)}" for f, es in groups.items())
