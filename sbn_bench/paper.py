@@ -1,7 +1,11 @@
 """The paper's gradient-accuracy experiment (SPEC §6): its settings and the evaluation of its claims.
 
-The claims are decided from a run's tidy ``metrics.csv`` (never written by hand): each
-:class:`Claim` says whether this run confirms it and gives the numbers that decide it.
+The claims are decided from a run's tidy ``metrics.csv`` (never written by hand) with the
+standard errors of the values they compare: each :class:`Claim` is *confirmed*, *not confirmed* or
+*inconclusive* (the uncertainty allows either answer), with the numbers that decide it and its
+criterion. :func:`run_paper` with ``train_seeds`` repeats the experiment over independent trainings;
+the report then counts each claim's verdicts over them. The published reproduction is regenerated
+by :data:`REGENERATE`.
 
 References:
     Shekhovtsov, Yanush, Flach. "Path Sample-Analytic Gradient Estimators for Stochastic Binary
@@ -17,21 +21,23 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from sbn_bench import problems
 from sbn_bench.config import Checkpoint, ProblemSpec, RunConfig, paper_m_grid
+from sbn_bench.errors import ArgumentError
 from sbn_bench.fileio import atomic_write_text, dir_mode
 from sbn_bench.metrics import hidden_layers
 from sbn_bench.reports import write_report
 from sbn_bench.reports.load import Run
-from sbn_bench.reports.sections import Block, Bullets, Heading, Image, Text
+from sbn_bench.reports.ranking import ROUND_ABS, ROUND_REL, TIE_Z, Estimate
+from sbn_bench.reports.sections import Block, Bullets, Details, Heading, Image, Text
 from sbn_bench.reports.tables import Table, TableCell
 from sbn_bench.runner import RunResult, run
 from sbn_bench.train import train
@@ -65,27 +71,125 @@ def checkpoint_label(epoch: int) -> str:
     return f"epoch{epoch}"
 
 
+# --------------------------------------------------------------------------------------------
+# the claims, decided with their uncertainty
+
+Verdict = Literal["confirmed", "not confirmed", "inconclusive", "no data"]
+VERDICTS: tuple[Verdict, ...] = ("confirmed", "not confirmed", "inconclusive", "no data")
+"""A claim is *confirmed* or *not confirmed* when the standard errors allow only one answer,
+*inconclusive* when they allow either, and has *no data* when the run lacks what it needs."""
+
+Z = TIE_Z
+"""Standard errors of every verdict's interval (2: about 95 % two-sided for Gaussian errors)."""
+
+
 @dataclass(frozen=True)
 class Claim:
     """One of the paper's claims and what this run says about it.
 
     Attributes:
         claim: the claim, as the paper states it.
-        confirmed: True / False, or None when the run lacks the data to decide.
+        verdict: ``confirmed``, ``not confirmed``, ``inconclusive`` (the standard errors allow
+            either) or ``no data``.
         evidence: the numbers that decide it.
+        criterion: how it is decided, including how the uncertainty is used.
     """
 
     claim: str
-    confirmed: bool | None
+    verdict: Verdict
     evidence: str
+    criterion: str = ""
+
+    @property
+    def confirmed(self) -> bool | None:
+        """True / False for a definite verdict, None when inconclusive or without data."""
+        return {"confirmed": True, "not confirmed": False}.get(self.verdict)
 
 
-def _values(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    return df[df["metric"] == metric]
+def combine(verdicts: Sequence[Verdict]) -> Verdict:
+    """The verdict of a claim that needs every part: not confirmed if any part is, confirmed if
+    all are, inconclusive otherwise (``no data`` without parts)."""
+    parts = [v for v in verdicts if v != "no data"]
+    if not parts:
+        return "no data"
+    if "not confirmed" in parts:
+        return "not confirmed"
+    return "confirmed" if all(v == "confirmed" for v in parts) else "inconclusive"
+
+
+def above(x: float, threshold: float, se: float) -> Verdict:
+    """``x > threshold`` given the standard error ``se`` of ``x``: confirmed when the whole
+    interval ``x ± Z·se`` lies above, not confirmed when it lies at or below, inconclusive when it
+    straddles the threshold. Exact values (``se = 0``) are compared as they are (ties to
+    round-off are inconclusive)."""
+    if not (math.isfinite(x) and math.isfinite(threshold)):
+        return "no data" if math.isnan(x) or math.isnan(threshold) else \
+            ("confirmed" if x > threshold else "not confirmed")
+    se = se if math.isfinite(se) and se > 0 else 0.0
+    tol = ROUND_ABS + ROUND_REL * max(abs(x), abs(threshold)) if se == 0 else 0.0
+    if x - Z * se > threshold + tol:
+        return "confirmed"
+    if x + Z * se < threshold - tol:
+        return "not confirmed"
+    return "inconclusive"  # the interval straddles the threshold (exact: equal to round-off)
+
+
+def below(x: float, threshold: float, se: float) -> Verdict:
+    """``x < threshold`` given the standard error of ``x`` (see :func:`above`)."""
+    return above(-x, -threshold, se)
+
+
+def _ratio_se(a: Estimate, b: Estimate) -> tuple[float, float]:
+    """``a/b`` and its standard error by the delta method (independent errors)."""
+    if b.value == 0:
+        return math.inf, math.inf
+    r = a.value / b.value
+    rel = math.hypot(a.uncertainty / a.value if a.value else 0.0,
+                     b.uncertainty / b.value if b.value else 0.0)
+    return r, abs(r) * rel
+
+
+def _fmt_se(x: float, se: float) -> str:
+    return f"{x:.3g}" if not (math.isfinite(se) and se > 0) else f"{x:.3g} ± {se:.2g}"
+
+
+class ClaimData:
+    """The rows of one problem, indexed: ``(checkpoint, estimator, layer, metric, M or None) →
+    Estimate``; built once and shared by every claim (:func:`evaluate_claims`)."""
+
+    def __init__(self, df: pd.DataFrame) -> None:
+        self.df = df
+        self.values: dict[tuple[str, str, str, str, float | None], Estimate] = {}
+        se = df["stderr"] if "stderr" in df.columns else pd.Series(0.0, index=df.index)
+        mode = df["mode"] if "mode" in df.columns else pd.Series("exact", index=df.index)
+        for c, e, lay, met, m, v, u, md in zip(df["checkpoint"].astype(str), df["estimator"],
+                                               df["layer"].astype(str), df["metric"], df["M"],
+                                               df["value"], se, mode):
+            key = (c, e, lay, met, None if m is None or (isinstance(m, float) and math.isnan(m))
+                   else float(m))
+            self.values[key] = Estimate(float(v), float(u) if u == u else math.nan, str(md))
+        self.checkpoints = _checkpoints(df)
+        self.layers = _hidden_layers(df)
+        self.estimators = set(df["estimator"])
+        self.m_grid = sorted({k[4] for k in self.values if k[3] == "rrmse" and k[4] is not None})
+
+    def get(self, ckpt: str, est: str, layer: str, metric: str, m: float | None = None
+            ) -> Estimate | None:
+        return self.values.get((ckpt, est, layer, metric, None if m is None else float(m)))
+
+    def curve(self, ckpt: str, est: str, layer: str) -> list[tuple[float, Estimate]]:
+        """``[(M, rrmse(M))]`` sorted by M."""
+        out = [(m, self.values[(ckpt, est, layer, "rrmse", m)]) for m in self.m_grid
+               if (ckpt, est, layer, "rrmse", m) in self.values]
+        return [(m, v) for m, v in out if v.finite]
+
+
+def _data(df: pd.DataFrame | ClaimData) -> ClaimData:
+    return df if isinstance(df, ClaimData) else ClaimData(df)
 
 
 def _hidden_layers(df: pd.DataFrame) -> list[str]:
-    return hidden_layers(df["layer"])
+    return hidden_layers(df["layer"].astype(str))
 
 
 def _ckpt_epoch(label: str) -> int | None:
@@ -99,193 +203,333 @@ def _checkpoints(df: pd.DataFrame) -> list[str]:
     return labels
 
 
-def _rrmse(df: pd.DataFrame, ckpt: str, est: str, layer: str, M: int) -> float:
-    sel = df[(df["metric"] == "rrmse") & (df["checkpoint"].astype(str) == ckpt)
-             & (df["estimator"] == est) & (df["layer"].astype(str) == layer) & (df["M"] == M)]
-    return float(sel["value"].iloc[0]) if len(sel) else math.nan
-
-
-def _scalar(df: pd.DataFrame, metric: str, ckpt: str, est: str, layer: str) -> float:
-    sel = df[(df["metric"] == metric) & (df["checkpoint"].astype(str) == ckpt)
-             & (df["estimator"] == est) & (df["layer"].astype(str) == layer)]
-    return float(sel["value"].iloc[0]) if len(sel) else math.nan
-
-
-def claim_psa_lowest(df: pd.DataFrame) -> Claim:
+def claim_psa_lowest(df: pd.DataFrame | ClaimData) -> Claim:
     """PSA has the lowest rrmse in every hidden layer for M ≤ 100, at every checkpoint, among the
-    paper's seven estimators."""
+    paper's seven estimators: in each (checkpoint, layer, M) psa must be below every other
+    estimator by more than :data:`Z` combined standard errors."""
     text = "PSA has the lowest error in every hidden layer for M ≤ 100"
-    rr = _values(df, "rrmse")
-    rr = rr[(rr["M"] <= 100) & rr["layer"].astype(str).str.isdigit()
-            & rr["estimator"].isin(PAPER_ESTIMATORS)]
-    if "psa" not in set(rr["estimator"]) or rr["estimator"].nunique() < 2:
-        return Claim(text, None, "the run has no rrmse of psa and another estimator for M ≤ 100")
-    losses = []
-    worst = (math.inf, "")
-    for (ckpt, layer, M), g in rr.groupby(["checkpoint", "layer", "M"]):
-        vals = dict(zip(g["estimator"], g["value"]))
-        if "psa" not in vals:
-            continue
-        others = {k: v for k, v in vals.items() if k != "psa" and np.isfinite(v)}
-        if not others:
-            continue
-        best_other = min(others, key=others.get)  # type: ignore[arg-type]
-        ratio = others[best_other] / vals["psa"]
-        if ratio < worst[0]:
-            worst = (ratio, f"{ckpt}, layer {layer}, M={M:g}: best other {best_other} "
-                            f"{others[best_other]:.4g} vs psa {vals['psa']:.4g}")
-        if vals["psa"] > others[best_other]:
-            losses.append(f"{ckpt}/layer {layer}/M={M:g} ({best_other} {others[best_other]:.4g} "
-                          f"< psa {vals['psa']:.4g})")
-    if worst[0] is math.inf:
-        return Claim(text, None, "no comparable cells")
-    ok = not losses
-    ev = (f"worst case for psa: {worst[1]} (best other / psa = {worst[0]:.3g}; the claim needs "
-          f"≥ 1 everywhere)")
-    if losses:
-        ev += f"; psa is beaten in {len(losses)} cells, e.g. " + "; ".join(losses[:3])
-    return Claim(text, ok, ev)
+    crit = (f"every (checkpoint, hidden layer, M ≤ 100): psa's rrmse below each other paper "
+            f"estimator's by more than {Z:g}·√(se_psa² + se_other²); not confirmed if any is below "
+            f"psa's by more than that; inconclusive otherwise")
+    ix = _data(df)
+    others = [e for e in PAPER_ESTIMATORS if e != "psa" and e in ix.estimators]
+    if "psa" not in ix.estimators or not others:
+        return Claim(text, "no data", "the run has no rrmse of psa and another estimator", crit)
+    cells: list[tuple[str, Verdict, float, str]] = []
+    for ck in ix.checkpoints:
+        for layer in ix.layers:
+            for m in [m for m in ix.m_grid if m <= 100]:
+                p = ix.get(ck, "psa", layer, "rrmse", m)
+                if p is None or not p.finite:
+                    continue
+                parts: list[Verdict] = []
+                worst = (math.inf, "")
+                for e in others:
+                    o = ix.get(ck, e, layer, "rrmse", m)
+                    if o is None or not o.finite:
+                        continue
+                    u = math.hypot(o.uncertainty, p.uncertainty)
+                    parts.append(above(o.value - p.value, 0.0, u))
+                    if o.value / p.value < worst[0]:
+                        worst = (o.value / p.value, f"{e} {_fmt_se(o.value, o.uncertainty)}")
+                if parts:
+                    cells.append((f"{ck}/L{layer}/M={m:g}", combine(parts), worst[0],
+                                  f"{ck}/L{layer}/M={m:g}: {worst[1]} vs psa "
+                                  f"{_fmt_se(p.value, p.uncertainty)}"))
+    if not cells:
+        return Claim(text, "no data", "no comparable cells", crit)
+    verdict = combine([c[1] for c in cells])
+    worst = min(cells, key=lambda c: c[2])
+    counts = {v: sum(1 for c in cells if c[1] == v) for v in VERDICTS}
+    ev = (f"psa lowest beyond the errors in {counts['confirmed']} of {len(cells)} cells, beaten in "
+          f"{counts['not confirmed']}, undecided in {counts['inconclusive']}; worst case "
+          f"{worst[3]} (best other / psa = {worst[2]:.3g})")
+    beaten = [c[3] for c in cells if c[1] == "not confirmed"]
+    if beaten:
+        ev += "; beaten e.g. " + "; ".join(beaten[:3])
+    undecided = [c[3] for c in cells if c[1] == "inconclusive"]
+    if undecided and not beaten:
+        ev += "; undecided e.g. " + "; ".join(undecided[:2])
+    return Claim(text, verdict, ev, crit)
 
 
-def _hidden_rel_bias(df: pd.DataFrame, ckpt: str, est: str, layers: list[str]) -> list[float]:
-    return [_scalar(df, "rel_bias", ckpt, est, layer) for layer in layers]
-
-
-def claim_st_close(df: pd.DataFrame) -> Claim:
+def claim_st_close(df: pd.DataFrame | ClaimData) -> Claim:
     """ST's rrmse(M=1) is within :data:`ST_CLOSE_RATIO` of PSA's in every hidden layer at the first
-    checkpoint."""
+    checkpoint: the ratio's interval ``r ± Z·se(r)`` (delta method) must lie at or below it."""
     text = "ST is close to PSA at initialisation"
-    ckpts, layers = _checkpoints(df), _hidden_layers(df)
-    if not ckpts or not layers or not {"st", "psa"} <= set(df["estimator"]):
-        return Claim(text, None, "the run has no st and psa results")
-    first = ckpts[0]
-    ratios = [_rrmse(df, first, "st", layer, 1) / _rrmse(df, first, "psa", layer, 1)
-              for layer in layers]
-    ok = bool(all(r <= ST_CLOSE_RATIO for r in ratios)) if np.isfinite(ratios).all() else None
-    return Claim(text, ok, f"rrmse(M=1) st/psa at {first}: "
-                 + ", ".join(f"layer {layer} {r:.3g}" for layer, r in zip(layers, ratios))
-                 + f" (close: ≤ {ST_CLOSE_RATIO} in every hidden layer)")
+    crit = (f"at the first checkpoint, every hidden layer: rrmse(M=1) st/psa = r with "
+            f"r + {Z:g}·se(r) ≤ {ST_CLOSE_RATIO} (delta-method se); not confirmed if any "
+            f"r − {Z:g}·se(r) > {ST_CLOSE_RATIO}")
+    ix = _data(df)
+    if not ix.checkpoints or not ix.layers or not {"st", "psa"} <= ix.estimators:
+        return Claim(text, "no data", "the run has no st and psa results", crit)
+    first = ix.checkpoints[0]
+    parts, shown = [], []
+    for layer in ix.layers:
+        st, psa = ix.get(first, "st", layer, "rrmse", 1), ix.get(first, "psa", layer, "rrmse", 1)
+        if st is None or psa is None or not (st.finite and psa.finite):
+            continue
+        r, se = _ratio_se(st, psa)
+        parts.append(below(r, ST_CLOSE_RATIO, se) if r != ST_CLOSE_RATIO else "inconclusive")
+        shown.append(f"layer {layer} {_fmt_se(r, se)}")
+    if not parts:
+        return Claim(text, "no data", f"no rrmse at M=1 of st and psa at {first}", crit)
+    return Claim(text, combine(parts), f"rrmse(M=1) st/psa at {first}: " + ", ".join(shown), crit)
 
 
-def claim_st_bias_depth(df: pd.DataFrame) -> Claim:
-    """ST's relative bias does not decrease from the last hidden layer down to the first (the
-    deepest from the output), at the last checkpoint."""
+def _bias(ix: ClaimData, ck: str, est: str, layer: str) -> Estimate | None:
+    b = ix.get(ck, est, layer, "rel_bias")
+    return b if b is not None and b.finite else None
+
+
+def claim_st_bias_depth(df: pd.DataFrame | ClaimData) -> Claim:
+    """ST's relative bias grows from the last hidden layer down to the first (the deepest from the
+    output), at the last checkpoint: each layer's bias above the next one's by more than
+    :data:`Z` combined standard errors."""
     text = "ST's bias grows with depth (from the last hidden layer down to the first)"
-    ckpts, layers = _checkpoints(df), _hidden_layers(df)
-    if not ckpts or len(layers) < 2 or "st" not in set(df["estimator"]):
-        return Claim(text, None, "the run needs st in two or more hidden layers")
-    parts, ok = [], True
-    for c in (ckpts[0], ckpts[-1]) if len(ckpts) > 1 else (ckpts[0],):
-        b = _hidden_rel_bias(df, c, "st", layers)
-        parts.append(f"{c}: " + ", ".join(f"L{layer} {v:.3g}" for layer, v in zip(layers, b)))
-        if c == ckpts[-1]:
-            ok = all(x >= y for x, y in zip(b[:-1], b[1:]))
-    return Claim(text, bool(ok), "st relative bias per hidden layer, " + "; ".join(parts)
-                 + f" (judged at {ckpts[-1]}: each layer's bias must be at least that of the "
-                   f"layer above it, from layer {layers[-1]} down to layer 1)")
+    crit = (f"at the last checkpoint, each hidden layer k: st's rel. bias b_k − b_(k+1) > "
+            f"{Z:g}·√(se_k² + se_(k+1)²); not confirmed if any difference is below −{Z:g}·√(…)")
+    ix = _data(df)
+    if not ix.checkpoints or len(ix.layers) < 2 or "st" not in ix.estimators:
+        return Claim(text, "no data", "the run needs st in two or more hidden layers", crit)
+    parts_txt = []
+    for c in dict.fromkeys((ix.checkpoints[0], ix.checkpoints[-1])):
+        bs = [_bias(ix, c, "st", layer) for layer in ix.layers]
+        parts_txt.append(f"{c}: " + ", ".join(f"L{layer} {_fmt_se(b.value, b.uncertainty)}"
+                                             if b else f"L{layer} —" for layer, b in zip(ix.layers, bs)))
+    last = [_bias(ix, ix.checkpoints[-1], "st", layer) for layer in ix.layers]
+    if any(b is None for b in last):
+        return Claim(text, "no data", "st relative bias missing at the last checkpoint", crit)
+    verdicts = [above(a.value - b.value, 0.0, math.hypot(a.uncertainty, b.uncertainty))  # type: ignore[union-attr]
+                for a, b in zip(last[:-1], last[1:])]
+    return Claim(text, combine(verdicts), "st relative bias per hidden layer, " + "; ".join(parts_txt)
+                 + f" (judged at {ix.checkpoints[-1]})", crit)
 
 
-def claim_st_bias_training(df: pd.DataFrame) -> Claim:
-    """ST's mean hidden-layer relative bias is larger at the last checkpoint than at the first."""
+def claim_st_bias_training(df: pd.DataFrame | ClaimData) -> Claim:
+    """ST's mean hidden-layer relative bias is larger at the last checkpoint than at the first, by
+    more than :data:`Z` standard errors of the difference."""
     text = "ST's bias grows with training"
-    ckpts, layers = _checkpoints(df), _hidden_layers(df)
-    if len(ckpts) < 2 or not layers or "st" not in set(df["estimator"]):
-        return Claim(text, None, "the run needs st at two checkpoints")
-    means = [float(np.nanmean(_hidden_rel_bias(df, c, "st", layers))) for c in ckpts]
-    return Claim(text, bool(means[-1] > means[0]),
-                 "st relative bias, mean over hidden layers: "
-                 + " → ".join(f"{m:.3g} ({c})" for m, c in zip(means, ckpts)))
+    crit = (f"mean over hidden layers of st's rel. bias, last − first checkpoint > {Z:g} s.e. of "
+            f"the difference; not confirmed if < −{Z:g} s.e.")
+    ix = _data(df)
+    if len(ix.checkpoints) < 2 or not ix.layers or "st" not in ix.estimators:
+        return Claim(text, "no data", "the run needs st at two checkpoints", crit)
+    means = []
+    for c in ix.checkpoints:
+        bs = [_bias(ix, c, "st", layer) for layer in ix.layers]
+        bs = [b for b in bs if b is not None]
+        if not bs:
+            return Claim(text, "no data", f"st relative bias missing at {c}", crit)
+        means.append((sum(b.value for b in bs) / len(bs),
+                      math.sqrt(sum(b.uncertainty**2 for b in bs)) / len(bs)))
+    d = means[-1][0] - means[0][0]
+    se = math.hypot(means[-1][1], means[0][1])
+    return Claim(text, above(d, 0.0, se), "st relative bias, mean over hidden layers: "
+                 + " → ".join(f"{_fmt_se(m, u)} ({c})" for (m, u), c in zip(means, ix.checkpoints))
+                 + f"; difference {_fmt_se(d, se)}", crit)
 
 
-def _unbiased_curves(df: pd.DataFrame, ckpt: str, layers: list[str]
-                     ) -> list[tuple[str, str, pd.DataFrame]]:
-    rr = _values(df, "rrmse")
-    out = []
-    for est in [e for e in UNBIASED if e in set(df["estimator"])]:
-        for layer in layers:
-            sel = rr[(rr["checkpoint"].astype(str) == ckpt) & (rr["estimator"] == est)
-                     & (rr["layer"].astype(str) == layer)].sort_values("M")
-            sel = sel[np.isfinite(sel["value"]) & (sel["value"] > 0)]
-            if len(sel) >= 2:
-                out.append((est, layer, sel))
-    return out
+def _slope(ms: Sequence[float], ys: Sequence[float]) -> float:
+    return float(np.polyfit(np.log(np.asarray(ms, float)), np.log(np.asarray(ys, float)), 1)[0])
 
 
-def claim_unbiased_rate(df: pd.DataFrame) -> Claim:
-    """The rrmse of unbiased estimators falls as M^(−1/2): log-log slopes within ±0.05 of −½."""
+def unbiased_slope(ix: ClaimData, ck: str, est: str, layer: str
+                   ) -> tuple[float, float, float] | None:
+    """The log-log slope of rrmse against M of one curve and its interval.
+
+    The slope of ``rrmse(M) = √(b² + v/M)`` (SPEC §5, relative to ‖g‖) depends on the bias ``b``
+    alone once ``v = rrmse(M₀)² − b²`` is fixed by the stored curve: the interval is the slope with
+    ``b`` at its ``± Z`` standard-error limits (clipped at 0), the point the stored curve's fit.
+
+    Returns:
+        ``(slope, lowest, highest)`` or None without at least two points.
+    """
+    curve = [(m, v) for m, v in ix.curve(ck, est, layer) if v.value > 0]
+    if len(curve) < 2:
+        return None
+    ms = [m for m, _ in curve]
+    point = _slope(ms, [v.value for _, v in curve])
+    b = _bias(ix, ck, est, layer)
+    if b is None:
+        return point, point, point
+    m0, r0 = curve[0][0], curve[0][1].value
+    v = max(m0 * (r0**2 - max(b.value, 0.0) ** 2), 0.0)
+    u = b.uncertainty if math.isfinite(b.uncertainty) else 0.0
+
+    def slope_at(bias: float) -> float:
+        return _slope(ms, [math.sqrt(bias**2 + v / m) for m in ms]) if v > 0 or bias > 0 else point
+
+    lo_b, hi_b = max(b.value - Z * u, 0.0), b.value + Z * u
+    s_hi, s_lo = slope_at(lo_b), slope_at(hi_b)  # more bias: a flatter (higher) slope
+    return point, min(s_lo, s_hi, point), max(s_lo, s_hi, point)
+
+
+SLOPE_TOLERANCE = 0.05
+"""``unbiased methods fall as M^(−1/2)``: a slope within ``−½ ± SLOPE_TOLERANCE``."""
+
+
+def claim_unbiased_rate(df: pd.DataFrame | ClaimData) -> Claim:
+    """The rrmse of the paper's unbiased estimators falls as M^(−1/2): each curve's slope interval
+    (:func:`unbiased_slope`) inside ``−½ ± SLOPE_TOLERANCE``; not confirmed when an interval lies
+    wholly outside it."""
     text = "unbiased methods fall as M^(−1/2)"
-    ckpts, layers = _checkpoints(df), _hidden_layers(df)
-    curves = [c for ck in ckpts for c in _unbiased_curves(df, ck, layers)
-              if c[0] in PAPER_ESTIMATORS]
-    if not curves:
-        return Claim(text, None, "no rrmse curves of unbiased estimators")
-    slopes = [float(np.polyfit(np.log(s["M"].astype(float)), np.log(s["value"]), 1)[0])
-              for _, _, s in curves]
-    return Claim(text, bool(all(abs(x + 0.5) <= 0.05 for x in slopes)),
-                 f"log-log slopes of rrmse vs M over {len(slopes)} curves (estimators "
-                 f"{', '.join(sorted({e for e, _, _ in curves}))}, hidden layers, checkpoints): "
-                 f"{min(slopes):.3f} … {max(slopes):.3f} (−0.5 ± 0.05 required)")
-
-
-def claim_unbiased_tens(df: pd.DataFrame) -> Claim:
-    """After training, the paper's unbiased estimators (reinforce, arm) need at least
-    :data:`TENS_OF_SAMPLES` samples to reach PSA's one-sample rrmse, in every hidden layer."""
-    text = "unbiased methods need tens of samples to match one PSA sample after training"
-    ckpts, layers = _checkpoints(df), _hidden_layers(df)
-    if not ckpts or "psa" not in set(df["estimator"]):
-        return Claim(text, None, "the run lacks psa")
-    last = ckpts[-1]
-    needs = []
-    for est, layer, sel in _unbiased_curves(df, last, layers):
-        target = _rrmse(df, last, "psa", layer, 1)
-        hit = sel[sel["value"] <= target]
-        needs.append((est, layer, float(hit["M"].iloc[0]) if len(hit) else math.inf))
-    judged = [n for n in needs if n[0] in PAPER_ESTIMATORS]
+    lo_t, hi_t = -0.5 - SLOPE_TOLERANCE, -0.5 + SLOPE_TOLERANCE
+    crit = (f"each rrmse-vs-M curve of reinforce and arm (hidden layers, every checkpoint): the "
+            f"log-log slope with the bias at its ±{Z:g} s.e. limits lies in −0.5 ± "
+            f"{SLOPE_TOLERANCE}; not confirmed if that slope interval lies wholly outside")
+    ix = _data(df)
+    judged: list[tuple[str, Verdict, tuple[float, float, float]]] = []
+    for ck in ix.checkpoints:
+        for est in [e for e in UNBIASED if e in PAPER_ESTIMATORS and e in ix.estimators]:
+            for layer in ix.layers:
+                s = unbiased_slope(ix, ck, est, layer)
+                if s is None:
+                    continue
+                _, lo, hi = s
+                if lo_t <= lo and hi <= hi_t:
+                    verdict: Verdict = "confirmed"
+                elif hi < lo_t or lo > hi_t:
+                    verdict = "not confirmed"
+                else:
+                    verdict = "inconclusive"
+                judged.append((f"{est} L{layer} {ck}", verdict, s))
     if not judged:
-        return Claim(text, None, "the run lacks the paper's unbiased estimators (reinforce, arm)")
+        return Claim(text, "no data", "no rrmse curves of the paper's unbiased estimators", crit)
+    counts = {v: sum(1 for j in judged if j[1] == v) for v in VERDICTS}
+    points = [j[2][0] for j in judged]
+    ev = (f"{len(judged)} curves, point slopes {min(points):.3f} … {max(points):.3f}; within "
+          f"−0.5 ± {SLOPE_TOLERANCE} given the bias's uncertainty in {counts['confirmed']}, outside in "
+          f"{counts['not confirmed']}, undecided in {counts['inconclusive']}")
+    off = [j for j in judged if j[1] != "confirmed"]
+    if off:
+        ev += "; e.g. " + "; ".join(f"{name} {s[0]:.3f} [{s[1]:.3f}, {s[2]:.3f}]"
+                                   for name, _, s in sorted(off, key=lambda j: j[1])[:3])
+    return Claim(text, combine([j[1] for j in judged]), ev, crit)
 
-    m_max = int(_values(df, "rrmse")["M"].max())
 
-    def fmt(n: tuple[str, str, float]) -> str:
-        return f"{n[0]} L{n[1]} {'>' + str(m_max) if math.isinf(n[2]) else f'{n[2]:g}'}"
-
-    extra = [n for n in needs if n[0] not in PAPER_ESTIMATORS]
-    ev = (f"samples M to reach psa's rrmse(M=1) at {last}: " + ", ".join(map(fmt, judged))
-          + f" (judged: the paper's reinforce and arm, ≥ {TENS_OF_SAMPLES} in every hidden layer)")
+def claim_unbiased_tens(df: pd.DataFrame | ClaimData) -> Claim:
+    """After training, the paper's unbiased estimators (reinforce, arm) need at least
+    :data:`TENS_OF_SAMPLES` samples to reach PSA's one-sample rrmse, in every hidden layer: with
+    the largest M below that in the run's grid, their rrmse must still be above psa's rrmse(M=1)
+    by more than :data:`Z` combined standard errors; not confirmed when some M below it is below
+    psa's by more than that."""
+    text = "unbiased methods need tens of samples to match one PSA sample after training"
+    crit = (f"at the last checkpoint, each hidden layer, reinforce and arm: rrmse(M) − psa's "
+            f"rrmse(1) > {Z:g}·√(se² + se_psa²) at the largest M < {TENS_OF_SAMPLES} of the grid; "
+            f"not confirmed if it is < −{Z:g}·√(…) at some M < {TENS_OF_SAMPLES}")
+    ix = _data(df)
+    if not ix.checkpoints or "psa" not in ix.estimators:
+        return Claim(text, "no data", "the run lacks psa", crit)
+    last = ix.checkpoints[-1]
+    below_tens = [m for m in ix.m_grid if m < TENS_OF_SAMPLES]
+    if not below_tens:
+        return Claim(text, "no data", f"the run's M grid has no M below {TENS_OF_SAMPLES}", crit)
+    m_top = below_tens[-1]
+    verdicts: list[Verdict] = []
+    shown, extra = [], []
+    for est in [e for e in UNBIASED if e in ix.estimators]:
+        for layer in ix.layers:
+            t = ix.get(last, "psa", layer, "rrmse", 1)
+            curve = ix.curve(last, est, layer)
+            if t is None or not t.finite or not curve:
+                continue
+            hit = [m for m, v in curve if v.value <= t.value]
+            m_hit = f"{hit[0]:g}" if hit else f">{curve[-1][0]:g}"
+            if est not in PAPER_ESTIMATORS:
+                extra.append(f"{est} L{layer} {m_hit}")
+                continue
+            parts: list[Verdict] = []
+            for m, v in curve:
+                if m >= TENS_OF_SAMPLES:
+                    continue
+                u = math.hypot(v.uncertainty, t.uncertainty)
+                if below(v.value, t.value, u) == "confirmed":
+                    parts.append("not confirmed")  # matched psa with fewer than tens of samples
+            at_top = dict(curve).get(m_top)
+            if not parts and at_top is not None:
+                # not significantly below psa at any M < tens (else "not confirmed" above): is it
+                # still significantly above at the largest one?
+                v = above(at_top.value, t.value, math.hypot(at_top.uncertainty, t.uncertainty))
+                if v == "confirmed" and m_top < TENS_OF_SAMPLES - 1:
+                    v = "inconclusive"  # the grid cannot tell M = m_top+1 … 9 apart
+                parts.append(v)
+            verdicts.append(combine(parts) if parts else "inconclusive")
+            shown.append(f"{est} L{layer} {m_hit}")
+    if not verdicts:
+        return Claim(text, "no data", "the run lacks the paper's unbiased estimators (reinforce, arm)",
+                     crit)
+    ev = (f"first M in the grid where the rrmse falls to psa's rrmse(M=1) at {last}: "
+          + ", ".join(shown) + f" (judged at M = {m_top:g})")
     if extra:
-        ev += "; for information, sbn-bench's extras: " + ", ".join(map(fmt, extra))
-    return Claim(text, bool(all(m >= TENS_OF_SAMPLES for _, _, m in judged)), ev)
+        ev += "; for information, sbn-bench's extras: " + ", ".join(extra)
+    return Claim(text, combine(verdicts), ev, crit)
 
 
-def claim_tanh_degrades(df: pd.DataFrame) -> Claim:
+def claim_tanh_degrades(df: pd.DataFrame | ClaimData) -> Claim:
     """tanh's relative bias grows at least :data:`TANH_DEGRADE_RATIO`× from the first to the last
-    checkpoint in every hidden layer."""
+    checkpoint in every hidden layer: the ratio's interval ``r ± Z·se(r)`` at or above it."""
     text = "tanh degrades badly after training"
-    ckpts, layers = _checkpoints(df), _hidden_layers(df)
-    if len(ckpts) < 2 or not layers or "tanh" not in set(df["estimator"]):
-        return Claim(text, None, "the run needs tanh at two checkpoints")
-    first, last = ckpts[0], ckpts[-1]
-    b0 = _hidden_rel_bias(df, first, "tanh", layers)
-    b1 = _hidden_rel_bias(df, last, "tanh", layers)
-    if not (np.isfinite(b0).all() and np.isfinite(b1).all()):
-        return Claim(text, None, "tanh relative bias missing")
-    ok = all(y >= TANH_DEGRADE_RATIO * x for x, y in zip(b0, b1))
-    return Claim(text, bool(ok), f"tanh relative bias (= its rrmse) per hidden layer, {first} → "
-                 f"{last}: " + ", ".join(f"L{layer} {x:.3g} → {y:.3g}"
-                                         for layer, x, y in zip(layers, b0, b1))
-                 + f" (degrading badly: ≥ {TANH_DEGRADE_RATIO}× in every hidden layer)")
+    crit = (f"every hidden layer: tanh's rel. bias last/first checkpoint = r with r − {Z:g}·se(r) "
+            f"≥ {TANH_DEGRADE_RATIO} (delta-method se; tanh is deterministic, so se = 0 in exact "
+            f"mode); not confirmed if any r + {Z:g}·se(r) < {TANH_DEGRADE_RATIO}")
+    ix = _data(df)
+    if len(ix.checkpoints) < 2 or not ix.layers or "tanh" not in ix.estimators:
+        return Claim(text, "no data", "the run needs tanh at two checkpoints", crit)
+    first, last = ix.checkpoints[0], ix.checkpoints[-1]
+    parts: list[Verdict] = []
+    shown = []
+    for layer in ix.layers:
+        b0, b1 = _bias(ix, first, "tanh", layer), _bias(ix, last, "tanh", layer)
+        if b0 is None or b1 is None:
+            return Claim(text, "no data", "tanh relative bias missing", crit)
+        r, se = _ratio_se(b1, b0)
+        v = above(r, TANH_DEGRADE_RATIO, se)
+        parts.append("confirmed" if v == "inconclusive" and r == TANH_DEGRADE_RATIO and se == 0 else v)
+        shown.append(f"L{layer} {b0.value:.3g} → {b1.value:.3g} (×{_fmt_se(r, se)})")
+    return Claim(text, combine(parts), f"tanh relative bias (= its rrmse) per hidden layer, {first} → "
+                 f"{last}: " + ", ".join(shown), crit)
+
+
+CLAIMS: tuple[Callable[[pd.DataFrame | ClaimData], Claim], ...] = (
+    claim_psa_lowest, claim_st_close, claim_st_bias_depth, claim_st_bias_training,
+    claim_unbiased_rate, claim_unbiased_tens, claim_tanh_degrades)
+"""SPEC §6's four sentences split into seven checkable statements, in the report's order."""
 
 
 def evaluate_claims(metrics: pd.DataFrame) -> list[Claim]:
-    """Decide each of SPEC §6's claims from a run's tidy metrics table.
+    """Decide each of SPEC §6's claims from the tidy metrics of **one** problem (one checkpoint
+    set); :func:`evaluate_claims_by_problem` for a run with several (e.g. training seeds).
 
-    SPEC §6's four sentences are split into seven checkable statements; each is judged on the
-    paper's seven estimators (:data:`PAPER_ESTIMATORS`), whatever else the run measured, and its
-    criterion is fixed in its function's docstring.
+    Each is judged on the paper's seven estimators (:data:`PAPER_ESTIMATORS`), whatever else the
+    run measured, with the standard errors of the values it uses (:data:`Z`); its criterion is
+    fixed in its function's docstring and stated in :attr:`Claim.criterion`.
+
+    Raises:
+        ArgumentError: ``metrics`` holds more than one problem.
     """
-    return [claim_psa_lowest(metrics), claim_st_close(metrics), claim_st_bias_depth(metrics),
-            claim_st_bias_training(metrics), claim_unbiased_rate(metrics),
-            claim_unbiased_tens(metrics), claim_tanh_degrades(metrics)]
+    if "problem" in metrics.columns and metrics["problem"].nunique() > 1:
+        names = ", ".join(map(str, pd.unique(metrics["problem"])))
+        raise ArgumentError(f"metrics hold several problems ({names}): decide the claims per "
+                            "problem with evaluate_claims_by_problem", argument="metrics",
+                            value=names, expected="the rows of one problem")
+    data = ClaimData(metrics)
+    return [claim(data) for claim in CLAIMS]
+
+
+def evaluate_claims_by_problem(metrics: pd.DataFrame) -> dict[str, list[Claim]]:
+    """:func:`evaluate_claims` for each problem of a run, in run order."""
+    return {str(p): evaluate_claims(g) for p, g in metrics.groupby("problem", sort=False)}
+
+
+def verdict_count(verdicts: Sequence[Verdict]) -> str:
+    """``"confirmed in 3 of 5, inconclusive in 1, not confirmed in 1"``."""
+    n = len(verdicts)
+    parts = [f"{v} in {sum(1 for x in verdicts if x == v)}" for v in VERDICTS
+             if any(x == v for x in verdicts)]
+    if not parts:
+        return "no data"
+    return f"{parts[0]} of {n}" + "".join(f", {p}" for p in parts[1:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,65 +627,118 @@ def _cached_wall_time(manifest: Path) -> float | None:
     return float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) else None
 
 
-def paper_config(checkpoints: TrainedCheckpoints, *, seed: int = 0, out: str,
-                 samples: int = SAMPLES, estimators: Sequence[str] | None = None,
-                 M: Sequence[int] | None = None, **settings: Any) -> RunConfig:
+REGENERATE = "sbn-bench run --preset paper --train-seeds 0-4 --out reports/paper-5-5-5"
+"""The one command that regenerates the published reproduction ``reports/paper-5-5-5/``: five
+independent training runs (seeds 0 … 4), each evaluated at its three checkpoints."""
+
+
+def problem_name(train_seed: int | None) -> str:
+    """The problem's name in a paper run: ``paper`` for the single default training,
+    ``paper-train<seed>`` per training seed when ``train_seeds`` are given."""
+    return "paper" if train_seed is None else f"paper-train{train_seed}"
+
+
+def paper_config(checkpoints: TrainedCheckpoints | Mapping[int, TrainedCheckpoints], *,
+                 seed: int = 0, out: str, samples: int = SAMPLES,
+                 estimators: Sequence[str] | None = None, M: Sequence[int] | None = None,
+                 **settings: Any) -> RunConfig:
     """The :class:`~sbn_bench.config.RunConfig` of the paper's experiment at given checkpoints.
+
+    Args:
+        checkpoints: one training's checkpoints (problem ``paper``), or ``{train_seed:
+            checkpoints}`` (one problem ``paper-train<seed>`` each, :func:`problem_name`).
+        seed: the sampling seed of the evaluation.
 
     Defaults: the paper's seven estimators plus :data:`EXTRA_ESTIMATORS`, ``S = 20 000``, the
     paper's M grid (up to ``S``). ``settings`` are passed on to ``RunConfig``.
     """
-    spec = ProblemSpec(preset="paper", seed=seed, name="paper",
-                       checkpoints=tuple(Checkpoint(label, str(path))
-                                         for label, path in checkpoints.paths.items()))
+    sets: list[tuple[int | None, int, TrainedCheckpoints]] = (
+        [(None, seed, checkpoints)] if isinstance(checkpoints, TrainedCheckpoints)
+        else [(s, s, c) for s, c in checkpoints.items()])
+    specs = tuple(ProblemSpec(preset="paper", seed=data_seed, name=problem_name(train_seed),
+                              checkpoints=tuple(Checkpoint(label, str(path))
+                                                for label, path in ck.paths.items()))
+                  for train_seed, data_seed, ck in sets)
     grid = tuple(M) if M is not None else paper_m_grid(samples)
-    return RunConfig(problems=(spec,), estimators=tuple(estimators or PAPER_ESTIMATORS
-                                                        + EXTRA_ESTIMATORS),
+    return RunConfig(problems=specs, estimators=tuple(estimators or PAPER_ESTIMATORS
+                                                      + EXTRA_ESTIMATORS),
                      samples=samples, M=grid, seeds=(seed,), out=out, **settings)
+
+
+def check_train_seeds(train_seeds: Sequence[int]) -> tuple[int, ...]:
+    """``train_seeds`` as a tuple, refused when empty, repeated or not whole numbers ≥ 0."""
+    seeds = tuple(train_seeds)
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if not seeds or bad or len(set(seeds)) != len(seeds):
+        raise ArgumentError(f"train_seeds={list(seeds)!r}: expected distinct whole numbers ≥ 0, "
+                            "e.g. [0, 1, 2, 3, 4]", argument="train_seeds", value=list(seeds),
+                            expected="distinct integers ≥ 0")
+    return seeds
 
 
 def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMPLES,
               estimators: Sequence[str] | None = None, M: Sequence[int] | None = None,
               cache_dir: str | os.PathLike[str] | None = None, training: dict[str, Any] | None = None,
+              train_seeds: Sequence[int] | None = None,
               progress: Any = None, message: Callable[[str], None] | None = None,
               warn: Callable[[str], None] | None = None, report: bool = True,
               **settings: Any) -> RunResult:
     """SPEC §6 end to end: train (or reuse) the checkpoints, run the estimators, record timings.
 
-    The run folder gets ``training/`` (the checkpoints, training log, loss curve and manifest),
-    the manifest an ``experiment`` entry with the training and evaluation wall times, and
-    (``report=True``) the report, with the claims section (:func:`sbn_bench.reports.write_report`).
+    Args:
+        seed: the data, initial weights and training noise of the single default training (problem
+            ``paper``), and the evaluation's sampling seed.
+        train_seeds: several independent trainings instead, one per seed (data, initial weights
+            and training noise from that seed, each cached apart), evaluated in one run as problems
+            ``paper-train<seed>`` (:func:`problem_name`); the report then gives each claim's
+            verdict per training seed and their count.
+
+    The run folder gets ``training/`` (per training seed ``training/train<seed>/``: the
+    checkpoints, training log, loss curve and manifest), the manifest an ``experiment`` entry with
+    the training and evaluation wall times, and (``report=True``) the report, with the claims
+    section (:func:`sbn_bench.reports.write_report`).
 
     Returns:
         The :class:`~sbn_bench.runner.RunResult`.
     """
+    seeds = None if train_seeds is None else check_train_seeds(train_seeds)
     t0 = time.perf_counter()
-    ckpts = ensure_checkpoints(seed, training=training, cache_dir=cache_dir, progress=message)
+    trained = {s: ensure_checkpoints(s, training=training, cache_dir=cache_dir, progress=message)
+               for s in (seeds if seeds is not None else (seed,))}
     t_train = time.perf_counter() - t0
-    config = paper_config(ckpts, seed=seed, out=str(out), samples=samples,
-                          estimators=estimators, M=M, **settings)
+    config = paper_config(trained if seeds is not None else trained[seed], seed=seed, out=str(out),
+                          samples=samples, estimators=estimators, M=M, **settings)
     t1 = time.perf_counter()
     result = run(config, progress=progress, warn=warn)
     t_eval = time.perf_counter() - t1
-    train_dir = Path(out) / "training"
-    train_dir.mkdir(parents=True, exist_ok=True)
-    names = ["train_log.csv", "loss_curve.png", "train_manifest.json",
-             *(p.name for p in ckpts.paths.values())]
-    for name in names:  # the run folder holds its checkpoints: the cache may be cleared
-        if (ckpts.directory / name).is_file():
-            shutil.copyfile(ckpts.directory / name, train_dir / name)
+    records = []
+    for s, ck in trained.items():
+        sub = Path("training") if seeds is None else Path("training") / f"train{s}"
+        (Path(out) / sub).mkdir(parents=True, exist_ok=True)
+        names = ["train_log.csv", "loss_curve.png", "train_manifest.json",
+                 *(p.name for p in ck.paths.values())]
+        for name in names:  # the run folder holds its checkpoints: the cache may be cleared
+            if (ck.directory / name).is_file():
+                shutil.copyfile(ck.directory / name, Path(out) / sub / name)
+        records.append({"train_seed": s, "problem": problem_name(s if seeds is not None else None),
+                        "cached": ck.cached, "cache_dir": str(ck.directory),
+                        "train_wall_s": round(ck.train_wall_s, 3), "dir": sub.as_posix()})
+    train_wall = sum(ck.train_wall_s for ck in trained.values())
     manifest_path = Path(out) / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["experiment"] = {
         "name": "paper",
+        "train_seeds": list(seeds) if seeds is not None else None,
         "training": {**{k: list(v) if isinstance(v, tuple) else v
                         for k, v in (training or TRAINING).items()},
-                     "seed": seed, "cached": ckpts.cached, "cache_dir": str(ckpts.directory),
-                     "train_wall_s": round(ckpts.train_wall_s, 3)},
+                     "seed": seed if seeds is None else None,
+                     "cached": all(ck.cached for ck in trained.values()),
+                     "cache_dir": str(trained[seed].directory) if seeds is None else None,
+                     "train_wall_s": round(train_wall, 3), "runs": records},
         "timing": {"training_s_this_run": round(t_train, 3),
                    "evaluation_s": round(t_eval, 3),
                    "total_s_this_run": round(t_train + t_eval, 3),
-                   "total_s_with_training": round(ckpts.train_wall_s + t_eval, 3)},
+                   "total_s_with_training": round(train_wall + t_eval, 3)},
     }
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     result.manifest.update(manifest)
@@ -454,55 +751,103 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
 # the report section of a paper run
 
 
-def _training_table(run_dir: Path, manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    log = run_dir / "training" / "train_log.csv"
+def training_runs(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trainings of a paper run (``{train_seed, problem, dir, cached, train_wall_s, …}``),
+    also for runs written before training seeds existed (one training in ``training/``)."""
+    tr = (manifest.get("experiment") or {}).get("training") or {}
+    runs = tr.get("runs")
+    if isinstance(runs, list) and runs:
+        return [r for r in runs if isinstance(r, dict)]
+    return [{"train_seed": tr.get("seed"), "problem": "paper", "dir": "training",
+             "cached": tr.get("cached"), "train_wall_s": tr.get("train_wall_s")}]
+
+
+def _objectives(run_dir: Path, manifest: dict[str, Any], sub: str) -> dict[int, float]:
+    """``{epoch: exact objective}`` at epoch 0 and the checkpoints, from a training log."""
+    log = run_dir / sub / "train_log.csv"
     if not log.is_file():
-        return []
+        return {}
     df = pd.read_csv(log)
     epochs = ((manifest.get("experiment") or {}).get("training") or {}).get(
         "checkpoints", TRAINING["checkpoints"])
-    rows = []
+    out = {}
     for e in [0, *epochs]:
         sel = df[df["epoch"] == e]
         if len(sel) and np.isfinite(sel["exact_objective"].iloc[0]):
-            rows.append((f"epoch {e}", f"{float(sel['exact_objective'].iloc[0]):.4f}"))
-    return rows
+            out[int(e)] = float(sel["exact_objective"].iloc[0])
+    return out
+
+
+def _training_table(run_dir: Path, manifest: dict[str, Any]) -> Table | None:
+    """The exact objective J at epoch 0 and each checkpoint, one column per training."""
+    runs = training_runs(manifest)
+    cols = [(r.get("problem", "paper"), _objectives(run_dir, manifest, str(r.get("dir", "training"))))
+            for r in runs]
+    cols = [(name, obj) for name, obj in cols if obj]
+    if not cols:
+        return None
+    epochs = sorted({e for _, obj in cols for e in obj})
+    rows = [[TableCell(f"epoch {e}", sort=float(e))]
+            + [TableCell(f"{obj[e]:.4f}" if e in obj else "—", sort=obj.get(e)) for _, obj in cols]
+            for e in epochs]
+    header = ["checkpoint"] + (["exact objective J"] if len(cols) == 1
+                               else [f"J, {name}" for name, _ in cols])
+    return Table("", header, rows, anchor="paper-training")
 
 
 def _experiment_facts(manifest: dict[str, Any]) -> list[str]:
     exp = manifest.get("experiment") or {}
     tr, tm = exp.get("training") or {}, exp.get("timing") or {}
+    device = manifest.get("device") if isinstance(manifest.get("device"), dict) else {}
     facts = []
     if tm:
-        facts.append(f"wall time on {manifest.get('device', {}).get('type', '?')}: training "
+        n = len(training_runs(manifest))
+        facts.append(f"wall time on {device.get('type', '?')}: training "
                      f"{tr.get('train_wall_s', math.nan):.0f} s"
-                     f"{' (reused from the cache in this run)' if tr.get('cached') else ''}, "
+                     + (f" ({n} trainings)" if n > 1 else "")
+                     + f"{' (reused from the cache in this run)' if tr.get('cached') else ''}, "
                      f"evaluation {tm.get('evaluation_s', math.nan):.0f} s, total "
                      f"{tm.get('total_s_with_training', math.nan):.0f} s "
-                     f"({manifest.get('device', {}).get('torch_threads', '?')} torch threads)")
+                     f"({device.get('torch_threads', '?')} torch threads)")
     if tr:
+        seeds = exp.get("train_seeds")
+        which = (f"training seeds {', '.join(map(str, seeds))}" if seeds
+                 else f"seed {tr.get('seed')}")
         facts.append(f"training: {tr.get('estimator')} one sample per point, batch "
                      f"{tr.get('batch_size')}, {tr.get('optimizer')} lr {tr.get('lr')} momentum "
-                     f"{tr.get('momentum')}, {tr.get('epochs')} epochs, seed {tr.get('seed')}")
+                     f"{tr.get('momentum')}, {tr.get('epochs')} epochs, {which}")
     return facts
 
 
 DIFFERENCES = (
-    "The checkpoints come from our own REINFORCE training run, not the paper's: the data are a "
+    "The checkpoints come from our own REINFORCE training runs, not the paper's: the data are a "
     "fresh draw from SPEC §6's distribution, the initial weights and the training noise come "
     "from our seeds, and the initial rescaling uses 100 sampled states per data point (README). "
     "The paper does not publish its objective values; ours are in the table below, so the "
     "trained networks, and with them every number of this report, differ from the paper's figure "
     "in detail. The claims are about orderings and trends, which is what this section checks.")
 
+VERDICT_LEGEND = (
+    f"Verdicts use the standard errors of the values they compare ({Z:g} s.e., about 95 %): "
+    "**confirmed** or **not confirmed** when the uncertainty allows only that answer, "
+    "*inconclusive* when it allows either, `no data` when the run lacks the values. Exact-mode "
+    "values have no sampling error. Each claim's criterion says how its uncertainty is used.")
 
-_VERDICT = {True: "confirmed", False: "not confirmed", None: "undecided"}
+
+_TONE = {"confirmed": "good", "not confirmed": "bad", "inconclusive": "unsure", "no data": ""}
+
+
+def _verdict_cell(verdict: Verdict) -> TableCell:
+    """A verdict: bold when not confirmed, italic when inconclusive (Markdown), coloured (HTML)."""
+    return TableCell(verdict, strong=verdict == "not confirmed", tie=verdict == "inconclusive",
+                     tone=_TONE[verdict])
 
 
 class ClaimsSection:
     """The report section of a paper run (``sbn-bench run --preset paper``): each claim's verdict
-    with its evidence, where the checkpoints differ from the paper's, the training's objective and
-    loss curve. Registered in the entry-point group ``sbn_bench.report_sections``."""
+    with its evidence and criterion (per training seed, with their count, when the run has several),
+    where the checkpoints differ from the paper's, the trainings' objectives and loss curves.
+    Registered in the entry-point group ``sbn_bench.report_sections``."""
 
     name = "paper-claims"
 
@@ -510,27 +855,48 @@ class ClaimsSection:
         return is_paper_run(run.manifest)
 
     def blocks(self, run: Run) -> list[Block]:
-        claims = evaluate_claims(run.metrics)
-        rows = [[TableCell(c.claim), TableCell(_VERDICT[c.confirmed], c.confirmed is False),
-                 TableCell(c.evidence)] for c in claims]
+        by_problem = evaluate_claims_by_problem(run.metrics)
+        problems = [p for p in run.problems() if p in by_problem]
         out: list[Block] = [
             Heading("The paper's claims (SPEC §6)"),
             Text("Each verdict is computed from this run's `metrics.csv` by "
-                 "`sbn_bench.paper.evaluate_claims`."),
-            Table("", ["paper's claim", "this run", "evidence"], rows, anchor="paper-claims"),
-            Heading("Where these checkpoints differ from the paper's", 3),
-            Text(DIFFERENCES)]
+                 "`sbn_bench.paper.evaluate_claims`. " + VERDICT_LEGEND)]
+        if len(problems) == 1:
+            claims = by_problem[problems[0]]
+            out.append(Table("", ["paper's claim", "this run", "evidence", "criterion"],
+                             [[TableCell(c.claim), _verdict_cell(c.verdict), TableCell(c.evidence),
+                               TableCell(c.criterion)] for c in claims], anchor="paper-claims"))
+        elif problems:
+            first = by_problem[problems[0]]
+            rows = []
+            for i, c in enumerate(first):
+                verdicts = [by_problem[p][i].verdict for p in problems]
+                rows.append([TableCell(c.claim)] + [_verdict_cell(v) for v in verdicts]
+                            + [TableCell(verdict_count(verdicts)), TableCell(c.criterion)])
+            out += [Text(f"One column per independent training ({len(problems)} training seeds), "
+                         "then the count over them."),
+                    Table("", ["paper's claim", *problems, "across training seeds", "criterion"], rows,
+                          anchor="paper-claims")]
+            for p in problems:
+                out.append(Details(f"Evidence · {p}", [Table(
+                    "", ["paper's claim", "verdict", "evidence"],
+                    [[TableCell(c.claim), _verdict_cell(c.verdict), TableCell(c.evidence)]
+                     for c in by_problem[p]], anchor=f"paper-claims-{p}")], level=4))
+        out += [Heading("Where these checkpoints differ from the paper's", 3), Text(DIFFERENCES)]
         facts = _experiment_facts(run.manifest)
         if facts:
             out.append(Bullets(facts))
-        trows = _training_table(run.path, run.manifest)
-        if trows:
-            out.append(Table("", ["checkpoint", "exact objective J"],
-                             [[TableCell(a), TableCell(b)] for a, b in trows],
-                             anchor="paper-training"))
-        curve = run.path / "training" / "loss_curve.png"
-        if curve.is_file():
-            out.append(Image(curve, "training loss curve"))
+        table = _training_table(run.path, run.manifest)
+        if table is not None:
+            out.append(table)
+        curves = [(r.get("problem", "paper"), run.path / str(r.get("dir", "training")) / "loss_curve.png")
+                  for r in training_runs(run.manifest)]
+        images: list[Block] = [Image(path, f"training loss curve, {name}") for name, path in curves
+                               if path.is_file()]
+        if len(images) == 1:
+            out += images
+        elif images:
+            out.append(Details("Training loss curves", images, level=4))
         return out
 
 

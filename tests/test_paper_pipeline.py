@@ -11,7 +11,10 @@ import pandas as pd
 import pytest
 
 from sbn_bench import paper, problems
-from sbn_bench.reports import write_report
+from sbn_bench.errors import ArgumentError
+from sbn_bench.reports import load_run, write_report
+from sbn_bench.reports.body import HeadlineSection
+from sbn_bench.reports.markdown import render_blocks
 
 REDUCED = {**paper.TRAINING, "epochs": 6, "checkpoints": (1, 3, 6)}
 ESTIMATORS = ["psa", "st", "reinforce", "arm", "tanh"]
@@ -61,24 +64,39 @@ def test_claims_are_decided_from_the_results(reduced_run) -> None:
     out, _, _ = reduced_run
     metrics = pd.read_csv(out / "metrics.csv")
     claims = paper.evaluate_claims(metrics)
-    assert len(claims) == 7 and all(c.confirmed in (True, False, None) for c in claims)
-    # every claim has enough data in this run to be decided
-    assert all(c.confirmed is not None for c in claims), claims
-    # the tanh verdict follows from the stored relative biases, recomputed here
+    assert len(claims) == 7 and all(c.verdict in paper.VERDICTS for c in claims)
+    # every claim has enough data in this run to be decided (mc mode: every value has an error)
+    assert all(c.verdict != "no data" for c in claims), claims
+    # the tanh verdict follows from the stored relative biases and their errors, recomputed here
     rb = metrics[(metrics.metric == "rel_bias") & (metrics.estimator == "tanh")
-                 & metrics.layer.astype(str).str.isdigit()]
-    first = rb[rb.checkpoint == "epoch1"].sort_values("layer")["value"].to_numpy()
-    last = rb[rb.checkpoint == "epoch6"].sort_values("layer")["value"].to_numpy()
-    assert claims[6].confirmed == bool((last >= paper.TANH_DEGRADE_RATIO * first).all())
-    assert f"{first[0]:.3g}" in claims[6].evidence
+                 & metrics.layer.astype(str).str.isdigit()].sort_values("layer")
+    first, last = rb[rb.checkpoint == "epoch1"], rb[rb.checkpoint == "epoch6"]
+    lo, hi = [], []
+    for (b0, s0), (b1, s1) in zip(zip(first["value"], first["stderr"]), zip(last["value"], last["stderr"])):
+        r = b1 / b0
+        se = abs(r) * math.hypot(s0 / b0 if b0 else 0.0, s1 / b1 if b1 else 0.0)
+        lo.append(r - paper.Z * se)
+        hi.append(r + paper.Z * se)
+    want = ("confirmed" if min(lo) >= paper.TANH_DEGRADE_RATIO else
+            "not confirmed" if min(hi) < paper.TANH_DEGRADE_RATIO else "inconclusive")
+    assert claims[6].verdict == want, (claims[6], lo, hi)
+    assert f"{first['value'].iloc[0]:.3g}" in claims[6].evidence
     # psa-lowest: recompute the verdict by brute force over the table
     rr = metrics[(metrics.metric == "rrmse") & (metrics.M <= 100)
-                 & metrics.layer.astype(str).str.isdigit()]
-    beaten = False
+                 & metrics.layer.astype(str).str.isdigit()
+                 & metrics.estimator.isin(paper.PAPER_ESTIMATORS)]
+    beaten, undecided = False, False
     for _, g in rr.groupby(["checkpoint", "layer", "M"]):
-        v = dict(zip(g.estimator, g.value))
-        beaten |= any(x < v["psa"] for k, x in v.items() if k != "psa" and math.isfinite(x))
-    assert claims[0].confirmed is (not beaten)
+        v = {e: (x, s) for e, x, s in zip(g.estimator, g.value, g.stderr)}
+        p, sp = v["psa"]
+        for k, (x, s) in v.items():
+            if k == "psa" or not math.isfinite(x):
+                continue
+            u = math.hypot(s, sp)
+            beaten |= x - p < -paper.Z * u
+            undecided |= abs(x - p) <= paper.Z * u
+    want = "not confirmed" if beaten else "inconclusive" if undecided else "confirmed"
+    assert claims[0].verdict == want
 
 
 def test_report_has_claims_section(reduced_run) -> None:
@@ -87,6 +105,8 @@ def test_report_has_claims_section(reduced_run) -> None:
     md = paths["md"].read_text()
     assert "## The paper's claims" in md and "Where these checkpoints differ" in md
     assert md.count("| PSA has the lowest error") == 1
+    # the headline comes first, before the claims
+    assert md.index("## Headline") < md.index("## The paper's claims") < md.index("## Across checkpoints")
     html = paths["html"].read_text()
     assert "The paper&#x27;s claims" in html or "The paper's claims" in html
     assert "training loss curve" in html
@@ -111,7 +131,7 @@ def test_a_damaged_training_cache_is_trained_again(reduced_run, tmp_path: Path) 
     _, cache, _ = reduced_run
     mine = tmp_path / "cache"
     shutil.copytree(cache, mine)
-    entry = next(p for p in mine.iterdir() if p.is_dir())
+    entry = next(p for p in mine.iterdir() if p.is_dir() and p.name.startswith("paper-seed0-"))
     (entry / "train_manifest.json").write_text("[1, 2]")  # valid JSON, not a training manifest
     notes: list[str] = []
     again = paper.ensure_checkpoints(0, training=REDUCED, cache_dir=mine, progress=notes.append)
@@ -131,3 +151,63 @@ def test_ctrl_c_during_training_does_not_name_a_folder(tmp_path: Path, monkeypat
     res = CliRunner().invoke(main, ["run", "--preset", "paper", "--out", str(tmp_path / "p")])
     assert res.exit_code == 130
     assert "before any result was written" in res.stderr and str(tmp_path / "p") not in res.stderr
+
+
+@pytest.fixture(scope="module")
+def seeds_run(reduced_run, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """Two training seeds (seed 0 reused from the cache of ``reduced_run``)."""
+    _, cache, _ = reduced_run
+    out = tmp_path_factory.mktemp("seeds") / "paper"
+    result = paper.run_paper(out=str(out), samples=64, estimators=["psa", "st", "arm", "tanh"], M=(1, 10),
+                             cache_dir=cache, training=REDUCED, mode="mc", train_seeds=(0, 1),
+                             report=False,
+                             throughput=__import__("sbn_bench.config").config.ThroughputConfig(
+                                 enabled=False))
+    return out, result
+
+
+def test_training_seeds_are_problems_of_one_run(seeds_run, reduced_run) -> None:
+    out, result = seeds_run
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(pd.unique(metrics["problem"])) == ["paper-train0", "paper-train1"]
+    exp = json.loads((out / "manifest.json").read_text())["experiment"]
+    assert exp["train_seeds"] == [0, 1]
+    runs = {r["train_seed"]: r for r in exp["training"]["runs"]}
+    assert runs[0]["cached"] is True and runs[1]["cached"] is False  # seed 0 trained by reduced_run
+    assert runs[0]["cache_dir"] != runs[1]["cache_dir"]
+    assert exp["timing"]["total_s_with_training"] >= exp["timing"]["evaluation_s"] > 0
+    for s in (0, 1):
+        assert (out / "training" / f"train{s}" / "train_log.csv").is_file()
+    # each seed's checkpoints are its own training: different parameters at the same epoch
+    specs = {p["name"]: p for p in result.manifest["config"]["problems"]}
+    a = problems.load_problem(specs["paper-train0"]["checkpoints"][2][1])
+    b = problems.load_problem(specs["paper-train1"]["checkpoints"][2][1])
+    assert any(not (a.params[k] == b.params[k]).all() for k in a.params)
+    # seed 0's checkpoints are the single-seed run's (the same cached training)
+    single = {p["name"]: p for p in reduced_run[2].manifest["config"]["problems"]}["paper"]
+    assert specs["paper-train0"]["checkpoints"] == single["checkpoints"]
+
+
+def test_report_counts_verdicts_over_training_seeds(seeds_run) -> None:
+    out, _ = seeds_run
+    metrics = pd.read_csv(out / "metrics.csv")
+    by = paper.evaluate_claims_by_problem(metrics)
+    run = load_run(out)  # the sections' blocks, rendered without drawing their figures
+    md = render_blocks(HeadlineSection().blocks(run) + paper.ClaimsSection().blocks(run), out)
+    header = next(line for line in md.splitlines() if line.startswith("| paper's claim"))
+    assert "paper-train0" in header and "paper-train1" in header and "across training seeds" in header
+    for i, claim in enumerate(by["paper-train0"]):
+        row = next(line for line in md.splitlines() if line.startswith(f"| {claim.claim}"))
+        verdicts = [by[p][i].verdict for p in ("paper-train0", "paper-train1")]
+        assert paper.verdict_count(verdicts) in row, row
+    assert "### Evidence · paper-train1" in md or "#### Evidence · paper-train1" in md
+    assert "J, paper-train0" in md and "J, paper-train1" in md
+    # the headline compares the seeds: the best estimator of each (checkpoint, layer) per seed
+    assert "most often best" in md
+
+
+def test_train_seeds_are_checked() -> None:
+    for bad in ([], [1, 1], [-1], [0.5]):
+        with pytest.raises(ArgumentError, match="train_seeds"):
+            paper.check_train_seeds(bad)
+    assert paper.check_train_seeds(range(3)) == (0, 1, 2)

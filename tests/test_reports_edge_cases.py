@@ -223,3 +223,53 @@ def test_a_full_disk_while_writing_the_report_names_the_file(small_run: Path,
     monkeypatch.setattr(os, "replace", full)
     with pytest.raises(WriteError, match=r"report.md.*No space left on device"):
         write_report(small_run, formats=("md",))
+
+
+def test_section_images_outside_the_report_are_copied_among_its_figures(small_run: Path) -> None:
+    """Images of plug-in sections that live outside ``report/`` (e.g. the loss curves of several
+    training seeds, all named ``loss_curve.png``, one inside a collapsible group) are copied into
+    ``report/figures`` under distinct names: ``report.md`` links only inside its folder and the
+    HTML embeds them."""
+    import re
+
+    from sbn_bench.reports.sections import Details, Image
+
+    curves = []
+    for s in (0, 1):
+        d = small_run / "training" / f"train{s}"
+        d.mkdir(parents=True)
+        shutil.copyfile(_tiny_png(d / "src.png", s), d / "loss_curve.png")
+        curves.append(d / "loss_curve.png")
+
+    class Curves:
+        name = "curves"
+
+        def applies(self, run) -> bool:
+            return True
+
+        def blocks(self, run) -> list:
+            return [Image(curves[0], "curve, seed 0"), Details("more", [Image(curves[1], "curve, seed 1")])]
+
+    paths = write_report(small_run, sections=[Curves()])
+    md = paths["md"].read_text()
+    links = re.findall(r"\]\(([^)]+)\)", md)
+    assert "figures/section_loss_curve.png" in links and "figures/section_loss_curve-2.png" in links
+    assert all(not link.startswith(("..", "/")) for link in links), links
+    figures = small_run / "report" / "figures"
+    assert (figures / "section_loss_curve.png").read_bytes() == curves[0].read_bytes()
+    assert (figures / "section_loss_curve-2.png").read_bytes() == curves[1].read_bytes()
+    html = paths["html"].read_text()
+    assert html.count("curve, seed") >= 2 and "training/train" not in html
+    write_report(small_run, sections=[Curves()], formats=("md",))  # written again: replaced, not kept
+    assert sorted(p.name for p in figures.glob("section_*")) == ["section_loss_curve-2.png",
+                                                                 "section_loss_curve.png"]
+
+
+def _tiny_png(path: Path, shade: int) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1), dpi=20, facecolor=(0.2 + 0.5 * shade, 0.5, 0.5))
+    FigureCanvasAgg(fig)
+    fig.savefig(path)
+    return path

@@ -166,3 +166,9 @@ def test_a_wide_figure_is_never_the_fastest(tmp_path: Path) -> None:
     cells = {row[1].text: row[col] for row in table.rows if row[0].text == "1"}
     assert cells["psa"].text.endswith("(wide)") and not cells["psa"].strong
     assert cells["st"].strong
+    from sbn_bench.reports.tables import throughput_table  # the throughput table marks it too
+
+    tt = throughput_table(load_run(out), "arch-2-2-1-seed0", "init")
+    rows = {row[0].text: row[2] for row in tt.rows}
+    assert rows["psa"].text.endswith("(wide)") and not rows["psa"].strong and rows["st"].strong
+    assert any("(wide)" in n for n in tt.notes)

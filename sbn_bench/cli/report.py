@@ -13,8 +13,8 @@ from sbn_bench.cli.common import friendly_errors, warn
 @click.command()
 @click.argument("run_dir", metavar="DIR", type=click.Path(path_type=Path))
 @click.option("--compare", "compare_dir", metavar="DIR2", type=click.Path(path_type=Path),
-              help="A baseline run: adds ratios run/baseline, flagging only differences beyond "
-                   "their uncertainty.")
+              help="A baseline run: adds its headline beside this run's and the differences "
+                   "beyond their uncertainty (ratios run/baseline).")
 @click.option("--out", "out_dir", metavar="OUTDIR", type=click.Path(file_okay=False, path_type=Path),
               help="Where to write report.md, report.html and figures/  [default: DIR/report]")
 @click.option("--format", "formats", type=click.Choice(["md", "html"]), multiple=True,
@@ -29,10 +29,13 @@ def report(run_dir: Path, compare_dir: Path | None, out_dir: Path | None, format
            force: bool, sigma: float) -> None:
     """Write the report of a run directory DIR (written by sbn-bench run).
 
-    Summary tables per problem, checkpoint and layer (rrmse at M=1 and M=100, relative bias, cosine,
-    samples/s, time to accuracy; best values in bold), figures (rrmse and cosine vs M, bias vs
-    standard deviation, throughput), as report.md with figures/*.png and a self-contained
-    report.html.
+    A headline per problem (heatmap of rrmse at M=1, the best estimator per checkpoint and layer
+    with its ties given the standard errors), the story across checkpoints, then per problem and
+    checkpoint the summary tables (best values in bold, ties in italics) and figures (rrmse and
+    1 - cosine vs M, bias vs standard deviation, throughput), as report.md with figures/*.png and
+    *.svg, and a self-contained report.html with a table of contents, collapsible sections and
+    sortable tables. --compare shows both runs' headlines side by side and the differences beyond
+    their uncertainty.
 
     Example: sbn-bench report runs/paper --compare runs/baseline
     """
@@ -45,4 +48,4 @@ def report(run_dir: Path, compare_dir: Path | None, out_dir: Path | None, format
             click.echo(f"wrote {written[key]}")
     if "figures" in written:
         n = len(list(written["figures"].glob("*.png")))
-        click.echo(f"wrote {n} figure(s) in {written['figures']}")
+        click.echo(f"wrote {n} figure(s) in {written['figures']} (PNG and SVG)")

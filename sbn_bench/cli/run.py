@@ -54,6 +54,42 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return out
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """Seeds written as a list and ranges: ``"0-4"`` → ``(0, 1, 2, 3, 4)``, ``"0,2,5"``,
+    ``"0-2,7"``; in the order given, each once.
+
+    Raises:
+        ValueError: not such a list, a range running backwards, or a seed twice.
+    """
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        if not lo.strip().isdigit() or (sep and not hi.strip().isdigit()):
+            raise ValueError(f"{part!r} is neither a seed nor a range such as 0-4")
+        a, b = int(lo), int(hi) if sep else int(lo)
+        if b < a:
+            raise ValueError(f"range {part!r} runs backwards")
+        out += range(a, b + 1)
+    if not out:
+        raise ValueError("no seed given")
+    twice = sorted({s for s in out if out.count(s) > 1})
+    if twice:
+        raise ValueError(f"seed(s) {', '.join(map(str, twice))} given twice")
+    return tuple(out)
+
+
+def _seed_ranges(ctx: click.Context, param: click.Parameter, value: str | None
+                 ) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return parse_seeds(value)
+    except ValueError as e:
+        raise click.BadParameter(f"{value!r}: {e}; expected seeds such as 0-4 or 0,2,5") from None
+
+
 def _m_list(ctx: click.Context, param: click.Parameter, value: str | None
             ) -> tuple[int, ...] | str | None:
     if value is None or value in ("default", "paper"):
@@ -143,6 +179,10 @@ class _Progress:
               help="Seconds a cell may take; a cell past it is recorded as failed.")
 @click.option("--no-report", is_flag=True, help="Do not write the report (sbn-bench report DIR "
                                                 "writes it later).")
+@click.option("--train-seeds", callback=_seed_ranges, default=None,
+              help="--preset paper: train and evaluate one checkpoint set per training seed, e.g. "
+                   "0-4 or 0,2,5 (problems paper-train<seed>; the report counts each claim's "
+                   "verdicts over them). Default: one training with --seed.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="--preset paper: where trained checkpoints are cached (default "
                    "$SBN_BENCH_CACHE or ~/.cache/sbn-bench).")
@@ -156,18 +196,20 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         dtype: str, mode: str, max_paths: int, chunk: int | None, memory_budget: int,
         max_exact_bytes: int, target_rrmse: float, warmup: int, rounds: int,
         throughput_batch: int | None, no_throughput: bool, out: Path | None, resume: bool,
-        no_report: bool, cache_dir: Path | None, quiet: bool, executor: str,
-        cell_timeout: float, threads: int) -> None:
+        no_report: bool, train_seeds: tuple[int, ...] | None, cache_dir: Path | None,
+        quiet: bool, executor: str, cell_timeout: float, threads: int) -> None:
     """Measure bias, variance, relative RMSE, cosine, SNR and throughput of estimators.
 
     --preset paper is the paper's whole experiment (SPEC §6): REINFORCE training to epochs
     1, 100 and 2000 (cached for later runs), then 11 estimators, 20 000 samples and the paper's
     M grid at each checkpoint, and a report that checks the paper's claims. --samples,
-    --estimators and --M override its defaults. --preset quick is a one-checkpoint smoke test.
+    --estimators and --M override its defaults; --train-seeds 0-4 repeats it over five
+    independent trainings. --preset quick is a one-checkpoint smoke test.
 
     \b
     Examples:
       sbn-bench run --preset paper --out runs/paper
+      sbn-bench run --preset paper --train-seeds 0-4 --out reports/paper-5-5-5
       sbn-bench run --preset quick
       sbn-bench run --arch 3-4-4-1 --estimators psa,st,arm --seeds 0,1,2 --out runs/small
       sbn-bench run --config experiment.toml --resume
@@ -189,6 +231,9 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         threads=threads)
     is_paper = (config_file is None and preset == "paper"
                 and not any(given(ctx, n) for n in ("problem_file", "arch")))
+    if train_seeds is not None and not is_paper:
+        raise click.UsageError("--train-seeds is an option of --preset paper (one training per "
+                               "seed); other runs take their checkpoints from --problem or --config")
     if config_file is not None:
         clash = [f"--{n.replace('_', '-')}" for n in ("problem_file", "arch", "preset",
                                                         "data_points", "loss", "noise")
@@ -218,12 +263,13 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         kw = dict(seed=seed, out=str(out or Path("runs") / "paper"),
                   samples=samples if given(ctx, "samples") else paper.SAMPLES,
                   estimators=est_list,
-                  plugins=tuple(str(p) for p in plugins), cache_dir=cache_dir, **settings)
+                  plugins=tuple(str(p) for p in plugins), cache_dir=cache_dir,
+                  train_seeds=train_seeds, **settings)
         if m_grid is not None:
             kw["M"] = _resolve_m({"M": m_grid, "samples": kw["samples"]})["M"]
         if seeds is not None and seeds != (seed,):
-            raise click.UsageError("--preset paper uses one seed (--seed) for data, training and "
-                                   "sampling; --seeds is not supported with it")
+            raise click.UsageError("--preset paper uses one sampling seed (--seed); --seeds is not "
+                                   "supported with it (--train-seeds repeats the training)")
         out_dir: str | None = kw["out"]
 
         def execute(progress: _Progress) -> runner_mod.RunResult:

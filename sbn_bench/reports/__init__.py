@@ -1,5 +1,6 @@
-"""Reports of a run directory: summary tables, seaborn figures, Markdown and self-contained HTML,
-and the comparison of two runs (``sbn-bench report DIR [--compare DIR2]``).
+"""Reports of a run directory: a headline, the story across checkpoints, summary tables, figures,
+Markdown and self-contained HTML, and the comparison of two runs (``sbn-bench report DIR
+[--compare DIR2]``).
 
 From Python::
 
@@ -7,24 +8,33 @@ From Python::
     paths = write_report("runs/paper", compare_dir="runs/baseline")
     print(paths["html"])
 
-Modules: :mod:`.load` (reading a run), :mod:`.tables`, :mod:`.figures`, :mod:`.markdown`,
-:mod:`.html`, :mod:`.compare`, :mod:`.sections` (report sections as plug-ins, entry-point group
-``sbn_bench.report_sections``).
+Modules: :mod:`.load` (reading a run), :mod:`.families` (estimator families), :mod:`.ranking`
+(best and ties given the standard errors), :mod:`.tables` (tables and the formatting of every number
+and cell), :mod:`.figures`, :mod:`.body` (the report's own sections: headline, story, details,
+comparison), :mod:`.markdown`, :mod:`.html`, :mod:`.compare`, :mod:`.sections` (blocks, and report
+sections as plug-ins, entry-point group ``sbn_bench.report_sections``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
+import threading
+import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 
 from sbn_bench.errors import ArgumentError
 from sbn_bench.fileio import WriteError, atomic_write_text
 from sbn_bench.reports import html, markdown
+from sbn_bench.reports.body import DetailsSection, HeadlineSection, StorySection, comparison_blocks
 from sbn_bench.reports.compare import (
     DEFAULT_SIGMA,
     Comparison,
@@ -32,14 +42,18 @@ from sbn_bench.reports.compare import (
     compare_runs,
     significant,
 )
-from sbn_bench.reports.figures import FIGURE_KINDS, write_figures
+from sbn_bench.reports.figures import FIGURE_KINDS, save
 from sbn_bench.reports.load import Run, RunDirError, load_run
 from sbn_bench.reports.sections import (
     Block,
+    Columns,
+    Details,
     Image,
+    Plot,
     ReportSection,
     load_sections,
     render_sections,
+    walk,
 )
 
 FORMATS = ("md", "html")
@@ -68,8 +82,10 @@ def _swap_in(staging: Path, out: Path, names: Sequence[str]) -> None:
     """
     old, new, final = staging / "figures.old", staging / "figures", out / "figures"
     if final.is_dir():
-        # files in figures/ that no report wrote (not ``*_<kind>.png``) move over to the new folder
-        ours = {p for kind in FIGURE_KINDS for p in final.glob(f"*_{kind}.png")}
+        # files in figures/ that no report wrote (not ``*_<kind>.png|svg``, nor the copies of section
+        # images) move over to the new folder
+        ours = {p for kind in (*FIGURE_KINDS, *OLD_FIGURE_KINDS) for ext in ("png", "svg")
+                for p in final.glob(f"*_{kind}.{ext}")}
         ours |= set(final.glob(f"{SECTION_IMAGE_PREFIX}*"))
         foreign = [p for p in final.iterdir() if p not in ours]
         if foreign:
@@ -92,26 +108,173 @@ def _swap_in(staging: Path, out: Path, names: Sequence[str]) -> None:
 
 
 SECTION_IMAGE_PREFIX = "section_"
+"""Prefix of the copies, among the report's figures, of section images that live outside the
+report (e.g. a paper run's ``training/loss_curve.png``)."""
 
 
-def _images_inside(blocks: Sequence[Block], staged: Path, final: Path
-                   ) -> tuple[list[Block], list[Block]]:
-    """Section images that live outside the report (e.g. a run's ``training/loss_curve.png``) are
-    copied among its figures, so that ``report.md`` links only inside its own folder: the blocks
-    with the staged copies (for the HTML, which embeds them now) and with their final paths."""
-    at_stage: list[Block] = []
-    at_final: list[Block] = []
+def _images_inside(blocks: Sequence[Block], staged: Path, taken: set[str] | None = None
+                   ) -> list[Block]:
+    """``blocks`` with every :class:`Image` that lives outside ``staged`` (e.g. a run's
+    ``training/loss_curve.png``) copied into it as ``section_<name>`` (``-2``, ``-3`` … appended to
+    a name already taken, e.g. the loss curves of several training seeds), so that ``report.md``
+    links only inside its own folder and the HTML embeds the copy."""
+    taken = set() if taken is None else taken
+
+    def inside(p: Path) -> bool:
+        try:
+            p.resolve().relative_to(staged.resolve())
+            return True
+        except ValueError:
+            return False
+
+    def copy(p: Path) -> Path:
+        staged.mkdir(parents=True, exist_ok=True)
+        name, n = f"{SECTION_IMAGE_PREFIX}{p.name}", 1
+        while name in taken:
+            n += 1
+            name = f"{SECTION_IMAGE_PREFIX}{p.stem}-{n}{p.suffix}"
+        taken.add(name)
+        shutil.copyfile(p, staged / name)
+        return staged / name
+
+    out: list[Block] = []
+    for b in blocks:
+        if isinstance(b, Image) and not inside(b.path):
+            out.append(replace(b, path=copy(b.path),
+                               svg=b.svg if b.svg is None or inside(b.svg) else copy(b.svg)))
+        elif isinstance(b, Details):
+            out.append(replace(b, blocks=_images_inside(b.blocks, staged, taken)))
+        elif isinstance(b, Columns):
+            out.append(replace(b, columns=[_images_inside(c, staged, taken) for c in b.columns]))
+        else:
+            out.append(b)
+    return out
+
+
+OLD_FIGURE_KINDS = ("rrmse", "cosine")
+"""Figure kinds of earlier reports, replaced (not kept as the user's files) when a report is
+written again."""
+
+
+WORKERS_ENV = "SBN_BENCH_REPORT_WORKERS"
+"""Environment variable: how many processes draw a report's figures (default: up to 2 forked
+processes on Linux when a single Python thread runs; 1 draws them in this process)."""
+
+_JOBS: list[tuple[Plot, Path]] = []
+"""The figures being drawn by forked workers (inherited by them: nothing is pickled but indexes)."""
+
+
+def _draw_one(plot: Plot, base: Path) -> tuple[Path, Path] | None:
+    fig = plot.draw()
+    return None if fig is None else save(fig, base)
+
+
+def _draw_index(i: int) -> tuple[Path, Path] | None:
+    return _draw_one(*_JOBS[i])
+
+
+def _workers(n_jobs: int) -> int:
+    """Processes to draw ``n_jobs`` figures with (see :data:`WORKERS_ENV`)."""
+    given = os.environ.get(WORKERS_ENV, "").strip()
+    if given:
+        try:
+            return max(1, min(int(given), n_jobs))
+        except ValueError:
+            raise ArgumentError(f"{WORKERS_ENV}={given!r} must be a whole number ≥ 1",
+                                argument=WORKERS_ENV, value=given, expected="an integer ≥ 1") from None
+    if not sys.platform.startswith("linux") or n_jobs < 2 or threading.active_count() != 1:
+        return 1  # fork only where it is cheap and a single Python thread runs
+    return max(1, min(2, os.cpu_count() or 1, n_jobs))
+
+
+def _draw_all(jobs: list[tuple[Plot, Path]]) -> list[tuple[Path, Path] | None]:
+    """Draw and save every figure (PNG and SVG), in forked worker processes when that is safe
+    (:func:`_workers`): matplotlib's rendering is the largest part of a report's time."""
+    global _JOBS
+    workers = _workers(len(jobs))
+    if workers > 1:
+        _JOBS = jobs
+        try:
+            ctx = multiprocessing.get_context("fork")
+            with warnings.catch_warnings():
+                # Python ≥ 3.12 warns when forking beside native threads (numpy's BLAS pool): the
+                # workers only draw with matplotlib and never use those pools
+                warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+                with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                    return list(pool.map(_draw_index, range(len(jobs))))
+        except BrokenProcessPool:
+            pass  # a worker died (e.g. killed): draw them here instead
+        finally:
+            _JOBS = []
+    return [_draw_one(plot, base) for plot, base in jobs]
+
+
+def _materialise(blocks: Sequence[Block], figures: Path, drawn: list[Path]) -> list[Block]:
+    """``blocks`` with every :class:`Plot` drawn into ``figures`` (PNG and SVG) and replaced by an
+    :class:`Image`, or dropped when it has nothing to draw."""
+    jobs = [(b, figures / b.name) for b in walk(blocks) if isinstance(b, Plot)]
+    done = {id(plot): paths for (plot, _), paths in zip(jobs, _draw_all(jobs))}
+    drawn += [paths[0] for paths in done.values() if paths is not None]
+
+    def swap(bs: Sequence[Block]) -> list[Block]:
+        out: list[Block] = []
+        for b in bs:
+            if isinstance(b, Plot):
+                paths = done[id(b)]
+                if paths is not None:
+                    out.append(Image(paths[0], b.caption, paths[1]))
+            elif isinstance(b, Details):
+                out.append(replace(b, blocks=swap(b.blocks)))
+            elif isinstance(b, Columns):
+                out.append(replace(b, columns=[swap(c) for c in b.columns]))
+            else:
+                out.append(b)
+        return out
+
+    return swap(blocks)
+
+
+def _relink(blocks: Sequence[Block], old: Path, new: Path) -> list[Block]:
+    """``blocks`` with image paths under ``old`` moved under ``new`` (where they will be)."""
+
+    def move(p: Path | None) -> Path | None:
+        if p is None:
+            return None
+        try:
+            return new / p.relative_to(old)
+        except ValueError:
+            return p
+
+    out: list[Block] = []
     for b in blocks:
         if isinstance(b, Image):
-            staged.mkdir(parents=True, exist_ok=True)
-            name = f"{SECTION_IMAGE_PREFIX}{b.path.name}"
-            shutil.copyfile(b.path, staged / name)
-            at_stage.append(Image(staged / name, b.caption))
-            at_final.append(Image(final / name, b.caption))
+            out.append(replace(b, path=move(b.path), svg=move(b.svg)))
+        elif isinstance(b, Details):
+            out.append(replace(b, blocks=_relink(b.blocks, old, new)))
+        elif isinstance(b, Columns):
+            out.append(replace(b, columns=[_relink(c, old, new) for c in b.columns]))
         else:
-            at_stage.append(b)
-            at_final.append(b)
-    return at_stage, at_final
+            out.append(b)
+    return out
+
+
+def report_blocks(run: Run, sections: Sequence[ReportSection], cmp: Comparison | None = None
+                  ) -> tuple[list[Block], list[str]]:
+    """The blocks of a report, in order: the headline, the plug-in ``sections``, the story across
+    checkpoints, the details per problem and checkpoint, the comparison; and a warning per
+    plug-in section that failed."""
+    blocks: list[Block] = []
+    for own in (HeadlineSection(),):
+        if own.applies(run):
+            blocks += own.blocks(run)
+    plugged, errors = render_sections(run, sections)
+    blocks += plugged
+    for own in (StorySection(), DetailsSection()):
+        if own.applies(run):
+            blocks += own.blocks(run)
+    if cmp is not None:
+        blocks += comparison_blocks(cmp)
+    return blocks, errors
 
 
 def write_report(
@@ -131,8 +294,8 @@ def write_report(
         run_dir: a directory written by ``sbn-bench run`` (``metrics.csv`` at least).
         compare_dir: a baseline run; adds a comparison section (ratios run / baseline, flagged only
             beyond their uncertainty, see :mod:`sbn_bench.reports.compare`).
-        formats: any of ``"md"`` (``report.md`` + ``figures/*.png``) and ``"html"`` (``report.html``,
-            self-contained).
+        formats: any of ``"md"`` (``report.md`` + ``figures/*.png`` and ``*.svg``) and ``"html"``
+            (``report.html``, self-contained).
         out_dir: where to write; default ``run_dir/report``.
         force: compare runs even when their problems, estimator versions or devices differ (the
             report then warns).
@@ -140,8 +303,9 @@ def write_report(
         warn: called with a one-line warning when the run is unfinished (its manifest's status is
             ``running`` or ``incomplete``; the report then opens with the same warning), and for
             each report section that failed to load or render.
-        sections: the report sections to render after the header (default: those registered in
-            the entry-point group ``sbn_bench.report_sections``; each renders when it applies).
+        sections: the plug-in report sections, rendered after the headline (default: those
+            registered in the entry-point group ``sbn_bench.report_sections``; each renders when it
+            applies).
 
     Returns:
         ``{"md": path, "html": path, "figures": directory}`` for what was written.
@@ -169,7 +333,7 @@ def write_report(
         sections, section_errors = loaded.sections, loaded.errors
     else:
         section_errors = []
-    blocks, render_errors = render_sections(run, sections)
+    blocks, render_errors = report_blocks(run, sections, cmp)
     for w in [*section_errors, *render_errors]:
         run.warnings.append(w)
         if warn is not None:
@@ -187,22 +351,20 @@ def write_report(
         raise WriteError(out, e, "free space or fix the folder's permissions, then write the report "
                                  "again") from None
     try:
-        staged = write_figures(run, staging / "figures")
-        staged_blocks, final_blocks = _images_inside(blocks, staging / "figures", out / "figures")
-        # the Markdown links and captions refer to where the figures will be
-        figures = [replace(f, path=out / "figures" / f.path.name) for f in staged]
+        drawn: list[Path] = []
+        staged = _images_inside(_materialise(blocks, staging / "figures", drawn), staging / "figures")
         written: dict[str, Path] = {}
         names = []
         if "md" in formats:
             written["md"] = out / "report.md"
             names.append("report.md")
+            # the Markdown links refer to where the figures will be
             atomic_write_text(staging / "report.md", markdown.render_report(
-                run, figures, cmp, out, sections=final_blocks))
+                run, _relink(staged, staging, out), out))
         if "html" in formats:
             written["html"] = out / "report.html"
             names.append("report.html")
-            atomic_write_text(staging / "report.html", html.render_report(  # embeds the staged PNGs
-                run, staged, cmp, sections=staged_blocks))
+            atomic_write_text(staging / "report.html", html.render_report(run, staged))  # embeds PNGs
         _swap_in(staging, out, names)
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
@@ -215,6 +377,6 @@ def write_report(
                                        "the report again") from None
         raise
     shutil.rmtree(staging, ignore_errors=True)
-    if figures:
+    if drawn or any(isinstance(b, Image) for b in walk(staged)):
         written["figures"] = out / "figures"
     return written

@@ -143,9 +143,33 @@ def check_comparable(run: Run, base: Run) -> tuple[list[str], list[str]]:
     return diffs, unchecked
 
 
+@dataclass(frozen=True)
+class Flagged:
+    """One difference beyond its uncertainty: where, what, both values and the ratio."""
+
+    problem: str
+    checkpoint: str
+    estimator: str
+    layer: str
+    quantity: str
+    run: str
+    base: str
+    ratio: str
+    z: float
+    exact: bool
+
+
 @dataclass
 class Comparison:
-    """The comparison section: tables of ratios, the flagged differences, warnings."""
+    """The comparison of a run with a baseline.
+
+    Attributes:
+        tables: every compared value, as ratio tables (for Python use; the report shows only the
+            flagged differences).
+        flagged: one line per difference beyond its uncertainty.
+        differences: the same, as :class:`Flagged` records.
+        compared: how many values were compared.
+    """
 
     run: Run
     base: Run
@@ -154,6 +178,38 @@ class Comparison:
     flagged: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    differences: list[Flagged] = field(default_factory=list)
+    compared: int = 0
+
+    def rule(self) -> str:
+        """The flagging rule, in words."""
+        return (f"Ratios are run / baseline. A difference is shown only beyond its uncertainty: "
+                f"|a − b| > {self.sigma:g}·√(se_a² + se_b²) for Monte-Carlo values, beyond float64 "
+                f"round-off (1e-12) for exact values, when the confidence intervals do not overlap "
+                f"for samples/s (beyond √(IQR_a² + IQR_b²) for runs of schema 1, which kept "
+                f"quartiles); z = |a − b|/√(se_a² + se_b²) (∞ between exact values, `apart` for "
+                f"intervals that do not overlap). {len(self.differences)} of {self.compared} "
+                f"compared values differ.")
+
+
+def _z_cell(d: Flagged) -> TableCell:
+    """The z of a flagged difference: ``exact`` (∞) between exact values, ``apart`` (sorted above
+    every finite z) for throughput intervals that do not overlap."""
+    if d.exact:
+        return TableCell("exact", sort=math.inf)
+    if math.isnan(d.z):
+        return TableCell("apart", sort=math.inf)
+    return TableCell(f"{d.z:.1f}", sort=d.z)
+
+
+def differences_table(cmp: Comparison) -> Table:
+    """The flagged differences only, one row each (sortable by z)."""
+    rows = [[TableCell(cell_label(d.problem, d.checkpoint)), TableCell(d.estimator), TableCell(d.layer),
+             TableCell(d.quantity), TableCell(d.run), TableCell(d.base), TableCell(d.ratio),
+             _z_cell(d)]
+            for d in cmp.differences]
+    return Table(title="", header=["where", "estimator", "layer", "quantity", "run", "baseline",
+                                   "ratio", "z"], rows=rows, anchor="compare-differences")
 
 
 def _ratio(a: float, b: float, diff: Difference) -> str:
@@ -222,11 +278,15 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
                 if va is None or vb is None:
                     row += [TableCell("—"), TableCell("—"), TableCell("—")]
                     continue
+                cmp.compared += 1
                 diff = significant(va.value, vb.value, va.stderr, vb.stderr, sigma)
                 row += [TableCell(fmt_pm(va.value, va.stderr)), TableCell(fmt_pm(vb.value, vb.stderr)),
                         _ratio_cell(va.value, vb.value, diff)]
                 if diff.flagged:
                     how = "exact values" if diff.exact else f"z = {diff.z:.1f}"
+                    cmp.differences.append(Flagged(
+                        p, c, est, layer, label, fmt_pm(va.value, va.stderr),
+                        fmt_pm(vb.value, vb.stderr), _ratio(va.value, vb.value, diff), diff.z, diff.exact))
                     cmp.flagged.append(
                         f"{cell_label(p, c)} · {est} · layer {layer} · {label}: "
                         f"{fmt_pm(va.value, va.stderr)} vs {fmt_pm(vb.value, vb.stderr)} "
@@ -250,6 +310,10 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
                 diff = intervals_differ(ia, ib)
             else:  # schema-1 runs: quartiles over rounds, compared by √(IQR_a² + IQR_b²)
                 diff = significant(a, b, ia[1] - ia[0], ib[1] - ib[0], sigma=1.0)
+            cmp.compared += 1
+            if diff.flagged:
+                cmp.differences.append(Flagged(p, c, est, "", "samples/s", fmt_num(a), fmt_num(b),
+                                               _ratio(a, b, diff), diff.z, diff.exact))
             trows.append([TableCell(est),
                           TableCell(f"{fmt_num(a)} [{fmt_num(ia[0])}, {fmt_num(ia[1])}]"),
                           TableCell(f"{fmt_num(b)} [{fmt_num(ib[0])}, {fmt_num(ib[1])}]"),

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,13 @@ from typing import Any
 import pandas as pd
 
 from sbn_bench import schema
+from sbn_bench.reports.families import estimator_families
 from sbn_bench.schema import TableError, read_table
 from sbn_bench.storage import RunDirError, tables_from_parts
 
 __all__ = ["Run", "RunDirError", "TableError", "load_run"]
+
+EXACT_REFERENCE = "exact"
 
 
 @dataclass
@@ -34,7 +39,8 @@ class Run:
         path: the directory.
         manifest: ``manifest.json`` as a dict (empty when absent).
         metrics: tidy rows, columns :data:`sbn_bench.schema.METRICS_COLUMNS` (``M`` float, NaN when the
-            metric does not depend on it; ``layer``/``checkpoint`` strings).
+            metric does not depend on it; ``layer``/``checkpoint`` strings) and the
+            :data:`REFERENCE_COLUMNS` (filled with the exact reference when the file lacks them).
         throughput: columns :data:`sbn_bench.schema.THROUGHPUT_COLUMNS` (may have no rows).
         failures: columns :data:`sbn_bench.schema.FAILURES_COLUMNS` (may have no rows).
         warnings: problems found while reading (unknown manifest keys are not warnings).
@@ -50,9 +56,22 @@ class Run:
     incomplete: str | None = None
     """Set when the manifest says the run did not finish (status ``running`` or ``incomplete``):
     a one-line warning with the number of cells done (:func:`incomplete_note`)."""
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    """Derived lookups (cells, estimators, indexes), keyed by the tables they come from: assigning
+    a new ``metrics``, ``throughput`` or ``failures`` table makes them be derived again."""
+
+    def memo(self, name: str, *args: Any, make: Any) -> Any:
+        """``make()``, computed once per ``(name, args)`` and per version of the run's tables."""
+        key = (name, args, id(self.metrics), id(self.throughput), id(self.failures))
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
 
     def cells(self) -> list[tuple[str, str]]:
         """The (problem, checkpoint) pairs with results or failures, in run order."""
+        return list(self.memo("cells", make=self._cells))
+
+    def _cells(self) -> list[tuple[str, str]]:
         seen: dict[tuple[str, str], None] = {}
         for frame in (self.metrics, self.throughput):
             for p, c in zip(frame["problem"], frame["checkpoint"]):
@@ -64,11 +83,27 @@ class Run:
 
     def estimators(self) -> list[str]:
         """Estimator specs in run order (first appearance; failures last)."""
+        return list(self.memo("estimators", make=self._estimators))
+
+    def _estimators(self) -> list[str]:
         out: dict[str, None] = {}
         for frame in (self.metrics, self.throughput, self.failures):
             for e in frame["estimator"]:
                 out.setdefault(e, None)
         return list(out)
+
+    def problems(self) -> list[str]:
+        """Problem names in run order."""
+        return list(dict.fromkeys(p for p, _ in self.cells()))
+
+    def checkpoints(self, problem: str) -> list[str]:
+        """The checkpoints of ``problem`` in run order."""
+        return [c for p, c in self.cells() if p == problem]
+
+    def families(self) -> dict[str, str]:
+        """``{spec: family}`` for every estimator (:func:`~sbn_bench.reports.families.estimator_families`)."""
+        return dict(self.memo("families", make=lambda: estimator_families(self.estimators(),
+                                                                          self.manifest)))
 
 
 REQUIRED = {
@@ -147,12 +182,14 @@ def load_run(run_dir: str | Path) -> Run:
         metrics = _read_csv(path / "metrics.csv", schema.METRICS_COLUMNS, required=True)
         throughput = _read_csv(path / "throughput.csv", schema.THROUGHPUT_COLUMNS, required=False)
         failures = _read_csv(path / "failures.csv", schema.FAILURES_COLUMNS, required=False)
-    schema.check_table(metrics, "metrics", path / "metrics.csv")
+    _check_metrics(metrics, "metrics", path / "metrics.csv")
+    metrics = _with_reference(metrics)
     schema.check_table(throughput, "throughput", path / "throughput.csv")
     timed_path = path / "timed_metrics.csv"
     if from_parts is None and timed_path.is_file() and timed_path.stat().st_size > 0:
         timed = _read_csv(timed_path, schema.METRICS_COLUMNS, required=False)
-        schema.check_table(timed, "timed", timed_path)
+        _check_metrics(timed, "timed", timed_path)
+        timed = _with_reference(timed)
         if not timed.empty:
             timed = timed[list(metrics.columns)]
             metrics = (pd.concat([metrics, timed], ignore_index=True) if not metrics.empty
@@ -193,6 +230,37 @@ def load_run(run_dir: str | Path) -> Run:
     throughput = _combine_throughput(throughput)
     return Run(path, manifest, metrics, throughput, failures, warnings, n_seeds,
                incomplete=incomplete_note(path, manifest))
+
+
+REFERENCE_COLUMNS = {"reference": EXACT_REFERENCE, "reference_rel_error": 0.0}
+"""Optional columns of ``metrics.csv`` that say what a row was measured against (SPEC §8): the
+reference gradient (``exact``, or a Monte-Carlo reference such as ``mc:reinforce:20000``) and the
+reference's relative error ``ε`` (0 for the exact one). Absent or empty: the exact reference."""
+
+
+def _check_metrics(frame: pd.DataFrame, kind: str, path: Path) -> None:
+    """:func:`sbn_bench.schema.check_table` of a metrics table, whose optional ``reference`` column
+    (:data:`REFERENCE_COLUMNS`) is text."""
+    schema.check_table(frame.drop(columns=["reference"], errors="ignore"), kind, path)
+
+
+def _with_reference(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the :data:`REFERENCE_COLUMNS`, empty cells filled with the exact reference."""
+    if "reference" in frame.columns:
+        ref = frame["reference"].astype(object).where(frame["reference"].notna(), "").astype(str)
+        frame["reference"] = ref.where(~ref.isin(["", "nan", "None", "<NA>"]), EXACT_REFERENCE) \
+            .astype(object)
+    else:
+        frame["reference"] = EXACT_REFERENCE
+    err = pd.to_numeric(frame["reference_rel_error"], errors="coerce") \
+        if "reference_rel_error" in frame.columns else pd.Series(0.0, index=frame.index)
+    frame["reference_rel_error"] = err.where(frame["reference"] != EXACT_REFERENCE, 0.0).astype(float)
+    return frame
+
+
+def is_mc_reference(reference: object) -> bool:
+    """A row measured against a Monte-Carlo reference (anything but ``exact``)."""
+    return str(reference) not in (EXACT_REFERENCE, "", "nan")
 
 
 _CELL_KINDS = ("metrics", "throughput", "failure")
@@ -249,10 +317,12 @@ def combine_seeds(metrics: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         return metrics, 1
     work = metrics.assign(_se2=metrics["stderr"] ** 2, _se_na=metrics["stderr"].isna(),
                           _seed=metrics["seed"].astype(str))
+    named = {"value", "stderr", "mode", "seed", "samples", *METRIC_KEY}
+    firsts = {c: (c, "first") for c in metrics.columns if c not in named}
     out = work.groupby(METRIC_KEY, sort=False, dropna=False).agg(
         value=("value", "mean"), _se2=("_se2", "sum"), _n=("value", "size"), _na=("_se_na", "sum"),
         mode=("mode", lambda x: "/".join(dict.fromkeys(x))), seed=("_seed", ",".join),
-        samples=("samples", "sum"), device=("device", "first"), dtype=("dtype", "first"),
+        samples=("samples", "sum"), **firsts,
     ).reset_index()
     out["stderr"] = (out["_se2"] ** 0.5 / out["_n"]).where(out["_na"] < out["_n"])
     return out[list(metrics.columns)], n
@@ -269,6 +339,26 @@ def _combine_throughput(tp: pd.DataFrame) -> pd.DataFrame:
     other = [c for c in tp.columns if c not in keys and c not in num]
     agg = {**{c: "median" for c in num}, **{c: "first" for c in other}}
     return tp.groupby(keys, sort=False, as_index=False).agg(agg)[list(tp.columns)]
+
+
+def checkpoint_epoch(label: str) -> int | None:
+    """The training epoch a checkpoint label carries (``epoch100``, ``epoch_100``, ``e100``,
+    ``100``); None for labels such as ``init`` or ``gd30-b``."""
+    m = re.fullmatch(r"(?:epoch|ep|e)?[_-]?(\d+)", str(label).strip().lower())
+    return int(m.group(1)) if m else None
+
+
+def checkpoint_axis(labels: Sequence[str]) -> tuple[list[float], str]:
+    """Positions of checkpoints on a training axis: their epochs when every label carries one
+    (:func:`checkpoint_epoch`), else their order ``0, 1, 2, …``.
+
+    Returns:
+        ``(positions, axis label)``: ``"training epoch"`` or ``"checkpoint (run order)"``.
+    """
+    epochs = [checkpoint_epoch(c) for c in labels]
+    if labels and all(e is not None for e in epochs) and len(set(epochs)) == len(epochs):
+        return [float(e) for e in epochs], "training epoch"  # type: ignore[arg-type]
+    return [float(i) for i in range(len(labels))], "checkpoint (run order)"
 
 
 # --------------------------------------------------------------------------------------------

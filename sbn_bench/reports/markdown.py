@@ -1,7 +1,9 @@
-"""The Markdown report: ``report.md`` with its figures in ``figures/*.png`` beside it.
+"""The Markdown report: ``report.md`` with its figures in ``figures/*.png`` (and ``*.svg``) beside it.
 
-Tables are padded to aligned columns so that the raw text reads well and diffs cleanly (the golden
-files of the tests are these tables).
+The report is a list of blocks (:mod:`~sbn_bench.reports.sections`) rendered after a header of run
+facts and a table of contents whose links are the anchors GitHub gives the headings. Tables are
+padded to aligned columns so that the raw text reads well and diffs cleanly (the golden files of
+the tests are these tables). The best value of a column is **bold**, its ties *italic*.
 """
 
 from __future__ import annotations
@@ -10,10 +12,19 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from sbn_bench.reports.compare import Comparison
-from sbn_bench.reports.figures import FigureFile
+from sbn_bench.reports.compare import Comparison, differences_table
 from sbn_bench.reports.load import Run, run_facts
-from sbn_bench.reports.sections import Block, Bullets, Heading, Image, Text
+from sbn_bench.reports.sections import (
+    Anchors,
+    Block,
+    Bullets,
+    Columns,
+    Details,
+    Heading,
+    Image,
+    Plot,
+    Text,
+)
 from sbn_bench.reports.tables import (
     Table,
     cell_failures,
@@ -25,15 +36,8 @@ from sbn_bench.reports.tables import (
     throughput_table,
 )
 
-LEGEND = (
-    "rrmse(M) = √MSE(M)/‖g‖ with MSE(M) = ‖β‖² + V/M; rel. bias = ‖β‖/‖g‖; cosine = mean of "
-    "cos(ḡ_M, g) over independent M-sample means; samples/s = median over timed rounds; time to "
-    "accuracy = M*·(s/sample) with M* = V/(t²‖g‖² − ‖β‖²), ∞ when the bias alone exceeds the target "
-    "(SPEC §5). **Bold**: the best value of the column within the layer (lowest rrmse, bias and time; "
-    "highest cosine and samples/s), by point estimate: read it with its uncertainty. `±`: one "
-    "standard error (Monte-Carlo mode); exact-mode values have no sampling error. Mode `exact`: "
-    "mean and variance by enumerating every path."
-)
+TOC_LEVELS = (2, 3, 4)
+"""Heading levels listed in the table of contents."""
 
 
 def _esc(text: str) -> str:
@@ -44,10 +48,29 @@ def _esc(text: str) -> str:
             .replace("|", "\\|"))
 
 
+def _esc_text(text: str) -> str:
+    """A paragraph on one line with its little inline Markdown kept (``**bold**``, ```code```), and
+    HTML's ``&``, ``<``, ``>`` as entities outside code spans (names in it, e.g. a checkpoint label,
+    must not become markup; inside a code span they are shown as they are)."""
+    parts = " ".join(str(text).split()).split("`")
+    return "`".join(p if i % 2 else p.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+                    for i, p in enumerate(parts))
+
+
+def _cell(text: str, strong: bool, tie: bool) -> str:
+    t = _esc(text)
+    if t in ("", "—"):
+        return t
+    if strong:
+        return f"**{t}**"
+    if tie:
+        return f"*{t}*"
+    return t
+
+
 def render_table(table: Table) -> str:
-    """A GitHub-flavoured Markdown table with padded columns; emphasised cells in bold."""
-    cells = [[(f"**{_esc(c.text)}**" if c.strong and c.text not in ("", "—") else _esc(c.text))
-              for c in row] for row in table.rows]
+    """A GitHub-flavoured Markdown table with padded columns; the best cells bold, ties italic."""
+    cells = [[_cell(c.text, c.strong, c.tie) for c in row] for row in table.rows]
     header = [_esc(h) for h in table.header]
     widths = [max([len(header[j])] + [len(r[j]) for r in cells]) for j in range(len(header))]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
@@ -89,22 +112,14 @@ def summary_markdown(run: Run) -> str:
 
 
 def comparison_markdown(cmp: Comparison) -> str:
-    """The comparison section's body: warnings, flagged differences, ratio tables, notes."""
+    """The comparison's text and its table of differences beyond their uncertainty (golden)."""
     parts = []
     if cmp.warnings:
         parts.append("**Warning:** these runs did not measure the same thing:\n\n"
                      + render_notes(cmp.warnings))
-    rule = (f"Ratios are run / baseline. A difference is flagged (bold) only beyond its uncertainty: "
-            f"|a − b| > {cmp.sigma:g}·√(se_a² + se_b²) for Monte-Carlo values, beyond float64 "
-            f"round-off (1e-12) for exact values, when the confidence intervals do not overlap for "
-            f"samples/s. "
-            f"`≈1`: equal to working precision; `—`: undefined (baseline 0).")
-    parts.append(rule)
-    if cmp.flagged:
-        parts.append(f"**{len(cmp.flagged)} flagged difference(s):**\n\n" + render_notes(cmp.flagged))
-    else:
-        parts.append("No difference beyond its uncertainty.")
-    parts += [_block(t) for t in cmp.tables]
+    parts.append(cmp.rule())
+    table = differences_table(cmp)
+    parts.append(render_table(table) if table.rows else "No difference beyond its uncertainty.")
     if cmp.notes:
         parts.append(render_notes(cmp.notes))
     return "\n\n".join(parts) + "\n"
@@ -122,43 +137,77 @@ def header_markdown(run: Run, title: str) -> str:
     return out
 
 
+class _Renderer:
+    """Renders blocks to Markdown, collecting the table of contents on the way."""
+
+    def __init__(self, out_dir: Path, anchors: Anchors) -> None:
+        self.out_dir = out_dir
+        self.anchors = anchors
+        self.toc: list[tuple[int, str, str]] = []
+
+    def heading(self, level: int, text: str) -> str:
+        anchor = self.anchors.take(text)
+        if level in TOC_LEVELS:
+            self.toc.append((level, text, anchor))
+        return f"{'#' * min(level, 6)} {_esc(text)}"
+
+    def image(self, b: Image) -> str:
+        rel = Path(os.path.relpath(b.path, self.out_dir)).as_posix()
+        out = f"![{_esc(b.caption)}]({rel})\n\n_{_esc(b.caption)}_"
+        if b.svg is not None:
+            out += f" ([SVG]({Path(os.path.relpath(b.svg, self.out_dir)).as_posix()}))"
+        return out
+
+    def blocks(self, blocks: Sequence[Block]) -> str:
+        parts = []
+        for b in blocks:
+            if isinstance(b, Heading):
+                parts.append(self.heading(b.level, b.text))
+            elif isinstance(b, Text):
+                parts.append(_esc_text(b.text))
+            elif isinstance(b, Bullets):
+                parts.append(render_notes(b.items))
+            elif isinstance(b, Table):
+                if b.title:
+                    parts.append(self.heading(3, b.title))
+                parts.append(render_table(b) if b.rows else "_(no rows)_")
+                if b.notes:
+                    parts.append(render_notes(b.notes))
+            elif isinstance(b, Image):
+                parts.append(self.image(b))
+            elif isinstance(b, Plot):
+                parts.append(f"_{_esc(b.caption)} (not drawn)_")
+            elif isinstance(b, Details):
+                parts.append(self.heading(b.level, b.title))
+                parts.append(self.blocks(b.blocks))
+            elif isinstance(b, Columns):
+                for title, col in zip(b.titles, b.columns):
+                    parts.append(f"**{_esc(title)}**")
+                    parts.append(self.blocks(col))
+        return "\n\n".join(p for p in parts if p)
+
+
 def render_blocks(blocks: Sequence[Block], out_dir: Path) -> str:
-    """Report-section blocks as Markdown; image links relative to ``out_dir``."""
-    parts = []
-    for b in blocks:
-        if isinstance(b, Heading):
-            parts.append(f"{'#' * b.level} {_esc(b.text)}")
-        elif isinstance(b, Text):
-            parts.append(" ".join(b.text.split()))
-        elif isinstance(b, Bullets):
-            parts.append(render_notes(b.items))
-        elif isinstance(b, Table):
-            parts.append(_block(b) if b.title else render_table(b))
-        elif isinstance(b, Image):
-            rel = Path(os.path.relpath(b.path, out_dir)).as_posix()
-            parts.append(f"![{_esc(b.caption)}]({rel})")
-    return "\n\n".join(parts)
+    """Report blocks as Markdown; image links relative to ``out_dir``."""
+    return _Renderer(out_dir, Anchors()).blocks(blocks)
 
 
-def render_report(run: Run, figures: Sequence[FigureFile], cmp: Comparison | None, out_dir: Path,
-                  sections: Sequence[Block] = ()) -> str:
-    """The whole Markdown report; figure links are relative to ``out_dir``; the ``sections``'
-    blocks (report sections such as the paper's claims) go right after the header."""
-    parts = [header_markdown(run, f"sbn-bench report: {run.path.name}")]
-    if sections:
-        parts.append(render_blocks(sections, out_dir))
-    parts += ["## Summary", LEGEND,
-             summary_markdown(run).rstrip("\n"), "## Figures"]
-    if not figures:
-        parts.append("No figures (no metric rows).")
-    for p, c in run.cells():
-        mine = [f for f in figures if (f.problem, f.checkpoint) == (p, c)]
-        if not mine:
-            continue
-        parts.append(f"### {_esc(cell_label(p, c))}")
-        for f in mine:
-            rel = Path(os.path.relpath(f.path, out_dir)).as_posix()
-            parts.append(f"![{_esc(f.caption)}]({rel})\n\n_{_esc(f.caption)}_")
-    if cmp is not None:
-        parts += [f"## Comparison with baseline `{cmp.base.path}`", comparison_markdown(cmp).rstrip("\n")]
+def toc_markdown(toc: Sequence[tuple[int, str, str]]) -> str:
+    low = min((lvl for lvl, _, _ in toc), default=2)
+    return "\n".join(f"{'  ' * (lvl - low)}- [{_esc(text)}](#{anchor})" for lvl, text, anchor in toc)
+
+
+def render_report(run: Run, blocks: Sequence[Block], out_dir: Path) -> str:
+    """The whole Markdown report: header, table of contents, then ``blocks``; figure links are
+    relative to ``out_dir``."""
+    title = f"sbn-bench report: {run.path.name}"
+    anchors = Anchors()
+    anchors.take(title)
+    anchors.take("Contents")
+    r = _Renderer(out_dir, anchors)
+    body = r.blocks(blocks)
+    parts = [header_markdown(run, title).rstrip("\n")]
+    if r.toc:
+        parts += ["## Contents", toc_markdown(r.toc)]
+    parts.append(body)
     return "\n\n".join(parts) + "\n"

@@ -1,5 +1,6 @@
 """Report sections as plug-ins (STYLE 14): a :class:`ReportSection` returns format-neutral blocks
-(headings, paragraphs, bullet lists, :class:`~sbn_bench.reports.tables.Table` objects, images);
+(headings, paragraphs, bullet lists, :class:`~sbn_bench.reports.tables.Table` objects, images,
+figures to draw, collapsible groups, columns);
 the Markdown and HTML writers render them like the rest of the report, so a section is written once.
 
 Sections come from the entry-point group ``sbn_bench.report_sections`` (an entry point names a
@@ -17,11 +18,12 @@ naming it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from sbn_bench.reports.load import Run
 from sbn_bench.reports.tables import Table
@@ -31,7 +33,8 @@ GROUP = "sbn_bench.report_sections"
 
 @dataclass(frozen=True)
 class Heading:
-    """A heading; ``level`` 2 is a section, 3 a subsection."""
+    """A heading; ``level`` 2 is a section, 3 a subsection. Headings of level 2 and 3 are listed in
+    the report's table of contents."""
 
     text: str
     level: int = 2
@@ -53,13 +56,77 @@ class Bullets:
 
 @dataclass(frozen=True)
 class Image:
-    """A PNG figure: embedded in the HTML, linked (relative to the report) in the Markdown."""
+    """A PNG figure: embedded in the HTML, linked (relative to the report) in the Markdown; ``svg``
+    the same figure as SVG, linked beside it when there is one."""
 
     path: Path
     caption: str
+    svg: Path | None = None
 
 
-Block = Heading | Text | Bullets | Table | Image
+@dataclass(frozen=True)
+class Plot:
+    """A figure drawn when the report is written: ``draw()`` returns a matplotlib figure (or None:
+    nothing to show), saved as ``figures/<name>.png`` and ``.svg`` and then shown like an
+    :class:`Image`. Sections thereby stay cheap to build and never write files themselves."""
+
+    name: str
+    draw: Callable[[], Any]
+    caption: str
+
+
+@dataclass(frozen=True)
+class Details:
+    """A collapsible group of blocks (HTML ``<details>``; a heading of ``level`` in Markdown), open
+    or closed when the page loads."""
+
+    title: str
+    blocks: list[Block]
+    level: int = 3
+    open: bool = False
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Blocks side by side (HTML: a grid of columns; Markdown: one after the other, each under its
+    title)."""
+
+    titles: list[str]
+    columns: list[list[Block]]
+
+
+Block = Heading | Text | Bullets | Table | Image | Plot | Details | Columns
+
+
+class Anchors:
+    """Link targets for headings, as GitHub makes them from a heading's text (lower case, spaces to
+    hyphens, punctuation dropped, ``-1``, ``-2`` … appended to repeats), so that the Markdown
+    table of contents links to GitHub's anchors and the HTML uses the same ids."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+
+    @staticmethod
+    def base(text: str) -> str:
+        return re.sub(r"[^\w\- ]", "", str(text).strip().lower()).replace(" ", "-")
+
+    def take(self, text: str) -> str:
+        """The anchor of the next heading ``text``."""
+        base = self.base(text) or "section"
+        n = self.seen.get(base)
+        self.seen[base] = 0 if n is None else n + 1
+        return base if n is None else f"{base}-{n + 1}"
+
+
+def walk(blocks: Sequence[Block]) -> Iterator[Block]:
+    """Every block, depth first, including those inside :class:`Details` and :class:`Columns`."""
+    for b in blocks:
+        yield b
+        if isinstance(b, Details):
+            yield from walk(b.blocks)
+        elif isinstance(b, Columns):
+            for col in b.columns:
+                yield from walk(col)
 
 
 @runtime_checkable

@@ -1,11 +1,16 @@
 """Summary tables of a run, as format-neutral :class:`Table` objects (rendered by
-:mod:`~sbn_bench.reports.markdown` and :mod:`~sbn_bench.reports.html`).
+:mod:`~sbn_bench.reports.markdown` and :mod:`~sbn_bench.reports.html`), and the formatting of
+every number and cell of a report.
 
-Per (problem, checkpoint): one table with a row per (layer, estimator) giving rrmse at M=1 and
-M=100, relative bias, cosine mean at M=1 and M=100, samples/s and time-to-accuracy (SPEC §5), the
-best value of each column within each layer marked; a throughput table; the failed cells with their
-messages. A metric asked for at an M the run did not measure uses the nearest smaller M in the grid,
-and the table says so.
+Per (problem, checkpoint): one table with a row per (layer, estimator) giving its family, rrmse at
+M=1 and M=100, relative bias, cosine mean at M=1 and M=100, samples/s and time-to-accuracy
+(SPEC §5); within each layer the best value of each column is marked, and the values that cannot be
+told from it (within 2 standard errors) are marked as ties, by the rules of
+:mod:`~sbn_bench.reports.ranking` (a clipped or noisy value is never best). A bias that is not
+significantly above zero is shown as an upper bound ``≤ x``. Rows measured against a Monte-Carlo
+reference (SPEC §8) get a ``reference`` column. Also: a throughput table; the failed cells with
+their messages. A metric asked for at an M the run did not measure uses the nearest smaller M in
+the grid, and the table says so.
 """
 
 from __future__ import annotations
@@ -14,15 +19,14 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import pandas as pd
 
 from sbn_bench import metrics
 from sbn_bench.metrics import layer_key
-from sbn_bench.reports.load import Run, network_of, target_rrmse
-
-Better = Literal["low", "high"]
+from sbn_bench.reports.families import ranked
+from sbn_bench.reports.load import Run, is_mc_reference, network_of, target_rrmse
+from sbn_bench.reports.ranking import ROUND_ABS, ROUND_REL, Better, Estimate, rank, upper_bound
 
 M_TARGETS = (1, 100)
 """The sample counts of the summary columns: a single sample and the average of 100."""
@@ -34,11 +38,23 @@ TIE_ABS = 1e-12
 
 @dataclass(frozen=True)
 class TableCell:
-    """One table cell: its text and whether it is emphasised (rendered bold): the best value of its
-    column in a summary table, a flagged difference in a comparison table."""
+    """One table cell.
+
+    Attributes:
+        text: what is shown.
+        strong: emphasised (bold): the best value of its column in a summary table, a flagged
+            difference in a comparison table, a verdict that needs attention.
+        tie: within the uncertainty of the best (rendered in italics).
+        sort: the number a sortable table orders this cell by (None: its text).
+        tone: ``"good"``, ``"bad"`` or ``"unsure"`` for cells that state a judgement (a verdict):
+            coloured accordingly in HTML; ``""`` for none.
+    """
 
     text: str
     strong: bool = False
+    tie: bool = False
+    sort: float | None = None
+    tone: str = ""
 
 
 @dataclass
@@ -87,11 +103,51 @@ def fmt_int(v: float | None) -> str:
 
 
 def fmt_pm(v: float | None, se: float | None, sig: int = 3) -> str:
-    """``value ± stderr`` when the standard error is positive, else the value alone."""
+    """``value ± stderr`` when the standard error is above round-off (e.g. not the ``1e-17`` of a
+    deterministic estimator in Monte-Carlo mode), else the value alone."""
     s = fmt_num(v, sig)
-    if se is not None and math.isfinite(se) and se > 0 and v is not None and math.isfinite(v):
+    if (se is not None and math.isfinite(se) and v is not None and math.isfinite(v)
+            and se > ROUND_REL * abs(v) + ROUND_ABS * 1e-3):
         return f"{s} ± {fmt_num(se, 2)}"
     return s
+
+
+def fmt_estimate(est: Estimate, *, bound: bool = False) -> str:
+    """An estimate as ``value ± stderr``; with ``bound`` (a non-negative quantity such as a bias),
+    ``≤ x`` when the value is not significantly above zero
+    (:func:`~sbn_bench.reports.ranking.upper_bound`) and ``≈0`` for an exact value at float64
+    round-off (below :data:`~sbn_bench.reports.ranking.ROUND_ABS`)."""
+    if bound:
+        if est.uncertainty == 0 and est.finite and abs(est.value) <= ROUND_ABS:
+            return "≈0"
+        ub = upper_bound(est)
+        if ub is not None:
+            return f"≤ {fmt_num(ub, 2)}"
+    return fmt_pm(est.value, est.stderr)
+
+
+def fmt_z(z: float | None) -> str:
+    """A z-score for a table: ``∞`` between exact values, one decimal otherwise."""
+    if z is None or math.isnan(z):
+        return "—"
+    return "∞" if math.isinf(z) else f"{z:.1f}"
+
+
+def fmt_names(names: Sequence[str], limit: int = 4) -> str:
+    """``a, b, c and 3 more``: a list of estimator names cut at ``limit``."""
+    names = list(names)
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f" and {len(names) - limit} more"
+
+
+def fmt_reference(reference: str, rel_error: float) -> str:
+    """The reference a row was measured against: ``exact`` or ``mc:reinforce:20000 (ε 0.020)``."""
+    if not is_mc_reference(reference):
+        return "exact"
+    if rel_error is not None and math.isfinite(rel_error):
+        return f"{reference} (ε {fmt_num(rel_error, 2)})"
+    return str(reference)
 
 
 def slug(*parts: str) -> str:
@@ -118,37 +174,88 @@ def nearest_m(available: Iterable[float], target: float) -> float | None:
 
 
 @dataclass(frozen=True)
-class Value:
-    value: float
-    stderr: float
-    mode: str
+class Value(Estimate):
+    """A stored value (:class:`~sbn_bench.reports.ranking.Estimate`) with the reference it was
+    measured against."""
+
+    reference: str = "exact"
+    reference_rel_error: float = 0.0
 
 
 def metric_index(rows: pd.DataFrame) -> dict[tuple[str, str, str, float | None], Value]:
     """``{(estimator, layer, metric, M or None): Value}`` for the rows of one (problem, checkpoint)."""
     out: dict[tuple[str, str, str, float | None], Value] = {}
-    for e, lay, met, m, v, se, mode in zip(rows["estimator"], rows["layer"], rows["metric"], rows["M"],
-                                           rows["value"], rows["stderr"], rows["mode"]):
+    refs = rows["reference"] if "reference" in rows.columns else ["exact"] * len(rows)
+    errs = rows["reference_rel_error"] if "reference_rel_error" in rows.columns else [0.0] * len(rows)
+    for e, lay, met, m, v, se, mode, ref, err in zip(
+            rows["estimator"], rows["layer"], rows["metric"], rows["M"], rows["value"], rows["stderr"],
+            rows["mode"], refs, errs):
         key = (e, lay, met, None if (m is None or math.isnan(m)) else float(m))
-        out[key] = Value(float(v), float(se), str(mode))
+        out[key] = Value(float(v), float(se), str(mode), str(ref), float(err))
     return out
+
+
+BOUNDED_METRICS = frozenset({"rel_bias", "bias_norm"})
+"""Non-negative metrics shown as an upper bound ``≤ x`` when not significantly above zero."""
+
+
+def _throughput_rows(run: Run) -> dict[tuple[str, str, str], pd.Series]:
+    """``{(problem, checkpoint, estimator): row}``; checkpoint ``""`` holds the first row of the
+    problem and estimator (for runs that measured throughput once per problem)."""
+    out: dict[tuple[str, str, str], pd.Series] = {}
+    for _, r in run.throughput.iterrows():
+        out.setdefault((r["problem"], r["checkpoint"], r["estimator"]), r)
+        out.setdefault((r["problem"], "", r["estimator"]), r)
+    return out
+
+
+def _throughput_by_network(run: Run) -> dict[tuple[str, str], pd.Series]:
+    """``{(network, estimator): row}`` (schema 2: throughput is measured once per network shape)."""
+    out: dict[tuple[str, str], pd.Series] = {}
+    if "network" not in run.throughput.columns:
+        return out
+    for _, r in run.throughput.iterrows():
+        if r["network"]:
+            out.setdefault((r["network"], r["estimator"]), r)
+    return out
+
+
+def throughput_rows_of(run: Run, problem: str, checkpoint: str | None = None) -> pd.DataFrame:
+    """The throughput rows that hold for a problem (at a checkpoint): those of its network shapes
+    (schema 2: measured once per shape, perhaps on another problem of the same shape), else those
+    measured on it (at the checkpoint, else the problem's rows without a checkpoint)."""
+    tp = run.throughput
+    if tp.empty:
+        return tp
+    cks = [checkpoint] if checkpoint is not None else run.checkpoints(problem)
+    networks = {n for n in (run.memo("network_of", problem, c, make=lambda c=c: network_of(run, problem, c))
+                            for c in cks) if n is not None}
+    if networks and "network" in tp.columns:
+        on = tp[tp["network"].isin(networks)]
+        if not on.empty:
+            return on
+    mine = tp[tp["problem"] == problem]
+    if checkpoint is None:
+        return mine
+    sub = mine[mine["checkpoint"] == checkpoint]
+    return sub if not sub.empty else mine[mine["checkpoint"] == ""]
 
 
 def throughput_row(run: Run, problem: str, checkpoint: str, estimator: str) -> pd.Series | None:
     """The throughput row of an estimator on a problem checkpoint: the figure of its network shape
-    (measured once per shape), or, for runs that measured per checkpoint, at that checkpoint."""
-    tp = run.throughput
-    if tp.empty:
+    (measured once per shape), or, for runs that measured per problem or checkpoint (schema 1), at
+    that checkpoint, else the problem's first."""
+    if run.throughput.empty:
         return None
-    network = network_of(run, problem, checkpoint)
-    if network is not None and "network" in tp.columns:
-        on = tp[(tp["network"] == network) & (tp["estimator"] == estimator)]
-        if not on.empty:
-            return on.iloc[0]
-    same = tp[(tp["problem"] == problem) & (tp["estimator"] == estimator)]
-    exact = same[same["checkpoint"] == checkpoint]
-    pick = exact if not exact.empty else same
-    return None if pick.empty else pick.iloc[0]
+    network = run.memo("network_of", problem, checkpoint,
+                       make=lambda: network_of(run, problem, checkpoint))
+    if network is not None:
+        by_network = run.memo("throughput_by_network", make=lambda: _throughput_by_network(run))
+        row = by_network.get((network, estimator))
+        if row is not None:
+            return row
+    rows = run.memo("throughput_rows", make=lambda: _throughput_rows(run))
+    return rows.get((problem, checkpoint, estimator), rows.get((problem, "", estimator)))
 
 
 def _is_wide(row: pd.Series) -> bool:
@@ -158,8 +265,19 @@ def _is_wide(row: pd.Series) -> bool:
 
 
 def cell_rows(run: Run, problem: str, checkpoint: str) -> pd.DataFrame:
-    mt = run.metrics
-    return mt[(mt["problem"] == problem) & (mt["checkpoint"] == checkpoint)]
+    """The metric rows of one (problem, checkpoint)."""
+    def make() -> dict[tuple[str, str], pd.DataFrame]:
+        mt = run.metrics
+        return {k: g for k, g in mt.groupby(["problem", "checkpoint"], sort=False)}
+    parts = run.memo("cell_rows", make=make)
+    got = parts.get((problem, checkpoint))
+    return got if got is not None else run.metrics.iloc[0:0]
+
+
+def cell_index(run: Run, problem: str, checkpoint: str) -> dict[tuple[str, str, str, float | None], Value]:
+    """:func:`metric_index` of one (problem, checkpoint), computed once per run."""
+    return run.memo("cell_index", problem, checkpoint,
+                    make=lambda: metric_index(cell_rows(run, problem, checkpoint)))
 
 
 def cell_failures(run: Run, problem: str, checkpoint: str) -> pd.DataFrame:
@@ -169,12 +287,29 @@ def cell_failures(run: Run, problem: str, checkpoint: str) -> pd.DataFrame:
 
 
 def _mark_best(values: Sequence[float | None], better: Better) -> list[bool]:
+    """The best of values without uncertainty (throughput medians), ties to round-off."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
         return [False] * len(values)
     best = min(finite) if better == "low" else max(finite)
     tol = TIE_ABS + TIE_REL * abs(best)
     return [v is not None and math.isfinite(v) and abs(v - best) <= tol for v in values]
+
+
+def ranked_cells(estimates: Sequence[Estimate | None], better: Better, *,
+                 bound: bool = False, rankable: Sequence[bool] | None = None) -> list[TableCell]:
+    """One cell per estimate, the best bold and the ties italic (:func:`~sbn_bench.reports.ranking.rank`);
+    estimates whose ``rankable`` is False are shown but take no part."""
+    ok = rankable if rankable is not None else [True] * len(estimates)
+    ranking = rank([e if r else None for e, r in zip(estimates, ok)], better)
+    out = []
+    for est, r in zip(estimates, ranking.ranks):
+        if est is None:
+            out.append(TableCell("—"))
+            continue
+        out.append(TableCell(fmt_estimate(est, bound=bound), r == "best", r == "tie",
+                             est.value if math.isfinite(est.value) else None))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,7 +338,10 @@ def summary_table(run: Run, problem: str, checkpoint: str,
     time to reach the target rrmse. MC values carry ``± stderr``; exact-mode values have none.
     """
     rows_df = cell_rows(run, problem, checkpoint)
-    idx = metric_index(rows_df)
+    idx = cell_index(run, problem, checkpoint)
+    by_group: dict[tuple[str, str], dict[tuple[str, str, str, float | None], Value]] = {}
+    for k, v in idx.items():
+        by_group.setdefault((k[0], k[1]), {})[k] = v
     notes: list[str] = []
     used_m: dict[tuple[str, int], float | None] = {}
     for metric in ("rrmse", "cosine_mean"):
@@ -225,6 +363,8 @@ def summary_table(run: Run, problem: str, checkpoint: str,
         return f"M={fmt_m(m if m is not None else t)}"
 
     target = target_rrmse(run)
+    families = run.families()
+    mc_ref = bool(rows_df["reference"].map(is_mc_reference).any()) if "reference" in rows_df else False
     cols: list[tuple[str, _Col, int | None]] = []
     for t in m_targets:
         cols.append(("rrmse", _Col(f"rrmse {m_label('rrmse', t)}", _better("rrmse")), t))
@@ -239,41 +379,56 @@ def summary_table(run: Run, problem: str, checkpoint: str,
     estimators = [e for e in run.estimators() if e in set(rows_df["estimator"])]
     layers = sorted(set(rows_df["layer"]), key=layer_key)
     out_rows: list[list[TableCell]] = []
+    wide: set[str] = set()  # estimators whose throughput interval is wider than the target
     for layer in layers:
-        group: list[tuple[str, str, list[tuple[float | None, str]]]] = []
+        group: list[tuple[str, str, str, list[Estimate | None]]] = []
         for est in estimators:
-            if not any(k[0] == est and k[1] == layer for k in idx):
+            mine = by_group.get((est, layer), {})
+            if not mine:
                 continue
-            modes = sorted({v.mode for k, v in idx.items() if k[0] == est and k[1] == layer
-                            and k[2] not in ("cosine_mean", "cosine_p15", "cosine_p85")} or
-                           {v.mode for k, v in idx.items() if k[0] == est and k[1] == layer})
-            vals: list[tuple[float | None, str]] = []
+            modes = sorted({v.mode for k, v in mine.items()
+                            if k[2] not in ("cosine_mean", "cosine_p15", "cosine_p85")}
+                           or {v.mode for v in mine.values()})
+            refs = sorted({fmt_reference(v.reference, v.reference_rel_error) for v in mine.values()})
+            vals: list[Estimate | None] = []
             for metric, _col, t in cols:
                 if metric == "samples_per_s":
                     tr = throughput_row(run, problem, checkpoint, est)
-                    v = None if tr is None else float(tr["samples_per_s"])
                     if tr is not None and _is_wide(tr):  # shown, never called the fastest
-                        vals.append((None, f"{fmt_num(v)} (wide)"))
-                    else:
-                        vals.append((v, fmt_num(v)))
+                        wide.add(est)
+                    vals.append(None if tr is None else Estimate(float(tr["samples_per_s"]), 0.0, "exact"))
                     continue
                 m = used_m.get((metric, t)) if t is not None else None
-                if t is not None and m is None:
-                    vals.append((None, "—"))
-                    continue
-                val = idx.get((est, layer, metric, m))
-                if val is None:
-                    vals.append((None, "—"))
-                else:
-                    vals.append((val.value, fmt_pm(val.value, val.stderr)))
-            group.append((est, "/".join(modes), vals))
-        best = [_mark_best([g[2][j][0] for g in group], cols[j][1].better) for j in range(len(cols))]
-        for i, (est, mode, vals) in enumerate(group):
-            out_rows.append([TableCell(layer), TableCell(est), TableCell(mode)]
-                            + [TableCell(txt, best[j][i]) for j, (_, txt) in enumerate(vals)])
+                vals.append(None if t is not None and m is None else idx.get((est, layer, metric, m)))
+            group.append((est, "/".join(modes), "; ".join(refs), vals))
+        columns = []
+        rankable = [ranked(g[0], families) for g in group]
+        for j, (metric, col, _t) in enumerate(cols):
+            estimates = [g[3][j] for g in group]
+            if metric == "samples_per_s":  # medians over timed rounds: ranked as they are
+                # a wide interval is marked and never called the fastest
+                best = _mark_best([None if e is None or not r or g[0] in wide else e.value
+                                   for e, r, g in zip(estimates, rankable, group)], "high")
+                columns.append([TableCell("—") if e is None else
+                                TableCell(fmt_num(e.value) + (" (wide)" if g[0] in wide else ""), b,
+                                          sort=e.value)
+                                for e, b, g in zip(estimates, best, group)])
+            else:
+                columns.append(ranked_cells(estimates, col.better, bound=metric in BOUNDED_METRICS,
+                                            rankable=rankable))
+        for i, (est, mode, ref, _vals) in enumerate(group):
+            lead = [TableCell(layer, sort=float(layer_key(layer)[0] * 1000 + layer_key(layer)[1])),
+                    TableCell(est), TableCell(families.get(est, "")), TableCell(mode)]
+            if mc_ref:
+                lead.append(TableCell(ref))
+            out_rows.append(lead + [columns[j][i] for j in range(len(cols))])
+    if mc_ref:
+        notes.append("reference: the gradient each row is measured against; a Monte-Carlo reference "
+                     "(SPEC §8) adds its own error ε to every standard error shown.")
     notes += [f"failed: {line}" for line in failure_lines(cell_failures(run, problem, checkpoint))]
     return Table(title=cell_label(problem, checkpoint),
-                 header=["layer", "estimator", "mode"] + [c[1].header for c in cols],
+                 header=["layer", "estimator", "family", "mode"] + (["reference"] if mc_ref else [])
+                 + [c[1].header for c in cols],
                  rows=out_rows, notes=notes, anchor=slug("summary", problem, checkpoint))
 
 
@@ -281,33 +436,38 @@ def throughput_table(run: Run, problem: str, checkpoint: str) -> Table | None:
     """Throughput of each estimator on a (problem, checkpoint): median samples/s with the
     confidence interval of the median over the interleaved rounds, seconds per sample, peak memory,
     loss evaluations per sample. None when the run measured none there."""
-    tp = run.throughput
-    if tp.empty:
-        return None
-    sub = tp[(tp["problem"] == problem) & (tp["checkpoint"] == checkpoint)]
-    if sub.empty:
-        sub = tp[(tp["problem"] == problem) & (tp["checkpoint"] == "")]
+    sub = throughput_rows_of(run, problem, checkpoint)
     if sub.empty:
         return None
     order = {e: i for i, e in enumerate(run.estimators())}
     sub = sub.sort_values("estimator", key=lambda s: s.map(order), kind="stable")
-    best = _mark_best(list(sub["samples_per_s"]), "high")
+    wide = [_is_wide(r) for _, r in sub.iterrows()]  # marked, never called the fastest
+    best = _mark_best([None if w else v for v, w in zip(sub["samples_per_s"], wide)], "high")
     rows = []
-    for b, (_, r) in zip(best, sub.iterrows()):
+    for b, w, (_, r) in zip(best, wide, sub.iterrows()):
         mem = r["peak_memory_bytes"]
         mem_txt = "—" if not math.isfinite(mem) else fmt_num(mem / 2**20) + " MiB"
         rows.append([
             TableCell(r["estimator"]), TableCell(f"{r['device']} {r['dtype']}".strip()),
-            TableCell(fmt_num(r["samples_per_s"]), b),
+            TableCell(fmt_num(r["samples_per_s"]) + (" (wide)" if w else ""), b),
             TableCell(f"{fmt_num(r['samples_per_s_lo'])} – {fmt_num(r['samples_per_s_hi'])}"),
             TableCell(fmt_num(r["seconds_per_sample"])),
             TableCell(fmt_int(r["evals_per_sample"])),
             TableCell(fmt_int(r["batch"])), TableCell(fmt_int(r["rounds"])), TableCell(mem_txt),
         ])
+    notes = []
+    where = {(n, p, c) for n, p, c in zip(sub.get("network", [""] * len(sub)), sub["problem"],
+                                           sub["checkpoint"]) if n}
+    for n, p, c in sorted(where - {(n, problem, checkpoint) for n, _, _ in where}):
+        notes.append(f"measured once for the network shape {n} (on {cell_label(p, c)}): the figures "
+                     "hold for every checkpoint of that shape.")
+    if any(wide):
+        notes.append("(wide): the confidence interval of the median is wider than the target; the "
+                     "figure is shown but never called the fastest.")
     return Table(title=f"Throughput · {cell_label(problem, checkpoint)}",
                  header=["estimator", "device", "samples/s", "interval samples/s", "s/sample",
                          "evals/sample", "batch", "rounds", "peak memory"],
-                 rows=rows, anchor=slug("throughput", problem, checkpoint))
+                 rows=rows, notes=notes, anchor=slug("throughput", problem, checkpoint))
 
 
 def failure_lines(failures: pd.DataFrame, with_checkpoint: bool = False) -> list[str]:

@@ -1,0 +1,177 @@
+"""Which estimator is best, with its uncertainty: the rules every report table and the headline use.
+
+A value of a run is an :class:`Estimate`: the stored value, its standard error (``stderr``) and
+its mode. Exact-mode values (every path enumerated) have no sampling error; Monte-Carlo values have
+a standard error, and may have been clipped at zero (a bias-corrected ``‖β‖²`` is clipped at 0 in
+the metrics, SPEC §5).
+
+Rules (``z`` = :data:`TIE_Z` = 2):
+
+* **resolved**: a value may be called best only when it is resolved: exact, or a Monte-Carlo value
+  that is larger than its standard error. A clipped zero (``0 ± 0.057``: the bias estimate fell
+  below zero and was clipped) and a value whose standard error exceeds it are *unresolved*: they
+  are never best, nor tied with the best; the tables say which values were not ranked.
+* **best**: the best resolved value (lowest or highest, by the metric's ``better`` direction from
+  the metric registry).
+* **tie**: a resolved value within ``z`` standard errors of the best,
+  ``|v − best| ≤ z·√(se_v² + se_best²)``, or within float64 round-off of it for exact values
+  (:data:`ROUND_REL`, :data:`ROUND_ABS`): the data cannot tell it from the best.
+* **margin** of the best over the first resolved runner-up that is not tied: its ``z``
+  (``∞`` between exact values).
+
+The same ``z = 2`` decides the paper's verdicts (:mod:`sbn_bench.paper`); a bias that is not
+significantly above zero (``value ≤ 2·stderr``) is shown as an upper bound ``≤ value + 2·stderr``
+(:func:`upper_bound`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Better = Literal["low", "high"]
+Rank = Literal["best", "tie", "", "unresolved"]
+
+TIE_Z = 2.0
+"""Standard errors within which two Monte-Carlo values are not told apart."""
+
+ROUND_REL = 1e-9
+"""Exact values within this relative distance (or :data:`ROUND_ABS`) are equal to working
+precision (float64 statistics of order one, computed by different summation orders)."""
+ROUND_ABS = 1e-12
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A stored value with its uncertainty.
+
+    Attributes:
+        value: the value as stored in ``metrics.csv``.
+        stderr: its standard error (0 or NaN when exact).
+        mode: ``"exact"`` or ``"mc"`` (or ``"exact/mc"`` for seeds combined across modes).
+    """
+
+    value: float
+    stderr: float
+    mode: str = "mc"
+
+    @property
+    def uncertainty(self) -> float:
+        """The standard error used by the rules: 0 when exact, ``inf`` for a Monte-Carlo value
+        whose standard error is unknown (NaN)."""
+        se = self.stderr
+        if se is not None and math.isfinite(se) and se > 0:
+            return float(se)
+        if self.mode == "exact" or (se is not None and math.isfinite(se) and se == 0):
+            return 0.0
+        return math.inf
+
+    @property
+    def finite(self) -> bool:
+        return self.value is not None and math.isfinite(self.value)
+
+    @property
+    def clipped(self) -> bool:
+        """A Monte-Carlo zero: an estimate clipped at 0 (e.g. a bias-corrected ``‖β‖²`` below 0)."""
+        return self.value == 0 and self.uncertainty > 0
+
+    @property
+    def resolved(self) -> bool:
+        """Finite, and exact or larger (in absolute value) than its standard error."""
+        if not self.finite or self.clipped:
+            return False
+        u = self.uncertainty
+        return u == 0 or abs(self.value) > u
+
+    def significantly_positive(self, z: float = TIE_Z) -> bool:
+        """``value > z·stderr`` (an exact value: ``value`` above round-off)."""
+        if not self.finite:
+            return False
+        u = self.uncertainty
+        if u == 0:
+            return self.value > ROUND_ABS
+        return self.value > z * u
+
+
+def upper_bound(est: Estimate, z: float = TIE_Z) -> float | None:
+    """``value + z·stderr`` when a non-negative quantity (a bias) is not significantly above zero
+    in Monte-Carlo mode; None when the value itself is the right thing to show."""
+    if not est.finite or est.uncertainty == 0 or not math.isfinite(est.uncertainty):
+        return None
+    if est.significantly_positive(z):
+        return None
+    return max(est.value, 0.0) + z * est.uncertainty
+
+
+def close(a: Estimate, b: Estimate, z: float = TIE_Z) -> bool:
+    """``a`` and ``b`` cannot be told apart: within ``z`` combined standard errors (exact: within
+    round-off)."""
+    u = math.hypot(a.uncertainty, b.uncertainty)
+    d = abs(a.value - b.value)
+    if u == 0:
+        return d <= ROUND_ABS + ROUND_REL * max(abs(a.value), abs(b.value))
+    return d <= z * u
+
+
+def z_score(a: Estimate, b: Estimate) -> float:
+    """``|a − b| / √(se_a² + se_b²)``; ``inf`` between different exact values, 0 for equal ones."""
+    u = math.hypot(a.uncertainty, b.uncertainty)
+    d = abs(a.value - b.value)
+    if u == 0:
+        return 0.0 if d <= ROUND_ABS + ROUND_REL * max(abs(a.value), abs(b.value)) else math.inf
+    return d / u
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The ranks of a list of estimates (one per estimator) for one metric.
+
+    Attributes:
+        ranks: per estimate ``"best"``, ``"tie"`` (within ``z`` s.e. of the best), ``""`` (resolved,
+            significantly worse) or ``"unresolved"`` (clipped, noisy or missing: not ranked).
+        best: index of the best, or None when no estimate is resolved.
+        runner_up: index of the best resolved estimate that is not tied, or None.
+        margin: ``z`` of the best against the runner-up (``inf`` for exact values), or None.
+    """
+
+    ranks: list[Rank]
+    best: int | None
+    runner_up: int | None
+    margin: float | None
+
+    @property
+    def ties(self) -> list[int]:
+        return [i for i, r in enumerate(self.ranks) if r == "tie"]
+
+
+def rank(estimates: Sequence[Estimate | None], better: Better, z: float = TIE_Z) -> Ranking:
+    """Rank ``estimates`` by the rules of this module (None: no value)."""
+    ok = [i for i, e in enumerate(estimates) if e is not None and e.resolved]
+    ranks: list[Rank] = ["unresolved"] * len(estimates)
+    if not ok:
+        return Ranking(ranks, None, None, None)
+    sign = 1.0 if better == "low" else -1.0
+    order = sorted(ok, key=lambda i: (sign * estimates[i].value, i))  # type: ignore[union-attr]
+    best = order[0]
+    b = estimates[best]
+    assert b is not None
+    runner_up = None
+    for i in order:
+        e = estimates[i]
+        assert e is not None
+        if i == best:
+            ranks[i] = "best"
+        elif close(e, b, z):
+            ranks[i] = "tie"
+        else:
+            ranks[i] = ""
+            if runner_up is None:
+                runner_up = i
+    margin = None
+    if runner_up is not None:
+        r = estimates[runner_up]
+        assert r is not None
+        margin = z_score(r, b)
+    return Ranking(ranks, best, runner_up, margin)
