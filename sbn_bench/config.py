@@ -30,7 +30,9 @@ and the valid keys; relative paths are relative to the TOML file's folder)::
     stderr_batches = 32                           # batches for batch-means standard errors
     cosine_groups = 1000                          # most independent M-means per M for cosine
     out = "runs/my-run"                           # output folder
-    executor = "serial"                           # where cells run
+    executor = "serial"                           # where cells run: "serial", "processes[:N]",
+                                                  # "dask[:ADDRESS]" (sbn_bench.runner.executors)
+    threads = 1                                   # torch threads of every cell, whatever the executor
     cell_timeout = 3600                           # seconds a cell may take (recorded as failed)
 
     [throughput]
@@ -49,6 +51,13 @@ and the valid keys; relative paths are relative to the TOML file's folder)::
                                                   # label = "init" (the problem itself) or a problem
                                                   # file used as it is (parameters, data, loss and
                                                   # noise); default { init = "init" }
+
+    [sweep]                                       # a grid of problems (sbn_bench.sweep); with or
+    arch = ["2-5-5-1", "3-4-4-4-1"]               # instead of [[problem]] tables; [[sweep]] for
+    noise = ["logistic", "gaussian"]              # several grids
+    loss = ["logistic"]
+    seed = [0, 1, 2]
+    data_points = 50
 
 Options given on the command line override the TOML values.
 
@@ -82,7 +91,7 @@ from typing import Any
 
 import torch
 
-from sbn_bench import problems, units
+from sbn_bench import problems, sweep, units
 from sbn_bench.errors import ArgumentError, SbnBenchError
 from sbn_bench.estimators import EstimatorSpecError, split_specs
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
@@ -107,6 +116,7 @@ MAX_SAMPLES = 10**9
 """Largest ``samples`` (and throughput batch): beyond it a run would not finish in any reasonable
 time on any machine."""
 MAX_ROUNDS = 10**6
+MAX_THREADS = 1024
 MAX_SEED = 2**63 - 1
 """Largest seed: torch generators take 64-bit seeds (larger ones overflow)."""
 DEVICES = ("cpu", "cuda")
@@ -327,7 +337,11 @@ class RunConfig:
         throughput: see :class:`ThroughputConfig`.
         out: output folder; resume: continue a run in ``out`` (it may add problems, checkpoints,
             estimators, seeds and plugin files).
-        executor: where the cells run (``"serial"``: in this process).
+        executor: where the cells run: ``"serial"`` (in this process), ``"processes[:N]"`` or
+            ``"dask[:ADDRESS]"`` (:func:`sbn_bench.runner.executors.make_executor`).
+        threads: torch threads each cell computes with, whatever the executor (the manifest's
+            ``device.torch_threads``): intra-op parallelism may change the order of floating-point
+            sums, so the numbers are the same only for the same thread count.
         cell_timeout: seconds a cell may take before it is stopped and recorded as failed
             (:data:`DEFAULT_CELL_TIMEOUT`); None: no limit.
     """
@@ -353,6 +367,7 @@ class RunConfig:
     resume: bool = False
     executor: str = "serial"
     cell_timeout: float | None = DEFAULT_CELL_TIMEOUT
+    threads: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "problems", tuple(self.problems))
@@ -413,6 +428,7 @@ class RunConfig:
         if not isinstance(self.executor, str) or not self.executor:
             raise ConfigError(f"executor={self.executor!r} must be a string such as 'serial'",
                               argument="executor")
+        _check_int("threads", self.threads, 1, MAX_THREADS)
         if self.cell_timeout is not None:
             if isinstance(self.cell_timeout, bool) or not isinstance(self.cell_timeout, (int, float)) \
                     or not math.isfinite(self.cell_timeout) or self.cell_timeout <= 0:
@@ -527,7 +543,7 @@ def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
 _TOP_KEYS = {"estimators", "plugins", "samples", "M", "seeds", "device", "dtype", "mode",
              "max_paths", "chunk", "memory_budget", "max_exact_bytes", "target_rrmse",
              "stderr_batches", "cosine_groups", "out", "throughput", "problem", "executor",
-             "cell_timeout"}
+             "cell_timeout", "threads", "sweep"}
 _PROBLEM_KEYS = {f.name for f in fields(ProblemSpec)}
 _THROUGHPUT_KEYS = {f.name for f in fields(ThroughputConfig)}
 
@@ -668,7 +684,7 @@ def _settings(f: _TomlFile) -> dict[str, Any]:
     key = ""
     try:
         for key, v in f.raw.items():
-            if key not in ("problem", "throughput"):
+            if key not in ("problem", "throughput", "sweep"):
                 kw[key] = _top_level_value(key, v, f.path.parent)
         key = "throughput"
         if "throughput" in f.raw:
@@ -700,7 +716,8 @@ def _problem_specs(f: _TomlFile, required: bool) -> tuple[ProblemSpec, ...]:
     tables = f.raw.get("problem")
     if tables is None:
         if required:
-            raise f.fail("no [[problem]] table; add at least one, e.g. [[problem]] preset = 'paper'")
+            raise f.fail("no [[problem]] or [sweep] table; add at least one, e.g. [[problem]] "
+                         "preset = 'paper'")
         return ()
     if not isinstance(tables, list):
         raise f.fail("problem must be an array of tables ([[problem]])", "problem")
@@ -733,6 +750,24 @@ def _problem_specs(f: _TomlFile, required: bool) -> tuple[ProblemSpec, ...]:
     return tuple(specs)
 
 
+def _sweep_specs(f: _TomlFile) -> tuple[ProblemSpec, ...]:
+    """The problems of the ``[sweep]`` table (or ``[[sweep]]`` tables), :mod:`sbn_bench.sweep`."""
+    if "sweep" not in f.raw:
+        return ()
+    try:
+        points = sweep.expand_sweeps(f.raw["sweep"])
+    except sweep.SweepError as e:
+        raise f.fail(f"[sweep]: {e}", e.argument if e.argument in sweep.SWEEP_KEYS else "",
+                     table="sweep") from None
+    specs = []
+    for p in points:
+        try:
+            specs.append(ProblemSpec(**p.problem_fields()))
+        except ConfigError as e:
+            raise f.fail(f"[sweep]: problem {p.name!r}: {e}", e.argument, table="sweep") from None
+    return tuple(specs)
+
+
 def _checkpoints(ck: Any, base: Path) -> tuple[Checkpoint, ...]:
     if not isinstance(ck, dict):
         raise ConfigError(f"checkpoints={ck!r} must be a table {{label = 'init' | 'file.npz', ...}}",
@@ -753,9 +788,15 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
     """
     f = _TomlFile.read(Path(path))
     kw = _settings(f)
-    specs = _problem_specs(f, required="problems" not in overrides)
-    if specs:
-        kw["problems"] = specs
+    swept = _sweep_specs(f)
+    specs = _problem_specs(f, required="problems" not in overrides and not swept)
+    labels = [s.label for s in specs]
+    clash = sorted({s.label for s in swept} & set(labels))
+    if clash:
+        raise f.fail(f"[sweep] problem {clash[0]!r} is also a [[problem]] table's name; give each "
+                     "problem once", "", table="sweep")
+    if specs or swept:
+        kw["problems"] = specs + swept
     kw.update(overrides)
     if kw.get("M") == "paper":
         samples = kw.get("samples", RunConfig.samples)
