@@ -73,19 +73,31 @@ class _Progress:
         self.enabled = enabled
         self.bar: Any = None
 
-    def __call__(self, done: int, total: int, cell: runner_mod.Cell, status: str) -> None:
+    def __call__(self, done: int, total: int, cell: runner_mod.Cell, status: str,
+                 eta: float | None = None) -> None:
         if not self.enabled:
             return
         if self.bar is None:
             self.bar = click.progressbar(length=total, label="cells", file=sys.stderr,
-                                         show_pos=True, item_show_func=lambda c: c)
+                                         show_pos=True, show_eta=False, item_show_func=lambda c: c)
             self.bar.__enter__()
-        self.bar.update(1, current_item=f"{cell} {status}")
+        left = "" if eta is None else f", ETA {_duration(eta)}"
+        self.bar.update(1, current_item=f"{cell} {status}{left}")
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
             self.bar = None
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -138,7 +150,12 @@ def _given(ctx: click.Context, name: str) -> bool:
               help="Continue the run in --out, skipping finished cells; it may add problems, "
                    "checkpoints, estimators, seeds and plugin files.")
 @click.option("--executor", default="serial", show_default=True,
-              help="Where cells run: serial (this process).")
+              help="Where cells run: serial (this process), processes[:N] (N worker processes, "
+                   "default one per CPU) or dask[:ADDRESS] (the Dask scheduler at ADDRESS, e.g. "
+                   "tcp://host:8786, or a local cluster; pip install \"sbn-bench[dask]\").")
+@click.option("--threads", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Torch threads of every cell, whatever the executor (the numbers are "
+                   "reproducible for the same thread count).")
 @click.option("--cell-timeout", type=click.FloatRange(min=0, min_open=True),
               default=DEFAULT_CELL_TIMEOUT, show_default=True,
               help="Seconds a cell may take; a cell past it is recorded as failed.")
@@ -158,7 +175,7 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         max_exact_bytes: int, target_rrmse: float, warmup: int, rounds: int,
         throughput_batch: int | None, no_throughput: bool, out: Path | None, resume: bool,
         no_report: bool, cache_dir: Path | None, quiet: bool, executor: str,
-        cell_timeout: float) -> None:
+        cell_timeout: float, threads: int) -> None:
     """Measure bias, variance, relative RMSE, cosine, SNR and throughput of estimators.
 
     --preset paper is the paper's whole experiment (SPEC §6): REINFORCE training to epochs
@@ -186,7 +203,7 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         estimators=est_list, plugins=tuple(str(p) for p in plugins), samples=samples,
         device=device, dtype=dtype, mode=mode, max_paths=max_paths, chunk=chunk,
         memory_budget=memory_budget, max_exact_bytes=max_exact_bytes, target_rrmse=target_rrmse,
-        throughput=tp, resume=resume, executor=executor, cell_timeout=cell_timeout)
+        throughput=tp, resume=resume, executor=executor, cell_timeout=cell_timeout, threads=threads)
     is_paper = (config_file is None and preset == "paper"
                 and not any(_given(ctx, n) for n in ("problem_file", "arch")))
     if config_file is not None:

@@ -231,7 +231,7 @@ def build_manifest(config: RunConfig, plan: Plan) -> dict[str, Any]:
     directory that relative paths in ``config`` refer to, the plugin files' hashes)."""
     env = environment()
     dev: dict[str, Any] = {"type": config.device, "dtype": config.dtype,
-                           "torch_threads": torch.get_num_threads()}
+                           "torch_threads": config.threads}
     if config.device == "cuda":
         dev["name"] = torch.cuda.get_device_name(0)
         dev["cuda"] = torch.version.cuda

@@ -1,0 +1,240 @@
+"""``--executor dask[:ADDRESS]``: cells on a Dask cluster (:mod:`dask.distributed`), the optional
+extra ``pip install "sbn-bench[dask]"``.
+
+``dask:tcp://host:8786`` connects to a running scheduler (started with ``dask-scheduler``, workers
+with ``dask-worker tcp://host:8786 --nthreads 1 --nworkers N``, or by dask-jobqueue on a batch
+system); plain ``dask`` starts a :class:`distributed.LocalCluster` on this machine over loopback:
+one worker process per CPU (``dask:N`` for N), one thread each.
+
+The client (the manager, :func:`sbn_bench.runner.run`) keeps a window of about two tasks per worker
+thread in flight and pulls more from the run as results come back, so references are computed by
+the manager as their cells come due and Ctrl-C leaves little to cancel. Each problem checkpoint,
+its reference gradient and the run's configuration are scattered to the cluster once and shared by
+every cell that needs them; a task carries the cell and its estimator's :class:`~sbn_bench.runner.
+worker.Recipe` (spec, version, plugin files' text: the files need not exist on the workers). Results
+travel back to the client, which alone writes them: no shared file system is needed.
+
+Faults:
+
+* a worker that dies while measuring (killed, out of memory) is the scheduler's to handle: it runs
+  the task again on another worker, up to ``distributed.scheduler.allowed-failures`` times (the
+  local cluster sets it to 1: a cell is retried once), then fails it with ``KilledWorker``, which
+  is recorded with stage ``worker``;
+* ``cell_timeout``: the task measures its cell in a thread of its own and waits for it at most that
+  long; past it the task returns a ``timeout`` failure and the client restarts that worker (through
+  its nanny), which ends the stuck computation;
+* Ctrl-C cancels the tasks in flight and closes the client (and the local cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from sbn_bench.config import RunConfig
+from sbn_bench.problems import Problem
+from sbn_bench.runner.cells import Cell, CellResult, Reference, Task, failure_row
+from sbn_bench.runner.memory import RunError
+from sbn_bench.runner.worker import (
+    WORKER_STAGE,
+    Recipe,
+    default_workers,
+    measure_shipped,
+    recipe_of,
+)
+
+DASK_EXTRA = 'pip install "sbn-bench[dask]"'
+"""How to install what ``--executor dask`` needs."""
+CONNECT_TIMEOUT_S = 10.0
+"""Seconds to wait for a scheduler that does not answer before giving up with an error."""
+LOCAL_ALLOWED_FAILURES = 1
+"""The local cluster's ``allowed-failures``: a cell whose worker dies is run once more, then failed."""
+WINDOW_PER_THREAD = 2
+"""Tasks kept in flight per worker thread."""
+
+
+def require_dask(spec: str) -> None:
+    """Refuse ``--executor dask…`` where Dask is not installed, with the command that installs it.
+
+    Raises:
+        RunError: naming the executor and the extra.
+    """
+    try:
+        import distributed  # noqa: F401 - an optional extra, checked before any work
+    except ImportError as e:
+        raise RunError(f"argument executor={spec!r} needs Dask, which is not installed ({e}); "
+                       f"install the extra: {DASK_EXTRA}", argument="executor", value=spec,
+                       expected=f"Dask installed ({DASK_EXTRA})") from None
+
+
+def run_on_worker(cell: Cell, problem: Problem, reference: Reference | None, config: RunConfig,
+                  recipe: Recipe, debug: bool) -> tuple[CellResult, str | None]:
+    """The Dask task of one cell, on a worker: :func:`~sbn_bench.runner.worker.measure_shipped` in a
+    thread of its own, waited for at most ``config.cell_timeout`` seconds.
+
+    Returns:
+        The result and None; or, past the limit, a ``timeout`` failure and this worker's address,
+        which the client restarts (the stuck thread cannot be stopped otherwise).
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = measure_shipped(cell, problem, reference, config, recipe, debug=debug)
+        except BaseException as e:  # noqa: BLE001 - debug: re-raised in the task
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name=f"sbn-bench cell {cell.id}", daemon=True)
+    thread.start()
+    thread.join(config.cell_timeout)
+    if "error" in box:
+        raise box["error"]
+    if "result" in box:
+        return box["result"], None
+    from distributed import get_worker
+
+    address = get_worker().address
+    return CellResult(cell, "failure", [failure_row(
+        cell, "timeout", f"the cell ran past its time limit of {config.cell_timeout:g} s "
+                         f"(cell_timeout); its Dask worker {address} was restarted")],
+        float(config.cell_timeout or 0.0)), address
+
+
+class DaskExecutor:
+    """Cells on a Dask cluster (see the module docstring).
+
+    Args:
+        address: the scheduler's address (``tcp://host:8786``); None starts a local cluster.
+        workers: the local cluster's worker processes (default: the CPU count).
+        debug: re-raise a task's exception instead of recording it.
+        connect_timeout: seconds to wait for the scheduler.
+
+    Raises:
+        RunError: Dask is not installed, or the scheduler cannot be reached (one line, naming the
+            address).
+    """
+
+    name = "dask"
+
+    def __init__(self, address: str | None = None, *, workers: int | None = None,
+                 debug: bool = False, connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
+        spec = "dask" + (f":{address}" if address else "")
+        require_dask(spec)
+        import dask
+        from distributed import Client, LocalCluster
+
+        self.debug = debug
+        self.cluster: Any = None
+        if address is None:
+            with dask.config.set({"distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES}):
+                self.cluster = LocalCluster(n_workers=workers or default_workers(),
+                                            threads_per_worker=1, processes=True, host="127.0.0.1",
+                                            dashboard_address=None, silence_logs=logging.CRITICAL)
+            address = self.cluster.scheduler_address
+            timeout: float = max(connect_timeout, 30.0)
+        else:
+            timeout = connect_timeout
+        try:
+            self.client = Client(address, timeout=timeout, set_as_default=False)
+        except (OSError, TimeoutError) as e:
+            if self.cluster is not None:
+                self.cluster.close()
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise RunError(f"argument executor={spec!r}: cannot connect to the Dask scheduler at "
+                           f"{address} within {timeout:g} s ({reason}); start one (dask-scheduler) "
+                           "or check the address", argument="executor", value=spec,
+                           expected="the address of a running Dask scheduler") from None
+        self.address = address
+        self.workers = self._threads()
+
+    def _threads(self) -> int:
+        """Worker threads of the cluster now (at least one)."""
+        try:
+            return max(1, sum(self.client.nthreads().values()))
+        except Exception:  # noqa: BLE001 - a scheduler that does not answer: keep the last count
+            return max(1, getattr(self, "workers", 1))
+
+    def map(self, tasks: Iterable[Task]) -> Iterator[CellResult]:
+        """Submit the tasks to the cluster, a window at a time; yield each result as it arrives."""
+        from distributed import as_completed
+
+        client = self.client
+        source = iter(tasks)
+        done = as_completed(loop=client.loop)
+        in_flight: dict[str, Cell] = {}
+        shared: dict[Any, Any] = {}
+        self.workers = self._threads()
+
+        def scattered(key: Any, obj: Any) -> Any:
+            if key not in shared:
+                shared[key] = client.scatter(obj, hash=False)
+            return shared[key]
+
+        def submit_more() -> None:
+            while len(in_flight) < WINDOW_PER_THREAD * self.workers:
+                try:
+                    cell, ctx = next(source)
+                except StopIteration:
+                    return
+                where = (cell.problem, cell.checkpoint)
+                problem = scattered(("problem", where), ctx.problem)
+                reference = None if ctx.reference is None else scattered(("reference", where),
+                                                                         ctx.reference)
+                config = scattered(("config", id(ctx.config)), ctx.config)
+                fut = client.submit(run_on_worker, cell, problem, reference, config,
+                                    recipe_of(ctx), self.debug, pure=False,
+                                    key=f"sbn-bench-{cell.id}-{uuid.uuid4().hex[:8]}")
+                in_flight[fut.key] = cell
+                done.add(fut)
+
+        try:
+            submit_more()
+            for fut in done:
+                cell = in_flight.pop(fut.key)
+                yield self._outcome(fut, cell)
+                if len(in_flight) < self.workers:
+                    self.workers = self._threads()  # workers may have joined (adaptive clusters)
+                submit_more()
+        finally:
+            if in_flight:
+                client.cancel([f for f in done.futures if f.key in in_flight])
+            shared.clear()
+
+    def _outcome(self, fut: Any, cell: Cell) -> CellResult:
+        from distributed.scheduler import KilledWorker
+
+        if fut.status == "finished":
+            result, restart = fut.result()
+            if restart is not None:
+                self.client.restart_workers([restart], timeout=120, raise_for_error=False)
+            return result
+        exc = fut.exception() if fut.status == "error" else None
+        if isinstance(exc, KilledWorker):
+            tries = getattr(exc, "allowed_failures", None)
+            what = f"{tries + 1} times" if isinstance(tries, int) else "repeatedly"
+            last = getattr(exc, "last_worker", None)
+            where = f" (last on {getattr(last, 'address', last)})" if last is not None else ""
+            message = (f"the Dask worker measuring this cell died {what}{where}: killed, out of "
+                       "memory, or the estimator ended the process; the cell is recorded as failed")
+        else:
+            if self.debug and exc is not None:
+                raise exc
+            message = (f"the Dask task failed on its worker: {type(exc).__name__}: {exc}"
+                       if exc is not None else f"the Dask task ended as {fut.status!r}")
+        return CellResult(cell, "failure", [failure_row(cell, WORKER_STAGE, message)])
+
+    def close(self) -> None:
+        """Close the client, and the local cluster if this executor started one."""
+        try:
+            self.client.close(timeout=10)
+        finally:
+            if self.cluster is not None:
+                self.cluster.close(timeout=20)
+                self.cluster = None
+
+
+__all__ = ["CONNECT_TIMEOUT_S", "DASK_EXTRA", "DaskExecutor", "LOCAL_ALLOWED_FAILURES",
+           "require_dask", "run_on_worker"]
