@@ -9,10 +9,12 @@ one worker process per CPU (``dask:N`` for N), one thread each.
 The client (the manager, :func:`sbn_bench.runner.run`) keeps a window of about two tasks per worker
 thread in flight and pulls more from the run as results come back, so references are computed by
 the manager as their cells come due and Ctrl-C leaves little to cancel. Each problem checkpoint,
-its reference gradient and the run's configuration are scattered to the cluster once and shared by
-every cell that needs them; a task carries the cell and its estimator's :class:`~sbn_bench.runner.
-worker.Recipe` (spec, version, plugin files' text: the files need not exist on the workers). Results
-travel back to the client, which alone writes them: no shared file system is needed.
+its reference gradient and the run's configuration are sent to the cluster once, as the results
+of tasks that every cell needing them depends on (so the scheduler recomputes them if the worker
+holding them dies, which scattered data would not survive); a task carries the cell and its
+estimator's :class:`~sbn_bench.runner.worker.Recipe` (spec, version, plugin files' text: the files
+need not exist on the workers). Results travel back to the client, which alone writes them: no
+shared file system is needed.
 
 Faults:
 
@@ -54,6 +56,13 @@ LOCAL_ALLOWED_FAILURES = 1
 """The local cluster's ``allowed-failures``: a cell whose worker dies is run once more, then failed."""
 WINDOW_PER_THREAD = 2
 """Tasks kept in flight per worker thread."""
+MAX_LOSSES = 3
+"""A cell whose result is lost before it reaches the client (its worker left) runs again, at most this
+many times in all."""
+RESTART_TIMEOUT_S = 30.0
+"""Most seconds to wait for a worker restarted after a timeout (in the background)."""
+RESULT_TIMEOUT_S = 300.0
+"""Most seconds to fetch a finished task's result from its worker."""
 
 
 def require_dask(spec: str) -> None:
@@ -68,6 +77,11 @@ def require_dask(spec: str) -> None:
         raise RunError(f"argument executor={spec!r} needs Dask, which is not installed ({e}); "
                        f"install the extra: {DASK_EXTRA}", argument="executor", value=spec,
                        expected=f"Dask installed ({DASK_EXTRA})") from None
+
+
+def held(obj: Any) -> Any:
+    """A task that holds an object shared by many cells (a problem, its reference, the config)."""
+    return obj
 
 
 def run_on_worker(cell: Cell, problem: Problem, reference: Reference | None, config: RunConfig,
@@ -103,6 +117,10 @@ def run_on_worker(cell: Cell, problem: Problem, reference: Reference | None, con
         float(config.cell_timeout or 0.0)), address
 
 
+class _Lost(Exception):
+    """A task's result did not reach the client (see :meth:`DaskExecutor._outcome`)."""
+
+
 class DaskExecutor:
     """Cells on a Dask cluster (see the module docstring).
 
@@ -128,6 +146,7 @@ class DaskExecutor:
 
         self.debug = debug
         self.cluster: Any = None
+        self._restarts: list[threading.Thread] = []
         if address is None:
             with dask.config.set({"distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES}):
                 self.cluster = LocalCluster(n_workers=workers or default_workers(),
@@ -164,13 +183,16 @@ class DaskExecutor:
         client = self.client
         source = iter(tasks)
         done = as_completed(loop=client.loop)
-        in_flight: dict[str, Cell] = {}
+        in_flight: dict[str, tuple[Cell, tuple[Any, ...], int]] = {}  # key: cell, arguments, losses
         shared: dict[Any, Any] = {}
         self.workers = self._threads()
 
-        def scattered(key: Any, obj: Any) -> Any:
+        def shared_once(key: Any, obj: Any) -> Any:
+            # a task that returns the object, rather than client.scatter: the scheduler computes it
+            # again if the worker holding it dies, whereas scattered data would be lost with it
             if key not in shared:
-                shared[key] = client.scatter(obj, hash=False)
+                shared[key] = client.submit(held, obj, pure=False,
+                                            key=f"sbn-bench-{key[0]}-{uuid.uuid4().hex[:8]}")
             return shared[key]
 
         def submit_more() -> None:
@@ -180,21 +202,33 @@ class DaskExecutor:
                 except StopIteration:
                     return
                 where = (cell.problem, cell.checkpoint)
-                problem = scattered(("problem", where), ctx.problem)
-                reference = None if ctx.reference is None else scattered(("reference", where),
+                problem = shared_once(("problem", where), ctx.problem)
+                reference = None if ctx.reference is None else shared_once(("reference", where),
                                                                          ctx.reference)
-                config = scattered(("config", id(ctx.config)), ctx.config)
-                fut = client.submit(run_on_worker, cell, problem, reference, config,
-                                    recipe_of(ctx), self.debug, pure=False,
-                                    key=f"sbn-bench-{cell.id}-{uuid.uuid4().hex[:8]}")
-                in_flight[fut.key] = cell
-                done.add(fut)
+                config = shared_once(("config", id(ctx.config)), ctx.config)
+                submit(cell, (cell, problem, reference, config, recipe_of(ctx), self.debug), 0)
+
+        def submit(cell: Cell, args: tuple[Any, ...], losses: int) -> None:
+            fut = client.submit(run_on_worker, *args, pure=False,
+                                key=f"sbn-bench-{cell.id}-{uuid.uuid4().hex[:8]}")
+            in_flight[fut.key] = (cell, args, losses)
+            done.add(fut)
 
         try:
             submit_more()
             for fut in done:
-                cell = in_flight.pop(fut.key)
-                yield self._outcome(fut, cell)
+                cell, args, losses = in_flight.pop(fut.key)
+                try:
+                    outcome = self._outcome(fut, cell)
+                except _Lost as e:
+                    if losses + 1 < MAX_LOSSES:  # not the cell's fault: run it again
+                        submit(cell, args, losses + 1)
+                        continue
+                    outcome = CellResult(cell, "failure", [failure_row(
+                        cell, WORKER_STAGE, f"the result of this cell was lost {MAX_LOSSES} times "
+                                            f"before it reached the client (its worker left the "
+                                            f"cluster each time; last: {e})")])
+                yield outcome
                 if len(in_flight) < self.workers:
                     self.workers = self._threads()  # workers may have joined (adaptive clusters)
                 submit_more()
@@ -204,12 +238,23 @@ class DaskExecutor:
             shared.clear()
 
     def _outcome(self, fut: Any, cell: Cell) -> CellResult:
+        """The result of a finished task, a ``worker`` failure for a failed one.
+
+        Raises:
+            _Lost: the task's result was lost before it reached the client (its worker left the
+                cluster, e.g. restarted after another cell's timeout): to be run again.
+        """
         from distributed.scheduler import KilledWorker
 
+        if fut.status in ("lost", "cancelled"):
+            raise _Lost(f"the task ended as {fut.status!r}")
         if fut.status == "finished":
-            result, restart = fut.result()
+            try:
+                result, restart = fut.result(timeout=RESULT_TIMEOUT_S)
+            except Exception as e:  # noqa: BLE001 - e.g. the worker holding it just left
+                raise _Lost(f"{type(e).__name__}: {e}") from None
             if restart is not None:
-                self.client.restart_workers([restart], timeout=120, raise_for_error=False)
+                self._restart(restart)
             return result
         exc = fut.exception() if fut.status == "error" else None
         if isinstance(exc, KilledWorker):
@@ -226,8 +271,24 @@ class DaskExecutor:
                        if exc is not None else f"the Dask task ended as {fut.status!r}")
         return CellResult(cell, "failure", [failure_row(cell, WORKER_STAGE, message)])
 
+    def _restart(self, address: str) -> None:
+        """Restart a worker through its nanny, in the background (the run goes on meanwhile; a
+        worker that does not come back is the cluster's loss, not the run's)."""
+        def restart() -> None:
+            try:
+                self.client.restart_workers([address], timeout=RESTART_TIMEOUT_S,
+                                            raise_for_error=False)
+            except Exception:  # noqa: BLE001 - no nanny, or the client closed meanwhile
+                pass
+
+        t = threading.Thread(target=restart, name=f"sbn-bench restart {address}", daemon=True)
+        t.start()
+        self._restarts.append(t)
+
     def close(self) -> None:
         """Close the client, and the local cluster if this executor started one."""
+        for t in self._restarts:
+            t.join(RESTART_TIMEOUT_S)
         try:
             self.client.close(timeout=10)
         finally:
@@ -236,5 +297,5 @@ class DaskExecutor:
                 self.cluster = None
 
 
-__all__ = ["CONNECT_TIMEOUT_S", "DASK_EXTRA", "DaskExecutor", "LOCAL_ALLOWED_FAILURES",
+__all__ = ["CONNECT_TIMEOUT_S", "DASK_EXTRA", "DaskExecutor", "LOCAL_ALLOWED_FAILURES", "held",
            "require_dask", "run_on_worker"]
