@@ -75,8 +75,9 @@ def _values(table: Mapping[str, Any], key: str, kind: type, default: Sequence[An
                          value=raw, expected=f"one or more {what}")
     for v in items:
         if isinstance(v, bool) or not isinstance(v, kind):
-            raise SweepError(f"sweep key {key}={raw!r}: {v!r} is not one of the {what} expected",
-                             argument=key, value=raw, expected=f"{what}")
+            one = "a string" if kind is str else "an integer"
+            raise SweepError(f"sweep key {key}={raw!r}: {v!r} is not {one}", argument=key,
+                             value=raw, expected=what)
     dup = sorted({str(v) for v in items if items.count(v) > 1})
     if dup:
         raise SweepError(f"sweep key {key}={raw!r} repeats {', '.join(dup)}; give each value once",
