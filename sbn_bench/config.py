@@ -41,7 +41,7 @@ and the valid keys; relative paths are relative to the TOML file's folder)::
     rounds = 5                                    # timed rounds
     batch = 200                                   # samples per round (default min(S, chunk, 200))
 
-    [[problem]]                                   # one table per problem (at least one)
+    [[problem]]                                   # one table per problem (or a [sweep], below)
     name = "paper"                                # label in the tables (default: from the source)
     preset = "paper"                              # exactly one of preset / arch / file
     seed = 0                                      # seed of a preset or arch problem
