@@ -54,6 +54,18 @@ CONNECT_TIMEOUT_S = 10.0
 """Seconds to wait for a scheduler that does not answer before giving up with an error."""
 LOCAL_ALLOWED_FAILURES = 1
 """The local cluster's ``allowed-failures``: a cell whose worker dies is run once more, then failed."""
+LOCAL_CONFIG: dict[str, Any] = {
+    "distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES,
+    # the workers' statistical profiler samples every thread's Python stack every 10 ms, which
+    # slows cells (pure Python around small tensors) several times over
+    "distributed.worker.profile.enabled": False,
+    # one thread per worker for the numerical libraries, as Dask sets by default, but without its
+    # MALLOC_TRIM_THRESHOLD_, which turns off glibc's adaptive mmap threshold: every tensor over
+    # 128 KiB would then be mapped and unmapped afresh (several times slower)
+    "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1,
+                                            "OPENBLAS_NUM_THREADS": 1},
+}
+"""Dask configuration of the local cluster (its workers inherit it)."""
 WINDOW_PER_THREAD = 2
 """Tasks kept in flight per worker thread."""
 MAX_LOSSES = 3
@@ -148,10 +160,11 @@ class DaskExecutor:
         self.cluster: Any = None
         self._restarts: list[threading.Thread] = []
         if address is None:
-            with dask.config.set({"distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES}):
+            with dask.config.set(LOCAL_CONFIG):
                 self.cluster = LocalCluster(n_workers=workers or default_workers(),
                                             threads_per_worker=1, processes=True, host="127.0.0.1",
-                                            dashboard_address=None, silence_logs=logging.CRITICAL)
+                                            dashboard_address="127.0.0.1:0",
+                                            silence_logs=logging.CRITICAL)
             address = self.cluster.scheduler_address
             timeout: float = max(connect_timeout, 30.0)
         else:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
+import pickle
 import signal
 import time
 import traceback
@@ -66,7 +67,7 @@ def _worker_main(conn: Connection, debug: bool) -> None:
     config: RunConfig | None = None
     while True:
         try:
-            msg = conn.recv()
+            msg = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
         if msg is None:
@@ -78,7 +79,7 @@ def _worker_main(conn: Connection, debug: bool) -> None:
             out: Any = measure_shipped(cell, problem, reference, config, recipe, debug=debug)
         except BaseException:  # noqa: BLE001 - debug: the manager raises it with the traceback
             out = ("error", traceback.format_exc())
-        conn.send(out)
+        conn.send_bytes(pickle.dumps(out))
 
 
 @dataclass
@@ -146,8 +147,10 @@ class ProcessExecutor:
             raise BrokenPipeError("the worker died while idle")
         job.attempts += 1
         w.job, w.started = job, time.monotonic()
-        w.conn.send((job.cell, job.context.problem, job.context.reference,
-                     None if w.config is config else config, recipe_of(job.context)))
+        # plain pickle: torch's multiprocessing pickler would move tensors through shared memory
+        w.conn.send_bytes(pickle.dumps((job.cell, job.context.problem, job.context.reference,
+                                        None if w.config is config else config,
+                                        recipe_of(job.context))))
         w.config = config  # sent once per worker (a sweep's configuration lists every problem)
 
     # -- the protocol -----------------------------------------------------------------------
@@ -207,7 +210,7 @@ class ProcessExecutor:
             assert job is not None
             if w.conn in ready:
                 try:
-                    out = w.conn.recv()
+                    out = pickle.loads(w.conn.recv_bytes())
                 except (EOFError, OSError):
                     out = None
                 if out is not None:
@@ -262,7 +265,7 @@ class ProcessExecutor:
         for w in list(self._pool):
             if w.job is None and w.process.is_alive():
                 try:
-                    w.conn.send(None)
+                    w.conn.send_bytes(pickle.dumps(None))
                 except (BrokenPipeError, OSError):
                     pass
         deadline = time.monotonic() + 2.0
