@@ -450,3 +450,26 @@ def test_progress_gets_an_eta_after_the_first_measured_cell(tmp_path):
                progress=lambda done, total, cell, status, eta: seen.append((done, total, eta)))
     assert [d for d, _, _ in seen] == list(range(1, 13)) and {t for _, t, _ in seen} == {12}
     assert all(eta is not None and eta >= 0 for _, _, eta in seen) and seen[-1][2] == 0.0
+
+
+def test_progress_bar_shows_the_eta_in_words():
+    import importlib
+
+    cli_run = importlib.import_module("sbn_bench.cli.run")
+    assert [cli_run._duration(s) for s in (4.4, 65, 7322)] == ["4 s", "1 min 05 s", "2 h 02 min"]
+
+
+# --------------------------------------------------------------------------------------------
+# threads
+
+
+def test_the_thread_count_is_part_of_the_run_and_resume_refuses_another(tmp_path):
+    from sbn_bench.storage import RunDirError
+
+    out = tmp_path / "out"
+    cfg = config(out, problems=(ProblemSpec(arch="2-2-1", data_points=3),), estimators=("st",),
+                 threads=2)
+    runner.run(cfg)
+    assert json.loads((out / "manifest.json").read_text())["device"]["torch_threads"] == 2
+    with pytest.raises(RunDirError, match="device.torch_threads: 2 → 1"):
+        runner.run(cfg.with_(threads=1, resume=True, executor="processes:2"))
