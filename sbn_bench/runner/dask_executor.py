@@ -30,7 +30,9 @@ Faults:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -129,6 +131,21 @@ def run_on_worker(cell: Cell, problem: Problem, reference: Reference | None, con
         float(config.cell_timeout or 0.0)), address
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while the local cluster's processes start, so that they inherit it: Ctrl-C in a
+    terminal reaches the whole process group, and only the manager should act on it (it closes the
+    cluster), not the workers (which would print their tracebacks). Off the main thread, nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class _Lost(Exception):
     """A task's result did not reach the client (see :meth:`DaskExecutor._outcome`)."""
 
@@ -160,7 +177,7 @@ class DaskExecutor:
         self.cluster: Any = None
         self._restarts: list[threading.Thread] = []
         if address is None:
-            with dask.config.set(LOCAL_CONFIG):
+            with dask.config.set(LOCAL_CONFIG), _sigint_ignored():
                 self.cluster = LocalCluster(n_workers=workers or default_workers(),
                                             threads_per_worker=1, processes=True, host="127.0.0.1",
                                             dashboard_address="127.0.0.1:0",
