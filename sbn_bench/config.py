@@ -30,9 +30,11 @@ and the valid keys; relative paths are relative to the TOML file's folder)::
     stderr_batches = 32                           # batches for batch-means standard errors
     cosine_groups = 1000                          # most independent M-means per M for cosine
     out = "runs/my-run"                           # output folder
-    executor = "serial"                           # where cells run
+    executor = "serial"                           # where cells run: "serial", "processes[:N]",
+                                                  # "dask[:ADDRESS]" (sbn_bench.runner.executors)
+    threads = 1                                   # torch threads of every cell, whatever the executor
+                                                  # (throughput too; recorded in the manifest)
     cell_timeout = 3600                           # seconds a cell may take (recorded as failed)
-    threads = 1                                   # torch threads (recorded in the manifest)
 
     [throughput]                                  # once per network shape, interleaved
     enabled = true
@@ -44,7 +46,7 @@ and the valid keys; relative paths are relative to the TOML file's folder)::
     rel_width = 0.2                               # target width of the median's 95 % interval
     batch = 200                                   # samples per call (default: calibrated)
 
-    [[problem]]                                   # one table per problem (at least one)
+    [[problem]]                                   # one table per problem (or a [sweep], below)
     name = "paper"                                # label in the tables (default: from the source)
     preset = "paper"                              # exactly one of preset / arch / file
     seed = 0                                      # seed of a preset or arch problem
@@ -54,6 +56,13 @@ and the valid keys; relative paths are relative to the TOML file's folder)::
                                                   # label = "init" (the problem itself) or a problem
                                                   # file used as it is (parameters, data, loss and
                                                   # noise); default { init = "init" }
+
+    [sweep]                                       # a grid of problems (sbn_bench.sweep); with or
+    arch = ["2-5-5-1", "3-4-4-4-1"]               # instead of [[problem]] tables; [[sweep]] for
+    noise = ["logistic", "gaussian"]              # several grids
+    loss = ["logistic"]
+    seed = [0, 1, 2]
+    data_points = 50
 
 Options given on the command line override the TOML values.
 
@@ -87,7 +96,7 @@ from typing import Any
 
 import torch
 
-from sbn_bench import problems, units
+from sbn_bench import problems, sweep, units
 from sbn_bench.errors import ArgumentError, SbnBenchError
 from sbn_bench.estimators import EstimatorSpecError, split_specs
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
@@ -112,6 +121,8 @@ MAX_SAMPLES = 10**9
 """Largest ``samples`` (and throughput batch): beyond it a run would not finish in any reasonable
 time on any machine."""
 MAX_ROUNDS = 10**6
+MAX_THREADS = 1024
+"""Largest ``threads`` (``--threads``): more torch threads than any machine this runs on has cores."""
 MAX_SEED = 2**63 - 1
 """Largest seed: torch generators take 64-bit seeds (larger ones overflow)."""
 DEVICES = ("cpu", "cuda")
@@ -351,11 +362,16 @@ class RunConfig:
         throughput: see :class:`ThroughputConfig`.
         out: output folder; resume: continue a run in ``out`` (it may add problems, checkpoints,
             estimators, seeds and plugin files).
-        executor: where the cells run (``"serial"``: in this process).
+        executor: where the cells run: ``"serial"`` (in this process), ``"processes[:N]"`` or
+            ``"dask[:ADDRESS]"`` (:func:`sbn_bench.runner.executors.make_executor`).
+        threads: torch threads each cell computes with (statistics and throughput cells, and
+            the manager's exact references), whatever the executor; one per process suits the
+            small networks measured here (more threads mostly spin). Recorded in the manifest
+            (``device.torch_threads``) and part of the run's identity (``--resume`` refuses
+            another): intra-op parallelism may change the order of floating-point sums, so the
+            numbers are the same only for the same thread count.
         cell_timeout: seconds a cell may take before it is stopped and recorded as failed
             (:data:`DEFAULT_CELL_TIMEOUT`); None: no limit.
-        threads: torch threads while the run measures (one per process suits the small networks
-            measured here: more threads mostly spin); recorded in the manifest.
     """
 
     problems: tuple[ProblemSpec, ...]
@@ -437,10 +453,10 @@ class RunConfig:
         object.__setattr__(self, "target_rrmse", float(self.target_rrmse))
         _check_int("stderr_batches", self.stderr_batches, 2)
         _check_int("cosine_groups", self.cosine_groups, 1)
-        _check_int("threads", self.threads, 1, 4096)
         if not isinstance(self.executor, str) or not self.executor:
             raise ConfigError(f"executor={self.executor!r} must be a string such as 'serial'",
                               argument="executor")
+        _check_int("threads", self.threads, 1, MAX_THREADS)
         if self.cell_timeout is not None:
             if isinstance(self.cell_timeout, bool) or not isinstance(self.cell_timeout, (int, float)) \
                     or not math.isfinite(self.cell_timeout) or self.cell_timeout <= 0:
@@ -555,7 +571,7 @@ def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
 _TOP_KEYS = {"estimators", "plugins", "samples", "M", "seeds", "device", "dtype", "mode",
              "max_paths", "chunk", "memory_budget", "max_exact_bytes", "target_rrmse",
              "stderr_batches", "cosine_groups", "out", "throughput", "problem", "executor",
-             "cell_timeout", "threads"}
+             "cell_timeout", "threads", "sweep"}
 _PROBLEM_KEYS = {f.name for f in fields(ProblemSpec)}
 _THROUGHPUT_KEYS = {f.name for f in fields(ThroughputConfig)}
 
@@ -699,7 +715,7 @@ def _settings(f: _TomlFile) -> dict[str, Any]:
     key = ""
     try:
         for key, v in f.raw.items():
-            if key not in ("problem", "throughput"):
+            if key not in ("problem", "throughput", "sweep"):
                 kw[key] = _top_level_value(key, v, f.path.parent)
         key = "throughput"
         if "throughput" in f.raw:
@@ -731,7 +747,8 @@ def _problem_specs(f: _TomlFile, required: bool) -> tuple[ProblemSpec, ...]:
     tables = f.raw.get("problem")
     if tables is None:
         if required:
-            raise f.fail("no [[problem]] table; add at least one, e.g. [[problem]] preset = 'paper'")
+            raise f.fail("no [[problem]] or [sweep] table; add at least one, e.g. [[problem]] "
+                         "preset = 'paper'")
         return ()
     if not isinstance(tables, list):
         raise f.fail("problem must be an array of tables ([[problem]])", "problem")
@@ -764,6 +781,24 @@ def _problem_specs(f: _TomlFile, required: bool) -> tuple[ProblemSpec, ...]:
     return tuple(specs)
 
 
+def _sweep_specs(f: _TomlFile) -> tuple[ProblemSpec, ...]:
+    """The problems of the ``[sweep]`` table (or ``[[sweep]]`` tables), :mod:`sbn_bench.sweep`."""
+    if "sweep" not in f.raw:
+        return ()
+    try:
+        points = sweep.expand_sweeps(f.raw["sweep"])
+    except sweep.SweepError as e:
+        raise f.fail(f"[sweep]: {e}", e.argument if e.argument in sweep.SWEEP_KEYS else "",
+                     table="sweep") from None
+    specs = []
+    for p in points:
+        try:
+            specs.append(ProblemSpec(**p.problem_fields()))
+        except ConfigError as e:
+            raise f.fail(f"[sweep]: problem {p.name!r}: {e}", e.argument, table="sweep") from None
+    return tuple(specs)
+
+
 def _checkpoints(ck: Any, base: Path) -> tuple[Checkpoint, ...]:
     if not isinstance(ck, dict):
         raise ConfigError(f"checkpoints={ck!r} must be a table {{label = 'init' | 'file.npz', ...}}",
@@ -784,9 +819,15 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
     """
     f = _TomlFile.read(Path(path))
     kw = _settings(f)
-    specs = _problem_specs(f, required="problems" not in overrides)
-    if specs:
-        kw["problems"] = specs
+    swept = _sweep_specs(f)
+    specs = _problem_specs(f, required="problems" not in overrides and not swept)
+    labels = [s.label for s in specs]
+    clash = sorted({s.label for s in swept} & set(labels))
+    if clash:
+        raise f.fail(f"[sweep] problem {clash[0]!r} is also a [[problem]] table's name; give each "
+                     "problem once", "", table="sweep")
+    if specs or swept:
+        kw["problems"] = specs + swept
     kw.update(overrides)
     if kw.get("M") == "paper":
         samples = kw.get("samples", RunConfig.samples)

@@ -129,7 +129,7 @@ def test_ctrl_c_says_how_to_resume_and_the_report_warns(tmp_path: Path,
     args = ["run", "--arch", "2-2-1", "--data-points", "3", "--estimators", "psa,st", "--samples",
             "16", "--M", "1,4", "--seeds", "0,1", "--no-throughput", "--no-report", "--out", out]
 
-    def interrupt(self, done, total, cell, status):
+    def interrupt(self, done, total, cell, status, eta=None):
         if done == 2:
             raise KeyboardInterrupt
 

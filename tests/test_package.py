@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("reference", ("sbn_bench.reference",)),
     ("estimators", ("sbn_bench.estimators",)),
     ("metrics", ("sbn_bench.metrics", "sbn_bench.schema")),
-    ("runner", ("sbn_bench.config", "sbn_bench.storage", "sbn_bench.throughput",
+    ("runner", ("sbn_bench.sweep", "sbn_bench.config", "sbn_bench.storage", "sbn_bench.throughput",
                 "sbn_bench.runner")),
     ("reports", ("sbn_bench.reports",)),
     ("experiments", ("sbn_bench.paper", "sbn_bench.train")),

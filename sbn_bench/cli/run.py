@@ -31,6 +31,7 @@ from sbn_bench.config import (
     DEFAULT_MEMORY_BUDGET,
     DEVICES,
     DTYPES,
+    MAX_THREADS,
     MODES,
     RunConfig,
     ThroughputConfig,
@@ -108,19 +109,31 @@ class _Progress:
         self.enabled = enabled
         self.bar: Any = None
 
-    def __call__(self, done: int, total: int, cell: runner_mod.Cell, status: str) -> None:
+    def __call__(self, done: int, total: int, cell: runner_mod.Cell, status: str,
+                 eta: float | None = None) -> None:
         if not self.enabled:
             return
         if self.bar is None:
             self.bar = click.progressbar(length=total, label="cells", file=sys.stderr,
-                                         show_pos=True, item_show_func=lambda c: c)
+                                         show_pos=True, show_eta=False, item_show_func=lambda c: c)
             self.bar.__enter__()
-        self.bar.update(1, current_item=f"{cell} {status}")
+        left = "" if eta is None else f", ETA {_duration(eta)}"
+        self.bar.update(1, current_item=f"{cell} {status}{left}")
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
             self.bar = None
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 @click.command()
@@ -163,9 +176,6 @@ class _Progress:
                    "30, until the 95% interval of the median is within 20%).")
 @click.option("--throughput-batch", type=click.IntRange(min=1), default=None,
               help="Throughput: samples per call (default: calibrated so a round lasts ≥ 0.2 s).")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="torch threads while measuring (one suits small networks: more mostly spin); "
-                   "recorded in the manifest.")
 @click.option("--no-throughput", is_flag=True, help="Skip the throughput measurement.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default runs/<problem name or config name>).")
@@ -173,7 +183,14 @@ class _Progress:
               help="Continue the run in --out, skipping finished cells; it may add problems, "
                    "checkpoints, estimators, seeds and plugin files.")
 @click.option("--executor", default="serial", show_default=True,
-              help="Where cells run: serial (this process).")
+              help="Where cells run: serial (this process), processes[:N] (N worker processes, "
+                   "default one per CPU) or dask[:ADDRESS] (the Dask scheduler at ADDRESS, e.g. "
+                   "tcp://host:8786, or a local cluster; pip install \"sbn-bench[dask]\").")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,
+              help="Torch threads of every cell (throughput cells too), whatever the executor; "
+                   "one suits small networks (more mostly spin). Recorded in the manifest: the "
+                   "numbers are reproducible for the same thread count, and --resume refuses "
+                   "another.")
 @click.option("--cell-timeout", type=click.FloatRange(min=0, min_open=True),
               default=DEFAULT_CELL_TIMEOUT, show_default=True,
               help="Seconds a cell may take; a cell past it is recorded as failed.")

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import importlib.util
+import hashlib
 import inspect
+import linecache
 import os
 import sys
+import types
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -78,6 +80,8 @@ class Registry:
     factories: dict[str, Factory] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)
     errors: list[PluginError] = field(default_factory=list)
+    sources: list[PluginSource] = field(default_factory=list)
+    """The plugin files loaded, with their text (what workers elsewhere load)."""
 
     def names(self) -> list[str]:
         return sorted(self.factories)
@@ -274,8 +278,18 @@ def _entry_points() -> Iterable[metadata.EntryPoint]:
     return metadata.entry_points(group=GROUP)
 
 
+@dataclass(frozen=True)
+class PluginSource:
+    """A plugin file's path and the text that was loaded from it: what a worker on another machine
+    needs to load the same estimators (:func:`load_plugin_source`) without the file."""
+
+    path: str
+    text: str
+
+
 def load_plugin_file(registry: Registry, path: str | os.PathLike[str]) -> list[str]:
-    """Import a plugin file and register its ``ESTIMATORS`` dict; returns the names it added.
+    """Import a plugin file and register its ``ESTIMATORS`` dict; returns the names it added. The
+    text loaded is kept in ``registry.sources``.
 
     Raises:
         PluginFileError / ContractError: the file is missing, does not import, or has no
@@ -286,26 +300,45 @@ def load_plugin_file(registry: Registry, path: str | os.PathLike[str]) -> list[s
     origin = f"plugin file {str(path)!r}"
     if not path.exists():
         raise PluginFileError(f"{origin} does not exist", argument=str(path))
-    if not path.is_file():
-        raise ContractError(f"{origin} is not a file (expected a Python file defining ESTIMATORS)",
-                            argument=str(path))
-    mod_name = f"sbn_bench_plugin_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    if spec is None or spec.loader is None:
-        raise ContractError(f"{origin} cannot be imported as a Python module (expected a .py file)",
-                            argument=str(path))
-    module = importlib.util.module_from_spec(spec)
+    if not path.is_file() or path.suffix != ".py":
+        raise ContractError(f"{origin} is not a Python file (expected a .py file defining "
+                            "ESTIMATORS)", argument=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ContractError(f"{origin} cannot be read: {e}", argument=str(path)) from None
+    return load_plugin_source(registry, PluginSource(str(path), text))
+
+
+def load_plugin_source(registry: Registry, source: PluginSource) -> list[str]:
+    """Import a plugin from its text (as :func:`load_plugin_file` does from its file, which need not
+    exist here: a worker of a cluster loads the manager's plugins this way) and register its
+    ``ESTIMATORS`` dict; returns the names it added. The module is named after a hash of the path
+    and text, and tracebacks show the plugin's lines.
+
+    Raises:
+        ContractError: the text does not import, or defines no ``ESTIMATORS`` dict (naming the
+            file).
+    """
+    path = source.path
+    origin = f"plugin file {path!r}"
+    digest = hashlib.sha256(f"{path}\0{source.text}".encode()).hexdigest()[:16]
+    mod_name = f"sbn_bench_plugin_{digest}"
+    module = types.ModuleType(mod_name)
+    module.__file__ = path
     sys.modules[mod_name] = module
+    linecache.cache[path] = (len(source.text), None, source.text.splitlines(True), path)
     try:
         with contextlib.redirect_stdout(sys.stderr):  # a plugin that prints must not corrupt stdout
-            spec.loader.exec_module(module)
+            exec(compile(source.text, path, "exec"), module.__dict__)  # noqa: S102 - a plugin, by design
     except (Exception, SystemExit) as e:  # a plugin's sys.exit() must not end the caller
         sys.modules.pop(mod_name, None)
         raise ContractError(f"{origin} failed to import: {type(e).__name__}: {e}",
-                            argument=str(path)) from None
+                            argument=path) from None
     table = getattr(module, "ESTIMATORS", None)
     if not isinstance(table, dict):
-        raise ContractError(f"{origin} defines no ESTIMATORS dict (name -> factory)", argument=str(path))
+        raise ContractError(f"{origin} defines no ESTIMATORS dict (name -> factory)", argument=path)
+    registry.sources.append(source)
     return [n for n, f in table.items() if registry.add(str(n), f, origin)]
 
 

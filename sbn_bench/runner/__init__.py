@@ -14,11 +14,14 @@ work, the cells, the manifest), hands ``(cell, context)`` tasks to an executor
 atomically (:mod:`sbn_bench.storage`). The reference gradient of a problem checkpoint is computed
 once, by the manager, when its first statistics cell is due, and passed to every cell that needs it.
 
-Cells, in order: for each problem and checkpoint, for each estimator, its throughput cell (unless
-disabled), then one statistics cell per seed. ``resume=True`` skips the cells already written
-(failed cells are tried again) and refuses a folder whose manifest differs. A cell whose estimator
-raises, or returns NaN/Inf, is recorded in ``failures.csv`` with its message, and the run goes on
-(what the configuration alone makes impossible is refused before any work instead).
+Cells, in order: for each problem and checkpoint, its throughput cell when it is the first of its
+network shape (unless disabled: every estimator of it, their rounds interleaved), then one
+statistics cell per estimator and seed. Every cell, wherever it runs, computes with
+``config.threads`` torch threads, and so do the manager's exact references. ``resume=True`` skips
+the cells already written (failed cells are tried again) and refuses a folder whose manifest
+differs. A cell whose estimator raises, or returns NaN/Inf, is recorded in ``failures.csv`` with
+its message, and the run goes on (what the configuration alone makes impossible is refused before
+any work instead).
 
 ``timed_metrics.csv`` (time to accuracy: ``samples_to_accuracy`` × the measured seconds per
 sample) is derived from ``metrics.csv`` and ``throughput.csv`` whenever the tables are assembled,
@@ -41,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from sbn_bench.config import ConfigError, RunConfig
 from sbn_bench.errors import SbnBenchError
@@ -58,8 +60,9 @@ from sbn_bench.runner.cells import (
     network_key,
     stable_seed,
     stats_cell_rows,
+    torch_threads,
 )
-from sbn_bench.runner.executors import Executor, SerialExecutor, Task, make_executor
+from sbn_bench.runner.executors import EXECUTORS, Executor, SerialExecutor, Task, make_executor
 from sbn_bench.runner.memory import (
     CellFailure,
     ExactImpossible,
@@ -78,10 +81,10 @@ ASSEMBLE_EVERY_S = 10.0
 __all__ = [
     "ASSEMBLE_EVERY_S", "Cell", "CellContext", "CellFailure", "CellResult", "ExactImpossible",
     "Executor", "Plan", "Reference", "RunError", "RunResult", "SerialExecutor", "Task",
-    "build_manifest", "check_combinations", "check_memory", "choose_mode", "chunk_size",
-    "config_from_manifest", "exact_enumeration_bytes", "exact_path_moments", "exact_reference",
-    "make_executor", "measure_cell", "prepare", "rerun", "run", "stable_seed", "stats_cell_rows",
-    "timed_table",
+    "EXECUTORS", "build_manifest", "check_combinations", "check_memory", "choose_mode",
+    "chunk_size", "config_from_manifest", "eta_seconds", "exact_enumeration_bytes",
+    "exact_path_moments", "exact_reference", "make_executor", "measure_cell", "prepare", "rerun",
+    "run", "stable_seed", "stats_cell_rows", "timed_table",
 ]
 
 
@@ -129,8 +132,17 @@ class RunResult:
         return tab.reindex(columns=sort_layers(df["layer"]))
 
 
-ProgressFn = Callable[[int, int, Cell, str], None]
-"""``progress(done, total, cell, status)``; status ``"done"``, ``"skipped"`` or ``"failed"``."""
+ProgressFn = Callable[[int, int, Cell, str, float | None], None]
+"""``progress(done, total, cell, status, eta)``; status ``"done"``, ``"skipped"`` or ``"failed"``;
+``eta`` the estimated seconds left (:func:`eta_seconds`), None until a cell has been measured."""
+
+
+def eta_seconds(cell_seconds: list[float], remaining: int, workers: int) -> float | None:
+    """Seconds left: the mean time of the cells measured so far × the cells remaining ÷ the cells
+    that run at once (the executor's workers); None before any cell was measured."""
+    if not cell_seconds:
+        return None
+    return sum(cell_seconds) / len(cell_seconds) * remaining / max(1, min(workers, remaining or 1))
 
 
 def timed_table(metrics: pd.DataFrame, throughput: pd.DataFrame,
@@ -178,7 +190,9 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None,
             stops the run there, as a kill would).
         warn: called with each warning before any work (plugin factories that failed to load but
             are not requested); default: :func:`warnings.warn`. Also in ``RunResult.warnings``.
-        executor: where the cells run (default: :class:`SerialExecutor`, in this process).
+        executor: where the cells run (default: :func:`make_executor` of ``config.executor``,
+            started after every check and before the output folder is touched, so a scheduler
+            that cannot be reached leaves nothing behind); it is closed at the end.
 
     Returns:
         :class:`RunResult`.
@@ -194,13 +208,17 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None,
                        argument="out", value=None, expected="an output folder")
     plan = prepare(config)
     _warn(plan.warnings, warn)
-    store = RunStore.open(config.out, build_manifest(config, plan), config.resume)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
+    manifest = build_manifest(config, plan)
+    debug = bool(os.environ.get("SBN_BENCH_DEBUG"))
+    executor = executor or make_executor(config.executor, debug=debug)
+    try:
+        store = RunStore.open(config.out, manifest, config.resume)
+    except BaseException:
+        executor.close()
+        raise
     try:
         return _run(config, plan, store, progress, on_cell_done, executor)
     finally:
-        torch.set_num_threads(threads)
         store.close()
 
 
@@ -214,9 +232,7 @@ def part_key(cell: Cell) -> dict[str, Any]:
 
 
 def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | None,
-         on_cell_done: Callable[[Cell], None] | None, executor: Executor | None) -> RunResult:
-    debug = bool(os.environ.get("SBN_BENCH_DEBUG"))
-    executor = executor or make_executor(config.executor, debug=debug)
+         on_cell_done: Callable[[Cell], None] | None, executor: Executor) -> RunResult:
     total = len(plan.cells)
     ids = [c.id for c in plan.cells]
     done = n_run = n_fail = 0
@@ -225,25 +241,29 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
         if store.check_part(cell.id, cell.kind, part_key(cell)) is None:
             done += 1
             if progress:
-                progress(done, total, cell, "skipped")
+                progress(done, total, cell, "skipped", None)
         else:  # missing, or a part that is empty, truncated, corrupt or another cell's: run it
             store.remove_part(cell.id, cell.kind)
             pending.append(cell)
     n_skip = done
     references: dict[tuple[str, str], Reference] = {}
+    plugins = tuple(plan.registry.sources)
+    cell_seconds: list[float] = []
 
     def tasks() -> Iterator[Task]:
         for cell in pending:
             store.remove_part(cell.id, "failure")
             problem = plan.problem(cell.problem, cell.checkpoint)
             if cell.kind == "throughput":
-                yield cell, CellContext(problem, None, None, config, group=plan.group(cell))
+                yield cell, CellContext(problem, None, None, config, group=plan.group(cell),
+                                        plugins=plugins)
                 continue
             key = (cell.problem, cell.checkpoint)
-            if key not in references:
-                references[key] = exact_reference(problem, config.max_exact_bytes)
+            if key not in references:  # once per problem checkpoint, shipped with its cells
+                with torch_threads(config.threads):
+                    references[key] = exact_reference(problem, config.max_exact_bytes)
             yield cell, CellContext(problem, plan.estimator(cell.estimator), references[key],
-                                    config)
+                                    config, plugins=plugins)
 
     last_assemble = time.monotonic()
     try:
@@ -255,8 +275,10 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
             done += 1
             n_run += 1
             n_fail += result.failed
+            cell_seconds.append(result.seconds)
             if progress:
-                progress(done, total, result.cell, "failed" if result.failed else "done")
+                eta = eta_seconds(cell_seconds, total - done, executor.workers)
+                progress(done, total, result.cell, "failed" if result.failed else "done", eta)
             if on_cell_done:
                 on_cell_done(result.cell)
             if time.monotonic() - last_assemble > ASSEMBLE_EVERY_S:

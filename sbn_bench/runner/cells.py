@@ -27,6 +27,7 @@ estimators without randomness, from one sample; ``mc`` estimates them from ``S``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -34,6 +35,7 @@ import math
 import random
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -43,7 +45,13 @@ import torch
 from torch import Tensor
 
 from sbn_bench.config import DTYPES, RunConfig
-from sbn_bench.estimators import Estimator, UnsupportedProblem, estimate, estimate_on_paths
+from sbn_bench.estimators import (
+    Estimator,
+    PluginSource,
+    UnsupportedProblem,
+    estimate,
+    estimate_on_paths,
+)
 from sbn_bench.metrics import (
     CosineAccumulator,
     Groups,
@@ -131,14 +139,21 @@ def network_key(problem: Problem) -> str:
 @dataclass(frozen=True)
 class CellContext:
     """Everything :func:`measure_cell` needs: the problem checkpoint (float64, on the CPU), the
-    estimator (for a throughput cell: ``group``, every estimator measured together), the
-    reference (None for throughput cells) and the run's settings."""
+    estimator (for a throughput cell: None, and ``group``, every estimator measured together), the
+    reference (None for throughput cells) and the run's settings; and the text of the plugin files
+    the run loaded (``plugins``), from which a worker elsewhere rebuilds the estimators by their
+    specs (:mod:`sbn_bench.runner.worker`)."""
 
     problem: Problem
     estimator: Estimator | None
     reference: Reference | None
     config: RunConfig
     group: tuple[Estimator, ...] = ()
+    plugins: tuple[PluginSource, ...] = ()
+
+
+Task = tuple[Cell, CellContext]
+"""What an executor runs: a cell and everything measuring it takes."""
 
 
 @dataclass(frozen=True)
@@ -146,12 +161,14 @@ class CellResult:
     """A measured cell: ``kind`` is the cell's table (``"metrics"``, ``"throughput"``) or
     ``"failure"``; ``rows`` its rows in that table's columns (:mod:`sbn_bench.schema`);
     ``failures``: rows of ``failures.csv`` besides (estimators of a throughput group that failed
-    while the others were measured)."""
+    while the others were measured); ``seconds`` the cell's wall time where it ran (for progress
+    and ETA only: never in a table)."""
 
     cell: Cell
     kind: str
     rows: list[dict[str, Any]]
     failures: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
 
     @property
     def failed(self) -> bool:
@@ -195,6 +212,21 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count: every
+    executor measures a cell with the run's ``config.threads``, so that the numbers (whose
+    floating-point sums may be split between threads) do not depend on where the cell ran."""
+    previous = torch.get_num_threads()
+    if previous != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
 def seed_global_rngs(*parts: object) -> None:
     """Seed Python's, NumPy's and torch's global generators from the cell's key, so that an
     estimator that draws from them (against the contract, which gives it a generator) still gives
@@ -217,12 +249,20 @@ def measure_cell(cell: Cell, context: CellContext, *, debug: bool = False) -> Ce
 
     The estimator gets a private copy of the problem (a plugin that modifies it in place cannot
     change another cell's numbers, and is recorded as failed); the global random generators are
-    seeded from the cell's key (:func:`seed_global_rngs`); the cell runs under
-    ``config.cell_timeout`` (:func:`time_limit`).
+    seeded from the cell's key (:func:`seed_global_rngs`); the cell runs with ``config.threads``
+    torch threads (:func:`torch_threads`) and under ``config.cell_timeout`` (:func:`time_limit`;
+    executors whose cells run off the main thread or in C code enforce it themselves).
 
     Args:
         debug: re-raise an estimator's exception instead of recording it (``SBN_BENCH_DEBUG``).
     """
+    start = time.perf_counter()
+    with torch_threads(context.config.threads):
+        result = _measure(cell, context, debug)
+    return dataclasses.replace(result, seconds=time.perf_counter() - start)
+
+
+def _measure(cell: Cell, context: CellContext, debug: bool) -> CellResult:
     seed_global_rngs(cell.kind, cell.problem, cell.checkpoint, cell.estimator, cell.seed)
     problem = context.problem.copy()
     try:

@@ -1,28 +1,50 @@
 """Where cells run (STYLE 15: the manager decides what to measure, an executor where).
 
 An :class:`Executor` takes ``(cell, context)`` tasks and yields :class:`CellResult` objects as they
-finish; the manager (:func:`sbn_bench.runner.run`) writes them. The results are independent of the
-executor: a cell's numbers depend only on its cell and context (:func:`measure_cell`).
+finish; the manager (:func:`sbn_bench.runner.run`) writes them, in any order (the tables are
+assembled in the run's cell order). The results are independent of the executor: a cell's numbers
+depend only on its cell and context (:func:`measure_cell`), computed with the run's ``threads``
+torch threads wherever it runs, so ``metrics.csv`` is byte-identical whichever executor ran it.
 
-A new executor is one class with ``map`` and ``close``; :func:`make_executor` builds one from its
-spelling (``"serial"``).
+The executors, by their spelling (``--executor``, TOML ``executor``):
+
+==================  ===========================================================================
+``serial``          every cell in this process, one after the other
+``processes[:N]``   N worker processes on this machine (default: the CPU count);
+                    :mod:`~sbn_bench.runner.process_executor`
+``dask[:ADDRESS]``  a Dask cluster: the scheduler at ADDRESS (``tcp://host:8786``), or a local
+                    cluster of N worker processes for ``dask`` / ``dask:N``;
+                    :mod:`~sbn_bench.runner.dask_executor` (``pip install "sbn-bench[dask]"``)
+==================  ===========================================================================
+
+A new executor is one class with ``name``, ``workers``, ``map`` and ``close``, and one entry in
+:data:`EXECUTORS` (its spelling and a factory); :func:`check_executor` validates a spelling before
+any work and :func:`make_executor` builds it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
-from sbn_bench.errors import ArgumentError
-from sbn_bench.runner.cells import Cell, CellContext, CellResult, measure_cell
+from sbn_bench.runner.cells import CellResult, Task, measure_cell
+from sbn_bench.runner.dask_executor import DaskExecutor, require_dask
+from sbn_bench.runner.memory import RunError
+from sbn_bench.runner.process_executor import ProcessExecutor
+from sbn_bench.runner.worker import default_workers
 
-Task = tuple[Cell, CellContext]
+__all__ = ["EXECUTORS", "Executor", "ExecutorKind", "SerialExecutor", "Task", "check_executor",
+           "make_executor", "parse_executor"]
 
 
 class Executor(Protocol):
     """Runs cells and yields their results."""
 
     name: str
+    workers: int
+    """How many cells run at once (the ETA divides the mean cell time by it)."""
 
     def map(self, tasks: Iterable[Task]) -> Iterator[CellResult]:
         """Measure every task; yield each result once it is done (in any order). Tasks are pulled
@@ -39,6 +61,7 @@ class SerialExecutor:
     """Every cell in this process, one after the other, in the order given."""
 
     name = "serial"
+    workers = 1
 
     def __init__(self, *, debug: bool = False) -> None:
         self.debug = debug
@@ -51,29 +74,112 @@ class SerialExecutor:
         pass
 
 
-EXECUTORS = ("serial",)
-"""The executors :func:`make_executor` knows."""
+@dataclass(frozen=True)
+class ExecutorKind:
+    """One executor: its ``name``, how its argument is written (``syntax``, for errors and help),
+    ``parse`` (the text after ``name:``, or None, to the factory's keyword arguments; raises
+    ``ValueError`` with what is expected), ``check`` (what must hold on this machine before any
+    work, e.g. an installed extra) and ``factory``."""
+
+    name: str
+    syntax: str
+    parse: Callable[[str | None], dict[str, object]]
+    factory: Callable[..., Executor]
+    check: Callable[[str], None] | None = None
+
+
+def _no_argument(arg: str | None) -> dict[str, object]:
+    if arg is not None:
+        raise ValueError("takes no argument")
+    return {}
+
+
+def _workers(arg: str | None) -> dict[str, object]:
+    if arg is None:
+        return {"workers": default_workers()}
+    if not re.fullmatch(r"[0-9]+", arg.strip()) or int(arg) < 1:
+        raise ValueError(f"N={arg!r} must be a number of workers ≥ 1")
+    return {"workers": int(arg)}
+
+
+ADDRESS = re.compile(r"(?:(tcp|tls|ucx|ws|wss|inproc)://)?(\[[0-9a-fA-F:]+\]|[^\s:/\[\]]+)(?::(\d+))?")
+
+
+def _dask(arg: str | None) -> dict[str, object]:
+    if arg is None:
+        return {"address": None}
+    arg = arg.strip()
+    if re.fullmatch(r"[0-9]+", arg):  # dask:N, a local cluster of N workers
+        return {"address": None, **_workers(arg)}
+    m = ADDRESS.fullmatch(arg)
+    if m is None or (m.group(3) is None and m.group(1) is None):
+        raise ValueError(f"ADDRESS={arg!r} is not a scheduler address such as tcp://host:8786")
+    if m.group(3) is not None and not 0 < int(m.group(3)) < 65536:
+        raise ValueError(f"ADDRESS={arg!r} has port {m.group(3)}, expected 1..65535")
+    return {"address": arg if m.group(1) else f"tcp://{arg}"}
+
+
+EXECUTORS: dict[str, ExecutorKind] = {k.name: k for k in (
+    ExecutorKind("serial", "serial", _no_argument, SerialExecutor),
+    ExecutorKind("processes", "processes[:N]", _workers, ProcessExecutor),
+    ExecutorKind("dask", "dask[:ADDRESS|:N]", _dask, DaskExecutor, check=require_dask),
+)}
+"""The executors :func:`make_executor` knows, by name."""
+
+
+def _choices() -> str:
+    return ", ".join(k.syntax for k in EXECUTORS.values())
+
+
+def parse_executor(spec: str) -> tuple[ExecutorKind, dict[str, object]]:
+    """The executor a spelling names and its factory's arguments (syntax only; nothing is
+    started or imported).
+
+    Raises:
+        RunError: an unknown name or a bad argument, naming the spelling and the valid ones.
+    """
+    if not isinstance(spec, str):
+        raise RunError(f"argument executor={spec!r} must be a string; expected one of {_choices()}",
+                       argument="executor", value=spec, expected=f"one of {_choices()}")
+    name, sep, arg = spec.strip().partition(":")
+    kind = EXECUTORS.get(name)
+    if kind is None:
+        raise RunError(f"argument executor={spec!r} is unknown; expected one of {_choices()}",
+                       argument="executor", value=spec, expected=f"one of {_choices()}")
+    try:
+        return kind, kind.parse(arg if sep else None)
+    except ValueError as e:
+        raise RunError(f"argument executor={spec!r}: {kind.name} {e}; expected {kind.syntax}",
+                       argument="executor", value=spec, expected=kind.syntax) from None
 
 
 def check_executor(spec: str) -> str:
-    """The executor's name when ``spec`` names one (``"serial"``), checked before any work.
+    """The executor's name when ``spec`` names a usable one, checked before any work: its
+    spelling, and what it needs on this machine (``dask``: Dask installed).
 
     Raises:
-        ArgumentError: an unknown spec, naming the valid ones.
+        RunError: an unknown spelling or bad argument (naming the valid ones), or a missing extra
+            (naming the command that installs it).
     """
-    name = spec.split(":", 1)[0]
-    if name not in EXECUTORS or (name == "serial" and spec != "serial"):
-        raise ArgumentError(f"argument executor={spec!r} is unknown; expected one of "
-                            f"{', '.join(EXECUTORS)}", argument="executor", value=spec,
-                            expected=f"one of {', '.join(EXECUTORS)}")
-    return name
+    kind, _ = parse_executor(spec)
+    if kind.check is not None:
+        kind.check(spec)
+    return kind.name
 
 
-def make_executor(spec: str = "serial", *, debug: bool = False) -> Executor:
-    """The executor a spec names (``"serial"``).
+def make_executor(spec: str = "serial", *, debug: bool = False, **options: object) -> Executor:
+    """The executor a spelling names, started (``processes`` starts its workers when its first
+    task comes; ``dask`` connects to its scheduler, or starts a local cluster, here).
+
+    Args:
+        spec: see :data:`EXECUTORS` (``"serial"``, ``"processes:4"``, ``"dask:tcp://host:8786"``).
+        debug: re-raise an estimator's exception instead of recording it.
+        options: further keyword arguments of the executor's class (e.g. ``connect_timeout=`` of
+            :class:`~sbn_bench.runner.dask_executor.DaskExecutor`).
 
     Raises:
-        ArgumentError: an unknown spec, naming the valid ones.
+        RunError: see :func:`check_executor`; a scheduler that cannot be reached.
     """
     check_executor(spec)
-    return SerialExecutor(debug=debug)
+    kind, kwargs = parse_executor(spec)
+    return kind.factory(**kwargs, **options, debug=debug)

@@ -1,0 +1,521 @@
+"""Executors (sbn_bench.runner.executors): the same results wherever the cells run, and the faults
+of parallel workers handled cell by cell.
+
+Every parallel run here is compared byte for byte with a serial run of the same configuration.
+Faults are real: worker processes are killed by their PID (``SIGKILL`` from this test, while the
+cell sleeps in a plugin that wrote its PID to a file), crash (``os._exit(1)`` in a plugin) or hang
+past ``cell_timeout`` (a plugin that sleeps, with ``SIGALRM`` blocked or not). The Dask tests run on
+real ``LocalCluster``s over loopback with two single-threaded workers: one started by the executor
+itself (``dask:2``) and one shared by the module's tests, to which the executor connects by address
+(``dask:tcp://127.0.0.1:PORT``). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from sbn_bench import runner
+from sbn_bench.cli import main
+from sbn_bench.config import ProblemSpec, RunConfig, ThroughputConfig, load_config
+from sbn_bench.estimators import PluginSource
+from sbn_bench.runner import RunError, dask_executor, executors
+from sbn_bench.runner.cells import Cell, CellContext, exact_reference
+from sbn_bench.runner.process_executor import ProcessExecutor
+from sbn_bench.runner.worker import Recipe, measure_shipped, rebuild
+
+distributed = pytest.importorskip("distributed")
+import dask  # noqa: E402 - after the importorskip
+
+PLUGIN = textwrap.dedent('''
+    """Estimators that misbehave on purpose; MARKS is the folder where they leave their traces."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    from sbn_bench.estimators import Estimator
+    from sbn_bench.estimators.builtin.straight_through import st
+
+    MARKS = Path({marks!r})
+
+
+    def _mark(name, text):
+        tmp = MARKS / f".{{name}}.{{os.getpid()}}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, MARKS / name)
+
+
+    def slow_once():
+        """The first call writes its PID to MARKS/slow.pid and sleeps (to be killed); later calls are st."""
+        base = st()
+
+        def surrogate(problem, params, generator):
+            if not (MARKS / "slow.pid").exists():
+                _mark("slow.pid", str(os.getpid()))
+                time.sleep(120)
+            _mark("slow.retried", str(os.getpid()))
+            return base.surrogate(problem, params, generator)
+        return Estimator("slow-once", surrogate, randomness="path")
+
+
+    def crash():
+        """Ends its process on every call, after appending a line to MARKS/crash.attempts."""
+        def surrogate(problem, params, generator):
+            with open(MARKS / "crash.attempts", "a") as f:
+                f.write(f"{{os.getpid()}}\\n")
+            os._exit(1)
+        return Estimator("crash", surrogate, randomness="continuous")
+
+
+    def hang():
+        """Sleeps far past any cell_timeout of the tests."""
+        def surrogate(problem, params, generator):
+            time.sleep(120)
+        return Estimator("hang", surrogate, randomness="continuous")
+
+
+    def hang_hard():
+        """Blocks SIGALRM, then sleeps: only killing its process stops it."""
+        def surrogate(problem, params, generator):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGALRM}})
+            time.sleep(120)
+        return Estimator("hang-hard", surrogate, randomness="continuous")
+
+
+    def raises():
+        """Raises on every call (a recorded failure, in a statistics or a throughput cell)."""
+        def surrogate(problem, params, generator):
+            raise RuntimeError("raises on purpose")
+        return Estimator("raises", surrogate, randomness="continuous")
+
+
+    ESTIMATORS = {{"slow-once": slow_once, "crash": crash, "hang": hang, "hang-hard": hang_hard,
+                  "raises": raises}}
+''')
+
+
+@pytest.fixture
+def plugin(tmp_path: Path) -> Path:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    p = tmp_path / "misbehaving.py"
+    p.write_text(PLUGIN.format(marks=str(marks)))
+    return p
+
+
+def config(out: Path, **kw) -> RunConfig:
+    base = dict(problems=(ProblemSpec(arch="2-2-2-1", data_points=3),
+                          ProblemSpec(arch="2-3-1", data_points=4, seed=2, noise="gaussian")),
+                estimators=("psa", "st", "reinforce"), seeds=(0, 1), samples=48, M=(1, 4),
+                throughput=ThroughputConfig(enabled=False), out=str(out))
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def serial_run(tmp_path_factory) -> Path:
+    """The reference: the configuration run serially (12 statistics cells)."""
+    out = tmp_path_factory.mktemp("serial") / "run"
+    res = runner.run(config(out))
+    assert res.cells_run == 12 and res.failures.empty
+    return out
+
+
+def same_results(a: Path, b: Path) -> None:
+    for name in ("metrics.csv", "failures.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+    assert ma["device"] == mb["device"] and mb["status"] == "complete"
+
+
+def kill_when_written(pid_file: Path, timeout: float = 120.0) -> threading.Thread:
+    """A thread that waits for ``pid_file`` and sends SIGKILL to the PID in it (bounded wait)."""
+
+    def target() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pid_file.exists():
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t
+
+
+def failures(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "failures.csv")
+
+
+# --------------------------------------------------------------------------------------------
+# processes
+
+
+def test_processes_give_byte_identical_metrics_to_serial(tmp_path, serial_run):
+    out = tmp_path / "proc"
+    res = runner.run(config(out, executor="processes:2"))
+    assert res.cells_run == 12
+    same_results(serial_run, out)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["device"]["torch_threads"] == 1 and man["config"]["executor"] == "processes:2"
+
+
+def test_processes_record_a_cell_past_its_timeout_and_go_on(tmp_path, plugin):
+    """``hang`` is stopped inside its worker (SIGALRM); ``hang-hard`` blocks it and is killed with its
+    worker, which is replaced: the ``st`` cells after it still run."""
+    cfg = config(tmp_path / "out", problems=(ProblemSpec(arch="2-2-2-1", data_points=3),),
+                 estimators=("hang", "hang-hard", "st"), seeds=(0,), plugins=(str(plugin),),
+                 executor="processes:2", cell_timeout=3.0)  # far above an st cell, even when busy
+    res = runner.run(cfg)
+    f = res.failures.set_index("estimator")
+    assert set(f.index) == {"hang", "hang-hard"} and set(f["stage"]) == {"timeout"}, f
+    assert "time limit of 3 s" in f.loc["hang", "error"]
+    assert "did not stop; its worker process was killed and replaced" in f.loc["hang-hard", "error"]
+    assert set(res.metrics["estimator"]) == {"st"}
+
+
+def test_processes_retry_a_crashed_worker_once_then_record_it(tmp_path, plugin):
+    cfg = config(tmp_path / "out", problems=(ProblemSpec(arch="2-2-2-1", data_points=3),),
+                 estimators=("crash", "st"), seeds=(0,), plugins=(str(plugin),),
+                 executor="processes:2")
+    res = runner.run(cfg)
+    attempts = (plugin.parent / "marks" / "crash.attempts").read_text().split()
+    assert len(attempts) == 2 and attempts[0] != attempts[1]  # retried once, in a fresh worker
+    f = res.failures
+    assert list(f["estimator"]) == ["crash"] and list(f["stage"]) == ["worker"], f
+    assert "died 2 times" in f["error"].item() and "exited with status 1" in f["error"].item()
+    assert set(res.metrics["estimator"]) == {"st"}
+
+
+def test_processes_retry_a_worker_killed_mid_cell(tmp_path, plugin):
+    cfg = config(tmp_path / "out", problems=(ProblemSpec(arch="2-2-2-1", data_points=3),),
+                 estimators=("slow-once", "st"), seeds=(0,), plugins=(str(plugin),),
+                 executor="processes:2")
+    marks = plugin.parent / "marks"
+    killer = kill_when_written(marks / "slow.pid")
+    res = runner.run(cfg)
+    killer.join(1)
+    assert (marks / "slow.retried").read_text() != (marks / "slow.pid").read_text()
+    assert res.failures.empty, res.failures
+    assert set(res.metrics["estimator"]) == {"slow-once", "st"}
+
+
+def test_ctrl_c_stops_the_worker_processes_and_keeps_the_finished_cells(tmp_path):
+    ex = ProcessExecutor(2)
+    pids: list[int] = []
+
+    def interrupt(cell):
+        pids.extend(w.process.pid for w in ex._pool)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(config(tmp_path / "out"), executor=ex, on_cell_done=interrupt)
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert man["status"] == "interrupted" and len(pd.read_csv(tmp_path / "out" / "metrics.csv")) > 0
+    assert len(pids) == 2 and not ex._pool
+    deadline = time.monotonic() + 10
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in pids if _alive(p)]
+        time.sleep(0.05)
+    assert not alive, f"worker processes {alive} outlived the run"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class Stop(Exception):
+    pass
+
+
+def _stopped_after(n: int):
+    done = []
+
+    def hook(cell):
+        done.append(cell)
+        if len(done) == n:
+            raise Stop
+
+    return hook
+
+
+def test_resume_serial_then_processes(tmp_path, serial_run):
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        runner.run(config(out), on_cell_done=_stopped_after(4))
+    res = runner.run(config(out, resume=True, executor="processes:2"))
+    assert res.cells_skipped == 4 and res.cells_run == 8
+    same_results(serial_run, out)
+
+
+# --------------------------------------------------------------------------------------------
+# dask
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A LocalCluster over loopback shared by this module's tests: 2 workers, one thread each,
+    configured as the executor's own local cluster (a cell retried once when its worker dies)."""
+    with dask.config.set(dask_executor.LOCAL_CONFIG):
+        c = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                     silence_logs=logging.CRITICAL)
+    yield c
+    c.close(timeout=30)
+
+
+def test_dask_local_cluster_gives_byte_identical_metrics_to_serial(tmp_path, serial_run):
+    out = tmp_path / "dask"
+    res = runner.run(config(out, executor="dask:2"))
+    assert res.cells_run == 12
+    same_results(serial_run, out)
+
+
+def test_dask_retries_a_worker_killed_mid_cell(tmp_path, plugin, cluster):
+    cfg = config(tmp_path / "out", problems=(ProblemSpec(arch="2-2-2-1", data_points=3),),
+                 estimators=("slow-once", "st"), seeds=(0,), plugins=(str(plugin),),
+                 executor=f"dask:{cluster.scheduler_address}")
+    marks = plugin.parent / "marks"
+    killer = kill_when_written(marks / "slow.pid")
+    res = runner.run(cfg)
+    killer.join(1)
+    assert (marks / "slow.retried").read_text() != (marks / "slow.pid").read_text()
+    assert res.failures.empty, res.failures
+    assert set(res.metrics["estimator"]) == {"slow-once", "st"}
+
+
+def test_dask_records_a_cell_whose_worker_dies_twice(tmp_path, plugin, cluster):
+    cfg = config(tmp_path / "out", problems=(ProblemSpec(arch="2-2-2-1", data_points=3),),
+                 estimators=("crash", "st"), seeds=(0,), plugins=(str(plugin),),
+                 executor=f"dask:{cluster.scheduler_address}")
+    res = runner.run(cfg)
+    assert len((plugin.parent / "marks" / "crash.attempts").read_text().split()) == 2
+    f = res.failures
+    assert list(f["stage"]) == ["worker"] and "died 2 times" in f["error"].item(), f
+    assert set(res.metrics["estimator"]) == {"st"}
+
+
+def test_dask_cell_past_its_timeout_is_recorded_and_its_worker_restarted(tmp_path, plugin,
+                                                                         cluster):
+    cfg = config(tmp_path / "out", problems=(ProblemSpec(arch="2-2-2-1", data_points=3),),
+                 estimators=("hang", "st"), seeds=(0, 1), plugins=(str(plugin),),
+                 executor=f"dask:{cluster.scheduler_address}", cell_timeout=5.0)
+    res = runner.run(cfg)
+    f = res.failures
+    assert set(f["estimator"]) == {"hang"} and set(f["stage"]) == {"timeout"}, f
+    assert f["error"].str.contains("was restarted").all()
+    assert len(res.metrics[res.metrics["estimator"] == "st"]["seed"].unique()) == 2
+
+
+def test_resume_processes_then_dask(tmp_path, serial_run, cluster):
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        runner.run(config(out, executor="processes:2"), on_cell_done=_stopped_after(5))
+    res = runner.run(config(out, resume=True, executor=f"dask:{cluster.scheduler_address}"))
+    assert res.cells_skipped == 5 and res.cells_run == 7
+    same_results(serial_run, out)
+
+
+def test_ctrl_c_closes_the_local_cluster(tmp_path):
+    ex = executors.make_executor("dask:2")
+    cluster_ = ex.cluster
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(config(tmp_path / "out"), executor=ex,
+                   on_cell_done=lambda cell: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["status"] == "interrupted"
+    assert ex.cluster is None and ex.client.status == "closed"
+    assert cluster_.status.name == "closed"
+
+
+# --------------------------------------------------------------------------------------------
+# what travels to workers
+
+
+def test_a_worker_rebuilds_plugin_estimators_from_their_text_without_the_file(tmp_path, plugin):
+    source = PluginSource(str(tmp_path / "gone" / "misbehaving.py"), plugin.read_text())
+    est = rebuild(Recipe("slow-once", "1", (source,)))
+    assert est.name == "slow-once"
+    assert rebuild(Recipe("slow-once", "1", (source,))) is est  # cached per worker
+
+
+def test_a_worker_with_other_versions_records_the_cell_as_failed(tmp_path):
+    cfg = config(tmp_path / "out")
+    problem = cfg.problems[0].base_problem()
+    cell = Cell("metrics", problem.name, "init", "st", 0)
+    ref = exact_reference(problem, cfg.max_exact_bytes)
+    res = measure_shipped(cell, problem, ref, cfg, Recipe("st", "1", (), sbn_bench="0.0.0"))
+    assert res.failed and res.rows[0]["stage"] == "worker"
+    assert "sbn-bench 0.0.0" in res.rows[0]["error"]
+    res = measure_shipped(cell, problem, ref, cfg, Recipe("st", "99", ()))
+    assert res.failed and "version '1' on this worker, '99'" in res.rows[0]["error"]
+    ok = measure_shipped(cell, problem, ref, cfg, Recipe("st", "1", ()))
+    assert not ok.failed and ok.seconds > 0
+    from sbn_bench.estimators import load_registry
+
+    direct = runner.measure_cell(cell, CellContext(problem, load_registry().create("st"), ref, cfg))
+    assert direct.rows == ok.rows
+
+
+# --------------------------------------------------------------------------------------------
+# bad input, refused before any work
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("threads", "is unknown; expected one of serial, processes[:N], dask[:ADDRESS|:N]"),
+    ("processes:0", "N='0' must be a number of workers ≥ 1"),
+    ("processes:two", "N='two' must be a number of workers ≥ 1"),
+    ("serial:2", "serial takes no argument"),
+    ("dask:tcp://host:99999", "has port 99999, expected 1..65535"),
+    ("dask:tcp://", "is not a scheduler address"),
+])
+def test_bad_executor_specs_are_refused_before_any_work(tmp_path, spec, words):
+    with pytest.raises(RunError, match="argument executor=") as e:
+        runner.run(config(tmp_path / "out", executor=spec))
+    assert words in str(e.value) and e.value.argument == "executor" and e.value.value == spec
+    assert not (tmp_path / "out").exists()
+
+
+def test_executor_specs_parse():
+    assert executors.parse_executor("processes:4")[1] == {"workers": 4}
+    assert executors.parse_executor("dask")[1] == {"address": None}
+    assert executors.parse_executor("dask:3")[1] == {"address": None, "workers": 3}
+    assert executors.parse_executor("dask:10.0.0.5:8786")[1] == {"address": "tcp://10.0.0.5:8786"}
+    assert executors.parse_executor("dask:tls://sched:8786")[1] == {"address": "tls://sched:8786"}
+
+
+def test_toml_executor_and_threads(tmp_path):
+    f = tmp_path / "run.toml"
+    f.write_text('executor = "processes:4"\nthreads = 2\n[[problem]]\narch = "2-2-1"\n')
+    cfg = load_config(f)
+    assert cfg.executor == "processes:4" and cfg.threads == 2
+
+
+def test_dask_without_the_extra_is_one_line_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if Dask were not installed
+    with pytest.raises(RunError, match=r'pip install "sbn-bench\[dask\]"'):
+        runner.run(config(tmp_path / "out", executor="dask"))
+    assert not (tmp_path / "out").exists()
+    r = CliRunner().invoke(main, ["run", "--arch", "2-2-1", "--executor", "dask", "--out",
+                                  str(tmp_path / "cli")])
+    assert r.exit_code == 1
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: argument executor='dask' needs Dask")
+
+
+def _refusing_address() -> str:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now: connections are refused
+    return f"tcp://127.0.0.1:{port}"
+
+
+def test_a_scheduler_that_refuses_connection_is_one_line_within_the_timeout(tmp_path):
+    address = _refusing_address()
+    with pytest.raises(RunError, match=f"cannot connect to the Dask scheduler at {address} within 2 s"):
+        executors.make_executor(f"dask:{address}", connect_timeout=2.0)
+    r = CliRunner().invoke(main, ["run", "--arch", "2-2-1", "--executor", f"dask:{address}",
+                                  "--out", str(tmp_path / "cli")])
+    assert r.exit_code == 1, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "cannot connect to the Dask scheduler" in lines[0], r.output
+    assert not (tmp_path / "cli").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# progress
+
+
+def test_eta_is_the_mean_cell_time_times_the_cells_left_over_the_workers():
+    assert runner.eta_seconds([], 10, 2) is None
+    assert runner.eta_seconds([2.0, 4.0], 10, 2) == 15.0
+    assert runner.eta_seconds([2.0, 4.0], 1, 4) == 3.0  # one cell left: one cell's time
+    assert runner.eta_seconds([3.0], 0, 2) == 0.0
+
+
+def test_progress_gets_an_eta_after_the_first_measured_cell(tmp_path):
+    seen = []
+    runner.run(config(tmp_path / "out", executor="processes:2"),
+               progress=lambda done, total, cell, status, eta: seen.append((done, total, eta)))
+    assert [d for d, _, _ in seen] == list(range(1, 13)) and {t for _, t, _ in seen} == {12}
+    assert all(eta is not None and eta >= 0 for _, _, eta in seen) and seen[-1][2] == 0.0
+
+
+def test_progress_bar_shows_the_eta_in_words():
+    import importlib
+
+    cli_run = importlib.import_module("sbn_bench.cli.run")
+    assert [cli_run._duration(s) for s in (4.4, 65, 7322)] == ["4 s", "1 min 05 s", "2 h 02 min"]
+
+
+# --------------------------------------------------------------------------------------------
+# throughput cells on workers (one per network shape, its estimators interleaved)
+
+QUICK_TP = ThroughputConfig(warmup=0, rounds=2, max_rounds=2, min_round_s=0.01, max_seconds=1.0,
+                            batch=4)
+
+
+@pytest.mark.parametrize("where", ["processes", "dask"])
+def test_throughput_groups_run_on_workers_with_the_runs_threads(tmp_path, plugin, cluster, where):
+    """A throughput cell's whole group is rebuilt on the worker (plugin estimators from their
+    text), measured with the run's ``threads``, and a member that raises comes back as its own
+    failure while the others are measured."""
+    executor = "processes:2" if where == "processes" else f"dask:{cluster.scheduler_address}"
+    res = runner.run(config(tmp_path / "out", problems=(ProblemSpec(arch="2-2-2-1", data_points=3),),
+                            estimators=("psa", "st", "raises"), seeds=(0,), plugins=(str(plugin),),
+                            throughput=QUICK_TP, threads=2, executor=executor))
+    tp = res.throughput
+    assert sorted(tp["estimator"]) == ["psa", "st"] and set(tp["threads"]) == {2}, tp
+    assert set(tp["network"]) == {"2-2-2-1/D3/logistic/logistic"}
+    f = res.failures.set_index("stage")
+    assert set(res.failures["estimator"]) == {"raises"} and set(f.index) == {"throughput", "estimate"}
+    assert "raises on purpose" in f.loc["throughput", "error"]
+    assert set(res.metrics["estimator"]) == {"psa", "st"}
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["device"]["torch_threads"] == 2
+
+
+def test_a_throughput_cells_recipe_names_its_group():
+    from sbn_bench.estimators import load_registry
+    from sbn_bench.runner.worker import rebuild_group, recipe_of
+
+    reg = load_registry()
+    group = (reg.create("psa"), reg.create("st"))
+    cfg = config(Path("unused"))
+    recipe = recipe_of(CellContext(cfg.problems[0].base_problem(), None, None, cfg, group=group))
+    assert recipe.group == (("psa", group[0].version), ("st", group[1].version))
+    assert [e.spec for e in rebuild_group(recipe)] == ["psa", "st"]
+
+
+# --------------------------------------------------------------------------------------------
+# threads
+
+
+def test_the_thread_count_is_part_of_the_run_and_resume_refuses_another(tmp_path):
+    from sbn_bench.storage import RunDirError
+
+    out = tmp_path / "out"
+    cfg = config(out, problems=(ProblemSpec(arch="2-2-1", data_points=3),), estimators=("st",),
+                 threads=2)
+    runner.run(cfg)
+    assert json.loads((out / "manifest.json").read_text())["device"]["torch_threads"] == 2
+    with pytest.raises(RunDirError, match="device.torch_threads: 2 → 1"):
+        runner.run(cfg.with_(threads=1, resume=True, executor="processes:2"))
