@@ -181,6 +181,8 @@ class ProblemSpec:
         preset / arch / file: the source (see :func:`sbn_bench.problems.preset_problem`,
             :func:`~sbn_bench.problems.random_problem`, :func:`~sbn_bench.problems.load_problem`).
         seed, data_points, loss, noise: for ``preset`` (seed) and ``arch`` (all four).
+        kl: for ``arch`` with loss ``vae``: ``"analytic"`` or ``"sampled"``
+            (:attr:`sbn_bench.problems.Problem.kl`).
         checkpoints: ``(label, "init" | problem file)`` pairs, measured in this order.
     """
 
@@ -193,6 +195,7 @@ class ProblemSpec:
     noise: str = "logistic"
     name: str | None = None
     checkpoints: tuple[Checkpoint, ...] = (Checkpoint("init"),)
+    kl: str = "analytic"
 
     def __post_init__(self) -> None:
         given = [k for k in ("preset", "arch", "file") if getattr(self, k) is not None]
@@ -223,9 +226,13 @@ class ProblemSpec:
         if self.arch is not None:
             try:
                 problems.check_arch_loss(self.arch, self.loss)
+                problems.network_of(self.arch, self.loss)
             except problems.ProblemError as e:
                 raise ConfigError(str(e), argument="arch", value=self.arch,
                                   expected=e.expected) from None
+        if self.kl not in problems.KL_MODES:
+            raise ConfigError(f"kl={self.kl!r} is unknown; expected one of "
+                              f"{', '.join(problems.KL_MODES)}", argument="kl")
         if self.name is not None and (not isinstance(self.name, str) or not self.name.strip()):
             raise ConfigError(f"name={self.name!r} must be a non-empty string", argument="name")
         if not self.checkpoints:
@@ -248,7 +255,7 @@ class ProblemSpec:
         if self.name is not None:
             return self.name
         if self.arch is not None:
-            return f"arch-{'-'.join(map(str, problems.parse_arch(self.arch)))}-seed{self.seed}"
+            return f"arch-{problems.network_of(self.arch, self.loss).arch()}-seed{self.seed}"
         if self.preset is not None:
             return f"{self.preset}-seed{self.seed}"
         return Path(str(self.file)).stem
@@ -262,13 +269,29 @@ class ProblemSpec:
             return problems.PRESET_SHAPES[self.preset]
         return None
 
+    def reference_shape(self) -> dict[str, object] | None:
+        """What the exact reference's size guard needs before the problem is built (widths, data
+        points, loss, the head's hidden widths), or None for a file."""
+        shape = self.shape()
+        if shape is None:
+            return None
+        if self.arch is not None:
+            net, loss = problems.network_of(self.arch, self.loss), self.loss
+        else:
+            assert self.preset is not None
+            loss = problems.PRESET_LOSS[self.preset]
+            arch = problems.DIGITS_ARCHS.get(self.preset)
+            net = problems.network_of(arch, loss) if arch else None
+        head = tuple(layer.n_out for layer in net.head[:-1] if layer.has_params) if net else ()
+        return {"widths": shape[0], "num_data": shape[1], "loss": loss, "head": head}
+
     def base_problem(self) -> Problem:
         """The problem this spec names (its ``init`` checkpoint), named :attr:`label`."""
         if self.file is not None:
             p = problems.load_problem(self.file)
         elif self.arch is not None:
             p = problems.random_problem(self.arch, self.seed, data_points=self.data_points,
-                                        loss=self.loss, noise=self.noise)
+                                        loss=self.loss, noise=self.noise, kl=self.kl)
         else:
             assert self.preset is not None
             p = problems.preset_problem(self.preset, self.seed)
@@ -473,8 +496,17 @@ class RunConfig:
 
     @property
     def estimator_specs(self) -> tuple[str, ...]:
-        """The estimators to run: :attr:`estimators`, or the defaults when it is None."""
-        return DEFAULT_ESTIMATORS if self.estimators is None else self.estimators
+        """The estimators to run: :attr:`estimators`, or the defaults when it is None: the
+        presets' own lists (:data:`sbn_bench.problems.PRESET_ESTIMATORS`, e.g. the binary-VAE
+        literature's for the digits VAEs) for a run of presets that have one, else
+        :data:`DEFAULT_ESTIMATORS`."""
+        if self.estimators is not None:
+            return self.estimators
+        out: list[str] = []
+        for p in self.problems:
+            own = problems.PRESET_ESTIMATORS.get(p.preset or "", DEFAULT_ESTIMATORS)
+            out += [e for e in own if e not in out]
+        return tuple(out) or DEFAULT_ESTIMATORS
 
     @property
     def m_grid(self) -> tuple[int, ...]:

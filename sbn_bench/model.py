@@ -32,7 +32,7 @@ from sbn_bench.errors import ArgumentError
 Params = Mapping[str, Tensor]
 
 NOISE_NAMES = ("logistic", "gaussian")
-LOSS_NAMES = ("logistic", "softmax", "mse")
+LOSS_NAMES = ("logistic", "softmax", "mse", "bernoulli", "vae")
 
 _SQRT2 = math.sqrt(2.0)
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -107,7 +107,9 @@ def loss_fn(loss: str, eta: Tensor, y: Tensor) -> Tensor:
 
     Args:
         loss: ``"logistic"`` (``log(1 + exp(−y η))``, labels ±1, ``n_out = 1``), ``"softmax"``
-            (cross-entropy, integer labels) or ``"mse"`` (``‖η − y‖²``).
+            (cross-entropy, integer labels), ``"mse"`` (``‖η − y‖²``), ``"bernoulli"`` or
+            ``"vae"`` (``Σ_i softplus(−(2 y_i − 1) η_i)``, targets in {0,1}; the VAE's KL is added
+            elsewhere, :func:`bernoulli_kl`).
         eta: ``[..., D, n_out]`` output-layer values (any leading dimensions).
         y: ``[D]`` labels (``[D, n_out]`` targets for mse), as stored in a ``Problem``.
 
@@ -124,8 +126,35 @@ def loss_fn(loss: str, eta: Tensor, y: Tensor) -> Tensor:
         target = y.to(eta.dtype)
         target = target.unsqueeze(-1) if target.dim() == 1 else target
         return ((eta - target) ** 2).sum(-1)
+    if loss in ("bernoulli", "vae"):
+        # −log p(y | η) = Σ_i softplus(−(2 y_i − 1) η_i) (SPEC §7)
+        return torch.nn.functional.softplus((1 - 2 * y.to(eta.dtype)) * eta).sum(-1)
     check_loss_name(loss)
     raise AssertionError("unreachable")
+
+
+def bernoulli_kl(noise: Noise, a: Tensor, prior_logits: Tensor) -> Tensor:
+    """``KL(q ‖ p)`` of factorised Bernoullis, ``q_j = F(a_j)``, ``p_j = σ(c_j)`` (SPEC §7), summed
+    over the last dimension, in log space (saturated units stay finite):
+    ``Σ_j q_j (log q_j − log σ(c_j)) + (1 − q_j)(log(1 − q_j) − log σ(−c_j))``.
+
+    Args:
+        a: ``[..., n]`` (or ``[..., S, D, n]`` with replicas); prior_logits: ``[n]`` (or
+            replicas ``[S, n]``).
+
+    Returns:
+        ``[...]``.
+    """
+    log_q1, log_q0 = noise.log_cdf(a), noise.log_cdf(-a)
+    logsig = torch.nn.functional.logsigmoid
+    c = prior_logits.unsqueeze(-2) if prior_logits.dim() >= 2 else prior_logits  # replicas [S, n]
+    return (log_q1.exp() * (log_q1 - logsig(c)) + log_q0.exp() * (log_q0 - logsig(-c))).sum(-1)
+
+
+def bernoulli_log_prob(states: Tensor, log_p1: Tensor, log_p0: Tensor) -> Tensor:
+    """``Σ_j [x_j log p_j + (1 − x_j) log(1 − p_j)]`` over the last dimension, for states in
+    {0,1} or relaxed in [0, 1]."""
+    return (states * log_p1 + (1 - states) * log_p0).sum(-1)
 
 
 def n_layers(params: Params) -> int:
@@ -232,6 +261,70 @@ class _ReplicatedLinear(torch.autograd.Function):
 def preactivation(params: Params, k: int, x_prev: Tensor) -> Tensor:
     """``a^k = W^k x^{k-1} + b^k`` for stochastic layer ``k`` (1-based): ``[(S,) D, n_k]``."""
     return linear(params[f"weight_{k}"], params[f"bias_{k}"], x_prev)
+
+
+class _ReplicatedConv2d(torch.autograd.Function):
+    """A conv2d layer for replicas ``W [S, C_out, C_in, k, k]``, ``b [S, C_out]`` of one value, on
+    flat states ``h [..., S, D, n_in]`` (or ``[D, n_in]`` shared by the samples): the forward is one
+    convolution over every sample and data point with the shared value, the backward gives each
+    replica its own gradient (``Σ`` over data points and positions of ``δ ⊗ unfold(h)``)."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, bias: Tensor, h: Tensor, layer: object  # type: ignore[override]
+                ) -> Tensor:
+        w0, b0 = weight[0], bias[0]
+        S = weight.shape[0]
+        x = h.reshape(-1, *layer.in_shape)  # type: ignore[attr-defined]
+        out = torch.nn.functional.conv2d(x, w0, b0, layer.stride, layer.padding)  # type: ignore[attr-defined]
+        out = out.reshape(*h.shape[:-1], -1)
+        if h.dim() == 2:
+            out = out.unsqueeze(0).expand(S, *out.shape).contiguous()
+        ctx.save_for_backward(w0, h)
+        ctx.layer, ctx.S = layer, S
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        w0, h = ctx.saved_tensors
+        layer, S = ctx.layer, ctx.S
+        co, ci, k, _ = w0.shape
+        oh, ow = layer.out_shape[1:]
+        g = grad.reshape(-1, S, grad.shape[-2], co, oh * ow)  # [l, S, D, C_out, P]
+        x = h.reshape(-1, *layer.in_shape)
+        unf = torch.nn.functional.unfold(x, k, padding=layer.padding, stride=layer.stride)
+        gw = gb = gx = None
+        if ctx.needs_input_grad[0]:
+            if h.dim() == 2:
+                gw = torch.einsum("lsdcp,dkp->sck", g, unf)
+            else:
+                gw = torch.einsum("lsdcp,lsdkp->sck", g, unf.reshape(*g.shape[:3], *unf.shape[1:]))
+            gw = gw.reshape(S, co, ci, k, k)
+        if ctx.needs_input_grad[1]:
+            gb = g.sum((0, 2, 4))
+        if ctx.needs_input_grad[2]:
+            gflat = grad.reshape(-1, co, oh, ow)
+            if h.dim() == 2:
+                gflat = grad.reshape(-1, h.shape[0], co, oh, ow).sum(0)
+            gx = torch.nn.grad.conv2d_input(x.shape, w0, gflat, layer.stride, layer.padding)
+            gx = gx.reshape(h.shape)
+        return gw, gb, gx, None
+
+
+def replicated_conv2d(weight: Tensor, bias: Tensor, h: Tensor, layer: object) -> Tensor:
+    """A conv2d layer (:class:`sbn_bench.network.Layer`) with per-sample replicas ``weight
+    [S, C_out, C_in, k, k]``, ``bias [S, C_out]`` on flat states ``h [..., S, D, n_in]`` or
+    ``[D, n_in]``: ``[..., S, D, n_out]``. Replicas of one value (always so inside
+    :func:`estimate`) take one convolution; others one per sample."""
+    if _shared_value(weight) and _shared_value(bias):
+        return _ReplicatedConv2d.apply(weight, bias, h, layer)
+    S = weight.shape[0]
+    outs = []
+    for s in range(S):
+        hs = h if h.dim() == 2 else h.select(-3, s)
+        x = hs.reshape(-1, *layer.in_shape)  # type: ignore[attr-defined]
+        o = torch.nn.functional.conv2d(x, weight[s], bias[s], layer.stride, layer.padding)  # type: ignore[attr-defined]
+        outs.append(o.reshape(*hs.shape[:-1], -1))
+    return torch.stack(outs, dim=-3)
 
 
 def output(params: Params, x_last: Tensor) -> Tensor:

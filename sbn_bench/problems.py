@@ -1,20 +1,26 @@
 """Problems: an SBN's parameters plus data, loss and noise; constructors and the public ``.npz`` format.
 
-The problem file format is a public contract (README, "Problem files"):
+The problem file format is a public contract (README, "Problem files"). Version 1:
 
-* ``x``: float ``[D, n0]``; ``y``: ``[D]`` (or ``[D, n_out]`` for ``mse``);
+* ``x``: float ``[D, n0]``; ``y``: ``[D]`` (or ``[D, n_out]`` for ``mse``, ``bernoulli``, ``vae``);
 * ``weight_1 … weight_L`` (``[n_k, n_{k-1}]``), ``bias_1 … bias_L`` (``[n_k]`` or ``[1, n_k]``);
 * ``weight_out`` (``[n_out, n_L]``), ``bias_out`` (``[n_out]`` or ``[1, n_out]``);
 * optional 0-d string arrays ``loss`` (default ``logistic``) and ``noise`` (default ``logistic``).
 
-``L`` is read from the ``weight_k`` names. Everything is validated on load and refused with an error
-naming the file and the array.
+``L`` is read from the ``weight_k`` names. Version 2 (written by this version) adds 0-d string
+arrays ``format`` (``"2"``) and ``network`` (the JSON of :meth:`sbn_bench.network.Network.describe`:
+the kinds, shapes, strides, paddings and activations of the body, stochastic and head layers), the
+body and head parameters (``body_weight_i``, ``head_weight_i``, …, see :mod:`sbn_bench.network`),
+conv weights ``[C_out, C_in, k, k]``, ``prior_logits`` and ``kl`` (``"analytic"`` or ``"sampled"``)
+for the binary VAE. Version 1 files load unchanged (a plain network is read from the names).
+Everything is validated on load and refused with an error naming the file and the array.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import numbers
 import os
@@ -32,6 +38,7 @@ from sbn_bench import model
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.fileio import WriteError, atomic_write_bytes
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES, Noise, Params
+from sbn_bench.network import Network, NetworkError, from_description, parse_network
 
 DEFAULT_DATA_POINTS = 100
 MAX_PROBLEM_BYTES = 2**33
@@ -55,9 +62,16 @@ class Problem:
         x: ``[D, n0]`` float64 inputs.
         y: ``[D]`` labels (±1 float64 for ``logistic``, int64 classes for ``softmax``) or float64
             ``[D]``/``[D, n_out]`` targets for ``mse``.
-        loss: ``"logistic"``, ``"softmax"`` or ``"mse"``.
+        loss: ``"logistic"``, ``"softmax"``, ``"mse"``, ``"bernoulli"`` (multi-output, targets
+            in {0,1}) or ``"vae"`` (the binary VAE's negative ELBO: ``bernoulli`` reconstruction of
+            the targets plus the KL of SPEC §7).
         noise: ``"logistic"`` or ``"gaussian"``.
         name: a label for tables and reports.
+        network: the layers (:class:`sbn_bench.network.Network`); None: the paper's kind of
+            network, read from the parameter names (set on construction).
+        kl: for ``vae``: ``"analytic"`` (the KL and its gradient exact, added to every estimate)
+            or ``"sampled"`` (``log q(z|x) − log p(z)`` at the sampled ``z`` is part of the loss
+            each estimator estimates, as in the DisARM/ARMS papers' variant).
     """
 
     params: dict[str, Tensor]
@@ -67,31 +81,39 @@ class Problem:
     noise: str = "logistic"
     name: str = "problem"
     meta: dict[str, str] = field(default_factory=dict)
+    network: Network | None = None
+    kl: str = "analytic"
 
     def __post_init__(self) -> None:
         validate(self)
 
     @property
+    def net(self) -> Network:
+        """The network (always set after construction)."""
+        assert self.network is not None
+        return self.network
+
+    @property
     def n_layers(self) -> int:
         """Number of stochastic layers ``L``."""
-        return model.n_layers(self.params)
+        return self.net.n_layers
 
     @property
     def layer_kinds(self) -> tuple[str, ...]:
-        """The kind of each stochastic layer (``"dense"``)."""
-        return ("dense",) * self.n_layers
+        """The kind of each stochastic layer (``"dense"`` or ``"conv2d"``), then ``"body"`` and
+        ``"head"`` when the network has a body or a head deeper than one linear layer (the
+        estimators' ``layers`` flag names what they support)."""
+        return (*self.net.layer_kinds, *sorted(self.net.parts))
 
     @property
     def widths(self) -> tuple[int, ...]:
-        """``(n0, n_1, …, n_L, n_out)``."""
-        ws = [self.x.shape[1]]
-        ws += [self.params[f"weight_{k}"].shape[0] for k in range(1, self.n_layers + 1)]
-        return (*ws, self.params["weight_out"].shape[0])
+        """``(n0, n_1, …, n_L, n_out)``, every layer's units flattened (``C·H·W``)."""
+        return self.net.widths
 
     @property
     def arch(self) -> str:
-        """The architecture as ``"2-5-5-5-1"``."""
-        return "-".join(str(w) for w in self.widths)
+        """The architecture in the compact grammar, e.g. ``"2-5-5-5-1"``."""
+        return self.net.arch()
 
     @property
     def num_data(self) -> int:
@@ -103,7 +125,8 @@ class Problem:
 
     @property
     def param_names(self) -> list[str]:
-        return model.param_names(self.n_layers)
+        """Parameter names in network order (body, stochastic layers, head, output, prior)."""
+        return list(self.net.param_shapes())
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
            ) -> Problem:
@@ -139,6 +162,10 @@ class Problem:
             h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
             h.update(a.tobytes())
         h.update(f"loss={self.loss}|noise={self.noise}".encode())
+        if not self.net.is_plain:  # a plain network is determined by its arrays (as in version 1)
+            h.update(b"|network=" + json.dumps(self.net.describe(), sort_keys=True).encode())
+        if self.loss == "vae":
+            h.update(f"|kl={self.kl}".encode())
         return h.hexdigest()
 
 
@@ -173,6 +200,15 @@ def _normalise_labels(loss: str, y: Tensor, n_out: int, source: str) -> Tensor:
             raise _fail(source, "y", f"must hold integer classes in [0, {n_out}) for loss "
                                      f"'softmax' with n_out={n_out}")
         return yr.to(torch.int64)
+    if loss in ("bernoulli", "vae"):
+        if not (y.dim() == 2 and y.shape[1] == n_out):
+            raise _fail(source, "y", f"has shape {tuple(y.shape)}, expected [D, {n_out}] binary "
+                                     f"targets for loss {loss!r}")
+        vals = set(torch.unique(y).tolist()) if y.numel() else set()
+        if not vals <= {0.0, 1.0}:
+            raise _fail(source, "y", f"has values {sorted(vals)[:6]}, expected targets in {{0, 1}} "
+                                     f"for loss {loss!r}")
+        return y.to(torch.float64)
     # mse
     if not (y.dim() == 2 and y.shape[1] == n_out) and not (y.dim() == 1 and n_out == 1):
         raise _fail(source, "y", f"has shape {tuple(y.shape)}, expected [D, {n_out}] targets for "
@@ -180,21 +216,12 @@ def _normalise_labels(loss: str, y: Tensor, n_out: int, source: str) -> Tensor:
     return y.to(torch.float64)
 
 
-def validate(p: Problem, source: str | None = None) -> None:
-    """Check a problem's arrays, shapes, finiteness, loss, noise and labels.
+KL_MODES = ("analytic", "sampled")
+"""How the binary VAE's KL term is handled (:attr:`Problem.kl`)."""
 
-    Labels are normalised in place of the frozen dataclass (±1 for logistic, int64 for softmax).
 
-    Raises:
-        ProblemError: naming the problem, the array and what was expected.
-    """
-    src = repr(source or p.meta.get("source") or p.name)
-    if p.loss not in LOSS_NAMES:
-        raise _fail(src, "loss", f"is {p.loss!r}, expected one of {', '.join(LOSS_NAMES)}")
-    if p.noise not in NOISE_NAMES:
-        raise _fail(src, "noise", f"is {p.noise!r}, expected one of {', '.join(NOISE_NAMES)}")
-    if p.x.dim() != 2 or p.x.shape[0] < 1 or p.x.shape[1] < 1:
-        raise _fail(src, "x", f"has shape {tuple(p.x.shape)}, expected [D, n0] with D, n0 ≥ 1")
+def _plain_network(p: Problem, src: str) -> Network:
+    """The paper's kind of network read from the parameter names (version 1 problems)."""
     L = model.n_layers(p.params)
     if L < 1:
         raise _fail(src, "weight_1", "is missing: a network needs at least one stochastic layer")
@@ -208,6 +235,7 @@ def validate(p: Problem, source: str | None = None) -> None:
                                    "expected weight_1..weight_L, bias_1..bias_L, weight_out, "
                                    "bias_out)")
     prev = p.x.shape[1]
+    widths = [prev]
     for k in [*range(1, L + 1), "out"]:
         w, b = p.params[f"weight_{k}"], p.params[f"bias_{k}"]
         if w.dim() != 2 or w.shape[1] != prev or w.shape[0] < 1:
@@ -216,25 +244,88 @@ def validate(p: Problem, source: str | None = None) -> None:
         if tuple(b.shape) != (w.shape[0],):
             raise _fail(src, f"bias_{k}", f"has shape {tuple(b.shape)}, expected [{w.shape[0]}]")
         prev = w.shape[0]
+        widths.append(prev)
+    return Network.plain(widths)
+
+
+def _check_network_params(p: Problem, net: Network, src: str) -> None:
+    n0 = math.prod(net.input_shape)
+    if p.x.shape[1] != n0:
+        raise _fail(src, "x", f"has {p.x.shape[1]} columns, expected {n0} (the network's input "
+                              f"{'x'.join(map(str, net.input_shape))}, flattened)")
+    shapes = net.param_shapes()
+    for name, shape in shapes.items():
+        if name not in p.params:
+            raise _fail(src, name, f"is missing (the network needs it, shape {list(shape)})")
+        if tuple(p.params[name].shape) != shape:
+            raise _fail(src, name, f"has shape {tuple(p.params[name].shape)}, expected "
+                                   f"{list(shape)} for arch {net.arch()}")
+    for name in p.params:
+        if name not in shapes:
+            raise _fail(src, name, f"is unexpected (arch {net.arch()} has the parameters "
+                                   f"{', '.join(shapes)})")
+
+
+def validate(p: Problem, source: str | None = None) -> None:
+    """Check a problem's arrays, shapes, finiteness, loss, noise and labels.
+
+    Labels are normalised in place of the frozen dataclass (±1 for logistic, int64 for softmax),
+    and a problem built without a network gets the plain one its parameter names describe.
+
+    Raises:
+        ProblemError: naming the problem, the array and what was expected.
+    """
+    src = repr(source or p.meta.get("source") or p.name)
+    if p.loss not in LOSS_NAMES:
+        raise _fail(src, "loss", f"is {p.loss!r}, expected one of {', '.join(LOSS_NAMES)}")
+    if p.noise not in NOISE_NAMES:
+        raise _fail(src, "noise", f"is {p.noise!r}, expected one of {', '.join(NOISE_NAMES)}")
+    if p.kl not in KL_MODES:
+        raise _fail(src, "kl", f"is {p.kl!r}, expected one of {', '.join(KL_MODES)}")
+    if p.x.dim() != 2 or p.x.shape[0] < 1 or p.x.shape[1] < 1:
+        raise _fail(src, "x", f"has shape {tuple(p.x.shape)}, expected [D, n0] with D, n0 ≥ 1")
+    if p.network is None:
+        object.__setattr__(p, "network", _plain_network(p, src))
+    else:
+        if not isinstance(p.network, Network):
+            raise _fail(src, "network", f"is {type(p.network).__name__}, expected a "
+                                        "sbn_bench.network.Network")
+        _check_network_params(p, p.network, src)
+    net = p.net
     for name, t in [("x", p.x), ("y", p.y), *p.params.items()]:
         if not torch.isfinite(t.to(torch.float64)).all():
             raise _fail(src, name, "contains NaN or Inf")
     if p.y.shape[0] != p.x.shape[0]:
         raise _fail(src, "y", f"has {p.y.shape[0]} rows but x has {p.x.shape[0]} data points")
-    if p.loss == "logistic" and prev != 1:
-        raise _fail(src, "weight_out", f"has {prev} outputs, expected 1 for loss 'logistic'")
-    if p.loss == "softmax" and prev < 2:
-        raise _fail(src, "weight_out", f"has {prev} output, expected at least 2 (one per class) for "
+    n_out = net.widths[-1]
+    if p.loss == "logistic" and n_out != 1:
+        raise _fail(src, "weight_out", f"has {n_out} outputs, expected 1 for loss 'logistic'")
+    if p.loss == "softmax" and n_out < 2:
+        raise _fail(src, "weight_out", f"has {n_out} output, expected at least 2 (one per class) for "
                                        "loss 'softmax': with one class the loss is 0 for every θ")
-    object.__setattr__(p, "y", _normalise_labels(p.loss, p.y, prev, src))
+    if p.loss == "vae":
+        if net.n_layers != 1 or not net.prior:
+            raise _fail(src, "network", "a binary VAE ('vae' loss) has one stochastic layer (the "
+                                        "latents) and prior_logits (arch with prior=True)")
+    elif net.prior:
+        raise _fail(src, "prior_logits", f"is only used by loss 'vae', not {p.loss!r}")
+    object.__setattr__(p, "y", _normalise_labels(p.loss, p.y, n_out, src))
 
 
 # --------------------------------------------------------------------------------------------
 # constructors
 
 
+def _is_plain_arch(arch: str | Sequence[int]) -> bool:
+    return not isinstance(arch, str) or bool(re.fullmatch(r"\s*\d+(-\d+)*\s*", arch))
+
+
 def parse_arch(arch: str | Sequence[int]) -> tuple[int, ...]:
-    """Parse ``"2-5-5-5-1"`` into ``(2, 5, 5, 5, 1)``: input, ≥ 1 stochastic layers, output."""
+    """Parse ``"2-5-5-5-1"`` into ``(2, 5, 5, 5, 1)``: input, ≥ 1 stochastic layers, output; an
+    architecture in the full grammar (:func:`sbn_bench.network.parse_network`, e.g.
+    ``1x8x8-c8k3-10``) gives its flattened widths ``(n0, n_1, …, n_L, n_out)``."""
+    if isinstance(arch, str) and not _is_plain_arch(arch):
+        return network_of(arch).widths
     if isinstance(arch, str):
         parts = arch.strip().split("-")
         if not all(re.fullmatch(r"\d+", q) for q in parts):
@@ -247,6 +338,22 @@ def parse_arch(arch: str | Sequence[int]) -> tuple[int, ...]:
         raise ProblemError(f"argument arch={arch!r} needs an input width, at least one stochastic "
                            "layer and an output width, all ≥ 1 (e.g. 2-5-5-5-1)", argument="arch")
     return widths
+
+
+def network_of(arch: str | Sequence[int], loss: str = "logistic") -> Network:
+    """The :class:`~sbn_bench.network.Network` of an architecture (plain widths or the full
+    grammar); ``loss="vae"`` adds the prior's logits.
+
+    Raises:
+        ProblemError: a malformed architecture, naming the token and what was expected.
+    """
+    if loss != "vae" and _is_plain_arch(arch):
+        return Network.plain(parse_arch(arch))
+    text = arch if isinstance(arch, str) else "-".join(map(str, arch))
+    try:
+        return parse_network(text, prior=loss == "vae")
+    except NetworkError as e:
+        raise ProblemError(str(e), argument="arch", value=e.value, expected=e.expected) from None
 
 
 def check_arch_loss(arch: str | Sequence[int], loss: str) -> None:
@@ -287,6 +394,19 @@ def random_params(widths: Sequence[int], gen: torch.Generator) -> dict[str, Tens
     return params
 
 
+def random_network_params(net: Network, gen: torch.Generator) -> dict[str, Tensor]:
+    """Parameters of a network beyond the plain kind: weights ``U(−1, 1)/√fan_in`` (pre-activations
+    of order one whatever the width), biases and prior logits ``U(−1, 1)``, in network order."""
+    params: dict[str, Tensor] = {}
+    for name, shape in net.param_shapes().items():
+        if "weight" in name:
+            fan_in = math.prod(shape[1:])
+            params[name] = _uniform(gen, *shape) / math.sqrt(fan_in)
+        else:
+            params[name] = _uniform(gen, *shape)
+    return params
+
+
 def random_problem(
     arch: str | Sequence[int],
     seed: int = 0,
@@ -294,42 +414,58 @@ def random_problem(
     data_points: int = DEFAULT_DATA_POINTS,
     loss: str = "logistic",
     noise: str = "logistic",
+    kl: str = "analytic",
 ) -> Problem:
-    """A random problem (``--arch 2-5-5-5-1 --seed 0``).
+    """A random problem (``--arch 2-5-5-5-1 --seed 0``; any architecture of the grammar of
+    :mod:`sbn_bench.network`).
 
-    Weights and biases ``U(−1, 1)``; inputs ``x ~ N(0, I)`` ``[D, n0]``; labels uniform ±1
-    (``logistic``), uniform classes (``softmax``) or ``N(0, 1)`` targets ``[D, n_out]`` (``mse``);
-    all from one ``torch.Generator`` seeded with ``seed``, in that order.
+    Plain networks: weights and biases ``U(−1, 1)``; others :func:`random_network_params`. Inputs
+    ``x ~ N(0, I)`` ``[D, n0]`` (binary ``{0,1}`` for ``vae``, whose targets are the inputs);
+    labels uniform ±1 (``logistic``), uniform classes (``softmax``), ``N(0, 1)`` targets
+    ``[D, n_out]`` (``mse``) or uniform ``{0,1}`` targets (``bernoulli``); all from one
+    ``torch.Generator`` seeded with ``seed``, in that order.
     """
-    widths = parse_arch(arch)
+    model.check_loss_name(loss)
+    net = network_of(arch, loss)
+    widths = net.widths
     if not _is_int(data_points) or data_points < 1:
         raise ProblemError(f"argument data_points={data_points!r} must be an integer ≥ 1",
                            argument="data_points")
     if not _is_int(seed) or not 0 <= seed < 2**63:
         raise ProblemError(f"argument seed={seed!r} must be an integer in [0, 2^63)", argument="seed")
     data_points, seed = int(data_points), int(seed)
-    model.check_loss_name(loss)
     model.get_noise(noise)
     check_arch_loss(widths, loss)
-    n_params = sum(widths[i + 1] * (widths[i] + 1) for i in range(len(widths) - 1))
+    if loss == "vae" and widths[-1] != widths[0]:
+        raise ProblemError(f"argument arch={net.arch()!r}: a VAE reconstructs its input, so n_out = "
+                           f"{widths[-1]} must equal n0 = {widths[0]}", argument="arch")
+    n_params = sum(math.prod(s) for s in net.param_shapes().values())
     need = 8 * (n_params + data_points * (widths[0] + widths[-1]))
     if need > MAX_PROBLEM_BYTES:
-        raise ProblemError(f"argument arch={'-'.join(map(str, widths))!r} with data_points="
+        raise ProblemError(f"argument arch={net.arch()!r} with data_points="
                            f"{data_points} needs {need / 2**30:.3g} GiB for its parameters and data, "
                            f"over the {MAX_PROBLEM_BYTES / 2**30:.3g} GiB that a problem may take",
                            argument="arch")
     gen = torch.Generator().manual_seed(seed)
-    params = random_params(widths, gen)
-    x = torch.randn(data_points, widths[0], generator=gen, dtype=torch.float64)
+    params = random_params(widths, gen) if net.is_plain else random_network_params(net, gen)
     n_out = widths[-1]
+    if loss == "vae":
+        x = torch.randint(0, 2, (data_points, widths[0]), generator=gen).to(torch.float64)
+    else:
+        x = torch.randn(data_points, widths[0], generator=gen, dtype=torch.float64)
     if loss == "logistic":
         y = torch.randint(0, 2, (data_points,), generator=gen).to(torch.float64) * 2 - 1
     elif loss == "softmax":
         y = torch.randint(0, n_out, (data_points,), generator=gen)
-    else:
+    elif loss == "mse":
         y = torch.randn(data_points, n_out, generator=gen, dtype=torch.float64)
-    return Problem(params, x, y, loss=loss, noise=noise,
-                   name=f"arch-{'-'.join(map(str, widths))}-seed{seed}")
+    elif loss == "bernoulli":
+        y = torch.randint(0, 2, (data_points, n_out), generator=gen).to(torch.float64)
+    else:
+        y = x.clone()
+    name = f"arch-{net.arch()}-seed{seed}"
+    return Problem(params, x, y, loss=loss, noise=noise, name=name,
+                   network=None if net.is_plain else net, kl=kl)
 
 
 def paper_data(gen: torch.Generator, per_class: int = 100) -> tuple[Tensor, Tensor]:
@@ -402,13 +538,82 @@ def quick_problem(seed: int = 0) -> Problem:
     return Problem(params, x, y, name=f"quick-seed{seed}")
 
 
-PRESETS = {"paper": paper_problem, "quick": quick_problem}
-PRESET_SHAPES = {"paper": (PAPER_WIDTHS, 200), "quick": (QUICK_WIDTHS, 100)}
+# --------------------------------------------------------------------------------------------
+# digits presets (SPEC §7; sbn_bench.data)
+
+DIGITS_ARCHS = {
+    "digits-vae-exact": "64-16-64",
+    "digits-vae": "64-200-64",
+    "digits-vae-nonlinear": "64-d200:lrelu-d200:lrelu-200-d200:lrelu-d200:lrelu-64",
+    "digits-mlp": "64-32-32-10",
+    "digits-conv": "1x8x8-c8k3-c16k3s2-10",
+}
+"""The digits presets' networks (:mod:`sbn_bench.network` grammar): the binary VAE 64 → 16 latents →
+64 with linear encoder and decoder (its 2¹⁶ latent states are enumerated: the exact ELBO gradient of
+a real-data VAE), the DisARM protocol scaled to digits (200 latents; linear, and with LeakyReLU
+MLPs of two 200-unit layers as encoder and decoder), and two classifiers beyond enumeration."""
+DIGITS_TRAIN = 1438
+"""Training images of the documented split (:mod:`sbn_bench.data`): every digits preset's ``D``."""
+
+
+def digits_problem(name: str, seed: int = 0) -> Problem:
+    """A digits preset (:data:`DIGITS_ARCHS`) on the training split.
+
+    VAEs (loss ``vae``, analytic KL): inputs and targets the binarised images (``digits-vae-exact``:
+    fixed binarisation; the others: one dynamic draw seeded with ``seed``); weights
+    ``U(−1, 1)/√fan_in``, prior logits 0 and the decoder's output bias the logit of each pixel's mean
+    (the usual VAE start). Classifiers (loss ``softmax``): the scaled pixels in ``[0, 1]`` as input,
+    the classes as labels; weights ``U(−1, 1)/√fan_in``, biases ``U(−1, 1)``. ``seed`` seeds the
+    parameters (and the dynamic binarisation).
+
+    Raises:
+        MissingExtra: scikit-learn is not installed (``pip install 'sbn-bench[data]'``).
+    """
+    from sbn_bench import data
+
+    vae = name.startswith("digits-vae")
+    net = network_of(DIGITS_ARCHS[name], "vae" if vae else "softmax")
+    gen = torch.Generator().manual_seed(seed)
+    params = random_network_params(net, gen)
+    if vae:
+        binarisation = "fixed" if name == "digits-vae-exact" else "dynamic"
+        x = data.load_digits("train", binarisation, seed).x
+        mean = x.mean(0).clamp(0.01, 0.99)
+        params["bias_out"] = torch.log(mean / (1 - mean))
+        params["prior_logits"] = torch.zeros_like(params["prior_logits"])
+        return Problem(params, x, x.clone(), loss="vae", name=f"{name}-seed{seed}", network=net)
+    d = data.load_digits("train", "none")
+    return Problem(params, d.x, d.labels, loss="softmax", name=f"{name}-seed{seed}", network=net)
+
+
+def _digits(name: str):  # noqa: ANN202 - a preset constructor
+    return lambda seed=0: digits_problem(name, seed)
+
+
+PRESETS = {"paper": paper_problem, "quick": quick_problem,
+           **{name: _digits(name) for name in DIGITS_ARCHS}}
+PRESET_SHAPES = {"paper": (PAPER_WIDTHS, 200), "quick": (QUICK_WIDTHS, 100),
+                 **{name: (network_of(arch, "vae" if "vae" in name else "softmax").widths, DIGITS_TRAIN)
+                    for name, arch in DIGITS_ARCHS.items()}}
 """``(widths, data points)`` of each preset, known before it is built (size checks run first)."""
+PRESET_LOSS = {"paper": "logistic", "quick": "logistic",
+               **{name: "vae" if "vae" in name else "softmax" for name in DIGITS_ARCHS}}
+"""Each preset's loss (the exact reference's size depends on it)."""
+PRESET_ESTIMATORS: dict[str, tuple[str, ...]] = {
+    "digits-vae-exact": ("psa", "st", "reinforce", "reinforce-loo:k=2", "arm", "disarm",
+                         "arms:k=4", "concrete:tau=0.5", "st-gumbel:tau=0.5", "tanh"),
+    "digits-vae": ("psa", "st", "reinforce-loo:k=2", "disarm", "arms:k=4", "concrete:tau=0.5"),
+    "digits-vae-nonlinear": ("psa", "st", "reinforce-loo:k=2", "disarm", "arms:k=4",
+                             "concrete:tau=0.5"),
+    "digits-mlp": ("psa", "st", "reinforce", "arm", "disarm", "concrete:tau=0.1", "tanh"),
+    "digits-conv": ("psa", "st", "reinforce", "arm", "disarm", "concrete:tau=0.1", "tanh"),
+}
+"""Default estimators of the digits presets (when a run names none): the binary-VAE literature's
+(REINFORCE-LOO, ARM, DisARM, ARMS, Concrete) beside PSA and ST; for the classifiers the paper's."""
 
 
 def preset_problem(name: str, seed: int = 0) -> Problem:
-    """A named preset (``paper``, ``quick``)."""
+    """A named preset (``paper``, ``quick`` and the digits presets :data:`DIGITS_ARCHS`)."""
     if name not in PRESETS:
         raise ProblemError(f"argument preset={name!r} is unknown; expected one of "
                            f"{', '.join(PRESETS)}", argument="preset")
@@ -419,8 +624,13 @@ def preset_problem(name: str, seed: int = 0) -> Problem:
 # files
 
 
+FILE_FORMAT = 2
+"""The problem file format this version writes (it reads 1 and 2)."""
+
+
 def save_problem(problem: Problem, path: str | os.PathLike[str]) -> Path:
-    """Write ``problem`` to ``path`` in the public ``.npz`` format, atomically (temp file + rename)."""
+    """Write ``problem`` to ``path`` in the public ``.npz`` format (version :data:`FILE_FORMAT`),
+    atomically (temp file + rename)."""
     path = Path(path)
     arrays: dict[str, np.ndarray] = {"x": problem.x.detach().cpu().numpy(),
                                      "y": problem.y.detach().cpu().numpy()}
@@ -428,6 +638,10 @@ def save_problem(problem: Problem, path: str | os.PathLike[str]) -> Path:
                    for k, v in problem.params.items()})
     arrays["loss"] = np.array(problem.loss)
     arrays["noise"] = np.array(problem.noise)
+    arrays["format"] = np.array(str(FILE_FORMAT))
+    arrays["network"] = np.array(json.dumps(problem.net.describe(), sort_keys=True))
+    if problem.loss == "vae":
+        arrays["kl"] = np.array(problem.kl)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     try:
@@ -577,6 +791,24 @@ def load_problem(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTE
                                       " or ".join(map(str, dims)) + " dimensions"))
     loss = _string_scalar(raw.pop("loss"), "loss", src) if "loss" in raw else "logistic"
     noise = _string_scalar(raw.pop("noise"), "noise", src) if "noise" in raw else "logistic"
+    version = _string_scalar(raw.pop("format"), "format", src) if "format" in raw else "1"
+    if version not in ("1", "2"):
+        raise _fail(src, "format", f"is {version!r}, expected '1' or '2' (a file from a newer "
+                                   "sbn-bench? upgrade it)")
+    net = None
+    if "network" in raw:
+        if version == "1":
+            raise _fail(src, "network", "is only read from format 2 files (add format = '2')")
+        text = _string_scalar(raw.pop("network"), "network", src)
+        try:
+            net = from_description(json.loads(text), source=f"problem file {src}: network")
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise _fail(src, "network", f"is not valid JSON ({type(e).__name__})") from None
+        except NetworkError as e:
+            raise ProblemError(str(e), argument="network") from None
+        if net.is_plain:
+            net = None  # the same network, read from the names as in version 1
+    kl = _string_scalar(raw.pop("kl"), "kl", src) if "kl" in raw else "analytic"
     x = _real_array(raw.pop("x"), "x", src)
     y = _real_array(raw.pop("y"), "y", src)
     params = {}
@@ -586,4 +818,4 @@ def load_problem(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTE
             t = t[0]
         params[name] = t
     return Problem(params, x, y, loss=loss, noise=noise, name=path.stem,
-                   meta={"source": str(path)})
+                   meta={"source": str(path)}, network=net, kl=kl)

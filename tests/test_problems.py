@@ -63,7 +63,9 @@ def test_saved_file_follows_the_public_format(tmp_path: Path) -> None:
     p = random_problem("2-3-2-1", 0, data_points=4, noise="gaussian")
     path = save_problem(p, tmp_path / "p.npz")
     with np.load(path, allow_pickle=False) as z:
-        assert sorted(z.files) == sorted(["x", "y", "loss", "noise", *model.param_names(2)])
+        assert sorted(z.files) == sorted(["x", "y", "loss", "noise", "format", "network",
+                                          *model.param_names(2)])
+        assert str(z["format"]) == "2"  # version 2: the network described beside the arrays
         assert z["x"].shape == (4, 2) and z["y"].shape == (4,)
         assert z["weight_1"].shape == (3, 2) and z["bias_1"].shape == (3,)
         assert z["weight_2"].shape == (2, 3) and z["weight_out"].shape == (1, 2)

@@ -69,7 +69,8 @@ def problem_options(fn: F) -> F:
                      help="Problem file (.npz, the public format in the README)."),
         click.option("--arch", help="Random network, e.g. 2-5-5-5-1 (input-hidden...-output)."),
         click.option("--preset", type=click.Choice(sorted(problems.PRESETS)),
-                     help="A named problem: 'paper' (SPEC §6) or 'quick' (a small smoke test)."),
+                     help="A named problem: 'paper' (SPEC §6), 'quick' (a small smoke test) or a digits "
+                                  "preset (README: the digits presets)."),
         click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
                      help="Seed of an --arch or --preset problem (run and train: also the seed of "
                           "the sampling or training, unless given apart)."),
@@ -128,9 +129,10 @@ def problem_spec(ctx: click.Context, problem_file: Path | None, arch: str | None
 def build_problem(spec: ProblemSpec, max_exact_bytes: int | None = None) -> Problem:
     """The problem of ``spec``; with ``max_exact_bytes``, a shape the exact reference cannot take
     is refused before the problem (its data) is built."""
-    shape = spec.shape()
+    shape = spec.reference_shape()
     if max_exact_bytes is not None and shape is not None:
-        check_shape(shape[0], shape[1], max_exact_bytes, spec.label)
+        check_shape(shape["widths"], shape["num_data"], max_exact_bytes, spec.label,  # type: ignore[arg-type]
+                    loss=shape["loss"], head=shape["head"])  # type: ignore[arg-type]
     return spec.base_problem()
 
 

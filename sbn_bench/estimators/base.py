@@ -40,7 +40,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
-from sbn_bench import model
+from sbn_bench import model, network
 from sbn_bench.errors import ArgumentError, SbnBenchError
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES, Params
 from sbn_bench.problems import Problem
@@ -87,6 +87,14 @@ class UnsupportedProblem(SbnBenchError, ValueError):
 class ContractError(SbnBenchError, TypeError):
     """An estimator (typically a plugin) that breaks the contract; ``argument`` names it."""
 
+
+LAYER_KINDS = ("dense", "conv2d", "body", "head")
+"""What :attr:`Estimator.layers` may name: stochastic layer kinds (``dense``, ``conv2d``) and the
+deterministic parts (``body``: a non-empty body before the stochastic layers; ``head``: a head
+deeper than one linear layer), see :mod:`sbn_bench.network`."""
+ALL_LAYERS = frozenset(LAYER_KINDS)
+"""Every layer kind and part: the flag of estimators built only from the kernel's network pieces
+(:func:`~sbn_bench.estimators.kernel.stochastic_input`, ``preactivation``, ``output``, ``losses``)."""
 
 FAMILIES = ("exact", "score-function", "antithetic", "relaxed", "straight-through", "psa",
             "control-variates", "local-expectation")
@@ -144,7 +152,9 @@ class Estimator:
         path_surrogate: for ``path`` estimators, the surrogate for given states (or None).
         version: bumped when the estimator's numbers change; recorded in run manifests.
         family: the family it belongs to (:data:`FAMILIES` for the built-ins), for reports.
-        layers: the kinds of stochastic layer it supports (``"dense"``).
+        layers: the layer kinds and network parts it supports (:data:`LAYER_KINDS`); the default
+            ``{"dense"}`` (plain fully-connected networks) is safe for a plugin written before
+            bodies, heads and conv layers existed.
         single_layer: it needs a network with exactly one stochastic layer.
         bytes_per_sample: ``(widths, num_data, itemsize) -> bytes``, an upper estimate of the memory
             one sample takes inside :func:`estimate`, read by the runner's memory planner; None:
@@ -302,6 +312,16 @@ def _gradients(surr: Tensor, reps: Mapping[str, Tensor], num_samples: int, who: 
             for (k, v), g in zip(reps.items(), grads)}
 
 
+def _with_kl(surr: Tensor, problem: Problem, reps: Mapping[str, Tensor]) -> Tensor:
+    """The surrogate plus, for the binary VAE with the analytic KL (SPEC §7), the exact KL term
+    averaged over the data points: every estimator gets the KL and its gradient as they are and
+    estimates only the reconstruction term."""
+    if problem.loss != "vae" or problem.kl != "analytic" or not isinstance(surr, Tensor):
+        return surr
+    kl = network.kl_per_point(problem.net, reps, problem.x, problem.noise_dist).mean(-1)  # [S]
+    return surr + kl if surr.shape == kl.shape else surr
+
+
 def estimate(
     estimator: Estimator,
     problem: Problem,
@@ -326,7 +346,7 @@ def estimate(
     reps = model.replicate(problem.params, num_samples)
     with torch.enable_grad():
         surr = estimator.surrogate(problem, reps, generator)
-        return _gradients(surr, reps, num_samples, estimator.spec)
+        return _gradients(_with_kl(surr, problem, reps), reps, num_samples, estimator.spec)
 
 
 def estimate_on_paths(
@@ -351,7 +371,7 @@ def estimate_on_paths(
     reps = model.replicate(problem.params, num_samples)
     with torch.enable_grad():
         surr = estimator.path_surrogate(problem, reps, states)
-        return _gradients(surr, reps, num_samples, estimator.spec)
+        return _gradients(_with_kl(surr, problem, reps), reps, num_samples, estimator.spec)
 
 
 def from_path(path_fn: PathSurrogateFn) -> SurrogateFn:

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from sbn_bench import model
+from sbn_bench import model, network
 from sbn_bench.errors import ArgumentError
 from sbn_bench.estimators.base import PathSurrogateFn, SurrogateFn
 from sbn_bench.model import Params
@@ -46,20 +46,32 @@ def stochastic_layers(problem: Problem) -> int:
     return problem.n_layers
 
 
+def stochastic_input(problem: Problem, params: Params) -> Tensor:
+    """What stochastic layer 1 sees: the body applied to the data (``[S, D, m]`` with replicas),
+    or the data ``x [D, n0]`` itself when the network has no body (:mod:`sbn_bench.network`). Every
+    estimator starts its path here."""
+    return network.stochastic_input(problem.net, params, problem.x)
+
+
 def preactivation(problem: Problem, params: Params, k: int, h: Tensor) -> Tensor:
-    """``a^k`` of stochastic layer ``k`` (1-based) from its input ``h`` (the real input for
-    ``k = 1``, the states ``x^{k-1}`` otherwise): ``[..., S, D, n_{k-1}] → [..., S, D, n_k]``, with
-    replicas ``[S, *shape]`` of the parameters. Every stochastic layer's units are a flat last
-    dimension, whatever the layer's kind."""
-    return model.preactivation(params, k, h)
+    """``a^k`` of stochastic layer ``k`` (1-based) from its input ``h`` (:func:`stochastic_input`
+    for ``k = 1``, the states ``x^{k-1}`` otherwise): ``[..., S, D, n_{k-1}] → [..., S, D, n_k]``,
+    with replicas ``[S, *shape]`` of the parameters. Every stochastic layer's units are a flat
+    last dimension, whatever the layer's kind (dense or conv2d)."""
+    return network.preactivation(problem.net, params, k, h)
 
 
 def preactivation_moments(problem: Problem, params: Params, k: int, mean: Tensor, var: Tensor
                           ) -> tuple[Tensor, Tensor]:
     """Mean and variance of ``a^k`` when the inputs of layer ``k`` are independent with the given
     means and variances (``[..., S, D, n_{k-1}]``): ``(W m + b, (W∘W) v)`` (deterministic
-    propagation of means and variances, e.g. the PSA authors' AP2)."""
-    w, b = params[f"weight_{k}"], params[f"bias_{k}"]
+    propagation of means and variances, e.g. the PSA authors' AP2); for a conv2d layer the same
+    with the convolution."""
+    layer = problem.net.stochastic[k - 1]
+    w, b = params[layer.weight], params[layer.bias]
+    if layer.kind == "conv2d":
+        return (network.conv2d(layer, w, b, mean),
+                network.conv2d(layer, w * w, torch.zeros_like(b), var))
     return model.linear(w, b, mean), model.linear(w * w, torch.zeros_like(b), var)
 
 
@@ -67,20 +79,39 @@ def output_moments(problem: Problem, params: Params, mean: Tensor, var: Tensor
                    ) -> tuple[Tensor, Tensor]:
     """Mean and variance of the output ``η`` when the last stochastic layer's units are independent
     with the given means and variances (``[..., S, D, n_L] → [..., S, D, n_out]`` each):
-    ``(V m + c, (V∘V) v)``, as :func:`preactivation_moments` for the output layer."""
+    ``(V m + c, (V∘V) v)``, as :func:`preactivation_moments` for the output layer. Needs a
+    one-layer linear head (estimators that call it do not declare ``"head"`` support)."""
+    if not problem.net.linear_head:
+        raise ArgumentError(f"output moments need a one-layer linear head; problem {problem.name!r} "
+                            f"has arch {problem.arch}", argument="problem", value=problem.arch,
+                            expected="a linear head")
     v, c = params["weight_out"], params["bias_out"]
     return model.linear(v, c, mean), model.linear(v * v, torch.zeros_like(c), var)
 
 
 def output(problem: Problem, params: Params, x_last: Tensor) -> Tensor:
-    """The network's output ``η`` from the last stochastic layer's states (or relaxations):
-    ``[..., S, D, n_L] → [..., S, D, n_out]``."""
-    return model.output(params, x_last)
+    """The network's output ``η`` from the last stochastic layer's states (or relaxations), through
+    the head: ``[..., S, D, n_L] → [..., S, D, n_out]``."""
+    return network.output(problem.net, params, x_last)
 
 
 def losses(problem: Problem, params: Params, x_last: Tensor) -> Tensor:
-    """``ℓ(η(x^L), y)`` per data point: ``x_last [..., S, D, n_L] → [..., S, D]``."""
-    return problem.loss_values(output(problem, params, x_last))
+    """``ℓ(η(x^L), y)`` per data point: ``x_last [..., S, D, n_L] → [..., S, D]``.
+
+    For the binary VAE with ``kl = "sampled"`` the loss also holds ``log q(z|x) − log p(z)`` at
+    ``z = x_last`` (differentiable in the encoder and the prior's logits), so the estimator
+    estimates the whole negative ELBO; with the default ``"analytic"`` the KL is added exactly by
+    :func:`sbn_bench.estimators.estimate` instead."""
+    f = problem.loss_values(output(problem, params, x_last))
+    if problem.loss == "vae" and problem.kl == "sampled":
+        noise = problem.noise_dist
+        a = preactivation(problem, params, 1, stochastic_input(problem, params))
+        c = params["prior_logits"]
+        c = c.unsqueeze(-2) if c.dim() >= 2 else c
+        logsig = torch.nn.functional.logsigmoid
+        f = f + model.bernoulli_log_prob(x_last, noise.log_cdf(a), noise.log_cdf(-a)) \
+            - model.bernoulli_log_prob(x_last, logsig(c), logsig(-c))
+    return f
 
 
 def mean_loss(problem: Problem, params: Params, x_last: Tensor) -> Tensor:

@@ -144,8 +144,11 @@ UNBIASEDNESS_NETS = {
     "2-3-2-2/softmax": dict(arch="2-3-2-2", seed=12, loss="softmax"),
     "2-2-2-2-1/mse": dict(arch="2-2-2-2-1", seed=13, loss="mse"),
     "2-3-2-1/gaussian": dict(arch="2-3-2-1", seed=14, noise="gaussian"),
+    "1x3x3-c2k2-d3:tanh-2/conv-head": dict(arch="1x3x3-c2k2-d3:tanh-2", seed=15, loss="bernoulli"),
+    "4-3-4/vae": dict(arch="4-3-4", seed=16, loss="vae"),
 }
-"""Nets of depth 1–3 with every loss and both noises, for the unbiasedness check."""
+"""Nets of depth 1–3 with every loss and both noises, a conv layer with a deep head, and the
+binary VAE (analytic KL), for the unbiasedness check (each estimator on those it supports)."""
 
 
 @functools.cache
@@ -331,7 +334,7 @@ def check_refusal(est: Estimator) -> None:
     for noise, loss in itertools.product(NOISE_NAMES, LOSS_NAMES):
         if noise in est.noises and loss in est.losses:
             continue
-        arch = "2-2-2-3" if loss == "softmax" else "2-2-2-1"
+        arch = {"softmax": "2-2-2-3", "vae": "2-2-2"}.get(loss, "2-2-2-1")
         problem = random_problem(arch, 0, data_points=3, loss=loss, noise=noise)
         gen = _gen(0)
         before = gen.get_state()

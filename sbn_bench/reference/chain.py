@@ -19,12 +19,13 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from sbn_bench import model
+from sbn_bench import model, network
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.model import Noise, Params
 from sbn_bench.problems import Problem
@@ -65,40 +66,92 @@ _MAX_EXACT_EXPONENT = 4096
 (``2**3_000_000_000`` for a layer of three billion units) would hang the size guard."""
 
 
-def estimate_cost(widths: tuple[int, ...], num_data: int) -> ReferenceCost:
+def estimate_cost(widths: tuple[int, ...], num_data: int, loss: str = "logistic",
+                  head: Sequence[int] = ()) -> ReferenceCost:
     """Cost of :func:`objective` for ``widths = (n0, n_1, …, n_L, n_out)`` and ``D = num_data``
-    (``inf`` when the exponents exceed :data:`_MAX_EXACT_EXPONENT`)."""
+    (``inf`` when the exponents exceed :data:`_MAX_EXACT_EXPONENT`).
+
+    ``states`` counts every table entry; ``bytes`` is the peak memory when the data points are
+    processed in chunks (:func:`data_chunk`): the tables shared by all data points (the
+    transition matrices, the head on all ``2^{n_L}`` states, whose hidden widths are ``head``) plus
+    one chunk's rows. The ``bernoulli`` and ``vae`` losses take ``D·2^{n_L}`` entries for the loss
+    table (a matrix product), the others ``D·2^{n_L}·n_out``."""
     hidden = widths[1:-1]
-    n_out = widths[-1]
     exponents = [hidden[0], *(a + b for a, b in zip(hidden[:-1], hidden[1:])), hidden[-1]]
     if max(exponents) > _MAX_EXACT_EXPONENT:
         return ReferenceCost(states=math.inf, bytes=math.inf)
-    states = num_data * 2 ** hidden[0]
-    states += sum(2 ** (a + b) for a, b in zip(hidden[:-1], hidden[1:]))
-    states += num_data * 2 ** hidden[-1] * n_out
-    return ReferenceCost(states=states, bytes=states * _BYTES_PER_ENTRY)
+    shared, per_point = _table_sizes(widths, loss, head)
+    states = shared + num_data * per_point
+    peak = shared + min(num_data, data_chunk(widths, num_data, loss, head)) * per_point
+    return ReferenceCost(states=states, bytes=peak * _BYTES_PER_ENTRY)
+
+
+MAX_EXACT_STATES = 2**30
+"""Most table entries the exact reference computes (about 1.1e9, a minute of work on two cores):
+data points are processed in chunks, so memory alone would not stop a request for hours."""
+
+CHUNK_BYTES = 512 * 2**20
+"""The data points' rows of the exact reference are processed in chunks of about this many
+bytes (512 MiB) when they do not fit at once; small problems are one chunk (as before chunking)."""
+
+
+def _table_sizes(widths: Sequence[int], loss: str, head: Sequence[int]) -> tuple[int, int]:
+    """Table entries shared by all data points, and entries per data point."""
+    hidden = widths[1:-1]
+    n_out = widths[-1]
+    shared = sum(2 ** (a + b) for a, b in zip(hidden[:-1], hidden[1:]))
+    shared += 2 ** hidden[-1] * sum(head)
+    if loss in ("bernoulli", "vae"):
+        shared += 2 ** hidden[-1] * n_out
+        per_point = 2 ** hidden[0] + 2 ** hidden[-1]
+    else:
+        per_point = 2 ** hidden[0] + 2 ** hidden[-1] * n_out
+    return shared, per_point
+
+
+def data_chunk(widths: Sequence[int], num_data: int, loss: str = "logistic",
+               head: Sequence[int] = ()) -> int:
+    """How many data points the exact reference processes at once: all of them when their rows
+    take at most :data:`CHUNK_BYTES`, else as many as fit (at least one)."""
+    _, per_point = _table_sizes(widths, loss, head)
+    if num_data * per_point * _BYTES_PER_ENTRY <= CHUNK_BYTES:
+        return num_data
+    return max(1, CHUNK_BYTES // (per_point * _BYTES_PER_ENTRY))
 
 
 def check_shape(widths: tuple[int, ...], num_data: int, max_bytes: int = DEFAULT_MAX_BYTES,
-                name: str = "problem") -> ReferenceCost:
+                name: str = "problem", loss: str = "logistic", head: Sequence[int] = ()
+                ) -> ReferenceCost:
     """Refuse a network shape too large for the exact reference, before the problem (its data and
     parameters) is even built.
 
     Raises:
         ReferenceTooLarge: with the estimated states and memory and the limit.
     """
-    cost = estimate_cost(widths, num_data)
+    cost = estimate_cost(widths, num_data, loss, head)
+    arch = "-".join(map(str, widths))
+    where = f"exact reference refused for problem {name!r} (arch {arch}, D={num_data}): it needs"
     if cost.bytes > max_bytes:
-        arch = "-".join(map(str, widths))
         needs = (f"{format_count(cost.states)} table entries, about {format_gib(cost.bytes)} of "
                  "memory" if cost.bytes != math.inf else
                  f"more than 2^{_MAX_EXACT_EXPONENT} table entries, beyond any memory")
         raise ReferenceTooLarge(
-            f"exact reference refused for problem {name!r} (arch {arch}, D={num_data}): it needs "
-            f"{needs}, over the limit of {format_gib(max_bytes)} (raise it with max_bytes= / "
-            "--max-exact-bytes, or use fewer units per layer)", argument="max_bytes",
-            value=max_bytes, expected=f"at least {format_gib(cost.bytes)} for this problem")
+            f"{where} {needs}, over the limit of {format_gib(max_bytes)} (raise it with max_bytes= / "
+            "--max-exact-bytes, use fewer units per layer, or a Monte-Carlo reference)",
+            argument="max_bytes", value=max_bytes,
+            expected=f"at least {format_gib(cost.bytes)} for this problem")
+    if cost.states > MAX_EXACT_STATES:
+        raise ReferenceTooLarge(
+            f"{where} {format_count(cost.states)} table entries, over the limit of "
+            f"{format_count(MAX_EXACT_STATES)} entries that the exact reference computes (hours of "
+            "work; use fewer data points or units, or a Monte-Carlo reference)",
+            argument="num_data", value=num_data,
+            expected=f"at most {format_count(MAX_EXACT_STATES)} table entries")
     return cost
+
+
+def _head_widths(problem: Problem) -> tuple[int, ...]:
+    return tuple(layer.n_out for layer in problem.net.head[:-1] if layer.has_params)
 
 
 def check_size(problem: Problem, max_bytes: int = DEFAULT_MAX_BYTES) -> ReferenceCost:
@@ -107,7 +160,8 @@ def check_size(problem: Problem, max_bytes: int = DEFAULT_MAX_BYTES) -> Referenc
     Raises:
         ReferenceTooLarge: with the estimated states and memory and the limit.
     """
-    return check_shape(problem.widths, problem.num_data, max_bytes, problem.name)
+    return check_shape(problem.widths, problem.num_data, max_bytes, problem.name, problem.loss,
+                       _head_widths(problem))
 
 
 def _prob_table(noise: Noise, a: Tensor) -> Tensor:
@@ -143,9 +197,57 @@ def _kron_rows(q: Tensor) -> Tensor:
     return torch.bmm(left.unsqueeze(2), right.unsqueeze(1)).reshape(R, -1)
 
 
+def _loss_table(problem: Problem, eta: Tensor, rows: slice) -> Tensor:
+    """``f_d[s] = ℓ(η_s, y_d)`` for the data points ``rows`` and every last-layer state:
+    ``eta [2^{n_L}, n_out] → [d, 2^{n_L}]``. The ``bernoulli``/``vae`` loss is linear in the
+    targets, ``Σ_i softplus(η_i) − y_i η_i``: one matrix product."""
+    y = problem.y[rows]
+    if problem.loss in ("bernoulli", "vae"):
+        # softplus(−η) = softplus(η) − η: f_d[s] = Σ_i softplus(η_si) − Σ_i y_di η_si
+        return torch.nn.functional.softplus(eta).sum(-1) - y.to(eta.dtype) @ eta.T
+    eta = eta.unsqueeze(1).expand(eta.shape[0], y.shape[0], eta.shape[1])
+    return model.loss_fn(problem.loss, eta, y).T
+
+
+@dataclass
+class _Shared:
+    """The chain's tables that do not depend on the data point."""
+
+    transitions: list[Tensor]  # T_2 … T_L
+    eta: Tensor  # the head on every last-layer state, [2^{n_L}, n_out]
+
+
+def _shared_tables(problem: Problem, params: Params) -> _Shared:
+    net, noise = problem.net, problem.noise_dist
+    dtype, device = params["weight_1"].dtype, params["weight_1"].device
+    prev = model.all_states(net.stochastic[0].n_out, dtype, device)
+    transitions = []
+    for k in range(2, net.n_layers + 1):
+        a = network.preactivation(net, params, k, prev)  # [2^{n_{k-1}}, n_k]
+        transitions.append(_prob_table(noise, a))
+        prev = model.all_states(net.stochastic[k - 1].n_out, dtype, device)
+    return _Shared(transitions, network.output(net, params, prev))
+
+
+def _rows_objective(problem: Problem, params: Params, shared: _Shared, rows: slice) -> Tensor:
+    """``E_d`` for the data points ``rows``: ``[d]``."""
+    net, noise = problem.net, problem.noise_dist
+    dtype = params["weight_1"].dtype
+    h = network.stochastic_input(net, params, problem.x[rows].to(dtype))  # the body, per point
+    a1 = network.preactivation(net, params, 1, h)  # [d, n_1]
+    v = _prob_table(noise, a1)  # [d, 2^{n_1}]
+    for t in shared.transitions:
+        v = v @ t  # [d, 2^{n_k}]
+    E = (v * _loss_table(problem, shared.eta, rows)).sum(-1)
+    if problem.loss == "vae":  # the analytic KL (the same J for kl="sampled")
+        E = E + model.bernoulli_kl(noise, a1, params["prior_logits"])
+    return E
+
+
 def objective_per_point(problem: Problem, params: Params | None = None,
                         max_bytes: int = DEFAULT_MAX_BYTES) -> Tensor:
-    """``E_d = E_Z ℓ(η(x^L), y_d)`` for every data point: ``[D]``, differentiable in ``params``.
+    """``E_d = E_Z ℓ(η(x^L), y_d)`` for every data point: ``[D]``, differentiable in ``params``
+    (plus the analytic KL for the binary VAE, SPEC §7).
 
     Args:
         problem: the problem (its parameters are used when ``params`` is None).
@@ -154,20 +256,11 @@ def objective_per_point(problem: Problem, params: Params | None = None,
     """
     check_size(problem, max_bytes)
     params = problem.params if params is None else params
-    noise = problem.noise_dist
-    L = model.n_layers(params)
-    dtype, device = params["weight_1"].dtype, params["weight_1"].device
-    a1 = model.preactivation(params, 1, problem.x.to(dtype))  # [D, n_1]
-    v = _prob_table(noise, a1)  # [D, 2^{n_1}]
-    prev_states = model.all_states(params["weight_1"].shape[0], dtype, device)
-    for k in range(2, L + 1):
-        a = model.preactivation(params, k, prev_states)  # [2^{n_{k-1}}, n_k]
-        v = v @ _prob_table(noise, a)  # [D, 2^{n_k}]
-        prev_states = model.all_states(params[f"weight_{k}"].shape[0], dtype, device)
-    eta = model.output(params, prev_states)  # [2^{n_L}, n_out]
-    eta = eta.unsqueeze(1).expand(eta.shape[0], problem.num_data, eta.shape[1])
-    f = problem.loss_values(eta).T  # [D, 2^{n_L}]
-    return (v * f).sum(-1)
+    shared = _shared_tables(problem, params)
+    D = problem.num_data
+    c = data_chunk(problem.widths, D, problem.loss, _head_widths(problem))
+    return torch.cat([_rows_objective(problem, params, shared, slice(i, i + c))
+                      for i in range(0, D, c)])
 
 
 def objective(problem: Problem, params: Params | None = None,
@@ -192,9 +285,27 @@ def exact_gradient(problem: Problem, max_bytes: int = DEFAULT_MAX_BYTES
     Raises:
         ReferenceTooLarge: over ``max_bytes``. ReferenceNotFinite: the result overflows float64.
     """
-    leaves = leaf_params(problem.to(dtype=torch.float64))
-    J = objective(problem.to(dtype=torch.float64), leaves, max_bytes)
-    grads = torch.autograd.grad(J, list(leaves.values()))
+    p64 = problem.to(dtype=torch.float64)
+    leaves = leaf_params(p64)
+    check_size(p64, max_bytes)
+    D = p64.num_data
+    c = data_chunk(p64.widths, D, p64.loss, _head_widths(p64))
+    if c >= D:  # one chunk: J and its gradient in one pass
+        J = objective(p64, leaves, max_bytes)
+        grads = torch.autograd.grad(J, list(leaves.values()))
+    else:  # chunks of data points, gradients accumulated (memory bounded by CHUNK_BYTES)
+        shared = _shared_tables(p64, leaves)
+        J = torch.zeros((), dtype=torch.float64)
+        acc = [torch.zeros_like(v) for v in leaves.values()]
+        for i in range(0, D, c):
+            part = _rows_objective(p64, leaves, shared, slice(i, i + c)).sum() / D
+            gs = torch.autograd.grad(part, list(leaves.values()), retain_graph=True,
+                                     allow_unused=True)
+            for a, g in zip(acc, gs):
+                if g is not None:
+                    a += g
+            J = J + part.detach()
+        grads = tuple(acc)
     out = dict(zip(leaves, grads))
     bad = ([] if torch.isfinite(J) else ["objective"]) + \
         [k for k, v in out.items() if not torch.isfinite(v).all()]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from sbn_bench import model
+from sbn_bench import model, network
 from sbn_bench.problems import Problem
 
 MAX_PATHS = 2**16
@@ -48,14 +48,15 @@ def path_log_probs(problem: Problem, paths: Sequence[Tensor]) -> tuple[Tensor, T
         ``(first [D, 2^{n_1}], rest [P])``.
     """
     params = {k: v.to(torch.float64) for k, v in problem.params.items()}
-    noise = problem.noise_dist
-    n1 = params["weight_1"].shape[0]
+    noise, net = problem.noise_dist, problem.net
+    n1 = net.stochastic[0].n_out
     states1 = model.all_states(n1, torch.float64, paths[0].device)
-    a1 = model.preactivation(params, 1, problem.x.to(torch.float64))  # [D, n_1]
+    h = network.stochastic_input(net, params, problem.x.to(torch.float64))  # the body, per point
+    a1 = network.preactivation(net, params, 1, h)  # [D, n_1]
     first = model.state_log_prob(noise, a1.unsqueeze(1), states1.unsqueeze(0))  # [D, 2^{n_1}]
     rest = torch.zeros(paths[0].shape[0], dtype=torch.float64, device=paths[0].device)
     for k in range(2, len(paths) + 1):
-        a = model.preactivation(params, k, paths[k - 2])  # [P, n_k]
+        a = network.preactivation(net, params, k, paths[k - 2])  # [P, n_k]
         rest = rest + model.state_log_prob(noise, a, paths[k - 1])
     return first, rest
 

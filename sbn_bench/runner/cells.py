@@ -402,8 +402,8 @@ def exact_path_moments(estimator: Estimator, problem: Problem, dtype: torch.dtyp
     sum_mean = torch.zeros(groups.dim, dtype=torch.float64, device=device)
     sum_var = torch.zeros_like(sum_mean)
     for d in range(D):
-        sub = Problem(problem.params, problem.x[d:d + 1], problem.y[d:d + 1], loss=problem.loss,
-                      noise=problem.noise, name=problem.name).to(device, dtype)
+        sub = dataclasses.replace(problem, x=problem.x[d:d + 1],
+                                  y=problem.y[d:d + 1]).to(device, dtype)
         w = torch.exp(first[d, idx1] + rest)  # [P]
         acc = WeightedMoments()
         for i in range(0, P, chunk):

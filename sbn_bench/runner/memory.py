@@ -60,8 +60,25 @@ def chunk_size(config: RunConfig, estimator: Estimator, problem: Problem, num_da
     if config.chunk is not None:
         return config.chunk
     D = problem.num_data if num_data is None else num_data
-    return max(1, config.memory_budget
-               // estimator.memory_per_sample(problem.widths, D, itemsize(config.dtype)))
+    return max(1, config.memory_budget // sample_bytes(estimator, problem, D, itemsize(config.dtype)))
+
+
+def sample_bytes(estimator: Estimator, problem: Problem, num_data: int, itemsize: int) -> int:
+    """Bytes one sample takes: the estimator's own estimate for the stochastic layers
+    (:meth:`~sbn_bench.estimators.Estimator.memory_per_sample`) plus, for a network with a body,
+    a deep head or conv layers (:mod:`sbn_bench.network`), their activations: every body unit once,
+    every head unit once per loss evaluation, and a conv layer's unfolded receptive fields (PSA's
+    flips), each with its gradient and autograd's saved copies."""
+    one = estimator.memory_per_sample(problem.widths, num_data, itemsize)
+    net = problem.net
+    if net.is_plain:
+        return one
+    evals = estimator.evals(problem.widths)
+    units = sum(layer.n_out for layer in net.body)
+    units += evals * sum(layer.n_out for layer in net.head[:-1])
+    units += sum(layer.n_out * layer.in_shape[0] * layer.kernel ** 2
+                 for layer in net.stochastic if layer.kind == "conv2d")
+    return one + 6 * itemsize * num_data * units
 
 
 def exact_enumeration_bytes(widths: Sequence[int], num_data: int, itemsize: int = 8) -> int:
@@ -74,13 +91,20 @@ def exact_enumeration_bytes(widths: Sequence[int], num_data: int, itemsize: int 
     return P * (units * (16 + itemsize) + 32) + num_data * 2 ** widths[1] * 8
 
 
+AUTO_MAX_PATH_EVALS = 2**24
+"""Most path estimates (paths × data points) ``--mode auto`` enumerates for one cell (about 16.8
+million; the paper net takes 200 × 2^15 = 6.6 million): beyond it, sampling is cheaper than
+enumeration, and auto mode samples."""
+
+
 def choose_mode(estimator: Estimator, problem: Problem, mode: str, max_paths: int, *,
                 memory_budget: int | None = None) -> str:
     """``"exact"`` or ``"mc"`` for this estimator and problem.
 
     Exact mode needs a path surrogate (or no randomness), at most ``max_paths`` paths per data
     point and, when ``memory_budget`` is given, path tables (:func:`exact_enumeration_bytes`) within
-    it; ``auto`` falls back to ``mc`` otherwise.
+    it; ``auto`` falls back to ``mc`` otherwise, and also beyond :data:`AUTO_MAX_PATH_EVALS` path
+    estimates.
 
     Raises:
         ExactImpossible: ``mode == "exact"`` where exact mode is impossible (with the reason and,
@@ -103,6 +127,10 @@ def choose_mode(estimator: Estimator, problem: Problem, mode: str, max_paths: in
         if need > memory_budget:
             reason = (f"enumerating the {paths} paths of problem {problem.name!r} needs "
                       f"about {format_bytes(need)}, over memory_budget={format_bytes(memory_budget)}")
+    if reason is None and mode == "auto" and paths * problem.num_data > AUTO_MAX_PATH_EVALS:
+        reason = (f"problem {problem.name!r} has {paths} paths for each of its {problem.num_data} "
+                  f"data points, over the {AUTO_MAX_PATH_EVALS:,} path estimates that --mode auto "
+                  "enumerates (--mode exact enumerates them anyway)")
     if reason is None:
         return "exact"
     if mode == "exact":
@@ -126,14 +154,14 @@ def check_memory(config: RunConfig, problems: Sequence[tuple[str, str, Problem]]
     size = itemsize(config.dtype)
     found: list[str] = []
     least = 0  # the smallest budget that would hold one sample of everything
-    seen: set[tuple[tuple[int, ...], int, str]] = set()
+    seen: set[tuple[str, int, str]] = set()
     for pname, _, prob in problems:
         for est in estimators:
-            key = (prob.widths, prob.num_data, est.spec)
+            key = (prob.arch, prob.num_data, est.spec)
             if key in seen or not est.supports(prob):
                 continue
             seen.add(key)
-            one = est.memory_per_sample(prob.widths, prob.num_data, size)
+            one = sample_bytes(est, prob, prob.num_data, size)
             where = f"{est.spec} on {pname} ({prob.arch}, D={prob.num_data}, {config.dtype})"
             if one > budget:
                 found.append(f"{where}: one sample needs about {format_bytes(one)}")

@@ -164,10 +164,11 @@ def check_shapes(config: RunConfig) -> None:
     """Refuse, before any problem is built, a problem whose shape the exact reference cannot take
     (so that the refusal comes before the data are allocated)."""
     for spec in config.problems:
-        shape = spec.shape()
+        shape = spec.reference_shape()
         if shape is not None:
             try:
-                check_shape(shape[0], shape[1], config.max_exact_bytes, spec.label)
+                check_shape(shape["widths"], shape["num_data"], config.max_exact_bytes,  # type: ignore[arg-type]
+                            spec.label, loss=shape["loss"], head=shape["head"])  # type: ignore[arg-type]
             except ReferenceTooLarge as e:
                 raise RunError(f"refused before any work: {e} (SPEC §2: every metric needs the exact "
                                "gradient)", argument="max_exact_bytes",

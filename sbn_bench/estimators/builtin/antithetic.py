@@ -22,13 +22,14 @@ import torch
 from torch import Tensor
 
 from sbn_bench import model
-from sbn_bench.estimators.base import Estimator
+from sbn_bench.estimators.base import ALL_LAYERS, Estimator
 from sbn_bench.estimators.kernel import (
     check_count,
     downstream_loss,
     mean_loss,
     num_layers,
     preactivation,
+    stochastic_input,
     stochastic_layers,
     uniform,
 )
@@ -43,7 +44,7 @@ def antithetic_surrogate(problem: Problem, params: Params, generator: torch.Gene
     """ARM / DisARM surrogate: per layer the antithetic pair from one ``U``, downstream losses
     from fresh samples, and the path continuing from ``b₁``."""
     F = problem.noise_dist.cdf
-    h: Tensor = problem.x
+    h: Tensor = stochastic_input(problem, params)
     total: Tensor | None = None
     for k in range(1, stochastic_layers(problem) + 1):
         a = preactivation(problem, params, k, h)  # [S, D, n_k]; h carries no gradient
@@ -77,7 +78,7 @@ def arm() -> Estimator:
         ICLR 2019.
     """
     return Estimator("arm", lambda p, q, g: antithetic_surrogate(p, q, g, disarm=False),
-                     unbiased=True, randomness="continuous", family=FAMILY,
+                     unbiased=True, randomness="continuous", family=FAMILY, layers=ALL_LAYERS,
                      evals_per_sample=lambda w: 2 * num_layers(w), noises=frozenset({"logistic"}),
                      description="Augment-REINFORCE-Merge, antithetic pair per layer "
                                  "(Yin & Zhou 2019)")
@@ -92,7 +93,7 @@ def disarm() -> Estimator:
         Variables". NeurIPS 2020.
     """
     return Estimator("disarm", lambda p, q, g: antithetic_surrogate(p, q, g, disarm=True),
-                     unbiased=True, randomness="continuous", family=FAMILY,
+                     unbiased=True, randomness="continuous", family=FAMILY, layers=ALL_LAYERS,
                      evals_per_sample=lambda w: 2 * num_layers(w), noises=frozenset({"logistic"}),
                      description="ARM's pair with the antithetic DisARM weighting "
                                  "(Dong et al. 2020)")
@@ -131,7 +132,7 @@ def arms_surrogate(problem: Problem, params: Params, generator: torch.Generator,
     (``p`` is 0 or 1) every ``b_i − p`` is 0 and the factor is set to 1.
     """
     F = problem.noise_dist.cdf
-    h: Tensor = problem.x
+    h: Tensor = stochastic_input(problem, params)
     total: Tensor | None = None
     for j in range(1, stochastic_layers(problem) + 1):
         a = preactivation(problem, params, j, h)  # [S, D, n_j]; h carries no gradient
@@ -169,7 +170,7 @@ def arms(*, k: int = 4) -> Estimator:
     """
     k = check_count("k", k, 2)
     return Estimator("arms", lambda p, q, g: arms_surrogate(p, q, g, k), hyperparams=(("k", k),),
-                     unbiased=True, randomness="continuous", family=FAMILY,
+                     unbiased=True, randomness="continuous", family=FAMILY, layers=ALL_LAYERS,
                      evals_per_sample=lambda w: k * num_layers(w), noises=frozenset({"logistic"}),
                      description="ARMS: K antithetic samples per layer through a Dirichlet copula "
                                  "(Dimitriev & Zhou 2021)")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sbn_bench.estimators.base import Estimator, default_bytes_per_sample
-from sbn_bench.estimators.kernel import losses, preactivation, stochastic_layers
+from sbn_bench.estimators.base import ALL_LAYERS, Estimator, default_bytes_per_sample
+from sbn_bench.estimators.kernel import losses, preactivation, stochastic_input, stochastic_layers
 from sbn_bench.model import Params
 from sbn_bench.problems import Problem
 
@@ -33,7 +33,7 @@ def leg_surrogate(problem: Problem, params: Params, generator: torch.Generator) 
     """
     F = problem.noise_dist.cdf
     fixed = {name: p.detach() for name, p in params.items()}
-    h: Tensor = problem.x
+    h: Tensor = stochastic_input(problem, params)
     probs, states, uniforms = [], [], []
     for k in range(1, stochastic_layers(problem) + 1):
         fa = F(preactivation(problem, params, k, h))  # [S, D, n_k], with gradient to layer k
@@ -81,6 +81,7 @@ def leg() -> Estimator:
         Inference". NeurIPS 2015.
     """
     return Estimator("leg", leg_surrogate, unbiased=True, randomness="continuous", family=FAMILY,
+                     layers=ALL_LAYERS,
                      evals_per_sample=lambda w: 1 + sum(w[1:-1]), bytes_per_sample=_leg_bytes,
                      description="local expectation gradients: each unit's two states, common "
                                  "downstream noise (Titsias & Lazaro-Gredilla 2015)")

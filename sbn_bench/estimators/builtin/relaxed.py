@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from sbn_bench.estimators.base import Estimator, default_bytes_per_sample
+from sbn_bench.estimators.base import ALL_LAYERS, Estimator, default_bytes_per_sample
 from sbn_bench.estimators.kernel import (
     check_count,
     check_positive,
@@ -30,6 +30,7 @@ from sbn_bench.estimators.kernel import (
     output_moments,
     preactivation,
     preactivation_moments,
+    stochastic_input,
     stochastic_layers,
     uniform,
     with_slope,
@@ -64,7 +65,7 @@ def relaxed_surrogate(problem: Problem, params: Params, generator: torch.Generat
                       tau: float, straight_through: bool) -> Tensor:
     """Concrete (``straight_through=False``) or straight-through Concrete surrogate at ``tau``."""
     noise = problem.noise_dist
-    h: Tensor = problem.x
+    h: Tensor = stochastic_input(problem, params)
     for k in range(1, stochastic_layers(problem) + 1):
         a = preactivation(problem, params, k, h)
         z = noise.icdf(uniform(a.shape, a, generator))
@@ -85,7 +86,7 @@ def concrete(*, tau: float = 1.0) -> Estimator:
     """
     tau = check_positive("tau", tau, "> 0 and finite (the relaxation temperature)")
     return Estimator("concrete", lambda p, q, g: relaxed_surrogate(p, q, g, tau, False),
-                     hyperparams=(("tau", tau),), randomness="continuous", family=FAMILY,
+                     hyperparams=(("tau", tau),), randomness="continuous", family=FAMILY, layers=ALL_LAYERS,
                      description="Concrete relaxation at temperature tau (Maddison/Jang 2017)")
 
 
@@ -98,7 +99,7 @@ def st_gumbel(*, tau: float = 1.0) -> Estimator:
     """
     tau = check_positive("tau", tau, "> 0 and finite (the relaxation temperature)")
     return Estimator("st-gumbel", lambda p, q, g: relaxed_surrogate(p, q, g, tau, True),
-                     hyperparams=(("tau", tau),), randomness="continuous", family=FAMILY,
+                     hyperparams=(("tau", tau),), randomness="continuous", family=FAMILY, layers=ALL_LAYERS,
                      description="straight-through Gumbel-Softmax: binary forward, Concrete "
                                  "backward")
 
@@ -112,12 +113,12 @@ def tanh() -> Estimator:
     """
 
     def surrogate(problem: Problem, params: Params, generator: torch.Generator) -> Tensor:
-        h: Tensor = problem.x
+        h: Tensor = stochastic_input(problem, params)
         for k in range(1, stochastic_layers(problem) + 1):
             h = problem.noise_dist.cdf(preactivation(problem, params, k, h))
         return mean_loss(problem, params, h)
 
-    return Estimator("tanh", surrogate, randomness="none", family=FAMILY,
+    return Estimator("tanh", surrogate, randomness="none", family=FAMILY, layers=ALL_LAYERS,
                      description="deterministic mean field x = F(a) (the paper's tanh/AP1)")
 
 
@@ -146,7 +147,7 @@ def gumbel_rao_surrogate(problem: Problem, params: Params, generator: torch.Gene
     of the noise conditioned on the sampled state. ``Z`` is drawn exactly as ``st-gumbel`` draws it,
     so ``K = 1`` is ``st-gumbel`` on the same generator."""
     noise = problem.noise_dist
-    h: Tensor = problem.x
+    h: Tensor = stochastic_input(problem, params)
     for j in range(1, stochastic_layers(problem) + 1):
         a = preactivation(problem, params, j, h)  # [S, D, n_j]
         z = noise.icdf(uniform(a.shape, a, generator))
@@ -188,7 +189,7 @@ def gr_mc(*, k: int = 10, tau: float = 1.0) -> Estimator:
 
     return Estimator("gr-mc", lambda p, q, g: gumbel_rao_surrogate(p, q, g, k, tau),
                      hyperparams=(("k", k), ("tau", tau)), randomness="continuous",
-                     family=FAMILY, bytes_per_sample=bytes_per_sample,
+                     family=FAMILY, layers=ALL_LAYERS, bytes_per_sample=bytes_per_sample,
                      description="Gumbel-Rao: st-gumbel backward averaged over K conditional "
                                  "noise draws (Paulus et al. 2021)")
 
@@ -223,7 +224,7 @@ def moment_surrogate(problem: Problem, params: Params, generator: torch.Generato
     :func:`moment_probability`; the local reparameterisation samples ``ã ~ N(mean, var)`` and fires
     with ``F(ã)``. The state's mean and variance are then ``(p, p(1 − p))``. The output: AP2 takes the
     loss at the mean ``V m + c``; the local reparameterisation samples ``η ~ N(V m + c, (V∘V) v)``."""
-    m: Tensor = problem.x
+    m: Tensor = stochastic_input(problem, params)
     v = torch.zeros_like(m)
     for k in range(1, stochastic_layers(problem) + 1):
         mean, var = preactivation_moments(problem, params, k, m, v)  # [S, D, n_k]
@@ -258,7 +259,7 @@ def ap2() -> Estimator:
         baseline).
     """
     return Estimator("ap2", lambda p, q, g: moment_surrogate(p, q, None, sample=False),
-                     randomness="none", family=FAMILY, noises=frozenset(NOISE_VARIANCE),
+                     randomness="none", family=FAMILY, layers=ALL_LAYERS, noises=frozenset(NOISE_VARIANCE),
                      description="AP2: deterministic propagation of means and variances (CLT), "
                                  "the PSA authors' AP2")
 
@@ -279,7 +280,7 @@ def local_reparam() -> Estimator:
         NeurIPS 2015. Shekhovtsov, Yanush, Flach. NeurIPS 2020 (the LocalReparam baseline).
     """
     return Estimator("local-reparam", lambda p, q, g: moment_surrogate(p, q, g, sample=True),
-                     randomness="continuous", family=FAMILY,
+                     randomness="continuous", family=FAMILY, layers=ALL_LAYERS - {"head"},
                      description="AP2 with pre-activations sampled from their CLT Gaussian (local "
                                  "reparameterisation)")
 

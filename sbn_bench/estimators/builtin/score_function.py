@@ -13,8 +13,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from sbn_bench.estimators.base import Estimator
-from sbn_bench.estimators.kernel import check_count, forward, losses, output, path_pair, score
+from sbn_bench import network
+from sbn_bench.estimators.base import ALL_LAYERS, Estimator
+from sbn_bench.estimators.kernel import (
+    check_count,
+    forward,
+    losses,
+    path_pair,
+    score,
+    stochastic_input,
+)
 from sbn_bench.model import Params
 from sbn_bench.problems import Problem
 
@@ -23,7 +31,7 @@ FAMILY = "score-function"
 
 def _reinforce(problem: Problem, params: Params, states: Sequence[Tensor] | None,
                generator: torch.Generator | None) -> Tensor:
-    layers = forward(problem, params, problem.x, states, generator)
+    layers = forward(problem, params, stochastic_input(problem, params), states, generator)
     f = losses(problem, params, layers[-1].x)  # [S, D]
     logp = sum(score(problem, layer) for layer in layers)  # [S, D]
     return (f + f.detach() * logp).mean(-1)
@@ -38,7 +46,7 @@ def reinforce() -> Estimator:
     """
     surrogate, path = path_pair(_reinforce)
     return Estimator("reinforce", surrogate, unbiased=True, randomness="path", path_surrogate=path,
-                     family=FAMILY,
+                     family=FAMILY, layers=ALL_LAYERS,
                      description="score function (Williams 1992), unbiased, high variance")
 
 
@@ -58,16 +66,17 @@ def reinforce_loo(*, k: int = 2) -> Estimator:
     def surrogate(problem: Problem, params: Params, generator: torch.Generator) -> Tensor:
         S, D = params["weight_1"].shape[0], problem.num_data
         x_rep = problem.x.repeat(k, 1)  # [K·D, n0], draw i of point d at row i·D + d
-        layers = forward(problem, params, x_rep, None, generator)  # [S, K·D, n_k]
+        h0 = network.stochastic_input(problem.net, params, x_rep)  # through the body
+        layers = forward(problem, params, h0, None, generator)  # [S, K·D, n_k]
         logp = sum(score(problem, layer) for layer in layers)  # [S, K·D]
-        eta = output(problem, params, layers[-1].x).reshape(S, k, D, -1)  # [S, K, D, n_out]
-        f = problem.loss_values(eta)  # [S, K, D]
-        baseline = (f.sum(1, keepdim=True) - f) / (k - 1)
-        logp = logp.reshape(S, k, D)
-        return (f + (f - baseline).detach() * logp).mean((1, 2))
+        x_last = layers[-1].x.reshape(S, k, D, -1).movedim(1, 0)  # [K, S, D, n_L]
+        f = losses(problem, params, x_last)  # [K, S, D]
+        baseline = (f.sum(0, keepdim=True) - f) / (k - 1)
+        logp = logp.reshape(S, k, D).movedim(1, 0)
+        return (f + (f - baseline).detach() * logp).mean((0, 2))
 
     return Estimator("reinforce-loo", surrogate, hyperparams=(("k", k),), unbiased=True,
-                     randomness="path", evals_per_sample=lambda w: k, family=FAMILY,
+                     randomness="path", evals_per_sample=lambda w: k, family=FAMILY, layers=ALL_LAYERS,
                      description="REINFORCE, K draws, leave-one-out baseline (Kool et al. 2019)")
 
 

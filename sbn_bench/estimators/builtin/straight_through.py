@@ -18,8 +18,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from sbn_bench.estimators.base import Estimator
-from sbn_bench.estimators.kernel import Through, forward, mean_loss, pass_through, path_pair, with_slope
+from sbn_bench.estimators.base import ALL_LAYERS, Estimator
+from sbn_bench.estimators.kernel import (
+    Through,
+    forward,
+    mean_loss,
+    pass_through,
+    path_pair,
+    stochastic_input,
+    with_slope,
+)
 from sbn_bench.model import Params
 from sbn_bench.problems import Problem
 
@@ -39,7 +47,7 @@ def straight_through(problem: Problem, params: Params, states: Sequence[Tensor] 
 def _through_path(problem: Problem, params: Params, states: Sequence[Tensor] | None,
                   generator: torch.Generator | None, through: Through) -> Tensor:
     """The loss of one path whose layers pass ``through(a, F(a), x)`` on: ``[S]``."""
-    layers = forward(problem, params, problem.x, states, generator, through)
+    layers = forward(problem, params, stochastic_input(problem, params), states, generator, through)
     return mean_loss(problem, params, layers[-1].h)
 
 
@@ -85,6 +93,7 @@ def st() -> Estimator:
     """
     surrogate, path = path_pair(lambda p, q, s, g: straight_through(p, q, s, g, identity=False))
     return Estimator("st", surrogate, randomness="path", path_surrogate=path, family=FAMILY,
+                     layers=ALL_LAYERS,
                      description="straight-through with dx/da := F'(a) (Shekhovtsov et al. 2020)")
 
 
@@ -97,7 +106,7 @@ def st_identity() -> Estimator:
     """
     surrogate, path = path_pair(lambda p, q, s, g: straight_through(p, q, s, g, identity=True))
     return Estimator("st-identity", surrogate, randomness="path", path_surrogate=path,
-                     family=FAMILY,
+                     family=FAMILY, layers=ALL_LAYERS,
                      description="straight-through with dx/da := 1 (Bengio et al. 2013)")
 
 
@@ -116,6 +125,7 @@ def hard_st() -> Estimator:
     """
     surrogate, path = path_pair(lambda p, q, s, g: _through_path(p, q, s, g, hard_st_through))
     return Estimator("hard-st", surrogate, randomness="path", path_surrogate=path, family=FAMILY,
+                     layers=ALL_LAYERS,
                      description="straight-through with dx/da := hardtanh'(a) (the PSA authors' "
                                  "HardST)")
 
@@ -136,6 +146,7 @@ def reinmax() -> Estimator:
     """
     surrogate, path = path_pair(lambda p, q, s, g: _through_path(p, q, s, g, reinmax_through))
     return Estimator("reinmax", surrogate, randomness="path", path_surrogate=path, family=FAMILY,
+                     layers=ALL_LAYERS,
                      noises=frozenset({"logistic"}),
                      description="ReinMax in binary form: the sample forward, a Heun-method "
                                  "backward (Liu et al. 2023)")
