@@ -38,7 +38,7 @@ from sbn_bench import model
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.fileio import WriteError, atomic_write_bytes
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES, Noise, Params
-from sbn_bench.network import Network, NetworkError, from_description, parse_network
+from sbn_bench.network import Network, NetworkError, from_description, from_layers, parse_network
 
 DEFAULT_DATA_POINTS = 100
 MAX_PROBLEM_BYTES = 2**33
@@ -347,11 +347,44 @@ def network_of(arch: str | Sequence[int], loss: str = "logistic") -> Network:
     Raises:
         ProblemError: a malformed architecture, naming the token and what was expected.
     """
+    if isinstance(arch, str) and arch.strip().lower().endswith(".json"):
+        return network_file(arch.strip(), prior=loss == "vae")
     if loss != "vae" and _is_plain_arch(arch):
         return Network.plain(parse_arch(arch))
     text = arch if isinstance(arch, str) else "-".join(map(str, arch))
     try:
         return parse_network(text, prior=loss == "vae")
+    except NetworkError as e:
+        raise ProblemError(str(e), argument="arch", value=e.value, expected=e.expected) from None
+
+
+def network_file(path: str | os.PathLike[str], *, prior: bool = False) -> Network:
+    """The network of a JSON layer list file ``{"input": [C, H, W] or [n], "layers": [...]}``
+    (:func:`sbn_bench.network.from_layers`: what the ``--arch`` grammar cannot say, e.g. a
+    LeakyReLU slope); ``--arch net.json`` and TOML ``arch = "net.json"`` read it.
+
+    Raises:
+        ProblemError: the file is missing, not JSON, or not a valid layer list (naming the file,
+            the key or layer, and what was expected).
+    """
+    where = f"argument arch={str(path)!r}"
+    try:
+        d = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ProblemError(f"{where}: cannot read the layer list file ({e.strerror or e})",
+                           argument="arch", value=str(path), expected="a readable JSON file") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ProblemError(f"{where} is not JSON ({e})", argument="arch", value=str(path),
+                           expected='{"input": [...], "layers": [...]}') from None
+    if not isinstance(d, dict) or set(d) != {"input", "layers"} \
+            or not isinstance(d["input"], list) or not isinstance(d["layers"], list) \
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in d["input"]):
+        keys = sorted(d) if isinstance(d, dict) else type(d).__name__
+        raise ProblemError(f"{where}: expected an object with exactly the keys 'input' (a list of "
+                           f"integers) and 'layers' (a list of layer tables), got {keys}",
+                           argument="arch", value=str(path), expected='{"input": [...], "layers": [...]}')
+    try:
+        return from_layers(d["input"], d["layers"], prior=prior, source=str(path))
     except NetworkError as e:
         raise ProblemError(str(e), argument="arch", value=e.value, expected=e.expected) from None
 

@@ -99,6 +99,27 @@ def test_layer_lists_say_what_the_grammar_cannot() -> None:
                                   {"kind": "linear", "units": 1}])
 
 
+def test_a_json_layer_list_file_is_an_arch(tmp_path) -> None:
+    layers = [{"kind": "dense", "units": 3}, {"kind": "leakyrelu", "slope": 0.1},
+              {"kind": "dense", "units": 2, "stochastic": True}, {"kind": "linear", "units": 1}]
+    f = tmp_path / "net.json"
+    f.write_text(json.dumps({"input": [4], "layers": layers}))
+    p = random_problem(str(f), data_points=5, seed=0)
+    assert p.network.body[1].slope == 0.1 and p.widths == (4, 2, 1)
+    assert p.network == network.from_layers([4], layers)
+    assert problems.parse_arch(str(f)) == (4, 2, 1)
+    cases = [(tmp_path / "missing.json", None, "cannot read the layer list file"),
+             (tmp_path / "a.json", "{not json", "is not JSON"),
+             (tmp_path / "b.json", json.dumps({"input": [4]}), "exactly the keys 'input'"),
+             (tmp_path / "c.json", json.dumps({"input": [4], "layers": layers[:1]}), "output")]
+    for path, text, words in cases:
+        if text is not None:
+            path.write_text(text)
+        with pytest.raises(ProblemError, match=words) as e:
+            random_problem(str(path), data_points=5, seed=0)
+        assert "arch" in str(e.value) or str(path) in str(e.value)
+
+
 def test_a_tampered_description_is_refused() -> None:
     d = parse_network("1x4x4-c2k2-3").describe()
     d["stochastic"][0]["out"] = [2, 4, 4]  # not what a 2x2 kernel gives

@@ -172,3 +172,22 @@ def test_a_wide_figure_is_never_the_fastest(tmp_path: Path) -> None:
     rows = {row[0].text: row[2] for row in tt.rows}
     assert rows["psa"].text.endswith("(wide)") and not rows["psa"].strong and rows["st"].strong
     assert any("(wide)" in n for n in tt.notes)
+
+
+def test_throughput_table_script_runs_on_cpu(tmp_path, capsys) -> None:
+    """benchmarks/throughput_table.py (what benchmarks/gpu.sh runs on CUDA) works end to end on the CPU."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput_table.py"
+    spec = importlib.util.spec_from_file_location("throughput_table", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "t.md"
+    assert mod.main(["--problems", "quick", "--estimators", "st,tanh,arm", "--min-round", "0.01",
+                     "--max-seconds", "1", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| quick |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["st", "tanh", "arm"]
+    assert all(float(r.split("|")[4].split("(")[0].replace(",", "")) > 0 for r in rows)
+    if not torch.cuda.is_available():
+        assert mod.main(["--device", "cuda", "--problems", "quick"]) == 2  # refused, not a CPU table

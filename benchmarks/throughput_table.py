@@ -1,0 +1,88 @@
+"""Throughput of estimators on preset problems, one device and dtype: a Markdown table.
+
+Each preset problem is measured once, every estimator that supports it in interleaved rounds
+(:func:`sbn_bench.throughput.measure_group`, the method of ``sbn-bench run``: rounds calibrated to
+last ``--min-round`` seconds, the median over rounds with its confidence interval, ``wide`` when
+the interval is wider than 20%). The batch per call is what a 1 GiB memory budget allows (the run's
+planner, :func:`sbn_bench.runner.chunk_size`), capped by ``--max-batch``.
+
+Usage::
+
+    python benchmarks/throughput_table.py --device cuda --problems paper,digits-conv,digits-vae \
+        [--estimators psa,st,...] [--dtype float32] [--threads 1] [--max-batch 100000] [--out t.md]
+
+``benchmarks/gpu.sh`` runs it on a GPU; on a CPU it gives the figures of the README's tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from sbn_bench.config import ProblemSpec, RunConfig
+from sbn_bench.estimators import UnsupportedProblem, load_registry
+from sbn_bench.problems import PRESET_ESTIMATORS, preset_problem
+from sbn_bench.runner import chunk_size
+from sbn_bench.throughput import ThroughputSettings, measure_group
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    ap.add_argument("--problems", default="paper", help="comma-separated preset names")
+    ap.add_argument("--estimators", default=None,
+                    help="comma-separated specs [default: every built-in supporting the problem]")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-batch", type=int, default=100_000)
+    ap.add_argument("--min-round", type=float, default=0.2)
+    ap.add_argument("--max-seconds", type=float, default=60.0)
+    ap.add_argument("--out", default=None, help="also write the table to this file")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: this torch has no CUDA device", file=sys.stderr)
+        return 2
+    dtype = getattr(torch, a.dtype)
+    reg = load_registry()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {a.threads} thread(s)"
+    lines = [f"Device: {where}; torch {torch.__version__}; {a.dtype}; "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
+             "| problem | estimator | batch | samples/s (95% interval) | wide |", "|---|---|---|---|---|"]
+    config = RunConfig(problems=(ProblemSpec(preset="paper"),))  # its memory budget only
+    for name in a.problems.split(","):
+        problem = preset_problem(name)
+        specs = (a.estimators.split(",") if a.estimators
+                 else list(PRESET_ESTIMATORS.get(name, ())) or reg.names())
+        ests = []
+        for spec in specs:
+            est = reg.create(spec)
+            try:
+                est.check_supports(problem)
+            except UnsupportedProblem:
+                continue
+            ests.append(est)
+        p = problem.to(device, dtype)
+        batches = [min(a.max_batch, chunk_size(config, e, problem)) for e in ests]
+        gens = [torch.Generator(device=device).manual_seed(i) for i in range(len(ests))]
+        settings = ThroughputSettings(min_round_s=a.min_round, max_seconds=a.max_seconds)
+        for e, r in zip(ests, measure_group(ests, p, max_batch=batches, generators=gens,
+                                            settings=settings)):
+            lines.append(f"| {name} | {e.spec} | {r.batch:,} | {r.samples_per_s:,.0f} "
+                         f"({r.samples_per_s_lo:,.0f}–{r.samples_per_s_hi:,.0f}) | "
+                         f"{'wide' if r.wide else ''} |")
+        print("\n".join(lines[-len(ests):]), flush=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
