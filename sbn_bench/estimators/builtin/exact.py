@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench import network
-from sbn_bench.estimators.base import ALL_LAYERS, Estimator
+from sbn_bench.estimators.base import ALL_LAYERS, Estimator, default_bytes_per_sample
 from sbn_bench.model import Params
 from sbn_bench.problems import Problem
 from sbn_bench.reference import exact_gradient
@@ -36,6 +36,10 @@ def exact() -> Estimator:
 
     return Estimator("exact", surrogate, unbiased=True, randomness="none",
                      evals_per_sample=lambda w: 2 ** w[-2], family=FAMILY, layers=ALL_LAYERS,
+                     # the reference enumerates in chunks bounded by its own limit
+                     # (--max-exact-bytes), once per call whatever S: a sample costs what a
+                     # single pass's replicas and gradients take
+                     bytes_per_sample=lambda w, d, isz: default_bytes_per_sample(w, d, isz, 1),
                      description="exact gradient by the transfer-matrix chain (the reference)")
 
 

@@ -8,6 +8,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -69,11 +70,13 @@ def reinforce_loo(*, k: int = 2) -> Estimator:
         h0 = network.stochastic_input(problem.net, params, x_rep)  # through the body
         layers = forward(problem, params, h0, None, generator)  # [S, K·D, n_k]
         logp = sum(score(problem, layer) for layer in layers)  # [S, K·D]
-        x_last = layers[-1].x.reshape(S, k, D, -1).movedim(1, 0)  # [K, S, D, n_L]
-        f = losses(problem, params, x_last)  # [K, S, D]
-        baseline = (f.sum(0, keepdim=True) - f) / (k - 1)
-        logp = logp.reshape(S, k, D).movedim(1, 0)
-        return (f + (f - baseline).detach() * logp).mean((0, 2))
+        # the K draws as K·D data points (same memory layout and reductions as the draws)
+        rows = dataclasses.replace(problem, x=x_rep,
+                                   y=problem.y.repeat(k, *[1] * (problem.y.dim() - 1)))
+        f = losses(rows, params, layers[-1].x).reshape(S, k, D)  # [S, K, D]
+        baseline = (f.sum(1, keepdim=True) - f) / (k - 1)
+        logp = logp.reshape(S, k, D)
+        return (f + (f - baseline).detach() * logp).mean((1, 2))
 
     return Estimator("reinforce-loo", surrogate, hyperparams=(("k", k),), unbiased=True,
                      randomness="path", evals_per_sample=lambda w: k, family=FAMILY, layers=ALL_LAYERS,
