@@ -466,3 +466,20 @@ def test_run_with_only_failures_reports_them(tmp_path) -> None:
     text = summary_markdown(run)
     msg = run.failures["error"].iloc[0]
     assert text.count("No results.") == 2 and text.count(msg) == 2, text
+
+
+def test_figures_leave_out_round_off_layers_and_a_deep_nets_output_layer() -> None:
+    import pandas as pd
+
+    from sbn_bench.reports.figures import figure_layers
+
+    def rows(values: dict[str, float]) -> pd.DataFrame:
+        return pd.DataFrame([{"metric": "rrmse", "layer": lay, "M": m, "value": v / m ** 0.5}
+                             for lay, v in values.items() for m in (1.0, 100.0)])
+
+    vae = rows({"1": 0.1, "out": 0.12, "prior": 1.3e-7, "all": 0.08})  # the prior: the analytic KL's
+    assert figure_layers(vae, ["1", "out", "prior", "all"]) == ["1", "out", "all"]
+    sampled = rows({"1": 0.1, "out": 0.12, "prior": 0.3, "all": 0.08})  # a sampled KL is estimated
+    assert figure_layers(sampled, ["1", "out", "prior", "all"]) == ["1", "out", "prior", "all"]
+    paper = rows({"1": 0.5, "2": 0.4, "3": 0.2, "out": 0.1, "all": 0.2})
+    assert figure_layers(paper, ["1", "2", "3", "out", "all"]) == ["1", "2", "3", "all"]

@@ -410,6 +410,26 @@ Curve = tuple[np.ndarray, np.ndarray, np.ndarray]
 """``(M, value, stderr)`` of one estimator in one layer, sorted by M (stderr 0 where unknown)."""
 
 
+ROUNDOFF_RRMSE = 1e-5
+"""An rrmse at or below this at every M is round-off: the estimators get the layer exactly (the
+binary VAE's prior, whose gradient is the analytic KL's in every estimate), nothing to draw."""
+
+
+def figure_layers(rows: pd.DataFrame, layers: Sequence[str]) -> list[str]:
+    """The layers (parameter groups) a figure shows, in order: every group but one that every
+    estimator gets to round-off (:data:`ROUNDOFF_RRMSE`), and but the output layer of a network
+    with several stochastic layers (pathwise for almost every estimator there: the lines coincide;
+    the tables and the story show it). With one stochastic layer (the VAE's decoder, a classifier's
+    head) the output layer is shown."""
+    rr = rows[(rows["metric"] == "rrmse") & rows["layer"].isin(list(layers))]
+    exact = {str(lay) for lay, g in rr.groupby("layer")
+             if len(g) and bool((g["value"].astype(float) <= ROUNDOFF_RRMSE).all())}
+    shown = [lay for lay in layers if lay == "all" or lay not in exact]
+    if sum(1 for lay in shown if lay.isdigit()) >= 2 and "out" in shown:
+        shown.remove("out")
+    return shown
+
+
 def curves(rows: pd.DataFrame, metric: str) -> dict[tuple[str, str], Curve]:
     """``{(layer, estimator): (M, value, stderr)}`` for one metric: one pass over the rows."""
     d = rows[(rows["metric"] == metric) & rows["M"].notna()].sort_values(["layer", "estimator", "M"])
@@ -475,8 +495,7 @@ def accuracy_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[
     groups = panel_groups(present, {e: sty[e].family for e in present}, MAX_LINES)
     layers = sorted({k[0] for k in (*rr, *cm)}, key=layer_key)
     n_layers = sum(1 for lay in layers if lay.isdigit())
-    if len(layers) > 2 and "out" in layers:  # pathwise for (almost) every estimator: the
-        layers.remove("out")                 # lines coincide; the tables and the story show it
+    layers = figure_layers(rows, layers)
     kinds = [k for k, d in (("rrmse", rr), ("cosine", cm)) if d]
     nrows = len(kinds) * len(groups)
     fig, axes = _grid(nrows, len(layers), sharex=True, sharey="row", title=title,
@@ -750,9 +769,8 @@ def bias_variance_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Map
     ckpts = [c for c in checkpoints if c in set(bv["checkpoint"])] or list(dict.fromkeys(bv["checkpoint"]))
     layers = sorted(set(bv["layer"]), key=layer_key)
     n_layers = sum(1 for lay in layers if lay.isdigit())
-    if len(layers) > 2 and "out" in layers:  # the output layer is pathwise for (almost) every
-        layers.remove("out")                 # estimator: its points coincide; the tables show it
-        bv = bv[bv["layer"] != "out"]
+    layers = figure_layers(rows, layers)
+    bv = bv[bv["layer"].isin(layers)]
     size = np.maximum(bv["rel_sd"].to_numpy(float), bv["rel_bias"].to_numpy(float))
     panels = [{e: size[(bv["checkpoint"] == ck).to_numpy() & (bv["layer"] == lay).to_numpy()
                        & (bv["estimator"] == e).to_numpy()] for e in set(bv["estimator"])}
