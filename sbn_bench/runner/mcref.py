@@ -111,6 +111,10 @@ class ReferencePlan:
     target_rel_error: float | None
     seconds_per_sample: float = math.nan
     pilot: tuple[PilotResult, ...] = ()
+    variance: float = math.nan
+    """``V̂_R`` from R's grown pilot (the one that set N)."""
+    g_norm_sq: float = math.nan
+    """``‖g‖²`` from R's grown pilot."""
 
     @property
     def seconds(self) -> float:
@@ -348,10 +352,9 @@ def _check_args(rel_error: float, time_budget_s: float, samples: int | None) -> 
 def _too_costly(problem: Problem, plan: ReferencePlan, rel_error: float, budget: float) -> None:
     t = plan.seconds_per_sample
     reach = math.inf
-    best = next((p for p in plan.pilot if p.estimator == plan.estimator), None)
-    if best is not None and best.g_norm_sq > 0:
+    if plan.g_norm_sq > 0:
         n_budget = max(1, int(budget / t))
-        reach = math.sqrt(best.variance / n_budget / best.g_norm_sq)
+        reach = math.sqrt(plan.variance / n_budget / plan.g_norm_sq)
     raise McReferenceError(
         f"the Monte-Carlo reference of problem {problem.name!r} needs about N={plan.samples} "
         f"samples of {plan.estimator} ({t * 1e3:.3g} ms each, about {plan.seconds:.0f} s) to reach "
@@ -404,10 +407,8 @@ def _make_plan(problem: Problem, estimator: str | None, samples: int | None, rel
                 argument="reference_time_budget", value=budget, expected="a larger budget or N")
         acc, spent = _pilot(e, prob, chunk, seed, dev, 2 * acc.n, 2 * acc.n, math.inf, acc, spent)
         V, gsq = acc.figures()
-    results = [r if r.estimator != e.spec else PilotResult(e.spec, acc.n, spent / acc.n, V, gsq)
-               for r in results]
     n = max(MIN_SAMPLES, math.ceil(V / (rel_error**2 * gsq)))
-    return ReferencePlan(e.spec, n, rel_error, spent / acc.n, tuple(results))
+    return ReferencePlan(e.spec, n, rel_error, spent / acc.n, tuple(results), V, gsq)
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,7 +525,8 @@ def _read_plan(cache_dir: str | Path | None, key: str) -> ReferencePlan | None:
         d = json.loads(path.read_text(encoding="utf-8"))
         pilot = tuple(PilotResult(**p) for p in d["pilot"])
         return ReferencePlan(str(d["estimator"]), int(d["samples"]), d["target_rel_error"],
-                             float(d["seconds_per_sample"]), pilot)
+                             float(d["seconds_per_sample"]), pilot, float(d["variance"]),
+                             float(d["g_norm_sq"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -192,8 +192,7 @@ def check_hyperparameters(estimators: Sequence[Estimator]) -> None:
 def check_shapes(config: RunConfig) -> None:
     """Refuse, before any problem is built, a problem whose shape the exact reference cannot take
     (so that the refusal comes before the data are allocated)."""
-    if parse_reference(config.reference)[0] != "exact":
-        return  # too large for the exact reference: a Monte-Carlo one (auto) or none needed (mc)
+    kind = parse_reference(config.reference)[0]
     for spec in config.problems:
         shape = spec.reference_shape()
         if shape is not None:
@@ -201,6 +200,11 @@ def check_shapes(config: RunConfig) -> None:
                 check_shape(shape["widths"], shape["num_data"], config.max_exact_bytes,  # type: ignore[arg-type]
                             spec.label, loss=shape["loss"], head=shape["head"])  # type: ignore[arg-type]
             except ReferenceTooLarge as e:
+                # a Monte-Carlo reference (auto, mc) takes it, unless its data alone are over the
+                # limit (they would be allocated before anything else could refuse it)
+                data_bytes = int(shape["num_data"]) * int(shape["widths"][0]) * 8  # type: ignore[index]
+                if kind != "exact" and data_bytes <= config.max_exact_bytes:
+                    continue
                 raise RunError(f"refused before any work: {e} (SPEC §2: with --reference exact "
                                "every metric needs the exact gradient; --reference auto uses a "
                                "Monte-Carlo reference instead)", argument="max_exact_bytes",
