@@ -37,6 +37,7 @@ and the valid keys; relative paths are relative to the TOML file's folder)::
     cell_timeout = 3600                           # seconds a cell may take (recorded as failed)
     reference = "auto"                            # "exact" | "auto" | "mc[:ESTIMATOR[:N]]" (SPEC §8)
     reference_rel_error = 0.02                    # Monte-Carlo reference: target relative error ε
+    reference_target = "network"                  # ε of the whole gradient, or "layers": of each
     reference_time_budget = 300                   # seconds its samples may take (refused beyond)
     reference_seed = 0                            # the seed of its samples
     reference_cache = "~/.cache/sbn-bench"        # where it is cached (default $SBN_BENCH_CACHE)
@@ -135,6 +136,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 """The estimators' dtypes by name (the reference is always float64)."""
 MODES = ("auto", "exact", "mc")
 REFERENCES = ("auto", "exact", "mc")
+REFERENCE_TARGETS = ("network", "layers")
+"""What the Monte-Carlo reference's target ε applies to (:mod:`sbn_bench.runner.mcref`)."""
 DEFAULT_REFERENCE_REL_ERROR = 0.02
 DEFAULT_REFERENCE_TIME_BUDGET = 300.0
 
@@ -447,9 +450,11 @@ class RunConfig:
             samples of an unbiased estimator, :mod:`sbn_bench.runner.mcref`) or ``"auto"`` (exact
             where the size guard allows, else Monte Carlo).
         reference_rel_error: the Monte-Carlo reference's target relative error ε (when N is not
-            given). reference_time_budget: seconds its samples may take (refused beyond, before
-            any work). reference_seed: the seed of its samples. reference_cache: where Monte-Carlo
-            references are cached (None: ``$SBN_BENCH_CACHE`` or ``~/.cache/sbn-bench``).
+            given); reference_target: what it applies to, ``"network"`` (the whole gradient) or
+            ``"layers"`` (every parameter group). reference_time_budget: seconds its samples may
+            take (refused beyond, before any work). reference_seed: the seed of its samples.
+            reference_cache: where Monte-Carlo references are cached (None: ``$SBN_BENCH_CACHE``
+            or ``~/.cache/sbn-bench``).
     """
 
     problems: tuple[ProblemSpec, ...]
@@ -476,6 +481,7 @@ class RunConfig:
     threads: int = 1
     reference: str = "auto"
     reference_rel_error: float = DEFAULT_REFERENCE_REL_ERROR
+    reference_target: str = "network"
     reference_time_budget: float = DEFAULT_REFERENCE_TIME_BUDGET
     reference_seed: int = 0
     reference_cache: str | None = None
@@ -548,6 +554,7 @@ class RunConfig:
                                   value=self.cell_timeout, expected="seconds > 0")
             object.__setattr__(self, "cell_timeout", float(self.cell_timeout))
         parse_reference(self.reference)
+        _check_choice("reference_target", self.reference_target, REFERENCE_TARGETS)
         for name, lo, hi in (("reference_rel_error", 0.0, 1.0),
                              ("reference_time_budget", 0.0, math.inf)):
             v = getattr(self, name)
@@ -678,7 +685,7 @@ _TOP_KEYS = {"estimators", "plugins", "samples", "M", "seeds", "device", "dtype"
              "max_paths", "chunk", "memory_budget", "max_exact_bytes", "target_rrmse",
              "stderr_batches", "cosine_groups", "out", "throughput", "problem", "executor",
              "cell_timeout", "threads", "sweep", "reference", "reference_rel_error",
-             "reference_time_budget", "reference_seed", "reference_cache"}
+             "reference_time_budget", "reference_seed", "reference_cache", "reference_target"}
 _PROBLEM_KEYS = {f.name for f in fields(ProblemSpec)}
 _THROUGHPUT_KEYS = {f.name for f in fields(ThroughputConfig)}
 

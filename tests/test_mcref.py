@@ -163,7 +163,9 @@ def test_every_metric_agrees_with_the_exact_reference_within_its_error(net: str)
     ok = df[df["value_x"].map(math.isfinite) & df["value_m"].map(math.isfinite)
             & df["stderr_m"].map(math.isfinite)]
     diff = (ok["value_m"] - ok["value_x"]).abs()
-    same = diff <= 1e-12 * ok["value_x"].abs().clip(lower=1e-300)  # e.g. variance, snr: no g in it
+    # equal to round-off: variance and snr (no g in them), and groups the reference has exactly
+    # (the VAE's prior logits: their KL gradient is analytic, R's variance there is 0)
+    same = diff <= 1e-9 * ok["value_x"].abs()
     test = ok[~same]
     assert len(test) > 50, f"too few rows differ to test: {len(test)}"
     z = (test["value_m"] - test["value_x"]).abs() / test["stderr_m"]

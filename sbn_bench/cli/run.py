@@ -35,6 +35,7 @@ from sbn_bench.config import (
     DTYPES,
     MAX_THREADS,
     MODES,
+    REFERENCE_TARGETS,
     ConfigError,
     RunConfig,
     ThroughputConfig,
@@ -214,6 +215,11 @@ def _duration(seconds: float) -> str:
 @click.option("--reference-rel-error", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=DEFAULT_REFERENCE_REL_ERROR, show_default=True,
               help="Monte-Carlo reference: the target relative error ε = √(V_R/N)/‖g‖.")
+@click.option("--reference-target", type=click.Choice(REFERENCE_TARGETS), default="network",
+              show_default=True,
+              help="Monte-Carlo reference: ε of the whole network's gradient, or of every layer "
+                   "(costlier: a layer with a small gradient needs many samples). Every row "
+                   "reports its own layer's ε.")
 @click.option("--reference-time-budget", type=click.FloatRange(min=0, min_open=True),
               default=DEFAULT_REFERENCE_TIME_BUDGET, show_default=True,
               help="Monte-Carlo reference: seconds its N samples may take; a reference that cannot "
@@ -242,7 +248,7 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         throughput_batch: int | None, no_throughput: bool, out: Path | None, resume: bool,
         no_report: bool, train_seeds: tuple[int, ...] | None, cache_dir: Path | None,
         quiet: bool, executor: str, cell_timeout: float, threads: int, reference: str,
-        reference_rel_error: float, reference_time_budget: float,
+        reference_rel_error: float, reference_target: str, reference_time_budget: float,
         reference_cache: Path | None) -> None:
     """Measure bias, variance, relative RMSE, cosine, SNR and throughput of estimators.
 
@@ -275,6 +281,7 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         memory_budget=memory_budget, max_exact_bytes=max_exact_bytes, target_rrmse=target_rrmse,
         throughput=tp, resume=resume, executor=executor, cell_timeout=cell_timeout,
         threads=threads, reference=reference, reference_rel_error=reference_rel_error,
+        reference_target=reference_target,
         reference_time_budget=reference_time_budget,
         reference_cache=None if reference_cache is None else str(reference_cache))
     is_paper = (config_file is None and preset == "paper"

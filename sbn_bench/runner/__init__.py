@@ -350,7 +350,8 @@ def plan_mc_references(config: RunConfig, plan: Plan) -> None:
         with torch_threads(config.threads):
             plan.mc_plans[(pname, label)] = plan_reference(
                 prob, estimator=est, samples=n, rel_error=config.reference_rel_error,
-                seed=config.reference_seed, time_budget_s=config.reference_time_budget,
+                target=config.reference_target, seed=config.reference_seed,
+                time_budget_s=config.reference_time_budget,
                 device=config.device, dtype=config.dtype, memory_budget=config.memory_budget,
                 registry=plan.registry, cache_dir=reference_cache_dir(config))
 

@@ -18,7 +18,10 @@ How R and N are chosen (:func:`plan_reference`):
   :data:`PILOT_SECONDS` allow, at least :data:`PILOT_MIN_SAMPLES`): the cost of reaching a given ε.
 * **N**: the number given, or ``N = ⌈V_R / (ε² ‖g‖²)⌉`` (at least :data:`MIN_SAMPLES`) from a pilot
   of R grown (doubling) until its own relative error is below :data:`PILOT_MAX_REL_ERROR`, so that
-  ``‖g‖² ≈ ‖m‖² − V̂_R/n`` is known to about ±30 %. The pilot's samples are independent of the
+  ``‖g‖² ≈ ‖m‖² − V̂_R/n`` is known to about ±30 %. ``target="network"`` (default, SPEC §8) applies
+  ε to the whole network's gradient; ``target="layers"`` to every parameter group (each layer, the
+  output layer, the whole network) that R estimates with noise, N set by the noisiest relative
+  to its gradient. Either way every row reports its own group's ε. The pilot's samples are independent of the
   reference's (another seed) and are not reused: ``N`` does not depend on the samples it averages,
   so ``ĝ`` stays unbiased.
 * **Budget**: if ``N ×`` R's seconds per sample exceeds ``time_budget_s``, :class:`McReferenceError`
@@ -114,7 +117,11 @@ class ReferencePlan:
     variance: float = math.nan
     """``V̂_R`` from R's grown pilot (the one that set N)."""
     g_norm_sq: float = math.nan
-    """``‖g‖²`` from R's grown pilot."""
+    """``‖g‖²`` from R's grown pilot (of the group that set N)."""
+    target: str = "network"
+    """What ε applies to (:data:`TARGETS`)."""
+    group: str = ALL
+    """The group that set N (the noisiest relative to its gradient, among the targeted)."""
 
     @property
     def seconds(self) -> float:
@@ -274,13 +281,36 @@ class _Moments:
         self.q = q if self.q is None else self.q + q
         self.n += x.shape[0]
 
-    def figures(self) -> tuple[float, float]:
-        """``(V̂, ‖m‖² − V̂/n)``."""
+    def figures(self, groups: Groups | None = None) -> tuple[Tensor, Tensor]:
+        """``(V̂, ‖m‖² − V̂/n)`` per group (``[G]`` each; without ``groups``, whole vector ``[1]``)."""
         assert self.s is not None and self.q is not None and self.n >= 2
         m = self.s / self.n
         var = ((self.q - self.n * m * m) / (self.n - 1)).clamp_min(0)
-        V = float(var.sum())
-        return V, float((m * m).sum()) - V / self.n
+        if groups is None:
+            V, msq = var.sum().reshape(1), (m * m).sum().reshape(1)
+        else:
+            V, msq = groups.sums(var), groups.sums(m * m)
+        return V, msq - V / self.n
+
+
+TARGETS = ("network", "layers")
+"""What the target ε applies to: the whole network's gradient (SPEC §8's ``ε = √(V_R/N)/‖g‖``), or
+every parameter group (each layer, the output layer and the whole network) that R estimates with
+noise, which can cost far more: a layer with a small gradient needs many samples."""
+
+
+def _worst(V: Tensor, gsq: Tensor) -> tuple[int, float]:
+    """The group with the largest ``V/‖g‖²`` among those with noise (``V > 0``) and that ratio
+    (``inf`` where ``‖g‖² ≤ 0``); ``(-1, 0)`` when no group has noise."""
+    worst, ratio = -1, 0.0
+    for j in range(V.numel()):
+        v, g = float(V[j]), float(gsq[j])
+        if v <= 0:
+            continue
+        r = v / g if g > 0 else math.inf
+        if worst < 0 or r > ratio:
+            worst, ratio = j, r
+    return worst, ratio
 
 
 def _pilot(estimator: Estimator, prob: Problem, chunk: int, seed: int, device: torch.device,
@@ -305,7 +335,7 @@ def _pilot(estimator: Estimator, prob: Problem, chunk: int, seed: int, device: t
 
 
 def plan_reference(problem: Problem, *, estimator: str | None = None, samples: int | None = None,
-                   rel_error: float = DEFAULT_REL_ERROR, seed: int = 0,
+                   rel_error: float = DEFAULT_REL_ERROR, target: str = "network", seed: int = 0,
                    time_budget_s: float = DEFAULT_TIME_BUDGET_S, device: str = "cpu",
                    dtype: str = "float32", memory_budget: int = 2**30,
                    registry: Registry | None = None, cache_dir: str | Path | None = None
@@ -318,14 +348,18 @@ def plan_reference(problem: Problem, *, estimator: str | None = None, samples: i
             ``time_budget_s`` (the message gives N, the seconds, and the ε the budget reaches).
     """
     _check_args(rel_error, time_budget_s, samples)
+    if target not in TARGETS:
+        raise McReferenceError(f"reference_target={target!r} is not one of {', '.join(TARGETS)}",
+                               argument="reference_target", value=target,
+                               expected=f"one of {', '.join(TARGETS)}")
     if estimator is not None and samples is not None:
         _create(estimator, problem, registry)
         return ReferencePlan(estimator, samples, None)
-    key = _plan_key(problem, estimator, samples, rel_error, seed, device, dtype, registry)
+    key = _plan_key(problem, estimator, samples, rel_error, seed, device, dtype, registry, target)
     cached = _read_plan(cache_dir, key)
     if cached is None:
         cached = _make_plan(problem, estimator, samples, rel_error, seed, time_budget_s, device,
-                            dtype, memory_budget, registry)
+                            dtype, memory_budget, registry, target)
         _write_plan(cache_dir, key, cached)
     if samples is None and cached.seconds > time_budget_s:
         _too_costly(problem, cached, rel_error, time_budget_s)
@@ -366,7 +400,7 @@ def _too_costly(problem: Problem, plan: ReferencePlan, rel_error: float, budget:
 
 def _make_plan(problem: Problem, estimator: str | None, samples: int | None, rel_error: float,
                seed: int, budget: float, device: str, dtype: str, memory_budget: int,
-               registry: Registry | None) -> ReferencePlan:
+               registry: Registry | None, target: str) -> ReferencePlan:
     dev = torch.device(device)
     prob = problem.to(dev, DTYPES[dtype])
     if estimator is not None:
@@ -387,28 +421,40 @@ def _make_plan(problem: Problem, estimator: str | None, samples: int | None, rel
                             PILOT_SECONDS)
         accs[e.spec] = (acc, spent)
         V, gsq = acc.figures()
-        results.append(PilotResult(e.spec, acc.n, spent / acc.n, V, gsq))
+        results.append(PilotResult(e.spec, acc.n, spent / acc.n, float(V[0]), float(gsq[0])))
     best = min(results, key=lambda r: (r.cost if math.isfinite(r.cost) else math.inf))
     e = next(c for c in cands if c.spec == best.estimator)
     if samples is not None:
         return ReferencePlan(e.spec, samples, None, best.seconds_per_sample, tuple(results))
-    # grow R's pilot until ‖g‖ is known well enough to set N
+    # grow R's pilot until ‖g‖ (of every targeted group) is known well enough to set N
+    groups = Groups.of(problem.params)
+    names = groups.names if target == "layers" else [ALL]
+    idx = [groups.names.index(n) for n in names]
     acc, spent = accs[e.spec]
     chunk = _chunk(e, problem, dtype, memory_budget)
-    V, gsq = acc.figures()
-    while gsq <= 0 or V / acc.n / gsq > PILOT_MAX_REL_ERROR**2:
+
+    def worst() -> tuple[int, float, float, float]:
+        V, gsq = acc.figures(groups)
+        j, ratio = _worst(V[idx], gsq[idx])
+        k = idx[j] if j >= 0 else groups.names.index(ALL)
+        return k, ratio, float(V[k]), float(gsq[k])
+
+    k, ratio, V, gsq = worst()
+    while ratio / acc.n > PILOT_MAX_REL_ERROR**2:
         if 2 * spent > PILOT_MAX_SHARE * budget:
-            eps = math.sqrt(V / acc.n / gsq) if gsq > 0 else math.inf
+            eps = math.sqrt(ratio / acc.n)
+            where = "" if target == "network" else f" of group {groups.names[k]!r}"
             raise McReferenceError(
                 f"the pilot of the Monte-Carlo reference of problem {problem.name!r} cannot tell "
-                f"‖g‖ from the noise of {e.spec} within {PILOT_MAX_SHARE:.0%} of the time budget "
-                f"({acc.n} samples in {spent:.0f} s, relative error still {eps:.3g}); raise "
+                f"‖g‖{where} from the noise of {e.spec} within {PILOT_MAX_SHARE:.0%} of the time "
+                f"budget ({acc.n} samples in {spent:.0f} s, relative error still {eps:.3g}); raise "
                 f"--reference-time-budget or give N (--reference mc:{e.spec}:N)",
                 argument="reference_time_budget", value=budget, expected="a larger budget or N")
         acc, spent = _pilot(e, prob, chunk, seed, dev, 2 * acc.n, 2 * acc.n, math.inf, acc, spent)
-        V, gsq = acc.figures()
-    n = max(MIN_SAMPLES, math.ceil(V / (rel_error**2 * gsq)))
-    return ReferencePlan(e.spec, n, rel_error, spent / acc.n, tuple(results), V, gsq)
+        k, ratio, V, gsq = worst()
+    n = max(MIN_SAMPLES, math.ceil(ratio / rel_error**2))
+    return ReferencePlan(e.spec, n, rel_error, spent / acc.n, tuple(results), V, gsq,
+                         target, groups.names[k])
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,7 +462,7 @@ def _make_plan(problem: Problem, estimator: str | None, samples: int | None, rel
 
 
 def mc_reference(problem: Problem, *, estimator: str | None = None, samples: int | None = None,
-                 rel_error: float = DEFAULT_REL_ERROR, seed: int = 0,
+                 rel_error: float = DEFAULT_REL_ERROR, target: str = "network", seed: int = 0,
                  time_budget_s: float = DEFAULT_TIME_BUDGET_S, cache_dir: str | Path | None = None,
                  device: str = "cpu", dtype: str = "float32", memory_budget: int = 2**30,
                  registry: Registry | None = None, plan: ReferencePlan | None = None
@@ -428,6 +474,9 @@ def mc_reference(problem: Problem, *, estimator: str | None = None, samples: int
         estimator: R's spec (an unbiased estimator); None: chosen by the pilot.
         samples: ``N``; None: chosen to reach ``rel_error``.
         rel_error: the target ε (used when ``samples`` is None).
+        target: what ε applies to (:data:`TARGETS`): ``"network"`` (the whole gradient, SPEC
+            §8) or ``"layers"`` (every group R estimates with noise; the rows show each group's ε
+            either way).
         seed: the seed of the samples (and of the pilot).
         time_budget_s: most seconds the ``N`` samples may take (refused beyond, before sampling).
         cache_dir: where plans and references are cached (None: no cache).
@@ -446,8 +495,9 @@ def mc_reference(problem: Problem, *, estimator: str | None = None, samples: int
     """
     if plan is None:
         plan = plan_reference(problem, estimator=estimator, samples=samples, rel_error=rel_error,
-                              seed=seed, time_budget_s=time_budget_s, device=device, dtype=dtype,
-                              memory_budget=memory_budget, registry=registry, cache_dir=cache_dir)
+                              target=target, seed=seed, time_budget_s=time_budget_s,
+                              device=device, dtype=dtype, memory_budget=memory_budget,
+                              registry=registry, cache_dir=cache_dir)
     est = _create(plan.estimator, problem, registry)
     groups = Groups.of(problem.params)
     params = tuple((n, tuple(s)) for n, s in zip(groups.params, groups.shapes))
@@ -497,13 +547,13 @@ def _digest(parts: Sequence[object]) -> str:
 
 
 def _plan_key(problem: Problem, estimator: str | None, samples: int | None, rel_error: float,
-              seed: int, device: str, dtype: str, registry: Registry | None) -> str:
+              seed: int, device: str, dtype: str, registry: Registry | None, target: str) -> str:
     if estimator is None:
         cands = [f"{e.spec}@{e.version}" for e in candidate_estimators(problem, registry)]
     else:
         cands = [estimator]
     return _digest(["plan", CACHE_VERSION, problem.fingerprint(), cands, samples, rel_error, seed,
-                    torch.device(device).type, dtype])
+                    torch.device(device).type, dtype, target])
 
 
 def _ref_key(problem: Problem, est: Estimator, samples: int, seed: int, chunk: int, device: str,
@@ -526,7 +576,7 @@ def _read_plan(cache_dir: str | Path | None, key: str) -> ReferencePlan | None:
         pilot = tuple(PilotResult(**p) for p in d["pilot"])
         return ReferencePlan(str(d["estimator"]), int(d["samples"]), d["target_rel_error"],
                              float(d["seconds_per_sample"]), pilot, float(d["variance"]),
-                             float(d["g_norm_sq"]))
+                             float(d["g_norm_sq"]), str(d["target"]), str(d["group"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

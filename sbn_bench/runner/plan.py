@@ -318,6 +318,6 @@ def _reference_record(plan: Plan, problem: str, checkpoint: str) -> dict[str, An
     mp = plan.mc_plans.get((problem, checkpoint))
     if mp is not None:
         rec.update(estimator=mp.estimator, samples=mp.samples, target_rel_error=mp.target_rel_error,
-                   seconds_per_sample=mp.seconds_per_sample,
+                   target=mp.target, set_by_group=mp.group, seconds_per_sample=mp.seconds_per_sample,
                    pilot=[dict(p.__dict__) for p in mp.pilot])
     return rec
