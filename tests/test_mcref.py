@@ -359,3 +359,52 @@ def test_exact_reference_rows_are_unchanged_but_for_the_new_columns(tmp_path: Pa
     assert "reference_cosine" not in set(a.metrics["metric"])
     assert a.manifest["references"] == [{"problem": "arch-2-3-2-1-seed0", "checkpoint": "init",
                                          "kind": "exact"}]
+
+
+def test_exact_reference_values_are_byte_identical_to_the_schema2_runner(tmp_path: Path) -> None:
+    # tests/golden/exact_reference_schema2_metrics.csv was written by the runner before the
+    # Monte-Carlo reference existed (schema 2), with this configuration: the same rows, byte for
+    # byte, once the two new columns are left out
+    golden = Path(__file__).parent / "golden" / "exact_reference_schema2_metrics.csv"
+    cfg_ = RunConfig(problems=(ProblemSpec(arch="2-3-3-1", data_points=20),),
+                     estimators=("psa", "arm", "tanh"), samples=100, M=(1, 10),
+                     throughput=ThroughputConfig(enabled=False), out=str(tmp_path / "run"))
+    runner.run(cfg_)
+    lines = (tmp_path / "run" / "metrics.csv").read_text(encoding="utf-8").splitlines()
+    assert lines[0].endswith(",reference,reference_rel_error")
+    assert all(line.endswith(",exact,0.0") for line in lines[1:])
+    stripped = [lines[0].removesuffix(",reference,reference_rel_error")]
+    stripped += [line.removesuffix(",exact,0.0") for line in lines[1:]]
+    assert stripped == golden.read_text(encoding="utf-8").splitlines()
+
+
+def test_the_layers_target_brings_every_layer_to_epsilon() -> None:
+    p = random_problem("2-4-4-4-1", 0, data_points=20)
+    net = plan_reference(p, rel_error=0.1, estimator="disarm", seed=0)
+    lay = plan_reference(p, rel_error=0.1, estimator="disarm", seed=0, target="layers")
+    assert net.group == "all" and lay.group != "all" and lay.samples > net.samples
+    ref = mc_reference(p, plan=lay, seed=0)
+    eps = ref.group_rel_errors()
+    # N was set from the pilot (±30 % on ‖g‖²): every group near or below the target
+    assert max(eps.values()) < 0.1 * 1.6, eps
+    with pytest.raises(McReferenceError, match="reference_target='each'"):
+        plan_reference(p, target="each")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_mc_reference_on_cuda_agrees_with_the_cpu_within_its_error(tmp_path: Path) -> None:
+    p = random_problem("2-4-4-4-1", 0, data_points=20)
+    g = flat_exact(p)
+    ref = mc_reference(p, estimator="disarm", samples=2000, seed=0, device="cuda",
+                       cache_dir=tmp_path)
+    assert ref.gradient.device.type == "cpu" and ref.gradient.dtype == torch.float64
+    z = (ref.gradient - g) / (ref.variance / ref.samples).sqrt()
+    assert float(z.abs().max()) <= z_bound(z.numel())
+    res = runner.run(RunConfig(problems=(ProblemSpec(arch="2-4-4-4-1", data_points=20),),
+                               estimators=("st", "arm"), samples=200, M=(1, 10), device="cuda",
+                               reference="mc", reference_rel_error=0.05,
+                               reference_cache=str(tmp_path / "c"),
+                               throughput=ThroughputConfig(enabled=False),
+                               out=str(tmp_path / "run")))
+    assert res.failures.empty and res.metrics["reference"].str.startswith("mc:").all()

@@ -139,9 +139,11 @@ def _rrmse(c: GroupContext, m: int | None) -> Value:
     if c.exact:
         se = 0.0
     elif v > 0:
-        se = _relative_se(value, v_se / (2 * math.sqrt(v)), c)
+        se = safe_ratio(v_se, 2 * math.sqrt(v) * g)
     else:  # √ is not differentiable at 0: its standard error is at most √se (norm_stderr)
-        se = _relative_se(value, norm_stderr(v, v_se), c)
+        se = safe_ratio(norm_stderr(v, v_se), g)
+    if c.stats.g_norm_se > 0 and math.isfinite(value):  # a Monte-Carlo reference's ‖g‖
+        se = math.hypot(se, value * safe_ratio(c.stats.g_norm_se, g))
     return value, se
 
 
