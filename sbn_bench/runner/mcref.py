@@ -16,6 +16,8 @@ How R and N are chosen (:func:`plan_reference`):
   non-adaptive, random estimators that support the problem) the one with the lowest
   ``V_R × seconds per sample`` in a short pilot (:data:`PILOT_SAMPLES` samples each, or as many as
   :data:`PILOT_SECONDS` allow, at least :data:`PILOT_MIN_SAMPLES`): the cost of reaching a given ε.
+  A candidate whose first (warm-up) sample takes over :data:`PILOT_PRUNE` times the fastest's is
+  left out (``leg`` on the digits nets: one sample per unit).
 * **N**: the number given, or ``N = ⌈V_R / (ε² ‖g‖²)⌉`` (at least :data:`MIN_SAMPLES`) from a pilot
   of R grown (doubling) until its own relative error is below :data:`PILOT_MAX_REL_ERROR`, so that
   ``‖g‖² ≈ ‖m‖² − V̂_R/n`` is known to about ±30 %. ``target="network"`` (default, SPEC §8) applies
@@ -73,6 +75,9 @@ PILOT_SAMPLES = 64
 PILOT_MIN_SAMPLES = 8
 PILOT_SECONDS = 5.0
 """Most seconds the pilot spends on one candidate (beyond :data:`PILOT_MIN_SAMPLES` samples)."""
+PILOT_PRUNE = 20.0
+"""A candidate whose first sample takes more than this many times the fastest candidate's is left
+out of the pilot (it would need a variance that many times smaller to be chosen)."""
 PILOT_MAX_REL_ERROR = 0.15
 """The pilot of R grows until ``√(V̂_R/n)/‖g‖`` is below this (``‖g‖²`` then known to about ±30 %)."""
 PILOT_MAX_SHARE = 0.25
@@ -322,8 +327,6 @@ def _pilot(estimator: Estimator, prob: Problem, chunk: int, seed: int, device: t
     acc = acc or _Moments()
     gen = torch.Generator(device=device)
     gen.manual_seed(stable_seed("mcref-pilot", seed, prob.fingerprint(), estimator.spec, acc.n))
-    if acc.n == 0:  # untimed warm-up (first-call allocations, lazy initialisation)
-        _draw(estimator, prob, min(2, chunk), min(2, chunk), gen, groups, _Moments())
     while acc.n < max_samples and (acc.n < min_samples or spent < seconds):
         c = min(chunk, max_samples - acc.n, max(1, acc.n or min_samples))
         _sync(device)
@@ -415,6 +418,21 @@ def _make_plan(problem: Problem, estimator: str | None, samples: int | None, rel
                                    expected="an unbiased estimator that supports the problem")
     results: list[PilotResult] = []
     accs: dict[str, tuple[_Moments, float]] = {}
+    # warm-up: one sample of each (first-call allocations, lazy initialisation), timed: a
+    # candidate far slower than the fastest is left out (it would need a variance that much
+    # smaller to win, and its pilot alone would cost minutes on large nets)
+    warm: dict[str, float] = {}
+    for e in cands:
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(stable_seed("mcref-warmup", seed, e.spec))
+        _sync(dev)
+        t0 = time.perf_counter()
+        _draw(e, prob, 1, 1, gen, Groups.of(prob.params), _Moments())
+        _sync(dev)
+        warm[e.spec] = time.perf_counter() - t0
+    fastest = min(warm.values())
+    if len(cands) > 1:
+        cands = [e for e in cands if warm[e.spec] <= PILOT_PRUNE * fastest]
     for e in cands:
         chunk = _chunk(e, problem, dtype, memory_budget)
         acc, spent = _pilot(e, prob, chunk, seed, dev, PILOT_MIN_SAMPLES, PILOT_SAMPLES,
