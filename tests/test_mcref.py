@@ -408,3 +408,28 @@ def test_the_mc_reference_on_cuda_agrees_with_the_cpu_within_its_error(tmp_path:
                                throughput=ThroughputConfig(enabled=False),
                                out=str(tmp_path / "run")))
     assert res.failures.empty and res.metrics["reference"].str.startswith("mc:").all()
+
+
+def test_a_resumed_run_keeps_its_reference(tmp_path: Path, monkeypatch) -> None:
+    # the new cells of a resumed run use the R and N the finished ones did: no pilot runs again
+    # (its timings could choose another R), even without the cache (another folder here)
+    base = dict(problems=(ProblemSpec(arch="2-3-3-1", data_points=10),), estimators=("st", "arm"),
+                seeds=(0, 1), samples=50, M=(1, 5), throughput=ThroughputConfig(enabled=False),
+                reference="mc", reference_rel_error=0.1, out=str(tmp_path / "run"))
+
+    class Stop(Exception):
+        pass
+
+    def stop(cell) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        runner.run(RunConfig(**base, reference_cache=str(tmp_path / "c1")), on_cell_done=stop)
+    first = pd.read_csv(next((tmp_path / "run" / "cells").glob("*.metrics.csv")), comment="#")
+    def no_pilot(*args, **kw):
+        raise AssertionError("the resumed run chose its reference again")
+
+    monkeypatch.setattr(runner, "plan_reference", no_pilot)
+    res = runner.run(RunConfig(**base, reference_cache=str(tmp_path / "c2"), resume=True))
+    assert res.failures.empty and res.cells_skipped == 1 and res.cells_run == 3
+    assert set(res.metrics["reference"]) == set(first["reference"])

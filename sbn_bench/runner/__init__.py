@@ -344,8 +344,13 @@ def plan_mc_references(config: RunConfig, plan: Plan) -> None:
     cannot bring to ``config.reference_rel_error`` is refused here
     (:class:`~sbn_bench.runner.mcref.McReferenceError`, with the estimate)."""
     _, est, n = parse_reference(config.reference)
+    previous = _previous_plans(config)
     for pname, label, prob in plan.problems:
         if plan.references.get((pname, label)) != "mc":
+            continue
+        old = previous.get((pname, label, prob.fingerprint()))
+        if old is not None:  # resuming: the finished cells used this R and N
+            plan.mc_plans[(pname, label)] = old
             continue
         with torch_threads(config.threads):
             plan.mc_plans[(pname, label)] = plan_reference(
@@ -354,6 +359,29 @@ def plan_mc_references(config: RunConfig, plan: Plan) -> None:
                 time_budget_s=config.reference_time_budget,
                 device=config.device, dtype=config.dtype, memory_budget=config.memory_budget,
                 registry=plan.registry, cache_dir=reference_cache_dir(config))
+
+
+def _previous_plans(config: RunConfig) -> dict[tuple[str, str, str], ReferencePlan]:
+    """Resuming: the Monte-Carlo references' R and N recorded in the run's manifest, by
+    (problem, checkpoint, fingerprint), so that the new cells use the reference the finished ones
+    did (a pilot run again could choose another R, its timings varying)."""
+    if not config.resume or config.out is None:
+        return {}
+    try:
+        manifest = json.loads((Path(config.out) / "manifest.json").read_text(encoding="utf-8"))
+        prints = {(p["problem"], p["checkpoint"]): p["sha256"] for p in manifest["problems"]}
+        out = {}
+        for r in manifest.get("references") or []:
+            if r.get("kind") != "mc":
+                continue
+            key = (r["problem"], r["checkpoint"], prints[(r["problem"], r["checkpoint"])])
+            out[key] = ReferencePlan(str(r["estimator"]), int(r["samples"]), r["target_rel_error"],
+                                     float(r.get("seconds_per_sample", math.nan)),
+                                     target=str(r.get("target", "network")),
+                                     group=str(r.get("set_by_group", "all")))
+        return out
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def monte_carlo_reference(problem: Problem, config: RunConfig, mc_plan: ReferencePlan
