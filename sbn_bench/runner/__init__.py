@@ -12,7 +12,10 @@ work, the cells, the manifest), hands ``(cell, context)`` tasks to an executor
 (:mod:`~sbn_bench.runner.executors`), which measures each with the pure function
 :func:`~sbn_bench.runner.cells.measure_cell`, and writes each result to its own part file
 atomically (:mod:`sbn_bench.storage`). The reference gradient of a problem checkpoint is computed
-once, by the manager, when its first statistics cell is due, and passed to every cell that needs it.
+once, by the manager, when its first statistics cell is due, and passed to every cell that needs it:
+the exact one, or (``config.reference``, SPEC §8) a Monte-Carlo one
+(:mod:`~sbn_bench.runner.mcref`), whose estimator and sample count are chosen before any work
+(:func:`plan_mc_references`: a reference its time budget cannot bring to its ε is refused there).
 
 Cells, in order: for each problem and checkpoint, its throughput cell when it is the first of its
 network shape (unless disabled: every estimator of it, their rounds interleaved), then one
