@@ -52,6 +52,10 @@ METRICS = [m.name for m in metrics.METRICS]
 """The metrics of ``metrics.csv`` (:data:`sbn_bench.metrics.METRICS`): each a deterministic function
 of the sampled estimates, so the same command, seed and device give a byte-identical file."""
 
+EXACT_REFERENCE_METRICS = list(metrics.EXACT_REFERENCE_METRICS)
+"""The metrics of a cell measured against the exact reference (``reference_cosine`` is written only
+against a Monte-Carlo one)."""
+
 TIMED_METRICS = [m.name for m in metrics.TIMED_METRICS]
 """The metrics of ``timed_metrics.csv`` (same columns as ``metrics.csv``): they multiply a
 deterministic figure by a *measured* time, so they change from run to run; derived from

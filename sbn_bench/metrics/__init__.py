@@ -92,6 +92,7 @@ from __future__ import annotations
 from sbn_bench.metrics.groups import ALL, OUT, Groups, hidden_layers, layer_key, sort_layers
 from sbn_bench.metrics.registry import (
     BY_NAME,
+    EXACT_REFERENCE_METRICS,
     METRICS,
     NAN_VALUES,
     TIMED_METRICS,
@@ -136,7 +137,8 @@ from sbn_bench.metrics.stats import (
 )
 
 __all__ = [
-    "ALL", "BY_NAME", "COSINE_QUANTILES", "METRICS", "NAN_VALUES", "OUT", "TIMED_METRICS",
+    "ALL", "BY_NAME", "COSINE_QUANTILES", "EXACT_REFERENCE_METRICS", "METRICS", "NAN_VALUES", "OUT",
+    "TIMED_METRICS",
     "CosineAccumulator", "GroupContext", "GroupStats", "Groups", "Metric", "MomentAccumulator",
     "MomentStats", "ReferenceNoise", "TimedMetric", "WeightedMoments", "better", "bias_sq_stderr",
     "corrected_bias_sq", "corrected_norm", "cosines", "dist_sq_stderr", "exact_group_stats",

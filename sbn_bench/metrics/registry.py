@@ -78,6 +78,7 @@ class Metric:
         nan_when: when a NaN value is legitimate, in words (None: never).
         nan_allowed: ``GroupStats -> bool``, whether a NaN value is legitimate for that group.
         cosine: its mode is that of the cosines (sampled M-means) rather than the cell's.
+        mc_reference_only: written only against a Monte-Carlo reference (``reference_cosine``).
         inf_allowed: an infinite value has a meaning (a relative error when ``‖g‖ = 0``, samples
             that no number of samples reaches); for the others (norms, variances) infinity only
             means float64 overflowed, and the cell is recorded as failed instead.
@@ -93,6 +94,8 @@ class Metric:
     nan_allowed: Callable[[GroupStats], bool] | None = None
     cosine: bool = False
     inf_allowed: bool = False
+    mc_reference_only: bool = False
+    """Rows only against a Monte-Carlo reference (SPEC §8), none against the exact one."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,12 +252,16 @@ METRICS: tuple[Metric, ...] = (
     Metric("reference_cosine", "the Monte-Carlo reference's own resolution 1/√(1 + ε²), the "
            "expected cos(ĝ, g) of the reference ĝ with the exact g: the ceiling of cosine_* "
            "(rows only against a Monte-Carlo reference, SPEC §8)", False, None, "relative",
-           _reference_cosine),
+           _reference_cosine, mc_reference_only=True),
 )
 """The metrics of ``metrics.csv``, in the order of its rows: each a deterministic function of the
 sampled estimates, so the same command, seed and device give a byte-identical file."""
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
+
+EXACT_REFERENCE_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if not m.mc_reference_only)
+"""The metrics a cell writes against the exact reference (all but :attr:`Metric.mc_reference_only`
+ones)."""
 
 
 @dataclass(frozen=True)
