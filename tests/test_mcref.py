@@ -135,11 +135,11 @@ NETS = {
 
 
 def compare(problem: Problem, estimators: tuple[str, ...], config: RunConfig, rel_error: float,
-            ref_seed: int = 0) -> pd.DataFrame:
+            ref_seed: int = 0, **ref_kw) -> pd.DataFrame:
     """Metric rows of each estimator against the exact and the Monte-Carlo reference (the same
     estimator samples), side by side."""
     ex = exact_reference(problem, 2**32)
-    mc = mc_reference(problem, rel_error=rel_error, seed=ref_seed, dtype="float64")
+    mc = mc_reference(problem, rel_error=rel_error, seed=ref_seed, dtype="float64", **ref_kw)
     out = []
     for spec in estimators:
         est = REGISTRY.create(spec)
@@ -165,7 +165,7 @@ def test_every_metric_agrees_with_the_exact_reference_within_its_error(net: str)
     diff = (ok["value_m"] - ok["value_x"]).abs()
     # equal to round-off: variance and snr (no g in them), and groups the reference has exactly
     # (the VAE's prior logits: their KL gradient is analytic, R's variance there is 0)
-    same = diff <= 1e-9 * ok["value_x"].abs()
+    same = diff <= 1e-9 * ok["value_x"].abs() + 1e-12  # (the reports' ROUND_REL, ROUND_ABS)
     test = ok[~same]
     assert len(test) > 50, f"too few rows differ to test: {len(test)}"
     z = (test["value_m"] - test["value_x"]).abs() / test["stderr_m"]
@@ -181,11 +181,15 @@ def test_every_metric_agrees_with_the_exact_reference_within_its_error(net: str)
         "c"))["metric"]) == set(schema.EXACT_REFERENCE_METRICS))
 
 
-def test_metrics_agree_on_the_random_net_quickly() -> None:
-    # the fast version of the test above: one net, exact-mode and Monte-Carlo rows
+@pytest.mark.parametrize("ref", [{}, {"estimator": "reinforce", "samples": 40}],
+                         ids=["epsilon-0.05", "coarse"])
+def test_metrics_agree_on_the_random_net_quickly(ref) -> None:
+    # the fast version of the test above: one net, exact-mode and Monte-Carlo rows; the coarse
+    # reference (ε ≈ 0.2) is where the corrections matter (without the −V̂_R/N terms the biases
+    # are off by several standard errors)
     problem = random_problem("2-4-4-4-1", 0, data_points=20)
     config = cfg(mode="auto", samples=400, M=(1, 10))
-    df = compare(problem, ("st", "reinforce", "tanh"), config, rel_error=0.05)
+    df = compare(problem, ("st", "reinforce", "tanh"), config, rel_error=0.05, **ref)
     ok = df[df["value_x"].map(math.isfinite) & df["value_m"].map(math.isfinite)
             & df["stderr_m"].map(math.isfinite) & (df["value_x"] != df["value_m"])]
     z = (ok["value_m"] - ok["value_x"]).abs() / ok["stderr_m"]
@@ -206,11 +210,11 @@ def test_an_unbiased_estimator_is_not_found_biased_and_is_shown_as_a_bound() -> 
         rows = pd.DataFrame(stats_cell_rows(REGISTRY.create(spec), problem, ref.gradient,
                                             cfg(mode=mode), 0, "c", reference=as_reference(ref)))
         rb = rows[rows["metric"] == "rel_bias"]
-        z = rb["value"] / rb["stderr"]
+        z = rb["value"] / rb["stderr"]  # 0 where the reference does not resolve (stderr ∞)
         assert (rb["stderr"] > 0).all() and float(z.max()) <= z_bound(len(rb)), rb.to_string()
         # the reports show a bias that is not significantly above zero as an upper bound
         for v, se, md in zip(rb["value"], rb["stderr"], rb["mode"]):
-            if v <= 2 * se:
+            if v <= 2 * se and math.isfinite(se):  # (stderr ∞: shown as "± ∞", unresolved)
                 assert fmt_estimate(Estimate(v, se, md), bound=True).startswith("≤ ")
 
 
@@ -232,7 +236,7 @@ def test_a_biased_estimator_is_resolved_once_epsilon_is_below_its_bias() -> None
     assert fine.rel_error < b / 3 and v > 2 * se, (fine.rel_error, v, se)  # resolved
     assert abs(v - b) <= z_bound(1) * se
     assert not fmt_estimate(Estimate(v, se, "exact"), bound=True).startswith("≤")
-    coarse = mc_reference(problem, estimator="reinforce", samples=8, seed=2)
+    coarse = mc_reference(problem, estimator="reinforce", samples=40, seed=2)  # ε ≈ 0.5
     v, se = rel_bias(coarse)
     assert coarse.rel_error > b, coarse.rel_error
     assert v <= 2 * se, (coarse.rel_error, v, se)  # not resolved: an upper bound

@@ -109,10 +109,12 @@ def _bias_norm(c: GroupContext, m: int | None) -> Value:
 def _relative_se(value: float, num_se: float, c: GroupContext) -> float:
     """Standard error of ``x / ‖g‖`` from that of ``x`` (``num_se``) and, against a Monte-Carlo
     reference, that of ``‖g‖`` (delta method, the two treated as uncorrelated)."""
-    g = c.stats.g_norm
+    g, g_se = c.stats.g_norm, c.stats.g_norm_se
+    if math.isinf(g_se):  # a group the Monte-Carlo reference does not resolve
+        return math.inf
     se = safe_ratio(num_se, g)
-    if c.stats.g_norm_se > 0 and math.isfinite(value):
-        se = math.hypot(se, value * safe_ratio(c.stats.g_norm_se, g))
+    if g_se > 0 and math.isfinite(value):
+        se = math.hypot(se, value * safe_ratio(g_se, g))
     return se
 
 
@@ -145,8 +147,8 @@ def _rrmse(c: GroupContext, m: int | None) -> Value:
         se = safe_ratio(v_se, 2 * math.sqrt(v) * g)
     else:  # √ is not differentiable at 0: its standard error is at most √se (norm_stderr)
         se = safe_ratio(norm_stderr(v, v_se), g)
-    if c.stats.g_norm_se > 0 and math.isfinite(value):  # a Monte-Carlo reference's ‖g‖
-        se = math.hypot(se, value * safe_ratio(c.stats.g_norm_se, g))
+    if c.stats.g_norm_se > 0:  # a Monte-Carlo reference's ‖g‖
+        se = _relative_se(value, se * g, c)
     return value, se
 
 
@@ -214,7 +216,9 @@ def _samples_to_accuracy(c: GroupContext, m: int | None) -> Value:
     else:
         den = t**2 * st.g_norm**2 - c.bias_sq
         se = math.hypot(st.variance_se / den, st.variance * st.bias_sq_se / den**2)
-        if st.g_norm_se > 0:  # a Monte-Carlo reference: ∂M*/∂‖g‖ = −2 t² ‖g‖ V / den²
+        if math.isinf(st.g_norm_se):  # a group the Monte-Carlo reference does not resolve
+            se = math.inf
+        elif st.g_norm_se > 0:  # a Monte-Carlo reference: ∂M*/∂‖g‖ = −2 t² ‖g‖ V / den²
             se = math.hypot(se, 2 * t**2 * st.g_norm * st.variance * st.g_norm_se / den**2)
     return m_star, se
 

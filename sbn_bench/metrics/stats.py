@@ -245,22 +245,29 @@ def _reference_terms(noise: ReferenceNoise, groups: Groups) -> tuple[Tensor, Ten
     return delta, se
 
 
+RESOLVED_Z = 2.0
+"""A Monte-Carlo reference resolves a group when its corrected ``‖g‖²`` exceeds this many
+standard errors (:func:`corrected_norm`)."""
+
+
 def corrected_norm(g: Tensor, noise: ReferenceNoise, groups: Groups, j: int, sl: slice,
                    delta: float, delta_se: float) -> tuple[float, float, float]:
     """``(‖g‖, its standard error, ε)`` of group ``j`` from a Monte-Carlo reference ``ĝ`` (SPEC §8):
     ``‖g‖² ≈ ‖ĝ‖² − V̂_R/N``, the error of ``‖ĝ‖²`` by :func:`dist_sq_stderr` combined with that of
     ``V̂_R/N``, and the reference's relative error ``ε = √(V̂_R/N) / ‖g‖``.
 
-    When the reference's noise is as large as ``‖ĝ‖²`` (the corrected ``‖g‖² ≤ 0``: the group is
-    not resolved), ``‖ĝ‖`` is returned with a standard error of ``‖ĝ‖`` (100 %) and ``ε = ∞``, so
-    that the relative metrics stay finite and say, by their errors, that they mean nothing."""
+    A group whose corrected ``‖g‖²`` is not significantly above zero (``≤`` :data:`RESOLVED_Z`
+    standard errors: the reference's noise is about as large as its gradient) is not resolved:
+    ``‖g‖`` may be anything up to about ``‖ĝ‖``, and no delta method describes ``1/‖g‖`` there.
+    ``‖ĝ‖`` is then returned with an infinite standard error and ``ε = ∞``: the relative metrics
+    stay finite (lower bounds) and say, by their errors, that they mean nothing."""
     gj = g[sl].to(torch.float64)
     raw = float((gj * gj).sum())
     sq = raw - delta
-    if sq <= 0:
-        return math.sqrt(raw), math.sqrt(raw), math.inf if delta > 0 else 0.0
     se_sq = math.hypot(dist_sq_stderr(gj, [noise.batch_dev[:, sl].to(torch.float64)]), delta_se)
-    norm = math.sqrt(sq)
+    if delta > 0 and not sq > RESOLVED_Z * se_sq:
+        return math.sqrt(raw), math.inf, math.inf
+    norm = math.sqrt(max(sq, 0.0))
     return norm, norm_stderr(sq, se_sq), safe_ratio(math.sqrt(max(delta, 0.0)), norm)
 
 
