@@ -189,7 +189,9 @@ class McReference:
         return out
 
     def group_rel_errors(self) -> dict[str, float]:
-        """``ε`` per parameter group (``"1" … "L"``, ``"out"``, ``"all"``)."""
+        """``ε = √(V̂_R/N) / ‖g‖`` per parameter group (``"1" … "L"``, ``"out"``, ``"all"``), with
+        ``‖g‖² ≈ ‖ĝ‖² − V̂_R/N`` (∞ where that is not positive; the metrics' rows also give ∞
+        where it is not significantly positive, :func:`sbn_bench.metrics.corrected_norm`)."""
         groups = Groups.of({n: torch.empty(s) for n, s in self.params})
         v = groups.sums(self.noise.variance) / self.samples
         gsq = groups.sums(self.gradient * self.gradient) - v
