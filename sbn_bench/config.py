@@ -35,6 +35,12 @@ and the valid keys; relative paths are relative to the TOML file's folder)::
     threads = 1                                   # torch threads of every cell, whatever the executor
                                                   # (throughput too; recorded in the manifest)
     cell_timeout = 3600                           # seconds a cell may take (recorded as failed)
+    reference = "auto"                            # "exact" | "auto" | "mc[:ESTIMATOR[:N]]" (SPEC §8)
+    reference_rel_error = 0.02                    # Monte-Carlo reference: target relative error ε
+    reference_target = "network"                  # ε of the whole gradient, or "layers": of each
+    reference_time_budget = 300                   # seconds its samples may take (refused beyond)
+    reference_seed = 0                            # the seed of its samples
+    reference_cache = "~/.cache/sbn-bench"        # where it is cached (default $SBN_BENCH_CACHE)
 
     [throughput]                                  # once per network shape, interleaved
     enabled = true
@@ -129,6 +135,11 @@ DEVICES = ("cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 """The estimators' dtypes by name (the reference is always float64)."""
 MODES = ("auto", "exact", "mc")
+REFERENCES = ("auto", "exact", "mc")
+REFERENCE_TARGETS = ("network", "layers")
+"""What the Monte-Carlo reference's target ε applies to (:mod:`sbn_bench.runner.mcref`)."""
+DEFAULT_REFERENCE_REL_ERROR = 0.02
+DEFAULT_REFERENCE_TIME_BUDGET = 300.0
 
 
 class ConfigError(SbnBenchError, ValueError):
@@ -138,6 +149,45 @@ class ConfigError(SbnBenchError, ValueError):
 
 class ConfigFileError(ConfigError):
     """A :class:`ConfigError` located in a TOML file: the message names the file and the line."""
+
+
+def parse_reference(text: object) -> tuple[str, str | None, int | None]:
+    """``reference`` (``--reference``) as ``(kind, estimator, N)``: ``exact``, ``auto``, ``mc``,
+    ``mc:ESTIMATOR``, ``mc:ESTIMATOR:N`` or ``mc::N`` (ESTIMATOR may carry hyperparameters,
+    ``mc:reinforce-loo:k=4:20000``; N is the last field when it is an integer).
+
+    Raises:
+        ConfigError: naming the value and the accepted forms.
+    """
+    expected = "exact, auto, mc, mc:ESTIMATOR, mc:ESTIMATOR:N or mc::N (N an integer ≥ 2)"
+    if not isinstance(text, str):
+        raise ConfigError(f"reference={text!r} must be a string: {expected}",
+                          argument="reference", value=text, expected=expected)
+    t = text.strip()
+    if t in REFERENCES:
+        return t, None, None
+    if not t.startswith("mc:"):
+        raise ConfigError(f"reference={text!r} is not one of {expected}", argument="reference",
+                          value=text, expected=expected)
+    rest = t[3:]
+    head, sep, last = rest.rpartition(":")
+    n: int | None = None
+    if sep and last.strip().isdigit():
+        n, rest = int(last), head
+    elif not sep and rest.strip().isdigit():
+        raise ConfigError(f"reference={text!r}: {rest.strip()!r} is a number, not an estimator; "
+                          f"write mc::{rest.strip()} for N samples of the default estimator",
+                          argument="reference", value=text, expected=expected)
+    est = rest.strip() or None
+    if est is not None and (":" in est and "=" not in est.split(":", 1)[1]):
+        raise ConfigError(f"reference={text!r}: {est!r} is not an estimator spec (N must be the "
+                          "last field, an integer)", argument="reference", value=text,
+                          expected=expected)
+    if n is not None and n < 2:
+        raise ConfigError(f"reference={text!r}: N={n} samples cannot estimate the reference's "
+                          "variance (at least 2)", argument="reference", value=text,
+                          expected=expected)
+    return "mc", est, n
 
 
 def paper_m_grid(max_m: int | None = None) -> tuple[int, ...]:
@@ -395,6 +445,16 @@ class RunConfig:
             numbers are the same only for the same thread count.
         cell_timeout: seconds a cell may take before it is stopped and recorded as failed
             (:data:`DEFAULT_CELL_TIMEOUT`); None: no limit.
+        reference: the reference gradient (SPEC §8, :func:`parse_reference`): ``"exact"``
+            (enumeration; a problem too large is refused), ``"mc[:ESTIMATOR[:N]]"`` (the mean of N
+            samples of an unbiased estimator, :mod:`sbn_bench.runner.mcref`) or ``"auto"`` (exact
+            where the size guard allows, else Monte Carlo).
+        reference_rel_error: the Monte-Carlo reference's target relative error ε (when N is not
+            given); reference_target: what it applies to, ``"network"`` (the whole gradient) or
+            ``"layers"`` (every parameter group). reference_time_budget: seconds its samples may
+            take (refused beyond, before any work). reference_seed: the seed of its samples.
+            reference_cache: where Monte-Carlo references are cached (None: ``$SBN_BENCH_CACHE``
+            or ``~/.cache/sbn-bench``).
     """
 
     problems: tuple[ProblemSpec, ...]
@@ -419,6 +479,12 @@ class RunConfig:
     executor: str = "serial"
     cell_timeout: float | None = DEFAULT_CELL_TIMEOUT
     threads: int = 1
+    reference: str = "auto"
+    reference_rel_error: float = DEFAULT_REFERENCE_REL_ERROR
+    reference_target: str = "network"
+    reference_time_budget: float = DEFAULT_REFERENCE_TIME_BUDGET
+    reference_seed: int = 0
+    reference_cache: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "problems", tuple(self.problems))
@@ -487,6 +553,21 @@ class RunConfig:
                                   "> 0, or None for no limit", argument="cell_timeout",
                                   value=self.cell_timeout, expected="seconds > 0")
             object.__setattr__(self, "cell_timeout", float(self.cell_timeout))
+        parse_reference(self.reference)
+        _check_choice("reference_target", self.reference_target, REFERENCE_TARGETS)
+        for name, lo, hi in (("reference_rel_error", 0.0, 1.0),
+                             ("reference_time_budget", 0.0, math.inf)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v < hi:
+                expected = "a number in (0, 1)" if hi == 1.0 else "seconds > 0"
+                raise ConfigError(f"{name}={v!r} must be {expected}", argument=name, value=v,
+                                  expected=expected)
+            object.__setattr__(self, name, float(v))
+        _check_int("reference_seed", self.reference_seed, 0, MAX_SEED)
+        if self.reference_cache is not None and (not isinstance(self.reference_cache, str)
+                                                 or not self.reference_cache):
+            raise ConfigError(f"reference_cache={self.reference_cache!r} must be a folder",
+                              argument="reference_cache", expected="a folder path")
         if not isinstance(self.throughput, ThroughputConfig):
             raise ConfigError("throughput must be a ThroughputConfig")
         names = [p.name for p in self.problems if p.name is not None]
@@ -603,7 +684,8 @@ def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
 _TOP_KEYS = {"estimators", "plugins", "samples", "M", "seeds", "device", "dtype", "mode",
              "max_paths", "chunk", "memory_budget", "max_exact_bytes", "target_rrmse",
              "stderr_batches", "cosine_groups", "out", "throughput", "problem", "executor",
-             "cell_timeout", "threads", "sweep"}
+             "cell_timeout", "threads", "sweep", "reference", "reference_rel_error",
+             "reference_time_budget", "reference_seed", "reference_cache", "reference_target"}
 _PROBLEM_KEYS = {f.name for f in fields(ProblemSpec)}
 _THROUGHPUT_KEYS = {f.name for f in fields(ThroughputConfig)}
 
@@ -732,8 +814,10 @@ def _top_level_value(k: str, v: Any, base: Path) -> Any:
         return tuple(v) if isinstance(v, list) else (v,)
     if k in ("memory_budget", "max_exact_bytes"):
         return parse_size(v, k)
-    if k == "out":
-        return _rel(base, v, "out")
+    if k == "reference_cache" and isinstance(v, str):
+        v = str(Path(v).expanduser())
+    if k in ("out", "reference_cache"):
+        return _rel(base, v, k)
     return v
 
 

@@ -30,8 +30,12 @@ import pandas as pd
 from sbn_bench import metrics
 from sbn_bench.errors import SbnBenchError
 
-SCHEMA_VERSION = 2
-"""Version 2: throughput is measured once per network shape (column ``network``), interleaved, with
+SCHEMA_VERSION = 3
+"""Version 3: every metrics row names its reference gradient (``reference``: ``exact`` or a
+Monte-Carlo reference ``mc:ESTIMATOR:N``, SPEC §8) and the reference's relative error in the row's
+group (``reference_rel_error``, 0 for the exact one); a ``reference_cosine`` metric against a
+Monte-Carlo reference. Version 2 runs (no such columns: the exact reference) are still readable.
+Version 2: throughput is measured once per network shape (column ``network``), interleaved, with
 a confidence interval for its median (``_lo``/``_hi``, ``ci_level``, ``wide``) and the thread count;
 version 1 runs (quartiles ``_q25``/``_q75``) are still readable."""
 
@@ -41,12 +45,16 @@ TABLE_FILES = {"metrics": "metrics.csv", "timed": "timed_metrics.csv",
 
 METRICS_COLUMNS = [
     "problem", "checkpoint", "estimator", "layer", "metric", "M", "value", "stderr", "mode",
-    "samples", "seed", "device", "dtype",
+    "samples", "seed", "device", "dtype", "reference", "reference_rel_error",
 ]
 
 METRICS = [m.name for m in metrics.METRICS]
 """The metrics of ``metrics.csv`` (:data:`sbn_bench.metrics.METRICS`): each a deterministic function
 of the sampled estimates, so the same command, seed and device give a byte-identical file."""
+
+EXACT_REFERENCE_METRICS = list(metrics.EXACT_REFERENCE_METRICS)
+"""The metrics of a cell measured against the exact reference (``reference_cosine`` is written only
+against a Monte-Carlo one)."""
 
 TIMED_METRICS = [m.name for m in metrics.TIMED_METRICS]
 """The metrics of ``timed_metrics.csv`` (same columns as ``metrics.csv``): they multiply a
@@ -75,7 +83,7 @@ COLUMNS = {"metrics": METRICS_COLUMNS, "timed": METRICS_COLUMNS,
 """The columns of each table kind."""
 
 TEXT_COLUMNS = ("problem", "checkpoint", "estimator", "layer", "metric", "mode", "device", "dtype",
-                "stage", "error", "network")
+                "stage", "error", "network", "reference")
 """Columns read as text (never as numbers: a checkpoint named ``1`` stays ``"1"``)."""
 
 INT_COLUMNS = ("M", "seed", "samples", "threads")

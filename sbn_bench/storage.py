@@ -106,7 +106,7 @@ RUN_WIDE = ("schema_version", "config", "packages", "device")
 the lists that a resumed run may extend: problems, estimators, seeds, plugins)."""
 
 EXTENSIBLE_CONFIG = ("problems", "estimators", "seeds", "plugins", "out", "resume", "executor",
-                     "cell_timeout")
+                     "cell_timeout", "reference_time_budget", "reference_cache")
 """Configuration entries that a resumed run may change: it may add problems, checkpoints,
 estimators, seeds and plugin files (the finished cells stay valid), run elsewhere or differently."""
 

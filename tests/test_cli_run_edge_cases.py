@@ -119,7 +119,10 @@ def test_prepare_refuses_exact_mode_without_path_surrogate_and_large_references(
     runner.prepare(cfg.with_(mode="auto"))  # auto: concrete goes Monte Carlo
     with pytest.raises(runner.RunError, match=r"exact reference refused for problem "
                                               r"'arch-2-2-1-seed0' \(arch 2-2-1, D=3\): .* limit"):
-        runner.prepare(tiny_config(tmp_path / "y", max_exact_bytes=100))
+        runner.prepare(tiny_config(tmp_path / "y", max_exact_bytes=100, reference="exact"))
+    # --reference auto (the default) takes it with a Monte-Carlo reference instead
+    plan = runner.prepare(tiny_config(tmp_path / "y", max_exact_bytes=100))
+    assert set(plan.references.values()) == {"mc"}
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 

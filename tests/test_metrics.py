@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sbn_bench import metrics as mt
-from sbn_bench.schema import METRICS, METRICS_WITH_M
+from sbn_bench.schema import EXACT_REFERENCE_METRICS, METRICS_WITH_M
 
 Z = 5.0
 
@@ -316,5 +316,5 @@ def test_metric_rows_layout_and_values():
     assert by[("all", "bias_norm", None)]["value"] == 0.0
     assert by[("all", "mse", 1)]["value"] == pytest.approx(0.3)
     metrics_seen = list(dict.fromkeys(r["metric"] for r in rows if r["layer"] == "1"))
-    assert metrics_seen == list(METRICS)
+    assert metrics_seen == list(EXACT_REFERENCE_METRICS)  # reference_cosine: MC reference only
     assert all((r["M"] is None) == (r["metric"] not in METRICS_WITH_M) for r in rows)

@@ -253,7 +253,7 @@ def test_run_writes_tidy_tables_and_manifest(tmp_path):
     res = runner.run(cfg)
     m = pd.read_csv(tmp_path / "out" / "metrics.csv")
     assert list(m.columns) == schema.METRICS_COLUMNS
-    assert set(m["metric"]) == set(schema.METRICS)
+    assert set(m["metric"]) == set(schema.EXACT_REFERENCE_METRICS)
     assert set(m["layer"]) == {"1", "2", "out", "all"}
     assert set(m["estimator"]) == {"psa", "arm"} and set(m["seed"]) == {0, 1}
     assert m.loc[~m["metric"].isin(schema.METRICS_WITH_M), "M"].isna().all()
@@ -401,7 +401,7 @@ def test_unusable_combinations_are_refused_before_any_work_with_their_reason(tmp
         runner.run(tiny_config(tmp_path / "b", estimators=("arm",), mode="exact"))
     with pytest.raises(runner.RunError, match=r"exact reference refused for problem "
                                               r"'arch-2-2-2-1-seed0' .*over the limit"):
-        runner.run(tiny_config(tmp_path / "c", max_exact_bytes=1))
+        runner.run(tiny_config(tmp_path / "c", max_exact_bytes=1, reference="exact"))
     assert not any((tmp_path / d).exists() for d in "abc")
     # what only the computation can tell stays a recorded failure: see
     # test_failing_plugin_estimators_are_recorded_and_the_run_goes_on

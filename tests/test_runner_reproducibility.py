@@ -60,7 +60,7 @@ def test_same_command_gives_byte_identical_metrics_across_processes(first, tmp_p
 
 def test_metrics_csv_holds_no_measured_time(first):
     m = pd.read_csv(first / "metrics.csv")
-    assert set(m["metric"]) == set(schema.METRICS)
+    assert set(m["metric"]) == set(schema.EXACT_REFERENCE_METRICS)
     assert not set(m["metric"]) & set(schema.TIMED_METRICS)
     t = pd.read_csv(first / "timed_metrics.csv")
     assert list(t.columns) == schema.METRICS_COLUMNS
@@ -92,7 +92,8 @@ def test_samples_and_time_to_accuracy_follow_spec(first):
 
 def test_report_still_shows_time_to_accuracy(first, tmp_path):
     run = load_run(first)
-    assert set(run.metrics["metric"]) == set(schema.METRICS) | set(schema.TIMED_METRICS)
+    assert set(run.metrics["metric"]) == (set(schema.EXACT_REFERENCE_METRICS)
+                                           | set(schema.TIMED_METRICS))
     assert not run.warnings, run.warnings
     res = CliRunner().invoke(main, ["report", str(first), "--out", str(tmp_path / "rep"),
                                     "--format", "md"])

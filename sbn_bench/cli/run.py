@@ -29,15 +29,20 @@ from sbn_bench.config import (
     DEFAULT_ESTIMATORS,
     DEFAULT_MAX_PATHS,
     DEFAULT_MEMORY_BUDGET,
+    DEFAULT_REFERENCE_REL_ERROR,
+    DEFAULT_REFERENCE_TIME_BUDGET,
     DEVICES,
     DTYPES,
     MAX_THREADS,
     MODES,
+    REFERENCE_TARGETS,
+    ConfigError,
     RunConfig,
     ThroughputConfig,
     default_m_grid,
     load_config,
     paper_m_grid,
+    parse_reference,
 )
 from sbn_bench.estimators import split_specs
 
@@ -100,6 +105,14 @@ def _m_list(ctx: click.Context, param: click.Parameter, value: str | None
     if min(out) < 1:
         raise click.BadParameter(f"{value!r}: every M must be ≥ 1")
     return out
+
+
+def _reference(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        parse_reference(value)
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
 
 
 class _Progress:
@@ -194,6 +207,26 @@ def _duration(seconds: float) -> str:
 @click.option("--cell-timeout", type=click.FloatRange(min=0, min_open=True),
               default=DEFAULT_CELL_TIMEOUT, show_default=True,
               help="Seconds a cell may take; a cell past it is recorded as failed.")
+@click.option("--reference", default="auto", show_default=True, callback=_reference,
+              help="The reference gradient (SPEC §8): exact (enumeration; too large a problem is "
+                   "refused), mc[:ESTIMATOR[:N]] (the mean of N samples of an unbiased estimator; "
+                   "by default the cheapest for the target error in a short pilot, N to reach "
+                   "--reference-rel-error) or auto (exact where the size guard allows, else mc).")
+@click.option("--reference-rel-error", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=DEFAULT_REFERENCE_REL_ERROR, show_default=True,
+              help="Monte-Carlo reference: the target relative error ε = √(V_R/N)/‖g‖.")
+@click.option("--reference-target", type=click.Choice(REFERENCE_TARGETS), default="network",
+              show_default=True,
+              help="Monte-Carlo reference: ε of the whole network's gradient, or of every layer "
+                   "(costlier: a layer with a small gradient needs many samples). Every row "
+                   "reports its own layer's ε.")
+@click.option("--reference-time-budget", type=click.FloatRange(min=0, min_open=True),
+              default=DEFAULT_REFERENCE_TIME_BUDGET, show_default=True,
+              help="Monte-Carlo reference: seconds its N samples may take; a reference that cannot "
+                   "reach its ε within it is refused before any work, with the estimate.")
+@click.option("--reference-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where Monte-Carlo references are cached (default $SBN_BENCH_CACHE or "
+                   "~/.cache/sbn-bench).")
 @click.option("--no-report", is_flag=True, help="Do not write the report (sbn-bench report DIR "
                                                 "writes it later).")
 @click.option("--train-seeds", callback=_seed_ranges, default=None,
@@ -214,7 +247,9 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         max_exact_bytes: int, target_rrmse: float, warmup: int, rounds: int,
         throughput_batch: int | None, no_throughput: bool, out: Path | None, resume: bool,
         no_report: bool, train_seeds: tuple[int, ...] | None, cache_dir: Path | None,
-        quiet: bool, executor: str, cell_timeout: float, threads: int) -> None:
+        quiet: bool, executor: str, cell_timeout: float, threads: int, reference: str,
+        reference_rel_error: float, reference_target: str, reference_time_budget: float,
+        reference_cache: Path | None) -> None:
     """Measure bias, variance, relative RMSE, cosine, SNR and throughput of estimators.
 
     --preset paper is the paper's whole experiment (SPEC §6): REINFORCE training to epochs
@@ -245,7 +280,10 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         device=device, dtype=dtype, mode=mode, max_paths=max_paths, chunk=chunk,
         memory_budget=memory_budget, max_exact_bytes=max_exact_bytes, target_rrmse=target_rrmse,
         throughput=tp, resume=resume, executor=executor, cell_timeout=cell_timeout,
-        threads=threads)
+        threads=threads, reference=reference, reference_rel_error=reference_rel_error,
+        reference_target=reference_target,
+        reference_time_budget=reference_time_budget,
+        reference_cache=None if reference_cache is None else str(reference_cache))
     is_paper = (config_file is None and preset == "paper"
                 and not any(given(ctx, n) for n in ("problem_file", "arch")))
     if train_seeds is not None and not is_paper:

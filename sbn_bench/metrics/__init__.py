@@ -61,6 +61,20 @@ The ``S`` samples are cut into ``B`` consecutive batches (``stderr_batches``, de
   the percentiles, the distribution-free order-statistic interval ``(x_(⌈qR+√(Rq(1−q))⌉) −
   x_(⌊qR−√(Rq(1−q))⌋))/2``. M-means need ``M ≤ S``: larger M get ``mse`` and ``rrmse`` only.
 
+**Against a Monte-Carlo reference** (SPEC §8; :class:`ReferenceNoise`: ``ĝ`` the mean of ``N``
+samples of an unbiased estimator R, ``V̂_R`` its per-sample variance): every squared distance to
+``ĝ`` is too large by ``V̂_R/N`` on average, so ``‖β‖² ≈ ‖m − ĝ‖² − V̂/S − V̂_R/N`` (exact mode:
+``‖E ĝ_E − ĝ‖² − V̂_R/N``) and ``‖g‖² ≈ ‖ĝ‖² − V̂_R/N`` (clipped at 0); rrmse, relative bias and
+``samples_to_accuracy`` are computed from these. Their standard errors include the reference's:
+``‖m − ĝ‖²`` by :func:`dist_sq_stderr` over both sets of batch means (the reference keeps ``B``
+batch means of its own), plus the error of ``V̂_R/N``; relative metrics add ``‖g‖``'s error by the
+delta method. Nothing is exact then (``stderr > 0`` also for ``mode = "exact"`` rows). A bias whose
+value is within two standard errors of zero is shown by the reports as an upper bound ``≤ value + 2
+stderr``. The cosines are taken to ``ĝ``: its noise pulls them down by a factor of about
+``1/√(1 + ε²)`` (``ε = √(V̂_R/N)/‖g‖``, the group's relative error of the reference), which is
+reported as ``reference_cosine`` and added to the cosines' standard errors as ``|cos| (1 −
+reference_cosine)``.
+
 **Exact mode** (``path`` estimators, small nets): for each data point ``d`` all paths ``p`` are
 enumerated with their probabilities ``p_d(p)``; ``E ĝ = (1/D) Σ_d Σ_p p_d(p) ĝ_d(p)`` and, the
 data points' noises being independent, per coordinate ``Var ĝ_i = (1/D²) Σ_d Var_d ĝ_{d,i}``.
@@ -78,6 +92,7 @@ from __future__ import annotations
 from sbn_bench.metrics.groups import ALL, OUT, Groups, hidden_layers, layer_key, sort_layers
 from sbn_bench.metrics.registry import (
     BY_NAME,
+    EXACT_REFERENCE_METRICS,
     METRICS,
     NAN_VALUES,
     TIMED_METRICS,
@@ -86,6 +101,7 @@ from sbn_bench.metrics.registry import (
     TimedMetric,
     better,
     metric_rows,
+    reference_resolution,
     timed_rows,
     undocumented_nans,
 )
@@ -95,10 +111,13 @@ from sbn_bench.metrics.stats import (
     GroupStats,
     MomentAccumulator,
     MomentStats,
+    ReferenceNoise,
     WeightedMoments,
     bias_sq_stderr,
     corrected_bias_sq,
+    corrected_norm,
     cosines,
+    dist_sq_stderr,
     exact_group_stats,
     jackknife_stderr,
     layer_scales,
@@ -118,12 +137,13 @@ from sbn_bench.metrics.stats import (
 )
 
 __all__ = [
-    "ALL", "BY_NAME", "COSINE_QUANTILES", "METRICS", "NAN_VALUES", "OUT", "TIMED_METRICS",
+    "ALL", "BY_NAME", "COSINE_QUANTILES", "EXACT_REFERENCE_METRICS", "METRICS", "NAN_VALUES", "OUT",
+    "TIMED_METRICS",
     "CosineAccumulator", "GroupContext", "GroupStats", "Groups", "Metric", "MomentAccumulator",
-    "MomentStats", "TimedMetric", "WeightedMoments", "better", "bias_sq_stderr",
-    "corrected_bias_sq", "cosines", "exact_group_stats", "hidden_layers", "jackknife_stderr",
-    "layer_key", "layer_scales", "leave_one_batch_out", "mc_group_stats", "mean_stderr",
-    "metric_rows", "mse", "norm_stderr", "quantile_stderr", "rescale_moments", "rrmse",
-    "safe_ratio", "samples_to_accuracy", "snr_median", "sort_layers", "time_to_accuracy",
-    "timed_rows", "undocumented_nans", "weighted_moments",
+    "MomentStats", "ReferenceNoise", "TimedMetric", "WeightedMoments", "better", "bias_sq_stderr",
+    "corrected_bias_sq", "corrected_norm", "cosines", "dist_sq_stderr", "exact_group_stats",
+    "hidden_layers", "jackknife_stderr", "layer_key", "layer_scales", "leave_one_batch_out",
+    "mc_group_stats", "mean_stderr", "metric_rows", "mse", "norm_stderr", "quantile_stderr",
+    "reference_resolution", "rescale_moments", "rrmse", "safe_ratio", "samples_to_accuracy", "snr_median",
+    "sort_layers", "time_to_accuracy", "timed_rows", "undocumented_nans", "weighted_moments",
 ]

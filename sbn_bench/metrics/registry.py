@@ -78,6 +78,7 @@ class Metric:
         nan_when: when a NaN value is legitimate, in words (None: never).
         nan_allowed: ``GroupStats -> bool``, whether a NaN value is legitimate for that group.
         cosine: its mode is that of the cosines (sampled M-means) rather than the cell's.
+        mc_reference_only: written only against a Monte-Carlo reference (``reference_cosine``).
         inf_allowed: an infinite value has a meaning (a relative error when ``‖g‖ = 0``, samples
             that no number of samples reaches); for the others (norms, variances) infinity only
             means float64 overflowed, and the cell is recorded as failed instead.
@@ -93,6 +94,8 @@ class Metric:
     nan_allowed: Callable[[GroupStats], bool] | None = None
     cosine: bool = False
     inf_allowed: bool = False
+    mc_reference_only: bool = False
+    """Rows only against a Monte-Carlo reference (SPEC §8), none against the exact one."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,9 +106,22 @@ def _bias_norm(c: GroupContext, m: int | None) -> Value:
     return math.sqrt(c.bias_sq), c.bias_norm_se
 
 
+def _relative_se(value: float, num_se: float, c: GroupContext) -> float:
+    """Standard error of ``x / ‖g‖`` from that of ``x`` (``num_se``) and, against a Monte-Carlo
+    reference, that of ``‖g‖`` (delta method, the two treated as uncorrelated)."""
+    g, g_se = c.stats.g_norm, c.stats.g_norm_se
+    if math.isinf(g_se):  # a group the Monte-Carlo reference does not resolve
+        return math.inf
+    se = safe_ratio(num_se, g)
+    if g_se > 0 and math.isfinite(value):
+        se = math.hypot(se, value * safe_ratio(g_se, g))
+    return se
+
+
 def _rel_bias(c: GroupContext, m: int | None) -> Value:
     g = c.stats.g_norm
-    return safe_ratio(math.sqrt(c.bias_sq), g), 0.0 if c.exact else safe_ratio(c.bias_norm_se, g)
+    value = safe_ratio(math.sqrt(c.bias_sq), g)
+    return value, 0.0 if c.exact else _relative_se(value, c.bias_norm_se, c)
 
 
 def _variance(c: GroupContext, m: int | None) -> Value:
@@ -124,20 +140,45 @@ def _mse(c: GroupContext, m: int | None) -> Value:
 def _rrmse(c: GroupContext, m: int | None) -> Value:
     assert m is not None
     v, v_se, g = mse(c.bias_sq, c.stats.variance, m), _mse_se(c, m), c.stats.g_norm
+    value = rrmse(v, g)
     if c.exact:
         se = 0.0
     elif v > 0:
         se = safe_ratio(v_se, 2 * math.sqrt(v) * g)
     else:  # √ is not differentiable at 0: its standard error is at most √se (norm_stderr)
         se = safe_ratio(norm_stderr(v, v_se), g)
-    return rrmse(v, g), se
+    if c.stats.g_norm_se > 0:  # a Monte-Carlo reference's ‖g‖
+        se = _relative_se(value, se * g, c)
+    return value, se
+
+
+def reference_resolution(rel_error: float) -> float:
+    """The cosine a Monte-Carlo reference ``ĝ`` of relative error ``ε`` has with the exact gradient,
+    ``E cos(ĝ, g) ≈ 1/√(1 + ε²)`` (``‖ĝ‖² ≈ ‖g‖²(1 + ε²)``, its noise orthogonal to ``g`` on
+    average): the best cosine any estimate can show against it (SPEC §8)."""
+    return 1.0 / math.sqrt(1.0 + rel_error * rel_error) if math.isfinite(rel_error) else 0.0
+
+
+def _cosine_se(value: float, se: float, c: GroupContext) -> float:
+    """A cosine's standard error; against a Monte-Carlo reference ``ĝ = g + n`` its effect is added
+    in quadrature: to first order ``cos(v, ĝ) − cos(v, g) ≈ w·n/‖g‖`` with ``‖w‖ = sin θ``, whose
+    standard deviation is at most ``sin θ · ε`` (``E‖n‖² = ε²‖g‖²``), and to second order the pull
+    ``|cos| (1 − resolution)`` (a cosine to ``ĝ`` is about ``resolution`` times the cosine to ``g``).
+    Unresolved groups (``ε = ∞``) get a standard error of at least 1."""
+    if not c.stats.mc_reference or not math.isfinite(value):
+        return se
+    eps = c.stats.reference_rel_error
+    if not math.isfinite(eps):
+        return max(se, 1.0)
+    sin = math.sqrt(max(1.0 - value * value, 0.0))
+    return math.hypot(se, sin * eps, abs(value) * (1.0 - reference_resolution(eps)))
 
 
 def _cosine_mean(c: GroupContext, m: int | None) -> Value | None:
     if c.cosines is None or m not in c.cosines:
         return None
     value, se = mean_stderr(c.cosines[m])
-    return value, 0.0 if c.cosine_exact else se
+    return value, _cosine_se(value, 0.0 if c.cosine_exact else se, c)
 
 
 def _cosine_quantile(q: float) -> Callable[[GroupContext, int | None], Value | None]:
@@ -147,8 +188,18 @@ def _cosine_quantile(q: float) -> Callable[[GroupContext, int | None], Value | N
         x = c.cosines[m]
         finite = x[~np.isnan(x)]
         value = float(np.quantile(finite, q)) if finite.size else math.nan
-        return value, 0.0 if c.cosine_exact else quantile_stderr(x, q)
+        return value, _cosine_se(value, 0.0 if c.cosine_exact else quantile_stderr(x, q), c)
     return compute
+
+
+def _reference_cosine(c: GroupContext, m: int | None) -> Value | None:
+    if not c.stats.mc_reference:
+        return None
+    eps, g = c.stats.reference_rel_error, c.stats.g_norm
+    value = reference_resolution(eps)
+    # ε = √(V_R/N)/‖g‖: its error is dominated by that of ‖g‖ (delta method)
+    se = value**3 * eps * eps * safe_ratio(c.stats.g_norm_se, g) if math.isfinite(eps) else math.nan
+    return value, se
 
 
 def _snr(c: GroupContext, m: int | None) -> Value:
@@ -165,6 +216,10 @@ def _samples_to_accuracy(c: GroupContext, m: int | None) -> Value:
     else:
         den = t**2 * st.g_norm**2 - c.bias_sq
         se = math.hypot(st.variance_se / den, st.variance * st.bias_sq_se / den**2)
+        if math.isinf(st.g_norm_se):  # a group the Monte-Carlo reference does not resolve
+            se = math.inf
+        elif st.g_norm_se > 0:  # a Monte-Carlo reference: ∂M*/∂‖g‖ = −2 t² ‖g‖ V / den²
+            se = math.hypot(se, 2 * t**2 * st.g_norm * st.variance * st.g_norm_se / den**2)
     return m_star, se
 
 
@@ -198,11 +253,19 @@ METRICS: tuple[Metric, ...] = (
            nan_allowed=lambda st: True, inf_allowed=True),
     Metric("samples_to_accuracy", "M* = V / (t²‖g‖² − ‖β‖²): samples to reach the target rrmse t",
            False, "low", "relative", _samples_to_accuracy, inf_allowed=True),
+    Metric("reference_cosine", "the Monte-Carlo reference's own resolution 1/√(1 + ε²), the "
+           "expected cos(ĝ, g) of the reference ĝ with the exact g: the ceiling of cosine_* "
+           "(rows only against a Monte-Carlo reference, SPEC §8)", False, None, "relative",
+           _reference_cosine, mc_reference_only=True),
 )
 """The metrics of ``metrics.csv``, in the order of its rows: each a deterministic function of the
 sampled estimates, so the same command, seed and device give a byte-identical file."""
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
+
+EXACT_REFERENCE_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if not m.mc_reference_only)
+"""The metrics a cell writes against the exact reference (all but :attr:`Metric.mc_reference_only`
+ones)."""
 
 
 @dataclass(frozen=True)
@@ -255,8 +318,9 @@ def metric_rows(gstats: Mapping[str, GroupStats], m_grid: Sequence[int],
         target_rrmse: the target ``t`` of ``samples_to_accuracy``.
     """
     rows: list[dict[str, object]] = []
-    exact = mode == "exact"
     for j, (layer, st) in enumerate(gstats.items()):
+        # against a Monte-Carlo reference nothing is exact: the reference has sampling error
+        exact = mode == "exact" and not st.mc_reference
         ctx = GroupContext(st, exact, None if cos is None else {m: c[:, j] for m, c in cos.items()},
                            cosine_mode == "exact", target_rrmse)
         # values in units of st.scale (norms) and st.scale² (squares): relative figures as they

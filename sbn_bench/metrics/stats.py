@@ -163,6 +163,114 @@ def bias_sq_stderr(beta: Tensor, batch_dev: Tensor) -> float:
     return math.sqrt(max(4.0 * (bcb - tr_c2), 0.0) + 2.0 * tr_c2)
 
 
+def dist_sq_stderr(beta: Tensor, batch_devs: Sequence[Tensor]) -> float:
+    """Delta-method standard error of ``‖d‖²`` for ``d = Σ_i ± m_i`` a signed sum of *independent*
+    means, each known by its ``B_i`` batch means (:func:`bias_sq_stderr` for one mean).
+
+    With ``C = Σ_i C_i``, ``C_i = U_iᵀU_i / ((B_i − 1) B_i)`` (``U_i [B_i, P]`` the batch means minus
+    the mean): ``Var‖d‖² ≈ 4 dᵀCd + 2 tr(C²)``, where ``tr(C²) = Σ_i tr(C_i²) + 2 Σ_{i<j} tr(C_i C_j)``
+    (``tr(C_i²)`` by the U-statistic of :func:`bias_sq_stderr`, ``tr(C_i C_j) = Σ_{a,b} (u_a·w_b)² /
+    ((B_i−1) B_i (B_j−1) B_j)``, unbiased since the means are independent), and the noise that
+    ``d̂`` adds to ``d̂ᵀCd̂`` (``tr(C²)``) is subtracted as there. Used for ``‖m − ĝ‖²`` (the
+    estimator's mean against a Monte-Carlo reference ``ĝ``, SPEC §8) and ``‖ĝ‖²``.
+
+    Args:
+        beta: ``[P]`` the estimated ``d``.
+        batch_devs: ``[B_i, P]`` per independent mean (every ``B_i ≥ 2``; an empty list gives 0).
+
+    Returns:
+        The standard error (NaN when some ``B_i < 2``).
+    """
+    if any(u.shape[0] < 2 for u in batch_devs):
+        return math.nan
+    dcd = 0.0
+    tr_c2 = 0.0
+    norms = []
+    for u in batch_devs:
+        B = u.shape[0]
+        c = float(B - 1) * B
+        norms.append(c)
+        proj = u @ beta
+        dcd += float((proj * proj).sum()) / c
+        gram = u @ u.T
+        off = gram * gram
+        tr_cb2 = max(float(off.sum() - off.diagonal().sum()) / (B * (B - 1)), 0.0)
+        tr_c2 += tr_cb2 / B**2
+    for i in range(len(batch_devs)):
+        for j in range(i + 1, len(batch_devs)):
+            cross = batch_devs[i] @ batch_devs[j].T
+            tr_c2 += 2.0 * float((cross * cross).sum()) / (norms[i] * norms[j])
+    return math.sqrt(max(4.0 * (dcd - tr_c2), 0.0) + 2.0 * tr_c2)
+
+
+@dataclass(frozen=True)
+class ReferenceNoise:
+    """The sampling noise of a Monte-Carlo reference ``ĝ``, the mean of ``N`` single samples of an
+    unbiased estimator (SPEC §8): what the metrics need to correct for it.
+
+    Attributes:
+        samples: ``N``.
+        variance: ``[P]`` unbiased per-coordinate variance of one sample (``V_R`` is its sum over a
+            group; ``E‖ĝ − g‖² = V_R / N``).
+        batch_dev: ``[B, P]`` the means of ``B`` consecutive batches of the ``N`` samples minus
+            ``ĝ`` (``Cov(ĝ) ≈ U^T U / ((B − 1) B)``, see :func:`dist_sq_stderr`).
+        batch_variance: ``[B, P]`` the unbiased variances within each batch (the standard error
+            of ``V̂_R`` by batch means).
+    """
+
+    samples: int
+    variance: Tensor
+    batch_dev: Tensor
+    batch_variance: Tensor
+
+    def scaled(self, factor: Tensor) -> ReferenceNoise:
+        """The noise of ``ĝ · factor`` (per coordinate, ``factor [P]``)."""
+        f = factor.to(self.variance)
+        return ReferenceNoise(self.samples, self.variance * f * f, self.batch_dev * f,
+                              self.batch_variance * f * f)
+
+    def to(self, device: torch.device | str) -> ReferenceNoise:
+        return ReferenceNoise(self.samples, self.variance.to(device), self.batch_dev.to(device),
+                              self.batch_variance.to(device))
+
+
+def _reference_terms(noise: ReferenceNoise, groups: Groups) -> tuple[Tensor, Tensor]:
+    """Per group ``(V̂_R / N, its standard error)``: the excess ``E‖ĝ − g‖²`` that the reference's
+    noise adds to every squared distance to it (``[G]`` each)."""
+    N = noise.samples
+    delta = groups.sums(noise.variance.to(torch.float64)) / N
+    vb = groups.sums(noise.batch_variance.to(torch.float64))  # [B, G]
+    B = vb.shape[0]
+    se = vb.std(0, unbiased=True) / math.sqrt(B) / N if B >= 2 else torch.full_like(delta, math.nan)
+    return delta, se
+
+
+RESOLVED_Z = 2.0
+"""A Monte-Carlo reference resolves a group when its corrected ``‖g‖²`` exceeds this many
+standard errors (:func:`corrected_norm`)."""
+
+
+def corrected_norm(g: Tensor, noise: ReferenceNoise, groups: Groups, j: int, sl: slice,
+                   delta: float, delta_se: float) -> tuple[float, float, float]:
+    """``(‖g‖, its standard error, ε)`` of group ``j`` from a Monte-Carlo reference ``ĝ`` (SPEC §8):
+    ``‖g‖² ≈ ‖ĝ‖² − V̂_R/N``, the error of ``‖ĝ‖²`` by :func:`dist_sq_stderr` combined with that of
+    ``V̂_R/N``, and the reference's relative error ``ε = √(V̂_R/N) / ‖g‖``.
+
+    A group whose corrected ``‖g‖²`` is not significantly above zero (``≤`` :data:`RESOLVED_Z`
+    standard errors: the reference's noise is about as large as its gradient) is not resolved:
+    ``‖g‖`` may be anything up to about ``‖ĝ‖``, and no delta method describes ``1/‖g‖`` there.
+    ``‖ĝ‖`` is then returned with an infinite standard error and ``ε = ∞``: the relative metrics
+    stay finite (lower bounds) and say, by their errors, that they mean nothing."""
+    gj = g[sl].to(torch.float64)
+    raw = float((gj * gj).sum())
+    sq = raw - delta
+    se_sq = math.hypot(dist_sq_stderr(gj, [noise.batch_dev[:, sl].to(torch.float64)]), delta_se)
+    if delta > 0 and not sq > RESOLVED_Z * se_sq:
+        return math.sqrt(raw), math.inf, math.inf
+    norm = math.sqrt(max(sq, 0.0))
+    return norm, norm_stderr(sq, se_sq), safe_ratio(math.sqrt(max(delta, 0.0)), norm)
+
+
 def leave_one_batch_out(stats: MomentStats) -> tuple[Tensor, Tensor, Tensor]:
     """Means, unbiased variances and counts of the samples without batch ``b``, for every ``b``
     (Chan's update run backwards): ``([B, P], [B, P], [B])``."""
@@ -413,6 +521,12 @@ class GroupStats:
     snr: float
     snr_se: float
     scale: float = 1.0
+    g_norm_se: float = 0.0
+    reference_rel_error: float = 0.0
+    """``ε = √(V̂_R/N) / ‖g‖`` of a Monte-Carlo reference in this group (0: the exact reference)."""
+    mc_reference: bool = False
+    """Measured against a Monte-Carlo reference (SPEC §8): ``g_norm`` and ``bias_sq`` are corrected
+    for its noise and their standard errors include it."""
 
 
 def layer_scales(g: Tensor, groups: Groups, probe: Tensor | None = None) -> Tensor:
@@ -454,28 +568,33 @@ def _mixed_scales(groups: Groups, scale: Tensor | None) -> tuple[list[float], fl
     return per, C, scale.to(torch.float64) / C
 
 
-def mc_group_stats(stats: MomentStats, g: Tensor, groups: Groups, scale: Tensor | None = None
-                   ) -> dict[str, GroupStats]:
+def mc_group_stats(stats: MomentStats, g: Tensor, groups: Groups, scale: Tensor | None = None,
+                   noise: ReferenceNoise | None = None) -> dict[str, GroupStats]:
     """Per-group figures of Monte-Carlo statistics (module docstring: bias correction and errors).
 
     Args:
-        stats, g: the statistics of the estimates and the exact gradient, both divided by
+        stats, g: the statistics of the estimates and the reference gradient, both divided by
             ``scale [P]`` (:func:`layer_scales`; None: unscaled). Each layer's figures are taken in
             its own scale, those of "all" in the largest one.
+        noise: for a Monte-Carlo reference ``g = ĝ``, its noise (divided by ``scale`` too):
+            ``‖β‖² ≈ ‖m − ĝ‖² − V̂/S − V̂_R/N`` and ``‖g‖² ≈ ‖ĝ‖² − V̂_R/N`` (SPEC §8), standard
+            errors including the reference's; None: ``g`` is exact.
     """
     per, C, factor = _mixed_scales(groups, scale)
-    out = _mc_group_stats(stats, g, groups)
+    out = _mc_group_stats(stats, g, groups, noise=noise)
     for name, c in zip(groups.names[:-1], per):
         out[name] = replace(out[name], scale=c)
     if factor is not None:
         g = g.to(stats.mean.device, torch.float64)
         out[ALL] = replace(_mc_group_stats(rescale_moments(stats, factor), g * factor, groups,
-                                           only_all=True)[ALL], scale=C)
+                                           only_all=True,
+                                           noise=None if noise is None else noise.scaled(factor)
+                                           )[ALL], scale=C)
     return out
 
 
-def _mc_group_stats(stats: MomentStats, g: Tensor, groups: Groups, only_all: bool = False
-                    ) -> dict[str, GroupStats]:
+def _mc_group_stats(stats: MomentStats, g: Tensor, groups: Groups, only_all: bool = False,
+                    noise: ReferenceNoise | None = None) -> dict[str, GroupStats]:
     S = stats.n
     g = g.to(stats.mean.device, torch.float64)
     # [P] unbiased per-coordinate variance (undefined for a single sample: NaN, and so are the
@@ -490,6 +609,9 @@ def _mc_group_stats(stats: MomentStats, g: Tensor, groups: Groups, only_all: boo
     dist = groups.sums(beta * beta)
     gn = groups.sums(g * g).sqrt()
     m_r, var_r, _ = leave_one_batch_out(stats)
+    if noise is not None:
+        noise = noise.to(stats.mean.device)
+        delta, delta_se = _reference_terms(noise, groups)
     out = {}
     for j, (name, sl) in enumerate(zip(groups.names, groups.slices)):
         if only_all and name != ALL:
@@ -497,42 +619,65 @@ def _mc_group_stats(stats: MomentStats, g: Tensor, groups: Groups, only_all: boo
         V_j = float(V[j])
         V_se = mean_stderr(Vb[:, j].cpu().numpy())[1] if B >= 2 else math.nan
         snr_r = [snr_median(m_r[b, sl], var_r[b, sl]) for b in range(B)]
-        out[name] = GroupStats(
+        st = GroupStats(
             g_norm=float(gn[j]),
             bias_sq=corrected_bias_sq(float(dist[j]), V_j, S),
             bias_sq_se=bias_sq_stderr(beta[sl], bdev[:, sl]),
             variance=V_j, variance_se=V_se,
             snr=snr_median(stats.mean[sl], var[sl]), snr_se=jackknife_stderr(snr_r))
+        if noise is not None:
+            d, d_se = float(delta[j]), float(delta_se[j])
+            norm, norm_se, eps = corrected_norm(g, noise, groups, j, sl, d, d_se)
+            se = dist_sq_stderr(beta[sl], [bdev[:, sl], noise.batch_dev[:, sl].to(torch.float64)])
+            st = replace(st, bias_sq=st.bias_sq - d, bias_sq_se=math.hypot(se, d_se), g_norm=norm,
+                         g_norm_se=norm_se, reference_rel_error=eps, mc_reference=True)
+        out[name] = st
     return out
 
 
 def exact_group_stats(mean: Tensor, var: Tensor, g: Tensor, groups: Groups,
-                      scale: Tensor | None = None) -> dict[str, GroupStats]:
+                      scale: Tensor | None = None, noise: ReferenceNoise | None = None
+                      ) -> dict[str, GroupStats]:
     """Per-group figures from the exact mean ``[P]`` and per-coordinate variance ``[P]`` of one
     single-sample estimate (no sampling error: stderr 0). ``mean``, ``g`` divided by ``scale``
-    and ``var`` by ``scale²`` when given (as in :func:`mc_group_stats`)."""
+    and ``var`` by ``scale²`` when given (as in :func:`mc_group_stats`). With ``noise`` (a
+    Monte-Carlo reference ``g = ĝ``, divided by ``scale``): ``‖β‖² ≈ ‖E ĝ_E − ĝ‖² − V̂_R/N`` and
+    ``‖g‖² ≈ ‖ĝ‖² − V̂_R/N``, whose standard errors are the reference's alone."""
     per, C, factor = _mixed_scales(groups, scale)
-    out = _exact_group_stats(mean, var, g, groups)
+    out = _exact_group_stats(mean, var, g, groups, noise)
     for name, c in zip(groups.names[:-1], per):
         out[name] = replace(out[name], scale=c)
     if factor is not None:
         f = factor.to(mean.device)
         out[ALL] = replace(_exact_group_stats(mean.to(torch.float64) * f,
                                               var.to(torch.float64) * f * f,
-                                              g.to(mean.device, torch.float64) * f, groups)[ALL],
+                                              g.to(mean.device, torch.float64) * f, groups,
+                                              None if noise is None else noise.scaled(f))[ALL],
                            scale=C)
     return out
 
 
-def _exact_group_stats(mean: Tensor, var: Tensor, g: Tensor, groups: Groups
-                       ) -> dict[str, GroupStats]:
+def _exact_group_stats(mean: Tensor, var: Tensor, g: Tensor, groups: Groups,
+                       noise: ReferenceNoise | None = None) -> dict[str, GroupStats]:
     g = g.to(mean.device, torch.float64)
     beta = mean.to(torch.float64) - g
     dist = groups.sums(beta * beta)
     V = groups.sums(var.to(torch.float64))
     gn = groups.sums(g * g).sqrt()
-    return {name: GroupStats(float(gn[j]), float(dist[j]), 0.0, float(V[j]), 0.0,
-                             snr_median(mean[sl], var[sl]), 0.0)
-            for j, (name, sl) in enumerate(zip(groups.names, groups.slices))}
+    out = {name: GroupStats(float(gn[j]), float(dist[j]), 0.0, float(V[j]), 0.0,
+                            snr_median(mean[sl], var[sl]), 0.0)
+           for j, (name, sl) in enumerate(zip(groups.names, groups.slices))}
+    if noise is None:
+        return out
+    noise = noise.to(mean.device)
+    delta, delta_se = _reference_terms(noise, groups)
+    for j, (name, sl) in enumerate(zip(groups.names, groups.slices)):
+        d, d_se = float(delta[j]), float(delta_se[j])
+        norm, norm_se, eps = corrected_norm(g, noise, groups, j, sl, d, d_se)
+        se = dist_sq_stderr(beta[sl], [noise.batch_dev[:, sl].to(torch.float64)])
+        out[name] = replace(out[name], bias_sq=out[name].bias_sq - d, bias_sq_se=math.hypot(se, d_se),
+                            g_norm=norm, g_norm_se=norm_se, reference_rel_error=eps,
+                            mc_reference=True)
+    return out
 
 

@@ -64,6 +64,8 @@ class Estimate:
         se = self.stderr
         if se is not None and math.isfinite(se) and se > 0:
             return float(se)
+        if se is not None and math.isinf(se):  # nothing known (a group a Monte-Carlo reference
+            return math.inf                    # does not resolve), even where mode is exact
         if self.mode == "exact" or (se is not None and math.isfinite(se) and se == 0):
             return 0.0
         return math.inf

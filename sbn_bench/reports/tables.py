@@ -109,6 +109,8 @@ def fmt_pm(v: float | None, se: float | None, sig: int = 3) -> str:
     if (se is not None and math.isfinite(se) and v is not None and math.isfinite(v)
             and se > ROUND_REL * abs(v) + ROUND_ABS * 1e-3):
         return f"{s} ± {fmt_num(se, 2)}"
+    if se is not None and math.isinf(se) and v is not None and math.isfinite(v):
+        return f"{s} ± ∞"  # e.g. a group that a Monte-Carlo reference does not resolve
     return s
 
 

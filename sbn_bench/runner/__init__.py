@@ -12,7 +12,10 @@ work, the cells, the manifest), hands ``(cell, context)`` tasks to an executor
 (:mod:`~sbn_bench.runner.executors`), which measures each with the pure function
 :func:`~sbn_bench.runner.cells.measure_cell`, and writes each result to its own part file
 atomically (:mod:`sbn_bench.storage`). The reference gradient of a problem checkpoint is computed
-once, by the manager, when its first statistics cell is due, and passed to every cell that needs it.
+once, by the manager, when its first statistics cell is due, and passed to every cell that needs it:
+the exact one, or (``config.reference``, SPEC §8) a Monte-Carlo one
+(:mod:`~sbn_bench.runner.mcref`), whose estimator and sample count are chosen before any work
+(:func:`plan_mc_references`: a reference its time budget cannot bring to its ε is refused there).
 
 Cells, in order: for each problem and checkpoint, its throughput cell when it is the first of its
 network shape (unless disabled: every estimator of it, their rounds interleaved), then one
@@ -45,9 +48,10 @@ from typing import Any
 
 import pandas as pd
 
-from sbn_bench.config import ConfigError, RunConfig
+from sbn_bench.config import ConfigError, RunConfig, parse_reference
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.metrics import sort_layers, timed_rows
+from sbn_bench.problems import Problem
 from sbn_bench.provenance import file_sha256
 from sbn_bench.runner.cells import (
     Cell,
@@ -63,6 +67,7 @@ from sbn_bench.runner.cells import (
     torch_threads,
 )
 from sbn_bench.runner.executors import EXECUTORS, Executor, SerialExecutor, Task, make_executor
+from sbn_bench.runner.mcref import ReferencePlan, mc_reference, plan_reference
 from sbn_bench.runner.memory import (
     CellFailure,
     ExactImpossible,
@@ -83,8 +88,9 @@ __all__ = [
     "Executor", "Plan", "Reference", "RunError", "RunResult", "SerialExecutor", "Task",
     "EXECUTORS", "build_manifest", "check_combinations", "check_memory", "choose_mode",
     "chunk_size", "config_from_manifest", "eta_seconds", "exact_enumeration_bytes",
-    "exact_path_moments", "exact_reference", "make_executor", "measure_cell", "prepare", "rerun",
-    "run", "stable_seed", "stats_cell_rows", "timed_table",
+    "exact_path_moments", "exact_reference", "make_executor", "mc_reference", "measure_cell",
+    "monte_carlo_reference", "plan_mc_references", "plan_reference", "prepare",
+    "reference_cache_dir", "rerun", "run", "stable_seed", "stats_cell_rows", "timed_table",
 ]
 
 
@@ -208,6 +214,7 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None,
                        argument="out", value=None, expected="an output folder")
     plan = prepare(config)
     _warn(plan.warnings, warn)
+    plan_mc_references(config, plan)
     manifest = build_manifest(config, plan)
     debug = bool(os.environ.get("SBN_BENCH_DEBUG"))
     executor = executor or make_executor(config.executor, debug=debug)
@@ -247,6 +254,7 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
             pending.append(cell)
     n_skip = done
     references: dict[tuple[str, str], Reference] = {}
+    reached: dict[tuple[str, str], Reference] = {}
     plugins = tuple(plan.registry.sources)
     cell_seconds: list[float] = []
 
@@ -261,7 +269,12 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
             key = (cell.problem, cell.checkpoint)
             if key not in references:  # once per problem checkpoint, shipped with its cells
                 with torch_threads(config.threads):
-                    references[key] = exact_reference(problem, config.max_exact_bytes)
+                    if plan.references.get(key, "exact") == "exact":
+                        references[key] = exact_reference(problem, config.max_exact_bytes)
+                    else:
+                        references[key] = monte_carlo_reference(problem, config,
+                                                                plan.mc_plans[key])
+                        reached[key] = references[key]
             yield cell, CellContext(problem, plan.estimator(cell.estimator), references[key],
                                     config, plugins=plugins)
 
@@ -308,6 +321,7 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
     done_all = all(store.check_part(c.id, c.kind, part_key(c)) is None
                    or store.check_part(c.id, "failure", part_key(c)) is None for c in plan.cells)
     manifest = {**store.manifest, "status": "complete" if done_all else "incomplete",
+                "references": [_reached(r, reached) for r in store.manifest.get("references", [])],
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "cells": {"total": total, "run": n_run, "skipped": n_skip, "failed": n_fail}}
     if plan.warnings:
@@ -316,6 +330,88 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
     return RunResult(store.out, tables["metrics"], tables["throughput"], tables["failure"],
                      manifest, n_run, n_skip, n_fail, timed_metrics=tables["timed"],
                      warnings=list(plan.warnings))
+
+
+def reference_cache_dir(config: RunConfig) -> Path:
+    """Where Monte-Carlo references are cached: ``config.reference_cache``, else
+    ``$SBN_BENCH_CACHE``, else ``~/.cache/sbn-bench`` (the same root as trained checkpoints)."""
+    if config.reference_cache is not None:
+        return Path(config.reference_cache)
+    env = os.environ.get("SBN_BENCH_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "sbn-bench"
+
+
+def plan_mc_references(config: RunConfig, plan: Plan) -> None:
+    """Choose R and N of every Monte-Carlo reference of the run (``plan.mc_plans``), before any
+    work: the pilots run here (or are read from the cache), and a reference that the time budget
+    cannot bring to ``config.reference_rel_error`` is refused here
+    (:class:`~sbn_bench.runner.mcref.McReferenceError`, with the estimate)."""
+    _, est, n = parse_reference(config.reference)
+    previous = _previous_plans(config)
+    for pname, label, prob in plan.problems:
+        if plan.references.get((pname, label)) != "mc":
+            continue
+        old = previous.get((pname, label, prob.fingerprint()))
+        if old is not None:  # resuming: the finished cells used this R and N
+            plan.mc_plans[(pname, label)] = old
+            continue
+        with torch_threads(config.threads):
+            plan.mc_plans[(pname, label)] = plan_reference(
+                prob, estimator=est, samples=n, rel_error=config.reference_rel_error,
+                target=config.reference_target, seed=config.reference_seed,
+                time_budget_s=config.reference_time_budget,
+                device=config.device, dtype=config.dtype, memory_budget=config.memory_budget,
+                registry=plan.registry, cache_dir=reference_cache_dir(config))
+
+
+def _previous_plans(config: RunConfig) -> dict[tuple[str, str, str], ReferencePlan]:
+    """Resuming: the Monte-Carlo references' R and N recorded in the run's manifest, by
+    (problem, checkpoint, fingerprint), so that the new cells use the reference the finished ones
+    did (a pilot run again could choose another R, its timings varying)."""
+    if not config.resume or config.out is None:
+        return {}
+    try:
+        manifest = json.loads((Path(config.out) / "manifest.json").read_text(encoding="utf-8"))
+        prints = {(p["problem"], p["checkpoint"]): p["sha256"] for p in manifest["problems"]}
+        out = {}
+        for r in manifest.get("references") or []:
+            if r.get("kind") != "mc":
+                continue
+            key = (r["problem"], r["checkpoint"], prints[(r["problem"], r["checkpoint"])])
+            out[key] = ReferencePlan(str(r["estimator"]), int(r["samples"]), r["target_rel_error"],
+                                     float(r.get("seconds_per_sample", math.nan)),
+                                     target=str(r.get("target", "network")),
+                                     group=str(r.get("set_by_group", "all")))
+        return out
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def monte_carlo_reference(problem: Problem, config: RunConfig, mc_plan: ReferencePlan
+                          ) -> Reference:
+    """The Monte-Carlo reference of a problem checkpoint (:func:`~sbn_bench.runner.mcref.mc_reference`
+    with the run's seed, device, dtype, memory budget and cache), as a :class:`Reference`; a
+    failure is returned with its message (every statistics cell of the problem records it)."""
+    try:
+        ref = mc_reference(problem, plan=mc_plan, seed=config.reference_seed, device=config.device,
+                           dtype=config.dtype, memory_budget=config.memory_budget,
+                           cache_dir=reference_cache_dir(config))
+    except Exception as e:  # noqa: BLE001 - recorded for every cell of this problem
+        return Reference(None, f"the Monte-Carlo reference gradient failed, so no metrics for this "
+                               f"problem: {type(e).__name__}: {e}")
+    return Reference(ref.gradient, spec=ref.spec, noise=ref.noise,
+                     record={"rel_error": ref.rel_error, "group_rel_errors": ref.group_rel_errors(),
+                             "seconds": ref.seconds, "from_cache": ref.from_cache})
+
+
+def _reached(record: Any, reached: Mapping[tuple[str, str], Reference]) -> Any:
+    """A manifest reference record with what its computation reached (ε, seconds, cache)."""
+    if not isinstance(record, dict):
+        return record
+    ref = reached.get((record.get("problem"), record.get("checkpoint")))
+    if ref is None or ref.record is None:
+        return record
+    return {**record, "reference": ref.spec, **ref.record}
 
 
 def _assemble(store: RunStore, ids: list[str], plan: Plan) -> dict[str, pd.DataFrame]:

@@ -56,6 +56,7 @@ from sbn_bench.metrics import (
     CosineAccumulator,
     Groups,
     MomentAccumulator,
+    ReferenceNoise,
     WeightedMoments,
     cosines,
     exact_group_stats,
@@ -107,10 +108,17 @@ class Cell:
 class Reference:
     """The reference gradient of a problem checkpoint: ``gradient [P]`` (float64, flat in
     :class:`~sbn_bench.metrics.Groups` order), or why there is none (``error``: the cells that need
-    it fail with that message)."""
+    it fail with that message).
+
+    ``spec`` names it in the rows (``exact``, or ``mc:ESTIMATOR:N`` for a Monte-Carlo reference,
+    :mod:`sbn_bench.runner.mcref`), whose noise ``noise`` the metrics correct for (SPEC §8)."""
 
     gradient: Tensor | None
     error: str | None = None
+    spec: str = "exact"
+    noise: ReferenceNoise | None = None
+    record: dict[str, Any] | None = field(default=None, compare=False)
+    """For the manifest: what computing it reached (ε, seconds, read from the cache)."""
 
 
 def exact_reference(problem: Problem, max_bytes: int) -> Reference:
@@ -278,7 +286,8 @@ def _measure(cell: Cell, context: CellContext, debug: bool) -> CellResult:
                 if context.reference.gradient is None:
                     raise CellFailure("reference", str(context.reference.error))
                 rows = stats_cell_rows(context.estimator, problem, context.reference.gradient,
-                                       context.config, cell.seed, cell.checkpoint)
+                                       context.config, cell.seed, cell.checkpoint,
+                                       reference=context.reference)
         if problem.fingerprint() != context.problem.fingerprint():
             raise modified_problem("estimate", f"estimator {cell.estimator!r}")
         return CellResult(cell, cell.kind, rows)
@@ -425,13 +434,16 @@ def exact_path_moments(estimator: Estimator, problem: Problem, dtype: torch.dtyp
 
 
 def stats_cell_rows(estimator: Estimator, problem: Problem, g: Tensor, config: RunConfig,
-                    seed: int, checkpoint: str) -> list[dict[str, Any]]:
+                    seed: int, checkpoint: str, reference: Reference | None = None
+                    ) -> list[dict[str, Any]]:
     """The metric rows of one statistics cell (:data:`sbn_bench.schema.METRICS_COLUMNS`, metrics
     :data:`sbn_bench.metrics.METRICS`: no timed values).
 
     Args:
         problem: float64 on the CPU (moved to ``config.device``/``config.dtype`` here).
         g: ``[P]`` float64 reference gradient (flat, :class:`~sbn_bench.metrics.Groups` order).
+        reference: the reference ``g`` came from (its name for the rows and, for a Monte-Carlo
+            reference, its noise, which the metrics correct for); None: the exact reference.
 
     Raises:
         CellFailure: the estimator raised or returned NaN/Inf, exact mode is impossible,
@@ -442,6 +454,7 @@ def stats_cell_rows(estimator: Estimator, problem: Problem, g: Tensor, config: R
     estimator.check_supports(problem)
     groups = Groups.of(problem.params)
     g = g.to(device)
+    ref_noise = None if reference is None or reference.noise is None else reference.noise.to(device)
     mode = choose_mode(estimator, problem, config.mode, config.max_paths,
                        memory_budget=config.memory_budget)
     S, grid = config.samples, config.m_grid
@@ -459,7 +472,8 @@ def stats_cell_rows(estimator: Estimator, problem: Problem, g: Tensor, config: R
         x = next(sample_stream(estimator, problem.to(device, torch.float64), 1, 1, gen, groups))
         scale = layer_scales(g, groups, x)
         gs, mean = g / scale, x[0] / scale
-        gstats = exact_group_stats(mean, torch.zeros_like(mean), gs, groups, scale)
+        noise = None if ref_noise is None else ref_noise.scaled(1 / scale)
+        gstats = exact_group_stats(mean, torch.zeros_like(mean), gs, groups, scale, noise)
         c = cosines(mean.unsqueeze(0), gs, groups, scale / scale.max()).cpu().numpy()
         cos = {m: c for m in grid if m <= S}
         cos_mode, samples = "exact", 1
@@ -471,6 +485,7 @@ def stats_cell_rows(estimator: Estimator, problem: Problem, g: Tensor, config: R
         first = next(stream)
         scale = layer_scales(g, groups, first)
         gs = g / scale
+        noise = None if ref_noise is None else ref_noise.scaled(1 / scale)
         cos_acc = CosineAccumulator(gs, groups, grid, S, config.cosine_groups,
                                     coord_scale=scale / scale.max())
         sinks: list[Any] = [cos_acc]
@@ -480,7 +495,7 @@ def stats_cell_rows(estimator: Estimator, problem: Problem, g: Tensor, config: R
             # exact: enumerated in float64 whatever the sampling dtype (no rounding to report)
             mean, var = exact_path_moments(estimator, problem, torch.float64, device, pchunk,
                                            groups, scale)
-            gstats = exact_group_stats(mean, var, gs, groups, scale)
+            gstats = exact_group_stats(mean, var, gs, groups, scale, noise)
         else:
             mom = MomentAccumulator(S, groups.dim, config.stderr_batches, device)
             sinks.append(mom)
@@ -489,7 +504,7 @@ def stats_cell_rows(estimator: Estimator, problem: Problem, g: Tensor, config: R
             for sink in sinks:
                 sink.update(x)
         if mom is not None:
-            gstats = mc_group_stats(mom.result(), gs, groups, scale)
+            gstats = mc_group_stats(mom.result(), gs, groups, scale, noise)
         cos, cos_mode = cos_acc.result(), "mc"
     rows = metric_rows(gstats, grid, cos, mode=mode, cosine_mode=cos_mode,
                        target_rrmse=config.target_rrmse)
@@ -500,7 +515,9 @@ def stats_cell_rows(estimator: Estimator, problem: Problem, g: Tensor, config: R
                                      "estimates are too large for float64 sums")
     if prob.fingerprint() != witness:
         raise modified_problem("estimate", f"estimator {estimator.spec!r}")
+    spec = "exact" if reference is None else reference.spec
     for r in rows:
         r.update(problem=problem.name, checkpoint=checkpoint, estimator=estimator.spec,
-                 samples=samples, seed=seed, device=config.device, dtype=config.dtype)
+                 samples=samples, seed=seed, device=config.device, dtype=config.dtype,
+                 reference=spec, reference_rel_error=gstats[str(r["layer"])].reference_rel_error)
     return rows

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from sbn_bench import schema
-from sbn_bench.config import RunConfig
+from sbn_bench.config import RunConfig, parse_reference
 from sbn_bench.estimators import Estimator, Registry, UnsupportedProblem, load_plugins
 from sbn_bench.problems import Problem
 from sbn_bench.provenance import environment, file_sha256
@@ -48,6 +48,12 @@ class Plan:
     support the problem."""
     groups: dict[tuple[str, str], tuple[Estimator, ...]] = field(default_factory=dict)
     """The estimators of each throughput cell, by its (problem, checkpoint)."""
+    references: dict[tuple[str, str], str] = field(default_factory=dict)
+    """The kind of reference gradient of each (problem, checkpoint): ``"exact"`` or ``"mc"``
+    (``config.reference``; ``auto`` resolved by the size guard)."""
+    mc_plans: dict[tuple[str, str], Any] = field(default_factory=dict)
+    """The Monte-Carlo references' R and N (:class:`sbn_bench.runner.mcref.ReferencePlan`) by
+    (problem, checkpoint), chosen before any work (:func:`sbn_bench.runner.mcref.plan_reference`)."""
 
     def problem(self, name: str, checkpoint: str) -> Problem:
         return next(p for n, c, p in self.problems if (n, c) == (name, checkpoint))
@@ -69,9 +75,29 @@ def check_device(config: RunConfig) -> None:
                        expected="'cpu' on a machine without CUDA")
 
 
+def reference_kinds(config: RunConfig, problems: Sequence[ProblemCheckpoint]
+                    ) -> dict[tuple[str, str], str]:
+    """``"exact"`` or ``"mc"`` per (problem, checkpoint): ``config.reference`` with ``auto``
+    resolved by the exact reference's size guard (:func:`sbn_bench.reference.check_size` under
+    ``config.max_exact_bytes``): exact where it allows, Monte Carlo elsewhere (SPEC §8)."""
+    kind = parse_reference(config.reference)[0]
+    out: dict[tuple[str, str], str] = {}
+    for pname, label, prob in problems:
+        if kind != "auto":
+            out[(pname, label)] = kind
+            continue
+        try:
+            check_size(prob, max_bytes=config.max_exact_bytes)
+            out[(pname, label)] = "exact"
+        except ReferenceTooLarge:
+            out[(pname, label)] = "mc"
+    return out
+
+
 def check_combinations(config: RunConfig, problems: Sequence[ProblemCheckpoint],
                        estimators: Sequence[Estimator],
-                       skipped: Sequence[tuple[str, str, str]] = ()) -> None:
+                       skipped: Sequence[tuple[str, str, str]] = (),
+                       references: dict[tuple[str, str], str] | None = None) -> None:
     """Refuse, before any work, what the configuration already makes impossible (STYLE 3, SPEC §2).
 
     * a (problem/checkpoint, estimator) pair whose noise or loss the estimator does not support
@@ -80,7 +106,8 @@ def check_combinations(config: RunConfig, problems: Sequence[ProblemCheckpoint],
       (:func:`~sbn_bench.runner.memory.choose_mode`: no path surrogate, over ``max_paths``, path
       tables over the budget);
     * a problem too large for the exact reference (:func:`sbn_bench.reference.check_size` under
-      ``config.max_exact_bytes``), with the estimated cost and the limit;
+      ``config.max_exact_bytes``), with the estimated cost and the limit, where the exact
+      reference is used (``references``, :func:`reference_kinds`; default: everywhere);
     * ``samples < 2`` where a pair would be measured by Monte Carlo (the variance of one sample is
       undefined).
 
@@ -98,7 +125,8 @@ def check_combinations(config: RunConfig, problems: Sequence[ProblemCheckpoint],
     for pname, label, prob in problems:
         where = f"{pname}/{label}"
         key = (prob.widths, prob.num_data)
-        if key not in sized:
+        exact_ref = references is None or references.get((pname, label)) == "exact"
+        if exact_ref and key not in sized:
             sized.add(key)
             try:
                 check_size(prob, max_bytes=config.max_exact_bytes)
@@ -130,7 +158,8 @@ def check_combinations(config: RunConfig, problems: Sequence[ProblemCheckpoint],
                      f"estimator) pair(s): " + "; ".join(no_exact)
                      + " (use --mode auto, which is exact where possible, or --mode mc)")
     if too_large:
-        parts.append("; ".join(too_large) + " (SPEC §2: every metric needs the exact gradient)")
+        parts.append("; ".join(too_large) + " (SPEC §2: with --reference exact every metric needs "
+                     "the exact gradient; --reference auto uses a Monte-Carlo reference instead)")
     if one_sample:
         parts.append(f"samples={config.samples} but {len(one_sample)} (problem/checkpoint, "
                      f"estimator) pair(s) are measured by Monte Carlo, whose variance needs at least "
@@ -163,6 +192,7 @@ def check_hyperparameters(estimators: Sequence[Estimator]) -> None:
 def check_shapes(config: RunConfig) -> None:
     """Refuse, before any problem is built, a problem whose shape the exact reference cannot take
     (so that the refusal comes before the data are allocated)."""
+    kind = parse_reference(config.reference)[0]
     for spec in config.problems:
         shape = spec.reference_shape()
         if shape is not None:
@@ -170,8 +200,14 @@ def check_shapes(config: RunConfig) -> None:
                 check_shape(shape["widths"], shape["num_data"], config.max_exact_bytes,  # type: ignore[arg-type]
                             spec.label, loss=shape["loss"], head=shape["head"])  # type: ignore[arg-type]
             except ReferenceTooLarge as e:
-                raise RunError(f"refused before any work: {e} (SPEC §2: every metric needs the exact "
-                               "gradient)", argument="max_exact_bytes",
+                # a Monte-Carlo reference (auto, mc) takes it, unless its data alone are over the
+                # limit (they would be allocated before anything else could refuse it)
+                data_bytes = int(shape["num_data"]) * int(shape["widths"][0]) * 8  # type: ignore[index]
+                if kind != "exact" and data_bytes <= config.max_exact_bytes:
+                    continue
+                raise RunError(f"refused before any work: {e} (SPEC §2: with --reference exact "
+                               "every metric needs the exact gradient; --reference auto uses a "
+                               "Monte-Carlo reference instead)", argument="max_exact_bytes",
                                value=config.max_exact_bytes, expected=e.expected) from None
 
 
@@ -218,9 +254,10 @@ def prepare(config: RunConfig) -> Plan:
                     skipped.append((pname, label, e.spec))
                     warnings.append(f"default estimator {e.spec!r} left out of {pname}/{label}: "
                                     f"{why}")
-    check_combinations(config, problems, ests, skipped)
+    references = reference_kinds(config, problems)
+    check_combinations(config, problems, ests, skipped, references)
     check_memory(config, problems, ests)
-    plan = Plan(ests, reg, problems, warnings=warnings, skipped=skipped)
+    plan = Plan(ests, reg, problems, warnings=warnings, skipped=skipped, references=references)
     measured: set[str] = set()
     for pname, label, prob in problems:
         mine = [e for e in ests if (pname, label, e.spec) not in skipped]
@@ -265,8 +302,22 @@ def build_manifest(config: RunConfig, plan: Plan) -> dict[str, Any]:
                         "hyperparams": dict(e.hyperparams),
                         "unbiased": e.unbiased, "randomness": e.randomness,
                         "origin": plan.registry.origins.get(e.name)} for e in plan.estimators],
+        "references": [_reference_record(plan, n, c) for n, c, _ in plan.problems],
         "problems": [{"problem": n, "checkpoint": c, "arch": p.arch, "num_data": p.num_data,
                       "loss": p.loss, "noise": p.noise, "paths_per_point": num_paths(p.widths),
                       "source": p.meta.get("source"), "sha256": p.fingerprint()}
                      for n, c, p in plan.problems],
     }
+
+
+def _reference_record(plan: Plan, problem: str, checkpoint: str) -> dict[str, Any]:
+    """The manifest's record of a problem checkpoint's reference: its kind and, for a Monte-Carlo
+    one, R, N, the target ε and the pilot that chose them (the ε reached is added when computed)."""
+    kind = plan.references.get((problem, checkpoint), "exact")
+    rec: dict[str, Any] = {"problem": problem, "checkpoint": checkpoint, "kind": kind}
+    mp = plan.mc_plans.get((problem, checkpoint))
+    if mp is not None:
+        rec.update(estimator=mp.estimator, samples=mp.samples, target_rel_error=mp.target_rel_error,
+                   target=mp.target, set_by_group=mp.group, seconds_per_sample=mp.seconds_per_sample,
+                   pilot=[dict(p.__dict__) for p in mp.pilot])
+    return rec

@@ -1,0 +1,439 @@
+"""The Monte-Carlo reference (SPEC §8): its unbiasedness and stated error, the corrected metrics
+against the exact ones on nets where both exist, biases resolved or bounded, the cache, and the
+``--reference`` option's errors.
+
+Statistical checks are seeded z-tests. Each test states its failure rate ``ALPHA`` (the chance that
+a correct implementation fails it, were the standard errors exact) and splits it over its ``K``
+comparisons (Bonferroni): ``|z| ≤ Φ⁻¹(1 − ALPHA/(2K))``. The standard errors are delta-method
+approximations, so the tolerance is not loosened further.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+from pathlib import Path
+from statistics import NormalDist
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sbn_bench import runner, schema
+from sbn_bench.cli import main
+from sbn_bench.config import ConfigError, ProblemSpec, RunConfig, ThroughputConfig, parse_reference
+from sbn_bench.estimators import load_registry
+from sbn_bench.metrics import Groups
+from sbn_bench.problems import Problem, digits_problem, paper_problem, random_problem
+from sbn_bench.reference import exact_gradient
+from sbn_bench.reports.ranking import Estimate
+from sbn_bench.reports.tables import fmt_estimate
+from sbn_bench.runner.cells import Reference, exact_reference, stats_cell_rows
+from sbn_bench.runner.mcref import McReferenceError, mc_reference, plan_reference
+from sbn_bench.train import train
+
+ALPHA = 1e-3
+"""Failure rate of each statistical test (all its comparisons together)."""
+
+REGISTRY = load_registry()
+
+
+def z_bound(k: int, alpha: float = ALPHA) -> float:
+    """Two-sided Bonferroni bound for ``k`` comparisons at total failure rate ``alpha``."""
+    return NormalDist().inv_cdf(1 - alpha / (2 * max(k, 1)))
+
+
+def flat_exact(problem: Problem) -> torch.Tensor:
+    _, g = exact_gradient(problem)
+    return Groups.of(problem.params).flatten_one(g)
+
+
+def as_reference(ref) -> Reference:
+    return Reference(ref.gradient, spec=ref.spec, noise=ref.noise)
+
+
+def cfg(**kw) -> RunConfig:
+    base = dict(problems=(ProblemSpec(arch="2-2-1"),), samples=400, M=(1, 10),
+                throughput=ThroughputConfig(enabled=False), stderr_batches=32)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+# --------------------------------------------------------------------------------------------
+# the reference itself
+
+
+def test_the_mc_reference_is_unbiased_with_the_stated_variance(tmp_path: Path) -> None:
+    # E ĝ = g and Var ĝ_i = v_i/N: per coordinate z = (ĝ_i − g_i)/√(v̂_i/N), Bonferroni over P
+    p = random_problem("2-4-4-4-1", 0, data_points=20)
+    g = flat_exact(p)
+    ref = mc_reference(p, estimator="reinforce-loo:k=2", samples=4000, seed=3)
+    assert ref.gradient.dtype == torch.float64 and ref.samples == 4000 and not ref.from_cache
+    z = (ref.gradient - g) / (ref.variance / ref.samples).sqrt()
+    bound = z_bound(z.numel())
+    assert float(z.abs().max()) <= bound, f"max |z| {float(z.abs().max()):.2f} > {bound:.2f}"
+    # and the whole-network error is what it says: E‖ĝ − g‖² = V_R/N (a χ²-like sum of P terms)
+    ratio = float(((ref.gradient - g) ** 2).sum()) / (ref.variance_sum / ref.samples)
+    assert 0.2 < ratio < 3.0, ratio  # P = 57 coordinates, correlated: a loose sanity band
+    assert set(ref.grads()) == set(p.params)
+    assert all(ref.grads()[n].shape == p.params[n].shape for n in p.params)
+
+
+def test_n_is_chosen_for_the_target_error_and_r_by_the_pilot() -> None:
+    p = random_problem("2-4-4-4-1", 0, data_points=20)
+    plan = plan_reference(p, rel_error=0.05, seed=0)
+    names = {r.estimator for r in plan.pilot}
+    assert {"reinforce", "disarm", "arm"} <= names and "psa" not in names and "exact" not in names
+    best = min(plan.pilot, key=lambda r: r.cost)
+    assert plan.estimator == best.estimator
+    assert plan.samples >= 64
+    ref = mc_reference(p, plan=plan, seed=0)
+    # ε reached is near the target: N was set from the pilot's estimates (±30 % on ‖g‖²)
+    assert 0.5 * 0.05 < ref.rel_error < 1.6 * 0.05, ref.rel_error
+
+
+def test_refused_up_front_when_the_budget_cannot_reach_epsilon() -> None:
+    p = random_problem("2-4-4-4-1", 0, data_points=20)
+    with pytest.raises(McReferenceError, match=r"needs about N=\d+ samples of reinforce .* over "
+                                               r"the time budget of 30 s \(within it: ε ≈"):
+        plan_reference(p, rel_error=0.0002, time_budget_s=30, estimator="reinforce")
+    # a pilot that cannot even tell ‖g‖ from the noise within its share of the budget
+    with pytest.raises(McReferenceError, match=r"cannot tell ‖g‖ from the noise of reinforce"):
+        plan_reference(p, rel_error=0.01, time_budget_s=1e-4, estimator="reinforce")
+    with pytest.raises(McReferenceError, match="is biased"):
+        plan_reference(p, estimator="st", samples=100)
+    with pytest.raises(McReferenceError, match="reference_rel_error=1.5"):
+        plan_reference(p, rel_error=1.5)
+
+
+# --------------------------------------------------------------------------------------------
+# corrected metrics agree with the exact ones
+
+
+def paper_trained() -> Problem:
+    """The paper net after a few epochs of REINFORCE training (a second checkpoint, away from
+    the initialisation's rescaled weights)."""
+    with tempfile.TemporaryDirectory() as d:
+        return train(paper_problem(0), "reinforce", epochs=5, out_dir=Path(d) / "t",
+                     exact_log=False).problem
+
+
+def vae_exact_subset() -> Problem:
+    """``digits-vae-exact`` (16 latents) on its first 40 images: the exact reference is cheap."""
+    p = digits_problem("digits-vae-exact", 0)
+    return dataclasses.replace(p, x=p.x[:40], y=p.y[:40])
+
+
+NETS = {
+    "paper-init": lambda: paper_problem(0),
+    "paper-trained": paper_trained,
+    "random-3-layer": lambda: random_problem("2-4-4-4-1", 0, data_points=20),
+    "digits-vae-exact": vae_exact_subset,
+}
+
+
+def compare(problem: Problem, estimators: tuple[str, ...], config: RunConfig, rel_error: float,
+            ref_seed: int = 0, **ref_kw) -> pd.DataFrame:
+    """Metric rows of each estimator against the exact and the Monte-Carlo reference (the same
+    estimator samples), side by side."""
+    ex = exact_reference(problem, 2**32)
+    mc = mc_reference(problem, rel_error=rel_error, seed=ref_seed, dtype="float64", **ref_kw)
+    out = []
+    for spec in estimators:
+        est = REGISTRY.create(spec)
+        a = pd.DataFrame(stats_cell_rows(est, problem, ex.gradient, config, 0, "c"))
+        b = pd.DataFrame(stats_cell_rows(est, problem, mc.gradient, config, 0, "c",
+                                         reference=as_reference(mc)))
+        out.append(a.merge(b, on=["estimator", "layer", "metric", "M"], suffixes=("_x", "_m")))
+    return pd.concat(out, ignore_index=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("net", list(NETS))
+def test_every_metric_agrees_with_the_exact_reference_within_its_error(net: str) -> None:
+    problem = NETS[net]()
+    mode = "auto" if net == "random-3-layer" else "mc"  # exact-mode rows on the small net
+    config = cfg(mode=mode, samples=600, M=(1, 10, 100))
+    df = compare(problem, ("psa", "st", "reinforce", "tanh"), config, rel_error=0.03)
+    assert (df["reference_x"] == "exact").all() and (df["reference_rel_error_x"] == 0).all()
+    assert df["reference_m"].str.match(r"mc:.+:\d+").all()
+    # the comparable rows: finite values with a finite stated error on the Monte-Carlo side
+    ok = df[df["value_x"].map(math.isfinite) & df["value_m"].map(math.isfinite)
+            & df["stderr_m"].map(math.isfinite)]
+    diff = (ok["value_m"] - ok["value_x"]).abs()
+    # equal to round-off: variance and snr (no g in them), and groups the reference has exactly
+    # (the VAE's prior logits: their KL gradient is analytic, R's variance there is 0)
+    same = diff <= 1e-9 * ok["value_x"].abs() + 1e-12  # (the reports' ROUND_REL, ROUND_ABS)
+    test = ok[~same]
+    assert len(test) > 50, f"too few rows differ to test: {len(test)}"
+    z = (test["value_m"] - test["value_x"]).abs() / test["stderr_m"]
+    bound = z_bound(len(test))
+    worst = test.assign(z=z).sort_values("z").tail(3)
+    assert float(z.max()) <= bound, (f"{net}: max z {float(z.max()):.2f} > {bound:.2f}:\n"
+                                     + worst[["estimator", "layer", "metric", "M", "value_x",
+                                              "value_m", "stderr_m", "z"]].to_string())
+    # the reference's resolution is reported next to the cosines
+    rc = df[df["metric"] == "reference_cosine"]
+    assert rc.empty and (set(pd.DataFrame(stats_cell_rows(
+        REGISTRY.create("tanh"), problem, exact_reference(problem, 2**32).gradient, config, 0,
+        "c"))["metric"]) == set(schema.EXACT_REFERENCE_METRICS))
+
+
+@pytest.mark.parametrize("ref", [{}, {"estimator": "reinforce", "samples": 40}],
+                         ids=["epsilon-0.05", "coarse"])
+def test_metrics_agree_on_the_random_net_quickly(ref) -> None:
+    # the fast version of the test above: one net, exact-mode and Monte-Carlo rows; the coarse
+    # reference (ε ≈ 0.2) is where the corrections matter (without the −V̂_R/N terms the biases
+    # are off by several standard errors)
+    problem = random_problem("2-4-4-4-1", 0, data_points=20)
+    config = cfg(mode="auto", samples=400, M=(1, 10))
+    df = compare(problem, ("st", "reinforce", "tanh"), config, rel_error=0.05, **ref)
+    ok = df[df["value_x"].map(math.isfinite) & df["value_m"].map(math.isfinite)
+            & df["stderr_m"].map(math.isfinite) & (df["value_x"] != df["value_m"])]
+    z = (ok["value_m"] - ok["value_x"]).abs() / ok["stderr_m"]
+    assert len(ok) > 30 and float(z.max()) <= z_bound(len(ok)), float(z.max())
+    # rows against the Monte-Carlo reference carry its name, its ε per group and its resolution
+    m = df[df["metric"] == "rrmse"]
+    assert (m["reference_rel_error_m"] > 0).all() and (m["reference_rel_error_x"] == 0).all()
+
+
+# --------------------------------------------------------------------------------------------
+# bias: consistent with zero, resolved, or bounded
+
+
+def test_an_unbiased_estimator_is_not_found_biased_and_is_shown_as_a_bound() -> None:
+    problem = random_problem("2-4-4-4-1", 0, data_points=20)
+    ref = mc_reference(problem, rel_error=0.05, seed=1)
+    for spec, mode in (("reinforce", "auto"), ("disarm", "mc")):  # exact-mode and sampled rows
+        rows = pd.DataFrame(stats_cell_rows(REGISTRY.create(spec), problem, ref.gradient,
+                                            cfg(mode=mode), 0, "c", reference=as_reference(ref)))
+        rb = rows[rows["metric"] == "rel_bias"]
+        z = rb["value"] / rb["stderr"]  # 0 where the reference does not resolve (stderr ∞)
+        assert (rb["stderr"] > 0).all() and float(z.max()) <= z_bound(len(rb)), rb.to_string()
+        # the reports show a bias that is not significantly above zero as an upper bound
+        for v, se, md in zip(rb["value"], rb["stderr"], rb["mode"]):
+            if v <= 2 * se and math.isfinite(se):  # (stderr ∞: shown as "± ∞", unresolved)
+                assert fmt_estimate(Estimate(v, se, md), bound=True).startswith("≤ ")
+
+
+def test_a_biased_estimator_is_resolved_once_epsilon_is_below_its_bias() -> None:
+    problem = random_problem("2-4-4-4-1", 0, data_points=20)
+    st = REGISTRY.create("st")
+    exact_rows = stats_cell_rows(st, problem, exact_reference(problem, 2**32).gradient,
+                                 cfg(), 0, "c")
+    b = next(r["value"] for r in exact_rows if r["metric"] == "rel_bias" and r["layer"] == "all")
+    assert b > 0.05  # st's relative bias on this net, exact (exact mode: no estimator noise)
+
+    def rel_bias(ref) -> tuple[float, float]:
+        rows = stats_cell_rows(st, problem, ref.gradient, cfg(), 0, "c", reference=as_reference(ref))
+        r = next(r for r in rows if r["metric"] == "rel_bias" and r["layer"] == "all")
+        return r["value"], r["stderr"]
+
+    fine = mc_reference(problem, rel_error=b / 5, seed=2)
+    v, se = rel_bias(fine)
+    assert fine.rel_error < b / 3 and v > 2 * se, (fine.rel_error, v, se)  # resolved
+    assert abs(v - b) <= z_bound(1) * se
+    assert not fmt_estimate(Estimate(v, se, "exact"), bound=True).startswith("≤")
+    coarse = mc_reference(problem, estimator="reinforce", samples=40, seed=2)  # ε ≈ 0.5
+    v, se = rel_bias(coarse)
+    assert coarse.rel_error > b, coarse.rel_error
+    assert v <= 2 * se, (coarse.rel_error, v, se)  # not resolved: an upper bound
+    assert fmt_estimate(Estimate(v, se, "exact"), bound=True).startswith("≤ ")
+
+
+# --------------------------------------------------------------------------------------------
+# the cache
+
+
+def test_the_cache_reuses_a_reference_and_not_a_changed_one(tmp_path: Path, monkeypatch) -> None:
+    p = random_problem("2-3-3-1", 0, data_points=10)
+    a = mc_reference(p, rel_error=0.1, seed=0, cache_dir=tmp_path)
+    assert not a.from_cache
+    import sbn_bench.runner.mcref as mcref
+
+    def no_sampling(*args, **kw):
+        raise AssertionError("the cached reference was recomputed")
+
+    with monkeypatch.context() as m:
+        m.setattr(mcref, "estimate", no_sampling)  # neither the pilot nor the samples may run
+        b = mc_reference(p, rel_error=0.1, seed=0, cache_dir=tmp_path)
+    assert b.from_cache and torch.equal(a.gradient, b.gradient) and b.samples == a.samples
+    assert b.estimator == a.estimator and torch.equal(a.noise.batch_dev, b.noise.batch_dev)
+    changed = p.with_params({k: v * 1.01 for k, v in p.params.items()})
+    assert not mc_reference(changed, estimator=a.estimator, samples=a.samples, seed=0,
+                            cache_dir=tmp_path).from_cache
+    other = "reinforce" if a.estimator != "reinforce" else "disarm"
+    c = mc_reference(p, estimator=other, samples=a.samples, seed=0, cache_dir=tmp_path)
+    assert not c.from_cache and not torch.equal(c.gradient, a.gradient)
+    assert not mc_reference(p, estimator=a.estimator, samples=a.samples, seed=1,
+                            cache_dir=tmp_path).from_cache
+    # a damaged file is recomputed, not trusted
+    for f in (tmp_path / "mcref").glob("reference-*.pt"):
+        f.write_bytes(b"not a tensor file")
+    d = mc_reference(p, estimator=a.estimator, samples=a.samples, seed=0, cache_dir=tmp_path)
+    assert not d.from_cache and torch.equal(d.gradient, a.gradient)
+
+
+def test_a_run_with_the_mc_reference_reuses_it_the_second_time(tmp_path: Path) -> None:
+    base = dict(problems=(ProblemSpec(arch="2-3-3-1", data_points=10),), estimators=("st", "arm"),
+                samples=50, M=(1, 5), throughput=ThroughputConfig(enabled=False),
+                reference="mc", reference_rel_error=0.1, reference_cache=str(tmp_path / "cache"))
+    r1 = runner.run(RunConfig(**base, out=str(tmp_path / "a")))
+    r2 = runner.run(RunConfig(**base, out=str(tmp_path / "b")))
+    assert r1.failures.empty and not r1.metrics.empty
+    rec1, rec2 = r1.manifest["references"][0], r2.manifest["references"][0]
+    assert rec1["kind"] == "mc" and rec1["from_cache"] is False and rec2["from_cache"] is True
+    assert rec1["reference"] == rec2["reference"] and math.isfinite(rec1["rel_error"])
+    assert (Path(tmp_path / "a" / "metrics.csv").read_bytes()
+            == Path(tmp_path / "b" / "metrics.csv").read_bytes())
+    assert set(r1.metrics["reference"]) == {rec1["reference"]}
+
+
+# --------------------------------------------------------------------------------------------
+# the option, the schema
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("exact", ("exact", None, None)), ("auto", ("auto", None, None)), ("mc", ("mc", None, None)),
+    ("mc:disarm", ("mc", "disarm", None)), ("mc:disarm:5000", ("mc", "disarm", 5000)),
+    ("mc::300", ("mc", None, 300)), ("mc:reinforce-loo:k=4:20000", ("mc", "reinforce-loo:k=4", 20000)),
+    ("mc:reinforce-loo:k=4", ("mc", "reinforce-loo:k=4", None)),
+])
+def test_reference_specs_parse(text, parsed) -> None:
+    assert parse_reference(text) == parsed
+
+
+@pytest.mark.parametrize("value, words", [
+    ("exakt", ["'exakt' is not one of exact, auto, mc"]),
+    ("mc:5000", ["is a number, not an estimator", "mc::5000"]),
+    ("mc:disarm:1", ["N=1 samples"]),
+    ("monte-carlo", ["is not one of"]),
+])
+def test_bad_reference_values_are_refused(tmp_path: Path, value: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        RunConfig(problems=(ProblemSpec(arch="2-2-1"),), reference=value)
+    assert all(w in str(err.value) for w in words) and err.value.argument == "reference"
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["run", "--arch", "2-2-1", "--reference", value, "--out",
+                                    str(out), "--no-report"], prog_name="sbn-bench")
+    assert res.exit_code == 2 and "Invalid value for '--reference'" in res.output, res.output
+    assert all(w in " ".join(res.output.split()) for w in words), res.output
+    assert not out.exists()
+
+
+def test_library_refusals_of_the_reference_are_one_line_errors(tmp_path: Path) -> None:
+    small = ["run", "--arch", "2-2-1", "--data-points", "3", "--samples", "8", "--M", "1,2",
+             "--no-throughput", "--no-report", "--quiet", "--reference-cache", str(tmp_path / "c")]
+    for extra, words in ((["--reference", "mc:st"], ["is biased"]),
+                         (["--reference", "mc:reinforce", "--reference-rel-error", "0.0001",
+                           "--reference-time-budget", "1"], ["time budget", "mc:reinforce:N"])):
+        out = tmp_path / "out"
+        res = CliRunner().invoke(main, [*small, *extra, "--out", str(out)], prog_name="sbn-bench")
+        assert res.exit_code == 1 and res.output.startswith("Error: "), res.output
+        assert "Traceback" not in res.output and all(w in res.output for w in words), res.output
+        assert not out.exists()
+
+
+def test_the_schema_names_the_reference_and_old_runs_still_load(tmp_path: Path) -> None:
+    assert schema.SCHEMA_VERSION == 3
+    assert schema.METRICS_COLUMNS[-2:] == ["reference", "reference_rel_error"]
+    assert "reference" in schema.TEXT_COLUMNS and "reference_cosine" in schema.METRICS
+    # a version-2 metrics.csv (no reference columns) loads, as the exact reference
+    from sbn_bench.reports.load import load_run
+
+    old = Path(__file__).parent / "data" / "run_a"
+    header = (old / "metrics.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert "reference" not in header
+    run = load_run(old)
+    assert set(run.metrics["reference"]) == {"exact"} and (run.metrics["reference_rel_error"] == 0).all()
+
+
+def test_exact_reference_rows_are_unchanged_but_for_the_new_columns(tmp_path: Path) -> None:
+    # --reference exact and auto on a small net: the same file, exact rows, ε = 0, and no
+    # reference_cosine rows (byte-identical values to the schema-2 runner, see README)
+    base = dict(problems=(ProblemSpec(arch="2-3-2-1", data_points=5),), estimators=("psa", "arm"),
+                samples=40, M=(1, 4), throughput=ThroughputConfig(enabled=False))
+    a = runner.run(RunConfig(**base, out=str(tmp_path / "a"), reference="exact"))
+    runner.run(RunConfig(**base, out=str(tmp_path / "b")))
+    assert ((tmp_path / "a" / "metrics.csv").read_bytes()
+            == (tmp_path / "b" / "metrics.csv").read_bytes())
+    assert set(a.metrics["reference"]) == {"exact"} and (a.metrics["reference_rel_error"] == 0).all()
+    assert "reference_cosine" not in set(a.metrics["metric"])
+    assert a.manifest["references"] == [{"problem": "arch-2-3-2-1-seed0", "checkpoint": "init",
+                                         "kind": "exact"}]
+
+
+def test_exact_reference_values_are_byte_identical_to_the_schema2_runner(tmp_path: Path) -> None:
+    # tests/golden/exact_reference_schema2_metrics.csv was written by the runner before the
+    # Monte-Carlo reference existed (schema 2), with this configuration: the same rows, byte for
+    # byte, once the two new columns are left out
+    golden = Path(__file__).parent / "golden" / "exact_reference_schema2_metrics.csv"
+    cfg_ = RunConfig(problems=(ProblemSpec(arch="2-3-3-1", data_points=20),),
+                     estimators=("psa", "arm", "tanh"), samples=100, M=(1, 10),
+                     throughput=ThroughputConfig(enabled=False), out=str(tmp_path / "run"))
+    runner.run(cfg_)
+    lines = (tmp_path / "run" / "metrics.csv").read_text(encoding="utf-8").splitlines()
+    assert lines[0].endswith(",reference,reference_rel_error")
+    assert all(line.endswith(",exact,0.0") for line in lines[1:])
+    stripped = [lines[0].removesuffix(",reference,reference_rel_error")]
+    stripped += [line.removesuffix(",exact,0.0") for line in lines[1:]]
+    assert stripped == golden.read_text(encoding="utf-8").splitlines()
+
+
+def test_the_layers_target_brings_every_layer_to_epsilon() -> None:
+    p = random_problem("2-4-4-4-1", 0, data_points=20)
+    net = plan_reference(p, rel_error=0.1, estimator="disarm", seed=0)
+    lay = plan_reference(p, rel_error=0.1, estimator="disarm", seed=0, target="layers")
+    assert net.group == "all" and lay.group != "all" and lay.samples > net.samples
+    ref = mc_reference(p, plan=lay, seed=0)
+    eps = ref.group_rel_errors()
+    # N was set from the pilot (±30 % on ‖g‖²): every group near or below the target
+    assert max(eps.values()) < 0.1 * 1.6, eps
+    with pytest.raises(McReferenceError, match="reference_target='each'"):
+        plan_reference(p, target="each")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_mc_reference_on_cuda_agrees_with_the_cpu_within_its_error(tmp_path: Path) -> None:
+    p = random_problem("2-4-4-4-1", 0, data_points=20)
+    g = flat_exact(p)
+    ref = mc_reference(p, estimator="disarm", samples=2000, seed=0, device="cuda",
+                       cache_dir=tmp_path)
+    assert ref.gradient.device.type == "cpu" and ref.gradient.dtype == torch.float64
+    z = (ref.gradient - g) / (ref.variance / ref.samples).sqrt()
+    assert float(z.abs().max()) <= z_bound(z.numel())
+    res = runner.run(RunConfig(problems=(ProblemSpec(arch="2-4-4-4-1", data_points=20),),
+                               estimators=("st", "arm"), samples=200, M=(1, 10), device="cuda",
+                               reference="mc", reference_rel_error=0.05,
+                               reference_cache=str(tmp_path / "c"),
+                               throughput=ThroughputConfig(enabled=False),
+                               out=str(tmp_path / "run")))
+    assert res.failures.empty and res.metrics["reference"].str.startswith("mc:").all()
+
+
+def test_a_resumed_run_keeps_its_reference(tmp_path: Path, monkeypatch) -> None:
+    # the new cells of a resumed run use the R and N the finished ones did: no pilot runs again
+    # (its timings could choose another R), even without the cache (another folder here)
+    base = dict(problems=(ProblemSpec(arch="2-3-3-1", data_points=10),), estimators=("st", "arm"),
+                seeds=(0, 1), samples=50, M=(1, 5), throughput=ThroughputConfig(enabled=False),
+                reference="mc", reference_rel_error=0.1, out=str(tmp_path / "run"))
+
+    class Stop(Exception):
+        pass
+
+    def stop(cell) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        runner.run(RunConfig(**base, reference_cache=str(tmp_path / "c1")), on_cell_done=stop)
+    first = pd.read_csv(next((tmp_path / "run" / "cells").glob("*.metrics.csv")), comment="#")
+    def no_pilot(*args, **kw):
+        raise AssertionError("the resumed run chose its reference again")
+
+    monkeypatch.setattr(runner, "plan_reference", no_pilot)
+    res = runner.run(RunConfig(**base, reference_cache=str(tmp_path / "c2"), resume=True))
+    assert res.failures.empty and res.cells_skipped == 1 and res.cells_run == 3
+    assert set(res.metrics["reference"]) == set(first["reference"])
