@@ -45,6 +45,7 @@ from sbn_bench.config import (
     parse_reference,
 )
 from sbn_bench.estimators import split_specs
+from sbn_bench.problems import PRESET_SAMPLES
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -160,7 +161,8 @@ def _duration(seconds: float) -> str:
                    "it supports.")
 @plugin_option
 @click.option("--samples", "-S", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Single-sample estimates S per cell.")
+              help="Single-sample estimates S per cell (digits-vae, digits-vae-nonlinear: 500 and "
+                   "digits-conv: 1500 by default, their cells being slow).")
 @click.option("--M", "m_grid", callback=_m_list, default=None,
               help="Sample counts M for mse/rrmse/cosine: a comma list, 'default' "
                    "(1,2,5,...,1000 up to S) or 'paper' (1..9,10..90,...,9000 up to S).")
@@ -333,6 +335,8 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
     else:
         spec = problem_spec(ctx, problem_file, arch, preset, seed, data_points, loss, noise,
                             seed_has_other_use=True)
+        if preset in PRESET_SAMPLES and not given(ctx, "samples"):
+            settings["samples"] = PRESET_SAMPLES[preset]
         settings.update(problems=(spec,), seeds=seeds or (seed,), M=m_grid,
                         out=str(out or Path("runs") / spec.label))
         cfg = RunConfig(**_resolve_m(settings))

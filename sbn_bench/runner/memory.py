@@ -13,6 +13,7 @@ with the numbers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -20,6 +21,7 @@ import torch
 from sbn_bench.config import DTYPES, RunConfig
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import Estimator
+from sbn_bench.network import Network
 from sbn_bench.problems import Problem
 from sbn_bench.reference import num_paths
 from sbn_bench.units import format_bytes
@@ -78,7 +80,27 @@ def sample_bytes(estimator: Estimator, problem: Problem, num_data: int, itemsize
     units += evals * sum(layer.n_out for layer in net.head[:-1])
     units += sum(layer.n_out * layer.in_shape[0] * layer.kernel ** 2
                  for layer in net.stochastic if layer.kind == "conv2d")
-    return one + 6 * itemsize * num_data * units
+    return min(one + 6 * itemsize * num_data * units,
+               network_sample_bytes(net, num_data, itemsize, evals))
+
+
+def network_sample_bytes(net: Network, num_data: int, itemsize: int, evals: int) -> int:
+    """An upper estimate of one sample's memory from the network's true structure (the estimators'
+    own estimates see only the flattened widths, which treats a conv layer as dense and counts every
+    loss evaluation as a whole output layer's gradient: 100-1000x too much on the digits nets).
+
+    Per data point: the receptive fields of the stochastic units (PSA's flip tables, a conv layer's
+    unfolded inputs: ``n_k × C_in K²``, dense ``n_k × n_{k-1}``), every unit's activation, and per
+    loss evaluation the units above the first stochastic layer and the head; per sample the
+    parameter replica and its gradients. Checked against torch's profiler for every built-in on
+    small networks of each kind (``tests/test_runner_memory.py``)."""
+    n_params = sum(math.prod(s) for s in net.param_shapes().values())
+    fields = sum(layer.n_out * (layer.in_shape[0] * layer.kernel ** 2 if layer.kind == "conv2d"
+                                else layer.n_in) for layer in net.stochastic)
+    units = sum(layer.n_out for layer in (*net.body, *net.stochastic, *net.head))
+    above = sum(layer.n_out for layer in (*net.stochastic[1:], *net.head))
+    per_data = fields + 8 * units + 2 * max(1, evals) * above
+    return itemsize * (6 * n_params + 2 * num_data * per_data) + 8 * n_params
 
 
 def exact_enumeration_bytes(widths: Sequence[int], num_data: int, itemsize: int = 8) -> int:
