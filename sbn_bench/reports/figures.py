@@ -521,7 +521,9 @@ def accuracy_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[
                         if not _fits(y, limits.get("rrmse")):
                             off[e] = float(np.nanmax(y))
                             continue
-                        _line(ax, m, y, sty[e], present.index(e), bars, y - 2 * se, y + 2 * se)
+                        with np.errstate(over="ignore", invalid="ignore"):  # an unresolved
+                            lo, hi = y - 2 * se, y + 2 * se  # layer's error is ∞ (bar off the axes)
+                        _line(ax, m, y, sty[e], present.index(e), bars, lo, hi)
                 else:
                     for e in group:
                         if (layer, e) not in cm:
