@@ -417,12 +417,13 @@ def probe_reference(problem: Problem, *, samples: int = 400, estimator: str | Es
 
 
 def probe(estimator: Estimator, problem: Problem, reference: ProbeReference, samples: int,
-          generator: torch.Generator) -> dict[str, float]:
+          generator: torch.Generator, chunk: int = 32) -> dict[str, float]:
     """Relative RMSE and bias of one sample of ``estimator`` against ``reference`` (SPEC §5, with
     §8's corrections for both sample means): ``‖β‖² ≈ ‖m − ĝ‖² − V/S − V_R/N``,
     ``‖g‖² ≈ ‖ĝ‖² − V_R/N``, ``rrmse = √(max(‖β‖², 0) + V)/‖g‖``, ``bias = √max(‖β‖², 0)/‖g‖`` and
-    ``bias_floor = √(V/S + V_R/N)/‖g‖``; ``V`` the total variance of one sample."""
-    g = _samples(estimator, problem, samples, generator)
+    ``bias_floor = √(V/S + V_R/N)/‖g‖``; ``V`` the total variance of one sample. ``chunk``: samples
+    per :func:`~sbn_bench.estimators.estimate` call (memory against speed)."""
+    g = _samples(estimator, problem, samples, generator, chunk)
     m = g.mean(0)
     V = float(g.var(0, unbiased=True).sum())
     g2 = float(reference.gradient.square().sum()) - reference.variance
