@@ -223,6 +223,14 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
         ("psa", "st", "disarm", "arms:k=4", "concrete:tau=0.5"),
         "the DisARM/ARMS binary VAE scaled to digits: 64-200-64, linear encoder and decoder, "
         "dynamic binarisation, Adam"),
+    "digits-vae-exact": StudyPreset(
+        StudySettings("digits-vae-exact", epochs=60, batch_size=50, optimizer="adam", lr=1e-3,
+                      eval_every=3, eval_samples=5, iwae_samples=50, probe_epochs=(0, 10, 30, 60),
+                      probe_batch=50, probe_samples=512, reference_samples=400),
+        ("psa", "st", "disarm", "arms:k=4", "concrete:tau=0.5"),
+        "the binary VAE with 16 latents (64-16-64, linear), trained like digits-vae (dynamic "
+        "binarisation, Adam): its 2^16 latent states are enumerated, so the probes' reference "
+        "is the exact gradient and only the estimators' own samples limit the probes"),
     "digits-vae-nonlinear": StudyPreset(
         StudySettings("digits-vae-nonlinear", epochs=12, batch_size=50, optimizer="adam", lr=1e-3,
                       eval_every=2, eval_samples=3, iwae_samples=20, probe_epochs=(0, 12),

@@ -248,7 +248,7 @@ def synthetic(finals: dict[str, list[float]], column: str = "test_objective",
             for epoch, val in ((0, 10.0), (1, v - rise), (2, v)):
                 out.append({"estimator": est, "seed": seed, "epoch": epoch, "train_s": float(epoch),
                             column: val, "test_objective": val if column == "test_objective" else
-                            10.0 - epoch})
+                            10.0 - epoch, "train_objective": val})
     return pd.DataFrame(out)
 
 
