@@ -212,7 +212,7 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
     "digits-conv": StudyPreset(
         StudySettings("digits-conv", epochs=50, batch_size=50, optimizer="adam", lr=1e-2,
                       eval_every=2, eval_samples=5, probe_epochs=(0, 10, 50), probe_batch=50,
-                      probe_samples=32, reference_samples=400),
+                      probe_samples=256, reference_samples=4000),
         ("psa", "st", "disarm", "reinmax", "concrete:tau=0.5"),
         "the paper's deep-conv claim scaled to digits: two stochastic conv layers (8 and 16 "
         "channels, 3×3, the second with stride 2) and a linear softmax head, Adam"),
