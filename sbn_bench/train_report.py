@@ -521,8 +521,8 @@ def probes_table(probes: pd.DataFrame, estimators: Sequence[str]) -> Table | Non
                      "issue-13 reference)."], anchor="probes")
 
 
-def claims_table(claims: Sequence[Claim]) -> Table:
-    return Table("The paper's training claims", ["claim", "this study", "evidence", "criterion"],
+def claims_table(claims: Sequence[Claim], title: str = "The paper's training claims") -> Table:
+    return Table(title, ["claim", "this study", "evidence", "criterion"],
                  [[TableCell(c.claim), _verdict_cell(c.verdict), TableCell(c.evidence),
                    TableCell(c.criterion)] for c in claims], anchor="claims")
 
@@ -558,14 +558,14 @@ def study_blocks(out: Path, manifest: Mapping[str, Any], curves: pd.DataFrame, p
         if len(curves) else []
     target = default_target(curves)
     claims = evaluate_training_claims(curves, probes, preset)
-    blocks: list[Block] = [Heading(f"Training benchmark: {preset}"), Bullets(_settings_text(manifest))]
+    blocks: list[Block] = [Heading("Settings"), Bullets(_settings_text(manifest))]
     failures = out / "failures.csv"
     if failures.is_file():
         f = pd.read_csv(failures)
         if len(f):
             blocks.append(Bullets([f"FAILED: {r.estimator} seed {r.seed} ({r.stage}): {r.error}"
                                    for r in f.itertuples()]))
-    blocks += [Heading("Claims", 3), Text(VERDICT_LEGEND.replace(f"({VERDICT_Z:g} s.e., about 95 %)",
+    blocks += [Heading("Results"), Text(VERDICT_LEGEND.replace(f"({VERDICT_Z:g} s.e., about 95 %)",
                                                                  "(95 % Student t intervals over "
                                                                  "paired seeds)")),
                claims_table(claims)]
@@ -581,6 +581,32 @@ def study_blocks(out: Path, manifest: Mapping[str, Any], curves: pd.DataFrame, p
             if fig is not None:
                 blocks.append(Image(fig, f"{preset}: gradient probes along training"))
     return blocks, claims
+
+
+def _finals_overview(root: Path, presets: Sequence[str]) -> Table:
+    """Each study's judged final figure and the VAEs' test IWAE bound, per estimator."""
+    cols: list[tuple[str, str, str]] = []
+    finals: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
+    order: list[str] = []
+    for p in presets:
+        manifest, curves, _ = load_study(root / p)
+        column, _, label = merit(p)
+        for c, lab in [(column, label)] + ([("test_iwae", "test IWAE bound")]
+                                          if p.startswith("digits-vae") else []):
+            cols.append((p, c, lab))
+            finals[(p, c)] = final_values(curves, c)
+        order += [e for e in manifest.get("estimators", []) if e not in order]
+    rows = []
+    for e in order:
+        row = [TableCell(e)]
+        for p, c, _ in cols:
+            m, se, _n = _mean_se(list(finals[(p, c)].get(e, {}).values()))
+            row.append(TableCell(_pm(m, se)))
+        rows.append(row)
+    return Table("Final test figures", ["estimator"] + [f"{p}: {lab}" for p, _, lab in cols], rows,
+                 notes=["Mean over seeds ± standard error over seeds at each study's last epoch; "
+                        "accuracy: higher is better; −ELBO and the IWAE bound (nats per image): "
+                        "lower is better."], anchor="finals")
 
 
 def _html_page(title: str, body: str) -> str:
@@ -640,13 +666,15 @@ def publish(out: str | os.PathLike[str] = "reports/training-digits", *, executor
             "Classifier (digits-conv): judged on test accuracy; VAEs: on the test negative ELBO. "
             "Stability: the total rise of the training objective along training. Bias: ST's relative "
             "gradient bias on a fixed probe batch, first vs last probe epoch."], anchor="verdicts"),
+        Text("No GPU figures: no device machine was lent to the task that built this benchmark; "
+             "every number here is from a shared 2-core CPU machine (wall times are indicative)."),
         Bullets([f"[{p}]({p}/report.md) ([HTML]({p}/report.html)): "
                  f"{STUDY_PRESETS[p].description}; {per[p][1].get('wall_s', math.nan):.0f} s wall"
                  for p in presets]),
     ]
+    blocks.append(_finals_overview(root, presets))
     for p in presets:
-        blocks.append(Heading(f"{p}: claims", 3))
-        blocks.append(claims_table(per[p][0]))
+        blocks.append(claims_table(per[p][0], f"{p}: the paper's training claims"))
     paths = write_blocks(root, "sbn-bench training benchmark on digits", blocks, name="README")
     atomic_write_text(root / "summary.json", json.dumps(
         {p: [{"claim": c.claim, "verdict": c.verdict, "evidence": c.evidence} for c in per[p][0]]

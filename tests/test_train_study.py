@@ -347,3 +347,10 @@ def test_cli_study_refusals(tmp_path: Path) -> None:
     code, out = run("--preset", "paper", "--resume", "--out", str(tmp_path / "e"))
     assert code == 2 and "options of a training study" in out
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_index_overview(study: ts.StudyResult) -> None:
+    table = tr._finals_overview(study.out.parent, [study.out.name])
+    assert [r[0].text for r in table.rows] == ESTIMATORS
+    assert table.header == ["estimator", "conv: test accuracy"]
+    assert all("±" in r[1].text for r in table.rows)  # two seeds: a standard error
