@@ -521,6 +521,36 @@ def probes_table(probes: pd.DataFrame, estimators: Sequence[str]) -> Table | Non
                      "issue-13 reference)."], anchor="probes")
 
 
+def bias_story_table(probes: pd.DataFrame, estimators: Sequence[str]) -> Table | None:
+    """Does each estimator's relative bias grow during training: first vs last probe epoch, paired
+    over seeds, with the verdict of "it grows" (95 % t interval)."""
+    if probes.empty or probes["epoch"].nunique() < 2:
+        return None
+    first_ep, last_ep = int(probes["epoch"].min()), int(probes["epoch"].max())
+    rows = []
+    for e in estimators:
+        g = probes[probes["estimator"] == e]
+        first = {int(r.seed): float(r.bias) for r in g[g["epoch"] == first_ep].itertuples()}
+        last = {int(r.seed): float(r.bias) for r in g[g["epoch"] == last_ep].itertuples()}
+        p = paired(last, first)
+        v = paired_verdict(p, "higher")
+        floor = float(g[g["epoch"] == last_ep]["bias_floor"].mean()) if len(g) else math.nan
+        rows.append([TableCell(e), TableCell(f"{np.mean(list(first.values())):.3g}" if first else "–"),
+                     TableCell(f"{np.mean(list(last.values())):.3g} (floor {floor:.2g})"
+                               if last else "–"),
+                     TableCell(p.text()),
+                     TableCell({"confirmed": "grows", "not confirmed": "shrinks",
+                                "inconclusive": "no significant change"}.get(v, "no data"),
+                               strong=v == "confirmed")])
+    return Table(f"Does the bias grow during training? (epoch {first_ep} → {last_ep})",
+                 ["estimator", f"bias at epoch {first_ep}", f"bias at epoch {last_ep}",
+                  "difference, mean ± s.e. over seeds", "verdict"], rows,
+                 notes=["Relative bias ‖β‖/‖g‖ of one sample on the probe batch; 'grows' / "
+                        "'shrinks' when the 95 % t interval of the paired difference excludes 0. A "
+                        "bias below about twice its floor is not resolved, and a change between "
+                        "unresolved values is noise."], anchor="bias-story")
+
+
 def claims_table(claims: Sequence[Claim], title: str = "The paper's training claims") -> Table:
     return Table(title, ["claim", "this study", "evidence", "criterion"],
                  [[TableCell(c.claim), _verdict_cell(c.verdict), TableCell(c.evidence),
@@ -573,10 +603,14 @@ def study_blocks(out: Path, manifest: Mapping[str, Any], curves: pd.DataFrame, p
         blocks.append(final_table(curves, estimators, preset, target))
         blocks.append(significance_table(curves, estimators, preset))
         blocks.append(Image(curves_figure(curves, estimators, preset, figures / f"{preset}-curves.png"),
-                            f"{preset}: learning curves"))
+                            f"{preset}: learning curves (the y axes zoom on the bulk of the curves: "
+                            "the first epochs lie above)"))
         t = probes_table(probes, estimators)
         if t is not None:
             blocks.append(t)
+            story = bias_story_table(probes, estimators)
+            if story is not None:
+                blocks.append(story)
             fig = probes_figure(probes, estimators, preset, figures / f"{preset}-probes.png")
             if fig is not None:
                 blocks.append(Image(fig, f"{preset}: gradient probes along training"))

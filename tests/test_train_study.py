@@ -354,3 +354,13 @@ def test_index_overview(study: ts.StudyResult) -> None:
     assert [r[0].text for r in table.rows] == ESTIMATORS
     assert table.header == ["estimator", "conv: test accuracy"]
     assert all("±" in r[1].text for r in table.rows)  # two seeds: a standard error
+
+
+def test_bias_story_table() -> None:
+    rows = [{"estimator": e, "seed": s, "epoch": ep, "bias": b, "bias_floor": 0.01}
+            for e, first, last in (("st", [0.1, 0.11, 0.12], [0.5, 0.52, 0.55]),
+                                   ("psa", [0.01, 0.02, 0.015], [0.012, 0.01, 0.02]))
+            for ep, vals in ((0, first), (5, last)) for s, b in enumerate(vals)]
+    t = tr.bias_story_table(pd.DataFrame(rows), ["st", "psa"])
+    assert t is not None and [r[-1].text for r in t.rows] == ["grows", "no significant change"]
+    assert tr.bias_story_table(pd.DataFrame(rows[:3]), ["st"]) is None  # one probe epoch
