@@ -557,6 +557,13 @@ def claims_table(claims: Sequence[Claim], title: str = "The paper's training cla
                    TableCell(c.criterion)] for c in claims], anchor="claims")
 
 
+def _total_wall(manifest: Mapping[str, Any]) -> float:
+    """Wall seconds over every invocation of the study (its ``runs``; the last one's when absent)."""
+    runs = manifest.get("runs") or []
+    return sum(float(r.get("wall_s", 0.0)) for r in runs) if runs else \
+        float(manifest.get("wall_s", math.nan))
+
+
 def _settings_text(manifest: Mapping[str, Any]) -> list[str]:
     s = manifest.get("settings", {})
     return [f"Problem: preset `{s.get('preset')}`: {manifest.get('description', '')}.",
@@ -573,8 +580,10 @@ def _settings_text(manifest: Mapping[str, Any]) -> list[str]:
             f"fits, else {s.get('reference_samples')} samples of `{s.get('reference_estimator')}`.",
             f"Estimators: {', '.join(manifest.get('estimators', []))}; seeds "
             f"{manifest.get('seeds')}; executor `{manifest.get('executor')}`; wall time "
-            f"{manifest.get('wall_s', math.nan):.0f} s for {manifest.get('ran', '?')} cells run "
-            f"({manifest.get('resumed', 0)} resumed).",
+            f"{_total_wall(manifest):.0f} s "
+            f"over {len(manifest.get('runs', [])) or 1} invocation(s) (the last ran "
+            f"{manifest.get('ran', '?')} cells, resumed {manifest.get('resumed', 0)}); the cells' own "
+            f"times sum to {manifest.get('cell_seconds', math.nan):.0f} s.",
             f"Versions: sbn-bench {manifest.get('versions', {}).get('sbn_bench')}, torch "
             f"{manifest.get('versions', {}).get('torch')}, commit "
             f"{manifest.get('versions', {}).get('commit')}."]
@@ -703,7 +712,8 @@ def publish(out: str | os.PathLike[str] = "reports/training-digits", *, executor
         Text("No GPU figures: no device machine was lent to the task that built this benchmark; "
              "every number here is from a shared 2-core CPU machine (wall times are indicative)."),
         Bullets([f"[{p}]({p}/report.md) ([HTML]({p}/report.html)): "
-                 f"{STUDY_PRESETS[p].description}; {per[p][1].get('wall_s', math.nan):.0f} s wall"
+                 f"{STUDY_PRESETS[p].description}; the cells' own times sum to "
+                 f"{per[p][1].get('cell_seconds', math.nan):.0f} s"
                  for p in presets]),
     ]
     blocks.append(_finals_overview(root, presets))

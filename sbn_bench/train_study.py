@@ -676,6 +676,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     d = Path(out)
     fp = _fingerprint(s)
     manifest_path = d / STUDY_NAME
+    old: dict[str, Any] = {}
     if manifest_path.exists():
         try:
             old = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -744,9 +745,13 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     _write_csv(d / PROBES_NAME, PROBE_COLUMNS, probes_)
     _write_csv(d / FAILURES_NAME, ["estimator", "seed", "stage", "error"], failures)
     wall = time.perf_counter() - t0
+    runs = [r for r in old.get("runs", []) if isinstance(r, dict)] if resume else []
+    runs.append({"wall_s": wall, "ran": len(cells) - resumed, "resumed": resumed,
+                 "executor": executor})
     manifest.update(status="complete" if not failures else "complete with failures",
                     cells=len(cells), ran=len(cells) - resumed, resumed=resumed,
-                    failed=len(failures), wall_s=wall)
+                    failed=len(failures), wall_s=wall, runs=runs,
+                    cell_seconds=sum(float(r.get("seconds") or 0.0) for r in records.values()))
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return StudyResult(d, s, ests, seeds, curves, probes_, failures, len(cells) - resumed, resumed,
                        wall)
