@@ -117,6 +117,12 @@ def test_resume_after_kill(study: ts.StudyResult, tmp_path: Path) -> None:
     _, b, pb = ts.load_study(out)
     pd.testing.assert_frame_equal(rows(a), rows(b))
     pd.testing.assert_frame_equal(pa, pb)
+    # a finished study resumed again runs nothing; its wall time is kept per invocation
+    again = ts.run_study("digits-conv", out=out, estimators=ESTIMATORS, seeds=SEEDS,
+                         settings=tiny(), resume=True)
+    assert again.ran == 0 and again.resumed == 6
+    m = json.loads((out / ts.STUDY_NAME).read_text())
+    assert [r["ran"] for r in m["runs"]] == [4, 0] and m["cell_seconds"] > 0
 
 
 def test_processes_executor_same_numbers(study: ts.StudyResult, tmp_path: Path
