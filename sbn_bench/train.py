@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sbn_bench import model
+from sbn_bench import model, network
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import ContractError, Estimator, load_registry
 from sbn_bench.fileio import atomic_write_bytes
@@ -350,9 +350,39 @@ def _make_optimizer(name: str, leaves: list[Tensor], lr: float, momentum: float 
     return torch.optim.Adam(leaves, lr=lr)
 
 
+def sample_network_losses(problem: Problem, params: Mapping[str, Tensor], generator: torch.Generator
+                          ) -> Tensor:
+    """``[D]`` sampled losses of a network problem (:mod:`sbn_bench.network`: body, dense or conv2d
+    stochastic layers, head), one noise draw per data point, with shared (not replicated)
+    parameters; for the binary VAE with the analytic KL, plus ``KL(q(z|x_d) ‖ p(z))`` (the sampled
+    negative ELBO; SPEC §7). No gradient."""
+    net, noise = problem.net, problem.noise_dist
+    with torch.no_grad():
+        h = network.stochastic_input(net, params, problem.x)
+        for k in range(1, net.n_layers + 1):
+            a = network.preactivation(net, params, k, h)
+            h = model.bernoulli(noise.cdf(a), generator)
+        losses = problem.loss_values(network.output(net, params, h))
+        if problem.loss == "vae" and problem.kl == "analytic":
+            losses = losses + network.kl_per_point(net, params, problem.x, noise)
+    return losses
+
+
+def network_surrogate(estimator: Estimator, sub: Problem, views: Mapping[str, Tensor],
+                      g_est: torch.Generator) -> Tensor:
+    """The estimator's ``[1]`` surrogate on a network problem, with the binary VAE's analytic KL
+    averaged over the data points added as :func:`sbn_bench.estimators.estimate` adds it (SPEC
+    §7: every estimator gets the exact KL and estimates only the reconstruction term)."""
+    surr = estimator.surrogate(sub, dict(views), g_est)
+    if sub.loss == "vae" and sub.kl == "analytic" and isinstance(surr, Tensor):
+        kl = network.kl_per_point(sub.net, dict(views), sub.x, sub.noise_dist).mean(-1)  # [1]
+        surr = surr + kl if surr.shape == kl.shape else surr
+    return surr
+
+
 def _step_gradient(estimator: Estimator, sub: Problem, leaves: Mapping[str, Tensor],
-                   views: Mapping[str, Tensor], g_est: torch.Generator, g_mon: torch.Generator
-                   ) -> tuple[list[Tensor], Tensor]:
+                   views: Mapping[str, Tensor], g_est: torch.Generator, g_mon: torch.Generator,
+                   monitor: bool = True) -> tuple[list[Tensor], Tensor | None]:
     """One gradient sample of the minibatch objective and the sampled losses of that step.
 
     Args:
@@ -360,22 +390,29 @@ def _step_gradient(estimator: Estimator, sub: Problem, leaves: Mapping[str, Tens
         leaves: the optimiser's parameters (float64 leaves with ``requires_grad``).
         views: ``leaf.unsqueeze(0)`` of every leaf: the contract's ``[1, *shape]`` replicas.
         g_est: the estimator's generator. g_mon: the generator of the extra forward draw that
-            measures the loss for estimators without a path surrogate.
+            measures the loss for estimators without a path surrogate (and on networks beyond the
+            plain fully-connected ones, for every estimator).
+        monitor: measure the losses at all (False: None, and no extra draw).
 
     Returns:
         ``(grads, losses)``: a gradient shaped like each leaf (same order; zeros where the
-        surrogate does not depend on it) and ``[B]`` sampled losses ``ℓ(η(x^L), y_d)``. A path
-        estimator's losses come from the very draw its gradient uses; its gradient equals
-        ``estimate(estimator, sub, 1, g_est)[name][0]`` for the same generator state.
+        surrogate does not depend on it) and ``[B]`` sampled losses ``ℓ(η(x^L), y_d)`` (for the
+        VAE, plus the KL: the sampled negative ELBO). On a plain network a path estimator's losses
+        come from the very draw its gradient uses; its gradient equals
+        ``estimate(estimator, sub, 1, g_est)[name][0]`` for the same generator state (on any
+        network).
     """
-    path_fn = estimator.path_surrogate
+    plain = sub.net.is_plain
+    path_fn = estimator.path_surrogate if plain else None
+    states = None
     with torch.enable_grad():
-        if path_fn is not None:
+        if not plain:
+            surr = network_surrogate(estimator, sub, views, g_est)
+        elif path_fn is not None:
             states, _ = model.sample_states(views, sub.x, sub.noise_dist, 1, g_est)
             surr = path_fn(sub, views, states)
         else:
             surr = estimator.surrogate(sub, views, g_est)
-            states, _ = model.sample_states(sub.params, sub.x, sub.noise_dist, 1, g_mon)
         if not isinstance(surr, Tensor) or surr.shape != (1,):
             shape = tuple(surr.shape) if isinstance(surr, Tensor) else type(surr).__name__
             raise ContractError(f"estimator {estimator.spec!r} returned a surrogate of shape "
@@ -384,6 +421,12 @@ def _step_gradient(estimator: Estimator, sub: Problem, leaves: Mapping[str, Tens
                if surr.requires_grad else (None,) * len(leaves))
     grads = [torch.zeros_like(leaf) if g is None else g.detach()
              for leaf, g in zip(leaves.values(), raw)]
+    if not monitor:
+        return grads, None
+    if not plain:
+        return grads, sample_network_losses(sub, sub.params, g_mon)
+    if states is None:
+        states, _ = model.sample_states(sub.params, sub.x, sub.noise_dist, 1, g_mon)
     with torch.no_grad():
         losses = sub.loss_values(model.output(sub.params, states[-1]))[0]  # [B]
     return grads, losses
@@ -526,6 +569,7 @@ def _epoch(problem: Problem, estimator: Estimator, state: _State, opt: torch.opt
                                        gens["estimator"], gens["monitor"])
         for leaf, gr in zip(state.leaves.values(), grads):
             leaf.grad = gr
+        assert losses is not None
         loss_sum += losses.sum()
         opt.step()
         steps += 1

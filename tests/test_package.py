@@ -23,7 +23,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runner", ("sbn_bench.sweep", "sbn_bench.config", "sbn_bench.storage", "sbn_bench.throughput",
                 "sbn_bench.runner")),
     ("reports", ("sbn_bench.reports",)),
-    ("experiments", ("sbn_bench.paper", "sbn_bench.train")),
+    ("experiments", ("sbn_bench.paper", "sbn_bench.train", "sbn_bench.train_study",
+                     "sbn_bench.train_report")),
     ("cli", ("sbn_bench.cli",)),
 ]
 """The layers, lowest first, and the modules (or packages) in each."""

@@ -11,17 +11,20 @@ from typing import Literal, cast
 import click
 
 from sbn_bench import train as training
+from sbn_bench import train_report, train_study
 from sbn_bench.cli.common import (
     build_problem,
     friendly_errors,
+    given,
     plugin_option,
     problem_options,
     problem_spec,
     size_option,
     warn,
 )
+from sbn_bench.cli.run import parse_seeds
 from sbn_bench.config import MAX_SEED
-from sbn_bench.estimators import load_plugins
+from sbn_bench.estimators import load_plugins, split_specs
 from sbn_bench.reference import DEFAULT_MAX_BYTES
 
 _OPTION_OF = {"optimizer": "--optimizer", "lr": "--lr", "momentum": "--momentum",
@@ -56,10 +59,11 @@ def _bad(e: training.TrainArgumentError, seed_option: str = "--train-seed") -> c
                    "The initial parameters (epoch 0) and the last epoch are always saved.")
 @click.option("--train-seed", type=click.IntRange(0, MAX_SEED), default=None,
               help="Seed of the data order and the estimator's noise [default: --seed].")
-@click.option("--out", "out_dir", required=True,
+@click.option("--out", "out_dir", default=None,
               type=click.Path(file_okay=False, path_type=Path),
               help="Output directory: checkpoint_epoch{E}.npz, train_log.csv, loss_curve.png, "
-                   "train_manifest.json.")
+                   "train_manifest.json; for a study (--estimators/--seeds): study.json, cells/, "
+                   "curves.csv, probes.csv, report.md, report.html, figures/.")
 @click.option("--log-every", type=int, default=1, show_default=True,
               help="Compute the exact objective every this many epochs (and at checkpoints).")
 @click.option("--overwrite", is_flag=True,
@@ -68,6 +72,21 @@ def _bad(e: training.TrainArgumentError, seed_option: str = "--train-seed") -> c
 @size_option("--max-exact-bytes", DEFAULT_MAX_BYTES,
              "Memory limit of the exact reference; above it training still runs but the exact "
              "objective is not logged (NaN, with a note in the manifest).")
+@click.option("--estimators", "estimators_text", default=None, metavar="SPEC,...",
+              help="A training study: train each of these estimators (e.g. psa,st,arms:k=4) on a "
+                   f"digits preset ({', '.join(train_study.STUDY_PRESETS)}), once per --seeds; "
+                   "default: the preset's.")
+@click.option("--seeds", "seeds_text", default=None, metavar="0-2",
+              help="A training study's seeds (initial parameters, data order, noise), e.g. 0-4 "
+                   "or 0,3 [default: 0-2].")
+@click.option("--executor", default="serial", show_default=True,
+              help="Where a study's cells run: serial, processes[:N] or dask[:ADDRESS].")
+@click.option("--resume", is_flag=True,
+              help="Finish the study in --out: only the cells without a finished result run.")
+@click.option("--publish", "publish_dir", default=None,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Run the published training benchmark (every study preset at its defaults, "
+                   "seeds 0-2) into this folder, resuming, and write its index README.md.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 @click.pass_context
 @friendly_errors
@@ -76,7 +95,9 @@ def train(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
           data_points: int, loss: str, noise: str, plugins: tuple[Path, ...], estimator_spec: str,
           optimizer: str, lr: float, momentum: float | None, batch_size: int, epochs: int,
           checkpoints_text: str, train_seed: int | None, out_dir: Path, log_every: int,
-          overwrite: bool, max_exact_bytes: int, quiet: bool) -> None:
+          overwrite: bool, max_exact_bytes: int, estimators_text: str | None,
+          seeds_text: str | None, executor: str, resume: bool, publish_dir: Path | None,
+          quiet: bool) -> None:
     """Train a problem's network with a gradient estimator; write checkpoints (problem files),
     a training log (CSV), a loss curve (PNG) and a manifest (JSON) to --out.
 
@@ -86,7 +107,26 @@ def train(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
     --train-seed is given, also seeds training.
 
     Example: sbn-bench train --preset paper --checkpoints 1,100,2000 --out runs/paper-train
+
+    With --estimators and/or --seeds: a training study on a digits preset, every estimator once
+    per seed, through --executor, with per-epoch train/test objectives, accuracy or the VAE's
+    IWAE bound, seconds per epoch and gradient probes, then a report with the paper's training
+    claims (sbn_bench.train_study, sbn_bench.train_report). The preset's settings are the
+    defaults; --epochs, --batch-size, --lr and --optimizer override them when given.
+
+    Example: sbn-bench train --preset digits-vae --estimators psa,st,disarm --seeds 0-2
+    --executor processes:2 --out runs/vae-study
     """
+    if publish_dir is not None or estimators_text is not None or seeds_text is not None:
+        _study(ctx, preset, publish_dir, out_dir, estimators_text, seeds_text, executor, resume,
+               quiet, {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size),
+                                         ("lr", lr), ("optimizer", optimizer)) if given(ctx, k)})
+        return
+    if out_dir is None:
+        raise click.UsageError("Missing option '--out' (the output directory).")
+    if resume or given(ctx, "executor"):
+        raise click.UsageError("--resume and --executor are options of a training study "
+                               "(--estimators / --seeds)")
     try:
         checkpoints = training.parse_checkpoints(checkpoints_text)
     except training.TrainArgumentError as e:
@@ -131,3 +171,71 @@ def train(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
                f"{result.history[-1]['train_loss']:.6g}")
     click.echo("checkpoints: " + ", ".join(str(p) for _, p in sorted(result.checkpoints.items())))
     click.echo(f"log {result.log_path}, curve {result.curve_path}, manifest {result.manifest_path}")
+
+
+_SINGLE_ONLY = ("problem_file", "arch", "seed", "momentum", "checkpoints_text", "train_seed", "log_every",
+                "overwrite", "max_exact_bytes", "estimator_spec", "plugins", "data_points", "loss",
+                "noise")
+
+
+def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out_dir: Path | None,
+           estimators_text: str | None, seeds_text: str | None, executor: str, resume: bool,
+           quiet: bool, overrides: dict[str, object]) -> None:
+    """A training study (or the published benchmark): parse, call the library, print."""
+    for name in _SINGLE_ONLY:
+        if given(ctx, name):
+            opt = next(p.opts[0] for p in ctx.command.params if p.name == name)
+            raise click.UsageError(f"{opt} is an option of a single training, not of a training "
+                                   "study (--estimators / --seeds / --publish)")
+    try:
+        seeds = parse_seeds(seeds_text) if seeds_text is not None else (0, 1, 2)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--seeds'") from None
+
+    def progress(done: int, total: int, message: str) -> None:
+        if not quiet:
+            click.echo(f"[{done}/{total}] {message}", err=True)
+
+    if publish_dir is not None:
+        if preset is not None or estimators_text is not None or overrides or out_dir is not None:
+            raise click.UsageError("--publish runs every study preset at its defaults; it takes "
+                                   "only --executor and --seeds")
+        paths = train_report.publish(publish_dir, executor=executor, seeds=seeds, progress=progress)
+        if not quiet:
+            click.echo(f"published training benchmark: {paths['md']} and {paths['html']}")
+        return
+    if preset not in train_study.STUDY_PRESETS:
+        raise click.BadParameter(f"{preset!r} has no training study; expected one of "
+                                 f"{', '.join(train_study.STUDY_PRESETS)}", param_hint="'--preset'")
+    if out_dir is None:
+        raise click.UsageError("Missing option '--out' (the study's folder).")
+    estimators = None if estimators_text is None else split_specs(estimators_text)
+    try:
+        settings = train_study.preset_settings(preset, **overrides)
+    except training.TrainArgumentError as e:
+        raise _bad(e) from None
+    result = train_study.run_study(preset, out=out_dir, estimators=estimators, seeds=seeds,
+                                   settings=settings, executor=executor, resume=resume,
+                                   progress=progress)
+    paths = train_report.write_training_report(result.out)
+    if quiet:
+        return
+    click.echo(f"training study {preset}: {len(result.estimators)} estimators x "
+               f"{len(result.seeds)} seeds, {result.ran} cells run, {result.resumed} resumed, "
+               f"{len(result.failures)} failed, {result.wall_s:.0f} s")
+    for f in result.failures:
+        click.echo(f"  FAILED {f['estimator']} seed {f['seed']} ({f['stage']}): {f['error']}")
+    column, _, label = train_report.merit(preset)
+    finals = train_report.final_values(result_frame(result.curves), column)
+    for est in result.estimators:
+        vals = list(finals.get(est, {}).values())
+        if vals:
+            mean = sum(vals) / len(vals)
+            click.echo(f"  {est}: final {label} {mean:.4g} (mean of {len(vals)} seeds)")
+    click.echo(f"report {paths['md']} and {paths['html']}")
+
+
+def result_frame(rows: list[dict[str, object]]):  # noqa: ANN201 - a pandas DataFrame
+    import pandas as pd
+
+    return pd.DataFrame(rows)

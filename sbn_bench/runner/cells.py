@@ -2,9 +2,12 @@
 CellResult``, with everything it needs passed in.
 
 A :class:`Cell` is the key of one unit of work: a statistics cell (``kind="metrics"``: one
-estimator on one problem checkpoint with one sampling seed) or a throughput cell
+estimator on one problem checkpoint with one sampling seed), a throughput cell
 (``kind="throughput"``, no seed: every estimator on one network shape, their rounds interleaved; its
-``estimator`` is the comma-joined list). A :class:`CellContext` holds what measuring it takes: the problem,
+``estimator`` is the comma-joined list) or a job cell (``kind="job"``: a picklable function of a
+higher layer, ``context.job(cell, problem, estimator) -> rows``, e.g. one training run of
+:mod:`sbn_bench.train_study`; the function travels to a worker by reference, as pickle does).
+A :class:`CellContext` holds what measuring it takes: the problem,
 the estimator, the reference gradient and the run's settings. Nothing a cell needs lives in a
 closure or in the process: an executor may run it anywhere (:mod:`sbn_bench.runner.executors`).
 
@@ -36,7 +39,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -71,7 +74,7 @@ from sbn_bench.reference.paths import first_layer_index
 from sbn_bench.runner.memory import CellFailure, choose_mode, chunk_size
 from sbn_bench.throughput import MemberFailed, ThroughputSettings, measure_group
 
-CellKind = Literal["metrics", "throughput"]
+CellKind = Literal["metrics", "throughput", "job"]
 
 
 def stable_seed(*parts: object) -> int:
@@ -158,7 +161,12 @@ class CellContext:
     config: RunConfig
     group: tuple[Estimator, ...] = ()
     plugins: tuple[PluginSource, ...] = ()
+    job: JobFn | None = None
 
+
+JobFn = Callable[["Cell", Problem, "Estimator | None"], list[dict[str, Any]]]
+"""A job cell's work: ``job(cell, problem, estimator) -> rows`` (a module-level function or a
+:func:`functools.partial` of one, so that it pickles by reference to any executor's worker)."""
 
 Task = tuple[Cell, CellContext]
 """What an executor runs: a cell and everything measuring it takes."""
@@ -275,6 +283,10 @@ def _measure(cell: Cell, context: CellContext, debug: bool) -> CellResult:
     problem = context.problem.copy()
     try:
         with time_limit(context.config.cell_timeout):
+            if cell.kind == "job":
+                if context.job is None:
+                    raise CellFailure("job", "a job cell without a job function")
+                return CellResult(cell, "job", context.job(cell, problem, context.estimator))
             if cell.kind == "throughput":
                 rows, failed = throughput_rows(cell, context, problem)
                 if problem.fingerprint() != context.problem.fingerprint():
@@ -302,7 +314,7 @@ def _measure(cell: Cell, context: CellContext, debug: bool) -> CellResult:
     except (Exception, SystemExit) as e:  # noqa: BLE001 - an estimator may raise anything
         if debug:
             raise
-        stage = "throughput" if cell.kind == "throughput" else "estimate"
+        stage = {"throughput": "throughput", "job": "job"}.get(cell.kind, "estimate")
         return CellResult(cell, "failure", [failure_row(cell, stage, f"{type(e).__name__}: {e}")])
 
 

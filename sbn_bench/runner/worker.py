@@ -29,7 +29,15 @@ import torch
 from sbn_bench.config import RunConfig
 from sbn_bench.estimators import Estimator, PluginSource, Registry, load_plugin_source, load_registry
 from sbn_bench.problems import Problem
-from sbn_bench.runner.cells import Cell, CellContext, CellResult, Reference, failure_row, measure_cell
+from sbn_bench.runner.cells import (
+    Cell,
+    CellContext,
+    CellResult,
+    JobFn,
+    Reference,
+    failure_row,
+    measure_cell,
+)
 from sbn_bench.version import __version__
 
 WORKER_STAGE = "worker"
@@ -51,6 +59,8 @@ class Recipe:
     sbn_bench: str = __version__
     torch: str = torch.__version__
     group: tuple[tuple[str, str], ...] = ()
+    job: JobFn | None = None
+    """A job cell's function (:data:`~sbn_bench.runner.cells.JobFn`), pickled by reference."""
 
 
 def recipe_of(context: CellContext) -> Recipe:
@@ -58,7 +68,8 @@ def recipe_of(context: CellContext) -> Recipe:
     if context.estimator is None:
         return Recipe("", "", context.plugins,
                       group=tuple((e.spec, e.version) for e in context.group))
-    return Recipe(context.estimator.spec, context.estimator.version, context.plugins)
+    return Recipe(context.estimator.spec, context.estimator.version, context.plugins,
+                  job=context.job)
 
 
 _REGISTRIES: dict[tuple[PluginSource, ...], Registry] = {}
@@ -136,7 +147,7 @@ def measure_shipped(cell: Cell, problem: Problem, reference: Reference | None, c
             cell, WORKER_STAGE, f"the worker could not rebuild the {what}: {type(e).__name__}: "
                                 f"{e}")])
     return measure_cell(cell, CellContext(problem, est, reference, config, group=group,
-                                          plugins=recipe.plugins), debug=debug)
+                                          plugins=recipe.plugins, job=recipe.job), debug=debug)
 
 
 def default_workers() -> int:

@@ -1,0 +1,372 @@
+"""The training benchmark (sbn_bench.train_study, sbn_bench.train_report): a small study through the
+executors, its resume after a kill, the evaluation and probes against exact values, and the claim
+logic on the study's results and on synthetic curves (every verdict exercised)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+
+from sbn_bench import train_report as tr  # noqa: E402
+from sbn_bench import train_study as ts  # noqa: E402
+from sbn_bench.estimators import estimate, load_registry  # noqa: E402
+from sbn_bench.problems import Problem, digits_problem  # noqa: E402
+from sbn_bench.reference import exact_gradient, objective  # noqa: E402
+from sbn_bench.train import TrainArgumentError, _State, _step_gradient  # noqa: E402
+
+ESTIMATORS = ["psa", "st", "disarm"]
+SEEDS = [0, 1]
+
+
+def tiny(preset: str = "digits-conv", **kw: object) -> ts.StudySettings:
+    """Settings small enough for a unit test (two epochs, cheap evaluation and probes)."""
+    base = dict(epochs=2, eval_every=1, eval_samples=2, iwae_samples=4, probe_epochs=(0, 2),
+                probe_batch=8, probe_samples=4, reference_samples=16)
+    base.update(kw)
+    return ts.preset_settings(preset, **base)
+
+
+def rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The table without its wall times (the only columns that differ between reruns)."""
+    return df.drop(columns=[c for c in ("epoch_s", "train_s") if c in df.columns])
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> ts.StudyResult:
+    out = tmp_path_factory.mktemp("study") / "conv"
+    return ts.run_study("digits-conv", out=out, estimators=ESTIMATORS, seeds=SEEDS,
+                        settings=tiny())
+
+
+def test_pipeline_tables(study: ts.StudyResult) -> None:
+    manifest, curves, probes = ts.load_study(study.out)
+    assert manifest["status"] == "complete" and study.ran == 6 and study.resumed == 0
+    assert list(curves.columns) == ts.CURVE_COLUMNS and list(probes.columns) == ts.PROBE_COLUMNS
+    assert len(curves) == len(ESTIMATORS) * len(SEEDS) * 3  # epochs 0, 1, 2
+    assert len(probes) == len(ESTIMATORS) * len(SEEDS) * 2  # probe epochs 0 and 2
+    assert curves["test_accuracy"].between(0, 1).all() and curves["test_objective"].gt(0).all()
+    assert curves["test_iwae"].isna().all()  # a classifier has no IWAE bound
+    for _, g in curves.groupby(["estimator", "seed"]):
+        assert g["step"].tolist() == [0, 29, 58]  # ceil(1438 / 50) steps per epoch
+        assert (np.diff(g["train_s"]) > 0).all()
+    # probes: finite, the bias no larger than the RMSE, a Monte-Carlo reference beyond enumeration
+    assert (probes["bias"] <= probes["rrmse"] + 1e-12).all()
+    assert probes["reference"].eq("mc:disarm:16").all()
+    # same seed, same initial parameters for every estimator: identical epoch-0 rows
+    e0 = curves[curves["epoch"] == 0].set_index(["seed", "estimator"])["test_objective"]
+    for seed in SEEDS:
+        assert e0.loc[seed].nunique() == 1
+    assert e0.loc[0].iloc[0] != e0.loc[1].iloc[0]
+
+
+def test_report_written(study: ts.StudyResult) -> None:
+    paths = tr.write_training_report(study.out)
+    md = paths["md"].read_text()
+    assert "The paper's training claims" in md and "Final test figures" in md
+    assert (paths["figures"] / "digits-conv-curves.png").stat().st_size > 10_000
+    assert (paths["figures"] / "digits-conv-probes.png").exists()
+    assert "data:image/png;base64," in paths["html"].read_text()
+
+
+def test_claims_on_the_study(study: ts.StudyResult) -> None:
+    _, curves, probes = ts.load_study(study.out)
+    claims = tr.evaluate_training_claims(curves, probes, "digits-conv")
+    assert len(claims) == 4
+    for c in claims:
+        assert c.verdict in ("confirmed", "not confirmed", "inconclusive")  # data for each
+        assert c.evidence and c.criterion
+
+
+def test_resume_after_kill(study: ts.StudyResult, tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    calls = []
+
+    def kill_after_two(done: int, total: int, message: str) -> None:
+        calls.append(message)
+        if done == 2:
+            raise KeyboardInterrupt  # Ctrl-C (or a killed manager) after two cells
+    with pytest.raises(KeyboardInterrupt):
+        ts.run_study("digits-conv", out=out, estimators=ESTIMATORS, seeds=SEEDS, settings=tiny(),
+                     progress=kill_after_two)
+    written = sorted(p.name for p in (out / ts.CELLS_DIR).glob("*.json"))
+    assert written == ["psa-seed0.json", "psa-seed1.json"]
+    # a truncated result (a kill during a non-atomic copy, a full disk) is not a result
+    st0 = ts.cell_file(out, "st", 0)
+    st0.write_text(ts.cell_file(study.out, "st", 0).read_text()[:100])
+    with pytest.raises(ts.StudyError, match="resume"):  # not without --resume
+        ts.run_study("digits-conv", out=out, estimators=ESTIMATORS, seeds=SEEDS, settings=tiny())
+    with pytest.raises(ts.StudyError, match="settings differ"):
+        ts.run_study("digits-conv", out=out, estimators=ESTIMATORS, seeds=SEEDS,
+                     settings=tiny(lr=0.02), resume=True)
+    ran = []
+    res = ts.run_study("digits-conv", out=out, estimators=ESTIMATORS, seeds=SEEDS, settings=tiny(),
+                       resume=True, progress=lambda d, n, m: ran.append(m.split(":")[0]))
+    assert res.resumed == 2 and res.ran == 4
+    assert sorted(ran) == ["disarm seed 0", "disarm seed 1", "st seed 0", "st seed 1"]
+    # the resumed study equals the uninterrupted one (all but wall times)
+    _, a, pa = ts.load_study(study.out)
+    _, b, pb = ts.load_study(out)
+    pd.testing.assert_frame_equal(rows(a), rows(b))
+    pd.testing.assert_frame_equal(pa, pb)
+    # a finished study resumed again runs nothing; its wall time is kept per invocation
+    again = ts.run_study("digits-conv", out=out, estimators=ESTIMATORS, seeds=SEEDS,
+                         settings=tiny(), resume=True)
+    assert again.ran == 0 and again.resumed == 6
+    m = json.loads((out / ts.STUDY_NAME).read_text())
+    assert [r["ran"] for r in m["runs"]] == [4, 0] and m["cell_seconds"] > 0
+
+
+def test_processes_executor_same_numbers(study: ts.StudyResult, tmp_path: Path
+                                         ) -> None:
+    out = tmp_path / "procs"
+    ts.run_study("digits-conv", out=out, estimators=["st"], seeds=SEEDS, settings=tiny(),
+                 executor="processes:2")
+    _, a, pa = ts.load_study(study.out)
+    _, b, pb = ts.load_study(out)
+    pd.testing.assert_frame_equal(rows(a[a["estimator"] == "st"]).reset_index(drop=True),
+                                  rows(b).reset_index(drop=True))
+    pd.testing.assert_frame_equal(pa[pa["estimator"] == "st"].reset_index(drop=True), pb)
+
+
+def test_failed_cell_recorded(tmp_path: Path) -> None:
+    # a diverging learning rate is a recorded failure, not a crash; the other cells finish
+    out = tmp_path / "diverge"
+    res = ts.run_study("digits-vae", out=out, estimators=["st"], seeds=[0],
+                       settings=tiny("digits-vae", epochs=1, lr=1e308, probe_epochs=()))
+    assert res.failures and res.failures[0]["estimator"] == "st"
+    rec = json.loads(ts.cell_file(out, "st", 0).read_text())
+    assert rec["status"] == "failed" and "diverged" in rec["error"]
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(TrainArgumentError, match="probe_epochs"):
+        ts.preset_settings("digits-vae", epochs=3, probe_epochs=(5,))
+    with pytest.raises(TrainArgumentError, match="no training study"):
+        ts.preset_settings("paper")
+    with pytest.raises(TrainArgumentError, match="eval_samples"):
+        ts.preset_settings("digits-conv", eval_samples=0)
+    with pytest.raises(TrainArgumentError, match="twice"):
+        ts.run_study("digits-conv", out="/nonexistent/x", estimators=["st", "st"], settings=tiny())
+    with pytest.raises(TrainArgumentError, match="seeds"):
+        ts.run_study("digits-conv", out="/nonexistent/x", estimators=["st"], seeds=[],
+                     settings=tiny())
+
+
+# --------------------------------------------------------------------------------------------
+# the pieces, against exact values
+
+
+def test_network_step_is_one_estimate() -> None:
+    """The training step on a network problem is ``estimate(est, sub, 1, g)`` for the same
+    generator state, the VAE's analytic KL included."""
+    for preset, spec in (("digits-conv", "psa"), ("digits-vae", "st"), ("digits-vae", "disarm")):
+        p = digits_problem(preset, 0).to(dtype=torch.float64)
+        sub = copy.copy(p)
+        object.__setattr__(sub, "x", p.x[:7])
+        object.__setattr__(sub, "y", p.y[:7])
+        est = load_registry().create(spec)
+        state = _State.of(sub)
+        grads, losses = _step_gradient(est, sub, state.leaves, state.views,
+                                       torch.Generator().manual_seed(3),
+                                       torch.Generator().manual_seed(4))
+        ref = estimate(est, sub, 1, torch.Generator().manual_seed(3))
+        for g, name in zip(grads, sub.param_names):
+            torch.testing.assert_close(g, ref[name][0], rtol=1e-10, atol=1e-12)
+        assert losses is not None and losses.shape == (7,)
+
+
+def _exact_vae(points: int = 12) -> Problem:
+    p = digits_problem("digits-vae-exact", 0)
+    sub = copy.copy(p)
+    object.__setattr__(sub, "x", p.x[:points])
+    object.__setattr__(sub, "y", p.y[:points])
+    return sub.to(dtype=torch.float64)
+
+
+def test_evaluate_vae_against_exact_objective() -> None:
+    """The sampled negative ELBO agrees with the exact one (enumeration of 2^16 latent states),
+    and the IWAE bound with K = 1 is the ELBO again, with K = 64 below it."""
+    p = _exact_vae()
+    ev = ts.EvalSet(p.x, p.y)
+    exact = float(objective(p))
+    r = ts.evaluate(p, p.params, ev, 4000, torch.Generator().manual_seed(0), iwae_samples=1)
+    # the sampling error of a 4000-draw mean is far below the spread over the data points that
+    # objective_se measures, so 1 s.e. is a generous bound (failure rate far below 1e-6)
+    assert abs(r["objective"] - exact) < r["objective_se"]
+    k1 = ts.evaluate(p, p.params, ev, 1, torch.Generator().manual_seed(1), iwae_samples=1)
+    big = ts.evaluate(p, p.params, ev, 1, torch.Generator().manual_seed(1), iwae_samples=64)
+    assert abs(k1["iwae"] - exact) < 3 * k1["iwae_se"]
+    assert big["iwae"] < exact
+
+
+def test_probe_reference_exact_and_monte_carlo() -> None:
+    p = _exact_vae(5)
+    ref = ts.probe_reference(p)
+    assert ref.method == "exact" and ref.variance == 0.0 and ref.rel_se == 0.0
+    _, grad = exact_gradient(p)
+    flat = torch.cat([grad[n].reshape(-1) for n in p.param_names])
+    torch.testing.assert_close(ref.gradient, flat, rtol=0, atol=0)
+    # beyond the size guard: the mean of N unbiased samples, its error as large as it says
+    mc = ts.probe_reference(p, samples=400, max_exact_bytes=1,
+                            generator=torch.Generator().manual_seed(7))
+    assert mc.method == "mc:disarm:400" and 0 < mc.rel_se < 1
+    err2 = float((mc.gradient - flat).square().sum())
+    assert err2 < 4 * mc.variance  # E err² = V_R/N; seeded
+    with pytest.raises(TrainArgumentError, match="biased"):
+        ts.probe_reference(p, estimator="st", max_exact_bytes=1)
+
+
+def test_probe_unbiased_vs_biased() -> None:
+    """Against the exact reference: an unbiased estimator's measured bias is within its noise
+    floor, ST's (biased on this VAE, by about 2 % at initialisation) is resolved above it with
+    enough samples."""
+    p = _exact_vae(5)
+    ref = ts.probe_reference(p)
+    reg = load_registry()
+    un = ts.probe(reg.create("disarm"), p, ref, 2000, torch.Generator().manual_seed(0), chunk=1000)
+    st = ts.probe(reg.create("st"), p, ref, 20_000, torch.Generator().manual_seed(0), chunk=2000)
+    assert un["bias"] < 2 * un["bias_floor"]
+    assert st["bias"] > 3 * st["bias_floor"]
+    assert st["rrmse"] >= st["bias"] and un["rrmse"] > 0
+
+
+# --------------------------------------------------------------------------------------------
+# the claim logic on synthetic curves: every verdict
+
+
+def synthetic(finals: dict[str, list[float]], column: str = "test_objective",
+              rises: dict[str, list[float]] | None = None) -> pd.DataFrame:
+    """Curves with two epochs per (estimator, seed): epoch 1 at ``final + rise``, then epoch 2 at
+    ``final`` (``rises`` default 0); epoch 0 at 10 for all."""
+    out = []
+    for est, vals in finals.items():
+        for seed, v in enumerate(vals):
+            rise = (rises or {}).get(est, [0.0] * len(vals))[seed]
+            for epoch, val in ((0, 10.0), (1, v - rise), (2, v)):
+                out.append({"estimator": est, "seed": seed, "epoch": epoch, "train_s": float(epoch),
+                            column: val, "test_objective": val if column == "test_objective" else
+                            10.0 - epoch, "train_objective": val})
+    return pd.DataFrame(out)
+
+
+def test_t_critical() -> None:
+    assert tr.t_critical(2) == 4.303 and tr.t_critical(30) == 2.042
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for dof in (1, 2, 5, 22, 27, 31, 60, 200):
+        assert tr.t_critical(dof) == pytest.approx(scipy_stats.t.ppf(0.975, dof), rel=2e-3)
+
+
+def test_better_claim_every_verdict() -> None:
+    good = synthetic({"psa": [1.0, 1.1, 0.9], "st": [1.0, 1.1, 0.9], "disarm": [2.0, 2.2, 1.9]})
+    assert tr.claim_better(good, "psa", "test_objective", "lower", "x").verdict == "confirmed"
+    bad = synthetic({"psa": [3.0, 3.1, 2.9], "st": [1.0, 1.1, 0.9], "disarm": [2.0, 2.2, 1.9]})
+    assert tr.claim_better(bad, "psa", "test_objective", "lower", "x").verdict == "not confirmed"
+    assert tr.claim_better(bad, "st", "test_objective", "lower", "x").verdict == "confirmed"
+    noisy = synthetic({"psa": [1.0, 3.0, 2.0], "st": [1.0, 1.0, 1.0], "disarm": [2.1, 1.9, 2.0]})
+    assert tr.claim_better(noisy, "psa", "test_objective", "lower", "x").verdict == "inconclusive"
+    one_seed = synthetic({"psa": [1.0], "disarm": [2.0]})
+    assert tr.claim_better(one_seed, "psa", "test_objective", "lower", "x").verdict == \
+        "inconclusive"  # no error estimate from one seed
+    none = synthetic({"st": [1.0, 1.1], "disarm": [2.0, 2.1]})
+    assert tr.claim_better(none, "psa", "test_objective", "lower", "x").verdict == "no data"
+    # higher is better (accuracy); one estimator better, one worse: not confirmed overall
+    acc = synthetic({"psa": [0.9, 0.91, 0.92], "disarm": [0.8, 0.81, 0.79],
+                     "concrete": [0.95, 0.96, 0.97]}, column="test_accuracy")
+    c = tr.claim_better(acc, "psa", "test_accuracy", "higher", "acc")
+    assert c.verdict == "not confirmed" and "vs disarm" in c.evidence and "confirmed" in c.evidence
+    # the t interval, not 2 s.e.: differences 1.0, 1.2, 0.5 have mean 0.9, s.e. 0.21; 2 s.e.
+    # excludes 0, the t interval with 2 degrees of freedom (±0.89) does too, barely
+    t = tr.paired({0: 1.0, 1: 1.2, 2: 0.5}, {0: 0.0, 1: 0.0, 2: 0.0})
+    assert t.n == 3 and t.se == pytest.approx(np.std([1.0, 1.2, 0.5], ddof=1) / math.sqrt(3))
+    assert tr.paired_verdict(t, "higher") == "confirmed"
+    t2 = tr.paired({0: 1.0, 1: 1.6, 2: 0.1}, {0: 0.0, 1: 0.0, 2: 0.0})
+    assert t2.mean - 2 * t2.se > 0  # a 2-s.e. rule would confirm ...
+    assert tr.paired_verdict(t2, "higher") == "inconclusive"  # ... Student's t with 2 dof does not
+
+
+def test_stable_claim_every_verdict() -> None:
+    finals = {"psa": [1.0, 1.0, 1.0], "st": [1.0, 1.0, 1.0], "disarm": [1.0, 1.0, 1.0]}
+    calm = synthetic(finals, rises={"psa": [0.0, 0.0, 0.0], "st": [0.0, 0.01, 0.0],
+                                    "disarm": [1.0, 1.2, 0.9]})
+    assert tr.instability(calm)["disarm"] == pytest.approx({0: 1.0, 1: 1.2, 2: 0.9})
+    assert tr.claim_stable(calm).verdict == "confirmed"
+    rough = synthetic(finals, rises={"psa": [1.0, 1.2, 0.9], "st": [0.0, 0.0, 0.0],
+                                     "disarm": [0.0, 0.0, 0.0]})
+    assert tr.claim_stable(rough).verdict == "not confirmed"
+    unclear = synthetic(finals, rises={"psa": [0.0, 2.0, 0.0], "st": [0.0, 0.0, 0.0],
+                                       "disarm": [0.5, 0.0, 0.6]})
+    assert tr.claim_stable(unclear).verdict == "inconclusive"
+    assert tr.claim_stable(synthetic({"disarm": [1.0, 1.0]})).verdict == "no data"
+
+
+def test_bias_claim_every_verdict() -> None:
+    def probes(first: list[float], last: list[float], est: str = "st") -> pd.DataFrame:
+        return pd.DataFrame([{"estimator": est, "seed": s, "epoch": e, "bias": b, "bias_floor": 0.01}
+                             for e, vals in ((0, first), (9, last)) for s, b in enumerate(vals)])
+    assert tr.claim_bias_grows(probes([0.1, 0.12, 0.11], [0.5, 0.55, 0.52])).verdict == "confirmed"
+    assert tr.claim_bias_grows(probes([0.5, 0.55, 0.52], [0.1, 0.12, 0.11])).verdict == \
+        "not confirmed"
+    assert tr.claim_bias_grows(probes([0.1, 0.5, 0.3], [0.4, 0.1, 0.35])).verdict == "inconclusive"
+    assert tr.claim_bias_grows(probes([0.1], [0.2], est="psa")).verdict == "no data"
+    one_epoch = probes([0.1, 0.2], [0.3, 0.4])
+    assert tr.claim_bias_grows(one_epoch[one_epoch["epoch"] == 0]).verdict == "no data"
+
+
+def test_time_to_target_and_default_target() -> None:
+    c = synthetic({"psa": [1.0, 2.0], "disarm": [3.0, 4.0]})
+    target = tr.default_target(c)
+    assert target == 3.5  # the worst estimator's final mean
+    t = tr.time_to_target(c, target)
+    assert t["psa"] == {0: (1.0, 1.0), 1: (1.0, 1.0)}  # reached at epoch 1 (values 1.0, 2.0)
+    assert t["disarm"][0] == (1.0, 1.0) and all(math.isnan(x) for x in t["disarm"][1])
+
+
+def test_cli_study_refusals(tmp_path: Path) -> None:
+    """Study options are parsed and refused before any work; single training is unchanged."""
+    from click.testing import CliRunner
+
+    from sbn_bench.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        r = CliRunner().invoke(main, ["train", *args], catch_exceptions=True)
+        return r.exit_code, r.output
+
+    code, out = run("--preset", "digits-vae", "--seeds", "0-1", "--momentum", "0.5",
+                    "--out", str(tmp_path / "a"))
+    assert code == 2 and "--momentum is an option of a single training" in out
+    code, out = run("--preset", "paper", "--seeds", "0", "--out", str(tmp_path / "b"))
+    assert code == 2 and "has no training study" in out
+    code, out = run("--preset", "digits-vae", "--seeds", "2-1", "--out", str(tmp_path / "c"))
+    assert code == 2 and "runs backwards" in out
+    code, out = run("--preset", "digits-vae", "--estimators", "psa,nosuch", "--out",
+                    str(tmp_path / "d"))
+    assert code == 1 and "nosuch" in out
+    code, out = run("--preset", "paper", "--resume", "--out", str(tmp_path / "e"))
+    assert code == 2 and "options of a training study" in out
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_index_overview(study: ts.StudyResult) -> None:
+    table = tr._finals_overview(study.out.parent, [study.out.name])
+    assert [r[0].text for r in table.rows] == ESTIMATORS
+    assert table.header == ["estimator", "conv: test accuracy"]
+    assert all("±" in r[1].text for r in table.rows)  # two seeds: a standard error
+
+
+def test_bias_story_table() -> None:
+    rows = [{"estimator": e, "seed": s, "epoch": ep, "bias": b, "bias_floor": 0.01}
+            for e, first, last in (("st", [0.1, 0.11, 0.12], [0.5, 0.52, 0.55]),
+                                   ("psa", [0.01, 0.02, 0.015], [0.012, 0.01, 0.02]))
+            for ep, vals in ((0, first), (5, last)) for s, b in enumerate(vals)]
+    t = tr.bias_story_table(pd.DataFrame(rows), ["st", "psa"])
+    assert t is not None and [r[-1].text for r in t.rows] == ["grows", "no significant change"]
+    assert tr.bias_story_table(pd.DataFrame(rows[:3]), ["st"]) is None  # one probe epoch
