@@ -673,7 +673,7 @@ def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) 
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:  # (a list is unhashable in a dict's keys)
         raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}", argument=name,
                           value=value, expected=f"one of {', '.join(choices)}")
 

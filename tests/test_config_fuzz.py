@@ -138,3 +138,12 @@ def test_fuzz_config_bytes(fuzz_dir, raw, prefix):
     path = fuzz_dir / "bytes.toml"
     path.write_bytes(prefix + raw)
     _check_config(path)
+
+
+@pytest.mark.parametrize("kw", [{"dtype": []}, {"device": {}}, {"mode": ["exact"]}])
+def test_an_unhashable_choice_is_a_config_error(kw) -> None:
+    """Found by the fuzz test above: a list where a choice belongs raised TypeError."""
+    from sbn_bench.config import ConfigError, ProblemSpec, RunConfig
+
+    with pytest.raises(ConfigError, match=f"{next(iter(kw))}=.* is not one of"):
+        RunConfig(problems=(ProblemSpec(preset="quick"),), **kw)
