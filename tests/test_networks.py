@@ -416,3 +416,21 @@ def test_fuzzed_network_descriptions_are_refused_cleanly(tmp_path_factory, data)
     except ProblemError:
         return
     assert q.net.describe() == d
+
+
+def test_the_digits_without_scikit_learn_name_the_extra(monkeypatch) -> None:
+    """Without the [data] extra the digits presets stop with one line naming it (CLI exit 1)."""
+    import sys
+
+    from click.testing import CliRunner
+
+    from sbn_bench import data
+    from sbn_bench.cli import main
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn → ImportError
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(data.MissingExtra, match=r"sbn-bench\[data\]"):
+        data.load_digits("train")
+    res = CliRunner().invoke(main, ["exact", "--preset", "digits-vae-exact"])
+    assert res.exit_code != 0 and "sbn-bench[data]" in res.output, res.output
+    assert "Traceback" not in res.output
