@@ -322,7 +322,7 @@ def test_dask_cell_past_its_timeout_is_recorded_and_its_worker_restarted(tmp_pat
                  executor=f"dask:{cluster.scheduler_address}", cell_timeout=12.0)
     res = runner.run(cfg)
     f = res.failures
-    assert set(f["estimator"]) == {"hang"} and set(f["stage"]) == {"timeout"}, f
+    assert set(f["estimator"]) == {"hang"} and set(f["stage"]) == {"timeout"}, list(f["error"])
     assert f["error"].str.contains("was restarted").all()
     assert len(res.metrics[res.metrics["estimator"] == "st"]["seed"].unique()) == 2
 

@@ -176,6 +176,7 @@ class DaskExecutor:
         self.debug = debug
         self.cluster: Any = None
         self._restarts: list[threading.Thread] = []
+        self._restarted: set[str] = set()  # addresses of the workers this executor restarted
         if address is None:
             with dask.config.set(LOCAL_CONFIG), _sigint_ignored():
                 self.cluster = LocalCluster(n_workers=workers or default_workers(),
@@ -291,6 +292,11 @@ class DaskExecutor:
             tries = getattr(exc, "allowed_failures", None)
             what = f"{tries + 1} times" if isinstance(tries, int) else "repeatedly"
             last = getattr(exc, "last_worker", None)
+            if getattr(last, "address", last) in self._restarted:
+                # it died with a worker this executor restarted for another cell's time limit:
+                # not the cell's fault, so it runs again (at most MAX_LOSSES times)
+                raise _Lost(f"its worker {getattr(last, 'address', last)} was restarted after "
+                            "another cell's time limit")
             where = f" (last on {getattr(last, 'address', last)})" if last is not None else ""
             message = (f"the Dask worker measuring this cell died {what}{where}: killed, out of "
                        "memory, or the estimator ended the process; the cell is recorded as failed")
@@ -303,7 +309,9 @@ class DaskExecutor:
 
     def _restart(self, address: str) -> None:
         """Restart a worker through its nanny, in the background (the run goes on meanwhile; a
-        worker that does not come back is the cluster's loss, not the run's)."""
+        worker that does not come back is the cluster's loss, not the run's). Cells that die with
+        it are run again (:meth:`_outcome`)."""
+        self._restarted.add(address)
         def restart() -> None:
             try:
                 self.client.restart_workers([address], timeout=RESTART_TIMEOUT_S,
