@@ -42,7 +42,6 @@ References:
 
 from __future__ import annotations
 
-import copy
 import csv
 import dataclasses
 import functools
@@ -450,13 +449,9 @@ def probe(estimator: Estimator, problem: Problem, reference: ProbeReference, sam
 
 
 def _subproblem(problem: Problem, x: Tensor, y: Tensor, params: Mapping[str, Tensor]) -> Problem:
-    """``problem`` with other rows and parameters, without re-validation (as
-    :func:`sbn_bench.train._rows`: the rows are valid data of the same kind)."""
-    sub = copy.copy(problem)
-    object.__setattr__(sub, "x", x)
-    object.__setattr__(sub, "y", y)
-    object.__setattr__(sub, "params", dict(params))
-    return sub
+    """``problem`` with other rows and parameters, without re-validation
+    (:meth:`Problem.with_rows`: the rows are valid data of the same kind)."""
+    return problem.with_rows(x, y, dict(params))
 
 
 def _gen(*parts: object) -> torch.Generator:

@@ -8,7 +8,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -71,8 +70,7 @@ def reinforce_loo(*, k: int = 2) -> Estimator:
         layers = forward(problem, params, h0, None, generator)  # [S, K·D, n_k]
         logp = sum(score(problem, layer) for layer in layers)  # [S, K·D]
         # the K draws as K·D data points (same memory layout and reductions as the draws)
-        rows = dataclasses.replace(problem, x=x_rep,
-                                   y=problem.y.repeat(k, *[1] * (problem.y.dim() - 1)))
+        rows = problem.with_rows(x_rep, problem.y.repeat(k, *[1] * (problem.y.dim() - 1)))
         f = losses(rows, params, layers[-1].x).reshape(S, k, D)  # [S, K, D]
         baseline = (f.sum(1, keepdim=True) - f) / (k - 1)
         logp = logp.reshape(S, k, D)
