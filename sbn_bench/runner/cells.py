@@ -422,9 +422,9 @@ def exact_path_moments(estimator: Estimator, problem: Problem, dtype: torch.dtyp
             start += math.prod(shape)
     sum_mean = torch.zeros(groups.dim, dtype=torch.float64, device=device)
     sum_var = torch.zeros_like(sum_mean)
+    whole = problem.to(device, dtype)  # validated once; its rows need no re-validation
     for d in range(D):
-        sub = dataclasses.replace(problem, x=problem.x[d:d + 1],
-                                  y=problem.y[d:d + 1]).to(device, dtype)
+        sub = whole.with_rows(whole.x[d:d + 1], whole.y[d:d + 1])
         w = torch.exp(first[d, idx1] + rest)  # [P]
         acc = WeightedMoments()
         for i in range(0, P, chunk):
