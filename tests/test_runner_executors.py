@@ -328,6 +328,40 @@ def test_dask_cell_past_its_timeout_is_recorded_and_its_worker_restarted(tmp_pat
     assert len(res.metrics[res.metrics["estimator"] == "st"]["seed"].unique()) == 2
 
 
+def test_a_cluster_left_without_workers_stops_the_run_with_an_error_and_a_rerun_resumes(
+        tmp_path, plugin, monkeypatch):
+    # the scheduler keeps tasks forever when no worker is left: the run must not wait forever
+    monkeypatch.setattr(dask_executor, "NO_WORKERS_TIMEOUT_S", 2.0)
+    with dask.config.set(dask_executor.LOCAL_CONFIG):
+        own = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                       silence_logs=logging.CRITICAL)
+    marks = plugin.parent / "marks"
+    problems = (ProblemSpec(arch="2-2-2-1", data_points=3),)
+
+    def scale_down_when_sleeping() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (marks / "slow.pid").exists():
+            time.sleep(0.05)
+        own.scale(0)  # every worker leaves for good
+
+    thread = threading.Thread(target=scale_down_when_sleeping, daemon=True)
+    thread.start()
+    try:
+        start = time.monotonic()
+        with pytest.raises(RunError, match=r"no worker for 2 s while \d+ cell\(s\) waited.*rerun"):
+            runner.run(config(tmp_path / "out", problems=problems, estimators=("slow-once", "st"),
+                              seeds=(0,), plugins=(str(plugin),),
+                              executor=f"dask:{own.scheduler_address}"))
+        assert time.monotonic() - start < 90
+    finally:
+        thread.join(5)
+        own.close(timeout=30)
+    res = runner.run(config(tmp_path / "out", problems=problems, estimators=("slow-once", "st"),
+                            seeds=(0,), plugins=(str(plugin),), resume=True))
+    assert res.failures.empty and set(res.metrics["estimator"]) == {"slow-once", "st"}
+
+
 def test_resume_processes_then_dask(tmp_path, serial_run, cluster):
     out = tmp_path / "run"
     with pytest.raises(Stop):

@@ -25,6 +25,9 @@ Faults:
 * ``cell_timeout``: the task measures its cell in a thread of its own and waits for it at most that
   long; past it the task returns a ``timeout`` failure and the client restarts that worker (through
   its nanny), which ends the stuck computation;
+* a cluster left without any worker (every worker gone, none coming back) for
+  :data:`NO_WORKERS_TIMEOUT_S` while cells wait stops the run with a :class:`RunError` saying so;
+  the finished cells are saved and a rerun of the same command resumes the rest;
 * Ctrl-C cancels the tasks in flight and closes the client (and the local cluster).
 """
 
@@ -34,8 +37,9 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from sbn_bench.config import RunConfig
@@ -77,6 +81,12 @@ RESTART_TIMEOUT_S = 30.0
 """Most seconds to wait for a worker restarted after a timeout (in the background)."""
 RESULT_TIMEOUT_S = 300.0
 """Most seconds to fetch a finished task's result from its worker."""
+NO_WORKERS_TIMEOUT_S = 120.0
+"""Most seconds a run waits while the cluster has no worker at all (a worker restarted by its nanny
+is back within seconds; workers of a batch system may take longer to come back), before it stops
+with an error."""
+POLL_S = 0.02
+"""Seconds between looks at the tasks in flight while none has finished."""
 
 
 def require_dask(spec: str) -> None:
@@ -247,7 +257,7 @@ class DaskExecutor:
 
         try:
             submit_more()
-            for fut in done:
+            for fut in self._completed(done, in_flight):
                 cell, args, losses = in_flight.pop(fut.key)
                 try:
                     outcome = self._outcome(fut, cell)
@@ -267,6 +277,42 @@ class DaskExecutor:
             if in_flight:
                 client.cancel([f for f in done.futures if f.key in in_flight])
             shared.clear()
+
+    def _completed(self, done: Any, in_flight: Mapping[str, Any]) -> Iterator[Any]:
+        """The futures of ``done`` as they finish (futures added meanwhile included).
+
+        Raises:
+            RunError: the cluster has had no worker for :data:`NO_WORKERS_TIMEOUT_S` seconds
+                while tasks were waiting (the scheduler keeps them forever otherwise).
+        """
+        alone_since: float | None = None
+        last_look = 0.0
+        while not done.is_empty():
+            if done.has_ready():
+                alone_since = None
+                yield next(done)
+                continue
+            now = time.monotonic()
+            if now - last_look >= 1.0:
+                last_look = now
+                if self._has_workers():
+                    alone_since = None
+                elif alone_since is None:
+                    alone_since = now
+                elif now - alone_since >= NO_WORKERS_TIMEOUT_S:
+                    raise RunError(
+                        f"the Dask cluster at {self.address} has had no worker for "
+                        f"{NO_WORKERS_TIMEOUT_S:g} s while {len(in_flight)} cell(s) waited; the "
+                        "finished cells are saved: start workers (or check the cluster) and rerun "
+                        "the same command to resume")
+            time.sleep(POLL_S)
+
+    def _has_workers(self) -> bool:
+        """Whether the scheduler has at least one worker now (False when it does not answer)."""
+        try:
+            return bool(self.client.nthreads())
+        except Exception:  # noqa: BLE001 - a scheduler that does not answer has no usable worker
+            return False
 
     def _outcome(self, fut: Any, cell: Cell) -> CellResult:
         """The result of a finished task, a ``worker`` failure for a failed one.

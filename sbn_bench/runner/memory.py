@@ -28,8 +28,9 @@ from sbn_bench.units import format_bytes
 
 
 class RunError(SbnBenchError, ValueError):
-    """A run that cannot start (bad device, estimator, plugin, or a request that cannot fit);
-    raised before any work."""
+    """A run that cannot start (bad device, estimator, plugin, or a request that cannot fit),
+    raised before any work; or one that cannot go on (a Dask cluster left without workers), raised
+    with the finished cells saved."""
 
 
 class CellFailure(Exception):
