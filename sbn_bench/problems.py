@@ -659,11 +659,12 @@ PRESET_ESTIMATORS: dict[str, tuple[str, ...]] = {
 (REINFORCE-LOO, ARM, DisARM, ARMS, Concrete) beside PSA and ST; for the classifiers the paper's."""
 
 
-PRESET_SAMPLES: dict[str, int] = {"digits-vae": 500, "digits-vae-nonlinear": 500, "digits-conv": 1500}
+PRESET_SAMPLES: dict[str, int] = {"digits-vae": 500, "digits-vae-nonlinear": 100, "digits-conv": 1500}
 """Default samples per cell (``--samples`` when not given) of the presets whose cells are slow:
-``psa`` takes about 0.6 s per sample on the 200-latent VAEs (a flip per latent, 1 438 images) and
-the conv net's cells about 0.2 s, so that a run of the default estimators stays within 10 minutes
-on 2 cores. Every other preset: 2000."""
+``psa`` takes about 0.6 s per sample on the linear 200-latent VAE (a flip per latent, 1 438
+images) and 6 s on the nonlinear one (each flip through the 200-200-64 decoder), the conv net's
+cells about 0.2 s, so that a run of the default estimators stays within about 10 minutes on 2 cores
+(15 on the nonlinear VAE). Every other preset: 2000."""
 
 def preset_problem(name: str, seed: int = 0) -> Problem:
     """A named preset (``paper``, ``quick`` and the digits presets :data:`DIGITS_ARCHS`)."""

@@ -283,6 +283,31 @@ def test_psa_is_exact_for_the_last_layer_and_the_head(arch, loss) -> None:
         assert float((mean["weight_1"] - g["weight_1"]).norm()) > 1e-8 * float(g["weight_1"].norm())
 
 
+@pytest.mark.parametrize("arch, loss, kl", [("4-d3:lrelu-3-d3:lrelu-4", "vae", "analytic"),
+                                          ("4-5-4", "vae", "sampled"),
+                                          ("3-d3:tanh-2-4-d3:relu-2", "bernoulli", "analytic")])
+def test_psa_in_blocks_of_flips_is_psa(arch, loss, kl, monkeypatch) -> None:
+    """A deep head's flips evaluated in blocks (FLIP_BLOCK, each recomputed in the backward
+    pass) give PSA's estimate to round-off, and its expectation stays exact for the last layer
+    and the head."""
+    from sbn_bench.estimators import estimate
+    from sbn_bench.estimators.builtin import psa as psa_module
+
+    p = random_problem(arch, 11, data_points=3, loss=loss)
+    if kl == "sampled":
+        p = dataclasses.replace(p, kl="sampled")
+    whole = estimate(REG.create("psa"), p, 7, torch.Generator().manual_seed(2))
+    monkeypatch.setattr(psa_module, "FLIP_BLOCK", 2)  # blocks of 2, 2, …, 1 flips
+    assert p.widths[-2] > 2
+    blocked = estimate(REG.create("psa"), p, 7, torch.Generator().manual_seed(2))
+    _close(blocked, whole, 1e-12, f"psa in blocks on {arch}")
+    _, g = exact_gradient(p)
+    mean = path_expectation(REG.create("psa"), p)
+    exact_names = [f"weight_{p.n_layers}", f"bias_{p.n_layers}", "weight_out", "bias_out",
+                   *[n for n in g if n.startswith("head_")]]
+    _close({k: mean[k] for k in exact_names}, {k: g[k] for k in exact_names}, 1e-10, "psa")
+
+
 def _conv_as_dense(p: problems.Problem) -> problems.Problem:
     """The same network with every conv2d stochastic layer written as a dense layer (its
     matrix: each output unit's weights over the flat input)."""

@@ -156,6 +156,9 @@ class Estimator:
             ``{"dense"}`` (plain fully-connected networks) is safe for a plugin written before
             bodies, heads and conv layers existed.
         single_layer: it needs a network with exactly one stochastic layer.
+        evals_held: ``widths -> int``, the loss evaluations whose activations are held in memory at
+            once, for an estimator that evaluates them in blocks (PSA's flips); None: all
+            :attr:`evals_per_sample` (:meth:`evals_in_memory`).
         bytes_per_sample: ``(widths, num_data, itemsize) -> bytes``, an upper estimate of the memory
             one sample takes inside :func:`estimate`, read by the runner's memory planner; None:
             :func:`default_bytes_per_sample` with :attr:`evals_per_sample`
@@ -183,6 +186,7 @@ class Estimator:
     family: str = field(default="", compare=False)
     layers: frozenset[str] = frozenset({"dense"})
     single_layer: bool = False
+    evals_held: Callable[[tuple[int, ...]], int] | None = field(default=None, compare=False)
     bytes_per_sample: Callable[[tuple[int, ...], int, int], int] | None = field(default=None,
                                                                                compare=False)
     adapt: Callable[[Problem, torch.Generator, int], Estimator] | None = field(default=None,
@@ -200,6 +204,13 @@ class Estimator:
         """:attr:`evals_per_sample` of ``widths``, checked: a plugin's function that raises or
         returns anything but an int ≥ 1 is a :class:`ContractError` naming the estimator."""
         return _positive_int(self, "evals_per_sample", lambda: self.evals_per_sample(widths), widths)
+
+    def evals_in_memory(self, widths: tuple[int, ...]) -> int:
+        """:attr:`evals_held` of ``widths`` (checked like :meth:`evals`), else :meth:`evals`."""
+        fn = self.evals_held
+        if fn is None:
+            return self.evals(widths)
+        return _positive_int(self, "evals_held", lambda: fn(widths), widths)
 
     def memory_per_sample(self, widths: tuple[int, ...], num_data: int, itemsize: int) -> int:
         """Bytes one sample takes inside :func:`estimate` (an upper estimate): the estimator's own

@@ -76,7 +76,7 @@ def sample_bytes(estimator: Estimator, problem: Problem, num_data: int, itemsize
     net = problem.net
     if net.is_plain:
         return one
-    evals = estimator.evals(problem.widths)
+    evals = estimator.evals_in_memory(problem.widths)
     units = sum(layer.n_out for layer in net.body)
     units += evals * sum(layer.n_out for layer in net.head[:-1])
     units += sum(layer.n_out * layer.in_shape[0] * layer.kernel ** 2

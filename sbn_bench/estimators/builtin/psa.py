@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from sbn_bench import model
 from sbn_bench.estimators.base import ALL_LAYERS, Estimator
@@ -50,9 +51,7 @@ def psa_surrogate(problem: Problem, params: Params, states: Sequence[Tensor] | N
         f_flip = problem.loss_values(eta_flip.movedim(-2, 0)).movedim(0, -1)  # [S, D, n]
     else:  # a deeper head (or a loss that sees the states): evaluate it on every flipped state
         f = losses(problem, params, x)  # [S, D]
-        eye = torch.eye(n, dtype=x.dtype, device=x.device).view(n, *([1] * (x.dim() - 1)), n)
-        x_flip = x + neg_s[-1] * eye  # [n, S, D, n]: unit i flipped in copy i
-        f_flip = losses(problem, params, x_flip).movedim(0, -1)  # [S, D, n]
+        f_flip = _flipped_losses(problem, params, x, neg_s[-1])  # [S, D, n]
     diff = f_flip - f.unsqueeze(-1)
     est = f + ((1 - p) / n * diff).sum(-1)  # [S, D]
     lam = diff.detach()  # λ^L: [S, D, n_L]
@@ -78,6 +77,32 @@ def psa_surrogate(problem: Problem, params: Params, states: Sequence[Tensor] | N
                 lam_t = _cdf_(problem, a_flip).mul_(_units_first(mu).unsqueeze(1)).sum(0)
                 lam = lam_t.sub_(term.detach()).permute(1, 2, 0)  # [S, D, n_{k-1}]
     return est.mean(-1)
+
+
+FLIP_BLOCK = 16
+"""Most flipped states of the last stochastic layer whose deep-head activations PSA holds at once:
+a wider layer's flips are evaluated in blocks of this many, each block's head recomputed in the
+backward pass (activation checkpointing, one extra forward of the head), so that a sample's
+memory does not grow with the layer's width (``digits-vae-nonlinear``, 200 latents and a
+200-200-64 decoder, would need 4.3 GiB per sample otherwise)."""
+
+
+def _flipped_losses(problem: Problem, params: Params, x: Tensor, neg_s: Tensor) -> Tensor:
+    """``ℓ`` with unit ``i`` of the last stochastic layer flipped, for every ``i``: ``x, neg_s
+    [S, D, n]`` (``neg_s = 1 − 2x``) → ``[S, D, n]``, in blocks of :data:`FLIP_BLOCK` flips."""
+    n = x.shape[-1]
+
+    def block(lo: int, hi: int) -> Tensor:  # [hi − lo, S, D]
+        eye = torch.eye(n, dtype=x.dtype, device=x.device)[lo:hi]
+        x_flip = x + neg_s * eye.view(hi - lo, *([1] * (x.dim() - 1)), n)  # unit lo + c flipped in copy c
+        return losses(problem, params, x_flip)
+
+    if n <= FLIP_BLOCK:
+        return block(0, n).movedim(0, -1)
+    parts = [checkpoint(block, lo, min(lo + FLIP_BLOCK, n), use_reentrant=False,
+                        preserve_rng_state=False)  # the head draws nothing
+             for lo in range(0, n, FLIP_BLOCK)]
+    return torch.cat(parts).movedim(0, -1)
 
 
 def _conv_adjoint(problem: Problem, params: Params, k: int, a: Tensor, mu: Tensor,
@@ -135,6 +160,7 @@ def psa() -> Estimator:
     return Estimator("psa", surrogate, randomness="path", path_surrogate=path, family=FAMILY,
                      layers=ALL_LAYERS,
                      evals_per_sample=lambda w: 1 + w[-2],
+                     evals_held=lambda w: 1 + min(w[-2], FLIP_BLOCK),
                      description="Path Sample-Analytic (Shekhovtsov et al. 2020)")
 
 
