@@ -30,8 +30,9 @@ and the valid keys; relative paths are relative to the TOML file's folder)::
     stderr_batches = 32                           # batches for batch-means standard errors
     cosine_groups = 1000                          # most independent M-means per M for cosine
     out = "runs/my-run"                           # output folder
-    executor = "serial"                           # where cells run: "serial", "processes[:N]",
-                                                  # "dask[:ADDRESS]" (sbn_bench.runner.executors)
+    executor = "auto"                             # where cells run: "auto", "serial",
+                                                  # "processes[:N]", "dask[:ADDRESS]"
+                                                  # (sbn_bench.runner.executors)
     threads = 1                                   # torch threads of every cell, whatever the executor
                                                   # (throughput too; recorded in the manifest)
     cell_timeout = 3600                           # seconds a cell may take (recorded as failed)
@@ -435,8 +436,11 @@ class RunConfig:
         throughput: see :class:`ThroughputConfig`.
         out: output folder; resume: continue a run in ``out`` (it may add problems, checkpoints,
             estimators, seeds and plugin files).
-        executor: where the cells run: ``"serial"`` (in this process), ``"processes[:N]"`` or
-            ``"dask[:ADDRESS]"`` (:func:`sbn_bench.runner.executors.make_executor`).
+        executor: where the cells run: ``"auto"`` (worker processes, one per CPU, for a run
+            large enough to repay starting them, else this process:
+            :func:`sbn_bench.runner.executors.resolve_auto`), ``"serial"`` (in this process),
+            ``"processes[:N]"`` or ``"dask[:ADDRESS]"``
+            (:func:`sbn_bench.runner.executors.make_executor`). The numbers do not depend on it.
         threads: torch threads each cell computes with (statistics and throughput cells, and
             the manager's exact references), whatever the executor; one per process suits the
             small networks measured here (more threads mostly spin). Recorded in the manifest
@@ -476,7 +480,7 @@ class RunConfig:
     throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
     out: str | None = None
     resume: bool = False
-    executor: str = "serial"
+    executor: str = "auto"
     cell_timeout: float | None = DEFAULT_CELL_TIMEOUT
     threads: int = 1
     reference: str = "auto"

@@ -551,3 +551,58 @@ def test_stable_seed_is_stable():
     assert runner.stable_seed(0, "a") != runner.stable_seed(1, "a")
     assert 0 <= runner.stable_seed(0, "a") < 2**63
     assert math.isfinite(runner.stable_seed(0, "a"))
+
+
+class _Recording:
+    """An executor that runs its tasks serially and records the cells of each ``map`` call."""
+
+    name, workers = "recording", 2
+
+    def __init__(self) -> None:
+        self.calls: list[list[cells.Cell]] = []
+        self.inner = runner.SerialExecutor()
+
+    def map(self, tasks):
+        call: list[cells.Cell] = []
+        self.calls.append(call)
+        for cell, context in tasks:
+            call.append(cell)
+            yield cells.measure_cell(cell, context)
+
+    def close(self) -> None:
+        pass
+
+
+def test_throughput_cells_run_last_each_alone(tmp_path):
+    """The statistics cells go to the executor first, together; then each throughput cell on its
+    own, after every other cell is done, so that parallel workers do not disturb its timing."""
+    tp = ThroughputConfig(warmup=0, rounds=2, max_rounds=2, min_round_s=0.01, max_seconds=1.0,
+                          batch=8)
+    cfg = tiny_config(tmp_path / "run", throughput=tp,
+                      problems=(ProblemSpec(arch="2-2-2-1", data_points=3),
+                                ProblemSpec(arch="2-3-1", data_points=3)))
+    rec = _Recording()
+    runner.run(cfg, executor=rec)
+    kinds = [[c.kind for c in call] for call in rec.calls]
+    assert kinds == [["metrics"] * 4, ["throughput"], ["throughput"]], kinds
+
+
+def test_auto_executor_uses_worker_processes_only_for_runs_worth_it(tmp_path, monkeypatch):
+    from sbn_bench.runner import executors
+
+    monkeypatch.setattr(executors, "default_workers", lambda: 4)
+    assert executors.resolve_auto(10**7, 33) == "processes:4"
+    assert executors.resolve_auto(10**7, 3) == "processes:3"
+    assert executors.resolve_auto(None, None) == "processes:4"
+    assert executors.resolve_auto(10**7, 1) == "serial"
+    assert executors.resolve_auto(executors.AUTO_MIN_WORK - 1, 33) == "serial"
+    monkeypatch.setattr(executors, "default_workers", lambda: 1)
+    assert executors.resolve_auto(10**9, 33) == "serial"
+    monkeypatch.setattr(executors, "default_workers", lambda: 2)
+    small = tiny_config(tmp_path)
+    big = RunConfig(problems=(ProblemSpec(preset="paper"),), samples=2000)
+    assert small.executor == big.executor == "auto"
+    assert runner.executor_spec(small, runner.prepare(small)) == "serial"  # 2·64·3 samples × points
+    assert runner.executor_spec(big, runner.prepare(big)) == "processes:2"  # 11·2000·200
+    assert runner.executor_spec(tiny_config(tmp_path, executor="processes:3"),
+                                runner.prepare(small)) == "processes:3"

@@ -416,7 +416,7 @@ def test_a_worker_with_other_versions_records_the_cell_as_failed(tmp_path):
 
 
 @pytest.mark.parametrize("spec, words", [
-    ("threads", "is unknown; expected one of serial, processes[:N], dask[:ADDRESS|:N]"),
+    ("threads", "is unknown; expected one of auto, serial, processes[:N], dask[:ADDRESS|:N]"),
     ("processes:0", "N='0' must be a number of workers ≥ 1"),
     ("processes:two", "N='two' must be a number of workers ≥ 1"),
     ("serial:2", "serial takes no argument"),

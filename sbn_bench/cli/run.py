@@ -197,10 +197,13 @@ def _duration(seconds: float) -> str:
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out, skipping finished cells; it may add problems, "
                    "checkpoints, estimators, seeds and plugin files.")
-@click.option("--executor", default="serial", show_default=True,
-              help="Where cells run: serial (this process), processes[:N] (N worker processes, "
-                   "default one per CPU) or dask[:ADDRESS] (the Dask scheduler at ADDRESS, e.g. "
-                   "tcp://host:8786, or a local cluster; pip install \"sbn-bench[dask]\").")
+@click.option("--executor", default="auto", show_default=True,
+              help="Where cells run: auto (worker processes, one per CPU, when the run is large "
+                   "enough to repay starting them, else this process), serial (this process), "
+                   "processes[:N] (N worker processes, default one per CPU) or dask[:ADDRESS] (the "
+                   "Dask scheduler at ADDRESS, e.g. tcp://host:8786, or a local cluster; pip "
+                   "install \"sbn-bench[dask]\"). The numbers are the same on every executor; "
+                   "throughput cells run last, each alone.")
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,
               help="Torch threads of every cell (throughput cells too), whatever the executor; "
                    "one suits small networks (more mostly spin). Recorded in the manifest: the "

@@ -17,9 +17,11 @@ the exact one, or (``config.reference``, SPEC §8) a Monte-Carlo one
 (:mod:`~sbn_bench.runner.mcref`), whose estimator and sample count are chosen before any work
 (:func:`plan_mc_references`: a reference its time budget cannot bring to its ε is refused there).
 
-Cells, in order: for each problem and checkpoint, its throughput cell when it is the first of its
-network shape (unless disabled: every estimator of it, their rounds interleaved), then one
-statistics cell per estimator and seed. Every cell, wherever it runs, computes with
+Cells: for each problem and checkpoint, one statistics cell per estimator and seed, and its
+throughput cell when it is the first of its network shape (unless disabled: every estimator of it,
+their rounds interleaved). The statistics cells run first (in parallel with a parallel executor),
+then the throughput cells one at a time, each alone on the executor, so that no other cell disturbs
+its timing. Every cell, wherever it runs, computes with
 ``config.threads`` torch threads, and so do the manager's exact references. ``resume=True`` skips
 the cells already written (failed cells are tried again) and refuses a folder whose manifest
 differs. A cell whose estimator raises, or returns NaN/Inf, is recorded in ``failures.csv`` with
@@ -66,7 +68,15 @@ from sbn_bench.runner.cells import (
     stats_cell_rows,
     torch_threads,
 )
-from sbn_bench.runner.executors import EXECUTORS, Executor, SerialExecutor, Task, make_executor
+from sbn_bench.runner.executors import (
+    EXECUTORS,
+    Executor,
+    SerialExecutor,
+    Task,
+    make_executor,
+    parse_executor,
+    resolve_auto,
+)
 from sbn_bench.runner.mcref import ReferencePlan, mc_reference, plan_reference
 from sbn_bench.runner.memory import (
     CellFailure,
@@ -196,7 +206,8 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None,
             stops the run there, as a kill would).
         warn: called with each warning before any work (plugin factories that failed to load but
             are not requested); default: :func:`warnings.warn`. Also in ``RunResult.warnings``.
-        executor: where the cells run (default: :func:`make_executor` of ``config.executor``,
+        executor: where the cells run (default: :func:`make_executor` of ``config.executor``, with
+            ``auto`` resolved by :func:`executor_spec`,
             started after every check and before the output folder is touched, so a scheduler
             that cannot be reached leaves nothing behind); it is closed at the end.
 
@@ -217,7 +228,7 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None,
     plan_mc_references(config, plan)
     manifest = build_manifest(config, plan)
     debug = bool(os.environ.get("SBN_BENCH_DEBUG"))
-    executor = executor or make_executor(config.executor, debug=debug)
+    executor = executor or make_executor(executor_spec(config, plan), debug=debug)
     try:
         store = RunStore.open(config.out, manifest, config.resume)
     except BaseException:
@@ -227,6 +238,17 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None,
         return _run(config, plan, store, progress, on_cell_done, executor)
     finally:
         store.close()
+
+
+def executor_spec(config: RunConfig, plan: Plan) -> str:
+    """``config.executor``, with ``auto`` resolved for this run
+    (:func:`~sbn_bench.runner.executors.resolve_auto`: worker processes when there are several
+    CPUs and enough work in the statistics cells)."""
+    if parse_executor(config.executor)[0].name != "auto":
+        return config.executor
+    stats = [c for c in plan.cells if c.kind == "metrics"]
+    work = sum(config.samples * plan.problem(c.problem, c.checkpoint).num_data for c in stats)
+    return resolve_auto(work, len(stats))
 
 
 def part_key(cell: Cell) -> dict[str, Any]:
@@ -258,8 +280,8 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
     plugins = tuple(plan.registry.sources)
     cell_seconds: list[float] = []
 
-    def tasks() -> Iterator[Task]:
-        for cell in pending:
+    def tasks(cells: list[Cell]) -> Iterator[Task]:
+        for cell in cells:
             store.remove_part(cell.id, "failure")
             problem = plan.problem(cell.problem, cell.checkpoint)
             if cell.kind == "throughput":
@@ -278,9 +300,15 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
             yield cell, CellContext(problem, plan.estimator(cell.estimator), references[key],
                                     config, plugins=plugins)
 
+    def results() -> Iterator[CellResult]:
+        yield from executor.map(tasks([c for c in pending if c.kind != "throughput"]))
+        for cell in pending:  # timed alone: no other cell runs on the machine meanwhile
+            if cell.kind == "throughput":
+                yield from executor.map(tasks([cell]))
+
     last_assemble = time.monotonic()
     try:
-        for result in executor.map(tasks()):
+        for result in results():
             # storage errors are not the estimator's: they propagate (WriteError) and stop the run
             if result.failures:  # members of a throughput group that failed, written first
                 store.write_part(result.cell.id, "failure", result.failures)

@@ -9,6 +9,9 @@ torch threads wherever it runs, so ``metrics.csv`` is byte-identical whichever e
 The executors, by their spelling (``--executor``, TOML ``executor``):
 
 ==================  ===========================================================================
+``auto``            (the default) ``processes`` with one worker per CPU when the machine has
+                    more than one and the run is large enough to repay starting them
+                    (:func:`resolve_auto`), else ``serial``
 ``serial``          every cell in this process, one after the other
 ``processes[:N]``   N worker processes on this machine (default: the CPU count);
                     :mod:`~sbn_bench.runner.process_executor`
@@ -35,8 +38,24 @@ from sbn_bench.runner.memory import RunError
 from sbn_bench.runner.process_executor import ProcessExecutor
 from sbn_bench.runner.worker import default_workers
 
-__all__ = ["EXECUTORS", "Executor", "ExecutorKind", "SerialExecutor", "Task", "check_executor",
-           "make_executor", "parse_executor"]
+__all__ = ["AUTO_MIN_WORK", "EXECUTORS", "Executor", "ExecutorKind", "SerialExecutor", "Task",
+           "check_executor", "make_executor", "parse_executor", "resolve_auto"]
+
+AUTO_MIN_WORK = 10**6
+"""Least work (samples × data points, summed over a run's statistics cells) for which ``auto``
+starts worker processes: about two seconds of cells on the paper net, more than the workers take to
+start (a smaller run, e.g. the test suite's, finishes serially before they would have)."""
+
+
+def resolve_auto(work: int | None = None, cells: int | None = None) -> str:
+    """The executor ``auto`` stands for: ``processes:N`` with N the CPUs this process may use
+    (at most ``cells``, the statistics cells to run) when N ≥ 2 and ``work`` (samples × data
+    points over those cells; None: unknown, taken as large) reaches :data:`AUTO_MIN_WORK`; else
+    ``serial``. Results do not depend on it (every executor gives the same numbers)."""
+    n = default_workers() if cells is None else min(default_workers(), cells)
+    if n < 2 or (work is not None and work < AUTO_MIN_WORK):
+        return "serial"
+    return f"processes:{n}"
 
 
 class Executor(Protocol):
@@ -119,7 +138,12 @@ def _dask(arg: str | None) -> dict[str, object]:
     return {"address": arg if m.group(1) else f"tcp://{arg}"}
 
 
+def _auto(*, debug: bool = False) -> Executor:
+    return make_executor(resolve_auto(), debug=debug)
+
+
 EXECUTORS: dict[str, ExecutorKind] = {k.name: k for k in (
+    ExecutorKind("auto", "auto", _no_argument, _auto),
     ExecutorKind("serial", "serial", _no_argument, SerialExecutor),
     ExecutorKind("processes", "processes[:N]", _workers, ProcessExecutor),
     ExecutorKind("dask", "dask[:ADDRESS|:N]", _dask, DaskExecutor, check=require_dask),
