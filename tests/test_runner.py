@@ -591,10 +591,10 @@ def test_auto_executor_uses_worker_processes_only_for_runs_worth_it(tmp_path, mo
     from sbn_bench.runner import executors
 
     monkeypatch.setattr(executors, "default_workers", lambda: 4)
-    assert executors.resolve_auto(10**7, 33) == "processes:4"
-    assert executors.resolve_auto(10**7, 3) == "processes:3"
+    assert executors.resolve_auto(10**9, 33) == "processes:4"
+    assert executors.resolve_auto(10**9, 3) == "processes:3"
     assert executors.resolve_auto(None, None) == "processes:4"
-    assert executors.resolve_auto(10**7, 1) == "serial"
+    assert executors.resolve_auto(10**9, 1) == "serial"
     assert executors.resolve_auto(executors.AUTO_MIN_WORK - 1, 33) == "serial"
     monkeypatch.setattr(executors, "default_workers", lambda: 1)
     assert executors.resolve_auto(10**9, 33) == "serial"
@@ -602,7 +602,7 @@ def test_auto_executor_uses_worker_processes_only_for_runs_worth_it(tmp_path, mo
     small = tiny_config(tmp_path)
     big = RunConfig(problems=(ProblemSpec(preset="paper"),), samples=2000)
     assert small.executor == big.executor == "auto"
-    assert runner.executor_spec(small, runner.prepare(small)) == "serial"  # 2·64·3 samples × points
-    assert runner.executor_spec(big, runner.prepare(big)) == "processes:2"  # 11·2000·200
+    assert runner.executor_spec(small, runner.prepare(small)) == "serial"  # 2·64·3·12
+    assert runner.executor_spec(big, runner.prepare(big)) == "processes:2"  # 6·2000·200·81
     assert runner.executor_spec(tiny_config(tmp_path, executor="processes:3"),
                                 runner.prepare(small)) == "processes:3"

@@ -200,8 +200,12 @@ def _draw_all(jobs: list[tuple[Plot, Path]]) -> list[tuple[Path, Path] | None]:
                 # Python ≥ 3.12 warns when forking beside native threads (numpy's BLAS pool): the
                 # workers only draw with matplotlib and never use those pools
                 warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+                # costliest first (longest-processing-time order): the last figures to finish
+                # are then short ones, and the workers end together
+                order = sorted(range(len(jobs)), key=lambda i: -jobs[i][0].cost)
                 with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-                    return list(pool.map(_draw_index, range(len(jobs))))
+                    drawn = dict(zip(order, pool.map(_draw_index, order)))
+                return [drawn[i] for i in range(len(jobs))]
         except BrokenProcessPool:
             pass  # a worker died (e.g. killed): draw them here instead
         finally:

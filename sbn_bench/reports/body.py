@@ -328,14 +328,14 @@ class DetailsSection:
                                           cks, f"Bias vs standard deviation of one sample — {p}"),
                                   f"Relative bias against relative standard deviation of one sample, "
                                   f"per checkpoint (rows) and layer (columns), {p}; labels joined to "
-                                  f"their points by leader lines."))
+                                  f"their points by leader lines.", cost=0.7 * len(cks)))
             tp = throughput_rows_of(run, p)
             if not tp.empty:
                 inner.append(Plot(f"{slug(p)}_throughput",
                                   partial(fg.draw, fg.throughput_figure, tp, run.estimators(), sty,
                                           f"Throughput — {p}"),
                                   f"Throughput, median samples/s per estimator with the "
-                                  f"confidence interval of the median, {p}."))
+                                  f"confidence interval of the median, {p}.", cost=0.2))
             out.append(Details(p, inner, level=3, open=len(problems) == 1 or i == 0))
         orphans = orphan_failures(run)
         if not orphans.empty:

@@ -73,6 +73,10 @@ class Plot:
     name: str
     draw: Callable[[], Any]
     caption: str
+    cost: float = 1.0
+    """A rough guess of the drawing time relative to other figures (panels, labels): the report
+    starts the costliest first when it draws figures in parallel, so that none is left alone at
+    the end. Only the order depends on it."""
 
 
 @dataclass(frozen=True)

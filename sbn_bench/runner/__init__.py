@@ -247,7 +247,10 @@ def executor_spec(config: RunConfig, plan: Plan) -> str:
     if parse_executor(config.executor)[0].name != "auto":
         return config.executor
     stats = [c for c in plan.cells if c.kind == "metrics"]
-    work = sum(config.samples * plan.problem(c.problem, c.checkpoint).num_data for c in stats)
+    work = 0
+    for c in stats:
+        p = plan.problem(c.problem, c.checkpoint)
+        work += config.samples * p.num_data * sum(t.numel() for t in p.params.values())
     return resolve_auto(work, len(stats))
 
 

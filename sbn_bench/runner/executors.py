@@ -41,16 +41,18 @@ from sbn_bench.runner.worker import default_workers
 __all__ = ["AUTO_MIN_WORK", "EXECUTORS", "Executor", "ExecutorKind", "SerialExecutor", "Task",
            "check_executor", "make_executor", "parse_executor", "resolve_auto"]
 
-AUTO_MIN_WORK = 10**6
-"""Least work (samples × data points, summed over a run's statistics cells) for which ``auto``
-starts worker processes: about two seconds of cells on the paper net, more than the workers take to
-start (a smaller run, e.g. the test suite's, finishes serially before they would have)."""
+AUTO_MIN_WORK = 10**8
+"""Least work (samples × data points × network parameters, summed over a run's statistics cells)
+for which ``auto`` starts worker processes: about a second of cells on the paper net (81
+parameters), more than the workers take to start (a smaller run, e.g. the test suite's, finishes
+serially before they would have)."""
 
 
 def resolve_auto(work: int | None = None, cells: int | None = None) -> str:
     """The executor ``auto`` stands for: ``processes:N`` with N the CPUs this process may use
     (at most ``cells``, the statistics cells to run) when N ≥ 2 and ``work`` (samples × data
-    points over those cells; None: unknown, taken as large) reaches :data:`AUTO_MIN_WORK`; else
+    points × parameters over those cells; None: unknown, taken as large) reaches
+    :data:`AUTO_MIN_WORK`; else
     ``serial``. Results do not depend on it (every executor gives the same numbers)."""
     n = default_workers() if cells is None else min(default_workers(), cells)
     if n < 2 or (work is not None and work < AUTO_MIN_WORK):
