@@ -61,6 +61,26 @@ class StraightThroughConcrete(torch.autograd.Function):
         return grad * ds, None, None
 
 
+class Concrete(torch.autograd.Function):
+    """``σ((a − z)/τ)`` as one autograd node computed in place: the same operations in the same
+    order as ``torch.sigmoid((a - z) / tau)`` (forward and backward, so the same bits), without two
+    intermediate tensors and their graph nodes."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, a: Tensor, z: Tensor, tau: float
+                ) -> Tensor:
+        s = torch.sub(a, z).div_(tau).sigmoid_()
+        ctx.save_for_backward(s)
+        ctx.tau = tau  # type: ignore[attr-defined]
+        return s
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+                 ) -> tuple[Tensor, None, None]:
+        (s,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return torch.ops.aten.sigmoid_backward(grad, s).div_(ctx.tau), None, None  # type: ignore[attr-defined]
+
+
 def relaxed_surrogate(problem: Problem, params: Params, generator: torch.Generator,
                       tau: float, straight_through: bool) -> Tensor:
     """Concrete (``straight_through=False``) or straight-through Concrete surrogate at ``tau``."""
@@ -68,11 +88,12 @@ def relaxed_surrogate(problem: Problem, params: Params, generator: torch.Generat
     h: Tensor = stochastic_input(problem, params)
     for k in range(1, stochastic_layers(problem) + 1):
         a = preactivation(problem, params, k, h)
-        z = noise.icdf(uniform(a.shape, a, generator))
+        u = uniform(a.shape, a, generator)
+        z = u.logit_() if noise.icdf is torch.logit else noise.icdf(u)  # in place: same values
         if straight_through:
             h = StraightThroughConcrete.apply(a, z, tau)  # [a − Z ≥ 0], σ((a − Z)/τ) backward
         else:
-            h = torch.sigmoid((a - z) / tau)
+            h = Concrete.apply(a, z, tau)  # σ((a − Z)/τ)
     return mean_loss(problem, params, h)
 
 
