@@ -276,6 +276,8 @@ def downstream_loss(problem: Problem, params: Params, k: int, start: Tensor,
     with torch.no_grad():
         h = start
         for j in range(k + 1, stochastic_layers(problem) + 1):
-            h = model.bernoulli(problem.noise_dist.cdf(preactivation(problem, params, j, h)),
-                                generator)
+            a = preactivation(problem, params, j, h)
+            # the firing probabilities in place for logistic noise (the same values, no new tensor)
+            probs = a.sigmoid_() if problem.noise == "logistic" else problem.noise_dist.cdf(a)
+            h = model.bernoulli(probs, generator)
         return losses(problem, params, h)
