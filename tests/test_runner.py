@@ -606,3 +606,5 @@ def test_auto_executor_uses_worker_processes_only_for_runs_worth_it(tmp_path, mo
     assert runner.executor_spec(big, runner.prepare(big)) == "processes:2"  # 6·2000·200·81
     assert runner.executor_spec(tiny_config(tmp_path, executor="processes:3"),
                                 runner.prepare(small)) == "processes:3"
+    gpu = RunConfig(problems=(ProblemSpec(preset="paper"),), samples=2000, device="cuda")
+    assert runner.executor_spec(gpu, runner.prepare(big)) == "serial"  # one GPU, one process

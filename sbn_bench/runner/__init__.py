@@ -243,9 +243,12 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None,
 def executor_spec(config: RunConfig, plan: Plan) -> str:
     """``config.executor``, with ``auto`` resolved for this run
     (:func:`~sbn_bench.runner.executors.resolve_auto`: worker processes when there are several
-    CPUs and enough work in the statistics cells)."""
+    CPUs and enough work in the statistics cells; ``serial`` on a GPU, which processes would only
+    contend for)."""
     if parse_executor(config.executor)[0].name != "auto":
         return config.executor
+    if config.device != "cpu":
+        return "serial"  # one accelerator: processes would only contend for it
     stats = [c for c in plan.cells if c.kind == "metrics"]
     work = 0
     for c in stats:
