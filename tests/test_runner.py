@@ -590,6 +590,7 @@ def test_throughput_cells_run_last_each_alone(tmp_path):
 def test_auto_executor_uses_worker_processes_only_for_runs_worth_it(tmp_path, monkeypatch):
     from sbn_bench.runner import executors
 
+    monkeypatch.setattr(executors, "main_allows_processes", lambda: True)  # as under sbn-bench
     monkeypatch.setattr(executors, "default_workers", lambda: 4)
     assert executors.resolve_auto(10**9, 33) == "processes:4"
     assert executors.resolve_auto(10**9, 3) == "processes:3"
@@ -608,3 +609,28 @@ def test_auto_executor_uses_worker_processes_only_for_runs_worth_it(tmp_path, mo
                                 runner.prepare(small)) == "processes:3"
     gpu = RunConfig(problems=(ProblemSpec(preset="paper"),), samples=2000, device="cuda")
     assert runner.executor_spec(gpu, runner.prepare(big)) == "serial"  # one GPU, one process
+
+
+@pytest.mark.parametrize("file, spec, allowed", [
+    (None, None, True),                                   # an interactive session
+    ("/venv/bin/sbn-bench", None, True),                  # the command
+    ("/x/sbn_bench/cli/__main__.py", "sbn_bench.cli", True),
+    ("/home/me/study.py", None, False),                   # a script: it may lack the guard
+    ("/venv/bin/pytest", None, False),
+])
+def test_auto_starts_processes_only_from_programs_that_are_safe_to_reimport(
+        file, spec, allowed, monkeypatch):
+    """Worker processes import the main module: a script without ``if __name__ == "__main__":``
+    would run again in each of them, so ``auto`` stays serial in scripts."""
+    import types
+
+    from sbn_bench.runner import executors
+
+    main = types.ModuleType("__main__")
+    if file is not None:
+        main.__file__ = file
+    main.__spec__ = None if spec is None else types.SimpleNamespace(name=spec)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(executors, "default_workers", lambda: 2)
+    assert executors.main_allows_processes() is allowed
+    assert executors.resolve_auto(10**9, 10) == ("processes:2" if allowed else "serial")

@@ -10,8 +10,9 @@ The executors, by their spelling (``--executor``, TOML ``executor``):
 
 ==================  ===========================================================================
 ``auto``            (the default) ``processes`` with one worker per CPU when the machine has
-                    more than one and the run is large enough to repay starting them
-                    (:func:`resolve_auto`), else ``serial``
+                    more than one, the run is large enough to repay starting them and the
+                    program is the ``sbn-bench`` command (:func:`resolve_auto`), else
+                    ``serial``
 ``serial``          every cell in this process, one after the other
 ``processes[:N]``   N worker processes on this machine (default: the CPU count);
                     :mod:`~sbn_bench.runner.process_executor`
@@ -28,8 +29,10 @@ any work and :func:`make_executor` builds it.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from sbn_bench.runner.cells import CellResult, Task, measure_cell
@@ -48,14 +51,29 @@ parameters), more than the workers take to start (a smaller run, e.g. the test s
 serially before they would have)."""
 
 
+def main_allows_processes() -> bool:
+    """Whether worker processes may start from this program without surprises: they import its
+    main module, which re-runs a Python script that lacks an ``if __name__ == "__main__":`` guard.
+    True for the ``sbn-bench`` command (and ``python -m sbn_bench…``) and for interactive
+    sessions (no main file); False for any other script, which can ask for ``processes`` itself."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None:
+        return True
+    spec = getattr(main, "__spec__", None)
+    return (getattr(spec, "name", None) or "").startswith("sbn_bench") \
+        or Path(path).name in ("sbn-bench", "sbn-bench.exe", "sbn-bench-script.py")
+
+
 def resolve_auto(work: int | None = None, cells: int | None = None) -> str:
     """The executor ``auto`` stands for: ``processes:N`` with N the CPUs this process may use
-    (at most ``cells``, the statistics cells to run) when N ≥ 2 and ``work`` (samples × data
+    (at most ``cells``, the statistics cells to run) when N ≥ 2, ``work`` (samples × data
     points × parameters over those cells; None: unknown, taken as large) reaches
-    :data:`AUTO_MIN_WORK`; else
-    ``serial``. Results do not depend on it (every executor gives the same numbers)."""
+    :data:`AUTO_MIN_WORK` and the program is the ``sbn-bench`` command or an interactive session
+    (:func:`main_allows_processes`); else ``serial``. Results do not depend on it (every executor
+    gives the same numbers)."""
     n = default_workers() if cells is None else min(default_workers(), cells)
-    if n < 2 or (work is not None and work < AUTO_MIN_WORK):
+    if n < 2 or (work is not None and work < AUTO_MIN_WORK) or not main_allows_processes():
         return "serial"
     return f"processes:{n}"
 
