@@ -332,6 +332,15 @@ def output(params: Params, x_last: Tensor) -> Tensor:
     return linear(params["weight_out"], params["bias_out"], x_last)
 
 
+STREAM_VERSION = 2
+"""Version of the random stream: what :func:`uniform` (the one sampling kernel) draws from a given
+generator state. Bumped whenever the same seed gives other numbers, and part of the keys of the
+caches that hold results computed from it (the paper's trained checkpoints, Monte-Carlo
+references), so that a cache never serves numbers the code would no longer produce.
+1: ``torch.rand`` (until 1 December 2026); 2: uniforms from 64-bit integers in the units-major
+layout."""
+
+
 def uniform(shape: Sequence[int], dtype: torch.dtype, device: torch.device | str,
             generator: torch.Generator | None) -> Tensor:
     """``U ~ U(0, 1)`` in ``[0, 1)`` of the given shape, drawn from ``generator`` (no gradient).

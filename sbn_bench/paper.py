@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from sbn_bench import problems
+from sbn_bench import model, problems
 from sbn_bench.config import Checkpoint, ProblemSpec, RunConfig, paper_m_grid
 from sbn_bench.errors import ArgumentError
 from sbn_bench.fileio import atomic_write_text, dir_mode
@@ -549,7 +549,8 @@ def _training_key(seed: int, training: dict[str, Any]) -> str:
     blob = json.dumps({"problem": problems.paper_problem(seed).fingerprint(), "seed": seed,
                        "training": {k: list(v) if isinstance(v, tuple) else v
                                     for k, v in training.items()},
-                       "sbn_bench": __version__}, sort_keys=True)
+                       "sbn_bench": __version__, "stream": model.STREAM_VERSION},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -575,9 +576,10 @@ def ensure_checkpoints(seed: int = 0, *, training: dict[str, Any] | None = None,
                        progress: Callable[[str], None] | None = None) -> TrainedCheckpoints:
     """Train the paper's network with REINFORCE (SPEC §6) to its checkpoints, or reuse the cache.
 
-    The cache folder is keyed by the problem's fingerprint, the training settings, the seed and
-    the sbn-bench version; training writes into a temporary folder renamed into place at the end,
-    so an interrupted training leaves no half-written cache.
+    The cache folder is keyed by the problem's fingerprint, the training settings, the seed, the
+    sbn-bench version and the random stream's version (:data:`sbn_bench.model.STREAM_VERSION`:
+    checkpoints trained from another stream are not reused); training writes into a temporary
+    folder renamed into place at the end, so an interrupted training leaves no half-written cache.
     """
     training = dict(TRAINING if training is None else training)
     epochs = tuple(training["checkpoints"])

@@ -269,6 +269,12 @@ def test_the_cache_reuses_a_reference_and_not_a_changed_one(tmp_path: Path, monk
     assert not c.from_cache and not torch.equal(c.gradient, a.gradient)
     assert not mc_reference(p, estimator=a.estimator, samples=a.samples, seed=1,
                             cache_dir=tmp_path).from_cache
+    with monkeypatch.context() as m:  # another random stream: the same seed gives other samples
+        from sbn_bench import model
+
+        m.setattr(model, "STREAM_VERSION", model.STREAM_VERSION + 1)
+        assert not mc_reference(p, estimator=a.estimator, samples=a.samples, seed=0,
+                                cache_dir=tmp_path).from_cache
     # a damaged file is recomputed, not trusted
     for f in (tmp_path / "mcref").glob("reference-*.pt"):
         f.write_bytes(b"not a tensor file")

@@ -60,6 +60,18 @@ def test_second_run_reuses_cached_checkpoints(reduced_run, tmp_path: Path) -> No
     assert paper._training_key(0, other) != paper._training_key(0, REDUCED)
 
 
+def test_checkpoints_of_another_random_stream_are_not_reused(reduced_run, monkeypatch) -> None:
+    """A cache entry holds what the code trained then: once the sampling kernel draws other
+    numbers from the same seed (model.STREAM_VERSION), the same settings are trained afresh."""
+    from sbn_bench import model
+
+    _, cache, _ = reduced_run
+    key = paper._training_key(0, REDUCED)
+    monkeypatch.setattr(model, "STREAM_VERSION", model.STREAM_VERSION + 1)
+    assert paper._training_key(0, REDUCED) != key
+    assert not (cache / f"paper-seed0-{paper._training_key(0, REDUCED)}").exists()
+
+
 def test_claims_are_decided_from_the_results(reduced_run) -> None:
     out, _, _ = reduced_run
     metrics = pd.read_csv(out / "metrics.csv")

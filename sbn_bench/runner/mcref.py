@@ -57,6 +57,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sbn_bench import model
 from sbn_bench.config import DEFAULT_REFERENCE_REL_ERROR, DEFAULT_REFERENCE_TIME_BUDGET, DTYPES
 from sbn_bench.estimators import Estimator, Registry, estimate, load_registry
 from sbn_bench.fileio import atomic_write_bytes, atomic_write_text
@@ -578,9 +579,9 @@ def _plan_key(problem: Problem, estimator: str | None, samples: int | None, rel_
 
 def _ref_key(problem: Problem, est: Estimator, samples: int, seed: int, chunk: int, device: str,
              dtype: str) -> str:
-    return _digest(["reference", CACHE_VERSION, problem.fingerprint(), est.spec, est.version,
-                    samples, seed, chunk, BATCHES, torch.device(device).type, dtype,
-                    torch.__version__])
+    return _digest(["reference", CACHE_VERSION, model.STREAM_VERSION, problem.fingerprint(),
+                    est.spec, est.version, samples, seed, chunk, BATCHES,
+                    torch.device(device).type, dtype, torch.__version__])
 
 
 def _folder(cache_dir: str | Path) -> Path:
