@@ -137,6 +137,19 @@ def test_processes_executor_same_numbers(study: ts.StudyResult, tmp_path: Path
     pd.testing.assert_frame_equal(pa[pa["estimator"] == "st"].reset_index(drop=True), pb)
 
 
+def test_dask_executor_same_numbers(study: ts.StudyResult, tmp_path: Path) -> None:
+    """Training cells (generic job cells) on a local Dask cluster: the same tables as serially."""
+    pytest.importorskip("distributed")
+    out = tmp_path / "dask"
+    ts.run_study("digits-conv", out=out, estimators=["st"], seeds=SEEDS, settings=tiny(),
+                 executor="dask:2")
+    _, a, pa = ts.load_study(study.out)
+    _, b, pb = ts.load_study(out)
+    pd.testing.assert_frame_equal(rows(a[a["estimator"] == "st"]).reset_index(drop=True),
+                                  rows(b).reset_index(drop=True))
+    pd.testing.assert_frame_equal(pa[pa["estimator"] == "st"].reset_index(drop=True), pb)
+
+
 def test_failed_cell_recorded(tmp_path: Path) -> None:
     # a diverging learning rate is a recorded failure, not a crash; the other cells finish
     out = tmp_path / "diverge"

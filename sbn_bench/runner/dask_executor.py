@@ -228,13 +228,18 @@ class DaskExecutor:
         shared: dict[Any, Any] = {}
         self.workers = self._threads()
 
-        def shared_once(key: Any, obj: Any) -> Any:
-            # a task that returns the object, rather than client.scatter: the scheduler computes it
-            # again if the worker holding it dies, whereas scattered data would be lost with it
+        def shared_once(kind: str, obj: Any) -> Any:
+            # one upload per object (the tasks of a problem checkpoint share theirs): keyed by the
+            # object itself, never by the cell's labels, which need not tell objects apart (a
+            # training study's cells of one preset each carry their seed's problem); the object is
+            # kept with its future, so that its id stays its own. A task that returns the object,
+            # rather than client.scatter: the scheduler computes it again if the worker holding it
+            # dies, whereas scattered data would be lost with it
+            key = (kind, id(obj))
             if key not in shared:
-                shared[key] = client.submit(held, obj, pure=False,
-                                            key=f"sbn-bench-{key[0]}-{uuid.uuid4().hex[:8]}")
-            return shared[key]
+                shared[key] = (obj, client.submit(held, obj, pure=False,
+                                                  key=f"sbn-bench-{kind}-{uuid.uuid4().hex[:8]}"))
+            return shared[key][1]
 
         def submit_more() -> None:
             while len(in_flight) < WINDOW_PER_THREAD * self.workers:
@@ -242,11 +247,10 @@ class DaskExecutor:
                     cell, ctx = next(source)
                 except StopIteration:
                     return
-                where = (cell.problem, cell.checkpoint)
-                problem = shared_once(("problem", where), ctx.problem)
-                reference = None if ctx.reference is None else shared_once(("reference", where),
+                problem = shared_once("problem", ctx.problem)
+                reference = None if ctx.reference is None else shared_once("reference",
                                                                          ctx.reference)
-                config = shared_once(("config", id(ctx.config)), ctx.config)
+                config = shared_once("config", ctx.config)
                 submit(cell, (cell, problem, reference, config, recipe_of(ctx), self.debug), 0)
 
         def submit(cell: Cell, args: tuple[Any, ...], losses: int) -> None:
