@@ -285,3 +285,37 @@ def test_list_refuses_a_plugin_file_that_cannot_be_loaded(tmp_path: Path) -> Non
     res = CliRunner().invoke(main, ["list", "--plugin", str(tmp_path / "noest.py")])
     assert res.exit_code == 1 and res.output.startswith("Error: plugin file") and \
         "does not exist" in res.output and "noest" not in res.output.split("does not exist")[1]
+
+
+@pytest.mark.parametrize("held", ["return 0", "return None", "raise ValueError('no')"])
+def test_a_plugin_whose_evals_held_misbehaves_is_recorded_not_fatal(tmp_path: Path, held: str
+                                                                   ) -> None:
+    """``evals_held`` (loss evaluations held in memory at once) is checked like
+    ``evals_per_sample`` when the plugin loads, and the conformance kit refuses one above it."""
+    p = _plugin(tmp_path, f"""
+        from sbn_bench.estimators import Estimator
+
+        def held(w):
+            {held}
+
+        def bad():
+            return Estimator("bad", lambda p, q, g: None, randomness="none", evals_held=held,
+                             description="bad held")
+
+        ESTIMATORS = {{"bad": bad}}
+    """)
+    reg = load_registry([p])
+    assert "bad" not in reg.names()
+    (err,) = [e for e in reg.errors if e.name == "bad"]
+    assert "evals_held" in err.message
+
+
+def test_the_kit_refuses_more_evaluations_held_than_made() -> None:
+    import dataclasses
+
+    from sbn_bench.estimators import testing as kit
+
+    base = load_registry().create("psa")
+    bad = dataclasses.replace(base, evals_held=lambda w: 10**6)
+    with pytest.raises(AssertionError, match="evals_held"):
+        kit.check_estimator(lambda: bad)

@@ -207,6 +207,7 @@ def check_factory(name: str, factory: Any) -> Estimator:
                             f"{est.randomness!r}, expected 'path'", argument=name)
     for widths in CHECK_WIDTHS:
         est.evals(widths)
+        est.evals_in_memory(widths)
         est.memory_per_sample(widths, 10, 8)
     return est
 

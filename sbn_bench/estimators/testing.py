@@ -276,6 +276,10 @@ def check_contract(est: Estimator) -> None:
         b = est.memory_per_sample(widths, 10, 8)
         if isinstance(b, bool) or not isinstance(b, int) or b < 1:
             raise _fail(est, name, f"memory_per_sample{widths} = {b!r}, expected an int ≥ 1")
+        held = n if est.evals_held is None else est.evals_held(widths)
+        if isinstance(held, bool) or not isinstance(held, int) or not 1 <= held <= n:
+            raise _fail(est, name, f"evals_held{widths} = {held!r}, expected an int in 1..{n} "
+                                   "(evals_per_sample)")
 
 
 def _check_output(est: Estimator, check: str, problem: Problem, out: dict[str, Tensor], S: int,
