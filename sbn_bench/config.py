@@ -546,9 +546,9 @@ class RunConfig:
         object.__setattr__(self, "target_rrmse", float(self.target_rrmse))
         _check_int("stderr_batches", self.stderr_batches, 2)
         _check_int("cosine_groups", self.cosine_groups, 1)
-        if not isinstance(self.executor, str) or not self.executor:
-            raise ConfigError(f"executor={self.executor!r} must be a string such as 'serial'",
-                              argument="executor")
+        if not isinstance(self.executor, str) or not self.executor.strip():
+            raise ConfigError(f"executor={self.executor!r} must be a non-empty string such as "
+                              "'auto' or 'processes:4'", argument="executor")
         _check_int("threads", self.threads, 1, MAX_THREADS)
         if self.cell_timeout is not None:
             if isinstance(self.cell_timeout, bool) or not isinstance(self.cell_timeout, (int, float)) \

@@ -275,6 +275,10 @@ def test_the_cache_reuses_a_reference_and_not_a_changed_one(tmp_path: Path, monk
         m.setattr(model, "STREAM_VERSION", model.STREAM_VERSION + 1)
         assert not mc_reference(p, estimator=a.estimator, samples=a.samples, seed=0,
                                 cache_dir=tmp_path).from_cache
+        planned = []  # nor is the plan (the pilot's choice of R and N) reused
+        m.setattr(mcref, "_write_plan", lambda *args, **kw: planned.append(args))
+        mc_reference(p, rel_error=0.1, seed=0, cache_dir=tmp_path)
+        assert planned
     # a damaged file is recomputed, not trusted
     for f in (tmp_path / "mcref").glob("reference-*.pt"):
         f.write_bytes(b"not a tensor file")

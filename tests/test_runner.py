@@ -592,10 +592,10 @@ def test_auto_executor_uses_worker_processes_only_for_runs_worth_it(tmp_path, mo
 
     monkeypatch.setattr(executors, "main_allows_processes", lambda: True)  # as under sbn-bench
     monkeypatch.setattr(executors, "default_workers", lambda: 4)
-    assert executors.resolve_auto(10**9, 33) == "processes:4"
-    assert executors.resolve_auto(10**9, 3) == "processes:3"
+    assert executors.resolve_auto(10**10, 33) == "processes:4"
+    assert executors.resolve_auto(10**10, 3) == "processes:3"
     assert executors.resolve_auto(None, None) == "processes:4"
-    assert executors.resolve_auto(10**9, 1) == "serial"
+    assert executors.resolve_auto(10**10, 1) == "serial"
     assert executors.resolve_auto(executors.AUTO_MIN_WORK - 1, 33) == "serial"
     monkeypatch.setattr(executors, "default_workers", lambda: 1)
     assert executors.resolve_auto(10**9, 33) == "serial"
@@ -604,11 +604,21 @@ def test_auto_executor_uses_worker_processes_only_for_runs_worth_it(tmp_path, mo
     big = RunConfig(problems=(ProblemSpec(preset="paper"),), samples=2000)
     assert small.executor == big.executor == "auto"
     assert runner.executor_spec(small, runner.prepare(small)) == "serial"  # 2·64·3·12
-    assert runner.executor_spec(big, runner.prepare(big)) == "processes:2"  # 6·2000·200·81
+    assert runner.executor_spec(big, runner.prepare(big)) == "processes:2"  # 3 exact cells
     assert runner.executor_spec(tiny_config(tmp_path, executor="processes:3"),
                                 runner.prepare(small)) == "processes:3"
     gpu = RunConfig(problems=(ProblemSpec(preset="paper"),), samples=2000, device="cuda")
     assert runner.executor_spec(gpu, runner.prepare(big)) == "serial"  # one GPU, one process
+    # exact-mode cells count every path: few samples, still worth two workers
+    exact = RunConfig(problems=(ProblemSpec(preset="paper"),), samples=100,
+                      estimators=("psa", "reinforce", "st"))
+    assert runner.executor_spec(exact, runner.prepare(exact)) == "processes:2"
+    # the same estimators sampled (Monte-Carlo mode): about a second of work, serial
+    mc = RunConfig(problems=(ProblemSpec(preset="paper"),), samples=2000, mode="mc",
+                   estimators=("st", "tanh", "reinforce", "concrete"))
+    assert runner.executor_spec(mc, runner.prepare(mc)) == "serial"
+    with pytest.raises(ConfigError, match="non-empty string"):
+        RunConfig(problems=(ProblemSpec(preset="quick"),), executor=" ")
 
 
 @pytest.mark.parametrize("file, spec, allowed", [
@@ -633,4 +643,4 @@ def test_auto_starts_processes_only_from_programs_that_are_safe_to_reimport(
     monkeypatch.setitem(sys.modules, "__main__", main)
     monkeypatch.setattr(executors, "default_workers", lambda: 2)
     assert executors.main_allows_processes() is allowed
-    assert executors.resolve_auto(10**9, 10) == ("processes:2" if allowed else "serial")
+    assert executors.resolve_auto(10**10, 10) == ("processes:2" if allowed else "serial")

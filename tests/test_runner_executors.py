@@ -174,6 +174,24 @@ def test_processes_give_byte_identical_metrics_to_serial(tmp_path, serial_run):
     assert man["device"]["torch_threads"] == 1 and man["config"]["executor"] == "processes:2"
 
 
+def test_processes_start_no_more_workers_than_cells(tmp_path):
+    """``processes:N`` with N above the cells starts one worker per cell, not N."""
+    started = []
+
+    class Counting(ProcessExecutor):
+        def _start(self):
+            w = super()._start()
+            started.append(w)
+            return w
+
+    cfg = config(tmp_path / "few", problems=(ProblemSpec(arch="2-2-2-1", data_points=3),),
+                 estimators=("st", "tanh"), seeds=(0,))
+    res = runner.run(cfg, executor=Counting(16))
+    assert res.cells_run == 2 and res.failures.empty
+    assert len(started) == 2, len(started)
+    assert res.manifest["executor"] == {"name": "processes", "workers": 16}
+
+
 def test_processes_record_a_cell_past_its_timeout_and_go_on(tmp_path, plugin):
     """``hang`` is stopped inside its worker (SIGALRM); ``hang-hard`` blocks it and is killed with its
     worker, which is replaced: the ``st`` cells after it still run."""
@@ -417,10 +435,12 @@ def test_a_worker_with_other_versions_records_the_cell_as_failed(tmp_path):
 
 @pytest.mark.parametrize("spec, words", [
     ("threads", "is unknown; expected one of auto, serial, processes[:N], dask[:ADDRESS|:N]"),
-    ("processes:0", "N='0' must be a number of workers ≥ 1"),
-    ("processes:two", "N='two' must be a number of workers ≥ 1"),
+    ("processes:0", "N='0' must be a number of workers in 1..1024"),
+    ("processes:two", "N='two' must be a number of workers in 1..1024"),
+    ("processes:5000", "N='5000' must be a number of workers in 1..1024"),
     ("serial:2", "serial takes no argument"),
-    ("dask:tcp://host:99999", "has port 99999, expected 1..65535"),
+    ("auto:2", "auto takes no argument"),
+    ("dask:tcp://host:99999", "has port 99999, outside 1..65535"),
     ("dask:tcp://", "is not a scheduler address"),
 ])
 def test_bad_executor_specs_are_refused_before_any_work(tmp_path, spec, words):

@@ -55,6 +55,7 @@ from sbn_bench.errors import SbnBenchError
 from sbn_bench.metrics import sort_layers, timed_rows
 from sbn_bench.problems import Problem
 from sbn_bench.provenance import file_sha256
+from sbn_bench.reference import num_paths
 from sbn_bench.runner.cells import (
     Cell,
     CellContext,
@@ -240,11 +241,17 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None,
         store.close()
 
 
+EXACT_PATH_COST = 8
+"""An exact-mode path estimate's cost in sampled estimates (float64, one data point per call:
+measured about 8 times a float32 sample's time per data point and parameter on the paper net)."""
+
+
 def executor_spec(config: RunConfig, plan: Plan) -> str:
     """``config.executor``, with ``auto`` resolved for this run
     (:func:`~sbn_bench.runner.executors.resolve_auto`: worker processes when there are several
-    CPUs and enough work in the statistics cells; ``serial`` on a GPU, which processes would only
-    contend for)."""
+    CPUs and enough work in the statistics cells, counted as estimates × data points ×
+    parameters, every path of an exact-mode cell :data:`EXACT_PATH_COST` estimates; ``serial`` on
+    a GPU, which processes would only contend for)."""
     if parse_executor(config.executor)[0].name != "auto":
         return config.executor
     if config.device != "cpu":
@@ -253,7 +260,17 @@ def executor_spec(config: RunConfig, plan: Plan) -> str:
     work = 0
     for c in stats:
         p = plan.problem(c.problem, c.checkpoint)
-        work += config.samples * p.num_data * sum(t.numel() for t in p.params.values())
+        est = plan.estimator(c.estimator)
+        try:
+            mode = choose_mode(est, p, config.mode, config.max_paths,
+                               memory_budget=config.memory_budget)
+        except Exception:  # noqa: BLE001 - such a cell fails when it runs; count it as sampling
+            mode = "mc"
+        if mode == "exact":  # every path, in float64, one data point per call
+            estimates = 1 if est.randomness == "none" else EXACT_PATH_COST * num_paths(p.widths)
+        else:
+            estimates = config.samples
+        work += estimates * p.num_data * sum(t.numel() for t in p.params.values())
     return resolve_auto(work, len(stats))
 
 
@@ -336,6 +353,7 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
             _assemble(store, ids, plan)
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "incomplete"
             store.write_manifest({**store.manifest, "status": status,
+                                  "executor": {"name": executor.name, "workers": executor.workers},
                                   "cells": {"total": total, "run": n_run, "skipped": n_skip,
                                             "failed": n_fail}})
         except (OSError, SbnBenchError):
@@ -355,6 +373,7 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
     done_all = all(store.check_part(c.id, c.kind, part_key(c)) is None
                    or store.check_part(c.id, "failure", part_key(c)) is None for c in plan.cells)
     manifest = {**store.manifest, "status": "complete" if done_all else "incomplete",
+                "executor": {"name": executor.name, "workers": executor.workers},
                 "references": [_reached(r, reached) for r in store.manifest.get("references", [])],
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "cells": {"total": total, "run": n_run, "skipped": n_skip, "failed": n_fail}}

@@ -44,18 +44,20 @@ from sbn_bench.runner.worker import default_workers
 __all__ = ["AUTO_MIN_WORK", "EXECUTORS", "Executor", "ExecutorKind", "SerialExecutor", "Task",
            "check_executor", "make_executor", "parse_executor", "resolve_auto"]
 
-AUTO_MIN_WORK = 10**8
-"""Least work (samples × data points × network parameters, summed over a run's statistics cells)
-for which ``auto`` starts worker processes: about a second of cells on the paper net (81
-parameters), more than the workers take to start (a smaller run, e.g. the test suite's, finishes
-serially before they would have)."""
+AUTO_MIN_WORK = 2 * 10**9
+"""Least work (estimates × data points × network parameters, summed over a run's statistics cells:
+``samples`` estimates per Monte-Carlo cell, every path per exact-mode cell) for which ``auto``
+starts worker processes: a few seconds of cells on the paper net (81 parameters), measured as the
+break-even with the 2-3 s the workers take to start on a 2-core machine (a smaller run, e.g. the
+test suite's, finishes serially before they would have)."""
 
 
 def main_allows_processes() -> bool:
     """Whether worker processes may start from this program without surprises: they import its
     main module, which re-runs a Python script that lacks an ``if __name__ == "__main__":`` guard.
-    True for the ``sbn-bench`` command (and ``python -m sbn_bench…``) and for interactive
-    sessions (no main file); False for any other script, which can ask for ``processes`` itself."""
+    True for the ``sbn-bench`` command (its entry-point script, or a module of the package run as
+    the main one) and for interactive sessions (no main file); False for any other script, which
+    can ask for ``processes`` itself."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     if path is None:
@@ -67,7 +69,7 @@ def main_allows_processes() -> bool:
 
 def resolve_auto(work: int | None = None, cells: int | None = None) -> str:
     """The executor ``auto`` stands for: ``processes:N`` with N the CPUs this process may use
-    (at most ``cells``, the statistics cells to run) when N ≥ 2, ``work`` (samples × data
+    (at most ``cells``, the statistics cells to run) when N ≥ 2, ``work`` (estimates × data
     points × parameters over those cells; None: unknown, taken as large) reaches
     :data:`AUTO_MIN_WORK` and the program is the ``sbn-bench`` command or an interactive session
     (:func:`main_allows_processes`); else ``serial``. Results do not depend on it (every executor
@@ -133,11 +135,15 @@ def _no_argument(arg: str | None) -> dict[str, object]:
     return {}
 
 
+MAX_WORKERS = 1024
+"""Most worker processes ``processes:N`` or ``dask:N`` may start on one machine."""
+
+
 def _workers(arg: str | None) -> dict[str, object]:
     if arg is None:
         return {"workers": default_workers()}
-    if not re.fullmatch(r"[0-9]+", arg.strip()) or int(arg) < 1:
-        raise ValueError(f"N={arg!r} must be a number of workers ≥ 1")
+    if not re.fullmatch(r"[0-9]+", arg.strip()) or not 1 <= int(arg) <= MAX_WORKERS:
+        raise ValueError(f"N={arg!r} must be a number of workers in 1..{MAX_WORKERS}")
     return {"workers": int(arg)}
 
 
@@ -154,7 +160,7 @@ def _dask(arg: str | None) -> dict[str, object]:
     if m is None or (m.group(3) is None and m.group(1) is None):
         raise ValueError(f"ADDRESS={arg!r} is not a scheduler address such as tcp://host:8786")
     if m.group(3) is not None and not 0 < int(m.group(3)) < 65536:
-        raise ValueError(f"ADDRESS={arg!r} has port {m.group(3)}, expected 1..65535")
+        raise ValueError(f"ADDRESS={arg!r} has port {m.group(3)}, outside 1..65535")
     return {"address": arg if m.group(1) else f"tcp://{arg}"}
 
 

@@ -572,9 +572,13 @@ def _plan_key(problem: Problem, estimator: str | None, samples: int | None, rel_
     if estimator is None:
         cands = [f"{e.spec}@{e.version}" for e in candidate_estimators(problem, registry)]
     else:
-        cands = [estimator]
-    return _digest(["plan", CACHE_VERSION, problem.fingerprint(), cands, samples, rel_error, seed,
-                    torch.device(device).type, dtype, target])
+        reg = registry or load_registry()
+        try:
+            cands = [f"{estimator}@{reg.create(estimator).version}"]
+        except Exception:  # noqa: BLE001 - an unknown name is refused where the plan is made
+            cands = [estimator]
+    return _digest(["plan", CACHE_VERSION, model.STREAM_VERSION, problem.fingerprint(), cands,
+                    samples, rel_error, seed, torch.device(device).type, dtype, target])
 
 
 def _ref_key(problem: Problem, est: Estimator, samples: int, seed: int, chunk: int, device: str,

@@ -164,9 +164,8 @@ class ProcessExecutor:
         try:
             while True:
                 idle = [w for w in self._pool if w.job is None]
-                while len(self._pool) < self.workers:
-                    idle.append(self._start())
-                for w in idle:
+                # a worker is started only for a task that is there (never more than the cells)
+                while idle or len(self._pool) < self.workers:
                     if retry:
                         job = retry.popleft()
                     elif not exhausted:
@@ -178,6 +177,7 @@ class ProcessExecutor:
                         job = _Job(cell, context)
                     else:
                         break
+                    w = idle.pop(0) if idle else self._start()
                     try:
                         self._send(w, job)
                     except (BrokenPipeError, OSError):  # died while idle: replace, send again
