@@ -560,7 +560,6 @@ class _Recording:
 
     def __init__(self) -> None:
         self.calls: list[list[cells.Cell]] = []
-        self.inner = runner.SerialExecutor()
 
     def map(self, tasks):
         call: list[cells.Cell] = []

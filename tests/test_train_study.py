@@ -125,24 +125,16 @@ def test_resume_after_kill(study: ts.StudyResult, tmp_path: Path) -> None:
     assert [r["ran"] for r in m["runs"]] == [4, 0] and m["cell_seconds"] > 0
 
 
-def test_processes_executor_same_numbers(study: ts.StudyResult, tmp_path: Path
+@pytest.mark.parametrize("executor", ["processes:2", "dask:2"])
+def test_parallel_executors_same_numbers(study: ts.StudyResult, tmp_path: Path, executor: str
                                          ) -> None:
-    out = tmp_path / "procs"
+    """Training cells (generic job cells) in worker processes and on a local Dask cluster: the
+    same tables as serially (on Dask every seed once trained from the first seed's problem)."""
+    if executor.startswith("dask"):
+        pytest.importorskip("distributed")
+    out = tmp_path / "parallel"
     ts.run_study("digits-conv", out=out, estimators=["st"], seeds=SEEDS, settings=tiny(),
-                 executor="processes:2")
-    _, a, pa = ts.load_study(study.out)
-    _, b, pb = ts.load_study(out)
-    pd.testing.assert_frame_equal(rows(a[a["estimator"] == "st"]).reset_index(drop=True),
-                                  rows(b).reset_index(drop=True))
-    pd.testing.assert_frame_equal(pa[pa["estimator"] == "st"].reset_index(drop=True), pb)
-
-
-def test_dask_executor_same_numbers(study: ts.StudyResult, tmp_path: Path) -> None:
-    """Training cells (generic job cells) on a local Dask cluster: the same tables as serially."""
-    pytest.importorskip("distributed")
-    out = tmp_path / "dask"
-    ts.run_study("digits-conv", out=out, estimators=["st"], seeds=SEEDS, settings=tiny(),
-                 executor="dask:2")
+                 executor=executor)
     _, a, pa = ts.load_study(study.out)
     _, b, pb = ts.load_study(out)
     pd.testing.assert_frame_equal(rows(a[a["estimator"] == "st"]).reset_index(drop=True),

@@ -329,6 +329,7 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
             if cell.kind == "throughput":
                 yield from executor.map(tasks([cell]))
 
+    ran_on = {"name": executor.name, "workers": executor.workers}  # the manifest's record
     last_assemble = time.monotonic()
     try:
         for result in results():
@@ -353,7 +354,7 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
             _assemble(store, ids, plan)
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "incomplete"
             store.write_manifest({**store.manifest, "status": status,
-                                  "executor": {"name": executor.name, "workers": executor.workers},
+                                  "executor": ran_on,
                                   "cells": {"total": total, "run": n_run, "skipped": n_skip,
                                             "failed": n_fail}})
         except (OSError, SbnBenchError):
@@ -373,7 +374,7 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
     done_all = all(store.check_part(c.id, c.kind, part_key(c)) is None
                    or store.check_part(c.id, "failure", part_key(c)) is None for c in plan.cells)
     manifest = {**store.manifest, "status": "complete" if done_all else "incomplete",
-                "executor": {"name": executor.name, "workers": executor.workers},
+                "executor": ran_on,
                 "references": [_reached(r, reached) for r in store.manifest.get("references", [])],
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "cells": {"total": total, "run": n_run, "skipped": n_skip, "failed": n_fail}}

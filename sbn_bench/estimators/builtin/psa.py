@@ -91,10 +91,10 @@ def _flipped_losses(problem: Problem, params: Params, x: Tensor, neg_s: Tensor) 
     """``ℓ`` with unit ``i`` of the last stochastic layer flipped, for every ``i``: ``x, neg_s
     [S, D, n]`` (``neg_s = 1 − 2x``) → ``[S, D, n]``, in blocks of :data:`FLIP_BLOCK` flips."""
     n = x.shape[-1]
+    eye = torch.eye(n, dtype=x.dtype, device=x.device).view(n, *([1] * (x.dim() - 1)), n)
 
     def block(lo: int, hi: int) -> Tensor:  # [hi − lo, S, D]
-        eye = torch.eye(n, dtype=x.dtype, device=x.device)[lo:hi]
-        x_flip = x + neg_s * eye.view(hi - lo, *([1] * (x.dim() - 1)), n)  # unit lo + c flipped in copy c
+        x_flip = x + neg_s * eye[lo:hi]  # unit lo + c flipped in copy c
         return losses(problem, params, x_flip)
 
     if n <= FLIP_BLOCK:

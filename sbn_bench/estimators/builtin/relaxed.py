@@ -89,7 +89,7 @@ def relaxed_surrogate(problem: Problem, params: Params, generator: torch.Generat
     for k in range(1, stochastic_layers(problem) + 1):
         a = preactivation(problem, params, k, h)
         u = uniform(a.shape, a, generator)
-        z = u.logit_() if noise.icdf is torch.logit else noise.icdf(u)  # in place: same values
+        z = u.logit_() if problem.noise == "logistic" else noise.icdf(u)  # in place: same values
         if straight_through:
             h = StraightThroughConcrete.apply(a, z, tau)  # [a − Z ≥ 0], σ((a − Z)/τ) backward
         else:
