@@ -15,6 +15,10 @@ Usage (a checkout of https://github.com/shekhovt/PSA-Neurips2020 at ``PATH``)::
     python benchmarks/vs_authors.py --authors PATH [--checkpoint chk-100] [--dtype float32]
         [--threads 1] [--their-threads 2] [--rounds 7] [--min-round 0.2] [--out table.md]
 
+Both run under the C allocator policy sbn-bench measures under (:mod:`sbn_bench.malloc`: freed
+memory kept for reuse; ``SBN_BENCH_MALLOC=system`` for the system's); it is one process, so their
+code gets it too.
+
 Their code needs scipy (``pip install scipy``, which the ``[data]`` extra brings) and imports a
 CUDA extension only for convolutions; a stand-in module that raises if called is installed for it.
 Their estimators are called exactly as their training loop calls them:
@@ -37,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from sbn_bench import malloc
 from sbn_bench.estimators import estimate, load_registry
 from sbn_bench.problems import Problem
 from sbn_bench.throughput import median_ci
@@ -212,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1 or args.their_threads < 1 or args.rounds < 3 or args.batch < 1:
         ap.error("--threads, --their-threads and --batch must be ≥ 1 and --rounds ≥ 3")
 
+    allocator = malloc.keep_freed_memory()  # as sbn-bench runs; one process: theirs alike
     timers = build_timers(args)
     flat = [t for _, ours_t, theirs_t in timers for t in (ours_t, theirs_t)]
     for t in flat:
@@ -225,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"Paper net 2-5-5-5-1 from the authors' {args.checkpoint}, D = 200, {args.dtype}; "
              f"ours: batch {args.batch}, {args.threads} thread(s); theirs: one sample per "
              f"forward/backward, {args.their_threads} thread(s); {args.rounds} interleaved rounds "
-             f"of ≥ {args.min_round} s; medians with {args.confidence:.0%} intervals.", "",
+             f"of ≥ {args.min_round} s; medians with {args.confidence:.0%} intervals; C allocator: "
+             f"freed memory {'kept' if allocator == 'kept' else 'as the system does'} "
+             f"(`sbn_bench.malloc`).", "",
              "| estimator | ours samples/s | theirs samples/s | ratio | vs the issue's figure | "
              "× floor |", "|---|---|---|---|---|---|"]
     for name, o, t in timers:

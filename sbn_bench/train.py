@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sbn_bench import model, network
+from sbn_bench import malloc, model, network
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import ContractError, Estimator, load_registry
 from sbn_bench.fileio import atomic_write_bytes
@@ -489,6 +489,7 @@ def train(
                                     or num_threads < 1):
         raise TrainArgumentError("num_threads", f"argument num_threads={num_threads!r} must be an "
                                                 "integer ≥ 1 or None")
+    malloc.keep_freed_memory()
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)

@@ -311,7 +311,7 @@ def exact_gradient(problem: Problem, max_bytes: int = DEFAULT_MAX_BYTES
         [k for k, v in out.items() if not torch.isfinite(v).all()]
     if bad:
         raise ReferenceNotFinite(
-            f"the exact reference of problem {problem.name!r} is not finite (J = {float(J):g}; "
+            f"the exact reference of problem {problem.name!r} is not finite (J = {float(J.detach()):g}; "
             f"NaN/Inf in {', '.join(bad)}): its values overflow float64 (scale its weights or "
             "inputs down)", argument=bad[0], expected="finite values")
     return float(J.detach()), out

@@ -50,6 +50,7 @@ from typing import Any
 
 import pandas as pd
 
+from sbn_bench import malloc
 from sbn_bench.config import ConfigError, RunConfig, parse_reference
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.metrics import sort_layers, timed_rows
@@ -224,6 +225,7 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None,
     if config.out is None:
         raise RunError("config.out is not set; give an output folder (out=…, --out DIR)",
                        argument="out", value=None, expected="an output folder")
+    malloc.keep_freed_memory()  # the allocator's policy cells are measured under (recorded)
     plan = prepare(config)
     _warn(plan.warnings, warn)
     plan_mc_references(config, plan)

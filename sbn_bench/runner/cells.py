@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sbn_bench import malloc
 from sbn_bench.config import DTYPES, RunConfig
 from sbn_bench.estimators import (
     Estimator,
@@ -272,6 +273,7 @@ def measure_cell(cell: Cell, context: CellContext, *, debug: bool = False) -> Ce
     Args:
         debug: re-raise an estimator's exception instead of recording it (``SBN_BENCH_DEBUG``).
     """
+    malloc.keep_freed_memory()  # once per process: freed blocks reused without page faults
     start = time.perf_counter()
     with torch_threads(context.config.threads):
         result = _measure(cell, context, debug)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from sbn_bench import schema
+from sbn_bench import malloc, schema
 from sbn_bench.config import RunConfig, parse_reference
 from sbn_bench.estimators import Estimator, Registry, UnsupportedProblem, load_plugins
 from sbn_bench.problems import Problem
@@ -278,7 +278,7 @@ def build_manifest(config: RunConfig, plan: Plan) -> dict[str, Any]:
     directory that relative paths in ``config`` refer to, the plugin files' hashes)."""
     env = environment()
     dev: dict[str, Any] = {"type": config.device, "dtype": config.dtype,
-                           "torch_threads": config.threads}
+                           "torch_threads": config.threads, "malloc": malloc.policy()}
     if config.device == "cuda":
         dev["name"] = torch.cuda.get_device_name(0)
         dev["cuda"] = torch.version.cuda
