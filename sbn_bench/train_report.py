@@ -681,7 +681,7 @@ def write_training_report(out: str | os.PathLike[str]) -> dict[str, Path]:
     return {**paths, "figures": figures}
 
 
-def publish(out: str | os.PathLike[str] = "reports/training-digits", *, executor: str = "serial",
+def publish(out: str | os.PathLike[str] = "reports/training-digits", *, executor: str = "auto",
             seeds: Sequence[int] = (0, 1, 2), presets: Sequence[str] = PUBLISHED,
             resume: bool = True, progress: Any = None) -> dict[str, Path]:
     """The published training benchmark (:data:`REGENERATE`): every study of ``presets`` at its

@@ -68,7 +68,7 @@ from sbn_bench.problems import Problem
 from sbn_bench.provenance import environment
 from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size, exact_gradient
 from sbn_bench.runner.cells import Cell, CellContext, CellResult, stable_seed
-from sbn_bench.runner.executors import check_executor, make_executor
+from sbn_bench.runner.executors import check_executor, make_executor, resolve_auto
 from sbn_bench.train import (
     OPTIMIZERS,
     TrainArgumentError,
@@ -632,7 +632,7 @@ ProgressFn = Callable[[int, int, str], None]
 
 def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
               estimators: Sequence[str] | None = None, seeds: Sequence[int] = (0, 1, 2),
-              settings: StudySettings | None = None, executor: str = "serial",
+              settings: StudySettings | None = None, executor: str = "auto",
               resume: bool = False, progress: ProgressFn | None = None) -> StudyResult:
     """Train every ``(estimator, seed)`` cell of a study and write its tables and report.
 
@@ -642,7 +642,11 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         estimators: estimator specs (default: the preset's).
         seeds: training seeds (initial parameters, data order, binarisation and noise).
         settings: the training settings (default: the preset's; see :func:`preset_settings`).
-        executor: ``serial``, ``processes[:N]`` or ``dask[:ADDRESS]``; one cell per job.
+        executor: ``auto`` (worker processes, one per CPU up to the cells to train, when there
+            are two or more and the program is the ``sbn-bench`` command or an interactive
+            session: :func:`~sbn_bench.runner.executors.resolve_auto`), ``serial``,
+            ``processes[:N]`` or ``dask[:ADDRESS]``; one cell per job. The numbers do not depend
+            on it; the manifest records the one that ran.
         resume: continue a study in ``out``: only the cells without a finished, valid result file
             run (a cell's file is written atomically when it finishes). Without it, a folder that
             holds a study is refused.
@@ -667,7 +671,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     if not seeds or len(set(seeds)) != len(seeds):
         raise TrainArgumentError("seeds", f"argument seeds={list(seeds)!r} must be non-empty "
                                           "and distinct")
-    check_executor(executor)
+    kind = check_executor(executor)
     d = Path(out)
     fp = _fingerprint(s)
     manifest_path = d / STUDY_NAME
@@ -713,6 +717,9 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
             yield (Cell("job", preset, "train", e, sd),
                    CellContext(prob, reg.create(e), None, config, job=job))
 
+    if kind == "auto":  # trainings are long: worker processes pay off from two cells on
+        executor = resolve_auto(cells=len(todo))
+        manifest["executor"] = executor
     ex = make_executor(executor)
     done = resumed
     try:

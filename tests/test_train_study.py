@@ -125,16 +125,28 @@ def test_resume_after_kill(study: ts.StudyResult, tmp_path: Path) -> None:
     assert [r["ran"] for r in m["runs"]] == [4, 0] and m["cell_seconds"] > 0
 
 
-@pytest.mark.parametrize("executor", ["processes:2", "dask:2"])
-def test_parallel_executors_same_numbers(study: ts.StudyResult, tmp_path: Path, executor: str
-                                         ) -> None:
+@pytest.mark.parametrize("executor", ["processes:2", "dask:2", "auto"])
+def test_parallel_executors_same_numbers(study: ts.StudyResult, tmp_path: Path, executor: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Training cells (generic job cells) in worker processes and on a local Dask cluster: the
-    same tables as serially (on Dask every seed once trained from the first seed's problem)."""
+    same tables as serially (on Dask every seed once trained from the first seed's problem).
+    ``auto`` (the default) from the ``sbn-bench`` command on two CPUs: two worker processes for the
+    two cells, recorded in the manifest; serial for a study with nothing left to train."""
     if executor.startswith("dask"):
         pytest.importorskip("distributed")
+    if executor == "auto":
+        from sbn_bench.runner import executors
+
+        monkeypatch.setattr(executors, "main_allows_processes", lambda: True)
+        monkeypatch.setattr(executors, "default_workers", lambda: 2)
     out = tmp_path / "parallel"
     ts.run_study("digits-conv", out=out, estimators=["st"], seeds=SEEDS, settings=tiny(),
                  executor=executor)
+    if executor == "auto":
+        assert json.loads((out / ts.STUDY_NAME).read_text())["executor"] == "processes:2"
+        ts.run_study("digits-conv", out=out, estimators=["st"], seeds=SEEDS, settings=tiny(),
+                     resume=True)
+        assert json.loads((out / ts.STUDY_NAME).read_text())["runs"][-1]["executor"] == "serial"
     _, a, pa = ts.load_study(study.out)
     _, b, pb = ts.load_study(out)
     pd.testing.assert_frame_equal(rows(a[a["estimator"] == "st"]).reset_index(drop=True),

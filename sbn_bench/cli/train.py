@@ -79,8 +79,9 @@ def _bad(e: training.TrainArgumentError, seed_option: str = "--train-seed") -> c
 @click.option("--seeds", "seeds_text", default=None, metavar="0-2",
               help="A training study's seeds (initial parameters, data order, noise), e.g. 0-4 "
                    "or 0,3 [default: 0-2].")
-@click.option("--executor", default="serial", show_default=True,
-              help="Where a study's cells run: serial, processes[:N] or dask[:ADDRESS].")
+@click.option("--executor", default="auto", show_default=True,
+              help="Where a study's cells run: auto (a worker process per CPU for two or more "
+                   "cells), serial, processes[:N] or dask[:ADDRESS|:N].")
 @click.option("--resume", is_flag=True,
               help="Finish the study in --out: only the cells without a finished result run.")
 @click.option("--publish", "publish_dir", default=None,
