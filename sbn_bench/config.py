@@ -927,6 +927,13 @@ def _checkpoints(ck: Any, base: Path) -> tuple[Checkpoint, ...]:
                  for lab, src in ck.items())
 
 
+def config_file_error(path: str | Path, message: str, key: str) -> ConfigFileError:
+    """A :class:`ConfigFileError` for ``key`` of the TOML file ``path`` (the message names the file
+    and the key's line): for checks made after :func:`load_config`, such as the runner's of an
+    ``executor`` (:func:`sbn_bench.runner.executors.check_executor`)."""
+    return _TomlFile.read(Path(path)).fail(message, key)
+
+
 def load_config(path: str | Path, **overrides: Any) -> RunConfig:
     """Read a TOML run configuration (schema in the module docstring).
 

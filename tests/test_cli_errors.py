@@ -200,6 +200,23 @@ def test_malformed_toml_names_file_and_line(tmp_path, text, line, words):
                    [str(cfg), f"line {line}", *words], out)
 
 
+@pytest.mark.parametrize("spec, words", [
+    ("processes:0", "N='0' must be a number of workers in 1..1024"),
+    ("threads", "is unknown; expected one of auto, serial"),
+])
+def test_a_bad_executor_in_a_config_file_names_the_file_and_line(tmp_path, spec, words):
+    """The executor is checked by the runner (its spellings live there), after the file is read:
+    the command still names the file and the line; ``--executor`` replaces the file's."""
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(f"samples = 10\nexecutor = '{spec}'\n[[problem]]\npreset = 'quick'\n")
+    out = tmp_path / "out"
+    assert_refused(invoke(["run", "--config", str(cfg), "--out", str(out)]), 1,
+                   [str(cfg), "line 2", "argument executor=", words], out)
+    ok = invoke(["run", "--config", str(cfg), "--executor", "serial", "--no-throughput", "--out",
+                 str(out), "--quiet", "--no-report"])
+    assert ok.exit_code == 0, ok.output
+
+
 def test_config_that_is_not_utf8_or_not_a_file(tmp_path):
     cfg = tmp_path / "bin.toml"
     cfg.write_bytes(b"samples = 3\n\xff\xfe\n")

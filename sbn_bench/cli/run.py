@@ -39,6 +39,7 @@ from sbn_bench.config import (
     ConfigError,
     RunConfig,
     ThroughputConfig,
+    config_file_error,
     default_m_grid,
     load_config,
     paper_m_grid,
@@ -313,6 +314,11 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         if out is not None:
             overrides["out"] = str(out)
         cfg = load_config(config_file, **overrides)
+        if "executor" not in overrides:  # the file's: refused naming the file and its line
+            try:
+                runner_mod.executors.check_executor(cfg.executor)
+            except runner_mod.RunError as e:
+                raise config_file_error(config_file, str(e), "executor") from None
         if cfg.out is None:
             cfg = cfg.with_(out=str(Path("runs") / config_file.stem))
     elif is_paper:
