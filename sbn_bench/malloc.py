@@ -6,8 +6,9 @@ blocks above its *mmap threshold* (128 KiB at start, raised by itself only as la
 freed) with fresh ``mmap`` pages and returns them to the kernel on ``free``, and it trims the top of
 its heap whenever more than a few hundred KiB is free there. Every such block is then faulted in
 page by page (and zeroed by the kernel) on its first write: on this project's 2-core machine that
-was a third of the time of an ``arm`` call (``Tensor.random_`` into a fresh 8 MB tensor took 6.6 ms
-of which ~3 ms were page faults) and a quarter of a paper run's.
+was about a quarter of the time of an ``arm`` call on the paper net at ``S = 1000`` (about 6,000
+page faults per call; ``Tensor.random_`` into a fresh 8 MB tensor took 6.6 ms, ~3 ms of it page
+faults).
 
 :func:`keep_freed_memory` sets glibc's mmap threshold to its largest allowed value (32 MiB on 64-bit
 systems) and turns heap trimming off (``mallopt(M_MMAP_THRESHOLD)``, ``mallopt(M_TRIM_THRESHOLD)``,
