@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from sbn_bench import malloc
 from sbn_bench.config import ProblemSpec, RunConfig
 from sbn_bench.estimators import UnsupportedProblem, load_registry
 from sbn_bench.problems import PRESET_ESTIMATORS, preset_problem
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=60.0)
     ap.add_argument("--out", default=None, help="also write the table to this file")
     a = ap.parse_args(argv)
+    malloc.keep_freed_memory()  # as sbn-bench measures (sbn_bench.malloc)
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():

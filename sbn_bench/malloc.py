@@ -57,7 +57,7 @@ def policy() -> str:
 
 
 def _apply() -> str:
-    choice = os.environ.get(ENV, "keep").strip().lower()
+    choice = os.environ.get(ENV, "").strip().lower() or "keep"  # set but empty: the default
     if choice not in ("keep", "system"):
         raise ArgumentError(f"environment variable {ENV}={os.environ[ENV]!r} must be 'keep' or "
                             "'system'", argument=ENV, value=os.environ[ENV],

@@ -118,7 +118,10 @@ def _run_wide(manifest: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(out["packages"], dict):
         out["packages"] = {k: out["packages"].get(k) for k in ("sbn_bench", "torch")}
     if isinstance(out["device"], dict):
-        out["device"] = {k: out["device"].get(k) for k in ("type", "name", "torch_threads")}
+        dev = out["device"]
+        out["device"] = {k: dev.get(k) for k in ("type", "name", "torch_threads")}
+        # the C allocator's policy times the throughput cells (runs before it was recorded: system)
+        out["device"]["malloc"] = dev.get("malloc", "system")
     return out
 
 

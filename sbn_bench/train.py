@@ -279,7 +279,8 @@ def _versions() -> dict[str, Any]:
     return {"sbn_bench": env["packages"]["sbn_bench"], "python": env["python"],
             "torch": env["packages"]["torch"], "numpy": env["packages"]["numpy"],
             "platform": env["platform"], "machine": env["machine"],
-            "torch_threads": torch.get_num_threads(), "commit": env["git_commit"]}
+            "torch_threads": torch.get_num_threads(), "malloc": malloc.policy(),
+            "commit": env["git_commit"]}
 
 
 def _finite_or_none(v: float) -> float | None:

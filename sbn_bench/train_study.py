@@ -59,7 +59,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sbn_bench import data, model, network, problems
+from sbn_bench import data, malloc, model, network, problems
 from sbn_bench.config import ProblemSpec, RunConfig
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import Estimator, estimate, load_registry
@@ -658,6 +658,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         before any work.
     """
     t0 = time.perf_counter()
+    malloc.keep_freed_memory()  # before any check or write: a bad $SBN_BENCH_MALLOC is refused here
     s = (settings or preset_settings(preset)).check()
     if s.preset != preset:
         raise TrainArgumentError("settings", f"argument settings has preset {s.preset!r}, the "
@@ -689,14 +690,6 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
             raise StudyError(f"cannot resume the study in {str(d)!r}: its settings differ from "
                              f"these ({old.get('settings')} vs {s.to_json()}); use another "
                              "folder", argument="resume")
-    (d / CELLS_DIR).mkdir(parents=True, exist_ok=True)
-    manifest: dict[str, Any] = {
-        "kind": "sbn-bench training study", "study_version": STUDY_VERSION, "preset": preset,
-        "description": STUDY_PRESETS[preset].description, "settings": s.to_json(),
-        "settings_fingerprint": fp, "estimators": list(ests), "seeds": list(seeds),
-        "executor": executor, "status": "running", "versions": _versions()}
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
-
     cells = [(e, sd) for e in ests for sd in seeds]
     records: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
@@ -707,6 +700,18 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         else:
             todo.append((e, sd))
     resumed = len(records)
+    if kind == "auto":  # trainings are long: worker processes pay off from two cells on
+        executor = resolve_auto(cells=len(todo))
+    (d / CELLS_DIR).mkdir(parents=True, exist_ok=True)
+    manifest: dict[str, Any] = {
+        "kind": "sbn-bench training study", "study_version": STUDY_VERSION, "preset": preset,
+        "description": STUDY_PRESETS[preset].description, "settings": s.to_json(),
+        "settings_fingerprint": fp, "estimators": list(ests), "seeds": list(seeds),
+        # the executor that trained the cells (a resume that trains none keeps the earlier one;
+        # every invocation's is in "runs")
+        "executor": executor if todo or not old.get("executor") else old["executor"],
+        "status": "running", "versions": _versions()}
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     job = functools.partial(train_cell, settings=s)
     config = RunConfig(problems=(ProblemSpec(preset=preset),), threads=s.threads, cell_timeout=None)
     reg = load_registry()
@@ -717,9 +722,6 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
             yield (Cell("job", preset, "train", e, sd),
                    CellContext(prob, reg.create(e), None, config, job=job))
 
-    if kind == "auto":  # trainings are long: worker processes pay off from two cells on
-        executor = resolve_auto(cells=len(todo))
-        manifest["executor"] = executor
     ex = make_executor(executor)
     done = resumed
     try:
@@ -774,7 +776,7 @@ def _versions() -> dict[str, Any]:
     env = environment()
     return {"sbn_bench": env["packages"]["sbn_bench"], "torch": env["packages"]["torch"],
             "python": env["python"], "platform": env["platform"], "commit": env["git_commit"],
-            "cpus": os.cpu_count()}
+            "cpus": os.cpu_count(), "malloc": malloc.policy()}
 
 
 def load_study(out: str | os.PathLike[str]) -> tuple[dict[str, Any], Any, Any]:
