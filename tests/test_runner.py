@@ -586,6 +586,29 @@ def test_throughput_cells_run_last_each_alone(tmp_path):
     assert kinds == [["metrics"] * 4, ["throughput"], ["throughput"]], kinds
 
 
+def test_parallel_executors_get_the_costliest_statistics_cells_first(tmp_path):
+    """With two or more workers the statistics cells are handed out by decreasing work (exact-mode
+    cells, which enumerate every path, before sampled ones; the larger network first), so that the
+    workers finish together; a serial executor keeps the plan's order. The tables keep the plan's
+    order and numbers either way."""
+    cfg = tiny_config(tmp_path / "par", estimators=("st", "reinforce", "psa"), mode="auto",
+                      problems=(ProblemSpec(arch="2-2-1", data_points=3),
+                                ProblemSpec(arch="2-3-3-1", data_points=3)))
+    rec = _Recording()
+    par = runner.run(cfg, executor=rec)
+    plan = runner.prepare(cfg)
+    order = [(c.problem, c.estimator) for c in rec.calls[0]]
+    work = [runner.cell_work(cfg, plan, c) for c in rec.calls[0]]
+    assert work == sorted(work, reverse=True) and len(set(work)) > 1, (order, work)
+    assert order[0][0] == "arch-2-3-3-1-seed0" and order[-1][0] == "arch-2-2-1-seed0"
+    plan_order = [(c.problem, c.estimator) for c in plan.cells if c.kind == "metrics"]
+    assert order != plan_order
+    rec.workers = 1
+    ser = runner.run(cfg.with_(out=str(tmp_path / "ser")), executor=rec)
+    assert [(c.problem, c.estimator) for c in rec.calls[-1]] == plan_order
+    pd.testing.assert_frame_equal(par.metrics, ser.metrics)
+
+
 def test_auto_executor_uses_worker_processes_only_for_runs_worth_it(tmp_path, monkeypatch):
     from sbn_bench.runner import executors
 

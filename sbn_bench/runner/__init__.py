@@ -259,21 +259,24 @@ def executor_spec(config: RunConfig, plan: Plan) -> str:
     if config.device != "cpu":
         return "serial"  # one accelerator: processes would only contend for it
     stats = [c for c in plan.cells if c.kind == "metrics"]
-    work = 0
-    for c in stats:
-        p = plan.problem(c.problem, c.checkpoint)
-        est = plan.estimator(c.estimator)
-        try:
-            mode = choose_mode(est, p, config.mode, config.max_paths,
-                               memory_budget=config.memory_budget)
-        except Exception:  # noqa: BLE001 - such a cell fails when it runs; count it as sampling
-            mode = "mc"
-        if mode == "exact":  # every path, in float64, one data point per call
-            estimates = 1 if est.randomness == "none" else EXACT_PATH_COST * num_paths(p.widths)
-        else:
-            estimates = config.samples
-        work += estimates * p.num_data * sum(t.numel() for t in p.params.values())
-    return resolve_auto(work, len(stats))
+    return resolve_auto(sum(cell_work(config, plan, c) for c in stats), len(stats))
+
+
+def cell_work(config: RunConfig, plan: Plan, cell: Cell) -> int:
+    """A statistics cell's work, roughly proportional to its time: estimates × data points ×
+    parameters, each path of an exact-mode cell :data:`EXACT_PATH_COST` estimates."""
+    p = plan.problem(cell.problem, cell.checkpoint)
+    est = plan.estimator(cell.estimator)
+    try:
+        mode = choose_mode(est, p, config.mode, config.max_paths,
+                           memory_budget=config.memory_budget)
+    except Exception:  # noqa: BLE001 - such a cell fails when it runs; count it as sampling
+        mode = "mc"
+    if mode == "exact":  # every path, in float64, one data point per call
+        estimates = 1 if est.randomness == "none" else EXACT_PATH_COST * num_paths(p.widths)
+    else:
+        estimates = config.samples
+    return estimates * p.num_data * sum(t.numel() for t in p.params.values())
 
 
 def part_key(cell: Cell) -> dict[str, Any]:
@@ -326,7 +329,11 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
                                     config, plugins=plugins)
 
     def results() -> Iterator[CellResult]:
-        yield from executor.map(tasks([c for c in pending if c.kind != "throughput"]))
+        stats = [c for c in pending if c.kind != "throughput"]
+        if executor.workers > 1:  # the costliest first, so that the workers finish together
+            work = {c.id: cell_work(config, plan, c) if c.kind == "metrics" else 0 for c in stats}
+            stats.sort(key=lambda c: -work[c.id])  # stable: plan order among equals
+        yield from executor.map(tasks(stats))
         for cell in pending:  # timed alone: no other cell runs on the machine meanwhile
             if cell.kind == "throughput":
                 yield from executor.map(tasks([cell]))
