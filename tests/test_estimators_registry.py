@@ -223,12 +223,18 @@ def test_a_plugin_named_like_a_builtin_is_refused_when_requested(tmp_path: Path)
     assert reg.origins["psa"].startswith("entry point psa")
 
 
-@pytest.mark.parametrize("evals", ["raise ValueError('no')", "return None", "return 0",
-                                   "return w[7]"])
-def test_a_plugin_whose_evals_per_sample_misbehaves_is_recorded_not_fatal(tmp_path: Path,
-                                                                       evals: str) -> None:
-    """``evals_per_sample`` is checked on several networks when the plugin loads (``w[7]`` fails on
-    the short ones only): the factory is recorded as broken, ``list`` still works."""
+@pytest.mark.parametrize(("flag", "body"), [
+    *[("evals_per_sample", b) for b in ("raise ValueError('no')", "return None", "return 0",
+                                        "return w[7]")],
+    *[("evals_held", b) for b in ("return 0", "return None", "raise ValueError('no')")],
+])
+def test_a_plugin_whose_evaluation_count_misbehaves_is_recorded_not_fatal(tmp_path: Path,
+                                                                          flag: str, body: str
+                                                                          ) -> None:
+    """``evals_per_sample`` and ``evals_held`` (loss evaluations held in memory at once) are
+    checked on several networks when the plugin loads (``w[7]`` fails on the short ones only): the
+    factory is recorded as broken, ``list`` still works (the conformance kit refuses more
+    evaluations held than made: below)."""
     from click.testing import CliRunner
 
     from sbn_bench.cli import main
@@ -236,19 +242,19 @@ def test_a_plugin_whose_evals_per_sample_misbehaves_is_recorded_not_fatal(tmp_pa
     p = _plugin(tmp_path, f"""
         from sbn_bench.estimators import Estimator
 
-        def evals(w):
-            {evals}
+        def count(w):
+            {body}
 
         def bad():
-            return Estimator("bad", lambda p, q, g: None, randomness="none", evals_per_sample=evals,
-                             description="bad evals")
+            return Estimator("bad", lambda p, q, g: None, randomness="none", {flag}=count,
+                             description="bad count")
 
         ESTIMATORS = {{"bad": bad}}
     """)
     reg = load_registry([p])
     assert "bad" not in reg.names()
     (err,) = [e for e in reg.errors if e.name == "bad"]
-    assert "evals_per_sample" in err.message
+    assert flag in err.message
     res = CliRunner().invoke(main, ["list", "--plugin", str(p)])
     assert res.exit_code == 0 and "psa" in res.output and "failed to load" in res.stderr
 
@@ -285,29 +291,6 @@ def test_list_refuses_a_plugin_file_that_cannot_be_loaded(tmp_path: Path) -> Non
     res = CliRunner().invoke(main, ["list", "--plugin", str(tmp_path / "noest.py")])
     assert res.exit_code == 1 and res.output.startswith("Error: plugin file") and \
         "does not exist" in res.output and "noest" not in res.output.split("does not exist")[1]
-
-
-@pytest.mark.parametrize("held", ["return 0", "return None", "raise ValueError('no')"])
-def test_a_plugin_whose_evals_held_misbehaves_is_recorded_not_fatal(tmp_path: Path, held: str
-                                                                   ) -> None:
-    """``evals_held`` (loss evaluations held in memory at once) is checked like
-    ``evals_per_sample`` when the plugin loads, and the conformance kit refuses one above it."""
-    p = _plugin(tmp_path, f"""
-        from sbn_bench.estimators import Estimator
-
-        def held(w):
-            {held}
-
-        def bad():
-            return Estimator("bad", lambda p, q, g: None, randomness="none", evals_held=held,
-                             description="bad held")
-
-        ESTIMATORS = {{"bad": bad}}
-    """)
-    reg = load_registry([p])
-    assert "bad" not in reg.names()
-    (err,) = [e for e in reg.errors if e.name == "bad"]
-    assert "evals_held" in err.message
 
 
 def test_the_kit_refuses_more_evaluations_held_than_made() -> None:
