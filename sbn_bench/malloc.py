@@ -12,12 +12,14 @@ faults).
 
 :func:`keep_freed_memory` sets glibc's mmap threshold to its largest allowed value (32 MiB on 64-bit
 systems) and turns heap trimming off (``mallopt(M_MMAP_THRESHOLD)``, ``mallopt(M_TRIM_THRESHOLD)``,
-see ``man 3 mallopt``): freed blocks up to 32 MiB are reused without page faults; the price is that
-the process keeps the memory of its peak (bounded by the run's memory budget) until it exits.
-The numbers an estimator computes do not change, only how fast. sbn-bench applies it where it
-measures (every cell, training, the ``sbn-bench`` command); ``SBN_BENCH_MALLOC=system`` leaves the
-allocator as it is (the policy in effect is recorded in a run's manifest). Elsewhere than glibc
-(macOS, musl) nothing is changed.
+see ``man 3 mallopt``): freed blocks up to 32 MiB are reused without page faults (larger ones are
+still mapped afresh); the price is that the process keeps the memory of its peak (its largest
+chunk; in a run's manager, an exact reference of up to ``max_exact_bytes``) until it exits, and
+that, called from Python, it changes the calling process for good. The numbers an estimator
+computes do not change, only how fast. sbn-bench applies it where it measures (every cell in every
+executor's processes, ``runner.run``, ``train.train``, ``train_study.run_study``);
+``SBN_BENCH_MALLOC=system`` before the first call leaves the allocator as it is (the policy in
+effect is recorded in the manifests). Elsewhere than glibc (macOS, musl) nothing is changed.
 """
 
 from __future__ import annotations
