@@ -23,7 +23,7 @@ from sbn_bench.train import train
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 FAULTS = """
-import resource, sys, torch
+import resource, statistics, sys, torch
 from sbn_bench import malloc, problems
 from sbn_bench.estimators import estimate, load_registry
 policy = malloc.keep_freed_memory()
@@ -32,10 +32,13 @@ p = problems.paper_problem(0).to("cpu", torch.float32)
 est, g = load_registry().create("arm"), torch.Generator().manual_seed(0)
 for _ in range(100):  # the heap reaches its steady size (20 calls were not always enough)
     estimate(est, p, 100, g)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
-    estimate(est, p, 100, g)
-print(policy, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+windows = []
+for _ in range(7):  # the median window: the heap still grows now and then (one window in 5-10)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        estimate(est, p, 100, g)
+    windows.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+print(policy, statistics.median(windows))
 """
 
 
@@ -48,9 +51,11 @@ def _faults_per_call(choice: str) -> tuple[str, float]:
 
 @pytest.mark.skipif(not GLIBC, reason="the policy applies to glibc's malloc only")
 def test_kept_memory_serves_an_estimator_call_without_page_faults() -> None:
-    """ARM on the paper net (S = 100, float32) after 100 calls: with the system's policy every call
-    faults in hundreds of fresh pages (its 0.4–0.8 MB tensors are mmapped and unmapped, or the
-    heap top trimmed); kept, fewer than 10 (measured: about 660 against 0.2)."""
+    """ARM on the paper net (S = 100, float32) after 100 calls, page faults per call in the median
+    of 7 windows of 5 calls: with the system's policy every call faults in hundreds of fresh pages
+    (its 0.4–0.8 MB tensors are mmapped and unmapped, or the heap top trimmed); kept, fewer than
+    10 (measured: 430–660 against 0.2–0.4; a single window of the kept policy reached 12–51 in
+    about one of seven, when the heap grew, which made the one-window test flaky)."""
     policy, faults = _faults_per_call("system")
     assert policy == "system" and faults > 100  # the count sees what the policy removes
     policy, faults = _faults_per_call("keep")
