@@ -101,7 +101,7 @@ def diff_dicts(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [f"{path or 'value'}: {_short(old)} → {_short(new)}"]
 
 
-RUN_WIDE = ("schema_version", "config", "packages", "device")
+RUN_WIDE = ("schema_version", "config", "packages", "random_stream", "device")
 """Manifest entries that every cell depends on: they must agree for ``--resume`` (the config without
 the lists that a resumed run may extend: problems, estimators, seeds, plugins)."""
 
@@ -113,6 +113,8 @@ estimators, seeds and plugin files (the finished cells stay valid), run elsewher
 
 def _run_wide(manifest: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: manifest.get(k) for k in RUN_WIDE}
+    if out["random_stream"] is None:  # runs before it was recorded (2 December 2026)
+        out["random_stream"] = "unrecorded"
     if isinstance(out["config"], dict):
         out["config"] = {k: v for k, v in out["config"].items() if k not in EXTENSIBLE_CONFIG}
     if isinstance(out["packages"], dict):

@@ -280,7 +280,7 @@ def _versions() -> dict[str, Any]:
             "torch": env["packages"]["torch"], "numpy": env["packages"]["numpy"],
             "platform": env["platform"], "machine": env["machine"],
             "torch_threads": torch.get_num_threads(), "malloc": malloc.policy(),
-            "commit": env["git_commit"]}
+            "stream": model.STREAM_VERSION, "commit": env["git_commit"]}
 
 
 def _finite_or_none(v: float) -> float | None:

@@ -516,9 +516,9 @@ def probes_table(probes: pd.DataFrame, estimators: Sequence[str]) -> Table | Non
                      "Mean over seeds. Floor: the relative size of the noise in the bias estimate "
                      "(√(V/S + V_R/N)/‖g‖); a bias below about twice it is not resolved.",
                      f"Reference: {', '.join(refs)}; its own relative error √(V_R/N)/‖g‖ "
-                     f"{np.nanmin(rel):.2g}–{np.nanmax(rel):.2g} (SPEC §8). The Monte-Carlo "
-                     "reference is sbn_bench.train_study.probe_reference (to be replaced by the "
-                     "issue-13 reference)."], anchor="probes")
+                     f"{np.nanmin(rel):.2g}–{np.nanmax(rel):.2g} (SPEC §8). A Monte-Carlo "
+                     "reference mc:R:N is the mean of N samples of the unbiased estimator R "
+                     "(sbn_bench.train_study.probe_reference)."], anchor="probes")
 
 
 def bias_story_table(probes: pd.DataFrame, estimators: Sequence[str]) -> Table | None:

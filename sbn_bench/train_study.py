@@ -69,6 +69,7 @@ from sbn_bench.provenance import environment
 from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size, exact_gradient
 from sbn_bench.runner.cells import Cell, CellContext, CellResult, stable_seed
 from sbn_bench.runner.executors import check_executor, make_executor, resolve_auto
+from sbn_bench.runner.mcref import McReferenceError, mc_reference
 from sbn_bench.train import (
     OPTIMIZERS,
     TrainArgumentError,
@@ -391,19 +392,17 @@ def _samples(estimator: Estimator, problem: Problem, n: int, generator: torch.Ge
     return torch.cat(parts)
 
 
-def probe_reference(problem: Problem, *, samples: int = 400, estimator: str | Estimator = "disarm",
-                    generator: torch.Generator | None = None,
-                    max_exact_bytes: int = DEFAULT_MAX_BYTES) -> ProbeReference:
+def probe_reference(problem: Problem, *, samples: int = 400, estimator: str = "disarm",
+                    seed: int = 0, max_exact_bytes: int = DEFAULT_MAX_BYTES) -> ProbeReference:
     """The reference gradient of the probes: exact (:func:`sbn_bench.reference.exact_gradient`) when
-    the size guard allows it, else the mean of ``samples`` single samples of an unbiased
-    ``estimator`` with the variance of that mean (SPEC §8, without its pilot and cache).
-
-    This is the one place the probes get their reference: it is meant to be replaced by the
-    Monte-Carlo reference of issue 13 (``sbn_bench.runner.mcref.mc_reference``, built on another
-    branch) once that is merged, which chooses the estimator and ``N`` for a target error.
+    the size guard allows it, else the Monte-Carlo reference of SPEC §8
+    (:func:`sbn_bench.runner.mcref.mc_reference`) with the given unbiased ``estimator`` and
+    ``N = samples`` (no pilot, no cache: every probe is at new parameters), drawn in the problem's
+    dtype with ``seed`` and the runner's memory planner; ``variance`` is ``V̂_R/N``.
 
     Raises:
-        TrainArgumentError: ``estimator`` is not unbiased.
+        TrainArgumentError: ``estimator`` is unknown, biased, adaptive or does not support the
+            problem; ``samples`` < 2.
     """
     try:
         check_size(problem, max_exact_bytes)
@@ -413,15 +412,15 @@ def probe_reference(problem: Problem, *, samples: int = 400, estimator: str | Es
         _, grad = exact_gradient(problem, max_bytes=max_exact_bytes)
         return ProbeReference(_flat(problem, {k: v.unsqueeze(0) for k, v in grad.items()})[0], 0.0,
                               "exact")
-    est = load_registry().create(estimator) if isinstance(estimator, str) else estimator
-    if not est.unbiased:
-        raise TrainArgumentError("reference_estimator", f"argument reference_estimator="
-                                 f"{est.spec!r} is biased; the reference needs an unbiased "
-                                 "estimator such as disarm or reinforce-loo:k=2")
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    g = _samples(est, problem, samples, gen)
-    var = float(g.var(0, unbiased=True).sum()) / samples
-    return ProbeReference(g.mean(0), var, f"mc:{est.spec}:{samples}")
+    dtype = "float64" if problem.x.dtype == torch.float64 else "float32"
+    try:
+        ref = mc_reference(problem, estimator=estimator, samples=samples, seed=seed,
+                           device=problem.x.device.type, dtype=dtype)
+    except McReferenceError as e:
+        arg = "reference_samples" if e.argument == "samples" else "reference_estimator"
+        raise TrainArgumentError(arg, f"probe reference: {e}") from None
+    return ProbeReference(ref.gradient, float(ref.noise.variance.sum()) / ref.samples,
+                          f"mc:{ref.estimator}:{ref.samples}")
 
 
 def probe(estimator: Estimator, problem: Problem, reference: ProbeReference, samples: int,
@@ -503,7 +502,7 @@ def train_cell(cell: Cell, problem: Problem, estimator: Estimator | None, *,
         sub = _subproblem(problem, train_ev.x[probe_rows], train_ev.y[probe_rows],
                           {k: v.clone() for k, v in state.live.items()})
         ref = probe_reference(sub, samples=s.reference_samples, estimator=s.reference_estimator,
-                              generator=_gen("reference", seed, epoch, cell.estimator),
+                              seed=stable_seed("reference", seed, epoch, cell.estimator),
                               max_exact_bytes=s.max_exact_bytes)
         p = probe(estimator, sub, ref, s.probe_samples, _gen("probe", seed, epoch, cell.estimator))
         rows.append({"table": "probe", "estimator": cell.estimator, "seed": seed, "epoch": epoch,
@@ -570,14 +569,17 @@ def cell_file(out: Path, estimator: str, seed: int) -> Path:
     return out / CELLS_DIR / f"{safe}-seed{seed}.json"
 
 
-def _read_cell(path: Path, estimator: str, seed: int, fingerprint: str) -> dict[str, Any] | None:
-    """A finished cell's record, or None when missing, truncated, failed or from other settings."""
+def _read_cell(path: Path, estimator: str, seed: int, fingerprint: str, version: str
+               ) -> dict[str, Any] | None:
+    """A finished cell's record, or None when missing, truncated, failed, from other settings, from
+    another version of the estimator or another random stream (:data:`sbn_bench.model.STREAM_VERSION`)."""
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(rec, dict) or rec.get("status") != "ok" or rec.get("estimator") != estimator \
-            or rec.get("seed") != seed or rec.get("settings_fingerprint") != fingerprint:
+            or rec.get("seed") != seed or rec.get("settings_fingerprint") != fingerprint \
+            or rec.get("estimator_version") != version or rec.get("stream") != model.STREAM_VERSION:
         return None
     return rec
 
@@ -690,11 +692,21 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
             raise StudyError(f"cannot resume the study in {str(d)!r}: its settings differ from "
                              f"these ({old.get('settings')} vs {s.to_json()}); use another "
                              "folder", argument="resume")
+        old_versions = old.get("versions") if isinstance(old.get("versions"), dict) else {}
+        stream = old_versions.get("stream")
+        if stream != model.STREAM_VERSION:
+            was = "not recorded (a study from before 2 December 2026)" if stream is None else stream
+            raise StudyError(f"cannot resume the study in {str(d)!r}: its cells were drawn from "
+                             f"random stream {was}, this version draws stream "
+                             f"{model.STREAM_VERSION} (sbn_bench.model.STREAM_VERSION: the same "
+                             "seeds give other numbers); use another folder", argument="resume")
     cells = [(e, sd) for e in ests for sd in seeds]
+    reg = load_registry()
+    versions = {e: reg.create(e).version for e in ests}
     records: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
     for e, sd in cells:
-        rec = _read_cell(cell_file(d, e, sd), e, sd, fp) if resume else None
+        rec = _read_cell(cell_file(d, e, sd), e, sd, fp, versions[e]) if resume else None
         if rec is not None:
             records[(e, sd)] = rec
         else:
@@ -714,7 +726,6 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     job = functools.partial(train_cell, settings=s)
     config = RunConfig(problems=(ProblemSpec(preset=preset),), threads=s.threads, cell_timeout=None)
-    reg = load_registry()
 
     def tasks() -> Iterator[tuple[Cell, CellContext]]:
         for e, sd in todo:
@@ -726,7 +737,8 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     done = resumed
     try:
         for res in ex.map(tasks()):
-            records[(res.cell.estimator, int(res.cell.seed or 0))] = rec = _record(res, fp)
+            records[(res.cell.estimator, int(res.cell.seed or 0))] = rec = _record(
+                res, fp, versions[res.cell.estimator])
             atomic_write_text(cell_file(d, res.cell.estimator, int(res.cell.seed or 0)),
                               json.dumps(_json_safe(rec)) + "\n")
             done += 1
@@ -761,9 +773,9 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
                        wall)
 
 
-def _record(res: CellResult, fp: str) -> dict[str, Any]:
+def _record(res: CellResult, fp: str, version: str) -> dict[str, Any]:
     base = {"estimator": res.cell.estimator, "seed": res.cell.seed, "settings_fingerprint": fp,
-            "seconds": res.seconds}
+            "estimator_version": version, "stream": model.STREAM_VERSION, "seconds": res.seconds}
     if res.failed:
         f = res.rows[0] if res.rows else {}
         return {**base, "status": "failed", "stage": f.get("stage", ""), "error": f.get("error", "")}
@@ -776,7 +788,7 @@ def _versions() -> dict[str, Any]:
     env = environment()
     return {"sbn_bench": env["packages"]["sbn_bench"], "torch": env["packages"]["torch"],
             "python": env["python"], "platform": env["platform"], "commit": env["git_commit"],
-            "cpus": os.cpu_count(), "malloc": malloc.policy()}
+            "cpus": os.cpu_count(), "malloc": malloc.policy(), "stream": model.STREAM_VERSION}
 
 
 def load_study(out: str | os.PathLike[str]) -> tuple[dict[str, Any], Any, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sbn_bench import runner
+from sbn_bench import model, runner
 from sbn_bench.config import ConfigError, ProblemSpec, RunConfig, ThroughputConfig
 from sbn_bench.estimators import PluginFileError
 from sbn_bench.storage import RunDirError, RunStore, part_problem
@@ -170,6 +170,26 @@ def test_resume_refuses_another_thread_count(tmp_path: Path) -> None:
     assert torch.get_num_threads() == before  # the run's thread count is restored after it
     with pytest.raises(RunDirError, match=r"device.torch_threads: 1 → 2"):
         runner.run(cfg.with_(resume=True, threads=2))
+
+
+def test_resume_refuses_another_random_stream(tmp_path: Path) -> None:
+    """Cells drawn from another random stream (``model.STREAM_VERSION``: what a seed draws), or
+    from an unrecorded one, never join a run's tables."""
+    out = tmp_path / "r"
+    cfg = config(out)
+    runner.run(cfg)
+    path = out / "manifest.json"
+    man = json.loads(path.read_text())
+    assert man["random_stream"] == model.STREAM_VERSION
+    old = model.STREAM_VERSION - 1
+    path.write_text(json.dumps({**man, "random_stream": old}))
+    with pytest.raises(RunDirError, match=f"random_stream: {old} → {model.STREAM_VERSION}"):
+        runner.run(cfg.with_(resume=True))
+    path.write_text(json.dumps({k: v for k, v in man.items() if k != "random_stream"}))
+    with pytest.raises(RunDirError, match=f"random_stream: 'unrecorded' → {model.STREAM_VERSION}"):
+        runner.run(cfg.with_(resume=True))
+    path.write_text(json.dumps(man))
+    assert runner.run(cfg.with_(resume=True)).cells_skipped == 2
 
 
 def test_a_manifest_that_is_not_an_object_is_refused_on_resume(tmp_path: Path) -> None:

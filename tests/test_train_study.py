@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 
 pytest.importorskip("sklearn")
 
+from sbn_bench import model  # noqa: E402
 from sbn_bench import train_report as tr  # noqa: E402
 from sbn_bench import train_study as ts  # noqa: E402
 from sbn_bench.estimators import estimate, load_registry  # noqa: E402
@@ -123,6 +125,41 @@ def test_resume_after_kill(study: ts.StudyResult, tmp_path: Path) -> None:
     assert again.ran == 0 and again.resumed == 6
     m = json.loads((out / ts.STUDY_NAME).read_text())
     assert [r["ran"] for r in m["runs"]] == [4, 0] and m["cell_seconds"] > 0
+
+
+def test_resume_refuses_another_random_stream_and_retrains_another_estimator_version(
+        study: ts.StudyResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same seed draws other numbers under another random stream, so a study drawn from
+    another (or an unrecorded) one is not resumed; a cell of another version of its estimator is
+    trained again, the others are kept."""
+    out = tmp_path / "copy"
+    shutil.copytree(study.out, out)
+    path = out / ts.STUDY_NAME
+    m = json.loads(path.read_text())
+    assert m["versions"]["stream"] == model.STREAM_VERSION
+    cell = json.loads(ts.cell_file(out, "psa", 0).read_text())
+    assert cell["stream"] == model.STREAM_VERSION and cell["estimator_version"]
+    kw = dict(estimators=ESTIMATORS, seeds=SEEDS, settings=tiny(), resume=True)
+    for was, says in ((model.STREAM_VERSION - 1, f"{model.STREAM_VERSION - 1}"),
+                      (None, "not recorded")):
+        versions = {k: v for k, v in m["versions"].items() if k != "stream"}
+        if was is not None:
+            versions["stream"] = was
+        path.write_text(json.dumps({**m, "versions": versions}))
+        with pytest.raises(ts.StudyError, match=f"random stream {says}.*draws stream "
+                                                f"{model.STREAM_VERSION}") as e:
+            ts.run_study("digits-conv", out=out, **kw)
+        assert e.value.argument == "resume"
+    path.write_text(json.dumps(m))
+    ts.cell_file(out, "st", 1).write_text(json.dumps({**json.loads(
+        ts.cell_file(out, "st", 1).read_text()), "estimator_version": "0"}))
+    ran: list[str] = []
+    res = ts.run_study("digits-conv", out=out, progress=lambda d, n, msg: ran.append(msg), **kw)
+    assert res.ran == 1 and res.resumed == 5 and ran[0].startswith("st seed 1:")
+    _, a, pa = ts.load_study(study.out)
+    _, b, pb = ts.load_study(out)
+    pd.testing.assert_frame_equal(rows(a), rows(b))
+    pd.testing.assert_frame_equal(pa, pb)
 
 
 @pytest.mark.parametrize("executor", ["processes:2", "dask:2", "auto"])
@@ -235,13 +272,20 @@ def test_probe_reference_exact_and_monte_carlo() -> None:
     flat = torch.cat([grad[n].reshape(-1) for n in p.param_names])
     torch.testing.assert_close(ref.gradient, flat, rtol=0, atol=0)
     # beyond the size guard: the mean of N unbiased samples, its error as large as it says
-    mc = ts.probe_reference(p, samples=400, max_exact_bytes=1,
-                            generator=torch.Generator().manual_seed(7))
+    mc = ts.probe_reference(p, samples=400, max_exact_bytes=1, seed=7)
     assert mc.method == "mc:disarm:400" and 0 < mc.rel_se < 1
     err2 = float((mc.gradient - flat).square().sum())
     assert err2 < 4 * mc.variance  # E err² = V_R/N; seeded
-    with pytest.raises(TrainArgumentError, match="biased"):
+    # it is the Monte-Carlo reference of SPEC §8 (the runner's), drawn in the problem's dtype
+    from sbn_bench.runner.mcref import mc_reference
+    same = mc_reference(p, estimator="disarm", samples=400, seed=7, dtype="float64")
+    torch.testing.assert_close(mc.gradient, same.gradient, rtol=0, atol=0)
+    with pytest.raises(TrainArgumentError, match="biased") as e:
         ts.probe_reference(p, estimator="st", max_exact_bytes=1)
+    assert e.value.argument == "reference_estimator"
+    with pytest.raises(TrainArgumentError, match="samples=1") as e:
+        ts.probe_reference(p, samples=1, max_exact_bytes=1)
+    assert e.value.argument == "reference_samples"
 
 
 def test_probe_unbiased_vs_biased() -> None:

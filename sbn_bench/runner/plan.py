@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from sbn_bench import malloc, schema
+from sbn_bench import malloc, model, schema
 from sbn_bench.config import RunConfig, parse_reference
 from sbn_bench.estimators import Estimator, Registry, UnsupportedProblem, load_plugins
 from sbn_bench.problems import Problem
@@ -273,9 +273,9 @@ def prepare(config: RunConfig) -> Plan:
 
 
 def build_manifest(config: RunConfig, plan: Plan) -> dict[str, Any]:
-    """The manifest (STYLE 7): schema version, config, seeds, versions, device, commit,
-    estimator specs and versions, problem fingerprints, and what a rerun needs (the working
-    directory that relative paths in ``config`` refer to, the plugin files' hashes)."""
+    """The manifest (STYLE 7): schema version, config, seeds, versions (the random stream's too),
+    device, commit, estimator specs and versions, problem fingerprints, and what a rerun needs
+    (the working directory that relative paths in ``config`` refer to, the plugin files' hashes)."""
     env = environment()
     dev: dict[str, Any] = {"type": config.device, "dtype": config.dtype,
                            "torch_threads": config.threads, "malloc": malloc.policy()}
@@ -292,6 +292,8 @@ def build_manifest(config: RunConfig, plan: Plan) -> dict[str, Any]:
         "cwd": os.getcwd(),
         "seeds": list(config.seeds),
         "packages": env["packages"],
+        # what a seed draws (sbn_bench.model.STREAM_VERSION): cells of two streams never mix
+        "random_stream": model.STREAM_VERSION,
         "python": env["python"],
         "platform": env["platform"],
         "git_commit": env["git_commit"],
