@@ -294,10 +294,14 @@ class RunStore:
         if diffs:
             n = MAX_DIFFERENCES_SHOWN
             shown = "; ".join(diffs[:n]) + (f"; … ({len(diffs) - n} more)" if len(diffs) > n else "")
+            stream = "" if not any(x.startswith("random_stream:") for x in diffs) else (
+                " The random stream (sbn_bench.model.STREAM_VERSION: what a seed draws) is this "
+                "version's, not a setting: cells of two streams never mix, so run into another "
+                "output folder (runs from before 2 December 2026 recorded none).")
             raise RunDirError(f"cannot resume in {str(d)!r}: its finished cells were measured "
                               f"differently ({len(diffs)} difference(s): {shown}). A resumed run "
                               "may add problems, checkpoints, estimators, seeds and plugin files; "
-                              "use the same settings otherwise, or another output folder",
+                              f"use the same settings otherwise, or another output folder.{stream}",
                               argument=str(d), value=diffs)
         for stray in [*d.glob(".*.tmp"), *self.cells.glob(".*.tmp")]:
             stray.unlink(missing_ok=True)  # temporary files of writes that were killed

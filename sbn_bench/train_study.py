@@ -69,7 +69,7 @@ from sbn_bench.provenance import environment
 from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size, exact_gradient
 from sbn_bench.runner.cells import Cell, CellContext, CellResult, stable_seed
 from sbn_bench.runner.executors import check_executor, make_executor, resolve_auto
-from sbn_bench.runner.mcref import McReferenceError, mc_reference
+from sbn_bench.runner.mcref import McReferenceError, mc_reference, reference_estimator
 from sbn_bench.train import (
     OPTIMIZERS,
     TrainArgumentError,
@@ -191,6 +191,11 @@ class StudySettings:
             if not 0 <= e <= self.epochs:
                 raise bad("probe_epochs", f"{list(self.probe_epochs)!r}: epoch {e} is not within "
                                           f"0..{self.epochs} (epochs={self.epochs})")
+        try:  # checked even where the exact reference serves: the settings record it
+            reference_estimator(self.reference_estimator)  # type: ignore[arg-type]
+        except McReferenceError as e:
+            raise TrainArgumentError("reference_estimator", f"argument reference_estimator="
+                                     f"{self.reference_estimator!r}: {e}") from None
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -417,8 +422,13 @@ def probe_reference(problem: Problem, *, samples: int = 400, estimator: str = "d
         ref = mc_reference(problem, estimator=estimator, samples=samples, seed=seed,
                            device=problem.x.device.type, dtype=dtype)
     except McReferenceError as e:
-        arg = "reference_samples" if e.argument == "samples" else "reference_estimator"
-        raise TrainArgumentError(arg, f"probe reference: {e}") from None
+        if e.argument == "samples":
+            raise TrainArgumentError("reference_samples", f"argument reference_samples={samples!r} "
+                                     "must be an integer ≥ 2") from None
+        if e.expected == "finite estimates":  # a numerical failure, not a bad argument
+            raise
+        raise TrainArgumentError("reference_estimator", f"argument reference_estimator="
+                                 f"{estimator!r}: {e}") from None
     return ProbeReference(ref.gradient, float(ref.noise.variance.sum()) / ref.samples,
                           f"mc:{ref.estimator}:{ref.samples}")
 
@@ -695,7 +705,8 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         old_versions = old.get("versions") if isinstance(old.get("versions"), dict) else {}
         stream = old_versions.get("stream")
         if stream != model.STREAM_VERSION:
-            was = "not recorded (a study from before 2 December 2026)" if stream is None else stream
+            was = "not recorded (a study from before 2 December 2026)" if stream is None \
+                else repr(stream)
             raise StudyError(f"cannot resume the study in {str(d)!r}: its cells were drawn from "
                              f"random stream {was}, this version draws stream "
                              f"{model.STREAM_VERSION} (sbn_bench.model.STREAM_VERSION: the same "

@@ -5,6 +5,7 @@ logic on the study's results and on synthetic curves (every verdict exercised)."
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import shutil
@@ -23,6 +24,7 @@ from sbn_bench import train_study as ts  # noqa: E402
 from sbn_bench.estimators import estimate, load_registry  # noqa: E402
 from sbn_bench.problems import Problem, digits_problem  # noqa: E402
 from sbn_bench.reference import exact_gradient, objective  # noqa: E402
+from sbn_bench.runner.mcref import McReferenceError  # noqa: E402
 from sbn_bench.train import TrainArgumentError, _State, _step_gradient  # noqa: E402
 
 ESTIMATORS = ["psa", "st", "disarm"]
@@ -215,6 +217,34 @@ def test_bad_arguments() -> None:
     with pytest.raises(TrainArgumentError, match="seeds"):
         ts.run_study("digits-conv", out="/nonexistent/x", estimators=["st"], seeds=[],
                      settings=tiny())
+
+
+@pytest.mark.parametrize("spec, why", [("st", "biased"), ("nope", "unknown"),
+                                       ("nvil", "adapts"), ("reinforce-loo:k=1", "k=1"),
+                                       (None, "not an estimator spec"), (5, "not an estimator spec")])
+def test_a_bad_reference_estimator_is_refused_before_any_work(tmp_path: Path, spec: object,
+                                                             why: str) -> None:
+    """Refused by the settings' check, also where the exact reference would serve (the settings
+    record it), so that no study trains its cells to fail at their first probe."""
+    for preset in ("digits-vae", "digits-vae-exact"):
+        with pytest.raises(TrainArgumentError, match=f"reference_estimator={spec!r}: .*{why}") as e:
+            dataclasses.replace(ts.preset_settings(preset, epochs=1), reference_estimator=spec).check()
+        assert e.value.argument == "reference_estimator"
+    out = tmp_path / "study"
+    with pytest.raises(TrainArgumentError, match=why):
+        ts.run_study("digits-vae", out=out, estimators=["st"], seeds=[0],
+                     settings=dataclasses.replace(tiny("digits-vae"), reference_estimator=spec))
+    assert not out.exists()
+
+
+def test_a_non_finite_reference_is_a_numerical_failure_not_a_bad_argument() -> None:
+    p = _exact_vae(5)
+    params = {k: v.clone() for k, v in p.params.items()}
+    params["weight_1"].fill_(1e308)
+    bad = ts._subproblem(p, p.x, p.y, params)
+    with pytest.raises(McReferenceError, match="NaN/Inf") as e:
+        ts.probe_reference(bad, samples=4, max_exact_bytes=1)
+    assert not isinstance(e.value, TrainArgumentError)
 
 
 # --------------------------------------------------------------------------------------------

@@ -224,8 +224,19 @@ def candidate_estimators(problem: Problem, registry: Registry | None = None) -> 
     return out
 
 
-def _create(spec: str, problem: Problem, registry: Registry | None) -> Estimator:
+def reference_estimator(spec: str, problem: Problem | None = None,
+                        registry: Registry | None = None) -> Estimator:
+    """The estimator of spec ``spec`` if it can be a Monte-Carlo reference's R: known, unbiased,
+    not adaptive and (given ``problem``) supporting the problem.
+
+    Raises:
+        McReferenceError: naming the spec and why (``argument="reference"``).
+    """
     reg = registry or load_registry()
+    if not isinstance(spec, str):
+        raise McReferenceError(f"reference estimator {spec!r} is not an estimator spec",
+                               argument="reference", value=spec,
+                               expected="an unbiased estimator spec such as disarm")
     try:
         e = reg.create(spec)
     except Exception as err:
@@ -239,11 +250,12 @@ def _create(spec: str, problem: Problem, registry: Registry | None) -> Estimator
         raise McReferenceError(f"reference estimator {spec!r} adapts before it estimates; choose a "
                                "non-adaptive unbiased estimator", argument="reference", value=spec,
                                expected="a non-adaptive unbiased estimator")
-    why = e.unsupported(problem)
+    why = None if problem is None else e.unsupported(problem)
     if why is not None:
         raise McReferenceError(f"reference estimator {spec!r}: {why}", argument="reference",
                                value=spec, expected="an estimator that supports the problem")
     return e
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,7 +371,7 @@ def plan_reference(problem: Problem, *, estimator: str | None = None, samples: i
                                argument="reference_target", value=target,
                                expected=f"one of {', '.join(TARGETS)}")
     if estimator is not None and samples is not None:
-        _create(estimator, problem, registry)
+        reference_estimator(estimator, problem, registry)
         return ReferencePlan(estimator, samples, None)
     key = _plan_key(problem, estimator, samples, rel_error, seed, device, dtype, registry, target)
     cached = _read_plan(cache_dir, key)
@@ -410,7 +422,7 @@ def _make_plan(problem: Problem, estimator: str | None, samples: int | None, rel
     dev = torch.device(device)
     prob = problem.to(dev, DTYPES[dtype])
     if estimator is not None:
-        cands = [_create(estimator, problem, registry)]
+        cands = [reference_estimator(estimator, problem, registry)]
     else:
         cands = candidate_estimators(problem, registry)
         if not cands:
@@ -519,7 +531,7 @@ def mc_reference(problem: Problem, *, estimator: str | None = None, samples: int
                               target=target, seed=seed, time_budget_s=time_budget_s,
                               device=device, dtype=dtype, memory_budget=memory_budget,
                               registry=registry, cache_dir=cache_dir)
-    est = _create(plan.estimator, problem, registry)
+    est = reference_estimator(plan.estimator, problem, registry)
     groups = Groups.of(problem.params)
     params = tuple((n, tuple(s)) for n, s in zip(groups.params, groups.shapes))
     chunk = _chunk(est, problem, dtype, memory_budget)
