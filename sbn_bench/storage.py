@@ -294,7 +294,7 @@ class RunStore:
         if diffs:
             n = MAX_DIFFERENCES_SHOWN
             shown = "; ".join(diffs[:n]) + (f"; … ({len(diffs) - n} more)" if len(diffs) > n else "")
-            stream = "" if not any(x.startswith("random_stream:") for x in diffs) else (
+            stream = "" if old.get("random_stream") == manifest.get("random_stream") else (
                 " The random stream (sbn_bench.model.STREAM_VERSION: what a seed draws) is this "
                 "version's, not a setting: cells of two streams never mix, so run into another "
                 "output folder (runs from before 2 December 2026 recorded none).")

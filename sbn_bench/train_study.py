@@ -62,7 +62,7 @@ from torch import Tensor
 from sbn_bench import data, malloc, model, network, problems
 from sbn_bench.config import ProblemSpec, RunConfig
 from sbn_bench.errors import SbnBenchError
-from sbn_bench.estimators import Estimator, estimate, load_registry
+from sbn_bench.estimators import Estimator, Registry, estimate, load_registry
 from sbn_bench.fileio import atomic_write_text
 from sbn_bench.problems import Problem
 from sbn_bench.provenance import environment
@@ -598,12 +598,14 @@ def _fingerprint(settings: StudySettings) -> str:
     return f"{stable_seed('study', json.dumps(settings.to_json(), sort_keys=True)):016x}"
 
 
-def _check_estimators(estimators: Sequence[str]) -> tuple[str, ...]:
-    reg = load_registry()
-    out = []
+def _check_estimators(estimators: Sequence[str], reg: Registry) -> dict[str, str]:
+    """``{canonical spec: version}`` of ``estimators``, in order; refused when empty, unknown,
+    malformed or named twice."""
+    out, versions = [], {}
     for spec in estimators:
         est = reg.create(spec)  # raises naming the spec when unknown or malformed
         out.append(est.spec)
+        versions[est.spec] = est.version
     if not out:
         raise TrainArgumentError("estimators", "argument estimators=[] is empty; expected "
                                                "estimator specs such as psa,st,disarm")
@@ -611,7 +613,7 @@ def _check_estimators(estimators: Sequence[str]) -> tuple[str, ...]:
     if twice:
         raise TrainArgumentError("estimators", f"argument estimators={list(estimators)!r} names "
                                                f"{', '.join(twice)} twice")
-    return tuple(out)
+    return versions
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
@@ -675,7 +677,10 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     if s.preset != preset:
         raise TrainArgumentError("settings", f"argument settings has preset {s.preset!r}, the "
                                              f"study {preset!r}")
-    ests = _check_estimators(STUDY_PRESETS[preset].estimators if estimators is None else estimators)
+    reg = load_registry()
+    versions = _check_estimators(STUDY_PRESETS[preset].estimators if estimators is None
+                                 else estimators, reg)
+    ests = tuple(versions)
     seeds = tuple(seeds)
     for sd in seeds:
         if isinstance(sd, bool) or not isinstance(sd, int) or sd < 0:
@@ -712,8 +717,6 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
                              f"{model.STREAM_VERSION} (sbn_bench.model.STREAM_VERSION: the same "
                              "seeds give other numbers); use another folder", argument="resume")
     cells = [(e, sd) for e in ests for sd in seeds]
-    reg = load_registry()
-    versions = {e: reg.create(e).version for e in ests}
     records: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
     for e, sd in cells:
