@@ -46,10 +46,44 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+@functools.cache
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``'s ``model name`` on Linux, e.g. ``"AMD EPYC
+    7B13"``; elsewhere :func:`platform.processor`, else the machine type such as ``"x86_64"``).
+
+    The processor kind matters for reproducibility: torch's CPU kernels (and the BLAS beneath them)
+    choose their instructions by processor, and sums then round differently in their last bits;
+    such a difference grows in a sampled training until the trained networks differ (README,
+    "Reproducible")."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "model name" and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.cache
+def cpu_capability() -> str:
+    """The instruction set torch's CPU kernels use here (``torch.backends.cpu.get_cpu_capability()``,
+    e.g. ``"AVX2"``, ``"AVX512"``; ``ATEN_CPU_CAPABILITY`` lowers it), or ``"unknown"``."""
+    try:
+        import torch  # only here: this module imports nothing heavy at import time
+
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # noqa: BLE001 - an old or unusual torch: the record says so
+        return "unknown"
+
+
 def environment() -> dict[str, Any]:
-    """Python, platform, package versions and commit, for a manifest."""
+    """Python, platform, processor (model and torch's instruction set), package versions and
+    commit, for a manifest."""
     return {"python": sys.version.split()[0], "platform": platform.platform(),
             "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpu": cpu_model(), "cpu_capability": cpu_capability(),
             "packages": package_versions(), "git_commit": git_commit()}
 
 

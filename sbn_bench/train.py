@@ -278,7 +278,8 @@ def _versions() -> dict[str, Any]:
     env = environment()
     return {"sbn_bench": env["packages"]["sbn_bench"], "python": env["python"],
             "torch": env["packages"]["torch"], "numpy": env["packages"]["numpy"],
-            "platform": env["platform"], "machine": env["machine"],
+            "platform": env["platform"], "machine": env["machine"], "cpu": env["cpu"],
+            "cpu_capability": env["cpu_capability"],
             "torch_threads": torch.get_num_threads(), "malloc": malloc.policy(),
             "stream": model.STREAM_VERSION, "commit": env["git_commit"]}
 

@@ -802,7 +802,8 @@ def _versions() -> dict[str, Any]:
     env = environment()
     return {"sbn_bench": env["packages"]["sbn_bench"], "torch": env["packages"]["torch"],
             "python": env["python"], "platform": env["platform"], "commit": env["git_commit"],
-            "cpus": os.cpu_count(), "malloc": malloc.policy(), "stream": model.STREAM_VERSION}
+            "cpus": os.cpu_count(), "cpu": env["cpu"], "cpu_capability": env["cpu_capability"],
+            "malloc": malloc.policy(), "stream": model.STREAM_VERSION}
 
 
 def load_study(out: str | os.PathLike[str]) -> tuple[dict[str, Any], Any, Any]:

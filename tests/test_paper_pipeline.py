@@ -223,3 +223,55 @@ def test_train_seeds_are_checked() -> None:
         with pytest.raises(ArgumentError, match="train_seeds"):
             paper.check_train_seeds(bad)
     assert paper.check_train_seeds(range(3)) == (0, 1, 2)
+
+
+PUBLISHED = Path(__file__).resolve().parents[1] / "reports"
+
+
+@pytest.mark.parametrize("name", ["paper-5-5-5", "paper-all-estimators"])
+def test_a_published_run_ships_the_config_of_its_checkpoints(name: str) -> None:
+    """``checkpoints.toml`` of a published run names exactly the networks it measured (the
+    manifest's fingerprints), under the same problem and checkpoint names (which seed the samples),
+    with its estimators, samples and M grid: a run of it on another processor repeats the
+    published statistics (README, "Reproducible"), where a training from scratch would not."""
+    from sbn_bench.config import load_config
+
+    folder = PUBLISHED / name
+    man = json.loads((folder / "manifest.json").read_text())
+    cfg = load_config(folder / "checkpoints.toml")
+    got = {(p.name, label): p.fingerprint() for spec in cfg.problems for label, p in spec.load()}
+    assert got == {(r["problem"], r["checkpoint"]): r["sha256"] for r in man["problems"]}
+    assert list(cfg.estimator_specs) == man["config"]["estimators"]
+    assert cfg.samples == man["config"]["samples"] and list(cfg.m_grid) == man["config"]["m_grid"]
+    assert list(cfg.seeds) == man["seeds"] and cfg.dtype == man["config"]["dtype"]
+
+
+def test_the_published_checkpoints_give_the_published_exact_statistics(tmp_path: Path) -> None:
+    """On the published networks, exact-mode statistics repeat the published ones to rounding on
+    any processor (bit for bit on the processor kind that made them): st at epoch 1 of
+    paper-all-estimators. The tolerances are far below any change of the networks or of the
+    estimator's mathematics, far above rounding (measured across processors: 2.5e-15)."""
+    import dataclasses
+
+    from sbn_bench import runner
+    from sbn_bench.config import ThroughputConfig, load_config
+
+    folder = PUBLISHED / "paper-all-estimators"
+    cfg = load_config(folder / "checkpoints.toml", estimators=("st",), samples=4, M=(1,),
+                      out=str(tmp_path / "again"), throughput=ThroughputConfig(enabled=False))
+    spec = cfg.problems[0]
+    cfg = cfg.with_(problems=(dataclasses.replace(spec, checkpoints=spec.checkpoints[:1]),))
+    runner.run(cfg)
+    ours = pd.read_csv(tmp_path / "again" / "metrics.csv")
+    pub = pd.read_csv(folder / "metrics.csv")
+    key = ["problem", "checkpoint", "estimator", "layer", "metric"]
+    pick = ["variance", "rel_bias"]
+    a = pub[(pub["estimator"] == "st") & pub["metric"].isin(pick) & (pub["checkpoint"] == "epoch1")]
+    b = ours[ours["metric"].isin(pick)]
+    m = a.merge(b, on=key, suffixes=("_pub", "_ours"))
+    assert len(m) == len(a) == len(b) == 2 * 5 and set(m["mode_ours"]) == {"exact"}
+    var = m[m["metric"] == "variance"]
+    assert (abs(var["value_ours"] / var["value_pub"] - 1) < 1e-12).all()
+    bias = m[m["metric"] == "rel_bias"]
+    assert (abs(bias["value_ours"] - bias["value_pub"]) < 1e-10).all()
+    assert bias["value_pub"].abs().max() > 0.01  # st is biased: the comparison is not of zeros

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sbn_bench import model, runner
+from sbn_bench import model, provenance, runner
 from sbn_bench.config import ConfigError, ProblemSpec, RunConfig, ThroughputConfig
 from sbn_bench.estimators import PluginFileError
+from sbn_bench.reports.load import load_run, run_facts
 from sbn_bench.storage import RunDirError, RunStore, part_problem
 
 
@@ -191,6 +192,53 @@ def test_resume_refuses_another_random_stream(tmp_path: Path) -> None:
         runner.run(cfg.with_(resume=True))
     path.write_text(json.dumps(man))
     assert runner.run(cfg.with_(resume=True)).cells_skipped == 2
+
+
+def test_the_processor_is_recorded_but_a_resume_elsewhere_is_allowed(tmp_path: Path) -> None:
+    """The manifest names the processor and torch's instruction set (results agree across
+    processors to rounding, not bit for bit: README, "Reproducible"); like a Dask run's workers, a
+    resume on another processor is allowed."""
+    out = tmp_path / "r"
+    cfg = config(out)
+    runner.run(cfg)
+    path = out / "manifest.json"
+    man = json.loads(path.read_text())
+    assert man["device"]["cpu"] == provenance.cpu_model() != ""
+    cap = torch.backends.cpu.get_cpu_capability()
+    assert man["device"]["cpu_capability"] == cap
+    # the report's header names it; a manifest from before it was recorded, the machine type
+    assert dict(run_facts(load_run(out)))["device"] == f"cpu {provenance.cpu_model()} ({cap})"
+    older = {k: v for k, v in man["device"].items() if k not in ("cpu", "cpu_capability")}
+    path.write_text(json.dumps({**man, "device": older}))
+    assert dict(run_facts(load_run(out)))["device"] == f"cpu {man['device']['name']}"
+    path.write_text(json.dumps({**man, "device": {**man["device"], "cpu": "Another CPU",
+                                                  "cpu_capability": "DEFAULT"}}))
+    assert runner.run(cfg.with_(resume=True)).cells_skipped == 2
+    assert json.loads(path.read_text())["device"]["cpu"] == provenance.cpu_model()
+
+
+def test_cpu_model_reads_the_model_name_and_falls_back(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    import builtins
+
+    real_open = builtins.open
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t:  Some  CPU @ 2.0GHz\n"
+                    "processor\t: 1\nmodel name\t: Some CPU @ 2.0GHz\n")
+
+    def fake(path, *a, **k):
+        if path == "/proc/cpuinfo":
+            if not info.exists():
+                raise FileNotFoundError(path)
+            return real_open(info, *a, **k)
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", fake)
+    assert provenance.cpu_model.__wrapped__() == "Some CPU @ 2.0GHz"
+    info.unlink()  # no /proc (macOS, Windows): the platform's word, else the machine type
+    monkeypatch.setattr(provenance.platform, "processor", lambda: "")
+    monkeypatch.setattr(provenance.platform, "machine", lambda: "arm64")
+    assert provenance.cpu_model.__wrapped__() == "arm64"
 
 
 def test_a_manifest_that_is_not_an_object_is_refused_on_resume(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sbn_bench import model, problems, reference
+from sbn_bench import model, problems, provenance, reference
 from sbn_bench.cli import main
 from sbn_bench.estimators import Estimator, UnsupportedProblem, estimate, load_registry
 from sbn_bench.problems import Problem, load_problem, random_problem, save_problem
@@ -210,7 +210,8 @@ def test_checkpoints_log_figure_manifest(small: Problem, tmp_path: Path) -> None
     assert man["config"]["momentum"] == 0.9 and man["steps"] == 3 * epochs
     assert man["estimator"]["spec"] == "reinforce" and man["estimator"]["version"] == "1"
     assert man["final_objective"] == pytest.approx(res.final_objective, rel=1e-15)
-    assert set(man["versions"]) >= {"torch", "numpy", "python", "sbn_bench"}
+    assert set(man["versions"]) >= {"torch", "numpy", "python", "sbn_bench", "cpu", "cpu_capability"}
+    assert man["versions"]["cpu"] == provenance.cpu_model()
     assert man["checkpoints"] == {str(e): f"checkpoint_epoch{e}.npz" for e in (0, 2, 5, 7)}
     assert not list(tmp_path.glob("*.tmp"))
 

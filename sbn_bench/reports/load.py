@@ -396,6 +396,9 @@ def _device_text(dev: Any) -> str | None:
     if isinstance(dev, dict):
         name = _first(dev.get("name"), dev.get("model"), dev.get("cpu"))
         kind = _first(dev.get("type"), dev.get("device"), dev.get("kind"))
+        if kind == "cpu" and dev.get("cpu"):  # the processor's model (manifests from 2 Dec 2026)
+            cap = dev.get("cpu_capability")
+            name = f"{dev['cpu']} ({cap})" if cap and cap != "unknown" else dev["cpu"]
         parts = [str(p) for p in (kind, name) if p is not None]
         return " ".join(parts) if parts else json.dumps(dev, sort_keys=True)
     return str(dev)

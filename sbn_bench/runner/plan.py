@@ -278,7 +278,9 @@ def build_manifest(config: RunConfig, plan: Plan) -> dict[str, Any]:
     (the working directory that relative paths in ``config`` refer to, the plugin files' hashes)."""
     env = environment()
     dev: dict[str, Any] = {"type": config.device, "dtype": config.dtype,
-                           "torch_threads": config.threads, "malloc": malloc.policy()}
+                           "torch_threads": config.threads, "malloc": malloc.policy(),
+                           # the processor kind (a record, not part of the run's identity)
+                           "cpu": env["cpu"], "cpu_capability": env["cpu_capability"]}
     if config.device == "cuda":
         dev["name"] = torch.cuda.get_device_name(0)
         dev["cuda"] = torch.version.cuda
