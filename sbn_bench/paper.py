@@ -710,6 +710,7 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
     t_train = time.perf_counter() - t0
     config = paper_config(trained if seeds is not None else trained[seed], seed=seed, out=str(out),
                           samples=samples, estimators=estimators, M=M, **settings)
+    earlier = _earlier_evaluation_s(Path(out)) if config.resume else 0.0
     t1 = time.perf_counter()
     result = run(config, progress=progress, warn=warn)
     t_eval = time.perf_counter() - t1
@@ -737,16 +738,28 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
                      "cached": all(ck.cached for ck in trained.values()),
                      "cache_dir": str(trained[seed].directory) if seeds is None else None,
                      "train_wall_s": round(train_wall, 3), "runs": records},
+        # evaluation_s: every session's (a resume adds its own, which is all it spent)
         "timing": {"training_s_this_run": round(t_train, 3),
-                   "evaluation_s": round(t_eval, 3),
+                   "evaluation_s": round(earlier + t_eval, 3),
+                   "evaluation_s_this_run": round(t_eval, 3),
                    "total_s_this_run": round(t_train + t_eval, 3),
-                   "total_s_with_training": round(train_wall + t_eval, 3)},
+                   "total_s_with_training": round(train_wall + earlier + t_eval, 3)},
     }
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     result.manifest.update(manifest)
     if report:
         write_report(out, sections=[ClaimsSection()])
     return result
+
+
+def _earlier_evaluation_s(out: Path) -> float:
+    """The evaluation seconds an earlier session of the run in ``out`` recorded (0 if none)."""
+    try:
+        old = json.loads((out / "manifest.json").read_text())
+        value = float(old["experiment"]["timing"]["evaluation_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+    return value if math.isfinite(value) and value >= 0 else 0.0
 
 
 # --------------------------------------------------------------------------------------------

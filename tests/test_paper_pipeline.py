@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from sbn_bench import paper, problems
+from sbn_bench.config import ThroughputConfig
 from sbn_bench.errors import ArgumentError
 from sbn_bench.reports import load_run, write_report
 from sbn_bench.reports.body import HeadlineSection
@@ -47,6 +49,24 @@ def test_pipeline_writes_results_training_and_timings(reduced_run) -> None:
     ckpt = problems.load_problem(result.manifest["config"]["problems"][0]["checkpoints"][2][1])
     init = problems.paper_problem(0)
     assert any(not (ckpt.params[k] == init.params[k]).all() for k in init.params)
+
+
+def test_a_resume_adds_its_evaluation_time_to_the_earlier_sessions(reduced_run, tmp_path: Path
+                                                                    ) -> None:
+    """A resume that has nothing left to do keeps the evaluation time of the session that did the
+    work (it was replaced by the resume's second or so)."""
+    out, cache, _ = reduced_run
+    copy = tmp_path / "paper"
+    shutil.copytree(out, copy)
+    before = json.loads((copy / "manifest.json").read_text())["experiment"]["timing"]
+    res = paper.run_paper(out=str(copy), samples=200, estimators=ESTIMATORS, M=(1, 10, 100),
+                          cache_dir=cache, training=REDUCED, mode="mc", resume=True, report=False,
+                          throughput=ThroughputConfig(rounds=1, warmup=0))
+    assert res.cells_run == 0 and res.cells_skipped > 0
+    after = json.loads((copy / "manifest.json").read_text())["experiment"]["timing"]
+    assert after["evaluation_s"] == pytest.approx(before["evaluation_s"]
+                                                  + after["evaluation_s_this_run"], abs=2e-3)
+    assert after["evaluation_s"] > before["evaluation_s"] > 0
 
 
 def test_second_run_reuses_cached_checkpoints(reduced_run, tmp_path: Path) -> None:

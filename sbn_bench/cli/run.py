@@ -367,9 +367,12 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         _print_summary(result)
         exp = result.manifest.get("experiment")
         if exp:  # --preset paper: training and evaluation times
+            tm = exp["timing"]
+            this = tm.get("evaluation_s_this_run", tm["evaluation_s"])
             click.echo(f"wall time: training {exp['training']['train_wall_s']:.0f} s"
                        f"{' (cached)' if exp['training']['cached'] else ''}, evaluation "
-                       f"{exp['timing']['evaluation_s']:.0f} s")
+                       f"{tm['evaluation_s']:.0f} s"
+                       + (f" ({this:.0f} s in this session)" if this != tm["evaluation_s"] else ""))
     if not no_report:
         _write_report(result.out, quiet)
     if result.all_failed:
