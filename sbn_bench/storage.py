@@ -98,7 +98,17 @@ def diff_dicts(old: Any, new: Any, path: str = "") -> list[str]:
             and any(isinstance(v, (dict, list)) for v in old)):
         return [d for i, (a, b) in enumerate(zip(old, new))
                 for d in diff_dicts(a, b, f"{path or 'value'}[{i}]")]
-    return [] if old == new else [f"{path or 'value'}: {_short(old)} → {_short(new)}"]
+    if old == new:
+        return []
+    a, b = _short(old), _short(new)
+    if (isinstance(old, list) and isinstance(new, list)
+            and (a.endswith("…") or b.endswith("…"))):  # shortened: show where they part
+        i = next((k for k, (x, y) in enumerate(zip(old, new)) if x != y), min(len(old), len(new)))
+        x = _short(old[i]) if i < len(old) else "(absent)"
+        y = _short(new[i]) if i < len(new) else "(absent)"
+        size = f" ({len(old)} → {len(new)} items)" if len(old) != len(new) else ""
+        return [f"{path or 'value'}[{i}]: {x} → {y}{size}"]
+    return [f"{path or 'value'}: {a} → {b}"]
 
 
 RUN_WIDE = ("schema_version", "config", "packages", "random_stream", "device")
@@ -115,8 +125,9 @@ def _run_wide(manifest: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: manifest.get(k) for k in RUN_WIDE}
     if out["random_stream"] is None:  # runs before it was recorded (2 December 2026)
         out["random_stream"] = "unrecorded"
-    if isinstance(out["config"], dict):
-        out["config"] = {k: v for k, v in out["config"].items() if k not in EXTENSIBLE_CONFIG}
+    if isinstance(out["config"], dict):  # (m_grid is M's or samples' consequence: one line, not two)
+        out["config"] = {k: v for k, v in out["config"].items()
+                         if k not in EXTENSIBLE_CONFIG and k != "m_grid"}
     if isinstance(out["packages"], dict):
         out["packages"] = {k: out["packages"].get(k) for k in ("sbn_bench", "torch")}
     if isinstance(out["device"], dict):
@@ -341,6 +352,24 @@ class RunStore:
     def write_table(self, kind: str, rows: list[dict[str, Any]]) -> None:
         """Write a whole table (e.g. the derived ``timed`` one) atomically."""
         atomic_write_text(self.out / TABLES[kind][0], table_text(kind, rows))
+
+    def parts_outside(self, cell_ids: Iterable[str]) -> dict[str, list[dict[str, str]]]:
+        """Complete part files of cells not in ``cell_ids`` (finished by an earlier session whose
+        grid was larger), by kind: the first row of each (its problem, checkpoint, estimator,
+        seed)."""
+        keep = set(cell_ids)
+        out: dict[str, list[dict[str, str]]] = {}
+        for kind in PART_KINDS:
+            for p in sorted(self.cells.glob(f"*.{kind}.csv")) if self.cells.is_dir() else []:
+                if p.name[:-len(f".{kind}.csv")] in keep:
+                    continue
+                try:
+                    text = p.read_text(encoding="utf-8")
+                except OSError:
+                    continue
+                if part_problem(text, kind) is None:
+                    out.setdefault(kind, []).append(next(csv.DictReader(io.StringIO(text))))
+        return out
 
     def remove_part(self, cell_id: str, kind: str) -> None:
         self.part(cell_id, kind).unlink(missing_ok=True)

@@ -18,8 +18,8 @@ import torch
 from sbn_bench import model, provenance, runner
 from sbn_bench.config import ConfigError, ProblemSpec, RunConfig, ThroughputConfig
 from sbn_bench.estimators import PluginFileError
-from sbn_bench.reports.load import load_run, run_facts
-from sbn_bench.storage import RunDirError, RunStore, part_problem
+from sbn_bench.reports.load import device_of, load_run, run_facts
+from sbn_bench.storage import RunDirError, RunStore, diff_dicts, part_problem
 
 
 def config(out: Path, **kw) -> RunConfig:
@@ -173,6 +173,36 @@ def test_resume_refuses_another_thread_count(tmp_path: Path) -> None:
         runner.run(cfg.with_(resume=True, threads=2))
 
 
+def test_a_long_list_that_differs_is_shown_where_it_parts(tmp_path: Path) -> None:
+    """Two long M grids shortened alike looked identical in the refusal; it names the first
+    position where they differ (and the lengths), once (not again as the derived m_grid)."""
+    long = tuple(range(1, 25))
+    cfg = config(tmp_path / "r", M=long, samples=48)
+    runner.run(cfg)
+    with pytest.raises(RunDirError) as e:
+        runner.run(cfg.with_(resume=True, M=long[:20] + (21, 30, 40)))
+    msg = str(e.value)
+    assert "config.M[21]: 22 → 30 (24 → 23 items)" in msg and "m_grid" not in msg
+    assert "(1 difference(s)" in msg
+    assert diff_dicts({"s": [0]}, {"s": [0, 1]}) == ["s: [0] → [0, 1]"]  # short lists: in full
+
+
+def test_a_resume_that_leaves_out_finished_cells_says_so(tmp_path: Path) -> None:
+    """A resume whose grid omits cells an earlier session finished (here estimator st) warns,
+    naming them; their parts stay, and naming them again brings them back."""
+    cfg = config(tmp_path / "r")
+    runner.run(cfg)
+    said: list[str] = []
+    res = runner.run(cfg.with_(resume=True, estimators=("psa",), seeds=(0, 1)), warn=said.append)
+    assert res.cells_skipped == 1 and res.cells_run == 1
+    assert len(said) == 1 and "1 finished cell(s)" in said[0] and "estimator st" in said[0]
+    assert "seed 0" in said[0] and "metrics.csv and the report leave them out" in said[0]
+    assert said[0] in res.warnings and set(res.metrics["estimator"]) == {"psa"}
+    said.clear()
+    res = runner.run(cfg.with_(resume=True, seeds=(0, 1)), warn=said.append)
+    assert not said and set(res.metrics["estimator"]) == {"psa", "st"} and res.cells_skipped == 3
+
+
 def test_resume_refuses_another_random_stream(tmp_path: Path) -> None:
     """Cells drawn from another random stream (``model.STREAM_VERSION``: what a seed draws), or
     from an unrecorded one, never join a run's tables."""
@@ -208,6 +238,8 @@ def test_the_processor_is_recorded_but_a_resume_elsewhere_is_allowed(tmp_path: P
     assert man["device"]["cpu_capability"] == cap
     # the report's header names it; a manifest from before it was recorded, the machine type
     assert dict(run_facts(load_run(out)))["device"] == f"cpu {provenance.cpu_model()} ({cap})"
+    # ... but --compare matches devices by name, so runs on two kinds of processor compare
+    assert device_of(load_run(out)) == f"cpu {man['device']['name']}"
     older = {k: v for k, v in man["device"].items() if k not in ("cpu", "cpu_capability")}
     path.write_text(json.dumps({**man, "device": older}))
     assert dict(run_facts(load_run(out)))["device"] == f"cpu {man['device']['name']}"

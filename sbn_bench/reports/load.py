@@ -390,13 +390,16 @@ def _unique(frame: pd.DataFrame, column: str) -> str | None:
     return ", ".join(vals)
 
 
-def _device_text(dev: Any) -> str | None:
+def _device_text(dev: Any, processor: bool = False) -> str | None:
+    """The device as text; ``processor``: a CPU device by its processor's model and instruction
+    set where the manifest records them (for the header; comparisons use the device's name, so
+    that runs on two kinds of processor still compare)."""
     if dev is None:
         return None
     if isinstance(dev, dict):
         name = _first(dev.get("name"), dev.get("model"), dev.get("cpu"))
         kind = _first(dev.get("type"), dev.get("device"), dev.get("kind"))
-        if kind == "cpu" and dev.get("cpu"):  # the processor's model (manifests from 2 Dec 2026)
+        if processor and kind == "cpu" and dev.get("cpu"):  # recorded from 2 December 2026
             cap = dev.get("cpu_capability")
             name = f"{dev['cpu']} ({cap})" if cap and cap != "unknown" else dev["cpu"]
         parts = [str(p) for p in (kind, name) if p is not None]
@@ -421,7 +424,7 @@ def run_facts(run: Run) -> list[tuple[str, str]]:
     if isinstance(m.get("git"), str):
         commit = _first(commit, m.get("git"))
     dirty = _first(m.get("git_dirty"), _get(m, "git", "dirty"))
-    device = _first(_device_text(m.get("device")), _unique(run.metrics, "device"),
+    device = _first(_device_text(m.get("device"), processor=True), _unique(run.metrics, "device"),
                     _unique(run.throughput, "device"))
     dtype = _first(cfg.get("dtype") if isinstance(cfg, dict) else None, m.get("dtype"),
                    _unique(run.metrics, "dtype"))

@@ -238,9 +238,32 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None,
         executor.close()
         raise
     try:
+        if config.resume:
+            left = _left_out(store, plan)
+            if left:
+                plan.warnings.append(left)
+                _warn([left], warn)
         return _run(config, plan, store, progress, on_cell_done, executor)
     finally:
         store.close()
+
+
+def _left_out(store: RunStore, plan: Plan) -> str | None:
+    """A warning naming the finished cells of the run folder that this resume's grid leaves out
+    (an earlier session's estimators, seeds, problems or checkpoints not named again), or None."""
+    parts = store.parts_outside(c.id for c in plan.cells)
+    # statistics cells only (a throughput cell's id changes with its group, which is remeasured)
+    rows = parts.get("metrics", []) + [r for r in parts.get("failure", []) if r.get("seed")]
+    if not rows:
+        return None
+    what = {"estimator": sorted({r.get("estimator", "") for r in rows} - {""}),
+            "seed": sorted({r.get("seed", "") for r in rows} - {""}, key=lambda v: (len(v), v)),
+            "problem/checkpoint": sorted({f"{r.get('problem')}/{r.get('checkpoint')}" for r in rows})}
+    shown = "; ".join(f"{k} {', '.join(v[:6])}{', …' if len(v) > 6 else ''}"
+                      for k, v in what.items() if v)
+    return (f"{len(rows)} finished cell(s) in {str(store.out)!r} are not in this run's grid ({shown}): "
+            "their part files stay in cells/, but metrics.csv and the report leave them out; name "
+            "them again (--estimators, --seeds, problems) to keep them in the tables")
 
 
 EXACT_PATH_COST = 8
