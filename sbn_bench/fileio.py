@@ -65,7 +65,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, hint: str = DE
     path = Path(path)
     tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # a file where a folder should be: which
+            blocker = next((a for a in (path.parent, *path.parent.parents)
+                            if a.exists() and not a.is_dir()), path.parent)
+            raise NotADirectoryError(errno.ENOTDIR, f"Not a directory: {str(blocker)!r} is a file, "
+                                     "not a folder") from None
         fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)

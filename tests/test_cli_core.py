@@ -96,7 +96,8 @@ def test_problem_file_then_exact_gives_the_same_numbers(tmp_path: Path) -> None:
 def test_exact_max_bytes_refuses_small_limit() -> None:
     r = _invoke("exact", "--arch", "2-3-1", "--max-exact-bytes", "100")
     assert r.exit_code != 0 and "Traceback" not in r.output
-    assert re.search(r"^Error: .*table entries.*GiB.*limit", r.output, re.M), r.output
+    assert re.search(r"^Error: .*table entries, about 37.5 KiB \(38,400 bytes\) of memory, over the "
+                     r"limit of 100 bytes", r.output, re.M), r.output
 
 
 def test_exact_size_guard_through_the_cli() -> None:

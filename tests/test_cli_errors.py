@@ -86,6 +86,10 @@ def test_wrong_arguments_are_one_line_errors(tmp_path, args, code, words):
 def test_huge_problems_are_refused_before_allocating(tmp_path):
     out = tmp_path / "out"
     res = invoke(["run", "--arch", "2-2-1", "--data-points", str(10**11), "--out", str(out)])
+    assert_refused(res, 1, ["D=100000000000", "its data alone take 1.49e+03 GiB", "max_exact_bytes=4 GiB"],
+                   out)
+    res = invoke(["run", "--arch", "2-2-1", "--data-points", str(10**11), "--reference", "exact",
+                  "--out", str(out)])
     assert_refused(res, 1, ["D=100000000000", "table entries"], out)
     assert_refused(invoke(["exact", "--arch", "2-3000000000-1"]), 1, ["2-3000000000-1", "GiB"])
     # the reference's size guard runs before the data are built: 5 GB of data never allocated

@@ -60,6 +60,28 @@ def test_small_run_prints_summary_and_writes_files(tmp_path):
     assert res.exit_code == 1 and "config.samples" in res.output, res.output
 
 
+def test_resume_needs_only_the_output_folder(tmp_path):
+    """``--out DIR --resume`` alone takes the run's configuration from its manifest; options given
+    beside it extend it (or are refused, as for any resume); a --preset paper run is sent back to
+    its own command."""
+    out = tmp_path / "run"
+    assert invoke([*SMALL, "--out", str(out)]).exit_code == 0
+    res = invoke(["run", "--out", str(out), "--resume", "--no-report"])
+    assert res.exit_code == 0 and "0 cell(s) run, 2 skipped" in res.output, res.output
+    res = invoke(["run", "--out", str(out), "--resume", "--estimators", "psa,arm,tanh", "--no-report"])
+    assert res.exit_code == 0 and "1 cell(s) run, 2 skipped" in res.output, res.output
+    assert set(pd.read_csv(out / "metrics.csv")["estimator"]) == {"psa", "arm", "tanh"}
+    res = CliRunner().invoke(main, ["run", "--out", str(out), "--resume", "--samples", "31"])
+    assert res.exit_code == 1 and "config.samples: 40 → 31" in res.output, res.output
+    man = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**man, "experiment": {"name": "paper"}}))
+    res = CliRunner().invoke(main, ["run", "--out", str(out), "--resume"])
+    assert res.exit_code == 2 and "holds a --preset paper run" in res.output, res.output
+    # without a manifest there is nothing to resume from: the problem options are asked for
+    res = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "none"), "--resume"])
+    assert res.exit_code == 2 and "--problem" in res.output, res.output
+
+
 def test_quiet_prints_nothing(tmp_path):
     res = invoke([*SMALL, "--quiet", "--out", str(tmp_path / "q")])
     assert res.exit_code == 0 and res.output == ""

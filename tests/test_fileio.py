@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from sbn_bench import runner
 from sbn_bench.cli import main
 from sbn_bench.config import ProblemSpec, RunConfig, ThroughputConfig
+from sbn_bench.fileio import WriteError, atomic_write_bytes
 from sbn_bench.problems import random_problem, save_problem
 from sbn_bench.reports import write_report
 from sbn_bench.train import train
@@ -72,3 +73,13 @@ def test_written_files_get_the_usual_mode(tmp_path: Path) -> None:
              tmp_path / "p.npz"]
     modes = {str(f.relative_to(tmp_path)): oct(stat.S_IMODE(f.stat().st_mode)) for f in files}
     assert len(files) >= 10 and set(modes.values()) == {oct(0o640)}, modes
+
+
+def test_a_file_in_the_way_of_the_folder_is_named(tmp_path: Path) -> None:
+    """A regular file where a folder of the path should be is named (mkdir said 'File exists')."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(WriteError, match=r"Not a directory: '.*afile' is a file, not a folder"):
+        atomic_write_bytes(tmp_path / "afile" / "sub" / "x.npz", b"data")
+    with pytest.raises(WriteError, match=r"Not a directory: '.*afile' is a file, not a folder"):
+        atomic_write_bytes(tmp_path / "afile" / "x.npz", b"data")  # the folder itself
+    assert (tmp_path / "afile").read_text() == "x"

@@ -11,11 +11,13 @@ approximations, so the tolerance is not loosened further.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import tempfile
 from pathlib import Path
 from statistics import NormalDist
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -375,10 +377,15 @@ def test_exact_reference_rows_are_unchanged_but_for_the_new_columns(tmp_path: Pa
                                          "kind": "exact"}]
 
 
-def test_exact_reference_values_are_byte_identical_to_the_schema2_runner(tmp_path: Path) -> None:
-    # tests/golden/exact_reference_schema2_metrics.csv was written by the runner before the
-    # Monte-Carlo reference existed (schema 2), with this configuration: the same rows, byte for
-    # byte, once the two new columns are left out
+def test_exact_reference_values_are_those_of_the_schema2_runner(tmp_path: Path) -> None:
+    """tests/golden/exact_reference_schema2_metrics.csv was written by the runner before the
+    Monte-Carlo reference existed (schema 2), with this configuration: the same rows once the two
+    new columns are left out, byte for byte on the kind of processor that wrote it (an AMD EPYC);
+    on another, torch's kernels round differently in the last bits (README, "Reproducible"), so
+    the values agree to rounding: relative 1e-6 (measured on an Intel Xeon: 1.6e-9; standard
+    errors 1e-4, measured 4.2e-6 for a percentile's), or 1e-14
+    absolute for the round-off-level biases of unbiased layers (1e-15 there), where a change of
+    the statistics or of the samples drawn moves them by percents."""
     golden = Path(__file__).parent / "golden" / "exact_reference_schema2_metrics.csv"
     cfg_ = RunConfig(problems=(ProblemSpec(arch="2-3-3-1", data_points=20),),
                      estimators=("psa", "arm", "tanh"), samples=100, M=(1, 10),
@@ -389,7 +396,21 @@ def test_exact_reference_values_are_byte_identical_to_the_schema2_runner(tmp_pat
     assert all(line.endswith(",exact,0.0") for line in lines[1:])
     stripped = [lines[0].removesuffix(",reference,reference_rel_error")]
     stripped += [line.removesuffix(",exact,0.0") for line in lines[1:]]
-    assert stripped == golden.read_text(encoding="utf-8").splitlines()
+    want = golden.read_text(encoding="utf-8").splitlines()
+    if stripped == want:
+        return  # byte for byte (the processor kind that wrote the golden file)
+    ours = pd.read_csv(io.StringIO("\n".join(stripped)))
+    gold = pd.read_csv(golden)
+    numeric = ["value", "stderr"]
+    assert list(ours.columns) == list(gold.columns) and len(ours) == len(gold)
+    text = [c for c in gold.columns if c not in numeric]
+    assert ours[text].astype(str).equals(gold[text].astype(str))
+    for c, rtol in (("value", 1e-6), ("stderr", 1e-4)):  # a percentile's s.e. amplifies: 4e-6
+        a, b = ours[c].to_numpy(float), gold[c].to_numpy(float)
+        assert (np.isnan(a) == np.isnan(b)).all(), c
+        with np.errstate(invalid="ignore"):  # inf − inf
+            ok = (a == b) | np.isnan(b) | (np.abs(a - b) <= rtol * np.maximum(abs(a), abs(b)) + 1e-14)
+        assert ok.all(), gold[~ok].assign(ours=a[~ok])
 
 
 def test_the_layers_target_brings_every_layer_to_epsilon() -> None:

@@ -101,6 +101,20 @@ def test_cosines_per_group():
     assert c == pytest.approx(expected, abs=1e-15), f"expected {expected}, got {c}"
 
 
+def test_cosines_of_parallel_vectors_stay_within_one():
+    """A cosine is in [−1, 1]; for these parallel vectors the formula rounds to 1 + 2^-52 (found
+    by search; seen as 1.0000000000000002 in a run's metrics on an Intel Xeon), which the metric
+    clips: exactly ±1, for parallel and antiparallel estimates."""
+    ref = torch.tensor([0.8380263329976598, -0.7192575784693592, -0.40334352493217457,
+                        -0.5966353626151273, 0.18203648506130554, -0.8566745932963743,
+                        1.100604170903427], dtype=torch.float64)
+    raw = (3 * ref * ref).sum() / ((3 * ref).square().sum().sqrt() * ref.square().sum().sqrt())
+    assert raw.item() > 1.0  # the rounding this guards against
+    g = mt.Groups.of({"weight_1": torch.zeros(1, 7, dtype=torch.float64)})
+    c = mt.cosines(torch.stack([3 * ref, -3 * ref]), ref, g)
+    assert c[:, 0].tolist() == [1.0, -1.0] and c.abs().max().item() <= 1.0
+
+
 def test_quantile_and_mean_stderr():
     x = np.arange(1, 101, dtype=float)
     # R = 100, q = 0.5: h = √25 = 5, ranks ⌈55⌉ = 55 and ⌊45⌋ = 45 → (55 − 45)/2 = 5

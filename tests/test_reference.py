@@ -425,10 +425,22 @@ def test_estimate_cost_formula() -> None:
     assert estimate_cost((2, 4, 1), 10).states == 10 * 16 + 10 * 16
 
 
+def _gib(size: str) -> float:
+    """A size as the messages write it ("4 GiB", "2.16 KiB (2,208 bytes)", "10 bytes") in GiB."""
+    exact = re.search(r"([\d,]+) bytes?\)?$", size)
+    if exact:
+        return int(exact.group(1).replace(",", "")) / 2**30
+    m = re.fullmatch(r"([\d.eE+-]+) GiB", size)
+    assert m, size
+    return float(m.group(1))
+
+
 def _numbers(msg: str) -> tuple[float, float, float]:
-    m = re.search(r"needs ([\d.eE+-]+) table entries, about ([\d.eE+-]+) GiB.*limit of ([\d.eE+-]+) GiB", msg)
-    assert m, f"message does not state entries, GiB and limit: {msg}"
-    return float(m.group(1)), float(m.group(2)), float(m.group(3))
+    """(entries, memory in GiB, limit in GiB) of a size-guard message."""
+    m = re.search(r"needs ([\d.eE+-]+) table entries, about (.+?) of memory, over the limit of "
+                  r"(.+?) \(raise", msg)
+    assert m, f"message does not state entries, memory and limit: {msg}"
+    return float(m.group(1)), _gib(m.group(2)), _gib(m.group(3))
 
 
 def test_size_guard_message_states_the_numbers() -> None:

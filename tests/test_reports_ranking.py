@@ -117,6 +117,16 @@ def test_best_table_names_ties_and_never_a_clipped_bias() -> None:
     assert any("arm" in n and "not ranked" in n for n in table.notes)
     # layer 2: psa's and reinforce's exact biases are both at round-off: a tie
     assert rows[("init", "2")][head.index("bias ties")].text == "tie: reinforce"
+    # the runner-up's relative gap is given, so that values equal at the table's precision do
+    # not contradict a clear win (exact rows: z = ∞ however small the gap)
+    for r in table.rows:
+        nxt = r[head.index("next (margin)")].text
+        best = float(r[head.index("rrmse")].sort)
+        name = nxt.split(" (")[0]
+        ru = run.metrics[(run.metrics["checkpoint"] == r[0].text) & (run.metrics["layer"] == r[1].text)
+                         & (run.metrics["estimator"] == name) & (run.metrics["metric"] == "rrmse")
+                         & (run.metrics["M"] == 1)]["value"].item()
+        assert f"(+{100 * (ru - best) / best:.2g}%, z = " in nxt, nxt
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shlex
@@ -197,7 +198,8 @@ def _duration(seconds: float) -> str:
               help="Output folder (default runs/<problem name or config name>).")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out, skipping finished cells; it may add problems, "
-                   "checkpoints, estimators, seeds and plugin files.")
+                   "checkpoints, estimators, seeds and plugin files. With --out and no problem "
+                   "options, the run's configuration comes from its manifest.")
 @click.option("--executor", default="auto", show_default=True,
               help="Where cells run: auto (worker processes, one per CPU, when the run is large "
                    "enough to repay starting them, else this process), serial (this process), "
@@ -341,6 +343,18 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         def execute(progress: _Progress) -> runner_mod.RunResult:
             return paper.run_paper(progress=progress, message=None if quiet else click.echo,
                                    warn=warn, report=False, **kw)
+    elif (resume and out is not None and (out / "manifest.json").is_file()
+          and not any(given(ctx, n) for n in ("problem_file", "arch", "preset", "data_points",
+                                               "loss", "noise"))):
+        # --out DIR --resume alone: the run's own configuration, from its manifest
+        overrides = {k: v for k, v in settings.items() if given(ctx, k)}
+        if any(given(ctx, n) for n in ("warmup", "rounds", "throughput_batch", "no_throughput")):
+            overrides["throughput"] = tp
+        if seeds is not None:
+            overrides["seeds"] = seeds
+        elif given(ctx, "seed"):
+            overrides["seeds"] = (seed,)
+        cfg = _from_manifest(out, overrides, m_grid)
     else:
         spec = problem_spec(ctx, problem_file, arch, preset, seed, data_points, loss, noise,
                             seed_has_other_use=True)
@@ -426,6 +440,29 @@ def _interrupted(ctx: click.Context, out: str | os.PathLike[str] | None) -> None
                    "checkpoints are cached only when their training finishes); run the same "
                    "command again.", err=True)
     ctx.exit(INTERRUPTED_EXIT)
+
+
+def _from_manifest(out: Path, overrides: dict[str, Any], m_grid: tuple[int, ...] | str | None
+                   ) -> RunConfig:
+    """The configuration of the run in ``out`` (its manifest), resumed, with the options given on
+    the command line in place of its own. A ``--preset paper`` run is refused: its training is
+    not in the run's configuration, so it resumes with its own command."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise click.UsageError(f"cannot resume {str(out)!r} from its manifest.json ({e}); give "
+                               "the run's problem options (--problem, --arch, --preset or --config)"
+                               ) from None
+    if isinstance(manifest, dict) and (manifest.get("experiment") or {}).get("name") == "paper":
+        raise click.UsageError(f"{str(out)!r} holds a --preset paper run: resume it with the "
+                               f"command that started it, e.g. sbn-bench run --preset paper --out "
+                               f"{shlex.quote(str(out))} --resume (and its --samples, --estimators, "
+                               "--train-seeds …)")
+    base = runner_mod.config_from_manifest(manifest)
+    if m_grid is not None:
+        overrides["M"] = _resolve_m({"M": m_grid,
+                                     "samples": overrides.get("samples", base.samples)})["M"]
+    return base.with_(**{**overrides, "resume": True, "out": str(out)})
 
 
 def _resolve_m(kw: dict[str, Any]) -> dict[str, Any]:

@@ -82,8 +82,8 @@ def _pow2_below(m: Tensor) -> Tensor:
 
 def cosines(sums: Tensor, g: Tensor, groups: Groups, coord_scale: Tensor | None = None) -> Tensor:
     """``cos(v, g)`` per group for each row of ``sums [R, P]`` (any positive scale of M-means):
-    ``[R, G]``. 0 where ``v = 0`` in the group (a zero estimate has no component along ``g``), NaN
-    where ``g = 0`` (undefined).
+    ``[R, G]``, within ``[−1, 1]`` (a rounding beyond is clipped). 0 where ``v = 0`` in the group (a
+    zero estimate has no component along ``g``), NaN where ``g = 0`` (undefined).
 
     Each vector is divided by a power of two near its largest entry first (exact), so that the
     squares of tiny or huge entries cannot underflow or overflow. ``coord_scale [P]``: when the
@@ -103,6 +103,7 @@ def cosines(sums: Tensor, g: Tensor, groups: Groups, coord_scale: Tensor | None 
         sr = _pow2_below(r.abs().max())
         vn, rn = v / sv, r / sr
         c = (vn * rn).sum(-1) / ((vn * vn).sum(-1).sqrt() * (rn * rn).sum().sqrt())
+        c = c.clamp(-1.0, 1.0)  # rounding can take parallel vectors to 1 + 2^-52 (NaN stays NaN)
         c = torch.where((v == 0).all(-1), torch.zeros_like(c), c)
         out.append(c if bool((r != 0).any()) else torch.full_like(c, math.nan))
     return torch.stack(out, dim=-1)

@@ -29,7 +29,7 @@ from sbn_bench import model, network
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.model import Noise, Params
 from sbn_bench.problems import Problem
-from sbn_bench.units import format_count, format_gib
+from sbn_bench.units import format_bytes, format_count, format_gib
 
 DEFAULT_MAX_BYTES = 4 * 2**30
 """Default memory limit of the exact reference (4 GiB); see :func:`check_size`."""
@@ -119,6 +119,12 @@ def data_chunk(widths: Sequence[int], num_data: int, loss: str = "logistic",
     return max(1, CHUNK_BYTES // (per_point * _BYTES_PER_ENTRY))
 
 
+def _size(n: float) -> str:
+    """A memory size for a message: in GiB from 1 GiB up (``"4 GiB"``), else in the unit that
+    fits (``"10 bytes"``, ``"1.5 MiB (1,572,864 bytes)"``)."""
+    return format_gib(n) if n >= 2**30 else format_bytes(n)
+
+
 def check_shape(widths: tuple[int, ...], num_data: int, max_bytes: int = DEFAULT_MAX_BYTES,
                 name: str = "problem", loss: str = "logistic", head: Sequence[int] = ()
                 ) -> ReferenceCost:
@@ -132,14 +138,14 @@ def check_shape(widths: tuple[int, ...], num_data: int, max_bytes: int = DEFAULT
     arch = "-".join(map(str, widths))
     where = f"exact reference refused for problem {name!r} (arch {arch}, D={num_data}): it needs"
     if cost.bytes > max_bytes:
-        needs = (f"{format_count(cost.states)} table entries, about {format_gib(cost.bytes)} of "
+        needs = (f"{format_count(cost.states)} table entries, about {_size(cost.bytes)} of "
                  "memory" if cost.bytes != math.inf else
                  f"more than 2^{_MAX_EXACT_EXPONENT} table entries, beyond any memory")
         raise ReferenceTooLarge(
-            f"{where} {needs}, over the limit of {format_gib(max_bytes)} (raise it with max_bytes= / "
+            f"{where} {needs}, over the limit of {_size(max_bytes)} (raise it with max_bytes= / "
             "--max-exact-bytes, use fewer units per layer, or a Monte-Carlo reference)",
             argument="max_bytes", value=max_bytes,
-            expected=f"at least {format_gib(cost.bytes)} for this problem")
+            expected=f"at least {_size(cost.bytes)} for this problem")
     if cost.states > MAX_EXACT_STATES:
         raise ReferenceTooLarge(
             f"{where} {format_count(cost.states)} table entries, over the limit of "

@@ -77,6 +77,15 @@ def _styles(run: Run) -> dict[str, fg.Style]:
 # the headline
 
 
+def _gap(best: float, runner_up: object) -> str:
+    """How much higher the runner-up is, relative (``"+0.055%, "``), so that two values equal at
+    the table's precision are not read as a contradiction of a clear win; ``""`` when unknown."""
+    v = getattr(runner_up, "value", None)
+    if v is None or not (math.isfinite(v) and math.isfinite(best)) or best <= 0:
+        return ""
+    return f"+{100 * (v - best) / best:.2g}%, "
+
+
 def best_table(run: Run, problem: str, m: float = 1.0, *, compact: bool = False) -> Table:
     """The best estimator per (checkpoint, layer) of ``problem``: lowest rrmse at M=``m`` and
     lowest relative bias, each with its ties and its margin over the next (rules of
@@ -107,7 +116,7 @@ def best_table(run: Run, problem: str, m: float = 1.0, *, compact: bool = False)
                         TableCell("tie: " + fmt_names(ties) if ties else "clear", tie=bool(ties))]
                 if metric == "rrmse":
                     nxt = "—" if r.runner_up is None else \
-                        f"{ests[r.runner_up]} (z = {fmt_z(r.margin)})"
+                        f"{ests[r.runner_up]} ({_gap(best.value, values[r.runner_up])}z = {fmt_z(r.margin)})"
                     row.append(TableCell(nxt, sort=r.margin if r.margin is not None
                                          and math.isfinite(r.margin) else None))
                 else:

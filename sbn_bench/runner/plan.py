@@ -28,6 +28,7 @@ from sbn_bench.reference import ReferenceTooLarge, check_shape, check_size, num_
 from sbn_bench.runner.cells import Cell, network_key
 from sbn_bench.runner.executors import check_executor
 from sbn_bench.runner.memory import ExactImpossible, RunError, check_memory, choose_mode
+from sbn_bench.units import format_bytes
 
 ProblemCheckpoint = tuple[str, str, Problem]
 """``(problem name, checkpoint label, problem)``."""
@@ -205,6 +206,15 @@ def check_shapes(config: RunConfig) -> None:
                 data_bytes = int(shape["num_data"]) * int(shape["widths"][0]) * 8  # type: ignore[index]
                 if kind != "exact" and data_bytes <= config.max_exact_bytes:
                     continue
+                if kind != "exact":
+                    raise RunError(
+                        f"refused before any work: problem {spec.label!r} (D={shape['num_data']}): "
+                        f"its data alone take {format_bytes(data_bytes)} in float64, over "
+                        f"max_exact_bytes={format_bytes(config.max_exact_bytes)} (the most a problem "
+                        "may allocate before the Monte-Carlo reference can be sized); use fewer "
+                        "data points or raise --max-exact-bytes", argument="max_exact_bytes",
+                        value=config.max_exact_bytes,
+                        expected=f"at least {format_bytes(data_bytes)}, or fewer data points") from None
                 raise RunError(f"refused before any work: {e} (SPEC §2: with --reference exact "
                                "every metric needs the exact gradient; --reference auto uses a "
                                "Monte-Carlo reference instead)", argument="max_exact_bytes",
