@@ -347,8 +347,8 @@ def parse_network(arch: str, *, prior: bool = False) -> Network:
     for tok in tokens[1:-1]:
         m = _TOKEN.fullmatch(tok)
         if m is None:
-            raise NetworkError(f"argument arch={text!r}: token {tok!r} is not a layer", argument="arch",
-                               value=tok, expected=expected)
+            raise NetworkError(f"argument arch={text!r}: token {tok!r} is not a layer; expected "
+                               f"{expected}", argument="arch", value=tok, expected=expected)
         where = f"arch {text!r}, layer {tok!r}"
         stochastic = m["det"] is None
         if stochastic and m["act"]:

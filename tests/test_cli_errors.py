@@ -66,6 +66,10 @@ def test_every_help_works(cmd):
     (["run", "--bogus"], 2, ["No such option", "--bogus"]),
     (["exact"], 2, ["exactly one of --problem"]),
     (["report"], 2, ["Missing argument 'DIR'"]),
+    (["report", ".", "--compare", "/nonexistent-baseline"], 2, ["'--compare'", "/nonexistent-baseline",
+                                                              "does not exist"]),
+    (["run", "--arch", "2-x-1"], 1, ["token 'x' is not a layer", "expected tokens separated by '-'"]),
+    (["run", *SMALL, "--M", "1,x"], 2, ["--M", "'1,x'", "e.g. 1,10,100"]),
     (["problem", "--arch", "2-2-1"], 2, ["--out"]),
     (["run", "--arch", "2-2-1", "--seed", str(2**64)], 2, ["--seed", "18446744073709551616"]),
     (["exact", "--arch", "2-2-1", "--seed", "-1"], 2, ["--seed", "-1"]),
@@ -103,7 +107,7 @@ def test_unwritable_problem_file_is_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     res = invoke(["problem", "--arch", "2-2-1", "--out", str(blocker / "sub" / "p.npz")])
-    assert_refused(res, 1, ["cannot write problem file", "p.npz"])
+    assert_refused(res, 1, ["cannot write problem file", "p.npz", "is a file, not a folder"])
     assert list(tmp_path.iterdir()) == [blocker]  # no temporary file left behind
 
 

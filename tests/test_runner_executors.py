@@ -506,6 +506,11 @@ def test_eta_is_the_mean_cell_time_times_the_cells_left_over_the_workers():
     assert runner.eta_seconds([2.0, 4.0], 10, 2) == 15.0
     assert runner.eta_seconds([2.0, 4.0], 1, 4) == 3.0  # one cell left: one cell's time
     assert runner.eta_seconds([3.0], 0, 2) == 0.0
+    # the throughput cells still to run, each alone, come on top (their rounds' least time)
+    assert runner.eta_seconds([2.0, 4.0], 10, 2, alone=7.0) == 22.0
+    assert runner.eta_seconds([], 0, 2, alone=7.0) == 7.0  # statistics done (or all skipped)
+    cfg = RunConfig(problems=(ProblemSpec(arch="2-2-1"),), throughput=ThroughputConfig(rounds=7))
+    assert runner.throughput_seconds(cfg, 11) == pytest.approx(1.2 * 11 * 7 * 0.2)
 
 
 def test_progress_gets_an_eta_after_the_first_measured_cell(tmp_path):
@@ -514,6 +519,19 @@ def test_progress_gets_an_eta_after_the_first_measured_cell(tmp_path):
                progress=lambda done, total, cell, status, eta: seen.append((done, total, eta)))
     assert [d for d, _, _ in seen] == list(range(1, 13)) and {t for _, t, _ in seen} == {12}
     assert all(eta is not None and eta >= 0 for _, _, eta in seen) and seen[-1][2] == 0.0
+
+
+def test_the_eta_counts_the_throughput_cells_still_to_run(tmp_path):
+    """Throughput cells run last, each alone: once the statistics are done the time left is
+    theirs (it said 0 s while a throughput cell took most of a quick run)."""
+    cfg = config(tmp_path / "out", executor="serial",
+                 throughput=ThroughputConfig(warmup=0, rounds=1, max_rounds=1, min_round_s=0.01,
+                                             batch=4))
+    seen = []
+    runner.run(cfg, progress=lambda done, total, cell, status, eta: seen.append((cell.kind, eta)))
+    assert [k for k, _ in seen[-2:]] == ["throughput", "throughput"]  # one per network shape
+    one = runner.throughput_seconds(cfg, 3)  # psa, st, reinforce on each shape
+    assert [eta for _, eta in seen[-3:]] == pytest.approx([2 * one, one, 0.0])
 
 
 def test_progress_bar_shows_the_eta_in_words():

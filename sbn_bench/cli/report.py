@@ -12,7 +12,8 @@ from sbn_bench.cli.common import friendly_errors, warn
 
 @click.command()
 @click.argument("run_dir", metavar="DIR", type=click.Path(path_type=Path))
-@click.option("--compare", "compare_dir", metavar="DIR2", type=click.Path(path_type=Path),
+@click.option("--compare", "compare_dir", metavar="DIR2",
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A baseline run: adds its headline beside this run's and the differences "
                    "beyond their uncertainty (ratios run/baseline).")
 @click.option("--out", "out_dir", metavar="OUTDIR", type=click.Path(file_okay=False, path_type=Path),

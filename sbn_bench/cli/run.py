@@ -53,13 +53,14 @@ from sbn_bench.problems import PRESET_SAMPLES
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
     if value is None:
         return None
+    example = "1,10,100" if param.name == "m_grid" else "0,1,2"
     try:
         out = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of integers "
-                                 "(e.g. 0,1,2)") from None
+                                 f"(e.g. {example})") from None
     if not out:
-        raise click.BadParameter(f"{value!r} is empty; expected integers such as 0,1,2")
+        raise click.BadParameter(f"{value!r} is empty; expected integers such as {example}")
     return out
 
 

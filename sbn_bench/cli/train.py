@@ -161,7 +161,7 @@ def train(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
         return
     J0, J = result.initial_objective, result.final_objective
     click.echo(f"trained {problem.name} ({problem.arch}, D={problem.num_data}) with "
-               f"{estimator.spec}: {result.manifest['steps']} steps in {result.train_s:.1f} s "
+               f"{estimator.spec}: {result.manifest['steps']} steps in {result.train_s:.3g} s "
                f"({result.manifest['seconds_per_step'] * 1e3:.3f} ms/step), total "
                f"{result.wall_s:.1f} s")
     if result.exact_note is None:

@@ -102,7 +102,8 @@ __all__ = [
     "chunk_size", "config_from_manifest", "eta_seconds", "exact_enumeration_bytes",
     "exact_path_moments", "exact_reference", "make_executor", "mc_reference", "measure_cell",
     "monte_carlo_reference", "plan_mc_references", "plan_reference", "prepare",
-    "reference_cache_dir", "rerun", "run", "stable_seed", "stats_cell_rows", "timed_table",
+    "reference_cache_dir", "rerun", "run", "stable_seed", "stats_cell_rows", "throughput_seconds",
+    "timed_table",
 ]
 
 
@@ -155,12 +156,26 @@ ProgressFn = Callable[[int, int, Cell, str, float | None], None]
 ``eta`` the estimated seconds left (:func:`eta_seconds`), None until a cell has been measured."""
 
 
-def eta_seconds(cell_seconds: list[float], remaining: int, workers: int) -> float | None:
-    """Seconds left: the mean time of the cells measured so far × the cells remaining ÷ the cells
-    that run at once (the executor's workers); None before any cell was measured."""
+def eta_seconds(cell_seconds: list[float], remaining: int, workers: int, alone: float = 0.0
+                ) -> float | None:
+    """Seconds left: the mean time of the statistics cells measured so far × those remaining ÷ the
+    cells that run at once (the executor's workers), plus ``alone``, the estimated seconds of the
+    throughput cells still to run (each alone: :func:`throughput_seconds`); None while statistics
+    cells remain and none was measured."""
+    if remaining == 0:
+        return alone
     if not cell_seconds:
         return None
-    return sum(cell_seconds) / len(cell_seconds) * remaining / max(1, min(workers, remaining or 1))
+    return (sum(cell_seconds) / len(cell_seconds) * remaining / max(1, min(workers, remaining))
+            + alone)
+
+
+def throughput_seconds(config: RunConfig, members: int) -> float:
+    """A throughput cell's expected seconds: ``members`` estimators × ``rounds`` rounds of at
+    least ``min_round_s``, and a fifth more for calibration and rounds that last longer (the
+    interleaved method needs at least the first part; more rounds when an interval is wide)."""
+    tp = config.throughput
+    return 1.2 * members * tp.rounds * tp.min_round_s
 
 
 def timed_table(metrics: pd.DataFrame, throughput: pd.DataFrame,
@@ -329,7 +344,9 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
     references: dict[tuple[str, str], Reference] = {}
     reached: dict[tuple[str, str], Reference] = {}
     plugins = tuple(plan.registry.sources)
-    cell_seconds: list[float] = []
+    cell_seconds: list[float] = []  # of the statistics cells run so far
+    alone = {c.id: throughput_seconds(config, len(plan.group(c)))  # throughput cells still to run
+             for c in pending if c.kind == "throughput"}
 
     def tasks(cells: list[Cell]) -> Iterator[Task]:
         for cell in cells:
@@ -372,9 +389,13 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
             done += 1
             n_run += 1
             n_fail += result.failed
-            cell_seconds.append(result.seconds)
+            if result.cell.kind == "throughput":
+                alone.pop(result.cell.id, None)
+            else:
+                cell_seconds.append(result.seconds)
             if progress:
-                eta = eta_seconds(cell_seconds, total - done, executor.workers)
+                eta = eta_seconds(cell_seconds, total - done - len(alone), executor.workers,
+                                  sum(alone.values()))
                 progress(done, total, result.cell, "failed" if result.failed else "done", eta)
             if on_cell_done:
                 on_cell_done(result.cell)

@@ -409,7 +409,7 @@ def _too_costly(problem: Problem, plan: ReferencePlan, rel_error: float, budget:
         reach = math.sqrt(plan.variance / n_budget / plan.g_norm_sq)
     raise McReferenceError(
         f"the Monte-Carlo reference of problem {problem.name!r} needs about N={plan.samples} "
-        f"samples of {plan.estimator} ({t * 1e3:.3g} ms each, about {plan.seconds:.0f} s) to reach "
+        f"samples of {plan.estimator} ({t * 1e3:.3g} ms each, about {plan.seconds:.3g} s) to reach "
         f"a relative error of {rel_error:g}, over the time budget of {budget:g} s (within it: "
         f"ε ≈ {reach:.3g}); raise --reference-time-budget or --reference-rel-error, or give N "
         f"(--reference mc:{plan.estimator}:N)", argument="reference_time_budget", value=budget,
