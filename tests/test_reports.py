@@ -257,6 +257,13 @@ def test_bias_variance_frame_recovers_relative_sd(run_a) -> None:
         expected = math.sqrt(max(rr1**2 - rb**2, 0.0))
         # stored values have 6 significant digits: compare at 1e-4 relative
         assert r["rel_sd"] == pytest.approx(expected, rel=1e-4), (r["estimator"], r["layer"])
+    # a Monte-Carlo bias clipped at 0 (arm's layer 1: 0 ± 0.19) is marked, drawn hollow; an
+    # exact zero (reinforce's, to round-off) is not
+    se = rows[rows["metric"] == "rel_bias"].set_index(["layer", "estimator"])["stderr"]
+    want = {(lay, e) for (lay, e), v in rows[rows["metric"] == "rel_bias"].set_index(
+        ["layer", "estimator"])["value"].items() if v == 0 and se[(lay, e)] > 0}
+    assert ("1", "arm") in want
+    assert {(r["layer"], r["estimator"]) for _, r in bv.iterrows() if r["clipped"]} == want
 
 
 # --------------------------------------------------------------------------------------------

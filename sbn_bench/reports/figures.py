@@ -669,12 +669,12 @@ def bias_variance_frame(rows: pd.DataFrame) -> pd.DataFrame:
     recovered (rrmse 0, e.g. the exact estimator) are left out.
     """
     keys = ["checkpoint", "layer", "estimator"] if "checkpoint" in rows.columns else ["layer", "estimator"]
-    columns = [*keys, "rel_bias", "rel_sd"]
+    columns = [*keys, "rel_bias", "rel_sd", "clipped"]
     scalars = rows[rows["M"].isna() & rows["metric"].isin(["variance", "bias_norm", "rel_bias"])]
     rr = rows[(rows["metric"] == "rrmse") & rows["M"].notna()].sort_values("M")
     if scalars.empty or rr.empty:
-        return pd.DataFrame({c: pd.Series(dtype=float if c in ("rel_bias", "rel_sd") else object)
-                             for c in columns})
+        return pd.DataFrame({c: pd.Series(dtype=float if c in ("rel_bias", "rel_sd") else
+                                          bool if c == "clipped" else object) for c in columns})
     wide = scalars.pivot_table(index=keys, columns="metric", values="value", aggfunc="first")
     first = rr.drop_duplicates(keys).set_index(keys)[["M", "value"]]
     df = wide.join(first, how="inner").dropna(subset=["variance", "bias_norm", "rel_bias"])
@@ -682,10 +682,17 @@ def bias_variance_frame(rows: pd.DataFrame) -> pd.DataFrame:
     bn = df["bias_norm"].clip(lower=0.0)
     gnorm = np.sqrt(bn**2 + V / df["M"]) / df["value"].where(df["value"] > 0)
     df = df.assign(rel_sd=np.sqrt(V) / gnorm.where(gnorm > 0))
+    # a Monte-Carlo bias estimate clipped at 0 (its value 0, its standard error not): unresolved
+    if "stderr" in scalars.columns:
+        se = scalars[scalars["metric"] == "rel_bias"].set_index(keys)["stderr"]
+        se = se[~se.index.duplicated()].reindex(df.index).fillna(0.0)
+    else:
+        se = pd.Series(0.0, index=df.index)
+    df = df.assign(clipped=(df["rel_bias"] == 0) & (se.to_numpy(float) > 0))
     df = df[df["value"] > 0].reset_index()
     # an empty frame (e.g. only zero-error estimators, whose ‖g‖ cannot be recovered) has object
     # columns, which numpy's isfinite refuses
-    return df[columns].astype({"rel_bias": float, "rel_sd": float})
+    return df[columns].astype({"rel_bias": float, "rel_sd": float, "clipped": bool})
 
 
 def label_points(ax: Axes, xs: np.ndarray, ys: np.ndarray, texts: Sequence[str],
@@ -823,10 +830,12 @@ def bias_variance_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Map
                 ax.plot(rest["rel_sd"], rest["rel_bias"], linestyle="none", marker="o", markersize=2.5,
                         color="#c8c8c8", zorder=2, clip_on=False)
             sub = panel[ok & mine].sort_values("estimator", key=lambda s: s.map(est_order))
-            for e, x, y in zip(sub["estimator"], sub["rel_sd"], sub["rel_bias"]):
+            for e, x, y, clip in zip(sub["estimator"], sub["rel_sd"], sub["rel_bias"], sub["clipped"]):
+                # hollow: a Monte-Carlo bias clipped at 0, not a zero bias
                 ax.plot([x], [y], linestyle="none", color=sty[e].colour, marker=sty[e].marker,
-                        markersize=5, markeredgecolor="white", markeredgewidth=0.4, zorder=3,
-                        clip_on=False)
+                        markersize=5, markeredgecolor=sty[e].colour if clip else "white",
+                        markerfacecolor="none" if clip else sty[e].colour,
+                        markeredgewidth=1.0 if clip else 0.4, zorder=3, clip_on=False)
             if r == 0:
                 ax.set_title(_layer_title(layer, n_layers))
             if c == 0:
@@ -843,8 +852,8 @@ def bias_variance_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Map
                             label="other rows' estimators"))
     _legend(fig, by_family(present, {e: sty[e].family for e in present}), sty, extra)
     fig.text(0.01, 0.005, f"symlog axes: linear below {x_lin:g} (x) and {y_lin:g} (y), log above; "
-             "a bias at 0 is zero to round-off, or a Monte-Carlo estimate clipped at 0 (see the "
-             "tables' upper bounds)", fontsize=6.5, color="#555555")
+             "a filled marker at bias 0 is zero to round-off; a hollow one a Monte-Carlo estimate "
+             "clipped at 0 (unresolved: see the tables' upper bounds)", fontsize=6.5, color="#555555")
     return fig
 
 
