@@ -883,13 +883,13 @@ def throughput_figure(tp: pd.DataFrame, estimators: Sequence[str], sty: Mapping[
             if "wide" in tp.columns else set())
     whiskers = "25th–75th percentile" if schema1 else "confidence interval of the median"
     devices = ", ".join(sorted({f"{d} {t}".strip() for d, t in zip(tp["device"], tp["dtype"])}))
-    h = 0.8 + 0.22 * len(order) + 0.5
+    h = 0.4 + 0.22 * len(order) + 0.5  # title 0.4 in, bars, x axis and its label 0.5 in
     labels = [f"{e} (wide)" if e in wide else e for e in order]
     left = max(1.7, 0.2 + _text_inches(max(len(t) for t in labels)))
     w = left + 5.5
     fig = Figure(figsize=(w, h), dpi=DPI)
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((left / w, 0.5 / h, 5.2 / w, (h - 1.3) / h))
+    ax = fig.add_axes((left / w, 0.5 / h, 5.2 / w, 0.22 * len(order) / h))
     pos = np.arange(len(order))
     ax.barh(pos, y, color=[sty[e].colour for e in order], height=0.7)
     err = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
