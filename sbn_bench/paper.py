@@ -817,7 +817,9 @@ def _experiment_facts(manifest: dict[str, Any]) -> list[str]:
     facts = []
     if tm:
         n = len(training_runs(manifest))
-        facts.append(f"wall time on {device.get('type', '?')}: training "
+        where = device.get("type", "?") + (f" ({device['cpu']})" if device.get("type") == "cpu"
+                                           and device.get("cpu") else "")
+        facts.append(f"wall time on {where}: training "
                      f"{tr.get('train_wall_s', math.nan):.0f} s"
                      + (f" ({n} trainings)" if n > 1 else "")
                      + f"{' (reused from the cache in this run)' if tr.get('cached') else ''}, "

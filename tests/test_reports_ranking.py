@@ -126,7 +126,9 @@ def test_best_table_names_ties_and_never_a_clipped_bias() -> None:
         ru = run.metrics[(run.metrics["checkpoint"] == r[0].text) & (run.metrics["layer"] == r[1].text)
                          & (run.metrics["estimator"] == name) & (run.metrics["metric"] == "rrmse")
                          & (run.metrics["M"] == 1)]["value"].item()
-        assert f"(+{100 * (ru - best) / best:.2g}%, z = " in nxt, nxt
+        pct = 100 * (ru - best) / best
+        assert f"(+{pct:,.0f}%, z = " in nxt if pct >= 100 else f"(+{pct:.2g}%, z = " in nxt, nxt
+        assert "e+" not in nxt
 
 
 # --------------------------------------------------------------------------------------------

@@ -83,7 +83,8 @@ def _gap(best: float, runner_up: object) -> str:
     v = getattr(runner_up, "value", None)
     if v is None or not (math.isfinite(v) and math.isfinite(best)) or best <= 0:
         return ""
-    return f"+{100 * (v - best) / best:.2g}%, "
+    pct = 100 * (v - best) / best
+    return f"+{pct:,.0f}%, " if pct >= 100 else f"+{pct:.2g}%, "
 
 
 def best_table(run: Run, problem: str, m: float = 1.0, *, compact: bool = False) -> Table:
