@@ -305,13 +305,7 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         if clash:
             raise click.UsageError(f"--config lists its own problems; do not combine it with "
                                    f"{', '.join(o.replace('--problem-file', '--problem') for o in clash)}")
-        overrides = {k: v for k, v in settings.items() if k == "resume" or given(ctx, k)}
-        if any(given(ctx, n) for n in ("warmup", "rounds", "throughput_batch", "no_throughput")):
-            overrides["throughput"] = tp
-        if seeds is not None:
-            overrides["seeds"] = seeds
-        elif given(ctx, "seed"):
-            overrides["seeds"] = (seed,)
+        overrides = _given_settings(ctx, settings, tp, seeds, seed)
         if m_grid is not None:
             overrides["M"] = None if m_grid == "default" else m_grid  # "paper": up to S, below
         if out is not None:
@@ -348,14 +342,7 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
           and not any(given(ctx, n) for n in ("problem_file", "arch", "preset", "data_points",
                                                "loss", "noise"))):
         # --out DIR --resume alone: the run's own configuration, from its manifest
-        overrides = {k: v for k, v in settings.items() if given(ctx, k)}
-        if any(given(ctx, n) for n in ("warmup", "rounds", "throughput_batch", "no_throughput")):
-            overrides["throughput"] = tp
-        if seeds is not None:
-            overrides["seeds"] = seeds
-        elif given(ctx, "seed"):
-            overrides["seeds"] = (seed,)
-        cfg = _from_manifest(out, overrides, m_grid)
+        cfg = _from_manifest(out, _given_settings(ctx, settings, tp, seeds, seed), m_grid)
     else:
         spec = problem_spec(ctx, problem_file, arch, preset, seed, data_points, loss, noise,
                             seed_has_other_use=True)
@@ -441,6 +428,20 @@ def _interrupted(ctx: click.Context, out: str | os.PathLike[str] | None) -> None
                    "checkpoints are cached only when their training finishes); run the same "
                    "command again.", err=True)
     ctx.exit(INTERRUPTED_EXIT)
+
+
+def _given_settings(ctx: click.Context, settings: dict[str, Any], tp: ThroughputConfig,
+                    seeds: tuple[int, ...] | None, seed: int) -> dict[str, Any]:
+    """The settings given on the command line (and ``resume``), to override those of a TOML file
+    or of a run's manifest: the throughput settings as one, ``--seeds`` or else ``--seed``."""
+    overrides = {k: v for k, v in settings.items() if k == "resume" or given(ctx, k)}
+    if any(given(ctx, n) for n in ("warmup", "rounds", "throughput_batch", "no_throughput")):
+        overrides["throughput"] = tp
+    if seeds is not None:
+        overrides["seeds"] = seeds
+    elif given(ctx, "seed"):
+        overrides["seeds"] = (seed,)
+    return overrides
 
 
 def _from_manifest(out: Path, overrides: dict[str, Any], m_grid: tuple[int, ...] | str | None
