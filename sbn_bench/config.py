@@ -94,7 +94,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -724,8 +723,9 @@ def _rel(base: Path, p: Any, key: str) -> str:
     if not isinstance(p, str) or not p:
         raise ConfigError(f"{key}={p!r} must be a file path (a string)", argument=key)
     path = Path(p)
-    # lexically normalised: "examples/../runs/x" is printed and recorded as "runs/x"
-    return os.path.normpath(path if path.is_absolute() else base / path)
+    # not normalised: "link/../x" is where the system's lookup (which follows the symbolic link)
+    # goes, and a lexical "x" could be another file
+    return str(path if path.is_absolute() else base / path)
 
 
 def _m_value(v: Any) -> tuple[int, ...] | str | None:

@@ -147,3 +147,19 @@ def test_an_unhashable_choice_is_a_config_error(kw) -> None:
 
     with pytest.raises(ConfigError, match=f"{next(iter(kw))}=.* is not one of"):
         RunConfig(problems=(ProblemSpec(preset="quick"),), **kw)
+
+
+def test_relative_paths_follow_the_toml_files_folder_through_a_link(tmp_path: Path) -> None:
+    """``../x`` in a TOML reached through a symbolic link to its folder is the file the system
+    finds from the real folder (a lexical normalisation of ``link/../x`` would pick another)."""
+    real = tmp_path / "real"
+    (real / "exp").mkdir(parents=True)
+    (real / "ck").mkdir()
+    (tmp_path / "ck").mkdir()
+    (real / "ck" / "p.npz").write_text("meant")
+    (tmp_path / "ck" / "p.npz").write_text("decoy")
+    (tmp_path / "link").symlink_to(real / "exp", target_is_directory=True)
+    (real / "exp" / "cfg.toml").write_text('[[problem]]\nname = "p"\nfile = "../ck/p.npz"\n')
+    for where in (real / "exp", tmp_path / "link"):
+        spec = load_config(where / "cfg.toml").problems[0]
+        assert Path(spec.file).read_text() == "meant", spec.file
