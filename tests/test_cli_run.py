@@ -77,9 +77,38 @@ def test_resume_needs_only_the_output_folder(tmp_path):
     (out / "manifest.json").write_text(json.dumps({**man, "experiment": {"name": "paper"}}))
     res = CliRunner().invoke(main, ["run", "--out", str(out), "--resume"])
     assert res.exit_code == 2 and "holds a --preset paper run" in res.output, res.output
+    for bad, says in (("[]", "a JSON array, not an object"), ("null", "a JSON null"),
+                      ('{"config": {"problems": "x"}}', "cannot resume"),
+                      ('{"experiment": 5, "config": 3}', "no 'config' object")):
+        (out / "manifest.json").write_text(bad)
+        res = CliRunner().invoke(main, ["run", "--out", str(out), "--resume"])
+        assert res.exit_code == 2 and says in res.output and "Traceback" not in res.output, res.output
     # without a manifest there is nothing to resume from: the problem options are asked for
+    (tmp_path / "none").mkdir()
     res = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "none"), "--resume"])
-    assert res.exit_code == 2 and "--problem" in res.output, res.output
+    assert res.exit_code == 2 and "no manifest.json in" in res.output and "--problem" in res.output
+
+
+def test_resume_from_the_manifest_adds_plugins_and_keeps_unnamed_throughput_settings(tmp_path):
+    """A --plugin beside --out DIR --resume is added to the run's plugin files (the recorded ones
+    stay); one throughput option replaces that option only, not the run's whole throughput
+    settings."""
+    plug = Path(__file__).resolve().parents[1] / "examples" / "reinforce_baseline.py"
+    out = tmp_path / "run"
+    args = ["run", "--arch", "2-2-1", "--data-points", "3", "--samples", "24", "--M", "1,4",
+            "--plugin", str(plug), "--estimators", "st,reinforce-baseline", "--rounds", "1",
+            "--throughput-batch", "8", "--warmup", "0", "--no-report", "--out", str(out)]
+    assert invoke(args).exit_code == 0
+    other = tmp_path / "other.py"
+    other.write_text("import dataclasses\n"
+                     "from sbn_bench.estimators.builtin.straight_through import st\n"
+                     "ESTIMATORS = {'st-copy': lambda: dataclasses.replace(st(), name='st-copy')}\n")
+    res = invoke(["run", "--out", str(out), "--resume", "--warmup", "0", "--plugin", str(other),
+                  "--estimators", "st,reinforce-baseline,st-copy", "--no-report"])
+    assert res.exit_code == 0 and "cell(s) run, 2 skipped" in res.output, res.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["config"]["plugins"] == [str(plug), str(other)]
+    assert man["config"]["throughput"]["rounds"] == 1 and man["config"]["throughput"]["batch"] == 8
 
 
 def test_quiet_prints_nothing(tmp_path):

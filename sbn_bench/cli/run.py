@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -305,12 +306,15 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         if clash:
             raise click.UsageError(f"--config lists its own problems; do not combine it with "
                                    f"{', '.join(o.replace('--problem-file', '--problem') for o in clash)}")
-        overrides = _given_settings(ctx, settings, tp, seeds, seed)
+        overrides = _given_settings(ctx, settings, seeds, seed)
         if m_grid is not None:
             overrides["M"] = None if m_grid == "default" else m_grid  # "paper": up to S, below
         if out is not None:
             overrides["out"] = str(out)
         cfg = load_config(config_file, **overrides)
+        if _throughput_given(ctx, tp):  # only the options given replace the file's
+            cfg = cfg.with_(throughput=dataclasses.replace(cfg.throughput,
+                                                           **_throughput_given(ctx, tp)))
         if "executor" not in overrides:  # the file's: refused naming the file and its line
             try:
                 runner_mod.executors.check_executor(cfg.executor)
@@ -338,11 +342,12 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         def execute(progress: _Progress) -> runner_mod.RunResult:
             return paper.run_paper(progress=progress, message=None if quiet else click.echo,
                                    warn=warn, report=False, **kw)
-    elif (resume and out is not None and (out / "manifest.json").is_file()
+    elif (resume and out is not None
           and not any(given(ctx, n) for n in ("problem_file", "arch", "preset", "data_points",
                                                "loss", "noise"))):
         # --out DIR --resume alone: the run's own configuration, from its manifest
-        cfg = _from_manifest(out, _given_settings(ctx, settings, tp, seeds, seed), m_grid)
+        cfg = _from_manifest(out, _given_settings(ctx, settings, seeds, seed),
+                             _throughput_given(ctx, tp), m_grid)
     else:
         spec = problem_spec(ctx, problem_file, arch, preset, seed, data_points, loss, noise,
                             seed_has_other_use=True)
@@ -430,13 +435,13 @@ def _interrupted(ctx: click.Context, out: str | os.PathLike[str] | None) -> None
     ctx.exit(INTERRUPTED_EXIT)
 
 
-def _given_settings(ctx: click.Context, settings: dict[str, Any], tp: ThroughputConfig,
+def _given_settings(ctx: click.Context, settings: dict[str, Any],
                     seeds: tuple[int, ...] | None, seed: int) -> dict[str, Any]:
     """The settings given on the command line (and ``resume``), to override those of a TOML file
-    or of a run's manifest: the throughput settings as one, ``--seeds`` or else ``--seed``."""
-    overrides = {k: v for k, v in settings.items() if k == "resume" or given(ctx, k)}
-    if any(given(ctx, n) for n in ("warmup", "rounds", "throughput_batch", "no_throughput")):
-        overrides["throughput"] = tp
+    or of a run's manifest (the throughput options apart: :func:`_throughput_given`), ``--seeds``
+    or else ``--seed``."""
+    overrides = {k: v for k, v in settings.items()
+                 if k != "throughput" and (k == "resume" or given(ctx, k))}
     if seeds is not None:
         overrides["seeds"] = seeds
     elif given(ctx, "seed"):
@@ -444,23 +449,48 @@ def _given_settings(ctx: click.Context, settings: dict[str, Any], tp: Throughput
     return overrides
 
 
-def _from_manifest(out: Path, overrides: dict[str, Any], m_grid: tuple[int, ...] | str | None
-                   ) -> RunConfig:
+def _throughput_given(ctx: click.Context, tp: ThroughputConfig) -> dict[str, Any]:
+    """The throughput options given on the command line, as :class:`ThroughputConfig` fields (the
+    others keep the file's or the manifest's values)."""
+    fields = {"warmup": "warmup", "rounds": "rounds", "throughput_batch": "batch",
+              "no_throughput": "enabled"}
+    return {f: getattr(tp, f) for opt, f in fields.items() if given(ctx, opt)}
+
+
+def _from_manifest(out: Path, overrides: dict[str, Any], throughput: dict[str, Any],
+                   m_grid: tuple[int, ...] | str | None) -> RunConfig:
     """The configuration of the run in ``out`` (its manifest), resumed, with the options given on
-    the command line in place of its own. A ``--preset paper`` run is refused: its training is
-    not in the run's configuration, so it resumes with its own command."""
+    the command line in place of its own (``--plugin`` files added to its own). A ``--preset
+    paper`` run is refused: its training is not in the run's configuration, so it resumes with its
+    own command."""
+    path = out / "manifest.json"
+    ask = "give the run's problem options (--problem, --arch, --preset or --config)"
+    if not path.is_file():
+        raise click.UsageError(f"there is no manifest.json in {str(out)!r} to resume from; {ask}")
     try:
-        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict):
+            kind = {list: "array", str: "string", type(None): "null", bool: "boolean"}.get(
+                type(manifest), "number")
+            raise ValueError(f"it holds a JSON {kind}, not an object")
     except (OSError, ValueError) as e:
-        raise click.UsageError(f"cannot resume {str(out)!r} from its manifest.json ({e}); give "
-                               "the run's problem options (--problem, --arch, --preset or --config)"
+        raise click.UsageError(f"cannot resume {str(out)!r} from its manifest.json ({e}); {ask}"
                                ) from None
-    if isinstance(manifest, dict) and (manifest.get("experiment") or {}).get("name") == "paper":
+    experiment = manifest.get("experiment")
+    if isinstance(experiment, dict) and experiment.get("name") == "paper":
         raise click.UsageError(f"{str(out)!r} holds a --preset paper run: resume it with the "
                                f"command that started it, e.g. sbn-bench run --preset paper --out "
                                f"{shlex.quote(str(out))} --resume (and its --samples, --estimators, "
                                "--train-seeds …)")
-    base = runner_mod.config_from_manifest(manifest)
+    try:
+        base = runner_mod.config_from_manifest(manifest)
+    except (ValueError, TypeError) as e:  # ConfigError is a ValueError
+        raise click.UsageError(f"cannot resume {str(out)!r} from its manifest.json ({e}); {ask}"
+                               ) from None
+    if "plugins" in overrides:  # a resume may add plugin files
+        overrides["plugins"] = tuple(dict.fromkeys([*base.plugins, *overrides["plugins"]]))
+    if throughput:
+        overrides["throughput"] = dataclasses.replace(base.throughput, **throughput)
     if m_grid is not None:
         overrides["M"] = _resolve_m({"M": m_grid,
                                      "samples": overrides.get("samples", base.samples)})["M"]
