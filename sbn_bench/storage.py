@@ -125,9 +125,12 @@ def _run_wide(manifest: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: manifest.get(k) for k in RUN_WIDE}
     if out["random_stream"] is None:  # runs before it was recorded (2 December 2026)
         out["random_stream"] = "unrecorded"
-    if isinstance(out["config"], dict):  # (m_grid is M's or samples' consequence: one line, not two)
-        out["config"] = {k: v for k, v in out["config"].items()
-                         if k not in EXTENSIBLE_CONFIG and k != "m_grid"}
+    if isinstance(out["config"], dict):
+        # the M grid the cells used decides (M = None and the same grid written out are one run);
+        # M only where a manifest lacks the grid
+        cfg = out["config"]
+        drop = "M" if "m_grid" in cfg else "m_grid"
+        out["config"] = {k: v for k, v in cfg.items() if k not in EXTENSIBLE_CONFIG and k != drop}
     if isinstance(out["packages"], dict):
         out["packages"] = {k: out["packages"].get(k) for k in ("sbn_bench", "torch")}
     if isinstance(out["device"], dict):
@@ -148,6 +151,15 @@ def _records(manifest: Mapping[str, Any], key: str, ident: tuple[str, ...], valu
         if isinstance(r, dict):
             out["/".join(str(r.get(k)) for k in ident)] = r.get(value)
     return out
+
+
+def processor_text(manifest: Mapping[str, Any]) -> str | None:
+    """``"<model> (<instruction set>)"`` of a manifest's processor, or None where not recorded."""
+    dev = manifest.get("device")
+    if not isinstance(dev, dict) or not dev.get("cpu"):
+        return None
+    cap = dev.get("cpu_capability")
+    return f"{dev['cpu']} ({cap})" if cap and cap != "unknown" else str(dev["cpu"])
 
 
 def resume_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -316,8 +328,15 @@ class RunStore:
                               argument=str(d), value=diffs)
         for stray in [*d.glob(".*.tmp"), *self.cells.glob(".*.tmp")]:
             stray.unlink(missing_ok=True)  # temporary files of writes that were killed
+        seen = old.get("processors")
+        seen = [p for p in seen if isinstance(p, str)] if isinstance(seen, list) else []
+        for m in (old, manifest):  # every session's processor, in order (the cells mix them)
+            p = processor_text(m)
+            if p is not None and p not in seen:
+                seen.append(p)
         return {**manifest, "started": old.get("started", manifest["started"]),
-                "resumed": [*old.get("resumed", []), manifest["started"]]}
+                "resumed": [*old.get("resumed", []), manifest["started"]],
+                **({"processors": seen} if seen else {})}
 
     manifest: dict[str, Any]
 

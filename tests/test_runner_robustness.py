@@ -182,8 +182,12 @@ def test_a_long_list_that_differs_is_shown_where_it_parts(tmp_path: Path) -> Non
     with pytest.raises(RunDirError) as e:
         runner.run(cfg.with_(resume=True, M=long[:20] + (21, 30, 40)))
     msg = str(e.value)
-    assert "config.M[21]: 22 → 30 (24 → 23 items)" in msg and "m_grid" not in msg
+    assert "config.m_grid[21]: 22 → 30 (24 → 23 items)" in msg and "config.M" not in msg
     assert "(1 difference(s)" in msg
+    # the grid decides, not how it was given: the default grid written out is the same run
+    cfg = config(tmp_path / "d", samples=48, M=None)
+    runner.run(cfg)
+    assert runner.run(cfg.with_(resume=True, M=cfg.m_grid)).cells_skipped == 2
     assert diff_dicts({"s": [0]}, {"s": [0, 1]}) == ["s: [0] → [0, 1]"]  # short lists: in full
 
 
@@ -246,7 +250,15 @@ def test_the_processor_is_recorded_but_a_resume_elsewhere_is_allowed(tmp_path: P
     path.write_text(json.dumps({**man, "device": {**man["device"], "cpu": "Another CPU",
                                                   "cpu_capability": "DEFAULT"}}))
     assert runner.run(cfg.with_(resume=True)).cells_skipped == 2
-    assert json.loads(path.read_text())["device"]["cpu"] == provenance.cpu_model()
+    resumed = json.loads(path.read_text())
+    assert resumed["device"]["cpu"] == provenance.cpu_model()
+    # the earlier session's processor is kept (its cells are in the tables) and shown
+    here = f"{provenance.cpu_model()} ({cap})"
+    assert resumed["processors"] == ["Another CPU (DEFAULT)", here]
+    assert dict(run_facts(load_run(out)))["device"] == (
+        f"cpu {here}; its sessions ran on Another CPU (DEFAULT); {here}")
+    assert runner.run(cfg.with_(resume=True)).cells_skipped == 2  # recorded once each
+    assert json.loads(path.read_text())["processors"] == ["Another CPU (DEFAULT)", here]
 
 
 def test_cpu_model_reads_the_model_name_and_falls_back(monkeypatch: pytest.MonkeyPatch,

@@ -426,6 +426,9 @@ def run_facts(run: Run) -> list[tuple[str, str]]:
     dirty = _first(m.get("git_dirty"), _get(m, "git", "dirty"))
     device = _first(_device_text(m.get("device"), processor=True), _unique(run.metrics, "device"),
                     _unique(run.throughput, "device"))
+    sessions = m.get("processors")
+    if isinstance(sessions, list) and len(sessions) > 1:  # resumed on another processor
+        device = f"{device}; its sessions ran on {'; '.join(map(str, sessions))}"
     dtype = _first(cfg.get("dtype") if isinstance(cfg, dict) else None, m.get("dtype"),
                    _unique(run.metrics, "dtype"))
     samples = _first(cfg.get("samples") if isinstance(cfg, dict) else None, m.get("samples"),
