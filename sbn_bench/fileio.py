@@ -54,6 +54,22 @@ def dir_mode() -> int:
     return 0o777 & ~_umask()
 
 
+def make_folder(path: str | os.PathLike[str]) -> None:
+    """``mkdir -p``, with the file named where one stands in the way of a folder of the path
+    (``mkdir`` says "File exists" or "Not a directory" about the path itself).
+
+    Raises:
+        OSError: ``NotADirectoryError`` naming the file in the way, or the system's error.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((a for a in (path, *path.parents) if a.exists() and not a.is_dir()), path)
+        raise NotADirectoryError(errno.ENOTDIR, f"Not a directory: {str(blocker)!r} is a file, "
+                                 "not a folder") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, hint: str = DEFAULT_HINT) -> None:
     """Write ``data`` to ``path`` through a temporary file and ``os.replace``, with the usual mode
     (:func:`file_mode`); the folder is created if needed.
@@ -65,13 +81,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, hint: str = DE
     path = Path(path)
     tmp: str | None = None
     try:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):  # a file where a folder should be: which
-            blocker = next((a for a in (path.parent, *path.parent.parents)
-                            if a.exists() and not a.is_dir()), path.parent)
-            raise NotADirectoryError(errno.ENOTDIR, f"Not a directory: {str(blocker)!r} is a file, "
-                                     "not a folder") from None
+        make_folder(path.parent)
         fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)

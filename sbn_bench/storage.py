@@ -42,7 +42,7 @@ import pandas as pd
 from sbn_bench import schema
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.fileio import WriteError as WriteError  # re-exported: a run's write errors
-from sbn_bench.fileio import atomic_write_text
+from sbn_bench.fileio import atomic_write_text, make_folder
 from sbn_bench.schema import parse_table, read_table, to_csv_text
 
 MANIFEST = "manifest.json"
@@ -251,7 +251,7 @@ class RunStore:
         text = json.dumps(manifest, indent=2, allow_nan=True) + "\n"  # serialisable before any write
         existed = d.is_dir()
         try:
-            d.mkdir(parents=True, exist_ok=True)
+            make_folder(d)
             store._acquire()
             store._check(manifest, resume, existed)
             if resume and (d / MANIFEST).is_file():

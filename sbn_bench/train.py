@@ -59,7 +59,7 @@ from torch import Tensor
 from sbn_bench import malloc, model, network
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import ContractError, Estimator, load_registry
-from sbn_bench.fileio import atomic_write_bytes
+from sbn_bench.fileio import WriteError, atomic_write_bytes, make_folder
 from sbn_bench.problems import Problem, save_problem
 from sbn_bench.provenance import environment
 from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size, objective
@@ -586,7 +586,10 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
     estimator.check_supports(problem)
     _check_out_dir(out_dir, overwrite)  # the last check: it removes old files when overwriting
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        make_folder(out)
+    except OSError as e:
+        raise WriteError(out, e, "choose another output folder: out_dir=… / --out") from None
     save_epochs = sorted({0, *cps, epochs})
     state = _State.of(problem)
     exact_J = _ExactObjective(problem, state.live, max_exact_bytes, exact_log)

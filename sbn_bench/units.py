@@ -56,13 +56,19 @@ def format_count(n: int | float) -> str:
         return f"{Decimal(n):.4g}"
 
 
+def _three_digits(v: float) -> str:
+    """Three significant digits, without an exponent below a million (``1000 → "1,000"``, not
+    ``"1e+03"``)."""
+    return f"{v:,.0f}" if 1000 <= abs(v) < 1e6 else f"{v:.3g}"
+
+
 def format_bytes(n: float) -> str:
     """``"1.5 MiB (1,572,864 bytes)"``; below 1 KiB ``"17 bytes"``; sizes of any magnitude."""
     if n >= 2**60:
         return f"{format_gib(n)} ({format_count(int(n))} bytes)"
     for unit, size in _BINARY[1:]:
         if n >= size:
-            return f"{n / size:.3g} {unit} ({int(n):,} bytes)"
+            return f"{_three_digits(n / size)} {unit} ({int(n):,} bytes)"
     return f"{int(n):,} byte" + ("" if int(n) == 1 else "s")
 
 
@@ -72,7 +78,7 @@ def format_gib(n: float) -> str:
     if isinstance(n, float) and not math.isfinite(n):
         return f"{n} GiB"
     try:
-        return f"{n / 2**30:.3g} GiB"
+        return f"{_three_digits(n / 2**30)} GiB"
     except OverflowError:
         return f"{Decimal(int(n)) / Decimal(2**30):.3g} GiB"
 

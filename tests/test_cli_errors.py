@@ -90,7 +90,7 @@ def test_wrong_arguments_are_one_line_errors(tmp_path, args, code, words):
 def test_huge_problems_are_refused_before_allocating(tmp_path):
     out = tmp_path / "out"
     res = invoke(["run", "--arch", "2-2-1", "--data-points", str(10**11), "--out", str(out)])
-    assert_refused(res, 1, ["D=100000000000", "its data alone take 1.49e+03 GiB", "max_exact_bytes=4 GiB"],
+    assert_refused(res, 1, ["D=100000000000", "its data alone take 1,490 GiB", "max_exact_bytes=4 GiB"],
                    out)
     res = invoke(["run", "--arch", "2-2-1", "--data-points", str(10**11), "--reference", "exact",
                   "--out", str(out)])
@@ -108,6 +108,12 @@ def test_unwritable_problem_file_is_one_line(tmp_path):
     blocker.write_text("x")
     res = invoke(["problem", "--arch", "2-2-1", "--out", str(blocker / "sub" / "p.npz")])
     assert_refused(res, 1, ["cannot write problem file", "p.npz", "is a file, not a folder"])
+    # and the output folders of run and train (train raised a traceback)
+    res = invoke(["run", "--arch", "2-2-1", "--samples", "8", "--no-throughput", "--out",
+                  str(blocker / "sub")])
+    assert_refused(res, 1, ["cannot write in output folder", f"{str(blocker)!r} is a file"])
+    res = invoke(["train", "--arch", "2-2-1", "--epochs", "1", "--out", str(blocker / "sub")])
+    assert_refused(res, 1, ["cannot write", f"{str(blocker)!r} is a file, not a folder"])
     assert list(tmp_path.iterdir()) == [blocker]  # no temporary file left behind
 
 

@@ -232,3 +232,15 @@ def test_psa_in_blocks_of_flips_stays_within_the_planned_memory(arch, loss, monk
         m.setattr(psa_module, "FLIP_BLOCK", p.widths[-2])  # every flip at once
         whole = peak_bytes(lambda: estimate(est, q, 8, torch.Generator().manual_seed(0)))
     assert got < whole / 2, (got, whole)
+
+
+def test_sizes_are_written_in_their_unit_without_an_exponent() -> None:
+    """Messages give sizes in the unit that fits, three digits, and no "1e+03 KiB"."""
+    from sbn_bench.units import format_gib
+
+    assert format_bytes(10) == "10 bytes" and format_bytes(1) == "1 byte"
+    assert format_bytes(1024) == "1 KiB (1,024 bytes)"
+    assert format_bytes(1000 * 1024) == "1,000 KiB (1,024,000 bytes)"
+    assert format_bytes(1.5 * 2**20) == "1.5 MiB (1,572,864 bytes)"
+    assert format_bytes(1.5 * 2**40) == "1,536 GiB (1,649,267,441,664 bytes)"
+    assert format_gib(4 * 2**30) == "4 GiB" and format_gib(2**30 * 2e6) == "2e+06 GiB"
