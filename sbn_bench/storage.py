@@ -108,6 +108,10 @@ def diff_dicts(old: Any, new: Any, path: str = "") -> list[str]:
         y = _short(new[i]) if i < len(new) else "(absent)"
         size = f" ({len(old)} → {len(new)} items)" if len(old) != len(new) else ""
         return [f"{path or 'value'}[{i}]: {x} → {y}{size}"]
+    if isinstance(old, str) and isinstance(new, str) and a == b:  # long, shortened alike
+        i = next((k for k, (x, y) in enumerate(zip(old, new)) if x != y), min(len(old), len(new)))
+        return [f"{path or 'value'} from character {i}: {old[max(0, i - 10):i + 30]!r} → "
+                f"{new[max(0, i - 10):i + 30]!r}"]
     return [f"{path or 'value'}: {a} → {b}"]
 
 

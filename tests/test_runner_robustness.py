@@ -189,6 +189,9 @@ def test_a_long_list_that_differs_is_shown_where_it_parts(tmp_path: Path) -> Non
     runner.run(cfg)
     assert runner.run(cfg.with_(resume=True, M=cfg.m_grid)).cells_skipped == 2
     assert diff_dicts({"s": [0]}, {"s": [0, 1]}) == ["s: [0] → [0, 1]"]  # short lists: in full
+    a, b = "x" * 100 + "old tail", "x" * 100 + "new tail"  # long strings that part late
+    assert diff_dicts({"p": a}, {"p": b}) == ["p from character 100: 'xxxxxxxxxxold tail' → "
+                                              "'xxxxxxxxxxnew tail'"]
 
 
 def test_a_resume_that_leaves_out_finished_cells_says_so(tmp_path: Path) -> None:
