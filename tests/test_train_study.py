@@ -18,7 +18,7 @@ import torch
 
 pytest.importorskip("sklearn")
 
-from sbn_bench import model  # noqa: E402
+from sbn_bench import model, provenance  # noqa: E402
 from sbn_bench import train_report as tr  # noqa: E402
 from sbn_bench import train_study as ts  # noqa: E402
 from sbn_bench.estimators import estimate, load_registry  # noqa: E402
@@ -141,6 +141,7 @@ def test_resume_refuses_another_random_stream_and_retrains_another_estimator_ver
     assert m["versions"]["stream"] == model.STREAM_VERSION
     cell = json.loads(ts.cell_file(out, "psa", 0).read_text())
     assert cell["stream"] == model.STREAM_VERSION and cell["estimator_version"]
+    assert cell["processor"] == f"{provenance.cpu_model()} ({provenance.cpu_capability()})"
     kw = dict(estimators=ESTIMATORS, seeds=SEEDS, settings=tiny(), resume=True)
     for was, says in ((model.STREAM_VERSION - 1, f"{model.STREAM_VERSION - 1}"),
                       (None, "not recorded")):
