@@ -78,6 +78,17 @@ def cpu_capability() -> str:
         return "unknown"
 
 
+def processor_label(cpu: str, capability: str | None = None) -> str:
+    """``"<model> (<instruction set>)"``, or the model alone where the instruction set is unknown:
+    how manifests' processors are shown (report headers, resumed runs, study cells)."""
+    return f"{cpu} ({capability})" if capability and capability != "unknown" else cpu
+
+
+def processor() -> str:
+    """This machine's :func:`processor_label`."""
+    return processor_label(cpu_model(), cpu_capability())
+
+
 def environment() -> dict[str, Any]:
     """Python, platform, processor (model and torch's instruction set), package versions and
     commit, for a manifest."""

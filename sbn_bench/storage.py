@@ -33,7 +33,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from sbn_bench import schema
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.fileio import WriteError as WriteError  # re-exported: a run's write errors
 from sbn_bench.fileio import atomic_write_text, make_folder
+from sbn_bench.provenance import processor_label
 from sbn_bench.schema import parse_table, read_table, to_csv_text
 
 MANIFEST = "manifest.json"
@@ -80,6 +81,12 @@ def _short(v: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+def _first_difference(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """The first index where two sequences differ (the shorter one's length if one starts the
+    other)."""
+    return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def diff_dicts(old: Any, new: Any, path: str = "") -> list[str]:
     """Human-readable differences ``key: old → new`` between two JSON-like values (lists of the
     same length compared item by item as ``key[i]``; long values shortened with ``…``)."""
@@ -103,13 +110,13 @@ def diff_dicts(old: Any, new: Any, path: str = "") -> list[str]:
     a, b = _short(old), _short(new)
     if (isinstance(old, list) and isinstance(new, list)
             and (a.endswith("…") or b.endswith("…"))):  # shortened: show where they part
-        i = next((k for k, (x, y) in enumerate(zip(old, new)) if x != y), min(len(old), len(new)))
+        i = _first_difference(old, new)
         x = _short(old[i]) if i < len(old) else "(absent)"
         y = _short(new[i]) if i < len(new) else "(absent)"
         size = f" ({len(old)} → {len(new)} items)" if len(old) != len(new) else ""
         return [f"{path or 'value'}[{i}]: {x} → {y}{size}"]
     if isinstance(old, str) and isinstance(new, str) and a == b:  # long, shortened alike
-        i = next((k for k, (x, y) in enumerate(zip(old, new)) if x != y), min(len(old), len(new)))
+        i = _first_difference(old, new)
         return [f"{path or 'value'} from character {i}: {old[max(0, i - 10):i + 30]!r} → "
                 f"{new[max(0, i - 10):i + 30]!r}"]
     return [f"{path or 'value'}: {a} → {b}"]
@@ -157,13 +164,12 @@ def _records(manifest: Mapping[str, Any], key: str, ident: tuple[str, ...], valu
     return out
 
 
-def processor_text(manifest: Mapping[str, Any]) -> str | None:
-    """``"<model> (<instruction set>)"`` of a manifest's processor, or None where not recorded."""
-    dev = manifest.get("device")
-    if not isinstance(dev, dict) or not dev.get("cpu"):
+def processor_text(device: Any) -> str | None:
+    """A manifest's ``device`` entry's processor (:func:`sbn_bench.provenance.processor_label`),
+    or None where not recorded (manifests before 2 December 2026)."""
+    if not isinstance(device, dict) or not device.get("cpu"):
         return None
-    cap = dev.get("cpu_capability")
-    return f"{dev['cpu']} ({cap})" if cap and cap != "unknown" else str(dev["cpu"])
+    return processor_label(str(device["cpu"]), device.get("cpu_capability"))
 
 
 def resume_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -335,7 +341,7 @@ class RunStore:
         seen = old.get("processors")
         seen = [p for p in seen if isinstance(p, str)] if isinstance(seen, list) else []
         for m in (old, manifest):  # every session's processor, in order (the cells mix them)
-            p = processor_text(m)
+            p = processor_text(m.get("device"))
             if p is not None and p not in seen:
                 seen.append(p)
         return {**manifest, "started": old.get("started", manifest["started"]),

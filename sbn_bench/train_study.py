@@ -65,7 +65,7 @@ from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import Estimator, Registry, estimate, load_registry
 from sbn_bench.fileio import atomic_write_text
 from sbn_bench.problems import Problem
-from sbn_bench.provenance import cpu_capability, cpu_model, environment
+from sbn_bench.provenance import environment, processor
 from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size, exact_gradient
 from sbn_bench.runner.cells import Cell, CellContext, CellResult, stable_seed
 from sbn_bench.runner.executors import check_executor, make_executor, resolve_auto
@@ -791,7 +791,7 @@ def _record(res: CellResult, fp: str, version: str) -> dict[str, Any]:
     base = {"estimator": res.cell.estimator, "seed": res.cell.seed, "settings_fingerprint": fp,
             "estimator_version": version, "stream": model.STREAM_VERSION, "seconds": res.seconds,
             # the session's processor (a resumed study may mix them: README, "Reproducible")
-            "processor": f"{cpu_model()} ({cpu_capability()})"}
+            "processor": processor()}
     if res.failed:
         f = res.rows[0] if res.rows else {}
         return {**base, "status": "failed", "stage": f.get("stage", ""), "error": f.get("error", "")}

@@ -24,7 +24,7 @@ import pandas as pd
 from sbn_bench import schema
 from sbn_bench.reports.families import estimator_families
 from sbn_bench.schema import TableError, read_table
-from sbn_bench.storage import RunDirError, tables_from_parts
+from sbn_bench.storage import RunDirError, processor_text, tables_from_parts
 
 __all__ = ["Run", "RunDirError", "TableError", "load_run"]
 
@@ -399,9 +399,8 @@ def _device_text(dev: Any, processor: bool = False) -> str | None:
     if isinstance(dev, dict):
         name = _first(dev.get("name"), dev.get("model"), dev.get("cpu"))
         kind = _first(dev.get("type"), dev.get("device"), dev.get("kind"))
-        if processor and kind == "cpu" and dev.get("cpu"):  # recorded from 2 December 2026
-            cap = dev.get("cpu_capability")
-            name = f"{dev['cpu']} ({cap})" if cap and cap != "unknown" else dev["cpu"]
+        if processor and kind == "cpu":
+            name = processor_text(dev) or name
         parts = [str(p) for p in (kind, name) if p is not None]
         return " ".join(parts) if parts else json.dumps(dev, sort_keys=True)
     return str(dev)

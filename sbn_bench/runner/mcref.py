@@ -257,7 +257,6 @@ def reference_estimator(spec: str, problem: Problem | None = None,
     return e
 
 
-
 # --------------------------------------------------------------------------------------------
 # sampling
 
