@@ -204,3 +204,27 @@ def test_help_and_version() -> None:
         assert cmd in out
     assert "--problem" in _ok("exact", "--help").output
     assert re.search(r"sbn-bench, version \d", _ok("--version").output)
+
+
+def test_the_top_level_help_loads_no_command_and_names_each_commands_own_help() -> None:
+    """``sbn-bench --help`` and ``--version`` import no command module (torch takes a second or
+    two to load); the one-line help they show is the one each command shows once loaded."""
+    import importlib
+    import subprocess
+    import sys
+
+    code = ("import sys; from sbn_bench.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))")
+    for args in (["--help"], ["--version"]):
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                             check=True).stdout
+        assert out.splitlines()[-1] == "[]", (args, out)
+    cli = importlib.import_module("sbn_bench.cli")
+    help_text = _ok("--help").output
+    for name, (module, attribute, short) in cli._COMMANDS.items():
+        cmd = cli.main.get_command(None, name)
+        assert cmd is getattr(importlib.import_module(module), attribute)
+        assert cmd.name == name and cmd.short_help == short
+        assert re.search(rf"^  {name} +{re.escape(short)}$", help_text, re.M), name
+    assert cli.main.get_command(None, "nope") is None

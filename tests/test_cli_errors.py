@@ -79,12 +79,29 @@ def test_every_help_works(cmd):
     (["run", *SMALL, "--chunk", "0"], 2, ["--chunk"]),
     (["run", *SMALL, "--max-paths", "0"], 2, ["--max-paths"]),
     (["run", *SMALL, "--rounds", "0"], 2, ["--rounds"]),
+    (["run", *SMALL, "--cache-dir", "x"], 2, ["--cache-dir is an option of --preset paper"]),
 ])
 def test_wrong_arguments_are_one_line_errors(tmp_path, args, code, words):
     out = tmp_path / "out"
     with_out = args[0] == "run" and args[-1] != "--arch"
     assert_refused(invoke([*args, *(["--out", str(out)] if with_out else [])]), code, words,
                    out if with_out else None)
+
+
+def test_a_baseline_that_is_not_a_run_is_named_as_the_baseline(tmp_path):
+    """``--compare`` a folder that exists but holds no run: the refusal says it is the baseline
+    (the report's own DIR gets the same message without that prefix)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = invoke(["report", str(empty)])
+    assert_refused(res, 1, [f"run directory {str(empty)!r} is empty"])
+    assert "--compare" not in res.output
+    run = tmp_path / "run"
+    assert invoke(["run", "--arch", "2-2-1", "--samples", "8", "--no-throughput", "--estimators",
+                   "st", "--out", str(run)]).exit_code == 0
+    res = invoke(["report", str(run), "--compare", str(empty)])
+    assert_refused(res, 1, ["the baseline run (compare_dir, --compare)",
+                            f"run directory {str(empty)!r} is empty"])
 
 
 def test_huge_problems_are_refused_before_allocating(tmp_path):

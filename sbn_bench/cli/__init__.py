@@ -2,16 +2,51 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from sbn_bench.cli.core import exact, list_, problem
-from sbn_bench.cli.report import report
-from sbn_bench.cli.run import run
-from sbn_bench.cli.train import train
 from sbn_bench.version import __version__
 
+_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "exact": ("sbn_bench.cli.core", "exact", "Exact objective and gradient by enumeration."),
+    "list": ("sbn_bench.cli.core", "list_", "List the registered estimators and their flags."),
+    "problem": ("sbn_bench.cli.core", "problem", "Write a problem to the public .npz format."),
+    "report": ("sbn_bench.cli.report", "report", "Write a run's Markdown/HTML report (--compare DIR2)."),
+    "run": ("sbn_bench.cli.run", "run", "Measure estimators' bias, variance, rrmse, cosine and speed."),
+    "train": ("sbn_bench.cli.train", "train", "Train a network with an estimator; write checkpoints."),
+}
+"""Every command: ``name: (module, attribute, one-line help)``. A command's module (and with it
+torch, pandas and matplotlib) is imported only when the command runs or shows its own help, so
+that ``sbn-bench --help`` and ``--version`` answer at once."""
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class _LazyGroup(click.Group):
+    """A group that imports a command's module on first use (click's documented pattern,
+    "Lazily Loading Subcommands")."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in _COMMANDS:
+            return None
+        module, attribute, short = _COMMANDS[cmd_name]
+        try:
+            cmd = getattr(importlib.import_module(module), attribute)
+        except KeyboardInterrupt:  # Ctrl-C while torch loads: nothing has started
+            click.echo(f"\ninterrupted while loading {cmd_name!r}: nothing was done", err=True)
+            ctx.exit(130)
+        cmd.short_help = short
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, short) for name, (_, _, short) in sorted(_COMMANDS.items())])
+
+
+@click.group(cls=_LazyGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="sbn-bench")
 def main() -> None:
     """Accuracy and speed of gradient estimators for stochastic binary networks.
@@ -20,15 +55,3 @@ def main() -> None:
     and a runner that measures bias, variance, relative RMSE, cosine and throughput.
     """
 
-
-_SHORT = {
-    run: "Measure estimators' bias, variance, rrmse, cosine and speed.",
-    exact: "Exact objective and gradient by enumeration.",
-    list_: "List the registered estimators and their flags.",
-    report: "Write a run's Markdown/HTML report (--compare DIR2).",
-    train: "Train a network with an estimator; write checkpoints.",
-    problem: "Write a problem to the public .npz format.",
-}
-for _cmd, _short in _SHORT.items():
-    _cmd.short_help = _short
-    main.add_command(_cmd)

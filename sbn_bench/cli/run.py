@@ -299,6 +299,9 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
     if train_seeds is not None and not is_paper:
         raise click.UsageError("--train-seeds is an option of --preset paper (one training per "
                                "seed); other runs take their checkpoints from --problem or --config")
+    if cache_dir is not None and not is_paper:
+        raise click.UsageError("--cache-dir is an option of --preset paper (where its trained "
+                               "checkpoints are cached); other runs train nothing")
     if config_file is not None:
         clash = [f"--{n.replace('_', '-')}" for n in ("problem_file", "arch", "preset",
                                                         "data_points", "loss", "noise")

@@ -32,7 +32,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 
-from sbn_bench.errors import ArgumentError
+from sbn_bench.errors import ArgumentError, SbnBenchError
 from sbn_bench.fileio import WriteError, atomic_write_text
 from sbn_bench.reports import html, markdown
 from sbn_bench.reports.body import DetailsSection, HeadlineSection, StorySection, comparison_blocks
@@ -302,6 +302,16 @@ def report_blocks(run: Run, sections: Sequence[ReportSection], cmp: Comparison |
     return blocks, errors
 
 
+def _load_baseline(compare_dir: str | os.PathLike[str]) -> Run:
+    """:func:`load_run` of the baseline, its refusals saying that the baseline is meant (the
+    command line's ``--compare``)."""
+    try:
+        return load_run(compare_dir)
+    except SbnBenchError as e:
+        raise type(e)(f"the baseline run (compare_dir, --compare): {e.message}",
+                      argument="compare_dir", value=str(compare_dir), expected=e.expected) from None
+
+
 def write_report(
     run_dir: str | os.PathLike[str],
     compare_dir: str | os.PathLike[str] | None = None,
@@ -350,7 +360,7 @@ def write_report(
                             expected="a number > 0")
 
     run = load_run(run_dir)
-    cmp = compare_runs(run, load_run(compare_dir), force=force, sigma=sigma) if compare_dir else None
+    cmp = compare_runs(run, _load_baseline(compare_dir), force=force, sigma=sigma) if compare_dir else None
     if run.incomplete and warn is not None:
         warn(run.incomplete)
     if sections is None:
