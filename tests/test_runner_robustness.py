@@ -378,3 +378,35 @@ def test_run_in_a_thread_still_works_without_a_time_limit(tmp_path: Path) -> Non
 def test_plugin_file_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(PluginFileError, match="missing.py' does not exist"):
         runner.run(config(tmp_path / "r", plugins=(str(tmp_path / "missing.py"),)))
+
+
+def test_resume_config_reads_the_run_from_its_manifest_alone(tmp_path: Path) -> None:
+    """``runner.resume_config(out)`` (what ``sbn-bench run --out DIR --resume`` calls): the run's
+    own configuration, resumed; given settings replace its own, plugins and throughput fields
+    extend it; a folder without a readable manifest, or a --preset paper run, is refused naming
+    the folder."""
+    out = tmp_path / "run"
+    first = runner.run(config(out, estimators=("st",)))
+    cfg = runner.resume_config(out, estimators=("st", "tanh"))
+    assert cfg.resume and cfg.out == str(out) and cfg.estimators == ("st", "tanh")
+    assert cfg.problems == config(out).problems and cfg.samples == 24 and cfg.m_grid == (1, 4)
+    again = runner.run(cfg)
+    assert again.cells_skipped == 1 and set(again.metrics["estimator"]) == {"st", "tanh"}
+    assert again.metrics.query("estimator == 'st'").equals(first.metrics)
+    other = runner.resume_config(out, M="default", throughput={"rounds": 2, "enabled": True})
+    assert other.m_grid == config(out, M=None).m_grid  # the default grid up to the samples
+    assert other.throughput.rounds == 2 and other.throughput.enabled
+    assert other.throughput.warmup == config(out).throughput.warmup
+    with pytest.raises(RunDirError, match="no manifest.json in") as e:
+        runner.resume_config(tmp_path / "nothing")
+    assert e.value.argument == "out" and e.value.value == str(tmp_path / "nothing")
+    man = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**man, "experiment": {"name": "paper"}}))
+    with pytest.raises(RunDirError, match="holds a --preset paper run"):
+        runner.resume_config(out)
+    (out / "manifest.json").write_text("[1]")
+    with pytest.raises(RunDirError, match="a JSON array, not an object"):
+        runner.resume_config(out)
+    (out / "manifest.json").write_text('{"config": {"problems": "x"}}')
+    with pytest.raises(ConfigError, match="cannot resume"):
+        runner.resume_config(out)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shlex
@@ -47,6 +46,7 @@ from sbn_bench.config import (
     paper_m_grid,
     parse_reference,
 )
+from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import split_specs
 from sbn_bench.problems import PRESET_SAMPLES
 
@@ -462,42 +462,19 @@ def _throughput_given(ctx: click.Context, tp: ThroughputConfig) -> dict[str, Any
 
 def _from_manifest(out: Path, overrides: dict[str, Any], throughput: dict[str, Any],
                    m_grid: tuple[int, ...] | str | None) -> RunConfig:
-    """The configuration of the run in ``out`` (its manifest), resumed, with the options given on
-    the command line in place of its own (``--plugin`` files added to its own). A ``--preset
-    paper`` run is refused: its training is not in the run's configuration, so it resumes with its
-    own command."""
-    path = out / "manifest.json"
-    ask = "give the run's problem options (--problem, --arch, --preset or --config)"
-    if not path.is_file():
-        raise click.UsageError(f"there is no manifest.json in {str(out)!r} to resume from; {ask}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(manifest, dict):
-            kind = {list: "array", str: "string", type(None): "null", bool: "boolean"}.get(
-                type(manifest), "number")
-            raise ValueError(f"it holds a JSON {kind}, not an object")
-    except (OSError, ValueError) as e:
-        raise click.UsageError(f"cannot resume {str(out)!r} from its manifest.json ({e}); {ask}"
-                               ) from None
-    experiment = manifest.get("experiment")
-    if isinstance(experiment, dict) and experiment.get("name") == "paper":
-        raise click.UsageError(f"{str(out)!r} holds a --preset paper run: resume it with the "
-                               f"command that started it, e.g. sbn-bench run --preset paper --out "
-                               f"{shlex.quote(str(out))} --resume (and its --samples, --estimators, "
-                               "--train-seeds …)")
-    try:
-        base = runner_mod.config_from_manifest(manifest)
-    except (ValueError, TypeError) as e:  # ConfigError is a ValueError
-        raise click.UsageError(f"cannot resume {str(out)!r} from its manifest.json ({e}); {ask}"
-                               ) from None
-    if "plugins" in overrides:  # a resume may add plugin files
-        overrides["plugins"] = tuple(dict.fromkeys([*base.plugins, *overrides["plugins"]]))
-    if throughput:
-        overrides["throughput"] = dataclasses.replace(base.throughput, **throughput)
+    """:func:`sbn_bench.runner.resume_config`, its refusals usage errors that say what else to
+    give (a ``--preset paper`` run: the command that resumes it)."""
     if m_grid is not None:
-        overrides["M"] = _resolve_m({"M": m_grid,
-                                     "samples": overrides.get("samples", base.samples)})["M"]
-    return base.with_(**{**overrides, "resume": True, "out": str(out)})
+        overrides["M"] = m_grid
+    try:
+        return runner_mod.resume_config(out, throughput=throughput, **overrides)
+    except SbnBenchError as e:
+        if e.expected == "a run not made by --preset paper":
+            hint = (f"e.g. sbn-bench run --preset paper --out {shlex.quote(str(out))} --resume (and "
+                    "its --samples, --estimators, --train-seeds …)")
+        else:
+            hint = "give the run's problem options (--problem, --arch, --preset or --config)"
+        raise click.UsageError(f"{e.message}; {hint}") from None
 
 
 def _resolve_m(kw: dict[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ import os
 import time
 import warnings as warnings_mod
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from typing import Any
 import pandas as pd
 
 from sbn_bench import malloc
-from sbn_bench.config import ConfigError, RunConfig, parse_reference
+from sbn_bench.config import ConfigError, RunConfig, default_m_grid, paper_m_grid, parse_reference
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.metrics import sort_layers, timed_rows
 from sbn_bench.problems import Problem
@@ -90,7 +90,7 @@ from sbn_bench.runner.memory import (
     exact_enumeration_bytes,
 )
 from sbn_bench.runner.plan import Plan, build_manifest, check_combinations, prepare
-from sbn_bench.storage import RunStore
+from sbn_bench.storage import RunDirError, RunStore
 
 ASSEMBLE_EVERY_S = 10.0
 """The tables are re-assembled from the part files at most this often during a run, and at its end."""
@@ -102,8 +102,8 @@ __all__ = [
     "chunk_size", "config_from_manifest", "eta_seconds", "exact_enumeration_bytes",
     "exact_path_moments", "exact_reference", "make_executor", "mc_reference", "measure_cell",
     "monte_carlo_reference", "plan_mc_references", "plan_reference", "prepare",
-    "reference_cache_dir", "rerun", "run", "stable_seed", "stats_cell_rows", "throughput_seconds",
-    "timed_table",
+    "reference_cache_dir", "rerun", "resume_config", "run", "stable_seed", "stats_cell_rows",
+    "throughput_seconds", "timed_table",
 ]
 
 
@@ -559,6 +559,62 @@ def config_from_manifest(manifest: dict[str, Any] | str | os.PathLike[str], *,
         raise ConfigError("the manifest has no 'config' object (not written by sbn-bench run)",
                           argument="config", expected="a 'config' object")
     return RunConfig.from_dict(d, base=manifest.get("cwd"), out=None if out is None else str(out))
+
+
+def resume_config(out: str | os.PathLike[str], *, throughput: Mapping[str, Any] | None = None,
+                  **overrides: Any) -> RunConfig:
+    """The configuration to resume the run in the folder ``out`` with, from its manifest alone
+    (``sbn-bench run --out DIR --resume``): the recorded configuration with ``resume=True``, and
+    the settings given in place of its own.
+
+    Args:
+        out: the run's output folder (holding ``manifest.json``).
+        throughput: :class:`~sbn_bench.config.ThroughputConfig` fields to change; the others keep
+            the run's values.
+        overrides: :class:`RunConfig` fields to change. ``plugins`` are added to the run's own
+            (a resume may add estimators, never drop those of finished cells); ``M`` may be
+            ``"paper"`` or ``"default"`` (that grid up to the samples).
+
+    Raises:
+        RunDirError: ``out`` has no readable manifest, or holds a ``--preset paper`` run (whose
+            training is not part of its configuration: resume it with
+            :func:`sbn_bench.paper.run_paper` and ``resume=True``).
+        ConfigError: the manifest has no usable configuration, or an override is invalid.
+    """
+    folder = Path(out)
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise RunDirError(f"there is no manifest.json in {str(folder)!r} to resume from",
+                          argument="out", value=str(folder),
+                          expected="the output folder of a run (with its manifest.json)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict):
+            kind = {list: "array", str: "string", type(None): "null", bool: "boolean"}.get(
+                type(manifest), "number")
+            raise ValueError(f"it holds a JSON {kind}, not an object")
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"cannot resume {str(folder)!r} from its manifest.json ({e})",
+                          argument="out", value=str(folder),
+                          expected="a manifest.json written by sbn-bench run") from None
+    experiment = manifest.get("experiment")
+    if isinstance(experiment, dict) and experiment.get("name") == "paper":
+        raise RunDirError(f"{str(folder)!r} holds a --preset paper run: resume it with the command "
+                          "that started it (its training is not part of the run's configuration)",
+                          argument="out", value=str(folder), expected="a run not made by --preset paper")
+    try:
+        base = config_from_manifest(manifest)
+    except (ValueError, TypeError) as e:  # ConfigError is a ValueError
+        raise ConfigError(f"cannot resume {str(folder)!r} from its manifest.json ({e})",
+                          argument="out", value=str(folder)) from None
+    if "plugins" in overrides:
+        overrides["plugins"] = tuple(dict.fromkeys([*base.plugins, *overrides["plugins"]]))
+    if throughput:
+        overrides["throughput"] = replace(base.throughput, **throughput)
+    grids = {"paper": paper_m_grid, "default": default_m_grid}
+    if isinstance(overrides.get("M"), str) and overrides["M"] in grids:
+        overrides["M"] = grids[overrides["M"]](overrides.get("samples", base.samples))
+    return base.with_(**{**overrides, "resume": True, "out": str(folder)})
 
 
 def rerun(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], **kw: Any) -> RunResult:
