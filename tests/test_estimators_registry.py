@@ -221,6 +221,16 @@ def test_a_plugin_named_like_a_builtin_is_refused_when_requested(tmp_path: Path)
     reg, warnings = load_plugins([p], ["st"])  # not requested: a warning, and psa is the built-in
     assert any("'psa'" in w and "already registered" in w for w in warnings)
     assert reg.origins["psa"].startswith("entry point psa")
+    # a *broken* factory under a taken name clashes too (it was recorded as merely broken, and a
+    # run that asked for psa measured the built-in without a word)
+    broken = _plugin(tmp_path, """
+        def psa(**kw):
+            raise ValueError("broken")
+
+        ESTIMATORS = {"psa": psa}
+    """, name="broken.py")
+    with pytest.raises(PluginFileError, match=r"defines estimator 'psa', a name already registered"):
+        load_plugins([broken], ["psa"])
 
 
 @pytest.mark.parametrize(("flag", "body"), [

@@ -87,16 +87,18 @@ class Registry:
         return sorted(self.factories)
 
     def add(self, name: str, factory: Any, origin: str) -> bool:
-        """Check ``factory`` and register it; on failure record a :class:`PluginError`."""
-        try:
-            check_factory(name, factory)
-        except (Exception, SystemExit) as e:  # a plugin may raise anything: record it, go on
-            self.errors.append(PluginError(name, origin, f"{type(e).__name__}: {e}"))
-            return False
+        """Check ``factory`` and register it; on failure record a :class:`PluginError`. A name
+        already registered elsewhere is a clash whether or not the factory works (a broken
+        plugin ``psa`` must not leave the built-in to be measured in its place unnoticed)."""
         if name in self.factories and self.origins[name] != origin:
             self.errors.append(PluginError(
                 name, origin, f"name already registered by {self.origins[name]}; kept that one",
                 clash=True))
+            return False
+        try:
+            check_factory(name, factory)
+        except (Exception, SystemExit) as e:  # a plugin may raise anything: record it, go on
+            self.errors.append(PluginError(name, origin, f"{type(e).__name__}: {e}"))
             return False
         self.factories[name] = factory
         self.origins[name] = origin
