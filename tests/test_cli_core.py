@@ -228,3 +228,26 @@ def test_the_top_level_help_loads_no_command_and_names_each_commands_own_help() 
         assert cmd.name == name and cmd.short_help == short
         assert re.search(rf"^  {name} +{re.escape(short)}$", help_text, re.M), name
     assert cli.main.get_command(None, "nope") is None
+
+
+@pytest.mark.parametrize("args, groups", [
+    (["--arch", "4-d3:relu-3-d3:tanh-1", "--data-points", "5"], ["body", "1", "head", "out"]),
+    (["--arch", "6-2-6", "--loss", "vae", "--data-points", "3"], ["1", "out", "prior"]),
+])
+def test_the_exact_table_has_a_row_for_every_parameter_group(args, groups) -> None:
+    """Every group of the gradient gets a row (the body, the head and the VAE's prior were left
+    out while ``all`` counted them), and each row's |grad| is that group's norm in ``--json``."""
+    rows = [line.split() for line in _ok("exact", *args).output.splitlines()]
+    table = {r[0]: r for r in rows[rows.index(["layer", "|grad", "W|", "|grad", "b|", "|grad|"]) + 2:]}
+    assert list(table) == [*groups, "all"]
+    grad = json.loads(_ok("exact", *args, "--json").output)["gradient"]
+
+    def group(name: str) -> str:
+        return name.split("_")[0] if name.startswith(("body_", "head_")) else \
+            "prior" if name == "prior_logits" else name.rsplit("_", 1)[1]
+
+    for g in groups:
+        want = sum(float(torch.tensor(v).square().sum()) for n, v in grad.items() if group(n) == g)
+        assert float(table[g][-1]) == pytest.approx(want ** 0.5, rel=1e-5), g
+    total = sum(float(torch.tensor(v).square().sum()) for v in grad.values()) ** 0.5
+    assert float(table["all"][-1]) == pytest.approx(total, rel=1e-5)

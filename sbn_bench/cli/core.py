@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import torch
 
 from sbn_bench import model, problems
 from sbn_bench.cli.common import (
@@ -18,6 +19,7 @@ from sbn_bench.cli.common import (
     size_option,
 )
 from sbn_bench.estimators import load_plugins
+from sbn_bench.metrics.groups import Groups, group_of
 from sbn_bench.reference import DEFAULT_MAX_BYTES, exact_gradient, gradient_json
 
 max_bytes_option = size_option(
@@ -49,14 +51,28 @@ def exact(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
     click.echo(f"problem {problem.name}  arch {problem.arch}  D={problem.num_data}  "
                f"loss {problem.loss}  noise {problem.noise}")
     click.echo(f"objective J = {J:.12g}\n")
+    click.echo(format_table(["layer", "|grad W|", "|grad b|", "|grad|"], gradient_norm_rows(grad)))
+
+
+def gradient_norm_rows(grad: dict[str, torch.Tensor]) -> list[list[str]]:
+    """The rows of ``exact``'s table: per parameter group (:class:`sbn_bench.metrics.Groups`:
+    ``body``, the stochastic layers, ``head``, ``out``, ``prior``, ``all``) the norms of its
+    weights' gradient, its biases' and the whole group's (so the groups' squares add up to
+    ``all``'s); a group without weights or biases (the VAE's prior logits) leaves that cell empty."""
+    groups = Groups.of(grad)
     rows = []
-    for layer in [*map(str, range(1, problem.n_layers + 1)), "out"]:
-        w, b = grad[f"weight_{layer}"], grad[f"bias_{layer}"]
-        rows.append([layer, f"{float(w.norm()):.6g}", f"{float(b.norm()):.6g}",
-                     f"{float((w.square().sum() + b.square().sum()).sqrt()):.6g}"])
-    total = sum(float(g.square().sum()) for g in grad.values()) ** 0.5
-    rows.append(["all", "", "", f"{total:.6g}"])
-    click.echo(format_table(["layer", "|grad W|", "|grad b|", "|grad|"], rows))
+    for group in groups.names:
+        members = groups.params if group == "all" else [n for n in groups.params
+                                                         if group_of(n) == group]
+
+        def norm(kind: str, members: list[str] = members) -> str:
+            part = [grad[n] for n in members if kind in n]
+            return f"{sum(float(t.square().sum()) for t in part) ** 0.5:.6g}" if part else ""
+
+        total = sum(float(grad[n].square().sum()) for n in members) ** 0.5
+        rows.append([group, *(("", "") if group == "all" else (norm("weight"), norm("bias"))),
+                     f"{total:.6g}"])
+    return rows
 
 
 @click.command("list")
