@@ -70,6 +70,7 @@ from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size
 from sbn_bench.runner.cells import Cell, CellContext, CellResult, stable_seed
 from sbn_bench.runner.executors import check_executor, make_executor, resolve_auto
 from sbn_bench.runner.mcref import McReferenceError, mc_reference, reference_estimator
+from sbn_bench.storage import diff_dicts
 from sbn_bench.train import (
     OPTIMIZERS,
     TrainArgumentError,
@@ -695,18 +696,25 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     manifest_path = d / STUDY_NAME
     old: dict[str, Any] = {}
     if manifest_path.exists():
-        try:
-            old = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except ValueError:
-            old = {}
         if not resume:
             raise StudyError(f"argument out={str(d)!r} already holds a training study; pass "
                              "resume=True (--resume) to finish it, or choose another folder",
                              argument="out")
+        try:
+            old = json.loads(manifest_path.read_text(encoding="utf-8"))
+            if not isinstance(old, dict):
+                raise ValueError(f"a JSON {type(old).__name__}, not an object")
+        except (OSError, ValueError) as e:
+            raise StudyError(f"cannot resume the study in {str(d)!r}: its {STUDY_NAME} cannot be "
+                             f"read ({e}); use another folder (or remove this one to start over)",
+                             argument="out", value=str(manifest_path),
+                             expected=f"a {STUDY_NAME} written by a training study") from None
         if old.get("settings_fingerprint") != fp:
+            diff = diff_dicts(old.get("settings"), s.to_json())
+            shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
             raise StudyError(f"cannot resume the study in {str(d)!r}: its settings differ from "
-                             f"these ({old.get('settings')} vs {s.to_json()}); use another "
-                             "folder", argument="resume")
+                             f"these ({shown or 'its settings fingerprint differs'}); use the same "
+                             "settings, or another folder", argument="resume")
         old_versions = old.get("versions") if isinstance(old.get("versions"), dict) else {}
         stream = old_versions.get("stream")
         if stream != model.STREAM_VERSION:

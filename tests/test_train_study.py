@@ -108,9 +108,18 @@ def test_resume_after_kill(study: ts.StudyResult, tmp_path: Path) -> None:
     st0.write_text(ts.cell_file(study.out, "st", 0).read_text()[:100])
     with pytest.raises(ts.StudyError, match="resume"):  # not without --resume
         ts.run_study("digits-conv", out=out, estimators=ESTIMATORS, seeds=SEEDS, settings=tiny())
-    with pytest.raises(ts.StudyError, match="settings differ"):
+    with pytest.raises(ts.StudyError, match=r"settings differ from these \(lr: [0-9.]+ → 0\.02\)"):
         ts.run_study("digits-conv", out=out, estimators=ESTIMATORS, seeds=SEEDS,
                      settings=tiny(lr=0.02), resume=True)
+    # an unreadable study.json is said to be one (it read as "settings differ … (None vs …)")
+    manifest = out / ts.STUDY_NAME
+    text = manifest.read_text()
+    for bad in ('{"trunc', "[1, 2]"):
+        manifest.write_text(bad)
+        with pytest.raises(ts.StudyError, match=f"its {ts.STUDY_NAME} cannot be read"):
+            ts.run_study("digits-conv", out=out, estimators=ESTIMATORS, seeds=SEEDS,
+                         settings=tiny(), resume=True)
+    manifest.write_text(text)
     ran = []
     res = ts.run_study("digits-conv", out=out, estimators=ESTIMATORS, seeds=SEEDS, settings=tiny(),
                        resume=True, progress=lambda d, n, m: ran.append(m.split(":")[0]))
