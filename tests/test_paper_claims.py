@@ -50,6 +50,7 @@ def _paperlike(psa_bias: float = 0.01, tanh_late: float = 0.9) -> pd.DataFrame:
         spec[(c, "arm")] = (0.0, 1.0)
         spec[(c, "tanh")] = (0.2 + late * (tanh_late - 0.2), 0.0)
         spec[(c, "concrete:tau=0.1")] = (0.05, 0.5)
+        spec[(c, "concrete:tau=1.0")] = (0.04, 0.3)
     return _table(spec, CKPTS)
 
 
@@ -69,6 +70,22 @@ def test_all_claims_confirmed_on_a_paperlike_table() -> None:
     claims = paper.evaluate_claims(_paperlike())
     assert [c.verdict for c in claims] == ["confirmed"] * 7, claims
     assert all(c.criterion for c in claims) and all(c.confirmed is True for c in claims)
+
+
+def test_psa_lowest_needs_the_seven_estimators_to_be_confirmed() -> None:
+    """Lowest among the paper's seven: a run with psa and st alone (``--estimators st,psa``) was
+    "confirmed"; it is inconclusive and names those not run. A subset still refutes it."""
+    full = _paperlike()
+    pair = full[full.estimator.isin(["psa", "st"])]
+    claim = paper.claim_psa_lowest(pair)
+    assert claim.verdict == "inconclusive", claim
+    assert "compared with st only (reinforce, arm, concrete:tau=0.1, concrete:tau=1.0, tanh not in " \
+           "the run)" in claim.evidence
+    assert "not in the run" not in paper.claim_psa_lowest(full).evidence
+    worse = pair.copy()
+    sel = (worse.estimator == "psa") & (worse.metric == "rrmse")
+    worse.loc[sel, "value"] *= 10  # st far below psa
+    assert paper.claim_psa_lowest(worse).verdict == "not confirmed"
 
 
 def test_claims_without_data_say_so() -> None:
