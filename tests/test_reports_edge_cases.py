@@ -147,6 +147,20 @@ def test_a_cut_off_metrics_table_is_assembled_from_the_parts(small_run: Path) ->
     assert len(run.metrics) == len(whole)
 
 
+def test_a_damaged_manifest_is_said_on_the_terminal_and_the_samples_stay_per_seed(
+        small_run: Path) -> None:
+    """Without a readable manifest the header's samples come from metrics.csv: per seed (they
+    read as the sum over the two seeds combined), and the report's warning reaches ``warn`` (the
+    terminal), not only report.md."""
+    samples = tiny_config(small_run).samples
+    (small_run / "manifest.json").write_text("{")
+    said: list[str] = []
+    written = write_report(small_run, formats=("md",), warn=said.append)
+    assert any("manifest.json is not valid JSON" in w for w in said), said
+    md = written["md"].read_text()
+    assert f"| samples | {samples} |" in md and "| seeds combined | 2 per cell" in md
+
+
 def test_a_cut_off_table_without_parts_is_refused(small_run: Path) -> None:
     from sbn_bench.schema import TableError
 

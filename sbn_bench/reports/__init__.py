@@ -361,8 +361,9 @@ def write_report(
 
     run = load_run(run_dir)
     cmp = compare_runs(run, _load_baseline(compare_dir), force=force, sigma=sigma) if compare_dir else None
-    if run.incomplete and warn is not None:
-        warn(run.incomplete)
+    if warn is not None:  # what the report's header warns about is said on the terminal too
+        for w in [*([run.incomplete] if run.incomplete else []), *run.warnings]:
+            warn(w)
     if sections is None:
         loaded = load_sections()
         sections, section_errors = loaded.sections, loaded.errors

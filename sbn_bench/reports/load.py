@@ -430,8 +430,12 @@ def run_facts(run: Run) -> list[tuple[str, str]]:
         device = f"{device}; its sessions ran on {'; '.join(map(str, sessions))}"
     dtype = _first(cfg.get("dtype") if isinstance(cfg, dict) else None, m.get("dtype"),
                    _unique(run.metrics, "dtype"))
+    per_seed = _unique(run.metrics, "samples")  # summed over the seeds combined into a row
+    if per_seed is not None and run.seeds_combined > 1:
+        per_seed = ", ".join(dict.fromkeys(str(int(float(v)) // run.seeds_combined)
+                                           for v in per_seed.split(", ")))
     samples = _first(cfg.get("samples") if isinstance(cfg, dict) else None, m.get("samples"),
-                     _unique(run.metrics, "samples"))
+                     per_seed)
     seeds = _first(m.get("seeds"), cfg.get("seeds") if isinstance(cfg, dict) else None,
                    cfg.get("seed") if isinstance(cfg, dict) else None, m.get("seed"),
                    _unique(run.metrics, "seed"))
