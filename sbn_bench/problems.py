@@ -411,15 +411,16 @@ def check_arch_loss(arch: str | Sequence[int], loss: str) -> None:
         ProblemError: naming the architecture, its ``n_out`` and what the loss expects.
     """
     widths = parse_arch(arch)
-    text, n_out = "-".join(map(str, widths)), widths[-1]
+    text, n_out = (arch if isinstance(arch, str) else "-".join(map(str, widths))), widths[-1]
     if loss == "logistic" and n_out != 1:
         raise ProblemError(f"argument arch={text!r} gives weight_out n_out={n_out} outputs, expected "
                            "1 for loss 'logistic' (e.g. 2-5-5-5-1); use loss 'softmax' for several "
-                           "classes", argument="arch")
+                           "classes", argument="arch", value=text, expected="n_out = 1")
     if loss == "softmax" and n_out < 2:
         raise ProblemError(f"argument arch={text!r} gives weight_out n_out={n_out} output, expected at "
                            "least 2 (one per class) for loss 'softmax' (e.g. 2-5-5-5-3); use loss "
-                           "'logistic' for two classes with one output", argument="arch")
+                           "'logistic' for two classes with one output", argument="arch", value=text,
+                           expected="n_out ≥ 2")
 
 
 def _is_int(v: object) -> bool:

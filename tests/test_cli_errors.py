@@ -80,6 +80,7 @@ def test_every_help_works(cmd):
     (["run", *SMALL, "--max-paths", "0"], 2, ["--max-paths"]),
     (["run", *SMALL, "--rounds", "0"], 2, ["--rounds"]),
     (["run", *SMALL, "--cache-dir", "x"], 2, ["--cache-dir is an option of --preset paper"]),
+    (["exact", "--arch", "1x4x4-c2k3-3", "--data-points", "5"], 1, ["arch='1x4x4-c2k3-3'", "n_out=3"]),
 ])
 def test_wrong_arguments_are_one_line_errors(tmp_path, args, code, words):
     out = tmp_path / "out"
