@@ -34,6 +34,7 @@ from sbn_bench.config import (
     DEFAULT_REFERENCE_TIME_BUDGET,
     DEVICES,
     DTYPES,
+    MAX_SEED,
     MAX_THREADS,
     MODES,
     REFERENCE_TARGETS,
@@ -63,6 +64,29 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if not out:
         raise click.BadParameter(f"{value!r} is empty; expected integers such as {example}")
     return out
+
+
+def _seed_list(ctx: click.Context, param: click.Parameter, value: str | None
+               ) -> tuple[int, ...] | None:
+    """``--seeds``: a comma list of seeds in ``0 … MAX_SEED`` (a usage error, as for --seed)."""
+    out = _int_list(ctx, param, value)
+    bad = [s for s in out or () if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise click.BadParameter(f"{value!r}: seed {bad[0]} is out of range; expected integers "
+                                 f"from 0 to {MAX_SEED}")
+    return out
+
+
+def _executor(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--executor``: its spelling checked when parsed (a usage error naming the option); what
+    it needs on this machine (Dask installed) is the run's to refuse."""
+    try:
+        runner_mod.executors.parse_executor(value)
+    except runner_mod.RunError as e:
+        msg, prefix = str(e), f"argument executor={value!r}"
+        raise click.BadParameter(f"{value!r}{msg[len(prefix):]}" if msg.startswith(prefix)
+                                 else msg) from None
+    return value
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -170,7 +194,7 @@ def _duration(seconds: float) -> str:
 @click.option("--M", "m_grid", callback=_m_list, default=None,
               help="Sample counts M for mse/rrmse/cosine: a comma list, 'default' "
                    "(1,2,5,...,1000 up to S) or 'paper' (1..9,10..90,...,9000 up to S).")
-@click.option("--seeds", callback=_int_list, default=None,
+@click.option("--seeds", callback=_seed_list, default=None,
               help="Sampling seeds, comma-separated (one cell each); default: --seed.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the estimators run (cuda needs a CUDA build of torch and a GPU).")
@@ -202,7 +226,7 @@ def _duration(seconds: float) -> str:
               help="Continue the run in --out, skipping finished cells; it may add problems, "
                    "checkpoints, estimators, seeds and plugin files. With --out and no problem "
                    "options, the run's configuration comes from its manifest.")
-@click.option("--executor", default="auto", show_default=True,
+@click.option("--executor", default="auto", show_default=True, callback=_executor,
               help="Where cells run: auto (worker processes, one per CPU, when the run is large "
                    "enough to repay starting them, else this process), serial (this process), "
                    "processes[:N] (N worker processes, default one per CPU) or dask[:ADDRESS] (the "
