@@ -719,13 +719,18 @@ def _suggest(key: str, valid: set[str]) -> str:
     return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
-def _rel(base: Path, p: Any, key: str) -> str:
+def _rel(base: Path, p: Any, key: str, must_exist: bool = False) -> str:
     if not isinstance(p, str) or not p:
         raise ConfigError(f"{key}={p!r} must be a file path (a string)", argument=key)
     path = Path(p)
     # not normalised: "link/../x" is where the system's lookup (which follows the symbolic link)
     # goes, and a lexical "x" could be another file
-    return str(path if path.is_absolute() else base / path)
+    full = path if path.is_absolute() else base / path
+    if must_exist and not full.is_file():
+        where = "" if path.is_absolute() else " (a relative path is read from the TOML file's folder)"
+        raise ConfigError(f"{key}={p!r}: there is no file {str(full)!r}{where}", argument=key,
+                          value=p, expected="an existing problem file (.npz)")
+    return str(full)
 
 
 def _m_value(v: Any) -> tuple[int, ...] | str | None:
@@ -890,7 +895,7 @@ def _problem_specs(f: _TomlFile, required: bool) -> tuple[ProblemSpec, ...]:
         try:
             if "file" in args:
                 key = "file"
-                args["file"] = _rel(f.path.parent, args["file"], "file")
+                args["file"] = _rel(f.path.parent, args["file"], "file", must_exist=True)
             if "checkpoints" in args:
                 key = "checkpoints"
                 args["checkpoints"] = _checkpoints(args["checkpoints"], f.path.parent)
@@ -925,7 +930,8 @@ def _checkpoints(ck: Any, base: Path) -> tuple[Checkpoint, ...]:
     if not isinstance(ck, dict):
         raise ConfigError(f"checkpoints={ck!r} must be a table {{label = 'init' | 'file.npz', ...}}",
                           argument="checkpoints")
-    return tuple(Checkpoint(str(lab), src if src == "init" else _rel(base, src, f"checkpoint {lab}"))
+    return tuple(Checkpoint(str(lab), src if src == "init"
+                            else _rel(base, src, f"checkpoint {lab}", must_exist=True))
                  for lab, src in ck.items())
 
 

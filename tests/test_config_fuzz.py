@@ -163,3 +163,21 @@ def test_relative_paths_follow_the_toml_files_folder_through_a_link(tmp_path: Pa
     for where in (real / "exp", tmp_path / "link"):
         spec = load_config(where / "cfg.toml").problems[0]
         assert Path(spec.file).read_text() == "meant", spec.file
+
+
+def test_a_missing_problem_file_is_refused_naming_the_toml_file_and_line(tmp_path: Path) -> None:
+    """A ``file`` or checkpoint that does not exist is refused when the TOML file is read, naming
+    that file, the line and where a relative path was looked for (it was refused later, as a
+    bare "problem file … does not exist" that did not say which configuration named it)."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    cfg = sub / "b.toml"
+    cfg.write_text('[[problem]]\narch = "2-2-1"\ncheckpoints = { e1 = "nothere.npz" }\n')
+    with pytest.raises(ConfigError, match=rf"config file '{cfg}', line 3: problem 1: checkpoint "
+                                          rf"e1='nothere.npz': there is no file '{sub}/nothere.npz' "
+                                          r"\(a relative path is read from the TOML file's folder\)"):
+        load_config(cfg)
+    cfg.write_text(f'[[problem]]\nfile = "{tmp_path}/none.npz"\n')
+    with pytest.raises(ConfigError, match=rf"line 2: problem 1: file='{tmp_path}/none.npz': there "
+                                          rf"is no file '{tmp_path}/none.npz'$"):
+        load_config(cfg)
