@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -596,11 +596,12 @@ def ensure_checkpoints(seed: int = 0, *, training: dict[str, Any] | None = None,
     manifest = final / "train_manifest.json"
     if manifest.is_file() and all(p.is_file() for p in paths.values()):
         wall = _cached_wall_time(manifest)
-        if wall is not None:
+        damaged = f"{manifest.name} is not a training manifest" if wall is None else \
+            _unreadable_checkpoint(paths.values())
+        if damaged is None:
             return TrainedCheckpoints(paths, final, True, wall)
         if progress:
-            progress(f"the cached training in {final} is damaged ({manifest.name} is not a training "
-                     "manifest); training again")
+            progress(f"the cached training in {final} is damaged ({damaged}); training again")
         shutil.rmtree(final, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", suffix=".tmp", dir=root))
@@ -623,6 +624,17 @@ def ensure_checkpoints(seed: int = 0, *, training: dict[str, Any] | None = None,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return TrainedCheckpoints(paths, final, False, wall)
+
+
+def _unreadable_checkpoint(paths: Iterable[Path]) -> str | None:
+    """Why a cached checkpoint cannot be used (the first one that does not load as a problem
+    file), or None when all load."""
+    for p in paths:
+        try:
+            problems.load_problem(p)
+        except problems.ProblemError as e:
+            return f"{p.name}: {e}"
+    return None
 
 
 def _cached_wall_time(manifest: Path) -> float | None:

@@ -169,6 +169,15 @@ def test_a_damaged_training_cache_is_trained_again(reduced_run, tmp_path: Path) 
     again = paper.ensure_checkpoints(0, training=REDUCED, cache_dir=mine, progress=notes.append)
     assert again.cached is False and any("damaged" in n for n in notes)
     assert json.loads((entry / "train_manifest.json").read_text())["kind"] == "sbn-bench train"
+    # a checkpoint that no longer loads (cut off, overwritten) is a damaged cache too: it was a
+    # fatal "not a readable .npz archive" that did not say the file was a cache entry
+    ck = sorted(entry.glob("checkpoint_epoch*.npz"))[-1]
+    ck.write_bytes(ck.read_bytes()[:100])
+    notes.clear()
+    third = paper.ensure_checkpoints(0, training=REDUCED, cache_dir=mine, progress=notes.append)
+    assert third.cached is False
+    assert any("damaged" in n and ck.name in n for n in notes), notes
+    assert paper.ensure_checkpoints(0, training=REDUCED, cache_dir=mine).cached is True
 
 
 def test_ctrl_c_during_training_does_not_name_a_folder(tmp_path: Path, monkeypatch) -> None:
