@@ -91,6 +91,14 @@ def test_problem_file_then_exact_gives_the_same_numbers(tmp_path: Path) -> None:
     out_file = _ok("exact", "--problem", str(f), "--json").output
     assert json.loads(out_file) == json.loads(out_arch)
     _check_json_gradient(out_file, direct)
+    # an existing file (it may be a trained checkpoint) is replaced only with --overwrite
+    before = f.read_bytes()
+    r = _invoke("problem", "--arch", "2-3-1", "--out", str(f))
+    assert r.exit_code == 2 and "exists; pass --overwrite" in r.output and f.read_bytes() == before
+    r = _ok("problem", "--arch", "4-d3:relu-3-d3:tanh-1", "--out", str(f), "--overwrite")
+    written = load_problem(f)
+    assert written.arch == "4-d3:relu-3-d3:tanh-1" and len(written.params) == 8
+    assert "8 parameter arrays" in r.output  # every array, the body's and the head's included
 
 
 def test_exact_max_bytes_refuses_small_limit() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import torch
 
-from sbn_bench import model, problems
+from sbn_bench import problems
 from sbn_bench.cli.common import (
     build_problem,
     echo_json,
@@ -120,15 +120,20 @@ def list_(plugins: tuple[Path, ...], as_json: bool) -> None:
 @problem_options
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the problem (.npz).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace --out if it exists (without it, an existing file is refused: it may "
+                   "be a trained checkpoint).")
 @click.pass_context
 @friendly_errors
 def problem(ctx: click.Context, problem_file: Path | None, arch: str | None, preset: str | None,
-            seed: int, data_points: int, loss: str, noise: str, out: Path) -> None:
+            seed: int, data_points: int, loss: str, noise: str, out: Path, overwrite: bool) -> None:
     """Write a problem to the public .npz format (e.g. to edit or share it).
 
     Example: sbn-bench problem --preset paper --out paper.npz
     """
+    if out.exists() and not overwrite:
+        raise click.UsageError(f"--out {str(out)!r} exists; pass --overwrite to replace it, or "
+                               "choose another file")
     p = build_problem(problem_spec(ctx, problem_file, arch, preset, seed, data_points, loss, noise))
     problems.save_problem(p, out)
-    click.echo(f"wrote {out} (arch {p.arch}, D={p.num_data}, {len(model.param_names(p.n_layers))} "
-               "parameter arrays)")
+    click.echo(f"wrote {out} (arch {p.arch}, D={p.num_data}, {len(p.params)} parameter arrays)")
