@@ -728,8 +728,9 @@ def _rel(base: Path, p: Any, key: str, must_exist: bool = False) -> str:
     full = path if path.is_absolute() else base / path
     if must_exist and not full.is_file():
         where = "" if path.is_absolute() else " (a relative path is read from the TOML file's folder)"
-        raise ConfigError(f"{key}={p!r}: there is no file {str(full)!r}{where}", argument=key,
-                          value=p, expected="an existing problem file (.npz)")
+        what = f"{str(full)!r} is a folder" if full.is_dir() else f"there is no file {str(full)!r}"
+        raise ConfigError(f"{key}={p!r}: {what}{where}", argument=key, value=p,
+                          expected="an existing problem file (.npz)")
     return str(full)
 
 

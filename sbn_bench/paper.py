@@ -217,7 +217,9 @@ def claim_psa_lowest(df: pd.DataFrame | ClaimData) -> Claim:
     others = [e for e in PAPER_ESTIMATORS if e != "psa" and e in ix.estimators]
     if "psa" not in ix.estimators or not others:
         return Claim(text, "no data", "the run has no rrmse of psa and another estimator", crit)
+    missing = [e for e in PAPER_ESTIMATORS if e != "psa" and e not in ix.estimators]
     cells: list[tuple[str, Verdict, float, str]] = []
+    short = 0  # cells where psa beat every estimator present but not all seven had a value
     for ck in ix.checkpoints:
         for layer in ix.layers:
             for m in [m for m in ix.m_grid if m <= 100]:
@@ -226,16 +228,22 @@ def claim_psa_lowest(df: pd.DataFrame | ClaimData) -> Claim:
                     continue
                 parts: list[Verdict] = []
                 worst = (math.inf, "")
+                absent = len(missing)
                 for e in others:
                     o = ix.get(ck, e, layer, "rrmse", m)
                     if o is None or not o.finite:
+                        absent += 1
                         continue
                     u = math.hypot(o.uncertainty, p.uncertainty)
                     parts.append(above(o.value - p.value, 0.0, u))
                     if o.value / p.value < worst[0]:
                         worst = (o.value / p.value, f"{e} {_fmt_se(o.value, o.uncertainty)}")
                 if parts:
-                    cells.append((f"{ck}/L{layer}/M={m:g}", combine(parts), worst[0],
+                    v = combine(parts)
+                    if absent and v == "confirmed":  # beats those present, not all seven (one
+                        v = "inconclusive"           # not run, or its cell failed)
+                        short += 1
+                    cells.append((f"{ck}/L{layer}/M={m:g}", v, worst[0],
                                   f"{ck}/L{layer}/M={m:g}: {worst[1]} vs psa "
                                   f"{_fmt_se(p.value, p.uncertainty)}"))
     if not cells:
@@ -252,11 +260,10 @@ def claim_psa_lowest(df: pd.DataFrame | ClaimData) -> Claim:
     undecided = [c[3] for c in cells if c[1] == "inconclusive"]
     if undecided and not beaten:
         ev += "; undecided e.g. " + "; ".join(undecided[:2])
-    missing = [e for e in PAPER_ESTIMATORS if e != "psa" and e not in ix.estimators]
     if missing:  # lowest among the seven: a subset can refute the claim, never confirm it
         ev += (f"; compared with {', '.join(others)} only ({', '.join(missing)} not in the run)")
-        if verdict == "confirmed":
-            verdict = "inconclusive"
+    elif short:
+        ev += f"; in {short} cell(s) some of the seven have no value (a failed cell)"
     return Claim(text, verdict, ev, crit)
 
 

@@ -236,6 +236,11 @@ def test_the_top_level_help_loads_no_command_and_names_each_commands_own_help() 
         assert cmd.name == name and cmd.short_help == short
         assert re.search(rf"^  {name} +{re.escape(short)}$", help_text, re.M), name
     assert cli.main.get_command(None, "nope") is None
+    # the commands are importable as before the lazy loading (module __getattr__)
+    from sbn_bench.cli import exact, list_, run
+    assert (exact.name, list_.name, run.name) == ("exact", "list", "run")
+    with pytest.raises(ImportError):
+        from sbn_bench.cli import nothing  # noqa: F401
 
 
 @pytest.mark.parametrize("args, groups", [

@@ -82,6 +82,7 @@ def test_every_help_works(cmd):
     (["run", *SMALL, "--cache-dir", "x"], 2, ["--cache-dir is an option of --preset paper"]),
     (["exact", "--arch", "1x4x4-c2k3-3", "--data-points", "5"], 1, ["arch='1x4x4-c2k3-3'", "n_out=3"]),
     (["run", *SMALL, "--seeds", "0,-1"], 2, ["--seeds", "seed -1 is out of range"]),
+    (["run", *SMALL, "--seeds", "1,1"], 2, ["--seeds", "seed(s) 1 given twice"]),
     (["run", *SMALL, "--executor", "foo"], 2, ["--executor", "'foo' is unknown", "processes[:N]"]),
     (["run", *SMALL, "--executor", "processes:0"], 2, ["--executor", "1..1024"]),
 ])

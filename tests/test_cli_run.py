@@ -109,6 +109,15 @@ def test_resume_from_the_manifest_adds_plugins_and_keeps_unnamed_throughput_sett
     man = json.loads((out / "manifest.json").read_text())
     assert man["config"]["plugins"] == [str(plug), str(other)]
     assert man["config"]["throughput"]["rounds"] == 1 and man["config"]["throughput"]["batch"] == 8
+    # the run's plugin given again, spelt otherwise, is the same file (it clashed with itself)
+    again = str(plug.parent / "." / plug.name)
+    res = invoke(["run", "--out", str(out), "--resume", "--warmup", "0", "--plugin", again,
+                  "--estimators", "st,reinforce-baseline,st-copy", "--no-report"])
+    assert res.exit_code == 0 and "0 cell(s) run" in res.output, res.output
+    # a bad option beside --resume is refused as itself (exit 1), not as a manifest problem
+    res = CliRunner().invoke(main, ["run", "--out", str(out), "--resume", "--M", "5000"])
+    assert res.exit_code == 1 and "M=[5000]" in res.output and "--problem" not in res.output, \
+        res.output
 
 
 def test_quiet_prints_nothing(tmp_path):

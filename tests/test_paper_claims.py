@@ -86,6 +86,10 @@ def test_psa_lowest_needs_the_seven_estimators_to_be_confirmed() -> None:
     sel = (worse.estimator == "psa") & (worse.metric == "rrmse")
     worse.loc[sel, "value"] *= 10  # st far below psa
     assert paper.claim_psa_lowest(worse).verdict == "not confirmed"
+    # one of the seven present but its cells at one checkpoint failed (no rows there)
+    failed = full[~((full.estimator == "arm") & (full.checkpoint == "epoch100"))]
+    claim = paper.claim_psa_lowest(failed)
+    assert claim.verdict == "inconclusive" and "some of the seven have no value" in claim.evidence
 
 
 def test_claims_without_data_say_so() -> None:

@@ -159,6 +159,16 @@ def test_a_damaged_manifest_is_said_on_the_terminal_and_the_samples_stay_per_see
     assert any("manifest.json is not valid JSON" in w for w in said), said
     md = written["md"].read_text()
     assert f"| samples | {samples} |" in md and "| seeds combined | 2 per cell" in md
+    # a row of one seed (the other's cell failed) is not halved
+    metrics = pd.read_csv(small_run / "metrics.csv")
+    metrics[~((metrics.estimator == "psa") & (metrics.seed == 1))].to_csv(
+        small_run / "metrics.csv", index=False)
+    md = write_report(small_run, formats=("md",))["md"].read_text()
+    assert f"| samples | {samples} |" in md
+    # the baseline's own warnings reach the terminal too, naming it
+    said.clear()
+    write_report(small_run, small_run, formats=("md",), warn=said.append, force=True)
+    assert any(w.startswith(f"the baseline run {str(small_run)!r}: manifest.json") for w in said), said
 
 
 def test_a_cut_off_table_without_parts_is_refused(small_run: Path) -> None:

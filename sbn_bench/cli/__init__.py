@@ -28,16 +28,19 @@ class _LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_COMMANDS)
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: click.Context | None, cmd_name: str) -> click.Command | None:
         if cmd_name not in _COMMANDS:
             return None
         module, attribute, short = _COMMANDS[cmd_name]
         try:
             cmd = getattr(importlib.import_module(module), attribute)
         except KeyboardInterrupt:  # Ctrl-C while torch loads: nothing has started
+            if ctx is None:  # imported from Python (module __getattr__), not run
+                raise
             click.echo(f"\ninterrupted while loading {cmd_name!r}: nothing was done", err=True)
             ctx.exit(130)
         cmd.short_help = short
+        globals()[attribute] = cmd  # sbn_bench.cli.run is the command, as when imported eagerly
         return cmd
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -55,3 +58,12 @@ def main() -> None:
     and a runner that measures bias, variance, relative RMSE, cosine and throughput.
     """
 
+
+def __getattr__(name: str) -> click.Command:
+    """``from sbn_bench.cli import run, exact, list_, …``: the commands, loaded when asked for."""
+    for cmd_name, (_, attribute, _) in _COMMANDS.items():
+        if attribute == name:
+            cmd = main.get_command(None, cmd_name)
+            assert cmd is not None
+            return cmd
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -74,6 +74,10 @@ def _seed_list(ctx: click.Context, param: click.Parameter, value: str | None
     if bad:
         raise click.BadParameter(f"{value!r}: seed {bad[0]} is out of range; expected integers "
                                  f"from 0 to {MAX_SEED}")
+    twice = sorted({s for s in out or () if out.count(s) > 1})
+    if twice:
+        raise click.BadParameter(f"{value!r}: seed(s) {', '.join(map(str, twice))} given twice; "
+                                 "expected distinct seeds")
     return out
 
 
@@ -493,6 +497,8 @@ def _from_manifest(out: Path, overrides: dict[str, Any], throughput: dict[str, A
     try:
         return runner_mod.resume_config(out, throughput=throughput, **overrides)
     except SbnBenchError as e:
+        if e.argument != "out":  # an option given beside --resume: its own refusal, unchanged
+            raise
         if e.expected == "a run not made by --preset paper":
             hint = (f"e.g. sbn-bench run --preset paper --out {shlex.quote(str(out))} --resume (and "
                     "its --samples, --estimators, --train-seeds …)")

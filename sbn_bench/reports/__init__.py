@@ -360,10 +360,14 @@ def write_report(
                             expected="a number > 0")
 
     run = load_run(run_dir)
-    cmp = compare_runs(run, _load_baseline(compare_dir), force=force, sigma=sigma) if compare_dir else None
+    base = _load_baseline(compare_dir) if compare_dir else None
+    cmp = compare_runs(run, base, force=force, sigma=sigma) if base is not None else None
     if warn is not None:  # what the report's header warns about is said on the terminal too
         for w in [*([run.incomplete] if run.incomplete else []), *run.warnings]:
             warn(w)
+        for w in [] if base is None else [*([base.incomplete] if base.incomplete else []),
+                                          *base.warnings]:
+            warn(f"the baseline run {str(base.path)!r}: {w}")
     if sections is None:
         loaded = load_sections()
         sections, section_errors = loaded.sections, loaded.errors

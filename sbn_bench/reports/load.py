@@ -138,7 +138,7 @@ def _tables_from_parts(path: Path) -> tuple[str, dict[str, pd.DataFrame]] | None
     if not has_parts:
         return None
     if not tables[0].is_file():
-        why = "its tables were never assembled (the run stopped before)"
+        why = "the run's tables were never assembled (it stopped before)"
     else:
         cut = [t.name for t in tables if t.is_file() and not schema.ends_with_newline(t)]
         if not cut:
@@ -431,9 +431,11 @@ def run_facts(run: Run) -> list[tuple[str, str]]:
     dtype = _first(cfg.get("dtype") if isinstance(cfg, dict) else None, m.get("dtype"),
                    _unique(run.metrics, "dtype"))
     per_seed = _unique(run.metrics, "samples")  # summed over the seeds combined into a row
-    if per_seed is not None and run.seeds_combined > 1:
-        per_seed = ", ".join(dict.fromkeys(str(int(float(v)) // run.seeds_combined)
-                                           for v in per_seed.split(", ")))
+    if per_seed is not None and run.seeds_combined > 1 and "seed" in run.metrics.columns:
+        frame = run.metrics.dropna(subset=["samples"])
+        counts = frame["seed"].astype(str).str.count(",") + 1  # each row's own seeds ("0,2")
+        per_seed = ", ".join(dict.fromkeys(
+            str(int(n) // int(c)) for n, c in zip(frame["samples"], counts)))
     samples = _first(cfg.get("samples") if isinstance(cfg, dict) else None, m.get("samples"),
                      per_seed)
     seeds = _first(m.get("seeds"), cfg.get("seeds") if isinstance(cfg, dict) else None,

@@ -607,8 +607,11 @@ def resume_config(out: str | os.PathLike[str], *, throughput: Mapping[str, Any] 
     except (ValueError, TypeError) as e:  # ConfigError is a ValueError
         raise ConfigError(f"cannot resume {str(folder)!r} from its manifest.json ({e})",
                           argument="out", value=str(folder)) from None
-    if "plugins" in overrides:
-        overrides["plugins"] = tuple(dict.fromkeys([*base.plugins, *overrides["plugins"]]))
+    if "plugins" in overrides:  # the same file given again (another spelling of its path) once
+        by_file: dict[str, str] = {}
+        for p in [*base.plugins, *overrides["plugins"]]:
+            by_file.setdefault(os.path.realpath(p), p)
+        overrides["plugins"] = tuple(by_file.values())
     if throughput:
         overrides["throughput"] = replace(base.throughput, **throughput)
     grids = {"paper": paper_m_grid, "default": default_m_grid}
