@@ -708,7 +708,9 @@ def _line_of(text: str, key: str, start: int = 0, table: str | None = None, inde
                 return lo + 1
     for i in range(lo, len(lines)):
         if i > lo and table is not None and re.match(r"\s*\[", lines[i]):
-            break
+            # the key written as a sub-table of this one: [problem.checkpoints]
+            sub = rf"\s*\[\s*{re.escape(table)}\s*\.\s*\"?{re.escape(key)}\"?\s*\]\s*(#.*)?$"
+            return i + 1 if key and re.match(sub, lines[i]) else 0
         if re.match(rf"\s*\"?{re.escape(key)}\"?\s*=", lines[i]):
             return i + 1
     return 0

@@ -177,6 +177,9 @@ def test_a_missing_problem_file_is_refused_naming_the_toml_file_and_line(tmp_pat
                                           rf"e1='nothere.npz': there is no file '{sub}/nothere.npz' "
                                           r"\(a relative path is read from the TOML file's folder\)"):
         load_config(cfg)
+    cfg.write_text('[[problem]]\narch = "2-2-1"\n\n[problem.checkpoints]\ne1 = "x.npz"\n')
+    with pytest.raises(ConfigError, match=r"line 4: problem 1: checkpoint e1='x.npz'"):
+        load_config(cfg)  # written as a sub-table: its header's line
     cfg.write_text('[[problem]]\nfile = "."\n')
     with pytest.raises(ConfigError, match=rf"file='.': '{sub}' is a folder"):
         load_config(cfg)
