@@ -50,9 +50,11 @@ from torch import Tensor
 from sbn_bench import malloc
 from sbn_bench.config import DTYPES, RunConfig
 from sbn_bench.estimators import (
+    DEFAULT_ADAPT_STEPS,
     Estimator,
     PluginSource,
     UnsupportedProblem,
+    adapt_estimator,
     estimate,
     estimate_on_paths,
 )
@@ -324,6 +326,26 @@ def _measure(cell: Cell, context: CellContext, debug: bool) -> CellResult:
 # throughput
 
 
+def adapted(estimator: Estimator, problem: Problem, *seed_parts: object) -> tuple[Estimator, float]:
+    """An adaptive estimator tuned on ``problem`` (SPEC §3b): :func:`~sbn_bench.estimators.
+    adapt_estimator` with the default budget :data:`~sbn_bench.estimators.DEFAULT_ADAPT_STEPS`,
+    seeded from ``seed_parts`` (a rerun tunes it bit-identically), and the seconds it took; any
+    other estimator as it is, after 0 s.
+
+    Raises:
+        CellFailure: the adaptation raised (stage ``adapt``).
+    """
+    if estimator.adapt is None:
+        return estimator, 0.0
+    try:
+        return adapt_estimator(estimator, problem, DEFAULT_ADAPT_STEPS,
+                               seed=stable_seed("adapt", estimator.spec, *seed_parts))
+    except UnsupportedProblem:
+        raise
+    except Exception as e:
+        raise CellFailure("adapt", f"{type(e).__name__}: {e}") from e
+
+
 def throughput_rows(cell: Cell, context: CellContext, problem: Problem
                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The ``throughput.csv`` rows of a throughput cell (:func:`sbn_bench.throughput.measure_group`:
@@ -338,27 +360,41 @@ def throughput_rows(cell: Cell, context: CellContext, problem: Problem
                                   min_rounds=tp.rounds, max_rounds=tp.max_rounds,
                                   max_seconds=tp.max_seconds, rel_width=tp.rel_width,
                                   batch=tp.batch)
-    members = list(context.group)
+    members: list[Estimator] = []
+    specs: list[str] = []  # the members' specs as the cell names them (tuned ones may differ)
+    adapt_s: dict[str, float] = {}  # adaptive members: the seconds their tuning took
     failed: list[dict[str, Any]] = []
+    for e in context.group:  # the figure is the tuned estimator's; its tuning time apart
+        try:
+            tuned, secs = adapted(e, prob, "throughput", network_key(problem))
+        except (CellFailure, UnsupportedProblem) as err:
+            failed.append(failure_row(cell, "adapt", str(err), estimator=e.spec))
+            continue
+        members.append(tuned)
+        specs.append(e.spec)
+        if e.adapt is not None:
+            adapt_s[e.spec] = secs
     while members:
         gens = []
-        for e in members:
+        for spec in specs:
             g = torch.Generator(device=device)
-            g.manual_seed(stable_seed("throughput", network_key(problem), e.spec))
+            g.manual_seed(stable_seed("throughput", network_key(problem), spec))
             gens.append(g)
         try:
             results = measure_group(members, prob, generators=gens, settings=settings,
                                     max_batch=[min(chunk_size(config, e, problem), config.samples)
                                                for e in members])
         except MemberFailed as m:
-            e = members.pop(m.index)
+            members.pop(m.index)
+            spec = specs.pop(m.index)
             failed.append(failure_row(cell, "throughput", f"{type(m.error).__name__}: {m.error}",
-                                      estimator=e.spec))
+                                      estimator=spec))
             continue
         rows = [{"network": network_key(problem), "problem": cell.problem,
-                 "checkpoint": cell.checkpoint, "estimator": e.spec, "device": config.device,
-                 "dtype": config.dtype, "threads": torch.get_num_threads(), **r.__dict__}
-                for e, r in zip(members, results)]
+                 "checkpoint": cell.checkpoint, "estimator": spec, "device": config.device,
+                 "dtype": config.dtype, "threads": torch.get_num_threads(), **r.__dict__,
+                 "adapt_s": adapt_s.get(spec, math.nan)}
+                for spec, r in zip(specs, results)]
         if prob.fingerprint() != witness:
             raise modified_problem("throughput", "an estimator")
         return rows, failed
@@ -466,6 +502,10 @@ def stats_cell_rows(estimator: Estimator, problem: Problem, g: Tensor, config: R
     """
     device, dtype = torch.device(config.device), DTYPES[config.dtype]
     estimator.check_supports(problem)
+    spec = estimator.spec  # the cell's (a tuned estimator's hyperparameters may read otherwise)
+    # an adaptive estimator is measured tuned on this checkpoint, in the sampling dtype (SPEC §3b)
+    estimator, _ = adapted(estimator, problem.to(device, DTYPES[config.dtype]), seed, problem.name,
+                           checkpoint)
     groups = Groups.of(problem.params)
     g = g.to(device)
     ref_noise = None if reference is None or reference.noise is None else reference.noise.to(device)
@@ -478,7 +518,7 @@ def stats_cell_rows(estimator: Estimator, problem: Problem, g: Tensor, config: R
     prob = problem.to(device, dtype)
     witness = prob.fingerprint()  # a converted copy: the caller's check would not see changes
     gen = torch.Generator(device=device)
-    gen.manual_seed(stable_seed(seed, problem.name, checkpoint, estimator.spec))
+    gen.manual_seed(stable_seed(seed, problem.name, checkpoint, spec))
     chunk = chunk_size(config, estimator, problem)
     samples = S
     if mode == "exact" and estimator.randomness == "none":
@@ -528,10 +568,10 @@ def stats_cell_rows(estimator: Estimator, problem: Problem, g: Tensor, config: R
                                      f"{', '.join(bad[:4])}{', …' if len(bad) > 4 else ''}): the "
                                      "estimates are too large for float64 sums")
     if prob.fingerprint() != witness:
-        raise modified_problem("estimate", f"estimator {estimator.spec!r}")
-    spec = "exact" if reference is None else reference.spec
+        raise modified_problem("estimate", f"estimator {spec!r}")
+    ref_spec = "exact" if reference is None else reference.spec
     for r in rows:
-        r.update(problem=problem.name, checkpoint=checkpoint, estimator=estimator.spec,
+        r.update(problem=problem.name, checkpoint=checkpoint, estimator=spec,
                  samples=samples, seed=seed, device=config.device, dtype=config.dtype,
-                 reference=spec, reference_rel_error=gstats[str(r["layer"])].reference_rel_error)
+                 reference=ref_spec, reference_rel_error=gstats[str(r["layer"])].reference_rel_error)
     return rows
