@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from sbn_bench import model
-from sbn_bench.estimators import Estimator, from_path
+from sbn_bench.estimators import Estimator, from_path, kernel
 from sbn_bench.problems import Problem
 
 
@@ -21,11 +21,13 @@ def reinforce_baseline(*, baseline: float = 0.5) -> Estimator:
     """
 
     def path(problem: Problem, params: dict[str, Tensor], states: Sequence[Tensor]) -> Tensor:
-        # params: replicas [S, *shape]; states: per layer [S, D, n_k] in {0,1}.
-        inputs = [problem.x, *states[:-1]]
-        logp = sum(model.state_log_prob(problem.noise_dist, model.preactivation(params, k, h), x)
+        # params: replicas [S, *shape]; states: per layer [S, D, n_k] in {0,1}. The path kernel
+        # (sbn_bench.estimators.kernel) handles every network: a body, conv layers, a head, the VAE.
+        inputs = [kernel.stochastic_input(problem, params), *states[:-1]]
+        logp = sum(model.state_log_prob(problem.noise_dist,
+                                        kernel.preactivation(problem, params, k, h), x)
                    for k, (h, x) in enumerate(zip(inputs, states), start=1))  # [S, D]
-        f = problem.loss_values(model.output(params, states[-1]))  # [S, D]
+        f = kernel.losses(problem, params, states[-1])  # [S, D], with a VAE's sampled KL
         return (f + (f.detach() - baseline) * logp).mean(-1)  # [S]: one surrogate per sample
 
     return Estimator("reinforce-baseline", from_path(path), hyperparams=(("baseline", baseline),),

@@ -23,17 +23,17 @@ import torch
 from torch import Tensor
 
 from sbn_bench import model
-from sbn_bench.estimators import Estimator, from_path
+from sbn_bench.estimators import Estimator, from_path, kernel
 from sbn_bench.problems import Problem
 
 
 def _reinforce_cb_path(baseline: float):
     def path(problem: Problem, params: model.Params, states: Sequence[Tensor]) -> Tensor:
         noise = problem.noise_dist
-        inputs = [problem.x, *states[:-1]]
-        logp = sum(model.state_log_prob(noise, model.preactivation(params, k + 1, h), x)
+        inputs = [kernel.stochastic_input(problem, params), *states[:-1]]
+        logp = sum(model.state_log_prob(noise, kernel.preactivation(problem, params, k + 1, h), x)
                    for k, (h, x) in enumerate(zip(inputs, states)))  # [S, D]
-        f = problem.loss_values(model.output(params, states[-1]))  # [S, D]
+        f = kernel.losses(problem, params, states[-1])  # [S, D] (a VAE's sampled KL included)
         return (f + (f.detach() - baseline) * logp).mean(-1)  # [S]
 
     return path
