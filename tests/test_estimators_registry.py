@@ -312,3 +312,35 @@ def test_the_kit_refuses_more_evaluations_held_than_made() -> None:
     bad = dataclasses.replace(base, evals_held=lambda w: 10**6)
     with pytest.raises(AssertionError, match="evals_held"):
         kit.check_estimator(lambda: bad)
+
+
+def test_estimate_and_estimate_on_paths_refuse_bad_arguments_naming_them() -> None:
+    """Bad arguments from Python are one ArgumentError naming the argument (they were deep
+    TypeErrors, or silently accepted: a states tensor of 0.5s, a missing generator)."""
+    import torch
+
+    from sbn_bench.errors import ArgumentError
+    from sbn_bench.estimators import estimate, estimate_on_paths
+    from sbn_bench.problems import random_problem
+
+    p = random_problem("2-3-1", 0, data_points=4)
+    st = load_registry().create("st")
+    g = torch.Generator().manual_seed(0)
+    for bad in (2.5, True, "3", 0):
+        with pytest.raises(ArgumentError, match="num_samples") as e:
+            estimate(st, p, bad, g)
+        assert e.value.argument == "num_samples"
+    for gen in (None, 3):
+        with pytest.raises(ArgumentError, match="must be a torch.Generator"):
+            estimate(st, p, 2, gen)
+    with pytest.raises(ArgumentError, match="must be an sbn_bench.Estimator"):
+        estimate("st", p, 2, g)
+    good = [torch.ones(2, 4, 3, dtype=torch.float64)]
+    assert estimate_on_paths(st, p, good)["weight_1"].shape == (2, 3, 2)
+    for states in ([torch.ones(2, 4, 3)],                          # float32 on a float64 problem
+                   [torch.full((2, 4, 3), 0.5, dtype=torch.float64)],  # not 0s and 1s
+                   [torch.ones(2, 4, 2, dtype=torch.float64)],      # wrong width
+                   [], torch.ones(2, 4, 3, dtype=torch.float64)):   # no layer; not a sequence
+        with pytest.raises(ArgumentError, match=r"argument states=.* must be 1 tensor\(s\) "
+                                                r"\[S, 4, n_k\] of 0s and 1s for n_k = 3"):
+            estimate_on_paths(st, p, states)

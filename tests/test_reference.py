@@ -499,3 +499,15 @@ def test_production_path_log_probs_equal_the_naive_oracle():
     idx1 = first_layer_index(p.widths, paths[0].shape[0])
     fast = (first[:, idx1] + rest).T  # [P, D]
     torch.testing.assert_close(fast, naive.path_log_probs(p, p.params, paths), rtol=0, atol=1e-12)
+
+
+def test_the_exact_objective_of_a_float32_problem_is_float64() -> None:
+    """The reference is float64 whatever the problem's dtype (``exact_objective`` of a float32
+    problem computed in float32, unlike ``exact_gradient``)."""
+    from sbn_bench import exact_objective
+    from sbn_bench.problems import paper_problem
+
+    p32 = paper_problem(0).to(dtype=torch.float32)
+    j32 = exact_objective(p32)
+    assert j32.dtype == torch.float64
+    assert float(j32) == float(exact_objective(p32.to(dtype=torch.float64)))

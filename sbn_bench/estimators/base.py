@@ -350,9 +350,15 @@ def estimate(
     Returns:
         ``{name: [S, *shape]}`` for every parameter of the problem.
     """
-    if num_samples < 1:
-        raise ArgumentError(f"argument num_samples={num_samples} must be ≥ 1",
+    _check_estimator_arg(estimator)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ArgumentError(f"argument num_samples={num_samples!r} must be an integer ≥ 1",
                             argument="num_samples", value=num_samples, expected="an integer ≥ 1")
+    if not isinstance(generator, torch.Generator):
+        raise ArgumentError(f"argument generator={generator!r} must be a torch.Generator (the "
+                            "estimate's only source of randomness, for reproducible results)",
+                            argument="generator", value=generator,
+                            expected="a torch.Generator on the problem's device")
     estimator.check_supports(problem)
     reps = model.replicate(problem.params, num_samples)
     with torch.enable_grad():
@@ -364,15 +370,23 @@ def estimate_on_paths(
     estimator: Estimator,
     problem: Problem,
     states: Sequence[Tensor],
+    *,
+    validate: bool = True,
 ) -> dict[str, Tensor]:
     """The estimate for each given path (``path`` estimators only).
 
     Args:
-        states: per layer, ``[S, D, n_k]`` states in {0,1}.
+        states: per layer, ``[S, D, n_k]`` states in {0,1}, in the problem's dtype and device.
+        validate: check ``estimator`` and ``states`` (shapes, dtype, device, 0s and 1s); a caller
+            that has checked them once (the runner's exact mode, over slices of the enumerated
+            paths) passes False to save a pass over the states per call.
 
     Returns:
         ``{name: [S, *shape]}``: entry ``s`` is the estimate when the sampled states are ``states[:][s]``.
     """
+    if validate:
+        _check_estimator_arg(estimator)
+        check_states(problem, states)
     if estimator.path_surrogate is None:
         raise ArgumentError(f"estimator {estimator.spec!r} has no path surrogate "
                             f"(randomness {estimator.randomness!r})", argument="estimator",
@@ -383,6 +397,38 @@ def estimate_on_paths(
     with torch.enable_grad():
         surr = estimator.path_surrogate(problem, reps, states)
         return _gradients(_with_kl(surr, problem, reps), reps, num_samples, estimator.spec)
+
+
+def _check_estimator_arg(estimator: object) -> None:
+    if not isinstance(estimator, Estimator):
+        raise ArgumentError(f"argument estimator={estimator!r} must be an sbn_bench.Estimator "
+                            "(make one from a spec with load_registry().create('psa'))",
+                            argument="estimator", value=estimator, expected="an Estimator")
+
+
+def check_states(problem: Problem, states: Sequence[Tensor]) -> None:
+    """Refuse ``states`` that are not one ``[S, D, n_k]`` tensor of 0s and 1s per stochastic layer,
+    in the problem's dtype and on its device, with the same S (:func:`estimate_on_paths`'s check).
+
+    Raises:
+        ArgumentError: naming what was given and what was expected.
+    """
+    widths = problem.widths[1:-1]
+    expected = (f"{len(widths)} tensor(s) [S, {problem.num_data}, n_k] of 0s and 1s for n_k = "
+                f"{', '.join(map(str, widths))}, {problem.x.dtype}")
+    ok = (isinstance(states, Sequence) and len(states) == len(widths)
+          and all(isinstance(t, Tensor) for t in states))
+    if ok:
+        S = states[0].shape[0] if states[0].dim() == 3 else -1
+        ok = S >= 1 and all(
+            tuple(t.shape) == (S, problem.num_data, n) and t.dtype == problem.x.dtype
+            and t.device == problem.x.device for t, n in zip(states, widths))
+        ok = ok and all(bool(((t == 0) | (t == 1)).all()) for t in states)
+    if not ok:
+        got = [f"{tuple(t.shape)} {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+               for t in states] if isinstance(states, Sequence) else type(states).__name__
+        raise ArgumentError(f"argument states={got} must be {expected}", argument="states",
+                            value=got, expected=expected)
 
 
 def from_path(path_fn: PathSurrogateFn) -> SurrogateFn:

@@ -256,12 +256,15 @@ def objective_per_point(problem: Problem, params: Params | None = None,
     (plus the analytic KL for the binary VAE, SPEC §7).
 
     Args:
-        problem: the problem (its parameters are used when ``params`` is None).
+        problem: the problem (its parameters, in float64 whatever the problem's dtype, are used
+            when ``params`` is None).
         params: shared (non-replicated) float64 parameters, e.g. leaves with ``requires_grad``.
         max_bytes: memory limit, see :func:`check_size`.
     """
     check_size(problem, max_bytes)
-    params = problem.params if params is None else params
+    if params is None:  # the reference is float64 (a float32 problem computed in float32)
+        problem = problem.to(dtype=torch.float64)
+        params = problem.params
     shared = _shared_tables(problem, params)
     D = problem.num_data
     c = data_chunk(problem.widths, D, problem.loss, _head_widths(problem))
