@@ -94,6 +94,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -492,10 +493,19 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "problems", tuple(self.problems))
-        if self.estimators is not None:
+        # one string (or path, or seed) is one item, as on the command line: "psa,st" is two specs,
+        # not the characters p, s, a, …
+        if isinstance(self.estimators, str):
+            try:
+                object.__setattr__(self, "estimators", tuple(split_specs(self.estimators)))
+            except EstimatorSpecError as e:
+                raise ConfigError(str(e), argument="estimators", value=self.estimators) from None
+        elif self.estimators is not None:
             object.__setattr__(self, "estimators", tuple(self.estimators))
-        object.__setattr__(self, "plugins", tuple(str(p) for p in self.plugins))
-        object.__setattr__(self, "seeds", tuple(self.seeds))
+        plugins = (self.plugins,) if isinstance(self.plugins, (str, os.PathLike)) else self.plugins
+        object.__setattr__(self, "plugins", tuple(str(p) for p in plugins))
+        seeds = (self.seeds,) if isinstance(self.seeds, int) else self.seeds
+        object.__setattr__(self, "seeds", tuple(seeds))
         if self.M is not None:
             object.__setattr__(self, "M", tuple(self.M))
         if not self.problems:

@@ -344,3 +344,21 @@ def test_estimate_and_estimate_on_paths_refuse_bad_arguments_naming_them() -> No
         with pytest.raises(ArgumentError, match=r"argument states=.* must be 1 tensor\(s\) "
                                                 r"\[S, 4, n_k\] of 0s and 1s for n_k = 3"):
             estimate_on_paths(st, p, states)
+
+
+def test_one_string_is_one_item_and_an_unloaded_plugin_file_is_named(tmp_path) -> None:
+    """From Python a string is one spec list, one plugin file, an int one seed (they were split into
+    characters: 'plugin file 'p' does not exist'); an estimator asked for after its plugin file
+    failed to load names that file and why."""
+    from sbn_bench.config import ProblemSpec, RunConfig
+
+    plug = str(Path(__file__).resolve().parents[1] / "examples" / "reinforce_baseline.py")
+    cfg = RunConfig(problems=(ProblemSpec(arch="2-2-1"),), estimators="psa,st", plugins=plug,
+                    seeds=3)
+    assert (cfg.estimators, cfg.plugins, cfg.seeds) == (("psa", "st"), (plug,), (3,))
+    assert "reinforce-baseline" in load_registry(plugins=plug).names()
+    missing = str(tmp_path / "nothere.py")
+    reg = load_registry(plugins=missing)
+    with pytest.raises(EstimatorSpecError, match=rf"Plugin files that failed to load \(it may be "
+                                                 rf"defined there\): plugin file '{missing}' \("):
+        reg.create("reinforce-baseline")

@@ -120,8 +120,11 @@ class Registry:
                                          expected="an estimator that loads")
             close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
             hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
+            unloaded = [f"{e.origin} ({e.message})" for e in self.errors if e.whole_file]
+            also = (f" Plugin files that failed to load (it may be defined there): "
+                    f"{'; '.join(unloaded)}." if unloaded else "")
             raise EstimatorSpecError(f"estimator {name!r} is unknown{hint} Known estimators: "
-                                     f"{', '.join(self.names())}", argument=spec, value=name,
+                                     f"{', '.join(self.names())}.{also}", argument=spec, value=name,
                                      expected=f"one of {', '.join(self.names())}")
         factory = self.factories[name]
         params = hyperparameters(factory)
@@ -352,6 +355,8 @@ def load_registry(plugins: Sequence[str | os.PathLike[str]] = (), *, entry_point
     When the package runs from a source tree without being installed, its entry points are
     absent; the built-ins are then registered from :mod:`sbn_bench.estimators.builtin` directly.
     """
+    if isinstance(plugins, (str, os.PathLike)):  # one file, not its characters
+        plugins = (plugins,)
     reg = Registry()
     if entry_points:
         for ep in _entry_points():
