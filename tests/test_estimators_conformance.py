@@ -222,7 +222,34 @@ def _adapt_breaks_shapes() -> Estimator:
                                adapt=lambda problem, generator, steps: broken)
 
 
+def _batch_mean_baseline() -> Estimator:
+    """REINFORCE whose baseline is the mean loss over the S samples: every gradient check passes
+    (the baseline is detached) and exact enumeration sees no bias (all paths in one batch), but
+    each sample depends on the others, and with S = 2 it is biased."""
+    def path(problem, params, states):
+        inputs = [problem.x, *states[:-1]]
+        logp = sum(model.state_log_prob(problem.noise_dist, model.preactivation(params, k, h), x)
+                   for k, (h, x) in enumerate(zip(inputs, states), start=1))
+        f = problem.loss_values(model.output(params, states[-1]))
+        return (f + (f.detach() - f.detach().mean(0)) * logp).mean(-1)
+
+    return Estimator("batch-baseline", from_path(path), unbiased=True, randomness="path",
+                     path_surrogate=path, description="baseline over the batch")
+
+
+def _mutates_the_problem() -> Estimator:
+    """st that scales the problem's data in place on every call."""
+    base = REGISTRY.create("st")
+
+    def surrogate(problem, params, generator):
+        problem.x.mul_(1.01)
+        return base.surrogate(problem, params, generator)
+    return Estimator("mutator", surrogate, randomness="path", description="writes into x")
+
+
 @pytest.mark.parametrize(("make", "check"), [
+    (_batch_mean_baseline, kit.check_path_surrogate),
+    (_mutates_the_problem, kit.check_shapes),
     (_counter_baseline, kit.check_statelessness),
     (_shared_noise, kit.check_uncorrelated_samples),
     (_biased_but_claims_unbiased, kit.check_unbiasedness),
@@ -238,6 +265,16 @@ def test_the_kit_catches_a_broken_estimator(make, check) -> None:
         check(est)
     with pytest.raises(kit.ConformanceError):
         kit.check_estimator(est)
+
+
+def test_the_kit_names_an_estimator_that_modifies_its_problem_and_keeps_the_others_safe() -> None:
+    """A problem written into is named as such (it failed as 'keeps state' or 'determinism'), and
+    the problems later checks get are intact (a mutator checked first made a correct estimator
+    fail 'unbiasedness' in the same process)."""
+    with pytest.raises(kit.ConformanceError, match="modified the problem it was given in place"):
+        kit.check_shapes(_mutates_the_problem())
+    kit.check_unbiasedness(REGISTRY.create("reinforce"))
+    assert kit.check_problem("logistic").fingerprint() == kit.check_problem("logistic").fingerprint()
 
 
 def test_check_estimator_takes_a_factory_and_reports_skips() -> None:

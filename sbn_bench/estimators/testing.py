@@ -111,11 +111,34 @@ class CheckSkipped(Exception):
 # problems
 
 
-@functools.cache
+_PRISTINE: dict[tuple[str, str], tuple[Problem, str]] = {}
+"""The check problems as made, with their fingerprints; each caller gets a private copy."""
+
+_HANDED: list[tuple[Problem, str]] = []
+"""The copies handed out during the current check, with the fingerprint they must keep."""
+
+
+def _private(key: tuple[str, str], make: Callable[[], Problem]) -> Problem:
+    """A private copy of a check problem (made once): an estimator that modifies the problem it is
+    given cannot change what later checks (of it or of another estimator) run on, and the check it
+    did it in names it (:func:`_check`)."""
+    if key not in _PRISTINE:
+        made = make()
+        _PRISTINE[key] = (made, made.fingerprint())
+    pristine, fingerprint = _PRISTINE[key]
+    copy = pristine.copy()
+    _HANDED.append((copy, fingerprint))
+    return copy
+
+
 def check_problem(kind: str) -> Problem:
-    """The small problems the checks run on (cached; read-only): ``logistic`` (2-3-2-1),
+    """The small problems the checks run on (a private copy each call): ``logistic`` (2-3-2-1),
     ``softmax-gaussian`` (3-2-2-3), ``mse`` (2-2-3-2), ``mse-gaussian`` (2-2-2-1), and with one
     stochastic layer ``logistic-1`` (2-3-1), ``softmax-gaussian-1`` (3-3-3), ``mse-1`` (2-2-2)."""
+    return _private(("check", kind), lambda: _make_check_problem(kind))
+
+
+def _make_check_problem(kind: str) -> Problem:
     if kind == "logistic":
         return random_problem("2-3-2-1", 1, data_points=5)
     if kind == "softmax-gaussian":
@@ -154,11 +177,12 @@ computes the loss without :func:`sbn_bench.estimators.kernel.losses` leaves it o
 unbiasedness check (each estimator on those it supports)."""
 
 
-@functools.cache
 def unbiasedness_problem(net: str) -> Problem:
-    """One of :data:`UNBIASEDNESS_NETS` (3 data points; cached)."""
-    kw: dict[str, Any] = dict(UNBIASEDNESS_NETS[net])
-    return random_problem(kw.pop("arch"), kw.pop("seed"), data_points=3, **kw)
+    """One of :data:`UNBIASEDNESS_NETS` (3 data points; a private copy each call)."""
+    def make() -> Problem:
+        kw: dict[str, Any] = dict(UNBIASEDNESS_NETS[net])
+        return random_problem(kw.pop("arch"), kw.pop("seed"), data_points=3, **kw)
+    return _private(("unbiasedness", net), make)
 
 
 @functools.cache
@@ -245,13 +269,28 @@ def _check(fn: Callable[[Estimator], None]) -> Callable[[Estimator], None]:
 
     @functools.wraps(fn)
     def check(est: Estimator) -> None:
+        _HANDED.clear()
         try:
             fn(est)
         except (ConformanceError, CheckSkipped):
+            _check_untouched(est, name)  # a modified problem explains the failure: said first
             raise
         except Exception as e:  # noqa: BLE001 - whatever the estimator raised fails the check
+            _check_untouched(est, name)
             raise _fail(est, name, f"it raised {type(e).__name__}: {e}") from e
+        _check_untouched(est, name)
     return check
+
+
+def _check_untouched(est: Estimator, name: str) -> None:
+    """Fail ``name`` when a problem handed out during it was modified (the estimator wrote into
+    the problem's parameters, data or metadata: a problem is read-only)."""
+    for problem, fingerprint in _HANDED:
+        if problem.fingerprint() != fingerprint:
+            _HANDED.clear()
+            raise _fail(est, name, "it modified the problem it was given in place (its parameters, "
+                                   "data or metadata): an estimator must treat the problem as "
+                                   "read-only (copy what it changes)")
 
 
 @_check
@@ -492,6 +531,17 @@ def check_path_surrogate(est: Estimator) -> None:
             if not torch.allclose(on_paths[k], sampled[k], rtol=1e-12, atol=1e-14):
                 raise _fail(est, "path_surrogate", f"{k}: path surrogate on the sampled states "
                                                    f"differs from the sampling surrogate")
+        # each path's estimate is a function of that path alone: the same on a sub-batch (a
+        # baseline averaged over the S samples passes every gradient check but is biased, and
+        # exact enumeration, which feeds all paths as one batch, would hide it)
+        part = estimate_on_paths(est, problem, [s[:3] for s in states])
+        for k in part:
+            if not torch.allclose(part[k], on_paths[k][:3], rtol=1e-12, atol=1e-14):
+                raise _fail(est, "path_surrogate", f"{k}: the estimate of a path changes with the "
+                                                   f"other paths of the batch (the first 3 of {S} "
+                                                   "states alone give other estimates): a sample "
+                                                   "may use its own states only, e.g. no baseline "
+                                                   "averaged over the samples")
     problem = _supported(est)[-1]
     exact_mean = path_expectation(est, problem)
     samples = estimate(est, problem, CORRELATION_SAMPLES, _gen(3))
