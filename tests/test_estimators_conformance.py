@@ -247,7 +247,15 @@ def _mutates_the_problem() -> Estimator:
     return Estimator("mutator", surrogate, randomness="path", description="writes into x")
 
 
+def _detached() -> Estimator:
+    """tanh with its surrogate detached: every estimate is 0."""
+    base = REGISTRY.create("tanh")
+    return Estimator("detached", lambda p, q, g: base.surrogate(p, q, g).detach(),
+                     randomness="none", description="no gradient")
+
+
 @pytest.mark.parametrize(("make", "check"), [
+    (_detached, kit.check_shapes),
     (_batch_mean_baseline, kit.check_path_surrogate),
     (_mutates_the_problem, kit.check_shapes),
     (_counter_baseline, kit.check_statelessness),
@@ -275,6 +283,21 @@ def test_the_kit_names_an_estimator_that_modifies_its_problem_and_keeps_the_othe
         kit.check_shapes(_mutates_the_problem())
     kit.check_unbiasedness(REGISTRY.create("reinforce"))
     assert kit.check_problem("logistic").fingerprint() == kit.check_problem("logistic").fingerprint()
+
+
+def test_a_factory_that_raises_is_a_conformance_error() -> None:
+    """Whatever a factory raises, check_estimator reports it as a ConformanceError (a raw
+    exception broke the collection of a whole pytest module through parametrize_with_checks)."""
+    def boom() -> Estimator:
+        raise RuntimeError("boom in factory")
+
+    def positional(tau) -> Estimator:  # hyperparameters must be keyword-only with defaults
+        return REGISTRY.create("st")
+
+    with pytest.raises(kit.ConformanceError, match="factory 'boom': RuntimeError: boom in factory"):
+        kit.check_estimator(boom)
+    with pytest.raises(kit.ConformanceError, match="factory 'positional'"):
+        kit.check_estimator(positional)
 
 
 def test_check_estimator_takes_a_factory_and_reports_skips() -> None:

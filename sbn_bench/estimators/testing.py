@@ -340,6 +340,10 @@ def _check_output(est: Estimator, check: str, problem: Problem, out: dict[str, T
             raise _fail(est, check, f"{pname} requires grad, expected a detached tensor")
         if not torch.isfinite(g).all():
             raise _fail(est, check, f"{pname} has non-finite entries")
+    if all(not bool(g.any()) for g in out.values()):
+        raise _fail(est, check, "every estimate is 0: the surrogate does not depend on the "
+                                "parameters (a detached tensor, or one built outside the replicas "
+                                "it is given)")
 
 
 def _check_shapes_on(est: Estimator, check: str, device: str, dtypes: Sequence[torch.dtype]) -> None:
@@ -424,7 +428,9 @@ def check_determinism(est: Estimator) -> None:
     b = estimate(est, problem, 4, _gen(123))
     for k in a:
         if not torch.equal(a[k], b[k]):
-            raise _fail(est, "determinism", f"{k} differs between two calls with seed 123")
+            raise _fail(est, "determinism", f"{k} differs between two calls with seed 123: draw "
+                                            "every random number from the generator given (not "
+                                            "torch.rand without it, nor a generator of None)")
     c = estimate(est, problem, 4, _gen(124))
     same = all(torch.equal(a[k], c[k]) for k in a)
     if est.randomness == "none":
@@ -451,7 +457,9 @@ def check_statelessness(est: Estimator) -> None:
         if not torch.equal(ref[k], again[k]):
             diff = float((ref[k] - again[k]).abs().max())
             raise _fail(est, "statelessness", f"{k} changed after other calls (max difference "
-                                              f"{diff:.3g}, expected 0): the estimator keeps state")
+                                              f"{diff:.3g}, expected 0): the estimator keeps state, "
+                                              "or draws random numbers elsewhere than from the "
+                                              "generator given")
 
 
 @_check
@@ -624,8 +632,12 @@ def _as_estimator(obj: Estimator | Callable[..., Estimator]) -> Estimator:
     if isinstance(obj, Estimator):
         return obj
     if callable(obj):
-        check_signature(getattr(obj, "__name__", repr(obj)), obj)
-        est = obj()
+        name = getattr(obj, "__name__", repr(obj))
+        try:
+            check_signature(name, obj)
+            est = obj()
+        except (Exception, SystemExit) as e:  # a factory may raise anything: one kind of failure
+            raise ConformanceError(f"factory {name!r}: {type(e).__name__}: {e}") from e
         if not isinstance(est, Estimator):
             raise ConformanceError(f"factory {obj!r} returned {type(est).__name__}, expected an "
                                    "sbn_bench.Estimator")
