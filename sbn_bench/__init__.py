@@ -3,11 +3,17 @@
 Public API (re-exported on purpose, imported on first use so that ``import sbn_bench`` stays light):
 
 * problems: :class:`Problem`, :func:`random_problem`, :func:`paper_problem`, :func:`preset_problem`,
-  :func:`load_problem`, :func:`save_problem`;
-* the exact reference: :func:`exact_gradient`, :func:`exact_objective`;
-* estimators: :class:`Estimator`, :func:`estimate`, :func:`load_registry`;
-* runs and reports: :class:`RunConfig`, :class:`ProblemSpec`, :func:`load_config`, :func:`run`,
-  :func:`write_report`, :func:`run_paper` (``sbn-bench run --preset paper``);
+  :func:`load_problem`, :func:`save_problem` (``sbn-bench problem``), :class:`ProblemError`;
+* the exact reference: :func:`exact_gradient`, :func:`exact_objective` (``sbn-bench exact``),
+  :class:`ReferenceTooLarge`;
+* estimators: :class:`Estimator`, :func:`estimate`, :func:`estimate_on_paths`,
+  :func:`load_registry` (its ``describe()`` is ``sbn-bench list --json``);
+* runs and reports: :class:`RunConfig`, :class:`ProblemSpec`, :class:`ThroughputConfig`,
+  :func:`load_config`, :func:`run` (``sbn-bench run``), :class:`RunResult`, :func:`resume_config`
+  (``sbn-bench run --out DIR --resume``), :func:`write_report` (``sbn-bench report``, with
+  ``compare_dir`` for ``--compare``), :func:`run_paper` (``sbn-bench run --preset paper``);
+  training is :func:`sbn_bench.train.train` and :func:`sbn_bench.train_study.run_study`
+  (``sbn-bench train``);
 * errors: :class:`SbnBenchError`, the base of every error caused by the user's input.
 
 Training is :func:`sbn_bench.train.train` (not re-exported: it would hide the module's name).
@@ -36,6 +42,7 @@ _EXPORTS = {
     "ReferenceTooLarge": "sbn_bench.reference",
     "RunConfig": "sbn_bench.config",
     "RunResult": "sbn_bench.runner",
+    "ThroughputConfig": "sbn_bench.config",
     "SbnBenchError": "sbn_bench.errors",
     "estimate": "sbn_bench.estimators",
     "estimate_on_paths": "sbn_bench.estimators",
@@ -47,6 +54,7 @@ _EXPORTS = {
     "paper_problem": "sbn_bench.problems",
     "preset_problem": "sbn_bench.problems",
     "random_problem": "sbn_bench.problems",
+    "resume_config": "sbn_bench.runner",
     "run": "sbn_bench.runner",
     "run_paper": "sbn_bench.paper",
     "save_problem": "sbn_bench.problems",
@@ -55,9 +63,10 @@ _EXPORTS = {
 
 __all__ = [
     "Estimator", "Problem", "ProblemError", "ProblemSpec", "ReferenceTooLarge", "RunConfig",
-    "RunResult", "SbnBenchError", "__version__", "estimate", "estimate_on_paths", "exact_gradient",
-    "exact_objective", "load_config", "load_problem", "load_registry", "paper_problem",
-    "preset_problem", "random_problem", "run", "run_paper", "save_problem", "write_report",
+    "RunResult", "SbnBenchError", "ThroughputConfig", "__version__", "estimate",
+    "estimate_on_paths", "exact_gradient", "exact_objective", "load_config", "load_problem",
+    "load_registry", "paper_problem", "preset_problem", "random_problem", "resume_config", "run",
+    "run_paper", "save_problem", "write_report",
 ]
 
 
@@ -77,7 +86,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from sbn_bench.config import ProblemSpec, RunConfig, load_config
+    from sbn_bench.config import ProblemSpec, RunConfig, ThroughputConfig, load_config
     from sbn_bench.errors import SbnBenchError
     from sbn_bench.estimators import Estimator, estimate, estimate_on_paths, load_registry
     from sbn_bench.paper import run_paper
@@ -93,4 +102,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from sbn_bench.reference import ReferenceTooLarge, exact_gradient
     from sbn_bench.reference import objective as exact_objective
     from sbn_bench.reports import write_report
-    from sbn_bench.runner import RunResult, run
+    from sbn_bench.runner import RunResult, resume_config, run

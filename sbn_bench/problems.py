@@ -683,10 +683,23 @@ FILE_FORMAT = 2
 """The problem file format this version writes (it reads 1 and 2)."""
 
 
-def save_problem(problem: Problem, path: str | os.PathLike[str]) -> Path:
+def save_problem(problem: Problem, path: str | os.PathLike[str], *, overwrite: bool = True
+                 ) -> Path:
     """Write ``problem`` to ``path`` in the public ``.npz`` format (version :data:`FILE_FORMAT`),
-    atomically (temp file + rename)."""
+    atomically (temp file + rename).
+
+    Args:
+        overwrite: replace an existing file (``sbn-bench problem`` passes False unless
+            ``--overwrite``: the file may be a trained checkpoint).
+
+    Raises:
+        ProblemError: the file exists and ``overwrite`` is False, or it cannot be written.
+    """
     path = Path(path)
+    if not overwrite and path.exists():
+        raise ProblemError(f"argument path={str(path)!r} exists; pass overwrite=True (--overwrite) "
+                           "to replace it, or choose another file", argument="path",
+                           value=str(path), expected="a path that does not exist yet")
     arrays: dict[str, np.ndarray] = {"x": problem.x.detach().cpu().numpy(),
                                      "y": problem.y.detach().cpu().numpy()}
     arrays.update({k: v.detach().cpu().to(torch.float64).numpy()

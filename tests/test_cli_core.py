@@ -264,3 +264,20 @@ def test_the_exact_table_has_a_row_for_every_parameter_group(args, groups) -> No
         assert float(table[g][-1]) == pytest.approx(want ** 0.5, rel=1e-5), g
     total = sum(float(torch.tensor(v).square().sum()) for v in grad.values()) ** 0.5
     assert float(table["all"][-1]) == pytest.approx(total, rel=1e-5)
+
+
+def test_list_and_problem_are_callable_from_python(tmp_path: Path) -> None:
+    """``sbn-bench list --json`` is ``load_registry().describe()``; ``problem`` without
+    ``--overwrite`` is ``save_problem(..., overwrite=False)``."""
+    from sbn_bench import load_registry, save_problem
+    from sbn_bench.problems import ProblemError
+
+    assert json.loads(_ok("list", "--json").output)["estimators"] == \
+        json.loads(json.dumps(load_registry().describe()))
+    f = tmp_path / "p.npz"
+    p = random_problem("2-2-1", 0, data_points=3)
+    save_problem(p, f, overwrite=False)
+    with pytest.raises(ProblemError, match="exists; pass overwrite=True") as e:
+        save_problem(p, f, overwrite=False)
+    assert e.value.argument == "path"
+    save_problem(p, f)  # the default replaces, as before

@@ -87,18 +87,7 @@ def list_(plugins: tuple[Path, ...], as_json: bool) -> None:
     estimators learn before they estimate.
     """
     reg, _ = load_plugins(plugins)  # a --plugin file that cannot be loaded is an error
-    widths = (2, 5, 5, 5, 1)
-    entries = []
-    for name in reg.names():
-        est = reg.factories[name]()
-        entries.append({
-            "name": name, "family": est.family, "unbiased": est.unbiased,
-            "randomness": est.randomness, "evals_per_sample": est.evals(widths),
-            "noises": sorted(est.noises), "losses": sorted(est.losses), "layers": sorted(est.layers),
-            "single_layer": est.single_layer, "adaptive": est.adapt is not None,
-            "hyperparams": dict(est.hyperparams), "description": est.description,
-            "origin": reg.origins[name], "exact_mode": est.path_surrogate is not None,
-        })
+    entries = reg.describe()
     if as_json:
         echo_json({"estimators": entries,
                    "errors": [{"name": e.name, "origin": e.origin, "message": e.message}
@@ -131,9 +120,9 @@ def problem(ctx: click.Context, problem_file: Path | None, arch: str | None, pre
 
     Example: sbn-bench problem --preset paper --out paper.npz
     """
-    if out.exists() and not overwrite:
+    if out.exists() and not overwrite:  # before building the problem: refused at once
         raise click.UsageError(f"--out {str(out)!r} exists; pass --overwrite to replace it, or "
                                "choose another file")
     p = build_problem(problem_spec(ctx, problem_file, arch, preset, seed, data_points, loss, noise))
-    problems.save_problem(p, out)
+    problems.save_problem(p, out, overwrite=overwrite)
     click.echo(f"wrote {out} (arch {p.arch}, D={p.num_data}, {len(p.params)} parameter arrays)")

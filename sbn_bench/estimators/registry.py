@@ -86,6 +86,25 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self.factories)
 
+    def describe(self, widths: tuple[int, ...] = (2, 5, 5, 5, 1)) -> list[dict[str, Any]]:
+        """Every registered estimator with its flags, as ``sbn-bench list --json`` prints them:
+        name, family, unbiased, randomness, ``evals_per_sample`` (on the net ``widths``, the
+        paper's by default), noises, losses, layers, single_layer, adaptive, hyperparams (the
+        defaults), description, origin and ``exact_mode`` (it has a path surrogate)."""
+        entries = []
+        for name in self.names():
+            est = self.factories[name]()
+            entries.append({
+                "name": name, "family": est.family, "unbiased": est.unbiased,
+                "randomness": est.randomness, "evals_per_sample": est.evals(widths),
+                "noises": sorted(est.noises), "losses": sorted(est.losses),
+                "layers": sorted(est.layers), "single_layer": est.single_layer,
+                "adaptive": est.adapt is not None, "hyperparams": dict(est.hyperparams),
+                "description": est.description, "origin": self.origins[name],
+                "exact_mode": est.path_surrogate is not None,
+            })
+        return entries
+
     def add(self, name: str, factory: Any, origin: str) -> bool:
         """Check ``factory`` and register it; on failure record a :class:`PluginError`. A name
         already registered elsewhere is a clash whether or not the factory works (a broken
