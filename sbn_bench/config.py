@@ -94,6 +94,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import operator
 import os
 import re
 import sys
@@ -408,6 +409,27 @@ class ThroughputConfig:
             object.__setattr__(self, name, float(v))
 
 
+def _one_or_many(name: str, value: Any) -> tuple[Any, ...]:
+    """``seeds`` or ``M`` as a tuple: one integer (any integer type) is one item, a string a comma
+    list ("0,1"), anything else iterated; refused naming the argument when it is none of these."""
+    if isinstance(value, str):
+        try:
+            return tuple(int(v) for v in value.split(","))
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} is not a comma list of integers (e.g. '0,1')",
+                              argument=name, value=value, expected="integers") from None
+    if not isinstance(value, bool):
+        try:
+            return (operator.index(value),)
+        except TypeError:
+            pass
+    try:
+        return tuple(value)
+    except TypeError:
+        raise ConfigError(f"{name}={value!r} must be an integer or a sequence of integers",
+                          argument=name, value=value, expected="integers") from None
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a run measures (see the module docstring for the TOML form).
@@ -492,7 +514,8 @@ class RunConfig:
     reference_cache: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "problems", tuple(self.problems))
+        problems = (self.problems,) if isinstance(self.problems, ProblemSpec) else self.problems
+        object.__setattr__(self, "problems", tuple(problems))
         # one string (or path, or seed) is one item, as on the command line: "psa,st" is two specs,
         # not the characters p, s, a, …
         if isinstance(self.estimators, str):
@@ -504,10 +527,9 @@ class RunConfig:
             object.__setattr__(self, "estimators", tuple(self.estimators))
         plugins = (self.plugins,) if isinstance(self.plugins, (str, os.PathLike)) else self.plugins
         object.__setattr__(self, "plugins", tuple(str(p) for p in plugins))
-        seeds = (self.seeds,) if isinstance(self.seeds, int) else self.seeds
-        object.__setattr__(self, "seeds", tuple(seeds))
+        object.__setattr__(self, "seeds", _one_or_many("seeds", self.seeds))
         if self.M is not None:
-            object.__setattr__(self, "M", tuple(self.M))
+            object.__setattr__(self, "M", _one_or_many("M", self.M))
         if not self.problems:
             raise ConfigError("problems is empty; give at least one problem")
         for p in self.problems:

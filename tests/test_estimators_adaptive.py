@@ -258,3 +258,38 @@ def test_the_runner_measures_adaptive_estimators_tuned(tmp_path) -> None:
     from sbn_bench.reports import write_report
     md = write_report(tmp_path / "a", formats=("md",))["md"].read_text()
     assert "adaptive: timed after their tuning (the default budget), which took nvil:hidden=16 " in md
+
+
+def test_a_tuning_that_fails_or_writes_into_the_problem_fails_its_cells_only(tmp_path) -> None:
+    """A tuning that raises, or writes into the problem, is a failed cell at stage ``adapt`` in
+    both the statistics and the throughput cells (whatever the dtype); the other estimators of
+    the throughput group are still measured."""
+    from sbn_bench import runner
+    from sbn_bench.config import ProblemSpec, RunConfig, ThroughputConfig
+
+    plug = tmp_path / "bad.py"
+    plug.write_text(
+        "import dataclasses\n"
+        "from sbn_bench.estimators import load_registry\n"
+        "def bad(*, mode: str = 'mutate'):\n"
+        "    base = load_registry().create('reinforce')\n"
+        "    def adapt(problem, generator, steps):\n"
+        "        if mode == 'mutate':\n"
+        "            problem.params['weight_1'].add_(1.0)\n"
+        "        else:\n"
+        "            raise RuntimeError('adapt exploded')\n"
+        "        return dataclasses.replace(base, name='bad', adapt=adapt)\n"
+        "    return dataclasses.replace(base, name='bad', adapt=adapt, hyperparams=(('mode', mode),))\n"
+        "ESTIMATORS = {'bad': bad}\n")
+    for spec, says, dtype in (("bad", "modified the problem it was tuned on", "float32"),
+                              ("bad", "modified the problem it was tuned on", "float64"),
+                              ("bad:mode=raise", "RuntimeError: adapt exploded", "float32")):
+        out = tmp_path / f"run-{dtype}-{len(spec)}"
+        cfg = RunConfig(problems=(ProblemSpec(arch="2-3-1", data_points=4),), plugins=(str(plug),),
+                        estimators=("psa", spec), samples=32, M=(1,), dtype=dtype,
+                        throughput=ThroughputConfig(rounds=1, warmup=0, batch=8),
+                        executor="serial", out=str(out))
+        res = runner.run(cfg)
+        assert set(res.failures["stage"]) == {"adapt"} and len(res.failures) == 2, res.failures
+        assert all(says in e for e in res.failures["error"])
+        assert set(res.metrics["estimator"]) == {"psa"} and list(res.throughput["estimator"]) == ["psa"]

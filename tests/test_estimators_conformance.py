@@ -210,6 +210,16 @@ def _adapts_with_the_global_generator() -> Estimator:
     return make(0.0)
 
 
+def _adapt_writes_into_the_problem() -> Estimator:
+    """reinforce whose adapt adds 1 to the problem's first weights."""
+    base = REGISTRY.create("reinforce")
+
+    def adapt(problem, generator, steps):
+        problem.params["weight_1"].add_(1.0)
+        return base
+    return dataclasses.replace(base, adapt=adapt)
+
+
 def _adapt_renames() -> Estimator:
     base = REGISTRY.create("reinforce")
     return dataclasses.replace(base, name="renamed", adapt=lambda problem, generator, steps: base)
@@ -265,6 +275,7 @@ def _detached() -> Estimator:
     (_scalar_surrogate, kit.check_shapes),
     (_adapts_with_the_global_generator, kit.check_adapt),
     (_adapt_renames, kit.check_adapt),
+    (_adapt_writes_into_the_problem, kit.check_adapt),
     (_adapt_breaks_shapes, kit.check_adapt),
 ])
 def test_the_kit_catches_a_broken_estimator(make, check) -> None:

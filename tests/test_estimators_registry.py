@@ -330,6 +330,8 @@ def test_estimate_and_estimate_on_paths_refuse_bad_arguments_naming_them() -> No
         with pytest.raises(ArgumentError, match="num_samples") as e:
             estimate(st, p, bad, g)
         assert e.value.argument == "num_samples"
+    import numpy as np
+    assert estimate(st, p, np.int64(2), g)["weight_1"].shape[0] == 2  # any integer type
     for gen in (None, 3):
         with pytest.raises(ArgumentError, match="must be a torch.Generator"):
             estimate(st, p, 2, gen)
@@ -356,9 +358,18 @@ def test_one_string_is_one_item_and_an_unloaded_plugin_file_is_named(tmp_path) -
     cfg = RunConfig(problems=(ProblemSpec(arch="2-2-1"),), estimators="psa,st", plugins=plug,
                     seeds=3)
     assert (cfg.estimators, cfg.plugins, cfg.seeds) == (("psa", "st"), (plug,), (3,))
+    import numpy as np
+
+    from sbn_bench.config import ConfigError
+    one = RunConfig(problems=ProblemSpec(arch="2-2-1"), seeds=np.int64(3), M=4, samples=10)
+    assert (len(one.problems), one.seeds, one.M) == (1, (3,), (4,))
+    assert RunConfig(problems=ProblemSpec(arch="2-2-1"), seeds="0,1").seeds == (0, 1)
+    with pytest.raises(ConfigError, match="seeds='a,b' is not a comma list of integers"):
+        RunConfig(problems=ProblemSpec(arch="2-2-1"), seeds="a,b")
     assert "reinforce-baseline" in load_registry(plugins=plug).names()
     missing = str(tmp_path / "nothere.py")
     reg = load_registry(plugins=missing)
     with pytest.raises(EstimatorSpecError, match=rf"Plugin files that failed to load \(it may be "
-                                                 rf"defined there\): plugin file '{missing}' \("):
+                                                 rf"defined there\): plugin file '{missing}' does "
+                                                 r"not exist\.$"):
         reg.create("reinforce-baseline")

@@ -32,6 +32,7 @@ References:
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -351,9 +352,14 @@ def estimate(
         ``{name: [S, *shape]}`` for every parameter of the problem.
     """
     _check_estimator_arg(estimator)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+    try:  # any integer type (numpy's, a 0-d integer tensor), not a float or a bool
+        count = operator.index(num_samples) if not isinstance(num_samples, bool) else 0
+    except TypeError:
+        count = 0
+    if count < 1:
         raise ArgumentError(f"argument num_samples={num_samples!r} must be an integer ≥ 1",
                             argument="num_samples", value=num_samples, expected="an integer ≥ 1")
+    num_samples = count
     if not isinstance(generator, torch.Generator):
         raise ArgumentError(f"argument generator={generator!r} must be a torch.Generator (the "
                             "estimate's only source of randomness, for reproducible results)",

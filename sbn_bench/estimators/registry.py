@@ -139,7 +139,8 @@ class Registry:
                                          expected="an estimator that loads")
             close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
             hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
-            unloaded = [f"{e.origin} ({e.message})" for e in self.errors if e.whole_file]
+            unloaded = [e.message if e.origin in e.message else f"{e.origin} ({e.message})"
+                        for e in self.errors if e.whole_file]
             also = (f" Plugin files that failed to load (it may be defined there): "
                     f"{'; '.join(unloaded)}." if unloaded else "")
             raise EstimatorSpecError(f"estimator {name!r} is unknown{hint} Known estimators: "

@@ -269,7 +269,10 @@ def _check(fn: Callable[[Estimator], None]) -> Callable[[Estimator], None]:
 
     @functools.wraps(fn)
     def check(est: Estimator) -> None:
-        _HANDED.clear()
+        outermost = not _DEPTH  # a check run inside another (check_adapt runs check_shapes)
+        if outermost:           # leaves the problems handed out to the outer one to verify
+            _HANDED.clear()
+        _DEPTH.append(name)
         try:
             fn(est)
         except (ConformanceError, CheckSkipped):
@@ -278,8 +281,14 @@ def _check(fn: Callable[[Estimator], None]) -> Callable[[Estimator], None]:
         except Exception as e:  # noqa: BLE001 - whatever the estimator raised fails the check
             _check_untouched(est, name)
             raise _fail(est, name, f"it raised {type(e).__name__}: {e}") from e
+        finally:
+            _DEPTH.pop()
         _check_untouched(est, name)
     return check
+
+
+_DEPTH: list[str] = []
+"""The checks running now, outermost first."""
 
 
 def _check_untouched(est: Estimator, name: str) -> None:
@@ -288,9 +297,9 @@ def _check_untouched(est: Estimator, name: str) -> None:
     for problem, fingerprint in _HANDED:
         if problem.fingerprint() != fingerprint:
             _HANDED.clear()
-            raise _fail(est, name, "it modified the problem it was given in place (its parameters, "
-                                   "data or metadata): an estimator must treat the problem as "
-                                   "read-only (copy what it changes)")
+            raise _fail(est, name, "it modified the problem it was given in place (its parameters "
+                                   "or data): an estimator must treat the problem as read-only "
+                                   "(copy what it changes)")
 
 
 @_check
@@ -605,6 +614,7 @@ def check_adapt(est: Estimator) -> None:
     problem = _supported(est)[0]
     tuned, _ = adapt_estimator(est, problem, ADAPT_STEPS, seed=17)
     again, _ = adapt_estimator(est, problem, ADAPT_STEPS, seed=17)
+    _check_untouched(est, "adapt")  # the tuning itself must leave the problem as it was
     for t in (tuned, again):
         if not isinstance(t, Estimator) or t.name != est.name:
             raise _fail(est, "adapt", f"adapt returned {t!r}, expected an Estimator named {est.name!r}")

@@ -328,23 +328,29 @@ def _measure(cell: Cell, context: CellContext, debug: bool) -> CellResult:
 
 
 def adapted(estimator: Estimator, problem: Problem, *seed_parts: object) -> tuple[Estimator, float]:
-    """An adaptive estimator tuned on ``problem`` (SPEC §3b): :func:`~sbn_bench.estimators.
-    adapt_estimator` with the default budget :data:`~sbn_bench.estimators.DEFAULT_ADAPT_STEPS`,
-    seeded from ``seed_parts`` (a rerun tunes it bit-identically), and the seconds it took; any
-    other estimator as it is, after 0 s.
+    """An adaptive estimator tuned on a copy of ``problem`` (SPEC §3b): :func:`~sbn_bench.
+    estimators.adapt_estimator` with the default budget :data:`~sbn_bench.estimators.
+    DEFAULT_ADAPT_STEPS`, seeded from ``seed_parts`` (a rerun tunes it bit-identically), and the
+    seconds it took; any other estimator as it is, after 0 s.
 
     Raises:
-        CellFailure: the adaptation raised (stage ``adapt``).
+        CellFailure: the adaptation raised or modified the problem (stage ``adapt``).
     """
     if estimator.adapt is None:
         return estimator, 0.0
+    private = problem.copy()  # tuned on a copy: a tuning that writes into it changes nothing else
+    witness = private.fingerprint()
     try:
-        return adapt_estimator(estimator, problem, DEFAULT_ADAPT_STEPS,
-                               seed=stable_seed("adapt", estimator.spec, *seed_parts))
+        tuned = adapt_estimator(estimator, private, DEFAULT_ADAPT_STEPS,
+                                seed=stable_seed("adapt", estimator.spec, *seed_parts))
     except UnsupportedProblem:
         raise
     except Exception as e:
         raise CellFailure("adapt", f"{type(e).__name__}: {e}") from e
+    if private.fingerprint() != witness:
+        raise CellFailure("adapt", f"estimator {estimator.spec!r} modified the problem it was "
+                                   "tuned on (a tuning must treat the problem as read-only)")
+    return tuned
 
 
 def throughput_rows(cell: Cell, context: CellContext, problem: Problem

@@ -54,6 +54,11 @@ from sbn_bench.problems import Problem
 
 FAMILY = "control-variates"
 
+TUNED_VERSION = "2"
+"""The version of the adaptive estimators (``nvil``, ``rebar``, ``relax``): 2 since a run measures
+them tuned (2 December 2026; version 1's cells were measured untuned, so a resume does not mix
+them)."""
+
 ADAPT_LR = 0.01
 """Adam's initial learning rate for the learned baselines and control variates; it decays
 linearly to 0 over the adaptation budget, so the last iterate does not jitter around the optimum
@@ -260,6 +265,7 @@ def _nvil(hidden: int, tuned: Tuned | None) -> Estimator:
     return Estimator("nvil", surrogate, hyperparams=(("hidden", hidden),), unbiased=True,
                      randomness="path", path_surrogate=path, family=FAMILY, adapt=adapt,
                      bytes_per_sample=lambda w, d, i: _nets_bytes(w, d, i, hidden, 1, 1, 4),
+                     version=TUNED_VERSION,
                      description="REINFORCE per layer with learned input-dependent baselines "
                                  "(Mnih & Gregor 2014)")
 
@@ -483,6 +489,7 @@ def rebar(*, eta: float = 1.0, tau: float = 0.5) -> Estimator:
                      randomness="continuous", family=FAMILY, noises=frozenset({"logistic"}),
                      evals_per_sample=lambda w: 1 + 2 * num_layers(w), bytes_per_sample=_rebar_bytes,
                      adapt=adapt,
+                     version=TUNED_VERSION,
                      description="REBAR: Concrete control variate with conditional noise, per layer "
                                  "(Tucker et al. 2017)")
 
@@ -519,6 +526,7 @@ def _relax(eta: float, tau: float, hidden: int, tuned: Tuned | None) -> Estimato
                      bytes_per_sample=lambda w, d, i: _nets_bytes(w, d, i, hidden, 1 + 2 * num_layers(w),
                                                                   2, 4, _rebar_bytes(w, d, i)),
                      adapt=adapt,
+                     version=TUNED_VERSION,
                      description="RELAX: REBAR's control variate plus a learned network c_phi "
                                  "(Grathwohl et al. 2018)")
 
