@@ -373,3 +373,20 @@ def test_one_string_is_one_item_and_an_unloaded_plugin_file_is_named(tmp_path) -
                                                  rf"defined there\): plugin file '{missing}' does "
                                                  r"not exist\.$"):
         reg.create("reinforce-baseline")
+
+
+def test_a_spec_with_a_string_hyperparameter_round_trips(tmp_path) -> None:
+    """``create(est.spec)`` gives the estimator back: a string hyperparameter is written quoted
+    (``mode='raise'``) and was read back with its quotes, so worker processes, which rebuild
+    estimators from their specs, measured another estimator than the serial executor."""
+    plug = tmp_path / "strhp.py"
+    plug.write_text("import dataclasses\n"
+                    "from sbn_bench.estimators.builtin.straight_through import st\n"
+                    "def strhp(*, mode: str = 'a'):\n"
+                    "    return dataclasses.replace(st(), name='strhp', hyperparams=(('mode', mode),))\n"
+                    "ESTIMATORS = {'strhp': strhp}\n")
+    reg = load_registry(plugins=[plug])
+    for spec in ("strhp:mode=raise", "strhp:mode='raise'", 'strhp:mode="raise"'):
+        est = reg.create(spec)
+        assert dict(est.hyperparams)["mode"] == "raise"
+        assert reg.create(est.spec) == est and est.spec == "strhp:mode='raise'"

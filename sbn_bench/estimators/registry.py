@@ -292,6 +292,8 @@ def _convert(name: str, key: str, text: str, default: Any) -> Any:
             return int(text)
         if kind is float:
             return float(text)
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            return text[1:-1]  # quoted, as Estimator.spec writes a string: 'raise' is raise
         return text
     except ValueError:
         raise EstimatorSpecError(f"estimator {name!r}: hyperparameter {key}={text!r} is not a "
