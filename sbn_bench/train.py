@@ -88,6 +88,23 @@ class TrainArgumentError(SbnBenchError, ValueError):
         super().__init__(message, argument=argument)
 
 
+def check_trainable(estimator: Estimator) -> None:
+    """Refuse an adaptive estimator (``nvil``, ``rebar``, ``relax``): it tunes itself to fixed
+    weights before it estimates (SPEC §3b), and training moves the weights at every step, so it
+    would train untuned (``nvil`` as REINFORCE) under its own name.
+
+    Raises:
+        TrainArgumentError: naming the estimator.
+    """
+    if estimator.adapt is not None:
+        raise TrainArgumentError("estimator", f"estimator {estimator.spec!r} is adaptive: it tunes "
+                                              "itself to fixed weights before it estimates, and "
+                                              "training moves them at every step, so it would "
+                                              "train untuned under its name; training with "
+                                              "adaptive estimators is not supported (measure them "
+                                              "with sbn-bench run)")
+
+
 class TrainingDiverged(SbnBenchError, ValueError):
     """The parameters became NaN or Inf (typically: learning rate too high)."""
 
@@ -582,6 +599,7 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
                           log_every=log_every, max_exact_bytes=max_exact_bytes)
     if isinstance(estimator, str):
         estimator = load_registry().create(estimator)
+    check_trainable(estimator)
     problem = problem.to(dtype=torch.float64)
     estimator.check_supports(problem)
     _check_out_dir(out_dir, overwrite)  # the last check: it removes old files when overwriting

@@ -79,6 +79,7 @@ from sbn_bench.train import (
     _State,
     _step_gradient,
     _stream_seeds,
+    check_trainable,
 )
 
 EVAL_BINARISATION_SEED = 20_201
@@ -605,6 +606,7 @@ def _check_estimators(estimators: Sequence[str], reg: Registry) -> dict[str, str
     out, versions = [], {}
     for spec in estimators:
         est = reg.create(spec)  # raises naming the spec when unknown or malformed
+        check_trainable(est)
         out.append(est.spec)
         versions[est.spec] = est.version
     if not out:

@@ -407,3 +407,17 @@ def test_benchmark_paper_training_epochs(benchmark, paper: Problem, tmp_path: Pa
     estimates the 2000-epoch run."""
     res = benchmark(train, paper, "reinforce", epochs=2, out_dir=tmp_path, log_every=10**6)
     assert res.manifest["steps"] == 40
+
+
+def test_training_with_an_adaptive_estimator_is_refused_before_any_work(tmp_path: Path) -> None:
+    """``train`` with ``nvil`` trained untuned (REINFORCE) under nvil's name; it is refused naming
+    the estimator and why, before any file is written."""
+    from sbn_bench.train import TrainArgumentError, train
+
+    p = problems.random_problem("2-3-1", 0, data_points=20)
+    with pytest.raises(TrainArgumentError, match="'nvil:hidden=16' is adaptive") as e:
+        train(p, "nvil", epochs=1, out_dir=tmp_path / "t")
+    assert e.value.argument == "estimator" and not (tmp_path / "t").exists()
+    res = CliRunner().invoke(main, ["train", "--arch", "2-3-1", "--estimator", "rebar", "--epochs",
+                                    "1", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "Invalid value for '--estimator'" in res.output, res.output

@@ -227,6 +227,10 @@ def test_bad_arguments() -> None:
     with pytest.raises(TrainArgumentError, match="seeds"):
         ts.run_study("digits-conv", out="/nonexistent/x", estimators=["st"], seeds=[],
                      settings=tiny())
+    # adaptive estimators tune to fixed weights: training would use them untuned, under their name
+    with pytest.raises(TrainArgumentError, match="'relax.*' is adaptive"):
+        ts.run_study("digits-conv", out="/nonexistent/x", estimators=["st", "relax"],
+                     settings=tiny())
 
 
 @pytest.mark.parametrize("spec, why", [("st", "biased"), ("nope", "unknown"),

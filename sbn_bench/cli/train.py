@@ -30,7 +30,8 @@ from sbn_bench.reference import DEFAULT_MAX_BYTES
 _OPTION_OF = {"optimizer": "--optimizer", "lr": "--lr", "momentum": "--momentum",
               "batch_size": "--batch-size", "epochs": "--epochs", "checkpoints": "--checkpoints",
               "seed": "--train-seed", "log_every": "--log-every",
-              "max_exact_bytes": "--max-exact-bytes", "out_dir": "--out"}
+              "max_exact_bytes": "--max-exact-bytes", "out_dir": "--out",
+              "estimator": "--estimator"}
 
 
 def _bad(e: training.TrainArgumentError, seed_option: str = "--train-seed") -> click.BadParameter:
