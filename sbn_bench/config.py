@@ -204,6 +204,13 @@ def default_m_grid(max_m: int | None = None) -> tuple[int, ...]:
     return DEFAULT_M if max_m is None else tuple(m for m in DEFAULT_M if m <= max_m)
 
 
+def named_m_grid(M: Any, samples: int) -> Any:
+    """``M`` as given, or for ``"paper"`` / ``"default"`` that grid up to ``samples``
+    (:func:`paper_m_grid`, :func:`default_m_grid`)."""
+    grids = {"paper": paper_m_grid, "default": default_m_grid}
+    return grids[M](samples) if isinstance(M, str) and M in grids else M
+
+
 def parse_size(value: int | str, what: str = "memory_budget") -> int:
     """Bytes from an int or a string such as ``"512MiB"`` (:func:`sbn_bench.units.parse_size`).
 
@@ -1003,7 +1010,7 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
         samples = kw.get("samples", RunConfig.samples)
         if isinstance(samples, bool) or not isinstance(samples, int):
             raise f.fail(f"samples={samples!r} must be an integer ≥ 1", "samples")
-        kw["M"] = paper_m_grid(samples)
+        kw["M"] = named_m_grid("paper", samples)
     try:
         return RunConfig(**kw)
     except ConfigError as e:

@@ -60,19 +60,17 @@ def gradient_norm_rows(grad: dict[str, torch.Tensor]) -> list[list[str]]:
     weights' gradient, its biases' and the whole group's (so the groups' squares add up to
     ``all``'s); a group without weights or biases (the VAE's prior logits) leaves that cell empty."""
     groups = Groups.of(grad)
+    sq = {n: float(grad[n].square().sum()) for n in groups.params}  # each parameter's once
+
+    def norm(names: list[str]) -> str:
+        return f"{sum(sq[n] for n in names) ** 0.5:.6g}" if names else ""
+
     rows = []
-    for group in groups.names:
-        members = groups.params if group == "all" else [n for n in groups.params
-                                                         if group_of(n) == group]
-
-        def norm(kind: str, members: list[str] = members) -> str:
-            part = [grad[n] for n in members if kind in n]
-            return f"{sum(float(t.square().sum()) for t in part) ** 0.5:.6g}" if part else ""
-
-        total = sum(float(grad[n].square().sum()) for n in members) ** 0.5
-        rows.append([group, *(("", "") if group == "all" else (norm("weight"), norm("bias"))),
-                     f"{total:.6g}"])
-    return rows
+    for group in groups.names[:-1]:  # the last is "all"
+        members = [n for n in groups.params if group_of(n) == group]
+        rows.append([group, norm([n for n in members if "weight" in n]),
+                     norm([n for n in members if "bias" in n]), norm(members)])
+    return [*rows, ["all", "", "", norm(list(groups.params))]]
 
 
 @click.command("list")

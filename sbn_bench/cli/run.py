@@ -42,9 +42,8 @@ from sbn_bench.config import (
     RunConfig,
     ThroughputConfig,
     config_file_error,
-    default_m_grid,
     load_config,
-    paper_m_grid,
+    named_m_grid,
     parse_reference,
 )
 from sbn_bench.errors import SbnBenchError
@@ -74,11 +73,15 @@ def _seed_list(ctx: click.Context, param: click.Parameter, value: str | None
     if bad:
         raise click.BadParameter(f"{value!r}: seed {bad[0]} is out of range; expected integers "
                                  f"from 0 to {MAX_SEED}")
-    twice = sorted({s for s in out or () if out.count(s) > 1})
+    twice = _repeated(out or ())
     if twice:
-        raise click.BadParameter(f"{value!r}: seed(s) {', '.join(map(str, twice))} given twice; "
-                                 "expected distinct seeds")
+        raise click.BadParameter(f"{value!r}: seed(s) {twice} given twice; expected distinct seeds")
     return out
+
+
+def _repeated(seeds: tuple[int, ...] | list[int]) -> str:
+    """The seeds given more than once, sorted, as ``"1, 3"`` (``""`` when none)."""
+    return ", ".join(map(str, sorted({s for s in seeds if seeds.count(s) > 1})))
 
 
 def _executor(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -113,9 +116,9 @@ def parse_seeds(text: str) -> tuple[int, ...]:
         out += range(a, b + 1)
     if not out:
         raise ValueError("no seed given")
-    twice = sorted({s for s in out if out.count(s) > 1})
+    twice = _repeated(out)
     if twice:
-        raise ValueError(f"seed(s) {', '.join(map(str, twice))} given twice")
+        raise ValueError(f"seed(s) {twice} given twice")
     return tuple(out)
 
 
@@ -509,11 +512,8 @@ def _from_manifest(out: Path, overrides: dict[str, Any], throughput: dict[str, A
 
 def _resolve_m(kw: dict[str, Any]) -> dict[str, Any]:
     """Turn ``M="paper"|"default"`` into a grid up to the samples (when known here)."""
-    m = kw.get("M")
-    if m == "paper":
-        kw["M"] = paper_m_grid(kw.get("samples", 2000))
-    elif m == "default":
-        kw["M"] = default_m_grid(kw.get("samples", 2000))
+    if "M" in kw:
+        kw["M"] = named_m_grid(kw["M"], kw.get("samples", 2000))
     return kw
 
 

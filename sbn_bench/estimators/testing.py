@@ -117,6 +117,9 @@ _PRISTINE: dict[tuple[str, str], tuple[Problem, str]] = {}
 _HANDED: list[tuple[Problem, str]] = []
 """The copies handed out during the current check, with the fingerprint they must keep."""
 
+_DEPTH: list[str] = []
+"""The checks running now, outermost first (a nested one leaves the outer one's copies alone)."""
+
 
 def _private(key: tuple[str, str], make: Callable[[], Problem]) -> Problem:
     """A private copy of a check problem (made once): an estimator that modifies the problem it is
@@ -287,13 +290,10 @@ def _check(fn: Callable[[Estimator], None]) -> Callable[[Estimator], None]:
     return check
 
 
-_DEPTH: list[str] = []
-"""The checks running now, outermost first."""
-
 
 def _check_untouched(est: Estimator, name: str) -> None:
     """Fail ``name`` when a problem handed out during it was modified (the estimator wrote into
-    the problem's parameters, data or metadata: a problem is read-only)."""
+    the problem's parameters or data: a problem is read-only)."""
     for problem, fingerprint in _HANDED:
         if problem.fingerprint() != fingerprint:
             _HANDED.clear()

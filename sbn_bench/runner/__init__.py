@@ -51,7 +51,7 @@ from typing import Any
 import pandas as pd
 
 from sbn_bench import malloc
-from sbn_bench.config import ConfigError, RunConfig, default_m_grid, paper_m_grid, parse_reference
+from sbn_bench.config import ConfigError, RunConfig, named_m_grid, parse_reference
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.metrics import sort_layers, timed_rows
 from sbn_bench.problems import Problem
@@ -614,9 +614,8 @@ def resume_config(out: str | os.PathLike[str], *, throughput: Mapping[str, Any] 
         overrides["plugins"] = tuple(by_file.values())
     if throughput:
         overrides["throughput"] = replace(base.throughput, **throughput)
-    grids = {"paper": paper_m_grid, "default": default_m_grid}
-    if isinstance(overrides.get("M"), str) and overrides["M"] in grids:
-        overrides["M"] = grids[overrides["M"]](overrides.get("samples", base.samples))
+    if "M" in overrides:
+        overrides["M"] = named_m_grid(overrides["M"], overrides.get("samples", base.samples))
     return base.with_(**{**overrides, "resume": True, "out": str(folder)})
 
 

@@ -512,9 +512,10 @@ def stats_cell_rows(estimator: Estimator, problem: Problem, g: Tensor, config: R
     device, dtype = torch.device(config.device), DTYPES[config.dtype]
     estimator.check_supports(problem)
     spec = estimator.spec  # the cell's (a tuned estimator's hyperparameters may read otherwise)
+    prob = problem.to(device, dtype)
+    witness = prob.fingerprint()  # a converted copy: the caller's check would not see changes
     # an adaptive estimator is measured tuned on this checkpoint, in the sampling dtype (SPEC §3b)
-    estimator, _ = adapted(estimator, problem.to(device, DTYPES[config.dtype]), seed, problem.name,
-                           checkpoint)
+    estimator, _ = adapted(estimator, prob, seed, problem.name, checkpoint)
     groups = Groups.of(problem.params)
     g = g.to(device)
     ref_noise = None if reference is None or reference.noise is None else reference.noise.to(device)
@@ -524,8 +525,6 @@ def stats_cell_rows(estimator: Estimator, problem: Problem, g: Tensor, config: R
     if mode == "mc" and S < 2:
         raise CellFailure("mode", f"Monte-Carlo statistics need samples ≥ 2 (got {S}): the variance "
                                   "of a single sample is undefined; use more samples or exact mode")
-    prob = problem.to(device, dtype)
-    witness = prob.fingerprint()  # a converted copy: the caller's check would not see changes
     gen = torch.Generator(device=device)
     gen.manual_seed(stable_seed(seed, problem.name, checkpoint, spec))
     chunk = chunk_size(config, estimator, problem)
