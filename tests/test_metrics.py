@@ -302,6 +302,30 @@ def test_mc_stderrs_are_calibrated(shift):
 # rows
 
 
+@pytest.mark.parametrize(("bias_sq_se", "resolved"), [(0.0018, True), (0.0054, False)])
+def test_samples_to_accuracy_is_unresolved_where_the_bias_may_reach_the_target(
+        bias_sq_se: float, resolved: bool) -> None:
+    """‖g‖ = 2, t = 0.1 (t‖g‖ = 0.2), ‖β‖ = 0.18: rel. bias 0.09 with s.e. se(‖β‖²)/(2‖β‖)/‖g‖ =
+    0.0025 (0.09 + 2·0.0025 < 0.1: the delta method's error) or 0.0075 (0.09 + 2·0.0075 ≥ 0.1: M*
+    may be infinite within the errors, ± ∞; a Monte-Carlo reference's row had 94.7 ± 36 where the
+    exact M* was 2 962)."""
+    gs = {"1": mt.GroupStats(g_norm=2.0, bias_sq=0.0324, bias_sq_se=bias_sq_se, variance=0.3,
+                             variance_se=0.01, snr=1.0, snr_se=0.1)}
+    rows = mt.metric_rows(gs, [1], None, mode="mc", cosine_mode="mc", target_rrmse=0.1)
+    by = {r["metric"]: r for r in rows}
+    assert by["rel_bias"]["value"] == pytest.approx(0.09)
+    assert by["rel_bias"]["stderr"] == pytest.approx(bias_sq_se / 0.36 / 2)
+    m_star = by["samples_to_accuracy"]
+    assert m_star["value"] == pytest.approx(0.3 / (0.04 - 0.0324))
+    den = 0.04 - 0.0324
+    delta = math.hypot(0.01 / den, 0.3 * bias_sq_se / den**2)
+    assert m_star["stderr"] == (pytest.approx(delta) if resolved else math.inf)
+    (timed,) = mt.timed_rows([m_star], 0.001, 1e-5)
+    # time: ⌈M*⌉ = ⌈39.47⌉ = 40 samples of 1 ± 0.01 ms; unresolved stays ± ∞ (NaN read as no error)
+    assert timed["stderr"] == (pytest.approx(math.hypot(delta * 0.001, 40 * 1e-5)) if resolved
+                               else math.inf)
+
+
 def test_metric_rows_layout_and_values():
     gs = {"1": mt.GroupStats(g_norm=2.0, bias_sq=0.01, bias_sq_se=0.0, variance=0.3,
                              variance_se=0.0, snr=1.5, snr_se=0.0),

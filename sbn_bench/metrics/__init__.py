@@ -54,8 +54,12 @@ The ``S`` samples are cut into ``B`` consecutive batches (``stderr_batches``, de
   Then ``stderr(‖β‖) = min(se/(2‖β‖), √se)`` and ``stderr(rel_bias) = stderr(‖β‖)/‖g‖``.
 * ``mse(M)``: ``√(se(‖β‖²)² + (se(V)/M)²)``, treating ``‖β‖²~`` and ``V̂`` as uncorrelated (they
   are independent for Gaussian estimates); ``rrmse`` by the delta method ``se/(2√mse ‖g‖)``.
-* ``time_to_accuracy_s``: delta method in ``(V, ‖β‖²)`` for the continuous ``M*``; the spread of the
-  measured time per sample is not included (see ``throughput.csv`` for it).
+* ``samples_to_accuracy``: delta method in ``(V, ‖β‖²)`` (and ``‖g‖`` against a Monte-Carlo
+  reference) for the continuous ``M*``; ``∞`` (unresolved) when ``rel_bias + 2·stderr(rel_bias)``
+  reaches the target ``t`` (:data:`~sbn_bench.metrics.registry.RESOLVE_Z`): the bias may reach the
+  target within its errors, so ``M*`` may be infinite and no local error holds.
+* ``time_to_accuracy_s``: that of ``M*`` times the seconds per sample, combined with the timing's
+  own uncertainty (the seconds per sample's, from its confidence interval).
 * cosine: the ``R`` M-means are the first ``R = min(cosine_groups, ⌊S/M⌋)`` disjoint blocks of ``M``
   consecutive samples of the same stream, hence independent; ``stderr(mean) = sd/√R`` and, for
   the percentiles, the distribution-free order-statistic interval ``(x_(⌈qR+√(Rq(1−q))⌉) −

@@ -206,6 +206,12 @@ def _snr(c: GroupContext, m: int | None) -> Value:
     return c.stats.snr, c.stats.snr_se
 
 
+RESOLVE_Z = 2.0
+"""``samples_to_accuracy`` is unresolved (standard error ``∞``) when the relative bias plus this
+many of its standard errors (the ``rel_bias`` row's) reaches the target ``t``: ``M*`` may then be
+infinite."""
+
+
 def _samples_to_accuracy(c: GroupContext, m: int | None) -> Value:
     st, t = c.stats, c.target_rrmse
     m_star = samples_to_accuracy(c.bias_sq, st.variance, st.g_norm, t)
@@ -220,6 +226,10 @@ def _samples_to_accuracy(c: GroupContext, m: int | None) -> Value:
             se = math.inf
         elif st.g_norm_se > 0:  # a Monte-Carlo reference: ∂M*/∂‖g‖ = −2 t² ‖g‖ V / den²
             se = math.hypot(se, 2 * t**2 * st.g_norm * st.variance * st.g_norm_se / den**2)
+        rel_bias, rel_bias_se = _rel_bias(c, None)
+        if not rel_bias + RESOLVE_Z * rel_bias_se < t:
+            se = math.inf  # the bias may reach the target within its errors, and M* = V/den with
+            # it: no local (delta-method) error holds there
     return m_star, se
 
 
@@ -365,7 +375,7 @@ def timed_rows(rows: Sequence[Mapping[str, object]], seconds_per_sample: float,
             if math.isfinite(tta):
                 samples = tta / seconds_per_sample
                 se_tta = math.hypot(se * seconds_per_sample, samples * seconds_se) \
-                    if math.isfinite(se) else math.nan
+                    if not math.isnan(se) else math.nan  # ∞ stays ∞: M* unresolved
             else:
                 se_tta = 0.0 if r["mode"] == "exact" else math.nan
             out.append({**r, "metric": timed.name, "value": tta, "stderr": se_tta})
