@@ -72,9 +72,10 @@ THROUGHPUT_COLUMNS = [
 """One row per (network shape, estimator): ``network`` is the shape the figure holds for (its
 architecture, data points, loss and noise; the weights do not matter), ``problem``/``checkpoint``
 the problem it was measured on; the median samples/s over interleaved rounds with its confidence
-interval ``[_lo, _hi]`` at level ``ci_level``; ``wide`` when that interval is wider than the target
-(the figure is not trusted). ``adapt_s``: for an adaptive estimator (SPEC §3b), the seconds its
-tuning took before it was timed (the figure is the tuned estimator's); empty for the others."""
+interval ``[_lo, _hi]`` at level ``ci_level``; ``wide`` when that interval is wider than the target,
+or its level below the target confidence (too few rounds): the figure is not trusted. ``adapt_s``:
+for an adaptive estimator (SPEC §3b), the seconds its tuning took before it was timed (the figure
+is the tuned estimator's); empty for the others."""
 
 FAILURES_COLUMNS = ["problem", "checkpoint", "estimator", "stage", "error", "seed"]
 """``seed`` is empty for failures that do not depend on it (throughput)."""

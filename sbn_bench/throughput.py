@@ -16,9 +16,11 @@ measured once per (estimator, network shape, device, dtype), not per checkpoint.
    ``max_rounds`` or ``max_seconds``) until every estimator's confidence interval for its median is
    within ``rel_width`` of the median.
 4. **Report** the median over rounds with a distribution-free confidence interval (order statistics
-   of the rounds, coverage ``≥ confidence`` where the number of rounds allows: :func:`median_ci`);
-   a figure whose interval is wider than ``rel_width`` is marked ``wide`` (not trusted: reports never
-   call it fastest).
+   of the rounds, coverage ``≥ confidence`` where the number of rounds allows: :func:`median_ci`;
+   its level is ``ci_level``, e.g. 98.4% for 7 rounds); a figure whose interval is wider than
+   ``rel_width``, or falls short of ``confidence`` (fewer rounds than that needs: 6 for 95%; the
+   rounds go on to 6 where ``max_rounds`` and ``max_seconds`` allow), is marked ``wide`` (not
+   trusted: reports never call it fastest).
 
 On CUDA the device is synchronised around each timed call and the peak memory is
 ``torch.cuda.max_memory_allocated`` over the timed calls minus the memory allocated before them. On
@@ -206,17 +208,19 @@ def measure_group(estimators: Sequence[Estimator], problem: Problem, *, max_batc
         r += 1
         if r < settings.min_rounds:
             continue
-        narrow = all(_rel_width(t.rates, settings.confidence) <= settings.rel_width for t in timers)
+        narrow = all(_settled(t.rates, settings) for t in timers)
         if narrow or r >= settings.max_rounds or time.perf_counter() - start > settings.max_seconds:
             break
     peak = float(torch.cuda.max_memory_allocated(device) - base) if cuda else math.nan
     return [_result(t, problem, settings, peak) for t in timers]
 
 
-def _rel_width(rates: Sequence[float], confidence: float) -> float:
-    lo, hi, _ = median_ci(rates, confidence)
+def _settled(rates: Sequence[float], settings: ThroughputSettings) -> bool:
+    """The interval of the median reaches the confidence level (6 rounds for 95%) and is at most
+    ``rel_width`` of the median wide."""
+    lo, hi, coverage = median_ci(rates, settings.confidence)
     med = float(np.median(rates))
-    return (hi - lo) / med if med > 0 else math.inf
+    return coverage >= settings.confidence and med > 0 and (hi - lo) / med <= settings.rel_width
 
 
 def _result(t: _Timer, problem: Problem, settings: ThroughputSettings, peak: float
@@ -228,5 +232,6 @@ def _result(t: _Timer, problem: Problem, settings: ThroughputSettings, peak: flo
         batch=t.batch * t.calls, rounds=len(rates), samples_per_s=med, samples_per_s_lo=lo,
         samples_per_s_hi=hi, seconds_per_sample=1.0 / med, seconds_per_sample_lo=1.0 / hi,
         seconds_per_sample_hi=1.0 / lo, ci_level=coverage,
-        wide=bool((hi - lo) / med > settings.rel_width), peak_memory_bytes=peak,
+        wide=bool((hi - lo) / med > settings.rel_width or coverage < settings.confidence),
+        peak_memory_bytes=peak,
         evals_per_sample=t.estimator.evals(problem.widths))

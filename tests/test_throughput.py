@@ -77,6 +77,21 @@ def test_rounds_are_interleaved_and_rotated() -> None:
         assert r.seconds_per_sample == pytest.approx(1 / r.samples_per_s)
 
 
+def test_too_few_rounds_for_the_level_go_on_to_six_or_are_wide() -> None:
+    """Three rounds give an interval of the median at level 1 − 2·2⁻³ = 75 %, short of 95 %: the
+    rounds go on to 6 (level 96.9 %) where max_rounds allows, and are marked wide where it does
+    not, however narrow the interval."""
+    p = random_problem("2-2-1", 0, data_points=3)
+    est = REG.create("tanh")
+    kw = dict(warmup=0, min_round_s=1e-9, min_rounds=3, batch=1, rel_width=math.inf)
+    (short,) = measure_group([est], p, max_batch=[4], generators=[torch.Generator()],
+                             settings=ThroughputSettings(max_rounds=3, **kw))
+    assert short.rounds == 3 and short.ci_level == pytest.approx(0.75) and short.wide
+    (enough,) = measure_group([est], p, max_batch=[4], generators=[torch.Generator()],
+                              settings=ThroughputSettings(max_rounds=30, **kw))
+    assert enough.rounds == 6 and enough.ci_level == pytest.approx(1 - 2 / 64) and not enough.wide
+
+
 def test_calibration_makes_a_round_last_the_minimum(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a fake clock where one sample costs 1 ms, a round reaches the 0.05 s minimum: the batch
     grows (up to its cap) and the calls per round make up the rest."""

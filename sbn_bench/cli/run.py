@@ -223,7 +223,8 @@ def _duration(seconds: float) -> str:
               help="Throughput: untimed calls per estimator first.")
 @click.option("--rounds", type=click.IntRange(min=1), default=7, show_default=True,
               help="Throughput: at least this many interleaved rounds per estimator (more, up to "
-                   "30, until the 95% interval of the median is within 20%).")
+                   "30, until the 95% interval of the median, which needs 6, is within 20%; a "
+                   "figure that does not get there is marked wide).")
 @click.option("--throughput-batch", type=click.IntRange(min=1), default=None,
               help="Throughput: samples per call (default: calibrated so a round lasts ≥ 0.2 s).")
 @click.option("--no-throughput", is_flag=True, help="Skip the throughput measurement.")
@@ -525,7 +526,9 @@ def _fmt(v: float) -> str:
 def _print_summary(result: runner_mod.RunResult) -> None:
     tab = result.summary(m=1)
     if not tab.empty:
-        click.echo("rrmse at M=1 (relative RMSE of one sample; mean over seeds), per layer:")
+        seeds = result.metrics["seed"].nunique() if "seed" in result.metrics.columns else 1
+        click.echo("rrmse at M=1 (relative RMSE of one sample" + ("; mean over seeds" if seeds > 1
+                                                                  else "") + "), per layer:")
         rows = [[*map(str, idx), *(_fmt(v) for v in r)] for idx, r in
                 zip(tab.index, tab.to_numpy())]
         click.echo(format_table(["problem", "checkpoint", "estimator", *map(str, tab.columns)],
