@@ -41,7 +41,7 @@ from sbn_bench.reports.figures import (
 )
 from sbn_bench.reports.load import combine_seeds
 from sbn_bench.reports.markdown import comparison_markdown, summary_markdown
-from sbn_bench.reports.ranking import TIE_Z
+from sbn_bench.reports.ranking import TIE_Z, Estimate, upper_bound
 from sbn_bench.reports.tables import cell_rows, fmt_num, summary_table
 
 DATA = Path(__file__).parent / "data"
@@ -190,9 +190,15 @@ def test_combine_seeds_mean_and_stderr() -> None:
     df = pd.DataFrame([{**base, "value": 1.0, "stderr": 0.1, "seed": 0},
                        {**base, "value": 3.0, "stderr": 0.2, "seed": 1},
                        {**base, "metric": "rel_bias", "M": float("nan"), "value": 0.5,
-                        "stderr": float("nan"), "seed": 0}])
+                        "stderr": float("nan"), "seed": 0},
+                       # one seed's error unknown (a cosine over one M-block): unknown combined,
+                       # not the other seed's alone
+                       {**base, "metric": "cosine_mean", "value": 0.9, "stderr": float("nan"), "seed": 0},
+                       {**base, "metric": "cosine_mean", "value": 0.8, "stderr": 0.01, "seed": 1}])
     out, n = combine_seeds(df)
-    assert n == 2 and len(out) == 2
+    assert n == 2 and len(out) == 3
+    cos = out[out["metric"] == "cosine_mean"].iloc[0]
+    assert cos["value"] == pytest.approx(0.85) and math.isnan(cos["stderr"])
     r = out[out["metric"] == "rrmse"].iloc[0]
     assert r["value"] == pytest.approx(2.0) and r["stderr"] == pytest.approx(math.sqrt(0.05) / 2)
     assert r["samples"] == 200
@@ -257,13 +263,15 @@ def test_bias_variance_frame_recovers_relative_sd(run_a) -> None:
         expected = math.sqrt(max(rr1**2 - rb**2, 0.0))
         # stored values have 6 significant digits: compare at 1e-4 relative
         assert r["rel_sd"] == pytest.approx(expected, rel=1e-4), (r["estimator"], r["layer"])
-    # a Monte-Carlo bias clipped at 0 (arm's layer 1: 0 ± 0.19) is marked, drawn hollow; an
-    # exact zero (reinforce's, to round-off) is not
-    se = rows[rows["metric"] == "rel_bias"].set_index(["layer", "estimator"])["stderr"]
-    want = {(lay, e) for (lay, e), v in rows[rows["metric"] == "rel_bias"].set_index(
-        ["layer", "estimator"])["value"].items() if v == 0 and se[(lay, e)] > 0}
+    # a Monte-Carlo bias not significantly above 0 (arm's layer 1: clipped, 0 ± 0.19), whose
+    # tables show "≤ bound", is marked, drawn hollow; an exact zero (reinforce's, to round-off)
+    # and a resolved bias are not
+    rb = rows[rows["metric"] == "rel_bias"].set_index(["layer", "estimator"])
+    want = {k for k, v, se in zip(rb.index, rb["value"], rb["stderr"])
+            if se > 0 and upper_bound(Estimate(v, se)) is not None}
     assert ("1", "arm") in want
-    assert {(r["layer"], r["estimator"]) for _, r in bv.iterrows() if r["clipped"]} == want
+    assert any(v > 0 for k, v in rb["value"].items() if k in want)  # not only clipped zeros
+    assert {(r["layer"], r["estimator"]) for _, r in bv.iterrows() if r["unresolved"]} == want
 
 
 # --------------------------------------------------------------------------------------------

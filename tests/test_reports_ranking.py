@@ -41,14 +41,32 @@ RUN_A = DATA / "run_a"
 
 
 def test_best_is_never_a_clipped_or_noisy_value() -> None:
-    values = [Estimate(0.0, 0.057, "mc"),    # a bias clipped at 0: unresolved
-              Estimate(0.02, 0.03, "mc"),    # smaller than its standard error: unresolved
+    values = [Estimate(0.0, 0.2, "mc"),      # a bias clipped at 0: unresolved (and within
+              Estimate(0.02, 0.2, "mc"),     # 2 s.e. of the best); smaller than its s.e.: unresolved
               Estimate(0.30, 0.01, "mc"),
               Estimate(0.33, 0.01, "mc"),    # 0.03 from the best, 2·√2·0.01 = 0.028: not a tie
               Estimate(0.31, 0.01, "mc")]    # within 2 s.e.: a tie
     r = rank(values, "low")
     assert r.ranks == ["unresolved", "unresolved", "best", "", "tie"]
     assert r.best == 2 and r.runner_up == 3 and r.margin == pytest.approx(0.03 / math.sqrt(2e-4))
+
+
+def test_an_unresolved_value_significantly_better_leaves_no_best() -> None:
+    """An unbiased estimator's bias clipped at 0 ± 0.245 (bound ≤ 0.49) is below a biased one's
+    0.689 ± 0.031 by 0.689/√(0.245² + 0.031²) = 2.8 > 2 standard errors: the resolved value is not
+    the lowest, so nothing is named best; an unresolved value within 2 s.e. changes nothing."""
+    clipped, noisy = Estimate(0.0, 0.245, "mc"), Estimate(0.0, 0.6, "mc")
+    st, other = Estimate(0.689, 0.031, "mc"), Estimate(0.80, 0.02, "mc")
+    r = rank([st, clipped, noisy, other], "low")
+    assert r.best is None and r.beaten_by == (1,) and r.runner_up is None and r.margin is None
+    assert r.ranks == ["", "unresolved", "unresolved", ""]
+    r = rank([st, noisy, other], "low")  # 0.689/√(0.6² + 0.031²) = 1.1: st stays best
+    assert r.best == 0 and r.beaten_by == () and r.ranks == ["best", "unresolved", ""]
+    # for a metric where high is better, a significantly higher unresolved value (|v| ≤ s.e.)
+    r = rank([Estimate(0.1, 0.01, "mc"), Estimate(-0.9, 1.0, "mc"), Estimate(0.9, 1.0, "mc")], "high")
+    assert r.best == 0 and r.beaten_by == ()  # 0.8/√(1 + 1e-4) < 2
+    r = rank([Estimate(-3.0, 0.01, "mc"), Estimate(0.5, 1.0, "mc")], "high")
+    assert r.best is None and r.beaten_by == (1,)
 
 
 def test_exact_values_tie_only_to_round_off() -> None:
@@ -129,6 +147,25 @@ def test_best_table_names_ties_and_never_a_clipped_bias() -> None:
         pct = 100 * (ru - best) / best
         assert f"(+{pct:,.0f}%, z = " in nxt if pct >= 100 else f"(+{pct:.2g}%, z = " in nxt, nxt
         assert "e+" not in nxt
+
+
+def test_best_table_names_no_lowest_bias_when_an_unresolved_one_is_lower(tmp_path: Path) -> None:
+    """run_a with its layer-1 biases at init made Monte-Carlo values 0.9 ± 0.02, except arm's
+    clipped 0 ± 0.19 (bound ≤ 0.38): arm is lower beyond the errors, so no estimator is named the
+    lowest; the cell says which unresolved one is lower."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(RUN_A, run_dir)
+    m = pd.read_csv(run_dir / "metrics.csv", keep_default_na=False, dtype=str)
+    sel = ((m["checkpoint"] == "init") & (m["layer"] == "1") & (m["metric"] == "rel_bias")
+           & (m["estimator"] != "arm"))
+    m.loc[sel, "value"], m.loc[sel, "stderr"], m.loc[sel, "mode"] = "0.9", "0.02", "mc"
+    m.to_csv(run_dir / "metrics.csv", index=False)
+    table = best_table(load_run(run_dir), "tiny-2-3-2-1")
+    head = table.header
+    row = next(r for r in table.rows if (r[0].text, r[1].text) == ("init", "1"))
+    assert row[head.index("lowest rel. bias")].text == "undecided"
+    assert row[head.index("bias ties")].text == "lower, not resolved: arm ≤ 0.38"
+    assert row[head.index("best rrmse M=1")].text == "psa"  # rrmse ranked as before
 
 
 # --------------------------------------------------------------------------------------------

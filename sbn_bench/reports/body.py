@@ -105,7 +105,10 @@ def best_table(run: Run, problem: str, m: float = 1.0, *, compact: bool = False)
                 values = [idx.get((e, layer, metric, mm)) for e in ests]
                 r = rank(values, "low")
                 if r.best is None:
-                    row += [TableCell("—"), TableCell("—"), TableCell("—")]
+                    beaten = [f"{ests[i]} {fmt_estimate(v, bound=metric == 'rel_bias')}"
+                              for i in r.beaten_by if (v := values[i]) is not None]
+                    row += [TableCell("undecided" if beaten else "—"), TableCell("—"),
+                            TableCell("lower, not resolved: " + ", ".join(beaten) if beaten else "—")]
                     if metric == "rrmse":
                         row.append(TableCell("—"))
                     continue
@@ -198,7 +201,9 @@ def across_problems_table(run: Run, problems: Sequence[str], m: float = 1.0) -> 
     if not keys:
         return None
     rows = []
-    for (ck, layer), by_p in keys.items():
+    cks = list(dict.fromkeys(ck for ck, _ in keys))  # in order of first appearance
+    for (ck, layer), by_p in sorted(keys.items(), key=lambda kv: (cks.index(kv[0][0]),
+                                                                   layer_key(kv[0][1]))):
         winners = Counter(t.split(" (")[0] for t in by_p.values())
         top, k = winners.most_common(1)[0]
         rows.append([TableCell(ck), TableCell(layer)] + [TableCell(by_p.get(p, "—")) for p in problems]
@@ -275,15 +280,19 @@ class StorySection:
 SUMMARY_LEGEND = (
     "rrmse(M) = √MSE(M)/‖g‖ with MSE(M) = ‖β‖² + V/M; rel. bias = ‖β‖/‖g‖; cosine = mean of "
     "cos(ḡ_M, g) over independent M-sample means; samples/s = median over interleaved timed rounds, "
-    "measured once per network shape (`(wide)`: its confidence interval is wider than the target, so "
-    "it is never called the fastest); time to accuracy = M\\*·(s/sample) with M\\* = V/(t²‖g‖² − ‖β‖²), "
+    "measured once per network shape (`(wide)`: its confidence interval is wider than the target or "
+    "short of its level, so it is never called the fastest); time to accuracy = max(1, ⌈M\\*⌉)·(s/sample) "
+    "with M\\* = V/(t²‖g‖² − ‖β‖²), "
     "∞ when the bias alone exceeds the target, its `±` including the timing's uncertainty "
     "(SPEC §5). **Bold**: the best value of the column within the layer (lowest rrmse, bias and time; "
     f"highest cosine and samples/s); *italic*: within {TIE_Z:g} standard errors of it (a tie). A "
-    "value clipped at zero or smaller than its standard error is never marked. `±`: one standard "
-    f"error (Monte-Carlo mode); `≤ x`: a bias not significantly above zero (value ≤ {TIE_Z:g} s.e.), "
+    "value clipped at zero or smaller than its standard error is never marked, and when such a "
+    f"value is better than the best resolved one by more than {TIE_Z:g} standard errors, nothing "
+    "is. `±`: one standard error (Monte-Carlo mode); `≤ x`: a bias not significantly above zero "
+    f"(value ≤ {TIE_Z:g} s.e.), "
     f"x = value + {TIE_Z:g} s.e. Mode `exact`: mean and variance by enumerating every path (no "
-    "sampling error).")
+    "sampling error in bias, variance and rrmse; the cosines come from sampled M-sample means and "
+    "carry one).")
 
 
 def checkpoint_blocks(run: Run, problem: str, checkpoint: str, limits: dict) -> list[Block]:

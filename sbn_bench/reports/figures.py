@@ -55,7 +55,7 @@ from sbn_bench.reports.families import (
     panel_groups,
 )
 from sbn_bench.reports.load import checkpoint_axis
-from sbn_bench.reports.ranking import Estimate, rank
+from sbn_bench.reports.ranking import TIE_Z, Estimate, rank
 
 DPI = 100
 FIGURE_KINDS = ("headline", "story", "accuracy", "bias_variance", "throughput")
@@ -666,15 +666,17 @@ def bias_variance_frame(rows: pd.DataFrame) -> pd.DataFrame:
 
     ``‖g‖`` is not stored; it follows from ``rrmse(M) = √(‖β‖² + V/M)/‖g‖`` (SPEC §5) at the
     smallest M present: ``‖g‖ = √(bias_norm² + V/M) / rrmse(M)``. Groups whose ``‖g‖`` cannot be
-    recovered (rrmse 0, e.g. the exact estimator) are left out.
+    recovered (rrmse 0, e.g. the exact estimator) are left out. ``unresolved``: a Monte-Carlo
+    relative bias not significantly above zero (at most ``TIE_Z`` standard errors, or clipped at 0),
+    whose tables show an upper bound (:func:`~sbn_bench.reports.ranking.upper_bound`).
     """
     keys = ["checkpoint", "layer", "estimator"] if "checkpoint" in rows.columns else ["layer", "estimator"]
-    columns = [*keys, "rel_bias", "rel_sd", "clipped"]
+    columns = [*keys, "rel_bias", "rel_sd", "unresolved"]
     scalars = rows[rows["M"].isna() & rows["metric"].isin(["variance", "bias_norm", "rel_bias"])]
     rr = rows[(rows["metric"] == "rrmse") & rows["M"].notna()].sort_values("M")
     if scalars.empty or rr.empty:
         return pd.DataFrame({c: pd.Series(dtype=float if c in ("rel_bias", "rel_sd") else
-                                          bool if c == "clipped" else object) for c in columns})
+                                          bool if c == "unresolved" else object) for c in columns})
     wide = scalars.pivot_table(index=keys, columns="metric", values="value", aggfunc="first")
     first = rr.drop_duplicates(keys).set_index(keys)[["M", "value"]]
     df = wide.join(first, how="inner").dropna(subset=["variance", "bias_norm", "rel_bias"])
@@ -682,17 +684,19 @@ def bias_variance_frame(rows: pd.DataFrame) -> pd.DataFrame:
     bn = df["bias_norm"].clip(lower=0.0)
     gnorm = np.sqrt(bn**2 + V / df["M"]) / df["value"].where(df["value"] > 0)
     df = df.assign(rel_sd=np.sqrt(V) / gnorm.where(gnorm > 0))
-    # a Monte-Carlo bias estimate clipped at 0 (its value 0, its standard error not): unresolved
+    # a Monte-Carlo bias not significantly above zero (clipped at 0, or at most TIE_Z standard
+    # errors): unresolved, the tables show its upper bound instead (ranking.upper_bound)
     if "stderr" in scalars.columns:
         se = scalars[scalars["metric"] == "rel_bias"].set_index(keys)["stderr"]
         se = se[~se.index.duplicated()].reindex(df.index).fillna(0.0)
     else:
         se = pd.Series(0.0, index=df.index)
-    df = df.assign(clipped=(df["rel_bias"] == 0) & (se.to_numpy(float) > 0))
+    se_v = se.to_numpy(float)
+    df = df.assign(unresolved=(se_v > 0) & np.isfinite(se_v) & (df["rel_bias"] <= TIE_Z * se_v))
     df = df[df["value"] > 0].reset_index()
     # an empty frame (e.g. only zero-error estimators, whose ‖g‖ cannot be recovered) has object
     # columns, which numpy's isfinite refuses
-    return df[columns].astype({"rel_bias": float, "rel_sd": float, "clipped": bool})
+    return df[columns].astype({"rel_bias": float, "rel_sd": float, "unresolved": bool})
 
 
 def label_points(ax: Axes, xs: np.ndarray, ys: np.ndarray, texts: Sequence[str],
@@ -830,8 +834,8 @@ def bias_variance_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Map
                 ax.plot(rest["rel_sd"], rest["rel_bias"], linestyle="none", marker="o", markersize=2.5,
                         color="#c8c8c8", zorder=2, clip_on=False)
             sub = panel[ok & mine].sort_values("estimator", key=lambda s: s.map(est_order))
-            for e, x, y, clip in zip(sub["estimator"], sub["rel_sd"], sub["rel_bias"], sub["clipped"]):
-                # hollow: a Monte-Carlo bias clipped at 0, not a zero bias
+            for e, x, y, clip in zip(sub["estimator"], sub["rel_sd"], sub["rel_bias"], sub["unresolved"]):
+                # hollow: a Monte-Carlo bias not resolved from zero, not a measured bias
                 ax.plot([x], [y], linestyle="none", color=sty[e].colour, marker=sty[e].marker,
                         markersize=5, markeredgecolor=sty[e].colour if clip else "white",
                         markerfacecolor="none" if clip else sty[e].colour,
@@ -852,8 +856,9 @@ def bias_variance_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Map
                             label="other rows' estimators"))
     _legend(fig, by_family(present, {e: sty[e].family for e in present}), sty, extra)
     fig.text(0.01, 0.005, f"symlog axes: linear below {x_lin:g} (x) and {y_lin:g} (y), log above; "
-             "a filled marker at bias 0 is zero to round-off; a hollow one a Monte-Carlo estimate "
-             "clipped at 0 (unresolved: see the tables' upper bounds)", fontsize=6.5, color="#555555")
+             "a filled marker at bias 0 is zero to round-off; a hollow one a Monte-Carlo bias not "
+             "significantly above 0 (≤ 2 s.e., or clipped at 0): the tables give its upper bound",
+             fontsize=6.5, color="#555555")
     return fig
 
 

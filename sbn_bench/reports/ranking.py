@@ -18,6 +18,10 @@ Rules (``z`` = :data:`TIE_Z` = 2):
   (:data:`ROUND_REL`, :data:`ROUND_ABS`): the data cannot tell it from the best.
 * **margin** of the best over the first resolved runner-up that is not tied: its ``z``
   (``∞`` between exact values).
+* **beaten by an unresolved value**: when an unresolved value with a standard error is better than
+  the best resolved one by more than ``z`` combined standard errors (an unbiased estimator's bias
+  clipped at ``0 ± 0.25`` against a biased one's ``0.69 ± 0.03``), there is no best: the data say
+  the winner is a value the run cannot resolve (:attr:`Ranking.beaten_by`).
 
 The same ``z = 2`` decides the paper's verdicts (:mod:`sbn_bench.paper`); a bias that is not
 significantly above zero (``value ≤ 2·stderr``) is shown as an upper bound ``≤ value + 2·stderr``
@@ -136,12 +140,16 @@ class Ranking:
         best: index of the best, or None when no estimate is resolved.
         runner_up: index of the best resolved estimate that is not tied, or None.
         margin: ``z`` of the best against the runner-up (``inf`` for exact values), or None.
+        beaten_by: indices of unresolved estimates better than the best resolved one by more than
+            ``z`` standard errors; when there are any, ``best`` is None and no estimate is
+            ``"best"`` or ``"tie"``.
     """
 
     ranks: list[Rank]
     best: int | None
     runner_up: int | None
     margin: float | None
+    beaten_by: tuple[int, ...] = ()
 
     @property
     def ties(self) -> list[int]:
@@ -159,6 +167,14 @@ def rank(estimates: Sequence[Estimate | None], better: Better, z: float = TIE_Z)
     best = order[0]
     b = estimates[best]
     assert b is not None
+    beaten_by = tuple(i for i, e in enumerate(estimates)
+                      if e is not None and not e.resolved and e.finite
+                      and math.isfinite(e.uncertainty) and sign * (b.value - e.value) > 0
+                      and not close(e, b, z))
+    if beaten_by:
+        for i in ok:
+            ranks[i] = ""
+        return Ranking(ranks, None, None, None, beaten_by)
     runner_up = None
     for i in order:
         e = estimates[i]

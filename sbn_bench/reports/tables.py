@@ -463,9 +463,16 @@ def throughput_table(run: Run, problem: str, checkpoint: str) -> Table | None:
     for n, p, c in sorted(where - {(n, problem, checkpoint) for n, _, _ in where}):
         notes.append(f"measured once for the network shape {n} (on {cell_label(p, c)}): the figures "
                      "hold for every checkpoint of that shape.")
+    levels = sorted({(int(n), float(c)) for n, c in zip(sub["rounds"], pd.to_numeric(
+        sub.get("ci_level", pd.Series(math.nan, index=sub.index)), errors="coerce")) if math.isfinite(c)})
+    if levels:
+        notes.append("interval: a distribution-free confidence interval of the median over the "
+                     "interleaved rounds, at level " + ", ".join(
+                         f"{100 * c:.3g}% ({n} rounds)" for n, c in levels) + ".")
     if any(wide):
-        notes.append("(wide): the confidence interval of the median is wider than the target; the "
-                     "figure is shown but never called the fastest.")
+        notes.append("(wide): the confidence interval of the median is wider than the target, or "
+                     "its level below the target (too few rounds); the figure is shown but never called "
+                     "the fastest.")
     if "adapt_s" in sub.columns:  # adaptive estimators (SPEC §3b): tuned first, timed after
         tuned = [(r["estimator"], float(r["adapt_s"])) for _, r in sub.iterrows()
                  if pd.notna(r["adapt_s"])]
