@@ -127,6 +127,24 @@ def test_compare_of_partly_shared_runs_notes_the_others(tmp_path: Path) -> None:
     assert not any("gd30" in t.title for t in cmp.tables)
 
 
+def test_compare_names_estimators_and_timings_on_one_side_only(tmp_path: Path) -> None:
+    """A baseline without arm, and without psa's throughput: both were left out silently ("0 of
+    N compared values differ")."""
+    base = tmp_path / "b"
+    shutil.copytree(RUN_B, base)
+    for name, drop in (("metrics.csv", {"arm"}), ("throughput.csv", {"arm", "psa"})):
+        df = pd.read_csv(base / name, dtype=str, keep_default_na=False)
+        df[~df["estimator"].isin(drop)].to_csv(base / name, index=False)
+    cmp = compare_runs(load_run(RUN_A), load_run(base))
+    assert "estimators only in the run, not compared: arm" in cmp.notes, cmp.notes
+    timing = [n for n in cmp.notes if n.startswith("samples/s not compared")]
+    assert len(timing) == 1 and "the baseline has no throughput figure for psa (" in timing[0], timing
+    assert "arm" not in timing[0]  # said once, as an estimator not compared
+    assert not any("only in the baseline" in n for n in cmp.notes)
+    assert not [n for n in compare_runs(load_run(RUN_A), load_run(RUN_B)).notes
+                if "not compared" in n]
+
+
 # --------------------------------------------------------------------------------------------
 # damaged and unfinished runs, hostile names, stale staging folders
 

@@ -39,6 +39,7 @@ from sbn_bench.reports.tables import (
     TableCell,
     cell_label,
     cell_rows,
+    fmt_names,
     fmt_num,
     fmt_pm,
     layer_key,
@@ -262,6 +263,11 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
         cmp.warnings.append(f"the estimators ran in {dtypes[0]} (run) and {dtypes[1]} (baseline): "
                             "differences may be rounding as much as method")
     cmp.notes += [f"not checked: {u}" for u in unchecked]
+    for who, mine, other in (("run", run, base), ("baseline", base, run)):
+        only = [e for e in mine.estimators() if e not in set(other.estimators())]
+        if only:
+            cmp.notes.append(f"estimators only in the {who}, not compared: {', '.join(only)}")
+    no_timing: dict[str, list[str]] = {"run": [], "baseline": []}  # samples/s on one side only
     base_cells = set(base.cells())
     for p, c in run.cells():
         if (p, c) not in base_cells:
@@ -302,6 +308,8 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
         for est in run.estimators():
             ta, tb = throughput_row(run, p, c, est), throughput_row(base, p, c, est)
             if ta is None or tb is None:
+                if (ta is None) != (tb is None) and est in set(base.estimators()):
+                    no_timing["run" if ta is None else "baseline"].append(f"{est} ({cell_label(p, c)})")
                 continue
             a, b = float(ta["samples_per_s"]), float(tb["samples_per_s"])
             ia = (float(ta["samples_per_s_lo"]), float(ta["samples_per_s_hi"]))
@@ -328,6 +336,10 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
                 title=f"Throughput: run / baseline · {cell_label(p, c)}",
                 header=["estimator", "samples/s run", "baseline", "ratio"], rows=trows,
                 anchor=slug("compare-throughput", p, c)))
+    for who, missing in no_timing.items():
+        if missing:
+            cmp.notes.append(f"samples/s not compared: the {who} has no throughput figure for "
+                             f"{fmt_names(missing)} (e.g. --no-throughput)")
     for p, c in base.cells():
         if (p, c) not in set(run.cells()):
             cmp.notes.append(f"{cell_label(p, c)}: only in the baseline, not compared")

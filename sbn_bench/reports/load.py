@@ -304,7 +304,8 @@ METRIC_KEY = ["problem", "checkpoint", "estimator", "layer", "metric", "M"]
 
 def combine_seeds(metrics: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """One row per (problem, checkpoint, estimator, layer, metric, M) when a run has several
-    sampling seeds: the mean over seeds, with standard error ``√(Σ se²)/n`` (independent seeds).
+    sampling seeds: the mean over seeds, with standard error ``√(Σ se²)/n`` (independent seeds);
+    NaN (unknown) when any seed's is unknown (e.g. a cosine over one M-block).
 
     Returns:
         ``(rows, n)``: ``n`` the largest number of rows combined into one (1: nothing to combine).
@@ -324,7 +325,7 @@ def combine_seeds(metrics: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         mode=("mode", lambda x: "/".join(dict.fromkeys(x))), seed=("_seed", ",".join),
         samples=("samples", "sum"), **firsts,
     ).reset_index()
-    out["stderr"] = (out["_se2"] ** 0.5 / out["_n"]).where(out["_na"] < out["_n"])
+    out["stderr"] = (out["_se2"] ** 0.5 / out["_n"]).where(out["_na"] == 0)
     return out[list(metrics.columns)], n
 
 
