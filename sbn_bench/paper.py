@@ -251,9 +251,13 @@ def claim_psa_lowest(df: pd.DataFrame | ClaimData) -> Claim:
     verdict = combine([c[1] for c in cells])
     worst = min(cells, key=lambda c: c[2])
     counts = {v: sum(1 for c in cells if c[1] == v) for v in VERDICTS}
-    ev = (f"psa lowest beyond the errors in {counts['confirmed']} of {len(cells)} cells, beaten in "
-          f"{counts['not confirmed']}, undecided in {counts['inconclusive']}; worst case "
-          f"{worst[3]} (best other / psa = {worst[2]:.3g})")
+    ev = f"psa lowest beyond the errors in {counts['confirmed']} of {len(cells)} cells"
+    if short:  # counted as undecided: psa beat every estimator with a value, but not all seven had one
+        ev += (f", lowest beyond the errors among those with a value in {short} more (undecided: "
+               f"not all seven have one)")
+    ev += (f", beaten in {counts['not confirmed']}, undecided within the errors in "
+           f"{counts['inconclusive'] - short}; worst case {worst[3]} (best other / psa = "
+           f"{worst[2]:.3g})")
     beaten = [c[3] for c in cells if c[1] == "not confirmed"]
     if beaten:
         ev += "; beaten e.g. " + "; ".join(beaten[:3])
@@ -419,7 +423,19 @@ def claim_unbiased_rate(df: pd.DataFrame | ClaimData) -> Claim:
     if off:
         ev += "; e.g. " + "; ".join(f"{name} {s[0]:.3f} [{s[1]:.3f}, {s[2]:.3f}]"
                                    for name, _, s in sorted(off, key=lambda j: j[1])[:3])
-    return Claim(text, combine([j[1] for j in judged]), ev, crit)
+    return Claim(text, *_all_unbiased(combine([j[1] for j in judged]), ev, ix), crit)
+
+
+def _all_unbiased(verdict: Verdict, evidence: str, ix: ClaimData) -> tuple[Verdict, str]:
+    """A claim about the paper's unbiased estimators (reinforce and arm) judged on a run without
+    one of them: it can refute the claim, not confirm it (inconclusive at best); the evidence
+    names the one missing."""
+    missing = [e for e in UNBIASED if e in PAPER_ESTIMATORS and e not in ix.estimators]
+    if not missing:
+        return verdict, evidence
+    evidence += (f"; {', '.join(missing)} not in the run (a claim about reinforce and arm: a run "
+                 f"without one can refute it, not confirm it)")
+    return ("inconclusive" if verdict == "confirmed" else verdict), evidence
 
 
 def claim_unbiased_tens(df: pd.DataFrame | ClaimData) -> Claim:
@@ -477,7 +493,7 @@ def claim_unbiased_tens(df: pd.DataFrame | ClaimData) -> Claim:
           + ", ".join(shown) + f" (judged at M = {m_top:g})")
     if extra:
         ev += "; for information, sbn-bench's extras: " + ", ".join(extra)
-    return Claim(text, combine(verdicts), ev, crit)
+    return Claim(text, *_all_unbiased(combine(verdicts), ev, ix), crit)
 
 
 def claim_tanh_degrades(df: pd.DataFrame | ClaimData) -> Claim:
@@ -845,13 +861,17 @@ def _experiment_facts(manifest: dict[str, Any]) -> list[str]:
         n = len(training_runs(manifest))
         where = device.get("type", "?") + (f" ({device['cpu']})" if device.get("type") == "cpu"
                                            and device.get("cpu") else "")
-        facts.append(f"wall time on {where}: training "
-                     f"{tr.get('train_wall_s', math.nan):.0f} s"
-                     + (f" ({n} trainings)" if n > 1 else "")
-                     + f"{' (reused from the cache in this run)' if tr.get('cached') else ''}, "
-                     f"evaluation {tm.get('evaluation_s', math.nan):.0f} s, total "
-                     f"{tm.get('total_s_with_training', math.nan):.0f} s "
-                     f"({device.get('torch_threads', '?')} torch threads)")
+        threads = device.get("torch_threads", "?")
+        threads = f"{threads} torch thread{'' if threads == 1 else 's'}"
+        training = (f"{tr.get('train_wall_s', math.nan):.0f} s"
+                    + (f" ({n} trainings)" if n > 1 else ""))
+        evaluation = f"{tm.get('evaluation_s', math.nan):.0f} s"
+        if tr.get("cached"):  # this run did not train: its total is the evaluation's
+            facts.append(f"wall time on {where}: evaluation {evaluation} ({threads}); the training "
+                         f"came from the cache (it took {training} when it was made)")
+        else:
+            facts.append(f"wall time on {where}: training {training}, evaluation {evaluation}, "
+                         f"total {tm.get('total_s_with_training', math.nan):.0f} s ({threads})")
     if tr:
         seeds = exp.get("train_seeds")
         which = (f"training seeds {', '.join(map(str, seeds))}" if seeds
