@@ -321,6 +321,13 @@ def test_samples_to_accuracy_is_unresolved_where_the_bias_may_reach_the_target(
     delta = math.hypot(0.01 / den, 0.3 * bias_sq_se / den**2)
     assert m_star["stderr"] == (pytest.approx(delta) if resolved else math.inf)
     (timed,) = mt.timed_rows([m_star], 0.001, 1e-5)
+    # a deterministic estimator (V = 0: M* = 0) is no exception: 0 ± 0 only when its bias cannot
+    # reach the target
+    det = {"1": mt.GroupStats(g_norm=2.0, bias_sq=0.0324, bias_sq_se=bias_sq_se, variance=0.0,
+                              variance_se=0.0, snr=1.0, snr_se=0.1)}
+    (d,) = [r for r in mt.metric_rows(det, [1], None, mode="mc", cosine_mode="mc", target_rrmse=0.1)
+            if r["metric"] == "samples_to_accuracy"]
+    assert d["value"] == 0.0 and d["stderr"] == (0.0 if resolved else math.inf)
     # time: ⌈M*⌉ = ⌈39.47⌉ = 40 samples of 1 ± 0.01 ms; unresolved stays ± ∞ (NaN read as no error)
     assert timed["stderr"] == (pytest.approx(math.hypot(delta * 0.001, 40 * 1e-5)) if resolved
                                else math.inf)

@@ -216,20 +216,21 @@ def _samples_to_accuracy(c: GroupContext, m: int | None) -> Value:
     st, t = c.stats, c.target_rrmse
     m_star = samples_to_accuracy(c.bias_sq, st.variance, st.g_norm, t)
     if c.exact:
-        se = 0.0
-    elif not math.isfinite(m_star) or m_star == 0:
-        se = math.nan if not math.isfinite(m_star) else 0.0
-    else:
+        return m_star, 0.0
+    if not math.isfinite(m_star):
+        return m_star, math.nan
+    se = 0.0  # M* = 0: no variance (a deterministic estimator)
+    if m_star > 0:
         den = t**2 * st.g_norm**2 - c.bias_sq
         se = math.hypot(st.variance_se / den, st.variance * st.bias_sq_se / den**2)
         if math.isinf(st.g_norm_se):  # a group the Monte-Carlo reference does not resolve
             se = math.inf
         elif st.g_norm_se > 0:  # a Monte-Carlo reference: ∂M*/∂‖g‖ = −2 t² ‖g‖ V / den²
             se = math.hypot(se, 2 * t**2 * st.g_norm * st.variance * st.g_norm_se / den**2)
-        rel_bias, rel_bias_se = _rel_bias(c, None)
-        if not rel_bias + RESOLVE_Z * rel_bias_se < t:
-            se = math.inf  # the bias may reach the target within its errors, and M* = V/den with
-            # it: no local (delta-method) error holds there
+    rel_bias, rel_bias_se = _rel_bias(c, None)
+    if not rel_bias + RESOLVE_Z * rel_bias_se < t:
+        se = math.inf  # the bias may reach the target within its errors, and M* = V/den with it
+        # (also M* = 0 of a deterministic estimator): no local (delta-method) error holds there
     return m_star, se
 
 
