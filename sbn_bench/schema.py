@@ -63,6 +63,10 @@ deterministic figure by a *measured* time, so they change from run to run; deriv
 
 METRICS_WITH_M = tuple(m.name for m in metrics.METRICS if m.per_m)
 
+THROUGHPUT_CONFIDENCE = 0.95
+"""The level a throughput figure's interval must reach (``ci_level``); one short of it (too few
+rounds) is ``wide``, also when read from a run that did not mark it so."""
+
 THROUGHPUT_COLUMNS = [
     "network", "problem", "checkpoint", "estimator", "device", "dtype", "threads", "batch",
     "rounds", "samples_per_s", "samples_per_s_lo", "samples_per_s_hi",

@@ -44,6 +44,7 @@ import torch
 from sbn_bench.errors import ArgumentError
 from sbn_bench.estimators import Estimator, estimate
 from sbn_bench.problems import Problem
+from sbn_bench.schema import THROUGHPUT_CONFIDENCE
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class ThroughputSettings:
     max_rounds: int = 30
     max_seconds: float = 20.0
     rel_width: float = 0.2
-    confidence: float = 0.95
+    confidence: float = THROUGHPUT_CONFIDENCE
     batch: int | None = None
 
 
@@ -88,7 +89,20 @@ class ThroughputResult:
     evals_per_sample: int
 
 
-def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+def rounds_for_level(confidence: float) -> int:
+    """The fewest rounds whose range covers the median at ``confidence``: the smallest ``n`` with
+    ``1 − 2·2⁻ⁿ ≥ confidence`` (6 for 95%)."""
+    if not 0 < confidence < 1:
+        raise ArgumentError(f"confidence={confidence!r} must be in (0, 1)", argument="confidence",
+                            value=confidence, expected="0 < confidence < 1")
+    n = 1
+    while 1 - 2 * 0.5**n < confidence:
+        n += 1
+    return n
+
+
+def median_ci(values: Sequence[float], confidence: float = THROUGHPUT_CONFIDENCE
+              ) -> tuple[float, float, float]:
     """A distribution-free confidence interval for the median of i.i.d. values: the order
     statistics ``(x_(j), x_(n+1−j))`` with the largest ``j`` whose coverage
     ``1 − 2·P(Bin(n, ½) < j)`` is at least ``confidence``; with too few values for that, the range

@@ -92,6 +92,22 @@ def test_too_few_rounds_for_the_level_go_on_to_six_or_are_wide() -> None:
     assert enough.rounds == 6 and enough.ci_level == pytest.approx(1 - 2 / 64) and not enough.wide
 
 
+def test_the_level_of_an_interval_and_the_error_it_stands_for() -> None:
+    """6 rounds are the fewest whose range reaches 95 % (1 − 2⁻⁵ = 96.9 %; 5 give 93.75 %); an
+    interval at level c is ± z_c standard errors (time to accuracy carries the timing's error so:
+    it assumed 95 % for the 98.4 % of 7 rounds)."""
+    from statistics import NormalDist
+
+    from sbn_bench.runner import interval_stderr
+    from sbn_bench.throughput import rounds_for_level
+    assert [rounds_for_level(c) for c in (0.5, 0.9, 0.95, 0.97, 0.984375)] == [2, 5, 6, 7, 7]
+    assert median_ci(range(6))[2] == pytest.approx(1 - 2 / 64) and median_ci(range(5))[2] < 0.95
+    z = NormalDist().inv_cdf(1 - 1 / 128)
+    assert interval_stderr(1.0, 3.0, 1 - 2 / 128) == pytest.approx(1.0 / z)
+    assert interval_stderr(1.0, 3.0, math.nan) == pytest.approx(1.0 / 1.959964)  # no level: 95 %
+    assert interval_stderr(2.0, 2.0, 0.0) == math.inf  # one round: no interval at all
+
+
 def test_calibration_makes_a_round_last_the_minimum(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a fake clock where one sample costs 1 ms, a round reaches the 0.05 s minimum: the batch
     grows (up to its cap) and the calls per round make up the rest."""
@@ -170,7 +186,7 @@ def test_a_wide_figure_is_never_the_fastest(tmp_path: Path) -> None:
     out = tmp_path / "r"
     runner.run(RunConfig(problems=(ProblemSpec(arch="2-2-1", data_points=3),),
                          estimators=("psa", "st"), samples=16, M=(1,), out=str(out),
-                         throughput=ThroughputConfig(rounds=2, max_rounds=2, min_round_s=0.01,
+                         throughput=ThroughputConfig(rounds=6, max_rounds=6, min_round_s=0.005,
                                                      warmup=0)))
     tp = pd.read_csv(out / "throughput.csv")
     tp["wide"] = [True, False]
@@ -187,6 +203,15 @@ def test_a_wide_figure_is_never_the_fastest(tmp_path: Path) -> None:
     rows = {row[0].text: row[2] for row in tt.rows}
     assert rows["psa"].text.endswith("(wide)") and not rows["psa"].strong and rows["st"].strong
     assert any("(wide)" in n for n in tt.notes)
+    # a run made before figures short of 95 % were marked: 3 rounds (75 %), wide False, is wide;
+    # a row without its rounds still renders
+    tp["wide"], tp["ci_level"] = [False, False], [0.75, 1 - 2 / 64]
+    tp["rounds"] = [3.0, math.nan]
+    tp.to_csv(out / "throughput.csv", index=False)
+    tt = throughput_table(load_run(out), "arch-2-2-1-seed0", "init")
+    rows = {row[0].text: row[2] for row in tt.rows}
+    assert rows["psa"].text.endswith("(wide)") and not rows["psa"].strong and rows["st"].strong
+    assert "at level 96.9%, 75% (3 rounds)." in " ".join(tt.notes), tt.notes
 
 
 def test_throughput_table_script_runs_on_cpu(tmp_path, capsys) -> None:

@@ -54,7 +54,7 @@ from sbn_bench.reports.families import (
     family_order,
     panel_groups,
 )
-from sbn_bench.reports.load import checkpoint_axis
+from sbn_bench.reports.load import checkpoint_axis, is_wide
 from sbn_bench.reports.ranking import TIE_Z, Estimate, rank
 
 DPI = 100
@@ -884,8 +884,7 @@ def throughput_figure(tp: pd.DataFrame, estimators: Sequence[str], sty: Mapping[
     hi = g["samples_per_s_hi"].max().reindex(order).to_numpy(float)
     schema1 = "ci_level" not in tp.columns or not np.isfinite(
         pd.to_numeric(tp["ci_level"], errors="coerce").to_numpy(float)).any()
-    wide = ({e for e, w in zip(tp["estimator"], tp["wide"]) if str(w).lower() in ("true", "1", "1.0")}
-            if "wide" in tp.columns else set())
+    wide = {r["estimator"] for _, r in tp.iterrows() if is_wide(r)}
     whiskers = "25th–75th percentile" if schema1 else "confidence interval of the median"
     devices = ", ".join(sorted({f"{d} {t}".strip() for d, t in zip(tp["device"], tp["dtype"])}))
     h = 0.4 + 0.22 * len(order) + 0.5  # title 0.4 in, bars, x axis and its label 0.5 in

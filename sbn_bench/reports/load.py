@@ -342,6 +342,16 @@ def _combine_throughput(tp: pd.DataFrame) -> pd.DataFrame:
     return tp.groupby(keys, sort=False, as_index=False).agg(agg)[list(tp.columns)]
 
 
+def is_wide(row: pd.Series | dict) -> bool:
+    """A throughput figure not to trust: marked ``wide`` (interval wider than the target), or with
+    an interval short of :data:`~sbn_bench.schema.THROUGHPUT_CONFIDENCE` (``ci_level``: runs made
+    before such figures were marked, e.g. with ``--rounds 3``)."""
+    if str(row.get("wide", False)).lower() in ("true", "1", "1.0"):
+        return True
+    level = pd.to_numeric(pd.Series([row.get("ci_level", math.nan)]), errors="coerce").iloc[0]
+    return bool(math.isfinite(level) and level < schema.THROUGHPUT_CONFIDENCE - 1e-12)
+
+
 def checkpoint_epoch(label: str) -> int | None:
     """The training epoch a checkpoint label carries (``epoch100``, ``epoch_100``, ``e100``,
     ``100``); None for labels such as ``init`` or ``gd30-b``."""

@@ -25,7 +25,7 @@ import pandas as pd
 from sbn_bench import metrics
 from sbn_bench.metrics import layer_key
 from sbn_bench.reports.families import ranked
-from sbn_bench.reports.load import Run, is_mc_reference, network_of, target_rrmse
+from sbn_bench.reports.load import Run, is_mc_reference, is_wide, network_of, target_rrmse
 from sbn_bench.reports.ranking import ROUND_ABS, ROUND_REL, Better, Estimate, rank, upper_bound
 
 M_TARGETS = (1, 100)
@@ -260,12 +260,6 @@ def throughput_row(run: Run, problem: str, checkpoint: str, estimator: str) -> p
     return rows.get((problem, checkpoint, estimator), rows.get((problem, "", estimator)))
 
 
-def _is_wide(row: pd.Series) -> bool:
-    """A throughput figure whose confidence interval is wider than the target (not trusted)."""
-    w = row.get("wide", False)
-    return str(w).lower() in ("true", "1", "1.0")
-
-
 def cell_rows(run: Run, problem: str, checkpoint: str) -> pd.DataFrame:
     """The metric rows of one (problem, checkpoint)."""
     def make() -> dict[tuple[str, str], pd.DataFrame]:
@@ -396,7 +390,7 @@ def summary_table(run: Run, problem: str, checkpoint: str,
             for metric, _col, t in cols:
                 if metric == "samples_per_s":
                     tr = throughput_row(run, problem, checkpoint, est)
-                    if tr is not None and _is_wide(tr):  # shown, never called the fastest
+                    if tr is not None and is_wide(tr):  # shown, never called the fastest
                         wide.add(est)
                     vals.append(None if tr is None else Estimate(float(tr["samples_per_s"]), 0.0, "exact"))
                     continue
@@ -434,6 +428,11 @@ def summary_table(run: Run, problem: str, checkpoint: str,
                  rows=out_rows, notes=notes, anchor=slug("summary", problem, checkpoint))
 
 
+def _rounds(n: float) -> str:
+    """`` (7 rounds)``; empty when the count is not recorded."""
+    return "" if not math.isfinite(n) else f" ({n:.0f} round{'' if n == 1 else 's'})"
+
+
 def throughput_table(run: Run, problem: str, checkpoint: str) -> Table | None:
     """Throughput of each estimator on a (problem, checkpoint): median samples/s with the
     confidence interval of the median over the interleaved rounds, seconds per sample, peak memory,
@@ -443,7 +442,7 @@ def throughput_table(run: Run, problem: str, checkpoint: str) -> Table | None:
         return None
     order = {e: i for i, e in enumerate(run.estimators())}
     sub = sub.sort_values("estimator", key=lambda s: s.map(order), kind="stable")
-    wide = [_is_wide(r) for _, r in sub.iterrows()]  # marked, never called the fastest
+    wide = [is_wide(r) for _, r in sub.iterrows()]  # marked, never called the fastest
     best = _mark_best([None if w else v for v, w in zip(sub["samples_per_s"], wide)], "high")
     rows = []
     for b, w, (_, r) in zip(best, wide, sub.iterrows()):
@@ -463,12 +462,14 @@ def throughput_table(run: Run, problem: str, checkpoint: str) -> Table | None:
     for n, p, c in sorted(where - {(n, problem, checkpoint) for n, _, _ in where}):
         notes.append(f"measured once for the network shape {n} (on {cell_label(p, c)}): the figures "
                      "hold for every checkpoint of that shape.")
-    levels = sorted({(int(n), float(c)) for n, c in zip(sub["rounds"], pd.to_numeric(
-        sub.get("ci_level", pd.Series(math.nan, index=sub.index)), errors="coerce")) if math.isfinite(c)})
+    levels = sorted({(float(c), _rounds(n)) for n, c in zip(
+        pd.to_numeric(sub["rounds"], errors="coerce"), pd.to_numeric(
+            sub.get("ci_level", pd.Series(math.nan, index=sub.index)), errors="coerce"))
+        if math.isfinite(c)}, reverse=True)
     if levels:
         notes.append("interval: a distribution-free confidence interval of the median over the "
                      "interleaved rounds, at level " + ", ".join(
-                         f"{100 * c:.3g}% ({n} rounds)" for n, c in levels) + ".")
+                         f"{100 * c:.3g}%{r}" for c, r in levels) + ".")
     if any(wide):
         notes.append("(wide): the confidence interval of the median is wider than the target, or "
                      "its level below the target (too few rounds); the figure is shown but never called "

@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import pandas as pd
@@ -90,7 +91,9 @@ from sbn_bench.runner.memory import (
     exact_enumeration_bytes,
 )
 from sbn_bench.runner.plan import Plan, build_manifest, check_combinations, prepare
+from sbn_bench.schema import THROUGHPUT_CONFIDENCE
 from sbn_bench.storage import RunDirError, RunStore
+from sbn_bench.throughput import rounds_for_level
 
 ASSEMBLE_EVERY_S = 10.0
 """The tables are re-assembled from the part files at most this often during a run, and at its end."""
@@ -175,7 +178,19 @@ def throughput_seconds(config: RunConfig, members: int) -> float:
     least ``min_round_s``, and a fifth more for calibration and rounds that last longer (the
     interleaved method needs at least the first part; more rounds when an interval is wide)."""
     tp = config.throughput
-    return 1.2 * members * tp.rounds * tp.min_round_s
+    rounds = max(tp.rounds, min(tp.max_rounds, rounds_for_level(THROUGHPUT_CONFIDENCE)))
+    return 1.2 * members * rounds * tp.min_round_s
+
+
+def interval_stderr(lo: float, hi: float, level: float) -> float:
+    """The standard error a confidence interval ``[lo, hi]`` of the median at ``level`` stands for:
+    its half-width over the normal quantile of that level (``level`` 0.984, 7 rounds: 2.41; NaN, a
+    run without ``ci_level``: 95%, 1.96); ``∞`` for an interval of no confidence (one round)."""
+    if not math.isfinite(level):
+        level = THROUGHPUT_CONFIDENCE
+    if not 0 < level < 1:
+        return math.inf
+    return (hi - lo) / (2 * NormalDist().inv_cdf((1 + level) / 2))
 
 
 def timed_table(metrics: pd.DataFrame, throughput: pd.DataFrame,
@@ -186,19 +201,20 @@ def timed_table(metrics: pd.DataFrame, throughput: pd.DataFrame,
     confidence interval. In the order of ``metrics``."""
     if metrics.empty or throughput.empty:
         return []
-    spp = {(n, e): (float(s), float(lo), float(hi)) for n, e, s, lo, hi in zip(
+    levels = throughput["ci_level"] if "ci_level" in throughput.columns else [math.nan] * len(throughput)
+    spp = {(n, e): (float(s), float(lo), float(hi), float(c)) for n, e, s, lo, hi, c in zip(
         throughput["network"], throughput["estimator"], throughput["seconds_per_sample"],
-        throughput["seconds_per_sample_lo"], throughput["seconds_per_sample_hi"])}
+        throughput["seconds_per_sample_lo"], throughput["seconds_per_sample_hi"], levels)}
     rows: list[dict[str, Any]] = []
     for (p, c, e), group in metrics.groupby(["problem", "checkpoint", "estimator"], sort=False):
-        s, lo, hi = spp.get((networks.get((p, c), ""), e), (math.nan, math.nan, math.nan))
+        s, lo, hi, level = spp.get((networks.get((p, c), ""), e), (math.nan,) * 4)
         if math.isnan(s):
             continue
         records = group.astype(object).where(group.notna(), None).to_dict("records")
         for r in records:
             for col in ("value", "stderr"):
                 r[col] = math.nan if r[col] is None else float(r[col])
-        rows += timed_rows(records, s, (hi - lo) / (2 * 1.96))
+        rows += timed_rows(records, s, interval_stderr(lo, hi, level))
     return rows
 
 
