@@ -219,7 +219,7 @@ def claim_psa_lowest(df: pd.DataFrame | ClaimData) -> Claim:
         return Claim(text, "no data", "the run has no rrmse of psa and another estimator", crit)
     missing = [e for e in PAPER_ESTIMATORS if e != "psa" and e not in ix.estimators]
     cells: list[tuple[str, Verdict, float, str]] = []
-    short = 0  # cells where psa beat every estimator present but not all seven had a value
+    short: set[str] = set()  # cells where psa beat every estimator present, not all seven had a value
     for ck in ix.checkpoints:
         for layer in ix.layers:
             for m in [m for m in ix.m_grid if m <= 100]:
@@ -242,7 +242,7 @@ def claim_psa_lowest(df: pd.DataFrame | ClaimData) -> Claim:
                     v = combine(parts)
                     if absent and v == "confirmed":  # beats those present, not all seven (one
                         v = "inconclusive"           # not run, or its cell failed)
-                        short += 1
+                        short.add(f"{ck}/L{layer}/M={m:g}")
                     cells.append((f"{ck}/L{layer}/M={m:g}", v, worst[0],
                                   f"{ck}/L{layer}/M={m:g}: {worst[1]} vs psa "
                                   f"{_fmt_se(p.value, p.uncertainty)}"))
@@ -253,21 +253,21 @@ def claim_psa_lowest(df: pd.DataFrame | ClaimData) -> Claim:
     counts = {v: sum(1 for c in cells if c[1] == v) for v in VERDICTS}
     ev = f"psa lowest beyond the errors in {counts['confirmed']} of {len(cells)} cells"
     if short:  # counted as undecided: psa beat every estimator with a value, but not all seven had one
-        ev += (f", lowest beyond the errors among those with a value in {short} more (undecided: "
+        ev += (f", lowest beyond the errors among those with a value in {len(short)} more (undecided: "
                f"not all seven have one)")
     ev += (f", beaten in {counts['not confirmed']}, undecided within the errors in "
-           f"{counts['inconclusive'] - short}; worst case {worst[3]} (best other / psa = "
+           f"{counts['inconclusive'] - len(short)}; worst case {worst[3]} (best other / psa = "
            f"{worst[2]:.3g})")
     beaten = [c[3] for c in cells if c[1] == "not confirmed"]
     if beaten:
         ev += "; beaten e.g. " + "; ".join(beaten[:3])
-    undecided = [c[3] for c in cells if c[1] == "inconclusive"]
+    undecided = [c[3] for c in cells if c[1] == "inconclusive" and c[0] not in short]
     if undecided and not beaten:
         ev += "; undecided e.g. " + "; ".join(undecided[:2])
     if missing:  # lowest among the seven: a subset can refute the claim, never confirm it
         ev += (f"; compared with {', '.join(others)} only ({', '.join(missing)} not in the run)")
     elif short:
-        ev += f"; in {short} cell(s) some of the seven have no value (a failed cell)"
+        ev += f"; in {len(short)} cell(s) some of the seven have no value (a failed cell)"
     return Claim(text, verdict, ev, crit)
 
 
@@ -852,26 +852,39 @@ def _training_table(run_dir: Path, manifest: dict[str, Any]) -> Table | None:
     return Table("", header, rows, anchor="paper-training")
 
 
+def _seconds(record: dict[str, Any]) -> float:
+    w = record.get("train_wall_s")
+    return float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else math.nan
+
+
 def _experiment_facts(manifest: dict[str, Any]) -> list[str]:
     exp = manifest.get("experiment") or {}
     tr, tm = exp.get("training") or {}, exp.get("timing") or {}
     device = manifest.get("device") if isinstance(manifest.get("device"), dict) else {}
     facts = []
     if tm:
-        n = len(training_runs(manifest))
         where = device.get("type", "?") + (f" ({device['cpu']})" if device.get("type") == "cpu"
                                            and device.get("cpu") else "")
         threads = device.get("torch_threads", "?")
         threads = f"{threads} torch thread{'' if threads == 1 else 's'}"
-        training = (f"{tr.get('train_wall_s', math.nan):.0f} s"
-                    + (f" ({n} trainings)" if n > 1 else ""))
-        evaluation = f"{tm.get('evaluation_s', math.nan):.0f} s"
-        if tr.get("cached"):  # this run did not train: its total is the evaluation's
-            facts.append(f"wall time on {where}: evaluation {evaluation} ({threads}); the training "
-                         f"came from the cache (it took {training} when it was made)")
-        else:
-            facts.append(f"wall time on {where}: training {training}, evaluation {evaluation}, "
-                         f"total {tm.get('total_s_with_training', math.nan):.0f} s ({threads})")
+        runs = training_runs(manifest)
+        now = [r for r in runs if not r.get("cached")]  # trained by this run: part of its time
+        cached = [r for r in runs if r.get("cached")]  # trained by an earlier one: not
+        evaluation = float(tm.get("evaluation_s", math.nan))
+        parts = []
+        if now:
+            spent = sum(_seconds(r) for r in now)
+            parts.append(f"training {spent:.0f} s" + (f" ({len(now)} trainings)" if len(now) > 1 else ""))
+        parts.append(f"evaluation {evaluation:.0f} s")
+        if now:
+            parts.append(f"total {spent + evaluation:.0f} s")
+        fact = f"wall time on {where}: " + ", ".join(parts) + f" ({threads})"
+        if cached:
+            which = ("the training" if len(runs) == 1 else f"{len(cached)} of the {len(runs)} trainings"
+                     if now else f"the {len(runs)} trainings")
+            fact += (f"; {which} came from the cache (made earlier, in "
+                     + ", ".join(f"{_seconds(r):.0f} s" for r in cached) + ")")
+        facts.append(fact)
     if tr:
         seeds = exp.get("train_seeds")
         which = (f"training seeds {', '.join(map(str, seeds))}" if seeds

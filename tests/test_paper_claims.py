@@ -115,6 +115,7 @@ def test_psa_lowest_among_those_run_is_counted_apart() -> None:
     assert c.evidence.startswith(f"psa lowest beyond the errors in 0 of {n} cells, lowest beyond the "
                                  f"errors among those with a value in {n} more"), c.evidence
     assert "undecided within the errors in 0" in c.evidence
+    assert "undecided e.g." not in c.evidence  # those cells are psa's wins among the three
 
 
 def test_claims_without_data_say_so() -> None:
@@ -295,14 +296,23 @@ def test_the_documented_regeneration_command_is_the_one_in_the_code() -> None:
 
 def test_the_wall_time_fact_of_a_cached_training_is_not_a_total() -> None:
     """A run whose training came from the cache said "total 83 s" (the old training's 49 s plus
-    this run's 34 s); it gives this run's evaluation and the training's time apart."""
-    def facts(cached: bool, threads: int) -> str:
+    this run's 34 s); it gives this run's time, and the cached trainings' apart, also when only some
+    of several training seeds came from the cache."""
+    def facts(runs: list[tuple[bool, float]], threads: int) -> str:
+        records = [{"train_seed": i, "cached": c, "train_wall_s": w} for i, (c, w) in enumerate(runs)]
         manifest = {"device": {"type": "cpu", "cpu": "x", "torch_threads": threads},
-                    "experiment": {"training": {"train_wall_s": 49.0, "cached": cached},
+                    "experiment": {"training": {"train_wall_s": sum(w for _, w in runs),
+                                                "cached": all(c for c, _ in runs), "runs": records},
                                    "timing": {"evaluation_s": 34.0, "total_s_with_training": 83.0}}}
         return paper._experiment_facts(manifest)[0]
-    cached = facts(True, 1)
-    assert "total" not in cached and "evaluation 34 s (1 torch thread)" in cached, cached
-    assert "training came from the cache (it took 49 s when it was made)" in cached, cached
-    fresh = facts(False, 2)
-    assert "training 49 s, evaluation 34 s, total 83 s (2 torch threads)" in fresh, fresh
+    cached = facts([(True, 49.0)], 1)
+    assert cached == ("wall time on cpu (x): evaluation 34 s (1 torch thread); the training came "
+                      "from the cache (made earlier, in 49 s)"), cached
+    assert facts([(False, 49.0)], 2) == "wall time on cpu (x): training 49 s, evaluation 34 s, " \
+                                        "total 83 s (2 torch threads)"
+    mixed = facts([(True, 49.0), (False, 30.0), (False, 31.0)], 1)
+    assert mixed == ("wall time on cpu (x): training 61 s (2 trainings), evaluation 34 s, total 95 s "
+                     "(1 torch thread); 1 of the 3 trainings came from the cache (made earlier, in "
+                     "49 s)"), mixed
+    assert "the 2 trainings came from the cache (made earlier, in 49 s, 30 s)" in facts(
+        [(True, 49.0), (True, 30.0)], 1)

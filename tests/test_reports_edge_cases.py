@@ -141,8 +141,19 @@ def test_compare_names_estimators_and_timings_on_one_side_only(tmp_path: Path) -
     assert len(timing) == 1 and "the baseline has no throughput figure for psa (" in timing[0], timing
     assert "arm" not in timing[0]  # said once, as an estimator not compared
     assert not any("only in the baseline" in n for n in cmp.notes)
-    assert not [n for n in compare_runs(load_run(RUN_A), load_run(RUN_B)).notes
-                if "not compared" in n]
+    # an estimator whose every cell failed in the baseline: in both runs' lists, compared nowhere
+    f = pd.read_csv(base / "failures.csv", dtype=str, keep_default_na=False)
+    row = {c: "" for c in f.columns} | {"problem": "tiny-2-3-2-1", "checkpoint": "init",
+                                        "estimator": "arm", "stage": "estimate", "error": "boom"}
+    pd.concat([f, pd.DataFrame([row])]).to_csv(base / "failures.csv", index=False)
+    notes = compare_runs(load_run(RUN_A), load_run(base)).notes
+    assert "estimators with no results in the baseline (their cells failed), not compared: arm" \
+        in notes, notes
+    assert "estimators with no results in either run (their cells failed), not compared: " \
+           "nan-plugin" in notes, notes  # run_a's and run_b's failing plugin, said once
+    assert not [n for n in notes if n.startswith("samples/s") and "arm" in n], notes  # said once
+    assert [n for n in compare_runs(load_run(RUN_A), load_run(RUN_B)).notes if "not compared" in n] \
+        == ["estimators with no results in either run (their cells failed), not compared: nan-plugin"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -166,6 +166,11 @@ def test_best_table_names_no_lowest_bias_when_an_unresolved_one_is_lower(tmp_pat
     assert row[head.index("lowest rel. bias")].text == "undecided"
     assert row[head.index("bias ties")].text == "lower, not resolved: arm ≤ 0.38"
     assert row[head.index("best rrmse M=1")].text == "psa"  # rrmse ranked as before
+    # the unresolved biases of an undecided row are counted in the note too (it skipped them)
+    arm = m[(m["estimator"] == "arm") & (m["metric"] == "rel_bias")]
+    n = sum(not Estimate(float(v), float(se), md).resolved
+            for v, se, md in zip(arm["value"], arm["stderr"], arm["mode"]))
+    assert n >= 2 and f"arm ({n}×)" in " ".join(table.notes), (n, table.notes)
 
 
 # --------------------------------------------------------------------------------------------

@@ -104,6 +104,9 @@ def best_table(run: Run, problem: str, m: float = 1.0, *, compact: bool = False)
             for metric, mm in (("rrmse", m), ("rel_bias", None)):
                 values = [idx.get((e, layer, metric, mm)) for e in ests]
                 r = rank(values, "low")
+                if metric == "rel_bias":  # every row, also one with no best
+                    unresolved.update(e for e, rk, v in zip(ests, r.ranks, values)
+                                      if rk == "unresolved" and v is not None)
                 if r.best is None:
                     beaten = [f"{ests[i]} {fmt_estimate(v, bound=metric == 'rel_bias')}"
                               for i in r.beaten_by if (v := values[i]) is not None]
@@ -123,9 +126,6 @@ def best_table(run: Run, problem: str, m: float = 1.0, *, compact: bool = False)
                         f"{ests[r.runner_up]} ({_gap(best.value, values[r.runner_up])}z = {fmt_z(r.margin)})"
                     row.append(TableCell(nxt, sort=r.margin if r.margin is not None
                                          and math.isfinite(r.margin) else None))
-                else:
-                    unresolved.update(e for e, rk in zip(ests, r.ranks)
-                                      if rk == "unresolved" and values[ests.index(e)] is not None)
             rows.append(row[:5] if compact else row)
     if compact:
         return Table(title="", header=["checkpoint", "layer", f"best rrmse M={m:g}", "rrmse", "ties"],
@@ -283,7 +283,8 @@ SUMMARY_LEGEND = (
     "measured once per network shape (`(wide)`: its confidence interval is wider than the target or "
     "short of its level, so it is never called the fastest); time to accuracy = max(1, ⌈M\\*⌉)·(s/sample) "
     "with M\\* = V/(t²‖g‖² − ‖β‖²), "
-    "∞ when the bias alone exceeds the target, its `±` including the timing's uncertainty "
+    "∞ when the bias alone exceeds the target, its `±` including the timing's uncertainty (`± ∞`: "
+    "the bias may reach the target within its errors, so no time is resolved) "
     "(SPEC §5). **Bold**: the best value of the column within the layer (lowest rrmse, bias and time; "
     f"highest cosine and samples/s); *italic*: within {TIE_Z:g} standard errors of it (a tie). A "
     "value clipped at zero or smaller than its standard error is never marked, and when such a "

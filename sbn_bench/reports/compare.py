@@ -263,10 +263,19 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
         cmp.warnings.append(f"the estimators ran in {dtypes[0]} (run) and {dtypes[1]} (baseline): "
                             "differences may be rounding as much as method")
     cmp.notes += [f"not checked: {u}" for u in unchecked]
+    failed: dict[str, list[str]] = {}  # estimators of both lists with no results on one side
     for who, mine, other in (("run", run, base), ("baseline", base, run)):
         only = [e for e in mine.estimators() if e not in set(other.estimators())]
         if only:
             cmp.notes.append(f"estimators only in the {who}, not compared: {', '.join(only)}")
+        failed[who] = [e for e in shared_est if e in set(mine.failures["estimator"])
+                       and e not in set(mine.metrics["estimator"])]
+    for who, names in (("either run", [e for e in failed["run"] if e in failed["baseline"]]),
+                       ("the run", [e for e in failed["run"] if e not in failed["baseline"]]),
+                       ("the baseline", [e for e in failed["baseline"] if e not in failed["run"]])):
+        if names:
+            cmp.notes.append(f"estimators with no results in {who} (their cells failed), not "
+                             f"compared: {', '.join(names)}")
     no_timing: dict[str, list[str]] = {"run": [], "baseline": []}  # samples/s on one side only
     base_cells = set(base.cells())
     for p, c in run.cells():
@@ -308,8 +317,9 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
         for est in run.estimators():
             ta, tb = throughput_row(run, p, c, est), throughput_row(base, p, c, est)
             if ta is None or tb is None:
-                if (ta is None) != (tb is None) and est in set(base.estimators()):
-                    no_timing["run" if ta is None else "baseline"].append(f"{est} ({cell_label(p, c)})")
+                side = "run" if ta is None else "baseline"
+                if (ta is None) != (tb is None) and est in shared_est and est not in failed[side]:
+                    no_timing[side].append(f"{est} ({cell_label(p, c)})")
                 continue
             a, b = float(ta["samples_per_s"]), float(tb["samples_per_s"])
             ia = (float(ta["samples_per_s_lo"]), float(ta["samples_per_s_hi"]))
