@@ -123,11 +123,15 @@ def training_files(out_dir: str | os.PathLike[str]) -> list[Path]:
 
 def _check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> None:
     """Refuse an ``out_dir`` holding a previous training's outputs, or remove them (``overwrite``):
-    stale checkpoints beside new ones would be mistaken for this run's."""
+    stale checkpoints beside new ones would be mistaken for this run's. A training study's folder
+    is refused either way."""
     d = Path(out_dir)
     if d.exists() and not d.is_dir():
         raise TrainArgumentError("out_dir", f"argument out_dir={str(d)!r} exists and is not a "
                                             "folder; choose another output folder")
+    if (d / "study.json").is_file():
+        raise TrainArgumentError("out_dir", f"argument out_dir={str(d)!r} holds a training study "
+                                            "(study.json); choose another output folder")
     old = training_files(d)
     if not old:
         return
@@ -624,7 +628,8 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
     log_path = out / LOG_NAME
     written = {0: save(0)}
     history: list[dict[str, float]] = [{"epoch": 0, "step": 0, "train_loss": math.nan,
-                                        "exact_objective": exact_J(), "wall_s": 0.0}]
+                                        "exact_objective": exact_J(),
+                                        "wall_s": time.perf_counter() - t_start}]  # the set-up
     write_log(log_path, history)
     last_flush = time.perf_counter()
     t_train = 0.0
@@ -644,9 +649,10 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
             write_log(log_path, history)
             raise TrainingDiverged(
                 f"training diverged at epoch {epoch} (step {step}): parameter {bad[0]} became NaN "
-                f"or Inf with estimator {estimator.spec!r}, optimizer {optimizer}, lr={lr}; lower "
-                f"the learning rate (log so far in {str(log_path)!r})", argument="lr", value=lr,
-                expected="a smaller learning rate")
+                f"or Inf with estimator {estimator.spec!r}, optimizer {optimizer}, lr={lr}: lower "
+                f"the learning rate, or check the estimator (one non-finite gradient sample makes "
+                f"the parameters NaN at once) (log so far in {str(log_path)!r})", argument="lr",
+                value=lr, expected="a smaller learning rate, or an estimator with finite gradients")
         if epoch in save_epochs:
             written[epoch] = save(epoch)
         if epoch in save_epochs or time.perf_counter() - last_flush > _FLUSH_SECONDS:

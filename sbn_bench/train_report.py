@@ -256,6 +256,38 @@ def claim_stable(curves: pd.DataFrame) -> Claim:
     return Claim(claim, combine(verdicts), "; ".join(parts), criterion)
 
 
+FLOOR_FACTOR = 2.0
+"""A probed bias below this many times its noise floor (``bias_floor``) is not resolved."""
+
+
+def bias_change(g: pd.DataFrame, first_ep: int, last_ep: int
+                ) -> tuple[Paired, Verdict, dict[int, float], dict[int, float], float, float, str]:
+    """The paired change of one estimator's probed relative bias, epoch ``first_ep`` → ``last_ep``,
+    over seeds, and the verdict of "it grows": ``confirmed`` (grows) needs the last bias resolved
+    and ``not confirmed`` (shrinks) the first, each at least :data:`FLOOR_FACTOR` × its noise
+    floor; otherwise the change is between values the probes cannot resolve (inconclusive).
+
+    Returns:
+        ``(paired, verdict, first {seed: bias}, last {seed: bias}, first floor, last floor, why)``,
+        ``why`` saying which value was unresolved when that made the verdict inconclusive.
+    """
+    first = {int(r.seed): float(r.bias) for r in g[g["epoch"] == first_ep].itertuples()}
+    last = {int(r.seed): float(r.bias) for r in g[g["epoch"] == last_ep].itertuples()}
+    floors = [float(g[g["epoch"] == ep]["bias_floor"].mean()) if len(g) else math.nan
+              for ep in (first_ep, last_ep)]
+    p = paired(last, first)
+    verdict = paired_verdict(p, "higher")
+    why = ""
+    for v, ep, values, floor in (("confirmed", last_ep, last, floors[1]),
+                                 ("not confirmed", first_ep, first, floors[0])):
+        if verdict == v and values and not np.mean(list(values.values())) >= FLOOR_FACTOR * floor:
+            verdict = "inconclusive"
+            why = (f"the bias at epoch {ep} is below {FLOOR_FACTOR:g}× its noise floor "
+                   f"({np.mean(list(values.values())):.3g} < {FLOOR_FACTOR:g} × {floor:.2g}): not "
+                   "resolved, so the change may be noise")
+    return p, verdict, first, last, floors[0], floors[1], why
+
+
 def claim_bias_grows(probes: pd.DataFrame, who: str = "st") -> Claim:
     """"``who``'s gradient bias grows during training": its relative bias at the last probe epoch
     is above that at the first, paired over seeds (the seed paper's gradient-accuracy claim that
@@ -264,7 +296,8 @@ def claim_bias_grows(probes: pd.DataFrame, who: str = "st") -> Claim:
     claim = f"{name}'s relative gradient bias grows during training"
     criterion = ("relative bias ‖β‖/‖g‖ of one sample on the probe batch against the reference; "
                  "the paired difference over seeds, last probe epoch − first, is above 0 beyond "
-                 "its 95 % t interval")
+                 f"its 95 % t interval, with the larger value resolved (≥ {FLOOR_FACTOR:g}× its "
+                 "noise floor)")
     est = _present(list(probes["estimator"].unique()) if len(probes) else [], who)
     if est is None:
         return Claim(claim, "no data", f"no probes of {name}", criterion)
@@ -272,14 +305,10 @@ def claim_bias_grows(probes: pd.DataFrame, who: str = "st") -> Claim:
     epochs = sorted(g["epoch"].unique())
     if len(epochs) < 2:
         return Claim(claim, "no data", f"{name} was probed at fewer than two epochs", criterion)
-    first = {int(r.seed): float(r.bias) for r in g[g["epoch"] == epochs[0]].itertuples()}
-    last = {int(r.seed): float(r.bias) for r in g[g["epoch"] == epochs[-1]].itertuples()}
-    p = paired(last, first)
-    floor = float(g[g["epoch"] == epochs[-1]]["bias_floor"].mean())
-    verdict = paired_verdict(p, "higher")
-    evidence = (f"bias at epoch {epochs[0]}: {np.mean(list(first.values())):.3g}, at epoch "
-                f"{epochs[-1]}: {np.mean(list(last.values())):.3g} (noise floor {floor:.2g}); "
-                f"difference {p.text()}")
+    p, verdict, first, last, floor0, floor, why = bias_change(g, epochs[0], epochs[-1])
+    evidence = (f"bias at epoch {epochs[0]}: {np.mean(list(first.values())):.3g} (noise floor "
+                f"{floor0:.2g}), at epoch {epochs[-1]}: {np.mean(list(last.values())):.3g} (noise "
+                f"floor {floor:.2g}); difference {p.text()}" + (f"; {why}" if why else ""))
     return Claim(claim, verdict, evidence, criterion)
 
 
@@ -443,7 +472,9 @@ def final_table(curves: pd.DataFrame, estimators: Sequence[str], preset: str, ta
             m, se, _ = _mean_se(list(finals[c].get(e, {}).values()))
             row.append(TableCell(_pm(m, se), strong=best[c] == e, sort=m))
         g = curves[(curves["estimator"] == e) & (curves["epoch"] > 0)]
-        ep = g.groupby("seed")["epoch_s"].mean() if not g.empty else pd.Series(dtype=float)
+        # every epoch's steps (train_s is their running sum), not only the evaluated epochs'
+        last = g.sort_values("epoch").groupby("seed").last() if not g.empty else None
+        ep = last["train_s"] / last["epoch"] if last is not None else pd.Series(dtype=float)
         m, se, _ = _mean_se(list(ep.to_numpy(dtype=float)))
         row.append(TableCell(_pm(m, se, 3), sort=m))
         hits = list(tt.get(e, {}).values())
@@ -482,10 +513,13 @@ def significance_table(curves: pd.DataFrame, estimators: Sequence[str], preset: 
             half = VERDICT_Z * p.se_t if math.isfinite(p.se_t) else math.inf
             interval = (f"[{p.mean - half:+.3g}, {p.mean + half:+.3g}]" if math.isfinite(half)
                         else "–")
+            answer = {"confirmed": f"yes: {who} better", "not confirmed": f"yes: {e} better",
+                      "inconclusive": "no"}.get(v, "no data")
+            if p.n == 1:  # no spread to test against
+                answer = "untestable (one seed)"
             rows.append([TableCell(f"{who} − {e}"), TableCell(p.text()), TableCell(interval),
-                         TableCell({"confirmed": f"yes: {who} better", "not confirmed":
-                                    f"yes: {e} better", "inconclusive": "no"}.get(v, "no data"),
-                                   strong=v == "not confirmed", tie=v == "inconclusive")])
+                         TableCell(answer, strong=v == "not confirmed",
+                                   tie=v == "inconclusive" and p.n > 1)])
     return Table(f"Significance: paired differences of the final {label}",
                  ["difference", "mean ± s.e. over seeds", "95 % t interval", "significant?"], rows,
                  notes=[f"{better.capitalize()} is better. The seeds pair the cells (same initial "
@@ -530,25 +564,23 @@ def bias_story_table(probes: pd.DataFrame, estimators: Sequence[str]) -> Table |
     rows = []
     for e in estimators:
         g = probes[probes["estimator"] == e]
-        first = {int(r.seed): float(r.bias) for r in g[g["epoch"] == first_ep].itertuples()}
-        last = {int(r.seed): float(r.bias) for r in g[g["epoch"] == last_ep].itertuples()}
-        p = paired(last, first)
-        v = paired_verdict(p, "higher")
-        floor = float(g[g["epoch"] == last_ep]["bias_floor"].mean()) if len(g) else math.nan
-        rows.append([TableCell(e), TableCell(f"{np.mean(list(first.values())):.3g}" if first else "–"),
+        p, v, first, last, floor0, floor, why = bias_change(g, first_ep, last_ep)
+        rows.append([TableCell(e), TableCell(f"{np.mean(list(first.values())):.3g} (floor {floor0:.2g})"
+                                             if first else "–"),
                      TableCell(f"{np.mean(list(last.values())):.3g} (floor {floor:.2g})"
                                if last else "–"),
                      TableCell(p.text()),
                      TableCell({"confirmed": "grows", "not confirmed": "shrinks",
-                                "inconclusive": "no significant change"}.get(v, "no data"),
-                               strong=v == "confirmed")])
+                                "inconclusive": "not resolved" if why else "no significant change"
+                                }.get(v, "no data"), strong=v == "confirmed")])
     return Table(f"Does the bias grow during training? (epoch {first_ep} → {last_ep})",
                  ["estimator", f"bias at epoch {first_ep}", f"bias at epoch {last_ep}",
                   "difference, mean ± s.e. over seeds", "verdict"], rows,
                  notes=["Relative bias ‖β‖/‖g‖ of one sample on the probe batch; 'grows' / "
-                        "'shrinks' when the 95 % t interval of the paired difference excludes 0. A "
-                        "bias below about twice its floor is not resolved, and a change between "
-                        "unresolved values is noise."], anchor="bias-story")
+                        "'shrinks' when the 95 % t interval of the paired difference excludes 0 and "
+                        f"the larger bias is at least {FLOOR_FACTOR:g}× its noise floor; 'not "
+                        "resolved' when the interval excludes 0 but that bias is below it (a change "
+                        "between unresolved values is noise)."], anchor="bias-story")
 
 
 def claims_table(claims: Sequence[Claim], title: str = "The paper's training claims") -> Table:

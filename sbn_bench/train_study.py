@@ -72,6 +72,8 @@ from sbn_bench.runner.executors import check_executor, make_executor, resolve_au
 from sbn_bench.runner.mcref import McReferenceError, mc_reference, reference_estimator
 from sbn_bench.storage import diff_dicts
 from sbn_bench.train import (
+    CURVE_NAME,
+    MAX_EPOCHS,
     OPTIMIZERS,
     TrainArgumentError,
     TrainingDiverged,
@@ -80,6 +82,7 @@ from sbn_bench.train import (
     _step_gradient,
     _stream_seeds,
     check_trainable,
+    training_files,
 )
 
 EVAL_BINARISATION_SEED = 20_201
@@ -177,6 +180,9 @@ class StudySettings:
                                    f"{', '.join(OPTIMIZERS)}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise bad("lr", f"{self.lr!r} must be a finite number > 0")
+        if isinstance(self.epochs, int) and self.epochs > MAX_EPOCHS:
+            raise bad("epochs", f"{self.epochs!r} must be at most {MAX_EPOCHS:,}, as for a single "
+                                "training")
         for arg, lo in (("epochs", 1), ("batch_size", 1), ("eval_every", 1), ("eval_samples", 1),
                         ("iwae_samples", 0), ("probe_batch", 1), ("probe_samples", 2),
                         ("reference_samples", 2), ("max_exact_bytes", 1), ("threads", 1)):
@@ -545,8 +551,10 @@ def train_cell(cell: Cell, problem: Problem, estimator: Estimator | None, *,
         if bad:
             raise TrainingDiverged(
                 f"training diverged at epoch {epoch}: parameter {bad[0]} became NaN or Inf with "
-                f"estimator {estimator.spec!r}, {s.optimizer} lr={s.lr}; lower the learning rate",
-                argument="lr", value=s.lr, expected="a smaller learning rate")
+                f"estimator {estimator.spec!r}, {s.optimizer} lr={s.lr}: lower the learning rate, "
+                "or check the estimator (one non-finite gradient sample makes the parameters NaN "
+                "at once)", argument="lr", value=s.lr,
+                expected="a smaller learning rate, or an estimator with finite gradients")
         if epoch % s.eval_every == 0 or epoch == s.epochs or epoch in s.probe_epochs:
             measure(epoch)
         if epoch in s.probe_epochs:
@@ -697,6 +705,11 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     fp = _fingerprint(s)
     manifest_path = d / STUDY_NAME
     old: dict[str, Any] = {}
+    single = [p.name for p in training_files(d) if p.name != CURVE_NAME]
+    if single:
+        raise StudyError(f"argument out={str(d)!r} holds a single training ({', '.join(single[:3])}"
+                         f"{', …' if len(single) > 3 else ''}); a study needs its own folder",
+                         argument="out")
     if manifest_path.exists():
         if not resume:
             raise StudyError(f"argument out={str(d)!r} already holds a training study; pass "
@@ -726,6 +739,16 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
                              f"random stream {was}, this version draws stream "
                              f"{model.STREAM_VERSION} (sbn_bench.model.STREAM_VERSION: the same "
                              "seeds give other numbers); use another folder", argument="resume")
+        for what, given, had in (("estimators", ests, old.get("estimators")),
+                                 ("seeds", seeds, old.get("seeds"))):
+            dropped = [x for x in (had if isinstance(had, list) else []) if x not in given]
+            if dropped:
+                raise StudyError(
+                    f"cannot resume the study in {str(d)!r}: it has {what} "
+                    f"{', '.join(map(str, had))}, and {', '.join(map(str, dropped))} would be left "
+                    f"out of its tables and report; give them all (more extend the study), or use "
+                    "another folder", argument=what, value=list(given),
+                    expected=f"at least the study's {what}")
     cells = [(e, sd) for e in ests for sd in seeds]
     records: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
@@ -759,6 +782,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
 
     ex = make_executor(executor)
     done = resumed
+    interrupted = True  # until the loop ends: Ctrl-C (or any error) leaves the study resumable
     try:
         for res in ex.map(tasks()):
             records[(res.cell.estimator, int(res.cell.seed or 0))] = rec = _record(
@@ -769,8 +793,15 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
             if progress is not None:
                 what = "failed" if res.failed else f"{res.seconds:.1f} s"
                 progress(done, len(cells), f"{res.cell.estimator} seed {res.cell.seed}: {what}")
+        interrupted = False
     finally:
         ex.close()
+        if interrupted:  # say so in study.json, and count this invocation's cells and time
+            runs = [r for r in old.get("runs", []) if isinstance(r, dict)] if resume else []
+            runs.append({"wall_s": time.perf_counter() - t0, "ran": done - resumed,
+                         "resumed": resumed, "executor": executor, "interrupted": True})
+            manifest.update(status="interrupted", runs=runs)
+            atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
 
     curves, probes_, failures = [], [], []
     for e, sd in cells:
@@ -786,8 +817,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     _write_csv(d / FAILURES_NAME, ["estimator", "seed", "stage", "error"], failures)
     wall = time.perf_counter() - t0
     runs = [r for r in old.get("runs", []) if isinstance(r, dict)] if resume else []
-    runs.append({"wall_s": wall, "ran": len(cells) - resumed, "resumed": resumed,
-                 "executor": executor})
+    runs.append({"wall_s": wall, "ran": done - resumed, "resumed": resumed, "executor": executor})
     manifest.update(status="complete" if not failures else "complete with failures",
                     cells=len(cells), ran=len(cells) - resumed, resumed=resumed,
                     failed=len(failures), wall_s=wall, runs=runs,

@@ -92,3 +92,49 @@ def test_an_endless_number_of_epochs_is_refused(tmp_path: Path) -> None:
                                     str(10**23), "--out", str(tmp_path / "t")])
     assert res.exit_code == 2 and "--epochs" in res.output and "at most 1,000,000" in res.output
     assert not (tmp_path / "t").exists()
+
+
+def test_a_study_and_a_single_training_do_not_share_a_folder(tmp_path: Path) -> None:
+    """Both wrote into the other's folder and exited 0; the study's epochs are capped as a single
+    training's are (1 000 001 epochs started)."""
+    from sbn_bench import train_study as ts
+
+    p = random_problem("2-2-1", 0, data_points=4)
+    single = tmp_path / "single"
+    train(p, "st", epochs=1, batch_size=4, out_dir=single, num_threads=None)
+    with pytest.raises(ts.StudyError, match="holds a single training") as err:
+        ts.run_study("digits-vae-exact", out=single, estimators=("st",), seeds=(0,),
+                     settings=ts.preset_settings("digits-vae-exact", epochs=1))
+    assert err.value.argument == "out"
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / ts.STUDY_NAME).write_text("{}")
+    for overwrite in (False, True):
+        with pytest.raises(TrainArgumentError, match="holds a training study"):
+            train(p, "st", epochs=1, batch_size=4, out_dir=study, num_threads=None,
+                  overwrite=overwrite)
+    with pytest.raises(TrainArgumentError, match="at most 1,000,000"):
+        ts.preset_settings("digits-vae-exact", epochs=10**6 + 1).check()
+
+
+def test_ctrl_c_in_train_says_what_is_saved_and_exits_130(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """It printed click's bare 'Aborted!' and exited 1, as for bad input."""
+    from sbn_bench import train as training
+    from sbn_bench import train_study as ts
+
+    def interrupted(*args, **kwargs):
+        Path(kwargs["out"]).mkdir(parents=True)
+        (Path(kwargs["out"]) / ts.STUDY_NAME).write_text("{}")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ts, "run_study", interrupted)
+    r = invoke(["train", "--preset", "digits-vae-exact", "--estimators", "st", "--seeds", "0",
+                "--out", tmp_path / "s"])
+    assert r.exit_code == 130 and "continue with the same command and --resume" in r.output, r.output
+
+    def interrupted_single(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(training, "train", interrupted_single)
+    r = invoke(["train", "--arch", "2-2-1", "--data-points", "4", "--epochs", "1", "--out",
+                tmp_path / "t"])
+    assert r.exit_code == 130 and "does not resume" in r.output, r.output

@@ -103,6 +103,14 @@ def test_resume_after_kill(study: ts.StudyResult, tmp_path: Path) -> None:
                      progress=kill_after_two)
     written = sorted(p.name for p in (out / ts.CELLS_DIR).glob("*.json"))
     assert written == ["psa-seed0.json", "psa-seed1.json"]
+    killed = json.loads((out / ts.STUDY_NAME).read_text())  # it said "running" forever
+    assert killed["status"] == "interrupted" and killed["runs"][0]["interrupted"]
+    # resuming with fewer estimators or seeds would drop cells from the tables: refused
+    for kw, what in (({"estimators": ESTIMATORS[:1]}, "estimators"), ({"seeds": SEEDS[:1]}, "seeds")):
+        args = {"estimators": ESTIMATORS, "seeds": SEEDS, **kw}
+        with pytest.raises(ts.StudyError, match=f"it has {what} .* would be left out") as err:
+            ts.run_study("digits-conv", out=out, settings=tiny(), resume=True, **args)
+        assert err.value.argument == what
     # a truncated result (a kill during a non-atomic copy, a full disk) is not a result
     st0 = ts.cell_file(out, "st", 0)
     st0.write_text(ts.cell_file(study.out, "st", 0).read_text()[:100])
@@ -135,7 +143,9 @@ def test_resume_after_kill(study: ts.StudyResult, tmp_path: Path) -> None:
                          settings=tiny(), resume=True)
     assert again.ran == 0 and again.resumed == 6
     m = json.loads((out / ts.STUDY_NAME).read_text())
-    assert [r["ran"] for r in m["runs"]] == [4, 0] and m["cell_seconds"] > 0
+    # every invocation counted, the interrupted one too
+    assert [r["ran"] for r in m["runs"]] == [2, 4, 0] and m["cell_seconds"] > 0
+    assert [bool(r.get("interrupted")) for r in m["runs"]] == [True, False, False]
 
 
 def test_resume_refuses_another_random_stream_and_retrains_another_estimator_version(
@@ -426,6 +436,18 @@ def test_bias_claim_every_verdict() -> None:
     assert tr.claim_bias_grows(probes([0.1], [0.2], est="psa")).verdict == "no data"
     one_epoch = probes([0.1, 0.2], [0.3, 0.4])
     assert tr.claim_bias_grows(one_epoch[one_epoch["epoch"] == 0]).verdict == "no data"
+    # a significant change between values under 2× their floor is noise, not a verdict (a study
+    # read ST's 0.0288 (floor 0.015) → 0.00535 (floor 0.04) as "not confirmed: it shrinks")
+    def floored(first: list[float], last: list[float], floors: tuple[float, float]) -> pd.DataFrame:
+        df = probes(first, last)
+        return df.assign(bias_floor=[floors[0] if e == 0 else floors[1] for e in df["epoch"]])
+    shrink = floored([0.028, 0.029, 0.0285], [0.005, 0.0055, 0.0054], (0.015, 0.04))
+    c = tr.claim_bias_grows(shrink)
+    assert c.verdict == "inconclusive" and "below 2× its noise floor" in c.evidence, c
+    assert tr.claim_bias_grows(floored([0.028, 0.029, 0.0285], [0.005, 0.0055, 0.0054],
+                                       (0.01, 0.04))).verdict == "not confirmed"  # 0.0285 ≥ 0.02
+    grow = floored([0.1, 0.12, 0.11], [0.5, 0.55, 0.52], (0.01, 0.3))  # 0.52 < 0.6: unresolved
+    assert tr.claim_bias_grows(grow).verdict == "inconclusive"
 
 
 def test_time_to_target_and_default_target() -> None:
@@ -476,4 +498,25 @@ def test_bias_story_table() -> None:
             for ep, vals in ((0, first), (5, last)) for s, b in enumerate(vals)]
     t = tr.bias_story_table(pd.DataFrame(rows), ["st", "psa"])
     assert t is not None and [r[-1].text for r in t.rows] == ["grows", "no significant change"]
+    low = pd.DataFrame(rows).assign(bias_floor=0.3)  # st's 0.52 at epoch 5 is under 2 × 0.3
+    assert tr.bias_story_table(low, ["st"]).rows[0][-1].text == "not resolved"
     assert tr.bias_story_table(pd.DataFrame(rows[:3]), ["st"]) is None  # one probe epoch
+
+
+def test_one_seed_is_untestable_and_seconds_per_epoch_count_every_epoch() -> None:
+    """One seed: no spread to test a paired difference against ("no" read as tested and equal).
+    Seconds per epoch: train_s / epochs of the last row, whether or not every epoch was evaluated
+    (the mean over the evaluated epochs' epoch_s was a subsample)."""
+    one = synthetic({"psa": [1.0], "disarm": [2.0]})
+    t = tr.significance_table(one, ["psa", "disarm"], "digits-vae")
+    assert [r[-1].text for r in t.rows] == ["untestable (one seed)"]
+    two = synthetic({"psa": [1.0, 1.1], "disarm": [2.0, 2.2]})
+    assert tr.significance_table(two, ["psa", "disarm"], "digits-vae").rows[0][-1].text != \
+        "untestable (one seed)"
+    c = synthetic({"psa": [1.0, 1.2], "disarm": [2.0, 2.1]})
+    c = c.assign(epoch_s=[0.0, 5.0, 3.0] * 4, train_s=[0.0, 5.0, 8.0] * 4,  # epochs 1, 2: 5 s, 3 s
+                 test_iwae=1.0)
+    c = c[c["epoch"] != 1]  # epoch 1 not evaluated: its epoch_s (5 s) is not in the curves
+    table = tr.final_table(c, ["psa", "disarm"], "digits-vae", target=10.0)
+    col = table.header.index("seconds per epoch")
+    assert table.rows[0][col].text.startswith("4"), table.rows[0][col]  # 8 s / 2 epochs

@@ -22,7 +22,7 @@ from sbn_bench.cli.common import (
     size_option,
     warn,
 )
-from sbn_bench.cli.run import parse_seeds
+from sbn_bench.cli.run import INTERRUPTED_EXIT, parse_seeds
 from sbn_bench.config import MAX_SEED
 from sbn_bench.estimators import load_plugins, split_specs
 from sbn_bench.reference import DEFAULT_MAX_BYTES
@@ -158,6 +158,11 @@ def train(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
                 progress=progress if bar is not None else None, overwrite=overwrite)
         except training.TrainArgumentError as e:
             raise _bad(e, "--seed" if train_seed is None else "--train-seed") from None
+        except KeyboardInterrupt:
+            click.echo(f"\nInterrupted: the checkpoints and log written so far are in {out_dir} "
+                       "(a single training does not resume: run it again with --overwrite)",
+                       err=True)
+            ctx.exit(INTERRUPTED_EXIT)
     if quiet:
         return
     J0, J = result.initial_objective, result.final_objective
@@ -216,9 +221,16 @@ def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out
         settings = train_study.preset_settings(preset, **overrides)
     except training.TrainArgumentError as e:
         raise _bad(e) from None
-    result = train_study.run_study(preset, out=out_dir, estimators=estimators, seeds=seeds,
-                                   settings=settings, executor=executor, resume=resume,
-                                   progress=progress)
+    try:
+        result = train_study.run_study(preset, out=out_dir, estimators=estimators, seeds=seeds,
+                                       settings=settings, executor=executor, resume=resume,
+                                       progress=progress)
+    except KeyboardInterrupt:
+        saved = out_dir / train_study.STUDY_NAME
+        click.echo(f"\nInterrupted: the finished cells are saved in {out_dir}; continue with the "
+                   "same command and --resume" if saved.is_file() else
+                   "\nInterrupted before the study started: nothing is saved", err=True)
+        ctx.exit(INTERRUPTED_EXIT)
     paths = train_report.write_training_report(result.out)
     if quiet:
         return
