@@ -631,15 +631,21 @@ def study_blocks(out: Path, manifest: Mapping[str, Any], curves: pd.DataFrame, p
     claims = evaluate_training_claims(curves, probes, preset)
     blocks: list[Block] = [Heading("Settings"), Bullets(_settings_text(manifest))]
     failures = out / "failures.csv"
+    failed: list[str] = []
     if failures.is_file():
         f = pd.read_csv(failures)
         if len(f):
             blocks.append(Bullets([f"FAILED: {r.estimator} seed {r.seed} ({r.stage}): {r.error}"
                                    for r in f.itertuples()]))
+            failed = [f"{r.estimator} seed {r.seed}" for r in f.itertuples()]
+    table = claims_table(claims)
+    if failed:  # the claims compare the cells that finished: say which are not among them
+        table.notes.append("judged without the failed cells: " + ", ".join(failed)
+                           + " (an estimator failed on every seed takes no part)")
     blocks += [Heading("Results"), Text(VERDICT_LEGEND.replace(f"({VERDICT_Z:g} s.e., about 95 %)",
                                                                  "(95 % Student t intervals over "
                                                                  "paired seeds)")),
-               claims_table(claims)]
+               table]
     if estimators:
         blocks.append(final_table(curves, estimators, preset, target))
         blocks.append(significance_table(curves, estimators, preset))

@@ -326,3 +326,12 @@ def _tiny_png(path: Path, shade: int) -> Path:
     FigureCanvasAgg(fig)
     fig.savefig(path)
     return path
+
+
+def test_a_training_study_folder_is_named_as_one(tmp_path: Path) -> None:
+    """'sbn-bench report STUDY' said 'not a run directory (write one with: sbn-bench run --out
+    STUDY)', inviting a run into the study's folder."""
+    (tmp_path / "study.json").write_text("{}")
+    r = invoke(["report", tmp_path])
+    assert r.exit_code == 1 and "holds a training study, not a run" in r.output, r.output
+    assert "sbn-bench run --out" not in r.output

@@ -520,3 +520,15 @@ def test_one_seed_is_untestable_and_seconds_per_epoch_count_every_epoch() -> Non
     table = tr.final_table(c, ["psa", "disarm"], "digits-vae", target=10.0)
     col = table.header.index("seconds per epoch")
     assert table.rows[0][col].text.startswith("4"), table.rows[0][col]  # 8 s / 2 epochs
+
+
+def test_the_claims_say_which_cells_failed(tmp_path: Path) -> None:
+    """A failed cell is left out of the claims' comparisons; the claims table says so."""
+    (tmp_path / "failures.csv").write_text("estimator,seed,stage,error\ndisarm,1,job,boom\n")
+    curves = synthetic({"psa": [1.0, 1.1], "st": [1.2, 1.3], "disarm": [2.0]}).assign(
+        test_iwae=1.0, epoch_s=1.0, test_accuracy=0.5)
+    probes = pd.DataFrame(columns=list(ts.PROBE_COLUMNS))
+    blocks, _ = tr.study_blocks(tmp_path, {"preset": "digits-vae", "estimators": ["psa", "st", "disarm"]},
+                                curves, probes, tmp_path)
+    claims = next(b for b in blocks if getattr(b, "anchor", "") == "claims")
+    assert any(n.startswith("judged without the failed cells: disarm seed 1") for n in claims.notes)
