@@ -278,13 +278,15 @@ def bias_change(g: pd.DataFrame, first_ep: int, last_ep: int
     p = paired(last, first)
     verdict = paired_verdict(p, "higher")
     why = ""
+    shared = [sd for sd in set(first) & set(last) if math.isfinite(first[sd] - last[sd])]  # paired
     for v, ep, values, floor in (("confirmed", last_ep, last, floors[1]),
                                  ("not confirmed", first_ep, first, floors[0])):
-        if verdict == v and values and not np.mean(list(values.values())) >= FLOOR_FACTOR * floor:
-            verdict = "inconclusive"
+        mean = float(np.mean([values[sd] for sd in shared])) if shared else math.nan
+        if verdict == v and math.isfinite(floor) and not mean >= FLOOR_FACTOR * floor:
+            verdict = "inconclusive"  # (an unknown floor cannot say: the paired verdict stands)
             why = (f"the bias at epoch {ep} is below {FLOOR_FACTOR:g}× its noise floor "
-                   f"({np.mean(list(values.values())):.3g} < {FLOOR_FACTOR:g} × {floor:.2g}): not "
-                   "resolved, so the change may be noise")
+                   f"({mean:.3g} < {FLOOR_FACTOR:g} × {floor:.2g}): not resolved, so the change "
+                   "may be noise")
     return p, verdict, first, last, floors[0], floors[1], why
 
 
@@ -570,7 +572,8 @@ def bias_story_table(probes: pd.DataFrame, estimators: Sequence[str]) -> Table |
                      TableCell(f"{np.mean(list(last.values())):.3g} (floor {floor:.2g})"
                                if last else "–"),
                      TableCell(p.text()),
-                     TableCell({"confirmed": "grows", "not confirmed": "shrinks",
+                     TableCell("untestable (one seed)" if p.n == 1 else
+                               {"confirmed": "grows", "not confirmed": "shrinks",
                                 "inconclusive": "not resolved" if why else "no significant change"
                                 }.get(v, "no data"), strong=v == "confirmed")])
     return Table(f"Does the bias grow during training? (epoch {first_ep} → {last_ep})",

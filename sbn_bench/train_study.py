@@ -739,9 +739,14 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
                              f"random stream {was}, this version draws stream "
                              f"{model.STREAM_VERSION} (sbn_bench.model.STREAM_VERSION: the same "
                              "seeds give other numbers); use another folder", argument="resume")
-        for what, given, had in (("estimators", ests, old.get("estimators")),
-                                 ("seeds", seeds, old.get("seeds"))):
-            dropped = [x for x in (had if isinstance(had, list) else []) if x not in given]
+        old_e = [e for e in old.get("estimators") or [] if isinstance(e, str)]
+        old_s = [x for x in old.get("seeds") or [] if isinstance(x, int)]
+        # those with a cell file: an interrupted extension that finished none of its cells of an
+        # estimator (or seed) does not hold the study to it
+        done_e = [e for e in old_e if any(cell_file(d, e, x).is_file() for x in old_s)]
+        done_s = [x for x in old_s if any(cell_file(d, e, x).is_file() for e in old_e)]
+        for what, given, had in (("estimators", ests, done_e), ("seeds", seeds, done_s)):
+            dropped = [x for x in had if x not in given]
             if dropped:
                 raise StudyError(
                     f"cannot resume the study in {str(d)!r}: it has {what} "
@@ -780,10 +785,11 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
             yield (Cell("job", preset, "train", e, sd),
                    CellContext(prob, reg.create(e), None, config, job=job))
 
-    ex = make_executor(executor)
     done = resumed
     interrupted = True  # until the loop ends: Ctrl-C (or any error) leaves the study resumable
+    ex = None
     try:
+        ex = make_executor(executor)  # inside: a Ctrl-C while it starts is an interruption too
         for res in ex.map(tasks()):
             records[(res.cell.estimator, int(res.cell.seed or 0))] = rec = _record(
                 res, fp, versions[res.cell.estimator])
@@ -795,7 +801,8 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
                 progress(done, len(cells), f"{res.cell.estimator} seed {res.cell.seed}: {what}")
         interrupted = False
     finally:
-        ex.close()
+        if ex is not None:
+            ex.close()
         if interrupted:  # say so in study.json, and count this invocation's cells and time
             runs = [r for r in old.get("runs", []) if isinstance(r, dict)] if resume else []
             runs.append({"wall_s": time.perf_counter() - t0, "ran": done - resumed,

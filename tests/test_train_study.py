@@ -105,6 +105,14 @@ def test_resume_after_kill(study: ts.StudyResult, tmp_path: Path) -> None:
     assert written == ["psa-seed0.json", "psa-seed1.json"]
     killed = json.loads((out / ts.STUDY_NAME).read_text())  # it said "running" forever
     assert killed["status"] == "interrupted" and killed["runs"][0]["interrupted"]
+    # an extension interrupted before any cell of its new seed does not hold the study to it
+    def stop(done: int, total: int, message: str) -> None:
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        ts.run_study("digits-conv", out=out, estimators=ESTIMATORS[1:] + ESTIMATORS[:1],
+                     seeds=(*SEEDS, 7), settings=tiny(), resume=True, progress=stop)  # st seed 0 first
+    assert 7 in json.loads((out / ts.STUDY_NAME).read_text())["seeds"]
+    assert not list((out / ts.CELLS_DIR).glob("*-seed7.json"))
     # resuming with fewer estimators or seeds would drop cells from the tables: refused
     for kw, what in (({"estimators": ESTIMATORS[:1]}, "estimators"), ({"seeds": SEEDS[:1]}, "seeds")):
         args = {"estimators": ESTIMATORS, "seeds": SEEDS, **kw}
@@ -143,9 +151,9 @@ def test_resume_after_kill(study: ts.StudyResult, tmp_path: Path) -> None:
                          settings=tiny(), resume=True)
     assert again.ran == 0 and again.resumed == 6
     m = json.loads((out / ts.STUDY_NAME).read_text())
-    # every invocation counted, the interrupted one too
-    assert [r["ran"] for r in m["runs"]] == [2, 4, 0] and m["cell_seconds"] > 0
-    assert [bool(r.get("interrupted")) for r in m["runs"]] == [True, False, False]
+    # every invocation counted, the interrupted ones too (st seed 0 twice: truncated above)
+    assert [r["ran"] for r in m["runs"]] == [2, 1, 4, 0] and m["cell_seconds"] > 0
+    assert [bool(r.get("interrupted")) for r in m["runs"]] == [True, True, False, False]
 
 
 def test_resume_refuses_another_random_stream_and_retrains_another_estimator_version(
@@ -448,6 +456,12 @@ def test_bias_claim_every_verdict() -> None:
                                        (0.01, 0.04))).verdict == "not confirmed"  # 0.0285 ≥ 0.02
     grow = floored([0.1, 0.12, 0.11], [0.5, 0.55, 0.52], (0.01, 0.3))  # 0.52 < 0.6: unresolved
     assert tr.claim_bias_grows(grow).verdict == "inconclusive"
+    # an unknown floor leaves the paired verdict; a NaN seed is left out of the mean, as of the pair
+    assert tr.claim_bias_grows(floored([0.1, 0.12, 0.11], [0.5, 0.55, 0.52], (0.01, math.nan))
+                               ).verdict == "confirmed"
+    nan_seed = floored([0.1, 0.12, 0.11], [0.5, math.nan, 0.52], (0.01, 0.2))
+    c = tr.claim_bias_grows(nan_seed)
+    assert c.verdict == "confirmed" and "nan" not in c.evidence.split("difference")[1], c
 
 
 def test_time_to_target_and_default_target() -> None:

@@ -122,8 +122,9 @@ def _read_csv(path: Path, columns: list[str], required: bool) -> pd.DataFrame:
     if not path.is_file():
         if required and (path.parent / "study.json").is_file():  # train_study.STUDY_NAME
             raise RunDirError(f"{str(path.parent)!r} holds a training study, not a run: its report "
-                              f"is {str(path.parent / 'report.md')!r}, written by sbn-bench train "
-                              "(from Python: sbn_bench.train_report.write_training_report)",
+                              f"({str(path.parent / 'report.md')!r}) is written by sbn-bench train "
+                              "when the study finishes (from Python: "
+                              "sbn_bench.train_report.write_training_report)",
                               argument=str(path.parent), expected=f"a folder with {path.name}")
         if required:
             raise RunDirError(f"no {path.name} in {str(path.parent)!r}: not a run directory "
