@@ -54,7 +54,8 @@ HEADLINE_LEGEND = (
     "values) are boxed with a dashed line. The table names them: **tie** means the data do not "
     "separate them; the margin is the best's lead over the next estimator in standard errors "
     "(∞ between exact values). A value clipped at zero or smaller than its standard error is never "
-    "called best.")
+    f"called best; when such a value is better than the best resolved one by more than {TIE_Z:g} "
+    "standard errors, the table says **undecided** and names it.")
 
 
 def _problem_rows(run: Run, problem: str) -> pd.DataFrame:
