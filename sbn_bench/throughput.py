@@ -246,6 +246,5 @@ def _result(t: _Timer, problem: Problem, settings: ThroughputSettings, peak: flo
         batch=t.batch * t.calls, rounds=len(rates), samples_per_s=med, samples_per_s_lo=lo,
         samples_per_s_hi=hi, seconds_per_sample=1.0 / med, seconds_per_sample_lo=1.0 / hi,
         seconds_per_sample_hi=1.0 / lo, ci_level=coverage,
-        wide=bool((hi - lo) / med > settings.rel_width or coverage < settings.confidence),
-        peak_memory_bytes=peak,
+        wide=not _settled(t.rates, settings), peak_memory_bytes=peak,
         evals_per_sample=t.estimator.evals(problem.widths))

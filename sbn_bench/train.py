@@ -75,6 +75,9 @@ MANIFEST_VERSION = 1
 LOG_NAME = "train_log.csv"
 CURVE_NAME = "loss_curve.png"
 MANIFEST_NAME = "train_manifest.json"
+STUDY_NAME = "study.json"
+"""A training study's manifest (:mod:`sbn_bench.train_study`): a folder holding one is not a
+single training's."""
 _FLUSH_SECONDS = 5.0
 
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
@@ -129,9 +132,9 @@ def _check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> None:
     if d.exists() and not d.is_dir():
         raise TrainArgumentError("out_dir", f"argument out_dir={str(d)!r} exists and is not a "
                                             "folder; choose another output folder")
-    if (d / "study.json").is_file():
+    if (d / STUDY_NAME).is_file():
         raise TrainArgumentError("out_dir", f"argument out_dir={str(d)!r} holds a training study "
-                                            "(study.json); choose another output folder")
+                                            f"({STUDY_NAME}); choose another output folder")
     old = training_files(d)
     if not old:
         return

@@ -75,6 +75,7 @@ from sbn_bench.train import (
     CURVE_NAME,
     MAX_EPOCHS,
     OPTIMIZERS,
+    STUDY_NAME,
     TrainArgumentError,
     TrainingDiverged,
     _make_optimizer,
@@ -88,7 +89,6 @@ from sbn_bench.train import (
 EVAL_BINARISATION_SEED = 20_201
 """Seed of the one binarisation of each split that every VAE cell is evaluated on."""
 STUDY_VERSION = 1
-STUDY_NAME = "study.json"
 CELLS_DIR = "cells"
 CURVES_NAME = "curves.csv"
 PROBES_NAME = "probes.csv"
@@ -785,6 +785,12 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
             yield (Cell("job", preset, "train", e, sd),
                    CellContext(prob, reg.create(e), None, config, job=job))
 
+    def runs_so_far(wall_s: float, **extra: Any) -> list[dict[str, Any]]:
+        """The earlier invocations' records (when resuming) and this one's."""
+        earlier = [r for r in old.get("runs", []) if isinstance(r, dict)] if resume else []
+        return [*earlier, {"wall_s": wall_s, "ran": done - resumed, "resumed": resumed,
+                           "executor": executor, **extra}]
+
     done = resumed
     interrupted = True  # until the loop ends: Ctrl-C (or any error) leaves the study resumable
     ex = None
@@ -804,10 +810,8 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         if ex is not None:
             ex.close()
         if interrupted:  # say so in study.json, and count this invocation's cells and time
-            runs = [r for r in old.get("runs", []) if isinstance(r, dict)] if resume else []
-            runs.append({"wall_s": time.perf_counter() - t0, "ran": done - resumed,
-                         "resumed": resumed, "executor": executor, "interrupted": True})
-            manifest.update(status="interrupted", runs=runs)
+            manifest.update(status="interrupted",
+                            runs=runs_so_far(time.perf_counter() - t0, interrupted=True))
             atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
 
     curves, probes_, failures = [], [], []
@@ -823,8 +827,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     _write_csv(d / PROBES_NAME, PROBE_COLUMNS, probes_)
     _write_csv(d / FAILURES_NAME, ["estimator", "seed", "stage", "error"], failures)
     wall = time.perf_counter() - t0
-    runs = [r for r in old.get("runs", []) if isinstance(r, dict)] if resume else []
-    runs.append({"wall_s": wall, "ran": done - resumed, "resumed": resumed, "executor": executor})
+    runs = runs_so_far(wall)
     manifest.update(status="complete" if not failures else "complete with failures",
                     cells=len(cells), ran=len(cells) - resumed, resumed=resumed,
                     failed=len(failures), wall_s=wall, runs=runs,

@@ -55,7 +55,7 @@ from sbn_bench.reports.families import (
     panel_groups,
 )
 from sbn_bench.reports.load import checkpoint_axis, is_wide
-from sbn_bench.reports.ranking import TIE_Z, Estimate, rank
+from sbn_bench.reports.ranking import Estimate, rank, upper_bound
 
 DPI = 100
 FIGURE_KINDS = ("headline", "story", "accuracy", "bias_variance", "throughput")
@@ -685,14 +685,14 @@ def bias_variance_frame(rows: pd.DataFrame) -> pd.DataFrame:
     gnorm = np.sqrt(bn**2 + V / df["M"]) / df["value"].where(df["value"] > 0)
     df = df.assign(rel_sd=np.sqrt(V) / gnorm.where(gnorm > 0))
     # a Monte-Carlo bias not significantly above zero (clipped at 0, or at most TIE_Z standard
-    # errors): unresolved, the tables show its upper bound instead (ranking.upper_bound)
+    # errors): unresolved, where the tables show its upper bound (the same rule: upper_bound)
     if "stderr" in scalars.columns:
         se = scalars[scalars["metric"] == "rel_bias"].set_index(keys)["stderr"]
         se = se[~se.index.duplicated()].reindex(df.index).fillna(0.0)
     else:
         se = pd.Series(0.0, index=df.index)
-    se_v = se.to_numpy(float)
-    df = df.assign(unresolved=(se_v > 0) & np.isfinite(se_v) & (df["rel_bias"] <= TIE_Z * se_v))
+    df = df.assign(unresolved=[upper_bound(Estimate(float(v), float(u))) is not None
+                               for v, u in zip(df["rel_bias"], se)])
     df = df[df["value"] > 0].reset_index()
     # an empty frame (e.g. only zero-error estimators, whose ‖g‖ cannot be recovered) has object
     # columns, which numpy's isfinite refuses

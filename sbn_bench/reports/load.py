@@ -120,7 +120,7 @@ when absent, so older or hand-made runs still render."""
 
 def _read_csv(path: Path, columns: list[str], required: bool) -> pd.DataFrame:
     if not path.is_file():
-        if required and (path.parent / "study.json").is_file():  # train_study.STUDY_NAME
+        if required and (path.parent / "study.json").is_file():  # sbn_bench.train.STUDY_NAME (a layer up)
             raise RunDirError(f"{str(path.parent)!r} holds a training study, not a run: its report "
                               f"({str(path.parent / 'report.md')!r}) is written by sbn-bench train "
                               "when the study finishes (from Python: "
