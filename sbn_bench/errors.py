@@ -28,17 +28,20 @@ class SbnBenchError(Exception):
             concerns no single argument).
         value: the bad value (``UNSET`` when not recorded).
         expected: what was expected, in words (None when not recorded).
+        detail: the message without its leading ``argument NAME=VALUE`` (None when not recorded),
+            for a caller that names the argument its own way (a command-line option).
     """
 
     UNSET = _UNSET
 
     def __init__(self, message: str, *, argument: str | None = None, value: Any = _UNSET,
-                 expected: str | None = None) -> None:
+                 expected: str | None = None, detail: str | None = None) -> None:
         super().__init__(message)
         self.message = " ".join(str(message).split()) if "\n" not in str(message) else str(message)
         self.argument = argument
         self.value = value
         self.expected = expected
+        self.detail = detail
 
     def __str__(self) -> str:
         return self.message

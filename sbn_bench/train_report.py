@@ -475,7 +475,7 @@ def final_table(curves: pd.DataFrame, estimators: Sequence[str], preset: str, ta
             row.append(TableCell(_pm(m, se), strong=best[c] == e, sort=m))
         g = curves[(curves["estimator"] == e) & (curves["epoch"] > 0)]
         # every epoch's steps (train_s is their running sum), not only the evaluated epochs'
-        last = g.sort_values("epoch").groupby("seed").last() if not g.empty else None
+        last = g.sort_values("epoch").groupby("seed").tail(1).set_index("seed") if not g.empty else None
         ep = last["train_s"] / last["epoch"] if last is not None else pd.Series(dtype=float)
         m, se, _ = _mean_se(list(ep.to_numpy(dtype=float)))
         row.append(TableCell(_pm(m, se, 3), sort=m))

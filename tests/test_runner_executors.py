@@ -447,6 +447,8 @@ def test_bad_executor_specs_are_refused_before_any_work(tmp_path, spec, words):
     with pytest.raises(RunError, match="argument executor=") as e:
         runner.run(config(tmp_path / "out", executor=spec))
     assert words in str(e.value) and e.value.argument == "executor" and e.value.value == spec
+    # the message after its argument, for the command line's own naming of the option
+    assert str(e.value) == f"argument executor={spec!r}{e.value.detail}" and words in e.value.detail
     assert not (tmp_path / "out").exists()
 
 

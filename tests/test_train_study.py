@@ -534,6 +534,12 @@ def test_one_seed_is_untestable_and_seconds_per_epoch_count_every_epoch() -> Non
     table = tr.final_table(c, ["psa", "disarm"], "digits-vae", target=10.0)
     col = table.header.index("seconds per epoch")
     assert table.rows[0][col].text.startswith("4"), table.rows[0][col]  # 8 s / 2 epochs
+    # a seed whose last row has no train_s is left out, not paired with an earlier epoch's
+    # train_s (groupby().last() took each column's last non-NaN value)
+    full = synthetic({"psa": [1.0, 1.2], "disarm": [2.0, 2.1]}).assign(test_iwae=1.0)
+    gap = full.assign(train_s=[0.0, 5.0, 8.0, 0.0, 6.0, math.nan] * 2)  # seed 1: 6 s / 2 epochs
+    gap = tr.final_table(gap, ["psa", "disarm"], "digits-vae", target=10.0)
+    assert gap.rows[0][col].text.startswith("4"), gap.rows[0][col]
 
 
 def test_the_claims_say_which_cells_failed(tmp_path: Path) -> None:

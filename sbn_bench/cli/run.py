@@ -90,9 +90,7 @@ def _executor(ctx: click.Context, param: click.Parameter, value: str) -> str:
     try:
         runner_mod.executors.parse_executor(value)
     except runner_mod.RunError as e:
-        msg, prefix = str(e), f"argument executor={value!r}"
-        raise click.BadParameter(f"{value!r}{msg[len(prefix):]}" if msg.startswith(prefix)
-                                 else msg) from None
+        raise click.BadParameter(f"{value!r}{e.detail}" if e.detail else str(e)) from None
     return value
 
 

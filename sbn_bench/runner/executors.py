@@ -181,6 +181,13 @@ def _choices() -> str:
     return ", ".join(k.syntax for k in EXECUTORS.values())
 
 
+def _bad_executor(spec: object, detail: str, expected: str) -> RunError:
+    """The :class:`RunError` of a bad ``executor`` spelling; ``detail`` follows its value as
+    written (`` is unknown; …`` or ``: processes …``)."""
+    return RunError(f"argument executor={spec!r}{detail}", argument="executor", value=spec,
+                    expected=expected, detail=detail)
+
+
 def parse_executor(spec: str) -> tuple[ExecutorKind, dict[str, object]]:
     """The executor a spelling names and its factory's arguments (syntax only; nothing is
     started or imported).
@@ -189,18 +196,16 @@ def parse_executor(spec: str) -> tuple[ExecutorKind, dict[str, object]]:
         RunError: an unknown name or a bad argument, naming the spelling and the valid ones.
     """
     if not isinstance(spec, str):
-        raise RunError(f"argument executor={spec!r} must be a string; expected one of {_choices()}",
-                       argument="executor", value=spec, expected=f"one of {_choices()}")
+        raise _bad_executor(spec, f" must be a string; expected one of {_choices()}",
+                            f"one of {_choices()}")
     name, sep, arg = spec.strip().partition(":")
     kind = EXECUTORS.get(name)
     if kind is None:
-        raise RunError(f"argument executor={spec!r} is unknown; expected one of {_choices()}",
-                       argument="executor", value=spec, expected=f"one of {_choices()}")
+        raise _bad_executor(spec, f" is unknown; expected one of {_choices()}", f"one of {_choices()}")
     try:
         return kind, kind.parse(arg if sep else None)
     except ValueError as e:
-        raise RunError(f"argument executor={spec!r}: {kind.name} {e}; expected {kind.syntax}",
-                       argument="executor", value=spec, expected=kind.syntax) from None
+        raise _bad_executor(spec, f": {kind.name} {e}; expected {kind.syntax}", kind.syntax) from None
 
 
 def check_executor(spec: str) -> str:
