@@ -62,10 +62,10 @@ from torch import Tensor
 from sbn_bench import data, malloc, model, network, problems
 from sbn_bench.config import ProblemSpec, RunConfig
 from sbn_bench.errors import SbnBenchError
-from sbn_bench.estimators import Estimator, Registry, estimate, load_registry
+from sbn_bench.estimators import Estimator, Registry, estimate, load_plugins
 from sbn_bench.fileio import atomic_write_text
 from sbn_bench.problems import Problem
-from sbn_bench.provenance import environment, processor
+from sbn_bench.provenance import environment, file_sha256, processor
 from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size, exact_gradient
 from sbn_bench.runner.cells import Cell, CellContext, CellResult, stable_seed
 from sbn_bench.runner.executors import check_executor, make_executor, resolve_auto
@@ -658,7 +658,9 @@ ProgressFn = Callable[[int, int, str], None]
 def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
               estimators: Sequence[str] | None = None, seeds: Sequence[int] = (0, 1, 2),
               settings: StudySettings | None = None, executor: str = "auto",
-              resume: bool = False, progress: ProgressFn | None = None) -> StudyResult:
+              resume: bool = False, progress: ProgressFn | None = None,
+              plugins: Sequence[str | os.PathLike[str]] = (),
+              warn: Callable[[str], None] | None = None) -> StudyResult:
     """Train every ``(estimator, seed)`` cell of a study and write its tables and report.
 
     Args:
@@ -676,6 +678,11 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
             run (a cell's file is written atomically when it finishes). Without it, a folder that
             holds a study is refused.
         progress: called after each cell.
+        plugins: plugin files (``--plugin``) whose estimators ``estimators`` may name; their text
+            travels to the workers, their SHA-256 is recorded in ``study.json``, and a resume
+            needs files of the same content (under any path).
+        warn: called with each warning before any work (plugin estimators that failed to load,
+            not requested).
 
     Raises:
         TrainArgumentError, StudyError, RunError: bad arguments, or a folder that holds another
@@ -688,9 +695,16 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     if s.preset != preset:
         raise TrainArgumentError("settings", f"argument settings has preset {s.preset!r}, the "
                                              f"study {preset!r}")
-    reg = load_registry()
-    versions = _check_estimators(STUDY_PRESETS[preset].estimators if estimators is None
-                                 else estimators, reg)
+    specs = STUDY_PRESETS[preset].estimators if estimators is None else estimators
+    if isinstance(plugins, (str, os.PathLike)):
+        raise TrainArgumentError("plugins", f"argument plugins={plugins!r} must be a list of "
+                                            "plugin files, not one path")
+    # a plugin file that cannot be loaded is an error, a broken factory not requested a warning
+    reg, warnings = load_plugins(plugins, [str(e).split(":")[0].strip() for e in specs])
+    for w in warnings if warn is not None else ():
+        warn(w)
+    plugin_records = [{"path": str(Path(p).resolve()), "sha256": file_sha256(p)} for p in plugins]
+    versions = _check_estimators(specs, reg)
     ests = tuple(versions)
     seeds = tuple(seeds)
     for sd in seeds:
@@ -739,6 +753,15 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
                              f"random stream {was}, this version draws stream "
                              f"{model.STREAM_VERSION} (sbn_bench.model.STREAM_VERSION: the same "
                              "seeds give other numbers); use another folder", argument="resume")
+        given_sha = {r["sha256"] for r in plugin_records}
+        missing = [r.get("path") for r in old.get("plugins") or []
+                   if isinstance(r, dict) and r.get("sha256") not in given_sha]
+        if missing:
+            raise StudyError(f"cannot resume the study in {str(d)!r}: it was trained with plugin "
+                             f"file {missing[0]!r}, and no plugin file given now has its content "
+                             "(SHA-256); give the same --plugin files (or use another folder)",
+                             argument="plugins", value=[str(p) for p in plugins],
+                             expected="the study's plugin files, unchanged")
         old_e = [e for e in old.get("estimators") or [] if isinstance(e, str)]
         old_s = [x for x in old.get("seeds") or [] if isinstance(x, int)]
         # those with a cell file: an interrupted extension that finished none of its cells of an
@@ -774,7 +797,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         # the executor that trained the cells (a resume that trains none keeps the earlier one;
         # every invocation's is in "runs")
         "executor": executor if todo or not old.get("executor") else old["executor"],
-        "status": "running", "versions": _versions()}
+        "status": "running", "versions": _versions(), "plugins": plugin_records}
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     job = functools.partial(train_cell, settings=s)
     config = RunConfig(problems=(ProblemSpec(preset=preset),), threads=s.threads, cell_timeout=None)
@@ -783,7 +806,8 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         for e, sd in todo:
             prob = problems.digits_problem(preset, sd)
             yield (Cell("job", preset, "train", e, sd),
-                   CellContext(prob, reg.create(e), None, config, job=job))
+                   CellContext(prob, reg.create(e), None, config, job=job,
+                               plugins=tuple(reg.sources)))
 
     def runs_so_far(wall_s: float, **extra: Any) -> list[dict[str, Any]]:
         """The earlier invocations' records (when resuming) and this one's."""

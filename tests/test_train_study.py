@@ -495,6 +495,11 @@ def test_cli_study_refusals(tmp_path: Path) -> None:
     assert code == 1 and "nosuch" in out
     code, out = run("--preset", "paper", "--resume", "--out", str(tmp_path / "e"))
     assert code == 2 and "options of a training study" in out
+    code, out = run("--preset", "digits-vae", "--seeds", "0", "--plugin", str(tmp_path / "no.py"),
+                    "--out", str(tmp_path / "f"))  # a study takes plugins; this one is missing
+    assert code == 1 and "no.py" in out and "Traceback" not in out
+    code, out = run("--publish", str(tmp_path / "g"), "--plugin", str(tmp_path / "no.py"))
+    assert code == 2 and "takes only --executor and --seeds" in out
     assert not any(tmp_path.iterdir())  # nothing written
 
 
@@ -552,3 +557,51 @@ def test_the_claims_say_which_cells_failed(tmp_path: Path) -> None:
                                 curves, probes, tmp_path)
     claims = next(b for b in blocks if getattr(b, "anchor", "") == "claims")
     assert any(n.startswith("judged without the failed cells: disarm seed 1") for n in claims.notes)
+
+
+PLUGIN = '''"""A test plugin: the built-in st under another name (the same numbers)."""
+import dataclasses
+
+from sbn_bench.estimators import load_registry
+
+
+def st_copy():
+    return dataclasses.replace(load_registry(entry_points=True).create("st"), name="st-copy")
+
+
+ESTIMATORS = {"st-copy": st_copy}
+'''
+
+
+def test_plugin_estimators_train_in_a_study(study: ts.StudyResult, tmp_path: Path) -> None:
+    """A plugin estimator trains in worker processes that have only the plugin's text (the same
+    numbers as the built-in it copies); study.json records the file's SHA-256, and a resume needs
+    a file of that content (under any path), before any work."""
+    plugin = tmp_path / "st_copy.py"
+    plugin.write_text(PLUGIN)
+    out = tmp_path / "plugin-study"
+    kw = dict(estimators=["st-copy"], seeds=SEEDS, settings=tiny())
+    ts.run_study("digits-conv", out=out, executor="processes:2", plugins=[plugin], **kw)
+    m = json.loads((out / ts.STUDY_NAME).read_text())
+    assert m["plugins"] == [{"path": str(plugin.resolve()), "sha256": provenance.file_sha256(plugin)}]
+    _, a, pa = ts.load_study(study.out)
+    _, b, pb = ts.load_study(out)
+    pd.testing.assert_frame_equal(rows(a[a["estimator"] == "st"]).reset_index(drop=True),
+                                  rows(b.assign(estimator="st")).reset_index(drop=True))
+    # the probes' samples are seeded by the estimator's spec: the same epochs, other draws
+    assert pb[["seed", "epoch"]].equals(pa[pa["estimator"] == "st"][["seed", "epoch"]]
+                                        .reset_index(drop=True))
+    assert np.isfinite(pb["rrmse"]).all()
+    changed = tmp_path / "changed.py"
+    changed.write_text(PLUGIN + "# edited\n")
+    with pytest.raises(ts.StudyError, match="trained with plugin file .*st_copy.py") as e:
+        ts.run_study("digits-conv", out=out, plugins=[changed], resume=True, **kw)
+    assert e.value.argument == "plugins"
+    moved = tmp_path / "elsewhere" / "copy.py"
+    moved.parent.mkdir()
+    moved.write_text(PLUGIN)
+    res = ts.run_study("digits-conv", out=out, plugins=[moved], resume=True, **kw)
+    assert res.ran == 0 and res.resumed == 2
+    with pytest.raises(TrainArgumentError, match="plugins"):
+        ts.run_study("digits-conv", out=tmp_path / "x", plugins=str(plugin), **kw)  # type: ignore[arg-type]
+    assert not (tmp_path / "x").exists()

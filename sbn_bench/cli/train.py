@@ -121,7 +121,7 @@ def train(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
     """
     if publish_dir is not None or estimators_text is not None or seeds_text is not None:
         _study(ctx, preset, publish_dir, out_dir, estimators_text, seeds_text, executor, resume,
-               quiet, {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size),
+               quiet, plugins, {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size),
                                          ("lr", lr), ("optimizer", optimizer)) if given(ctx, k)})
         return
     if out_dir is None:
@@ -181,13 +181,12 @@ def train(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
 
 
 _SINGLE_ONLY = ("problem_file", "arch", "seed", "momentum", "checkpoints_text", "train_seed", "log_every",
-                "overwrite", "max_exact_bytes", "estimator_spec", "plugins", "data_points", "loss",
-                "noise")
+                "overwrite", "max_exact_bytes", "estimator_spec", "data_points", "loss", "noise")
 
 
 def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out_dir: Path | None,
            estimators_text: str | None, seeds_text: str | None, executor: str, resume: bool,
-           quiet: bool, overrides: dict[str, object]) -> None:
+           quiet: bool, plugins: tuple[Path, ...], overrides: dict[str, object]) -> None:
     """A training study (or the published benchmark): parse, call the library, print."""
     for name in _SINGLE_ONLY:
         if given(ctx, name):
@@ -204,7 +203,8 @@ def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out
             click.echo(f"[{done}/{total}] {message}", err=True)
 
     if publish_dir is not None:
-        if preset is not None or estimators_text is not None or overrides or out_dir is not None:
+        if preset is not None or estimators_text is not None or overrides or out_dir is not None \
+                or plugins:
             raise click.UsageError("--publish runs every study preset at its defaults; it takes "
                                    "only --executor and --seeds")
         paths = train_report.publish(publish_dir, executor=executor, seeds=seeds, progress=progress)
@@ -224,7 +224,7 @@ def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out
     try:
         result = train_study.run_study(preset, out=out_dir, estimators=estimators, seeds=seeds,
                                        settings=settings, executor=executor, resume=resume,
-                                       progress=progress)
+                                       progress=progress, plugins=plugins, warn=warn)
     except KeyboardInterrupt:
         saved = out_dir / train_study.STUDY_NAME
         click.echo(f"\nInterrupted: the finished cells are saved in {out_dir}; continue with the "
