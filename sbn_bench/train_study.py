@@ -882,6 +882,61 @@ def _versions() -> dict[str, Any]:
             "malloc": malloc.policy(), "stream": model.STREAM_VERSION}
 
 
+def resume_study(out: str | os.PathLike[str], *, estimators: Sequence[str] | None = None,
+                 seeds: Sequence[int] | None = None,
+                 plugins: Sequence[str | os.PathLike[str]] | None = None,
+                 executor: str = "auto", progress: ProgressFn | None = None,
+                 warn: Callable[[str], None] | None = None, **settings: Any) -> StudyResult:
+    """Continue the study in ``out`` with its own preset, settings, estimators, seeds and plugin
+    files, as recorded in its ``study.json`` (``sbn-bench train --out DIR --resume``): only the
+    cells without a finished result run. Given ``estimators`` or ``seeds`` replace the recorded
+    ones (more extend the study; :func:`run_study` refuses fewer); given ``plugins`` replace the
+    recorded files (files that moved: their content must be the same); ``settings``
+    (:class:`StudySettings` fields) replace recorded ones, which :func:`run_study` refuses unless
+    equal.
+
+    Raises:
+        StudyError: ``out`` holds no readable study, or a recorded plugin file is missing; and what
+            :func:`run_study` raises.
+        TrainArgumentError: a ``settings`` name that is not a study setting.
+    """
+    d = Path(out)
+    path = d / STUDY_NAME
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(old, dict):
+            raise ValueError(f"a JSON {type(old).__name__}, not an object")
+        preset, recorded = old["preset"], dict(old["settings"])
+        base = StudySettings(**{k: v for k, v in recorded.items()
+                                if k in {f.name for f in dataclasses.fields(StudySettings)}})
+    except FileNotFoundError:
+        raise StudyError(f"argument out={str(d)!r} holds no training study ({STUDY_NAME}); start "
+                         "one with sbn-bench train --preset NAME --seeds …", argument="out",
+                         value=str(d), expected=f"a folder with a {STUDY_NAME}") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StudyError(f"cannot resume the study in {str(d)!r}: its {STUDY_NAME} cannot be read "
+                         f"({type(e).__name__}: {e}); use another folder", argument="out",
+                         value=str(path), expected=f"a {STUDY_NAME} written by a training study"
+                         ) from None
+    names = {f.name for f in dataclasses.fields(StudySettings)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise TrainArgumentError(unknown[0], f"argument {unknown[0]} is not a study setting; "
+                                             f"expected one of {', '.join(sorted(names))}")
+    if plugins is None:
+        plugins = [r["path"] for r in old.get("plugins") or [] if isinstance(r, dict) and "path" in r]
+        gone = [p for p in plugins if not Path(p).is_file()]
+        if gone:
+            raise StudyError(f"cannot resume the study in {str(d)!r}: its plugin file {gone[0]!r} "
+                             "is missing; give the file (moved, under any path) with --plugin",
+                             argument="plugins", value=gone[0], expected="an existing plugin file")
+    return run_study(preset, out=d,
+                     estimators=old.get("estimators") if estimators is None else estimators,
+                     seeds=old.get("seeds") if seeds is None else seeds,
+                     settings=dataclasses.replace(base, **settings), executor=executor,
+                     resume=True, progress=progress, plugins=plugins, warn=warn)
+
+
 def load_study(out: str | os.PathLike[str]) -> tuple[dict[str, Any], Any, Any]:
     """``(study.json, curves, probes)`` of a study folder, the tables as pandas DataFrames.
 
@@ -905,4 +960,4 @@ def load_study(out: str | os.PathLike[str]) -> tuple[dict[str, Any], Any, Any]:
 __all__ = ["CURVE_COLUMNS", "EVAL_BINARISATION_SEED", "PROBE_COLUMNS", "STUDY_PRESETS", "EvalSet",
            "ProbeReference", "StudyError", "StudyPreset", "StudyResult", "StudySettings",
            "cell_file", "eval_sets", "evaluate", "load_study", "preset_settings", "probe",
-           "probe_reference", "run_study", "train_cell"]
+           "probe_reference", "resume_study", "run_study", "train_cell"]

@@ -494,6 +494,8 @@ def test_cli_study_refusals(tmp_path: Path) -> None:
                     str(tmp_path / "d"))
     assert code == 1 and "nosuch" in out
     code, out = run("--preset", "paper", "--resume", "--out", str(tmp_path / "e"))
+    assert code == 2 and "has no training study" in out
+    code, out = run("--executor", "serial", "--out", str(tmp_path / "e"))
     assert code == 2 and "options of a training study" in out
     code, out = run("--preset", "digits-vae", "--seeds", "0", "--plugin", str(tmp_path / "no.py"),
                     "--out", str(tmp_path / "f"))  # a study takes plugins; this one is missing
@@ -602,6 +604,43 @@ def test_plugin_estimators_train_in_a_study(study: ts.StudyResult, tmp_path: Pat
     moved.write_text(PLUGIN)
     res = ts.run_study("digits-conv", out=out, plugins=[moved], resume=True, **kw)
     assert res.ran == 0 and res.resumed == 2
+    assert ts.resume_study(out).resumed == 2  # the recorded file: now the moved one
+    moved.unlink()
+    with pytest.raises(ts.StudyError, match="plugin file .*copy.py' is missing") as e:
+        ts.resume_study(out)
+    assert e.value.argument == "plugins"
     with pytest.raises(TrainArgumentError, match="plugins"):
         ts.run_study("digits-conv", out=tmp_path / "x", plugins=str(plugin), **kw)  # type: ignore[arg-type]
     assert not (tmp_path / "x").exists()
+
+
+def test_a_study_resumes_with_its_own_settings(study: ts.StudyResult, tmp_path: Path) -> None:
+    """``resume_study`` (``sbn-bench train --out DIR --resume``) takes the preset, settings,
+    estimators, seeds and plugin files from study.json: nothing repeated; a setting given that
+    differs is refused as by run_study."""
+    from click.testing import CliRunner
+
+    from sbn_bench.cli import main
+
+    out = tmp_path / "copy"
+    shutil.copytree(study.out, out)
+    ts.cell_file(out, "disarm", 1).unlink()
+    res = ts.resume_study(out, executor="serial")
+    assert (res.ran, res.resumed, res.estimators, res.seeds) == (1, 5, tuple(ESTIMATORS), tuple(SEEDS))
+    assert res.settings == tiny()
+    _, a, _ = ts.load_study(study.out)
+    _, b, _ = ts.load_study(out)
+    pd.testing.assert_frame_equal(rows(a), rows(b))
+    with pytest.raises(ts.StudyError, match="settings differ .*epochs"):
+        ts.resume_study(out, epochs=3)
+    with pytest.raises(TrainArgumentError, match="nosuch is not a study setting"):
+        ts.resume_study(out, nosuch=1)
+    with pytest.raises(ts.StudyError, match="holds no training study") as e:
+        ts.resume_study(tmp_path / "empty")
+    assert e.value.argument == "out" and not (tmp_path / "empty").exists()
+    ts.cell_file(out, "psa", 0).unlink()
+    r = CliRunner().invoke(main, ["train", "--out", str(out), "--resume", "--executor", "serial"])
+    assert r.exit_code == 0, r.output
+    assert "training study digits-conv: 3 estimators x 2 seeds, 1 cells run, 5 resumed" in r.output
+    r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "none"), "--resume"])
+    assert r.exit_code == 1 and "holds no training study" in r.output

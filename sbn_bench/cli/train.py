@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -118,8 +119,11 @@ def train(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
 
     Example: sbn-bench train --preset digits-vae --estimators psa,st,disarm --seeds 0-2
     --executor processes:2 --out runs/vae-study
+
+    sbn-bench train --out runs/vae-study --resume continues a study with its own preset,
+    settings, estimators, seeds and --plugin files (study.json): only missing cells train.
     """
-    if publish_dir is not None or estimators_text is not None or seeds_text is not None:
+    if publish_dir is not None or estimators_text is not None or seeds_text is not None or resume:
         _study(ctx, preset, publish_dir, out_dir, estimators_text, seeds_text, executor, resume,
                quiet, plugins, {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size),
                                          ("lr", lr), ("optimizer", optimizer)) if given(ctx, k)})
@@ -194,9 +198,10 @@ def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out
             raise click.UsageError(f"{opt} is an option of a single training, not of a training "
                                    "study (--estimators / --seeds / --publish)")
     try:
-        seeds = parse_seeds(seeds_text) if seeds_text is not None else (0, 1, 2)
+        given_seeds = parse_seeds(seeds_text) if seeds_text is not None else None
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'--seeds'") from None
+    seeds = (0, 1, 2) if given_seeds is None else given_seeds
 
     def progress(done: int, total: int, message: str) -> None:
         if not quiet:
@@ -211,29 +216,37 @@ def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out
         if not quiet:
             click.echo(f"published training benchmark: {paths['md']} and {paths['html']}")
         return
-    if preset not in train_study.STUDY_PRESETS:
+    resume_own = resume and preset is None  # the study's own preset, settings, estimators, …
+    if preset not in train_study.STUDY_PRESETS and not resume_own:
         raise click.BadParameter(f"{preset!r} has no training study; expected one of "
                                  f"{', '.join(train_study.STUDY_PRESETS)}", param_hint="'--preset'")
     if out_dir is None:
         raise click.UsageError("Missing option '--out' (the study's folder).")
     estimators = None if estimators_text is None else split_specs(estimators_text)
     try:
-        settings = train_study.preset_settings(preset, **overrides)
+        settings = None if resume_own else train_study.preset_settings(str(preset), **overrides)
     except training.TrainArgumentError as e:
         raise _bad(e) from None
     try:
-        result = train_study.run_study(preset, out=out_dir, estimators=estimators, seeds=seeds,
-                                       settings=settings, executor=executor, resume=resume,
-                                       progress=progress, plugins=plugins, warn=warn)
+        if resume_own:
+            result = train_study.resume_study(out_dir, estimators=estimators, seeds=given_seeds,
+                                              plugins=plugins or None, executor=executor,
+                                              progress=progress, warn=warn, **overrides)
+        else:
+            result = train_study.run_study(str(preset), out=out_dir, estimators=estimators,
+                                           seeds=seeds, settings=settings, executor=executor,
+                                           resume=resume, progress=progress, plugins=plugins,
+                                           warn=warn)
     except KeyboardInterrupt:
         saved = out_dir / train_study.STUDY_NAME
-        click.echo(f"\nInterrupted: the finished cells are saved in {out_dir}; continue with the "
-                   "same command and --resume" if saved.is_file() else
+        click.echo(f"\nInterrupted: the finished cells are saved in {out_dir}; continue with "
+                   f"sbn-bench train --out {shlex.quote(str(out_dir))} --resume" if saved.is_file() else
                    "\nInterrupted before the study started: nothing is saved", err=True)
         ctx.exit(INTERRUPTED_EXIT)
     paths = train_report.write_training_report(result.out)
     if quiet:
         return
+    preset = result.settings.preset
     click.echo(f"training study {preset}: {len(result.estimators)} estimators x "
                f"{len(result.seeds)} seeds, {result.ran} cells run, {result.resumed} resumed, "
                f"{len(result.failures)} failed, {result.wall_s:.0f} s")
