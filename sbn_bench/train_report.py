@@ -138,12 +138,18 @@ def merit(manifest_or_preset: Mapping[str, Any] | str) -> tuple[str, str, str]:
     return "test_accuracy", "higher", "test accuracy"
 
 
+def _by_epoch(curves: pd.DataFrame) -> pd.DataFrame:
+    """Rows by epoch, ties in their order (a stable sort: numpy's default quicksort orders ties by
+    CPU, which reordered the claims' evidence between machines)."""
+    return curves.sort_values("epoch", kind="stable")
+
+
 def final_values(curves: pd.DataFrame, column: str) -> dict[str, dict[int, float]]:
     """estimator → seed → ``column`` at that cell's last evaluated epoch."""
     out: dict[str, dict[int, float]] = {}
     if curves.empty:
         return out
-    last = curves.sort_values("epoch").groupby(["estimator", "seed"], sort=False).tail(1)
+    last = _by_epoch(curves).groupby(["estimator", "seed"], sort=False).tail(1)
     for r in last.itertuples(index=False):
         out.setdefault(str(r.estimator), {})[int(r.seed)] = float(getattr(r, column))
     return out
@@ -156,7 +162,7 @@ def instability(curves: pd.DataFrame, column: str = "train_objective") -> dict[s
     training set): the optimisation's own stability, which overfitting (a rising test objective)
     does not confound."""
     out: dict[str, dict[int, float]] = {}
-    for (est, seed), g in curves.sort_values("epoch").groupby(["estimator", "seed"], sort=False):
+    for (est, seed), g in _by_epoch(curves).groupby(["estimator", "seed"], sort=False):
         v = g[column].to_numpy(dtype=float)
         v = v[np.isfinite(v)]
         out.setdefault(str(est), {})[int(seed)] = float(np.clip(np.diff(v), 0, None).sum())
@@ -168,7 +174,7 @@ def time_to_target(curves: pd.DataFrame, target: float, column: str = "test_obje
     """estimator → seed → ``(training seconds, epoch)`` when ``column`` first reached ``target``
     (NaN, NaN when it never did)."""
     out: dict[str, dict[int, tuple[float, float]]] = {}
-    for (est, seed), g in curves.sort_values("epoch").groupby(["estimator", "seed"], sort=False):
+    for (est, seed), g in _by_epoch(curves).groupby(["estimator", "seed"], sort=False):
         v = g[column].to_numpy(dtype=float)
         hit = v <= target if better == "lower" else v >= target
         i = int(np.argmax(hit)) if hit.any() else -1
@@ -362,6 +368,27 @@ def _band(ax: Any, curves: pd.DataFrame, est: str, x: str, y: str, colour: str) 
     ax.fill_between(xs, agg["min"], agg["max"], color=colour, alpha=0.18, lw=0)
 
 
+def zoom(curves: pd.DataFrame, column: str) -> tuple[float, float] | None:
+    """The y range of a learning-curve panel: the bulk of the values (the first epochs' would
+    squash the rest: the 1st–90th percentiles, accuracy the 10th–100th), widened to every value of
+    the second half of training (each seed's: the bands there are never cut), plus 5 %; None when
+    there is no range."""
+    v = curves[column].to_numpy(dtype=float) if len(curves) else np.array([])
+    ok = np.isfinite(v)
+    if ok.sum() < 2:
+        return None
+    lo, hi = (np.percentile(v[ok], 1), np.percentile(v[ok], 90)) if column != "test_accuracy" \
+        else (np.percentile(v[ok], 10), np.percentile(v[ok], 100))
+    epochs = curves["epoch"].to_numpy(dtype=float)
+    late = v[ok & (epochs >= 0.5 * np.nanmax(epochs))]
+    if len(late):
+        lo, hi = min(lo, late.min()), max(hi, late.max())
+    if not hi > lo:
+        return None
+    pad = 0.05 * (hi - lo)
+    return float(lo - pad), float(hi + pad)
+
+
 def curves_figure(curves: pd.DataFrame, estimators: Sequence[str], preset: str, path: Path) -> Path:
     """Learning curves: test (and train, dashed) objective against epochs, test objective against
     training seconds, and test accuracy (classifiers) or the test IWAE bound (VAE) against epochs;
@@ -392,14 +419,9 @@ def curves_figure(curves: pd.DataFrame, estimators: Sequence[str], preset: str, 
         axes[2].set(xlabel="epoch", ylabel="test accuracy", title="test accuracy")
     for ax, column in zip(axes, ("test_objective", "test_objective",
                                  "test_iwae" if vae else "test_accuracy")):
-        v = curves[column].to_numpy(dtype=float) if len(curves) else np.array([])
-        v = v[np.isfinite(v)]
-        if len(v) > 1:  # the first epochs' values would squash the rest: zoom on the bulk
-            lo, hi = (np.percentile(v, 1), np.percentile(v, 90)) if column != "test_accuracy" \
-                else (np.percentile(v, 10), np.percentile(v, 100))
-            if hi > lo:
-                pad = 0.05 * (hi - lo)
-                ax.set_ylim(lo - pad, hi + pad)
+        lim = zoom(curves, column)
+        if lim is not None:
+            ax.set_ylim(*lim)
     for ax in axes:
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8, loc="upper right")
@@ -475,7 +497,7 @@ def final_table(curves: pd.DataFrame, estimators: Sequence[str], preset: str, ta
             row.append(TableCell(_pm(m, se), strong=best[c] == e, sort=m))
         g = curves[(curves["estimator"] == e) & (curves["epoch"] > 0)]
         # every epoch's steps (train_s is their running sum), not only the evaluated epochs'
-        last = g.sort_values("epoch").groupby("seed").tail(1).set_index("seed") if not g.empty else None
+        last = _by_epoch(g).groupby("seed").tail(1).set_index("seed") if not g.empty else None
         ep = last["train_s"] / last["epoch"] if last is not None else pd.Series(dtype=float)
         m, se, _ = _mean_se(list(ep.to_numpy(dtype=float)))
         row.append(TableCell(_pm(m, se, 3), sort=m))
@@ -727,15 +749,29 @@ def publish(out: str | os.PathLike[str] = "reports/training-digits", *, executor
             resume: bool = True, progress: Any = None) -> dict[str, Path]:
     """The published training benchmark (:data:`REGENERATE`): every study of ``presets`` at its
     defaults in ``out/<preset>/`` (resumed where a previous run stopped), then ``out/README.md``
-    and ``out/index.html``: each claim's verdict per study and links to the studies' reports."""
+    and ``out/README.html``: each claim's verdict per study and links to the studies' reports."""
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    for preset in presets:
+        run_study(preset, out=root / preset, seeds=seeds, executor=executor, resume=resume,
+                  progress=progress)
+    return render_published(root, presets)
+
+
+def render_published(out: str | os.PathLike[str] = "reports/training-digits",
+                     presets: Sequence[str] = PUBLISHED) -> dict[str, Path]:
+    """The published benchmark's reports drawn again from its studies' tables (nothing trains,
+    ``study.json`` is not touched): each study's report, then ``out/README.md``,
+    ``out/README.html`` and ``out/summary.json``.
+
+    Raises:
+        StudyError: a preset's folder holds no finished study.
+    """
+    root = Path(out)
     rows, claim_names, per = [], [], {}
     for preset in presets:
-        res = run_study(preset, out=root / preset, seeds=seeds, executor=executor, resume=resume,
-                        progress=progress)
-        write_training_report(res.out)
-        manifest, curves, probes = load_study(res.out)
+        write_training_report(root / preset)
+        manifest, curves, probes = load_study(root / preset)
         claims = evaluate_training_claims(curves, probes, preset)
         per[preset] = (claims, manifest)
         claim_names = [c.claim.split(" (")[0] for c in claims]
@@ -769,5 +805,5 @@ def publish(out: str | os.PathLike[str] = "reports/training-digits", *, executor
 
 __all__ = ["FOCUS", "PUBLISHED", "REGENERATE", "Paired", "claim_better", "claim_bias_grows",
            "claim_stable", "default_target", "evaluate_training_claims", "final_values",
-           "instability", "merit", "paired", "paired_verdict", "publish", "t_critical",
+           "instability", "merit", "paired", "paired_verdict", "publish", "render_published", "t_critical",
            "time_to_target", "write_training_report"]

@@ -644,3 +644,30 @@ def test_a_study_resumes_with_its_own_settings(study: ts.StudyResult, tmp_path: 
     assert "training study digits-conv: 3 estimators x 2 seeds, 1 cells run, 5 resumed" in r.output
     r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "none"), "--resume"])
     assert r.exit_code == 1 and "holds no training study" in r.output
+
+
+def test_curve_zoom_keeps_the_late_bands_whole() -> None:
+    """The y axis zooms on the bulk of the values (epoch 0's would squash the rest) but never cuts
+    a band in the second half of training: a seed that ends far above the others stays in view."""
+    rows_ = [{"estimator": e, "seed": s, "epoch": ep, "test_objective": v}
+             for e in ("a", "b", "c", "d") for s in range(3) for ep, v in
+             ((0, 100.0), *((k, 10.0 - 0.1 * k) for k in range(1, 40)))]
+    rows_.append({"estimator": "d", "seed": 2, "epoch": 40, "test_objective": 30.0})  # a late outlier
+    c = pd.DataFrame(rows_)
+    lo, hi = tr.zoom(c, "test_objective")
+    assert hi >= 30.0 and lo <= 6.1 and hi < 100  # the outlier in view, epoch 0 still cut
+    assert tr.zoom(c.assign(test_objective=1.0), "test_objective") is None  # no range
+
+
+def test_claims_list_the_other_estimators_in_the_study_order() -> None:
+    """The evidence names the other estimators in the study's order (numpy's quicksort put ties in
+    a CPU-dependent order, so the published reports' evidence changed between machines)."""
+    finals = {"psa": [1.0, 1.1, 1.2], "st": [1.3, 1.4, 1.5], "disarm": [2.0, 2.1, 2.3],
+              "arms:k=4": [2.2, 2.4, 2.5], "concrete:tau=0.5": [3.0, 3.2, 3.3]}
+    c = synthetic(finals)
+    c = pd.concat([c] + [c[c["epoch"] == 2].assign(epoch=k) for k in range(3, 30)])  # many ties
+    c = c.sort_values(["estimator", "seed", "epoch"], key=lambda s: s.map(
+        {e: i for i, e in enumerate(finals)}) if s.name == "estimator" else s)
+    assert list(tr.final_values(c, "test_objective")) == list(finals)
+    claim = tr.claim_better(c, "psa", "test_objective", "lower", "test objective")
+    assert [p.split(":")[0] for p in claim.evidence.split("; ")] == ["vs disarm", "vs arms", "vs concrete"]

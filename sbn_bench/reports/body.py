@@ -146,7 +146,7 @@ def best_counts(run: Run, problem: str, m: float = 1.0) -> Counter[str]:
     for ck in run.checkpoints(problem):
         idx = cell_index(run, problem, ck)
         ests = _ranked_estimators(run, idx)
-        for layer in {k[1] for k in idx}:
+        for layer in dict.fromkeys(k[1] for k in idx):  # in row order (a set's order is per process)
             r = rank([idx.get((e, layer, "rrmse", m)) for e in ests], "low")
             counts.update(ests[i] for i, x in enumerate(r.ranks) if x in ("best", "tie"))
     return counts
@@ -174,7 +174,8 @@ def headline_blocks(run: Run, problem: str) -> list[Block]:
     n = _columns(run, problem)
     out: list[Block] = [heatmap_plot(run, problem)]
     if counts and n:
-        top = counts.most_common(4)
+        order = {e: i for i, e in enumerate(run.estimators())}
+        top = sorted(counts.items(), key=lambda kv: (-kv[1], order.get(kv[0], len(order))))[:4]
         out.append(Text(f"Best or tied at M=1 in the {n} (checkpoint, layer) columns: "
                         + ", ".join(f"**{e}** {k}" for e, k in top)
                         + (" …" if len(counts) > 4 else "") + "."))

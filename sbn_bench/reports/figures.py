@@ -471,7 +471,7 @@ def accuracy_limits(rows: pd.DataFrame) -> dict[str, tuple[float, float] | None]
     panels = []
     for _ck, g in rows.groupby("checkpoint", sort=False):
         cs = curves(g, "rrmse")
-        for layer in {lay for lay, _ in cs}:
+        for layer in dict.fromkeys(lay for lay, _ in cs):
             panels.append({e: c[1] for (lay, e), c in cs.items() if lay == layer})
     cos = rows[rows["metric"].isin(["cosine_mean", "cosine_p15", "cosine_p85"]) & rows["M"].notna()]
     return {"rrmse": scale(panels)[1],
@@ -673,7 +673,7 @@ def bias_variance_frame(rows: pd.DataFrame) -> pd.DataFrame:
     keys = ["checkpoint", "layer", "estimator"] if "checkpoint" in rows.columns else ["layer", "estimator"]
     columns = [*keys, "rel_bias", "rel_sd", "unresolved"]
     scalars = rows[rows["M"].isna() & rows["metric"].isin(["variance", "bias_norm", "rel_bias"])]
-    rr = rows[(rows["metric"] == "rrmse") & rows["M"].notna()].sort_values("M")
+    rr = rows[(rows["metric"] == "rrmse") & rows["M"].notna()].sort_values("M", kind="stable")
     if scalars.empty or rr.empty:
         return pd.DataFrame({c: pd.Series(dtype=float if c in ("rel_bias", "rel_sd") else
                                           bool if c == "unresolved" else object) for c in columns})
@@ -786,7 +786,7 @@ def bias_variance_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Map
     bv = bv[bv["layer"].isin(layers)]
     size = np.maximum(bv["rel_sd"].to_numpy(float), bv["rel_bias"].to_numpy(float))
     panels = [{e: size[(bv["checkpoint"] == ck).to_numpy() & (bv["layer"] == lay).to_numpy()
-                       & (bv["estimator"] == e).to_numpy()] for e in set(bv["estimator"])}
+                       & (bv["estimator"] == e).to_numpy()] for e in dict.fromkeys(bv["estimator"])}
               for ck in ckpts for lay in layers]
     _off, lim = scale(panels)
     hi_all = lim[1] if lim is not None else 10.0
@@ -833,7 +833,7 @@ def bias_variance_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Map
                 rest = panel[ok & ~mine]
                 ax.plot(rest["rel_sd"], rest["rel_bias"], linestyle="none", marker="o", markersize=2.5,
                         color="#c8c8c8", zorder=2, clip_on=False)
-            sub = panel[ok & mine].sort_values("estimator", key=lambda s: s.map(est_order))
+            sub = panel[ok & mine].sort_values("estimator", kind="stable", key=lambda s: s.map(est_order))
             for e, x, y, clip in zip(sub["estimator"], sub["rel_sd"], sub["rel_bias"], sub["unresolved"]):
                 # hollow: a Monte-Carlo bias not resolved from zero, not a measured bias
                 ax.plot([x], [y], linestyle="none", color=sty[e].colour, marker=sty[e].marker,
