@@ -200,6 +200,22 @@ def test_a_damaged_manifest_is_said_on_the_terminal_and_the_samples_stay_per_see
     assert any(w.startswith(f"the baseline run {str(small_run)!r}: manifest.json") for w in said), said
 
 
+def test_a_table_cut_at_a_row_boundary_or_with_a_repeated_row_is_said(small_run: Path) -> None:
+    """The manifest records each table's SHA-256: one cut off between rows (no mid-row cut to
+    see) or edited is read as it is, with a warning; a row repeated (here with another value) is
+    said apart, since it would be averaged as another seed's; a resume rewrites the tables."""
+    assert load_run(small_run).warnings == []
+    lines = (small_run / "metrics.csv").read_text().splitlines(keepends=True)
+    (small_run / "metrics.csv").write_text("".join(lines[: len(lines) // 2]))
+    run = load_run(small_run)
+    assert [w for w in run.warnings if w.startswith("metrics.csv differs from the file the run wrote")]
+    twice = lines + [lines[1].replace(lines[1].split(",")[6], "123.0", 1)]
+    (small_run / "metrics.csv").write_text("".join(twice))
+    assert any("2 rows that repeat another's" in w for w in load_run(small_run).warnings)
+    runner.run(tiny_config(small_run, estimators=("psa", "st"), seeds=(0, 1), resume=True))
+    assert load_run(small_run).warnings == []
+
+
 def test_a_cut_off_table_without_parts_is_refused(small_run: Path) -> None:
     from sbn_bench.schema import TableError
 

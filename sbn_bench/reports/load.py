@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from sbn_bench import schema
+from sbn_bench.provenance import file_sha256
 from sbn_bench.reports.families import estimator_families
 from sbn_bench.schema import TableError, read_table
 from sbn_bench.storage import RunDirError, processor_text, tables_from_parts
@@ -225,6 +226,7 @@ def load_run(run_dir: str | Path) -> Run:
                 warnings.append("manifest.json is not a JSON object; run facts are unknown")
     else:
         warnings.append("no manifest.json: run facts (version, commit, device) are unknown")
+    warnings += _changed_tables(path, manifest) if from_parts is None else []
     unknown = sorted(set(metrics["metric"]) - set(schema.METRICS) - set(schema.TIMED_METRICS))
     if unknown:
         warnings.append(f"metrics.csv has metric names outside the schema, ignored: {', '.join(unknown)}")
@@ -232,10 +234,30 @@ def load_run(run_dir: str | Path) -> Run:
     if sv is not None and sv != schema.SCHEMA_VERSION:
         warnings.append(f"manifest schema_version {sv} differs from this sbn-bench's "
                         f"{schema.SCHEMA_VERSION}; the report may misread it")
+    dup = int(metrics.duplicated([*METRIC_KEY, "seed"], keep=False).sum())
+    if dup:  # a seed's row twice would count as two seeds
+        warnings.append(f"metrics.csv has {dup} rows that repeat another's (problem, checkpoint, "
+                        "estimator, seed, layer, metric, M): the table was damaged or edited; "
+                        "they are averaged as if they were other seeds")
     metrics, n_seeds = combine_seeds(metrics)
     throughput = _combine_throughput(throughput)
     return Run(path, manifest, metrics, throughput, failures, warnings, n_seeds,
                incomplete=incomplete_note(path, manifest))
+
+
+def _changed_tables(path: Path, manifest: dict[str, Any]) -> list[str]:
+    """A warning per table that differs from the one the run wrote (its SHA-256 in the manifest's
+    ``tables``, recorded since 2 December 2026): cut off at a row boundary, rows duplicated,
+    edited. Such a table is read as it is, so the report says so."""
+    recorded = manifest.get("tables")
+    if not isinstance(recorded, dict):
+        return []
+    changed = [name for name, sha in recorded.items()
+               if isinstance(name, str) and "/" not in name and (path / name).is_file()
+               and file_sha256(path / name) != sha]
+    return [f"{name} differs from the file the run wrote (its SHA-256 in manifest.json): it was "
+            "damaged or edited since, and the report shows it as it is; rewrite it with sbn-bench "
+            f"run --out {path} --resume" for name in changed]
 
 
 REFERENCE_COLUMNS = {"reference": EXACT_REFERENCE, "reference_rel_error": 0.0}

@@ -92,7 +92,7 @@ from sbn_bench.runner.memory import (
 )
 from sbn_bench.runner.plan import Plan, build_manifest, check_combinations, prepare
 from sbn_bench.schema import THROUGHPUT_CONFIDENCE
-from sbn_bench.storage import RunDirError, RunStore
+from sbn_bench.storage import TABLES, RunDirError, RunStore
 from sbn_bench.throughput import rounds_for_level
 
 ASSEMBLE_EVERY_S = 10.0
@@ -446,7 +446,10 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
                 "executor": ran_on,
                 "references": [_reached(r, reached) for r in store.manifest.get("references", [])],
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "cells": {"total": total, "run": n_run, "skipped": n_skip, "failed": n_fail}}
+                "cells": {"total": total, "run": n_run, "skipped": n_skip, "failed": n_fail},
+                # what the tables were when written: a report notices one damaged or edited since
+                "tables": {name: file_sha256(store.out / name) for name, _ in TABLES.values()
+                           if (store.out / name).is_file()}}
     if plan.warnings:
         manifest["warnings"] = plan.warnings
     store.write_manifest(manifest)
