@@ -863,7 +863,7 @@ def load_problem(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTE
     if version not in ("1", "2"):
         raise _fail(src, "format", f"is {version!r}, expected '1' or '2' (a file from a newer "
                                    "sbn-bench? upgrade it)")
-    net = None
+    net = described = None
     if "network" in raw:
         if version == "1":
             raise _fail(src, "network", "is only read from format 2 files (add format = '2')")
@@ -875,7 +875,7 @@ def load_problem(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTE
         except NetworkError as e:
             raise ProblemError(str(e), argument="network") from None
         if net.is_plain:
-            net = None  # the same network, read from the names as in version 1
+            described, net = net, None  # the same network, read from the names as in version 1
     kl = _string_scalar(raw.pop("kl"), "kl", src) if "kl" in raw else "analytic"
     x = _real_array(raw.pop("x"), "x", src)
     y = _real_array(raw.pop("y"), "y", src)
@@ -885,5 +885,10 @@ def load_problem(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTE
         if name.startswith("bias_") and t.dim() == 2 and t.shape[0] == 1:
             t = t[0]
         params[name] = t
-    return Problem(params, x, y, loss=loss, noise=noise, name=path.stem,
-                   meta={"source": str(path)}, network=net, kl=kl)
+    problem = Problem(params, x, y, loss=loss, noise=noise, name=path.stem,
+                      meta={"source": str(path)}, network=net, kl=kl)
+    if described is not None and problem.net.describe() != described.describe():
+        raise _fail(src, "network", f"describes the network {described.arch()!r}, but the "
+                                    f"arrays are those of {problem.net.arch()!r}; expected "
+                                    "a description of the file's own arrays")
+    return problem

@@ -74,6 +74,20 @@ def test_saved_file_follows_the_public_format(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tmp")), "the atomic write left a temporary file"
 
 
+def test_a_plain_network_description_must_match_the_arrays(tmp_path: Path) -> None:
+    """A format-2 file's description of a plain dense network is checked against its arrays (it
+    was dropped, so a file with an extra layer's arrays loaded as another, deeper network)."""
+    path = save_problem(random_problem("2-3-3-1", 0, data_points=4), tmp_path / "p.npz")
+    with np.load(path, allow_pickle=False) as z:
+        arrays = dict(z)
+    np.savez(tmp_path / "extra.npz", **arrays, weight_3=np.zeros((3, 3)), bias_3=np.zeros(3))
+    with pytest.raises(ProblemError, match="describes the network '2-3-3-1', but the arrays are "
+                                           "those of '2-3-3-3-1'") as info:
+        load_problem(tmp_path / "extra.npz")
+    assert info.value.argument == "network"
+    assert load_problem(path).arch == "2-3-3-1"
+
+
 def _hand_arrays() -> dict[str, np.ndarray]:
     """A 2-2-1-1 problem written by hand, the way a user would: biases [1, n], labels {0,1}, no
     loss/noise arrays (so both default to logistic)."""
