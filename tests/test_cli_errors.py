@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner, Result
 
@@ -473,8 +474,26 @@ def test_a_run_where_every_cell_failed_exits_non_zero(tmp_path):
     out = tmp_path / "r"
     res = invoke(["run", "--arch", "2-2-1", "--data-points", "3", "--samples", "8", "--M", "1",
                   "--estimators", "boom", "--plugin", str(plugin), "--no-report", "--out", str(out)])
-    assert res.exit_code == 1 and "Error: every one of the 2 cell(s) failed" in res.output
+    assert res.exit_code == 1 and "Error: every statistics cell failed (2 failure(s)" in res.output
     assert (out / "failures.csv").is_file()
+    # an estimator that returns NaN: its statistics cell fails while its throughput is measured;
+    # no accuracy was measured, so the run still fails
+    plugin.write_text(textwrap.dedent("""
+        from sbn_bench.estimators import Estimator
+
+        def not_a_number():
+            def surrogate(problem, params, generator):
+                w = next(iter(params.values()))  # replicas [S, ...]: one surrogate per sample
+                return w.reshape(w.shape[0], -1).sum(-1) * float("nan")
+            return Estimator("not-a-number", surrogate, randomness="none", description="NaN")
+
+        ESTIMATORS = {"not-a-number": not_a_number}
+    """))
+    res = invoke(["run", "--arch", "2-2-1", "--data-points", "3", "--samples", "8", "--M", "1",
+                  "--estimators", "not-a-number", "--plugin", str(plugin), "--no-report", "--rounds", "2",
+                  "--out", str(tmp_path / "n")])
+    assert res.exit_code == 1 and "Error: every statistics cell failed (1 failure(s)" in res.output
+    assert pd.read_csv(tmp_path / "n" / "throughput.csv")["estimator"].tolist() == ["not-a-number"]
 
 
 def test_the_cli_refuses_m_above_samples_and_samples_one_with_monte_carlo(tmp_path):

@@ -416,8 +416,8 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
     if not no_report:
         _write_report(result.out, quiet)
     if result.all_failed:
-        raise click.ClickException(f"every one of the {len(result.failures)} cell(s) failed (see "
-                                   f"{result.out}/failures.csv); no results were measured")
+        raise click.ClickException(f"every statistics cell failed ({len(result.failures)} failure(s): "
+                                   f"see {result.out}/failures.csv); no accuracy was measured")
 
 
 INTERRUPTED_EXIT = 130

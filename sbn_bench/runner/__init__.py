@@ -136,8 +136,12 @@ class RunResult:
 
     @property
     def all_failed(self) -> bool:
-        """Every cell of the run failed (none has results): the command exits non-zero."""
-        return self.metrics.empty and self.throughput.empty and not self.failures.empty
+        """Every statistics cell of the run failed (no accuracy was measured, whatever the
+        throughput cells measured), or every cell: the command exits non-zero."""
+        if not self.metrics.empty or self.failures.empty:
+            return False
+        stats_failed = (self.failures["stage"].astype(str) != "throughput").any()
+        return bool(stats_failed or self.throughput.empty)
 
     def summary(self, m: int = 1) -> pd.DataFrame:
         """``rrmse`` at ``M = m`` per (problem, checkpoint, estimator) and layer (mean over seeds).
