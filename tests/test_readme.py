@@ -109,3 +109,19 @@ def test_readme_toml_example_is_the_example_file_and_runs(tmp_path) -> None:
     m = pd.read_csv(out / "metrics.csv")
     assert set(m["problem"]) == {"quick", "gaussian-net"}
     assert "reinforce-baseline:baseline=0.7" in set(m["estimator"])
+
+
+def test_readme_sweep_example_is_planned_as_written(tmp_path) -> None:
+    """The README's [sweep] block is a valid study: every estimator supports every problem of its
+    grid (it named arm beside gaussian noise, and the run was refused)."""
+    from sbn_bench.config import load_config
+    from sbn_bench.runner.plan import prepare
+
+    blocks = [b for b in re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+              if b.lstrip().startswith("estimators") and "[sweep]" in b]
+    assert blocks
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"sweep{i}.toml"
+        path.write_text(block)
+        plan = prepare(load_config(path, out=str(tmp_path / f"out{i}")))
+        assert len(plan.problems) == 12 and not plan.warnings
