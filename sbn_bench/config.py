@@ -108,6 +108,7 @@ import torch
 from sbn_bench import problems, sweep, units
 from sbn_bench.errors import ArgumentError, SbnBenchError
 from sbn_bench.estimators import EstimatorSpecError, split_specs
+from sbn_bench.fileio import slug
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
 from sbn_bench.problems import Problem
 from sbn_bench.reference import DEFAULT_MAX_BYTES, MAX_PATHS
@@ -293,8 +294,21 @@ class ProblemSpec:
         if self.kl not in problems.KL_MODES:
             raise ConfigError(f"kl={self.kl!r} is unknown; expected one of "
                               f"{', '.join(problems.KL_MODES)}", argument="kl")
+        if self.arch is None:  # fixed by the preset or the file: a value here would be ignored
+            source = f"preset {self.preset!r}" if self.preset is not None else f"file {self.file!r}"
+            for k, default in (("data_points", problems.DEFAULT_DATA_POINTS), ("loss", "logistic"),
+                               ("noise", "logistic"), ("kl", "analytic")):
+                if getattr(self, k) != default:
+                    raise ConfigError(f"{k}={getattr(self, k)!r} applies to arch problems only; "
+                                      f"{source} fixes it (remove {k})", argument=k,
+                                      value=getattr(self, k), expected="no value for this problem")
         if self.name is not None and (not isinstance(self.name, str) or not self.name.strip()):
             raise ConfigError(f"name={self.name!r} must be a non-empty string", argument="name")
+        if self.name is not None and (re.search(r"[/\\\x00-\x1f]", self.name)
+                                      or self.name.startswith(".")):
+            raise ConfigError(f"name={self.name!r} names files of the report: expected no '/', "
+                              "'\\' or control character, and no leading '.'", argument="name",
+                              value=self.name, expected="a name such as 'paper-seed0'")
         if not self.checkpoints:
             raise ConfigError("checkpoints is empty; expected at least one, e.g. {init = 'init'}")
         labels = [c.label for c in self.checkpoints]
@@ -617,6 +631,13 @@ class RunConfig:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ConfigError(f"problem names must be unique; repeated: {', '.join(dup)}")
+        by_file: dict[str, str] = {}
+        for label in (p.label for p in self.problems):
+            other = by_file.setdefault(slug(label), label)
+            if other != label:  # one report figure file for both problems
+                raise ConfigError(f"problem names {other!r} and {label!r} give the same file name "
+                                  f"in the report ({slug(label)!r}); rename one", argument="name",
+                                  value=label, expected="names that differ in letters or digits")
 
     @property
     def estimator_specs(self) -> tuple[str, ...]:

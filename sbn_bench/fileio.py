@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -104,3 +105,14 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, hint: str = DE
 def atomic_write_text(path: str | os.PathLike[str], text: str, hint: str = DEFAULT_HINT) -> None:
     """:func:`atomic_write_bytes` of ``text`` in UTF-8, newlines as given."""
     atomic_write_bytes(path, text.encode("utf-8"), hint)
+
+
+def slug(*parts: str) -> str:
+    """A file- and anchor-safe name: ``slug("paper-seed0", "epoch 1") == "paper-seed0_epoch-1"``
+    (the report's figure files and anchors; a run refuses problems whose names give the same
+    one, :class:`sbn_bench.config.RunConfig`)."""
+    out = []
+    for p in parts:
+        s = re.sub(r"[^A-Za-z0-9.=-]+", "-", str(p)).strip("-")
+        out.append(s.replace("=", "") or "x")
+    return "_".join(out)

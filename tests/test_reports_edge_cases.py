@@ -5,6 +5,7 @@ the previous report intact, and comparisons of runs with few or no cells in comm
 from __future__ import annotations
 
 import importlib
+import re
 import shutil
 from pathlib import Path
 
@@ -253,10 +254,37 @@ def test_impossible_values_in_a_metrics_table_are_refused(small_run: Path, colum
 def test_markup_in_names_is_escaped_in_the_markdown(tmp_path: Path) -> None:
     out = tmp_path / "run"
     runner.run(tiny_config(out, problems=(ProblemSpec(arch="2-2-1", data_points=3,
-                                                      name="<script>alert(1)</script>"),)))
+                                                      name="<script>alert(1)"),)))
     write_report(out, formats=("md",))
     md = (out / "report" / "report.md").read_text()
-    assert "<script>" not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
+    assert "<script>" not in md and "&lt;script&gt;alert(1)" in md
+
+
+@pytest.mark.parametrize("names, words", [
+    (("a/b",), "no '/'"), (("..",), "no leading '.'"), (("../evil",), "no '/'"),
+    (("a b", "a-b"), "give the same file name in the report ('a-b')")])
+def test_problem_names_that_would_clash_as_report_files_are_refused(tmp_path: Path, names, words) -> None:
+    """A problem's name names the report's figure files: a path in it escaped the figures folder
+    (or failed after the run), two names of one file showed one problem's figures for both."""
+    from sbn_bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        tiny_config(tmp_path / "run", problems=tuple(ProblemSpec(arch="2-2-1", data_points=3, name=n)
+                                                     for n in names))
+    assert not (tmp_path / "run").exists()
+
+
+def test_arch_only_keys_on_a_preset_or_file_problem_are_refused() -> None:
+    """As the command line refuses --noise with --preset: the preset or file fixes them, so a
+    value there was ignored silently."""
+    from sbn_bench.config import ConfigError
+
+    for kw in ({"noise": "gaussian"}, {"loss": "mse"}, {"data_points": 5}, {"kl": "sampled"}):
+        with pytest.raises(ConfigError, match="applies to arch problems only") as e:
+            ProblemSpec(preset="quick", **kw)
+        assert e.value.argument == next(iter(kw))
+    with pytest.raises(ConfigError, match="file 'p.npz' fixes it"):
+        ProblemSpec(file="p.npz", loss="mse")
 
 
 def test_stale_staging_folders_of_killed_reports_are_removed(small_run: Path) -> None:

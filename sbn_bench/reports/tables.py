@@ -16,13 +16,13 @@ the grid, and the table says so.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from sbn_bench import metrics
+from sbn_bench.fileio import slug
 from sbn_bench.metrics import layer_key
 from sbn_bench.reports.families import ranked
 from sbn_bench.reports.load import Run, is_mc_reference, is_wide, network_of, target_rrmse
@@ -150,15 +150,6 @@ def fmt_reference(reference: str, rel_error: float) -> str:
     if rel_error is not None and math.isfinite(rel_error):
         return f"{reference} (ε {fmt_num(rel_error, 2)})"
     return str(reference)
-
-
-def slug(*parts: str) -> str:
-    """A file- and anchor-safe name: ``slug("paper-seed0", "epoch 1") == "paper-seed0_epoch-1"``."""
-    out = []
-    for p in parts:
-        s = re.sub(r"[^A-Za-z0-9.=-]+", "-", str(p)).strip("-")
-        out.append(s.replace("=", "") or "x")
-    return "_".join(out)
 
 
 def cell_label(problem: str, checkpoint: str) -> str:
