@@ -181,6 +181,7 @@ def test_unknown_hyperparameter_lists_the_valid_ones(reg: registry.Registry, spe
     ("concrete:tau=abc", "tau='abc' is not a valid float"),
     ("reinforce-loo:k=2.5", "k='2.5' is not a valid int"),
     ("concrete:tau", "'tau' is not key=value"),
+    ("concrete:tau=0.1,tau=5", "gives 'tau' twice"),
     (":tau=1", "has no name"),
 ])
 def test_bad_values_are_refused_naming_the_argument(reg: registry.Registry, spec: str, expected: str) -> None:

@@ -250,6 +250,10 @@ def _split_spec(spec: str) -> tuple[str, dict[str, str]]:
         if not eq or not key.strip():
             raise EstimatorSpecError(f"estimator spec {spec!r}: {item!r} is not key=value",
                                      argument=spec, value=item, expected="key=value")
+        if key.strip() in raw:  # the last would win, and the spec recorded would say both
+            raise EstimatorSpecError(f"estimator spec {spec!r} gives {key.strip()!r} twice; "
+                                     "expected each hyperparameter once", argument=spec,
+                                     value=key.strip(), expected="each hyperparameter once")
         raw[key.strip()] = value.strip()
     return name, raw
 
