@@ -302,6 +302,8 @@ def test_labels_do_not_overlap_and_leader_lines_join_the_moved_ones() -> None:
     (["epoch1", "epoch100", "epoch2000"], ([1.0, 100.0, 2000.0], "training epoch")),
     (["e5", "ep_10", "20"], ([5.0, 10.0, 20.0], "training epoch")),
     (["init", "gd30"], ([0.0, 1.0], "checkpoint (run order)")),
+    (["init", "epoch1", "epoch10", "epoch20"], ([0.0, 1.0, 10.0, 20.0], "training epoch")),  # init: 0
+    (["init", "epoch0"], ([0.0, 1.0], "checkpoint (run order)")),  # two at epoch 0
     (["epoch1", "final"], ([0.0, 1.0], "checkpoint (run order)")),
 ])
 def test_checkpoint_labels_give_the_training_axis(labels, want) -> None:

@@ -261,7 +261,9 @@ class StorySection:
         for i, p in enumerate(problems):
             cks = run.checkpoints(p)
             _, axis = checkpoint_axis(cks)
-            how = ("x: the training epoch each checkpoint label carries" if axis == "training epoch"
+            how = ("x: the training epoch each checkpoint label carries (init: 0)"
+                   if axis == "training epoch" and "init" in (c.strip().lower() for c in cks)
+                   else "x: the training epoch each checkpoint label carries" if axis == "training epoch"
                    else "x: checkpoints in run order (their labels carry no epoch)")
             plot = Plot(f"{slug(p)}_story",
                         partial(fg.draw, fg.story_figure, _problem_rows(run, p), run.estimators(), sty,

@@ -389,12 +389,13 @@ def checkpoint_epoch(label: str) -> int | None:
 
 def checkpoint_axis(labels: Sequence[str]) -> tuple[list[float], str]:
     """Positions of checkpoints on a training axis: their epochs when every label carries one
-    (:func:`checkpoint_epoch`), else their order ``0, 1, 2, …``.
+    (:func:`checkpoint_epoch`; ``init``, the untrained network, is epoch 0), else their order
+    ``0, 1, 2, …``.
 
     Returns:
         ``(positions, axis label)``: ``"training epoch"`` or ``"checkpoint (run order)"``.
     """
-    epochs = [checkpoint_epoch(c) for c in labels]
+    epochs = [0 if str(c).strip().lower() == "init" else checkpoint_epoch(c) for c in labels]
     if labels and all(e is not None for e in epochs) and len(set(epochs)) == len(epochs):
         return [float(e) for e in epochs], "training epoch"  # type: ignore[arg-type]
     return [float(i) for i in range(len(labels))], "checkpoint (run order)"
