@@ -5,6 +5,7 @@ the previous report intact, and comparisons of runs with few or no cells in comm
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shutil
 from pathlib import Path
@@ -230,10 +231,20 @@ def test_a_cut_off_table_without_parts_is_refused(small_run: Path) -> None:
 def test_a_run_killed_before_its_first_assembly_has_a_report(small_run: Path) -> None:
     for name in ("metrics.csv", "throughput.csv", "failures.csv", "timed_metrics.csv"):
         (small_run / name).unlink()
-    res = invoke(["report", small_run, "--format", "md"])
-    assert res.exit_code == 0, res.output
-    md = (small_run / "report" / "report.md").read_text()
-    assert "never assembled" in md and "psa" in md
+    manifest = json.loads((small_run / "manifest.json").read_text())
+    total = manifest["cells"]["total"]
+    assert total == 4 + manifest["config"]["throughput"]["enabled"]  # 2 x 2 (+ 1: one network)
+    for cells in ({"total": total}, None):  # as written at the start; an older run's: none
+        m = {**manifest, "status": "running"}
+        m.pop("cells")
+        if cells is not None:
+            m["cells"] = cells
+        (small_run / "manifest.json").write_text(json.dumps(m))
+        res = invoke(["report", small_run, "--format", "md"])
+        assert res.exit_code == 0, res.output
+        md = (small_run / "report" / "report.md").read_text()
+        assert "never assembled" in md and "psa" in md and f"{total} of {total} cells done" in md
+        assert not (small_run / "metrics.csv").exists()  # the report does not write the tables
 
 
 @pytest.mark.parametrize(("column", "value", "words"), [

@@ -296,8 +296,9 @@ _CELL_KINDS = ("metrics", "throughput", "failure")
 
 
 def _expected_cells(manifest: dict[str, Any]) -> int | None:
-    """Cells the run was configured with: the recorded count, or (for a run that was killed before
-    recording it) (problem, checkpoint) pairs × estimators × (seeds + one throughput cell)."""
+    """Cells the run was configured with: the recorded count (since 2 December 2026 recorded when
+    the run starts), or for an older run killed before recording it, (problem, checkpoint) pairs ×
+    estimators × seeds, plus one throughput cell per network shape."""
     recorded = _get(manifest, "cells", "total")
     if isinstance(recorded, int):
         return recorded
@@ -305,7 +306,9 @@ def _expected_cells(manifest: dict[str, Any]) -> int | None:
     if not (isinstance(probs, list) and isinstance(ests, list) and isinstance(seeds, list)):
         return None
     tp = _get(manifest, "config", "throughput", "enabled")
-    return len(probs) * len(ests) * (len(seeds) + (tp is not False))
+    shapes = {tuple(p.get(k) for k in ("arch", "num_data", "loss", "noise")) if isinstance(p, dict)
+              else None for p in probs}
+    return len(probs) * len(ests) * len(seeds) + (len(shapes) if tp is not False else 0)
 
 
 def incomplete_note(path: Path, manifest: dict[str, Any]) -> str | None:

@@ -321,6 +321,8 @@ def build_manifest(config: RunConfig, plan: Plan) -> dict[str, Any]:
                       "loss": p.loss, "noise": p.noise, "paths_per_point": num_paths(p.widths),
                       "source": p.meta.get("source"), "sha256": p.fingerprint()}
                      for n, c, p in plan.problems],
+        # the planned cells (a report of a run killed now counts against it); updated at the end
+        "cells": {"total": len(plan.cells)},
     }
 
 
