@@ -246,12 +246,14 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
 
     if not shared:
         raise IncomparableRuns(f"{where}: the runs have no problem/checkpoint in common (the run has "
-                               f"{listing(run_cells)}; the baseline has {listing(base_cells_list)})")
+                               f"{listing(run_cells)}; the baseline has {listing(base_cells_list)}): "
+                               "there is nothing to compare, even with --force")
     shared_est = [e for e in run.estimators() if e in set(base.estimators())]
     if not shared_est:
         raise IncomparableRuns(f"{where}: the runs have no estimator in common (the run has "
                                f"{', '.join(run.estimators()) or 'none'}; the baseline has "
-                               f"{', '.join(base.estimators()) or 'none'})")
+                               f"{', '.join(base.estimators()) or 'none'}): there is nothing to "
+                               "compare, even with --force")
     diffs, unchecked = check_comparable(run, base)
     if diffs and not force:
         raise IncomparableRuns(f"{where}: " + "; ".join(diffs) + " (pass --force to compare anyway)")
