@@ -80,6 +80,7 @@ def test_every_help_works(cmd):
     (["run", *SMALL, "--chunk", "0"], 2, ["--chunk"]),
     (["run", *SMALL, "--max-paths", "0"], 2, ["--max-paths"]),
     (["run", *SMALL, "--rounds", "0"], 2, ["--rounds"]),
+    (["run", *SMALL, "--rounds", "3"], 2, ["--rounds sets the throughput cells", "--no-throughput"]),
     (["run", *SMALL, "--cache-dir", "x"], 2, ["--cache-dir is an option of --preset paper"]),
     (["exact", "--arch", "1x4x4-c2k3-3", "--data-points", "5"], 1, ["arch='1x4x4-c2k3-3'", "n_out=3"]),
     (["run", *SMALL, "--seeds", "0,-1"], 2, ["--seeds", "seed -1 is out of range"]),

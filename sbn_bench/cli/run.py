@@ -313,6 +313,12 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
     are refused before any work, with the estimate.
     """
     est_list = None if estimators is None else tuple(split_specs(estimators))
+    if no_throughput:
+        for name, opt in (("warmup", "--warmup"), ("rounds", "--rounds"),
+                          ("throughput_batch", "--throughput-batch")):
+            if given(ctx, name):
+                raise click.UsageError(f"{opt} sets the throughput cells, which --no-throughput "
+                                       "leaves out; give one or the other")
     tp = ThroughputConfig(enabled=not no_throughput, warmup=warmup, rounds=rounds,
                           batch=throughput_batch)
     settings: dict[str, Any] = dict(
