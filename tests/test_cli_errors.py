@@ -81,6 +81,7 @@ def test_every_help_works(cmd):
     (["run", *SMALL, "--max-paths", "0"], 2, ["--max-paths"]),
     (["run", *SMALL, "--rounds", "0"], 2, ["--rounds"]),
     (["run", *SMALL, "--rounds", "3"], 2, ["--rounds sets the throughput cells", "--no-throughput"]),
+    (["run", *SMALL, "--seeds", "3-1"], 2, ["--seeds", "range '3-1' runs backwards"]),
     (["run", *SMALL, "--cache-dir", "x"], 2, ["--cache-dir is an option of --preset paper"]),
     (["exact", "--arch", "1x4x4-c2k3-3", "--data-points", "5"], 1, ["arch='1x4x4-c2k3-3'", "n_out=3"]),
     (["run", *SMALL, "--seeds", "0,-1"], 2, ["--seeds", "seed -1 is out of range"]),
@@ -512,3 +513,16 @@ def test_a_toml_integer_of_thousands_of_digits_is_one_line(tmp_path):
     cfg.write_text("samples = " + "9" * 5000 + "\n[[problem]]\npreset = 'quick'\n")
     assert_refused(invoke(["run", "--config", str(cfg), "--out", str(tmp_path / "r")]), 1,
                    ["big.toml", "invalid TOML", "4300"])
+
+
+def test_run_seeds_take_ranges_as_train_seeds_do() -> None:
+    """``run --seeds 0-2,5`` as ``train --seeds``: ranges in a comma list."""
+    import click
+
+    from sbn_bench.cli.run import _seed_list
+
+    param = click.Option(["--seeds"])
+    assert _seed_list(None, param, "0-2,5") == (0, 1, 2, 5)  # type: ignore[arg-type]
+    assert _seed_list(None, param, "4,1") == (4, 1)  # type: ignore[arg-type]
+    with pytest.raises(click.BadParameter, match="given twice"):
+        _seed_list(None, param, "0-2,2")  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -67,8 +68,10 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 def _seed_list(ctx: click.Context, param: click.Parameter, value: str | None
                ) -> tuple[int, ...] | None:
-    """``--seeds``: a comma list of seeds in ``0 … MAX_SEED`` (a usage error, as for --seed)."""
-    out = _int_list(ctx, param, value)
+    """``--seeds``: a comma list of seeds and ranges (``0-4``, as ``train --seeds``) in
+    ``0 … MAX_SEED`` (a usage error, as for --seed)."""
+    ranged = value is not None and re.search(r"\d\s*-\s*\d", value) is not None
+    out = _seed_ranges(ctx, param, value) if ranged else _int_list(ctx, param, value)
     bad = [s for s in out or () if not 0 <= s <= MAX_SEED]
     if bad:
         raise click.BadParameter(f"{value!r}: seed {bad[0]} is out of range; expected integers "
@@ -200,7 +203,7 @@ def _duration(seconds: float) -> str:
               help="Sample counts M for mse/rrmse/cosine: a comma list, 'default' "
                    "(1,2,5,...,1000 up to S) or 'paper' (1..9,10..90,...,9000 up to S).")
 @click.option("--seeds", callback=_seed_list, default=None,
-              help="Sampling seeds, comma-separated (one cell each); default: --seed.")
+              help="Sampling seeds, e.g. 0,1,2 or 0-4 (one cell each); default: --seed.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the estimators run (cuda needs a CUDA build of torch and a GPU).")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True,
