@@ -236,6 +236,9 @@ def check_arguments(
                                 "(= full-batch training)")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise bad("seed", f"{seed!r} must be an integer ≥ 0")
+    if isinstance(checkpoints, (str, bytes)):
+        raise bad("checkpoints", f"{checkpoints!r} is a string; expected a sequence of epochs such "
+                                 "as [1, 100] (the command line's text: parse_checkpoints)")
     given = list(checkpoints)
     cps = []
     for c in given:

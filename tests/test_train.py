@@ -298,6 +298,7 @@ def test_train_loss_is_the_mean_sampled_loss(small: Problem, tmp_path: Path, spe
     (dict(lr=0.0), "lr"), (dict(lr=float("nan")), "lr"), (dict(batch_size=0), "batch_size"),
     (dict(batch_size=13), "batch_size"), (dict(epochs=0), "epochs"),
     (dict(checkpoints=[0]), "checkpoints"), (dict(epochs=3, checkpoints=[4]), "checkpoints"),
+    (dict(checkpoints="1,2"), "checkpoints"),
     (dict(momentum=1.0), "momentum"), (dict(optimizer="adam", momentum=0.9), "momentum"),
     (dict(optimizer="rmsprop"), "optimizer"), (dict(seed=-1), "seed"),
     (dict(log_every=0), "log_every"),
