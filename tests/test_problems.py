@@ -86,6 +86,9 @@ def test_a_plain_network_description_must_match_the_arrays(tmp_path: Path) -> No
         load_problem(tmp_path / "extra.npz")
     assert info.value.argument == "network"
     assert load_problem(path).arch == "2-3-3-1"
+    np.savez(tmp_path / "kl.npz", **arrays, kl=np.array("sampled"))  # kl is a VAE's only
+    with pytest.raises(ProblemError, match="only a 'vae' problem's file holds kl"):
+        load_problem(tmp_path / "kl.npz")
 
 
 def _hand_arrays() -> dict[str, np.ndarray]:
