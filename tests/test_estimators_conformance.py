@@ -325,3 +325,17 @@ def test_check_estimator_runs_the_factory_contract() -> None:
     with pytest.raises(Exception, match="keyword-only"):
         kit.check_estimator(positional)
     assert check_positive("tau", 2, "> 0") == 2.0
+
+
+def test_a_nan_estimator_fails_shapes_alone() -> None:
+    """NaN estimates are check_shapes' failure; the comparisons of determinism, statelessness and
+    replica independence skip them (NaN ≠ NaN read as 'draws from a generator not given')."""
+    def nan() -> Estimator:
+        def surrogate(problem, params, generator):  # noqa: ANN001, ANN202
+            w = next(iter(params.values()))
+            return w.reshape(w.shape[0], -1).sum(-1) * float("nan")
+        return Estimator("nan-est", surrogate, randomness="none", description="NaN")
+
+    with pytest.raises(kit.ConformanceError) as e:
+        kit.check_estimator(nan)
+    assert str(e.value).startswith("1 conformance check(s) failed") and "'shapes'" in str(e.value)

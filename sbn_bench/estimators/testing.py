@@ -59,7 +59,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from statistics import NormalDist
 from typing import Any
 
@@ -215,6 +215,14 @@ def _flat(grads: dict[str, Tensor]) -> Tensor:
 def _z_bound(num_tests: int, alpha: float = ALPHA) -> float:
     """Two-sided normal quantile for family-wise failure rate ``alpha`` over ``num_tests``."""
     return NormalDist().inv_cdf(1 - alpha / (2 * max(num_tests, 1)))
+
+
+def _finite_or_skip(estimates: Mapping[str, Tensor]) -> None:
+    """Skip a check whose comparisons NaN would confuse (NaN ≠ NaN, 0·NaN = NaN): non-finite
+    estimates are :func:`check_shapes`' failure, reported there."""
+    bad = [k for k, g in estimates.items() if not bool(torch.isfinite(g).all())]
+    if bad:
+        raise CheckSkipped(f"the estimates of {', '.join(bad)} are not finite (check_shapes fails)")
 
 
 def _fail(est: Estimator, check: str, message: str) -> ConformanceError:
@@ -434,6 +442,7 @@ def check_determinism(est: Estimator) -> None:
     has no randomness (then it must not depend on the seed, and its samples are identical)."""
     problem = _supported(est)[0]
     a = estimate(est, problem, 4, _gen(123))
+    _finite_or_skip(a)
     b = estimate(est, problem, 4, _gen(123))
     for k in a:
         if not torch.equal(a[k], b[k]):
@@ -459,6 +468,7 @@ def check_statelessness(est: Estimator) -> None:
     problems = _supported(est)
     first = problems[0]
     ref = estimate(est, first, 4, _gen(7))
+    _finite_or_skip(ref)
     for p in [*problems[1:], first, first]:
         estimate(est, p, 5, _gen(99))
     again = estimate(est, first, 4, _gen(7))
@@ -483,6 +493,7 @@ def check_replica_independence(est: Estimator) -> None:
         raise _fail(est, "replica_independence", f"surrogate shape {tuple(surr.shape)}, "
                                                  f"expected ({S},)")
     batch = estimate(est, problem, S, _gen(5))
+    _finite_or_skip(batch)
     if not surr.requires_grad:
         if not all((g == 0).all() for g in batch.values()):
             raise _fail(est, "replica_independence", "a constant surrogate gave non-zero estimates")
