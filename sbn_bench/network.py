@@ -23,7 +23,8 @@ The compact architecture grammar (:func:`parse_network`, ``--arch``) writes a ne
 separated by ``-``: the input (``64`` or ``1x8x8``), then layers, the last token being the output
 width (a linear layer). A plain integer or ``c<C>k<K>[s<S>][p<P>]`` is a *stochastic* dense or
 conv2d layer; a deterministic layer is prefixed with ``d`` and may carry an activation after a
-colon: ``d200:lrelu`` (dense), ``dc8k3s2:relu`` (conv2d). Deterministic layers before the first
+colon: ``d200:lrelu`` (dense), ``dc8k3s2:relu`` (conv2d); ``lrelu0.1`` gives LeakyReLU another
+slope than its default 0.3 (``lrelum0.1``: −0.1). Deterministic layers before the first
 stochastic layer form the body, those after the last form the head. Examples: ``2-5-5-5-1`` (the
 paper's), ``1x8x8-c8k3-c16k3s2-10`` (digits-conv), ``64-d200:lrelu-d200:lrelu-200-d200:lrelu-
 d200:lrelu-64`` (the DisARM nonlinear VAE scaled to digits).
@@ -232,7 +233,8 @@ class Network:
                                  (self.head[:-1], False)):
             for layer in part:
                 if layer.kind in ACTIVATIONS:
-                    tokens[-1] += ":" + ("lrelu" if layer.kind == "leakyrelu" else layer.kind)
+                    tokens[-1] += ":" + (_lrelu_token(layer.slope) if layer.kind == "leakyrelu"
+                                         else layer.kind)
                 elif layer.kind != "flatten":
                     tokens.append(token(layer, stochastic))
         tokens.append(str(self.head[-1].n_out))
@@ -320,7 +322,20 @@ class _Builder:
 
 
 _TOKEN = re.compile(r"(?P<det>d)?(?:(?P<width>\d+)|c(?P<ch>\d+)k(?P<k>\d+)(?:s(?P<s>\d+))?"
-                    r"(?:p(?P<p>\d+))?)(?::(?P<act>relu|lrelu|leakyrelu|tanh))?")
+                    r"(?:p(?P<p>\d+))?)(?::(?P<act>relu|lrelu|leakyrelu|tanh)"
+                    r"(?P<slope>m?\d+(?:\.\d+)?(?:e[+]?\d+|em\d+)?)?)?")
+
+
+def _lrelu_token(slope: float) -> str:
+    """``lrelu`` for the default slope, else ``lrelu<slope>`` with ``m`` for a minus sign (the
+    grammar's ``-`` separates tokens): ``lrelu0.1``, ``lrelum0.5``."""
+    if slope == LEAKY_SLOPE:
+        return "lrelu"
+    return "lrelu" + repr(float(slope)).replace("-", "m")
+
+
+def _slope(text: str) -> float:
+    return float(text.replace("m", "-"))
 
 
 def parse_network(arch: str, *, prior: bool = False) -> Network:
@@ -360,8 +375,12 @@ def parse_network(arch: str, *, prior: bool = False) -> Network:
         else:
             b.add("conv2d", where, channels=int(m["ch"]), kernel=int(m["k"]),
                   stride=int(m["s"] or 1), padding=int(m["p"] or 0), stochastic=stochastic)
+        if m["slope"] and m["act"] not in ("lrelu", "leakyrelu"):
+            raise NetworkError(f"{where}: only lrelu takes a slope ({m['act']}{m['slope']})",
+                               argument="arch", value=tok, expected=expected)
         if m["act"]:
-            b.add("leakyrelu" if m["act"] in ("lrelu", "leakyrelu") else m["act"], where)
+            b.add("leakyrelu" if m["act"] in ("lrelu", "leakyrelu") else m["act"], where,
+                  slope=_slope(m["slope"]) if m["slope"] else LEAKY_SLOPE)
     if not re.fullmatch(r"\d+", tokens[-1]):
         raise NetworkError(f"argument arch={text!r}: the last token {tokens[-1]!r} must be the output "
                            "width", argument="arch", value=text, expected=expected)

@@ -877,7 +877,7 @@ def load_problem(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTE
         if net.is_plain:
             described, net = net, None  # the same network, read from the names as in version 1
     kl = _string_scalar(raw.pop("kl"), "kl", src) if "kl" in raw else "analytic"
-    if kl != "analytic" and loss != "vae":  # as prior_logits: only a VAE's file holds it
+    if kl != "analytic" and kl in KL_MODES and loss != "vae":  # as prior_logits: a VAE's only
         raise _fail(src, "kl", f"is {kl!r} in a file of loss {loss!r}; only a 'vae' problem's file "
                                "holds kl (remove it)")
     x = _real_array(raw.pop("x"), "x", src)

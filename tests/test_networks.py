@@ -49,6 +49,7 @@ def _close(a: dict, b: dict, rtol: float, what: str) -> None:
     ("64-d200:lrelu-d200:lrelu-200-d200:lrelu-d200:lrelu-64", (64, 200, 64), ("dense",),
      {"body", "head"}),
     ("1x4x4-dc2k2p1:relu-c3k2s2-d5:tanh-3", (16, 12, 3), ("conv2d",), {"body", "head"}),
+    ("4-d3:lrelu0.1-2-d3:lrelum0.5-d2:lrelu1em05-1", (4, 2, 1), ("dense",), {"body", "head"}),
     ("3-c2k1-2", None, None, None),  # a conv layer needs an image input
 ])
 def test_the_grammar_reads_back_what_it_writes(arch, widths, kinds, parts) -> None:
@@ -73,6 +74,7 @@ def test_the_grammar_reads_back_what_it_writes(arch, widths, kinds, parts) -> No
     ("2-0-1", ["at least one unit"]),
     ("1x0x3-2-1", ["input shape must be positive"]),
     ("2-3-1x2", ["the last token '1x2' must be the output width"]),
+    ("2-d3:tanh0.1-2-1", ["only lrelu takes a slope"]),
 ])
 def test_bad_architectures_name_the_token(arch, words) -> None:
     with pytest.raises(NetworkError) as e:
@@ -89,6 +91,7 @@ def test_layer_lists_say_what_the_grammar_cannot() -> None:
         {"kind": "dense", "units": 2, "stochastic": True},
         {"kind": "linear", "units": 1}])
     assert net.body[1].slope == 0.1 and net.widths == (4, 2, 1)
+    assert net.arch() == "4-d3:lrelu0.1-2-1"  # not 4-d3:lrelu-2-1, the default slope 0.3's name
     with pytest.raises(NetworkError, match=r"layers\[1\]: kind 'sigmoid' is unknown"):
         network.from_layers([4], [{"kind": "dense", "units": 3, "stochastic": True},
                                   {"kind": "sigmoid"}, {"kind": "linear", "units": 1}])
