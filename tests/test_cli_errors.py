@@ -88,6 +88,8 @@ def test_every_help_works(cmd):
     (["run", *SMALL, "--seeds", "1,1"], 2, ["--seeds", "seed(s) 1 given twice"]),
     (["run", *SMALL, "--executor", "foo"], 2, ["--executor", "'foo' is unknown", "processes[:N]"]),
     (["run", *SMALL, "--executor", "processes:0"], 2, ["--executor", "1..1024"]),
+    (["train", "--preset", "digits-vae", "--seeds", "0", "--executor", "foo", "--out", "x"], 2,
+     ["--executor", "'foo' is unknown"]),  # a usage error, as for run
 ])
 def test_wrong_arguments_are_one_line_errors(tmp_path, args, code, words):
     out = tmp_path / "out"

@@ -22,6 +22,8 @@ from sbn_bench.errors import SbnBenchError
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
 from sbn_bench.problems import Problem
 from sbn_bench.reference import check_shape
+from sbn_bench.runner.executors import parse_executor
+from sbn_bench.runner.memory import RunError
 from sbn_bench.units import parse_size, size_text
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -180,3 +182,13 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
+
+
+def executor_callback(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--executor``: its spelling checked when parsed (a usage error naming the option); what
+    it needs on this machine (Dask installed) is the run's to refuse."""
+    try:
+        parse_executor(value)
+    except RunError as e:
+        raise click.BadParameter(f"{value!r}{e.detail}" if e.detail else str(e)) from None
+    return value

@@ -16,6 +16,7 @@ import click
 
 from sbn_bench import runner as runner_mod
 from sbn_bench.cli.common import (
+    executor_callback,
     format_table,
     friendly_errors,
     given,
@@ -85,16 +86,6 @@ def _seed_list(ctx: click.Context, param: click.Parameter, value: str | None
 def _repeated(seeds: tuple[int, ...] | list[int]) -> str:
     """The seeds given more than once, sorted, as ``"1, 3"`` (``""`` when none)."""
     return ", ".join(map(str, sorted({s for s in seeds if seeds.count(s) > 1})))
-
-
-def _executor(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """``--executor``: its spelling checked when parsed (a usage error naming the option); what
-    it needs on this machine (Dask installed) is the run's to refuse."""
-    try:
-        runner_mod.executors.parse_executor(value)
-    except runner_mod.RunError as e:
-        raise click.BadParameter(f"{value!r}{e.detail}" if e.detail else str(e)) from None
-    return value
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -235,7 +226,7 @@ def _duration(seconds: float) -> str:
               help="Continue the run in --out, skipping finished cells; it may add problems, "
                    "checkpoints, estimators, seeds and plugin files. With --out and no problem "
                    "options, the run's configuration comes from its manifest.")
-@click.option("--executor", default="auto", show_default=True, callback=_executor,
+@click.option("--executor", default="auto", show_default=True, callback=executor_callback,
               help="Where cells run: auto (worker processes, one per CPU, when the run is large "
                    "enough to repay starting them, else this process), serial (this process), "
                    "processes[:N] (N worker processes, default one per CPU) or dask[:ADDRESS] (the "

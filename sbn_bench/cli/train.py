@@ -15,6 +15,7 @@ from sbn_bench import train as training
 from sbn_bench import train_report, train_study
 from sbn_bench.cli.common import (
     build_problem,
+    executor_callback,
     friendly_errors,
     given,
     plugin_option,
@@ -81,7 +82,7 @@ def _bad(e: training.TrainArgumentError, seed_option: str = "--train-seed") -> c
 @click.option("--seeds", "seeds_text", default=None, metavar="0-2",
               help="A training study's seeds (initial parameters, data order, noise), e.g. 0-4 "
                    "or 0,3 [default: 0-2].")
-@click.option("--executor", default="auto", show_default=True,
+@click.option("--executor", default="auto", show_default=True, callback=executor_callback,
               help="Where a study's cells run: auto (a worker process per CPU for two or more "
                    "cells), serial, processes[:N] or dask[:ADDRESS|:N].")
 @click.option("--resume", is_flag=True,
