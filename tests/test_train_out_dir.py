@@ -130,7 +130,8 @@ def test_ctrl_c_in_train_says_what_is_saved_and_exits_130(tmp_path: Path,
     monkeypatch.setattr(ts, "run_study", interrupted)
     r = invoke(["train", "--preset", "digits-vae-exact", "--estimators", "st", "--seeds", "0",
                 "--out", tmp_path / "s"])
-    assert r.exit_code == 130 and "continue with the same command and --resume" in r.output, r.output
+    assert r.exit_code == 130 and \
+        f"continue with sbn-bench train --out {tmp_path / 's'} --resume" in r.output, r.output
 
     def interrupted_single(*args, **kwargs):
         raise KeyboardInterrupt
