@@ -104,3 +104,9 @@ def file_sha256(path: str | os.PathLike[str]) -> str | None:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError:
         return None
+
+
+def file_record(path: str | os.PathLike[str]) -> dict[str, str | None]:
+    """``{"path": absolute path, "sha256": …}``: how a manifest records a file a run used (a
+    plugin), so that a rerun or resume can tell it changed."""
+    return {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}

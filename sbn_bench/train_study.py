@@ -65,7 +65,7 @@ from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import Estimator, Registry, estimate, load_plugins
 from sbn_bench.fileio import atomic_write_text
 from sbn_bench.problems import Problem
-from sbn_bench.provenance import environment, file_sha256, processor
+from sbn_bench.provenance import environment, file_record, processor
 from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size, exact_gradient
 from sbn_bench.runner.cells import Cell, CellContext, CellResult, stable_seed
 from sbn_bench.runner.executors import check_executor, make_executor, resolve_auto
@@ -257,6 +257,17 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
 """The training benchmark's presets (``sbn-bench train --preset NAME --seeds 0-2``)."""
 
 
+_SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(StudySettings))
+
+
+def _check_setting_names(settings: Mapping[str, Any]) -> None:
+    """Refuse a name that is not a :class:`StudySettings` field."""
+    unknown = sorted(set(settings) - _SETTING_NAMES)
+    if unknown:
+        raise TrainArgumentError(unknown[0], f"argument {unknown[0]} is not a study setting; "
+                                             f"expected one of {', '.join(sorted(_SETTING_NAMES))}")
+
+
 def preset_settings(preset: str, **overrides: Any) -> StudySettings:
     """A preset's settings with some fields replaced (None values are ignored).
 
@@ -266,11 +277,7 @@ def preset_settings(preset: str, **overrides: Any) -> StudySettings:
     if preset not in STUDY_PRESETS:
         raise TrainArgumentError("preset", f"argument preset={preset!r} has no training study; "
                                            f"expected one of {', '.join(STUDY_PRESETS)}")
-    names = {f.name for f in dataclasses.fields(StudySettings)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise TrainArgumentError(unknown[0], f"argument {unknown[0]} is not a study setting; "
-                                             f"expected one of {', '.join(sorted(names))}")
+    _check_setting_names(overrides)
     given = {k: v for k, v in overrides.items() if v is not None}
     base = STUDY_PRESETS[preset].settings
     if "epochs" in given and "probe_epochs" not in given:  # keep the probes inside the training
@@ -703,7 +710,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     reg, warnings = load_plugins(plugins, [str(e).split(":")[0].strip() for e in specs])
     for w in warnings if warn is not None else ():
         warn(w)
-    plugin_records = [{"path": str(Path(p).resolve()), "sha256": file_sha256(p)} for p in plugins]
+    plugin_records = [file_record(p) for p in plugins]
     versions = _check_estimators(specs, reg)
     ests = tuple(versions)
     seeds = tuple(seeds)
@@ -729,15 +736,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
             raise StudyError(f"argument out={str(d)!r} already holds a training study; pass "
                              "resume=True (--resume) to finish it, or choose another folder",
                              argument="out")
-        try:
-            old = json.loads(manifest_path.read_text(encoding="utf-8"))
-            if not isinstance(old, dict):
-                raise ValueError(f"a JSON {type(old).__name__}, not an object")
-        except (OSError, ValueError) as e:
-            raise StudyError(f"cannot resume the study in {str(d)!r}: its {STUDY_NAME} cannot be "
-                             f"read ({e}); use another folder (or remove this one to start over)",
-                             argument="out", value=str(manifest_path),
-                             expected=f"a {STUDY_NAME} written by a training study") from None
+        old = _read_study(d)
         if old.get("settings_fingerprint") != fp:
             diff = diff_dicts(old.get("settings"), s.to_json())
             shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
@@ -882,6 +881,28 @@ def _versions() -> dict[str, Any]:
             "malloc": malloc.policy(), "stream": model.STREAM_VERSION}
 
 
+def _unreadable(d: Path, why: str) -> StudyError:
+    return StudyError(f"cannot resume the study in {str(d)!r}: its {STUDY_NAME} cannot be read "
+                      f"({why}); use another folder (or remove this one to start over)",
+                      argument="out", value=str(d / STUDY_NAME),
+                      expected=f"a {STUDY_NAME} written by a training study")
+
+
+def _read_study(d: Path) -> dict[str, Any]:
+    """The study.json of the study in ``d`` (a JSON object).
+
+    Raises:
+        StudyError: it cannot be read or is not a JSON object.
+    """
+    try:
+        old = json.loads((d / STUDY_NAME).read_text(encoding="utf-8"))
+        if not isinstance(old, dict):
+            raise ValueError(f"a JSON {type(old).__name__}, not an object")
+    except (OSError, ValueError) as e:
+        raise _unreadable(d, str(e)) from None
+    return old
+
+
 def resume_study(out: str | os.PathLike[str], *, estimators: Sequence[str] | None = None,
                  seeds: Sequence[int] | None = None,
                  plugins: Sequence[str | os.PathLike[str]] | None = None,
@@ -901,28 +922,17 @@ def resume_study(out: str | os.PathLike[str], *, estimators: Sequence[str] | Non
         TrainArgumentError: a ``settings`` name that is not a study setting.
     """
     d = Path(out)
-    path = d / STUDY_NAME
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(old, dict):
-            raise ValueError(f"a JSON {type(old).__name__}, not an object")
-        preset, recorded = old["preset"], dict(old["settings"])
-        base = StudySettings(**{k: v for k, v in recorded.items()
-                                if k in {f.name for f in dataclasses.fields(StudySettings)}})
-    except FileNotFoundError:
+    if not (d / STUDY_NAME).is_file():
         raise StudyError(f"argument out={str(d)!r} holds no training study ({STUDY_NAME}); start "
                          "one with sbn-bench train --preset NAME --seeds …", argument="out",
-                         value=str(d), expected=f"a folder with a {STUDY_NAME}") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise StudyError(f"cannot resume the study in {str(d)!r}: its {STUDY_NAME} cannot be read "
-                         f"({type(e).__name__}: {e}); use another folder", argument="out",
-                         value=str(path), expected=f"a {STUDY_NAME} written by a training study"
-                         ) from None
-    names = {f.name for f in dataclasses.fields(StudySettings)}
-    unknown = sorted(set(settings) - names)
-    if unknown:
-        raise TrainArgumentError(unknown[0], f"argument {unknown[0]} is not a study setting; "
-                                             f"expected one of {', '.join(sorted(names))}")
+                         value=str(d), expected=f"a folder with a {STUDY_NAME}")
+    old = _read_study(d)
+    try:
+        preset, recorded = old["preset"], dict(old["settings"])
+        base = StudySettings(**{k: v for k, v in recorded.items() if k in _SETTING_NAMES})
+    except (KeyError, TypeError, ValueError) as e:
+        raise _unreadable(d, f"{type(e).__name__}: {e}") from None
+    _check_setting_names(settings)
     if plugins is None:
         plugins = [r["path"] for r in old.get("plugins") or [] if isinstance(r, dict) and "path" in r]
         gone = [p for p in plugins if not Path(p).is_file()]

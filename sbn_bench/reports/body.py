@@ -26,7 +26,7 @@ from sbn_bench.metrics import layer_key
 from sbn_bench.reports import figures as fg
 from sbn_bench.reports.compare import Comparison, differences_table
 from sbn_bench.reports.families import ranked
-from sbn_bench.reports.load import Run, checkpoint_axis
+from sbn_bench.reports.load import Run, checkpoint_axis, is_init
 from sbn_bench.reports.ranking import TIE_Z, rank
 from sbn_bench.reports.sections import Block, Bullets, Columns, Details, Heading, Plot, Text
 from sbn_bench.reports.tables import (
@@ -261,10 +261,9 @@ class StorySection:
         for i, p in enumerate(problems):
             cks = run.checkpoints(p)
             _, axis = checkpoint_axis(cks)
-            how = ("x: the training epoch each checkpoint label carries (init: 0)"
-                   if axis == "training epoch" and "init" in (c.strip().lower() for c in cks)
-                   else "x: the training epoch each checkpoint label carries" if axis == "training epoch"
-                   else "x: checkpoints in run order (their labels carry no epoch)")
+            how = ("x: checkpoints in run order (their labels carry no epoch)"
+                   if axis != "training epoch" else "x: the training epoch each checkpoint label "
+                   "carries" + (" (init: 0)" if any(map(is_init, cks)) else ""))
             plot = Plot(f"{slug(p)}_story",
                         partial(fg.draw, fg.story_figure, _problem_rows(run, p), run.estimators(), sty,
                                 cks, f"rrmse at M=1 and relative bias across training — {p}"),

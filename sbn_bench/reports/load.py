@@ -390,6 +390,11 @@ def checkpoint_epoch(label: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def is_init(label: str) -> bool:
+    """The checkpoint ``init``: the untrained network, epoch 0 on a training axis."""
+    return str(label).strip().lower() == "init"
+
+
 def checkpoint_axis(labels: Sequence[str]) -> tuple[list[float], str]:
     """Positions of checkpoints on a training axis: their epochs when every label carries one
     (:func:`checkpoint_epoch`; ``init``, the untrained network, is epoch 0), else their order
@@ -398,7 +403,7 @@ def checkpoint_axis(labels: Sequence[str]) -> tuple[list[float], str]:
     Returns:
         ``(positions, axis label)``: ``"training epoch"`` or ``"checkpoint (run order)"``.
     """
-    epochs = [0 if str(c).strip().lower() == "init" else checkpoint_epoch(c) for c in labels]
+    epochs = [0 if is_init(c) else checkpoint_epoch(c) for c in labels]
     if labels and all(e is not None for e in epochs) and len(set(epochs)) == len(epochs):
         return [float(e) for e in epochs], "training epoch"  # type: ignore[arg-type]
     return [float(i) for i in range(len(labels))], "checkpoint (run order)"

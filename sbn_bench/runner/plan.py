@@ -14,7 +14,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +22,7 @@ from sbn_bench import malloc, model, schema
 from sbn_bench.config import RunConfig, parse_reference
 from sbn_bench.estimators import Estimator, Registry, UnsupportedProblem, load_plugins
 from sbn_bench.problems import Problem
-from sbn_bench.provenance import environment, file_sha256
+from sbn_bench.provenance import environment, file_record
 from sbn_bench.reference import ReferenceTooLarge, check_shape, check_size, num_paths
 from sbn_bench.runner.cells import Cell, network_key
 from sbn_bench.runner.executors import check_executor
@@ -310,8 +309,7 @@ def build_manifest(config: RunConfig, plan: Plan) -> dict[str, Any]:
         "platform": env["platform"],
         "git_commit": env["git_commit"],
         "device": dev,
-        "plugins": [{"path": str(Path(p).resolve()), "sha256": file_sha256(p)}
-                    for p in config.plugins],
+        "plugins": [file_record(p) for p in config.plugins],
         "estimators": [{"spec": e.spec, "name": e.name, "version": e.version, "family": e.family,
                         "hyperparams": dict(e.hyperparams),
                         "unbiased": e.unbiased, "randomness": e.randomness,
