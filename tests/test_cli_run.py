@@ -89,6 +89,7 @@ def test_resume_needs_only_the_output_folder(tmp_path):
     assert res.exit_code == 2 and "no manifest.json in" in res.output and "--problem" in res.output
 
 
+@pytest.mark.slow
 def test_resume_from_the_manifest_adds_plugins_and_keeps_unnamed_throughput_settings(tmp_path):
     """A --plugin beside --out DIR --resume is added to the run's plugin files (the recorded ones
     stay); one throughput option replaces that option only, not the run's whole throughput

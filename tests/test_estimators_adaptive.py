@@ -227,6 +227,7 @@ def test_memory_bound_covers_the_learned_networks(spec: str) -> None:
         assert 0 < got <= bound, f"{spec} {dtype}: peak {got} B > bound {bound} B"
 
 
+@pytest.mark.slow
 def test_the_runner_measures_adaptive_estimators_tuned(tmp_path) -> None:
     """A run tunes each adaptive estimator before measuring it (SPEC §3b; the runner measured
     them untuned, so ``nvil`` gave REINFORCE's numbers to the last digit): its statistics are the

@@ -49,6 +49,7 @@ def _faults_per_call(choice: str) -> tuple[str, float]:
     return out[0], float(out[1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not GLIBC, reason="the policy applies to glibc's malloc only")
 def test_kept_memory_serves_an_estimator_call_without_page_faults() -> None:
     """ARM on the paper net (S = 100, float32) after 100 calls, page faults per call in the median

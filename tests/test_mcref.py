@@ -413,6 +413,7 @@ def test_exact_reference_values_are_those_of_the_schema2_runner(tmp_path: Path) 
         assert ok.all(), gold[~ok].assign(ours=a[~ok])
 
 
+@pytest.mark.slow
 def test_the_layers_target_brings_every_layer_to_epsilon() -> None:
     p = random_problem("2-4-4-4-1", 0, data_points=20)
     net = plan_reference(p, rel_error=0.1, estimator="disarm", seed=0)

@@ -84,8 +84,10 @@ def _layer_norms(p: problems.Problem) -> dict[str, float]:
     return out
 
 
-@pytest.mark.parametrize("noise, dtype", [("logistic", "float32"), ("logistic", "float64"),
-                                          ("gaussian", "float32"), ("gaussian", "float64")])
+@pytest.mark.parametrize("noise, dtype", [  # one in the default run, the others with -m slow
+    pytest.param("logistic", "float32", marks=pytest.mark.slow),
+    pytest.param("logistic", "float64", marks=pytest.mark.slow),
+    ("gaussian", "float32"), pytest.param("gaussian", "float64", marks=pytest.mark.slow)])
 def test_saturated_run_writes_no_undocumented_nan(tmp_path, noise, dtype):
     p = saturated(1000.0, noise)
     path = problems.save_problem(p, tmp_path / "sat.npz")

@@ -500,6 +500,7 @@ def test_figures_leave_out_round_off_layers_and_a_deep_nets_output_layer() -> No
     assert figure_layers(paper, ["1", "2", "3", "out", "all"]) == ["1", "2", "3", "all"]
 
 
+@pytest.mark.slow
 def test_headline_counts_do_not_depend_on_the_process_hash_seed() -> None:
     """The headline's "best or tied" counts list ties in run order, the same in every process
     (the layers were iterated as a set, whose order follows PYTHONHASHSEED: the published

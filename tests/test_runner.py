@@ -542,6 +542,7 @@ def test_missing_config_file(tmp_path):
     assert info.value.argument == str(tmp_path / "none.toml")
 
 
+@pytest.mark.slow
 def test_stable_seed_is_stable():
     # SHA-256 based: the same in every process (no PYTHONHASHSEED dependence)
     code = ("from sbn_bench.runner import stable_seed; "

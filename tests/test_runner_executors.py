@@ -308,6 +308,7 @@ def test_dask_local_cluster_gives_byte_identical_metrics_to_serial(tmp_path, ser
     same_results(serial_run, out)
 
 
+@pytest.mark.slow
 def test_dask_retries_a_worker_killed_mid_cell(tmp_path, plugin, cluster):
     cfg = config(tmp_path / "out", problems=(ProblemSpec(arch="2-2-2-1", data_points=3),),
                  estimators=("slow-once", "st"), seeds=(0,), plugins=(str(plugin),),
@@ -321,6 +322,7 @@ def test_dask_retries_a_worker_killed_mid_cell(tmp_path, plugin, cluster):
     assert set(res.metrics["estimator"]) == {"slow-once", "st"}
 
 
+@pytest.mark.slow
 def test_dask_records_a_cell_whose_worker_dies_twice(tmp_path, plugin, cluster):
     cfg = config(tmp_path / "out", problems=(ProblemSpec(arch="2-2-2-1", data_points=3),),
                  estimators=("crash", "st"), seeds=(0,), plugins=(str(plugin),),
@@ -332,6 +334,7 @@ def test_dask_records_a_cell_whose_worker_dies_twice(tmp_path, plugin, cluster):
     assert set(res.metrics["estimator"]) == {"st"}
 
 
+@pytest.mark.slow
 def test_dask_cell_past_its_timeout_is_recorded_and_its_worker_restarted(tmp_path, plugin):
     # the limit is far above an st cell even on a loaded machine (5 s was not, at a load of 8); a
     # local cluster of its own (dask:2): on the module's shared cluster, whose workers earlier tests
@@ -346,6 +349,7 @@ def test_dask_cell_past_its_timeout_is_recorded_and_its_worker_restarted(tmp_pat
     assert len(res.metrics[res.metrics["estimator"] == "st"]["seed"].unique()) == 2
 
 
+@pytest.mark.slow
 def test_a_cluster_left_without_workers_stops_the_run_with_an_error_and_a_rerun_resumes(
         tmp_path, plugin, monkeypatch):
     # the scheduler keeps tasks forever when no worker is left: the run must not wait forever
@@ -380,6 +384,7 @@ def test_a_cluster_left_without_workers_stops_the_run_with_an_error_and_a_rerun_
     assert res.failures.empty and set(res.metrics["estimator"]) == {"slow-once", "st"}
 
 
+@pytest.mark.slow
 def test_resume_processes_then_dask(tmp_path, serial_run, cluster):
     out = tmp_path / "run"
     with pytest.raises(Stop):
@@ -389,6 +394,7 @@ def test_resume_processes_then_dask(tmp_path, serial_run, cluster):
     same_results(serial_run, out)
 
 
+@pytest.mark.slow
 def test_ctrl_c_closes_the_local_cluster(tmp_path):
     ex = executors.make_executor("dask:2")
     cluster_ = ex.cluster
@@ -487,6 +493,7 @@ def _refusing_address() -> str:
     return f"tcp://127.0.0.1:{port}"
 
 
+@pytest.mark.slow
 def test_a_scheduler_that_refuses_connection_is_one_line_within_the_timeout(tmp_path):
     address = _refusing_address()
     with pytest.raises(RunError, match=f"cannot connect to the Dask scheduler at {address} within 2 s"):

@@ -168,7 +168,8 @@ def test_exact_enumeration_estimate_bounds_the_real_peak():
     assert 0 < got <= tables + chunks, (got, tables, chunks)
 
 
-@pytest.mark.parametrize("arch, loss, D", [("1x4x4-c2k2-c3k2s2-3", "softmax", 12),
+@pytest.mark.parametrize("arch, loss, D", [pytest.param("1x4x4-c2k2-c3k2s2-3", "softmax", 12,
+                                                        marks=pytest.mark.slow),
                                            ("6-5-6", "vae", 12),
                                            ("6-d4:lrelu-5-d4:lrelu-6", "vae", 10),
                                            ("5-d4:tanh-4-3-d6:relu-3", "softmax", 10),

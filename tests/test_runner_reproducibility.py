@@ -43,6 +43,7 @@ def first(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_same_command_gives_byte_identical_metrics_across_processes(first, tmp_path):
     out = tmp_path / "b"
     code = "import sys; from sbn_bench.cli import main; main(sys.argv[1:])"
@@ -125,6 +126,7 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_rerun_from_the_manifest_is_byte_identical(tmp_path, monkeypatch):
     """A run with relative paths (problem file, checkpoint, plugin, out) made in one folder is
     rebuilt and rerun from another folder, from nothing but its manifest."""
@@ -190,6 +192,7 @@ def _run(out: Path, version: str = "1", seed: int = 0, plugin_dir: Path | None =
     return out
 
 
+@pytest.mark.slow
 def test_compare_refuses_real_runs_that_differ_and_says_what(tmp_path):
     base = _run(tmp_path / "base", plugin_dir=tmp_path)
     same = _run(tmp_path / "same", plugin_dir=tmp_path)

@@ -106,7 +106,9 @@ def _assert_same_results(ref: Path, out: Path) -> None:
     assert parts == sorted(p.name for p in (ref / "cells").iterdir()), "stray or missing parts"
 
 
-@pytest.mark.parametrize("when, n", [("cell", 1), ("cell", 2), ("cell", 5), ("write", 4)])
+@pytest.mark.parametrize("when, n", [pytest.param("cell", 1, marks=pytest.mark.slow), ("cell", 2),
+                                     pytest.param("cell", 5, marks=pytest.mark.slow),
+                                     pytest.param("write", 4, marks=pytest.mark.slow)])
 def test_sigkill_then_resume_gives_identical_results(tmp_path, reference, when, n):
     out = tmp_path / "run"
     _killed_run(out, when, n)
@@ -123,6 +125,7 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path, reference, when, 
     _assert_same_results(reference, out)
 
 
+@pytest.mark.slow
 def test_killed_cli_run_resumes_from_the_cli(tmp_path, reference):
     """The same through ``sbn-bench run`` in a child process, killed while it works (polling)."""
     args = ["run", "--arch", "2-2-2-1", "--data-points", "3", "--samples", "48", "--M", "1,4",
@@ -194,7 +197,7 @@ def test_atomic_write_on_a_full_disk_keeps_the_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]  # the temporary file is gone
 
 
-@pytest.mark.parametrize("n_ok", [1, 6])
+@pytest.mark.parametrize("n_ok", [1, pytest.param(6, marks=pytest.mark.slow)])
 def test_full_disk_during_a_run_is_one_line_and_resumable(tmp_path, monkeypatch, reference, n_ok):
     out = tmp_path / "run"
     args = ["run", "--arch", "2-2-2-1", "--data-points", "3", "--samples", "48", "--M", "1,4",
@@ -264,6 +267,7 @@ def test_read_only_output_folder_is_refused_before_any_work(tmp_path, monkeypatc
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_folder_turning_read_only_mid_run_keeps_the_finished_cells(tmp_path, monkeypatch,
                                                                    reference):
     out = tmp_path / "run"

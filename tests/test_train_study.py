@@ -192,7 +192,8 @@ def test_resume_refuses_another_random_stream_and_retrains_another_estimator_ver
     pd.testing.assert_frame_equal(pa, pb)
 
 
-@pytest.mark.parametrize("executor", ["processes:2", "dask:2", "auto"])
+@pytest.mark.parametrize("executor", ["processes:2", pytest.param("dask:2", marks=pytest.mark.slow),
+                                      pytest.param("auto", marks=pytest.mark.slow)])
 def test_parallel_executors_same_numbers(study: ts.StudyResult, tmp_path: Path, executor: str,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Training cells (generic job cells) in worker processes and on a local Dask cluster: the
