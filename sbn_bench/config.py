@@ -98,6 +98,7 @@ import operator
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -135,6 +136,9 @@ MAX_THREADS = 1024
 """Largest ``threads`` (``--threads``): more torch threads than any machine this runs on has cores."""
 MAX_SEED = 2**63 - 1
 """Largest seed: torch generators take 64-bit seeds (larger ones overflow)."""
+MAX_SEEDS = 10_000
+"""Most seeds in one list (``seeds``, ``--seeds 0-N``): each is a cell per problem, checkpoint and
+estimator (or a training), so more would not finish; a longer list is refused before it is built."""
 DEVICES = ("cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 """The estimators' dtypes by name (the reference is always float64)."""
@@ -430,9 +434,53 @@ class ThroughputConfig:
             object.__setattr__(self, name, float(v))
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """Seeds written as a list and ranges, as ``--seeds`` takes them: ``"0-4"`` → ``(0, 1, 2, 3,
+    4)``, ``"0,2,5"``, ``"0-2,7"``; in the order given, each once, at most :data:`MAX_SEEDS`.
+
+    Raises:
+        ValueError: not such a list (an empty item included), a range running backwards, more
+            than :data:`MAX_SEEDS` seeds, or a seed twice.
+    """
+    spans: list[tuple[int, int]] = []
+    parts = [p.strip() for p in text.split(",")]
+    if parts == [""]:
+        raise ValueError("no seed given")
+    for part in parts:
+        lo, sep, hi = part.partition("-")
+        if not part:
+            raise ValueError("an empty item (two commas, or one at an end)")
+        if not lo.strip().isdigit() or (sep and not hi.strip().isdigit()):
+            raise ValueError(f"{part!r} is neither a seed nor a range such as 0-4")
+        a, b = int(lo), int(hi) if sep else int(lo)
+        if b < a:
+            raise ValueError(f"range {part!r} runs backwards")
+        spans.append((a, b))
+    count = sum(b - a + 1 for a, b in spans)  # before building the list: 0-99999999999 is refused
+    if count > MAX_SEEDS:
+        raise ValueError(f"{count} seeds; at most {MAX_SEEDS} in one list")
+    out = [s for a, b in spans for s in range(a, b + 1)]
+    twice = repeated(out)
+    if twice:
+        raise ValueError(f"seed(s) {twice} given twice")
+    return tuple(out)
+
+
+def repeated(values: Sequence[int]) -> str:
+    """The values given more than once, sorted, as ``"1, 3"`` (``""`` when none)."""
+    return ", ".join(map(str, sorted(v for v, n in Counter(values).items() if n > 1)))
+
+
 def _one_or_many(name: str, value: Any) -> tuple[Any, ...]:
     """``seeds`` or ``M`` as a tuple: one integer (any integer type) is one item, a string a comma
-    list ("0,1"), anything else iterated; refused naming the argument when it is none of these."""
+    list ("0,1"; seeds also take ranges, "0-4"), anything else iterated; refused naming the
+    argument when it is none of these."""
+    if isinstance(value, str) and name == "seeds":
+        try:
+            return parse_seeds(value)
+        except ValueError as e:
+            raise ConfigError(f"seeds={value!r}: {e}; expected seeds such as '0-4' or '0,2,5'",
+                              argument=name, value=value, expected="seeds") from None
     if isinstance(value, str):
         try:
             return tuple(int(v) for v in value.split(","))
@@ -444,6 +492,9 @@ def _one_or_many(name: str, value: Any) -> tuple[Any, ...]:
             return (operator.index(value),)
         except TypeError:
             pass
+    if name == "seeds" and hasattr(value, "__len__") and len(value) > MAX_SEEDS:
+        raise ConfigError(f"seeds has {len(value)} values; expected at most {MAX_SEEDS}",
+                          argument=name, value=len(value), expected=f"≤ {MAX_SEEDS} seeds")
     try:
         return tuple(value)
     except TypeError:
@@ -884,8 +935,8 @@ def _top_level_value(k: str, v: Any, base: Path) -> Any:
         return tuple(_rel(base, p, "plugins") for p in v)
     if k == "M":
         return _m_value(v)
-    if k == "seeds":
-        return tuple(v) if isinstance(v, list) else (v,)
+    if k == "seeds":  # a list, one seed, or a string of seeds and ranges ("0-4")
+        return tuple(v) if isinstance(v, list) else v if isinstance(v, str) else (v,)
     if k in ("memory_budget", "max_exact_bytes"):
         return parse_size(v, k)
     if k == "reference_cache" and isinstance(v, str):

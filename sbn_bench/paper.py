@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from sbn_bench import model, problems
-from sbn_bench.config import Checkpoint, ProblemSpec, RunConfig, paper_m_grid
+from sbn_bench.config import MAX_SEEDS, Checkpoint, ProblemSpec, RunConfig, paper_m_grid
 from sbn_bench.errors import ArgumentError
 from sbn_bench.fileio import atomic_write_text, dir_mode
 from sbn_bench.metrics import hidden_layers
@@ -711,6 +711,10 @@ def paper_config(checkpoints: TrainedCheckpoints | Mapping[int, TrainedCheckpoin
 
 def check_train_seeds(train_seeds: Sequence[int]) -> tuple[int, ...]:
     """``train_seeds`` as a tuple, refused when empty, repeated or not whole numbers ≥ 0."""
+    if len(train_seeds) > MAX_SEEDS:  # before building the tuple
+        raise ArgumentError(f"train_seeds has {len(train_seeds)} values; expected at most {MAX_SEEDS}",
+                            argument="train_seeds", value=len(train_seeds),
+                            expected=f"≤ {MAX_SEEDS} seeds")
     seeds = tuple(train_seeds)
     bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
     if not seeds or bad or len(set(seeds)) != len(seeds):

@@ -60,7 +60,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench import data, malloc, model, network, problems
-from sbn_bench.config import ProblemSpec, RunConfig
+from sbn_bench.config import MAX_SEEDS, ProblemSpec, RunConfig, parse_seeds
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import Estimator, Registry, estimate, load_plugins
 from sbn_bench.fileio import atomic_write_text
@@ -663,7 +663,7 @@ ProgressFn = Callable[[int, int, str], None]
 
 
 def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
-              estimators: Sequence[str] | None = None, seeds: Sequence[int] = (0, 1, 2),
+              estimators: Sequence[str] | None = None, seeds: Sequence[int] | str = (0, 1, 2),
               settings: StudySettings | None = None, executor: str = "auto",
               resume: bool = False, progress: ProgressFn | None = None,
               plugins: Sequence[str | os.PathLike[str]] = (),
@@ -674,7 +674,8 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         preset: a key of :data:`STUDY_PRESETS` (its settings and estimators are the defaults).
         out: the study's folder.
         estimators: estimator specs (default: the preset's).
-        seeds: training seeds (initial parameters, data order, binarisation and noise).
+        seeds: training seeds (initial parameters, data order, binarisation and noise), at most
+            :data:`~sbn_bench.config.MAX_SEEDS`; a string takes ranges, as ``--seeds`` (``"0-2"``).
         settings: the training settings (default: the preset's; see :func:`preset_settings`).
         executor: ``auto`` (worker processes, one per CPU up to the cells to train, when there
             are two or more and the program is the ``sbn-bench`` command or an interactive
@@ -713,6 +714,14 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     plugin_records = [file_record(p) for p in plugins]
     versions = _check_estimators(specs, reg)
     ests = tuple(versions)
+    if isinstance(seeds, str):  # "0-2", as --seeds takes it
+        try:
+            seeds = parse_seeds(seeds)
+        except ValueError as e:
+            raise TrainArgumentError("seeds", f"argument seeds={seeds!r}: {e}") from None
+    if len(seeds) > MAX_SEEDS:  # before building the tuple: range(10**11) is refused at once
+        raise TrainArgumentError("seeds", f"argument seeds has {len(seeds)} values; expected at most "
+                                          f"{MAX_SEEDS}")
     seeds = tuple(seeds)
     for sd in seeds:
         if isinstance(sd, bool) or not isinstance(sd, int) or sd < 0:

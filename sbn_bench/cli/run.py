@@ -37,6 +37,7 @@ from sbn_bench.config import (
     DEVICES,
     DTYPES,
     MAX_SEED,
+    MAX_SEEDS,
     MAX_THREADS,
     MODES,
     REFERENCE_TARGETS,
@@ -47,6 +48,8 @@ from sbn_bench.config import (
     load_config,
     named_m_grid,
     parse_reference,
+    parse_seeds,
+    repeated,
 )
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import split_specs
@@ -57,6 +60,9 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if value is None:
         return None
     example = "1,10,100" if param.name == "m_grid" else "0,1,2"
+    if any(not v.strip() for v in value.split(",")) and value.strip():
+        raise click.BadParameter(f"{value!r} has an empty item (two commas, or one at an end); "
+                                 f"expected integers such as {example}")
     try:
         out = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
@@ -73,45 +79,16 @@ def _seed_list(ctx: click.Context, param: click.Parameter, value: str | None
     ``0 … MAX_SEED`` (a usage error, as for --seed)."""
     ranged = value is not None and re.search(r"\d\s*-\s*\d", value) is not None
     out = _seed_ranges(ctx, param, value) if ranged else _int_list(ctx, param, value)
+    if len(out or ()) > MAX_SEEDS:
+        raise click.BadParameter(f"{len(out or ())} seeds; expected at most {MAX_SEEDS}")
     bad = [s for s in out or () if not 0 <= s <= MAX_SEED]
     if bad:
         raise click.BadParameter(f"{value!r}: seed {bad[0]} is out of range; expected integers "
                                  f"from 0 to {MAX_SEED}")
-    twice = _repeated(out or ())
+    twice = repeated(out or ())
     if twice:
         raise click.BadParameter(f"{value!r}: seed(s) {twice} given twice; expected distinct seeds")
     return out
-
-
-def _repeated(seeds: tuple[int, ...] | list[int]) -> str:
-    """The seeds given more than once, sorted, as ``"1, 3"`` (``""`` when none)."""
-    return ", ".join(map(str, sorted({s for s in seeds if seeds.count(s) > 1})))
-
-
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """Seeds written as a list and ranges: ``"0-4"`` → ``(0, 1, 2, 3, 4)``, ``"0,2,5"``,
-    ``"0-2,7"``; in the order given, each once.
-
-    Raises:
-        ValueError: not such a list, a range running backwards, or a seed twice.
-    """
-    out: list[int] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        lo, sep, hi = part.partition("-")
-        if not lo.strip().isdigit() or (sep and not hi.strip().isdigit()):
-            raise ValueError(f"{part!r} is neither a seed nor a range such as 0-4")
-        a, b = int(lo), int(hi) if sep else int(lo)
-        if b < a:
-            raise ValueError(f"range {part!r} runs backwards")
-        out += range(a, b + 1)
-    if not out:
-        raise ValueError("no seed given")
-    twice = _repeated(out)
-    if twice:
-        raise ValueError(f"seed(s) {twice} given twice")
-    return tuple(out)
 
 
 def _seed_ranges(ctx: click.Context, param: click.Parameter, value: str | None

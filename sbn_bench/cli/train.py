@@ -24,8 +24,8 @@ from sbn_bench.cli.common import (
     size_option,
     warn,
 )
-from sbn_bench.cli.run import INTERRUPTED_EXIT, parse_seeds
-from sbn_bench.config import MAX_SEED
+from sbn_bench.cli.run import INTERRUPTED_EXIT
+from sbn_bench.config import MAX_SEED, parse_seeds
 from sbn_bench.estimators import load_plugins, split_specs
 from sbn_bench.reference import DEFAULT_MAX_BYTES
 
