@@ -390,3 +390,35 @@ def test_a_training_study_folder_is_named_as_one(tmp_path: Path) -> None:
     r = invoke(["report", tmp_path])
     assert r.exit_code == 1 and "holds a training study, not a run" in r.output, r.output
     assert "sbn-bench run --out" not in r.output
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e150])
+def test_huge_finite_errors_are_drawn(small_run: Path, scale: float) -> None:
+    """An estimator whose errors are huge but finite (a plugin scaled by 1e20) made the report
+    fail: the bias-variance figure's axis thresholds were Python integers (10 ** 20 overflows
+    numpy's int64 log), and values beyond 1e154 gave infinite axis limits (√(lo·hi))."""
+    df = pd.read_csv(small_run / "metrics.csv")
+    for metric, power in (("bias_norm", 1), ("rel_bias", 1), ("rrmse", 1), ("variance", 2),
+                          ("mse", 2)):
+        rows = df["metric"] == metric
+        df.loc[rows, ["value", "stderr"]] *= scale ** power
+    df.to_csv(small_run / "metrics.csv", index=False)
+    written = write_report(small_run, formats=("md",))
+    assert written["md"].exists() and list(written["figures"].glob("*bias_variance*.png"))
+    df.loc[df["metric"] == "rrmse", "value"] = 1e300
+    df.to_csv(small_run / "metrics.csv", index=False)
+    res = invoke(["report", small_run, "--format", "md"])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+
+
+def test_the_incomplete_note_counts_only_complete_part_files(small_run: Path) -> None:
+    """A damaged part file is left out of the tables, so it is not counted as a cell done."""
+    manifest = json.loads((small_run / "manifest.json").read_text())
+    (small_run / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    (small_run / "metrics.csv").unlink()
+    part = sorted((small_run / "cells").glob("*.metrics.csv"))[0]
+    part.write_text(part.read_text()[:-30])
+    total = manifest["cells"]["total"]
+    run = load_run(small_run)
+    assert f"{total - 1} of {total} cells done" in run.incomplete, run.incomplete
+    assert "1 more cell(s) with a damaged part file" in run.incomplete

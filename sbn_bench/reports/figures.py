@@ -29,6 +29,7 @@ kept as text.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,10 +201,11 @@ def _log_limits(values: np.ndarray, pad: float = 1.35) -> tuple[float, float] | 
     v = values[np.isfinite(values) & (values > 0)]
     if v.size == 0:
         return None
-    lo, hi = float(v.min()) / pad, float(v.max()) * pad
+    top = sys.float_info.max  # finite limits for values near it (matplotlib refuses infinite ones)
+    lo, hi = float(v.min()) / pad, min(float(v.max()) * pad, top)
     if hi / lo < 10:  # at least one decade, so that the log axis has a labelled tick
-        mid = math.sqrt(lo * hi)
-        lo, hi = mid / math.sqrt(10), mid * math.sqrt(10)
+        mid = math.sqrt(lo) * math.sqrt(hi)  # not √(lo·hi), which overflows beyond 1e154
+        lo, hi = mid / math.sqrt(10), min(mid * math.sqrt(10), top)
     return lo, hi
 
 
@@ -644,7 +646,8 @@ def story_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[str
                 if zero:
                     what = "≈0 (unbiased)" if kind == "relative bias" else "≈0"
                     ax.text(0.02, 0.02, f"{what}: {_cut(zero, 3)}", transform=ax.transAxes,
-                            fontsize=6.2, color="#555555", va="bottom", ha="left")
+                            fontsize=6.2, color="#555555", va="bottom", ha="left", zorder=5,
+                            bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85))
                 if c == 0:
                     ax.set_ylabel(f"{kind}, log")
                 if r == 0:
@@ -794,9 +797,9 @@ def bias_variance_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Map
     shown = bv[fits]
     pos_b = shown["rel_bias"][shown["rel_bias"] > ROUND_OFF_ZERO]
     pos_s = shown["rel_sd"][shown["rel_sd"] > ROUND_OFF_ZERO]
-    y_lin = max(10 ** math.floor(math.log10(pos_b.min())), 1e-3) if not pos_b.empty else 1e-3
-    x_lin = 10 ** math.floor(math.log10(pos_s.min())) if not pos_s.empty else 1e-3
-    x_hi = float(pos_s.max()) * 2.5 if not pos_s.empty else 10.0
+    y_lin = max(10.0 ** math.floor(math.log10(pos_b.min())), 1e-3) if not pos_b.empty else 1e-3
+    x_lin = 10.0 ** math.floor(math.log10(pos_s.min())) if not pos_s.empty else 1e-3
+    x_hi = min(float(pos_s.max()) * 2.5, sys.float_info.max) if not pos_s.empty else 10.0
     y_hi = float(max(pos_b.max() if not pos_b.empty else 1.0, y_lin * 10)) * 2.5
     present = [e for e in estimators if e in set(bv["estimator"])]
     groups = panel_groups(present, {e: sty[e].family for e in present}, MAX_LINES)

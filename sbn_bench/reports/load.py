@@ -25,7 +25,7 @@ from sbn_bench import schema
 from sbn_bench.provenance import file_sha256
 from sbn_bench.reports.families import estimator_families
 from sbn_bench.schema import TableError, read_table
-from sbn_bench.storage import RunDirError, processor_text, tables_from_parts
+from sbn_bench.storage import RunDirError, part_problem, processor_text, tables_from_parts
 
 __all__ = ["Run", "RunDirError", "TableError", "load_run"]
 
@@ -319,12 +319,23 @@ def incomplete_note(path: Path, manifest: dict[str, Any]) -> str | None:
     if status not in ("running", "interrupted", "incomplete"):
         return None
     cells = path / "cells"
-    done = ({f.name.split(".", 1)[0] for kind in _CELL_KINDS for f in cells.glob(f"*.{kind}.csv")}
-            if cells.is_dir() else set())
+    done: set[str] = set()
+    damaged: set[str] = set()
+    for kind in _CELL_KINDS:
+        for f in sorted(cells.glob(f"*.{kind}.csv")) if cells.is_dir() else []:
+            try:  # only a complete part counts (a damaged one is left out of the tables)
+                ok = part_problem(f.read_text(encoding="utf-8"), kind) is None
+            except (OSError, UnicodeDecodeError):
+                ok = False
+            (done if ok else damaged).add(f.name.split(".", 1)[0])
+    damaged -= done
     total = _expected_cells(manifest)
     count = f"{len(done)} of {total} cells" if total is not None else f"{len(done)} cells"
     state = "status 'running': killed, or still going" if status == "running" else \
         f"status {status!r}"
+    if damaged:
+        state += f"; {len(damaged)} more cell(s) with a damaged part file, left out and run again " \
+                 "by a resume"
     return (f"this run is incomplete: {count} done ({state}); the tables show only those. Resume it "
             f"with the command that started it plus --resume (sbn-bench run ... --out {path} "
             f"--resume), then write the report again")
