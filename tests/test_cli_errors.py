@@ -528,3 +528,20 @@ def test_run_seeds_take_ranges_as_train_seeds_do() -> None:
     assert _seed_list(None, param, "4,1") == (4, 1)  # type: ignore[arg-type]
     with pytest.raises(click.BadParameter, match="given twice"):
         _seed_list(None, param, "0-2,2")  # type: ignore[arg-type]
+
+
+def test_values_beyond_float32_are_refused_before_any_work_in_a_float32_run(tmp_path: Path) -> None:
+    """A finite weight of 1e300 is Inf in float32: every cell failed saying the file held NaN or
+    Inf. The run is refused at once, naming the array and --dtype float64, which measures it."""
+    src = tmp_path / "p.npz"
+    assert invoke(["problem", "--arch", "2-3-1", "--data-points", "4", "--out", str(src)]).exit_code == 0
+    arrays = dict(np.load(src))
+    arrays["weight_1"] = arrays["weight_1"] * 1e300
+    np.savez(tmp_path / "huge.npz", **arrays)
+    args = ["run", "--problem", str(tmp_path / "huge.npz"), "--estimators", "st", "--samples", "8",
+            "--M", "1", "--no-throughput", "--no-report", "--quiet"]
+    res = invoke([*args, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 1 and "array 'weight_1' holds" in res.output and "float32" in res.output
+    assert "--dtype float64" in res.output and not (tmp_path / "a").exists()
+    res = invoke([*args, "--dtype", "float64", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0 and pd.read_csv(tmp_path / "b" / "failures.csv").empty, res.output

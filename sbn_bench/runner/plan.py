@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from sbn_bench import malloc, model, schema
-from sbn_bench.config import RunConfig, parse_reference
+from sbn_bench.config import DTYPES, RunConfig, parse_reference
 from sbn_bench.estimators import Estimator, Registry, UnsupportedProblem, load_plugins
 from sbn_bench.problems import Problem
 from sbn_bench.provenance import environment, file_record
@@ -220,6 +220,30 @@ def check_shapes(config: RunConfig) -> None:
                                value=config.max_exact_bytes, expected=e.expected) from None
 
 
+def check_dtype_range(config: RunConfig, problems: Sequence[ProblemCheckpoint]) -> None:
+    """Refuse a problem whose finite values overflow the run's sampling dtype: in float32 a
+    weight of 1e300 becomes Inf, and every cell would fail as if the file held Inf.
+
+    Raises:
+        RunError: naming the problem, checkpoint, array and largest value, and ``--dtype float64``.
+    """
+    if config.dtype == "float64":
+        return
+    top = torch.finfo(DTYPES[config.dtype]).max
+    for pname, label, prob in problems:
+        arrays = {**prob.params, "x": prob.x}
+        if prob.y.is_floating_point():
+            arrays["y"] = prob.y
+        for key, t in arrays.items():
+            big = t[torch.isfinite(t)].abs()
+            if big.numel() and float(big.max()) > top:
+                raise RunError(f"problem {pname!r} (checkpoint {label!r}): array {key!r} holds "
+                               f"{float(big.max()):.3g}, beyond {config.dtype}'s range (±{top:.3g}), "
+                               "where the estimators would see Inf; use --dtype float64 (dtype="
+                               "'float64')", argument="dtype", value=config.dtype,
+                               expected="float64 for this problem")
+
+
 def prepare(config: RunConfig) -> Plan:
     """Everything checked before any work: device, plugins, estimators, problem sizes (before the
     problems are built), supported combinations and the reference's size
@@ -263,6 +287,7 @@ def prepare(config: RunConfig) -> Plan:
                     skipped.append((pname, label, e.spec))
                     warnings.append(f"default estimator {e.spec!r} left out of {pname}/{label}: "
                                     f"{why}")
+    check_dtype_range(config, problems)
     references = reference_kinds(config, problems)
     check_combinations(config, problems, ests, skipped, references)
     check_memory(config, problems, ests)
