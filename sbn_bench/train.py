@@ -58,11 +58,13 @@ from torch import Tensor
 
 from sbn_bench import malloc, model, network
 from sbn_bench.errors import SbnBenchError
-from sbn_bench.estimators import ContractError, Estimator, load_registry
+from sbn_bench.estimators import ContractError, Estimator, load_plugins, load_registry
 from sbn_bench.fileio import WriteError, atomic_write_bytes, make_folder
 from sbn_bench.problems import Problem, save_problem
-from sbn_bench.provenance import environment
+from sbn_bench.provenance import environment, file_record
 from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size, objective
+from sbn_bench.storage import CELLS as RUN_CELLS
+from sbn_bench.storage import MANIFEST as RUN_MANIFEST
 
 OPTIMIZERS = ("sgd", "adam")
 MAX_EPOCHS = 10**6
@@ -127,7 +129,7 @@ def training_files(out_dir: str | os.PathLike[str]) -> list[Path]:
 def _check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> None:
     """Refuse an ``out_dir`` holding a previous training's outputs, or remove them (``overwrite``):
     stale checkpoints beside new ones would be mistaken for this run's. A training study's folder
-    is refused either way."""
+    and an ``sbn-bench run`` folder are refused either way."""
     d = Path(out_dir)
     if d.exists() and not d.is_dir():
         raise TrainArgumentError("out_dir", f"argument out_dir={str(d)!r} exists and is not a "
@@ -135,6 +137,10 @@ def _check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> None:
     if (d / STUDY_NAME).is_file():
         raise TrainArgumentError("out_dir", f"argument out_dir={str(d)!r} holds a training study "
                                             f"({STUDY_NAME}); choose another output folder")
+    if (d / RUN_MANIFEST).is_file() or (d / RUN_CELLS).is_dir():
+        raise TrainArgumentError("out_dir", f"argument out_dir={str(d)!r} holds an sbn-bench run "
+                                            f"({RUN_MANIFEST}, {RUN_CELLS}/); choose another output "
+                                            "folder (--out)")
     old = training_files(d)
     if not old:
         return
@@ -471,6 +477,7 @@ def train(
     progress: ProgressFn | None = None,
     num_threads: int | None = 1,
     overwrite: bool = False,
+    plugins: Sequence[str | os.PathLike[str]] = (),
 ) -> TrainResult:
     """Train ``problem``'s network with one sample of ``estimator`` per minibatch step.
 
@@ -504,6 +511,8 @@ def train(
         overwrite: when ``out_dir`` already holds a training's outputs (``checkpoint_epoch*.npz``,
             ``train_log.csv``, ``train_manifest.json``), remove them (and ``loss_curve.png``) before
             training; when False (default) such a folder is refused before any work.
+        plugins: plugin files (``--plugin``): a spec ``estimator`` may name their estimators, and
+            ``train_manifest.json`` records each file's path and SHA-256 (as a run's manifest does).
 
     Returns:
         A :class:`TrainResult`.
@@ -526,7 +535,8 @@ def train(
         return _train(problem, estimator, optimizer=optimizer, lr=lr, momentum=momentum,
                       batch_size=batch_size, epochs=epochs, checkpoints=checkpoints, seed=seed,
                       out_dir=out_dir, log_every=log_every, exact_log=exact_log,
-                      max_exact_bytes=max_exact_bytes, progress=progress, overwrite=overwrite)
+                      max_exact_bytes=max_exact_bytes, progress=progress, overwrite=overwrite,
+                      plugins=plugins)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -601,14 +611,16 @@ def _epoch(problem: Problem, estimator: Estimator, state: _State, opt: torch.opt
 def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: float,
            momentum: float | None, batch_size: int, epochs: int, checkpoints: Iterable[int],
            seed: int, out_dir: str | os.PathLike[str], log_every: int, exact_log: bool,
-           max_exact_bytes: int, progress: ProgressFn | None, overwrite: bool = False
-           ) -> TrainResult:
+           max_exact_bytes: int, progress: ProgressFn | None, overwrite: bool = False,
+           plugins: Sequence[str | os.PathLike[str]] = ()) -> TrainResult:
     t_start = time.perf_counter()
     cps = check_arguments(problem, optimizer=optimizer, lr=lr, momentum=momentum,
                           batch_size=batch_size, epochs=epochs, checkpoints=checkpoints, seed=seed,
                           log_every=log_every, max_exact_bytes=max_exact_bytes)
+    plugin_records = [file_record(p) for p in plugins]  # what was loaded, before any training
     if isinstance(estimator, str):
-        estimator = load_registry().create(estimator)
+        reg = load_plugins(plugins, [estimator.split(":")[0].strip()])[0] if plugins else load_registry()
+        estimator = reg.create(estimator)
     check_trainable(estimator)
     problem = problem.to(dtype=torch.float64)
     estimator.check_supports(problem)
@@ -682,6 +694,7 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
               "seconds_per_step": t_train / max(step, 1)}
     manifest = _train_manifest(problem, estimator, config, {"seed": seed, **seeds}, history,
                                step, exact_J.note, timing, written)
+    manifest["plugins"] = plugin_records
     _atomic_write(out / MANIFEST_NAME,
                   (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode())
     final = problem.with_params(state.live, name=f"{problem.name}-epoch{epochs}")

@@ -136,6 +136,31 @@ def test_ctrl_c_in_train_says_what_is_saved_and_exits_130(tmp_path: Path,
     def interrupted_single(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(training, "train", interrupted_single)
-    r = invoke(["train", "--arch", "2-2-1", "--data-points", "4", "--epochs", "1", "--out",
+    r = invoke(["train", "--arch", "2-2-1", "--data-points", "12", "--epochs", "1", "--out",
                 tmp_path / "t"])
     assert r.exit_code == 130 and "does not resume" in r.output, r.output
+
+
+def test_train_refuses_a_run_folder_and_records_its_plugin(tmp_path: Path) -> None:
+    """A finished run's folder took a training's checkpoints and log beside its tables; and a
+    single training with --plugin did not record the file (a run's manifest and study.json do)."""
+    import hashlib
+    import json
+
+    run_dir = tmp_path / "run"
+    runner.run(tiny_config(run_dir))
+    res = invoke(["train", "--arch", "2-3-1", "--data-points", "12", "--epochs", "1", "--out", run_dir])
+    assert res.exit_code == 2 and "holds an sbn-bench run" in res.output, res.output
+    assert not list(run_dir.glob("checkpoint_epoch*.npz"))
+    plug = Path(__file__).resolve().parents[1] / "examples" / "reinforce_baseline.py"
+    out = tmp_path / "tr"
+    res = invoke(["train", "--arch", "2-3-1", "--data-points", "12", "--epochs", "1", "--plugin", plug,
+                  "--estimator", "reinforce-baseline", "--quiet", "--out", out])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "train_manifest.json").read_text())
+    assert manifest["plugins"] == [{"path": str(plug),
+                                    "sha256": hashlib.sha256(plug.read_bytes()).hexdigest()}]
+    # from Python, a spec may name a plugin's estimator when its file is given
+    again = train(random_problem((2, 3, 1), 0, data_points=12), "reinforce-baseline", epochs=1,
+                  out_dir=tmp_path / "py", plugins=[plug])
+    assert again.manifest["plugins"] == manifest["plugins"]

@@ -160,7 +160,8 @@ def train(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
                 momentum=momentum, batch_size=batch_size, epochs=epochs, checkpoints=checkpoints,
                 seed=seed if train_seed is None else train_seed, out_dir=out_dir,
                 log_every=log_every, max_exact_bytes=max_exact_bytes,
-                progress=progress if bar is not None else None, overwrite=overwrite)
+                progress=progress if bar is not None else None, overwrite=overwrite,
+                plugins=plugins)
         except training.TrainArgumentError as e:
             raise _bad(e, "--seed" if train_seed is None else "--train-seed") from None
         except KeyboardInterrupt:
