@@ -569,12 +569,19 @@ def probes_table(probes: pd.DataFrame, estimators: Sequence[str]) -> Table | Non
         rows.append(row)
     refs = sorted(probes["reference"].astype(str).unique())
     rel = probes["reference_rel_se"].to_numpy(dtype=float)
+    rel = rel[np.isfinite(rel)]
+    lo, hi = (float(rel.min()), float(rel.max())) if rel.size else (math.nan, math.nan)
+    if not rel.size:
+        own = "its own relative error unknown"
+    elif hi == 0:  # an exact reference (enumeration): no error of its own
+        own = "no error of its own (enumeration)"
+    else:
+        own = f"its own relative error √(V_R/N)/‖g‖ {lo:.2g}" + (f"–{hi:.2g}" if hi != lo else "")
     return Table("Gradient probes: relative RMSE / relative bias of one sample",
                  ["estimator"] + [f"epoch {ep}" for ep in epochs], rows, notes=[
                      "Mean over seeds. Floor: the relative size of the noise in the bias estimate "
                      "(√(V/S + V_R/N)/‖g‖); a bias below about twice it is not resolved.",
-                     f"Reference: {', '.join(refs)}; its own relative error √(V_R/N)/‖g‖ "
-                     f"{np.nanmin(rel):.2g}–{np.nanmax(rel):.2g} (SPEC §8). A Monte-Carlo "
+                     f"Reference: {', '.join(refs)}; {own} (SPEC §8). A Monte-Carlo "
                      "reference mc:R:N is the mean of N samples of the unbiased estimator R "
                      "(sbn_bench.train_study.probe_reference)."], anchor="probes")
 

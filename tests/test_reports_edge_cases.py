@@ -196,6 +196,7 @@ def test_a_damaged_manifest_is_said_on_the_terminal_and_the_samples_stay_per_see
         small_run / "metrics.csv", index=False)
     md = write_report(small_run, formats=("md",))["md"].read_text()
     assert f"| samples | {samples} |" in md
+    assert "| seeds combined | 1–2 (not every cell has every seed) per cell" in md  # not "2"
     # the baseline's own warnings reach the terminal too, naming it
     said.clear()
     write_report(small_run, small_run, formats=("md",), warn=said.append, force=True)

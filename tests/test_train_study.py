@@ -72,6 +72,23 @@ def test_pipeline_tables(study: ts.StudyResult) -> None:
     assert e0.loc[0].iloc[0] != e0.loc[1].iloc[0]
 
 
+def test_the_probes_table_states_its_reference_error(study: ts.StudyResult) -> None:
+    """An exact reference has no error of its own (the note read "0–0"); a Monte-Carlo one gives
+    its range, one value once."""
+    _, _, probes = ts.load_study(study.out)
+
+    def note(frame: pd.DataFrame) -> str:
+        table = tr.probes_table(frame, ESTIMATORS)
+        assert table is not None
+        return table.notes[-1]
+
+    assert "no error of its own" in note(probes.assign(reference="exact", reference_rel_se=0.0))
+    assert "0–0" not in note(probes.assign(reference="exact", reference_rel_se=0.0))
+    assert "√(V_R/N)/‖g‖ 0.05 (" in note(probes.assign(reference_rel_se=0.05))
+    rel = probes["reference_rel_se"]
+    assert f"√(V_R/N)/‖g‖ {rel.min():.2g}–{rel.max():.2g}" in note(probes)
+
+
 def test_report_written(study: ts.StudyResult) -> None:
     paths = tr.write_training_report(study.out)
     md = paths["md"].read_text()

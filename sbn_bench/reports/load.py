@@ -519,7 +519,12 @@ def run_facts(run: Run) -> list[tuple[str, str]]:
     if status is not None:
         facts.append(("status", status))
     if run.seeds_combined > 1:
-        facts.append(("seeds combined", f"{run.seeds_combined} per cell: values are means over seeds, "
+        fewest = run.seeds_combined
+        if "seed" in run.metrics.columns and not run.metrics.empty:  # an interrupted run: some fewer
+            fewest = int((run.metrics["seed"].astype(str).str.count(",") + 1).min())
+        per_cell = (f"{run.seeds_combined}" if fewest == run.seeds_combined
+                    else f"{fewest}–{run.seeds_combined} (not every cell has every seed)")
+        facts.append(("seeds combined", f"{per_cell} per cell: values are means over seeds, "
                                         "stderr = √(Σ se²)/n"))
     return [(k, "unknown" if v is None else str(v)) for k, v in facts]
 
