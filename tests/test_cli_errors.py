@@ -69,7 +69,7 @@ def test_every_help_works(cmd):
     (["report"], 2, ["Missing argument 'DIR'"]),
     (["report", ".", "--compare", "/nonexistent-baseline"], 2, ["'--compare'", "/nonexistent-baseline",
                                                               "does not exist"]),
-    (["run", "--arch", "2-x-1"], 1, ["token 'x' is not a layer", "expected tokens separated by '-'"]),
+    (["run", "--arch", "2-x-1"], 2, ["token 'x' is not a layer", "expected tokens separated by '-'"]),
     (["run", *SMALL, "--M", "1,x"], 2, ["--M", "'1,x'", "e.g. 1,10,100"]),
     (["problem", "--arch", "2-2-1"], 2, ["--out"]),
     (["run", "--arch", "2-2-1", "--seed", str(2**64)], 2, ["--seed", "18446744073709551616"]),
@@ -83,7 +83,7 @@ def test_every_help_works(cmd):
     (["run", *SMALL, "--rounds", "3"], 2, ["--rounds sets the throughput cells", "--no-throughput"]),
     (["run", *SMALL, "--seeds", "3-1"], 2, ["--seeds", "range '3-1' runs backwards"]),
     (["run", *SMALL, "--cache-dir", "x"], 2, ["--cache-dir is an option of --preset paper"]),
-    (["exact", "--arch", "1x4x4-c2k3-3", "--data-points", "5"], 1, ["arch='1x4x4-c2k3-3'", "n_out=3"]),
+    (["exact", "--arch", "1x4x4-c2k3-3", "--data-points", "5"], 2, ["arch='1x4x4-c2k3-3'", "n_out=3"]),
     (["run", *SMALL, "--seeds", "0,-1"], 2, ["--seeds", "seed -1 is out of range"]),
     (["run", *SMALL, "--seeds", "1,1"], 2, ["--seeds", "seed(s) 1 given twice"]),
     (["run", *SMALL, "--executor", "foo"], 2, ["--executor", "'foo' is unknown", "processes[:N]"]),
@@ -110,7 +110,7 @@ def test_a_baseline_that_is_not_a_run_is_named_as_the_baseline(tmp_path):
     assert invoke(["run", "--arch", "2-2-1", "--samples", "8", "--no-throughput", "--estimators",
                    "st", "--out", str(run)]).exit_code == 0
     res = invoke(["report", str(run), "--compare", str(empty)])
-    assert_refused(res, 1, ["the baseline run (compare_dir, --compare)",
+    assert_refused(res, 2, ["the baseline run (compare_dir, --compare)",
                             f"run directory {str(empty)!r} is empty"])
 
 
@@ -167,14 +167,14 @@ def test_unwritable_problem_file_is_one_line(tmp_path):
 ])
 def test_bad_estimator_specs(tmp_path, spec, words):
     out = tmp_path / "out"
-    assert_refused(invoke(["run", *SMALL, "--estimators", f"st,{spec}", "--out", str(out)]), 1,
+    assert_refused(invoke(["run", *SMALL, "--estimators", f"st,{spec}", "--out", str(out)]), 2,
                    words, out)
     with pytest.raises(EstimatorSpecError) as e:  # the same from Python
         load_registry().create(spec)
     for w in words:
         assert w in str(e.value)
     assert_refused(invoke(["train", "--arch", "2-2-1", "--estimator", spec, "--epochs", "1",
-                           "--out", str(out)]), 1, words, out)
+                           "--out", str(out)]), 2, words, out)
 
 
 @pytest.mark.parametrize("kw, words", [
@@ -374,7 +374,7 @@ def test_broken_factories_warn_and_fail_only_when_requested(tmp_path):
     # asking for a broken one is an error naming why, before any work
     out2 = tmp_path / "bad"
     assert_refused(invoke(["run", *SMALL, "--estimators", "st,raises", "--plugin", str(broken),
-                           "--out", str(out2)]), 1,
+                           "--out", str(out2)]), 2,
                    ["'raises' failed to load", "this factory always fails"], out2)
     reg, warns = load_plugins([broken], ["raises"])
     assert not any("'raises'" in w for w in warns) and any("'wrong-name'" in w for w in warns)
@@ -425,7 +425,7 @@ def test_estimators_that_break_the_contract_at_run_time_are_recorded(tmp_path):
     # a factory that raises something other than ValueError/TypeError for a hyperparameter
     out2 = tmp_path / "o2"
     assert_refused(invoke(["run", *SMALL, "--estimators", "factory-raises:k=3", "--plugin",
-                           str(plugin), "--out", str(out2)]), 1,
+                           str(plugin), "--out", str(out2)]), 2,
                    ["factory-raises:k=3", "RuntimeError: only k=2 is implemented"], out2)
 
 
@@ -503,10 +503,10 @@ def test_a_run_where_every_cell_failed_exits_non_zero(tmp_path):
 def test_the_cli_refuses_m_above_samples_and_samples_one_with_monte_carlo(tmp_path):
     out = tmp_path / "r"
     assert_refused(invoke(["run", "--arch", "2-2-1", "--data-points", "3", "--samples", "100",
-                           "--M", "5000", "--out", str(out)]), 1,
+                           "--M", "5000", "--out", str(out)]), 2,
                    ["M=[5000] has values above samples=100"], out)
     assert_refused(invoke(["run", "--arch", "2-2-1", "--data-points", "3", "--samples", "1",
-                           "--M", "1", "--estimators", "arm,tanh", "--out", str(out)]), 1,
+                           "--M", "1", "--estimators", "arm,tanh", "--out", str(out)]), 2,
                    ["samples=1", "Monte Carlo"], out)
 
 
@@ -545,3 +545,13 @@ def test_values_beyond_float32_are_refused_before_any_work_in_a_float32_run(tmp_
     assert "--dtype float64" in res.output and not (tmp_path / "a").exists()
     res = invoke([*args, "--dtype", "float64", "--out", str(tmp_path / "b")])
     assert res.exit_code == 0 and pd.read_csv(tmp_path / "b" / "failures.csv").empty, res.output
+
+
+@pytest.mark.parametrize("given, words", [("", "is empty"), ("dir/", "is a folder"),
+                                          ("{tmp}", "is a folder")])
+def test_problem_out_must_name_a_file(tmp_path: Path, given: str, words: str, monkeypatch) -> None:
+    """``--out ""`` was reported as "'.' exists", and ``--out dir/`` wrote a file named dir."""
+    monkeypatch.chdir(tmp_path)
+    res = invoke(["problem", "--arch", "2-3-1", "--out", given.format(tmp=tmp_path)])
+    assert res.exit_code == 2 and "'--out'" in res.output and words in res.output, res.output
+    assert list(tmp_path.iterdir()) == []

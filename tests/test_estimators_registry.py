@@ -3,6 +3,7 @@ files, checking of plugins when they load, and parsing of estimator specs with c
 
 from __future__ import annotations
 
+import json
 from importlib import metadata
 from pathlib import Path
 
@@ -268,6 +269,9 @@ def test_a_plugin_whose_evaluation_count_misbehaves_is_recorded_not_fatal(tmp_pa
     assert flag in err.message
     res = CliRunner().invoke(main, ["list", "--plugin", str(p)])
     assert res.exit_code == 0 and "psa" in res.output and "failed to load" in res.stderr
+    res = CliRunner().invoke(main, ["list", "--plugin", str(p), "--json"])  # on stderr there too
+    assert res.exit_code == 0 and "failed to load" in res.stderr and "failed to load" not in res.stdout
+    assert [e["name"] for e in json.loads(res.stdout)["errors"]] == ["bad"]
 
 
 def test_a_plugin_printing_at_import_does_not_corrupt_list_json(tmp_path: Path) -> None:
@@ -365,7 +369,7 @@ def test_one_string_is_one_item_and_an_unloaded_plugin_file_is_named(tmp_path) -
     one = RunConfig(problems=ProblemSpec(arch="2-2-1"), seeds=np.int64(3), M=4, samples=10)
     assert (len(one.problems), one.seeds, one.M) == (1, (3,), (4,))
     assert RunConfig(problems=ProblemSpec(arch="2-2-1"), seeds="0,1").seeds == (0, 1)
-    with pytest.raises(ConfigError, match="seeds='a,b' is not a comma list of integers"):
+    with pytest.raises(ConfigError, match="seeds='a,b': 'a' is neither a seed nor a range"):
         RunConfig(problems=ProblemSpec(arch="2-2-1"), seeds="a,b")
     assert "reinforce-baseline" in load_registry(plugins=plug).names()
     missing = str(tmp_path / "nothere.py")

@@ -369,7 +369,7 @@ def test_cli_refuses_bad_arguments(tmp_path: Path, args: list[str], option: str,
 
 def test_cli_unknown_estimator_and_missing_problem(tmp_path: Path) -> None:
     r = _cli("--arch", "2-2-1", "--estimator", "psaa", "--out", str(tmp_path / "o"))
-    assert r.exit_code == 1 and "'psaa' is unknown" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "'psaa' is unknown" in r.output and "Traceback" not in r.output
     r = _cli("--out", str(tmp_path / "o"))
     assert r.exit_code == 2 and "--preset" in r.output
 

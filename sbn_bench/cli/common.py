@@ -17,8 +17,9 @@ import click
 from click.core import ParameterSource
 
 from sbn_bench import problems
-from sbn_bench.config import MAX_SEED, ProblemSpec
+from sbn_bench.config import MAX_SEED, ConfigFileError, ProblemSpec
 from sbn_bench.errors import SbnBenchError
+from sbn_bench.estimators import EstimatorSpecError
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
 from sbn_bench.problems import Problem
 from sbn_bench.reference import check_shape
@@ -49,6 +50,9 @@ def friendly_errors(fn: F) -> F:
         except SbnBenchError as e:
             if os.environ.get("SBN_BENCH_DEBUG"):
                 raise
+            usage = _option_error(e)
+            if usage is not None:
+                raise usage from None
             raise click.ClickException(str(e) or type(e).__name__) from None
         except (MemoryError, RuntimeError) as e:
             # out of memory while allocating (torch raises RuntimeError "can't allocate memory"):
@@ -61,6 +65,28 @@ def friendly_errors(fn: F) -> F:
                                        "problem, or lower --memory-budget / --chunk)") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_OPTION_OF = {"M": "m_grid", "batch": "throughput_batch"}
+"""A setting's option where their names differ (``RunConfig.M`` is ``--M``, parameter ``m_grid``)."""
+
+
+def _option_error(e: SbnBenchError) -> click.BadParameter | None:
+    """The library's refusal of a value given on the command line, as that option's usage error
+    (exit status 2, as click's own checks give): ``--cell-timeout nan`` is refused by
+    :class:`~sbn_bench.config.RunConfig`, ``--cell-timeout 0`` by click. None when the error names
+    no option of the running command that was given (a file's value, a default, a folder, …)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or not isinstance(e.argument, str) or isinstance(e, ConfigFileError):
+        return None
+    name = e.argument.removeprefix("throughput.")
+    # an estimator spec's error names the spec: it is the value of --estimators (--estimator)
+    names = ("estimators", "estimator_spec") if isinstance(e, EstimatorSpecError) else \
+        (_OPTION_OF.get(name, name),)
+    for param in ctx.command.params:
+        if param.name in names and given(ctx, param.name):
+            return click.BadParameter(str(e), ctx=ctx, param=param)
+    return None
 
 
 def problem_options(fn: F) -> F:

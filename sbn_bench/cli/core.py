@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -90,7 +91,13 @@ def list_(plugins: tuple[Path, ...], as_json: bool) -> None:
         echo_json({"estimators": entries,
                    "errors": [{"name": e.name, "origin": e.origin, "message": e.message}
                               for e in reg.errors]})
-        return
+    else:
+        _echo_table(entries)
+    for e in reg.errors:  # on stderr with --json too (the JSON's "errors" hold them as well)
+        click.echo(f"failed to load: {e}", err=True)
+
+
+def _echo_table(entries: list[dict]) -> None:
     rows = [[e["name"], e["family"] or "-", "yes" if e["unbiased"] else "no",
              e["randomness"] + (", adaptive" if e["adaptive"] else ""), str(e["evals_per_sample"]),
              ",".join(e["noises"]), ",".join(e["losses"]),
@@ -99,13 +106,21 @@ def list_(plugins: tuple[Path, ...], as_json: bool) -> None:
             for e in entries]
     click.echo(format_table(["name", "family", "unbiased", "randomness", "evals", "noises", "losses",
                              "layers", "hyperparams", "description"], rows))
-    for e in reg.errors:
-        click.echo(f"failed to load: {e}", err=True)
+
+
+def _file_out(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+    """``--out`` of ``problem``: a file name (``""`` read as ``.``, and ``dir/`` as a file ``dir``)."""
+    if not value.strip():
+        raise click.BadParameter(f"{value!r} is empty; expected a file such as problem.npz")
+    if value.endswith(("/", os.sep)) or Path(value).is_dir():
+        raise click.BadParameter(f"{value!r} is a folder; expected a file such as "
+                                 f"{Path(value) / 'problem.npz'}")
+    return Path(value)
 
 
 @click.command()
 @problem_options
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", "out", required=True, callback=_file_out,
               help="Where to write the problem (.npz).")
 @click.option("--overwrite", is_flag=True,
               help="Replace --out if it exists (without it, an existing file is refused: it may "
