@@ -574,7 +574,7 @@ def probes_table(probes: pd.DataFrame, estimators: Sequence[str]) -> Table | Non
     if not rel.size:
         own = "its own relative error unknown"
     elif hi == 0:  # an exact reference (enumeration): no error of its own
-        own = "no error of its own (enumeration)"
+        own = "an enumeration, with no error of its own"
     else:
         own = f"its own relative error √(V_R/N)/‖g‖ {lo:.2g}" + (f"–{hi:.2g}" if hi != lo else "")
     return Table("Gradient probes: relative RMSE / relative bias of one sample",
