@@ -501,7 +501,7 @@ def test_a_scheduler_that_refuses_connection_is_one_line_within_the_timeout(tmp_
         executors.make_executor(f"dask:{address}", connect_timeout=2.0)
     r = CliRunner().invoke(main, ["run", "--arch", "2-2-1", "--executor", f"dask:{address}",
                                   "--out", str(tmp_path / "cli")])
-    assert r.exit_code == 1, r.output
+    assert r.exit_code == 1, r.output  # the cluster failed, not the value: not a usage error
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and "cannot connect to the Dask scheduler" in lines[0], r.output
     assert not (tmp_path / "cli").exists()

@@ -77,7 +77,7 @@ def _option_error(e: SbnBenchError) -> click.BadParameter | None:
     :class:`~sbn_bench.config.RunConfig`, ``--cell-timeout 0`` by click. None when the error names
     no option of the running command that was given (a file's value, a default, a folder, …)."""
     ctx = click.get_current_context(silent=True)
-    if ctx is None or not isinstance(e.argument, str) or isinstance(e, ConfigFileError):
+    if ctx is None or not isinstance(e.argument, str) or isinstance(e, ConfigFileError) or not e.usage:
         return None
     name = e.argument.removeprefix("throughput.")
     # an estimator spec's error names the spec: it is the value of --estimators (--estimator)

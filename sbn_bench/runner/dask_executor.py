@@ -156,6 +156,13 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+class SchedulerUnreachable(RunError):
+    """The Dask scheduler of ``executor='dask:ADDRESS'`` did not answer: a failure of the cluster
+    (start it), not a bad value, so the command line exits with status 1 (``usage`` False)."""
+
+    usage = False
+
+
 class _Lost(Exception):
     """A task's result did not reach the client (see :meth:`DaskExecutor._outcome`)."""
 
@@ -203,7 +210,7 @@ class DaskExecutor:
             if self.cluster is not None:
                 self.cluster.close()
             reason = " ".join(str(e).split()) or type(e).__name__
-            raise RunError(f"argument executor={spec!r}: cannot connect to the Dask scheduler at "
+            raise SchedulerUnreachable(f"argument executor={spec!r}: cannot connect to the Dask scheduler at "
                            f"{address} within {timeout:g} s ({reason}); start one (dask-scheduler) "
                            "or check the address", argument="executor", value=spec,
                            expected="the address of a running Dask scheduler") from None
