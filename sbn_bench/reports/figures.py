@@ -800,7 +800,7 @@ def bias_variance_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Map
     y_lin = max(10.0 ** math.floor(math.log10(pos_b.min())), 1e-3) if not pos_b.empty else 1e-3
     x_lin = 10.0 ** math.floor(math.log10(pos_s.min())) if not pos_s.empty else 1e-3
     x_hi = min(float(pos_s.max()) * 2.5, sys.float_info.max) if not pos_s.empty else 10.0
-    y_hi = float(max(pos_b.max() if not pos_b.empty else 1.0, y_lin * 10)) * 2.5
+    y_hi = min(float(max(pos_b.max() if not pos_b.empty else 1.0, y_lin * 10)) * 2.5, sys.float_info.max)
     present = [e for e in estimators if e in set(bv["estimator"])]
     groups = panel_groups(present, {e: sty[e].family for e in present}, MAX_LINES)
     rows_spec = [(ck, g) for ck in ckpts for g in groups]
