@@ -56,7 +56,10 @@ CELLS = "cells"
 class RunDirError(SbnBenchError, ValueError):
     """A folder that cannot be used as a run folder: an output folder that exists without
     ``--resume`` or resumes another run, or a folder to report on that is not a run
-    (``argument`` is the folder)."""
+    (``argument`` is the folder). The folder's content is at fault, not an option's value: the
+    command line exits with status 1 (``usage`` False)."""
+
+    usage = False
 
 
 def table_text(kind: str, rows: list[dict[str, Any]]) -> str:

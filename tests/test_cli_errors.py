@@ -110,7 +110,7 @@ def test_a_baseline_that_is_not_a_run_is_named_as_the_baseline(tmp_path):
     assert invoke(["run", "--arch", "2-2-1", "--samples", "8", "--no-throughput", "--estimators",
                    "st", "--out", str(run)]).exit_code == 0
     res = invoke(["report", str(run), "--compare", str(empty)])
-    assert_refused(res, 2, ["the baseline run (compare_dir, --compare)",
+    assert_refused(res, 1, ["the baseline run (compare_dir, --compare)",
                             f"run directory {str(empty)!r} is empty"])
 
 
