@@ -278,8 +278,9 @@ class ProblemSpec:
             try:
                 problems.parse_arch(self.arch)
             except problems.ProblemError as e:
-                raise ConfigError(str(e), argument="arch", value=self.arch,
-                                  expected=e.expected) from None
+                err = ConfigError(str(e), argument="arch", value=self.arch, expected=e.expected)
+                err.usage = e.usage  # a layer list file's content is the file's fault (exit 1)
+                raise err from None
         _check_int("seed", self.seed, 0, MAX_SEED)
         _check_int("data_points", self.data_points, 1)
         if self.loss not in LOSS_NAMES:

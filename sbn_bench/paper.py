@@ -15,6 +15,7 @@ References:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -711,6 +712,8 @@ def paper_config(checkpoints: TrainedCheckpoints | Mapping[int, TrainedCheckpoin
 
 def check_train_seeds(train_seeds: Sequence[int]) -> tuple[int, ...]:
     """``train_seeds`` as a tuple, refused when empty, repeated or not whole numbers ≥ 0."""
+    if not hasattr(train_seeds, "__len__"):  # a generator: at most one seed more than allowed
+        train_seeds = tuple(itertools.islice(train_seeds, MAX_SEEDS + 1))
     if len(train_seeds) > MAX_SEEDS:  # before building the tuple
         raise ArgumentError(f"train_seeds has {len(train_seeds)} values; expected at most {MAX_SEEDS}",
                             argument="train_seeds", value=len(train_seeds),

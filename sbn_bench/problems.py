@@ -372,6 +372,13 @@ def network_of(arch: str | Sequence[int], loss: str = "logistic") -> Network:
         raise ProblemError(str(e), argument="arch", value=e.value, expected=e.expected) from None
 
 
+def _in_file(e: ProblemError) -> ProblemError:
+    """``e`` marked as a fault of a file's content, not of the option that named the file: the
+    command line exits with status 1, not as a usage error (``usage`` False)."""
+    e.usage = False
+    return e
+
+
 def network_file(path: str | os.PathLike[str], *, prior: bool = False) -> Network:
     """The network of a JSON layer list file ``{"input": [C, H, W] or [n], "layers": [...]}``
     (:func:`sbn_bench.network.from_layers`: what the ``--arch`` grammar cannot say, e.g. a
@@ -385,22 +392,23 @@ def network_file(path: str | os.PathLike[str], *, prior: bool = False) -> Networ
     try:
         d = json.loads(Path(path).read_text())
     except OSError as e:
-        raise ProblemError(f"{where}: cannot read the layer list file ({e.strerror or e})",
-                           argument="arch", value=str(path), expected="a readable JSON file") from None
+        raise _in_file(ProblemError(f"{where}: cannot read the layer list file ({e.strerror or e})",
+                           argument="arch", value=str(path), expected="a readable JSON file")) from None
     except (UnicodeDecodeError, ValueError) as e:
-        raise ProblemError(f"{where} is not JSON ({e})", argument="arch", value=str(path),
-                           expected='{"input": [...], "layers": [...]}') from None
+        raise _in_file(ProblemError(f"{where} is not JSON ({e})", argument="arch", value=str(path),
+                           expected='{"input": [...], "layers": [...]}')) from None
     if not isinstance(d, dict) or set(d) != {"input", "layers"} \
             or not isinstance(d["input"], list) or not isinstance(d["layers"], list) \
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in d["input"]):
         keys = sorted(d) if isinstance(d, dict) else type(d).__name__
-        raise ProblemError(f"{where}: expected an object with exactly the keys 'input' (a list of "
+        raise _in_file(ProblemError(f"{where}: expected an object with exactly the keys 'input' (a list of "
                            f"integers) and 'layers' (a list of layer tables), got {keys}",
-                           argument="arch", value=str(path), expected='{"input": [...], "layers": [...]}')
+                           argument="arch", value=str(path),
+                           expected='{"input": [...], "layers": [...]}'))
     try:
         return from_layers(d["input"], d["layers"], prior=prior, source=str(path))
     except NetworkError as e:
-        raise ProblemError(str(e), argument="arch", value=e.value, expected=e.expected) from None
+        raise _in_file(ProblemError(str(e), argument="arch", value=e.value, expected=e.expected)) from None
 
 
 def check_arch_loss(arch: str | Sequence[int], loss: str) -> None:

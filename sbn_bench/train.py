@@ -140,7 +140,7 @@ def _check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> None:
     if (d / RUN_MANIFEST).is_file() or (d / RUN_CELLS).is_dir():
         raise TrainArgumentError("out_dir", f"argument out_dir={str(d)!r} holds an sbn-bench run "
                                             f"({RUN_MANIFEST}, {RUN_CELLS}/); choose another output "
-                                            "folder (--out)")
+                                            "folder")
     old = training_files(d)
     if not old:
         return

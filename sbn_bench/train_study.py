@@ -46,6 +46,7 @@ import csv
 import dataclasses
 import functools
 import io
+import itertools
 import json
 import math
 import os
@@ -719,6 +720,8 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
             seeds = parse_seeds(seeds)
         except ValueError as e:
             raise TrainArgumentError("seeds", f"argument seeds={seeds!r}: {e}") from None
+    if not hasattr(seeds, "__len__"):  # a generator: at most one seed more than allowed
+        seeds = tuple(itertools.islice(seeds, MAX_SEEDS + 1))
     if len(seeds) > MAX_SEEDS:  # before building the tuple: range(10**11) is refused at once
         raise TrainArgumentError("seeds", f"argument seeds has {len(seeds)} values; expected at most "
                                           f"{MAX_SEEDS}")

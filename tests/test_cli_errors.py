@@ -541,13 +541,14 @@ def test_values_beyond_float32_are_refused_before_any_work_in_a_float32_run(tmp_
     args = ["run", "--problem", str(tmp_path / "huge.npz"), "--estimators", "st", "--samples", "8",
             "--M", "1", "--no-throughput", "--no-report", "--quiet"]
     res = invoke([*args, "--out", str(tmp_path / "a")])
-    assert res.exit_code == 1 and "array 'weight_1' holds" in res.output and "float32" in res.output
+    assert res.exit_code == 1 and "array 'weight_1' holds" in res.output, res.output
+    assert "becomes Inf in float32" in res.output
     assert "--dtype float64" in res.output and not (tmp_path / "a").exists()
     res = invoke([*args, "--dtype", "float64", "--out", str(tmp_path / "b")])
     assert res.exit_code == 0 and pd.read_csv(tmp_path / "b" / "failures.csv").empty, res.output
 
 
-@pytest.mark.parametrize("given, words", [("", "is empty"), ("dir/", "is a folder"),
+@pytest.mark.parametrize("given, words", [("", "is empty"), ("dir/", "ends with a folder separator"),
                                           ("{tmp}", "is a folder")])
 def test_problem_out_must_name_a_file(tmp_path: Path, given: str, words: str, monkeypatch) -> None:
     """``--out ""`` was reported as "'.' exists", and ``--out dir/`` wrote a file named dir."""
@@ -555,3 +556,35 @@ def test_problem_out_must_name_a_file(tmp_path: Path, given: str, words: str, mo
     res = invoke(["problem", "--arch", "2-3-1", "--out", given.format(tmp=tmp_path)])
     assert res.exit_code == 2 and "'--out'" in res.output and words in res.output, res.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_files_named_by_options_are_their_own_errors_not_usage_errors(tmp_path: Path) -> None:
+    """A bad layer-list file given to --arch, or a plugin whose requested estimator fails to load,
+    is the file's fault: exit 1 (a refused value of an option given is exit 2)."""
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    res = invoke(["problem", "--arch", str(bad), "--out", str(tmp_path / "q.npz")])
+    assert_refused(res, 1, ["is not JSON"], tmp_path / "q.npz")
+    plugin = tmp_path / "broken.py"
+    plugin.write_text("def bad():\n    raise RuntimeError('broken factory')\n\n"
+                      "ESTIMATORS = {'bad-est': bad}\n")
+    for args in (["run", *SMALL, "--estimators", "bad-est"],
+                 ["train", "--arch", "2-2-1", "--estimator", "bad-est", "--epochs", "1"]):
+        res = invoke([*args, "--plugin", str(plugin), "--out", str(tmp_path / "o")])
+        assert_refused(res, 1, ["'bad-est' failed to load"], tmp_path / "o")
+    # a study's --estimators is a usage error like run's
+    res = invoke(["train", "--preset", "digits-vae", "--estimators", "nosuch", "--seeds", "0",
+                  "--out", str(tmp_path / "s")])
+    assert_refused(res, 2, ["'--estimators'", "'nosuch' is unknown"], tmp_path / "s")
+
+
+def test_the_largest_float32_values_are_not_refused(tmp_path: Path) -> None:
+    """Only values that become Inf in float32 are refused: float32's own largest value is kept."""
+    src = tmp_path / "p.npz"
+    assert invoke(["problem", "--arch", "2-3-1", "--data-points", "4", "--out", str(src)]).exit_code == 0
+    arrays = dict(np.load(src))
+    arrays["bias_1"] = np.full_like(arrays["bias_1"], float(np.finfo(np.float32).max))
+    np.savez(tmp_path / "edge.npz", **arrays)
+    res = invoke(["run", "--problem", str(tmp_path / "edge.npz"), "--estimators", "tanh", "--samples",
+                  "8", "--M", "1", "--no-throughput", "--no-report", "--quiet", "--out", str(tmp_path / "a")])
+    assert "becomes Inf" not in res.output, res.output

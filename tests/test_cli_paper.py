@@ -70,3 +70,9 @@ def test_huge_seed_lists_are_refused_by_the_library_before_they_are_built(tmp_pa
     with pytest.raises(ArgumentError, match="at most 10000"):
         paper.check_train_seeds(range(10**11))
     assert not (tmp_path / "s").exists()
+    # generators still work (read up to one seed past the limit)
+    assert paper.check_train_seeds(s for s in range(3)) == (0, 1, 2)
+    with pytest.raises(ArgumentError, match="at most 10000"):
+        paper.check_train_seeds(s for s in range(10**11))
+    with pytest.raises(train_study.TrainArgumentError, match="at most 10000"):
+        train_study.run_study("digits-vae-exact", out=tmp_path / "s", seeds=(s for s in range(10**11)))

@@ -81,7 +81,7 @@ def _option_error(e: SbnBenchError) -> click.BadParameter | None:
         return None
     name = e.argument.removeprefix("throughput.")
     # an estimator spec's error names the spec: it is the value of --estimators (--estimator)
-    names = ("estimators", "estimator_spec") if isinstance(e, EstimatorSpecError) else \
+    names = ("estimators", "estimators_text", "estimator_spec") if isinstance(e, EstimatorSpecError) else \
         (_OPTION_OF.get(name, name),)
     for param in ctx.command.params:
         if param.name in names and given(ctx, param.name):

@@ -110,17 +110,18 @@ def _echo_table(entries: list[dict]) -> None:
 
 def _file_out(ctx: click.Context, param: click.Parameter, value: str) -> Path:
     """``--out`` of ``problem``: a file name (``""`` read as ``.``, and ``dir/`` as a file ``dir``)."""
-    if not value.strip():
-        raise click.BadParameter(f"{value!r} is empty; expected a file such as problem.npz")
+    if not value:
+        raise click.BadParameter("'' is empty; expected a file such as problem.npz")
     if value.endswith(("/", os.sep)) or Path(value).is_dir():
-        raise click.BadParameter(f"{value!r} is a folder; expected a file such as "
+        what = "is a folder" if Path(value).is_dir() else "ends with a folder separator"
+        raise click.BadParameter(f"{value!r} {what}; expected a file such as "
                                  f"{Path(value) / 'problem.npz'}")
     return Path(value)
 
 
 @click.command()
 @problem_options
-@click.option("--out", "out", required=True, callback=_file_out,
+@click.option("--out", "out", required=True, callback=_file_out, metavar="FILE",
               help="Where to write the problem (.npz).")
 @click.option("--overwrite", is_flag=True,
               help="Replace --out if it exists (without it, an existing file is refused: it may "

@@ -202,7 +202,7 @@ def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out
     try:
         given_seeds = parse_seeds(seeds_text) if seeds_text is not None else None
     except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="'--seeds'") from None
+        raise click.BadParameter(f"{seeds_text!r}: {e}", param_hint="'--seeds'") from None
     seeds = (0, 1, 2) if given_seeds is None else given_seeds
 
     def progress(done: int, total: int, message: str) -> None:

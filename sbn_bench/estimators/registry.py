@@ -134,9 +134,11 @@ class Registry:
         if name not in self.factories:
             failed = [e for e in self.errors if e.name == name]
             if failed:
-                raise EstimatorSpecError(f"estimator {name!r} failed to load: {failed[0]}",
+                err = EstimatorSpecError(f"estimator {name!r} failed to load: {failed[0]}",
                                          argument=spec, value=name,
                                          expected="an estimator that loads")
+                err.usage = False  # its plugin file is at fault, not the spec (exit status 1)
+                raise err
             close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
             hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
             unloaded = [e.message if e.origin in e.message else f"{e.origin} ({e.message})"

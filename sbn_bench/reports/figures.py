@@ -340,7 +340,7 @@ def heatmap_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[s
         return None
     vmin = float(pos.min())
     vmax = float(min(pos.max(), OUTLIER_FACTOR * np.median(pos)))
-    vmax = max(vmax, vmin * 10)
+    vmax = min(max(vmax, vmin * 10), sys.float_info.max)  # finite: matplotlib refuses inf
     cell_w, cell_h = 0.56, 0.27
     left = max(1.55, 0.2 + _text_inches(max(len(e) for e in ests), bold=True))
     right, top, bottom = 1.0, 0.62, 0.3

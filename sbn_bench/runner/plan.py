@@ -229,18 +229,20 @@ def check_dtype_range(config: RunConfig, problems: Sequence[ProblemCheckpoint]) 
     """
     if config.dtype == "float64":
         return
-    top = torch.finfo(DTYPES[config.dtype]).max
+    dtype = DTYPES[config.dtype]
+    top = torch.finfo(dtype).max
     for pname, label, prob in problems:
         arrays = {**prob.params, "x": prob.x}
         if prob.y.is_floating_point():
             arrays["y"] = prob.y
         for key, t in arrays.items():
-            big = t[torch.isfinite(t)].abs()
-            if big.numel() and float(big.max()) > top:
+            lost = torch.isfinite(t) & torch.isinf(t.to(dtype))  # finite here, Inf once converted
+            if lost.any():
+                big = t[lost].abs()
                 raise RunError(f"problem {pname!r} (checkpoint {label!r}): array {key!r} holds "
-                               f"{float(big.max()):.3g}, beyond {config.dtype}'s range (±{top:.3g}), "
-                               "where the estimators would see Inf; use --dtype float64 (dtype="
-                               "'float64')", argument="dtype", value=config.dtype,
+                               f"{float(big.max()):.3g}, which becomes Inf in {config.dtype} (its largest "
+                               f"value is ±{top:.3g}): the estimators would see Inf; use --dtype "
+                               "float64 (dtype='float64')", argument="dtype", value=config.dtype,
                                expected="float64 for this problem")
 
 
