@@ -510,7 +510,7 @@ def test_cli_study_refusals(tmp_path: Path) -> None:
     assert code == 2 and "runs backwards" in out
     code, out = run("--preset", "digits-vae", "--estimators", "psa,nosuch", "--out",
                     str(tmp_path / "d"))
-    assert code == 1 and "nosuch" in out
+    assert code == 2 and "nosuch" in out and "'--estimators'" in out  # a usage error, as for run
     code, out = run("--preset", "paper", "--resume", "--out", str(tmp_path / "e"))
     assert code == 2 and "has no training study" in out
     code, out = run("--executor", "serial", "--out", str(tmp_path / "e"))
