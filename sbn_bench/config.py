@@ -93,13 +93,14 @@ accumulators (``O((stderr_batches + |M|) · P)`` floats for ``P`` parameters).
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import operator
 import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -467,6 +468,23 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+def seed_tuple(values: Iterable[Any]) -> tuple[Any, ...]:
+    """``values`` (a list, a range, a generator …) as a tuple of at most :data:`MAX_SEEDS`
+    items, refused before a longer one is built: ``range(10**11)`` by its length, a generator
+    after ``MAX_SEEDS + 1`` items.
+
+    Raises:
+        ValueError: ``"has N values; expected at most MAX_SEEDS"``, for the caller to prefix
+            with the argument's name; TypeError: ``values`` is not iterable.
+    """
+    if hasattr(values, "__len__") and len(values) > MAX_SEEDS:  # type: ignore[arg-type]
+        raise ValueError(f"has {len(values)} values; expected at most {MAX_SEEDS}")  # type: ignore[arg-type]
+    items = tuple(itertools.islice(values, MAX_SEEDS + 1))
+    if len(items) > MAX_SEEDS:
+        raise ValueError(f"has more than {MAX_SEEDS} values; expected at most {MAX_SEEDS}")
+    return items
+
+
 def repeated(values: Sequence[int]) -> str:
     """The values given more than once, sorted, as ``"1, 3"`` (``""`` when none)."""
     return ", ".join(map(str, sorted(v for v, n in Counter(values).items() if n > 1)))
@@ -493,10 +511,13 @@ def _one_or_many(name: str, value: Any) -> tuple[Any, ...]:
             return (operator.index(value),)
         except TypeError:
             pass
-    if name == "seeds" and hasattr(value, "__len__") and len(value) > MAX_SEEDS:
-        raise ConfigError(f"seeds has {len(value)} values; expected at most {MAX_SEEDS}",
-                          argument=name, value=len(value), expected=f"≤ {MAX_SEEDS} seeds")
     try:
+        if name == "seeds":
+            try:
+                return seed_tuple(value)
+            except ValueError as e:
+                raise ConfigError(f"seeds {e}", argument=name,
+                                  expected=f"≤ {MAX_SEEDS} seeds") from None
         return tuple(value)
     except TypeError:
         raise ConfigError(f"{name}={value!r} must be an integer or a sequence of integers",

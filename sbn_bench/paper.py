@@ -15,7 +15,6 @@ References:
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -31,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from sbn_bench import model, problems
-from sbn_bench.config import MAX_SEEDS, Checkpoint, ProblemSpec, RunConfig, paper_m_grid
+from sbn_bench.config import MAX_SEEDS, Checkpoint, ProblemSpec, RunConfig, paper_m_grid, seed_tuple
 from sbn_bench.errors import ArgumentError
 from sbn_bench.fileio import atomic_write_text, dir_mode
 from sbn_bench.metrics import hidden_layers
@@ -712,13 +711,11 @@ def paper_config(checkpoints: TrainedCheckpoints | Mapping[int, TrainedCheckpoin
 
 def check_train_seeds(train_seeds: Sequence[int]) -> tuple[int, ...]:
     """``train_seeds`` as a tuple, refused when empty, repeated or not whole numbers ≥ 0."""
-    if not hasattr(train_seeds, "__len__"):  # a generator: at most one seed more than allowed
-        train_seeds = tuple(itertools.islice(train_seeds, MAX_SEEDS + 1))
-    if len(train_seeds) > MAX_SEEDS:  # before building the tuple
-        raise ArgumentError(f"train_seeds has {len(train_seeds)} values; expected at most {MAX_SEEDS}",
-                            argument="train_seeds", value=len(train_seeds),
-                            expected=f"≤ {MAX_SEEDS} seeds")
-    seeds = tuple(train_seeds)
+    try:
+        seeds = seed_tuple(train_seeds)
+    except ValueError as e:
+        raise ArgumentError(f"train_seeds {e}", argument="train_seeds",
+                            expected=f"≤ {MAX_SEEDS} seeds") from None
     bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
     if not seeds or bad or len(set(seeds)) != len(seeds):
         raise ArgumentError(f"train_seeds={list(seeds)!r}: expected distinct whole numbers ≥ 0, "

@@ -46,7 +46,6 @@ import csv
 import dataclasses
 import functools
 import io
-import itertools
 import json
 import math
 import os
@@ -61,7 +60,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench import data, malloc, model, network, problems
-from sbn_bench.config import MAX_SEEDS, ProblemSpec, RunConfig, parse_seeds
+from sbn_bench.config import ProblemSpec, RunConfig, parse_seeds, seed_tuple
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import Estimator, Registry, estimate, load_plugins
 from sbn_bench.fileio import atomic_write_text
@@ -720,12 +719,10 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
             seeds = parse_seeds(seeds)
         except ValueError as e:
             raise TrainArgumentError("seeds", f"argument seeds={seeds!r}: {e}") from None
-    if not hasattr(seeds, "__len__"):  # a generator: at most one seed more than allowed
-        seeds = tuple(itertools.islice(seeds, MAX_SEEDS + 1))
-    if len(seeds) > MAX_SEEDS:  # before building the tuple: range(10**11) is refused at once
-        raise TrainArgumentError("seeds", f"argument seeds has {len(seeds)} values; expected at most "
-                                          f"{MAX_SEEDS}")
-    seeds = tuple(seeds)
+    try:
+        seeds = seed_tuple(seeds)
+    except ValueError as e:
+        raise TrainArgumentError("seeds", f"argument seeds {e}") from None
     for sd in seeds:
         if isinstance(sd, bool) or not isinstance(sd, int) or sd < 0:
             raise TrainArgumentError("seeds", f"argument seeds={list(seeds)!r}: {sd!r} is not an "
