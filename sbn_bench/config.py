@@ -159,6 +159,8 @@ class ConfigError(SbnBenchError, ValueError):
 class ConfigFileError(ConfigError):
     """A :class:`ConfigError` located in a TOML file: the message names the file and the line."""
 
+    usage = False  # a file's content is at fault, not a command-line option (exit status 1)
+
 
 def parse_reference(text: object) -> tuple[str, str | None, int | None]:
     """``reference`` (``--reference``) as ``(kind, estimator, N)``: ``exact``, ``auto``, ``mc``,

@@ -24,13 +24,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from sbn_bench import model, problems
-from sbn_bench.config import MAX_SEEDS, Checkpoint, ProblemSpec, RunConfig, paper_m_grid, seed_tuple
 from sbn_bench.errors import ArgumentError
 from sbn_bench.fileio import atomic_write_text, dir_mode
 from sbn_bench.metrics import hidden_layers
@@ -39,9 +37,13 @@ from sbn_bench.reports.load import Run
 from sbn_bench.reports.ranking import ROUND_ABS, ROUND_REL, TIE_Z, Estimate
 from sbn_bench.reports.sections import Block, Bullets, Details, Heading, Image, Text
 from sbn_bench.reports.tables import Table, TableCell
-from sbn_bench.runner import RunResult, run
-from sbn_bench.train import train
 from sbn_bench.version import __version__
+
+# The claims and the report section read tables only; the experiment's functions import the model,
+# the problems, the runner and the training where they run (so a report does not load torch).
+if TYPE_CHECKING:
+    from sbn_bench.config import RunConfig
+    from sbn_bench.runner import RunResult
 
 PAPER_ESTIMATORS = ["reinforce", "arm", "concrete:tau=0.1", "concrete:tau=1.0", "tanh", "st", "psa"]
 """The seven estimators of the paper's Fig. 3."""
@@ -576,6 +578,8 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 def _training_key(seed: int, training: dict[str, Any]) -> str:
+    from sbn_bench import model, problems
+
     blob = json.dumps({"problem": problems.paper_problem(seed).fingerprint(), "seed": seed,
                        "training": {k: list(v) if isinstance(v, tuple) else v
                                     for k, v in training.items()},
@@ -611,6 +615,9 @@ def ensure_checkpoints(seed: int = 0, *, training: dict[str, Any] | None = None,
     checkpoints trained from another stream are not reused); training writes into a temporary
     folder renamed into place at the end, so an interrupted training leaves no half-written cache.
     """
+    from sbn_bench import problems
+    from sbn_bench.train import train
+
     training = dict(TRAINING if training is None else training)
     epochs = tuple(training["checkpoints"])
     root = cache_root(cache_dir)
@@ -652,6 +659,8 @@ def ensure_checkpoints(seed: int = 0, *, training: dict[str, Any] | None = None,
 def _unreadable_checkpoint(paths: Iterable[Path]) -> str | None:
     """Why a cached checkpoint cannot be used (the first one that does not load as a problem
     file), or None when all load."""
+    from sbn_bench import problems
+
     for p in paths:
         try:
             problems.load_problem(p)
@@ -696,6 +705,8 @@ def paper_config(checkpoints: TrainedCheckpoints | Mapping[int, TrainedCheckpoin
     Defaults: the paper's seven estimators plus :data:`EXTRA_ESTIMATORS`, ``S = 20 000``, the
     paper's M grid (up to ``S``). ``settings`` are passed on to ``RunConfig``.
     """
+    from sbn_bench.config import Checkpoint, ProblemSpec, RunConfig, paper_m_grid
+
     sets: list[tuple[int | None, int, TrainedCheckpoints]] = (
         [(None, seed, checkpoints)] if isinstance(checkpoints, TrainedCheckpoints)
         else [(s, s, c) for s, c in checkpoints.items()])
@@ -711,6 +722,8 @@ def paper_config(checkpoints: TrainedCheckpoints | Mapping[int, TrainedCheckpoin
 
 def check_train_seeds(train_seeds: Sequence[int]) -> tuple[int, ...]:
     """``train_seeds`` as a tuple, refused when empty, repeated or not whole numbers ≥ 0."""
+    from sbn_bench.config import MAX_SEEDS, seed_tuple
+
     try:
         seeds = seed_tuple(train_seeds)
     except ValueError as e:
@@ -749,6 +762,8 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
     Returns:
         The :class:`~sbn_bench.runner.RunResult`.
     """
+    from sbn_bench.runner import run
+
     seeds = None if train_seeds is None else check_train_seeds(train_seeds)
     t0 = time.perf_counter()
     trained = {s: ensure_checkpoints(s, training=training, cache_dir=cache_dir, progress=message)

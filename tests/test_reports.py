@@ -517,3 +517,27 @@ def test_headline_counts_do_not_depend_on_the_process_hash_seed() -> None:
             for seed in ("1", "2", "3")}
     assert len(outs) == 1, outs
     assert "**local-reparam** 2, **ap2** 1" in outs.pop()  # a tie of 1s in run order
+
+
+def test_a_report_loads_no_torch(tmp_path) -> None:
+    """``sbn-bench report`` reads tables and draws figures: it must not import torch (a second or
+    two of a report's few seconds), nor the paper experiment's runner. The metrics it needs are the
+    scalar ones (:mod:`sbn_bench.metrics.scalars`); the tensor reducers load on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from sbn_bench.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print(sorted(m for m in ('torch', 'sbn_bench.runner', 'sbn_bench.problems', "
+            "'sbn_bench.metrics.stats') if m in sys.modules))")
+    full = ["report", str(RUN_A), "--compare", str(RUN_B), "--out", str(tmp_path)]
+    for args in (["report", "--help"], full):
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True,
+                             env={**os.environ, "SBN_BENCH_REPORT_WORKERS": "1"}).stdout
+        assert out.splitlines()[-1] == "[]", (args, out)
+    assert (tmp_path / "report.html").is_file()
+    import sbn_bench.metrics as mt
+
+    assert mt.exact_group_stats.__module__ == "sbn_bench.metrics.stats"  # loaded on first use
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = mt.nope

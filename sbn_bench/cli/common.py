@@ -6,87 +6,21 @@ equivalent (README, "From Python").
 
 from __future__ import annotations
 
-import functools
-import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
-from click.core import ParameterSource
 
 from sbn_bench import problems
-from sbn_bench.config import MAX_SEED, ConfigFileError, ProblemSpec
+from sbn_bench.cli.base import F, echo_json, format_table, friendly_errors, given, warn  # noqa: F401 (re-exported)
+from sbn_bench.config import MAX_SEED, ProblemSpec
 from sbn_bench.errors import SbnBenchError
-from sbn_bench.estimators import EstimatorSpecError
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
 from sbn_bench.problems import Problem
 from sbn_bench.reference import check_shape
 from sbn_bench.runner.executors import parse_executor
 from sbn_bench.runner.memory import RunError
 from sbn_bench.units import parse_size, size_text
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly_errors(fn: F) -> F:
-    """Turn the library's :class:`~sbn_bench.errors.SbnBenchError` (the user's input: bad values,
-    files, plugins, folders) into one ``Error: …`` line and exit status 1, without a traceback.
-    Any other exception is a bug and shows its traceback. Running out of memory while allocating
-    (a request too large for the machine) is also one line.
-
-    Set ``SBN_BENCH_DEBUG=1`` to see the traceback of every error.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import os
-
-        try:
-            return fn(*args, **kwargs)
-        except click.ClickException:
-            raise
-        except SbnBenchError as e:
-            if os.environ.get("SBN_BENCH_DEBUG"):
-                raise
-            usage = _option_error(e)
-            if usage is not None:
-                raise usage from None
-            raise click.ClickException(str(e) or type(e).__name__) from None
-        except (MemoryError, RuntimeError) as e:
-            # out of memory while allocating (torch raises RuntimeError "can't allocate memory"):
-            # the request was too large for this machine, not a bug to show a traceback for
-            text = " ".join(str(e).split())
-            if os.environ.get("SBN_BENCH_DEBUG") or not (
-                    isinstance(e, MemoryError) or "allocate" in text or "out of memory" in text):
-                raise
-            raise click.ClickException(f"out of memory: {text or 'MemoryError'} (use a smaller "
-                                       "problem, or lower --memory-budget / --chunk)") from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-_OPTION_OF = {"M": "m_grid", "batch": "throughput_batch"}
-"""A setting's option where their names differ (``RunConfig.M`` is ``--M``, parameter ``m_grid``)."""
-
-
-def _option_error(e: SbnBenchError) -> click.BadParameter | None:
-    """The library's refusal of a value given on the command line, as that option's usage error
-    (exit status 2, as click's own checks give): ``--cell-timeout nan`` is refused by
-    :class:`~sbn_bench.config.RunConfig`, ``--cell-timeout 0`` by click. None when the error names
-    no option of the running command that was given (a file's value, a default, a folder, …)."""
-    ctx = click.get_current_context(silent=True)
-    if ctx is None or not isinstance(e.argument, str) or isinstance(e, ConfigFileError) or not e.usage:
-        return None
-    name = e.argument.removeprefix("throughput.")
-    # an estimator spec's error names the spec: it is the value of --estimators (--estimator)
-    names = ("estimators", "estimators_text", "estimator_spec") if isinstance(e, EstimatorSpecError) else \
-        (_OPTION_OF.get(name, name),)
-    for param in ctx.command.params:
-        if param.name in names and given(ctx, param.name):
-            return click.BadParameter(str(e), ctx=ctx, param=param)
-    return None
 
 
 def problem_options(fn: F) -> F:
@@ -113,13 +47,6 @@ def problem_options(fn: F) -> F:
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
-
-
-def given(ctx: click.Context, name: str) -> bool:
-    """Whether the option ``name`` was given on the command line (or in the environment), as
-    opposed to taking its default."""
-    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
-                                              ParameterSource.ENVIRONMENT)
 
 
 def problem_spec(ctx: click.Context, problem_file: Path | None, arch: str | None,
@@ -188,26 +115,6 @@ def size_option(name: str, default: int, help: str) -> Callable[[F], F]:
     return click.option(name, type=click.STRING, callback=size_callback, metavar="SIZE",
                         default=size_text(default), show_default=True,
                         help=help + " Bytes or a size such as 4GiB, 512MiB, 2GB.")
-
-
-def warn(message: str) -> None:
-    """A one-line warning on stderr."""
-    click.echo(f"Warning: {' '.join(message.split())}", err=True)
-
-
-def echo_json(obj: Any) -> None:
-    """Print ``obj`` as one line of JSON, all or nothing (it is serialised before printing)."""
-    text = json.dumps(obj, indent=None, allow_nan=False)
-    sys.stdout.write(text + "\n")
-
-
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    """A plain aligned text table."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
 
 
 def executor_callback(ctx: click.Context, param: click.Parameter, value: str) -> str:

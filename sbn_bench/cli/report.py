@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sbn_bench.cli.common import friendly_errors, warn
+from sbn_bench.cli.base import friendly_errors, warn
 
 
 @click.command()

@@ -93,6 +93,8 @@ References:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sbn_bench.metrics.groups import ALL, OUT, Groups, hidden_layers, layer_key, sort_layers
 from sbn_bench.metrics.registry import (
     BY_NAME,
@@ -109,36 +111,69 @@ from sbn_bench.metrics.registry import (
     timed_rows,
     undocumented_nans,
 )
-from sbn_bench.metrics.stats import (
+from sbn_bench.metrics.scalars import (
     COSINE_QUANTILES,
-    CosineAccumulator,
     GroupStats,
-    MomentAccumulator,
-    MomentStats,
-    ReferenceNoise,
-    WeightedMoments,
-    bias_sq_stderr,
     corrected_bias_sq,
-    corrected_norm,
-    cosines,
-    dist_sq_stderr,
-    exact_group_stats,
     jackknife_stderr,
-    layer_scales,
-    leave_one_batch_out,
-    mc_group_stats,
     mean_stderr,
     mse,
     norm_stderr,
     quantile_stderr,
-    rescale_moments,
     rrmse,
     safe_ratio,
     samples_to_accuracy,
-    snr_median,
     time_to_accuracy,
-    weighted_moments,
 )
+
+if TYPE_CHECKING:
+    from sbn_bench.metrics.stats import (
+        CosineAccumulator,
+        MomentAccumulator,
+        MomentStats,
+        ReferenceNoise,
+        WeightedMoments,
+        bias_sq_stderr,
+        corrected_norm,
+        cosines,
+        dist_sq_stderr,
+        exact_group_stats,
+        layer_scales,
+        leave_one_batch_out,
+        mc_group_stats,
+        rescale_moments,
+        snr_median,
+        weighted_moments,
+    )
+
+_STATS = frozenset({
+    "CosineAccumulator",
+    "MomentAccumulator",
+    "MomentStats",
+    "ReferenceNoise",
+    "WeightedMoments",
+    "bias_sq_stderr",
+    "corrected_norm",
+    "cosines",
+    "dist_sq_stderr",
+    "exact_group_stats",
+    "layer_scales",
+    "leave_one_batch_out",
+    "mc_group_stats",
+    "rescale_moments",
+    "snr_median",
+    "weighted_moments",
+})
+"""The names of :mod:`~sbn_bench.metrics.stats` (tensor reducers and accumulators), imported on
+first use: reading a run's tables needs only the scalar metrics, and no torch."""
+
+
+def __getattr__(name: str) -> object:
+    if name in _STATS:
+        from sbn_bench.metrics import stats
+
+        return getattr(stats, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ALL", "BY_NAME", "COSINE_QUANTILES", "EXACT_REFERENCE_METRICS", "METRICS", "NAN_VALUES", "OUT",

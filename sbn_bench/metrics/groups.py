@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch is imported where a tensor is handled: reading tables needs none
+    from torch import Tensor
 
 ALL = "all"
 OUT = "out"
@@ -106,15 +107,21 @@ class Groups:
 
     def flatten(self, grads: Mapping[str, Tensor]) -> Tensor:
         """``{name: [S, *shape]} → [S, P]`` float64 in flat order."""
+        import torch
+
         return torch.cat([grads[n].reshape(grads[n].shape[0], -1).to(torch.float64)
                           for n in self.params], dim=1)
 
     def flatten_one(self, grad: Mapping[str, Tensor]) -> Tensor:
         """``{name: shape} → [P]`` float64 (e.g. the exact gradient)."""
+        import torch
+
         return torch.cat([grad[n].reshape(-1).to(torch.float64) for n in self.params])
 
     def sums(self, v: Tensor) -> Tensor:
         """Per-group sums over the last dimension: ``[..., P] → [..., G]``."""
+        import torch
+
         return torch.stack([v[..., s].sum(-1) for s in self.slices], dim=-1)
 
 

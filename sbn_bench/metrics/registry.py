@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from sbn_bench.metrics.stats import (
+from sbn_bench.metrics.scalars import (
     COSINE_QUANTILES,
     GroupStats,
     mean_stderr,
@@ -39,7 +39,7 @@ class GroupContext:
 
     Attributes:
         stats: the group's figures (in units of ``stats.scale``, see
-            :class:`~sbn_bench.metrics.stats.GroupStats`).
+            :class:`~sbn_bench.metrics.scalars.GroupStats`).
         exact: exact mode (no sampling error: every stderr is 0).
         cosines: ``{M: [R]}`` cosines of ``R`` M-means of this group (None: no cosine rows).
         cosine_exact: the cosines are exact (a deterministic estimator: stderr 0).

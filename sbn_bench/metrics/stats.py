@@ -15,51 +15,23 @@ import torch
 from torch import Tensor
 
 from sbn_bench.metrics.groups import ALL, Groups
-
-COSINE_QUANTILES = (0.15, 0.85)
-"""The percentiles of ``cos(ḡ_M, g)`` reported beside its mean."""
+from sbn_bench.metrics.scalars import (  # noqa: F401 (re-exported)
+    COSINE_QUANTILES,
+    GroupStats,
+    corrected_bias_sq,
+    jackknife_stderr,
+    mean_stderr,
+    mse,
+    norm_stderr,
+    quantile_stderr,
+    rrmse,
+    safe_ratio,
+    samples_to_accuracy,
+    time_to_accuracy,
+)
 
 # --------------------------------------------------------------------------------------------
-# pure reducers (scalars; tested against hand-computed values)
-
-
-def corrected_bias_sq(dist_sq: float, variance: float, num_samples: int) -> float:
-    """Unbiased ``‖β‖²`` from ``‖m − g‖²`` of a mean of ``S`` samples: ``‖m − g‖² − V̂/S``.
-
-    ``E‖m − g‖² = ‖β‖² + V/S`` and ``E V̂ = V``. The result can be negative (not clipped here).
-    """
-    return dist_sq - variance / num_samples
-
-
-def mse(bias_sq: float, variance: float, m: int) -> float:
-    """``MSE(M) = ‖β‖² + V/M`` (SPEC §5)."""
-    return bias_sq + variance / m
-
-
-def rrmse(mse_value: float, g_norm: float) -> float:
-    """``√MSE / ‖g‖`` (``∞`` for ``‖g‖ = 0`` and ``MSE > 0``; 0 for ``MSE = ‖g‖ = 0``)."""
-    return safe_ratio(math.sqrt(max(mse_value, 0.0)), g_norm)
-
-
-def samples_to_accuracy(bias_sq: float, variance: float, g_norm: float, target: float) -> float:
-    """``M* = V / (t²‖g‖² − ‖β‖²)``, the samples needed for ``rrmse(M*) = t`` (SPEC §5);
-    ``∞`` when the bias alone reaches the target; 0 for an estimator without error (``V = 0`` and
-    ``‖β‖ = 0``: any number of samples is exact, also when ``‖g‖ = 0``)."""
-    if variance == 0 and bias_sq <= 0:
-        return 0.0
-    den = target**2 * g_norm**2 - bias_sq
-    if den <= 0:
-        return math.inf
-    return variance / den
-
-
-def time_to_accuracy(m_star: float, seconds_per_sample: float) -> float:
-    """Seconds to reach the target: ``max(1, ⌈M*⌉)`` samples (at least one must be drawn)."""
-    if math.isnan(seconds_per_sample) or math.isnan(m_star):
-        return math.nan
-    if math.isinf(m_star):
-        return math.inf
-    return max(1, math.ceil(m_star - 1e-12)) * seconds_per_sample
+# reducers of tensors (the scalar ones are in sbn_bench.metrics.scalars)
 
 
 def snr_median(mean: Tensor, var: Tensor) -> float:
@@ -107,35 +79,6 @@ def cosines(sums: Tensor, g: Tensor, groups: Groups, coord_scale: Tensor | None 
         c = torch.where((v == 0).all(-1), torch.zeros_like(c), c)
         out.append(c if bool((r != 0).any()) else torch.full_like(c, math.nan))
     return torch.stack(out, dim=-1)
-
-
-def quantile_stderr(values: Sequence[float] | np.ndarray, q: float) -> float:
-    """Standard error of the ``q``-quantile of ``R`` i.i.d. values, distribution-free.
-
-    The rank of the sample ``q``-quantile has standard deviation ``√(Rq(1−q))`` (binomial), so
-    ``(x_(⌈qR + √(Rq(1−q))⌉) − x_(⌊qR − √(Rq(1−q))⌋)) / 2`` (1-based order statistics, clipped to
-    ``1..R``) estimates one standard error. NaN for ``R < 2``.
-    """
-    x = np.sort(np.asarray(values, dtype=np.float64))
-    x = x[~np.isnan(x)]
-    R = x.size
-    if R < 2:
-        return math.nan
-    h = math.sqrt(R * q * (1 - q))
-    hi = min(R, max(1, math.ceil(q * R + h)))
-    lo = min(R, max(1, math.floor(q * R - h)))
-    return float((x[hi - 1] - x[lo - 1]) / 2)
-
-
-def mean_stderr(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
-    """``(mean, sd/√R)`` of i.i.d. values (NaN values left out; stderr NaN for ``R < 2``)."""
-    x = np.asarray(values, dtype=np.float64)
-    x = x[~np.isnan(x)]
-    if x.size == 0:
-        return math.nan, math.nan
-    if x.size < 2:
-        return float(x[0]), math.nan
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size))
 
 
 def bias_sq_stderr(beta: Tensor, batch_dev: Tensor) -> float:
@@ -282,34 +225,6 @@ def leave_one_batch_out(stats: MomentStats) -> tuple[Tensor, Tensor, Tensor]:
     d = stats.batch_mean - m_r
     m2_r = stats.m2 - stats.batch_m2 - d * d * n_b * n_r / S
     return m_r, m2_r.clamp_min(0) / (n_r - 1).clamp_min(1), n_r[:, 0]
-
-
-def jackknife_stderr(values: Sequence[float] | np.ndarray) -> float:
-    """Delete-one-batch jackknife: ``√((B−1)/B Σ_b (θ_(b) − θ̄)²)``; NaN unless all finite."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.size < 2 or not np.isfinite(x).all():
-        return math.nan
-    B = x.size
-    return float(math.sqrt((B - 1) / B * ((x - x.mean()) ** 2).sum()))
-
-
-def norm_stderr(sq: float, se_sq: float) -> float:
-    """Standard error of ``√x`` from that of ``x ≥ 0``: ``min(se/(2√x), √se)``."""
-    if math.isnan(se_sq):
-        return math.nan
-    r = math.sqrt(max(sq, 0.0))
-    bound = math.sqrt(se_sq)
-    return bound if r == 0 else min(se_sq / (2 * r), bound)
-
-
-def safe_ratio(a: float, b: float) -> float:
-    """``a / b`` for a relative error: ``x/0 = ∞`` for ``x > 0`` and ``0/0 = 0`` (no error); NaN
-    only for NaN inputs."""
-    if math.isnan(a) or math.isnan(b):
-        return math.nan
-    if b == 0:
-        return 0.0 if a == 0 else math.inf
-    return a / b
 
 
 # --------------------------------------------------------------------------------------------
@@ -502,32 +417,6 @@ class CosineAccumulator:
 
 # --------------------------------------------------------------------------------------------
 # from statistics to rows
-
-
-@dataclass(frozen=True)
-class GroupStats:
-    """Per-group figures (value, stderr) before they become rows.
-
-    ``scale`` (a power of two): the norms (``g_norm``) are in units of ``scale`` and the squared
-    figures (``bias_sq``, ``variance`` and their errors) in units of ``scale²``, so that tiny or huge
-    gradients keep their precision (see :func:`layer_scales`); :func:`metric_rows` multiplies the
-    absolute metrics back and takes the relative ones as they are.
-    """
-
-    g_norm: float
-    bias_sq: float  # corrected in mc mode, unclipped
-    bias_sq_se: float
-    variance: float
-    variance_se: float
-    snr: float
-    snr_se: float
-    scale: float = 1.0
-    g_norm_se: float = 0.0
-    reference_rel_error: float = 0.0
-    """``ε = √(V̂_R/N) / ‖g‖`` of a Monte-Carlo reference in this group (0: the exact reference)."""
-    mc_reference: bool = False
-    """Measured against a Monte-Carlo reference (SPEC §8): ``g_norm`` and ``bias_sq`` are corrected
-    for its noise and their standard errors include it."""
 
 
 def layer_scales(g: Tensor, groups: Groups, probe: Tensor | None = None) -> Tensor:
