@@ -83,7 +83,8 @@ def test_every_help_works(cmd):
     (["run", *SMALL, "--rounds", "3"], 2, ["--rounds sets the throughput cells", "--no-throughput"]),
     (["run", *SMALL, "--seeds", "3-1"], 2, ["--seeds", "range '3-1' runs backwards"]),
     (["run", *SMALL, "--cache-dir", "x"], 2, ["--cache-dir is an option of --preset paper"]),
-    (["exact", "--arch", "1x4x4-c2k3-3", "--data-points", "5"], 2, ["arch='1x4x4-c2k3-3'", "n_out=3"]),
+    (["exact", "--arch", "1x4x4-c2k3-3", "--data-points", "5"], 2, ["'--arch': '1x4x4-c2k3-3' gives",
+                                                                       "n_out=3"]),
     (["run", *SMALL, "--seeds", "0,-1"], 2, ["--seeds", "seed -1 is out of range"]),
     (["run", *SMALL, "--seeds", "1,1"], 2, ["--seeds", "seed(s) 1 given twice"]),
     (["run", *SMALL, "--executor", "foo"], 2, ["--executor", "'foo' is unknown", "processes[:N]"]),
@@ -504,7 +505,7 @@ def test_the_cli_refuses_m_above_samples_and_samples_one_with_monte_carlo(tmp_pa
     out = tmp_path / "r"
     assert_refused(invoke(["run", "--arch", "2-2-1", "--data-points", "3", "--samples", "100",
                            "--M", "5000", "--out", str(out)]), 2,
-                   ["M=[5000] has values above samples=100"], out)
+                   ["'--M': [5000] has values above samples=100"], out)
     assert_refused(invoke(["run", "--arch", "2-2-1", "--data-points", "3", "--samples", "1",
                            "--M", "1", "--estimators", "arm,tanh", "--out", str(out)]), 2,
                    ["samples=1", "Monte Carlo"], out)

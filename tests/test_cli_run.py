@@ -164,8 +164,14 @@ def test_bad_arguments_name_the_option(tmp_path, args, words):
     # a value of an option refused by the library is that option's usage error, as click's are
     (["--estimators", "psa,nope"], 2, ["Invalid value for '--estimators'", "'nope' is unknown"]),
     (["--estimators", "concrete:tua=1"], 2, ["'--estimators'", "'tua'", "'tau'"]),
-    (["--cell-timeout", "nan"], 2, ["Invalid value for '--cell-timeout'", "cell_timeout=nan"]),
-    (["--target-rrmse", "nan"], 2, ["'--target-rrmse'", "target_rrmse=nan"]),
+    # nan and inf pass a range check (comparisons with nan are false): refused by the option's type
+    (["--cell-timeout", "nan"], 2, ["Invalid value for '--cell-timeout': nan is not a finite number"]),
+    (["--cell-timeout", "inf"], 2, ["'--cell-timeout': inf is not a finite number"]),
+    (["--target-rrmse", "nan"], 2, ["'--target-rrmse': nan is not a finite number"]),
+    (["--reference-rel-error", "nan"], 2, ["'--reference-rel-error': nan is not a finite number"]),
+    # the library's message without its own name of the setting (the option is named already)
+    (["--reference", "mc::0"], 2, ["Invalid value for '--reference': 'mc::0': N=0 samples"]),
+    (["--memory-budget", "0"], 2, ["Invalid value for '--memory-budget': '0' must be at least 1 byte"]),
     # a file named by an option that is missing or broken is an error of that file (exit 1)
     (["--plugin", "missing_plugin.py"], 1, ["missing_plugin.py", "does not exist"]),
 ])
@@ -176,6 +182,8 @@ def test_bad_values_give_one_line_error(tmp_path, args, code, words):
     assert len(errors) == 1 and "Traceback" not in res.output, res.output
     if code == 1:
         assert res.output.startswith("Error: ") and res.output.count("\n") == 1, res.output
+    else:  # no Python spelling (cell_timeout=…) where the option is named
+        assert args[0].removeprefix("--").replace("-", "_") + "=" not in res.output, res.output
     for w in words:
         assert w in res.output, (w, res.output)
     assert not (tmp_path / "x").exists()

@@ -541,3 +541,10 @@ def test_a_report_loads_no_torch(tmp_path) -> None:
     assert mt.exact_group_stats.__module__ == "sbn_bench.metrics.stats"  # loaded on first use
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = mt.nope
+
+
+@pytest.mark.parametrize("sigma", ["nan", "inf", "0"])
+def test_report_sigma_must_be_a_finite_positive_number(tmp_path, sigma) -> None:
+    res = CliRunner().invoke(main, ["report", str(RUN_A), "--sigma", sigma, "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "Invalid value for '--sigma'" in res.output, res.output
+    assert not (tmp_path / "r").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -74,8 +75,31 @@ def _option_error(e: SbnBenchError) -> click.BadParameter | None:
         (_OPTION_OF.get(name, name),)
     for param in ctx.command.params:
         if param.name in names and given(ctx, param.name):
-            return click.BadParameter(str(e), ctx=ctx, param=param)
+            return click.BadParameter(without_name(str(e), e.argument), ctx=ctx, param=param)
     return None
+
+
+def without_name(message: str, argument: str) -> str:
+    """``message`` without a leading ``NAME=`` or ``argument NAME=`` (the library's name of the
+    setting): click's message names the option already (``Invalid value for '--cell-timeout': nan
+    must be …`` rather than ``… 'cell_timeout=nan must be …``)."""
+    for prefix in (f"argument {argument}=", f"{argument}="):
+        if message.startswith(prefix):
+            return message[len(prefix):]
+    return message
+
+
+class FiniteFloatRange(click.FloatRange):
+    """:class:`click.FloatRange` that also refuses ``nan`` and ``inf`` (which a range check lets
+    through: every comparison with ``nan`` is false), in click's words."""
+
+    name = "float range"  # the metavar click shows (FLOAT RANGE), as before
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{rv} is not a finite number.", param, ctx)
+        return rv
 
 
 def given(ctx: click.Context, name: str) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from sbn_bench import problems
-from sbn_bench.cli.base import F, echo_json, format_table, friendly_errors, given, warn  # noqa: F401 (re-exported)
+from sbn_bench.cli.base import F, echo_json, format_table, friendly_errors, given, warn, without_name  # noqa: F401 (re-exported)
 from sbn_bench.config import MAX_SEED, ProblemSpec
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
@@ -106,7 +106,7 @@ def size_callback(ctx: click.Context | None, param: click.Parameter | None, valu
     try:
         return parse_size(value, (param.name if param is not None else None) or "size")
     except SbnBenchError as e:
-        raise click.BadParameter(str(e)) from None
+        raise click.BadParameter(without_name(str(e), e.argument or "")) from None
 
 
 def size_option(name: str, default: int, help: str) -> Callable[[F], F]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sbn_bench.cli.base import friendly_errors, warn
+from sbn_bench.cli.base import FiniteFloatRange, friendly_errors, warn
 
 
 @click.command()
@@ -23,7 +23,7 @@ from sbn_bench.cli.base import friendly_errors, warn
 @click.option("--force", is_flag=True,
               help="Compare even when the runs' problems, estimator versions or devices differ "
                    "(the report warns).")
-@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True,
+@click.option("--sigma", type=FiniteFloatRange(min=0, min_open=True), default=3.0, show_default=True,
               help="Flag a Monte-Carlo difference when |a-b| > sigma * sqrt(se_a^2 + se_b^2).")
 @friendly_errors
 def report(run_dir: Path, compare_dir: Path | None, out_dir: Path | None, formats: tuple[str, ...],

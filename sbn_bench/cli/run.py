@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from sbn_bench import runner as runner_mod
+from sbn_bench.cli.base import FiniteFloatRange, without_name
 from sbn_bench.cli.common import (
     executor_callback,
     format_table,
@@ -116,7 +117,7 @@ def _reference(ctx: click.Context, param: click.Parameter, value: str) -> str:
     try:
         parse_reference(value)
     except ConfigError as e:
-        raise click.BadParameter(str(e)) from None
+        raise click.BadParameter(without_name(str(e), e.argument or "")) from None
     return value
 
 
@@ -186,7 +187,7 @@ def _duration(seconds: float) -> str:
               help="Samples per estimator call (default: as many as --memory-budget allows).")
 @size_option("--memory-budget", DEFAULT_MEMORY_BUDGET, "Memory the estimator may use per chunk.")
 @max_bytes_option
-@click.option("--target-rrmse", type=click.FloatRange(min=0, min_open=True), default=0.1,
+@click.option("--target-rrmse", type=FiniteFloatRange(min=0, min_open=True), default=0.1,
               show_default=True, help="Target relative RMSE of time_to_accuracy_s.")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
               help="Throughput: untimed calls per estimator first.")
@@ -215,7 +216,7 @@ def _duration(seconds: float) -> str:
                    "one suits small networks (more mostly spin). Recorded in the manifest: the "
                    "numbers are reproducible for the same thread count, and --resume refuses "
                    "another.")
-@click.option("--cell-timeout", type=click.FloatRange(min=0, min_open=True),
+@click.option("--cell-timeout", type=FiniteFloatRange(min=0, min_open=True),
               default=DEFAULT_CELL_TIMEOUT, show_default=True,
               help="Seconds a cell may take; a cell past it is recorded as failed.")
 @click.option("--reference", default="auto", show_default=True, callback=_reference,
@@ -223,7 +224,7 @@ def _duration(seconds: float) -> str:
                    "refused), mc[:ESTIMATOR[:N]] (the mean of N samples of an unbiased estimator; "
                    "by default the cheapest for the target error in a short pilot, N to reach "
                    "--reference-rel-error) or auto (exact where the size guard allows, else mc).")
-@click.option("--reference-rel-error", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--reference-rel-error", type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
               default=DEFAULT_REFERENCE_REL_ERROR, show_default=True,
               help="Monte-Carlo reference: the target relative error ε = √(V_R/N)/‖g‖.")
 @click.option("--reference-target", type=click.Choice(REFERENCE_TARGETS), default="network",
@@ -231,7 +232,7 @@ def _duration(seconds: float) -> str:
               help="Monte-Carlo reference: ε of the whole network's gradient, or of every layer "
                    "(costlier: a layer with a small gradient needs many samples). Every row "
                    "reports its own layer's ε.")
-@click.option("--reference-time-budget", type=click.FloatRange(min=0, min_open=True),
+@click.option("--reference-time-budget", type=FiniteFloatRange(min=0, min_open=True),
               default=DEFAULT_REFERENCE_TIME_BUDGET, show_default=True,
               help="Monte-Carlo reference: seconds its N samples may take; a reference that cannot "
                    "reach its ε within it is refused before any work, with the estimate.")

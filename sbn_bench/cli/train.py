@@ -13,6 +13,7 @@ import click
 
 from sbn_bench import train as training
 from sbn_bench import train_report, train_study
+from sbn_bench.cli.base import without_name
 from sbn_bench.cli.common import (
     build_problem,
     executor_callback,
@@ -39,8 +40,7 @@ _OPTION_OF = {"optimizer": "--optimizer", "lr": "--lr", "momentum": "--momentum"
 def _bad(e: training.TrainArgumentError, seed_option: str = "--train-seed") -> click.BadParameter:
     """The library's refusal as click's ``Invalid value for '--option': …`` (exit status 2)."""
     option = seed_option if e.argument == "seed" else _OPTION_OF.get(e.argument, e.argument)
-    msg = str(e).removeprefix(f"argument {e.argument}=")
-    return click.BadParameter(msg, param_hint=f"'{option}'")
+    return click.BadParameter(without_name(str(e), e.argument or ""), param_hint=f"'{option}'")
 
 
 @click.command()
