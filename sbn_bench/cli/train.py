@@ -37,8 +37,11 @@ _OPTION_OF = {"optimizer": "--optimizer", "lr": "--lr", "momentum": "--momentum"
               "estimator": "--estimator"}
 
 
-def _bad(e: training.TrainArgumentError, seed_option: str = "--train-seed") -> click.BadParameter:
-    """The library's refusal as click's ``Invalid value for '--option': …`` (exit status 2)."""
+def _bad(e: training.TrainArgumentError, seed_option: str = "--train-seed") -> click.ClickException:
+    """The library's refusal as click's ``Invalid value for '--option': …`` (exit status 2); a
+    refused ``--out`` folder (what it holds) is exit status 1, as for ``sbn-bench run``."""
+    if e.argument == "out_dir":
+        return click.ClickException(f"--out {without_name(str(e), e.argument)}")
     option = seed_option if e.argument == "seed" else _OPTION_OF.get(e.argument, e.argument)
     return click.BadParameter(without_name(str(e), e.argument or ""), param_hint=f"'{option}'")
 
