@@ -119,6 +119,13 @@ def test_a_sample_larger_than_the_budget_is_refused_up_front(tmp_path):
     assert "Error: Invalid value for '--memory-budget': refused before any work" in res.output
     assert "one sample needs" in res.output
     assert not out.exists()
+    # a chunk given with it shares the blame; given alone, the chunk is the option refused
+    for extra, hint in ((["--memory-budget", "1MiB"], "'--chunk' / '--memory-budget'"), ([], "'--chunk'")):
+        res = CliRunner().invoke(main, ["run", "--arch", "2-5-5-1", "--data-points", "20", "--estimators",
+                                        "st", "--chunk", "100000000", *extra, "--out", str(out)])
+        assert res.exit_code == 2 and f"Error: Invalid value for {hint}: refused before any work" \
+            in res.output, res.output
+        assert not out.exists()
 
 
 def test_explicit_chunk_or_throughput_batch_over_the_budget_is_refused(tmp_path):

@@ -73,10 +73,17 @@ def _option_error(e: SbnBenchError) -> click.BadParameter | None:
     # an estimator spec's error names the spec: it is the value of --estimators (--estimator)
     names = ("estimators", "estimators_text", "estimator_spec") if _is_spec_error(e) else \
         (_OPTION_OF.get(name, name),)
-    for param in ctx.command.params:
-        if param.name in names and given(ctx, param.name):
-            return click.BadParameter(without_name(str(e), e.argument), ctx=ctx, param=param)
-    return None
+    shared = [*names, *_SHARED.get(name, ())]
+    params = [p for p in ctx.command.params if p.name in shared and given(ctx, p.name)]
+    if not params:
+        return None
+    return click.BadParameter(without_name(str(e), e.argument), ctx=ctx,
+                              param_hint=" / ".join(p.get_error_hint(ctx) for p in params))
+
+
+_SHARED = {"memory_budget": ("chunk", "throughput_batch")}
+"""Settings whose refusal is as much that of other options' values: a memory budget is exceeded by
+the chunk and the throughput batch given with it (the error names each of them that was given)."""
 
 
 def without_name(message: str, argument: str) -> str:
