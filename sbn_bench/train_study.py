@@ -735,6 +735,16 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     fp = _fingerprint(s)
     manifest_path = d / STUDY_NAME
     old: dict[str, Any] = {}
+    if d.exists() and not d.is_dir():
+        raise StudyError(f"argument out={str(d)!r} exists and is not a folder; choose another output "
+                         "folder", argument="out")
+    if d.is_dir():
+        from sbn_bench.storage import CELLS, MANIFEST, PART_KINDS
+
+        # a study keeps cells/*.json; a run's marks are its manifest and its cells/*.KIND.csv parts
+        if (d / MANIFEST).is_file() or any(next((d / CELLS).glob(f"*.{k}.csv"), None) for k in PART_KINDS):
+            raise StudyError(f"argument out={str(d)!r} holds an sbn-bench run ({MANIFEST}, {CELLS}/); a "
+                             "study needs its own folder", argument="out")
     single = [p.name for p in training_files(d) if p.name != CURVE_NAME]
     if single:
         raise StudyError(f"argument out={str(d)!r} holds a single training ({', '.join(single[:3])}"

@@ -164,3 +164,25 @@ def test_train_refuses_a_run_folder_and_records_its_plugin(tmp_path: Path) -> No
     again = train(random_problem((2, 3, 1), 0, data_points=12), "reinforce-baseline", epochs=1,
                   out_dir=tmp_path / "py", plugins=[plug])
     assert again.manifest["plugins"] == manifest["plugins"]
+
+
+def test_a_training_study_refuses_a_run_folder_and_a_file(tmp_path: Path) -> None:
+    """A study wrote study.json, its reports and cells/*.json into a finished run's folder (beside
+    its manifest and cells/*.metrics.csv), and a file as --out gave NotADirectoryError."""
+    from sbn_bench.train_study import StudyError, run_study
+
+    run_dir = tmp_path / "run"
+    runner.run(tiny_config(run_dir))
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    with pytest.raises(StudyError, match="holds an sbn-bench run"):
+        run_study("digits-vae-exact", out=run_dir, estimators=["st"], seeds=[0], executor="serial")
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+    (run_dir / "manifest.json").unlink()  # the part files alone mark a run too
+    with pytest.raises(StudyError, match="holds an sbn-bench run"):
+        run_study("digits-vae-exact", out=run_dir, estimators=["st"], seeds=[0], executor="serial")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(StudyError, match="exists and is not a folder"):
+        run_study("digits-vae-exact", out=tmp_path / "f", estimators=["st"], seeds=[0], executor="serial")
+    res = CliRunner().invoke(main, ["train", "--preset", "digits-vae-exact", "--estimators", "st", "--seeds",
+                                    "0", "--executor", "serial", "--out", str(run_dir)])
+    assert res.exit_code == 1 and "holds an sbn-bench run" in res.output, res.output
