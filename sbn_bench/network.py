@@ -38,9 +38,11 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as tnf
@@ -418,16 +420,16 @@ def from_layers(input_shape: Sequence[int], layers: Sequence[Mapping[str, object
             raise NetworkError(f"{where}: unknown keys {sorted(unknown)}", argument="layers",
                                value=sorted(unknown), expected="kind, stochastic, units, channels, "
                                                                "kernel, stride, padding, slope")
-        stochastic = bool(spec.get("stochastic", False))
+        stochastic = _typed(spec, "stochastic", bool, False, where)
         if kind in ACTIVATIONS:
-            b.add(kind, where, slope=float(spec.get("slope", LEAKY_SLOPE)))
+            b.add(kind, where, slope=_typed(spec, "slope", float, LEAKY_SLOPE, where))
         elif kind in ("dense", "linear"):
-            b.add("dense" if stochastic else "linear", where, width=int(spec.get("units", 0)),
+            b.add("dense" if stochastic else "linear", where, width=_typed(spec, "units", int, 0, where),
                   stochastic=stochastic)
         elif kind == "conv2d":
-            b.add("conv2d", where, channels=int(spec.get("channels", 0)),
-                  kernel=int(spec.get("kernel", 0)), stride=int(spec.get("stride", 1)),
-                  padding=int(spec.get("padding", 0)), stochastic=stochastic)
+            b.add("conv2d", where, channels=_typed(spec, "channels", int, 0, where),
+                  kernel=_typed(spec, "kernel", int, 0, where), stride=_typed(spec, "stride", int, 1, where),
+                  padding=_typed(spec, "padding", int, 0, where), stochastic=stochastic)
         else:
             raise NetworkError(f"{where}: kind {kind!r} is unknown", argument="layers", value=kind,
                                expected=f"one of {', '.join(('dense', *DETERMINISTIC_KINDS))}")
@@ -436,7 +438,24 @@ def from_layers(input_shape: Sequence[int], layers: Sequence[Mapping[str, object
         raise NetworkError(f"{source}[{len(layers) - 1}] must be the output layer "
                            "{kind = \"linear\", units = n_out}", argument="layers", value=last,
                            expected="a final linear layer")
-    return b.finish(int(last.get("units", 0)), prior, source)
+    return b.finish(_typed(last, "units", int, 0, f"{source}[{len(layers) - 1}]"), prior, source)
+
+
+def _typed(spec: Mapping[str, object], key: str, kind: type, default: object, where: str) -> Any:
+    """``spec[key]`` (or ``default``) checked to be a ``bool``, a whole number or a finite number:
+    a JSON ``"false"`` or ``"3"`` is refused rather than read as ``True`` or 3."""
+    v = spec.get(key, default)
+    if kind is bool:
+        ok, expected = isinstance(v, bool), "true or false"
+    elif kind is int:
+        ok, expected = isinstance(v, numbers.Integral) and not isinstance(v, bool), "a whole number"
+    else:
+        ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+        expected = "a finite number"
+    if not ok:
+        raise NetworkError(f"{where}.{key} is {v!r}, expected {expected}", argument="layers", value=v,
+                           expected=expected)
+    return kind(v)
 
 
 def from_description(d: Mapping[str, object], source: str = "network") -> Network:

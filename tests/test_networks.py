@@ -100,6 +100,22 @@ def test_layer_lists_say_what_the_grammar_cannot() -> None:
     with pytest.raises(NetworkError, match="unknown keys"):
         network.from_layers([4], [{"kind": "dense", "units": 3, "stochastic": True, "size": 2},
                                   {"kind": "linear", "units": 1}])
+    # a value of the wrong type is refused, not converted: JSON "false" read as True built a
+    # stochastic layer, and a NaN slope failed later as an "overflowing" reference
+    out = {"kind": "linear", "units": 1}
+    cases = [({"kind": "dense", "units": 3, "stochastic": "false"}, r"\[0\]\.stochastic is 'false'"),
+             ({"kind": "dense", "units": "3", "stochastic": True}, r"\[0\]\.units is '3'"),
+             ({"kind": "dense", "units": 3.0, "stochastic": True}, r"units is 3\.0, expected a whole"),
+             ({"kind": "leakyrelu", "slope": math.nan}, r"\[0\]\.slope is nan, expected a finite"),
+             ({"kind": "conv2d", "channels": 2, "kernel": True}, r"kernel is True")]
+    for bad, words in cases:
+        with pytest.raises(NetworkError, match=words):
+            network.from_layers([1, 4, 4] if bad["kind"] == "conv2d" else [4], [bad, out])
+    with pytest.raises(NetworkError, match=r"\[1\]\.units is None"):
+        network.from_layers([4], [{"kind": "dense", "units": 3, "stochastic": True},
+                                  {"kind": "linear", "units": None}])
+    assert network.from_layers([4], [{"kind": "dense", "units": np.int64(3), "stochastic": True},
+                                     out]).widths == (4, 3, 1)  # numpy whole numbers are whole numbers
 
 
 def test_a_json_layer_list_file_is_an_arch(tmp_path) -> None:
