@@ -407,7 +407,8 @@ class ThroughputConfig:
     network shape, every estimator's rounds interleaved, each round at least ``min_round_s``
     seconds (``batch`` samples per call, or calibrated), at least ``rounds`` rounds and more (up to
     ``max_rounds`` and ``max_seconds``) until the confidence interval of the median is within
-    ``rel_width``; ``warmup`` untimed calls first."""
+    ``rel_width``; ``warmup`` untimed calls first. ``rounds`` is the least number of rounds: a
+    ``max_rounds`` below it is taken as ``rounds`` (``--rounds 40`` needs no ``max_rounds``)."""
 
     enabled: bool = True
     warmup: int = 1
@@ -662,6 +663,14 @@ class RunConfig:
         _check_choice("device", self.device, DEVICES)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("mode", self.mode, MODES)
+        if not isinstance(self.resume, bool):  # resume="no" would resume
+            raise ConfigError(f"resume={self.resume!r} must be true or false", argument="resume",
+                              value=self.resume, expected="a bool")
+        for name in ("out", "reference_cache"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise ConfigError(f"{name}={value!r} must be a folder path", argument=name, value=value,
+                                  expected="a str or os.PathLike")
         _check_int("max_paths", self.max_paths, 1)
         if self.chunk is not None:
             _check_int("chunk", self.chunk, 1)

@@ -187,6 +187,8 @@ def test_bad_estimator_specs(tmp_path, spec, words):
     ({"seeds": (-1,)}, ["seeds=-1"]),
     ({"seeds": (2**64,)}, ["seeds=18446744073709551616", "≤"]),
     ({"target_rrmse": math.nan}, ["target_rrmse=nan"]),
+    ({"resume": "no"}, ["resume='no'", "true or false"]),  # a truthy string resumed
+    ({"reference_cache": 123}, ["reference_cache=123", "folder path"]),
     ({"memory_budget": 0}, ["memory_budget=0"]),
     ({"throughput": {"rounds": 0}}, ["throughput.rounds=0"]),
     ({"throughput": {"batch": 0}}, ["throughput.batch=0"]),
