@@ -302,6 +302,10 @@ class ProblemSpec:
         if self.kl not in problems.KL_MODES:
             raise ConfigError(f"kl={self.kl!r} is unknown; expected one of "
                               f"{', '.join(problems.KL_MODES)}", argument="kl")
+        if self.arch is not None and self.kl != "analytic" and self.loss != "vae":
+            raise ConfigError(f"kl={self.kl!r} applies to loss 'vae' only (this problem's loss is "
+                              f"{self.loss!r}); remove kl", argument="kl", value=self.kl,
+                              expected="no kl for this loss")
         if self.arch is None:  # fixed by the preset or the file: a value here would be ignored
             source = f"preset {self.preset!r}" if self.preset is not None else f"file {self.file!r}"
             for k, default in (("data_points", problems.DEFAULT_DATA_POINTS), ("loss", "logistic"),
@@ -319,6 +323,11 @@ class ProblemSpec:
                               value=self.name, expected="a name such as 'paper-seed0'")
         if not self.checkpoints:
             raise ConfigError("checkpoints is empty; expected at least one, e.g. {init = 'init'}")
+        bad = [c for c in self.checkpoints if not isinstance(c, Checkpoint)]
+        if bad:
+            raise ConfigError(f"checkpoints holds {bad[0]!r}, expected Checkpoint(label, source) items, "
+                              "e.g. Checkpoint('init', 'init')", argument="checkpoints", value=bad[0],
+                              expected="Checkpoint items")
         labels = [c.label for c in self.checkpoints]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:

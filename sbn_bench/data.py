@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sbn_bench.errors import ArgumentError, SbnBenchError
+from sbn_bench.errors import ArgumentError, SbnBenchError, check_seed
 
 SPLIT_SEED = 0
 """Seed of the one train/test permutation (fixed: every preset and run sees the same split)."""
@@ -92,6 +92,7 @@ def load_digits(split: str = "train", binarisation: str = "none", seed: int = 0)
         MissingExtra: scikit-learn is not installed (``pip install 'sbn-bench[data]'``).
         ArgumentError: an unknown split or binarisation.
     """
+    seed = check_seed(seed)
     if split not in SPLITS:
         raise ArgumentError(f"argument split={split!r} is unknown; expected one of "
                             f"{', '.join(SPLITS)}", argument="split", value=split,

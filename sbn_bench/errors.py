@@ -53,3 +53,39 @@ class SbnBenchError(Exception):
 
 class ArgumentError(SbnBenchError, ValueError):
     """A Python argument out of its range (e.g. ``num_samples=0``)."""
+
+
+def check_seed(seed: object, argument: str = "seed", error: type[SbnBenchError] = ArgumentError) -> int:
+    """``seed`` as an int, refused (``error``, naming ``argument``) unless a whole number in
+    ``[0, 2^63)`` (torch generators take 64-bit signed seeds; a bool is not a seed)."""
+    import numbers
+
+    if isinstance(seed, numbers.Integral) and type(seed).__name__ not in ("bool", "bool_") \
+            and 0 <= int(seed) < 2**63:
+        return int(seed)
+    raise error(f"argument {argument}={seed!r} must be an integer in [0, 2^63)", argument=argument,
+                value=seed, expected="an integer in [0, 2^63)")
+
+
+def check_whole(value: object, argument: str, minimum: int = 1,
+                error: type[SbnBenchError] = ArgumentError, unit: str = "") -> int:
+    """``value`` as an int, refused (``error``, naming ``argument``) unless a whole number (not a
+    bool, not a float such as ``nan``) ``≥ minimum``; ``unit`` names what it counts (``"bytes"``)."""
+    import numbers
+
+    if isinstance(value, numbers.Integral) and type(value).__name__ not in ("bool", "bool_") \
+            and int(value) >= minimum:
+        return int(value)
+    what = f"a whole number{f' of {unit}' if unit else ''} ≥ {minimum}"
+    raise error(f"argument {argument}={value!r} must be {what}", argument=argument, value=value,
+                expected=what)
+
+
+def check_path(value: object, argument: str, error: type[SbnBenchError] = ArgumentError) -> None:
+    """Refuse (``error``, naming ``argument``) a ``value`` that is not a path (``str`` or
+    ``os.PathLike``), which pathlib would refuse with a bare ``TypeError``."""
+    import os
+
+    if not isinstance(value, (str, os.PathLike)):
+        raise error(f"argument {argument}={value!r} must be a path (str or os.PathLike)",
+                    argument=argument, value=value, expected="a str or os.PathLike")

@@ -254,7 +254,10 @@ def _conv_out(shape: tuple[int, ...], channels: int, kernel: int, stride: int, p
                            f"{list(shape)}", argument="arch", value=where,
                            expected="a conv2d layer after an image input or another conv2d layer")
     _, h, w = shape
-    ok = kernel >= 1 and stride >= 1 and padding >= 0 and channels >= 1
+    if channels < 1:
+        raise NetworkError(f"{where}: a conv2d layer needs at least one channel, got {channels}",
+                           argument="arch", value=where, expected="channels ≥ 1")
+    ok = kernel >= 1 and stride >= 1 and padding >= 0
     oh = (h + 2 * padding - kernel) // stride + 1 if ok else 0
     ow = (w + 2 * padding - kernel) // stride + 1 if ok else 0
     if not ok or oh < 1 or ow < 1:

@@ -618,7 +618,15 @@ def ensure_checkpoints(seed: int = 0, *, training: dict[str, Any] | None = None,
     from sbn_bench import problems
     from sbn_bench.train import train
 
-    training = dict(TRAINING if training is None else training)
+    if training is not None and not isinstance(training, Mapping):
+        raise ArgumentError(f"argument training={training!r} must be a dict of training settings",
+                            argument="training", value=training, expected=f"keys among {', '.join(TRAINING)}")
+    unknown = sorted(set(training or {}) - set(TRAINING))
+    if unknown:
+        raise ArgumentError(f"argument training has unknown keys {unknown}; expected keys among "
+                            f"{', '.join(TRAINING)} (the others keep the paper's values)",
+                            argument="training", value=unknown, expected=f"keys among {', '.join(TRAINING)}")
+    training = {**TRAINING, **(training or {})}
     epochs = tuple(training["checkpoints"])
     root = cache_root(cache_dir)
     final = root / f"paper-seed{seed}-{_training_key(seed, training)}"
@@ -794,7 +802,7 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
         "name": "paper",
         "train_seeds": list(seeds) if seeds is not None else None,
         "training": {**{k: list(v) if isinstance(v, tuple) else v
-                        for k, v in (training or TRAINING).items()},
+                        for k, v in {**TRAINING, **(training or {})}.items()},
                      "seed": seed if seeds is None else None,
                      "cached": all(ck.cached for ck in trained.values()),
                      "cache_dir": str(trained[seed].directory) if seeds is None else None,

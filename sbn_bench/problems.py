@@ -27,7 +27,7 @@ import numbers
 import os
 import re
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench import model
-from sbn_bench.errors import SbnBenchError
+from sbn_bench.errors import SbnBenchError, check_path, check_seed, check_whole
 from sbn_bench.fileio import WriteError, atomic_write_bytes
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES, Noise, Params
 from sbn_bench.network import Network, NetworkError, from_description, from_layers, parse_network
@@ -280,6 +280,18 @@ def _check_network_params(p: Problem, net: Network, src: str) -> None:
                                    f"{', '.join(shapes)})")
 
 
+def check_problem(value: object, argument: str = "problem") -> Problem:
+    """``value`` if it is a :class:`Problem`, else a :class:`ProblemError` naming ``argument`` (rather
+    than an ``AttributeError`` from deep inside the function that was given it)."""
+    if isinstance(value, Problem):
+        return value
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else f"{shown[:57]}…"
+    raise ProblemError(f"argument {argument}={shown} is a {type(value).__name__}, expected a Problem "
+                       "(random_problem, preset_problem, load_problem)", argument=argument,
+                       value=value, expected="a sbn_bench.problems.Problem")
+
+
 def validate(p: Problem, source: str | None = None) -> None:
     """Check a problem's arrays, shapes, finiteness, loss, noise and labels.
 
@@ -290,12 +302,20 @@ def validate(p: Problem, source: str | None = None) -> None:
         ProblemError: naming the problem, the array and what was expected.
     """
     src = repr(source or p.meta.get("source") or p.name)
+    for name, v in (("x", p.x), ("y", p.y), *(p.params.items() if isinstance(p.params, Mapping) else ())):
+        if not isinstance(v, Tensor):
+            raise _fail(src, name, f"is a {type(v).__name__}, expected a torch.Tensor (torch.as_tensor "
+                                   "converts an array)")
+    if not isinstance(p.params, Mapping):
+        raise _fail(src, "params", f"is a {type(p.params).__name__}, expected a dict of tensors")
     if p.loss not in LOSS_NAMES:
         raise _fail(src, "loss", f"is {p.loss!r}, expected one of {', '.join(LOSS_NAMES)}")
     if p.noise not in NOISE_NAMES:
         raise _fail(src, "noise", f"is {p.noise!r}, expected one of {', '.join(NOISE_NAMES)}")
     if p.kl not in KL_MODES:
         raise _fail(src, "kl", f"is {p.kl!r}, expected one of {', '.join(KL_MODES)}")
+    if p.kl != "analytic" and p.loss != "vae":  # only a VAE has a KL term: a value would be dropped
+        raise _fail(src, "kl", f"is {p.kl!r} for loss {p.loss!r}; kl applies to loss 'vae' only")
     if p.x.dim() != 2 or p.x.shape[0] < 1 or p.x.shape[1] < 1:
         raise _fail(src, "x", f"has shape {tuple(p.x.shape)}, expected [D, n0] with D, n0 ≥ 1")
     if p.network is None:
@@ -361,6 +381,10 @@ def network_of(arch: str | Sequence[int], loss: str = "logistic") -> Network:
     Raises:
         ProblemError: a malformed architecture, naming the token and what was expected.
     """
+    if not isinstance(arch, (str, Sequence)):
+        raise ProblemError(f"argument arch={arch!r} is a {type(arch).__name__}; expected a string such "
+                           "as '2-5-5-5-1' or a sequence of widths", argument="arch", value=arch,
+                           expected="an architecture string or widths")
     if isinstance(arch, str) and arch.strip().lower().endswith(".json"):
         return network_file(arch.strip(), prior=loss == "vae")
     if loss != "vae" and _is_plain_arch(arch):
@@ -487,9 +511,7 @@ def random_problem(
     if not _is_int(data_points) or data_points < 1:
         raise ProblemError(f"argument data_points={data_points!r} must be an integer ≥ 1",
                            argument="data_points")
-    if not _is_int(seed) or not 0 <= seed < 2**63:
-        raise ProblemError(f"argument seed={seed!r} must be an integer in [0, 2^63)", argument="seed")
-    data_points, seed = int(data_points), int(seed)
+    data_points, seed = int(data_points), check_seed(seed, error=ProblemError)
     model.get_noise(noise)
     check_arch_loss(widths, loss)
     if loss == "vae" and widths[-1] != widths[0]:
@@ -579,6 +601,7 @@ def paper_problem(seed: int = 0) -> Problem:
     """The paper's problem (SPEC §6): 200 2-D points, net 2-5-5-5-1, logistic noise and loss,
     weights ``U(−1, 1)`` then :func:`rescale_layers`. ``seed`` seeds one generator for all of it.
     """
+    seed = check_seed(seed, error=ProblemError)
     gen = torch.Generator().manual_seed(seed)
     x, y = paper_data(gen)
     params = random_params(PAPER_WIDTHS, gen)
@@ -680,7 +703,7 @@ def preset_problem(name: str, seed: int = 0) -> Problem:
     if name not in PRESETS:
         raise ProblemError(f"argument preset={name!r} is unknown; expected one of "
                            f"{', '.join(PRESETS)}", argument="preset")
-    return PRESETS[name](seed)
+    return PRESETS[name](check_seed(seed, error=ProblemError))
 
 
 # --------------------------------------------------------------------------------------------
@@ -703,6 +726,12 @@ def save_problem(problem: Problem, path: str | os.PathLike[str], *, overwrite: b
     Raises:
         ProblemError: the file exists and ``overwrite`` is False, or it cannot be written.
     """
+    check_problem(problem)
+    check_path(path, "path", ProblemError)
+    if Path(path).is_dir():
+        raise ProblemError(f"cannot write problem file {str(path)!r}: it is a folder; expected a file "
+                           "name such as problem.npz", argument="path", value=str(path),
+                           expected="a file path")
     path = Path(path)
     if not overwrite and path.exists():
         raise ProblemError(f"argument path={str(path)!r} exists; pass overwrite=True (--overwrite) "
@@ -849,6 +878,8 @@ def load_problem(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTE
             or labels are invalid; the message names the file and the array. Nothing else is raised
             (fuzzed in ``tests/test_problems.py``).
     """
+    check_path(path, "path", ProblemError)
+    max_bytes = check_whole(max_bytes, "max_bytes", error=ProblemError, unit="bytes")
     path = Path(path)
     src = repr(str(path))
     if not path.exists():

@@ -219,6 +219,9 @@ def check_arguments(
     def bad(arg: str, msg: str) -> TrainArgumentError:
         return TrainArgumentError(arg, f"argument {arg}={msg}")
 
+    if not isinstance(problem, Problem):
+        raise bad("problem", f"{type(problem).__name__} object, expected a Problem (random_problem, "
+                             "preset_problem, load_problem)")
     if optimizer not in OPTIMIZERS:
         raise bad("optimizer", f"{optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -245,7 +248,10 @@ def check_arguments(
     if isinstance(checkpoints, (str, bytes)):
         raise bad("checkpoints", f"{checkpoints!r} is a string; expected a sequence of epochs such "
                                  "as [1, 100] (the command line's text: parse_checkpoints)")
-    given = list(checkpoints)
+    try:
+        given = list(checkpoints)
+    except TypeError:
+        raise bad("checkpoints", f"{checkpoints!r} is not a sequence of epochs such as [1, 100]") from None
     cps = []
     for c in given:
         if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 1 <= c <= epochs:
@@ -621,6 +627,9 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
     if isinstance(estimator, str):
         reg = load_plugins(plugins, [estimator.split(":")[0].strip()])[0] if plugins else load_registry()
         estimator = reg.create(estimator)
+    if not isinstance(estimator, Estimator):
+        raise TrainArgumentError("estimator", f"argument estimator={type(estimator).__name__} object, "
+                                              "expected a spec such as 'psa' or an Estimator")
     check_trainable(estimator)
     problem = problem.to(dtype=torch.float64)
     estimator.check_supports(problem)

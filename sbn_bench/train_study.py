@@ -699,6 +699,9 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     """
     t0 = time.perf_counter()
     malloc.keep_freed_memory()  # before any check or write: a bad $SBN_BENCH_MALLOC is refused here
+    if settings is not None and not isinstance(settings, StudySettings):
+        raise TrainArgumentError("settings", f"argument settings is a {type(settings).__name__}; expected "
+                                             "StudySettings (preset_settings(preset, epochs=…) makes one)")
     s = (settings or preset_settings(preset)).check()
     if s.preset != preset:
         raise TrainArgumentError("settings", f"argument settings has preset {s.preset!r}, the "

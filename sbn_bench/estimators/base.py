@@ -44,7 +44,7 @@ from torch import Tensor
 from sbn_bench import model, network
 from sbn_bench.errors import ArgumentError, SbnBenchError
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES, Params
-from sbn_bench.problems import Problem
+from sbn_bench.problems import Problem, check_problem
 
 Randomness = Literal["path", "continuous", "none"]
 RANDOMNESS = ("path", "continuous", "none")
@@ -268,6 +268,16 @@ def _positive_int(est: Estimator, what: str, fn: Callable[[], Any], widths: tupl
     return n
 
 
+def _check_estimator_and_problem(estimator: object, problem: object) -> None:
+    """Refuse arguments of the wrong kind by name (not an ``AttributeError`` from inside)."""
+    if not isinstance(estimator, Estimator):
+        shown = repr(estimator) if len(repr(estimator)) <= 60 else f"{repr(estimator)[:57]}…"
+        raise ArgumentError(f"argument estimator={shown} is a {type(estimator).__name__}, expected an "
+                            "Estimator (load_registry().create('psa'))", argument="estimator",
+                            value=estimator, expected="a sbn_bench.estimators.Estimator")
+    check_problem(problem)
+
+
 def adapt_estimator(estimator: Estimator, problem: Problem, steps: int = DEFAULT_ADAPT_STEPS,
                     seed: int = 0) -> tuple[Estimator, float]:
     """Tune an adaptive estimator on ``problem``: ``estimator.adapt(problem, generator, steps)``
@@ -290,6 +300,7 @@ def adapt_estimator(estimator: Estimator, problem: Problem, steps: int = DEFAULT
         UnsupportedProblem: the estimator cannot take the problem.
         ContractError: ``adapt`` returned something other than an estimator of the same name.
     """
+    _check_estimator_and_problem(estimator, problem)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ArgumentError(f"argument steps={steps!r} must be an integer ≥ 0", argument="steps",
                             value=steps, expected="an integer ≥ 0")
@@ -365,6 +376,7 @@ def estimate(
                             "estimate's only source of randomness, for reproducible results)",
                             argument="generator", value=generator,
                             expected="a torch.Generator on the problem's device")
+    _check_estimator_and_problem(estimator, problem)
     estimator.check_supports(problem)
     reps = model.replicate(problem.params, num_samples)
     with torch.enable_grad():

@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 
 from sbn_bench import model, network
-from sbn_bench.errors import SbnBenchError
+from sbn_bench.errors import SbnBenchError, check_whole
 from sbn_bench.model import Noise, Params
-from sbn_bench.problems import Problem
+from sbn_bench.problems import Problem, check_problem
 from sbn_bench.units import format_bytes, format_count, format_gib
 
 DEFAULT_MAX_BYTES = 4 * 2**30
@@ -133,7 +133,9 @@ def check_shape(widths: tuple[int, ...], num_data: int, max_bytes: int = DEFAULT
 
     Raises:
         ReferenceTooLarge: with the estimated states and memory and the limit.
+        ArgumentError: ``max_bytes`` is not a whole number ≥ 1 (``nan`` turned the limit off).
     """
+    check_whole(max_bytes, "max_bytes", unit="bytes")
     cost = estimate_cost(widths, num_data, loss, head)
     arch = "-".join(map(str, widths))
     where = f"exact reference refused for problem {name!r} (arch {arch}, D={num_data}): it needs"
@@ -166,6 +168,7 @@ def check_size(problem: Problem, max_bytes: int = DEFAULT_MAX_BYTES) -> Referenc
     Raises:
         ReferenceTooLarge: with the estimated states and memory and the limit.
     """
+    check_problem(problem)
     return check_shape(problem.widths, problem.num_data, max_bytes, problem.name, problem.loss,
                        _head_widths(problem))
 
@@ -294,6 +297,7 @@ def exact_gradient(problem: Problem, max_bytes: int = DEFAULT_MAX_BYTES
     Raises:
         ReferenceTooLarge: over ``max_bytes``. ReferenceNotFinite: the result overflows float64.
     """
+    check_problem(problem)
     p64 = problem.to(dtype=torch.float64)
     leaves = leaf_params(p64)
     check_size(p64, max_bytes)

@@ -257,6 +257,9 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None,
         storage.WriteError: a result file could not be written (full disk, read-only folder): the files
             written before are intact, and ``resume=True`` continues once the cause is fixed.
     """
+    if not isinstance(config, RunConfig):
+        raise RunError(f"argument config is a {type(config).__name__}, expected a RunConfig (RunConfig(...) "
+                       "or load_config(path))", argument="config", value=config, expected="a RunConfig")
     if config.out is None:
         raise RunError("config.out is not set; give an output folder (out=…, --out DIR)",
                        argument="out", value=None, expected="an output folder")

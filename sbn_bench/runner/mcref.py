@@ -58,11 +58,12 @@ import torch
 from torch import Tensor
 
 from sbn_bench import model
-from sbn_bench.config import DEFAULT_REFERENCE_REL_ERROR, DEFAULT_REFERENCE_TIME_BUDGET, DTYPES
+from sbn_bench.config import DEFAULT_REFERENCE_REL_ERROR, DEFAULT_REFERENCE_TIME_BUDGET, DEVICES, DTYPES
+from sbn_bench.errors import check_seed
 from sbn_bench.estimators import Estimator, Registry, estimate, load_registry
 from sbn_bench.fileio import atomic_write_bytes, atomic_write_text
 from sbn_bench.metrics import ALL, Groups, MomentAccumulator, ReferenceNoise
-from sbn_bench.problems import Problem
+from sbn_bench.problems import Problem, check_problem
 from sbn_bench.runner.cells import stable_seed
 from sbn_bench.runner.memory import RunError, itemsize, sample_bytes
 
@@ -234,7 +235,10 @@ def reference_estimator(spec: str, problem: Problem | None = None,
     """
     reg = registry or load_registry()
     if not isinstance(spec, str):
-        raise McReferenceError(f"reference estimator {spec!r} is not an estimator spec",
+        shown = f"{type(spec).__name__} {spec.spec!r}" if isinstance(spec, Estimator) else \
+            (repr(spec) if len(repr(spec)) <= 60 else f"{repr(spec)[:57]}…")
+        raise McReferenceError(f"reference estimator {shown} is not an estimator spec; expected a spec "
+                               "string such as 'reinforce' or 'disarm' (an Estimator's .spec)",
                                argument="reference", value=spec,
                                expected="an unbiased estimator spec such as disarm")
     try:
@@ -364,7 +368,9 @@ def plan_reference(problem: Problem, *, estimator: str | None = None, samples: i
             ``‖g‖`` within its share of the budget; or ``N`` samples would take longer than
             ``time_budget_s`` (the message gives N, the seconds, and the ε the budget reaches).
     """
+    check_problem(problem)
     _check_args(rel_error, time_budget_s, samples)
+    _check_where(seed, device, dtype, memory_budget)
     if target not in TARGETS:
         raise McReferenceError(f"reference_target={target!r} is not one of {', '.join(TARGETS)}",
                                argument="reference_target", value=target,
@@ -381,6 +387,20 @@ def plan_reference(problem: Problem, *, estimator: str | None = None, samples: i
     if samples is None and cached.seconds > time_budget_s:
         _too_costly(problem, cached, rel_error, time_budget_s)
     return cached
+
+
+def _check_where(seed: int, device: str, dtype: str, memory_budget: int) -> None:
+    """The arguments a reference and its plan share: refused here rather than by torch or a dict."""
+    check_seed(seed, "seed", McReferenceError)
+    if not isinstance(device, str) or device.split(":")[0] not in DEVICES:
+        raise McReferenceError(f"device={device!r} is not one of {', '.join(DEVICES)}", argument="device",
+                               value=device, expected=f"one of {', '.join(DEVICES)}")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise McReferenceError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}", argument="dtype",
+                               value=dtype, expected=f"one of {', '.join(DTYPES)}")
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1:
+        raise McReferenceError(f"memory_budget={memory_budget!r} must be a whole number of bytes ≥ 1",
+                               argument="memory_budget", value=memory_budget, expected="an integer ≥ 1")
 
 
 def _check_args(rel_error: float, time_budget_s: float, samples: int | None) -> None:
@@ -525,6 +545,8 @@ def mc_reference(problem: Problem, *, estimator: str | None = None, samples: int
     Raises:
         McReferenceError: see :func:`plan_reference`; R returned NaN/Inf.
     """
+    check_problem(problem)
+    _check_where(seed, device, dtype, memory_budget)
     if plan is None:
         plan = plan_reference(problem, estimator=estimator, samples=samples, rel_error=rel_error,
                               target=target, seed=seed, time_budget_s=time_budget_s,

@@ -1,0 +1,107 @@
+"""The Python API refuses arguments of the wrong kind or range by name (an ``SbnBenchError`` whose
+``argument`` is the parameter), never with an ``AttributeError``/``TypeError``/``KeyError`` from
+inside, a silently ignored value or a wrong result. Each case was found by an audit of the API
+(a value that passed, or failed deep inside)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import sbn_bench as sb
+from sbn_bench.config import ProblemSpec, RunConfig
+from sbn_bench.errors import SbnBenchError
+from sbn_bench.estimators import adapt_estimator, estimate, load_registry
+from sbn_bench.runner.mcref import mc_reference
+from sbn_bench.train import train
+
+
+@pytest.fixture(scope="module")
+def prob() -> sb.Problem:
+    return sb.random_problem("2-3-1", 0, data_points=5)
+
+
+def _refused(fn, argument: str, *words: str) -> None:
+    with pytest.raises(SbnBenchError) as e:
+        fn()
+    assert e.value.argument == argument, (e.value.argument, str(e.value))
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_a_wrong_object_is_refused_by_name(prob, tmp_path) -> None:
+    est = load_registry().create("reinforce")
+    for fn in (lambda: sb.exact_gradient(None), lambda: sb.exact_objective(None),
+               lambda: estimate(est, None, 3, torch.Generator()),
+               lambda: mc_reference(None, estimator="reinforce", samples=10),
+               lambda: sb.save_problem("abc", tmp_path / "x.npz")):
+        _refused(fn, "problem", "expected a Problem")
+    _refused(lambda: train(None, "st", epochs=1, batch_size=2, out_dir=tmp_path / "t"), "problem")
+    _refused(lambda: train(prob, None, epochs=1, batch_size=2, out_dir=tmp_path / "t"), "estimator")
+    _refused(lambda: train(prob, "st", epochs=2, checkpoints=5, batch_size=2, out_dir=tmp_path / "t"),
+             "checkpoints", "not a sequence")
+    _refused(lambda: adapt_estimator("nvil", prob, 2, 0), "estimator", "expected an Estimator")
+    _refused(lambda: sb.run(None), "config", "expected a RunConfig")
+    with pytest.raises(SbnBenchError, match="is a NoneType; expected a string"):
+        load_registry().create(None)
+    _refused(lambda: sb.random_problem(None, 0), "arch")
+    _refused(lambda: sb.load_problem(None), "path")
+    with pytest.raises(SbnBenchError, match="array 'weight_1' is a ndarray, expected a torch.Tensor"):
+        sb.Problem(params={k: v.numpy() for k, v in prob.params.items()}, x=prob.x, y=prob.y)
+    with pytest.raises(SbnBenchError, match="array 'x' is a list"):
+        sb.Problem(params=prob.params, x=prob.x.tolist(), y=prob.y)
+    with pytest.raises(SbnBenchError, match="'reinforce' is not an estimator spec") as e:
+        mc_reference(prob, estimator=est, samples=10)
+    assert len(str(e.value)) < 200  # not the estimator's whole repr
+    assert not (tmp_path / "t").exists() and not (tmp_path / "x.npz").exists()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, "x", True, 1.0])
+def test_seeds_are_checked_everywhere(prob, seed) -> None:
+    from sbn_bench.data import load_digits
+
+    for fn in (lambda: sb.paper_problem(seed), lambda: sb.preset_problem("quick", seed),
+               lambda: sb.random_problem("2-3-1", seed), lambda: load_digits("train", "dynamic", seed),
+               lambda: mc_reference(prob, estimator="reinforce", samples=10, seed=seed)):
+        _refused(fn, "seed", "[0, 2^63)")
+    assert sb.paper_problem(np.int64(3)).name == "paper-seed3"  # a numpy integer is a seed
+
+
+@pytest.mark.parametrize("bad", [math.nan, -1, 0, "1GiB", 1.5])
+def test_byte_limits_are_whole_numbers(prob, tmp_path, bad) -> None:
+    """nan turned the exact reference's limit off, and a file's limit too."""
+    _refused(lambda: sb.exact_gradient(prob, max_bytes=bad), "max_bytes", "whole number of bytes")
+    path = sb.save_problem(prob, tmp_path / "p.npz")
+    _refused(lambda: sb.load_problem(path, max_bytes=bad), "max_bytes")
+    _refused(lambda: mc_reference(prob, estimator="reinforce", samples=10, memory_budget=bad),
+             "memory_budget")
+
+
+def test_a_reference_refuses_an_unknown_device_or_dtype(prob) -> None:
+    _refused(lambda: mc_reference(prob, estimator="reinforce", samples=10, dtype="float16"), "dtype")
+    _refused(lambda: mc_reference(prob, estimator="reinforce", samples=10, device="bogus"), "device")
+
+
+def test_values_that_would_be_dropped_or_misread_are_refused(tmp_path) -> None:
+    _refused(lambda: sb.random_problem("2-3-1", 0, kl="sampled"), "kl", "loss 'vae' only")
+    _refused(lambda: ProblemSpec(arch="2-3-1", kl="sampled"), "kl", "loss 'vae' only")
+    assert sb.random_problem("4-3-4", 0, loss="vae", kl="sampled").kl == "sampled"
+    _refused(lambda: ProblemSpec(arch="2-3-1", checkpoints=("init",)), "checkpoints", "Checkpoint(")
+    spec = (ProblemSpec(arch="2-3-1"),)
+    _refused(lambda: RunConfig(problems=spec, resume="no"), "resume", "true or false")
+    _refused(lambda: RunConfig(problems=spec, out=123), "out", "folder path")
+    _refused(lambda: sb.random_problem("1x4x4-c0k3-1", 0), "arch", "at least one channel")
+    _refused(lambda: sb.save_problem(sb.random_problem("2-3-1", 0), tmp_path), "path", "it is a folder")
+
+
+def test_experiment_settings_of_the_wrong_kind(tmp_path) -> None:
+    from sbn_bench.paper import run_paper
+    from sbn_bench.train_study import run_study
+
+    _refused(lambda: run_paper(out=tmp_path / "p", samples=10, training={"bogus": 1}), "training", "bogus")
+    _refused(lambda: run_study("digits-vae-exact", out=tmp_path / "s", estimators=["st"], seeds=[0],
+                               settings={"epochs": 1}), "settings", "StudySettings")
+    assert not (tmp_path / "p").exists() and not (tmp_path / "s").exists()
