@@ -482,8 +482,8 @@ def test_dask_without_the_extra_is_one_line_naming_it(tmp_path, monkeypatch):
                                   str(tmp_path / "cli")])
     assert r.exit_code == 2  # the value of --executor refused: a usage error of that option
     lines = [line for line in r.output.strip().splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1 and lines[0].startswith("Error: Invalid value for '--executor': argument "
-                                                   "executor='dask' needs Dask"), r.output
+    assert len(lines) == 1 and lines[0].startswith("Error: Invalid value for '--executor': 'dask' "
+                                                   "needs Dask"), r.output
 
 
 def _refusing_address() -> str:
