@@ -680,6 +680,8 @@ class RunConfig:
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise ConfigError(f"{name}={value!r} must be a folder path", argument=name, value=value,
                                   expected="a str or os.PathLike")
+        if isinstance(self.reference_cache, os.PathLike):  # a Path, as out takes one
+            object.__setattr__(self, "reference_cache", os.fspath(self.reference_cache))
         _check_int("max_paths", self.max_paths, 1)
         if self.chunk is not None:
             _check_int("chunk", self.chunk, 1)

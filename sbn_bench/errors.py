@@ -68,15 +68,26 @@ def check_seed(seed: object, argument: str = "seed", error: type[SbnBenchError] 
 
 
 def check_whole(value: object, argument: str, minimum: int = 1,
-                error: type[SbnBenchError] = ArgumentError, unit: str = "") -> int:
-    """``value`` as an int, refused (``error``, naming ``argument``) unless a whole number (not a
-    bool, not a float such as ``nan``) ``≥ minimum``; ``unit`` names what it counts (``"bytes"``)."""
+                error: type[SbnBenchError] = ArgumentError, unit: str = "",
+                unlimited: bool = False) -> int | float:
+    """``value`` as an int, refused (``error``, naming ``argument``) unless a whole number ``≥
+    minimum``: an integer of any kind (not a bool) or a whole-valued float such as ``4e9``;
+    ``unit`` names what it counts (``"bytes"``). With ``unlimited``, ``inf`` is accepted (no limit)
+    and returned as is. ``nan``, ``2.5``, strings and negative values are refused."""
+    import math
     import numbers
 
-    if isinstance(value, numbers.Integral) and type(value).__name__ not in ("bool", "bool_") \
-            and int(value) >= minimum:
-        return int(value)
+    if isinstance(value, numbers.Integral) and type(value).__name__ not in ("bool", "bool_"):
+        if int(value) >= minimum:
+            return int(value)
+    elif isinstance(value, numbers.Real) and type(value).__name__ not in ("bool", "bool_"):
+        v = float(value)
+        if unlimited and v == math.inf:
+            return v
+        if math.isfinite(v) and v.is_integer() and v >= minimum:
+            return int(v)
     what = f"a whole number{f' of {unit}' if unit else ''} ≥ {minimum}"
+    what += " (or inf: no limit)" if unlimited else ""
     raise error(f"argument {argument}={value!r} must be {what}", argument=argument, value=value,
                 expected=what)
 

@@ -453,7 +453,10 @@ def _typed(spec: Mapping[str, object], key: str, kind: type, default: object, wh
     elif kind is int:
         ok, expected = isinstance(v, numbers.Integral) and not isinstance(v, bool), "a whole number"
     else:
-        ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+        try:
+            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+        except OverflowError:  # an integer beyond any float
+            ok = False
         expected = "a finite number"
     if not ok:
         raise NetworkError(f"{where}.{key} is {v!r}, expected {expected}", argument="layers", value=v,

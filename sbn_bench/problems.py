@@ -381,7 +381,7 @@ def network_of(arch: str | Sequence[int], loss: str = "logistic") -> Network:
     Raises:
         ProblemError: a malformed architecture, naming the token and what was expected.
     """
-    if not isinstance(arch, (str, Sequence)):
+    if not isinstance(arch, str) and not hasattr(arch, "__iter__"):  # a str, a list, an array
         raise ProblemError(f"argument arch={arch!r} is a {type(arch).__name__}; expected a string such "
                            "as '2-5-5-5-1' or a sequence of widths", argument="arch", value=arch,
                            expected="an architecture string or widths")
@@ -879,7 +879,7 @@ def load_problem(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTE
             (fuzzed in ``tests/test_problems.py``).
     """
     check_path(path, "path", ProblemError)
-    max_bytes = check_whole(max_bytes, "max_bytes", error=ProblemError, unit="bytes")
+    max_bytes = check_whole(max_bytes, "max_bytes", error=ProblemError, unit="bytes", unlimited=True)
     path = Path(path)
     src = repr(str(path))
     if not path.exists():

@@ -105,3 +105,22 @@ def test_experiment_settings_of_the_wrong_kind(tmp_path) -> None:
     _refused(lambda: run_study("digits-vae-exact", out=tmp_path / "s", estimators=["st"], seeds=[0],
                                settings={"epochs": 1}), "settings", "StudySettings")
     assert not (tmp_path / "p").exists() and not (tmp_path / "s").exists()
+
+
+def test_values_that_were_accepted_before_the_checks_still_are(prob, tmp_path) -> None:
+    """The checks above refuse what is wrong and nothing that worked: numpy integers and whole
+    floats as sizes, ``inf`` as no limit, a ``torch.device``, a numpy array of widths, a Path as
+    the reference cache."""
+    j = sb.exact_objective(prob)
+    for limit in (np.int64(2**30), 4e9, math.inf):
+        assert sb.exact_gradient(prob, limit)[0] == j
+    path = sb.save_problem(prob, tmp_path / "p.npz")
+    assert sb.load_problem(path, max_bytes=1e8).fingerprint() == sb.load_problem(path).fingerprint()
+    assert sb.load_problem(path, max_bytes=math.inf).fingerprint() == sb.load_problem(path).fingerprint()
+    base = mc_reference(prob, estimator="reinforce", samples=20)
+    for kw in ({"memory_budget": np.int64(2**30)}, {"memory_budget": 1e9}, {"device": torch.device("cpu")}):
+        ref = mc_reference(prob, estimator="reinforce", samples=20, **kw)
+        assert torch.equal(ref.gradient, base.gradient), kw  # the same chunks: the same samples
+    assert sb.random_problem(np.array([2, 3, 1]), 0, data_points=5).widths == (2, 3, 1)
+    cfg = RunConfig(problems=(ProblemSpec(arch="2-3-1"),), reference_cache=tmp_path / "cache")
+    assert cfg.reference_cache == str(tmp_path / "cache")

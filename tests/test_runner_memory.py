@@ -119,13 +119,21 @@ def test_a_sample_larger_than_the_budget_is_refused_up_front(tmp_path):
     assert "Error: Invalid value for '--memory-budget': refused before any work" in res.output
     assert "one sample needs" in res.output
     assert not out.exists()
-    # a chunk given with it shares the blame; given alone, the chunk is the option refused
-    for extra, hint in ((["--memory-budget", "1MiB"], "'--chunk' / '--memory-budget'"), ([], "'--chunk'")):
+    # a chunk given with it shares the blame; with the default budget (or a file's) no option is
+    # at fault: exit status 1, as for a budget that one sample exceeds, which no chunk can fix
+    cases = [(["--memory-budget", "1MiB"], 2, "Invalid value for '--memory-budget' / '--chunk': refused"),
+             ([], 1, "Error: refused before any work")]
+    for extra, code, hint in cases:
         res = CliRunner().invoke(main, ["run", "--arch", "2-5-5-1", "--data-points", "20", "--estimators",
                                         "st", "--chunk", "100000000", *extra, "--out", str(out)])
-        assert res.exit_code == 2 and f"Error: Invalid value for {hint}: refused before any work" \
-            in res.output, res.output
+        assert res.exit_code == code and hint in res.output, res.output
         assert not out.exists()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"estimators = ['psa']\nsamples = 50\nmemory_budget = '1KiB'\nout = '{out}'\n"
+                   "[[problem]]\npreset = 'quick'\n")
+    res = CliRunner().invoke(main, ["run", "--config", str(cfg), "--chunk", "1"])
+    assert res.exit_code == 1 and "--chunk" not in res.output, res.output
+    assert not out.exists()
 
 
 def test_explicit_chunk_or_throughput_batch_over_the_budget_is_refused(tmp_path):

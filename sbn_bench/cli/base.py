@@ -73,17 +73,18 @@ def _option_error(e: SbnBenchError) -> click.BadParameter | None:
     # an estimator spec's error names the spec: it is the value of --estimators (--estimator)
     names = ("estimators", "estimators_text", "estimator_spec") if _is_spec_error(e) else \
         (_OPTION_OF.get(name, name),)
-    shared = [*names, *_SHARED.get(name, ())]
-    params = [p for p in ctx.command.params if p.name in shared and given(ctx, p.name)]
-    if not params:
+    params = [p for p in ctx.command.params if p.name in names and given(ctx, p.name)]
+    if not params:  # the value came from a file or a default: no option of this command is at fault
         return None
+    params += [p for p in ctx.command.params if p.name in _SHARED.get(name, ()) and given(ctx, p.name)]
     return click.BadParameter(without_name(str(e), e.argument), ctx=ctx,
                               param_hint=" / ".join(p.get_error_hint(ctx) for p in params))
 
 
 _SHARED = {"memory_budget": ("chunk", "throughput_batch")}
-"""Settings whose refusal is as much that of other options' values: a memory budget is exceeded by
-the chunk and the throughput batch given with it (the error names each of them that was given)."""
+"""Options that share the refusal of a setting given on the command line: a ``--memory-budget`` is
+exceeded by the ``--chunk`` and ``--throughput-batch`` given with it (the error names each of them
+that was given). A budget from a file or the default names no option (exit status 1)."""
 
 
 def without_name(message: str, argument: str) -> str:

@@ -242,6 +242,10 @@ def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out
                                            seeds=seeds, settings=settings, executor=executor,
                                            resume=resume, progress=progress, plugins=plugins,
                                            warn=warn)
+    except train_study.StudyError as e:
+        if e.argument != "out":
+            raise
+        raise click.ClickException(f"--out {without_name(str(e), 'out')}") from None  # a folder: exit 1
     except KeyboardInterrupt:
         saved = out_dir / train_study.STUDY_NAME
         click.echo(f"\nInterrupted: the finished cells are saved in {out_dir}; continue with "

@@ -169,10 +169,11 @@ first use: reading a run's tables needs only the scalar metrics, and no torch.""
 
 
 def __getattr__(name: str) -> object:
-    if name in _STATS:
-        from sbn_bench.metrics import stats
+    if name in _STATS or name == "stats":
+        import importlib
 
-        return getattr(stats, name)
+        stats = importlib.import_module("sbn_bench.metrics.stats")  # (an import statement would
+        return stats if name == "stats" else getattr(stats, name)   # look "stats" up here again)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
@@ -186,3 +187,7 @@ __all__ = [
     "reference_resolution", "rescale_moments", "rrmse", "safe_ratio", "samples_to_accuracy", "snr_median",
     "sort_layers", "time_to_accuracy", "timed_rows", "undocumented_nans", "weighted_moments",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_STATS, "stats"})

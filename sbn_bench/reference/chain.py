@@ -133,9 +133,10 @@ def check_shape(widths: tuple[int, ...], num_data: int, max_bytes: int = DEFAULT
 
     Raises:
         ReferenceTooLarge: with the estimated states and memory and the limit.
-        ArgumentError: ``max_bytes`` is not a whole number ≥ 1 (``nan`` turned the limit off).
+        ArgumentError: ``max_bytes`` is not a whole number ≥ 1 or ``inf`` (``nan`` turned the
+            limit off).
     """
-    check_whole(max_bytes, "max_bytes", unit="bytes")
+    max_bytes = check_whole(max_bytes, "max_bytes", unit="bytes", unlimited=True)
     cost = estimate_cost(widths, num_data, loss, head)
     arch = "-".join(map(str, widths))
     where = f"exact reference refused for problem {name!r} (arch {arch}, D={num_data}): it needs"

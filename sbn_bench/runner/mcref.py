@@ -59,7 +59,7 @@ from torch import Tensor
 
 from sbn_bench import model
 from sbn_bench.config import DEFAULT_REFERENCE_REL_ERROR, DEFAULT_REFERENCE_TIME_BUDGET, DEVICES, DTYPES
-from sbn_bench.errors import check_seed
+from sbn_bench.errors import check_seed, check_whole
 from sbn_bench.estimators import Estimator, Registry, estimate, load_registry
 from sbn_bench.fileio import atomic_write_bytes, atomic_write_text
 from sbn_bench.metrics import ALL, Groups, MomentAccumulator, ReferenceNoise
@@ -370,7 +370,7 @@ def plan_reference(problem: Problem, *, estimator: str | None = None, samples: i
     """
     check_problem(problem)
     _check_args(rel_error, time_budget_s, samples)
-    _check_where(seed, device, dtype, memory_budget)
+    memory_budget = _check_where(seed, device, dtype, memory_budget)
     if target not in TARGETS:
         raise McReferenceError(f"reference_target={target!r} is not one of {', '.join(TARGETS)}",
                                argument="reference_target", value=target,
@@ -389,18 +389,21 @@ def plan_reference(problem: Problem, *, estimator: str | None = None, samples: i
     return cached
 
 
-def _check_where(seed: int, device: str, dtype: str, memory_budget: int) -> None:
-    """The arguments a reference and its plan share: refused here rather than by torch or a dict."""
+def _check_where(seed: int, device: str | torch.device, dtype: str, memory_budget: int) -> int:
+    """The arguments a reference and its plan share: refused here rather than by torch or a dict;
+    returns ``memory_budget`` as an int (``1e9`` is a whole number of bytes)."""
     check_seed(seed, "seed", McReferenceError)
-    if not isinstance(device, str) or device.split(":")[0] not in DEVICES:
+    try:
+        kind = torch.device(device).type  # "cpu", "cuda", "cuda:0", torch.device(...)
+    except (RuntimeError, TypeError, ValueError):
+        kind = None
+    if kind not in DEVICES:
         raise McReferenceError(f"device={device!r} is not one of {', '.join(DEVICES)}", argument="device",
                                value=device, expected=f"one of {', '.join(DEVICES)}")
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise McReferenceError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}", argument="dtype",
                                value=dtype, expected=f"one of {', '.join(DTYPES)}")
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1:
-        raise McReferenceError(f"memory_budget={memory_budget!r} must be a whole number of bytes ≥ 1",
-                               argument="memory_budget", value=memory_budget, expected="an integer ≥ 1")
+    return int(check_whole(memory_budget, "memory_budget", error=McReferenceError, unit="bytes"))
 
 
 def _check_args(rel_error: float, time_budget_s: float, samples: int | None) -> None:
@@ -546,7 +549,7 @@ def mc_reference(problem: Problem, *, estimator: str | None = None, samples: int
         McReferenceError: see :func:`plan_reference`; R returned NaN/Inf.
     """
     check_problem(problem)
-    _check_where(seed, device, dtype, memory_budget)
+    memory_budget = _check_where(seed, device, dtype, memory_budget)
     if plan is None:
         plan = plan_reference(problem, estimator=estimator, samples=samples, rel_error=rel_error,
                               target=target, seed=seed, time_budget_s=time_budget_s,
