@@ -55,14 +55,23 @@ class ArgumentError(SbnBenchError, ValueError):
     """A Python argument out of its range (e.g. ``num_samples=0``)."""
 
 
+def _boolean(value: object) -> bool:
+    """A bool, Python's or numpy's (``numpy.bool_`` is not a subclass of ``bool``)."""
+    return type(value).__name__ in ("bool", "bool_")
+
+
+def _integer(value: object) -> bool:
+    """An integer of any kind (Python's, numpy's), not a bool."""
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not _boolean(value)
+
+
 def check_seed(seed: object, argument: str = "seed", error: type[SbnBenchError] = ArgumentError) -> int:
     """``seed`` as an int, refused (``error``, naming ``argument``) unless a whole number in
     ``[0, 2^63)`` (torch generators take 64-bit signed seeds; a bool is not a seed)."""
-    import numbers
-
-    if isinstance(seed, numbers.Integral) and type(seed).__name__ not in ("bool", "bool_") \
-            and 0 <= int(seed) < 2**63:
-        return int(seed)
+    if _integer(seed) and 0 <= int(seed) < 2**63:  # type: ignore[call-overload]
+        return int(seed)  # type: ignore[call-overload]
     raise error(f"argument {argument}={seed!r} must be an integer in [0, 2^63)", argument=argument,
                 value=seed, expected="an integer in [0, 2^63)")
 
@@ -77,10 +86,10 @@ def check_whole(value: object, argument: str, minimum: int = 1,
     import math
     import numbers
 
-    if isinstance(value, numbers.Integral) and type(value).__name__ not in ("bool", "bool_"):
-        if int(value) >= minimum:
-            return int(value)
-    elif isinstance(value, numbers.Real) and type(value).__name__ not in ("bool", "bool_"):
+    if _integer(value):
+        if int(value) >= minimum:  # type: ignore[call-overload]
+            return int(value)  # type: ignore[call-overload]
+    elif isinstance(value, numbers.Real) and not _boolean(value):
         v = float(value)
         if unlimited and v == math.inf:
             return v

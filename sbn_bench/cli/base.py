@@ -22,7 +22,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def friendly_errors(fn: F) -> F:
     """Turn the library's :class:`~sbn_bench.errors.SbnBenchError` (the user's input: bad values,
-    files, plugins, folders) into one ``Error: …`` line and exit status 1, without a traceback.
+    files, plugins, folders) into one ``Error: …`` line without a traceback: exit status 2 when it
+    refuses the value of an option given on the command line (:func:`_option_error`), else 1.
     Any other exception is a bug and shows its traceback. Running out of memory while allocating
     (a request too large for the machine) is also one line.
 
@@ -63,9 +64,10 @@ _OPTION_OF = {"M": "m_grid", "batch": "throughput_batch"}
 
 def _option_error(e: SbnBenchError) -> click.BadParameter | None:
     """The library's refusal of a value given on the command line, as that option's usage error
-    (exit status 2, as click's own checks give): ``--cell-timeout nan`` is refused by
-    :class:`~sbn_bench.config.RunConfig`, ``--cell-timeout 0`` by click. None when the error names
-    no option of the running command that was given (a file's value, a default, a folder, …)."""
+    (exit status 2, as click's own checks give): ``--M 5000`` above ``--samples`` is refused by
+    :class:`~sbn_bench.config.RunConfig`, ``--M 0`` by the option's callback. None when the error
+    names no option of the running command that was given (a file's value, a default, a folder,
+    …)."""
     ctx = click.get_current_context(silent=True)
     if ctx is None or not isinstance(e.argument, str) or not e.usage:
         return None
