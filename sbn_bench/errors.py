@@ -55,12 +55,18 @@ class ArgumentError(SbnBenchError, ValueError):
     """A Python argument out of its range (e.g. ``num_samples=0``)."""
 
 
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters with ``…`` (a value quoted in a message)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _boolean(value: object) -> bool:
     """A bool, Python's or numpy's (``numpy.bool_`` is not a subclass of ``bool``)."""
     return type(value).__name__ in ("bool", "bool_")
 
 
-def _integer(value: object) -> bool:
+def is_integer(value: object) -> bool:
     """An integer of any kind (Python's, numpy's), not a bool."""
     import numbers
 
@@ -70,7 +76,7 @@ def _integer(value: object) -> bool:
 def check_seed(seed: object, argument: str = "seed", error: type[SbnBenchError] = ArgumentError) -> int:
     """``seed`` as an int, refused (``error``, naming ``argument``) unless a whole number in
     ``[0, 2^63)`` (torch generators take 64-bit signed seeds; a bool is not a seed)."""
-    if _integer(seed) and 0 <= int(seed) < 2**63:  # type: ignore[call-overload]
+    if is_integer(seed) and 0 <= int(seed) < 2**63:  # type: ignore[call-overload]
         return int(seed)  # type: ignore[call-overload]
     raise error(f"argument {argument}={seed!r} must be an integer in [0, 2^63)", argument=argument,
                 value=seed, expected="an integer in [0, 2^63)")
@@ -86,7 +92,7 @@ def check_whole(value: object, argument: str, minimum: int = 1,
     import math
     import numbers
 
-    if _integer(value):
+    if is_integer(value):
         if int(value) >= minimum:  # type: ignore[call-overload]
             return int(value)  # type: ignore[call-overload]
     elif isinstance(value, numbers.Real) and not _boolean(value):

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from sbn_bench.errors import ArgumentError
+from sbn_bench.errors import ArgumentError, is_integer
 
 Params = Mapping[str, Tensor]
 
@@ -451,7 +451,7 @@ def _typed(spec: Mapping[str, object], key: str, kind: type, default: object, wh
     if kind is bool:
         ok, expected = isinstance(v, bool), "true or false"
     elif kind is int:
-        ok, expected = isinstance(v, numbers.Integral) and not isinstance(v, bool), "a whole number"
+        ok, expected = is_integer(v), "a whole number"
     else:
         try:
             ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))

@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import math
-import numbers
 import os
 import re
 import zipfile
@@ -36,7 +35,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench import model
-from sbn_bench.errors import SbnBenchError, check_path, check_seed, check_whole
+from sbn_bench.errors import SbnBenchError, check_path, check_seed, check_whole, is_integer, short_repr
 from sbn_bench.fileio import WriteError, atomic_write_bytes
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES, Noise, Params
 from sbn_bench.network import Network, NetworkError, from_description, from_layers, parse_network
@@ -285,10 +284,8 @@ def check_problem(value: object, argument: str = "problem") -> Problem:
     than an ``AttributeError`` from deep inside the function that was given it)."""
     if isinstance(value, Problem):
         return value
-    shown = repr(value)
-    shown = shown if len(shown) <= 60 else f"{shown[:57]}…"
-    raise ProblemError(f"argument {argument}={shown} is a {type(value).__name__}, expected a Problem "
-                       "(random_problem, preset_problem, load_problem)", argument=argument,
+    raise ProblemError(f"argument {argument}={short_repr(value, 60)} is a {type(value).__name__}, "
+                       "expected a Problem (random_problem, preset_problem, load_problem)", argument=argument,
                        value=value, expected="a sbn_bench.problems.Problem")
 
 
@@ -455,11 +452,6 @@ def check_arch_loss(arch: str | Sequence[int], loss: str) -> None:
                            expected="n_out ≥ 2")
 
 
-def _is_int(v: object) -> bool:
-    """An integer (Python or numpy), not a bool."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-
-
 def _uniform(gen: torch.Generator, *shape: int) -> Tensor:
     return torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1
 
@@ -508,7 +500,7 @@ def random_problem(
     model.check_loss_name(loss)
     net = network_of(arch, loss)
     widths = net.widths
-    if not _is_int(data_points) or data_points < 1:
+    if not is_integer(data_points) or data_points < 1:
         raise ProblemError(f"argument data_points={data_points!r} must be an integer ≥ 1",
                            argument="data_points")
     data_points, seed = int(data_points), check_seed(seed, error=ProblemError)

@@ -40,7 +40,7 @@ from typing import Any
 import pandas as pd
 
 from sbn_bench import schema
-from sbn_bench.errors import SbnBenchError
+from sbn_bench.errors import SbnBenchError, short_repr
 from sbn_bench.fileio import WriteError as WriteError  # re-exported: a run's write errors
 from sbn_bench.fileio import atomic_write_text, make_folder
 from sbn_bench.provenance import processor_label
@@ -79,11 +79,6 @@ def comparable(config_dict: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config_dict.items() if k not in ("out", "resume")}
 
 
-def _short(v: Any, limit: int = 80) -> str:
-    text = repr(v)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
 def _first_difference(a: Sequence[Any], b: Sequence[Any]) -> int:
     """The first index where two sequences differ (the shorter one's length if one starts the
     other)."""
@@ -98,9 +93,9 @@ def diff_dicts(old: Any, new: Any, path: str = "") -> list[str]:
         for k in sorted(set(old) | set(new), key=str):
             p = f"{path}.{k}" if path else str(k)
             if k not in old:
-                out.append(f"{p}: (absent) → {_short(new[k])}")
+                out.append(f"{p}: (absent) → {short_repr(new[k])}")
             elif k not in new:
-                out.append(f"{p}: {_short(old[k])} → (absent)")
+                out.append(f"{p}: {short_repr(old[k])} → (absent)")
             else:
                 out += diff_dicts(old[k], new[k], p)
         return out
@@ -110,12 +105,12 @@ def diff_dicts(old: Any, new: Any, path: str = "") -> list[str]:
                 for d in diff_dicts(a, b, f"{path or 'value'}[{i}]")]
     if old == new:
         return []
-    a, b = _short(old), _short(new)
+    a, b = short_repr(old), short_repr(new)
     if (isinstance(old, list) and isinstance(new, list)
             and (a.endswith("…") or b.endswith("…"))):  # shortened: show where they part
         i = _first_difference(old, new)
-        x = _short(old[i]) if i < len(old) else "(absent)"
-        y = _short(new[i]) if i < len(new) else "(absent)"
+        x = short_repr(old[i]) if i < len(old) else "(absent)"
+        y = short_repr(new[i]) if i < len(new) else "(absent)"
         size = f" ({len(old)} → {len(new)} items)" if len(old) != len(new) else ""
         return [f"{path or 'value'}[{i}]: {x} → {y}{size}"]
     if isinstance(old, str) and isinstance(new, str) and a == b:  # long, shortened alike
@@ -188,7 +183,7 @@ def resume_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
         a, b = _records(old, key, ident, value), _records(new, key, ident, value)
         for name in sorted(set(a) & set(b)):
             if a[name] != b[name]:
-                diffs.append(f"{what.format(repr(name))}: {_short(a[name])} → {_short(b[name])}")
+                diffs.append(f"{what.format(repr(name))}: {short_repr(a[name])} → {short_repr(b[name])}")
     return diffs
 
 

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench import model, network
-from sbn_bench.errors import ArgumentError, SbnBenchError
+from sbn_bench.errors import ArgumentError, SbnBenchError, short_repr
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES, Params
 from sbn_bench.problems import Problem, check_problem
 
@@ -271,9 +271,9 @@ def _positive_int(est: Estimator, what: str, fn: Callable[[], Any], widths: tupl
 def _check_estimator_and_problem(estimator: object, problem: object) -> None:
     """Refuse arguments of the wrong kind by name (not an ``AttributeError`` from inside)."""
     if not isinstance(estimator, Estimator):
-        shown = repr(estimator) if len(repr(estimator)) <= 60 else f"{repr(estimator)[:57]}…"
-        raise ArgumentError(f"argument estimator={shown} is a {type(estimator).__name__}, expected an "
-                            "Estimator (load_registry().create('psa'))", argument="estimator",
+        raise ArgumentError(f"argument estimator={short_repr(estimator, 60)} is a "
+                            f"{type(estimator).__name__}, expected an Estimator "
+                            "(load_registry().create('psa'))", argument="estimator",
                             value=estimator, expected="a sbn_bench.estimators.Estimator")
     check_problem(problem)
 

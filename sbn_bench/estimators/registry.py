@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sbn_bench.errors import SbnBenchError
+from sbn_bench.errors import SbnBenchError, short_repr
 from sbn_bench.estimators import builtin
 from sbn_bench.estimators.base import RANDOMNESS, ContractError, Estimator
 
@@ -241,9 +241,9 @@ def check_factory(name: str, factory: Any) -> Estimator:
 
 def _split_spec(spec: str) -> tuple[str, dict[str, str]]:
     if not isinstance(spec, str):
-        shown = repr(spec) if len(repr(spec)) <= 60 else f"{repr(spec)[:57]}…"
-        raise EstimatorSpecError(f"estimator spec {shown} is a {type(spec).__name__}; expected a string "
-                                 "such as 'psa' or 'concrete:tau=0.1'", argument=str(spec)[:60])
+        raise EstimatorSpecError(f"estimator spec {short_repr(spec, 60)} is a {type(spec).__name__}; "
+                                 "expected a string such as 'psa' or 'concrete:tau=0.1'",
+                                 argument=str(spec)[:60])
     spec = spec.strip()
     name, _, rest = spec.partition(":")
     name = name.strip()

@@ -59,7 +59,7 @@ from torch import Tensor
 
 from sbn_bench import model
 from sbn_bench.config import DEFAULT_REFERENCE_REL_ERROR, DEFAULT_REFERENCE_TIME_BUDGET, DEVICES, DTYPES
-from sbn_bench.errors import check_seed, check_whole
+from sbn_bench.errors import check_seed, check_whole, short_repr
 from sbn_bench.estimators import Estimator, Registry, estimate, load_registry
 from sbn_bench.fileio import atomic_write_bytes, atomic_write_text
 from sbn_bench.metrics import ALL, Groups, MomentAccumulator, ReferenceNoise
@@ -235,8 +235,8 @@ def reference_estimator(spec: str, problem: Problem | None = None,
     """
     reg = registry or load_registry()
     if not isinstance(spec, str):
-        shown = f"{type(spec).__name__} {spec.spec!r}" if isinstance(spec, Estimator) else \
-            (repr(spec) if len(repr(spec)) <= 60 else f"{repr(spec)[:57]}…")
+        shown = (f"{type(spec).__name__} {spec.spec!r}" if isinstance(spec, Estimator)
+                 else short_repr(spec, 60))
         raise McReferenceError(f"reference estimator {shown} is not an estimator spec; expected a spec "
                                "string such as 'reinforce' or 'disarm' (an Estimator's .spec)",
                                argument="reference", value=spec,
