@@ -605,6 +605,24 @@ class TrainedCheckpoints:
     train_wall_s: float
 
 
+def paper_training(training: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The training settings: :data:`TRAINING` with the keys of ``training`` replaced.
+
+    Raises:
+        ArgumentError: ``training`` is not a mapping, or has a key :data:`TRAINING` does not.
+    """
+    expected = f"keys among {', '.join(TRAINING)}"
+    if training is not None and not isinstance(training, Mapping):
+        raise ArgumentError(f"argument training={training!r} must be a dict of training settings",
+                            argument="training", value=training, expected=expected)
+    unknown = sorted(set(training or {}) - set(TRAINING))
+    if unknown:
+        raise ArgumentError(f"argument training has unknown keys {unknown}; expected {expected} (the "
+                            "others keep the paper's values)", argument="training", value=unknown,
+                            expected=expected)
+    return {**TRAINING, **(training or {})}
+
+
 def ensure_checkpoints(seed: int = 0, *, training: dict[str, Any] | None = None,
                        cache_dir: str | os.PathLike[str] | None = None,
                        progress: Callable[[str], None] | None = None) -> TrainedCheckpoints:
@@ -618,15 +636,7 @@ def ensure_checkpoints(seed: int = 0, *, training: dict[str, Any] | None = None,
     from sbn_bench import problems
     from sbn_bench.train import train
 
-    if training is not None and not isinstance(training, Mapping):
-        raise ArgumentError(f"argument training={training!r} must be a dict of training settings",
-                            argument="training", value=training, expected=f"keys among {', '.join(TRAINING)}")
-    unknown = sorted(set(training or {}) - set(TRAINING))
-    if unknown:
-        raise ArgumentError(f"argument training has unknown keys {unknown}; expected keys among "
-                            f"{', '.join(TRAINING)} (the others keep the paper's values)",
-                            argument="training", value=unknown, expected=f"keys among {', '.join(TRAINING)}")
-    training = {**TRAINING, **(training or {})}
+    training = paper_training(training)
     epochs = tuple(training["checkpoints"])
     root = cache_root(cache_dir)
     final = root / f"paper-seed{seed}-{_training_key(seed, training)}"
@@ -773,6 +783,7 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
     from sbn_bench.runner import run
 
     seeds = None if train_seeds is None else check_train_seeds(train_seeds)
+    training = paper_training(training)
     t0 = time.perf_counter()
     trained = {s: ensure_checkpoints(s, training=training, cache_dir=cache_dir, progress=message)
                for s in (seeds if seeds is not None else (seed,))}
@@ -802,7 +813,7 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
         "name": "paper",
         "train_seeds": list(seeds) if seeds is not None else None,
         "training": {**{k: list(v) if isinstance(v, tuple) else v
-                        for k, v in {**TRAINING, **(training or {})}.items()},
+                        for k, v in training.items()},
                      "seed": seed if seeds is None else None,
                      "cached": all(ck.cached for ck in trained.values()),
                      "cache_dir": str(trained[seed].directory) if seeds is None else None,

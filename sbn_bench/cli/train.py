@@ -27,6 +27,7 @@ from sbn_bench.cli.common import (
 )
 from sbn_bench.cli.run import INTERRUPTED_EXIT
 from sbn_bench.config import MAX_SEED, parse_seeds
+from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import load_plugins, split_specs
 from sbn_bench.reference import DEFAULT_MAX_BYTES
 
@@ -37,10 +38,11 @@ _OPTION_OF = {"optimizer": "--optimizer", "lr": "--lr", "momentum": "--momentum"
               "estimator": "--estimator"}
 
 
-def _bad(e: training.TrainArgumentError, seed_option: str = "--train-seed") -> click.ClickException:
+def _bad(e: SbnBenchError, seed_option: str = "--train-seed") -> click.ClickException:
     """The library's refusal as click's ``Invalid value for '--option': …`` (exit status 2); a
-    refused ``--out`` folder (what it holds) is exit status 1, as for ``sbn-bench run``."""
-    if e.argument == "out_dir":
+    refused ``--out`` folder (what it holds: ``out_dir`` of a training, ``out`` of a study) is exit
+    status 1, as for ``sbn-bench run``."""
+    if e.argument in ("out_dir", "out"):
         return click.ClickException(f"--out {without_name(str(e), e.argument)}")
     option = seed_option if e.argument == "seed" else _OPTION_OF.get(e.argument, e.argument)
     return click.BadParameter(without_name(str(e), e.argument or ""), param_hint=f"'{option}'")
@@ -245,7 +247,7 @@ def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out
     except train_study.StudyError as e:
         if e.argument != "out":
             raise
-        raise click.ClickException(f"--out {without_name(str(e), 'out')}") from None  # a folder: exit 1
+        raise _bad(e) from None
     except KeyboardInterrupt:
         saved = out_dir / train_study.STUDY_NAME
         click.echo(f"\nInterrupted: the finished cells are saved in {out_dir}; continue with "
