@@ -146,27 +146,6 @@ if TYPE_CHECKING:
         weighted_moments,
     )
 
-_STATS = frozenset({
-    "CosineAccumulator",
-    "MomentAccumulator",
-    "MomentStats",
-    "ReferenceNoise",
-    "WeightedMoments",
-    "bias_sq_stderr",
-    "corrected_norm",
-    "cosines",
-    "dist_sq_stderr",
-    "exact_group_stats",
-    "layer_scales",
-    "leave_one_batch_out",
-    "mc_group_stats",
-    "rescale_moments",
-    "snr_median",
-    "weighted_moments",
-})
-"""The names of :mod:`~sbn_bench.metrics.stats` (tensor reducers and accumulators), imported on
-first use: reading a run's tables needs only the scalar metrics, and no torch."""
-
 
 def __getattr__(name: str) -> object:
     if name in _STATS or name == "stats":
@@ -175,6 +154,7 @@ def __getattr__(name: str) -> object:
         stats = importlib.import_module("sbn_bench.metrics.stats")  # (an import statement would
         return stats if name == "stats" else getattr(stats, name)   # look "stats" up here again)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ALL", "BY_NAME", "COSINE_QUANTILES", "EXACT_REFERENCE_METRICS", "METRICS", "NAN_VALUES", "OUT",
@@ -187,6 +167,11 @@ __all__ = [
     "reference_resolution", "rescale_moments", "rrmse", "safe_ratio", "samples_to_accuracy", "snr_median",
     "sort_layers", "time_to_accuracy", "timed_rows", "undocumented_nans", "weighted_moments",
 ]
+
+_STATS = frozenset(__all__) - globals().keys()
+"""The names of :mod:`~sbn_bench.metrics.stats` (tensor reducers and accumulators): those of
+``__all__`` not imported above, loaded on first use (reading a run's tables needs only the scalar
+metrics, and no torch)."""
 
 
 def __dir__() -> list[str]:
