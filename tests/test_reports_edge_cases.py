@@ -424,3 +424,60 @@ def test_the_incomplete_note_counts_only_complete_part_files(small_run: Path) ->
     run = load_run(small_run)
     assert f"{total - 1} of {total} cells done" in run.incomplete, run.incomplete
     assert "1 more cell(s) with a damaged part file" in run.incomplete
+
+
+def _timed_copy(src: Path, dst: Path, speed: dict[str, float], default: float = 1.0) -> Path:
+    """A copy of ``src`` whose throughput rows read ``speed[estimator]`` (else ``default``) × 10⁵
+    samples/s with a ±5% confidence interval (of a 7-round median, as the runner writes)."""
+    shutil.copytree(src, dst)
+    tp = pd.read_csv(dst / "throughput.csv")
+    v = tp["estimator"].map(lambda e: speed.get(e, default) * 1e5)
+    tp["samples_per_s"], tp["samples_per_s_lo"], tp["samples_per_s_hi"] = v, 0.95 * v, 1.05 * v
+    tp["ci_level"] = 0.984
+    tp.to_csv(dst / "throughput.csv", index=False)
+    return dst
+
+
+def test_compare_divides_throughput_by_the_ratio_common_to_all_estimators(tmp_path: Path) -> None:
+    """A machine 20% slower for every estimator (the raw intervals all apart) is one difference,
+    not one per estimator; an estimator whose own speed changed beyond both intervals is flagged
+    relative to that common factor."""
+    base = load_run(_timed_copy(RUN_A, tmp_path / "b", {}))
+    slower = load_run(_timed_copy(RUN_A, tmp_path / "s", {}, default=0.8))
+    cmp = compare_runs(slower, base)
+    timing = [f for f in cmp.flagged if "samples/s" in f]
+    assert len(timing) == 2 and all(" · all estimators · samples/s: median ratio 0.8000; the "
+                                    "intervals of 5 of 5 estimators do not overlap" in f
+                                    for f in timing), timing
+    table = next(t for t in cmp.tables if t.title.startswith("Throughput"))
+    assert "(common factor 0.8000, the median ratio of 5 estimators)" in table.title
+    assert table.header[-1] == "ratio / common" and {r[-1].text for r in table.rows} == {"1.000"}
+    # psa twice as fast besides: flagged alone, relative to the others' common 0.8
+    psa = load_run(_timed_copy(RUN_A, tmp_path / "p", {"psa": 1.6}, default=0.8))
+    flagged = [f for f in compare_runs(psa, base).flagged if "samples/s" in f]
+    assert [f for f in flagged if "all estimators" not in f] == [
+        f"tiny-2-3-2-1 · checkpoint {ck} · psa · samples/s: 160,000 vs 100,000 (ratio 1.600, 2.000 "
+        "relative to the common 0.8000, their confidence intervals do not overlap once the run's is "
+        "divided by the common factor)" for ck in ("init", "gd30")], flagged
+    # a drift within the intervals for most estimators: nothing flagged, though one is apart raw
+    drift = load_run(_timed_copy(RUN_A, tmp_path / "d", {"psa": 0.88}, default=0.95))
+    cmp = compare_runs(drift, base)
+    assert not [f for f in cmp.flagged if "samples/s" in f], cmp.flagged
+    assert not [d for d in cmp.differences if d.quantity.startswith("samples/s")]
+
+
+def test_compare_of_two_estimators_keeps_the_raw_intervals(tmp_path: Path) -> None:
+    """Fewer than three estimators timed on both sides give no common factor: each raw interval
+    counts (a common factor of two would hide any change of one of them)."""
+    keep = {"psa", "st"}
+    runs = []
+    for name, speed in (("b", 1.0), ("s", 0.8)):
+        d = _timed_copy(RUN_A, tmp_path / name, {}, default=speed)
+        tp = pd.read_csv(d / "throughput.csv")
+        tp[tp["estimator"].isin(keep)].to_csv(d / "throughput.csv", index=False)
+        runs.append(load_run(d))
+    cmp = compare_runs(runs[1], runs[0])
+    timing = [f for f in cmp.flagged if "samples/s" in f]
+    assert len(timing) == 4 and all("ratio 0.8000, their confidence intervals do not overlap)" in f
+                                    for f in timing), timing
+    assert all("common" not in t.title for t in cmp.tables)

@@ -12,8 +12,12 @@ A difference ``a − b`` is flagged when
   i.e. beyond float64 round-off of these quantities, which are relative to ``‖g‖`` and hence of
   order one;
 * throughput (the median over interleaved rounds with a confidence interval): when the two
-  intervals do not overlap (schema-1 runs, which kept quartiles over rounds:
-  ``|a − b| > √(IQR_a² + IQR_b²)``).
+  intervals do not overlap once the run's is divided by the ratio common to the network's
+  estimators (the median ratio, :func:`common_factor`: the machine's speed between two runs moves
+  every estimator alike, which one run's intervals cannot cover); that common ratio is itself one
+  difference when the raw intervals of more than half of the estimators are apart in its
+  direction. With fewer than three estimators timed on both sides the raw intervals are compared.
+  Schema-1 runs, which kept quartiles over rounds: ``|a − b| > √(IQR_a² + IQR_b²)``.
 
 Runs with no (problem, checkpoint) or no estimator in common are refused (there is nothing to
 compare); cells found in only one of the runs are listed in the report's notes as not compared.
@@ -25,7 +29,9 @@ differs, unless ``force=True``; then the differences become warnings printed in 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.reports.load import (
@@ -49,6 +55,8 @@ from sbn_bench.reports.tables import (
 )
 
 DEFAULT_SIGMA = 3.0
+MIN_COMMON = 3
+"""Estimators timed on both sides that a common throughput factor needs (:func:`common_factor`)."""
 EXACT_REL = 1e-12
 EXACT_ABS = 1e-12
 
@@ -187,8 +195,11 @@ class Comparison:
         return (f"Ratios are run / baseline. A difference is shown only beyond its uncertainty: "
                 f"|a − b| > {self.sigma:g}·√(se_a² + se_b²) for Monte-Carlo values, beyond float64 "
                 f"round-off (1e-12) for exact values, when the confidence intervals do not overlap "
-                f"for samples/s (beyond √(IQR_a² + IQR_b²) for runs of schema 1, which kept "
-                f"quartiles); z = |a − b|/√(se_a² + se_b²) (∞ between exact values, `apart` for "
+                f"for samples/s once the run's is divided by the median ratio of all estimators "
+                f"(the common factor: the machine's speed moves them alike; it is one difference "
+                f"itself when most raw intervals are apart in its direction; beyond "
+                f"√(IQR_a² + IQR_b²) for runs of schema 1, which kept quartiles); "
+                f"z = |a − b|/√(se_a² + se_b²) (∞ between exact values, `apart` for "
                 f"intervals that do not overlap). {len(self.differences)} of {self.compared} "
                 f"compared values differ.")
 
@@ -315,39 +326,7 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
                 header=["layer", "estimator", "rrmse M=1 run", "baseline", "ratio",
                         "rel. bias run", "baseline", "ratio"],
                 rows=rows, anchor=slug("compare", p, c)))
-        trows: list[list[TableCell]] = []
-        for est in run.estimators():
-            ta, tb = throughput_row(run, p, c, est), throughput_row(base, p, c, est)
-            if ta is None or tb is None:
-                side = "run" if ta is None else "baseline"
-                if (ta is None) != (tb is None) and est in shared_est and est not in failed[side]:
-                    no_timing[side].append(f"{est} ({cell_label(p, c)})")
-                continue
-            a, b = float(ta["samples_per_s"]), float(tb["samples_per_s"])
-            ia = (float(ta["samples_per_s_lo"]), float(ta["samples_per_s_hi"]))
-            ib = (float(tb["samples_per_s_lo"]), float(tb["samples_per_s_hi"]))
-            if all(math.isfinite(float(t.get("ci_level", math.nan))) for t in (ta, tb)):
-                diff = intervals_differ(ia, ib)
-            else:  # schema-1 runs: quartiles over rounds, compared by √(IQR_a² + IQR_b²)
-                diff = significant(a, b, ia[1] - ia[0], ib[1] - ib[0], sigma=1.0)
-            cmp.compared += 1
-            if diff.flagged:
-                cmp.differences.append(Flagged(p, c, est, "", "samples/s", fmt_num(a), fmt_num(b),
-                                               _ratio(a, b, diff), diff.z, diff.exact))
-            trows.append([TableCell(est),
-                          TableCell(f"{fmt_num(a)} [{fmt_num(ia[0])}, {fmt_num(ia[1])}]"),
-                          TableCell(f"{fmt_num(b)} [{fmt_num(ib[0])}, {fmt_num(ib[1])}]"),
-                          _ratio_cell(a, b, diff)])
-            if diff.flagged:
-                why = ("their confidence intervals do not overlap" if math.isnan(diff.z) else
-                       "beyond their interquartile ranges")
-                cmp.flagged.append(f"{cell_label(p, c)} · {est} · samples/s: {fmt_num(a)} vs "
-                                   f"{fmt_num(b)} (ratio {_ratio(a, b, diff)}, {why})")
-        if trows:
-            cmp.tables.append(Table(
-                title=f"Throughput: run / baseline · {cell_label(p, c)}",
-                header=["estimator", "samples/s run", "baseline", "ratio"], rows=trows,
-                anchor=slug("compare-throughput", p, c)))
+        _compare_throughput(cmp, p, c, shared_est, failed, no_timing)
     for who, missing in no_timing.items():
         if missing:
             cmp.notes.append(f"samples/s not compared: the {who} has no throughput figure for "
@@ -356,3 +335,96 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
         if (p, c) not in set(run.cells()):
             cmp.notes.append(f"{cell_label(p, c)}: only in the baseline, not compared")
     return cmp
+
+
+def common_factor(ratios: Sequence[float]) -> float:
+    """The throughput ratio (run / baseline) common to the estimators of one network: the median
+    of their ratios (on a log scale: the geometric middle), or 1 for fewer than
+    :data:`MIN_COMMON` estimators (too few to tell a common factor from one estimator's change)."""
+    logs = sorted(math.log(r) for r in ratios if math.isfinite(r) and r > 0)
+    if len(logs) < MIN_COMMON:
+        return 1.0
+    n = len(logs)
+    return math.exp(logs[n // 2] if n % 2 else (logs[n // 2 - 1] + logs[n // 2]) / 2)
+
+
+def _compare_throughput(cmp: Comparison, p: str, c: str, shared_est: list[str],
+                        failed: dict[str, list[str]], no_timing: dict[str, list[str]]) -> None:
+    """The samples/s of one (problem, checkpoint): each estimator relative to the ratio common to
+    all (:func:`common_factor`), and that common ratio once when most intervals are apart with it.
+
+    Rounds interleaved across estimators make drift within a run hit every estimator alike; between
+    two runs the machine's speed (load, clock, memory) moves every estimator alike too, which the
+    intervals of one run cannot cover. So the run's interval is divided by the common factor before
+    it is compared with the baseline's: an estimator is flagged when its own speed changed beyond
+    both intervals, and a change shared by all (the machine, or code they all run) is one
+    difference, flagged when the raw intervals of more than half of the estimators are apart in
+    its direction."""
+    run, base = cmp.run, cmp.base
+    pairs = []
+    for est in run.estimators():
+        ta, tb = throughput_row(run, p, c, est), throughput_row(base, p, c, est)
+        if ta is None or tb is None:
+            side = "run" if ta is None else "baseline"
+            if (ta is None) != (tb is None) and est in shared_est and est not in failed[side]:
+                no_timing[side].append(f"{est} ({cell_label(p, c)})")
+            continue
+        pairs.append((est, ta, tb))
+    if not pairs:
+        return
+
+    def interval(t: Any) -> tuple[float, float]:
+        return float(t["samples_per_s_lo"]), float(t["samples_per_s_hi"])
+
+    def with_ci(t: Any) -> bool:
+        return math.isfinite(float(t.get("ci_level", math.nan)))
+
+    measured = [(float(ta["samples_per_s"]), float(tb["samples_per_s"])) for _, ta, tb in pairs
+                if with_ci(ta) and with_ci(tb)]
+    factor = common_factor([a / b for a, b in measured if b > 0])
+    trows: list[list[TableCell]] = []
+    apart = {1: 0, -1: 0}  # raw intervals apart, the run above (1) or below (-1) the baseline
+    for est, ta, tb in pairs:
+        a, b = float(ta["samples_per_s"]), float(tb["samples_per_s"])
+        ia, ib = interval(ta), interval(tb)
+        if with_ci(ta) and with_ci(tb):
+            raw = intervals_differ(ia, ib)
+            if raw.flagged:
+                apart[1 if ia[0] > ib[1] else -1] += 1
+            diff = intervals_differ((ia[0] / factor, ia[1] / factor), ib)
+        else:  # schema-1 runs: quartiles over rounds, compared by √(IQR_a² + IQR_b²)
+            diff = significant(a, b, ia[1] - ia[0], ib[1] - ib[0], sigma=1.0)
+        cmp.compared += 1
+        relative = (f", {fmt_num(a / b / factor, 4)} relative to the common {fmt_num(factor, 4)}"
+                    if factor != 1.0 and b > 0 else "")
+        if diff.flagged:
+            cmp.differences.append(Flagged(p, c, est, "", "samples/s", fmt_num(a), fmt_num(b),
+                                           _ratio(a, b, diff) + relative, diff.z, diff.exact))
+            why = ("beyond their interquartile ranges" if not math.isnan(diff.z) else
+                   "their confidence intervals do not overlap" + (
+                       " once the run's is divided by the common factor" if relative else ""))
+            cmp.flagged.append(f"{cell_label(p, c)} · {est} · samples/s: {fmt_num(a)} vs "
+                               f"{fmt_num(b)} (ratio {_ratio(a, b, diff)}{relative}, {why})")
+        row = [TableCell(est), TableCell(f"{fmt_num(a)} [{fmt_num(ia[0])}, {fmt_num(ia[1])}]"),
+               TableCell(f"{fmt_num(b)} [{fmt_num(ib[0])}, {fmt_num(ib[1])}]"),
+               _ratio_cell(a, b, diff)]
+        if factor != 1.0:
+            row.append(TableCell(fmt_num(a / b / factor, 4) if b > 0 else "—", diff.flagged))
+        trows.append(row)
+    header = ["estimator", "samples/s run", "baseline", "ratio"]
+    title = f"Throughput: run / baseline · {cell_label(p, c)}"
+    if factor != 1.0:
+        header.append("ratio / common")
+        title += f" (common factor {fmt_num(factor, 4)}, the median ratio of {len(measured)} estimators)"
+        cmp.compared += 1
+        direction = 1 if factor > 1 else -1
+        if apart[direction] > len(measured) / 2:
+            ratio = fmt_num(factor, 4)
+            cmp.differences.append(Flagged(p, c, "all estimators", "", "samples/s (median ratio)",
+                                           "", "", ratio, math.nan, False))
+            cmp.flagged.append(
+                f"{cell_label(p, c)} · all estimators · samples/s: median ratio {ratio}; the "
+                f"intervals of {apart[direction]} of {len(measured)} estimators do not overlap, "
+                f"all in that direction (the machine's speed, or code they all run)")
+    cmp.tables.append(Table(title=title, header=header, rows=trows,
+                            anchor=slug("compare-throughput", p, c)))
