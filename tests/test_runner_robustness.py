@@ -12,6 +12,7 @@ import textwrap
 import threading
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -348,6 +349,34 @@ def test_ctrl_c_marks_the_manifest_interrupted(tmp_path: Path) -> None:
         runner.run(config(out), on_cell_done=stop)
     man = json.loads((out / "manifest.json").read_text())
     assert man["status"] == "interrupted" and man["cells"]["run"] == 1
+
+
+@pytest.mark.parametrize("where", ["close", "assemble"])
+def test_ctrl_c_after_the_last_cell_still_marks_the_run(tmp_path: Path, monkeypatch, where) -> None:
+    """Ctrl-C while the executor shuts down, or during the final assembly of the tables, left the
+    manifest "running" (the second with an UnboundLocalError hiding the interrupt): it is marked
+    "interrupted", with the tables assembled from the part files, and a resume finishes it."""
+    out = tmp_path / "r"
+    if where == "close":
+        monkeypatch.setattr(runner.SerialExecutor, "close",
+                            lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    else:
+        real, calls = runner._assemble, []
+
+        def assemble(*a):  # the final one (after every cell) is interrupted, the retry is not
+            calls.append(1)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+            return real(*a)
+        monkeypatch.setattr(runner, "_assemble", assemble)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(config(out, executor="serial"))
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["status"] == "interrupted" and man["cells"]["run"] == 2, man
+    assert len(pd.read_csv(out / "metrics.csv")) > 0
+    monkeypatch.undo()
+    res = runner.run(config(out, executor="serial", resume=True))
+    assert (res.cells_run, res.cells_skipped) == (0, 2) and res.manifest["status"] == "complete"
 
 
 def test_resume_may_add_checkpoints_and_estimators(tmp_path: Path) -> None:

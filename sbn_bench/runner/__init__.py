@@ -403,60 +403,61 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
 
     ran_on = {"name": executor.name, "workers": executor.workers}  # the manifest's record
     last_assemble = time.monotonic()
+
+    def counts() -> dict[str, int]:
+        return {"total": total, "run": n_run, "skipped": n_skip, "failed": n_fail}
+
     try:
-        for result in results():
-            # storage errors are not the estimator's: they propagate (WriteError) and stop the run
-            if result.failures:  # members of a throughput group that failed, written first
-                store.write_part(result.cell.id, "failure", result.failures)
-            store.write_part(result.cell.id, result.kind, result.rows)
-            done += 1
-            n_run += 1
-            n_fail += result.failed
-            if result.cell.kind == "throughput":
-                alone.pop(result.cell.id, None)
-            else:
-                cell_seconds.append(result.seconds)
-            if progress:
-                eta = eta_seconds(cell_seconds, total - done - len(alone), executor.workers,
-                                  sum(alone.values()))
-                progress(done, total, result.cell, "failed" if result.failed else "done", eta)
-            if on_cell_done:
-                on_cell_done(result.cell)
-            if time.monotonic() - last_assemble > ASSEMBLE_EVERY_S:
-                _assemble(store, ids, plan)
-                last_assemble = time.monotonic()
+        try:
+            for result in results():
+                # storage errors are not the estimator's: they propagate (WriteError) and stop the run
+                if result.failures:  # members of a throughput group that failed, written first
+                    store.write_part(result.cell.id, "failure", result.failures)
+                store.write_part(result.cell.id, result.kind, result.rows)
+                done += 1
+                n_run += 1
+                n_fail += result.failed
+                if result.cell.kind == "throughput":
+                    alone.pop(result.cell.id, None)
+                else:
+                    cell_seconds.append(result.seconds)
+                if progress:
+                    eta = eta_seconds(cell_seconds, total - done - len(alone), executor.workers,
+                                      sum(alone.values()))
+                    progress(done, total, result.cell, "failed" if result.failed else "done", eta)
+                if on_cell_done:
+                    on_cell_done(result.cell)
+                if time.monotonic() - last_assemble > ASSEMBLE_EVERY_S:
+                    _assemble(store, ids, plan)
+                    last_assemble = time.monotonic()
+        finally:
+            executor.close()
+        tables = _assemble(store, ids, plan)
+        done_all = all(store.check_part(c.id, c.kind, part_key(c)) is None
+                       or store.check_part(c.id, "failure", part_key(c)) is None for c in plan.cells)
+        manifest = {**store.manifest, "status": "complete" if done_all else "incomplete",
+                    "executor": ran_on,
+                    "references": [_reached(r, reached) for r in store.manifest.get("references", [])],
+                    "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "cells": counts(),
+                    # what the tables were when written: a report notices one damaged or edited since
+                    "tables": {name: file_sha256(store.out / name) for name, _ in TABLES.values()
+                               if (store.out / name).is_file()}}
     except BaseException as e:
-        try:  # keep the tables as complete as the part files, without hiding the cause
+        # anywhere up to the final manifest (the cells, closing the executor, the last assembly):
+        # keep the tables as complete as the part files and say why the run stopped, without
+        # hiding the cause
+        try:
             _assemble(store, ids, plan)
+        except (OSError, SbnBenchError):
+            pass
+        try:
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "incomplete"
-            store.write_manifest({**store.manifest, "status": status,
-                                  "executor": ran_on,
-                                  "cells": {"total": total, "run": n_run, "skipped": n_skip,
-                                            "failed": n_fail}})
+            store.write_manifest({**store.manifest, "status": status, "executor": ran_on,
+                                  "cells": counts()})
         except (OSError, SbnBenchError):
             pass
         raise
-    finally:
-        executor.close()
-    try:
-        tables = _assemble(store, ids, plan)
-        assembled = True
-    except SbnBenchError:
-        assembled = False
-        raise
-    finally:
-        if not assembled:
-            store.write_manifest({**store.manifest, "status": "incomplete"})
-    done_all = all(store.check_part(c.id, c.kind, part_key(c)) is None
-                   or store.check_part(c.id, "failure", part_key(c)) is None for c in plan.cells)
-    manifest = {**store.manifest, "status": "complete" if done_all else "incomplete",
-                "executor": ran_on,
-                "references": [_reached(r, reached) for r in store.manifest.get("references", [])],
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "cells": {"total": total, "run": n_run, "skipped": n_skip, "failed": n_fail},
-                # what the tables were when written: a report notices one damaged or edited since
-                "tables": {name: file_sha256(store.out / name) for name, _ in TABLES.values()
-                           if (store.out / name).is_file()}}
     if plan.warnings:
         manifest["warnings"] = plan.warnings
     store.write_manifest(manifest)
