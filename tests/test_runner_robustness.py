@@ -439,3 +439,15 @@ def test_resume_config_reads_the_run_from_its_manifest_alone(tmp_path: Path) -> 
     (out / "manifest.json").write_text('{"config": {"problems": "x"}}')
     with pytest.raises(ConfigError, match="cannot resume"):
         runner.resume_config(out)
+
+
+def test_resume_of_a_missing_folder_warns_that_it_starts_a_new_run(tmp_path: Path) -> None:
+    """``--resume`` with a mistyped ``--out`` used to restart a long run from nothing silently."""
+    said: list[str] = []
+    res = runner.run(config(tmp_path / "typo", resume=True), warn=said.append)
+    assert res.manifest["status"] == "complete"
+    assert said == [f"resume: {str(tmp_path / 'typo')!r} holds no run to resume (it is empty or "
+                    "missing); starting a new run there"]
+    said.clear()
+    runner.run(config(tmp_path / "typo", resume=True), warn=said.append)  # a real resume: no word
+    assert said == []

@@ -270,6 +270,13 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None,
     manifest = build_manifest(config, plan)
     debug = bool(os.environ.get("SBN_BENCH_DEBUG"))
     executor = executor or make_executor(executor_spec(config, plan), debug=debug)
+    out = Path(config.out)
+    if config.resume and (not out.exists() or out.is_dir() and not any(out.iterdir())):
+        # a typo in --out would otherwise restart a long run from nothing without a word
+        fresh = (f"resume: {str(config.out)!r} holds no run to resume (it is empty or "
+                 "missing); starting a new run there")
+        plan.warnings.append(fresh)
+        _warn([fresh], warn)
     try:
         store = RunStore.open(config.out, manifest, config.resume)
     except BaseException:
