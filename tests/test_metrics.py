@@ -122,6 +122,10 @@ def test_quantile_and_mean_stderr():
     # q = 0.15: h = √12.75 = 3.5707, ranks ⌈18.57⌉ = 19 and ⌊11.43⌋ = 11 → (19 − 11)/2 = 4
     assert mt.quantile_stderr(x, 0.15) == 4.0
     assert math.isnan(mt.quantile_stderr([1.0], 0.5))
+    # R = 2, q = 0.15: h = 0.505, ranks ⌈0.805⌉ = 1 and ⌊−0.205⌋ → 1: one order statistic, which
+    # gave 0; the bracket takes the next one, (x_2 − x_1)/2 (and at q = 0.85 the one below)
+    assert mt.quantile_stderr([0.9, 1.0], 0.15) == pytest.approx(0.05)
+    assert mt.quantile_stderr([0.9, 1.0], 0.85) == pytest.approx(0.05)
     mean, se = mt.mean_stderr([1.0, 2.0, 3.0, 4.0])
     # sd = √(5/3), se = sd/2
     assert (mean, se) == (2.5, pytest.approx(math.sqrt(5 / 3) / 2))

@@ -64,7 +64,9 @@ def quantile_stderr(values: Sequence[float] | np.ndarray, q: float) -> float:
 
     The rank of the sample ``q``-quantile has standard deviation ``√(Rq(1−q))`` (binomial), so
     ``(x_(⌈qR + √(Rq(1−q))⌉) − x_(⌊qR − √(Rq(1−q))⌋)) / 2`` (1-based order statistics, clipped to
-    ``1..R``) estimates one standard error. NaN for ``R < 2``.
+    ``1..R``) estimates one standard error. Where clipping leaves both ranks on one order statistic
+    (few values and a quantile near an end: ``R = 2``, ``q = 0.15`` gave 0), the bracket takes the
+    next one inwards, so that a spread of the values never reads as no error. NaN for ``R < 2``.
     """
     x = np.sort(np.asarray(values, dtype=np.float64))
     x = x[~np.isnan(x)]
@@ -74,6 +76,8 @@ def quantile_stderr(values: Sequence[float] | np.ndarray, q: float) -> float:
     h = math.sqrt(R * q * (1 - q))
     hi = min(R, max(1, math.ceil(q * R + h)))
     lo = min(R, max(1, math.floor(q * R - h)))
+    if hi == lo:
+        hi, lo = (hi + 1, lo) if hi < R else (hi, lo - 1)
     return float((x[hi - 1] - x[lo - 1]) / 2)
 
 
