@@ -18,7 +18,8 @@ Files written to ``out_dir`` (all atomically: temp file + rename):
   estimator: it is the SBN's loss, not a relaxation's. ``exact_objective`` is ``J(θ)`` on the full
   data by the exact reference, every ``log_every`` epochs and at every checkpoint (NaN elsewhere, and
   everywhere when the reference refuses the problem as too large). ``wall_s`` is the time since the
-  start. The file is rewritten every few seconds during training, at checkpoints and at the end.
+  start (row 0's: the set-up, with the first exact objective; later rows include it). The file is
+  rewritten every few seconds during training, at checkpoints and at the end.
 * ``loss_curve.png``: both losses against epochs, checkpoints marked.
 * ``train_manifest.json``: configuration, seeds, estimator spec and version, problem fingerprint,
   package versions, final objective and timings.

@@ -35,7 +35,8 @@ def problem_options(fn: F) -> F:
                                   "preset (README: the digits presets)."),
         click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
                      help="Seed of an --arch or --preset problem (run and train: also the seed of "
-                          "the sampling or training, unless given apart)."),
+                          "the sampling or training, unless given apart; with run --config or "
+                          "--resume: the sampling seed only, replacing the file's or run's seeds)."),
         click.option("--data-points", type=click.IntRange(min=1),
                      default=problems.DEFAULT_DATA_POINTS, show_default=True,
                      help="Data points of an --arch problem."),

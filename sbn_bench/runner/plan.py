@@ -152,7 +152,8 @@ def check_combinations(config: RunConfig, problems: Sequence[ProblemCheckpoint],
     if unsupported:
         parts.append(f"{len(unsupported)} (problem/checkpoint, estimator) pair(s) are not supported: "
                      + "; ".join(unsupported) + " (remove these estimators from --estimators, or "
-                     "use a problem with a noise and loss they support; see sbn-bench list)")
+                     "use a problem they support (its noise, loss, kind of network or number of stochastic "
+                     "layers, as each reason says); see sbn-bench list)")
     if no_exact:
         parts.append(f"--mode exact is impossible for {len(no_exact)} (problem/checkpoint, "
                      f"estimator) pair(s): " + "; ".join(no_exact)
