@@ -12,6 +12,7 @@ itself (``dask:2``) and one shared by the module's tests, to which the executor 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -504,6 +505,53 @@ def test_a_scheduler_that_refuses_connection_is_one_line_within_the_timeout(tmp_
     assert r.exit_code == 1, r.output  # the cluster failed, not the value: not a usage error
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and "cannot connect to the Dask scheduler" in lines[0], r.output
+    assert not (tmp_path / "cli").exists()
+
+
+@contextlib.contextmanager
+def _fake_server(reply: bytes | None):
+    """A TCP server on 127.0.0.1 that accepts connections and sends ``reply`` (None: nothing)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    conns: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            conns.append(c)
+            if reply is not None:
+                with contextlib.suppress(OSError):
+                    c.sendall(reply)
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"tcp://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        srv.close()
+        for c in conns:
+            c.close()
+
+
+@pytest.mark.slow
+def test_a_server_that_never_answers_or_is_no_scheduler_is_one_line(tmp_path):
+    """A port that accepts the connection and stays silent hung the run forever; a web server
+    there gave an "out of memory" error about exabytes, and a traceback from Client.__del__."""
+    t0 = time.monotonic()
+    with _fake_server(None) as address:
+        with pytest.raises(RunError, match=f"cannot connect to the Dask scheduler at {address} "
+                                           "within 1 s .*accepted the connection and said nothing"):
+            executors.make_executor(f"dask:{address}", connect_timeout=1.0)
+    assert time.monotonic() - t0 < 30
+    with _fake_server(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 4) as address:
+        r = CliRunner().invoke(main, ["run", "--arch", "2-2-1", "--executor", f"dask:{address}",
+                                      "--out", str(tmp_path / "cli")])
+    assert r.exit_code == 1, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and f"the server at {address} did not answer as a Dask scheduler" \
+        in lines[0], r.output
     assert not (tmp_path / "cli").exists()
 
 

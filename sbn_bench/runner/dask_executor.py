@@ -34,8 +34,10 @@ Faults:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -167,6 +169,37 @@ class _Lost(Exception):
     """A task's result did not reach the client (see :meth:`DaskExecutor._outcome`)."""
 
 
+def _connect(client_type: Any, address: str, timeout: float) -> Any:
+    """``Client(address)``, given up after ``timeout`` (+ 5 s): Dask's own timeout covers the
+    connection but not a server that accepts it and never answers, where ``Client`` waits
+    forever. The attempt runs in a daemon thread; one past the deadline raises ``TimeoutError``
+    (the thread is left to Dask, and ends with the process)."""
+    box: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            box["client"] = client_type(address, timeout=timeout, set_as_default=False)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+            # free the half-made Client here: its __del__ times out closing a connection that
+            # never was one, and would print that as an "Exception ignored" after our message
+            e.__traceback__ = e.__context__ = e.__cause__ = None
+            hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
+            try:
+                gc.collect()
+            finally:
+                sys.unraisablehook = hook
+
+    thread = threading.Thread(target=attempt, name="sbn-bench-dask-connect", daemon=True)
+    thread.start()
+    thread.join(timeout + 5.0)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer from {address}: it accepted the connection and said nothing")
+    if "error" in box:
+        raise box["error"]
+    return box["client"]
+
+
 class DaskExecutor:
     """Cells on a Dask cluster (see the module docstring).
 
@@ -205,15 +238,20 @@ class DaskExecutor:
         else:
             timeout = connect_timeout
         try:
-            self.client = Client(address, timeout=timeout, set_as_default=False)
-        except (OSError, TimeoutError) as e:
+            self.client = _connect(Client, address, timeout)
+        except Exception as e:  # noqa: BLE001 - every way of not reaching a scheduler, said once
             if self.cluster is not None:
                 self.cluster.close()
             reason = " ".join(str(e).split()) or type(e).__name__
-            raise SchedulerUnreachable(f"argument executor={spec!r}: cannot connect to the Dask scheduler at "
-                           f"{address} within {timeout:g} s ({reason}); start one (dask-scheduler) "
-                           "or check the address", argument="executor", value=spec,
-                           expected="the address of a running Dask scheduler") from None
+            if isinstance(e, (OSError, TimeoutError)):
+                what = f"cannot connect to the Dask scheduler at {address} within {timeout:g} s"
+            else:  # e.g. a web server there: its reply read as a Dask frame of exabytes
+                what = (f"the server at {address} did not answer as a Dask scheduler "
+                        f"({type(e).__name__})")
+            raise SchedulerUnreachable(f"argument executor={spec!r}: {what} ({reason}); start one "
+                                       "(dask-scheduler) or check the address", argument="executor",
+                                       value=spec, expected="the address of a running Dask scheduler"
+                                       ) from None
         self.address = address
         self.workers = self._threads()
 
