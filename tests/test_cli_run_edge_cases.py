@@ -207,3 +207,16 @@ def test_summary_shows_a_dash_for_layers_a_problem_lacks(tmp_path: Path) -> None
     assert header.split()[3:] == ["1", "2", "out", "all"], header
     shallow = next(x for x in lines if x.startswith("arch-2-2-1-seed0 "))
     assert shallow.split()[4] == "-", shallow
+
+
+def test_ctrl_c_after_the_run_exits_130_not_aborted(tmp_path, monkeypatch) -> None:
+    """Ctrl-C while a finished run's summary printed gave click's "Aborted!" and status 1."""
+    run_cmd = importlib.import_module("sbn_bench.cli.run")  # the module (cli.run is the command)
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(run_cmd, "_print_summary", stop)
+    r = CliRunner().invoke(main, ["run", "--arch", "2-2-1", "--data-points", "3", "--estimators",
+                                  "st", "--samples", "20", "--M", "1", "--no-throughput",
+                                  "--no-report", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 130 and "Aborted" not in r.output, r.output

@@ -481,3 +481,17 @@ def test_compare_of_two_estimators_keeps_the_raw_intervals(tmp_path: Path) -> No
     assert len(timing) == 4 and all("ratio 0.8000, their confidence intervals do not overlap)" in f
                                     for f in timing), timing
     assert all("common" not in t.title for t in cmp.tables)
+
+
+def test_compare_with_an_unfinished_baseline_says_so(tmp_path: Path) -> None:
+    """A baseline killed after 2 of 16 cells was compared with no word ("0 of 32 differ")."""
+    base = tmp_path / "b"
+    shutil.copytree(RUN_B, base)
+    m = json.loads((base / "manifest.json").read_text())
+    m["status"] = "running"
+    (base / "manifest.json").write_text(json.dumps(m))
+    cmp = compare_runs(load_run(RUN_A), load_run(base))
+    said = [w for w in cmp.warnings if w.startswith("the baseline: this run is incomplete")]
+    assert len(said) == 1, cmp.warnings
+    assert not [w for w in compare_runs(load_run(RUN_A), load_run(RUN_B)).warnings
+                if "incomplete" in w]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import click
 
@@ -42,6 +43,15 @@ class _LazyGroup(click.Group):
         cmd.short_help = short
         globals()[attribute] = cmd  # sbn_bench.cli.run is the command, as when imported eagerly
         return cmd
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # Ctrl-C outside a command's own handling (e.g. while a finished run's summary prints):
+        # exit 130 as everywhere else, not click's "Aborted!" with status 1
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            ctx.exit(130)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):

@@ -270,6 +270,8 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
         raise IncomparableRuns(f"{where}: " + "; ".join(diffs) + " (pass --force to compare anyway)")
     cmp = Comparison(run, base, sigma)
     cmp.warnings += [f"compared despite: {d} (--force)" for d in diffs]
+    if base.incomplete:  # the run's own state heads its report; the baseline's is said here
+        cmp.warnings.append(f"the baseline: {base.incomplete}")
     dtypes = [", ".join(sorted({str(x) for x in r.metrics["dtype"] if str(x)})) or "unknown"
               for r in (run, base)]
     if dtypes[0] != dtypes[1]:
