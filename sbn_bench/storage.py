@@ -170,12 +170,28 @@ def processor_text(device: Any) -> str | None:
     return processor_label(str(device["cpu"]), device.get("cpu_capability"))
 
 
+def _timed(run_wide: Mapping[str, Any]) -> bool:
+    """Whether a manifest's configuration measures throughput (``throughput.enabled``; true
+    where it cannot be read)."""
+    cfg = run_wide.get("config")
+    tp = cfg.get("throughput") if isinstance(cfg, dict) else None
+    return not (isinstance(tp, dict) and tp.get("enabled") is False)
+
+
 def resume_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """What makes the finished cells of run ``old`` invalid for run ``new``, one line each: a
     run-wide setting that differs, an estimator whose version changed, a problem checkpoint whose
     arrays changed (fingerprint), a plugin file whose content changed (SHA-256). Additions (more
-    problems, checkpoints, estimators, seeds or plugin files) are not differences."""
-    diffs = diff_dicts(_run_wide(old), _run_wide(new))
+    problems, checkpoints, estimators, seeds or plugin files) are not differences, nor are the
+    throughput settings where either run measures no throughput (a run without it may add it; a
+    resume without it leaves the measured figures out of the tables, with a warning)."""
+    wide_old, wide_new = _run_wide(old), _run_wide(new)
+    if not (_timed(wide_old) and _timed(wide_new)):
+        # no throughput cell was measured, or none will be: its settings concern no finished cell
+        for w in (wide_old, wide_new):
+            if isinstance(w["config"], dict):
+                w["config"] = {k: v for k, v in w["config"].items() if k != "throughput"}
+    diffs = diff_dicts(wide_old, wide_new)
     for key, ident, value, what in (
             ("estimators", ("spec",), "version", "estimator {} version"),
             ("problems", ("problem", "checkpoint"), "sha256", "problem {} (fingerprint)"),

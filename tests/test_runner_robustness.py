@@ -451,3 +451,23 @@ def test_resume_of_a_missing_folder_warns_that_it_starts_a_new_run(tmp_path: Pat
     said.clear()
     runner.run(config(tmp_path / "typo", resume=True), warn=said.append)  # a real resume: no word
     assert said == []
+
+
+def test_throughput_can_be_added_dropped_and_added_again_on_resume(tmp_path: Path) -> None:
+    """A run made with throughput off could never get it (any throughput setting on --resume was
+    refused as a difference); a resume without it dropped the figures silently; and the figures
+    are measured again, not reused, when throughput comes back with other settings."""
+    out = tmp_path / "r"
+    fast = dict(rounds=2, max_rounds=2, min_round_s=0.001, warmup=0)
+    runner.run(config(out))  # throughput off
+    res = runner.run(config(out, resume=True, throughput=ThroughputConfig(**fast)))
+    assert (res.cells_run, res.cells_skipped) == (1, 2)
+    assert sorted(res.throughput["estimator"]) == ["psa", "st"]
+    said: list[str] = []
+    res = runner.run(config(out, resume=True), warn=said.append)  # off again
+    assert res.throughput.empty and (res.cells_run, res.cells_skipped) == (0, 2)
+    assert [w for w in said if w.startswith("the throughput measured earlier")], said
+    res = runner.run(config(out, resume=True, throughput=ThroughputConfig(**{**fast, "rounds": 1})))
+    assert (res.cells_run, res.cells_skipped) == (1, 2) and len(res.throughput) == 2
+    with pytest.raises(RunDirError, match="throughput"):  # measured, then other settings: refused
+        runner.run(config(out, resume=True, throughput=ThroughputConfig(**fast)))

@@ -197,7 +197,9 @@ def _duration(seconds: float) -> str:
                    "figure that does not get there is marked wide).")
 @click.option("--throughput-batch", type=click.IntRange(min=1), default=None,
               help="Throughput: samples per call (default: calibrated so a round lasts ≥ 0.2 s).")
-@click.option("--no-throughput", is_flag=True, help="Skip the throughput measurement.")
+@click.option("--no-throughput/--throughput", "no_throughput", default=False,
+              help="Skip the throughput measurement (--throughput, the default: measure it; with "
+                   "--resume it adds it to a run made without).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default runs/<problem name or config name>).")
 @click.option("--resume", is_flag=True,

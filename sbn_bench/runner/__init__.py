@@ -277,17 +277,24 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None,
                  "missing); starting a new run there")
         plan.warnings.append(fresh)
         _warn([fresh], warn)
+    untimed = config.resume and _throughput_was_off(out)
     try:
         store = RunStore.open(config.out, manifest, config.resume)
     except BaseException:
         executor.close()
         raise
     try:
+        if untimed and config.throughput.enabled:
+            # throughput off before: its settings were free to change, so a figure from still
+            # earlier (under other settings) is measured again rather than reused
+            for cell in plan.cells:
+                if cell.kind == "throughput":
+                    store.remove_part(cell.id, cell.kind)
         if config.resume:
-            left = _left_out(store, plan)
-            if left:
-                plan.warnings.append(left)
-                _warn([left], warn)
+            for left in (_left_out(store, plan), _timing_left_out(store, plan, config)):
+                if left:
+                    plan.warnings.append(left)
+                    _warn([left], warn)
         return _run(config, plan, store, progress, on_cell_done, executor)
     finally:
         store.close()
@@ -309,6 +316,25 @@ def _left_out(store: RunStore, plan: Plan) -> str | None:
     return (f"{len(rows)} finished cell(s) in {str(store.out)!r} are not in this run's grid ({shown}): "
             "their part files stay in cells/, but metrics.csv and the report leave them out; name "
             "them again (--estimators, --seeds, problems) to keep them in the tables")
+
+
+def _throughput_was_off(out: Path) -> bool:
+    """Whether the run in ``out`` was last configured without throughput (False where its
+    manifest is missing or unreadable: :class:`RunStore` says why)."""
+    try:
+        tp = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["config"]["throughput"]
+        return tp.get("enabled") is False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _timing_left_out(store: RunStore, plan: Plan, config: RunConfig) -> str | None:
+    """A warning when a resume without throughput leaves out figures measured before, or None."""
+    if config.throughput.enabled or not store.parts_outside(c.id for c in plan.cells).get("throughput"):
+        return None
+    return (f"the throughput measured earlier in {str(store.out)!r} is left out of throughput.csv, "
+            "timed_metrics.csv and the report (throughput is off in this resume); its part files "
+            "stay in cells/; resume with --throughput to measure it again")
 
 
 EXACT_PATH_COST = 8
