@@ -1130,4 +1130,11 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
     try:
         return RunConfig(**kw)
     except ConfigError as e:
-        raise f.fail(str(e), e.argument if e.argument in f.raw else "") from None
+        msg = str(e)
+        given = [k for k in overrides if k not in ("out", "resume")
+                 and (k == e.argument or re.search(rf"\b{re.escape(k)}=", msg))]
+        if given:  # a value given beside the file (the command line's) is refused, or takes part
+            raise ConfigError(f"{msg} ({', '.join(given)} given beside config file "
+                              f"{str(f.path)!r}, the rest read from it)", argument=given[0],
+                              value=overrides[given[0]], expected=e.expected) from None
+        raise f.fail(msg, e.argument if e.argument in f.raw else "") from None

@@ -331,7 +331,9 @@ class RunStore:
         try:
             old = json.loads(mpath.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise RunDirError(f"cannot resume in {str(d)!r}: {MANIFEST} is unreadable ({e})",
+            raise RunDirError(f"cannot resume in {str(d)!r}: {MANIFEST} is unreadable ({e}); the "
+                              "finished cells cannot be checked against any settings without it: "
+                              "restore it (e.g. from a backup), or run again in another folder",
                               argument=str(d)) from None
         if not isinstance(old, dict):
             raise RunDirError(f"cannot resume in {str(d)!r}: {MANIFEST} holds a JSON "

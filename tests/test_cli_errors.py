@@ -591,3 +591,30 @@ def test_the_largest_float32_values_are_not_refused(tmp_path: Path) -> None:
     res = invoke(["run", "--problem", str(tmp_path / "edge.npz"), "--estimators", "tanh", "--samples",
                   "8", "--M", "1", "--no-throughput", "--no-report", "--quiet", "--out", str(tmp_path / "a")])
     assert "becomes Inf" not in res.output, res.output
+
+
+def test_a_command_line_value_that_clashes_with_the_config_file_is_a_usage_error(tmp_path) -> None:
+    """`--samples 5` beside a file's `M = [1, 10]` was blamed on the file (exit 1)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('samples = 100\nM = [1, 10]\n[[problem]]\narch = "2-2-1"\ndata_points = 3\n')
+    r = invoke(["run", "--config", str(cfg), "--samples", "5", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "Invalid value for '--samples'" in r.output, r.output
+    assert f"(samples given beside config file {str(cfg)!r}, the rest read from it)" in r.output
+    assert not (tmp_path / "o").exists()
+    cfg.write_text('samples = 5\nM = [1, 10]\n[[problem]]\narch = "2-2-1"\ndata_points = 3\n')
+    r = invoke(["run", "--config", str(cfg), "--out", str(tmp_path / "o")])  # the file's own clash
+    assert r.exit_code == 1 and f"config file {str(cfg)!r}" in r.output, r.output
+
+
+def test_resume_of_a_damaged_manifest_gives_no_dead_end_advice(tmp_path) -> None:
+    """An unreadable manifest.json advised giving the run's options, which then failed too."""
+    out = tmp_path / "r"
+    args = ["--arch", "2-2-1", "--data-points", "3", "--estimators", "st", "--samples", "20",
+            "--M", "1", "--no-throughput", "--no-report", "--out", str(out)]
+    assert invoke(["run", *args]).exit_code == 0
+    (out / "manifest.json").write_text((out / "manifest.json").read_text()[:300])
+    for cmd in (["run", "--out", str(out), "--resume"], ["run", *args, "--resume"]):
+        r = invoke(cmd)
+        assert r.exit_code == 1, r.output
+        assert "restore it (e.g. from a backup), or run again in another folder" in r.output
+        assert "give the run's problem options" not in r.output

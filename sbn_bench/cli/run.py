@@ -55,6 +55,7 @@ from sbn_bench.config import (
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import split_specs
 from sbn_bench.problems import PRESET_SAMPLES
+from sbn_bench.storage import RunDirError
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -484,6 +485,11 @@ def _from_manifest(out: Path, overrides: dict[str, Any], throughput: dict[str, A
         if e.expected == "a run not made by --preset paper":
             hint = (f"e.g. sbn-bench run --preset paper --out {shlex.quote(str(out))} --resume (and "
                     "its --samples, --estimators, --train-seeds …)")
+        elif (out / "manifest.json").exists():  # there but unreadable: options cannot stand in
+            raise RunDirError(f"{e.message}; the finished cells cannot be checked against any "
+                              "settings without it: restore it (e.g. from a backup), or run again "
+                              "in another folder", argument="out", value=str(out),
+                              expected="a run folder with a readable manifest.json") from None
         else:
             hint = "give the run's problem options (--problem, --arch, --preset or --config)"
         raise click.UsageError(f"{e.message}; {hint}") from None
