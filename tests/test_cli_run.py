@@ -82,7 +82,9 @@ def test_resume_needs_only_the_output_folder(tmp_path):
                       ('{"experiment": 5, "config": 3}', "no 'config' object")):
         (out / "manifest.json").write_text(bad)
         res = CliRunner().invoke(main, ["run", "--out", str(out), "--resume"])
-        assert res.exit_code == 2 and says in res.output and "Traceback" not in res.output, res.output
+        # the file's content is at fault (exit 1), and options cannot stand in for it
+        assert res.exit_code == 1 and says in res.output and "Traceback" not in res.output, res.output
+        assert "restore it" in res.output and "--problem" not in res.output, res.output
     # without a manifest there is nothing to resume from: the problem options are asked for
     (tmp_path / "none").mkdir()
     res = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "none"), "--resume"])

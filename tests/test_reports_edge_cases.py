@@ -495,3 +495,19 @@ def test_compare_with_an_unfinished_baseline_says_so(tmp_path: Path) -> None:
     assert len(said) == 1, cmp.warnings
     assert not [w for w in compare_runs(load_run(RUN_A), load_run(RUN_B)).warnings
                 if "incomplete" in w]
+
+
+def test_a_curve_that_falls_into_range_is_drawn_not_left_off() -> None:
+    """REINFORCE's rrmse(M) starts far above the others and falls into their range: judged by its
+    largest value (M = 1) the whole curve was left off the accuracy figure; curves against M are
+    judged by their value at the most samples, and the axis extends to them."""
+    from sbn_bench.reports.figures import scale
+
+    panel = {"a": np.array([1.0, 0.5, 0.3]), "b": np.array([2.0, 1.0, 0.5]),
+             "c": np.array([1.5, 0.8, np.nan]), "reinforce": np.array([500.0, 20.0, 1.0])}
+    off, lim = scale([panel])  # by the largest value: 500 > 100 × median(1, 2, 1.5, 500)
+    assert off == {"reinforce"} and lim is not None and lim[1] < 500
+    off, lim = scale([panel], by=np.nanmin)  # 1 < 100 × median(0.3, 0.5, 0.8, 1)
+    assert off == set() and lim is not None and lim[1] >= 500
+    far = {**panel, "st-identity": np.array([9e4, 3e3, 400.0])}  # still far at the most samples
+    assert scale([far], by=np.nanmin)[0] == {"st-identity"}

@@ -19,7 +19,8 @@ Figures that hold many estimators: colours by family (one hue per family, shades
 points of each line only, lines cut into small multiples of whole families when one panel would
 hold more than :data:`MAX_LINES` (:func:`~sbn_bench.reports.families.panel_groups`), axes shared
 by every panel of a figure (and by the checkpoints of a problem), and an estimator whose value is
-more than :data:`OUTLIER_FACTOR` × the panel's median left off the scale and named in the panel.
+more than :data:`OUTLIER_FACTOR` × the panel's median left off the scale and named in the panel
+(rrmse against M by its value at the most samples, :func:`scale`).
 
 Speed: fixed figure sizes and margins (no tight layout or tight bounding boxes: those measure
 every text several times), shared axes that label only outer panels, 100 dpi PNG, SVG with text
@@ -257,17 +258,25 @@ def _outliers(values: Mapping[str, float]) -> set[str]:
     return {e for e, v in finite.items() if v > OUTLIER_FACTOR * med}
 
 
-def scale(panels: Sequence[Mapping[str, np.ndarray]]) -> tuple[set[str], tuple[float, float] | None]:
+def scale(panels: Sequence[Mapping[str, np.ndarray]], by: Callable[[np.ndarray], Any] = np.nanmax
+          ) -> tuple[set[str], tuple[float, float] | None]:
     """The y range shared by a row of panels: ``panels`` holds, per panel, each estimator's values.
 
+    Args:
+        by: the value of a line that decides whether it is an outlier: its largest by default;
+            curves against M pass ``np.nanmin``, their value at the most samples, so that a line
+            that starts high and falls into the others' range is drawn (the axis extends to it),
+            not left out for its first points.
+
     Returns:
-        ``(outliers, limits)``: the estimators that are an outlier (:func:`_outliers`, by their
-        largest value) in any panel, and log-axis limits over everyone else's values. A line whose
-        values leave these limits is not drawn but named in its panel (:func:`_off_scale_note`).
+        ``(outliers, limits)``: the estimators that are an outlier (:func:`_outliers`, by ``by``)
+        in any panel, and log-axis limits over everyone else's values. A line whose values leave
+        these limits is not drawn but named in its panel (:func:`_off_scale_note`).
     """
     off: set[str] = set()
     for panel in panels:
-        off |= _outliers({e: float(np.nanmax(v)) if len(v) else math.nan for e, v in panel.items()})
+        off |= _outliers({e: float(by(v[~np.isnan(v)])) if (~np.isnan(v)).any() else math.nan
+                          for e, v in panel.items()})
     keep = [v for panel in panels for e, v in panel.items() if e not in off]
     values = np.concatenate(keep) if keep else np.array([])
     return off, _log_limits(values[values > ROUND_OFF_ZERO]) if values.size else None
@@ -476,7 +485,7 @@ def accuracy_limits(rows: pd.DataFrame) -> dict[str, tuple[float, float] | None]
         for layer in dict.fromkeys(lay for lay, _ in cs):
             panels.append({e: c[1] for (lay, e), c in cs.items() if lay == layer})
     cos = rows[rows["metric"].isin(["cosine_mean", "cosine_p15", "cosine_p85"]) & rows["M"].notna()]
-    return {"rrmse": scale(panels)[1],
+    return {"rrmse": scale(panels, by=np.nanmin)[1],
             "cosine": _log_limits(1 - cos["value"].to_numpy(float)) if not cos.empty else None}
 
 
