@@ -471,3 +471,17 @@ def test_throughput_can_be_added_dropped_and_added_again_on_resume(tmp_path: Pat
     assert (res.cells_run, res.cells_skipped) == (1, 2) and len(res.throughput) == 2
     with pytest.raises(RunDirError, match="throughput"):  # measured, then other settings: refused
         runner.run(config(out, resume=True, throughput=ThroughputConfig(**fast)))
+
+
+def test_summary_marks_values_whose_error_exceeds_them() -> None:
+    """A layer against a coarse Monte-Carlo reference printed rrmse 0.0193 (± 1.9 in metrics.csv)
+    as the best of the table; :meth:`RunResult.unresolved` marks it, and the CLI prints a '?'."""
+    rows = [dict(problem="p", checkpoint="c", estimator=e, layer=lay, metric="rrmse", M=1.0,
+                 value=v, stderr=se, seed=s)
+            for e, lay, v, se in (("st", "1", 0.0193, 1.9), ("st", "all", 0.13, 0.01),
+                                  ("psa", "1", 0.02, float("inf")), ("psa", "all", 0.12, 0.01))
+            for s in (0, 1)]
+    res = runner.RunResult(Path("."), pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame(), {})
+    loose = res.unresolved(m=1)
+    assert loose.index.equals(res.summary(m=1).index) and list(loose.columns) == ["1", "all"]
+    assert loose.to_numpy().tolist() == [[True, False], [True, False]]

@@ -513,10 +513,15 @@ def _print_summary(result: runner_mod.RunResult) -> None:
         seeds = result.metrics["seed"].nunique() if "seed" in result.metrics.columns else 1
         click.echo("rrmse at M=1 (relative RMSE of one sample" + ("; mean over seeds" if seeds > 1
                                                                   else "") + "), per layer:")
-        rows = [[*map(str, idx), *(_fmt(v) for v in r)] for idx, r in
-                zip(tab.index, tab.to_numpy())]
+        loose = result.unresolved(m=1).reindex(index=tab.index, columns=tab.columns,
+                                               fill_value=False).to_numpy(dtype=bool)
+        rows = [[*map(str, idx), *(_fmt(v) + ("?" if u else "") for v, u in zip(r, flags))]
+                for idx, r, flags in zip(tab.index, tab.to_numpy(), loose)]
         click.echo(format_table(["problem", "checkpoint", "estimator", *map(str, tab.columns)],
                                 rows))
+        if loose.any():
+            click.echo("?: its standard error exceeds the value (e.g. measured against a coarse "
+                       "Monte-Carlo reference; metrics.csv and the report give it)")
     n_fail = len(result.failures)
     if n_fail:
         click.echo(f"\n{n_fail} cell(s) failed:")

@@ -157,6 +157,19 @@ class RunResult:
                              values="value", aggfunc="mean", sort=False)
         return tab.reindex(columns=sort_layers(df["layer"]))
 
+    def unresolved(self, m: int = 1) -> pd.DataFrame:
+        """Where :meth:`summary` is not resolved: True where a seed's ``rrmse`` at ``M = m`` has a
+        standard error above its value (e.g. a layer measured against a coarse Monte-Carlo
+        reference, or ``± ∞``); the same index and columns as :meth:`summary`."""
+        df = self.metrics
+        df = df[(df["metric"] == "rrmse") & (df["M"] == m)]
+        if df.empty:
+            return pd.DataFrame()
+        flag = df.assign(flag=df["stderr"].astype(float) > df["value"].astype(float).abs())
+        tab = flag.pivot_table(index=["problem", "checkpoint", "estimator"], columns="layer",
+                               values="flag", aggfunc="any", sort=False)
+        return tab.reindex(columns=sort_layers(df["layer"])).fillna(False).astype(bool)
+
 
 ProgressFn = Callable[[int, int, Cell, str, float | None], None]
 """``progress(done, total, cell, status, eta)``; status ``"done"``, ``"skipped"`` or ``"failed"``;
