@@ -111,14 +111,14 @@ def test_a_baseline_that_is_not_a_run_is_named_as_the_baseline(tmp_path):
     assert invoke(["run", "--arch", "2-2-1", "--samples", "8", "--no-throughput", "--estimators",
                    "st", "--out", str(run)]).exit_code == 0
     res = invoke(["report", str(run), "--compare", str(empty)])
-    assert_refused(res, 1, ["the baseline run (compare_dir, --compare)",
+    assert_refused(res, 1, ["the baseline run (--compare)",
                             f"run directory {str(empty)!r} is empty"])
 
 
 def test_huge_problems_are_refused_before_allocating(tmp_path):
     out = tmp_path / "out"
     res = invoke(["run", "--arch", "2-2-1", "--data-points", str(10**11), "--out", str(out)])
-    assert_refused(res, 1, ["D=100000000000", "its data alone take 1,490 GiB", "max_exact_bytes=4 GiB"],
+    assert_refused(res, 1, ["D=100000000000", "its data alone take 1,490 GiB", "--max-exact-bytes=4 GiB"],
                    out)
     res = invoke(["run", "--arch", "2-2-1", "--data-points", str(10**11), "--reference", "exact",
                   "--out", str(out)])
@@ -618,3 +618,18 @@ def test_resume_of_a_damaged_manifest_gives_no_dead_end_advice(tmp_path) -> None
         assert r.exit_code == 1, r.output
         assert "restore it (e.g. from a backup), or run again in another folder" in r.output
         assert "give the run's problem options" not in r.output
+
+
+def test_the_command_line_names_a_refused_setting_by_its_option(tmp_path) -> None:
+    """A budget refused on the command line says ``--memory-budget`` (what to type), not the
+    library's ``memory_budget``; the same budget from a config file keeps the file's key."""
+    args = ["run", "--arch", "2-5-5-1", "--estimators", "psa", "--samples", "10", "--no-throughput",
+            "--memory-budget", "1KB", "--out", str(tmp_path / "a")]
+    res = invoke(args)
+    assert_refused(res, 2, ["exceeds --memory-budget=1,000 bytes", "raise --memory-budget to at least"],
+                   tmp_path / "a")
+    assert "memory_budget" not in res.output
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("memory_budget = 1000\nsamples = 10\n[[problem]]\narch = '2-5-5-1'\n")
+    res = invoke(["run", "--config", str(cfg), "--estimators", "psa", "--out", str(tmp_path / "b")])
+    assert_refused(res, 1, ["exceeds memory_budget=1,000 bytes"], tmp_path / "b")

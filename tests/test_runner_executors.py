@@ -449,6 +449,8 @@ def test_a_worker_with_other_versions_records_the_cell_as_failed(tmp_path):
     ("auto:2", "auto takes no argument"),
     ("dask:tcp://host:99999", "has port 99999, outside 1..65535"),
     ("dask:tcp://", "is not a scheduler address"),
+    ("dask:2:3", "has host '2', neither an IPv4 address nor a name"),
+    ("dask:tcp://10.0.0.256:8786", "has host '10.0.0.256', neither"),
 ])
 def test_bad_executor_specs_are_refused_before_any_work(tmp_path, spec, words):
     with pytest.raises(RunError, match="argument executor=") as e:
@@ -465,6 +467,8 @@ def test_executor_specs_parse():
     assert executors.parse_executor("dask:3")[1] == {"address": None, "workers": 3}
     assert executors.parse_executor("dask:10.0.0.5:8786")[1] == {"address": "tcp://10.0.0.5:8786"}
     assert executors.parse_executor("dask:tls://sched:8786")[1] == {"address": "tls://sched:8786"}
+    assert executors.parse_executor("dask:[::1]:8786")[1] == {"address": "tcp://[::1]:8786"}
+    assert executors.parse_executor("dask:node7.cluster:8786")[1] == {"address": "tcp://node7.cluster:8786"}
 
 
 def test_toml_executor_and_threads(tmp_path):

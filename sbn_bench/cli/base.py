@@ -44,7 +44,7 @@ def friendly_errors(fn: F) -> F:
             usage = _option_error(e)
             if usage is not None:
                 raise usage from None
-            raise click.ClickException(str(e) or type(e).__name__) from None
+            raise click.ClickException(cli_names(str(e), e) or type(e).__name__) from None
         except (MemoryError, RuntimeError) as e:
             # out of memory while allocating (torch raises RuntimeError "can't allocate memory"):
             # the request was too large for this machine, not a bug to show a traceback for
@@ -79,7 +79,7 @@ def _option_error(e: SbnBenchError) -> click.BadParameter | None:
     if not params:  # the value came from a file or a default: no option of this command is at fault
         return None
     params += [p for p in ctx.command.params if p.name in _SHARED.get(name, ()) and given(ctx, p.name)]
-    return click.BadParameter(without_name(str(e), e.argument), ctx=ctx,
+    return click.BadParameter(cli_names(without_name(str(e), e.argument), e), ctx=ctx,
                               param_hint=" / ".join(p.get_error_hint(ctx) for p in params))
 
 
@@ -87,6 +87,31 @@ _SHARED = {"memory_budget": ("chunk", "throughput_batch")}
 """Options that share the refusal of a setting given on the command line: a ``--memory-budget`` is
 exceeded by the ``--chunk`` and ``--throughput-batch`` given with it (the error names each of them
 that was given). A budget from a file or the default names no option (exit status 1)."""
+
+
+def cli_names(message: str, e: SbnBenchError) -> str:
+    """``message`` with the library's name of the refused setting (``memory_budget``) written as the
+    running command's option (``--memory-budget``), so that a user of the command line reads the
+    name to type. Left as it is where the value may come from a ``--config`` file (whose keys are
+    the library's names), where the command has no such option, and for names without an
+    underscore (``M``, ``batch``: words a message also uses in their own sense)."""
+    import re
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or not isinstance(e.argument, str):
+        return message
+    name = e.argument.removeprefix("throughput.")
+    pname = _OPTION_OF.get(name, name)
+    if "_" not in name or (ctx.params.get("config_file") is not None and not given(ctx, pname)):
+        return message
+    opts = [o for p in ctx.command.params if p.name == pname and isinstance(p, click.Option)
+            for o in p.opts if o.startswith("--")]
+    if not opts:
+        return message
+    flag = re.escape(max(opts, key=len))
+    # "memory_budget=" → "--memory-budget="; "compare_dir, --compare" and the like → "--compare"
+    return re.sub(rf"(?<![\w.-]){re.escape(name)}(?:, {flag}| / {flag}| \({flag}\))?(?![\w-])",
+                  max(opts, key=len), message)
 
 
 def without_name(message: str, argument: str) -> str:

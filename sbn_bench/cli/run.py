@@ -243,7 +243,8 @@ def _duration(seconds: float) -> str:
               help="Where Monte-Carlo references are cached (default $SBN_BENCH_CACHE or "
                    "~/.cache/sbn-bench).")
 @click.option("--no-report", is_flag=True, help="Do not write the report (sbn-bench report DIR "
-                                                "writes it later).")
+                                                "writes it later; not recorded: give it again with "
+                                                "--resume).")
 @click.option("--train-seeds", callback=_seed_ranges, default=None,
               help="--preset paper: train and evaluate one checkpoint set per training seed, e.g. "
                    "0-4 or 0,2,5 (problems paper-train<seed>; the report counts each claim's "

@@ -159,6 +159,12 @@ def _dask(arg: str | None) -> dict[str, object]:
     m = ADDRESS.fullmatch(arg)
     if m is None or (m.group(3) is None and m.group(1) is None):
         raise ValueError(f"ADDRESS={arg!r} is not a scheduler address such as tcp://host:8786")
+    host = m.group(2)
+    if re.fullmatch(r"[0-9.]+", host) and not (
+            re.fullmatch(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}", host)
+            and all(int(b) < 256 for b in host.split("."))):
+        # digits alone are no host name (a top-level domain is never numeric): dask:2:3 is a typo
+        raise ValueError(f"ADDRESS={arg!r} has host {host!r}, neither an IPv4 address nor a name")
     if m.group(3) is not None and not 0 < int(m.group(3)) < 65536:
         raise ValueError(f"ADDRESS={arg!r} has port {m.group(3)}, outside 1..65535")
     return {"address": arg if m.group(1) else f"tcp://{arg}"}
