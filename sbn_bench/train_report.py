@@ -389,12 +389,31 @@ def zoom(curves: pd.DataFrame, column: str) -> tuple[float, float] | None:
     return float(lo - pad), float(hi + pad)
 
 
+def _columns(vae: bool) -> tuple[str, str, str]:
+    """The y column of each learning-curve panel."""
+    return "test_objective", "test_objective", "test_iwae" if vae else "test_accuracy"
+
+
+def zoomed(curves: pd.DataFrame, vae: bool) -> bool:
+    """Whether :func:`zoom` leaves some value of a learning-curve panel outside its y range (the
+    caption then says so)."""
+    for column in set(_columns(vae)):
+        lim = zoom(curves, column) if column in curves else None
+        if lim is not None:
+            v = curves[column].to_numpy(dtype=float)
+            v = v[np.isfinite(v)]
+            if ((v < lim[0]) | (v > lim[1])).any():
+                return True
+    return False
+
+
 def curves_figure(curves: pd.DataFrame, estimators: Sequence[str], preset: str, path: Path) -> Path:
     """Learning curves: test (and train, dashed) objective against epochs, test objective against
     training seconds, and test accuracy (classifiers) or the test IWAE bound (VAE) against epochs;
     lines the mean over seeds, bands the range over seeds."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     col = _colours(estimators)
     vae = preset.startswith("digits-vae")
@@ -417,13 +436,14 @@ def curves_figure(curves: pd.DataFrame, estimators: Sequence[str], preset: str, 
                     title="test IWAE bound (tighter than the ELBO)")
     else:
         axes[2].set(xlabel="epoch", ylabel="test accuracy", title="test accuracy")
-    for ax, column in zip(axes, ("test_objective", "test_objective",
-                                 "test_iwae" if vae else "test_accuracy")):
+    for ax, column in zip(axes, _columns(vae)):
         lim = zoom(curves, column)
         if lim is not None:
             ax.set_ylim(*lim)
     for ax in axes:
         ax.grid(True, alpha=0.3)
+    for ax in (axes[0], axes[2]):  # epochs are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=8, loc="upper right")
     fig.suptitle(f"{preset}: learning curves (lines: mean over seeds; bands: range over seeds)",
                  fontsize=11)
@@ -438,6 +458,7 @@ def probes_figure(probes: pd.DataFrame, estimators: Sequence[str], preset: str, 
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     col = _colours(estimators)
     fig = Figure(figsize=(11, 4), dpi=100, layout="constrained")
@@ -460,6 +481,7 @@ def probes_figure(probes: pd.DataFrame, estimators: Sequence[str], preset: str, 
                 title="relative bias (dotted: 2 × noise floor)")
     for ax in axes:
         ax.grid(True, alpha=0.3, which="both")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{preset}: gradient probes against the reference", fontsize=11)
     return _save(fig, path)
@@ -681,9 +703,11 @@ def study_blocks(out: Path, manifest: Mapping[str, Any], curves: pd.DataFrame, p
     if estimators:
         blocks.append(final_table(curves, estimators, preset, target))
         blocks.append(significance_table(curves, estimators, preset))
+        caption = f"{preset}: learning curves" + (
+            " (the y axes zoom on the bulk of the curves: some early values lie outside)"
+            if zoomed(curves, preset.startswith("digits-vae")) else "")
         blocks.append(Image(curves_figure(curves, estimators, preset, figures / f"{preset}-curves.png"),
-                            f"{preset}: learning curves (the y axes zoom on the bulk of the curves: "
-                            "the first epochs lie above)"))
+                            caption))
         t = probes_table(probes, estimators)
         if t is not None:
             blocks.append(t)

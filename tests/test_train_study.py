@@ -675,6 +675,11 @@ def test_curve_zoom_keeps_the_late_bands_whole() -> None:
     lo, hi = tr.zoom(c, "test_objective")
     assert hi >= 30.0 and lo <= 6.1 and hi < 100  # the outlier in view, epoch 0 still cut
     assert tr.zoom(c.assign(test_objective=1.0), "test_objective") is None  # no range
+    # the caption says the axes zoom only when they do leave a value out
+    c["test_accuracy"] = 0.5
+    assert tr.zoomed(c, vae=False)
+    level = c[c["epoch"] > 0].assign(test_objective=lambda d: 10.0 + 0.1 * (-1.0) ** d["epoch"])
+    assert not tr.zoomed(level, vae=False)  # the late values span every value: nothing cut
 
 
 def test_claims_list_the_other_estimators_in_the_study_order() -> None:
