@@ -328,6 +328,22 @@ def test_heatmap_boxes_the_best_and_dashes_the_ties() -> None:
     assert {round(p.get_y() + p.get_height() / 2) for p in boxes} == {0, 1}
 
 
+def test_heatmap_marks_values_smaller_than_their_error() -> None:
+    """A value whose standard error exceeds it is written with a '?' in italics (never boxed as the
+    best), as the CLI's summary marks it; the others are written plainly."""
+    from sbn_bench.reports.figures import heatmap_figure, unresolved_cells
+
+    rows = pd.DataFrame({
+        "checkpoint": ["c"] * 3, "layer": ["1"] * 3, "estimator": ["a", "b", "c"],
+        "metric": ["rrmse"] * 3, "M": [1.0] * 3, "value": [0.02, 1.0, 3.0],
+        "stderr": [1.9, 0.01, float("nan")], "mode": ["mc"] * 3})
+    sty = styles(["a", "b", "c"], {"a": "f", "b": "f", "c": "g"})
+    fig = draw(heatmap_figure, rows, ["a", "b", "c"], sty, ["c"], "t")
+    texts = {t.get_text(): t.get_fontstyle() for t in fig.get_axes()[0].texts if t.get_text() != "c"}
+    assert texts == {"0.02?": "italic", "1": "normal", "3": "normal"}, texts
+    assert unresolved_cells(rows) == 1  # an unknown (nan) error is not counted as unresolved
+
+
 def _many_estimators(n_new: int) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
     """run_a's rows at checkpoint init plus ``n_new`` invented estimators (copies of arm's rows,
     scaled) in four more families."""

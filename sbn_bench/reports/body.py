@@ -161,11 +161,15 @@ def _columns(run: Run, problem: str) -> int:
 def heatmap_plot(run: Run, problem: str, name: str | None = None) -> Plot:
     """The headline heatmap of ``problem`` as a :class:`Plot` block."""
     sty = _styles(run)
-    draw = partial(fg.draw, fg.heatmap_figure, _problem_rows(run, problem), run.estimators(), sty,
+    rows = _problem_rows(run, problem)
+    draw = partial(fg.draw, fg.heatmap_figure, rows, run.estimators(), sty,
                    run.checkpoints(problem), f"rrmse at M=1 — {problem}")
+    vague = fg.unresolved_cells(rows)
     return Plot(name or f"{slug(problem)}_headline", draw,
                 f"rrmse at M=1 per estimator (rows, grouped by family) and (checkpoint, layer) "
-                f"(columns), {problem}; boxed: best; dashed: tied with the best.")
+                f"(columns), {problem}; boxed: best; dashed: tied with the best"
+                + (f"; ? (italics): a value smaller than its standard error, not resolved "
+                   f"({vague} of them)." if vague else "."))
 
 
 def headline_blocks(run: Run, problem: str) -> list[Block]:

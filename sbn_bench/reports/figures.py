@@ -317,6 +317,15 @@ def _short(v: float) -> str:
 # the headline heatmap
 
 
+def unresolved_cells(rows: pd.DataFrame, metric: str = "rrmse", m: float = 1.0) -> int:
+    """How many finite values of ``metric`` at M=``m`` have a standard error above the value (as
+    :meth:`sbn_bench.runner.RunResult.unresolved` marks them): the heatmap writes them with a
+    ``?``."""
+    data = rows[(rows["metric"] == metric) & (rows["M"] == m)]
+    v, se = data["value"].to_numpy(dtype=float), data["stderr"].to_numpy(dtype=float)
+    return int((np.isfinite(v) & (se > np.abs(v))).sum())
+
+
 def heatmap_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[str, Style],
                    checkpoints: Sequence[str], title: str, metric: str = "rrmse",
                    m: float = 1.0) -> Figure | None:
@@ -324,7 +333,9 @@ def heatmap_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[s
 
     Colours on a log scale up to :data:`OUTLIER_FACTOR` × the median (beyond: the darkest colour,
     the colour bar's arrow); every value is written in its cell; the best of each column is boxed
-    in black, its ties (within 2 standard errors) in dashed black (:mod:`~sbn_bench.reports.ranking`).
+    in black, its ties (within 2 standard errors) in dashed black (:mod:`~sbn_bench.reports.ranking`);
+    a value whose standard error exceeds it (not resolved: :func:`unresolved_cells`) is written in
+    italics with a ``?``.
     """
     data = rows[(rows["metric"] == metric) & (rows["M"] == m)]
     if data.empty:
@@ -374,8 +385,11 @@ def heatmap_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[s
             shade = norm(min(max(v, vmin), vmax)) if v > 0 else 0.0
             colour = "white" if shade > 0.55 else "black"
             r = ranking.ranks[i] if sty[ests[i]].family not in UNRANKED_FAMILIES else ""
-            ax.text(j, i, _short(v), ha="center", va="center", fontsize=6.5, color=colour,
-                    fontweight="bold" if r == "best" else "normal")
+            est = idx[(ests[i], c, lay)]
+            vague = est.stderr > abs(est.value)  # not resolved: its standard error exceeds it
+            ax.text(j, i, _short(v) + ("?" if vague else ""), ha="center", va="center",
+                    fontsize=6.5, color=colour, fontweight="bold" if r == "best" else "normal",
+                    fontstyle="italic" if vague else "normal")
             if r in ("best", "tie"):
                 ax.add_patch(Rectangle((j - 0.46, i - 0.44), 0.92, 0.88, fill=False, ec="black",
                                        lw=1.3 if r == "best" else 0.9,
