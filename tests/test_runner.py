@@ -358,6 +358,40 @@ def test_sigkilled_cli_run_resumes_to_identical_results(tmp_path, plugin):
     assert (tmp_path / "full" / "metrics.csv").read_bytes() == (out / "metrics.csv").read_bytes()
 
 
+@pytest.mark.parametrize("executor", ["serial", pytest.param("processes:2", marks=pytest.mark.slow)])
+def test_sigterm_stops_a_cli_run_as_ctrl_c_does(tmp_path, plugin, executor):
+    """SIGTERM (kill, a batch system's time limit) to the main process: the finished cells are
+    saved, the run is marked interrupted, the resume command is printed, the exit status is 143;
+    the resumed run equals an uninterrupted one byte for byte."""
+    from click.testing import CliRunner
+
+    from sbn_bench.cli import main
+
+    args = ["run", "--arch", "2-2-2-1", "--data-points", "3", "--samples", "32", "--M", "1,4",
+            "--estimators", "slow", "--plugin", str(plugin), "--seeds", "0,1,2,3,4,5",
+            "--no-throughput", "--no-report", "--quiet", "--executor", executor]
+    full = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "full")])
+    assert full.exit_code == 0, full.output
+    out = tmp_path / "term"
+    code = "import sys; from sbn_bench.cli import main; main(sys.argv[1:])"
+    proc = subprocess.Popen([sys.executable, "-c", code, *args, "--out", str(out)],
+                            env={**os.environ, "CI": "1"}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list((out / "cells").glob("*.metrics.csv"))) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Interrupted: the finished cells are saved" in err and "--resume" in err, err
+    assert "Traceback" not in err, err
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
+    res = CliRunner().invoke(main, [*args, "--out", str(out), "--resume"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "full" / "metrics.csv").read_bytes() == (out / "metrics.csv").read_bytes()
+
+
 def test_failing_plugin_estimators_are_recorded_and_the_run_goes_on(tmp_path, plugin):
     cfg = tiny_config(tmp_path / "out", estimators=("boom", "st", "nan"), plugins=(str(plugin),),
                       throughput=ThroughputConfig(rounds=1, batch=4))

@@ -45,13 +45,18 @@ class _LazyGroup(click.Group):
         return cmd
 
     def invoke(self, ctx: click.Context) -> Any:
-        # Ctrl-C outside a command's own handling (e.g. while a finished run's summary prints):
-        # exit 130 as everywhere else, not click's "Aborted!" with status 1
-        try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted", err=True)
-            ctx.exit(130)
+        # SIGTERM (kill, a batch system's time limit) stops a command as Ctrl-C does: a run is
+        # marked interrupted with its finished cells saved, and the exit status is 143
+        from sbn_bench.cli.base import interrupted_status, terminate_as_interrupt
+
+        with terminate_as_interrupt():
+            # Ctrl-C outside a command's own handling (e.g. while a finished run's summary
+            # prints): exit 130 as everywhere else, not click's "Aborted!" with status 1
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt:
+                click.echo("\ninterrupted", err=True)
+                ctx.exit(interrupted_status())
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):

@@ -5,11 +5,12 @@ imports only these, so it starts without loading torch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
@@ -18,6 +19,41 @@ from click.core import ParameterSource
 from sbn_bench.errors import SbnBenchError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread where Ctrl-C's :class:`KeyboardInterrupt` would be, so that
+    every command's handling of Ctrl-C (save, mark the run interrupted, say how to resume) applies;
+    the exit status is then 143 (128 + SIGTERM) rather than 130."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread; the handler before
+    it is put back after. Left alone off the main thread, or where a handler other than the default
+    is installed (the embedding program's)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def interrupted_status() -> int:
+    """The exit status of a command stopped by the exception being handled: 143 after SIGTERM
+    (:class:`Terminated`), else 130 (Ctrl-C), as shells report them."""
+    return 143 if isinstance(sys.exc_info()[1], Terminated) else 130
 
 
 def friendly_errors(fn: F) -> F:

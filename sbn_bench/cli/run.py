@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from sbn_bench import runner as runner_mod
-from sbn_bench.cli.base import FiniteFloatRange, without_name
+from sbn_bench.cli.base import FiniteFloatRange, interrupted_status, without_name
 from sbn_bench.cli.common import (
     executor_callback,
     format_table,
@@ -402,10 +402,6 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
                                    f"see {result.out}/failures.csv); no accuracy was measured")
 
 
-INTERRUPTED_EXIT = 130
-"""Exit status after Ctrl-C (128 + SIGINT, as shells report it)."""
-
-
 def given_arguments(ctx: click.Context) -> list[str]:
     """The options of this command that were given on the command line, spelled again (flags,
     repeated options, values), in the command's order."""
@@ -439,7 +435,8 @@ def resume_command(ctx: click.Context, out: str | os.PathLike[str]) -> str:
 
 
 def _interrupted(ctx: click.Context, out: str | os.PathLike[str] | None) -> None:
-    """After Ctrl-C: say what is saved and the command that continues; exit 130."""
+    """After Ctrl-C (or SIGTERM): say what is saved and the command that continues; exit 130
+    (143)."""
     if out is not None and (Path(out) / "manifest.json").is_file():
         click.echo(f"\nInterrupted: the finished cells are saved in {out}; continue with\n  "
                    f"{resume_command(ctx, out)}", err=True)
@@ -447,7 +444,7 @@ def _interrupted(ctx: click.Context, out: str | os.PathLike[str] | None) -> None
         click.echo("\nInterrupted before any result was written (nothing is saved; trained "
                    "checkpoints are cached only when their training finishes); run the same "
                    "command again.", err=True)
-    ctx.exit(INTERRUPTED_EXIT)
+    ctx.exit(interrupted_status())
 
 
 def _given_settings(ctx: click.Context, settings: dict[str, Any],

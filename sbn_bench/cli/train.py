@@ -13,7 +13,7 @@ import click
 
 from sbn_bench import train as training
 from sbn_bench import train_report, train_study
-from sbn_bench.cli.base import without_name
+from sbn_bench.cli.base import interrupted_status, without_name
 from sbn_bench.cli.common import (
     build_problem,
     executor_callback,
@@ -25,7 +25,6 @@ from sbn_bench.cli.common import (
     size_option,
     warn,
 )
-from sbn_bench.cli.run import INTERRUPTED_EXIT
 from sbn_bench.config import MAX_SEED, parse_seeds
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import load_plugins, split_specs
@@ -173,7 +172,7 @@ def train(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
             click.echo(f"\nInterrupted: the checkpoints and log written so far are in {out_dir} "
                        "(a single training does not resume: run it again with --overwrite)",
                        err=True)
-            ctx.exit(INTERRUPTED_EXIT)
+            ctx.exit(interrupted_status())
     if quiet:
         return
     J0, J = result.initial_objective, result.final_objective
@@ -253,7 +252,7 @@ def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out
         click.echo(f"\nInterrupted: the finished cells are saved in {out_dir}; continue with "
                    f"sbn-bench train --out {shlex.quote(str(out_dir))} --resume" if saved.is_file() else
                    "\nInterrupted before the study started: nothing is saved", err=True)
-        ctx.exit(INTERRUPTED_EXIT)
+        ctx.exit(interrupted_status())
     paths = train_report.write_training_report(result.out)
     if quiet:
         return
