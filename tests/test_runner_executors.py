@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import threading
@@ -252,6 +253,45 @@ def test_ctrl_c_stops_the_worker_processes_and_keeps_the_finished_cells(tmp_path
         alive = [p for p in pids if _alive(p)]
         time.sleep(0.05)
     assert not alive, f"worker processes {alive} outlived the run"
+
+
+def _forkserver_of(pid: int) -> int | None:
+    """The PID of the forkserver that process ``pid`` started, if any (Linux ``/proc``)."""
+    for d in Path("/proc").iterdir():
+        try:
+            stat = (d / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and \
+                    b"forkserver" in (d / "cmdline").read_bytes():
+                return int(d.name)
+        except (ValueError, OSError, IndexError):
+            continue
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_ctrl_c_while_the_workers_import_torch_prints_no_traceback(tmp_path):
+    """The terminal's Ctrl-C reaches the whole process group, the forkserver included, which spends
+    its first seconds importing torch: it used to print a KeyboardInterrupt traceback of that
+    import beneath the run's own message. Sent the moment the forkserver exists."""
+    out = tmp_path / "out"
+    code = "import sys; from sbn_bench.cli import main; main(sys.argv[1:])"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "run", "--arch", "2-2-1", "--data-points", "3", "--samples",
+         "8", "--M", "1,2", "--estimators", "st,psa", "--seeds", "0,1", "--no-throughput",
+         "--no-report", "--quiet", "--executor", "processes:2", "--out", str(out)],
+        start_new_session=True, stderr=subprocess.PIPE, text=True, env={**os.environ, "CI": "1"})
+    deadline = time.monotonic() + 120
+    server = None
+    while server is None and proc.poll() is None and time.monotonic() < deadline:
+        server = _forkserver_of(proc.pid)
+        time.sleep(0.01)
+    assert server is not None, "the run ended before its forkserver started"
+    time.sleep(0.2)  # inside the forkserver's import of torch (about 2 s)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "Interrupted" in err, err
 
 
 def _alive(pid: int) -> bool:
