@@ -17,7 +17,29 @@ from __future__ import annotations
 
 from typing import Any
 
-_UNSET: Any = object()
+
+class _Unset:
+    """The :attr:`SbnBenchError.value` of an error that records no value (a singleton, falsy,
+    written ``UNSET``)."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self) -> str:  # pickles as the singleton (errors travel from worker processes)
+        return "_UNSET"
+
+
+_UNSET: Any = _Unset()
 
 
 class SbnBenchError(Exception):

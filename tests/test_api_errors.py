@@ -124,3 +124,17 @@ def test_values_that_were_accepted_before_the_checks_still_are(prob, tmp_path) -
     assert sb.random_problem(np.array([2, 3, 1]), 0, data_points=5).widths == (2, 3, 1)
     cfg = RunConfig(problems=(ProblemSpec(arch="2-3-1"),), reference_cache=tmp_path / "cache")
     assert cfg.reference_cache == str(tmp_path / "cache")
+
+
+def test_an_error_without_a_value_says_so_and_keeps_it_across_processes() -> None:
+    """``value`` of an error that records none is the falsy singleton ``SbnBenchError.UNSET``,
+    written ``UNSET`` (not ``<object object at 0x…>``), still itself after pickling (errors travel
+    back from worker processes)."""
+    import pickle
+
+    from sbn_bench.errors import ArgumentError, SbnBenchError
+
+    e = ArgumentError("x must be positive", argument="x")
+    assert e.value is SbnBenchError.UNSET and repr(e.value) == "UNSET" and not e.value
+    assert pickle.loads(pickle.dumps(e)).value is SbnBenchError.UNSET
+    assert ArgumentError("x", argument="x", value=None).value is None  # None is a recorded value
