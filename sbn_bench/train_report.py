@@ -396,14 +396,18 @@ def _columns(vae: bool) -> tuple[str, str, str]:
 
 def zoomed(curves: pd.DataFrame, vae: bool) -> bool:
     """Whether :func:`zoom` leaves some value of a learning-curve panel outside its y range (the
-    caption then says so)."""
+    caption then says so): the test columns, and the first panel's dashed mean train objective."""
     for column in set(_columns(vae)):
         lim = zoom(curves, column) if column in curves else None
-        if lim is not None:
-            v = curves[column].to_numpy(dtype=float)
-            v = v[np.isfinite(v)]
-            if ((v < lim[0]) | (v > lim[1])).any():
-                return True
+        if lim is None:
+            continue
+        v = curves[column].to_numpy(dtype=float)
+        if column == "test_objective" and "train_objective" in curves:
+            train = curves.groupby(["estimator", "epoch"])["train_objective"].mean()
+            v = np.concatenate([v, train.to_numpy(dtype=float)])
+        v = v[np.isfinite(v)]
+        if ((v < lim[0]) | (v > lim[1])).any():
+            return True
     return False
 
 

@@ -633,3 +633,17 @@ def test_the_command_line_names_a_refused_setting_by_its_option(tmp_path) -> Non
     cfg.write_text("memory_budget = 1000\nsamples = 10\n[[problem]]\narch = '2-5-5-1'\n")
     res = invoke(["run", "--config", str(cfg), "--estimators", "psa", "--out", str(tmp_path / "b")])
     assert_refused(res, 1, ["exceeds memory_budget=1,000 bytes"], tmp_path / "b")
+    # a name in quotes is not the setting: a problem called max_exact_bytes keeps its name
+    cfg.write_text("[[problem]]\nname = 'max_exact_bytes'\narch = '2-2-1'\ndata_points = 3\n")
+    res = invoke(["run", "--config", str(cfg), "--no-throughput", "--max-exact-bytes", "10",
+                  "--out", str(tmp_path / "c")])
+    assert_refused(res, 2, ["problem 'max_exact_bytes'", "over --max-exact-bytes=10 bytes"],
+                   tmp_path / "c")
+    # on --resume the budget is the manifest's, which --memory-budget could not change
+    small = ["run", "--arch", "2-5-5-1", "--estimators", "reinforce", "--samples", "8", "--M", "1,2",
+             "--no-throughput", "--no-report", "-q", "--memory-budget", "250KB", "--out",
+             str(tmp_path / "d")]
+    assert invoke(small).exit_code == 0
+    res = invoke(["run", "--resume", "--out", str(tmp_path / "d"), "--estimators", "reinforce,psa",
+                  "-q", "--no-report"])
+    assert res.exit_code == 1 and "raise memory_budget to at least" in res.output, res.output

@@ -220,3 +220,19 @@ def test_ctrl_c_after_the_run_exits_130_not_aborted(tmp_path, monkeypatch) -> No
                                   "st", "--samples", "20", "--M", "1", "--no-throughput",
                                   "--no-report", "--out", str(tmp_path / "r")])
     assert r.exit_code == 130 and "Aborted" not in r.output, r.output
+
+
+def test_sigterm_while_a_command_loads_exits_143(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (raised as :class:`~sbn_bench.cli.base.Terminated`) while the command's module
+    loads: nothing was done, exit status 143 as after SIGTERM anywhere else (Ctrl-C there: 130)."""
+    import sbn_bench.cli as cli_pkg
+    from sbn_bench.cli.base import Terminated
+
+    for exc, code in ((Terminated("signal 15"), 143), (KeyboardInterrupt(), 130)):
+        def load(name: str, exc: BaseException = exc) -> None:
+            raise exc
+
+        monkeypatch.setattr(cli_pkg.importlib, "import_module", load)
+        r = invoke(["list"])
+        monkeypatch.undo()
+        assert r.exit_code == code and "interrupted while loading 'list'" in r.output, r.output

@@ -680,6 +680,9 @@ def test_curve_zoom_keeps_the_late_bands_whole() -> None:
     assert tr.zoomed(c, vae=False)
     level = c[c["epoch"] > 0].assign(test_objective=lambda d: 10.0 + 0.1 * (-1.0) ** d["epoch"])
     assert not tr.zoomed(level, vae=False)  # the late values span every value: nothing cut
+    # the first panel's dashed train objective counts too: one cut value makes the caption say so
+    assert tr.zoomed(level.assign(train_objective=lambda d: 10.0 + 5.0 * (d["epoch"] == 1)), vae=False)
+    assert not tr.zoomed(level.assign(train_objective=10.0), vae=False)
 
 
 def test_claims_list_the_other_estimators_in_the_study_order() -> None:

@@ -38,8 +38,10 @@ class _LazyGroup(click.Group):
         except KeyboardInterrupt:  # Ctrl-C while torch loads: nothing has started
             if ctx is None:  # imported from Python (module __getattr__), not run
                 raise
+            from sbn_bench.cli.base import interrupted_status
+
             click.echo(f"\ninterrupted while loading {cmd_name!r}: nothing was done", err=True)
-            ctx.exit(130)
+            ctx.exit(interrupted_status())
         cmd.short_help = short
         globals()[attribute] = cmd  # sbn_bench.cli.run is the command, as when imported eagerly
         return cmd

@@ -129,7 +129,9 @@ def cli_names(message: str, e: SbnBenchError) -> str:
     """``message`` with the library's name of the refused setting (``memory_budget``) written as the
     running command's option (``--memory-budget``), so that a user of the command line reads the
     name to type. Left as it is where the value may come from a ``--config`` file (whose keys are
-    the library's names), where the command has no such option, and for names without an
+    the library's names) or, on ``--resume``, from the run's manifest (which the option could not
+    change), inside quotes or a path (a problem named ``max_exact_bytes``), where the command has
+    no such option, and for names without an
     underscore (``M``, ``batch``: words a message also uses in their own sense)."""
     import re
 
@@ -138,7 +140,8 @@ def cli_names(message: str, e: SbnBenchError) -> str:
         return message
     name = e.argument.removeprefix("throughput.")
     pname = _OPTION_OF.get(name, name)
-    if "_" not in name or (ctx.params.get("config_file") is not None and not given(ctx, pname)):
+    from_file = ctx.params.get("config_file") is not None or bool(ctx.params.get("resume"))
+    if "_" not in name or (from_file and not given(ctx, pname)):
         return message
     opts = [o for p in ctx.command.params if p.name == pname and isinstance(p, click.Option)
             for o in p.opts if o.startswith("--")]
@@ -146,8 +149,8 @@ def cli_names(message: str, e: SbnBenchError) -> str:
         return message
     flag = re.escape(max(opts, key=len))
     # "memory_budget=" → "--memory-budget="; "compare_dir, --compare" and the like → "--compare"
-    return re.sub(rf"(?<![\w.-]){re.escape(name)}(?:, {flag}| / {flag}| \({flag}\))?(?![\w-])",
-                  max(opts, key=len), message)
+    return re.sub(rf"(?<![\w.\-/'\"]){re.escape(name)}(?:, {flag}| / {flag}| \({flag}\))?"
+                  rf"(?![\w\-/'\"])", max(opts, key=len), message)
 
 
 def without_name(message: str, argument: str) -> str:

@@ -318,9 +318,10 @@ def _short(v: float) -> str:
 
 
 def unresolved_cells(rows: pd.DataFrame, metric: str = "rrmse", m: float = 1.0) -> int:
-    """How many finite values of ``metric`` at M=``m`` have a standard error above the value (as
-    :meth:`sbn_bench.runner.RunResult.unresolved` marks them): the heatmap writes them with a
-    ``?``."""
+    """How many finite values of ``metric`` at M=``m`` in ``rows`` (the heatmap's: seeds combined)
+    have a standard error above the value: the heatmap writes them with a ``?``. (The run's
+    summary, :meth:`sbn_bench.runner.RunResult.unresolved`, marks a value when any one seed's
+    error exceeds it.)"""
     data = rows[(rows["metric"] == metric) & (rows["M"] == m)]
     v, se = data["value"].to_numpy(dtype=float), data["stderr"].to_numpy(dtype=float)
     return int((np.isfinite(v) & (se > np.abs(v))).sum())

@@ -15,15 +15,15 @@ Faults are handled here, per worker, so that only the cell concerned is lost:
   code); one that does not (stuck in C code, signals blocked) is killed with its worker when the
   limit and a grace period are over, and replaced. Both are recorded with stage ``timeout``;
 * Ctrl-C (or any exception in the manager) kills every worker at once: workers ignore ``SIGINT``
-  (and are started with it ignored, so that the terminal's Ctrl-C, which reaches the whole process
-  group, never interrupts one, or the forkserver, while it imports torch), hold nothing that needs
-  saving, and the manager keeps the cells already written.
+  (the forkserver ignores it before it imports torch, :mod:`sbn_bench._quiet_sigint`, and the
+  workers it forks inherit that, so the terminal's Ctrl-C, which reaches the whole process group,
+  never interrupts one while it starts), hold nothing that needs saving, and the manager keeps the
+  cells already written.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import multiprocessing
 import pickle
 import signal
@@ -61,30 +61,6 @@ def describe_exit(exitcode: int | None) -> str:
                if -exitcode == signal.SIGKILL else "")
         return f"it was killed by {name}{why}"
     return f"it exited with status {exitcode} (the estimator ended the process, e.g. os._exit)"
-
-
-@contextlib.contextmanager
-def _sigint_held() -> Iterator[None]:
-    """``SIGINT`` ignored while a child process is started, so that the child starts with it
-    ignored (an ignored signal stays ignored across ``exec``, and Python then installs no
-    ``KeyboardInterrupt`` handler): a Ctrl-C from the terminal, which reaches every process of the
-    group, never interrupts the forkserver or a worker while it imports torch (a traceback on the
-    screen); workers ignore ``SIGINT`` anyway, the manager stops them. A Ctrl-C meanwhile is not
-    lost: ``SIGINT`` is blocked too (Linux keeps a blocked signal pending even while it is
-    ignored), and delivered here when the handler is back. Off the main thread, or without
-    ``pthread_sigmask``, nothing is changed."""
-    import threading
-
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    old_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old_handler)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
 def _worker_main(conn: Connection, debug: bool) -> None:
@@ -145,7 +121,8 @@ class ProcessExecutor:
         methods = multiprocessing.get_all_start_methods()
         self._mp = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         if "forkserver" in methods:
-            self._mp.set_forkserver_preload(["sbn_bench.runner.worker"])
+            # first SIGINT ignored (Ctrl-C is the manager's), then torch and sbn-bench imported
+            self._mp.set_forkserver_preload(["sbn_bench._quiet_sigint", "sbn_bench.runner.worker"])
         self._pool: list[_Worker] = []
 
     # -- workers ---------------------------------------------------------------------------
@@ -154,15 +131,7 @@ class ProcessExecutor:
         parent, child = self._mp.Pipe()
         proc = self._mp.Process(target=_worker_main, args=(child, self.debug), daemon=True,
                                 name="sbn-bench-worker")
-        if self._mp.get_start_method() == "forkserver":
-            from multiprocessing import forkserver
-
-            with _sigint_held():  # the forkserver, once: it imports torch with Ctrl-C held
-                forkserver.ensure_running()
-            proc.start()
-        else:
-            with _sigint_held():
-                proc.start()
+        proc.start()
         child.close()
         w = _Worker(proc, parent)
         self._pool.append(w)
