@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sbn_bench"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("sbn_bench.version", "sbn_bench.errors", "sbn_bench.fileio", "sbn_bench.units",
-              "sbn_bench.provenance", "sbn_bench.malloc")),
+              "sbn_bench.provenance", "sbn_bench.malloc", "sbn_bench._quiet_sigint")),
     ("model", ("sbn_bench.model", "sbn_bench.network", "sbn_bench.data", "sbn_bench.problems")),
     ("reference", ("sbn_bench.reference",)),
     ("estimators", ("sbn_bench.estimators",)),
