@@ -98,6 +98,13 @@ _OPTION_OF = {"M": "m_grid", "batch": "throughput_batch"}
 """A setting's option where their names differ (``RunConfig.M`` is ``--M``, parameter ``m_grid``)."""
 
 
+def _setting(argument: str) -> tuple[str, str]:
+    """The library's name of the setting an error's ``argument`` names (``throughput.batch`` is
+    ``batch``) and the parameter of the command's option for it (``throughput_batch``)."""
+    name = argument.removeprefix("throughput.")
+    return name, _OPTION_OF.get(name, name)
+
+
 def _option_error(e: SbnBenchError) -> click.BadParameter | None:
     """The library's refusal of a value given on the command line, as that option's usage error
     (exit status 2, as click's own checks give): ``--M 5000`` above ``--samples`` is refused by
@@ -107,10 +114,9 @@ def _option_error(e: SbnBenchError) -> click.BadParameter | None:
     ctx = click.get_current_context(silent=True)
     if ctx is None or not isinstance(e.argument, str) or not e.usage:
         return None
-    name = e.argument.removeprefix("throughput.")
+    name, pname = _setting(e.argument)
     # an estimator spec's error names the spec: it is the value of --estimators (--estimator)
-    names = ("estimators", "estimators_text", "estimator_spec") if _is_spec_error(e) else \
-        (_OPTION_OF.get(name, name),)
+    names = ("estimators", "estimators_text", "estimator_spec") if _is_spec_error(e) else (pname,)
     params = [p for p in ctx.command.params if p.name in names and given(ctx, p.name)]
     if not params:  # the value came from a file or a default: no option of this command is at fault
         return None
@@ -131,15 +137,14 @@ def cli_names(message: str, e: SbnBenchError) -> str:
     name to type. Left as it is where the value may come from a ``--config`` file (whose keys are
     the library's names) or, on ``--resume``, from the run's manifest (which the option could not
     change), inside quotes or a path (a problem named ``max_exact_bytes``), where the command has
-    no such option, and for names without an
-    underscore (``M``, ``batch``: words a message also uses in their own sense)."""
+    no such option, and for names without an underscore (``M``, ``batch``: words a message also
+    uses in their own sense)."""
     import re
 
     ctx = click.get_current_context(silent=True)
     if ctx is None or not isinstance(e.argument, str):
         return message
-    name = e.argument.removeprefix("throughput.")
-    pname = _OPTION_OF.get(name, name)
+    name, pname = _setting(e.argument)
     from_file = ctx.params.get("config_file") is not None or bool(ctx.params.get("resume"))
     if "_" not in name or (from_file and not given(ctx, pname)):
         return message
@@ -147,10 +152,11 @@ def cli_names(message: str, e: SbnBenchError) -> str:
             for o in p.opts if o.startswith("--")]
     if not opts:
         return message
-    flag = re.escape(max(opts, key=len))
+    option = max(opts, key=len)
+    flag = re.escape(option)
     # "memory_budget=" → "--memory-budget="; "compare_dir, --compare" and the like → "--compare"
     return re.sub(rf"(?<![\w.\-/'\"]){re.escape(name)}(?:, {flag}| / {flag}| \({flag}\))?"
-                  rf"(?![\w\-/'\"])", max(opts, key=len), message)
+                  rf"(?![\w\-/'\"])", option, message)
 
 
 def without_name(message: str, argument: str) -> str:
