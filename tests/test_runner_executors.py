@@ -499,6 +499,10 @@ def test_a_worker_with_other_versions_records_the_cell_as_failed(tmp_path):
     ("dask:tcp://", "is not a scheduler address"),
     ("dask:2:3", "has host '2', neither an IPv4 address nor a name"),
     ("dask:tcp://10.0.0.256:8786", "has host '10.0.0.256', neither"),
+    ("dask:01.2.3.4:8786", "has host '01.2.3.4', neither"),  # octal to a resolver: ambiguous
+    ("dask:1.2.3:8786", "has host '1.2.3', neither"),
+    ("dask:[::1::2]:8786", "has host '[::1::2]', not an IPv6 address"),
+    ("dask:[:::]:8786", "has host '[:::]', not an IPv6 address"),
 ])
 def test_bad_executor_specs_are_refused_before_any_work(tmp_path, spec, words):
     with pytest.raises(RunError, match="argument executor=") as e:
@@ -516,6 +520,9 @@ def test_executor_specs_parse():
     assert executors.parse_executor("dask:10.0.0.5:8786")[1] == {"address": "tcp://10.0.0.5:8786"}
     assert executors.parse_executor("dask:tls://sched:8786")[1] == {"address": "tls://sched:8786"}
     assert executors.parse_executor("dask:[::1]:8786")[1] == {"address": "tcp://[::1]:8786"}
+    assert executors.parse_executor("dask:tcp://[fe80::1:2]:8786")[1] == {
+        "address": "tcp://[fe80::1:2]:8786"}
+    assert executors.parse_executor("dask:0.0.0.0:1")[1] == {"address": "tcp://0.0.0.0:1"}
     assert executors.parse_executor("dask:node7.cluster:8786")[1] == {"address": "tcp://node7.cluster:8786"}
 
 

@@ -28,6 +28,7 @@ any work and :func:`make_executor` builds it.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -160,11 +161,20 @@ def _dask(arg: str | None) -> dict[str, object]:
     if m is None or (m.group(3) is None and m.group(1) is None):
         raise ValueError(f"ADDRESS={arg!r} is not a scheduler address such as tcp://host:8786")
     host = m.group(2)
-    if re.fullmatch(r"[0-9.]+", host) and not (
-            re.fullmatch(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}", host)
-            and all(int(b) < 256 for b in host.split("."))):
-        # digits alone are no host name (a top-level domain is never numeric): dask:2:3 is a typo
-        raise ValueError(f"ADDRESS={arg!r} has host {host!r}, neither an IPv4 address nor a name")
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"ADDRESS={arg!r} has host {host!r}, not an IPv6 address in "
+                             "brackets such as [::1]") from None
+    elif re.fullmatch(r"[0-9.]+", host):
+        # digits alone are no host name (a top-level domain is never numeric): dask:2:3 is a
+        # typo. ipaddress refuses leading zeros (01.2.3.4), which resolvers read as octal.
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"ADDRESS={arg!r} has host {host!r}, neither an IPv4 address nor a "
+                             "name") from None
     if m.group(3) is not None and not 0 < int(m.group(3)) < 65536:
         raise ValueError(f"ADDRESS={arg!r} has port {m.group(3)}, outside 1..65535")
     return {"address": arg if m.group(1) else f"tcp://{arg}"}
