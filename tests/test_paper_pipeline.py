@@ -69,6 +69,21 @@ def test_a_resume_adds_its_evaluation_time_to_the_earlier_sessions(reduced_run, 
     assert after["evaluation_s"] > before["evaluation_s"] > 0
 
 
+def test_the_closing_line_says_a_cached_training_time_is_not_this_runs(reduced_run) -> None:
+    from sbn_bench.cli.run import paper_timing_line
+
+    out, _, _ = reduced_run
+    exp = json.loads((out / "manifest.json").read_text())["experiment"]
+    train_s, eval_s = exp["training"]["train_wall_s"], exp["timing"]["evaluation_s"]
+    fresh = paper_timing_line(exp)
+    assert fresh.startswith(f"wall time: training {train_s:.0f} s, evaluation {eval_s:.0f} s")
+    cached = paper_timing_line({**exp, "training": {**exp["training"], "cached": True}})
+    assert f"training cached (it took {train_s:.0f} s when made)" in cached
+    resumed = paper_timing_line({**exp, "timing": {"evaluation_s": 90.0,
+                                                   "evaluation_s_this_run": 30.0}})
+    assert resumed.endswith("evaluation 90 s (30 s in this session)")
+
+
 def test_second_run_reuses_cached_checkpoints(reduced_run, tmp_path: Path) -> None:
     _, cache, first = reduced_run
     again = paper.ensure_checkpoints(0, training=REDUCED, cache_dir=cache)

@@ -389,12 +389,7 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         _print_summary(result)
         exp = result.manifest.get("experiment")
         if exp:  # --preset paper: training and evaluation times
-            tm = exp["timing"]
-            this = tm.get("evaluation_s_this_run", tm["evaluation_s"])
-            click.echo(f"wall time: training {exp['training']['train_wall_s']:.0f} s"
-                       f"{' (cached)' if exp['training']['cached'] else ''}, evaluation "
-                       f"{tm['evaluation_s']:.0f} s"
-                       + (f" ({this:.0f} s in this session)" if this != tm["evaluation_s"] else ""))
+            click.echo(paper_timing_line(exp))
     if not no_report:
         _write_report(result.out, quiet)
     if result.all_failed:
@@ -421,6 +416,18 @@ def given_arguments(ctx: click.Context) -> list[str]:
             raw = value if not isinstance(value, (tuple, list)) else ",".join(map(str, value))
             args += [flag, str(raw)]
     return args
+
+
+def paper_timing_line(experiment: dict[str, Any]) -> str:
+    """The closing line of a ``--preset paper`` run: its training and evaluation wall times, from
+    the manifest's ``experiment`` record (a cached training's time is that of the run that made
+    it, so it is said so rather than added to this run's)."""
+    tm, training = experiment["timing"], experiment["training"]
+    this = tm.get("evaluation_s_this_run", tm["evaluation_s"])
+    train = (f"cached (it took {training['train_wall_s']:.0f} s when made)" if training["cached"]
+             else f"{training['train_wall_s']:.0f} s")
+    return (f"wall time: training {train}, evaluation {tm['evaluation_s']:.0f} s"
+            + (f" ({this:.0f} s in this session)" if this != tm["evaluation_s"] else ""))
 
 
 def resume_command(ctx: click.Context, out: str | os.PathLike[str]) -> str:
