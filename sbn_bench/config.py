@@ -621,6 +621,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         problems = (self.problems,) if isinstance(self.problems, ProblemSpec) else self.problems
+        if isinstance(problems, (str, bytes)) or not isinstance(problems, Iterable):
+            raise ConfigError(f"problems={problems!r} must be a ProblemSpec or a list of them",
+                              argument="problems", value=problems,
+                              expected="a ProblemSpec or a list of ProblemSpec objects")
         object.__setattr__(self, "problems", tuple(problems))
         # one string (or path, or seed) is one item, as on the command line: "psa,st" is two specs,
         # not the characters p, s, a, …
@@ -637,10 +641,12 @@ class RunConfig:
         if self.M is not None:
             object.__setattr__(self, "M", _one_or_many("M", self.M))
         if not self.problems:
-            raise ConfigError("problems is empty; give at least one problem")
+            raise ConfigError("problems is empty; give at least one problem", argument="problems",
+                              value=self.problems, expected="at least one ProblemSpec")
         for p in self.problems:
             if not isinstance(p, ProblemSpec):
-                raise ConfigError(f"problems must hold ProblemSpec objects, got {type(p).__name__}")
+                raise ConfigError(f"problems must hold ProblemSpec objects, got {type(p).__name__}",
+                                  argument="problems", value=p, expected="ProblemSpec objects")
         if self.estimators is not None and not self.estimators:
             raise ConfigError("estimators is empty; expected e.g. 'psa,st,arm'",
                               argument="estimators")
@@ -1030,10 +1036,10 @@ def _settings(f: _TomlFile) -> dict[str, Any]:
 def _problem_specs(f: _TomlFile, required: bool) -> tuple[ProblemSpec, ...]:
     """The ``[[problem]]`` tables as :class:`ProblemSpec` objects (at least one when ``required``)."""
     tables = f.raw.get("problem")
-    if tables is None:
+    if tables is None or tables == []:  # problem = [] names no problem either
         if required:
             raise f.fail("no [[problem]] or [sweep] table; add at least one, e.g. [[problem]] "
-                         "preset = 'paper'")
+                         "preset = 'paper'", "" if tables is None else "problem")
         return ()
     if not isinstance(tables, list):
         raise f.fail("problem must be an array of tables ([[problem]])", "problem")

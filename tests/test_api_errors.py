@@ -93,6 +93,10 @@ def test_values_that_would_be_dropped_or_misread_are_refused(tmp_path) -> None:
     spec = (ProblemSpec(arch="2-3-1"),)
     _refused(lambda: RunConfig(problems=spec, resume="no"), "resume", "true or false")
     _refused(lambda: RunConfig(problems=spec, out=123), "out", "folder path")
+    _refused(lambda: RunConfig(problems=None), "problems", "a list of them")  # was a TypeError
+    _refused(lambda: RunConfig(problems=()), "problems", "at least one problem")
+    _refused(lambda: RunConfig(problems=["2-3-1"]), "problems", "ProblemSpec objects, got str")
+    assert RunConfig(problems=(s for s in spec)).problems == spec  # any iterable, as before
     _refused(lambda: sb.random_problem("1x4x4-c0k3-1", 0), "arch", "at least one channel")
     _refused(lambda: sb.save_problem(sb.random_problem("2-3-1", 0), tmp_path), "path", "it is a folder")
 

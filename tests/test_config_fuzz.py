@@ -116,7 +116,7 @@ def test_fuzz_config_structure_with_bad_values(fuzz_dir, top, tp, probs, valid_p
 _fragments = st.sampled_from([
     "samples = 10", "samples = ", "samples = [1, 2", "M = 'paper'", "M = [1, 0]", "seeds = 1",
     "[[problem]]", "[problem]", "[throughput]", "[[throughput]]", "preset = 'quick'",
-    "arch = '2-2-1'", "problem = 1", "problem = [1, 2]", "problem = ['a']", "throughput = 3",
+    "arch = '2-2-1'", "problem = 1", "problem = []", "problem = [1, 2]", "problem = ['a']", "throughput = 3",
     "checkpoints = { init = 'init' }", "checkpoints = 3", "estimators = ''", "= 3", "a.b = 1",
     "[a.b]", "'key' = \"val\"", "memory_budget = '1e999'", "memory_budget = 1.5",
     "samples = 'x'\nM = 'paper'", "x = 1979-05-27T07:32:00Z", "seed = 18446744073709551616",

@@ -536,6 +536,7 @@ def test_toml_config_with_checkpoints_runs(tmp_path):
     ("[[problem]]\npreset = 'quick'\n[throughput]\nround = 3\n", 4, ["'round'", "'rounds'"]),
     ("mode = 'fast'\n[[problem]]\npreset = 'quick'\n", 1, ["mode='fast'", "auto, exact, mc"]),
     ("samples = 3\n", 0, ["no [[problem]]"]),
+    ("samples = 3\nproblem = []\n", 2, ["no [[problem]]"]),
 ])
 def test_toml_errors_name_file_line_and_key(tmp_path, text, line, words):
     f = tmp_path / "bad.toml"
