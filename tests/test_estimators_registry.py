@@ -287,6 +287,7 @@ def test_a_plugin_printing_at_import_does_not_corrupt_list_json(tmp_path: Path) 
 
         def st2():
             import dataclasses
+            print("hello from the factory")
             return dataclasses.replace(_st(), name="st2")
 
         ESTIMATORS = {"st2": st2}
@@ -295,7 +296,28 @@ def test_a_plugin_printing_at_import_does_not_corrupt_list_json(tmp_path: Path) 
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert "st2" in {e["name"] for e in data["estimators"]}
-    assert "hello from the plugin" in res.stderr
+    assert "hello from the plugin" in res.stderr and "hello from the factory" in res.stderr
+
+
+def test_a_name_no_spec_can_select_is_a_broken_factory(tmp_path: Path) -> None:
+    """``--estimators a,b`` is two specs and ``a:b`` a name with a malformed hyperparameter, so
+    such names (and the empty one) would be listed yet never measurable."""
+    bad = ["Foo Bar", "a:b", "a,b", "x=y", "", "tab\there"]
+    p = _plugin(tmp_path, f"""
+        import dataclasses
+        from sbn_bench.estimators.builtin.straight_through import st as _st
+
+        def named(n):
+            return lambda: dataclasses.replace(_st(), name=n)
+
+        ESTIMATORS = {{n: named(n) for n in {bad!r} + ["st.v2", "ST_2", "<i>"]}}
+    """)
+    reg = load_registry([p])
+    assert {"st.v2", "ST_2", "<i>"} <= set(reg.names())
+    for n in bad:
+        assert n not in reg.names()
+        (err,) = [e for e in reg.errors if e.name == n]
+        assert "cannot be selected" in err.message and "without ':', ',', '='" in err.message
 
 
 def test_list_refuses_a_plugin_file_that_cannot_be_loaded(tmp_path: Path) -> None:

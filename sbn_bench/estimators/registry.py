@@ -19,6 +19,7 @@ import hashlib
 import inspect
 import linecache
 import os
+import re
 import sys
 import types
 from collections.abc import Callable, Iterable, Sequence
@@ -93,7 +94,8 @@ class Registry:
         defaults), description, origin and ``exact_mode`` (it has a path surrogate)."""
         entries = []
         for name in self.names():
-            est = self.factories[name]()
+            with plugin_output():
+                est = self.factories[name]()
             entries.append({
                 "name": name, "family": est.family, "unbiased": est.unbiased,
                 "randomness": est.randomness, "evals_per_sample": est.evals(widths),
@@ -109,13 +111,20 @@ class Registry:
         """Check ``factory`` and register it; on failure record a :class:`PluginError`. A name
         already registered elsewhere is a clash whether or not the factory works (a broken
         plugin ``psa`` must not leave the built-in to be measured in its place unnoticed)."""
+        if not name or re.search(r"[\s:,=]", name):
+            self.errors.append(PluginError(
+                name, origin, f"name {name!r} cannot be selected: an estimator spec is NAME or "
+                "NAME:key=value,... and a list of specs is separated by commas, so a name must be "
+                "non-empty, without ':', ',', '=' or spaces"))
+            return False
         if name in self.factories and self.origins[name] != origin:
             self.errors.append(PluginError(
                 name, origin, f"name already registered by {self.origins[name]}; kept that one",
                 clash=True))
             return False
         try:
-            check_factory(name, factory)
+            with plugin_output():
+                check_factory(name, factory)
         except (Exception, SystemExit) as e:  # a plugin may raise anything: record it, go on
             self.errors.append(PluginError(name, origin, f"{type(e).__name__}: {e}"))
             return False
@@ -161,7 +170,8 @@ class Registry:
                                          value=key, expected=f"one of {valid}")
             kwargs[key] = _convert(name, key, text, params[key])
         try:
-            est = factory(**kwargs)
+            with plugin_output():
+                est = factory(**kwargs)
         except (ValueError, TypeError) as e:
             raise EstimatorSpecError(f"estimator spec {spec!r}: {e}", argument=spec,
                                      value=getattr(e, "value", SbnBenchError.UNSET),
@@ -208,6 +218,12 @@ def check_signature(name: str, factory: Any) -> None:
         if p.kind is not p.KEYWORD_ONLY or p.default is p.empty:
             raise ContractError(f"factory for {name!r}: parameter {p.name!r} must be keyword-only "
                                 "with a default (hyperparameters are keyword-only)", argument=name)
+
+
+def plugin_output() -> contextlib.AbstractContextManager[Any]:
+    """Where a plugin's prints go while it is imported or its factories run: to stderr, so that
+    stdout stays the command's own (``list --json`` valid JSON)."""
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def check_factory(name: str, factory: Any) -> Estimator:
@@ -367,7 +383,7 @@ def load_plugin_source(registry: Registry, source: PluginSource) -> list[str]:
     sys.modules[mod_name] = module
     linecache.cache[path] = (len(source.text), None, source.text.splitlines(True), path)
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # a plugin that prints must not corrupt stdout
+        with plugin_output():
             exec(compile(source.text, path, "exec"), module.__dict__)  # noqa: S102 - a plugin, by design
     except (Exception, SystemExit) as e:  # a plugin's sys.exit() must not end the caller
         sys.modules.pop(mod_name, None)
