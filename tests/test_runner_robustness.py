@@ -67,6 +67,21 @@ def test_a_plugin_that_modifies_the_problem_cannot_change_other_cells(tmp_path: 
     assert set(clean.metrics["estimator"]) == {"psa", "st"}
 
 
+def test_a_plugin_that_modifies_the_problem_loses_only_its_own_throughput(tmp_path: Path) -> None:
+    """The estimators of a network are timed together, each on the same problem: the one that
+    writes into it is named and dropped, and the others are measured again on an intact copy
+    (before, the whole group lost its figures with "an estimator modified the problem")."""
+    p = plugin(tmp_path, MUTATOR)
+    tp = ThroughputConfig(rounds=1, warmup=0, min_round_s=0.001, batch=4)
+    res = runner.run(config(tmp_path / "r", estimators=("psa", "mutator", "st"), plugins=(p,),
+                            throughput=tp))
+    assert sorted(res.throughput["estimator"]) == ["psa", "st"]
+    assert sorted(zip(res.failures["estimator"], res.failures["stage"])) == [
+        ("mutator", "estimate"), ("mutator", "throughput")]  # its statistics cell, its figure
+    (err,) = res.failures[res.failures["stage"] == "throughput"]["error"]
+    assert "estimator 'mutator' modified the problem it was given" in err
+
+
 def test_resume_refuses_a_changed_plugin_file(tmp_path: Path) -> None:
     p = plugin(tmp_path, MUTATOR.replace("add_(1.0)", "add_(0.0)"))
     cfg = config(tmp_path / "r", estimators=("mutator",), plugins=(p,))

@@ -39,7 +39,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -292,10 +292,8 @@ def _measure(cell: Cell, context: CellContext, debug: bool) -> CellResult:
                 if context.job is None:
                     raise CellFailure("job", "a job cell without a job function")
                 return CellResult(cell, "job", context.job(cell, problem, context.estimator))
-            if cell.kind == "throughput":
+            if cell.kind == "throughput":  # each member's changes to the problem: its failure
                 rows, failed = throughput_rows(cell, context, problem)
-                if problem.fingerprint() != context.problem.fingerprint():
-                    raise modified_problem("throughput", "an estimator")
                 return CellResult(cell, "throughput" if rows else "failure",
                                   rows or failed, failed if rows else [])
             else:
@@ -360,8 +358,8 @@ def throughput_rows(cell: Cell, context: CellContext, problem: Problem
     estimator that raised (the others are measured again without it)."""
     config = context.config
     device, dtype = torch.device(config.device), DTYPES[config.dtype]
-    prob = problem.to(device, dtype)
-    witness = prob.fingerprint()  # a converted copy: the caller's check would not see changes
+    prob = problem.copy().to(device, dtype)  # its own tensors, whatever the device and dtype
+    witness = prob.fingerprint()
     tp = config.throughput
     settings = ThroughputSettings(warmup=tp.warmup, min_round_s=tp.min_round_s,
                                   min_rounds=tp.rounds, max_rounds=tp.max_rounds,
@@ -403,9 +401,39 @@ def throughput_rows(cell: Cell, context: CellContext, problem: Problem
                  "adapt_s": adapt_s.get(spec, math.nan)}
                 for spec, r in zip(specs, results)]
         if prob.fingerprint() != witness:
-            raise modified_problem("throughput", "an estimator")
+            # which member? each called once on a copy of its own; the others measured again
+            culprits = modifiers(members, problem, device, dtype)
+            if not culprits:  # none does it in one call: the whole group is not trusted
+                raise modified_problem("throughput", "an estimator")
+            for i in reversed(culprits):
+                members.pop(i)
+                spec = specs.pop(i)
+                failed.append(failure_row(cell, "throughput", str(modified_problem(
+                    "throughput", f"estimator {spec!r}")), estimator=spec))
+            prob = problem.copy().to(device, dtype)
+            continue
         return rows, failed
     return [], failed
+
+
+def modifiers(members: Sequence[Estimator], problem: Problem, device: torch.device,
+              dtype: torch.dtype) -> list[int]:
+    """The indices of the ``members`` that modify the problem in one call of one sample, each
+    called on a copy of its own of ``problem`` (which must be unmodified); a member that raises
+    is not one of them."""
+    found = []
+    for i, e in enumerate(members):
+        own = problem.copy().to(device, dtype)
+        before = own.fingerprint()
+        g = torch.Generator(device=device)
+        g.manual_seed(0)
+        try:
+            estimate(e, own, 1, g)
+        except Exception:  # noqa: BLE001, S110 - raising is measured (and reported) apart
+            pass
+        if own.fingerprint() != before:
+            found.append(i)
+    return found
 
 
 # --------------------------------------------------------------------------------------------
