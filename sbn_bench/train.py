@@ -110,7 +110,11 @@ def check_trainable(estimator: Estimator) -> None:
 
 
 class TrainingDiverged(SbnBenchError, ValueError):
-    """The parameters became NaN or Inf (typically: learning rate too high)."""
+    """The parameters became NaN or Inf (typically: learning rate too high). It names ``lr`` as
+    the setting to change, but the training ran: on the command line it is a failure (exit status
+    1), not a refused ``--lr`` (exit status 2), whatever the learning rate's origin."""
+
+    usage = False
 
 
 def training_files(out_dir: str | os.PathLike[str]) -> list[Path]:

@@ -119,15 +119,22 @@ def test_a_sample_larger_than_the_budget_is_refused_up_front(tmp_path):
     assert "Error: Invalid value for '--memory-budget': refused before any work" in res.output
     assert "one sample needs" in res.output
     assert not out.exists()
-    # a chunk given with it shares the blame; with the default budget (or a file's) no option is
-    # at fault: exit status 1, as for a budget that one sample exceeds, which no chunk can fix
+    # a chunk given with it shares the blame; with the default budget (or a file's) the chunk
+    # alone is at fault (exit status 2 naming it); a budget from a file that one sample exceeds,
+    # which no chunk can fix, names no option (exit status 1, below)
     cases = [(["--memory-budget", "1MiB"], 2, "Invalid value for '--memory-budget' / '--chunk': refused"),
-             ([], 1, "Error: refused before any work")]
+             ([], 2, "Invalid value for '--chunk': refused before any work")]
     for extra, code, hint in cases:
         res = CliRunner().invoke(main, ["run", "--arch", "2-5-5-1", "--data-points", "20", "--estimators",
                                         "st", "--chunk", "100000000", *extra, "--out", str(out)])
         assert res.exit_code == code and hint in res.output, res.output
         assert not out.exists()
+    # a batch at fault is named; a chunk given beside it that fits is not
+    res = CliRunner().invoke(main, ["run", "--arch", "2-5-5-1", "--data-points", "20", "--estimators",
+                                    "st", "--chunk", "10", "--throughput-batch", "100000000",
+                                    "--out", str(out)])
+    assert res.exit_code == 2 and "Invalid value for '--throughput-batch': refused" in res.output
+    assert not out.exists()
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"estimators = ['psa']\nsamples = 50\nmemory_budget = '1KiB'\nout = '{out}'\n"
                    "[[problem]]\npreset = 'quick'\n")

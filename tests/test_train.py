@@ -334,6 +334,16 @@ def test_divergence_is_reported(small: Problem, tmp_path: Path) -> None:
     assert not (tmp_path / "checkpoint_epoch1.npz").exists()
 
 
+def test_a_divergence_on_the_command_line_is_a_failure_not_a_refused_lr(tmp_path: Path) -> None:
+    """The training ran and failed: exit status 1 with the library's message, as for a default
+    learning rate; before, a typed --lr turned it into click's usage error (exit status 2)."""
+    res = CliRunner().invoke(main, ["train", "--arch", "2-3-1", "--data-points", "20", "--lr",
+                                    "1e308", "--epochs", "3", "--out", str(tmp_path / "t")])
+    assert res.exit_code == 1, res.output
+    assert "training diverged at epoch" in res.stderr and "Invalid value" not in res.stderr
+    assert "Usage:" not in res.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # command line
 

@@ -118,17 +118,20 @@ def _option_error(e: SbnBenchError) -> click.BadParameter | None:
     # an estimator spec's error names the spec: it is the value of --estimators (--estimator)
     names = ("estimators", "estimators_text", "estimator_spec") if _is_spec_error(e) else (pname,)
     params = [p for p in ctx.command.params if p.name in names and given(ctx, p.name)]
+    params += [p for p in ctx.command.params if given(ctx, p.name)
+               and _SHARED.get(name, {}).get(p.name, "\0") in str(e)]
     if not params:  # the value came from a file or a default: no option of this command is at fault
         return None
-    params += [p for p in ctx.command.params if p.name in _SHARED.get(name, ()) and given(ctx, p.name)]
     return click.BadParameter(cli_names(without_name(str(e), e.argument), e), ctx=ctx,
                               param_hint=" / ".join(p.get_error_hint(ctx) for p in params))
 
 
-_SHARED = {"memory_budget": ("chunk", "throughput_batch")}
-"""Options that share the refusal of a setting given on the command line: a ``--memory-budget`` is
-exceeded by the ``--chunk`` and ``--throughput-batch`` given with it (the error names each of them
-that was given). A budget from a file or the default names no option (exit status 1)."""
+_SHARED = {"memory_budget": {"chunk": "chunk=", "throughput_batch": "throughput batch="}}
+"""Options that share the refusal of a setting, by the words that blame them in its message: a
+memory budget (given, the default or a file's) is exceeded by a ``--chunk`` or
+``--throughput-batch`` given on the command line, and the error names each of them that its
+message blames (``chunk=N samples need …``), as well as a ``--memory-budget`` given there. A
+budget from a file or the default that one sample exceeds names no option (exit status 1)."""
 
 
 def cli_names(message: str, e: SbnBenchError) -> str:
