@@ -621,7 +621,10 @@ def _check_estimators(estimators: Sequence[str], reg: Registry) -> dict[str, str
     out, versions = [], {}
     for spec in estimators:
         est = reg.create(spec)  # raises naming the spec when unknown or malformed
-        check_trainable(est)
+        try:
+            check_trainable(est)
+        except TrainArgumentError as e:  # the study's argument is the list
+            raise TrainArgumentError("estimators", str(e)) from None
         out.append(est.spec)
         versions[est.spec] = est.version
     if not out:

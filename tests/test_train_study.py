@@ -264,9 +264,10 @@ def test_bad_arguments() -> None:
         ts.run_study("digits-conv", out="/nonexistent/x", estimators=["st"], seeds=[],
                      settings=tiny())
     # adaptive estimators tune to fixed weights: training would use them untuned, under their name
-    with pytest.raises(TrainArgumentError, match="'relax.*' is adaptive"):
+    with pytest.raises(TrainArgumentError, match="'relax.*' is adaptive") as e:
         ts.run_study("digits-conv", out="/nonexistent/x", estimators=["st", "relax"],
                      settings=tiny())
+    assert e.value.argument == "estimators"  # run_study's argument (train's is estimator)
 
 
 @pytest.mark.parametrize("spec, why", [("st", "biased"), ("nope", "unknown"),
@@ -511,6 +512,9 @@ def test_cli_study_refusals(tmp_path: Path) -> None:
     code, out = run("--preset", "digits-vae", "--estimators", "psa,nosuch", "--out",
                     str(tmp_path / "d"))
     assert code == 2 and "nosuch" in out and "'--estimators'" in out  # a usage error, as for run
+    code, out = run("--preset", "digits-vae", "--estimators", "psa,nvil", "--out",
+                    str(tmp_path / "d"))  # an estimator that cannot train: the same (it was 1)
+    assert code == 2 and "Invalid value for '--estimators'" in out and "is adaptive" in out
     code, out = run("--preset", "paper", "--resume", "--out", str(tmp_path / "e"))
     assert code == 2 and "has no training study" in out
     code, out = run("--executor", "serial", "--out", str(tmp_path / "e"))

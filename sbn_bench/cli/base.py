@@ -116,7 +116,9 @@ def _option_error(e: SbnBenchError) -> click.BadParameter | None:
         return None
     name, pname = _setting(e.argument)
     # an estimator spec's error names the spec: it is the value of --estimators (--estimator)
-    names = ("estimators", "estimators_text", "estimator_spec") if _is_spec_error(e) else (pname,)
+    # (an option whose text the command parses itself is NAME_text: train's --estimators)
+    names = ("estimators", "estimators_text", "estimator_spec") if _is_spec_error(e) else (
+        pname, f"{pname}_text")
     params = [p for p in ctx.command.params if p.name in names and given(ctx, p.name)]
     params += [p for p in ctx.command.params if given(ctx, p.name)
                and _SHARED.get(name, {}).get(p.name, "\0") in str(e)]
