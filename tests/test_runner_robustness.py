@@ -91,6 +91,29 @@ def test_resume_refuses_a_changed_plugin_file(tmp_path: Path) -> None:
         runner.run(cfg.with_(resume=True))
 
 
+def test_resume_takes_a_moved_plugin_file_of_the_same_content(tmp_path: Path) -> None:
+    """The manifest records each plugin file's path and SHA-256: a file moved since is taken
+    under its new path when given (the finished cells are kept), and refused, naming it and how
+    to go on, when not given or changed."""
+    import shutil
+
+    p = plugin(tmp_path, MUTATOR.replace("add_(1.0)", "add_(0.0)"))
+    runner.run(config(tmp_path / "r", estimators=("mutator", "psa"), plugins=(p,)))
+    moved = shutil.move(p, tmp_path / "moved.py")
+    with pytest.raises(RunDirError, match=r"plugin file '.*hostile.py' \(recorded in its manifest\) "
+                                          r"does not exist: put it back, or give a file of the same"):
+        runner.resume_config(tmp_path / "r")
+    cfg = runner.resume_config(tmp_path / "r", plugins=(str(moved),), seeds=(0, 1))
+    assert cfg.plugins == (str(moved),)
+    res = runner.run(cfg)
+    assert res.cells_skipped == 2 and res.cells_run == 2
+    assert set(res.metrics["estimator"]) == {"mutator", "psa"}
+    # the run now records the file where it is; a changed content is refused as before
+    Path(moved).write_text(Path(moved).read_text() + "\n# changed\n")
+    with pytest.raises(RunDirError, match=r"plugin file '.*moved.py' \(SHA-256\)"):
+        runner.run(runner.resume_config(tmp_path / "r"))
+
+
 @pytest.mark.parametrize("damage", ["empty", "garbage", "truncated", "no trailer", "other cell"])
 def test_damaged_part_files_are_run_again(tmp_path: Path, damage: str) -> None:
     cfg = config(tmp_path / "r", seeds=(0, 1))

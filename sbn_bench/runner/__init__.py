@@ -42,7 +42,7 @@ import math
 import os
 import time
 import warnings as warnings_mod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -680,6 +680,7 @@ def resume_config(out: str | os.PathLike[str], *, throughput: Mapping[str, Any] 
     except (ValueError, TypeError) as e:  # ConfigError is a ValueError
         raise ConfigError(f"cannot resume {str(folder)!r} from its manifest.json ({e})",
                           argument="out", value=str(folder)) from None
+    base = _moved_plugins(base, manifest, overrides.get("plugins", ()))
     if "plugins" in overrides:  # the same file given again (another spelling of its path) once
         by_file: dict[str, str] = {}
         for p in [*base.plugins, *overrides["plugins"]]:
@@ -690,6 +691,34 @@ def resume_config(out: str | os.PathLike[str], *, throughput: Mapping[str, Any] 
     if "M" in overrides:
         overrides["M"] = named_m_grid(overrides["M"], overrides.get("samples", base.samples))
     return base.with_(**{**overrides, "resume": True, "out": str(folder)})
+
+
+def _moved_plugins(base: RunConfig, manifest: Mapping[str, Any],
+                   given: Sequence[str | os.PathLike[str]]) -> RunConfig:
+    """``base`` without the run's plugin files that no longer exist where the manifest recorded
+    them but are among the files ``given`` under another path (the same SHA-256: the finished
+    cells stay valid).
+
+    Raises:
+        RunDirError: a recorded plugin file is missing and none of ``given`` has its content.
+    """
+    recorded = {str(r.get("path")): r.get("sha256") for r in manifest.get("plugins") or []
+                if isinstance(r, dict)}
+    given_sha = {file_sha256(p) for p in given if Path(p).is_file()}
+    kept = []
+    for p in base.plugins:
+        if Path(p).exists():
+            kept.append(p)
+            continue
+        sha = recorded.get(str(Path(p).resolve()), recorded.get(str(p)))
+        if sha is not None and sha in given_sha:
+            continue  # moved: the copy given stands for it
+        raise RunDirError(
+            f"the run's plugin file {str(p)!r} (recorded in its manifest) does not exist: put it "
+            "back, or give a file of the same content (SHA-256) wherever it is now with --plugin "
+            "(plugins=…)", argument="plugins", value=str(p),
+            expected="the run's plugin file, or a file of the same content")
+    return base.with_(plugins=tuple(kept)) if len(kept) != len(base.plugins) else base
 
 
 def rerun(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], **kw: Any) -> RunResult:
