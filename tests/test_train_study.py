@@ -664,6 +664,10 @@ def test_a_study_resumes_with_its_own_settings(study: ts.StudyResult, tmp_path: 
     r = CliRunner().invoke(main, ["train", "--out", str(out), "--resume", "--executor", "serial"])
     assert r.exit_code == 0, r.output
     assert "training study digits-conv: 3 estimators x 2 seeds, 1 cells run, 5 resumed" in r.output
+    assert "(mean of 2 seeds)" in r.output
+    r = CliRunner().invoke(main, ["train", "--out", str(out), "--resume", "--executor", "serial",
+                                  "--seeds", "0"])  # a typed --seeds that would drop seed 1
+    assert r.exit_code == 2 and "Invalid value for '--seeds': cannot resume" in r.output, r.output
     r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "none"), "--resume"])
     assert r.exit_code == 1 and "holds no training study" in r.output
 

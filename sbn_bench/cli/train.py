@@ -268,7 +268,8 @@ def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out
         vals = list(finals.get(est, {}).values())
         if vals:
             mean = sum(vals) / len(vals)
-            click.echo(f"  {est}: final {label} {mean:.4g} (mean of {len(vals)} seeds)")
+            click.echo(f"  {est}: final {label} {mean:.4g} " + (
+                f"(mean of {len(vals)} seeds)" if len(vals) > 1 else "(1 seed)"))
     click.echo(f"report {paths['md']} and {paths['html']}")
 
 
