@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from sbn_bench import runner
 from sbn_bench.cli import main
 from sbn_bench.config import ProblemSpec, RunConfig, ThroughputConfig
-from sbn_bench.reports import IncomparableRuns, compare_runs, load_run, write_report
+from sbn_bench.reports import IncomparableRuns, RunDirError, compare_runs, load_run, write_report
 from sbn_bench.reports import markdown as md_module
 from sbn_bench.reports.figures import bias_variance_frame
 
@@ -217,6 +217,20 @@ def test_a_table_cut_at_a_row_boundary_or_with_a_repeated_row_is_said(small_run:
     assert any("2 rows that repeat another's" in w for w in load_run(small_run).warnings)
     runner.run(tiny_config(small_run, estimators=("psa", "st"), seeds=(0, 1), resume=True))
     assert load_run(small_run).warnings == []
+
+
+def test_a_report_is_not_written_among_a_runs_results(small_run: Path, exact_run: Path) -> None:
+    """``out_dir`` inside the run's part files (which a resume reads) or in a run's own folder is
+    refused before anything is written; the run's report/ or any folder outside is fine."""
+    for bad, words in ((small_run / "cells", "inside the part files of the run in"),
+                       (small_run / "cells" / "x", "inside the part files of the run in"),
+                       (exact_run, "is a run folder"), (small_run, "is a run folder")):
+        before = sorted(p.name for p in small_run.rglob("*"))
+        with pytest.raises(RunDirError, match=words) as e:
+            write_report(small_run, out_dir=bad)
+        assert e.value.argument == "out_dir"
+        assert sorted(p.name for p in small_run.rglob("*")) == before
+    assert write_report(small_run, formats=("md",), out_dir=small_run / "report-2")["md"].is_file()
 
 
 def test_a_cut_off_table_without_parts_is_refused(small_run: Path) -> None:

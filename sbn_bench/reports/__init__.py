@@ -312,6 +312,28 @@ def _load_baseline(compare_dir: str | os.PathLike[str]) -> Run:
                       argument="compare_dir", value=str(compare_dir), expected=e.expected) from None
 
 
+_RUN_FILES = ("manifest.json", "study.json")
+"""The file that makes a folder a run's (``sbn-bench run``) or a training study's."""
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse a report folder that is a run's or study's own folder, or lies inside its ``cells/``
+    (the part files a resume reads): the report's files would mix with the results."""
+    where = out.resolve()
+    for folder in [where, *where.parents]:
+        if not any((folder / f).is_file() for f in _RUN_FILES):
+            continue
+        if folder == where or (folder / "cells") in [where, *where.parents]:
+            what = ("a run folder" if folder == where
+                    else f"inside the part files of the run in {str(folder)!r}")
+            raise RunDirError(
+                f"argument out_dir={str(out)!r} is {what}: "
+                "the report's files would mix with the results; write it to another folder (by "
+                "default the run's own report/)", argument="out_dir", value=str(out),
+                expected="a folder outside a run's files, such as RUN/report")
+        return
+
+
 def write_report(
     run_dir: str | os.PathLike[str],
     compare_dir: str | os.PathLike[str] | None = None,
@@ -359,6 +381,8 @@ def write_report(
         raise ArgumentError(f"argument sigma={sigma!r} must be > 0", argument="sigma", value=sigma,
                             expected="a number > 0")
 
+    if out_dir is not None:
+        _check_out_dir(Path(out_dir))
     run = load_run(run_dir)
     base = _load_baseline(compare_dir) if compare_dir else None
     cmp = compare_runs(run, base, force=force, sigma=sigma) if base is not None else None
