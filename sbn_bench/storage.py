@@ -274,10 +274,16 @@ class RunStore:
                               "folder (out=…, --out)", argument=str(d))
         text = json.dumps(manifest, indent=2, allow_nan=True) + "\n"  # serialisable before any write
         existed = d.is_dir()
+        lock_existed = (d / LOCK).exists()
         try:
             make_folder(d)
             store._acquire()
-            store._check(manifest, resume, existed)
+            try:
+                store._check(manifest, resume, existed)
+            except RunDirError:  # a refused folder keeps no lock file of this run's making
+                if not lock_existed:
+                    (d / LOCK).unlink(missing_ok=True)  # still held: no other run took it
+                raise
             if resume and (d / MANIFEST).is_file():
                 manifest = store._resumed(manifest)
                 text = json.dumps(manifest, indent=2, allow_nan=True) + "\n"
@@ -316,11 +322,16 @@ class RunStore:
     def _check(self, manifest: dict[str, Any], resume: bool, existed: bool) -> None:
         d, mpath = self.out, self.out / MANIFEST
         has_any = existed and any(p.name != LOCK for p in d.iterdir())
-        if has_any and not resume:
-            raise RunDirError(f"output folder {str(d)!r} is not empty (it holds "
-                              f"{'a previous run' if mpath.exists() else 'other files'}); resume "
-                              "that run (resume=True, --resume) or choose another output folder "
-                              "(out=…, --out)", argument=str(d))
+        if has_any and not resume and mpath.exists():
+            raise RunDirError(f"output folder {str(d)!r} is not empty (it holds a previous run); "
+                              "resume that run (resume=True, --resume) or choose another output "
+                              "folder (out=…, --out)", argument=str(d))
+        if has_any and not resume:  # nothing to resume there: only another folder will do
+            what = ("a training (train_manifest.json)" if (d / "train_manifest.json").is_file()
+                    else "a training study (study.json)" if (d / "study.json").is_file()
+                    else "other files, not a run")
+            raise RunDirError(f"output folder {str(d)!r} is not empty (it holds {what}); choose "
+                              "another output folder (out=…, --out)", argument=str(d))
         if has_any and resume and not mpath.is_file():
             raise RunDirError(f"cannot resume in {str(d)!r}: it has no {MANIFEST} (not an "
                               "sbn-bench run folder); choose another output folder",

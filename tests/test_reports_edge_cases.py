@@ -407,6 +407,27 @@ def test_a_training_study_folder_is_named_as_one(tmp_path: Path) -> None:
     assert "sbn-bench run --out" not in r.output
 
 
+def test_a_single_training_folder_is_named_as_one_by_report_and_run(tmp_path: Path) -> None:
+    """'report' of a training's folder invited 'sbn-bench run --out' there, which 'run' then
+    refused with 'resume that run', which --resume refused again: each now says what the folder
+    holds and offers only what works."""
+    (tmp_path / "train_manifest.json").write_text("{}")
+    r = invoke(["report", tmp_path])
+    assert r.exit_code == 1 and "holds a single training, not a run" in r.output, r.output
+    assert f"--out {tmp_path}" not in r.output
+    r = invoke(["run", "--arch", "2-2-1", "--out", tmp_path])
+    assert r.exit_code == 1 and "it holds a training (train_manifest.json)" in r.output, r.output
+    assert "resume" not in r.output
+    (tmp_path / "train_manifest.json").rename(tmp_path / "notes.txt")
+    r = invoke(["run", "--arch", "2-2-1", "--out", tmp_path])
+    assert r.exit_code == 1 and "it holds other files, not a run" in r.output
+    assert "resume" not in r.output
+    r = invoke(["report", tmp_path])
+    assert r.exit_code == 1 and "not a run directory" in r.output and "--out " + str(tmp_path) \
+        not in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 @pytest.mark.parametrize("scale", [1e20, 1e150])
 def test_huge_finite_errors_are_drawn(small_run: Path, scale: float) -> None:
     """An estimator whose errors are huge but finite (a plugin scaled by 1e20) made the report

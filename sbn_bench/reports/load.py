@@ -127,9 +127,15 @@ def _read_csv(path: Path, columns: list[str], required: bool) -> pd.DataFrame:
                               "when the study finishes (from Python: "
                               "sbn_bench.train_report.write_training_report)",
                               argument=str(path.parent), expected=f"a folder with {path.name}")
+        if required and (path.parent / "train_manifest.json").is_file():  # train.MANIFEST_NAME
+            raise RunDirError(f"{str(path.parent)!r} holds a single training, not a run: its "
+                              "learning curve is loss_curve.png and train_log.csv, and its "
+                              "checkpoints can be measured with sbn-bench run --problem "
+                              "CHECKPOINT.npz --out ANOTHER_FOLDER",
+                              argument=str(path.parent), expected=f"a folder with {path.name}")
         if required:
             raise RunDirError(f"no {path.name} in {str(path.parent)!r}: not a run directory "
-                              f"(write one with: sbn-bench run --out {path.parent})",
+                              "(the folder sbn-bench run --out DIR writes)",
                               argument=str(path.parent), expected=f"a folder with {path.name}")
         return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
     return read_table(path, columns, required=REQUIRED.get(path.name, columns))
