@@ -496,11 +496,23 @@ def from_description(d: Mapping[str, object], source: str = "network") -> Networ
         raise NetworkError(f"{source}: malformed network description ({type(e).__name__}: {e})",
                            argument="network", value=str(d)[:80],
                            expected="the JSON of Network.describe()") from None
+    if "prior" in d and not isinstance(d["prior"], bool):
+        raise NetworkError(f"{source}: prior={d['prior']!r} must be true or false",
+                           argument="network", value=str(d)[:80], expected="prior: true or false")
     net = from_layers(shape, layers, prior=prior, source=source)
-    if json.dumps(net.describe(), sort_keys=True) != json.dumps(dict(d), sort_keys=True):
+    want = net.describe()
+    unknown = sorted(str(k) for k in set(d) - set(want))
+    if unknown:
+        raise NetworkError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))} in the "
+                           f"network description; its keys: {', '.join(want)}",
+                           argument="network", value=str(d)[:80],
+                           expected="the JSON of Network.describe()")
+    if json.dumps(want, sort_keys=True) != json.dumps(dict(d), sort_keys=True):
+        differ = [k for k in want
+                  if json.dumps(want[k], sort_keys=True) != json.dumps(d.get(k), sort_keys=True)]
         raise NetworkError(f"{source}: the layers' shapes do not follow from the input and the "
-                           "layer settings", argument="network", value=str(d)[:80],
-                           expected="consistent shapes")
+                           f"layer settings (they differ in: {', '.join(differ)})",
+                           argument="network", value=str(d)[:80], expected="consistent shapes")
     return net
 
 

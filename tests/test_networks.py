@@ -142,10 +142,16 @@ def test_a_json_layer_list_file_is_an_arch(tmp_path) -> None:
 def test_a_tampered_description_is_refused() -> None:
     d = parse_network("1x4x4-c2k2-3").describe()
     d["stochastic"][0]["out"] = [2, 4, 4]  # not what a 2x2 kernel gives
-    with pytest.raises(NetworkError, match="do not follow"):
+    with pytest.raises(NetworkError, match=r"do not follow .*\(they differ in: stochastic\)"):
         network.from_description(d)
     with pytest.raises(NetworkError, match="format"):
         network.from_description({**d, "format": 99})
+    good = parse_network("1x4x4-c2k2-3").describe()  # each said "do not follow" before
+    with pytest.raises(NetworkError, match=r"unknown key\(s\) 'foo' .*its keys: format, input"):
+        network.from_description({**good, "foo": 1})
+    with pytest.raises(NetworkError, match="prior='no' must be true or false"):
+        network.from_description({**good, "prior": "no"})
+    assert network.from_description(good).describe() == good
 
 
 # --------------------------------------------------------------------------------------------
