@@ -261,6 +261,32 @@ def test_a_bad_executor_in_a_config_file_names_the_file_and_line(tmp_path, spec,
     assert ok.exit_code == 0, ok.output
 
 
+@pytest.mark.parametrize("setting, words", [
+    ("estimators = ['psa', 'foo']", "estimator 'foo' is unknown"),
+    ("estimators = ['psa', 'psa']", "estimators lists psa more than once"),
+    ("reference = 'mc:st'", "reference estimator 'st' is biased"),
+    ("plugins = ['nope.py']", "nope.py' does not exist"),
+])
+def test_a_value_of_a_config_file_refused_when_the_run_starts_names_the_file(tmp_path, setting,
+                                                                              words):
+    """These settings are checked by the registry and the runner, after the file is read (no
+    line is known then): the error still names the file; given on the command line, the option."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"{setting}\nsamples = 10\n[[problem]]\narch = '2-2-1'\n")
+    out = tmp_path / "out"
+    assert_refused(invoke(["run", "--config", str(cfg), "--out", str(out)]), 1,
+                   [f"Error: config file {str(cfg)!r}: ", words], out)
+
+
+def test_a_value_given_beside_a_config_file_is_not_blamed_on_it(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("samples = 10\n[[problem]]\narch = '2-2-1'\n")
+    res = invoke(["run", "--config", str(cfg), "--estimators", "psa,foo", "--out",
+                  str(tmp_path / "out")])
+    assert_refused(res, 2, ["Invalid value for '--estimators'", "'foo' is unknown"])
+    assert "config file" not in res.output
+
+
 def test_config_that_is_not_utf8_or_not_a_file(tmp_path):
     cfg = tmp_path / "bin.toml"
     cfg.write_bytes(b"samples = 3\n\xff\xfe\n")

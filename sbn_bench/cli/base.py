@@ -80,7 +80,8 @@ def friendly_errors(fn: F) -> F:
             usage = _option_error(e)
             if usage is not None:
                 raise usage from None
-            raise click.ClickException(cli_names(str(e), e) or type(e).__name__) from None
+            raise click.ClickException(_config_origin(e) + cli_names(str(e), e)
+                                       or type(e).__name__) from None
         except (MemoryError, RuntimeError) as e:
             # out of memory while allocating (torch raises RuntimeError "can't allocate memory"):
             # the request was too large for this machine, not a bug to show a traceback for
@@ -126,6 +127,25 @@ def _option_error(e: SbnBenchError) -> click.BadParameter | None:
         return None
     return click.BadParameter(cli_names(without_name(str(e), e.argument), e), ctx=ctx,
                               param_hint=" / ".join(p.get_error_hint(ctx) for p in params))
+
+
+_FROM_CONFIG = ("estimators", "reference", "executor", "plugins")
+"""Settings of a ``--config`` file that the library checks only when the run starts (after the
+file is read): their errors cannot name the file's line, so the command line names the file."""
+
+
+def _config_origin(e: SbnBenchError) -> str:
+    """``"config file 'X': "`` when ``e`` refuses a value of :data:`_FROM_CONFIG` that came from
+    the ``--config`` file (not given on the command line); else ``""``."""
+    ctx = click.get_current_context(silent=True)
+    cfg = None if ctx is None else ctx.params.get("config_file")
+    if ctx is None or cfg is None or str(e).startswith("config file"):
+        return ""
+    name = "estimators" if _is_spec_error(e) else "plugins" if str(e).startswith(
+        "plugin file ") else (_setting(e.argument)[0] if isinstance(e.argument, str) else "")
+    if name not in _FROM_CONFIG or given(ctx, name):
+        return ""
+    return f"config file {str(cfg)!r}: "
 
 
 _SHARED = {"memory_budget": {"chunk": "chunk=", "throughput_batch": "throughput batch="}}
