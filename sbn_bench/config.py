@@ -516,7 +516,8 @@ def _one_or_many(name: str, value: Any) -> tuple[Any, ...]:
         try:
             return tuple(int(v) for v in value.split(","))
         except ValueError:
-            raise ConfigError(f"{name}={value!r} is not a comma list of integers (e.g. '0,1')",
+            example = "'1,10,100', 'default' or 'paper'" if name == "M" else "'0,1'"
+            raise ConfigError(f"{name}={value!r} is not a comma list of integers (e.g. {example})",
                               argument=name, value=value, expected="integers") from None
     if not isinstance(value, bool):
         try:
@@ -638,6 +639,9 @@ class RunConfig:
         plugins = (self.plugins,) if isinstance(self.plugins, (str, os.PathLike)) else self.plugins
         object.__setattr__(self, "plugins", tuple(str(p) for p in plugins))
         object.__setattr__(self, "seeds", _one_or_many("seeds", self.seeds))
+        if isinstance(self.M, str) and self.M in ("paper", "default"):  # as --M and TOML take it
+            _check_int("samples", self.samples, 1, MAX_SAMPLES)
+            object.__setattr__(self, "M", named_m_grid(self.M, self.samples))
         if self.M is not None:
             object.__setattr__(self, "M", _one_or_many("M", self.M))
         if not self.problems:
@@ -691,6 +695,9 @@ class RunConfig:
         _check_int("max_paths", self.max_paths, 1)
         if self.chunk is not None:
             _check_int("chunk", self.chunk, 1)
+        for name in ("memory_budget", "max_exact_bytes"):  # "1GiB" as --memory-budget and TOML
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, parse_size(getattr(self, name), name))
         _check_int("memory_budget", self.memory_budget, 1)
         _check_int("max_exact_bytes", self.max_exact_bytes, 1)
         if isinstance(self.target_rrmse, bool) or not isinstance(self.target_rrmse, (int, float)) \

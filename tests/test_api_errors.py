@@ -130,6 +130,22 @@ def test_values_that_were_accepted_before_the_checks_still_are(prob, tmp_path) -
     assert cfg.reference_cache == str(tmp_path / "cache")
 
 
+def test_run_config_takes_what_the_command_line_and_toml_take() -> None:
+    """Sizes with units and the named M grids, as --memory-budget 1GiB and --M paper take them
+    (they were refused from Python), each checked as there."""
+    from sbn_bench.config import default_m_grid, paper_m_grid
+
+    spec = ProblemSpec(arch="2-3-1")
+    cfg = RunConfig(problems=spec, memory_budget="1GiB", max_exact_bytes="2GB", samples=2000,
+                    M="paper")
+    assert (cfg.memory_budget, cfg.max_exact_bytes) == (2**30, 2 * 10**9)
+    assert cfg.M == tuple(paper_m_grid(2000))
+    assert RunConfig(problems=spec, samples=100, M="default").M == tuple(default_m_grid(100))
+    _refused(lambda: RunConfig(problems=spec, memory_budget="1XB"), "memory_budget", "'512MiB'")
+    _refused(lambda: RunConfig(problems=spec, M="most"), "M", "'1,10,100', 'default' or 'paper'")
+    _refused(lambda: RunConfig(problems=spec, M="paper", samples=0), "samples", "≥ 1")
+
+
 def test_an_error_without_a_value_says_so_and_keeps_it_across_processes() -> None:
     """``value`` of an error that records none is the falsy singleton ``SbnBenchError.UNSET``,
     written ``UNSET`` (not ``<object object at 0x…>``), still itself after pickling (errors travel
