@@ -130,6 +130,20 @@ def test_values_that_were_accepted_before_the_checks_still_are(prob, tmp_path) -
     assert cfg.reference_cache == str(tmp_path / "cache")
 
 
+def test_a_plugin_file_error_names_the_argument_and_the_file(tmp_path) -> None:
+    """Its argument was "plugin file 'x.py'" (the value inside the argument's name)."""
+    from sbn_bench.estimators.registry import PluginFileError, load_plugins
+
+    missing = tmp_path / "missing.py"
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise ImportError('no')\n")
+    for path in (missing, broken):
+        with pytest.raises(PluginFileError) as e:
+            load_plugins([path])
+        assert (e.value.argument, e.value.value) == ("plugins", str(path)), path
+        assert e.value.expected and str(path) in str(e.value)
+
+
 def test_run_config_takes_what_the_command_line_and_toml_take() -> None:
     """Sizes with units and the named M grids, as --memory-budget 1GiB and --M paper take them
     (they were refused from Python), each checked as there."""

@@ -219,7 +219,7 @@ def test_a_plugin_named_like_a_builtin_is_refused_when_requested(tmp_path: Path)
     with pytest.raises(PluginFileError, match=r"defines estimator 'psa', a name already registered "
                                               r"by entry point psa.*rename") as info:
         load_plugins([p], ["psa"])
-    assert info.value.value == "psa"
+    assert (info.value.argument, info.value.value) == ("plugins", str(p))  # "psa" in the message
     reg, warnings = load_plugins([p], ["st"])  # not requested: a warning, and psa is the built-in
     assert any("'psa'" in w and "already registered" in w for w in warnings)
     assert reg.origins["psa"].startswith("entry point psa")

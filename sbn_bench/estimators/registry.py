@@ -47,8 +47,11 @@ class EstimatorSpecError(SbnBenchError, ValueError):
 
 
 class PluginFileError(SbnBenchError, ValueError):
-    """A plugin file named explicitly (``--plugin FILE``) that cannot be loaded at all
-    (``argument`` is the file)."""
+    """A plugin file named explicitly (``--plugin FILE``) that cannot be loaded at all, or whose
+    estimator takes a name already registered (``argument`` is ``"plugins"``, ``value`` the file).
+    The file's content (or absence) is at fault: the command line exits with status 1."""
+
+    usage = False
 
 
 @dataclass(frozen=True)
@@ -353,7 +356,8 @@ def load_plugin_file(registry: Registry, path: str | os.PathLike[str]) -> list[s
     path = Path(path)
     origin = f"plugin file {str(path)!r}"
     if not path.exists():
-        raise PluginFileError(f"{origin} does not exist", argument=str(path))
+        raise PluginFileError(f"{origin} does not exist", argument="plugins", value=str(path),
+                              expected="an existing Python file")
     if not path.is_file() or path.suffix != ".py":
         raise ContractError(f"{origin} is not a Python file (expected a .py file defining "
                             "ESTIMATORS)", argument=str(path))
@@ -444,10 +448,12 @@ def load_plugins(plugins: Sequence[str | os.PathLike[str]], requested: Iterable[
         PluginFileError: naming each plugin file that cannot be loaded and why.
     """
     reg = load_registry(plugins)
-    origins = {f"plugin file {str(p)!r}" for p in plugins}
+    file_of = {f"plugin file {str(p)!r}": str(p) for p in plugins}
+    origins = set(file_of)
     fatal = [e for e in reg.errors if e.whole_file and e.origin in origins]
     if fatal:
-        raise PluginFileError("; ".join(e.message for e in fatal), argument=fatal[0].origin,
+        raise PluginFileError("; ".join(e.message for e in fatal), argument="plugins",
+                              value=file_of[fatal[0].origin],
                               expected="a Python file defining ESTIMATORS = {name: factory}")
     asked = set(requested)
     clashes = [e for e in reg.errors if e.clash and e.origin in origins and e.name in asked]
@@ -456,7 +462,8 @@ def load_plugins(plugins: Sequence[str | os.PathLike[str]], requested: Iterable[
         raise PluginFileError(f"{e.origin} defines estimator {e.name!r}, a name already registered "
                               f"by {reg.origins[e.name]}; the run would measure the latter: rename "
                               "the plugin's estimator (its ESTIMATORS key and Estimator name)",
-                              argument=e.origin, value=e.name, expected="a name of its own")
+                              argument="plugins", value=file_of[e.origin],
+                              expected="an estimator name of its own")
     warnings = [f"plugin estimator {e.name!r} was not loaded ({e.origin}): {e.message}"
                 for e in reg.errors if e.origin in origins and e.name not in asked]
     return reg, warnings
