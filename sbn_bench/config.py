@@ -273,10 +273,12 @@ class ProblemSpec:
         for k, example in (("preset", "'paper'"), ("arch", "'2-5-5-5-1'"), ("file", "'problem.npz'")):
             v = getattr(self, k)
             if v is not None and not isinstance(v, str):
-                raise ConfigError(f"{k}={v!r} must be a string such as {example}", argument=k)
+                raise ConfigError(f"{k}={v!r} must be a string such as {example}", argument=k,
+                                  value=v, expected=f"a string such as {example}")
         if self.preset is not None and self.preset not in problems.PRESETS:
             raise ConfigError(f"preset={self.preset!r} is unknown; expected one of "
-                              f"{', '.join(problems.PRESETS)}", argument="preset")
+                              f"{', '.join(problems.PRESETS)}", argument="preset",
+                              value=self.preset, expected=f"one of {', '.join(problems.PRESETS)}")
         if self.arch is not None:
             try:
                 problems.parse_arch(self.arch)
@@ -288,10 +290,12 @@ class ProblemSpec:
         _check_int("data_points", self.data_points, 1)
         if self.loss not in LOSS_NAMES:
             raise ConfigError(f"loss={self.loss!r} is unknown; expected one of {', '.join(LOSS_NAMES)}",
-                              argument="loss")
+                              argument="loss", value=self.loss,
+                              expected=f"one of {', '.join(LOSS_NAMES)}")
         if self.noise not in NOISE_NAMES:
             raise ConfigError(f"noise={self.noise!r} is unknown; expected one of "
-                              f"{', '.join(NOISE_NAMES)}", argument="noise")
+                              f"{', '.join(NOISE_NAMES)}", argument="noise", value=self.noise,
+                              expected=f"one of {', '.join(NOISE_NAMES)}")
         if self.arch is not None:
             try:
                 problems.check_arch_loss(self.arch, self.loss)
@@ -301,7 +305,8 @@ class ProblemSpec:
                                   expected=e.expected) from None
         if self.kl not in problems.KL_MODES:
             raise ConfigError(f"kl={self.kl!r} is unknown; expected one of "
-                              f"{', '.join(problems.KL_MODES)}", argument="kl")
+                              f"{', '.join(problems.KL_MODES)}", argument="kl", value=self.kl,
+                              expected=f"one of {', '.join(problems.KL_MODES)}")
         if self.arch is not None and self.kl != "analytic" and self.loss != "vae":
             raise ConfigError(f"kl={self.kl!r} applies to loss 'vae' only (this problem's loss is "
                               f"{self.loss!r}); remove kl", argument="kl", value=self.kl,
@@ -837,11 +842,11 @@ def _jsonable(x: Any) -> Any:
 
 
 def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name}={value!r} must be an integer ≥ {minimum}"
-                          + (f" and ≤ {maximum}" if maximum is not None else ""), argument=name)
-    if maximum is not None and value > maximum:
-        raise ConfigError(f"{name}={value!r} must be an integer ≥ {minimum} and ≤ {maximum}", argument=name)
+    expected = f"an integer ≥ {minimum}" + (f" and ≤ {maximum}" if maximum is not None else "")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+            maximum is not None and value > maximum):
+        raise ConfigError(f"{name}={value!r} must be {expected}", argument=name, value=value,
+                          expected=expected)
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:

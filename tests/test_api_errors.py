@@ -130,6 +130,24 @@ def test_values_that_were_accepted_before_the_checks_still_are(prob, tmp_path) -
     assert cfg.reference_cache == str(tmp_path / "cache")
 
 
+@pytest.mark.parametrize("make, argument, value", [
+    (lambda: ProblemSpec(arch=231), "arch", 231),
+    (lambda: ProblemSpec(preset="nope"), "preset", "nope"),
+    (lambda: ProblemSpec(arch="2-3-1", loss="hinge"), "loss", "hinge"),
+    (lambda: ProblemSpec(arch="2-3-1", seed=-1), "seed", -1),
+    (lambda: RunConfig(problems=ProblemSpec(arch="2-3-1"), memory_budget=-1), "memory_budget", -1),
+    (lambda: RunConfig(problems=ProblemSpec(arch="2-3-1"), samples=0), "samples", 0),
+    (lambda: sb.load_problem("nope.npz"), "path", "nope.npz"),
+])
+def test_errors_carry_the_value_and_what_was_expected(make, argument, value) -> None:
+    """The README's contract: argument, value and expected (these had value UNSET and expected
+    None)."""
+    with pytest.raises(SbnBenchError) as e:
+        make()
+    assert (e.value.argument, e.value.value) == (argument, value)
+    assert isinstance(e.value.expected, str) and e.value.expected
+
+
 def test_a_plugin_file_error_names_the_argument_and_the_file(tmp_path) -> None:
     """Its argument was "plugin file 'x.py'" (the value inside the argument's name)."""
     from sbn_bench.estimators.registry import PluginFileError, load_plugins
