@@ -274,8 +274,8 @@ class RunStore:
                               "folder (out=…, --out)", argument=str(d))
         text = json.dumps(manifest, indent=2, allow_nan=True) + "\n"  # serialisable before any write
         existed = d.is_dir()
-        lock_existed = (d / LOCK).exists()
         try:
+            lock_existed = (d / LOCK).exists()  # an unsearchable folder: the OSError below
             make_folder(d)
             store._acquire()
             try:

@@ -222,15 +222,24 @@ def test_a_table_cut_at_a_row_boundary_or_with_a_repeated_row_is_said(small_run:
 def test_a_report_is_not_written_among_a_runs_results(small_run: Path, exact_run: Path) -> None:
     """``out_dir`` inside the run's part files (which a resume reads) or in a run's own folder is
     refused before anything is written; the run's report/ or any folder outside is fine."""
-    for bad, words in ((small_run / "cells", "inside the part files of the run in"),
-                       (small_run / "cells" / "x", "inside the part files of the run in"),
-                       (exact_run, "is a run folder"), (small_run, "is a run folder")):
+    for bad, words in ((small_run / "cells", r"inside the part files \(cells/\) of the run in"),
+                       (small_run / "cells" / "x", r"inside the part files \(cells/\) of the run in"),
+                       (exact_run, "is a run's folder"), (small_run, "is a run's folder")):
         before = sorted(p.name for p in small_run.rglob("*"))
         with pytest.raises(RunDirError, match=words) as e:
             write_report(small_run, out_dir=bad)
         assert e.value.argument == "out_dir"
         assert sorted(p.name for p in small_run.rglob("*")) == before
     assert write_report(small_run, formats=("md",), out_dir=small_run / "report-2")["md"].is_file()
+    study = small_run.parent / "study"
+    (study / "cells").mkdir(parents=True)
+    (study / "study.json").write_text('{"kind": "sbn-bench training study"}')
+    with pytest.raises(RunDirError, match="is inside the part files .* of the training study in"):
+        write_report(small_run, out_dir=study / "cells")
+    web = small_run.parent / "web"  # another program's manifest.json is no run
+    web.mkdir()
+    (web / "manifest.json").write_text('{"name": "app"}')
+    assert write_report(small_run, formats=("md",), out_dir=web)["md"].is_file()
 
 
 def test_a_cut_off_table_without_parts_is_refused(small_run: Path) -> None:

@@ -267,6 +267,37 @@ def test_read_only_output_folder_is_refused_before_any_work(tmp_path, monkeypatc
     assert not out.exists()
 
 
+def test_an_unsearchable_output_or_report_folder_is_one_line(tmp_path, monkeypatch):
+    """A folder the process may not search (EACCES on stat, which ``Path.exists`` raises) was a
+    traceback in the lock check of the run folder and in the report's --out check."""
+    from sbn_bench import storage
+    from sbn_bench.reports import write_report
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_exists, real_read = Path.exists, Path.read_text
+
+    def exists(self, *a, **k):
+        if self.parent == locked or self == locked / storage.LOCK:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_exists(self, *a, **k)
+
+    def read_text(self, *a, **k):
+        if self.parent == locked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_read(self, *a, **k)
+
+    good = tmp_path / "good"
+    runner.run(config(good))
+    monkeypatch.setattr(Path, "exists", exists)
+    monkeypatch.setattr(Path, "read_text", read_text)
+    with pytest.raises(RunDirError, match="Permission denied"):
+        storage.RunStore.open(locked, {}, False)
+    # the report's check cannot read the folder's files: the writing names the error
+    with pytest.raises(WriteError, match="Permission denied"):
+        write_report(good, formats=("md",), out_dir=locked / "sub")
+
+
 @pytest.mark.slow
 def test_folder_turning_read_only_mid_run_keeps_the_finished_cells(tmp_path, monkeypatch,
                                                                    reference):

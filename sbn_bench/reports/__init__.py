@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import multiprocessing
 import os
 import shutil
@@ -312,24 +313,42 @@ def _load_baseline(compare_dir: str | os.PathLike[str]) -> Run:
                       argument="compare_dir", value=str(compare_dir), expected=e.expected) from None
 
 
-_RUN_FILES = ("manifest.json", "study.json")
-"""The file that makes a folder a run's (``sbn-bench run``) or a training study's."""
+_RESULTS = (("manifest.json", "run", "config"), ("study.json", "training study", "kind"))
+"""The file that makes a folder an sbn-bench run's or training study's, and a key it holds."""
+
+
+def _results_of(folder: Path) -> str | None:
+    """``"run"`` or ``"training study"`` when ``folder`` holds sbn-bench results (another program's
+    ``manifest.json`` does not count), else None; None too when it cannot be read."""
+    for name, what, key in _RESULTS:
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and key in data:
+            return what
+    return None
 
 
 def _check_out_dir(out: Path) -> None:
     """Refuse a report folder that is a run's or study's own folder, or lies inside its ``cells/``
-    (the part files a resume reads): the report's files would mix with the results."""
-    where = out.resolve()
+    (the part files a resume reads): the report's files would mix with the results. A folder that
+    cannot be examined is left to the writing (which names its error)."""
+    try:
+        where = out.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop, an unreadable parent
+        return
     for folder in [where, *where.parents]:
-        if not any((folder / f).is_file() for f in _RUN_FILES):
+        what = _results_of(folder)
+        if what is None:
             continue
         if folder == where or (folder / "cells") in [where, *where.parents]:
-            what = ("a run folder" if folder == where
-                    else f"inside the part files of the run in {str(folder)!r}")
+            place = (f"a {what}'s folder" if folder == where
+                     else f"inside the part files (cells/) of the {what} in {str(folder)!r}")
             raise RunDirError(
-                f"argument out_dir={str(out)!r} is {what}: "
-                "the report's files would mix with the results; write it to another folder (by "
-                "default the run's own report/)", argument="out_dir", value=str(out),
+                f"argument out_dir={str(out)!r} is {place}: the report's files would mix with "
+                "the results; write it to another folder (by default the run's own report/)",
+                argument="out_dir", value=str(out),
                 expected="a folder outside a run's files, such as RUN/report")
         return
 
@@ -404,8 +423,8 @@ def write_report(
         if warn is not None:
             warn(w)
     out = Path(out_dir) if out_dir is not None else run.path / "report"
-    created = not out.exists()
     try:
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".report-*.tmp"):  # staging folders of reports that were killed
             shutil.rmtree(stale, ignore_errors=True)
