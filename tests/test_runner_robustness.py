@@ -108,6 +108,15 @@ def test_resume_takes_a_moved_plugin_file_of_the_same_content(tmp_path: Path) ->
     res = runner.run(cfg)
     assert res.cells_skipped == 2 and res.cells_run == 2
     assert set(res.metrics["estimator"]) == {"mutator", "psa"}
+    # given through a link that is gone since: the manifest recorded the link's target
+    real = tmp_path / "real.py"
+    shutil.copy(moved, real)
+    link = tmp_path / "link.py"
+    link.symlink_to(real)
+    runner.run(config(tmp_path / "l", estimators=("mutator",), plugins=(str(link),)))
+    link.unlink()
+    cfg = runner.resume_config(tmp_path / "l", plugins=str(real))  # one file, as RunConfig takes
+    assert cfg.plugins == (str(real),) and runner.run(cfg).cells_skipped == 1
     # the run now records the file where it is; a changed content is refused as before
     Path(moved).write_text(Path(moved).read_text() + "\n# changed\n")
     with pytest.raises(RunDirError, match=r"plugin file '.*moved.py' \(SHA-256\)"):

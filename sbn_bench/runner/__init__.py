@@ -680,6 +680,8 @@ def resume_config(out: str | os.PathLike[str], *, throughput: Mapping[str, Any] 
     except (ValueError, TypeError) as e:  # ConfigError is a ValueError
         raise ConfigError(f"cannot resume {str(folder)!r} from its manifest.json ({e})",
                           argument="out", value=str(folder)) from None
+    if isinstance(overrides.get("plugins"), (str, os.PathLike)):  # one file, as RunConfig takes it
+        overrides["plugins"] = (overrides["plugins"],)
     base = _moved_plugins(base, manifest, overrides.get("plugins", ()))
     if "plugins" in overrides:  # the same file given again (another spelling of its path) once
         by_file: dict[str, str] = {}
@@ -702,15 +704,19 @@ def _moved_plugins(base: RunConfig, manifest: Mapping[str, Any],
     Raises:
         RunDirError: a recorded plugin file is missing and none of ``given`` has its content.
     """
-    recorded = {str(r.get("path")): r.get("sha256") for r in manifest.get("plugins") or []
-                if isinstance(r, dict)}
+    records = manifest.get("plugins") if isinstance(manifest.get("plugins"), list) else []
+    recorded = {str(r.get("path")): r.get("sha256") for r in records if isinstance(r, dict)}
     given_sha = {file_sha256(p) for p in given if Path(p).is_file()}
     kept = []
-    for p in base.plugins:
+    for i, p in enumerate(base.plugins):
         if Path(p).exists():
             kept.append(p)
             continue
+        # the manifest records the file's resolved path (through a link: its target, which may
+        # be gone too); else the records pair with the configuration's files by position
         sha = recorded.get(str(Path(p).resolve()), recorded.get(str(p)))
+        if sha is None and len(records) == len(base.plugins) and isinstance(records[i], dict):
+            sha = records[i].get("sha256")
         if sha is not None and sha in given_sha:
             continue  # moved: the copy given stands for it
         raise RunDirError(
