@@ -278,13 +278,28 @@ def test_a_value_of_a_config_file_refused_when_the_run_starts_names_the_file(tmp
                    [f"Error: config file {str(cfg)!r}: ", words], out)
 
 
-def test_a_value_given_beside_a_config_file_is_not_blamed_on_it(tmp_path):
+def test_a_value_given_beside_a_config_file_is_not_blamed_on_it(tmp_path, monkeypatch):
     cfg = tmp_path / "c.toml"
-    cfg.write_text("samples = 10\n[[problem]]\narch = '2-2-1'\n")
+    cfg.write_text("samples = 10\nplugins = []\n[[problem]]\narch = '2-2-1'\n")
     res = invoke(["run", "--config", str(cfg), "--estimators", "psa,foo", "--out",
                   str(tmp_path / "out")])
     assert_refused(res, 2, ["Invalid value for '--estimators'", "'foo' is unknown"])
     assert "config file" not in res.output
+    # an output folder named like a setting the file sets is still no setting of the file
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "x.txt").write_text("x")
+    res = invoke(["run", "--config", str(cfg), "--out", "plugins"])
+    assert_refused(res, 1, ["Error: output folder 'plugins' is not empty"])
+    # nor is a default the file does not set (the executor: 'processes:0' given nowhere else)
+    from sbn_bench.errors import SbnBenchError
+
+    def refuse(*a, **k):
+        raise SbnBenchError("argument executor='auto' cannot start", argument="executor")
+
+    monkeypatch.setattr(runner, "make_executor", refuse)
+    res = invoke(["run", "--config", str(cfg), "--out", str(tmp_path / "o2"), "--quiet"])
+    assert "config file" not in res.output and "cannot start" in res.output, res.output
 
 
 def test_config_that_is_not_utf8_or_not_a_file(tmp_path):

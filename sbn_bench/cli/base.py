@@ -11,6 +11,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -135,17 +136,31 @@ file is read): their errors cannot name the file's line, so the command line nam
 
 
 def _config_origin(e: SbnBenchError) -> str:
-    """``"config file 'X': "`` when ``e`` refuses a value of :data:`_FROM_CONFIG` that came from
-    the ``--config`` file (not given on the command line); else ``""``."""
+    """``"config file 'X': "`` when ``e`` refuses a value of :data:`_FROM_CONFIG` that the
+    ``--config`` file sets (and the command line does not); else ``""``."""
     ctx = click.get_current_context(silent=True)
     cfg = None if ctx is None else ctx.params.get("config_file")
     if ctx is None or cfg is None or str(e).startswith("config file"):
         return ""
-    name = "estimators" if _is_spec_error(e) else "plugins" if str(e).startswith(
-        "plugin file ") else (_setting(e.argument)[0] if isinstance(e.argument, str) else "")
-    if name not in _FROM_CONFIG or given(ctx, name):
+    if _is_spec_error(e):
+        name = "estimators"
+    elif str(e).startswith("plugin file "):
+        name = "plugins"
+    elif e.argument in _FROM_CONFIG and not _is_folder_error(e):  # (a folder named plugins)
+        name = str(e.argument)
+    else:
         return ""
-    return f"config file {str(cfg)!r}: "
+    if given(ctx, name):
+        return ""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        keys = tomllib.loads(Path(str(cfg)).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    return f"config file {str(cfg)!r}: " if name in keys else ""
 
 
 _SHARED = {"memory_budget": {"chunk": "chunk=", "throughput_batch": "throughput batch="}}
@@ -232,6 +247,12 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
+
+
+def _is_folder_error(e: SbnBenchError) -> bool:
+    """Whether ``e`` is a :class:`~sbn_bench.storage.RunDirError` (its argument is a folder)."""
+    storage = sys.modules.get("sbn_bench.storage")
+    return storage is not None and isinstance(e, storage.RunDirError)
 
 
 def _is_spec_error(e: SbnBenchError) -> bool:
