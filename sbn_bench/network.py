@@ -501,12 +501,19 @@ def from_description(d: Mapping[str, object], source: str = "network") -> Networ
                            argument="network", value=str(d)[:80], expected="prior: true or false")
     net = from_layers(shape, layers, prior=prior, source=source)
     want = net.describe()
-    unknown = sorted(str(k) for k in set(d) - set(want))
-    if unknown:
-        raise NetworkError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))} in the "
-                           f"network description; its keys: {', '.join(want)}",
-                           argument="network", value=str(d)[:80],
-                           expected="the JSON of Network.describe()")
+    unknown = [f"{k!r}" for k in sorted(map(str, set(d) - set(want)))]
+    for part in ("body", "stochastic", "head"):
+        got = d.get(part)
+        if isinstance(got, list) and len(got) == len(want[part]):  # type: ignore[arg-type]
+            for i, (g, w) in enumerate(zip(got, want[part])):  # type: ignore[call-overload]
+                unknown += [f"{k!r} (of {part}[{i}])" for k in sorted(map(str, set(g) - set(w)))]
+    missing = [k for k in want if k not in d]
+    if unknown or missing:
+        raise NetworkError(f"{source}: the network description has "
+                           + "; ".join(([f"unknown key(s) {', '.join(unknown)}"] if unknown else [])
+                                       + ([f"no {', '.join(missing)}"] if missing else []))
+                           + f"; its keys: {', '.join(want)}", argument="network",
+                           value=str(d)[:80], expected="the JSON of Network.describe()")
     if json.dumps(want, sort_keys=True) != json.dumps(dict(d), sort_keys=True):
         differ = [k for k in want
                   if json.dumps(want[k], sort_keys=True) != json.dumps(d.get(k), sort_keys=True)]

@@ -147,8 +147,14 @@ def test_a_tampered_description_is_refused() -> None:
     with pytest.raises(NetworkError, match="format"):
         network.from_description({**d, "format": 99})
     good = parse_network("1x4x4-c2k2-3").describe()  # each said "do not follow" before
-    with pytest.raises(NetworkError, match=r"unknown key\(s\) 'foo' .*its keys: format, input"):
+    with pytest.raises(NetworkError, match=r"unknown key\(s\) 'foo'; its keys: format, input"):
         network.from_description({**good, "foo": 1})
+    inner = json.loads(json.dumps(good))
+    inner["stochastic"][0]["bias"] = True
+    with pytest.raises(NetworkError, match=r"unknown key\(s\) 'bias' \(of stochastic\[0\]\)"):
+        network.from_description(inner)
+    with pytest.raises(NetworkError, match="has no prior; its keys"):
+        network.from_description({k: v for k, v in good.items() if k != "prior"})
     with pytest.raises(NetworkError, match="prior='no' must be true or false"):
         network.from_description({**good, "prior": "no"})
     assert network.from_description(good).describe() == good

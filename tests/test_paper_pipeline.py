@@ -79,6 +79,10 @@ def test_the_closing_line_says_a_cached_training_time_is_not_this_runs(reduced_r
     assert fresh.startswith(f"wall time: training {train_s:.0f} s, evaluation {eval_s:.0f} s")
     cached = paper_timing_line({**exp, "training": {**exp["training"], "cached": True}})
     assert f"training cached (it took {train_s:.0f} s when made)" in cached
+    runs = [{**exp["training"]["runs"][0], "cached": c} for c in (True, False, True)]
+    mixed = paper_timing_line({**exp, "training": {**exp["training"], "runs": runs},
+                               "timing": {**exp["timing"], "training_s_this_run": 41.2}})
+    assert "training 41 s (2 of 3 trainings cached)" in mixed  # not the cached ones' old times
     resumed = paper_timing_line({**exp, "timing": {"evaluation_s": 90.0,
                                                    "evaluation_s_this_run": 30.0}})
     assert resumed.endswith("evaluation 90 s (30 s in this session)")

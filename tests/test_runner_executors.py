@@ -523,6 +523,8 @@ def test_executor_specs_parse():
     assert executors.parse_executor("dask:tcp://[fe80::1:2]:8786")[1] == {
         "address": "tcp://[fe80::1:2]:8786"}
     assert executors.parse_executor("dask:0.0.0.0:1")[1] == {"address": "tcp://0.0.0.0:1"}
+    for host in ("[::ffff:1.2.3.4]", "[fe80::1%eth0]"):  # IPv4-mapped, and with a zone
+        assert executors.parse_executor(f"dask:{host}:8786")[1] == {"address": f"tcp://{host}:8786"}
     assert executors.parse_executor("dask:node7.cluster:8786")[1] == {"address": "tcp://node7.cluster:8786"}
 
 

@@ -424,8 +424,14 @@ def paper_timing_line(experiment: dict[str, Any]) -> str:
     it, so it is said so rather than added to this run's)."""
     tm, training = experiment["timing"], experiment["training"]
     this = tm.get("evaluation_s_this_run", tm["evaluation_s"])
-    train = (f"cached (it took {training['train_wall_s']:.0f} s when made)" if training["cached"]
-             else f"{training['train_wall_s']:.0f} s")
+    runs = training.get("runs") or []
+    cached = sum(bool(r.get("cached")) for r in runs if isinstance(r, dict))
+    if training["cached"]:
+        train = f"cached (it took {training['train_wall_s']:.0f} s when made)"
+    elif cached and "training_s_this_run" in tm:  # --train-seeds, some of them cached
+        train = f"{tm['training_s_this_run']:.0f} s ({cached} of {len(runs)} trainings cached)"
+    else:
+        train = f"{training['train_wall_s']:.0f} s"
     return (f"wall time: training {train}, evaluation {tm['evaluation_s']:.0f} s"
             + (f" ({this:.0f} s in this session)" if this != tm["evaluation_s"] else ""))
 

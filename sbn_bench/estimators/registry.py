@@ -114,11 +114,11 @@ class Registry:
         """Check ``factory`` and register it; on failure record a :class:`PluginError`. A name
         already registered elsewhere is a clash whether or not the factory works (a broken
         plugin ``psa`` must not leave the built-in to be measured in its place unnoticed)."""
-        if not name or re.search(r"[\s:,=]", name):
+        if not name or name != name.strip() or re.search(r"[:,=]", name):
             self.errors.append(PluginError(
-                name, origin, f"name {name!r} cannot be selected: an estimator spec is NAME or "
-                "NAME:key=value,... and a list of specs is separated by commas, so a name must be "
-                "non-empty, without ':', ',', '=' or spaces"))
+                name, origin, f"name {name!r} cannot always be selected: an estimator spec is "
+                "NAME or NAME:key=value,... in a comma list of specs, so a name must be "
+                "non-empty, without ':', ',', '=' or spaces at its ends"))
             return False
         if name in self.factories and self.origins[name] != origin:
             self.errors.append(PluginError(

@@ -429,7 +429,7 @@ def modifiers(members: Sequence[Estimator], problem: Problem, device: torch.devi
         g.manual_seed(0)
         try:
             estimate(e, own, 1, g)
-        except Exception:  # noqa: BLE001, S110 - raising is measured (and reported) apart
+        except (Exception, SystemExit):  # noqa: BLE001, S110 - raising is reported apart
             pass
         if own.fingerprint() != before:
             found.append(i)

@@ -148,7 +148,7 @@ def _workers(arg: str | None) -> dict[str, object]:
     return {"workers": int(arg)}
 
 
-ADDRESS = re.compile(r"(?:(tcp|tls|ucx|ws|wss|inproc)://)?(\[[0-9a-fA-F:]+\]|[^\s:/\[\]]+)(?::(\d+))?")
+ADDRESS = re.compile(r"(?:(tcp|tls|ucx|ws|wss|inproc)://)?(\[[^\s\[\]/]+\]|[^\s:/\[\]]+)(?::(\d+))?")
 
 
 def _dask(arg: str | None) -> dict[str, object]:
