@@ -665,6 +665,10 @@ def test_a_study_resumes_with_its_own_settings(study: ts.StudyResult, tmp_path: 
     assert r.exit_code == 0, r.output
     assert "training study digits-conv: 3 estimators x 2 seeds, 1 cells run, 5 resumed" in r.output
     assert "(mean of 2 seeds)" in r.output
+    from sbn_bench.cli.train import final_value_line
+
+    assert final_value_line("st", "test accuracy", [0.5]) == "  st: final test accuracy 0.5 (1 seed)"
+    assert final_value_line("st", "elbo", [1.0, 2.0]).endswith("1.5 (mean of 2 seeds)")
     r = CliRunner().invoke(main, ["train", "--out", str(out), "--resume", "--executor", "serial",
                                   "--seeds", "0"])  # a typed --seeds that would drop seed 1
     assert r.exit_code == 2 and "Invalid value for '--seeds': cannot resume" in r.output, r.output

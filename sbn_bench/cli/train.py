@@ -267,10 +267,15 @@ def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out
     for est in result.estimators:
         vals = list(finals.get(est, {}).values())
         if vals:
-            mean = sum(vals) / len(vals)
-            click.echo(f"  {est}: final {label} {mean:.4g} " + (
-                f"(mean of {len(vals)} seeds)" if len(vals) > 1 else "(1 seed)"))
+            click.echo(final_value_line(est, label, vals))
     click.echo(f"report {paths['md']} and {paths['html']}")
+
+
+def final_value_line(estimator: str, label: str, values: list[float]) -> str:
+    """A study summary's line for one estimator: its final value, the mean over its seeds."""
+    mean = sum(values) / len(values)
+    return f"  {estimator}: final {label} {mean:.4g} " + (
+        f"(mean of {len(values)} seeds)" if len(values) > 1 else "(1 seed)")
 
 
 def result_frame(rows: list[dict[str, object]]):  # noqa: ANN201 - a pandas DataFrame
