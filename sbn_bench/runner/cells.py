@@ -379,6 +379,13 @@ def throughput_rows(cell: Cell, context: CellContext, problem: Problem
         specs.append(e.spec)
         if e.adapt is not None:
             adapt_s[e.spec] = secs
+
+    def drop(i: int, why: str) -> None:
+        """Record member ``i`` as failed (``why`` its error) and measure the others without it."""
+        members.pop(i)
+        spec = specs.pop(i)
+        failed.append(failure_row(cell, "throughput", why, estimator=spec))
+
     while members:
         gens = []
         for spec in specs:
@@ -390,10 +397,7 @@ def throughput_rows(cell: Cell, context: CellContext, problem: Problem
                                     max_batch=[min(chunk_size(config, e, problem), config.samples)
                                                for e in members])
         except MemberFailed as m:
-            members.pop(m.index)
-            spec = specs.pop(m.index)
-            failed.append(failure_row(cell, "throughput", f"{type(m.error).__name__}: {m.error}",
-                                      estimator=spec))
+            drop(m.index, f"{type(m.error).__name__}: {m.error}")
             continue
         rows = [{"network": network_key(problem), "problem": cell.problem,
                  "checkpoint": cell.checkpoint, "estimator": spec, "device": config.device,
@@ -406,10 +410,7 @@ def throughput_rows(cell: Cell, context: CellContext, problem: Problem
             if not culprits:  # none does it in one call: the whole group is not trusted
                 raise modified_problem("throughput", "an estimator")
             for i in reversed(culprits):
-                members.pop(i)
-                spec = specs.pop(i)
-                failed.append(failure_row(cell, "throughput", str(modified_problem(
-                    "throughput", f"estimator {spec!r}")), estimator=spec))
+                drop(i, str(modified_problem("throughput", f"estimator {specs[i]!r}")))
             prob = problem.copy().to(device, dtype)
             continue
         return rows, failed
