@@ -144,18 +144,14 @@ def _config_origin(e: SbnBenchError) -> str:
         return ""
     if _is_spec_error(e):
         name = "estimators"
-    elif str(e).startswith("plugin file "):
-        name = "plugins"
     elif e.argument in _FROM_CONFIG and not _is_folder_error(e):  # (a folder named plugins)
         name = str(e.argument)
     else:
         return ""
     if given(ctx, name):
         return ""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
+    from sbn_bench.config import tomllib  # loaded already: the run read the file with it
+
     try:
         keys = tomllib.loads(Path(str(cfg)).read_text(encoding="utf-8"))
     except (OSError, ValueError):
