@@ -37,6 +37,7 @@ from sbn_bench.reports.load import Run
 from sbn_bench.reports.ranking import ROUND_ABS, ROUND_REL, TIE_Z, Estimate
 from sbn_bench.reports.sections import Block, Bullets, Details, Heading, Image, Text
 from sbn_bench.reports.tables import Table, TableCell
+from sbn_bench.storage import TRAINING_MANIFEST
 from sbn_bench.version import __version__
 
 # The claims and the report section read tables only; the experiment's functions import the model,
@@ -641,7 +642,7 @@ def ensure_checkpoints(seed: int = 0, *, training: dict[str, Any] | None = None,
     root = cache_root(cache_dir)
     final = root / f"paper-seed{seed}-{_training_key(seed, training)}"
     paths = {checkpoint_label(e): final / f"checkpoint_epoch{e}.npz" for e in epochs}
-    manifest = final / "train_manifest.json"
+    manifest = final / TRAINING_MANIFEST
     if manifest.is_file() and all(p.is_file() for p in paths.values()):
         wall = _cached_wall_time(manifest)
         damaged = f"{manifest.name} is not a training manifest" if wall is None else \
@@ -798,7 +799,7 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
     for s, ck in trained.items():
         sub = Path("training") if seeds is None else Path("training") / f"train{s}"
         (Path(out) / sub).mkdir(parents=True, exist_ok=True)
-        names = ["train_log.csv", "loss_curve.png", "train_manifest.json",
+        names = ["train_log.csv", "loss_curve.png", TRAINING_MANIFEST,
                  *(p.name for p in ck.paths.values())]
         for name in names:  # the run folder holds its checkpoints: the cache may be cleared
             if (ck.directory / name).is_file():

@@ -47,6 +47,10 @@ from sbn_bench.provenance import processor_label
 from sbn_bench.schema import parse_table, read_table, to_csv_text
 
 MANIFEST = "manifest.json"
+TRAINING_MANIFEST = "train_manifest.json"
+"""The manifest of a single training (:mod:`sbn_bench.train`): its folder holds no run."""
+STUDY_MANIFEST = "study.json"
+"""The manifest of a training study (:mod:`sbn_bench.train_study`): its folder holds no run."""
 TABLES = {kind: (schema.TABLE_FILES[kind], schema.COLUMNS[kind]) for kind in schema.TABLE_FILES}
 PART_KINDS = ("metrics", "throughput", "failure")
 """The tables assembled from per-cell part files; ``timed`` is derived from two of them."""
@@ -327,8 +331,8 @@ class RunStore:
                               "resume that run (resume=True, --resume) or choose another output "
                               "folder (out=…, --out)", argument=str(d))
         if has_any and not resume:  # nothing to resume there: only another folder will do
-            what = ("a training (train_manifest.json)" if (d / "train_manifest.json").is_file()
-                    else "a training study (study.json)" if (d / "study.json").is_file()
+            what = (f"a training ({TRAINING_MANIFEST})" if (d / TRAINING_MANIFEST).is_file()
+                    else f"a training study ({STUDY_MANIFEST})" if (d / STUDY_MANIFEST).is_file()
                     else "other files, not a run")
             raise RunDirError(f"output folder {str(d)!r} is not empty (it holds {what}); choose "
                               "another output folder (out=…, --out)", argument=str(d))

@@ -64,6 +64,7 @@ from sbn_bench.fileio import WriteError, atomic_write_bytes, make_folder
 from sbn_bench.problems import Problem, save_problem
 from sbn_bench.provenance import environment, file_record
 from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size, objective
+from sbn_bench.storage import STUDY_MANIFEST, TRAINING_MANIFEST
 
 OPTIMIZERS = ("sgd", "adam")
 MAX_EPOCHS = 10**6
@@ -75,8 +76,8 @@ loss of the epoch, exact objective on the full data (or NaN), seconds since the 
 MANIFEST_VERSION = 1
 LOG_NAME = "train_log.csv"
 CURVE_NAME = "loss_curve.png"
-MANIFEST_NAME = "train_manifest.json"
-STUDY_NAME = "study.json"
+MANIFEST_NAME = TRAINING_MANIFEST
+STUDY_NAME = STUDY_MANIFEST
 """A training study's manifest (:mod:`sbn_bench.train_study`): a folder holding one is not a
 single training's."""
 _FLUSH_SECONDS = 5.0

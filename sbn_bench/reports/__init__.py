@@ -57,6 +57,7 @@ from sbn_bench.reports.sections import (
     render_sections,
     walk,
 )
+from sbn_bench.storage import MANIFEST, STUDY_MANIFEST
 
 FORMATS = ("md", "html")
 
@@ -313,7 +314,7 @@ def _load_baseline(compare_dir: str | os.PathLike[str]) -> Run:
                       argument="compare_dir", value=str(compare_dir), expected=e.expected) from None
 
 
-_RESULTS = (("manifest.json", "run", "config"), ("study.json", "training study", "kind"))
+_RESULTS = ((MANIFEST, "run", "config"), (STUDY_MANIFEST, "training study", "kind"))
 """The file that makes a folder an sbn-bench run's or training study's, and a key it holds."""
 
 

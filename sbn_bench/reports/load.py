@@ -25,7 +25,14 @@ from sbn_bench import schema
 from sbn_bench.provenance import file_sha256
 from sbn_bench.reports.families import estimator_families
 from sbn_bench.schema import TableError, read_table
-from sbn_bench.storage import RunDirError, part_problem, processor_text, tables_from_parts
+from sbn_bench.storage import (
+    STUDY_MANIFEST,
+    TRAINING_MANIFEST,
+    RunDirError,
+    part_problem,
+    processor_text,
+    tables_from_parts,
+)
 
 __all__ = ["Run", "RunDirError", "TableError", "load_run"]
 
@@ -121,13 +128,13 @@ when absent, so older or hand-made runs still render."""
 
 def _read_csv(path: Path, columns: list[str], required: bool) -> pd.DataFrame:
     if not path.is_file():
-        if required and (path.parent / "study.json").is_file():  # sbn_bench.train.STUDY_NAME (a layer up)
+        if required and (path.parent / STUDY_MANIFEST).is_file():
             raise RunDirError(f"{str(path.parent)!r} holds a training study, not a run: its report "
                               f"({str(path.parent / 'report.md')!r}) is written by sbn-bench train "
                               "when the study finishes (from Python: "
                               "sbn_bench.train_report.write_training_report)",
                               argument=str(path.parent), expected=f"a folder with {path.name}")
-        if required and (path.parent / "train_manifest.json").is_file():  # train.MANIFEST_NAME
+        if required and (path.parent / TRAINING_MANIFEST).is_file():
             raise RunDirError(f"{str(path.parent)!r} holds a single training, not a run: its "
                               "learning curve is loss_curve.png and train_log.csv, and its "
                               "checkpoints can be measured with sbn-bench run --problem "
