@@ -874,10 +874,10 @@ def load_problem(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTE
     max_bytes = check_whole(max_bytes, "max_bytes", error=ProblemError, unit="bytes", unlimited=True)
     path = Path(path)
     src = repr(str(path))
-    if not path.exists() or not path.is_file():
-        raise ProblemError(f"problem file {src} " + ("is not a file" if path.exists() else
-                                                     "does not exist"),
-                           argument="path", value=str(path), expected="an .npz problem file")
+    if not path.is_file():
+        why = "is not a file" if path.exists() else "does not exist"
+        raise ProblemError(f"problem file {src} {why}", argument="path", value=str(path),
+                           expected="an .npz problem file")
     raw = _read_arrays(path, src, max_bytes)
     for name in ("x", "y"):
         if name not in raw:
