@@ -59,6 +59,9 @@ class SbnBenchError(Exception):
     """Whether the command line shows this error, when it names an option given there, as that
     option's usage error (exit status 2); False for a failure of the outside world that the
     value merely led to (an unreachable Dask scheduler: exit status 1)."""
+    blames: tuple[str, ...] = ()
+    """Other settings at fault beside ``argument`` (a ``chunk`` that exceeds the memory budget):
+    the command line names the options of those given there too."""
 
     def __init__(self, message: str, *, argument: str | None = None, value: Any = _UNSET,
                  expected: str | None = None, detail: str | None = None) -> None:

@@ -122,8 +122,10 @@ def _option_error(e: SbnBenchError) -> click.BadParameter | None:
     names = ("estimators", "estimators_text", "estimator_spec") if _is_spec_error(e) else (
         pname, f"{pname}_text")
     params = [p for p in ctx.command.params if p.name in names and given(ctx, p.name)]
-    params += [p for p in ctx.command.params if given(ctx, p.name)
-               and _SHARED.get(name, {}).get(p.name, "\0") in str(e)]
+    # the settings that share the fault (a --chunk that exceeds the memory budget, whatever the
+    # budget's origin), each named where given on the command line
+    shared = {_setting(b)[1] for b in e.blames}
+    params += [p for p in ctx.command.params if p.name in shared and given(ctx, p.name)]
     if not params:  # the value came from a file or a default: no option of this command is at fault
         return None
     return click.BadParameter(cli_names(without_name(str(e), e.argument), e), ctx=ctx,
@@ -157,14 +159,6 @@ def _config_origin(e: SbnBenchError) -> str:
     except (OSError, ValueError):
         return ""
     return f"config file {str(cfg)!r}: " if name in keys else ""
-
-
-_SHARED = {"memory_budget": {"chunk": "chunk=", "throughput_batch": "throughput batch="}}
-"""Options that share the refusal of a setting, by the words that blame them in its message: a
-memory budget (given, the default or a file's) is exceeded by a ``--chunk`` or
-``--throughput-batch`` given on the command line, and the error names each of them that its
-message blames (``chunk=N samples need …``), as well as a ``--memory-budget`` given there. A
-budget from a file or the default that one sample exceeds names no option (exit status 1)."""
 
 
 def cli_names(message: str, e: SbnBenchError) -> str:

@@ -176,6 +176,7 @@ def check_memory(config: RunConfig, problems: Sequence[tuple[str, str, Problem]]
     budget = config.memory_budget
     size = itemsize(config.dtype)
     found: list[str] = []
+    blames: set[str] = set()  # the settings whose requests do not fit
     least = 0  # the smallest budget that would hold one sample of everything
     seen: set[tuple[str, int, str]] = set()
     for pname, _, prob in problems:
@@ -194,14 +195,18 @@ def check_memory(config: RunConfig, problems: Sequence[tuple[str, str, Problem]]
             if config.chunk is not None and config.chunk * one > budget:
                 found.append(f"{where}: chunk={config.chunk} samples need about "
                              f"{format_bytes(config.chunk * one)} (at most {fit} fit)")
+                blames.add("chunk")
             tb = config.throughput.batch
             if config.throughput.enabled and tb is not None and tb * one > budget:
                 found.append(f"{where}: throughput batch={tb} samples need about "
                              f"{format_bytes(tb * one)} (at most {fit} fit)")
+                blames.add("throughput.batch")
     if found:
         shown = "; ".join(found[:3]) + (f"; … ({len(found) - 3} more)" if len(found) > 3 else "")
         hint = (f"raise memory_budget to at least {format_bytes(least)}" if least else
                 "lower chunk / throughput batch, or raise memory_budget")
-        raise RunError(f"refused before any work: the request exceeds memory_budget="
+        err = RunError(f"refused before any work: the request exceeds memory_budget="
                        f"{format_bytes(budget)} (estimated): {shown} ({hint})",
                        argument="memory_budget", value=budget, expected=hint)
+        err.blames = tuple(sorted(blames))
+        raise err
