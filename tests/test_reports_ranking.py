@@ -329,19 +329,21 @@ def test_heatmap_boxes_the_best_and_dashes_the_ties() -> None:
 
 
 def test_heatmap_marks_values_smaller_than_their_error() -> None:
-    """A value whose standard error exceeds it is written with a '?' in italics (never boxed as the
-    best), as the CLI's summary marks it; the others are written plainly."""
+    """A value whose standard error exceeds it, or a Monte-Carlo value whose error is unknown
+    (NaN: the ranking cannot rank it either), is written with a '?' in italics (never boxed as the
+    best), as the CLI's summary marks it; the others, an exact value with no error included, are
+    written plainly."""
     from sbn_bench.reports.figures import heatmap_figure, unresolved_cells
 
     rows = pd.DataFrame({
-        "checkpoint": ["c"] * 3, "layer": ["1"] * 3, "estimator": ["a", "b", "c"],
-        "metric": ["rrmse"] * 3, "M": [1.0] * 3, "value": [0.02, 1.0, 3.0],
-        "stderr": [1.9, 0.01, float("nan")], "mode": ["mc"] * 3})
-    sty = styles(["a", "b", "c"], {"a": "f", "b": "f", "c": "g"})
-    fig = draw(heatmap_figure, rows, ["a", "b", "c"], sty, ["c"], "t")
+        "checkpoint": ["c"] * 4, "layer": ["1"] * 4, "estimator": ["a", "b", "c", "d"],
+        "metric": ["rrmse"] * 4, "M": [1.0] * 4, "value": [0.02, 1.0, 3.0, 5.0],
+        "stderr": [1.9, 0.01, float("nan"), float("nan")], "mode": ["mc"] * 3 + ["exact"]})
+    sty = styles(["a", "b", "c", "d"], {"a": "f", "b": "f", "c": "g", "d": "g"})
+    fig = draw(heatmap_figure, rows, ["a", "b", "c", "d"], sty, ["c"], "t")
     texts = {t.get_text(): t.get_fontstyle() for t in fig.get_axes()[0].texts if t.get_text() != "c"}
-    assert texts == {"0.02?": "italic", "1": "normal", "3": "normal"}, texts
-    assert unresolved_cells(rows) == 1  # an unknown (nan) error is not counted as unresolved
+    assert texts == {"0.02?": "italic", "1": "normal", "3?": "italic", "5": "normal"}, texts
+    assert unresolved_cells(rows) == 2
 
 
 def _many_estimators(n_new: int) -> tuple[pd.DataFrame, list[str], dict[str, str]]:

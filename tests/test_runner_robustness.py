@@ -522,13 +522,20 @@ def test_throughput_can_be_added_dropped_and_added_again_on_resume(tmp_path: Pat
 
 def test_summary_marks_values_whose_error_exceeds_them() -> None:
     """A layer against a coarse Monte-Carlo reference printed rrmse 0.0193 (± 1.9 in metrics.csv)
-    as the best of the table; :meth:`RunResult.unresolved` marks it, and the CLI prints a '?'."""
+    as the best of the table; :meth:`RunResult.unresolved` marks it, and the CLI prints a '?'.
+    A Monte-Carlo value whose error is unknown (NaN) or a clipped Monte-Carlo zero is not
+    resolved either (as the report's heatmap and ranking judge it); an exact value is."""
+    nan = float("nan")
     rows = [dict(problem="p", checkpoint="c", estimator=e, layer=lay, metric="rrmse", M=1.0,
-                 value=v, stderr=se, seed=s)
-            for e, lay, v, se in (("st", "1", 0.0193, 1.9), ("st", "all", 0.13, 0.01),
-                                  ("psa", "1", 0.02, float("inf")), ("psa", "all", 0.12, 0.01))
+                 value=v, stderr=se, seed=s, mode=mode)
+            for e, lay, v, se, mode in (
+                ("st", "1", 0.0193, 1.9, "mc"), ("st", "all", 0.13, 0.01, "mc"),
+                ("psa", "1", 0.02, float("inf"), "mc"), ("psa", "all", 0.12, 0.01, "mc"),
+                ("arm", "1", 0.5, nan, "mc"), ("arm", "all", 0.0, 0.1, "mc"),
+                ("tanh", "1", 0.5, nan, "exact"), ("tanh", "all", 0.4, 0.0, "exact"))
             for s in (0, 1)]
     res = runner.RunResult(Path("."), pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame(), {})
     loose = res.unresolved(m=1)
     assert loose.index.equals(res.summary(m=1).index) and list(loose.columns) == ["1", "all"]
-    assert loose.to_numpy().tolist() == [[True, False], [True, False]]
+    assert loose.to_numpy().tolist() == [[True, False], [True, False], [True, True],
+                                         [False, False]]

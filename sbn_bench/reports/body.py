@@ -168,7 +168,8 @@ def heatmap_plot(run: Run, problem: str, name: str | None = None) -> Plot:
     return Plot(name or f"{slug(problem)}_headline", draw,
                 f"rrmse at M=1 per estimator (rows, grouped by family) and (checkpoint, layer) "
                 f"(columns), {problem}; boxed: best; dashed: tied with the best"
-                + (f"; ? (italics): a value smaller than its standard error, not resolved "
+                + (f"; ? (italics): a value smaller than its standard error (or whose error is "
+                   f"unknown), not resolved "
                    f"({vague} of them)." if vague else "."))
 
 

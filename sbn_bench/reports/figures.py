@@ -319,12 +319,14 @@ def _short(v: float) -> str:
 
 def unresolved_cells(rows: pd.DataFrame, metric: str = "rrmse", m: float = 1.0) -> int:
     """How many finite values of ``metric`` at M=``m`` in ``rows`` (the heatmap's: seeds combined)
-    have a standard error above the value: the heatmap writes them with a ``?``. (The run's
-    summary, :meth:`sbn_bench.runner.RunResult.unresolved`, marks a value when any one seed's
-    error exceeds it.)"""
+    are not resolved (:attr:`~sbn_bench.reports.ranking.Estimate.resolved`: a standard error above
+    the value, or a Monte-Carlo value whose error is unknown): the heatmap writes them with a
+    ``?``, and the ranking does not rank them. (The run's summary,
+    :meth:`sbn_bench.runner.RunResult.unresolved`, marks a value when any one seed's is.)"""
     data = rows[(rows["metric"] == metric) & (rows["M"] == m)]
-    v, se = data["value"].to_numpy(dtype=float), data["stderr"].to_numpy(dtype=float)
-    return int((np.isfinite(v) & (se > np.abs(v))).sum())
+    return sum(1 for r in data.itertuples()
+               if (e := Estimate(float(r.value), float(r.stderr), str(r.mode))).finite
+               and not e.resolved)
 
 
 def heatmap_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[str, Style],
@@ -335,8 +337,8 @@ def heatmap_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[s
     Colours on a log scale up to :data:`OUTLIER_FACTOR` × the median (beyond: the darkest colour,
     the colour bar's arrow); every value is written in its cell; the best of each column is boxed
     in black, its ties (within 2 standard errors) in dashed black (:mod:`~sbn_bench.reports.ranking`);
-    a value whose standard error exceeds it (not resolved: :func:`unresolved_cells`) is written in
-    italics with a ``?``.
+    a value whose standard error exceeds it or is unknown (not resolved: :func:`unresolved_cells`)
+    is written in italics with a ``?``.
     """
     data = rows[(rows["metric"] == metric) & (rows["M"] == m)]
     if data.empty:
@@ -387,7 +389,7 @@ def heatmap_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[s
             colour = "white" if shade > 0.55 else "black"
             r = ranking.ranks[i] if sty[ests[i]].family not in UNRANKED_FAMILIES else ""
             est = idx[(ests[i], c, lay)]
-            vague = est.stderr > abs(est.value)  # not resolved: its standard error exceeds it
+            vague = not est.resolved  # its standard error exceeds it, or is unknown
             ax.text(j, i, _short(v) + ("?" if vague else ""), ha="center", va="center",
                     fontsize=6.5, color=colour, fontweight="bold" if r == "best" else "normal",
                     fontstyle="italic" if vague else "normal")

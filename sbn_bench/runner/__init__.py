@@ -160,12 +160,16 @@ class RunResult:
     def unresolved(self, m: int = 1) -> pd.DataFrame:
         """Where :meth:`summary` is not resolved: True where a seed's ``rrmse`` at ``M = m`` has a
         standard error above its value (e.g. a layer measured against a coarse Monte-Carlo
-        reference, or ``± ∞``); the same index and columns as :meth:`summary`."""
+        reference, or ``± ∞``), or is a Monte-Carlo value whose error is unknown (NaN), as the
+        report's heatmap and ranking judge it; the same index and columns as :meth:`summary`."""
         df = self.metrics
         df = df[(df["metric"] == "rrmse") & (df["M"] == m)]
         if df.empty:
             return pd.DataFrame()
-        flag = df.assign(flag=df["stderr"].astype(float) > df["value"].astype(float).abs())
+        value, se = df["value"].astype(float), df["stderr"].astype(float)
+        unknown = se.isna() & (df["mode"] != "exact")
+        flag = df.assign(flag=(se > value.abs()) | unknown
+                         | ((value == 0) & (se > 0)))  # a clipped Monte-Carlo zero
         tab = flag.pivot_table(index=["problem", "checkpoint", "estimator"], columns="layer",
                                values="flag", aggfunc="any", sort=False)
         return tab.reindex(columns=sort_layers(df["layer"])).fillna(False).astype(bool)
