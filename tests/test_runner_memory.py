@@ -128,18 +128,29 @@ def test_a_sample_larger_than_the_budget_is_refused_up_front(tmp_path):
         res = CliRunner().invoke(main, ["run", "--arch", "2-5-5-1", "--data-points", "20", "--estimators",
                                         "st", "--chunk", "100000000", *extra, "--out", str(out)])
         assert res.exit_code == code and hint in res.output, res.output
+        # the settings it blames are written as the options typed
+        assert "--chunk=100000000 samples need" in res.output
+        assert "(lower --chunk, or raise --memory-budget)" in res.output, res.output
         assert not out.exists()
     # a batch at fault is named; a chunk given beside it that fits is not
     res = CliRunner().invoke(main, ["run", "--arch", "2-5-5-1", "--data-points", "20", "--estimators",
                                     "st", "--chunk", "10", "--throughput-batch", "100000000",
                                     "--out", str(out)])
     assert res.exit_code == 2 and "Invalid value for '--throughput-batch': refused" in res.output
+    assert "(lower --throughput-batch, or raise --memory-budget)" in res.output, res.output
     assert not out.exists()
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"estimators = ['psa']\nsamples = 50\nmemory_budget = '1KiB'\nout = '{out}'\n"
                    "[[problem]]\npreset = 'quick'\n")
     res = CliRunner().invoke(main, ["run", "--config", str(cfg), "--chunk", "1"])
     assert res.exit_code == 1 and "--chunk" not in res.output, res.output
+    # a chunk from the file keeps the file's word for it
+    cfg.write_text(f"estimators = ['st']\nsamples = 50\nchunk = 100000000\nout = '{out}'\n"
+                   "[[problem]]\npreset = 'quick'\n")
+    res = CliRunner().invoke(main, ["run", "--config", str(cfg)])
+    assert res.exit_code == 1 and "(lower chunk, or raise memory_budget)" in res.output, res.output
+    assert "--chunk" not in res.output
+    assert not out.exists()
     assert not out.exists()
 
 
@@ -147,9 +158,11 @@ def test_explicit_chunk_or_throughput_batch_over_the_budget_is_refused(tmp_path)
     one = default_bytes_per_sample((2, 5, 5, 1), 20, 4, 6)  # psa in float32
     budget = 10 * one
     with pytest.raises(runner.RunError, match=r"psa .*float32\): chunk=11 samples need about .* "
-                                              r"\(at most 10 fit\)"):
+                                              r"\(at most 10 fit\) \(lower chunk, or raise "
+                                              r"memory_budget\)$"):  # only the setting at fault
         runner.run(_cfg(tmp_path / "a", dtype="float32", memory_budget=budget, chunk=11))
-    with pytest.raises(runner.RunError, match=r"throughput batch=12 samples need .*at most 10 fit"):
+    with pytest.raises(runner.RunError, match=r"throughput batch=12 samples need .*at most 10 fit"
+                                              r"\) \(lower throughput batch, or raise memory_budget"):
         runner.run(_cfg(tmp_path / "b", dtype="float32", memory_budget=budget,
                         throughput=ThroughputConfig(batch=12)))
     res = runner.run(_cfg(tmp_path / "c", dtype="float32", memory_budget=budget, chunk=10,

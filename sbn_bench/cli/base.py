@@ -161,6 +161,27 @@ def _config_origin(e: SbnBenchError) -> str:
     return f"config file {str(cfg)!r}: " if name in keys else ""
 
 
+def _blamed_options(message: str, e: SbnBenchError, ctx: click.Context) -> str:
+    """``message`` with the words that name a setting the error blames (``chunk=…``, ``lower
+    chunk / throughput batch``: :data:`~sbn_bench.runner.memory.BLAME_WORDS`) written as the
+    command's options where they were given on the command line (``--chunk=…``); a setting from a
+    file or a default keeps its words (the file's keys are the library's names)."""
+    if not e.blames:
+        return message
+    import re
+
+    from sbn_bench.runner.memory import BLAME_WORDS
+
+    for blamed in e.blames:
+        word, pname = BLAME_WORDS.get(blamed), _setting(blamed)[1]
+        opts = [o for p in ctx.command.params if p.name == pname and isinstance(p, click.Option)
+                for o in p.opts if o.startswith("--")]
+        if word is None or not opts or not given(ctx, pname):
+            continue
+        message = re.sub(rf"(?<![\w\-]){re.escape(word)}(?==| /|, )", max(opts, key=len), message)
+    return message
+
+
 def cli_names(message: str, e: SbnBenchError) -> str:
     """``message`` with the library's name of the refused setting (``memory_budget``) written as the
     running command's option (``--memory-budget``), so that a user of the command line reads the
@@ -174,6 +195,7 @@ def cli_names(message: str, e: SbnBenchError) -> str:
     ctx = click.get_current_context(silent=True)
     if ctx is None or not isinstance(e.argument, str):
         return message
+    message = _blamed_options(message, e, ctx)
     name, pname = _setting(e.argument)
     from_file = ctx.params.get("config_file") is not None or bool(ctx.params.get("resume"))
     if "_" not in name or (from_file and not given(ctx, pname)):

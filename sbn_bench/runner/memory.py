@@ -161,6 +161,11 @@ def choose_mode(estimator: Estimator, problem: Problem, mode: str, max_paths: in
     return "mc"
 
 
+BLAME_WORDS = {"chunk": "chunk", "throughput.batch": "throughput batch"}
+"""How :func:`check_memory`'s message writes each setting it blames (:attr:`SbnBenchError.blames`
+names them): the command line writes these words as its options (``--chunk``)."""
+
+
 def check_memory(config: RunConfig, problems: Sequence[tuple[str, str, Problem]],
                  estimators: Sequence[Estimator]) -> None:
     """Refuse, before any work, a run whose requests cannot fit in ``config.memory_budget``.
@@ -193,18 +198,19 @@ def check_memory(config: RunConfig, problems: Sequence[tuple[str, str, Problem]]
                 continue
             fit = budget // one
             if config.chunk is not None and config.chunk * one > budget:
-                found.append(f"{where}: chunk={config.chunk} samples need about "
+                found.append(f"{where}: {BLAME_WORDS['chunk']}={config.chunk} samples need about "
                              f"{format_bytes(config.chunk * one)} (at most {fit} fit)")
                 blames.add("chunk")
             tb = config.throughput.batch
             if config.throughput.enabled and tb is not None and tb * one > budget:
-                found.append(f"{where}: throughput batch={tb} samples need about "
+                found.append(f"{where}: {BLAME_WORDS['throughput.batch']}={tb} samples need about "
                              f"{format_bytes(tb * one)} (at most {fit} fit)")
                 blames.add("throughput.batch")
     if found:
         shown = "; ".join(found[:3]) + (f"; … ({len(found) - 3} more)" if len(found) > 3 else "")
         hint = (f"raise memory_budget to at least {format_bytes(least)}" if least else
-                "lower chunk / throughput batch, or raise memory_budget")
+                f"lower {' / '.join(BLAME_WORDS[b] for b in sorted(blames))}, or raise "
+                "memory_budget")
         err = RunError(f"refused before any work: the request exceeds memory_budget="
                        f"{format_bytes(budget)} (estimated): {shown} ({hint})",
                        argument="memory_budget", value=budget, expected=hint)
