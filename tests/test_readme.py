@@ -125,3 +125,17 @@ def test_readme_sweep_example_is_planned_as_written(tmp_path) -> None:
         path.write_text(block)
         plan = prepare(load_config(path, out=str(tmp_path / f"out{i}")))
         assert len(plan.problems) == 12 and not plan.warnings
+
+
+def test_published_commands_agree_with_the_readme() -> None:
+    """reports/README.md's table gives each published folder's command; the README shows the same
+    commands beside what they measure: they must not drift apart, and each folder must exist."""
+    table = (ROOT / "reports" / "README.md").read_text(encoding="utf-8")
+    commands = re.findall(r"^\| \[`([\w-]+)`\].*\| `(sbn-bench [^`]+)` \|$", table, flags=re.M)
+    assert len(commands) == 4, commands
+    readme = re.sub(r"\s*\\\n\s*", " ", (ROOT / "README.md").read_text(encoding="utf-8"))
+    for folder, command in commands:
+        assert (ROOT / "reports" / folder / "manifest.json").exists() or \
+            (ROOT / "reports" / folder / "README.md").exists(), folder
+        assert f"--out reports/{folder}" in command or f"--publish reports/{folder}" in command
+        assert command in readme, f"{command!r} is not in the README"
