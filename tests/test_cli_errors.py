@@ -485,12 +485,18 @@ def test_estimators_that_break_the_contract_at_run_time_are_recorded(tmp_path):
      ["--noise applies to --arch problems only"]),
     (["problem", "--preset", "paper", "--noise", "gaussian", "--out", "x.npz"],
      ["--noise applies to --arch problems only"]),
+    # the paper experiment (which trains first) refused them too: it ran with the preset's own
+    (["run", "--preset", "paper", "--noise", "gaussian", "--out", "OUT"],
+     ["--noise applies to --arch problems only, not to --preset"]),
+    (["run", "--preset", "paper", "--data-points", "50", "--loss", "mse", "--out", "OUT"],
+     ["--data-points, --loss apply to --arch problems only"]),
 ])
 def test_options_that_do_not_apply_are_refused(tmp_path, args, words):
     f = tmp_path / "p.npz"
     problems.save_problem(problems.random_problem("2-2-1", 0, data_points=3), f)
-    args = [str(f) if a == "PROBLEM" else a for a in args]
-    assert_refused(invoke(args), 2, words)
+    out = tmp_path / "out"
+    args = [str(f) if a == "PROBLEM" else str(out) if a == "OUT" else a for a in args]
+    assert_refused(invoke(args), 2, words, out)
 
 
 def _overflowing_problem(tmp_path) -> Path:

@@ -340,6 +340,9 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
     elif is_paper:
         from sbn_bench import paper  # imported when used: it loads the reports (seaborn)
 
+        # the preset defines its own data, loss and noise: --data-points, --loss, --noise refused
+        problem_spec(ctx, problem_file, arch, preset, seed, data_points, loss, noise)
+
         for k in ("estimators", "samples", "plugins"):
             settings.pop(k)
         kw = dict(seed=seed, out=str(out or Path("runs") / "paper"),
