@@ -8,10 +8,13 @@ ever sees the old complete file or the new complete file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sbn_bench.errors import SbnBenchError
@@ -69,6 +72,56 @@ def make_folder(path: str | os.PathLike[str]) -> None:
         blocker = next((a for a in (path, *path.parents) if a.exists() and not a.is_dir()), path)
         raise NotADirectoryError(errno.ENOTDIR, f"Not a directory: {str(blocker)!r} is a file, "
                                  "not a folder") from None
+
+
+LOCK = ".lock"
+"""The lock file of an output folder (a run's, a training's, a study's): one process at a time
+writes into it."""
+
+
+def try_lock(folder: str | os.PathLike[str]) -> int | None:
+    """Take ``folder``'s exclusive lock (an ``flock`` on its :data:`LOCK` file, made if missing;
+    released by the system when the process ends, however it ends): the open descriptor, to close
+    to release it, or None when another process holds it."""
+    fd = os.open(Path(folder) / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str], busy: Callable[[], BaseException],
+                cannot: Callable[[OSError], BaseException] | None = None) -> Iterator[None]:
+    """Hold ``folder``'s lock (:func:`try_lock`; the folder is made if missing) inside the block;
+    ``busy()`` is raised when another process holds it, ``cannot(e)`` (default: ``e``) when the
+    folder or its lock file cannot be made. When the block raises, a lock file (and an empty
+    folder) that was not there before is removed again: a refused call leaves nothing."""
+    d = Path(folder)
+    try:
+        existed = d.is_dir()
+        lock_existed = existed and (d / LOCK).exists()
+        make_folder(d)
+        fd = try_lock(d)
+    except OSError as e:
+        if cannot is None:
+            raise
+        raise cannot(e) from None
+    if fd is None:
+        raise busy()
+    try:
+        yield
+    except BaseException:
+        if not lock_existed:  # still held: no other process took it
+            (d / LOCK).unlink(missing_ok=True)
+            if not existed:
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only when empty
+        raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, hint: str = DEFAULT_HINT) -> None:

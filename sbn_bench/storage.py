@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import fcntl
 import hashlib
 import io
 import json
@@ -41,8 +40,9 @@ import pandas as pd
 
 from sbn_bench import schema
 from sbn_bench.errors import SbnBenchError, short_repr
+from sbn_bench.fileio import LOCK as LOCK  # re-exported: a run folder's lock file
 from sbn_bench.fileio import WriteError as WriteError  # re-exported: a run's write errors
-from sbn_bench.fileio import atomic_write_text, make_folder
+from sbn_bench.fileio import atomic_write_text, make_folder, try_lock
 from sbn_bench.provenance import processor_label
 from sbn_bench.schema import parse_table, read_table, to_csv_text
 
@@ -246,8 +246,6 @@ def part_problem(text: str, kind: str, key: Mapping[str, Any] | None = None) -> 
     return None
 
 
-LOCK = ".lock"
-"""The lock file of a run folder: one run at a time writes into it."""
 
 MAX_DIFFERENCES_SHOWN = 40
 
@@ -307,13 +305,10 @@ class RunStore:
         return store
 
     def _acquire(self) -> None:
-        fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise RunDirError(f"output folder {str(self.out)!r} is in use by another run (it holds "
-                              "the folder's lock); wait for it to finish, or choose another output "
+        fd = try_lock(self.out)
+        if fd is None:
+            raise RunDirError(f"output folder {str(self.out)!r} is in use by another sbn-bench process "
+                              "(a run, training or study holds the folder's lock); wait for it to finish, or choose another output "
                               "folder", argument=str(self.out)) from None
         self._lock = fd
 

@@ -60,7 +60,7 @@ from torch import Tensor
 from sbn_bench import malloc, model, network
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import ContractError, Estimator, load_plugins, load_registry
-from sbn_bench.fileio import WriteError, atomic_write_bytes, make_folder
+from sbn_bench.fileio import WriteError, atomic_write_bytes, folder_lock
 from sbn_bench.problems import Problem, save_problem
 from sbn_bench.provenance import environment, file_record
 from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size, objective
@@ -130,10 +130,11 @@ def training_files(out_dir: str | os.PathLike[str]) -> list[Path]:
     return sorted(found)
 
 
-def _check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> None:
-    """Refuse an ``out_dir`` holding a previous training's outputs, or remove them (``overwrite``):
-    stale checkpoints beside new ones would be mistaken for this run's. A training study's folder
-    and an ``sbn-bench run`` folder are refused either way."""
+def _check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool, remove: bool = True) -> None:
+    """Refuse an ``out_dir`` holding a previous training's outputs, or remove them (``overwrite``,
+    unless ``remove`` is false: a first check before the folder's lock is taken): stale
+    checkpoints beside new ones would be mistaken for this run's. A training study's folder and an
+    ``sbn-bench run`` folder are refused either way."""
     d = Path(out_dir)
     if d.exists() and not d.is_dir():
         raise TrainArgumentError("out_dir", f"argument out_dir={str(d)!r} exists and is not a "
@@ -160,7 +161,7 @@ def _check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> None:
                            f"({shown}); choose another output folder (--out), or overwrite=True "
                            "(--overwrite) to remove them first")
         return
-    for p in old:
+    for p in old if remove else ():
         p.unlink(missing_ok=True)
 
 
@@ -639,85 +640,94 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
     check_trainable(estimator)
     problem = problem.to(dtype=torch.float64)
     estimator.check_supports(problem)
-    _check_out_dir(out_dir, overwrite)  # the last check: it removes old files when overwriting
+    _check_out_dir(out_dir, overwrite, remove=False)  # refused before the folder is made
     out = Path(out_dir)
-    try:
-        make_folder(out)
-    except OSError as e:
-        raise WriteError(out, e, "choose another output folder: out_dir=… / --out") from None
-    save_epochs = sorted({0, *cps, epochs})
-    state = _State.of(problem)
-    exact_J = _ExactObjective(problem, state.live, max_exact_bytes, exact_log)
-    opt = _make_optimizer(optimizer, list(state.leaves.values()), lr, momentum)
-    seeds = _stream_seeds(seed)
-    gens = {"shuffle": torch.Generator().manual_seed(seeds["shuffle"]),
-            **{k: torch.Generator(device=problem.x.device).manual_seed(seeds[k])
-               for k in ("estimator", "monitor")}}
 
-    def save(epoch: int) -> Path:
-        return save_problem(problem.with_params(state.live, name=f"{problem.name}-epoch{epoch}"),
-                            checkpoint_path(out, epoch))
+    def busy() -> TrainArgumentError:
+        return TrainArgumentError("out_dir", f"argument out_dir={str(out)!r} is in use by another "
+                                             "sbn-bench process (a training, study or run holds "
+                                             "the folder's lock); wait for it "
+                                             "to finish, or choose another output folder")
 
-    log_path = out / LOG_NAME
-    written = {0: save(0)}
-    history: list[dict[str, float]] = [{"epoch": 0, "step": 0, "train_loss": math.nan,
-                                        "exact_objective": exact_J(),
-                                        "wall_s": time.perf_counter() - t_start}]  # the set-up
-    write_log(log_path, history)
-    last_flush = time.perf_counter()
-    t_train = 0.0
-    step = 0
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        loss_sum, steps = _epoch(problem, estimator, state, opt, batch_size, gens)
-        step += steps
-        t_train += time.perf_counter() - t0
-        bad = state.non_finite()
-        want_exact = epoch % log_every == 0 or epoch in save_epochs
-        row = {"epoch": epoch, "step": step, "train_loss": loss_sum / problem.num_data,
-               "exact_objective": exact_J() if want_exact and not bad else math.nan,
-               "wall_s": time.perf_counter() - t_start}
-        history.append(row)
-        if bad:
-            write_log(log_path, history)
-            raise TrainingDiverged(
-                f"training diverged at epoch {epoch} (step {step}): parameter {bad[0]} became NaN "
-                f"or Inf with estimator {estimator.spec!r}, optimizer {optimizer}, lr={lr}: lower "
-                f"the learning rate, or check the estimator (one non-finite gradient sample makes "
-                f"the parameters NaN at once) (log so far in {str(log_path)!r})", argument="lr",
-                value=lr, expected="a smaller learning rate, or an estimator with finite gradients")
-        if epoch in save_epochs:
-            written[epoch] = save(epoch)
-        if epoch in save_epochs or time.perf_counter() - last_flush > _FLUSH_SECONDS:
-            write_log(log_path, history)
-            last_flush = time.perf_counter()
-        if progress is not None:
-            progress(epoch, epochs, row)
+    def cannot(e: OSError) -> WriteError:
+        return WriteError(out, e, "choose another output folder: out_dir=… / --out")
 
-    write_log(log_path, history)
-    mom = (DEFAULT_SGD_MOMENTUM if momentum is None else momentum) if optimizer == "sgd" else None
-    title = (f"{problem.name} ({problem.arch}, D={problem.num_data}): {estimator.spec}, {optimizer} "
-             f"lr={lr:g}" + (f" momentum={mom:g}" if mom is not None else "")
-             + f", batch {batch_size}")
-    plot_loss_curve(history, out / CURVE_NAME, title=title,
-                    checkpoints=[c for c in save_epochs if c > 0], loss_name=problem.loss)
-    wall = time.perf_counter() - t_start
-    config = {"optimizer": optimizer, "lr": lr, "momentum": mom, "batch_size": batch_size,
-              "epochs": epochs, "checkpoints": cps, "seed": seed, "log_every": log_every,
-              "exact_log": exact_log, "max_exact_bytes": max_exact_bytes}
-    timing = {"wall_s": wall, "train_s": t_train, "exact_objective_s": exact_J.seconds,
-              "seconds_per_step": t_train / max(step, 1)}
-    manifest = _train_manifest(problem, estimator, config, {"seed": seed, **seeds}, history,
-                               step, exact_J.note, timing, written)
-    manifest["plugins"] = plugin_records
-    _atomic_write(out / MANIFEST_NAME,
-                  (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode())
-    final = problem.with_params(state.live, name=f"{problem.name}-epoch{epochs}")
-    return TrainResult(out_dir=out, problem=final, checkpoints=written, log_path=log_path,
-                       curve_path=out / CURVE_NAME, manifest_path=out / MANIFEST_NAME,
-                       history=history, initial_objective=history[0]["exact_objective"],
-                       final_objective=history[-1]["exact_objective"], wall_s=wall,
-                       train_s=t_train, exact_note=exact_J.note, manifest=manifest)
+    with folder_lock(out, busy, cannot):  # held until the training ends, however it ends
+        # checked again under the lock: the last check; it removes old files when overwriting
+        _check_out_dir(out_dir, overwrite)
+        save_epochs = sorted({0, *cps, epochs})
+        state = _State.of(problem)
+        exact_J = _ExactObjective(problem, state.live, max_exact_bytes, exact_log)
+        opt = _make_optimizer(optimizer, list(state.leaves.values()), lr, momentum)
+        seeds = _stream_seeds(seed)
+        gens = {"shuffle": torch.Generator().manual_seed(seeds["shuffle"]),
+                **{k: torch.Generator(device=problem.x.device).manual_seed(seeds[k])
+                   for k in ("estimator", "monitor")}}
+
+        def save(epoch: int) -> Path:
+            return save_problem(problem.with_params(state.live, name=f"{problem.name}-epoch{epoch}"),
+                                checkpoint_path(out, epoch))
+
+        log_path = out / LOG_NAME
+        written = {0: save(0)}
+        history: list[dict[str, float]] = [{"epoch": 0, "step": 0, "train_loss": math.nan,
+                                            "exact_objective": exact_J(),
+                                            "wall_s": time.perf_counter() - t_start}]  # the set-up
+        write_log(log_path, history)
+        last_flush = time.perf_counter()
+        t_train = 0.0
+        step = 0
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            loss_sum, steps = _epoch(problem, estimator, state, opt, batch_size, gens)
+            step += steps
+            t_train += time.perf_counter() - t0
+            bad = state.non_finite()
+            want_exact = epoch % log_every == 0 or epoch in save_epochs
+            row = {"epoch": epoch, "step": step, "train_loss": loss_sum / problem.num_data,
+                   "exact_objective": exact_J() if want_exact and not bad else math.nan,
+                   "wall_s": time.perf_counter() - t_start}
+            history.append(row)
+            if bad:
+                write_log(log_path, history)
+                raise TrainingDiverged(
+                    f"training diverged at epoch {epoch} (step {step}): parameter {bad[0]} became NaN "
+                    f"or Inf with estimator {estimator.spec!r}, optimizer {optimizer}, lr={lr}: lower "
+                    f"the learning rate, or check the estimator (one non-finite gradient sample makes "
+                    f"the parameters NaN at once) (log so far in {str(log_path)!r})", argument="lr",
+                    value=lr, expected="a smaller learning rate, or an estimator with finite gradients")
+            if epoch in save_epochs:
+                written[epoch] = save(epoch)
+            if epoch in save_epochs or time.perf_counter() - last_flush > _FLUSH_SECONDS:
+                write_log(log_path, history)
+                last_flush = time.perf_counter()
+            if progress is not None:
+                progress(epoch, epochs, row)
+
+        write_log(log_path, history)
+        mom = (DEFAULT_SGD_MOMENTUM if momentum is None else momentum) if optimizer == "sgd" else None
+        title = (f"{problem.name} ({problem.arch}, D={problem.num_data}): {estimator.spec}, {optimizer} "
+                 f"lr={lr:g}" + (f" momentum={mom:g}" if mom is not None else "")
+                 + f", batch {batch_size}")
+        plot_loss_curve(history, out / CURVE_NAME, title=title,
+                        checkpoints=[c for c in save_epochs if c > 0], loss_name=problem.loss)
+        wall = time.perf_counter() - t_start
+        config = {"optimizer": optimizer, "lr": lr, "momentum": mom, "batch_size": batch_size,
+                  "epochs": epochs, "checkpoints": cps, "seed": seed, "log_every": log_every,
+                  "exact_log": exact_log, "max_exact_bytes": max_exact_bytes}
+        timing = {"wall_s": wall, "train_s": t_train, "exact_objective_s": exact_J.seconds,
+                  "seconds_per_step": t_train / max(step, 1)}
+        manifest = _train_manifest(problem, estimator, config, {"seed": seed, **seeds}, history,
+                                   step, exact_J.note, timing, written)
+        manifest["plugins"] = plugin_records
+        _atomic_write(out / MANIFEST_NAME,
+                      (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode())
+        final = problem.with_params(state.live, name=f"{problem.name}-epoch{epochs}")
+        return TrainResult(out_dir=out, problem=final, checkpoints=written, log_path=log_path,
+                           curve_path=out / CURVE_NAME, manifest_path=out / MANIFEST_NAME,
+                           history=history, initial_objective=history[0]["exact_objective"],
+                           final_objective=history[-1]["exact_objective"], wall_s=wall,
+                           train_s=t_train, exact_note=exact_J.note, manifest=manifest)
 
 
 def _train_manifest(problem: Problem, estimator: Estimator, config: dict[str, Any],

@@ -63,7 +63,7 @@ from sbn_bench import data, malloc, model, network, problems
 from sbn_bench.config import ProblemSpec, RunConfig, parse_seeds, seed_tuple
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import Estimator, Registry, estimate, load_plugins
-from sbn_bench.fileio import atomic_write_text
+from sbn_bench.fileio import WriteError, atomic_write_text, folder_lock
 from sbn_bench.problems import Problem
 from sbn_bench.provenance import environment, file_record, processor
 from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size, exact_gradient
@@ -744,145 +744,156 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     if d.exists() and not d.is_dir():
         raise StudyError(f"argument out={str(d)!r} exists and is not a folder; choose another output "
                          "folder", argument="out")
-    if d.is_dir():
-        from sbn_bench.storage import CELLS, MANIFEST, PART_KINDS
 
-        # a study keeps cells/*.json; a run's marks are its manifest and its cells/*.KIND.csv parts
-        if (d / MANIFEST).is_file() or any(next((d / CELLS).glob(f"*.{k}.csv"), None) for k in PART_KINDS):
-            raise StudyError(f"argument out={str(d)!r} holds an sbn-bench run ({MANIFEST}, {CELLS}/); a "
-                             "study needs its own folder", argument="out")
-    single = [p.name for p in training_files(d) if p.name != CURVE_NAME]
-    if single:
-        raise StudyError(f"argument out={str(d)!r} holds a single training ({', '.join(single[:3])}"
-                         f"{', …' if len(single) > 3 else ''}); a study needs its own folder",
-                         argument="out")
-    if manifest_path.exists():
-        if not resume:
-            raise StudyError(f"argument out={str(d)!r} already holds a training study; pass "
-                             "resume=True (--resume) to finish it, or choose another folder",
+    def busy() -> StudyError:
+        return StudyError(f"argument out={str(d)!r} is in use by another sbn-bench process (a "
+                          "study, training or run holds the folder's lock); wait for it to finish, or choose another folder",
+                          argument="out")
+
+    def cannot(e: OSError) -> WriteError:
+        return WriteError(d, e, "choose another output folder: out=… / --out")
+
+    with folder_lock(d, busy, cannot):  # one process at a time checks and writes the study
+        if d.is_dir():
+            from sbn_bench.storage import CELLS, MANIFEST, PART_KINDS
+
+            # a study keeps cells/*.json; a run's marks are its manifest and its cells/*.KIND.csv parts
+            if (d / MANIFEST).is_file() or any(next((d / CELLS).glob(f"*.{k}.csv"), None)
+                                               for k in PART_KINDS):
+                raise StudyError(f"argument out={str(d)!r} holds an sbn-bench run ({MANIFEST}, {CELLS}/); a "
+                                 "study needs its own folder", argument="out")
+        single = [p.name for p in training_files(d) if p.name != CURVE_NAME]
+        if single:
+            raise StudyError(f"argument out={str(d)!r} holds a single training ({', '.join(single[:3])}"
+                             f"{', …' if len(single) > 3 else ''}); a study needs its own folder",
                              argument="out")
-        old = _read_study(d)
-        if old.get("settings_fingerprint") != fp:
-            diff = diff_dicts(old.get("settings"), s.to_json())
-            shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
-            raise StudyError(f"cannot resume the study in {str(d)!r}: its settings differ from "
-                             f"these ({shown or 'its settings fingerprint differs'}); use the same "
-                             "settings, or another folder", argument="resume")
-        old_versions = old.get("versions") if isinstance(old.get("versions"), dict) else {}
-        stream = old_versions.get("stream")
-        if stream != model.STREAM_VERSION:
-            was = "not recorded (a study from before 2 December 2026)" if stream is None \
-                else repr(stream)
-            raise StudyError(f"cannot resume the study in {str(d)!r}: its cells were drawn from "
-                             f"random stream {was}, this version draws stream "
-                             f"{model.STREAM_VERSION} (sbn_bench.model.STREAM_VERSION: the same "
-                             "seeds give other numbers); use another folder", argument="resume")
-        given_sha = {r["sha256"] for r in plugin_records}
-        missing = [r.get("path") for r in old.get("plugins") or []
-                   if isinstance(r, dict) and r.get("sha256") not in given_sha]
-        if missing:
-            raise StudyError(f"cannot resume the study in {str(d)!r}: it was trained with plugin "
-                             f"file {missing[0]!r}, and no plugin file given now has its content "
-                             "(SHA-256); give the same --plugin files (or use another folder)",
-                             argument="plugins", value=[str(p) for p in plugins],
-                             expected="the study's plugin files, unchanged")
-        old_e = [e for e in old.get("estimators") or [] if isinstance(e, str)]
-        old_s = [x for x in old.get("seeds") or [] if isinstance(x, int)]
-        # those with a cell file: an interrupted extension that finished none of its cells of an
-        # estimator (or seed) does not hold the study to it
-        done_e = [e for e in old_e if any(cell_file(d, e, x).is_file() for x in old_s)]
-        done_s = [x for x in old_s if any(cell_file(d, e, x).is_file() for e in old_e)]
-        for what, given, had in (("estimators", ests, done_e), ("seeds", seeds, done_s)):
-            dropped = [x for x in had if x not in given]
-            if dropped:
-                raise StudyError(
-                    f"cannot resume the study in {str(d)!r}: it has {what} "
-                    f"{', '.join(map(str, had))}, and {', '.join(map(str, dropped))} would be left "
-                    f"out of its tables and report; give them all (more extend the study), or use "
-                    "another folder", argument=what, value=list(given),
-                    expected=f"at least the study's {what}")
-    cells = [(e, sd) for e in ests for sd in seeds]
-    records: dict[tuple[str, int], dict[str, Any]] = {}
-    todo = []
-    for e, sd in cells:
-        rec = _read_cell(cell_file(d, e, sd), e, sd, fp, versions[e]) if resume else None
-        if rec is not None:
-            records[(e, sd)] = rec
-        else:
-            todo.append((e, sd))
-    resumed = len(records)
-    if kind == "auto":  # trainings are long: worker processes pay off from two cells on
-        executor = resolve_auto(cells=len(todo))
-    (d / CELLS_DIR).mkdir(parents=True, exist_ok=True)
-    manifest: dict[str, Any] = {
-        "kind": "sbn-bench training study", "study_version": STUDY_VERSION, "preset": preset,
-        "description": STUDY_PRESETS[preset].description, "settings": s.to_json(),
-        "settings_fingerprint": fp, "estimators": list(ests), "seeds": list(seeds),
-        # the executor that trained the cells (a resume that trains none keeps the earlier one;
-        # every invocation's is in "runs")
-        "executor": executor if todo or not old.get("executor") else old["executor"],
-        "status": "running", "versions": _versions(), "plugins": plugin_records}
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
-    job = functools.partial(train_cell, settings=s)
-    config = RunConfig(problems=(ProblemSpec(preset=preset),), threads=s.threads, cell_timeout=None)
+        if manifest_path.exists():
+            if not resume:
+                raise StudyError(f"argument out={str(d)!r} already holds a training study; pass "
+                                 "resume=True (--resume) to finish it, or choose another folder",
+                                 argument="out")
+            old = _read_study(d)
+            if old.get("settings_fingerprint") != fp:
+                diff = diff_dicts(old.get("settings"), s.to_json())
+                shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
+                raise StudyError(f"cannot resume the study in {str(d)!r}: its settings differ from "
+                                 f"these ({shown or 'its settings fingerprint differs'}); use the same "
+                                 "settings, or another folder", argument="resume")
+            old_versions = old.get("versions") if isinstance(old.get("versions"), dict) else {}
+            stream = old_versions.get("stream")
+            if stream != model.STREAM_VERSION:
+                was = "not recorded (a study from before 2 December 2026)" if stream is None \
+                    else repr(stream)
+                raise StudyError(f"cannot resume the study in {str(d)!r}: its cells were drawn from "
+                                 f"random stream {was}, this version draws stream "
+                                 f"{model.STREAM_VERSION} (sbn_bench.model.STREAM_VERSION: the same "
+                                 "seeds give other numbers); use another folder", argument="resume")
+            given_sha = {r["sha256"] for r in plugin_records}
+            missing = [r.get("path") for r in old.get("plugins") or []
+                       if isinstance(r, dict) and r.get("sha256") not in given_sha]
+            if missing:
+                raise StudyError(f"cannot resume the study in {str(d)!r}: it was trained with plugin "
+                                 f"file {missing[0]!r}, and no plugin file given now has its content "
+                                 "(SHA-256); give the same --plugin files (or use another folder)",
+                                 argument="plugins", value=[str(p) for p in plugins],
+                                 expected="the study's plugin files, unchanged")
+            old_e = [e for e in old.get("estimators") or [] if isinstance(e, str)]
+            old_s = [x for x in old.get("seeds") or [] if isinstance(x, int)]
+            # those with a cell file: an interrupted extension that finished none of its cells of an
+            # estimator (or seed) does not hold the study to it
+            done_e = [e for e in old_e if any(cell_file(d, e, x).is_file() for x in old_s)]
+            done_s = [x for x in old_s if any(cell_file(d, e, x).is_file() for e in old_e)]
+            for what, given, had in (("estimators", ests, done_e), ("seeds", seeds, done_s)):
+                dropped = [x for x in had if x not in given]
+                if dropped:
+                    raise StudyError(
+                        f"cannot resume the study in {str(d)!r}: it has {what} "
+                        f"{', '.join(map(str, had))}, and {', '.join(map(str, dropped))} would be left "
+                        f"out of its tables and report; give them all (more extend the study), or use "
+                        "another folder", argument=what, value=list(given),
+                        expected=f"at least the study's {what}")
+        cells = [(e, sd) for e in ests for sd in seeds]
+        records: dict[tuple[str, int], dict[str, Any]] = {}
+        todo = []
+        for e, sd in cells:
+            rec = _read_cell(cell_file(d, e, sd), e, sd, fp, versions[e]) if resume else None
+            if rec is not None:
+                records[(e, sd)] = rec
+            else:
+                todo.append((e, sd))
+        resumed = len(records)
+        if kind == "auto":  # trainings are long: worker processes pay off from two cells on
+            executor = resolve_auto(cells=len(todo))
+        (d / CELLS_DIR).mkdir(parents=True, exist_ok=True)
+        manifest: dict[str, Any] = {
+            "kind": "sbn-bench training study", "study_version": STUDY_VERSION, "preset": preset,
+            "description": STUDY_PRESETS[preset].description, "settings": s.to_json(),
+            "settings_fingerprint": fp, "estimators": list(ests), "seeds": list(seeds),
+            # the executor that trained the cells (a resume that trains none keeps the earlier one;
+            # every invocation's is in "runs")
+            "executor": executor if todo or not old.get("executor") else old["executor"],
+            "status": "running", "versions": _versions(), "plugins": plugin_records}
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+        job = functools.partial(train_cell, settings=s)
+        config = RunConfig(problems=(ProblemSpec(preset=preset),), threads=s.threads, cell_timeout=None)
 
-    def tasks() -> Iterator[tuple[Cell, CellContext]]:
-        for e, sd in todo:
-            prob = problems.digits_problem(preset, sd)
-            yield (Cell("job", preset, "train", e, sd),
-                   CellContext(prob, reg.create(e), None, config, job=job,
-                               plugins=tuple(reg.sources)))
+        def tasks() -> Iterator[tuple[Cell, CellContext]]:
+            for e, sd in todo:
+                prob = problems.digits_problem(preset, sd)
+                yield (Cell("job", preset, "train", e, sd),
+                       CellContext(prob, reg.create(e), None, config, job=job,
+                                   plugins=tuple(reg.sources)))
 
-    def runs_so_far(wall_s: float, **extra: Any) -> list[dict[str, Any]]:
-        """The earlier invocations' records (when resuming) and this one's."""
-        earlier = [r for r in old.get("runs", []) if isinstance(r, dict)] if resume else []
-        return [*earlier, {"wall_s": wall_s, "ran": done - resumed, "resumed": resumed,
-                           "executor": executor, **extra}]
+        def runs_so_far(wall_s: float, **extra: Any) -> list[dict[str, Any]]:
+            """The earlier invocations' records (when resuming) and this one's."""
+            earlier = [r for r in old.get("runs", []) if isinstance(r, dict)] if resume else []
+            return [*earlier, {"wall_s": wall_s, "ran": done - resumed, "resumed": resumed,
+                               "executor": executor, **extra}]
 
-    done = resumed
-    interrupted = True  # until the loop ends: Ctrl-C (or any error) leaves the study resumable
-    ex = None
-    try:
-        ex = make_executor(executor)  # inside: a Ctrl-C while it starts is an interruption too
-        for res in ex.map(tasks()):
-            records[(res.cell.estimator, int(res.cell.seed or 0))] = rec = _record(
-                res, fp, versions[res.cell.estimator])
-            atomic_write_text(cell_file(d, res.cell.estimator, int(res.cell.seed or 0)),
-                              json.dumps(_json_safe(rec)) + "\n")
-            done += 1
-            if progress is not None:
-                what = "failed" if res.failed else f"{res.seconds:.1f} s"
-                progress(done, len(cells), f"{res.cell.estimator} seed {res.cell.seed}: {what}")
-        interrupted = False
-    finally:
-        if ex is not None:
-            ex.close()
-        if interrupted:  # say so in study.json, and count this invocation's cells and time
-            manifest.update(status="interrupted",
-                            runs=runs_so_far(time.perf_counter() - t0, interrupted=True))
-            atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+        done = resumed
+        interrupted = True  # until the loop ends: Ctrl-C (or any error) leaves the study resumable
+        ex = None
+        try:
+            ex = make_executor(executor)  # inside: a Ctrl-C while it starts is an interruption too
+            for res in ex.map(tasks()):
+                records[(res.cell.estimator, int(res.cell.seed or 0))] = rec = _record(
+                    res, fp, versions[res.cell.estimator])
+                atomic_write_text(cell_file(d, res.cell.estimator, int(res.cell.seed or 0)),
+                                  json.dumps(_json_safe(rec)) + "\n")
+                done += 1
+                if progress is not None:
+                    what = "failed" if res.failed else f"{res.seconds:.1f} s"
+                    progress(done, len(cells), f"{res.cell.estimator} seed {res.cell.seed}: {what}")
+            interrupted = False
+        finally:
+            if ex is not None:
+                ex.close()
+            if interrupted:  # say so in study.json, and count this invocation's cells and time
+                manifest.update(status="interrupted",
+                                runs=runs_so_far(time.perf_counter() - t0, interrupted=True))
+                atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
 
-    curves, probes_, failures = [], [], []
-    for e, sd in cells:
-        rec = records[(e, sd)]
-        if rec["status"] != "ok":
-            failures.append({"estimator": e, "seed": sd, "stage": rec.get("stage", ""),
-                             "error": rec.get("error", "")})
-            continue
-        curves += [_from_json(r) for r in rec["curves"]]
-        probes_ += [_from_json(r) for r in rec["probes"]]
-    _write_csv(d / CURVES_NAME, CURVE_COLUMNS, curves)
-    _write_csv(d / PROBES_NAME, PROBE_COLUMNS, probes_)
-    _write_csv(d / FAILURES_NAME, ["estimator", "seed", "stage", "error"], failures)
-    wall = time.perf_counter() - t0
-    runs = runs_so_far(wall)
-    manifest.update(status="complete" if not failures else "complete with failures",
-                    cells=len(cells), ran=len(cells) - resumed, resumed=resumed,
-                    failed=len(failures), wall_s=wall, runs=runs,
-                    cell_seconds=sum(float(r.get("seconds") or 0.0) for r in records.values()))
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
-    return StudyResult(d, s, ests, seeds, curves, probes_, failures, len(cells) - resumed, resumed,
-                       wall)
+        curves, probes_, failures = [], [], []
+        for e, sd in cells:
+            rec = records[(e, sd)]
+            if rec["status"] != "ok":
+                failures.append({"estimator": e, "seed": sd, "stage": rec.get("stage", ""),
+                                 "error": rec.get("error", "")})
+                continue
+            curves += [_from_json(r) for r in rec["curves"]]
+            probes_ += [_from_json(r) for r in rec["probes"]]
+        _write_csv(d / CURVES_NAME, CURVE_COLUMNS, curves)
+        _write_csv(d / PROBES_NAME, PROBE_COLUMNS, probes_)
+        _write_csv(d / FAILURES_NAME, ["estimator", "seed", "stage", "error"], failures)
+        wall = time.perf_counter() - t0
+        runs = runs_so_far(wall)
+        manifest.update(status="complete" if not failures else "complete with failures",
+                        cells=len(cells), ran=len(cells) - resumed, resumed=resumed,
+                        failed=len(failures), wall_s=wall, runs=runs,
+                        cell_seconds=sum(float(r.get("seconds") or 0.0) for r in records.values()))
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+        return StudyResult(d, s, ests, seeds, curves, probes_, failures, len(cells) - resumed, resumed,
+                           wall)
 
 
 def _record(res: CellResult, fp: str, version: str) -> dict[str, Any]:

@@ -83,3 +83,38 @@ def test_a_file_in_the_way_of_the_folder_is_named(tmp_path: Path) -> None:
     with pytest.raises(WriteError, match=r"Not a directory: '.*afile' is a file, not a folder"):
         atomic_write_bytes(tmp_path / "afile" / "x.npz", b"data")  # the folder itself
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_folder_lock_leaves_nothing_behind_when_its_block_raises(tmp_path: Path) -> None:
+    """A refused call (the block raises) removes the lock file and the folder it made; a call
+    that ends well keeps the lock file, as a run's folder does; a held lock calls ``busy``."""
+    from sbn_bench.fileio import LOCK, folder_lock, try_lock
+
+    class Busy(Exception):
+        pass
+
+    fresh = tmp_path / "a" / "b"
+    with pytest.raises(ValueError), folder_lock(fresh, Busy):
+        assert (fresh / LOCK).is_file()
+        raise ValueError
+    assert not fresh.exists() and (tmp_path / "a").is_dir()  # only the folder it made (b)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("x")
+    with pytest.raises(ValueError), folder_lock(kept, Busy):
+        raise ValueError
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
+    with folder_lock(fresh, Busy):
+        fd = try_lock(fresh)  # another open file description: refused while held
+        assert fd is None
+        with pytest.raises(Busy), folder_lock(fresh, Busy):
+            pass
+    assert (fresh / LOCK).is_file()
+    fd = try_lock(fresh)  # released
+    assert fd is not None
+    os.close(fd)
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    with pytest.raises(WriteError), folder_lock(blocked / "sub", Busy,
+                                                lambda e: WriteError(blocked, e, "hint")):
+        pass

@@ -205,7 +205,7 @@ def test_a_folder_in_use_by_another_run_is_refused(tmp_path: Path) -> None:
     runner.run(cfg)
     holder = RunStore.open(out, json.loads((out / "manifest.json").read_text()), resume=True)
     try:
-        with pytest.raises(RunDirError, match="in use by another run"):
+        with pytest.raises(RunDirError, match="in use by another sbn-bench process"):
             runner.run(cfg.with_(resume=True))
     finally:
         holder.close()

@@ -65,7 +65,7 @@ def test_train_refuses_a_folder_with_a_previous_training(tmp_path: Path) -> None
         train(p, "st", epochs=1, batch_size=4, out_dir=out, num_threads=None)
     assert e.value.argument == "out_dir"
     res = train(p, "st", epochs=1, batch_size=4, out_dir=out, num_threads=None, overwrite=True)
-    left = sorted(f.name for f in out.iterdir())
+    left = sorted(f.name for f in out.iterdir() if f.name != ".lock")  # the folder's lock file
     assert left == ["checkpoint_epoch0.npz", "checkpoint_epoch1.npz", "loss_curve.png",
                     "train_log.csv", "train_manifest.json"], left  # no stale epoch 2 and 3
     assert sorted(res.checkpoints) == [0, 1]
@@ -187,3 +187,34 @@ def test_a_training_study_refuses_a_run_folder_and_a_file(tmp_path: Path) -> Non
                                     "0", "--executor", "serial", "--out", str(run_dir)])
     assert res.exit_code == 1 and res.output.startswith(f"Error: --out '{run_dir}' holds an sbn-bench run"), \
         res.output
+
+
+def test_a_folder_in_use_is_refused_by_a_training_and_a_study(tmp_path: Path) -> None:
+    """Two trainings (or studies) into one --out both ran and exited 0, leaving checkpoints of
+    two problems in one folder; the second is now refused while the first holds the folder's
+    lock (exit status 1: a folder, not a value), and nothing is written."""
+    import os
+
+    from sbn_bench import train_study as ts
+    from sbn_bench.fileio import LOCK, try_lock
+
+    p = random_problem("2-2-1", 0, data_points=4)
+    out = tmp_path / "t"
+    out.mkdir()
+    fd = try_lock(out)  # as a training in another process holds it
+    assert fd is not None
+    try:
+        with pytest.raises(TrainArgumentError, match="in use by another sbn-bench process") as e:
+            train(p, "st", epochs=1, batch_size=4, out_dir=out, num_threads=None)
+        assert e.value.argument == "out_dir"
+        with pytest.raises(ts.StudyError, match="in use by another sbn-bench process"):
+            ts.run_study("digits-vae-exact", out=out, estimators=("st",), seeds=(0,),
+                         settings=ts.preset_settings("digits-vae-exact", epochs=1))
+        r = invoke(["train", "--arch", "2-2-1", "--data-points", "4", "--estimator", "st",
+                    "--epochs", "1", "--batch-size", "4", "--out", out, "-q"])
+        assert r.exit_code == 1 and "in use by another sbn-bench process" in r.output, r.output
+        assert [f.name for f in out.iterdir()] == [LOCK]
+    finally:
+        os.close(fd)
+    train(p, "st", epochs=1, batch_size=4, out_dir=out, num_threads=None)  # free again
+    assert (out / "checkpoint_epoch1.npz").is_file()
