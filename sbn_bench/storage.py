@@ -307,9 +307,10 @@ class RunStore:
     def _acquire(self) -> None:
         fd = try_lock(self.out)
         if fd is None:
-            raise RunDirError(f"output folder {str(self.out)!r} is in use by another sbn-bench process "
-                              "(a run, training or study holds the folder's lock); wait for it to finish, or choose another output "
-                              "folder", argument=str(self.out)) from None
+            raise RunDirError(f"output folder {str(self.out)!r} is in use by another sbn-bench "
+                              "process (a run, training or study holds the folder's lock); wait "
+                              "for it to finish, or choose another output folder",
+                              argument=str(self.out)) from None
         self._lock = fd
 
     def close(self) -> None:

@@ -747,8 +747,8 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
 
     def busy() -> StudyError:
         return StudyError(f"argument out={str(d)!r} is in use by another sbn-bench process (a "
-                          "study, training or run holds the folder's lock); wait for it to finish, or choose another folder",
-                          argument="out")
+                          "study, training or run holds the folder's lock); wait for it to "
+                          "finish, or choose another folder", argument="out")
 
     def cannot(e: OSError) -> WriteError:
         return WriteError(d, e, "choose another output folder: out=… / --out")
