@@ -86,6 +86,10 @@ ProgressFn = Callable[[int, int, Mapping[str, float]], None]
 """``progress(epoch, epochs, row)``, called after every epoch with that epoch's log row."""
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+"""A parameter beyond this is a diverged training (:meth:`_State.diverged`)."""
+
+
 class TrainArgumentError(SbnBenchError, ValueError):
     """A training argument out of range; :attr:`argument` is its Python name (e.g. ``"lr"``)."""
 
@@ -596,8 +600,17 @@ class _State:
         return cls(leaves, {k: v.detach() for k, v in leaves.items()},
                    {k: v.unsqueeze(0) for k, v in leaves.items()})
 
-    def non_finite(self) -> list[str]:
-        return [k for k, v in self.live.items() if not torch.isfinite(v).all()]
+    def diverged(self) -> tuple[str, str] | None:
+        """The first parameter that became NaN or Inf, or grew beyond float32's range (a network
+        that no float32 run, the default, can evaluate: the training has left every useful
+        region), with what happened to it; None while all are usable."""
+        for k, v in self.live.items():
+            if not torch.isfinite(v).all():
+                return k, "became NaN or Inf"
+            big = float(v.abs().max()) if v.numel() else 0.0
+            if big > FLOAT32_MAX:
+                return k, f"reached {big:.3g}, beyond float32's range (±{FLOAT32_MAX:.3g})"
+        return None
 
 
 def _epoch(problem: Problem, estimator: Estimator, state: _State, opt: torch.optim.Optimizer,
@@ -682,7 +695,7 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
             loss_sum, steps = _epoch(problem, estimator, state, opt, batch_size, gens)
             step += steps
             t_train += time.perf_counter() - t0
-            bad = state.non_finite()
+            bad = state.diverged()
             want_exact = epoch % log_every == 0 or epoch in save_epochs
             row = {"epoch": epoch, "step": step, "train_loss": loss_sum / problem.num_data,
                    "exact_objective": exact_J() if want_exact and not bad else math.nan,
@@ -691,8 +704,8 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
             if bad:
                 write_log(log_path, history)
                 raise TrainingDiverged(
-                    f"training diverged at epoch {epoch} (step {step}): parameter {bad[0]} became NaN "
-                    f"or Inf with estimator {estimator.spec!r}, optimizer {optimizer}, lr={lr}: lower "
+                    f"training diverged at epoch {epoch} (step {step}): parameter {bad[0]} {bad[1]} "
+                    f"with estimator {estimator.spec!r}, optimizer {optimizer}, lr={lr}: lower "
                     f"the learning rate, or check the estimator (one non-finite gradient sample makes "
                     f"the parameters NaN at once) (log so far in {str(log_path)!r})", argument="lr",
                     value=lr, expected="a smaller learning rate, or an estimator with finite gradients")

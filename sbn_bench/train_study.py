@@ -554,10 +554,10 @@ def train_cell(cell: Cell, problem: Problem, estimator: Estimator | None, *,
             step += 1
         epoch_s = time.perf_counter() - t0
         train_s += epoch_s
-        bad = state.non_finite()
+        bad = state.diverged()
         if bad:
             raise TrainingDiverged(
-                f"training diverged at epoch {epoch}: parameter {bad[0]} became NaN or Inf with "
+                f"training diverged at epoch {epoch}: parameter {bad[0]} {bad[1]} with "
                 f"estimator {estimator.spec!r}, {s.optimizer} lr={s.lr}: lower the learning rate, "
                 "or check the estimator (one non-finite gradient sample makes the parameters NaN "
                 "at once)", argument="lr", value=s.lr,

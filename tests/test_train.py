@@ -334,6 +334,32 @@ def test_divergence_is_reported(small: Problem, tmp_path: Path) -> None:
     assert not (tmp_path / "checkpoint_epoch1.npz").exists()
 
 
+def test_parameters_beyond_float32_are_a_divergence(small: Problem, tmp_path: Path) -> None:
+    """A learning rate of 1e300 took the objective from 0.76 to 2.3e298 (finite in float64) and
+    exited 0 with checkpoints no float32 run can evaluate; a parameter beyond float32's range is
+    now a divergence, while one just inside it trains on."""
+    from sbn_bench.train import FLOAT32_MAX
+
+    with pytest.raises(TrainingDiverged, match=r"diverged at epoch 1 .*: parameter \w+ reached "
+                                               r".*beyond float32's range") as e:
+        train(small, "reinforce", lr=1e300, batch_size=6, epochs=3, out_dir=tmp_path / "a")
+    assert e.value.argument == "lr"
+    assert not (tmp_path / "a" / "checkpoint_epoch3.npz").exists()
+
+    def surrogate(scale: float):
+        def f(problem: Problem, params, generator) -> torch.Tensor:
+            return -params["weight_1"].sum((1, 2)) * scale  # every step adds `scale` to weight_1
+        return f
+
+    near = Estimator("near", surrogate(FLOAT32_MAX / 2), randomness="none")
+    train(small, near, lr=1.0, momentum=0.0, batch_size=small.num_data, epochs=1,
+          out_dir=tmp_path / "b")  # about FLOAT32_MAX / 2: trains on
+    over = Estimator("over", surrogate(FLOAT32_MAX * 2), randomness="none")
+    with pytest.raises(TrainingDiverged, match="weight_1 reached"):
+        train(small, over, lr=1.0, momentum=0.0, batch_size=small.num_data, epochs=1,
+              out_dir=tmp_path / "c")
+
+
 def test_a_divergence_on_the_command_line_is_a_failure_not_a_refused_lr(tmp_path: Path) -> None:
     """The training ran and failed: exit status 1 with the library's message, as for a default
     learning rate; before, a typed --lr turned it into click's usage error (exit status 2)."""
