@@ -125,7 +125,7 @@ def _error_lines(r: Result) -> list[str]:
 @pytest.mark.parametrize("args,names", [
     (["exact"], ["--problem", "--arch", "--preset"]),
     (["exact", "--arch", "2-3-1", "--preset", "paper"], ["--arch", "--preset"]),
-    (["exact", "--problem", "p.npz", "--arch", "2-3-1"], ["--problem", "--arch"]),
+    (["exact", "--problem", __file__, "--arch", "2-3-1"], ["--problem", "--arch"]),
     (["exact", "--arch", "2-x-1"], ["arch", "2-x-1"]),
     (["exact", "--arch", "2-1"], ["arch", "2-1"]),
     (["exact", "--problem", "does-not-exist.npz"], ["does-not-exist.npz"]),

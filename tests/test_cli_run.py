@@ -174,8 +174,10 @@ def test_bad_arguments_name_the_option(tmp_path, args, words):
     # the library's message without its own name of the setting (the option is named already)
     (["--reference", "mc::0"], 2, ["Invalid value for '--reference': 'mc::0': N=0 samples"]),
     (["--memory-budget", "0"], 2, ["Invalid value for '--memory-budget': '0' must be at least 1 byte"]),
-    # a file named by an option that is missing or broken is an error of that file (exit 1)
-    (["--plugin", "missing_plugin.py"], 1, ["missing_plugin.py", "does not exist"]),
+    # a file named by an option that does not exist is a refused value (exit 2), as a folder is;
+    # one that exists and is broken is an error of that file (exit 1)
+    (["--plugin", "missing_plugin.py"], 2, ["Invalid value for '--plugin'", "missing_plugin.py",
+                                            "does not exist"]),
 ])
 def test_bad_values_give_one_line_error(tmp_path, args, code, words):
     res = CliRunner().invoke(main, [*SMALL, *args, "--out", str(tmp_path / "x")])

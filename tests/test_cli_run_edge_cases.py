@@ -167,8 +167,11 @@ def test_max_exact_bytes_takes_sizes(tmp_path: Path) -> None:
     assert invoke([*base, "--max-exact-bytes", "1MiB"]).exit_code == 0
     assert invoke([*base, "--max-exact-bytes", "4GiB"]).exit_code == 0
     assert invoke([*base, "--max-exact-bytes", "1000000"]).exit_code == 0  # plain bytes still work
-    r = invoke([*base, "--max-exact-bytes", "1KiB"])
-    assert r.exit_code == 1 and "limit of" in r.output, r.output
+    r = invoke([*base, "--max-exact-bytes", "1KiB"])  # the option's value refused: exit 2
+    assert r.exit_code == 2 and "Invalid value for '--max-exact-bytes'" in r.output, r.output
+    assert "limit of 1 KiB" in r.output and "(raise it with --max-exact-bytes," in r.output
+    r = invoke(["exact", "--arch", "2-30-30-1"])  # the default limit: the problem fails (exit 1)
+    assert r.exit_code == 1 and "(raise it with --max-exact-bytes," in r.output, r.output
     r = invoke([*base, "--max-exact-bytes", "4XB"])
     assert r.exit_code == 2 and "--max-exact-bytes" in r.output and "'4XB'" in r.output, r.output
     r = invoke(["run", "--arch", "2-2-1", "--data-points", "3", "--estimators", "psa", "--samples",

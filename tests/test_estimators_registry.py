@@ -327,8 +327,12 @@ def test_list_refuses_a_plugin_file_that_cannot_be_loaded(tmp_path: Path) -> Non
     from sbn_bench.cli import main
 
     res = CliRunner().invoke(main, ["list", "--plugin", str(tmp_path / "noest.py")])
-    assert res.exit_code == 1 and res.output.startswith("Error: plugin file") and \
+    # a path that does not exist: a refused value of --plugin (exit 2), no estimator listed
+    assert res.exit_code == 2 and "Invalid value for '--plugin'" in res.output and \
         "does not exist" in res.output and "noest" not in res.output.split("does not exist")[1]
+    (tmp_path / "noest.py").write_text("raise ImportError('x')\n")  # exists, fails: exit 1
+    res = CliRunner().invoke(main, ["list", "--plugin", str(tmp_path / "noest.py")])
+    assert res.exit_code == 1 and res.output.startswith("Error: plugin file"), res.output
 
 
 def test_the_kit_refuses_more_evaluations_held_than_made() -> None:

@@ -453,13 +453,15 @@ def test_cli_compare_mismatch_is_one_line_error_unless_forced(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("make, words", [
-    (lambda p: p, "does not exist"),
     (lambda p: (p.mkdir(), p)[1], "is empty"),
     (lambda p: (p.mkdir(), (p / "manifest.json").write_text("{}"), p)[2], "no metrics.csv"),
     (lambda p: (p.mkdir(), (p / "metrics.csv").write_text(""), p)[2], "is empty: expected a CSV header"),
     (lambda p: (p.mkdir(), (p / "metrics.csv").write_text("problem,value\n"), p)[2], "lacks the column"),
 ])
 def test_cli_bad_run_dir_is_a_one_line_error(tmp_path, make, words) -> None:
+    missing = CliRunner().invoke(main, ["report", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "Invalid value for 'DIR'" in missing.output  # a refused value
+    assert "does not exist" in missing.output, missing.output
     d = make(tmp_path / "run")
     res = CliRunner().invoke(main, ["report", str(d)])
     assert res.exit_code == 1, res.output

@@ -96,7 +96,7 @@ def friendly_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-_OPTION_OF = {"M": "m_grid", "batch": "throughput_batch"}
+_OPTION_OF = {"M": "m_grid", "batch": "throughput_batch", "max_bytes": "max_exact_bytes"}
 """A setting's option where their names differ (``RunConfig.M`` is ``--M``, parameter ``m_grid``)."""
 
 
@@ -207,7 +207,7 @@ def cli_names(message: str, e: SbnBenchError) -> str:
     option = max(opts, key=len)
     flag = re.escape(option)
     # "memory_budget=" → "--memory-budget="; "compare_dir, --compare" and the like → "--compare"
-    return re.sub(rf"(?<![\w.\-/'\"]){re.escape(name)}(?:, {flag}| / {flag}| \({flag}\))?"
+    return re.sub(rf"(?<![\w.\-/'\"]){re.escape(name)}(?:, {flag}|=? / {flag}| \({flag}\))?"
                   rf"(?![\w\-/'\"])", option, message)
 
 

@@ -27,7 +27,8 @@ def problem_options(fn: F) -> F:
     """``--problem FILE | --arch A | --preset NAME`` with ``--seed``, ``--data-points``, ``--loss``,
     ``--noise`` (the last three for ``--arch`` only)."""
     opts = [
-        click.option("--problem", "problem_file", type=click.Path(dir_okay=False, path_type=Path),
+        click.option("--problem", "problem_file",
+                     type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="Problem file (.npz, the public format in the README)."),
         click.option("--arch", help="Random network, e.g. 2-5-5-5-1 (input-hidden...-output)."),
         click.option("--preset", type=click.Choice(sorted(problems.PRESETS)),
@@ -94,7 +95,7 @@ def build_problem(spec: ProblemSpec, max_exact_bytes: int | None = None) -> Prob
 
 def plugin_option(fn: F) -> F:
     return click.option("--plugin", "plugins", multiple=True,
-                        type=click.Path(dir_okay=False, path_type=Path),
+                        type=click.Path(exists=True, dir_okay=False, path_type=Path),
                         help="Python file defining ESTIMATORS = {name: factory} (repeatable).")(fn)
 
 

@@ -11,7 +11,7 @@ from sbn_bench.cli.base import FiniteFloatRange, friendly_errors, warn
 
 
 @click.command()
-@click.argument("run_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("run_dir", metavar="DIR", type=click.Path(exists=True, path_type=Path))
 @click.option("--compare", "compare_dir", metavar="DIR2",
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A baseline run: adds its headline beside this run's and the differences "

@@ -158,7 +158,8 @@ def _duration(seconds: float) -> str:
 
 @click.command()
 @problem_options
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False,
+                                                       path_type=Path),
               help="TOML file listing problems with checkpoints and settings (schema in the "
                    "README); options given here override it.")
 @click.option("--estimators", default=None,
