@@ -29,6 +29,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -805,20 +806,21 @@ def _read_arrays(path: Path, src: str, max_bytes: int = MAX_FILE_BYTES) -> dict[
     read. Any failure while reading (truncated archive, corrupt deflate stream, bad header) becomes a
     ProblemError naming the file (and the member).
     """
+    whole: dict[str, Any] = dict(argument="path", value=str(path), expected="an .npz problem file")
     try:
         with open(path, "rb") as f:
             head = f.read(8)
     except OSError as e:
         raise ProblemError(f"problem file {src} cannot be read ({e.strerror or e})",
-                           argument=src) from None
+                           **whole) from None
     if head.startswith(_NPY_MAGIC):
         raise ProblemError(f"problem file {src} is not a readable .npz archive (it holds a single "
                            ".npy array; write problems with np.savez or sbn-bench problem)",
-                           argument=src)
+                           **whole)
     if not head.startswith(_ZIP_MAGIC):
         what = "it is empty" if not head else "it does not start with a zip header"
         raise ProblemError(f"problem file {src} is not a readable .npz archive ({what}; write "
-                           "problems with np.savez or sbn-bench problem)", argument=src)
+                           "problems with np.savez or sbn-bench problem)", **whole)
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
@@ -826,8 +828,9 @@ def _read_arrays(path: Path, src: str, max_bytes: int = MAX_FILE_BYTES) -> dict[
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
                 raise ProblemError(f"problem file {src} holds the member(s) {', '.join(dup)} more "
-                                   "than once (which one counts would be ambiguous)", argument=src,
-                                   value=dup, expected="each array once")
+                                   "than once (which one counts would be ambiguous)",
+                                   argument=dup[0].removesuffix(".npy"), value=dup,
+                                   expected="each array once")  # as an array's error names it
             total = 0
             for info in infos:
                 if not info.filename.endswith(".npy"):
@@ -855,7 +858,7 @@ def _read_arrays(path: Path, src: str, max_bytes: int = MAX_FILE_BYTES) -> dict[
         if "pickle" in detail:
             detail = "an array holds Python objects (pickles are not loaded)"
         raise ProblemError(f"problem file {src} is not a readable .npz archive "
-                           f"({type(e).__name__}: {detail})", argument=src) from None
+                           f"({type(e).__name__}: {detail})", **whole) from None
 
 
 def load_problem(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTES) -> Problem:

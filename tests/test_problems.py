@@ -277,6 +277,32 @@ def test_missing_file_and_directory_are_refused(tmp_path: Path) -> None:
         load_problem(tmp_path)
 
 
+def test_a_file_that_is_no_problem_file_names_argument_path(tmp_path: Path) -> None:
+    """Whatever is wrong with the file as a whole (missing, a folder, empty, text, a lone .npy,
+    cut off), the error's ``argument`` is ``path`` and its ``value`` the path, as for a missing
+    file: for an unreadable archive it was the quoted path, which a caller could not branch on."""
+    good = tmp_path / "good.npz"
+    np.savez(good, **_base())
+    data = good.read_bytes()
+    cases = {"nope.npz": None, "dir.npz": "dir", "empty.npz": b"", "text.npz": b"hello\n",
+             "cut.npz": data[: len(data) // 2]}
+    for name, content in cases.items():
+        path = tmp_path / name
+        if content == "dir":
+            path.mkdir()
+        elif content is not None:
+            path.write_bytes(content)
+        with pytest.raises(ProblemError) as info:
+            load_problem(path)
+        assert (info.value.argument, info.value.value) == ("path", str(path)), (name, info.value)
+    npy = tmp_path / "single.npz"
+    with open(npy, "wb") as f:
+        np.save(f, np.zeros(3))
+    with pytest.raises(ProblemError) as info:
+        load_problem(npy)
+    assert (info.value.argument, info.value.value) == ("path", str(npy))
+
+
 def test_pickled_object_arrays_are_refused(tmp_path: Path) -> None:
     """Object arrays need pickle, which could run code: the loader must not unpickle them."""
     arrays = _base()
@@ -423,7 +449,7 @@ def test_duplicate_members_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ProblemError, match=r"dup.npz' holds the member\(s\) bias_out.npy more than "
                                            r"once") as info:
         load_problem(path)
-    assert info.value.value == ["bias_out.npy"]
+    assert (info.value.argument, info.value.value) == ("bias_out", ["bias_out.npy"])
 
 
 def test_a_zip_bomb_is_refused_before_reading(tmp_path: Path) -> None:
