@@ -521,8 +521,9 @@ def test_cli_study_refusals(tmp_path: Path) -> None:
     assert code == 2 and "options of a training study" in out
     code, out = run("--preset", "digits-vae", "--seeds", "0", "--plugin", str(tmp_path / "no.py"),
                     "--out", str(tmp_path / "f"))  # a study takes plugins; this one is missing
-    assert code == 1 and "no.py" in out and "Traceback" not in out
-    code, out = run("--publish", str(tmp_path / "g"), "--plugin", str(tmp_path / "no.py"))
+    assert code == 2 and "Invalid value for '--plugin'" in out and "no.py" in out, out
+    assert "Traceback" not in out
+    code, out = run("--publish", str(tmp_path / "g"), "--plugin", __file__)
     assert code == 2 and "takes only --executor and --seeds" in out
     assert not any(tmp_path.iterdir())  # nothing written
 
