@@ -79,17 +79,41 @@ LOCK = ".lock"
 writes into it."""
 
 
+def _open_lock(path: Path) -> int:
+    """The lock file, opened for ``flock`` (made if missing). Read-only where read-write is
+    refused (a lock file another user made in a shared folder): ``flock`` needs no write access."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
+
+
 def try_lock(folder: str | os.PathLike[str]) -> int | None:
     """Take ``folder``'s exclusive lock (an ``flock`` on its :data:`LOCK` file, made if missing;
     released by the system when the process ends, however it ends): the open descriptor, to close
-    to release it, or None when another process holds it."""
-    fd = os.open(Path(folder) / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
+    to release it, or None when another process holds it.
+
+    A lock taken on a file that its holder removed meanwhile (:func:`folder_lock` removes a lock
+    file it made when nothing else was written) locks nothing another process can see: the lock
+    is taken again on the file now at the path."""
+    path = Path(folder) / LOCK
+    for _ in range(100):
+        fd = _open_lock(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        held = os.fstat(fd)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)  # the file was removed (or replaced) after we opened it: try again
+        make_folder(folder)  # its folder too, when it was empty
+    raise OSError(errno.EAGAIN, f"cannot take the lock {str(path)!r}: it keeps being removed")
 
 
 @contextlib.contextmanager
@@ -97,12 +121,14 @@ def folder_lock(folder: str | os.PathLike[str], busy: Callable[[], BaseException
                 cannot: Callable[[OSError], BaseException] | None = None) -> Iterator[None]:
     """Hold ``folder``'s lock (:func:`try_lock`; the folder is made if missing) inside the block;
     ``busy()`` is raised when another process holds it, ``cannot(e)`` (default: ``e``) when the
-    folder or its lock file cannot be made. When the block raises, a lock file (and an empty
-    folder) that was not there before is removed again: a refused call leaves nothing."""
+    folder or its lock file cannot be made. When the block raises having added no file to the
+    folder (a refusal), a lock file (and a folder) that was not there before is removed again: a
+    refused call leaves nothing. Once something is written, the lock file stays, as a run's does."""
     d = Path(folder)
     try:
         existed = d.is_dir()
-        lock_existed = existed and (d / LOCK).exists()
+        before = {p.name for p in d.iterdir()} if existed else set()
+        lock_existed = LOCK in before
         make_folder(d)
         fd = try_lock(d)
     except OSError as e:
@@ -114,10 +140,10 @@ def folder_lock(folder: str | os.PathLike[str], busy: Callable[[], BaseException
     try:
         yield
     except BaseException:
-        if not lock_existed:  # still held: no other process took it
-            (d / LOCK).unlink(missing_ok=True)
-            if not existed:
-                with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):
+            if not lock_existed and {p.name for p in d.iterdir()} - {LOCK} <= before:
+                (d / LOCK).unlink()  # still held: a process that opened it meanwhile retries
+                if not existed:
                     d.rmdir()  # only when empty
         raise
     finally:

@@ -115,7 +115,8 @@ def check_trainable(estimator: Estimator) -> None:
 
 
 class TrainingDiverged(SbnBenchError, ValueError):
-    """The parameters became NaN or Inf (typically: learning rate too high). It names ``lr`` as
+    """A parameter became NaN or Inf, or grew beyond float32's range (:meth:`_State.diverged`;
+    typically: learning rate too high). It names ``lr`` as
     the setting to change, but the training ran: on the command line it is a failure (exit status
     1), not a refused ``--lr`` (exit status 2), whatever the learning rate's origin."""
 
@@ -134,11 +135,10 @@ def training_files(out_dir: str | os.PathLike[str]) -> list[Path]:
     return sorted(found)
 
 
-def _check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool, remove: bool = True) -> None:
-    """Refuse an ``out_dir`` holding a previous training's outputs, or remove them (``overwrite``,
-    unless ``remove`` is false: a first check before the folder's lock is taken): stale
-    checkpoints beside new ones would be mistaken for this run's. A training study's folder and an
-    ``sbn-bench run`` folder are refused either way."""
+def _check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> None:
+    """Refuse an ``out_dir`` holding a previous training's outputs, or remove them (``overwrite``):
+    stale checkpoints beside new ones would be mistaken for this run's. A training study's folder
+    and an ``sbn-bench run`` folder are refused either way."""
     d = Path(out_dir)
     if d.exists() and not d.is_dir():
         raise TrainArgumentError("out_dir", f"argument out_dir={str(d)!r} exists and is not a "
@@ -165,7 +165,7 @@ def _check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool, remove: boo
                            f"({shown}); choose another output folder (--out), or overwrite=True "
                            "(--overwrite) to remove them first")
         return
-    for p in old if remove else ():
+    for p in old:
         p.unlink(missing_ok=True)
 
 
@@ -600,16 +600,18 @@ class _State:
         return cls(leaves, {k: v.detach() for k, v in leaves.items()},
                    {k: v.unsqueeze(0) for k, v in leaves.items()})
 
-    def diverged(self) -> tuple[str, str] | None:
+    def diverged(self) -> tuple[str, str, str] | None:
         """The first parameter that became NaN or Inf, or grew beyond float32's range (a network
         that no float32 run, the default, can evaluate: the training has left every useful
-        region), with what happened to it; None while all are usable."""
+        region): its name, what happened to it and what to do; None while all are usable."""
         for k, v in self.live.items():
             if not torch.isfinite(v).all():
-                return k, "became NaN or Inf"
+                return (k, "became NaN or Inf", "lower the learning rate, or check the estimator "
+                        "(one non-finite gradient sample makes the parameters NaN at once)")
             big = float(v.abs().max()) if v.numel() else 0.0
             if big > FLOAT32_MAX:
-                return k, f"reached {big:.3g}, beyond float32's range (±{FLOAT32_MAX:.3g})"
+                return (k, f"reached {big:.3g}, beyond float32's range (±{FLOAT32_MAX:.3g})",
+                        "lower the learning rate")
         return None
 
 
@@ -653,8 +655,9 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
     check_trainable(estimator)
     problem = problem.to(dtype=torch.float64)
     estimator.check_supports(problem)
-    _check_out_dir(out_dir, overwrite, remove=False)  # refused before the folder is made
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        _check_out_dir(out, overwrite)  # refused, in its words, before a lock is tried
 
     def busy() -> TrainArgumentError:
         return TrainArgumentError("out_dir", f"argument out_dir={str(out)!r} is in use by another "
@@ -666,7 +669,8 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
         return WriteError(out, e, "choose another output folder: out_dir=… / --out")
 
     with folder_lock(out, busy, cannot):  # held until the training ends, however it ends
-        # checked again under the lock: the last check; it removes old files when overwriting
+        # checked under the lock (a folder in use is refused as such first): the last check; it
+        # removes old files when overwriting; a refusal leaves no lock file (folder_lock)
         _check_out_dir(out_dir, overwrite)
         save_epochs = sorted({0, *cps, epochs})
         state = _State.of(problem)
@@ -705,9 +709,8 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
                 write_log(log_path, history)
                 raise TrainingDiverged(
                     f"training diverged at epoch {epoch} (step {step}): parameter {bad[0]} {bad[1]} "
-                    f"with estimator {estimator.spec!r}, optimizer {optimizer}, lr={lr}: lower "
-                    f"the learning rate, or check the estimator (one non-finite gradient sample makes "
-                    f"the parameters NaN at once) (log so far in {str(log_path)!r})", argument="lr",
+                    f"with estimator {estimator.spec!r}, optimizer {optimizer}, lr={lr}: {bad[2]} "
+                    f"(log so far in {str(log_path)!r})", argument="lr",
                     value=lr, expected="a smaller learning rate, or an estimator with finite gradients")
             if epoch in save_epochs:
                 written[epoch] = save(epoch)

@@ -558,9 +558,8 @@ def train_cell(cell: Cell, problem: Problem, estimator: Estimator | None, *,
         if bad:
             raise TrainingDiverged(
                 f"training diverged at epoch {epoch}: parameter {bad[0]} {bad[1]} with "
-                f"estimator {estimator.spec!r}, {s.optimizer} lr={s.lr}: lower the learning rate, "
-                "or check the estimator (one non-finite gradient sample makes the parameters NaN "
-                "at once)", argument="lr", value=s.lr,
+                f"estimator {estimator.spec!r}, {s.optimizer} lr={s.lr}: {bad[2]}",
+                argument="lr", value=s.lr,
                 expected="a smaller learning rate, or an estimator with finite gradients")
         if epoch % s.eval_every == 0 or epoch == s.epochs or epoch in s.probe_epochs:
             measure(epoch)
@@ -754,6 +753,8 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         return WriteError(d, e, "choose another output folder: out=… / --out")
 
     with folder_lock(d, busy, cannot):  # one process at a time checks and writes the study
+        # (its report is written after, by the caller: a resume started then may rewrite the
+        # tables it reads; the report is written again at that resume's end)
         if d.is_dir():
             from sbn_bench.storage import CELLS, MANIFEST, PART_KINDS
 

@@ -118,3 +118,49 @@ def test_folder_lock_leaves_nothing_behind_when_its_block_raises(tmp_path: Path)
     with pytest.raises(WriteError), folder_lock(blocked / "sub", Busy,
                                                 lambda e: WriteError(blocked, e, "hint")):
         pass
+
+
+def test_folder_lock_keeps_its_file_once_written_and_cleans_up_after_an_interrupt(
+        tmp_path: Path) -> None:
+    """Ctrl-C before anything is written leaves nothing; a block that wrote a file and then
+    failed (a training that diverged) keeps the lock file, as a run's folder does."""
+    from sbn_bench.fileio import LOCK, folder_lock
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(KeyboardInterrupt), folder_lock(fresh, RuntimeError):
+        raise KeyboardInterrupt
+    assert not fresh.exists()
+    wrote = tmp_path / "wrote"
+    with pytest.raises(ValueError), folder_lock(wrote, RuntimeError):
+        (wrote / "train_log.csv").write_text("epoch\n")
+        raise ValueError
+    assert sorted(p.name for p in wrote.iterdir()) == [LOCK, "train_log.csv"]
+
+
+def test_a_lock_taken_on_a_removed_lock_file_is_taken_again(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A holder that removes its lock file (a refused call) while another process has it open
+    but not yet locked: that process's flock then succeeds on a file no one else can see, and a
+    third process would lock a new file beside it. try_lock checks that the file it locked is
+    the one at the path, and locks again when it is not."""
+    from sbn_bench.fileio import LOCK, try_lock
+
+    real_open = os.open
+    removed: list[str] = []
+
+    def racing_open(path, *args):
+        fd = real_open(path, *args)
+        if not removed and str(path).endswith(LOCK):  # the holder removes it just after this open
+            removed.append(str(path))
+            os.unlink(path)
+        return fd
+
+    monkeypatch.setattr(os, "open", racing_open)
+    fd = try_lock(tmp_path)
+    monkeypatch.undo()
+    assert fd is not None and removed == [str(tmp_path / LOCK)]
+    try:
+        assert os.fstat(fd).st_ino == os.stat(tmp_path / LOCK).st_ino  # the visible file
+        assert try_lock(tmp_path) is None  # and so another process is kept out
+    finally:
+        os.close(fd)

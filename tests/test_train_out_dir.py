@@ -218,3 +218,11 @@ def test_a_folder_in_use_is_refused_by_a_training_and_a_study(tmp_path: Path) ->
         os.close(fd)
     train(p, "st", epochs=1, batch_size=4, out_dir=out, num_threads=None)  # free again
     assert (out / "checkpoint_epoch1.npz").is_file()
+    # a folder in use is refused as such, not as "already holds a training: use --overwrite"
+    fd = try_lock(out)
+    assert fd is not None
+    try:
+        with pytest.raises(TrainArgumentError, match="in use by another sbn-bench process"):
+            train(p, "st", epochs=1, batch_size=4, out_dir=out, num_threads=None)
+    finally:
+        os.close(fd)
