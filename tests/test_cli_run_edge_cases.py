@@ -172,6 +172,19 @@ def test_max_exact_bytes_takes_sizes(tmp_path: Path) -> None:
     assert "limit of 1 KiB" in r.output and "(raise it with --max-exact-bytes," in r.output
     r = invoke(["exact", "--arch", "2-30-30-1"])  # the default limit: the problem fails (exit 1)
     assert r.exit_code == 1 and "(raise it with --max-exact-bytes," in r.output, r.output
+    # a problem file over its own size limit (load_problem's max_bytes) is that file's failure,
+    # whatever --max-exact-bytes says
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False,
+                                                  "shape": (100000, 100000)})
+    with zipfile.ZipFile(tmp_path / "big.npz", "w") as z:
+        z.writestr("x.npy", header.getvalue())
+    r = invoke(["exact", "--problem", tmp_path / "big.npz", "--max-exact-bytes", "10G"])
+    assert r.exit_code == 1 and "a problem file may hold (max_bytes)" in r.output, r.output
+    assert "--max-exact-bytes" not in r.output
     r = invoke([*base, "--max-exact-bytes", "4XB"])
     assert r.exit_code == 2 and "--max-exact-bytes" in r.output and "'4XB'" in r.output, r.output
     r = invoke(["run", "--arch", "2-2-1", "--data-points", "3", "--estimators", "psa", "--samples",

@@ -151,7 +151,6 @@ def test_a_sample_larger_than_the_budget_is_refused_up_front(tmp_path):
     assert res.exit_code == 1 and "(lower chunk, or raise memory_budget)" in res.output, res.output
     assert "--chunk" not in res.output
     assert not out.exists()
-    assert not out.exists()
 
 
 def test_explicit_chunk_or_throughput_batch_over_the_budget_is_refused(tmp_path):

@@ -532,10 +532,18 @@ def test_summary_marks_values_whose_error_exceeds_them() -> None:
                 ("st", "1", 0.0193, 1.9, "mc"), ("st", "all", 0.13, 0.01, "mc"),
                 ("psa", "1", 0.02, float("inf"), "mc"), ("psa", "all", 0.12, 0.01, "mc"),
                 ("arm", "1", 0.5, nan, "mc"), ("arm", "all", 0.0, 0.1, "mc"),
-                ("tanh", "1", 0.5, nan, "exact"), ("tanh", "all", 0.4, 0.0, "exact"))
+                ("tanh", "1", 0.5, nan, "exact"), ("tanh", "all", 0.4, 0.0, "exact"),
+                ("disarm", "1", 0.4, 0.4, "mc"),  # equal to its error: not resolved
+                ("disarm", "all", nan, nan, "mc"))  # no value: nothing to mark
             for s in (0, 1)]
     res = runner.RunResult(Path("."), pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame(), {})
     loose = res.unresolved(m=1)
     assert loose.index.equals(res.summary(m=1).index) and list(loose.columns) == ["1", "all"]
     assert loose.to_numpy().tolist() == [[True, False], [True, False], [True, True],
-                                         [False, False]]
+                                         [False, False], [True, False]]
+    # the rule is the report's (Estimate.resolved), row by row
+    from sbn_bench.reports.ranking import Estimate
+
+    for r in rows:
+        e = Estimate(r["value"], r["stderr"], r["mode"])
+        assert bool(loose.loc[("p", "c", r["estimator"]), r["layer"]]) == (e.finite and not e.resolved)

@@ -96,7 +96,7 @@ def friendly_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-_OPTION_OF = {"M": "m_grid", "batch": "throughput_batch", "max_bytes": "max_exact_bytes"}
+_OPTION_OF = {"M": "m_grid", "batch": "throughput_batch"}
 """A setting's option where their names differ (``RunConfig.M`` is ``--M``, parameter ``m_grid``)."""
 
 

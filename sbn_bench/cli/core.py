@@ -21,7 +21,7 @@ from sbn_bench.cli.common import (
 )
 from sbn_bench.estimators import load_plugins
 from sbn_bench.metrics.groups import Groups, group_of
-from sbn_bench.reference import DEFAULT_MAX_BYTES, exact_gradient, gradient_json
+from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, exact_gradient, gradient_json
 
 max_bytes_option = size_option(
     "--max-exact-bytes", DEFAULT_MAX_BYTES,
@@ -44,8 +44,14 @@ def exact(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
     Example: sbn-bench exact --preset paper
     """
     spec = problem_spec(ctx, problem_file, arch, preset, seed, data_points, loss, noise)
-    problem = build_problem(spec, max_exact_bytes)
-    J, grad = exact_gradient(problem, max_bytes=max_exact_bytes)
+    try:
+        problem = build_problem(spec, max_exact_bytes)
+        J, grad = exact_gradient(problem, max_bytes=max_exact_bytes)
+    except ReferenceTooLarge as e:
+        if e.argument == "max_bytes":  # the reference's limit is this command's --max-exact-bytes
+            e.argument = "max_exact_bytes"  # (a problem file's own size limit is not)
+            e.message = e.message.replace("max_bytes= / --max-exact-bytes", "max_exact_bytes")
+        raise
     if as_json:
         echo_json(gradient_json(J, grad))
         return

@@ -535,8 +535,9 @@ def _print_summary(result: runner_mod.RunResult) -> None:
         click.echo(format_table(["problem", "checkpoint", "estimator", *map(str, tab.columns)],
                                 rows))
         if loose.any():
-            click.echo("?: its standard error exceeds the value (e.g. measured against a coarse "
-                       "Monte-Carlo reference; metrics.csv and the report give it)")
+            click.echo("?: not resolved: its standard error is at least the value, or unknown "
+                       "(e.g. measured against a coarse Monte-Carlo reference; metrics.csv and "
+                       "the report give it)")
     n_fail = len(result.failures)
     if n_fail:
         click.echo(f"\n{n_fail} cell(s) failed:")

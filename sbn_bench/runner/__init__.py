@@ -49,6 +49,7 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sbn_bench import malloc
@@ -159,17 +160,24 @@ class RunResult:
 
     def unresolved(self, m: int = 1) -> pd.DataFrame:
         """Where :meth:`summary` is not resolved: True where a seed's ``rrmse`` at ``M = m`` has a
-        standard error above its value (e.g. a layer measured against a coarse Monte-Carlo
-        reference, or ``± ∞``), or is a Monte-Carlo value whose error is unknown (NaN), as the
-        report's heatmap and ranking judge it; the same index and columns as :meth:`summary`."""
+        standard error at least its value (e.g. a layer measured against a coarse Monte-Carlo
+        reference, or ``± ∞``), or is a Monte-Carlo value whose error is unknown (NaN) or a clipped
+        zero: not resolved as :attr:`sbn_bench.reports.ranking.Estimate.resolved` (the report's
+        heatmap and ranking) judges it; the same index and columns as :meth:`summary`."""
         df = self.metrics
         df = df[(df["metric"] == "rrmse") & (df["M"] == m)]
         if df.empty:
             return pd.DataFrame()
-        value, se = df["value"].astype(float), df["stderr"].astype(float)
-        unknown = se.isna() & (df["mode"] != "exact")
-        flag = df.assign(flag=(se > value.abs()) | unknown
-                         | ((value == 0) & (se > 0)))  # a clipped Monte-Carlo zero
+        v, se = df["value"].astype(float).to_numpy(), df["stderr"].astype(float).to_numpy()
+        exact = (df["mode"] == "exact").to_numpy()
+        # the uncertainty of reports.ranking.Estimate: se when positive, ∞ when infinite, 0 when
+        # exact or 0, ∞ when unknown (a Monte-Carlo NaN); resolved: finite, not a clipped zero,
+        # and exact or above it
+        u = np.where(np.isfinite(se) & (se > 0), se,
+                     np.where(np.isinf(se), np.inf, np.where(exact | (se == 0), 0.0, np.inf)))
+        finite = np.isfinite(v)
+        resolved = finite & ~((v == 0) & (u > 0)) & ((u == 0) | (np.abs(v) > u))
+        flag = df.assign(flag=finite & ~resolved)  # a missing value is not flagged
         tab = flag.pivot_table(index=["problem", "checkpoint", "estimator"], columns="layer",
                                values="flag", aggfunc="any", sort=False)
         return tab.reindex(columns=sort_layers(df["layer"])).fillna(False).astype(bool)
