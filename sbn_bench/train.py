@@ -708,7 +708,7 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
             if bad:
                 write_log(log_path, history)
                 raise TrainingDiverged(
-                    f"training diverged at epoch {epoch} (step {step}): parameter {bad[0]} {bad[1]} "
+                    f"training diverged at epoch {epoch} (step {step}): parameter {bad[0]} {bad[1]}, "
                     f"with estimator {estimator.spec!r}, optimizer {optimizer}, lr={lr}: {bad[2]} "
                     f"(log so far in {str(log_path)!r})", argument="lr",
                     value=lr, expected="a smaller learning rate, or an estimator with finite gradients")

@@ -557,7 +557,7 @@ def train_cell(cell: Cell, problem: Problem, estimator: Estimator | None, *,
         bad = state.diverged()
         if bad:
             raise TrainingDiverged(
-                f"training diverged at epoch {epoch}: parameter {bad[0]} {bad[1]} with "
+                f"training diverged at epoch {epoch}: parameter {bad[0]} {bad[1]}, with "
                 f"estimator {estimator.spec!r}, {s.optimizer} lr={s.lr}: {bad[2]}",
                 argument="lr", value=s.lr,
                 expected="a smaller learning rate, or an estimator with finite gradients")
