@@ -110,6 +110,33 @@ def norm_stderr(sq: float, se_sq: float) -> float:
     return bound if r == 0 else min(se_sq / (2 * r), bound)
 
 
+def uncertainty(stderr: float | None, mode: str) -> float:
+    """The standard error a stored value is judged with: ``stderr`` when positive, ``inf`` when
+    infinite (nothing known: a group a Monte-Carlo reference does not resolve, even where mode is
+    exact), 0 when ``mode`` is ``"exact"`` or ``stderr`` is 0, else (an unknown, NaN, Monte-Carlo
+    error) ``inf``."""
+    se = stderr
+    if se is not None and math.isfinite(se) and se > 0:
+        return float(se)
+    if se is not None and math.isinf(se):
+        return math.inf
+    if mode == "exact" or (se is not None and math.isfinite(se) and se == 0):
+        return 0.0
+    return math.inf
+
+
+def is_resolved(value: float | None, stderr: float | None, mode: str) -> bool:
+    """Finite, not a clipped Monte-Carlo zero (0 with a positive :func:`uncertainty`, e.g. a
+    bias-corrected ``‖β‖²`` below 0), and exact or larger (in absolute value) than its standard
+    error. The report's ranking and heatmap and the run's summary judge a value by this."""
+    if value is None or not math.isfinite(value):
+        return False
+    u = uncertainty(stderr, mode)
+    if value == 0 and u > 0:
+        return False
+    return u == 0 or abs(value) > u
+
+
 def safe_ratio(a: float, b: float) -> float:
     """``a / b`` for a relative error: ``x/0 = ∞`` for ``x > 0`` and ``0/0 = 0`` (no error); NaN
     only for NaN inputs."""

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from sbn_bench.metrics.scalars import is_resolved, uncertainty
+
 Better = Literal["low", "high"]
 Rank = Literal["best", "tie", "", "unresolved"]
 
@@ -65,14 +67,7 @@ class Estimate:
     def uncertainty(self) -> float:
         """The standard error used by the rules: 0 when exact, ``inf`` for a Monte-Carlo value
         whose standard error is unknown (NaN)."""
-        se = self.stderr
-        if se is not None and math.isfinite(se) and se > 0:
-            return float(se)
-        if se is not None and math.isinf(se):  # nothing known (a group a Monte-Carlo reference
-            return math.inf                    # does not resolve), even where mode is exact
-        if self.mode == "exact" or (se is not None and math.isfinite(se) and se == 0):
-            return 0.0
-        return math.inf
+        return uncertainty(self.stderr, self.mode)
 
     @property
     def finite(self) -> bool:
@@ -85,11 +80,9 @@ class Estimate:
 
     @property
     def resolved(self) -> bool:
-        """Finite, and exact or larger (in absolute value) than its standard error."""
-        if not self.finite or self.clipped:
-            return False
-        u = self.uncertainty
-        return u == 0 or abs(self.value) > u
+        """Finite, not :attr:`clipped`, and exact or larger (in absolute value) than its standard
+        error (:func:`~sbn_bench.metrics.scalars.is_resolved`)."""
+        return is_resolved(self.value, self.stderr, self.mode)
 
     def significantly_positive(self, z: float = TIE_Z) -> bool:
         """``value > z·stderr`` (an exact value: ``value`` above round-off)."""

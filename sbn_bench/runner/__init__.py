@@ -49,13 +49,13 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from sbn_bench import malloc
 from sbn_bench.config import ConfigError, RunConfig, named_m_grid, parse_reference
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.metrics import sort_layers, timed_rows
+from sbn_bench.metrics.scalars import is_resolved
 from sbn_bench.problems import Problem
 from sbn_bench.provenance import file_sha256
 from sbn_bench.reference import num_paths
@@ -162,22 +162,16 @@ class RunResult:
         """Where :meth:`summary` is not resolved: True where a seed's ``rrmse`` at ``M = m`` has a
         standard error at least its value (e.g. a layer measured against a coarse Monte-Carlo
         reference, or ``± ∞``), or is a Monte-Carlo value whose error is unknown (NaN) or a clipped
-        zero: not resolved as :attr:`sbn_bench.reports.ranking.Estimate.resolved` (the report's
-        heatmap and ranking) judges it; the same index and columns as :meth:`summary`."""
+        zero: not resolved by :func:`~sbn_bench.metrics.scalars.is_resolved`, the rule of the
+        report's heatmap and ranking; the same index and columns as :meth:`summary`."""
         df = self.metrics
         df = df[(df["metric"] == "rrmse") & (df["M"] == m)]
         if df.empty:
             return pd.DataFrame()
-        v, se = df["value"].astype(float).to_numpy(), df["stderr"].astype(float).to_numpy()
-        exact = (df["mode"] == "exact").to_numpy()
-        # the uncertainty of reports.ranking.Estimate: se when positive, ∞ when infinite, 0 when
-        # exact or 0, ∞ when unknown (a Monte-Carlo NaN); resolved: finite, not a clipped zero,
-        # and exact or above it
-        u = np.where(np.isfinite(se) & (se > 0), se,
-                     np.where(np.isinf(se), np.inf, np.where(exact | (se == 0), 0.0, np.inf)))
-        finite = np.isfinite(v)
-        resolved = finite & ~((v == 0) & (u > 0)) & ((u == 0) | (np.abs(v) > u))
-        flag = df.assign(flag=finite & ~resolved)  # a missing value is not flagged
+        flag = df.assign(flag=[  # a missing value is not flagged
+            math.isfinite(v) and not is_resolved(v, se, str(mode))
+            for v, se, mode in zip(df["value"].astype(float), df["stderr"].astype(float),
+                                   df["mode"])])
         tab = flag.pivot_table(index=["problem", "checkpoint", "estimator"], columns="layer",
                                values="flag", aggfunc="any", sort=False)
         return tab.reindex(columns=sort_layers(df["layer"])).fillna(False).astype(bool)
