@@ -64,7 +64,7 @@ from sbn_bench.fileio import WriteError, atomic_write_bytes, folder_lock
 from sbn_bench.problems import Problem, save_problem
 from sbn_bench.provenance import environment, file_record
 from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size, objective
-from sbn_bench.storage import STUDY_MANIFEST, TRAINING_MANIFEST
+from sbn_bench.storage import CELLS, MANIFEST, STUDY_MANIFEST, TRAINING_MANIFEST
 
 OPTIMIZERS = ("sgd", "adam")
 MAX_EPOCHS = 10**6
@@ -146,12 +146,9 @@ def _check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> None:
     if (d / STUDY_NAME).is_file():
         raise TrainArgumentError("out_dir", f"argument out_dir={str(d)!r} holds a training study "
                                             f"({STUDY_NAME}); choose another output folder")
-    if d.is_dir():  # storage (and pandas) loaded only for a folder that exists
-        from sbn_bench.storage import CELLS, MANIFEST
-
-        if (d / MANIFEST).is_file() or (d / CELLS).is_dir():
-            raise TrainArgumentError("out_dir", f"argument out_dir={str(d)!r} holds an sbn-bench run "
-                                                f"({MANIFEST}, {CELLS}/); choose another output folder")
+    if (d / MANIFEST).is_file() or (d / CELLS).is_dir():
+        raise TrainArgumentError("out_dir", f"argument out_dir={str(d)!r} holds an sbn-bench run "
+                                            f"({MANIFEST}, {CELLS}/); choose another output folder")
     old = training_files(d)
     if not old:
         return

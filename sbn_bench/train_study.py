@@ -755,14 +755,13 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     with folder_lock(d, busy, cannot):  # one process at a time checks and writes the study
         # (its report is written after, by the caller: a resume started then may rewrite the
         # tables it reads; the report is written again at that resume's end)
-        if d.is_dir():
-            from sbn_bench.storage import CELLS, MANIFEST, PART_KINDS
+        from sbn_bench.storage import CELLS, MANIFEST, PART_KINDS
 
-            # a study keeps cells/*.json; a run's marks are its manifest and its cells/*.KIND.csv parts
-            if (d / MANIFEST).is_file() or any(next((d / CELLS).glob(f"*.{k}.csv"), None)
-                                               for k in PART_KINDS):
-                raise StudyError(f"argument out={str(d)!r} holds an sbn-bench run ({MANIFEST}, {CELLS}/); a "
-                                 "study needs its own folder", argument="out")
+        # a study keeps cells/*.json; a run's marks are its manifest and its cells/*.KIND.csv parts
+        if (d / MANIFEST).is_file() or any(next((d / CELLS).glob(f"*.{k}.csv"), None)
+                                           for k in PART_KINDS):
+            raise StudyError(f"argument out={str(d)!r} holds an sbn-bench run ({MANIFEST}, {CELLS}/); "
+                             "a study needs its own folder", argument="out")
         single = [p.name for p in training_files(d) if p.name != CURVE_NAME]
         if single:
             raise StudyError(f"argument out={str(d)!r} holds a single training ({', '.join(single[:3])}"

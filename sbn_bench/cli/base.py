@@ -207,7 +207,7 @@ def cli_names(message: str, e: SbnBenchError) -> str:
     option = max(opts, key=len)
     flag = re.escape(option)
     # "memory_budget=" → "--memory-budget="; "compare_dir, --compare" and the like → "--compare"
-    return re.sub(rf"(?<![\w.\-/'\"]){re.escape(name)}(?:, {flag}|=? / {flag}| \({flag}\))?"
+    return re.sub(rf"(?<![\w.\-/'\"]){re.escape(name)}(?:, {flag}| / {flag}| \({flag}\))?"
                   rf"(?![\w\-/'\"])", option, message)
 
 
