@@ -459,14 +459,17 @@ def test_cli_compare_mismatch_is_one_line_error_unless_forced(tmp_path) -> None:
     (lambda p: (p.mkdir(), (p / "metrics.csv").write_text("problem,value\n"), p)[2], "lacks the column"),
 ])
 def test_cli_bad_run_dir_is_a_one_line_error(tmp_path, make, words) -> None:
-    missing = CliRunner().invoke(main, ["report", str(tmp_path / "nowhere")])
-    assert missing.exit_code == 2 and "Invalid value for 'DIR'" in missing.output  # a refused value
-    assert "does not exist" in missing.output, missing.output
     d = make(tmp_path / "run")
     res = CliRunner().invoke(main, ["report", str(d)])
     assert res.exit_code == 1, res.output
     assert res.output.startswith("Error: ") and res.output.count("\n") == 1, res.output
     assert words in res.output, res.output
+
+
+def test_cli_run_dir_that_does_not_exist_is_a_refused_value(tmp_path) -> None:
+    missing = CliRunner().invoke(main, ["report", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "Invalid value for 'DIR'" in missing.output  # a refused value
+    assert "does not exist" in missing.output, missing.output
 
 
 def test_write_report_rejects_unknown_format(tmp_path) -> None:
