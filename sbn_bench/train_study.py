@@ -575,7 +575,8 @@ def train_cell(cell: Cell, problem: Problem, estimator: Estimator | None, *,
 @dataclass(frozen=True)
 class StudyResult:
     """What :func:`run_study` produced: the folder, the tables (lists of row dicts), the cells
-    run now and those taken from an earlier run (``resumed``), failures and the report's files."""
+    run now and those taken from an earlier run (``resumed``), failures and the wall time. The
+    report is drawn from the folder afterwards (:func:`sbn_bench.train_report.write_training_report`)."""
 
     out: Path
     settings: StudySettings
@@ -670,7 +671,10 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
               resume: bool = False, progress: ProgressFn | None = None,
               plugins: Sequence[str | os.PathLike[str]] = (),
               warn: Callable[[str], None] | None = None) -> StudyResult:
-    """Train every ``(estimator, seed)`` cell of a study and write its tables and report.
+    """Train every ``(estimator, seed)`` cell of a study and write its files (``study.json``,
+    ``cells/``, ``curves.csv``, ``probes.csv``, ``failures.csv``); its report is drawn from them
+    afterwards by :func:`sbn_bench.train_report.write_training_report`, as ``sbn-bench train``
+    does.
 
     Args:
         preset: a key of :data:`STUDY_PRESETS` (its settings and estimators are the defaults).
