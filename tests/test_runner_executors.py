@@ -234,6 +234,33 @@ def test_processes_retry_a_worker_killed_mid_cell(tmp_path, plugin):
     assert set(res.metrics["estimator"]) == {"slow-once", "st"}
 
 
+UNGUARDED = textwrap.dedent("""
+    # no `if __name__ == "__main__":` guard: each worker process imports this file and runs it
+    from sbn_bench import runner
+    from sbn_bench.config import ProblemSpec, RunConfig, ThroughputConfig
+    runner.run(RunConfig(problems=(ProblemSpec(arch="2-2-1", data_points=3),), estimators=("st",),
+                         samples=20, M=(1,), out={out!r}, executor="processes:2",
+                         throughput=ThroughputConfig(enabled=False)))
+    print("RETURNED")
+""")
+
+
+def test_workers_that_die_as_they_start_stop_the_run_with_the_reason(tmp_path):
+    """A script without a main guard: every worker dies as it imports the script. The cells are not
+    charged with those deaths (they would be recorded as the estimator's); after STARTUP_DEATHS in
+    a row the run stops, naming the guard, instead of starting workers for ever."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED.format(out=str(tmp_path / "out")))
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)
+    assert p.returncode == 1 and "RETURNED" not in p.stdout, (p.stdout, p.stderr[-2000:])
+    last = p.stderr.strip().splitlines()[-1]
+    assert "worker processes die as they start (3 in a row" in last, last
+    assert 'if __name__ == "__main__":' in last and "executor='serial'" in last
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert man["status"] == "incomplete" and man["cells"]["failed"] == 0, man["cells"]
+
+
 def test_ctrl_c_stops_the_worker_processes_and_keeps_the_finished_cells(tmp_path):
     ex = ProcessExecutor(2)
     pids: list[int] = []

@@ -14,6 +14,11 @@ Faults are handled here, per worker, so that only the cell concerned is lost:
 * a cell past ``config.cell_timeout`` stops itself inside its worker (``SIGALRM``, for Python
   code); one that does not (stuck in C code, signals blocked) is killed with its worker when the
   limit and a grace period are over, and replaced. Both are recorded with stage ``timeout``;
+* a worker that dies before it is ready (before its loop starts: most often a script without an
+  ``if __name__ == "__main__":`` guard, which each worker process imports and so runs again) costs
+  its cell nothing: the cell goes to a fresh worker. :data:`STARTUP_DEATHS` such deaths in a row
+  stop the run with a :class:`~sbn_bench.runner.memory.RunError` that says so (a new worker would
+  die the same way);
 * Ctrl-C (or any exception in the manager) kills every worker at once: workers ignore ``SIGINT``
   (the forkserver ignores it before it imports torch, :mod:`sbn_bench._quiet_sigint`, and the
   workers it forks inherit that, so the terminal's Ctrl-C, which reaches the whole process group,
@@ -36,10 +41,19 @@ from typing import Any
 
 from sbn_bench.config import RunConfig
 from sbn_bench.runner.cells import Cell, CellContext, CellResult, Task, failure_row
+from sbn_bench.runner.memory import RunError
 from sbn_bench.runner.worker import WORKER_STAGE, measure_shipped, recipe_of
 
 ATTEMPTS = 2
 """A cell whose worker dies is tried this many times in all (once more), then recorded as failed."""
+
+STARTUP_DEATHS = 3
+"""Workers that die before they are ready, one after the other (none ready in between), that
+stop the run: starting more would not help."""
+
+READY = "ready"
+"""A worker's first message: its loop has started (its start-up, and the import of the main
+module that ``spawn`` and ``forkserver`` do, went through)."""
 
 
 def grace_s(timeout: float) -> float:
@@ -67,6 +81,10 @@ def _worker_main(conn: Connection, debug: bool) -> None:
     """A worker's loop: receive ``(cell, problem, reference, config or None, recipe)``, send the
     :class:`CellResult` (or ``("error", traceback)`` when ``debug`` re-raises), until ``None``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the manager's: it stops the workers
+    try:
+        conn.send_bytes(pickle.dumps(READY))
+    except (BrokenPipeError, OSError):
+        return
     config: RunConfig | None = None
     while True:
         try:
@@ -102,6 +120,7 @@ class _Worker:
     config: RunConfig | None = None
     job: _Job | None = None
     started: float = 0.0
+    ready: bool = False
 
 
 class ProcessExecutor:
@@ -124,6 +143,7 @@ class ProcessExecutor:
             # first SIGINT ignored (Ctrl-C is the manager's), then torch and sbn-bench imported
             self._mp.set_forkserver_preload(["sbn_bench._quiet_sigint", "sbn_bench.runner.worker"])
         self._pool: list[_Worker] = []
+        self._startup_deaths: list[str] = []  # since the last worker that became ready
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -187,7 +207,11 @@ class ProcessExecutor:
                     except (BrokenPipeError, OSError):  # died while idle: replace, send again
                         job.attempts -= 1
                         w.job = None
+                        w.process.join(5)
+                        was_ready = self._was_ready(w)
                         self._kill(w)
+                        if not was_ready:
+                            self._started_badly(describe_exit(w.process.exitcode))
                         retry.appendleft(job)
                 busy = [w for w in self._pool if w.job is not None]
                 if not busy:
@@ -215,6 +239,12 @@ class ProcessExecutor:
             if w.conn in ready:
                 try:
                     out = pickle.loads(w.conn.recv_bytes())
+                    if out == READY:
+                        w.ready = True
+                        self._startup_deaths.clear()
+                        if not w.conn.poll():
+                            continue  # its cell is still being measured
+                        out = pickle.loads(w.conn.recv_bytes())
                 except (EOFError, OSError):
                     out = None
                 if out is not None:
@@ -226,6 +256,11 @@ class ProcessExecutor:
                 what = describe_exit(w.process.exitcode)
                 w.job = None
                 self._kill(w)
+                if not w.ready:  # it never started its loop: not the cell's doing
+                    job.attempts -= 1
+                    retry.appendleft(job)
+                    self._started_badly(what)
+                    continue
                 res = self._died(job, what, time.monotonic() - w.started, retry)
                 if res is not None:
                     yield res
@@ -239,6 +274,28 @@ class ProcessExecutor:
                     job.cell, "timeout", f"the cell ran past its time limit of {limit:g} s "
                                          f"(cell_timeout) and did not stop; its worker process was "
                                          "killed and replaced")], seconds=time.monotonic() - w.started)
+
+    def _was_ready(self, w: _Worker) -> bool:
+        """Whether idle worker ``w`` had become ready (its message may still wait in the pipe)."""
+        if not w.ready:
+            try:
+                w.ready = w.conn.poll() and pickle.loads(w.conn.recv_bytes()) == READY
+            except (EOFError, OSError):
+                pass
+        return w.ready
+
+    def _started_badly(self, what: str) -> None:
+        """Count a worker that died before it was ready; raise when :data:`STARTUP_DEATHS` did
+        in a row."""
+        self._startup_deaths.append(what)
+        if len(self._startup_deaths) < STARTUP_DEATHS:
+            return
+        raise RunError(
+            f"worker processes die as they start ({len(self._startup_deaths)} in a row; the last: "
+            f"{what.split(' (')[0]}), before measuring anything. A Python script that uses "
+            "executor='processes' (or 'auto') must put its work under "
+            "`if __name__ == \"__main__\":`: every worker process imports the script, and so runs "
+            "it again. Or use executor='serial'. (A worker's own error, if any, is printed above.)")
 
     def _deadline(self, w: _Worker) -> float | None:
         assert w.job is not None
@@ -279,4 +336,4 @@ class ProcessExecutor:
             self._kill(w)
 
 
-__all__ = ["ATTEMPTS", "ProcessExecutor", "describe_exit", "grace_s"]
+__all__ = ["ATTEMPTS", "STARTUP_DEATHS", "ProcessExecutor", "describe_exit", "grace_s"]
