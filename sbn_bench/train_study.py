@@ -435,7 +435,8 @@ def probe_reference(problem: Problem, *, samples: int = 400, estimator: str = "d
     dtype = "float64" if problem.x.dtype == torch.float64 else "float32"
     try:
         ref = mc_reference(problem, estimator=estimator, samples=samples, seed=seed,
-                           device=problem.x.device.type, dtype=dtype)
+                           device=problem.x.device.type, dtype=dtype,
+                           time_budget_s=math.inf)  # N is the study's setting: not timed
     except McReferenceError as e:
         if e.argument == "samples":
             raise TrainArgumentError("reference_samples", f"argument reference_samples={samples!r} "

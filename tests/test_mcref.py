@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -108,6 +109,34 @@ def test_refused_up_front_when_the_budget_cannot_reach_epsilon() -> None:
         plan_reference(p, estimator="st", samples=100)
     with pytest.raises(McReferenceError, match="reference_rel_error=1.5"):
         plan_reference(p, rel_error=1.5)
+    # an ε whose square underflows (it raised ZeroDivisionError): refused by the budget too
+    with pytest.raises(McReferenceError, match=r"needs about N=\d+ .* relative error of 1e-300"):
+        plan_reference(p, rel_error=1e-300, estimator="reinforce")
+    with pytest.raises(McReferenceError, match=r"not random .* \(--reference exact\)"):
+        plan_reference(p, estimator="exact", samples=100)
+
+
+def test_a_given_n_is_refused_when_it_would_exceed_the_budget(monkeypatch) -> None:
+    """A given N is checked against the time budget before its samples (it was sampled for as
+    long as it took): timed on a few batches of R when R is given, by the pilot when not."""
+    import sbn_bench.runner.mcref as mcref
+
+    p = random_problem("2-4-4-4-1", 0, data_points=20)
+    drawn = []
+    real = mcref._draw
+    monkeypatch.setattr(mcref, "_draw", lambda e, prob, n, *a: (drawn.append(n), real(e, prob, n, *a)))
+    with pytest.raises(McReferenceError, match=r"with the given N=10000000000 samples of reinforce "
+                                               r"would take about .* over the time budget of 30 s "
+                                               r"\(within it: N ≈ \d+\)") as err:
+        mc_reference(p, estimator="reinforce", samples=10**10, time_budget_s=30)
+    assert err.value.argument == "reference_time_budget"
+    assert max(drawn) < 10**6, drawn  # timed on batches, not sampled
+    with pytest.raises(McReferenceError, match=r"with the given N=10000000000 samples of "):
+        plan_reference(p, samples=10**10, time_budget_s=30)  # R chosen by the pilot
+    plan = plan_reference(p, estimator="reinforce", samples=100, time_budget_s=30)
+    assert plan.samples == 100 and 0 < plan.seconds < 30
+    unbounded = plan_reference(p, estimator="reinforce", samples=10**10, time_budget_s=math.inf)
+    assert math.isnan(unbounded.seconds_per_sample)  # no budget: not timed (training probes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,6 +310,12 @@ def test_the_cache_reuses_a_reference_and_not_a_changed_one(tmp_path: Path, monk
         m.setattr(mcref, "_write_plan", lambda *args, **kw: planned.append(args))
         mc_reference(p, rel_error=0.1, seed=0, cache_dir=tmp_path)
         assert planned
+    # a plan edited by hand (a biased R, too few samples) is made again, not trusted
+    for f in (tmp_path / "mcref").glob("plan-*.json"):
+        d = json.loads(f.read_text())
+        f.write_text(json.dumps({**d, "estimator": "psa", "samples": 3}))
+    again = plan_reference(p, rel_error=0.1, seed=0, cache_dir=tmp_path)
+    assert again.estimator == a.estimator and again.samples >= 64
     # a damaged file is recomputed, not trusted
     for f in (tmp_path / "mcref").glob("reference-*.pt"):
         f.write_bytes(b"not a tensor file")

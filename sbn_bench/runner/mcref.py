@@ -228,7 +228,8 @@ def candidate_estimators(problem: Problem, registry: Registry | None = None) -> 
 def reference_estimator(spec: str, problem: Problem | None = None,
                         registry: Registry | None = None) -> Estimator:
     """The estimator of spec ``spec`` if it can be a Monte-Carlo reference's R: known, unbiased,
-    not adaptive and (given ``problem``) supporting the problem.
+    random (not the exact gradient itself), not adaptive and (given ``problem``) supporting the
+    problem.
 
     Raises:
         McReferenceError: naming the spec and why (``argument="reference"``).
@@ -250,6 +251,12 @@ def reference_estimator(spec: str, problem: Problem | None = None,
         raise McReferenceError(f"reference estimator {spec!r} is biased; a Monte-Carlo reference "
                                "needs an unbiased one (E ĝ = ∇J), e.g. reinforce, disarm",
                                argument="reference", value=spec, expected="an unbiased estimator")
+    if e.randomness == "none":
+        raise McReferenceError(f"reference estimator {spec!r} is not random (it computes the exact "
+                               "gradient): it is no Monte-Carlo reference; use the exact reference "
+                               "(--reference exact) where the network can be enumerated",
+                               argument="reference", value=spec,
+                               expected="a random unbiased estimator such as disarm")
     if e.adapt is not None:
         raise McReferenceError(f"reference estimator {spec!r} adapts before it estimates; choose a "
                                "non-adaptive unbiased estimator", argument="reference", value=spec,
@@ -376,17 +383,70 @@ def plan_reference(problem: Problem, *, estimator: str | None = None, samples: i
                                argument="reference_target", value=target,
                                expected=f"one of {', '.join(TARGETS)}")
     if estimator is not None and samples is not None:
-        reference_estimator(estimator, problem, registry)
-        return ReferencePlan(estimator, samples, None)
-    key = _plan_key(problem, estimator, samples, rel_error, seed, device, dtype, registry, target)
-    cached = _read_plan(cache_dir, key)
-    if cached is None:
-        cached = _make_plan(problem, estimator, samples, rel_error, seed, time_budget_s, device,
-                            dtype, memory_budget, registry, target)
-        _write_plan(cache_dir, key, cached)
-    if samples is None and cached.seconds > time_budget_s:
-        _too_costly(problem, cached, rel_error, time_budget_s)
+        e = reference_estimator(estimator, problem, registry)
+        per = math.nan if math.isinf(time_budget_s) else _seconds_per_sample(
+            e, problem, samples, seed, device, dtype, memory_budget)  # no budget: not timed
+        cached = ReferencePlan(estimator, samples, None, per)
+    else:
+        key = _plan_key(problem, estimator, samples, rel_error, seed, device, dtype, registry,
+                        target)
+        cached = _read_plan(cache_dir, key)
+        if cached is not None and not _plan_fits(cached, problem, estimator, samples, rel_error,
+                                                 target, registry):
+            cached = None  # edited or mismatching: made again
+        if cached is None:
+            cached = _make_plan(problem, estimator, samples, rel_error, seed, time_budget_s, device,
+                                dtype, memory_budget, registry, target)
+            _write_plan(cache_dir, key, cached)
+    if cached.seconds > time_budget_s:
+        if samples is None:
+            _too_costly(problem, cached, rel_error, time_budget_s)
+        _given_n_too_costly(problem, cached, time_budget_s)
     return cached
+
+
+TIMING_SECONDS = 0.05
+"""A given ``N``'s cost is timed on batches of samples growing until one takes this long (or
+reaches ``N`` or the memory planner's chunk), so that per-call overheads do not inflate it."""
+
+
+def _seconds_per_sample(estimator: Estimator, problem: Problem, n: int, seed: int, device: str,
+                        dtype: str, memory_budget: int) -> float:
+    """Seconds per sample of ``estimator`` drawn in batches as the reference draws them (see
+    :data:`TIMING_SECONDS`): at most about ``2 × TIMING_SECONDS`` beyond one batch of ≤ 8."""
+    dev = torch.device(device)
+    prob = problem.to(dev, DTYPES[dtype])
+    chunk = _chunk(estimator, problem, dtype, memory_budget)
+    groups = Groups.of(prob.params)
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(stable_seed("mcref-timing", seed, estimator.spec))
+    _draw(estimator, prob, 1, 1, gen, groups, _Moments())  # warm-up
+    c = min(8, n)
+    while True:
+        c = min(c, chunk, n)
+        _sync(dev)
+        t0 = time.perf_counter()
+        _draw(estimator, prob, c, chunk, gen, groups, _Moments())
+        _sync(dev)
+        t = time.perf_counter() - t0
+        if t >= TIMING_SECONDS or c >= min(chunk, n):
+            return t / c
+        c *= 4
+
+
+def _plan_fits(plan: ReferencePlan, problem: Problem, estimator: str | None, samples: int | None,
+               rel_error: float, target: str, registry: Registry | None) -> bool:
+    """Whether a cached plan is one this request could have made (a plan file edited by hand, with
+    a biased R or too few samples, is made again rather than trusted)."""
+    if samples is not None:
+        n_ok = plan.samples == samples
+    else:
+        n_ok = plan.samples >= MIN_SAMPLES and plan.target_rel_error == rel_error
+    if not n_ok or plan.target != target or not plan.seconds_per_sample > 0:
+        return False
+    if estimator is not None:
+        return plan.estimator == estimator
+    return plan.estimator in {e.spec for e in candidate_estimators(problem, registry)}
 
 
 def _check_where(seed: int, device: str | torch.device, dtype: str, memory_budget: int) -> int:
@@ -421,6 +481,17 @@ def _check_args(rel_error: float, time_budget_s: float, samples: int | None) -> 
                                 or samples < 2):
         raise McReferenceError(f"samples={samples!r} must be an integer ≥ 2",
                                argument="samples", value=samples, expected="an integer ≥ 2")
+
+
+def _given_n_too_costly(problem: Problem, plan: ReferencePlan, budget: float) -> None:
+    t = plan.seconds_per_sample
+    raise McReferenceError(
+        f"the Monte-Carlo reference of problem {problem.name!r} with the given N={plan.samples} "
+        f"samples of {plan.estimator} would take about {plan.seconds:.3g} s ({t * 1e3:.3g} ms "
+        f"each), over the time budget of {budget:g} s (within it: N ≈ {max(1, int(budget / t))}); "
+        f"give a smaller N (--reference mc:{plan.estimator}:N) or raise --reference-time-budget",
+        argument="reference_time_budget", value=budget,
+        expected=f"at least {math.ceil(plan.seconds)} s")
 
 
 def _too_costly(problem: Problem, plan: ReferencePlan, rel_error: float, budget: float) -> None:
@@ -507,7 +578,8 @@ def _make_plan(problem: Problem, estimator: str | None, samples: int | None, rel
                 argument="reference_time_budget", value=budget, expected="a larger budget or N")
         acc, spent = _pilot(e, prob, chunk, seed, dev, 2 * acc.n, 2 * acc.n, math.inf, acc, spent)
         k, ratio, V, gsq = worst()
-    n = max(MIN_SAMPLES, math.ceil(ratio / rel_error**2))
+    # min(): a tiny ε (1e-300) needs more samples than any budget allows, refused by it then
+    n = max(MIN_SAMPLES, math.ceil(min(ratio / rel_error / rel_error, 2.0**62)))
     return ReferencePlan(e.spec, n, rel_error, spent / acc.n, tuple(results), V, gsq,
                          target, groups.names[k])
 
@@ -533,7 +605,8 @@ def mc_reference(problem: Problem, *, estimator: str | None = None, samples: int
             §8) or ``"layers"`` (every group R estimates with noise; the rows show each group's ε
             either way).
         seed: the seed of the samples (and of the pilot).
-        time_budget_s: most seconds the ``N`` samples may take (refused beyond, before sampling).
+        time_budget_s: most seconds the ``N`` samples may take (refused beyond, before sampling;
+            a given ``N`` is timed on a few batches of R first).
         cache_dir: where plans and references are cached (None: no cache).
         device, dtype: where and in which dtype the samples are drawn (accumulated in float64).
         memory_budget: bytes of the estimator's tensors per chunk (the runner's memory planner).
@@ -543,7 +616,8 @@ def mc_reference(problem: Problem, *, estimator: str | None = None, samples: int
 
     Returns:
         :class:`McReference`; with a given ``samples`` and ``estimator`` the cost is ``N``
-        samples (or one file read when cached), nothing more.
+        samples (or one file read when cached) and a timing of R of about a tenth of a second
+        that checks them against ``time_budget_s`` (none when it is ``math.inf``).
 
     Raises:
         McReferenceError: see :func:`plan_reference`; R returned NaN/Inf.
