@@ -383,9 +383,13 @@ def parse_network(arch: str, *, prior: bool = False) -> Network:
         if m["slope"] and m["act"] not in ("lrelu", "leakyrelu"):
             raise NetworkError(f"{where}: only lrelu takes a slope ({m['act']}{m['slope']})",
                                argument="arch", value=tok, expected=expected)
+        slope = _slope(m["slope"]) if m["slope"] else LEAKY_SLOPE
+        if not math.isfinite(slope):  # lrelu1e400 reads as inf
+            raise NetworkError(f"{where}: the slope {m['slope']} is not a finite number",
+                               argument="arch", value=tok, expected="a finite LeakyReLU slope")
         if m["act"]:
             b.add("leakyrelu" if m["act"] in ("lrelu", "leakyrelu") else m["act"], where,
-                  slope=_slope(m["slope"]) if m["slope"] else LEAKY_SLOPE)
+                  slope=slope)
     if not re.fullmatch(r"\d+", tokens[-1]):
         raise NetworkError(f"argument arch={text!r}: the last token {tokens[-1]!r} must be the output "
                            "width", argument="arch", value=text, expected=expected)

@@ -717,7 +717,8 @@ def save_problem(problem: Problem, path: str | os.PathLike[str], *, overwrite: b
             ``--overwrite``: the file may be a trained checkpoint).
 
     Raises:
-        ProblemError: the file exists and ``overwrite`` is False, or it cannot be written.
+        ProblemError: the file exists and ``overwrite`` is False, it cannot be written, or it
+            would exceed :data:`MAX_FILE_BYTES` (which :func:`load_problem` refuses).
     """
     check_problem(problem)
     check_path(path, "path", ProblemError)
@@ -740,6 +741,13 @@ def save_problem(problem: Problem, path: str | os.PathLike[str], *, overwrite: b
     arrays["network"] = np.array(json.dumps(problem.net.describe(), sort_keys=True))
     if problem.loss == "vae":
         arrays["kl"] = np.array(problem.kl)
+    size = sum(a.nbytes for a in arrays.values())
+    if size > MAX_FILE_BYTES:  # load_problem would refuse the file
+        raise ProblemError(f"problem {problem.name!r} would take {size / 2**30:.3g} GiB as a file, "
+                           f"over the {MAX_FILE_BYTES / 2**30:.3g} GiB a problem file may hold "
+                           f"(load_problem's max_bytes), so no command could load it; use fewer "
+                           f"data points (it has {problem.num_data})", argument="problem",
+                           value=problem.name, expected=f"at most {MAX_FILE_BYTES} bytes of arrays")
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     try:

@@ -75,6 +75,7 @@ def test_the_grammar_reads_back_what_it_writes(arch, widths, kinds, parts) -> No
     ("1x0x3-2-1", ["input shape must be positive"]),
     ("2-3-1x2", ["the last token '1x2' must be the output width"]),
     ("2-d3:tanh0.1-2-1", ["only lrelu takes a slope"]),
+    ("2-3-d4:lrelu1e400-1", ["the slope 1e400 is not a finite number"]),  # it read as inf
 ])
 def test_bad_architectures_name_the_token(arch, words) -> None:
     with pytest.raises(NetworkError) as e:

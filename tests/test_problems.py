@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sbn_bench import model
+from sbn_bench import model, problems
 from sbn_bench.problems import (
     Problem,
     ProblemError,
@@ -57,6 +57,20 @@ def test_random_problem_round_trips_exactly(tmp_path: Path, arch: str, loss: str
 
 def test_paper_problem_round_trips_exactly(tmp_path: Path, paper: Problem) -> None:
     _assert_same_problem(paper, load_problem(save_problem(paper, tmp_path / "paper.npz")))
+
+
+def test_a_problem_too_large_for_its_file_is_not_written(tmp_path: Path, monkeypatch) -> None:
+    """save_problem refuses what load_problem would refuse (it wrote a 2.4 GB file that no command
+    could read): the limit is lowered here instead of making a gigabyte problem."""
+    p = random_problem("2-3-1", 0, data_points=100)
+    monkeypatch.setattr(problems, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(ProblemError, match=r"GiB a problem file may hold .* fewer data points "
+                                           r"\(it has 100\)") as e:
+        save_problem(p, tmp_path / "p.npz")
+    assert e.value.argument == "problem" and not (tmp_path / "p.npz").exists()
+    with pytest.raises(ProblemError, match="over the"):  # the loader's own limit agrees
+        monkeypatch.setattr(problems, "MAX_FILE_BYTES", 10**6)
+        load_problem(save_problem(p, tmp_path / "p.npz"), max_bytes=1000)
 
 
 def test_saved_file_follows_the_public_format(tmp_path: Path) -> None:
