@@ -134,11 +134,17 @@ def test_ctrl_c_in_train_says_what_is_saved_and_exits_130(tmp_path: Path,
         f"continue with sbn-bench train --out {tmp_path / 's'} --resume" in r.output, r.output
 
     def interrupted_single(*args, **kwargs):
+        if wrote:
+            Path(kwargs["out_dir"]).mkdir(parents=True)
+            (Path(kwargs["out_dir"]) / "checkpoint_epoch0.npz").write_bytes(b"")
         raise KeyboardInterrupt
     monkeypatch.setattr(training, "train", interrupted_single)
-    r = invoke(["train", "--arch", "2-2-1", "--data-points", "12", "--epochs", "1", "--out",
-                tmp_path / "t"])
-    assert r.exit_code == 130 and "does not resume" in r.output, r.output
+    for wrote, words in ((True, f"written so far are in {tmp_path / 't1'} (a single training does "
+                                "not resume"),
+                         (False, "before the training wrote anything: nothing is saved")):
+        r = invoke(["train", "--arch", "2-2-1", "--data-points", "12", "--epochs", "1", "--out",
+                    tmp_path / f"t{int(wrote)}"])
+        assert r.exit_code == 130 and words in r.output, r.output
 
 
 def test_train_refuses_a_run_folder_and_records_its_plugin(tmp_path: Path) -> None:

@@ -170,7 +170,9 @@ def train(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
             raise _bad(e, "--seed" if train_seed is None else "--train-seed") from None
         except KeyboardInterrupt:
             click.echo(f"\nInterrupted: the checkpoints and log written so far are in {out_dir} "
-                       "(a single training does not resume: run it again with --overwrite)",
+                       "(a single training does not resume: run it again with --overwrite)"
+                       if training.training_files(out_dir) else
+                       "\nInterrupted before the training wrote anything: nothing is saved",
                        err=True)
             ctx.exit(interrupted_status())
     if quiet:
