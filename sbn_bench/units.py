@@ -37,10 +37,16 @@ def parse_size(value: int | str, argument: str = "size") -> int:
         try:
             if m is None or unit not in SIZE_UNITS:
                 raise ValueError
-            n = int(float(m.group(1)) * SIZE_UNITS[unit])
-        except (ValueError, OverflowError):  # "1e999" is infinite: not a size either
+            exact = Decimal(m.group(1)) * SIZE_UNITS[unit]
+            if not math.isfinite(float(exact)):  # "1e999" is infinite: not a size either
+                raise ValueError
+        except (ArithmeticError, ValueError):
             raise ArgumentError(f"{argument}={value!r} is not a size; expected {expected}",
                                 argument=argument, value=value, expected=expected) from None
+        if exact != exact.to_integral_value():  # "1.5" was taken as 1 byte
+            raise ArgumentError(f"{argument}={value!r} is not a whole number of bytes; expected "
+                                f"{expected}", argument=argument, value=value, expected=expected)
+        n = int(exact)
     if n < 1:
         raise ArgumentError(f"{argument}={value!r} must be at least 1 byte", argument=argument,
                             value=value, expected="at least 1 byte")

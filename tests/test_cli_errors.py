@@ -77,6 +77,8 @@ def test_every_help_works(cmd):
     (["train", "--arch", "2-2-1", "--train-seed", str(2**70), "--out", "x"], 2, ["--train-seed"]),
     (["run", *SMALL, "--memory-budget", "1e999"], 2, ["--memory-budget", "'1e999'", "not a size"]),
     (["run", *SMALL, "--memory-budget", "-1MiB"], 2, ["--memory-budget"]),
+    (["exact", "--arch", "2-2-1", "--max-exact-bytes", "1.5"], 2,  # it was taken as 1 byte
+     ["--max-exact-bytes", "'1.5'", "not a whole number of bytes"]),
     (["run", *SMALL, "--chunk", "0"], 2, ["--chunk"]),
     (["run", *SMALL, "--max-paths", "0"], 2, ["--max-paths"]),
     (["run", *SMALL, "--rounds", "0"], 2, ["--rounds"]),
