@@ -47,7 +47,14 @@ from sbn_bench.reports import html as html_render
 from sbn_bench.reports import markdown as md_render
 from sbn_bench.reports.sections import Block, Bullets, Heading, Image, Text
 from sbn_bench.reports.tables import Table, TableCell
-from sbn_bench.train_study import STUDY_PRESETS, load_study, run_study
+from sbn_bench.train_study import (
+    STUDY_NAME,
+    STUDY_PRESETS,
+    StudyError,
+    load_study,
+    refuse_foreign_folder,
+    run_study,
+)
 
 REGENERATE = "sbn-bench train --publish reports/training-digits --executor processes:2"
 """The one command that regenerates the published training benchmark (``reports/training-digits``)."""
@@ -786,6 +793,13 @@ def publish(out: str | os.PathLike[str] = "reports/training-digits", *, executor
     defaults in ``out/<preset>/`` (resumed where a previous run stopped), then ``out/README.md``
     and ``out/README.html``: each claim's verdict per study and links to the studies' reports."""
     root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise StudyError(f"argument out={str(root)!r} exists and is not a folder; choose another "
+                         "output folder", argument="out")
+    refuse_foreign_folder(root, "out", "the published benchmark")  # its studies go in subfolders
+    if (root / STUDY_NAME).is_file():
+        raise StudyError(f"argument out={str(root)!r} holds a training study; the published "
+                         "benchmark needs its own folder", argument="out")
     root.mkdir(parents=True, exist_ok=True)
     for preset in presets:
         run_study(preset, out=root / preset, seeds=seeds, executor=executor, resume=resume,

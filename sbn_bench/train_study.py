@@ -591,6 +591,27 @@ class StudyResult:
     wall_s: float
 
 
+def refuse_foreign_folder(d: Path, argument: str, what: str) -> None:
+    """Refuse a folder ``d`` that holds an ``sbn-bench run`` or a single training (``what``, e.g.
+    "a study", needs its own folder).
+
+    Raises:
+        StudyError: naming ``argument`` and what the folder holds.
+    """
+    from sbn_bench.storage import CELLS, MANIFEST, PART_KINDS
+
+    # a study keeps cells/*.json; a run's marks are its manifest and its cells/*.KIND.csv parts
+    if (d / MANIFEST).is_file() or any(next((d / CELLS).glob(f"*.{k}.csv"), None)
+                                       for k in PART_KINDS):
+        raise StudyError(f"argument {argument}={str(d)!r} holds an sbn-bench run ({MANIFEST}, "
+                         f"{CELLS}/); {what} needs its own folder", argument=argument)
+    single = [p.name for p in training_files(d) if p.name != CURVE_NAME]
+    if single:
+        raise StudyError(f"argument {argument}={str(d)!r} holds a single training "
+                         f"({', '.join(single[:3])}{', …' if len(single) > 3 else ''}); {what} "
+                         "needs its own folder", argument=argument)
+
+
 def cell_file(out: Path, estimator: str, seed: int) -> Path:
     """``out/cells/<estimator, file-name-safe>-seed<k>.json``."""
     safe = re.sub(r"[^A-Za-z0-9.]+", "_", estimator).strip("_")
@@ -760,18 +781,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     with folder_lock(d, busy, cannot):  # one process at a time checks and writes the study
         # (its report is written after, by the caller: a resume started then may rewrite the
         # tables it reads; the report is written again at that resume's end)
-        from sbn_bench.storage import CELLS, MANIFEST, PART_KINDS
-
-        # a study keeps cells/*.json; a run's marks are its manifest and its cells/*.KIND.csv parts
-        if (d / MANIFEST).is_file() or any(next((d / CELLS).glob(f"*.{k}.csv"), None)
-                                           for k in PART_KINDS):
-            raise StudyError(f"argument out={str(d)!r} holds an sbn-bench run ({MANIFEST}, {CELLS}/); "
-                             "a study needs its own folder", argument="out")
-        single = [p.name for p in training_files(d) if p.name != CURVE_NAME]
-        if single:
-            raise StudyError(f"argument out={str(d)!r} holds a single training ({', '.join(single[:3])}"
-                             f"{', …' if len(single) > 3 else ''}); a study needs its own folder",
-                             argument="out")
+        refuse_foreign_folder(d, "out", "a study")
         if manifest_path.exists():
             if not resume:
                 raise StudyError(f"argument out={str(d)!r} already holds a training study; pass "

@@ -232,3 +232,27 @@ def test_a_folder_in_use_is_refused_by_a_training_and_a_study(tmp_path: Path) ->
             train(p, "st", epochs=1, batch_size=4, out_dir=out, num_threads=None)
     finally:
         os.close(fd)
+
+
+def test_publish_refuses_a_run_or_training_folder_and_says_how_to_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--publish wrote its studies into a run's folder; Ctrl-C printed only 'interrupted'."""
+    from sbn_bench import train_report
+    from sbn_bench.train_study import StudyError
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "manifest.json").write_text("{}")
+    r = invoke(["train", "--publish", run_dir])
+    assert r.exit_code == 1 and "--publish" in r.output and "holds an sbn-bench run" in r.output, \
+        r.output
+    assert sorted(p.name for p in run_dir.iterdir()) == ["manifest.json"]
+    with pytest.raises(StudyError, match="the published benchmark needs its own folder"):
+        train_report.publish(run_dir)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_report, "publish", interrupted)
+    r = invoke(["train", "--publish", tmp_path / "pub", "--executor", "serial"])
+    assert r.exit_code == 130 and (f"continue with sbn-bench train --publish {tmp_path / 'pub'} "
+                                   "--executor serial (it resumes them)") in r.output, r.output

@@ -251,6 +251,21 @@ def test_failed_cell_recorded(tmp_path: Path) -> None:
     assert rec["status"] == "failed" and "diverged" in rec["error"]
 
 
+def test_a_study_whose_every_cell_failed_exits_1(tmp_path: Path) -> None:
+    """It exited 0 ('complete with failures'), where a run whose every statistics cell failed exits
+    1; the tables and report are written either way."""
+    from click.testing import CliRunner
+
+    from sbn_bench.cli import main
+
+    out = tmp_path / "all-failed"
+    r = CliRunner().invoke(main, ["train", "--preset", "digits-vae-exact", "--estimators", "st",
+                                  "--seeds", "0", "--epochs", "1", "--lr", "1e308", "--executor",
+                                  "serial", "--quiet", "--out", str(out)])
+    assert r.exit_code == 1 and "every cell of the study failed (1: see" in r.output, r.output
+    assert (out / "failures.csv").is_file() and (out / "report.md").is_file()
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(TrainArgumentError, match="probe_epochs"):
         ts.preset_settings("digits-vae", epochs=3, probe_epochs=(5,))

@@ -220,7 +220,20 @@ def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out
                 or plugins:
             raise click.UsageError("--publish runs every study preset at its defaults; it takes "
                                    "only --executor and --seeds")
-        paths = train_report.publish(publish_dir, executor=executor, seeds=seeds, progress=progress)
+        try:
+            paths = train_report.publish(publish_dir, executor=executor, seeds=seeds,
+                                         progress=progress)
+        except train_study.StudyError as e:
+            if e.argument != "out":
+                raise
+            # a refused folder is exit status 1, as a refused --out
+            raise click.ClickException(f"--publish {without_name(str(e), 'out')}") from None
+        except KeyboardInterrupt:
+            again = " ".join(shlex.quote(a) for a in ["sbn-bench", "train", "--publish",
+                                                      str(publish_dir), "--executor", executor])
+            click.echo(f"\nInterrupted: the studies' finished cells are saved under {publish_dir}; "
+                       f"continue with {again} (it resumes them)", err=True)
+            ctx.exit(interrupted_status())
         if not quiet:
             click.echo(f"published training benchmark: {paths['md']} and {paths['html']}")
         return
@@ -256,8 +269,15 @@ def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out
                    "\nInterrupted before the study started: nothing is saved", err=True)
         ctx.exit(interrupted_status())
     paths = train_report.write_training_report(result.out)
-    if quiet:
-        return
+    if not quiet:
+        _study_summary(result, paths)
+    if result.failures and len(result.failures) == len(result.estimators) * len(result.seeds):
+        # as a run whose every statistics cell failed
+        raise click.ClickException(f"every cell of the study failed ({len(result.failures)}: see "
+                                   f"{result.out}/failures.csv); no cell finished")
+
+
+def _study_summary(result: train_study.StudyResult, paths: Mapping[str, Path]) -> None:
     preset = result.settings.preset
     click.echo(f"training study {preset}: {len(result.estimators)} estimators x "
                f"{len(result.seeds)} seeds, {result.ran} cells run, {result.resumed} resumed, "
