@@ -203,7 +203,7 @@ def measure_group(estimators: Sequence[Estimator], problem: Problem, *, max_batc
     for i, (e, g, mb) in enumerate(zip(estimators, generators, max_batch)):
         try:
             timers.append(_calibrate(e, problem, g, mb, settings))
-        except Exception as err:  # noqa: BLE001 - the caller records it and measures the rest
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - the caller records it, measures the rest
             raise MemberFailed(i, err) from err
     cuda = device.type == "cuda"
     if cuda:
@@ -217,7 +217,7 @@ def measure_group(estimators: Sequence[Estimator], problem: Problem, *, max_batc
         for i in [*range(k, len(timers)), *range(k)]:  # rotate the order every round
             try:
                 timers[i].round(problem)
-            except Exception as err:  # noqa: BLE001 - the caller records it and measures the rest
+            except (Exception, SystemExit) as err:  # noqa: BLE001 - the caller records it, measures the rest
                 raise MemberFailed(i, err) from err
         r += 1
         if r < settings.min_rounds:

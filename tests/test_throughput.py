@@ -154,10 +154,13 @@ def test_the_runner_measures_once_per_network_and_records_failing_members(tmp_pa
     plugin = tmp_path / "slowfail.py"
     plugin.write_text(
         "from sbn_bench.estimators import Estimator\n"
-        "def broken():\n"
+        "def broken(*, exit: int = 0):\n"
         "    def surrogate(problem, params, generator):\n"
+        "        if exit:\n"
+        "            raise SystemExit(exit)\n"
         "        raise RuntimeError('cannot time me')\n"
-        "    return Estimator('broken', surrogate, randomness='none', description='x')\n"
+        "    return Estimator('broken', surrogate, randomness='none', description='x',\n"
+        "                     hyperparams=(('exit', exit),))\n"
         "ESTIMATORS = {'broken': broken}\n")
     cfg = RunConfig(
         problems=(ProblemSpec(arch="2-2-2-1", data_points=3, name="a",
@@ -177,6 +180,12 @@ def test_the_runner_measures_once_per_network_and_records_failing_members(tmp_pa
     f = res2.failures
     assert (f["stage"] == "throughput").any() and "cannot time me" in " ".join(f["error"])
     assert set(res2.throughput["estimator"]) == {"psa"}
+    # SystemExit is the member's failure too (it failed the whole cell: psa lost its figure)
+    res3 = runner.run(cfg.with_(estimators=("psa", "broken:exit=5"), out=str(tmp_path / "t"),
+                                plugins=(str(plugin),)))
+    f = res3.failures[res3.failures["stage"] == "throughput"]
+    assert set(f["estimator"]) == {"broken:exit=5"} and set(f["error"]) == {"SystemExit: 5"}, f
+    assert set(res3.throughput["estimator"]) == {"psa"}
 
 
 def test_a_wide_figure_is_never_the_fastest(tmp_path: Path) -> None:
