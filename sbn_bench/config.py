@@ -379,7 +379,8 @@ class ProblemSpec:
             arch = problems.DIGITS_ARCHS.get(self.preset)
             net = problems.network_of(arch, loss) if arch else None
         head = tuple(layer.n_out for layer in net.head[:-1] if layer.has_params) if net else ()
-        return {"widths": shape[0], "num_data": shape[1], "loss": loss, "head": head}
+        return {"widths": shape[0], "num_data": shape[1], "loss": loss, "head": head,
+                "arch": net.arch() if net else None}
 
     def base_problem(self) -> Problem:
         """The problem this spec names (its ``init`` checkpoint), named :attr:`label`."""

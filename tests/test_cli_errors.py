@@ -79,6 +79,8 @@ def test_every_help_works(cmd):
     (["run", *SMALL, "--memory-budget", "-1MiB"], 2, ["--memory-budget"]),
     (["exact", "--arch", "2-2-1", "--max-exact-bytes", "1.5"], 2,  # it was taken as 1 byte
      ["--max-exact-bytes", "'1.5'", "not a whole number of bytes"]),
+    (["exact", "--arch", "1x8x8-c8k3-c16k3s2-10", "--loss", "softmax"], 1,  # not as 64-288-64-10
+     ["(arch 1x8x8-c8k3-c16k3s2-10, D=100)", "exact reference refused"]),
     (["run", *SMALL, "--chunk", "0"], 2, ["--chunk"]),
     (["run", *SMALL, "--max-paths", "0"], 2, ["--max-paths"]),
     (["run", *SMALL, "--rounds", "0"], 2, ["--rounds"]),

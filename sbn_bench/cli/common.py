@@ -89,7 +89,7 @@ def build_problem(spec: ProblemSpec, max_exact_bytes: int | None = None) -> Prob
     shape = spec.reference_shape()
     if max_exact_bytes is not None and shape is not None:
         check_shape(shape["widths"], shape["num_data"], max_exact_bytes, spec.label,  # type: ignore[arg-type]
-                    loss=shape["loss"], head=shape["head"])  # type: ignore[arg-type]
+                    loss=shape["loss"], head=shape["head"], arch=shape["arch"])  # type: ignore[arg-type]
     return spec.base_problem()
 
 

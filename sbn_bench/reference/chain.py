@@ -126,10 +126,13 @@ def _size(n: float) -> str:
 
 
 def check_shape(widths: tuple[int, ...], num_data: int, max_bytes: int = DEFAULT_MAX_BYTES,
-                name: str = "problem", loss: str = "logistic", head: Sequence[int] = ()
-                ) -> ReferenceCost:
+                name: str = "problem", loss: str = "logistic", head: Sequence[int] = (),
+                arch: str | None = None) -> ReferenceCost:
     """Refuse a network shape too large for the exact reference, before the problem (its data and
     parameters) is even built.
+
+    ``arch``: the network as its grammar writes it, for the message (default: the widths; a
+    convolutional net's are its flattened layer sizes).
 
     Raises:
         ReferenceTooLarge: with the estimated states and memory and the limit.
@@ -138,7 +141,7 @@ def check_shape(widths: tuple[int, ...], num_data: int, max_bytes: int = DEFAULT
     """
     max_bytes = check_whole(max_bytes, "max_bytes", unit="bytes", unlimited=True)
     cost = estimate_cost(widths, num_data, loss, head)
-    arch = "-".join(map(str, widths))
+    arch = arch or "-".join(map(str, widths))
     where = f"exact reference refused for problem {name!r} (arch {arch}, D={num_data}): it needs"
     if cost.bytes > max_bytes:
         needs = (f"{format_count(cost.states)} table entries, about {_size(cost.bytes)} of "
@@ -171,7 +174,7 @@ def check_size(problem: Problem, max_bytes: int = DEFAULT_MAX_BYTES) -> Referenc
     """
     check_problem(problem)
     return check_shape(problem.widths, problem.num_data, max_bytes, problem.name, problem.loss,
-                       _head_widths(problem))
+                       _head_widths(problem), problem.arch)
 
 
 def _prob_table(noise: Noise, a: Tensor) -> Tensor:

@@ -199,7 +199,8 @@ def check_shapes(config: RunConfig) -> None:
         if shape is not None:
             try:
                 check_shape(shape["widths"], shape["num_data"], config.max_exact_bytes,  # type: ignore[arg-type]
-                            spec.label, loss=shape["loss"], head=shape["head"])  # type: ignore[arg-type]
+                            spec.label, loss=shape["loss"], head=shape["head"],  # type: ignore[arg-type]
+                            arch=shape["arch"])  # type: ignore[arg-type]
             except ReferenceTooLarge as e:
                 # a Monte-Carlo reference (auto, mc) takes it, unless its data alone are over the
                 # limit (they would be allocated before anything else could refuse it)
