@@ -315,7 +315,9 @@ def test_the_cache_reuses_a_reference_and_not_a_changed_one(tmp_path: Path, monk
         d = json.loads(f.read_text())
         f.write_text(json.dumps({**d, "estimator": "psa", "samples": 3}))
     again = plan_reference(p, rel_error=0.1, seed=0, cache_dir=tmp_path)
-    assert again.estimator == a.estimator and again.samples >= 64
+    # made again by a new pilot (whose timings may choose another R than the first)
+    assert again.estimator in {e.spec for e in mcref.candidate_estimators(p)}
+    assert again.samples >= 64 and again.pilot
     # a damaged file is recomputed, not trusted
     for f in (tmp_path / "mcref").glob("reference-*.pt"):
         f.write_bytes(b"not a tensor file")
