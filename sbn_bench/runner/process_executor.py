@@ -51,6 +51,11 @@ STARTUP_DEATHS = 3
 """Workers that die before they are ready, one after the other (none ready in between), that
 stop the run: starting more would not help."""
 
+STARTUP_TIMEOUT_S = 300.0
+"""Seconds a worker may take to become ready (import torch and sbn-bench, and the main module where
+``spawn`` or ``forkserver`` imports it) before it is killed as a start-up failure; a cell's own
+time limit counts from then."""
+
 READY = "ready"
 """A worker's first message: its loop has started (its start-up, and the import of the main
 module that ``spawn`` and ``forkserver`` do, went through)."""
@@ -167,9 +172,9 @@ class ProcessExecutor:
 
     def _send(self, w: _Worker, job: _Job) -> None:
         config = job.context.config
+        job.attempts += 1  # taken back by the caller when the worker proves dead
         if not w.process.is_alive():
             raise BrokenPipeError("the worker died while idle")
-        job.attempts += 1
         w.job, w.started = job, time.monotonic()
         # plain pickle: torch's multiprocessing pickler would move tensors through shared memory
         w.conn.send_bytes(pickle.dumps((job.cell, job.context.problem, job.context.reference,
@@ -242,6 +247,7 @@ class ProcessExecutor:
                     if out == READY:
                         w.ready = True
                         self._startup_deaths.clear()
+                        w.started = time.monotonic()  # the cell's time limit counts from here
                         if not w.conn.poll():
                             continue  # its cell is still being measured
                         out = pickle.loads(w.conn.recv_bytes())
@@ -269,6 +275,11 @@ class ProcessExecutor:
             if deadline is not None and time.monotonic() >= deadline:
                 w.job = None
                 self._kill(w)
+                if not w.ready:  # stuck in its start-up: not the cell's doing
+                    job.attempts -= 1
+                    retry.appendleft(job)
+                    self._started_badly(f"it was not ready after {STARTUP_TIMEOUT_S:g} s")
+                    continue
                 limit = job.context.config.cell_timeout
                 yield CellResult(job.cell, "failure", [failure_row(
                     job.cell, "timeout", f"the cell ran past its time limit of {limit:g} s "
@@ -282,6 +293,8 @@ class ProcessExecutor:
                 w.ready = w.conn.poll() and pickle.loads(w.conn.recv_bytes()) == READY
             except (EOFError, OSError):
                 pass
+            if w.ready:
+                self._startup_deaths.clear()
         return w.ready
 
     def _started_badly(self, what: str) -> None:
@@ -290,15 +303,21 @@ class ProcessExecutor:
         self._startup_deaths.append(what)
         if len(self._startup_deaths) < STARTUP_DEATHS:
             return
+        from sbn_bench.runner.executors import main_allows_processes
+
+        why = ("" if main_allows_processes() else
+               " A Python script that uses executor='processes' must put its work under "
+               "`if __name__ == \"__main__\":`: every worker process imports the script, and so "
+               "runs it again; or use executor='serial'.")
         raise RunError(
             f"worker processes die as they start ({len(self._startup_deaths)} in a row; the last: "
-            f"{what.split(' (')[0]}), before measuring anything. A Python script that uses "
-            "executor='processes' (or 'auto') must put its work under "
-            "`if __name__ == \"__main__\":`: every worker process imports the script, and so runs "
-            "it again. Or use executor='serial'. (A worker's own error, if any, is printed above.)")
+            f"{what}), before measuring anything.{why} (A worker's own error, if any, is printed "
+            "above.)")
 
     def _deadline(self, w: _Worker) -> float | None:
         assert w.job is not None
+        if not w.ready:
+            return w.started + STARTUP_TIMEOUT_S
         limit = w.job.context.config.cell_timeout
         return None if limit is None else w.started + limit + grace_s(limit)
 
