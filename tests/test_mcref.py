@@ -109,11 +109,50 @@ def test_refused_up_front_when_the_budget_cannot_reach_epsilon() -> None:
         plan_reference(p, estimator="st", samples=100)
     with pytest.raises(McReferenceError, match="reference_rel_error=1.5"):
         plan_reference(p, rel_error=1.5)
-    # an ε whose square underflows (it raised ZeroDivisionError): refused by the budget too
-    with pytest.raises(McReferenceError, match=r"needs about N=\d+ .* relative error of 1e-300"):
+    # an ε whose square underflows (it raised ZeroDivisionError)
+    with pytest.raises(McReferenceError, match=r"1e-300 is out of reach .* more than 1e\+15 samples"):
         plan_reference(p, rel_error=1e-300, estimator="reinforce")
     with pytest.raises(McReferenceError, match=r"not random .* \(--reference exact\)"):
         plan_reference(p, estimator="exact", samples=100)
+
+
+def test_plans_and_timings_are_not_repeated_nor_fatal(tmp_path: Path, monkeypatch) -> None:
+    """mc::N with the layers target is read back from the cache (it was planned again on every
+    run); a cached reference of a given R and N is not timed again; an R that fails while timed
+    leaves the plan untimed (its failure is the reference's, recorded for the problem's cells,
+    rather than aborting the run); an ε out of reach is refused even without a time budget."""
+    import sbn_bench.runner.mcref as mcref
+
+    p = random_problem("2-3-3-1", 0, data_points=10)
+    first = plan_reference(p, samples=100, target="layers", cache_dir=tmp_path)
+    monkeypatch.setattr(mcref, "_make_plan", lambda *a, **k: pytest.fail("planned again"))
+    again = plan_reference(p, samples=100, target="layers", cache_dir=tmp_path)
+    assert (again.estimator, again.samples, again.target) == (first.estimator, 100, "layers")
+    mc_reference(p, estimator="reinforce", samples=100, cache_dir=tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(mcref, "_seconds_per_sample", lambda *a: pytest.fail("timed again"))
+        assert mc_reference(p, estimator="reinforce", samples=100, cache_dir=tmp_path).from_cache
+
+    def nan(*args, **kw):
+        raise McReferenceError("reference estimator 'reinforce' returned NaN/Inf")
+    monkeypatch.setattr(mcref, "_draw", nan)
+    assert math.isnan(plan_reference(p, estimator="reinforce", samples=100).seconds_per_sample)
+    monkeypatch.undo()
+    with pytest.raises(McReferenceError, match=r"reference_rel_error=1e-300 is out of reach") as e:
+        plan_reference(p, rel_error=1e-300, estimator="reinforce", time_budget_s=math.inf)
+    assert e.value.argument == "reference_rel_error"
+
+
+def test_a_plugin_estimator_can_be_the_reference(tmp_path: Path) -> None:
+    """The reference was planned with the run's plugins but computed without them: every cell
+    failed with "estimator 'reinforce-baseline' is unknown"."""
+    example = Path(__file__).parents[1] / "examples" / "reinforce_baseline.py"
+    res = runner.run(RunConfig(problems=(ProblemSpec(arch="2-3-1", data_points=5),),
+                               estimators=("st",), samples=20, M=(1,), plugins=(str(example),),
+                               reference="mc:reinforce-baseline:200", out=str(tmp_path / "r"),
+                               throughput=ThroughputConfig(enabled=False)))
+    assert res.failures.empty, res.failures
+    assert set(res.metrics["reference"]) == {"mc:reinforce-baseline:200"}
 
 
 def test_a_given_n_is_refused_when_it_would_exceed_the_budget(monkeypatch) -> None:

@@ -54,6 +54,7 @@ import pandas as pd
 from sbn_bench import malloc
 from sbn_bench.config import ConfigError, RunConfig, named_m_grid, parse_reference
 from sbn_bench.errors import SbnBenchError
+from sbn_bench.estimators import Registry
 from sbn_bench.metrics import sort_layers, timed_rows
 from sbn_bench.metrics.scalars import is_resolved
 from sbn_bench.problems import Problem
@@ -438,7 +439,7 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
                         references[key] = exact_reference(problem, config.max_exact_bytes)
                     else:
                         references[key] = monte_carlo_reference(problem, config,
-                                                                plan.mc_plans[key])
+                                                                plan.mc_plans[key], plan.registry)
                         reached[key] = references[key]
             yield cell, CellContext(problem, plan.estimator(cell.estimator), references[key],
                                     config, plugins=plugins)
@@ -573,15 +574,15 @@ def _previous_plans(config: RunConfig) -> dict[tuple[str, str, str], ReferencePl
         return {}
 
 
-def monte_carlo_reference(problem: Problem, config: RunConfig, mc_plan: ReferencePlan
-                          ) -> Reference:
+def monte_carlo_reference(problem: Problem, config: RunConfig, mc_plan: ReferencePlan,
+                          registry: Registry | None = None) -> Reference:
     """The Monte-Carlo reference of a problem checkpoint (:func:`~sbn_bench.runner.mcref.mc_reference`
     with the run's seed, device, dtype, memory budget and cache), as a :class:`Reference`; a
     failure is returned with its message (every statistics cell of the problem records it)."""
     try:
         ref = mc_reference(problem, plan=mc_plan, seed=config.reference_seed, device=config.device,
                            dtype=config.dtype, memory_budget=config.memory_budget,
-                           cache_dir=reference_cache_dir(config))
+                           cache_dir=reference_cache_dir(config), registry=registry)
     except Exception as e:  # noqa: BLE001 - recorded for every cell of this problem
         return Reference(None, f"the Monte-Carlo reference gradient failed, so no metrics for this "
                                f"problem: {type(e).__name__}: {e}")

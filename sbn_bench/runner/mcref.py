@@ -86,6 +86,9 @@ PILOT_MAX_SHARE = 0.25
 """Most of ``time_budget_s`` the growing pilot may take."""
 MIN_SAMPLES = 64
 """Fewest samples of a reference (two per batch at least)."""
+MAX_SAMPLES = 1e15
+"""Most samples of a chosen N (an ε that needs more is refused whatever the time budget: at a
+nanosecond a sample that is still eleven days)."""
 BATCHES = 32
 """Batches of the ``N`` samples kept for the reference's covariance (:class:`ReferenceNoise`)."""
 CACHE_VERSION = 1
@@ -384,8 +387,12 @@ def plan_reference(problem: Problem, *, estimator: str | None = None, samples: i
                                expected=f"one of {', '.join(TARGETS)}")
     if estimator is not None and samples is not None:
         e = reference_estimator(estimator, problem, registry)
-        per = math.nan if math.isinf(time_budget_s) else _seconds_per_sample(
-            e, problem, samples, seed, device, dtype, memory_budget)  # no budget: not timed
+        key = _ref_key(problem, e, samples, seed, _chunk(e, problem, dtype, memory_budget), device,
+                       dtype)
+        stored = cache_dir is not None and (_folder(cache_dir) / f"reference-{key}.pt").is_file()
+        # not timed: without a budget, or when the reference is cached (nothing will be sampled)
+        per = math.nan if math.isinf(time_budget_s) or stored else _seconds_per_sample(
+            e, problem, samples, seed, device, dtype, memory_budget)
         cached = ReferencePlan(estimator, samples, None, per)
     else:
         key = _plan_key(problem, estimator, samples, rel_error, seed, device, dtype, registry,
@@ -406,32 +413,36 @@ def plan_reference(problem: Problem, *, estimator: str | None = None, samples: i
 
 
 TIMING_SECONDS = 0.05
-"""A given ``N``'s cost is timed on batches of samples growing until one takes this long (or
+"""A given ``N``'s cost is timed on batches of samples growing (×4) until one takes this long (or
 reaches ``N`` or the memory planner's chunk), so that per-call overheads do not inflate it."""
 
 
 def _seconds_per_sample(estimator: Estimator, problem: Problem, n: int, seed: int, device: str,
                         dtype: str, memory_budget: int) -> float:
     """Seconds per sample of ``estimator`` drawn in batches as the reference draws them (see
-    :data:`TIMING_SECONDS`): at most about ``2 × TIMING_SECONDS`` beyond one batch of ≤ 8."""
+    :data:`TIMING_SECONDS`): one sample first (its time is the figure when it reaches
+    ``TIMING_SECONDS``: overheads are then negligible), then batches of 4, 16, … samples, about
+    ``5 × TIMING_SECONDS`` in all. NaN when R fails here (its failure is then recorded for the
+    problem's cells where the reference is computed, as before)."""
     dev = torch.device(device)
     prob = problem.to(dev, DTYPES[dtype])
     chunk = _chunk(estimator, problem, dtype, memory_budget)
     groups = Groups.of(prob.params)
     gen = torch.Generator(device=dev)
     gen.manual_seed(stable_seed("mcref-timing", seed, estimator.spec))
-    _draw(estimator, prob, 1, 1, gen, groups, _Moments())  # warm-up
-    c = min(8, n)
-    while True:
-        c = min(c, chunk, n)
-        _sync(dev)
-        t0 = time.perf_counter()
-        _draw(estimator, prob, c, chunk, gen, groups, _Moments())
-        _sync(dev)
-        t = time.perf_counter() - t0
-        if t >= TIMING_SECONDS or c >= min(chunk, n):
-            return t / c
-        c *= 4
+    c = 1
+    try:
+        while True:
+            _sync(dev)
+            t0 = time.perf_counter()
+            _draw(estimator, prob, c, chunk, gen, groups, _Moments())
+            _sync(dev)
+            t = time.perf_counter() - t0
+            if t >= TIMING_SECONDS or c >= min(chunk, n):
+                return t / c
+            c = min(4 * c, chunk, n)
+    except Exception:  # noqa: BLE001 - NaN/Inf, an error: the reference itself will say so
+        return math.nan
 
 
 def _plan_fits(plan: ReferencePlan, problem: Problem, estimator: str | None, samples: int | None,
@@ -551,7 +562,8 @@ def _make_plan(problem: Problem, estimator: str | None, samples: int | None, rel
     best = min(results, key=lambda r: (r.cost if math.isfinite(r.cost) else math.inf))
     e = next(c for c in cands if c.spec == best.estimator)
     if samples is not None:
-        return ReferencePlan(e.spec, samples, None, best.seconds_per_sample, tuple(results))
+        return ReferencePlan(e.spec, samples, None, best.seconds_per_sample, tuple(results),
+                             target=target)
     # grow R's pilot until ‖g‖ (of every targeted group) is known well enough to set N
     groups = Groups.of(problem.params)
     names = groups.names if target == "layers" else [ALL]
@@ -578,8 +590,15 @@ def _make_plan(problem: Problem, estimator: str | None, samples: int | None, rel
                 argument="reference_time_budget", value=budget, expected="a larger budget or N")
         acc, spent = _pilot(e, prob, chunk, seed, dev, 2 * acc.n, 2 * acc.n, math.inf, acc, spent)
         k, ratio, V, gsq = worst()
-    # min(): a tiny ε (1e-300) needs more samples than any budget allows, refused by it then
-    n = max(MIN_SAMPLES, math.ceil(min(ratio / rel_error / rel_error, 2.0**62)))
+    need = ratio / rel_error / rel_error  # inf where ε² underflows (ε = 1e-300)
+    if need > MAX_SAMPLES:
+        raise McReferenceError(
+            f"reference_rel_error={rel_error:g} is out of reach for problem {problem.name!r}: it "
+            f"needs more than {MAX_SAMPLES:.3g} samples of {e.spec}"
+            + (f" (about {need:.3g})" if math.isfinite(need) else "") + "; raise it",
+            argument="reference_rel_error", value=rel_error,
+            expected=f"at least {math.sqrt(ratio / MAX_SAMPLES):.3g}")
+    n = max(MIN_SAMPLES, math.ceil(need))
     return ReferencePlan(e.spec, n, rel_error, spent / acc.n, tuple(results), V, gsq,
                          target, groups.names[k])
 
@@ -616,8 +635,9 @@ def mc_reference(problem: Problem, *, estimator: str | None = None, samples: int
 
     Returns:
         :class:`McReference`; with a given ``samples`` and ``estimator`` the cost is ``N``
-        samples (or one file read when cached) and a timing of R of about a tenth of a second
-        that checks them against ``time_budget_s`` (none when it is ``math.inf``).
+        samples and a timing of R (about a quarter of a second, or one sample where one takes
+        longer) that checks them against ``time_budget_s``; one file read when cached (no
+        timing then, nor when ``time_budget_s`` is ``math.inf``).
 
     Raises:
         McReferenceError: see :func:`plan_reference`; R returned NaN/Inf.
