@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 from sbn_bench.errors import ArgumentError
 
@@ -37,12 +37,17 @@ def parse_size(value: int | str, argument: str = "size") -> int:
         try:
             if m is None or unit not in SIZE_UNITS:
                 raise ValueError
-            exact = Decimal(m.group(1)) * SIZE_UNITS[unit]
+            with localcontext() as ctx:  # exact: as many digits as the text has, and the unit's
+                ctx.prec = len(m.group(1)) + 20
+                exact = Decimal(m.group(1)) * SIZE_UNITS[unit]
             if not math.isfinite(float(exact)):  # "1e999" is infinite: not a size either
                 raise ValueError
         except (ArithmeticError, ValueError):
             raise ArgumentError(f"{argument}={value!r} is not a size; expected {expected}",
                                 argument=argument, value=value, expected=expected) from None
+        if exact < 1:
+            raise ArgumentError(f"{argument}={value!r} must be at least 1 byte", argument=argument,
+                                value=value, expected="at least 1 byte")
         if exact != exact.to_integral_value():  # "1.5" was taken as 1 byte
             raise ArgumentError(f"{argument}={value!r} is not a whole number of bytes; expected "
                                 f"{expected}", argument=argument, value=value, expected=expected)

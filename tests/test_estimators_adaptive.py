@@ -277,6 +277,8 @@ def test_a_tuning_that_fails_or_writes_into_the_problem_fails_its_cells_only(tmp
         "    def adapt(problem, generator, steps):\n"
         "        if mode == 'mutate':\n"
         "            problem.params['weight_1'].add_(1.0)\n"
+        "        elif mode == 'exit':\n"
+        "            raise SystemExit(7)\n"
         "        else:\n"
         "            raise RuntimeError('adapt exploded')\n"
         "        return dataclasses.replace(base, name='bad', adapt=adapt)\n"
@@ -284,7 +286,9 @@ def test_a_tuning_that_fails_or_writes_into_the_problem_fails_its_cells_only(tmp
         "ESTIMATORS = {'bad': bad}\n")
     for spec, says, dtype in (("bad", "modified the problem it was tuned on", "float32"),
                               ("bad", "modified the problem it was tuned on", "float64"),
-                              ("bad:mode=raise", "RuntimeError: adapt exploded", "float32")):
+                              ("bad:mode=raise", "RuntimeError: adapt exploded", "float32"),
+                              # it failed the whole throughput cell: psa lost its figure
+                              ("bad:mode=exit", "SystemExit: 7", "float32")):
         out = tmp_path / f"run-{dtype}-{len(spec)}"
         cfg = RunConfig(problems=(ProblemSpec(arch="2-3-1", data_points=4),), plugins=(str(plug),),
                         estimators=("psa", spec), samples=32, M=(1,), dtype=dtype,

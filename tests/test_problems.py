@@ -63,14 +63,18 @@ def test_a_problem_too_large_for_its_file_is_not_written(tmp_path: Path, monkeyp
     """save_problem refuses what load_problem would refuse (it wrote a 2.4 GB file that no command
     could read): the limit is lowered here instead of making a gigabyte problem."""
     p = random_problem("2-3-1", 0, data_points=100)
-    monkeypatch.setattr(problems, "MAX_FILE_BYTES", 1000)
+    with np.load(save_problem(p, tmp_path / "whole.npz"), allow_pickle=False) as z:
+        size = sum(z[k].nbytes for k in z.files)  # what the file's arrays declare
+    load_problem(tmp_path / "whole.npz", max_bytes=size)  # the loader's limit, at the boundary
+    with pytest.raises(ProblemError, match="over the"):
+        load_problem(tmp_path / "whole.npz", max_bytes=size - 1)
+    monkeypatch.setattr(problems, "MAX_FILE_BYTES", size)  # the writer agrees on both sides
+    save_problem(p, tmp_path / "fits.npz")
+    monkeypatch.setattr(problems, "MAX_FILE_BYTES", size - 1)
     with pytest.raises(ProblemError, match=r"GiB a problem file may hold .* fewer data points "
                                            r"\(it has 100\)") as e:
         save_problem(p, tmp_path / "p.npz")
     assert e.value.argument == "problem" and not (tmp_path / "p.npz").exists()
-    with pytest.raises(ProblemError, match="over the"):  # the loader's own limit agrees
-        monkeypatch.setattr(problems, "MAX_FILE_BYTES", 10**6)
-        load_problem(save_problem(p, tmp_path / "p.npz"), max_bytes=1000)
 
 
 def test_saved_file_follows_the_public_format(tmp_path: Path) -> None:

@@ -253,6 +253,7 @@ def test_publish_refuses_a_run_or_training_folder_and_says_how_to_resume(
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(train_report, "publish", interrupted)
-    r = invoke(["train", "--publish", tmp_path / "pub", "--executor", "serial"])
+    r = invoke(["train", "--publish", tmp_path / "pub", "--executor", "serial", "--seeds", "0-4"])
     assert r.exit_code == 130 and (f"continue with sbn-bench train --publish {tmp_path / 'pub'} "
-                                   "--executor serial (it resumes them)") in r.output, r.output
+                                   "--executor serial --seeds 0-4 (it resumes them)") in r.output, \
+        r.output

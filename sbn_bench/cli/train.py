@@ -229,8 +229,9 @@ def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out
             # a refused folder is exit status 1, as a refused --out
             raise click.ClickException(f"--publish {without_name(str(e), 'out')}") from None
         except KeyboardInterrupt:
-            again = " ".join(shlex.quote(a) for a in ["sbn-bench", "train", "--publish",
-                                                      str(publish_dir), "--executor", executor])
+            again = " ".join(shlex.quote(a) for a in [
+                "sbn-bench", "train", "--publish", str(publish_dir), "--executor", executor,
+                *(["--seeds", str(seeds_text)] if seeds_text is not None else [])])
             click.echo(f"\nInterrupted: the studies' finished cells are saved under {publish_dir}; "
                        f"continue with {again} (it resumes them)", err=True)
             ctx.exit(interrupted_status())

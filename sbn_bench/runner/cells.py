@@ -343,7 +343,7 @@ def adapted(estimator: Estimator, problem: Problem, *seed_parts: object) -> tupl
                                 seed=stable_seed("adapt", estimator.spec, *seed_parts))
     except UnsupportedProblem:
         raise
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - a plugin may raise anything
         raise CellFailure("adapt", f"{type(e).__name__}: {e}") from e
     if private.fingerprint() != witness:
         raise CellFailure("adapt", f"estimator {estimator.spec!r} modified the problem it was "
