@@ -30,17 +30,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from sbn_bench.runner.cells import CellResult, Task, measure_cell
 from sbn_bench.runner.dask_executor import DaskExecutor, require_dask
 from sbn_bench.runner.memory import RunError
 from sbn_bench.runner.process_executor import ProcessExecutor
-from sbn_bench.runner.worker import default_workers
+from sbn_bench.runner.worker import default_workers, main_allows_processes
 
 __all__ = ["AUTO_MIN_WORK", "EXECUTORS", "Executor", "ExecutorKind", "SerialExecutor", "Task",
            "check_executor", "make_executor", "parse_executor", "resolve_auto"]
@@ -51,21 +49,6 @@ AUTO_MIN_WORK = 2 * 10**9
 starts worker processes: a few seconds of cells on the paper net (81 parameters), measured as the
 break-even with the 2-3 s the workers take to start on a 2-core machine (a smaller run, e.g. the
 test suite's, finishes serially before they would have)."""
-
-
-def main_allows_processes() -> bool:
-    """Whether worker processes may start from this program without surprises: they import its
-    main module, which re-runs a Python script that lacks an ``if __name__ == "__main__":`` guard.
-    True for the ``sbn-bench`` command (its entry-point script, or a module of the package run as
-    the main one) and for interactive sessions (no main file); False for any other script, which
-    can ask for ``processes`` itself."""
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if path is None:
-        return True
-    spec = getattr(main, "__spec__", None)
-    return (getattr(spec, "name", None) or "").startswith("sbn_bench") \
-        or Path(path).name in ("sbn-bench", "sbn-bench.exe", "sbn-bench-script.py")
 
 
 def resolve_auto(work: int | None = None, cells: int | None = None) -> str:

@@ -42,7 +42,7 @@ from typing import Any
 from sbn_bench.config import RunConfig
 from sbn_bench.runner.cells import Cell, CellContext, CellResult, Task, failure_row
 from sbn_bench.runner.memory import RunError
-from sbn_bench.runner.worker import WORKER_STAGE, measure_shipped, recipe_of
+from sbn_bench.runner.worker import WORKER_STAGE, main_allows_processes, measure_shipped, recipe_of
 
 ATTEMPTS = 2
 """A cell whose worker dies is tried this many times in all (once more), then recorded as failed."""
@@ -303,8 +303,6 @@ class ProcessExecutor:
         self._startup_deaths.append(what)
         if len(self._startup_deaths) < STARTUP_DEATHS:
             return
-        from sbn_bench.runner.executors import main_allows_processes
-
         why = ("" if main_allows_processes() else
                " A Python script that uses executor='processes' must put its work under "
                "`if __name__ == \"__main__\":`: every worker process imports the script, and so "

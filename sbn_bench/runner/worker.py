@@ -22,7 +22,9 @@ difference; the run goes on.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -157,3 +159,18 @@ def default_workers() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def main_allows_processes() -> bool:
+    """Whether worker processes may start from this program without surprises: they import its
+    main module, which re-runs a Python script that lacks an ``if __name__ == "__main__":`` guard.
+    True for the ``sbn-bench`` command (its entry-point script, or a module of the package run as
+    the main one) and for interactive sessions (no main file); False for any other script, which
+    can ask for ``processes`` itself."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None:
+        return True
+    spec = getattr(main, "__spec__", None)
+    return (getattr(spec, "name", None) or "").startswith("sbn_bench") \
+        or Path(path).name in ("sbn-bench", "sbn-bench.exe", "sbn-bench-script.py")
