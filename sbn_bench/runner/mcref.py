@@ -387,23 +387,25 @@ def plan_reference(problem: Problem, *, estimator: str | None = None, samples: i
                                expected=f"one of {', '.join(TARGETS)}")
     if estimator is not None and samples is not None:
         e = reference_estimator(estimator, problem, registry)
-        key = _ref_key(problem, e, samples, seed, _chunk(e, problem, dtype, memory_budget), device,
-                       dtype)
-        stored = cache_dir is not None and (_folder(cache_dir) / f"reference-{key}.pt").is_file()
+        chunk = _chunk(e, problem, dtype, memory_budget)
+        key = _ref_key(problem, e, samples, seed, chunk, device, dtype)
+        stored = cache_dir is not None and _reference_path(cache_dir, key).is_file()
         # not timed: without a budget, or when the reference is cached (nothing will be sampled)
         per = math.nan if math.isinf(time_budget_s) or stored else _seconds_per_sample(
-            e, problem, samples, seed, device, dtype, memory_budget)
+            e, problem, samples, seed, device, dtype, chunk)
         cached = ReferencePlan(estimator, samples, None, per)
     else:
-        key = _plan_key(problem, estimator, samples, rel_error, seed, device, dtype, registry,
-                        target)
+        # R's candidates, made once: they key the plan, check a cached one and enter the pilot
+        cands = None if estimator is not None else candidate_estimators(problem, registry)
+        key = _plan_key(problem, estimator, cands, samples, rel_error, seed, device, dtype,
+                        registry, target)
         cached = _read_plan(cache_dir, key)
-        if cached is not None and not _plan_fits(cached, problem, estimator, samples, rel_error,
-                                                 target, registry):
+        if cached is not None and not _plan_fits(cached, estimator, cands, samples, rel_error,
+                                                 target):
             cached = None  # edited or mismatching: made again
         if cached is None:
-            cached = _make_plan(problem, estimator, samples, rel_error, seed, time_budget_s, device,
-                                dtype, memory_budget, registry, target)
+            cached = _make_plan(problem, estimator, cands, samples, rel_error, seed, time_budget_s,
+                                device, dtype, memory_budget, registry, target)
             _write_plan(cache_dir, key, cached)
     if cached.seconds > time_budget_s:
         if samples is None:
@@ -418,15 +420,15 @@ reaches ``N`` or the memory planner's chunk), so that per-call overheads do not 
 
 
 def _seconds_per_sample(estimator: Estimator, problem: Problem, n: int, seed: int, device: str,
-                        dtype: str, memory_budget: int) -> float:
+                        dtype: str, chunk: int) -> float:
     """Seconds per sample of ``estimator`` drawn in batches as the reference draws them (see
     :data:`TIMING_SECONDS`): one sample first (its time is the figure when it reaches
     ``TIMING_SECONDS``: overheads are then negligible), then batches of 4, 16, … samples, about
     ``5 × TIMING_SECONDS`` in all. NaN when R fails here (its failure is then recorded for the
-    problem's cells where the reference is computed, as before)."""
+    problem's cells where the reference is computed, as before). ``chunk``: the memory
+    planner's, as the reference draws with."""
     dev = torch.device(device)
     prob = problem.to(dev, DTYPES[dtype])
-    chunk = _chunk(estimator, problem, dtype, memory_budget)
     groups = Groups.of(prob.params)
     gen = torch.Generator(device=dev)
     gen.manual_seed(stable_seed("mcref-timing", seed, estimator.spec))
@@ -445,10 +447,11 @@ def _seconds_per_sample(estimator: Estimator, problem: Problem, n: int, seed: in
         return math.nan
 
 
-def _plan_fits(plan: ReferencePlan, problem: Problem, estimator: str | None, samples: int | None,
-               rel_error: float, target: str, registry: Registry | None) -> bool:
-    """Whether a cached plan is one this request could have made (a plan file edited by hand, with
-    a biased R or too few samples, is made again rather than trusted)."""
+def _plan_fits(plan: ReferencePlan, estimator: str | None, cands: list[Estimator] | None,
+               samples: int | None, rel_error: float, target: str) -> bool:
+    """Whether a cached plan is one this request could have made, R being ``estimator`` or one of
+    ``cands`` (a plan file edited by hand, with a biased R or too few samples, is made again
+    rather than trusted)."""
     if samples is not None:
         n_ok = plan.samples == samples
     else:
@@ -457,7 +460,7 @@ def _plan_fits(plan: ReferencePlan, problem: Problem, estimator: str | None, sam
         return False
     if estimator is not None:
         return plan.estimator == estimator
-    return plan.estimator in {e.spec for e in candidate_estimators(problem, registry)}
+    return plan.estimator in {e.spec for e in cands or ()}
 
 
 def _check_where(seed: int, device: str | torch.device, dtype: str, memory_budget: int) -> int:
@@ -520,15 +523,18 @@ def _too_costly(problem: Problem, plan: ReferencePlan, rel_error: float, budget:
         expected=f"at least {math.ceil(plan.seconds)} s")
 
 
-def _make_plan(problem: Problem, estimator: str | None, samples: int | None, rel_error: float,
-               seed: int, budget: float, device: str, dtype: str, memory_budget: int,
-               registry: Registry | None, target: str) -> ReferencePlan:
+def _make_plan(problem: Problem, estimator: str | None, candidates: list[Estimator] | None,
+               samples: int | None, rel_error: float, seed: int, budget: float, device: str,
+               dtype: str, memory_budget: int, registry: Registry | None, target: str
+               ) -> ReferencePlan:
+    """R and N by the pilot: R is ``estimator``, or the best of ``candidates``
+    (:func:`candidate_estimators`, given when ``estimator`` is None)."""
     dev = torch.device(device)
     prob = problem.to(dev, DTYPES[dtype])
     if estimator is not None:
         cands = [reference_estimator(estimator, problem, registry)]
     else:
-        cands = candidate_estimators(problem, registry)
+        cands = list(candidates or ())
         if not cands:
             raise McReferenceError(f"no unbiased estimator supports problem {problem.name!r} "
                                    f"(noise {problem.noise}, loss {problem.loss}, layers "
@@ -697,10 +703,11 @@ def _digest(parts: Sequence[object]) -> str:
     return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:32]
 
 
-def _plan_key(problem: Problem, estimator: str | None, samples: int | None, rel_error: float,
-              seed: int, device: str, dtype: str, registry: Registry | None, target: str) -> str:
+def _plan_key(problem: Problem, estimator: str | None, candidates: list[Estimator] | None,
+              samples: int | None, rel_error: float, seed: int, device: str, dtype: str,
+              registry: Registry | None, target: str) -> str:
     if estimator is None:
-        cands = [f"{e.spec}@{e.version}" for e in candidate_estimators(problem, registry)]
+        cands = [f"{e.spec}@{e.version}" for e in candidates or ()]
     else:
         reg = registry or load_registry()
         try:
@@ -720,6 +727,10 @@ def _ref_key(problem: Problem, est: Estimator, samples: int, seed: int, chunk: i
 
 def _folder(cache_dir: str | Path) -> Path:
     return Path(cache_dir).expanduser() / "mcref"
+
+
+def _reference_path(cache_dir: str | Path, key: str) -> Path:
+    return _folder(cache_dir) / f"reference-{key}.pt"
 
 
 def _read_plan(cache_dir: str | Path | None, key: str) -> ReferencePlan | None:
@@ -748,7 +759,7 @@ def _read_reference(cache_dir: str | Path | None, key: str, dim: int
                     ) -> tuple[Tensor, ReferenceNoise, float] | None:
     if cache_dir is None:
         return None
-    path = _folder(cache_dir) / f"reference-{key}.pt"
+    path = _reference_path(cache_dir, key)
     if not path.is_file():
         return None
     try:
@@ -773,4 +784,4 @@ def _write_reference(cache_dir: str | Path | None, key: str, grad: Tensor, noise
     torch.save({"gradient": grad, "variance": noise.variance, "batch_dev": noise.batch_dev,
                 "batch_variance": noise.batch_variance, "samples": noise.samples,
                 "seconds": seconds, "estimator": plan.estimator}, buf)
-    atomic_write_bytes(_folder(cache_dir) / f"reference-{key}.pt", buf.getvalue())
+    atomic_write_bytes(_reference_path(cache_dir, key), buf.getvalue())
