@@ -210,14 +210,14 @@ class ProcessExecutor:
                     try:
                         self._send(w, job)
                     except (BrokenPipeError, OSError):  # died while idle: replace, send again
-                        job.attempts -= 1
                         w.job = None
                         w.process.join(5)
                         was_ready = self._was_ready(w)
                         self._kill(w)
+                        job.attempts -= 1  # not the cell's doing, ready or not
+                        retry.appendleft(job)
                         if not was_ready:
                             self._started_badly(describe_exit(w.process.exitcode))
-                        retry.appendleft(job)
                 busy = [w for w in self._pool if w.job is not None]
                 if not busy:
                     if exhausted and not retry:
@@ -263,9 +263,7 @@ class ProcessExecutor:
                 w.job = None
                 self._kill(w)
                 if not w.ready:  # it never started its loop: not the cell's doing
-                    job.attempts -= 1
-                    retry.appendleft(job)
-                    self._started_badly(what)
+                    self._not_started(job, retry, what)
                     continue
                 res = self._died(job, what, time.monotonic() - w.started, retry)
                 if res is not None:
@@ -276,9 +274,7 @@ class ProcessExecutor:
                 w.job = None
                 self._kill(w)
                 if not w.ready:  # stuck in its start-up: not the cell's doing
-                    job.attempts -= 1
-                    retry.appendleft(job)
-                    self._started_badly(f"it was not ready after {STARTUP_TIMEOUT_S:g} s")
+                    self._not_started(job, retry, f"it was not ready after {STARTUP_TIMEOUT_S:g} s")
                     continue
                 limit = job.context.config.cell_timeout
                 yield CellResult(job.cell, "failure", [failure_row(
@@ -296,6 +292,13 @@ class ProcessExecutor:
             if w.ready:
                 self._startup_deaths.clear()
         return w.ready
+
+    def _not_started(self, job: _Job, retry: collections.deque[_Job], what: str) -> None:
+        """``job``'s worker failed before it was ready (``what``): the attempt is not the job's,
+        which goes first in ``retry``; the failure counts towards :data:`STARTUP_DEATHS`."""
+        job.attempts -= 1
+        retry.appendleft(job)
+        self._started_badly(what)
 
     def _started_badly(self, what: str) -> None:
         """Count a worker that died before it was ready; raise when :data:`STARTUP_DEATHS` did
