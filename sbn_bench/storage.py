@@ -246,7 +246,6 @@ def part_problem(text: str, kind: str, key: Mapping[str, Any] | None = None) -> 
     return None
 
 
-
 MAX_DIFFERENCES_SHOWN = 40
 
 

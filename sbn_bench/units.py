@@ -45,13 +45,10 @@ def parse_size(value: int | str, argument: str = "size") -> int:
         except (ArithmeticError, ValueError):
             raise ArgumentError(f"{argument}={value!r} is not a size; expected {expected}",
                                 argument=argument, value=value, expected=expected) from None
-        if exact < 1:
-            raise ArgumentError(f"{argument}={value!r} must be at least 1 byte", argument=argument,
-                                value=value, expected="at least 1 byte")
-        if exact != exact.to_integral_value():  # "1.5" was taken as 1 byte
+        if exact >= 1 and exact != exact.to_integral_value():  # "1.5" was taken as 1 byte
             raise ArgumentError(f"{argument}={value!r} is not a whole number of bytes; expected "
                                 f"{expected}", argument=argument, value=value, expected=expected)
-        n = int(exact)
+        n = int(exact)  # below one byte ("0.5" is 0): refused next
     if n < 1:
         raise ArgumentError(f"{argument}={value!r} must be at least 1 byte", argument=argument,
                             value=value, expected="at least 1 byte")
