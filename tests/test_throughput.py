@@ -134,6 +134,38 @@ def test_calibration_makes_a_round_last_the_minimum(monkeypatch: pytest.MonkeyPa
     assert capped.rounds == 3 and capped.samples_per_s == pytest.approx(1000)
 
 
+def test_an_interval_wider_than_rel_width_is_marked_wide(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a fake clock whose cost per sample cycles through 1, 1.5 and 2 ms, six one-call rounds
+    give rates 1000, 667 and 500 samples/s twice each (in some order): median 667, and the 96.9 %
+    interval of six rounds is their range, (500, 1000), 0.75 of the median wide. ``rel_width`` 0.8
+    keeps the figure; 0.5 marks it wide (the rounds run on to ``max_rounds`` first). The interval in
+    seconds per sample is the reciprocal one: ``lo = 1/hi`` of the rates, ``hi = 1/lo``."""
+    import types
+
+    from sbn_bench import throughput
+
+    clock, calls = [0.0], [0]
+
+    def fake_estimate(est, problem, batch, generator):
+        clock[0] += (1e-3, 1.5e-3, 2e-3)[calls[0] % 3] * batch
+        calls[0] += 1
+
+    monkeypatch.setattr(throughput, "estimate", fake_estimate)
+    monkeypatch.setattr(throughput, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    p = random_problem("2-2-1", 0, data_points=3)
+    kw = dict(warmup=0, min_round_s=1e-9, min_rounds=6, max_rounds=6, batch=1)
+    for rel_width, wide in ((0.8, False), (0.5, True)):
+        (r,) = measure_group([REG.create("st")], p, max_batch=[4], generators=[torch.Generator()],
+                             settings=ThroughputSettings(rel_width=rel_width, **kw))
+        assert r.rounds == 6 and r.ci_level == pytest.approx(1 - 2 / 64)
+        assert r.samples_per_s == pytest.approx(1000 / 1.5)
+        assert (r.samples_per_s_lo, r.samples_per_s_hi) == (pytest.approx(500), pytest.approx(1000))
+        assert r.wide is wide, (rel_width, r)
+        assert r.seconds_per_sample_lo == pytest.approx(1e-3)
+        assert r.seconds_per_sample == pytest.approx(1.5e-3)
+        assert r.seconds_per_sample_hi == pytest.approx(2e-3)
+
+
 def test_a_member_that_fails_is_named() -> None:
     log: list[str] = []
     ests = [_recording("a", log), _recording("b", log, fail_after=2)]
