@@ -7,6 +7,8 @@ The plugins are written by the tests into temporary files, as a user would write
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import textwrap
 import threading
@@ -123,18 +125,46 @@ def test_resume_takes_a_moved_plugin_file_of_the_same_content(tmp_path: Path) ->
         runner.run(runner.resume_config(tmp_path / "r"))
 
 
-@pytest.mark.parametrize("damage", ["empty", "garbage", "truncated", "no trailer", "other cell"])
+def _with_trailer(body: str, rows: int) -> str:
+    """``body`` with a trailer of its true SHA-256 and the given row count."""
+    return f"{body}#rows={rows} sha256={hashlib.sha256(body.encode('utf-8')).hexdigest()}\n"
+
+
+DAMAGE = {"empty": "the file emptied", "garbage": "bytes that are not a CSV",
+          "truncated": "cut in half", "no trailer": "the trailer removed",
+          "other cell": "another cell's complete part",
+          "edited": "one value changed, the old trailer kept (SHA-256 mismatch)",
+          "row deleted": "a row deleted, its SHA-256 made again, the old count kept",
+          "header": "the header changed, trailer made again"}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_part_files_are_run_again(tmp_path: Path, damage: str) -> None:
     cfg = config(tmp_path / "r", seeds=(0, 1))
     first = (runner.run(cfg), (tmp_path / "r" / "metrics.csv").read_bytes())
     parts = sorted((tmp_path / "r" / "cells").glob("metrics-*.metrics.csv"))
     victim, other = parts[0], parts[1]
     text = victim.read_text()
+    body, trailer = text.rsplit("#rows=", 1)
+    n = int(trailer.split()[0].removeprefix("#rows="))
+    lines = body.splitlines(keepends=True)
+    edited = lines[:]
+    edited[1] = edited[1].replace(",cpu,", ",cuda,", 1)  # one field of one row
+    assert edited[1] != lines[1]
     victim.write_text({"empty": "", "garbage": "\x00\x01 not a csv\n",
                        "truncated": text[: len(text) // 2],
-                       "no trailer": text.rsplit("#rows=", 1)[0],
-                       "other cell": other.read_text()}[damage])
-    assert part_problem(victim.read_text(), "metrics") is not None or damage == "other cell"
+                       "no trailer": body,
+                       "other cell": other.read_text(),
+                       "edited": "".join(edited) + "#rows=" + trailer,
+                       "row deleted": _with_trailer("".join(lines[:1] + lines[2:]), n),
+                       "header": _with_trailer("".join([lines[0].replace("value", "valeur")]
+                                                       + lines[1:]), n)}[damage])
+    why = part_problem(victim.read_text(), "metrics")
+    if damage == "other cell":
+        assert why is None  # complete, but keyed to another cell: found by the runner's key
+    else:
+        assert why is not None and {"edited": "SHA-256", "row deleted": "rows, its trailer says",
+                                    "header": "header"}.get(damage, "") in why, why
     res = runner.run(cfg.with_(resume=True))
     assert res.cells_run == 1 and res.manifest["status"] == "complete"
     assert (tmp_path / "r" / "metrics.csv").read_bytes() == first[1]
