@@ -8,7 +8,6 @@ The plugins are written by the tests into temporary files, as a user would write
 from __future__ import annotations
 
 import hashlib
-
 import json
 import textwrap
 import threading
