@@ -97,6 +97,18 @@ class TrainArgumentError(SbnBenchError, ValueError):
         super().__init__(message, argument=argument)
 
 
+def check_plugins_argument(plugins: object) -> None:
+    """Refuse ``plugins`` given as one path (a string is a sequence of characters, each of which
+    would be taken for a file).
+
+    Raises:
+        TrainArgumentError: naming ``plugins``.
+    """
+    if isinstance(plugins, (str, bytes, os.PathLike)):
+        raise TrainArgumentError("plugins", f"argument plugins={plugins!r} must be a list of "
+                                            "plugin files, not one path")
+
+
 def check_trainable(estimator: Estimator) -> None:
     """Refuse an adaptive estimator (``nvil``, ``rebar``, ``relax``): it tunes itself to fixed
     weights before it estimates (SPEC §3b), and training moves the weights at every step, so it
@@ -119,6 +131,16 @@ class TrainingDiverged(SbnBenchError, ValueError):
     typically: learning rate too high). It names ``lr`` as
     the setting to change, but the training ran: on the command line it is a failure (exit status
     1), not a refused ``--lr`` (exit status 2), whatever the learning rate's origin."""
+
+    usage = False
+
+
+class EstimatorFailed(SbnBenchError, RuntimeError):
+    """The estimator raised (anything, ``SystemExit`` included) while it estimated a step's
+    gradient, or modified the problem or parameters it was given in place (the optimiser's
+    parameters: the training would go on from values the estimator wrote). A failure of the
+    estimator, not of an argument: exit status 1 on the command line; a training study records it
+    as that cell's failure. ``argument`` is ``"estimator"``."""
 
     usage = False
 
@@ -230,6 +252,15 @@ def check_arguments(
     if not isinstance(problem, Problem):
         raise bad("problem", f"{type(problem).__name__} object, expected a Problem (random_problem, "
                              "preset_problem, load_problem)")
+    for k in problem.param_names:  # what _State.diverged would stop at after the first epoch
+        v = problem.params[k]
+        big = float(v.detach().abs().max()) if v.numel() else 0.0
+        if not big <= FLOAT32_MAX:
+            raise TrainArgumentError(
+                "problem", f"argument problem ({problem.name!r}): its initial parameter {k} holds "
+                           f"{big:.3g}, beyond float32's range (±{FLOAT32_MAX:.3g}); its checkpoints "
+                           "could not be measured in float32, the default of sbn-bench run: give "
+                           "initial weights within that range")
     if optimizer not in OPTIMIZERS:
         raise bad("optimizer", f"{optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -409,6 +440,15 @@ def sample_network_losses(problem: Problem, params: Mapping[str, Tensor], genera
     return losses
 
 
+def _write_counters(sub: Problem, leaves: Mapping[str, Tensor]) -> list[int]:
+    """The version counters of a step's data and of the optimiser's parameters (their views, the
+    replicas and ``sub.params``, share them): an in-place write anywhere in them bumps one. Reading
+    them costs nothing, unlike the fingerprint ``run`` compares (SPEC: an estimator must not modify
+    what it is given)."""
+    return [sub.x._version, sub.y._version, *(v._version for v in leaves.values()),
+            *(v._version for v in sub.params.values())]
+
+
 def network_surrogate(estimator: Estimator, sub: Problem, views: Mapping[str, Tensor],
                       g_est: torch.Generator) -> Tensor:
     """The estimator's ``[1]`` surrogate on a network problem, with the binary VAE's analytic KL
@@ -446,20 +486,33 @@ def _step_gradient(estimator: Estimator, sub: Problem, leaves: Mapping[str, Tens
     plain = sub.net.is_plain
     path_fn = estimator.path_surrogate if plain else None
     states = None
-    with torch.enable_grad():
-        if not plain:
-            surr = network_surrogate(estimator, sub, views, g_est)
-        elif path_fn is not None:
-            states, _ = model.sample_states(views, sub.x, sub.noise_dist, 1, g_est)
-            surr = path_fn(sub, views, states)
-        else:
-            surr = estimator.surrogate(sub, views, g_est)
-        if not isinstance(surr, Tensor) or surr.shape != (1,):
-            shape = tuple(surr.shape) if isinstance(surr, Tensor) else type(surr).__name__
-            raise ContractError(f"estimator {estimator.spec!r} returned a surrogate of shape "
-                                f"{shape}, expected [S] = (1,)")
-        raw = (torch.autograd.grad(surr.sum(), list(leaves.values()), allow_unused=True)
-               if surr.requires_grad else (None,) * len(leaves))
+    witness = _write_counters(sub, leaves)
+    try:
+        with torch.enable_grad():
+            if not plain:
+                surr = network_surrogate(estimator, sub, views, g_est)
+            elif path_fn is not None:
+                states, _ = model.sample_states(views, sub.x, sub.noise_dist, 1, g_est)
+                surr = path_fn(sub, views, states)
+            else:
+                surr = estimator.surrogate(sub, views, g_est)
+            if not isinstance(surr, Tensor) or surr.shape != (1,):
+                shape = tuple(surr.shape) if isinstance(surr, Tensor) else type(surr).__name__
+                raise ContractError(f"estimator {estimator.spec!r} returned a surrogate of shape "
+                                    f"{shape}, expected [S] = (1,)")
+            raw = (torch.autograd.grad(surr.sum(), list(leaves.values()), allow_unused=True)
+                   if surr.requires_grad else (None,) * len(leaves))
+    except (ContractError, KeyboardInterrupt):  # (Ctrl-C stops the training, as anywhere)
+        raise
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - a plugin may raise anything
+        raise EstimatorFailed(f"estimator {estimator.spec!r} failed while estimating a training "
+                              f"step's gradient: {type(e).__name__}: {e}",
+                              argument="estimator", value=estimator.spec) from e
+    if _write_counters(sub, leaves) != witness:
+        raise EstimatorFailed(f"estimator {estimator.spec!r} modified the problem it was given (its "
+                              "data or parameters) in place; the training would go on from values "
+                              "it wrote, so it was stopped", argument="estimator",
+                              value=estimator.spec)
     grads = [torch.zeros_like(leaf) if g is None else g.detach()
              for leaf, g in zip(leaves.values(), raw)]
     if not monitor:
@@ -537,6 +590,10 @@ def train(
         not support the problem's noise or loss. TrainingDiverged: the parameters became non-finite
         (the log up to that epoch is written).
     """
+    check_plugins_argument(plugins)
+    if progress is not None and not callable(progress):
+        raise TrainArgumentError("progress", f"argument progress={progress!r} must be a function "
+                                             "progress(epoch, epochs, row) or None")
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
                                     or num_threads < 1):
         raise TrainArgumentError("num_threads", f"argument num_threads={num_threads!r} must be an "
@@ -743,6 +800,12 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
                            train_s=t_train, exact_note=exact_J.note, manifest=manifest)
 
 
+def _json_value(v: Any) -> Any:
+    """A hyperparameter's value as JSON holds it: a float that is not finite (a plugin's ``c=nan``,
+    ``c=inf``) as its text, as the estimator's spec writes it; JSON has no NaN or infinity."""
+    return repr(float(v)) if isinstance(v, float) and not math.isfinite(v) else v
+
+
 def _train_manifest(problem: Problem, estimator: Estimator, config: dict[str, Any],
                     seeds: dict[str, int], history: Sequence[Mapping[str, float]], steps: int,
                     exact_note: str | None, timing: dict[str, float], written: Mapping[int, Path]
@@ -759,7 +822,8 @@ def _train_manifest(problem: Problem, estimator: Estimator, config: dict[str, An
                     "loss": problem.loss, "noise": problem.noise,
                     "fingerprint": problem.fingerprint()},
         "estimator": {"spec": estimator.spec, "name": estimator.name,
-                      "version": estimator.version, "hyperparams": dict(estimator.hyperparams),
+                      "version": estimator.version,
+                      "hyperparams": {k: _json_value(v) for k, v in estimator.hyperparams},
                       "unbiased": estimator.unbiased, "randomness": estimator.randomness},
         "steps": steps,
         "steps_per_epoch": math.ceil(D / config["batch_size"]),

@@ -82,6 +82,7 @@ from sbn_bench.train import (
     _State,
     _step_gradient,
     _stream_seeds,
+    check_plugins_argument,
     check_trainable,
     training_files,
 )
@@ -735,9 +736,14 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         raise TrainArgumentError("settings", f"argument settings has preset {s.preset!r}, the "
                                              f"study {preset!r}")
     specs = STUDY_PRESETS[preset].estimators if estimators is None else estimators
-    if isinstance(plugins, (str, os.PathLike)):
-        raise TrainArgumentError("plugins", f"argument plugins={plugins!r} must be a list of "
-                                            "plugin files, not one path")
+    check_plugins_argument(plugins)
+    if isinstance(estimators, (str, bytes)):
+        raise TrainArgumentError("estimators", f"argument estimators={estimators!r} must be a list "
+                                               "of estimator specs such as ['st', 'psa'], not one "
+                                               "string")
+    if progress is not None and not callable(progress):
+        raise TrainArgumentError("progress", f"argument progress={progress!r} must be a function "
+                                             "progress(done, total, message) or None")
     # a plugin file that cannot be loaded is an error, a broken factory not requested a warning
     reg, warnings = load_plugins(plugins, [str(e).split(":")[0].strip() for e in specs])
     for w in warnings if warn is not None else ():
@@ -754,6 +760,9 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         seeds = seed_tuple(seeds)
     except ValueError as e:
         raise TrainArgumentError("seeds", f"argument seeds {e}") from None
+    except TypeError:
+        raise TrainArgumentError("seeds", f"argument seeds={seeds!r} must be a list of seeds such as "
+                                          "[0, 1, 2], or text such as '0-2'") from None
     for sd in seeds:
         if isinstance(sd, bool) or not isinstance(sd, int) or sd < 0:
             raise TrainArgumentError("seeds", f"argument seeds={list(seeds)!r}: {sd!r} is not an "

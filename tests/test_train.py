@@ -24,6 +24,7 @@ from sbn_bench.problems import Problem, load_problem, random_problem, save_probl
 from sbn_bench.reference import naive
 from sbn_bench.train import (
     LOG_COLUMNS,
+    EstimatorFailed,
     TrainArgumentError,
     TrainingDiverged,
     _rows,
@@ -358,6 +359,107 @@ def test_parameters_beyond_float32_are_a_divergence(small: Problem, tmp_path: Pa
     with pytest.raises(TrainingDiverged, match="weight_1 reached"):
         train(small, over, lr=1.0, momentum=0.0, batch_size=small.num_data, epochs=1,
               out_dir=tmp_path / "c")
+
+
+def test_initial_parameters_beyond_float32_are_refused_before_any_work(small: Problem,
+                                                                       tmp_path: Path) -> None:
+    """A problem whose initial weights are beyond float32's range trained, then reported a
+    divergence at epoch 1 blaming the learning rate; it is refused up front, naming the weight."""
+    big = small.with_params({**small.params, "weight_1": small.params["weight_1"] * 1e300})
+    with pytest.raises(TrainArgumentError, match=r"initial parameter weight_1 holds .*e\+29\d, "
+                                                 r"beyond float32's range") as e:
+        train(big, "st", epochs=1, out_dir=tmp_path / "o")
+    assert e.value.argument == "problem" and not (tmp_path / "o").exists()
+
+
+def _misbehaving(kind: str) -> Estimator:
+    base = load_registry().create("reinforce")
+
+    def surrogate(problem: Problem, params, generator) -> torch.Tensor:
+        if kind == "mutates-weights":
+            problem.params["weight_1"].add_(1.0)  # the optimiser's parameters, written in place
+        elif kind == "mutates-replicas":
+            params["bias_1"].mul_(2.0)
+        elif kind == "mutates-data":
+            problem.x.zero_()
+        elif kind == "raises":
+            raise RuntimeError("boom")
+        elif kind == "exits":
+            raise SystemExit(3)
+        return base.surrogate(problem, params, generator)
+
+    return Estimator(kind, surrogate, randomness="discrete", description=kind)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("mutates-weights", "modified the problem it was given"),
+    ("mutates-replicas", "in-place operation"),  # torch refuses it (a view of a leaf)
+    ("mutates-data", "modified the problem it was given"),
+    ("raises", "failed while estimating a training step's gradient: RuntimeError: boom"),
+    ("exits", "failed while estimating a training step's gradient: SystemExit: 3"),
+])
+def test_an_estimator_that_fails_or_writes_into_the_problem_stops_the_training(
+        small: Problem, tmp_path: Path, kind: str, words: str) -> None:
+    """An estimator writing into the parameters trained on from values it wrote (+1 per step)
+    and the training exited 0; one raising gave a raw traceback, and SystemExit ended the process
+    with the plugin's status. Each is now EstimatorFailed, naming the estimator; the initial
+    parameters are untouched."""
+    before = {k: v.clone() for k, v in small.params.items()}
+    with pytest.raises(EstimatorFailed, match=words) as e:
+        train(small, _misbehaving(kind), epochs=2, batch_size=6, out_dir=tmp_path / "o")
+    assert e.value.argument == "estimator" and kind in str(e.value)
+    assert all(torch.equal(before[k], small.params[k]) for k in before)
+    assert not (tmp_path / "o" / "train_manifest.json").exists()
+
+
+def test_non_finite_hyperparameters_are_written_as_text(small: Problem, tmp_path: Path) -> None:
+    """A plugin's float hyperparameter c=nan trained to the end, then the manifest's JSON writer
+    raised (no manifest); it is written as the spec writes it."""
+    plugin = tmp_path / "plug.py"
+    plugin.write_text(
+        "from sbn_bench.estimators.builtin.score_function import reinforce\n"
+        "import dataclasses\n"
+        "def good(*, c: float = 0.0):\n"
+        "    return dataclasses.replace(reinforce(), name='good', hyperparams=(('c', c),))\n"
+        "ESTIMATORS = {'good': good}\n", encoding="utf-8")
+    res = train(small, "good:c=nan", epochs=1, batch_size=6, out_dir=tmp_path / "o",
+                plugins=[str(plugin)])
+    m = json.loads((tmp_path / "o" / "train_manifest.json").read_text(encoding="utf-8"))
+    assert m["estimator"]["hyperparams"] == {"c": "nan"} and res.manifest == m
+    r = _cli("--arch", "2-2-1", "--data-points", "12", "--epochs", "1", "--plugin", str(plugin),
+             "--estimator", "good:c=inf", "--out", str(tmp_path / "cli"))
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "cli" / "train_manifest.json").read_text(encoding="utf-8"))
+    assert m["estimator"]["hyperparams"] == {"c": "inf"}
+
+
+@pytest.mark.parametrize("kwargs, argument", [(dict(plugins="plug.py"), "plugins"),
+                                              (dict(progress=5), "progress")])
+def test_wrong_types_are_refused_before_any_work(small: Problem, tmp_path: Path, kwargs: dict,
+                                                 argument: str) -> None:
+    """plugins='file.py' was read as one file per character (the manifest listed 23 'plugins');
+    progress=5 raised TypeError after the first epoch, leaving files behind."""
+    with pytest.raises(TrainArgumentError, match=f"argument {argument}=") as e:
+        train(small, "st", epochs=1, out_dir=tmp_path / "o", **kwargs)
+    assert e.value.argument == argument and not (tmp_path / "o").exists()
+
+
+def test_a_failing_estimator_on_the_command_line_is_one_error_line(tmp_path: Path) -> None:
+    plugin = tmp_path / "plug.py"
+    plugin.write_text(
+        "import sys\n"
+        "from sbn_bench.estimators import Estimator\n"
+        "def quitter():\n"
+        "    def surrogate(problem, params, generator):\n"
+        "        sys.exit(3)\n"
+        "    return Estimator('quitter', surrogate, randomness='continuous', description='exits')\n"
+        "ESTIMATORS = {'quitter': quitter}\n", encoding="utf-8")
+    r = _cli("--arch", "2-2-1", "--data-points", "12", "--epochs", "1", "--plugin", str(plugin),
+             "--estimator", "quitter", "--out", str(tmp_path / "t"))
+    assert r.exit_code == 1, r.output
+    assert r.stderr.startswith("Error: estimator 'quitter' failed while estimating a training "
+                               "step's gradient: SystemExit: 3"), r.stderr
+    assert "Traceback" not in r.output
 
 
 def test_a_divergence_on_the_command_line_is_a_failure_not_a_refused_lr(tmp_path: Path) -> None:

@@ -251,6 +251,44 @@ def test_failed_cell_recorded(tmp_path: Path) -> None:
     assert rec["status"] == "failed" and "diverged" in rec["error"]
 
 
+def test_an_estimator_writing_into_the_weights_is_a_failed_cell(tmp_path: Path) -> None:
+    """A plugin adding 1 to the weights it was given at every step was listed as an ordinary
+    result ('final test −ELBO 38.16'); the cell is now a recorded failure that says why."""
+    plugin = tmp_path / "plug.py"
+    plugin.write_text(
+        "import dataclasses\n"
+        "from sbn_bench.estimators.builtin.straight_through import st\n"
+        "def mutates():\n"
+        "    base = st()\n"
+        "    def surrogate(problem, params, generator):\n"
+        "        problem.params['weight_1'].add_(1.0)\n"
+        "        return base.surrogate(problem, params, generator)\n"
+        "    return dataclasses.replace(base, name='mutates', surrogate=surrogate,\n"
+        "                               path_surrogate=None)\n"
+        "ESTIMATORS = {'mutates': mutates}\n", encoding="utf-8")
+    out = tmp_path / "s"
+    res = ts.run_study("digits-vae-exact", out=out, estimators=["st", "mutates"], seeds=[0],
+                       settings=tiny("digits-vae-exact", epochs=1, probe_epochs=()),
+                       plugins=[str(plugin)], executor="serial")
+    assert [f["estimator"] for f in res.failures] == ["mutates"]
+    rec = json.loads(ts.cell_file(out, "mutates", 0).read_text())
+    assert rec["status"] == "failed" and "modified the problem it was given" in rec["error"]
+    assert json.loads(ts.cell_file(out, "st", 0).read_text())["status"] != "failed"
+
+
+@pytest.mark.parametrize("kwargs, argument", [
+    (dict(estimators="st"), "estimators"), (dict(seeds=3), "seeds"), (dict(progress=5), "progress"),
+    (dict(plugins="plug.py"), "plugins")])
+def test_arguments_of_the_wrong_type_are_refused(kwargs: dict, argument: str) -> None:
+    """estimators='st' was read letter by letter ("estimator 's' is unknown"), seeds=3 raised a
+    raw TypeError, progress=5 a TypeError after the first cell."""
+    with pytest.raises(TrainArgumentError, match=f"argument {argument}=") as e:
+        ts.run_study("digits-vae-exact", out="/nonexistent/x",
+                     **{"estimators": ["st"], "seeds": [0], "settings": tiny("digits-vae-exact"),
+                        **kwargs})
+    assert e.value.argument == argument
+
+
 def test_a_study_whose_every_cell_failed_exits_1(tmp_path: Path) -> None:
     """It exited 0 ('complete with failures'), where a run whose every statistics cell failed exits
     1; the tables and report are written either way."""
