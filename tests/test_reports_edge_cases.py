@@ -217,6 +217,14 @@ def test_a_table_cut_at_a_row_boundary_or_with_a_repeated_row_is_said(small_run:
     assert any("2 rows that repeat another's" in w for w in load_run(small_run).warnings)
     runner.run(tiny_config(small_run, estimators=("psa", "st"), seeds=(0, 1), resume=True))
     assert load_run(small_run).warnings == []
+    # a table the run wrote and that is gone: its rows would be absent without a word
+    for name, what in (("failures.csv", "the failed estimators"),
+                       ("throughput.csv", "the throughput figures")):
+        (small_run / name).unlink()
+        said = [w for w in load_run(small_run).warnings if w.startswith(f"{name} is missing")]
+        assert len(said) == 1 and f"shows none of {what}" in said[0], load_run(small_run).warnings
+    runner.run(tiny_config(small_run, estimators=("psa", "st"), seeds=(0, 1), resume=True))
+    assert load_run(small_run).warnings == []
 
 
 def test_a_report_is_not_written_among_a_runs_results(small_run: Path, exact_run: Path) -> None:

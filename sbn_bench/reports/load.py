@@ -261,14 +261,21 @@ def load_run(run_dir: str | Path) -> Run:
 def _changed_tables(path: Path, manifest: dict[str, Any]) -> list[str]:
     """A warning per table that differs from the one the run wrote (its SHA-256 in the manifest's
     ``tables``, recorded since 2 December 2026): cut off at a row boundary, rows duplicated,
-    edited. Such a table is read as it is, so the report says so."""
+    edited. Such a table is read as it is, so the report says so; and one per table the run wrote
+    that is now missing (its rows would be absent without a word)."""
     recorded = manifest.get("tables")
     if not isinstance(recorded, dict):
         return []
-    changed = [name for name, sha in recorded.items()
-               if isinstance(name, str) and "/" not in name and (path / name).is_file()
-               and file_sha256(path / name) != sha]
-    return [f"{name} differs from the file the run wrote (its SHA-256 in manifest.json): it was "
+    names = [name for name in recorded if isinstance(name, str) and "/" not in name]
+    missing = [name for name in names if not (path / name).exists()]
+    changed = [name for name in names if (path / name).is_file()
+               and file_sha256(path / name) != recorded[name]]
+    rows = {"failures.csv": "the failed estimators", "throughput.csv": "the throughput figures",
+            "timed_metrics.csv": "the time-to-accuracy rows"}
+    return [f"{name} is missing, though the run wrote it (its SHA-256 is in manifest.json): the "
+            f"report shows none of {rows.get(name, 'its rows')}; rewrite it with sbn-bench run "
+            f"--out {path} --resume" for name in missing] + [
+            f"{name} differs from the file the run wrote (its SHA-256 in manifest.json): it was "
             "damaged or edited since, and the report shows it as it is; rewrite it with sbn-bench "
             f"run --out {path} --resume" for name in changed]
 
