@@ -563,3 +563,23 @@ def test_a_curve_that_falls_into_range_is_drawn_not_left_off() -> None:
     assert off == set() and lim is not None and lim[1] >= 500
     far = {**panel, "st-identity": np.array([9e4, 3e3, 400.0])}  # still far at the most samples
     assert scale([far], by=np.nanmin)[0] == {"st-identity"}
+
+
+def test_a_grid_without_m_1_says_why_there_is_no_headline(tmp_path: Path) -> None:
+    """``--M 3,2``: the headline (rrmse at M = 1) and the closing summary were absent without a
+    word; both now say that the grid does not hold 1."""
+    out = tmp_path / "r"
+    r = CliRunner().invoke(main, ["run", "--arch", "2-3-1", "--data-points", "5", "--estimators",
+                                  "psa,st", "--no-throughput", "--samples", "10", "--M", "3,2",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "no summary of rrmse at M=1: the M grid (2, 3) does not hold 1" in r.stdout
+    md = (out / "report" / "report.md").read_text(encoding="utf-8")
+    head = md.split("## Headline", 1)[1].split("\n## ", 1)[0]
+    assert "No headline: it ranks the estimators by rrmse at M = 1, and this run's M grid (2, 3) " \
+           "does not hold 1" in head
+    with_1 = tmp_path / "r1"
+    runner.run(RunConfig(problems=(ProblemSpec(arch="2-3-1", data_points=5),), estimators=("psa",),
+                         samples=10, M=(1, 2), throughput=ThroughputConfig(enabled=False),
+                         out=str(with_1)))
+    assert "No headline" not in write_report(with_1, formats=("md",))["md"].read_text(encoding="utf-8")

@@ -227,9 +227,16 @@ class HeadlineSection:
     name = "headline"
 
     def applies(self, run: Run) -> bool:
-        return bool(((run.metrics["metric"] == "rrmse") & (run.metrics["M"] == 1.0)).any())
+        return bool((run.metrics["metric"] == "rrmse").any())
 
     def blocks(self, run: Run) -> list[Block]:
+        rrmse = run.metrics[run.metrics["metric"] == "rrmse"]
+        if not (rrmse["M"] == 1.0).any():  # a grid such as --M 2,3: say why there is no headline
+            grid = ", ".join(f"{m:g}" for m in sorted(rrmse["M"].dropna().unique()))
+            return [Heading("Headline"),
+                    Text(f"No headline: it ranks the estimators by rrmse at M = 1, and this run's "
+                         f"M grid ({grid}) does not hold 1. Run with M = 1 in the grid "
+                         "(`--M 1,…`) to have it; the sections below show the M measured.")]
         problems = [p for p in run.problems() if not _problem_rows(run, p).empty]
         out: list[Block] = [Heading("Headline"), Text(HEADLINE_LEGEND)]
         if len(problems) > 1:
