@@ -696,6 +696,10 @@ class RunConfig:
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise ConfigError(f"{name}={value!r} must be a folder path", argument=name, value=value,
                                   expected="a str or os.PathLike")
+            if value is not None and os.fspath(value) == "":  # pathlib reads '' as '.'
+                raise ConfigError(f"{name}='' is empty; expected a folder path (use '.' for the "
+                                  "current folder)", argument=name, value=value,
+                                  expected="a folder path")
         if isinstance(self.reference_cache, os.PathLike):  # a Path, as out takes one
             object.__setattr__(self, "reference_cache", os.fspath(self.reference_cache))
         _check_int("max_paths", self.max_paths, 1)

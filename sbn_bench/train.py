@@ -109,6 +109,21 @@ def check_plugins_argument(plugins: object) -> None:
                                             "plugin files, not one path")
 
 
+def check_out_argument(out: object, argument: str) -> None:
+    """Refuse an output folder that is not a path, or is empty (pathlib reads ``''`` as ``.``:
+    the files would land in the current folder unasked).
+
+    Raises:
+        TrainArgumentError: naming ``argument``.
+    """
+    if not isinstance(out, (str, os.PathLike)):
+        raise TrainArgumentError(argument, f"argument {argument}={out!r} must be a folder path "
+                                           "(str or os.PathLike)")
+    if os.fspath(out) == "":
+        raise TrainArgumentError(argument, f"argument {argument}='' is empty; expected a folder "
+                                           "path (use '.' for the current folder)")
+
+
 def check_trainable(estimator: Estimator) -> None:
     """Refuse an adaptive estimator (``nvil``, ``rebar``, ``relax``): it tunes itself to fixed
     weights before it estimates (SPEC §3b), and training moves the weights at every step, so it
@@ -591,6 +606,7 @@ def train(
         (the log up to that epoch is written).
     """
     check_plugins_argument(plugins)
+    check_out_argument(out_dir, "out_dir")
     if progress is not None and not callable(progress):
         raise TrainArgumentError("progress", f"argument progress={progress!r} must be a function "
                                              "progress(epoch, epochs, row) or None")

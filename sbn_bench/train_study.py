@@ -82,6 +82,7 @@ from sbn_bench.train import (
     _State,
     _step_gradient,
     _stream_seeds,
+    check_out_argument,
     check_plugins_argument,
     check_trainable,
     training_files,
@@ -737,6 +738,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
                                              f"study {preset!r}")
     specs = STUDY_PRESETS[preset].estimators if estimators is None else estimators
     check_plugins_argument(plugins)
+    check_out_argument(out, "out")
     if isinstance(estimators, (str, bytes)):
         raise TrainArgumentError("estimators", f"argument estimators={estimators!r} must be a list "
                                                "of estimator specs such as ['st', 'psa'], not one "

@@ -252,3 +252,41 @@ def test_sigterm_while_a_command_loads_exits_143(monkeypatch: pytest.MonkeyPatch
         r = invoke(["list"])
         monkeypatch.undo()
         assert r.exit_code == code and "interrupted while loading 'list'" in r.output, r.output
+
+
+@pytest.mark.parametrize("args, option", [
+    (["run", "--arch", "2-2-1", "--no-throughput", "--out", ""], "--out"),
+    (["run", "--arch", "2-2-1", "--reference-cache", ""], "--reference-cache"),
+    (["train", "--arch", "2-2-1", "--epochs", "1", "--out", ""], "--out"),
+    (["report", "RUN", "--out", ""], "--out"),
+])
+def test_an_empty_folder_option_is_refused_not_read_as_here(tmp_path: Path, monkeypatch,
+                                                            exact_run: Path, args: list[str],
+                                                            option: str) -> None:
+    """pathlib reads '' as '.': `report RUN --out ""` wrote the report into the current folder
+    and `run --out ""` ran there (`problem --out ""` was already refused)."""
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, [str(exact_run) if a == "RUN" else a for a in args])
+    assert r.exit_code == 2, r.output
+    assert f"Invalid value for '{option}': '' is empty; expected a folder path" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_folder_is_refused_from_python_too(tmp_path: Path, monkeypatch,
+                                                    exact_run: Path) -> None:
+    from sbn_bench.reports import write_report
+    from sbn_bench.train import TrainArgumentError, train
+    from sbn_bench.train_study import run_study
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="out='' is empty") as e:
+        tiny_config("")
+    assert e.value.argument == "out"
+    with pytest.raises(ValueError, match="out_dir='' is empty") as e:
+        write_report(exact_run, out_dir="")
+    assert e.value.argument == "out_dir"
+    with pytest.raises(TrainArgumentError, match="out_dir='' is empty"):
+        train(random_problem("2-2-1", 0, data_points=4), "st", epochs=1, out_dir="")
+    with pytest.raises(TrainArgumentError, match="out='' is empty"):
+        run_study("digits-vae-exact", out="", estimators=["st"], seeds=[0])
+    assert list(tmp_path.iterdir()) == []

@@ -221,6 +221,20 @@ def without_name(message: str, argument: str) -> str:
     return message
 
 
+class FolderPath(click.Path):
+    """A folder to write into, as a :class:`~pathlib.Path`; an empty value is refused (pathlib
+    reads ``''`` as ``.``, so the results would land in the current folder unasked)."""
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value:
+            self.fail("'' is empty; expected a folder path (use '.' for the current folder)",
+                      param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class FiniteFloatRange(click.FloatRange):
     """:class:`click.FloatRange` that also refuses ``nan`` and ``inf`` (which a range check lets
     through: every comparison with ``nan`` is false), in click's words."""

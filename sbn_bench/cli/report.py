@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sbn_bench.cli.base import FiniteFloatRange, friendly_errors, warn
+from sbn_bench.cli.base import FiniteFloatRange, FolderPath, friendly_errors, warn
 
 
 @click.command()
@@ -16,7 +16,7 @@ from sbn_bench.cli.base import FiniteFloatRange, friendly_errors, warn
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A baseline run: adds its headline beside this run's and the differences "
                    "beyond their uncertainty (ratios run/baseline).")
-@click.option("--out", "out_dir", metavar="OUTDIR", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", metavar="OUTDIR", type=FolderPath(),
               help="Where to write report.md, report.html and figures/  [default: DIR/report]")
 @click.option("--format", "formats", type=click.Choice(["md", "html"]), multiple=True,
               help="Write only this format (repeatable)  [default: md and html]")

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from sbn_bench import runner as runner_mod
-from sbn_bench.cli.base import FiniteFloatRange, interrupted_status, without_name
+from sbn_bench.cli.base import FiniteFloatRange, FolderPath, interrupted_status, without_name
 from sbn_bench.cli.common import (
     executor_callback,
     format_table,
@@ -202,7 +202,7 @@ def _duration(seconds: float) -> str:
 @click.option("--no-throughput/--throughput", "no_throughput", default=False,
               help="Skip the throughput measurement (--throughput, the default: measure it; with "
                    "--resume it adds it to a run made without).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", type=FolderPath(), default=None,
               help="Output folder (default runs/<problem name or config name>).")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out, skipping finished cells; it may add problems, "
@@ -240,7 +240,7 @@ def _duration(seconds: float) -> str:
               default=DEFAULT_REFERENCE_TIME_BUDGET, show_default=True,
               help="Monte-Carlo reference: seconds its N samples may take; a reference that cannot "
                    "reach its ε within it is refused before any work, with the estimate.")
-@click.option("--reference-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--reference-cache", type=FolderPath(), default=None,
               help="Where Monte-Carlo references are cached (default $SBN_BENCH_CACHE or "
                    "~/.cache/sbn-bench).")
 @click.option("--no-report", is_flag=True, help="Do not write the report (sbn-bench report DIR "
@@ -250,7 +250,7 @@ def _duration(seconds: float) -> str:
               help="--preset paper: train and evaluate one checkpoint set per training seed, e.g. "
                    "0-4 or 0,2,5 (problems paper-train<seed>; the report counts each claim's "
                    "verdicts over them). Default: one training with --seed.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--cache-dir", type=FolderPath(), default=None,
               help="--preset paper: where trained checkpoints are cached (default "
                    "$SBN_BENCH_CACHE or ~/.cache/sbn-bench).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")

@@ -13,7 +13,7 @@ import click
 
 from sbn_bench import train as training
 from sbn_bench import train_report, train_study
-from sbn_bench.cli.base import interrupted_status, without_name
+from sbn_bench.cli.base import FolderPath, interrupted_status, without_name
 from sbn_bench.cli.common import (
     build_problem,
     executor_callback,
@@ -67,7 +67,7 @@ def _bad(e: SbnBenchError, seed_option: str = "--train-seed") -> click.ClickExce
 @click.option("--train-seed", type=click.IntRange(0, MAX_SEED), default=None,
               help="Seed of the data order and the estimator's noise [default: --seed].")
 @click.option("--out", "out_dir", default=None,
-              type=click.Path(file_okay=False, path_type=Path),
+              type=FolderPath(),
               help="Output directory: checkpoint_epoch{E}.npz, train_log.csv, loss_curve.png, "
                    "train_manifest.json; for a study (--estimators/--seeds): study.json, cells/, "
                    "curves.csv, probes.csv, report.md, report.html, figures/.")
@@ -92,7 +92,7 @@ def _bad(e: SbnBenchError, seed_option: str = "--train-seed") -> click.ClickExce
 @click.option("--resume", is_flag=True,
               help="Finish the study in --out: only the cells without a finished result run.")
 @click.option("--publish", "publish_dir", default=None,
-              type=click.Path(file_okay=False, path_type=Path),
+              type=FolderPath(),
               help="Run the published training benchmark (every study preset at its defaults, "
                    "seeds 0-2) into this folder, resuming, and write its index README.md.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")

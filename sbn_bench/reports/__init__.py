@@ -402,6 +402,10 @@ def write_report(
                             expected="a number > 0")
 
     if out_dir is not None:
+        if os.fspath(out_dir) == "":  # pathlib reads '' as '.': the report would land here
+            raise ArgumentError("argument out_dir='' is empty; expected a folder path (use '.' for "
+                                "the current folder)", argument="out_dir", value="",
+                                expected="a folder path")
         _check_out_dir(Path(out_dir))
     run = load_run(run_dir)
     base = _load_baseline(compare_dir) if compare_dir else None
