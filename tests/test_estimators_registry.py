@@ -321,6 +321,42 @@ def test_a_name_no_spec_can_select_is_a_broken_factory(tmp_path: Path) -> None:
         assert "cannot always be selected" in err.message and "without ':', ','" in err.message
 
 
+def test_an_estimator_whose_spec_does_not_name_it_again_is_refused(tmp_path: Path) -> None:
+    """Worker processes and --resume rebuild an estimator from its spec: a plugin declaring
+    hyperparams under another name than its factory's keyword, or a value no spec can spell,
+    ran serially and failed in every worker. Its default is a broken factory at load; a
+    non-default value that does not round-trip is refused when created (the plugin's fault)."""
+    p = _plugin(tmp_path, """
+        import dataclasses
+        from sbn_bench.estimators.builtin.straight_through import st as _st
+
+        def renamed(*, c: float = 1.0):
+            return dataclasses.replace(_st(), name="renamed", hyperparams=(("d", c),))
+
+        def tupled(*, c: tuple = (1, 2)):
+            return dataclasses.replace(_st(), name="tupled", hyperparams=(("c", c),))
+
+        def late(*, c: float = 1.0):  # the default round-trips, 2.0 does not
+            return dataclasses.replace(_st(), name="late",
+                                       hyperparams=(("c", c),) if c == 1.0 else (("e", c),))
+
+        ESTIMATORS = {"renamed": renamed, "tupled": tupled, "late": late}
+    """)
+    reg = load_registry([p])
+    for name, words in (("renamed", "'d' is not a hyperparameter of its factory (those are: c)"),
+                        ("tupled", "'2)' is not key=value")):
+        assert name not in reg.names()
+        (err,) = [e for e in reg.errors if e.name == name]
+        assert f"its spec {name}:" in err.message.replace("'", "") and words in err.message
+    assert reg.create("late").spec == "late:c=1.0"
+    with pytest.raises(EstimatorSpecError, match=r"estimator 'late' \(plugin file .*\): its spec "
+                                                 r"'late:e=2.0' does not name it again") as e:
+        reg.create("late:c=2.0")
+    assert e.value.usage is False
+    for name in BUILTIN_FACTORIES:  # every built-in's spec names it again
+        assert registry.spec_problem(reg.create(name), registry.hyperparameters(reg.factories[name])) is None
+
+
 def test_list_refuses_a_plugin_file_that_cannot_be_loaded(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

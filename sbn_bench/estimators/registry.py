@@ -22,7 +22,7 @@ import os
 import re
 import sys
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -189,7 +189,22 @@ class Registry:
             raise EstimatorSpecError(f"estimator spec {spec!r}: the factory of {name!r} "
                                      f"({self.origins.get(name)}) returned {got}, expected an "
                                      f"sbn_bench.Estimator named {name!r}", argument=spec)
+        self._check_round_trip(est, params)
         return est
+
+    def _check_round_trip(self, est: Estimator, params: Mapping[str, Any]) -> None:
+        """:func:`spec_problem` for an estimator built from a spec.
+
+        Raises:
+            EstimatorSpecError: the plugin is at fault (exit status 1), naming its file.
+        """
+        why = spec_problem(est, params)
+        if why is not None:
+            err = EstimatorSpecError(f"estimator {est.name!r} ({self.origins.get(est.name)}): {why}",
+                                     argument=est.spec, value=est.spec,
+                                     expected="hyperparams that match the factory's keyword arguments")
+            err.usage = False
+            raise err
 
     def create_many(self, specs: str | Sequence[str]) -> list[Estimator]:
         """Build a list from ``"psa,st,concrete:tau=0.1"`` or a sequence of specs."""
@@ -229,6 +244,26 @@ def plugin_output() -> contextlib.AbstractContextManager[Any]:
     return contextlib.redirect_stdout(sys.stderr)
 
 
+def spec_problem(est: Estimator, params: Mapping[str, Any]) -> str | None:
+    """Why an estimator's own spec does not name it again, or None when it does: worker processes
+    and ``--resume`` rebuild estimators from their spec, so a plugin declaring
+    ``hyperparams=(("d", c),)`` for a factory taking ``c``, or a value no spec can spell (a tuple),
+    ran serially and failed in every worker. ``params``: the factory's hyperparameters."""
+    try:
+        _, raw = _split_spec(est.spec)
+        unknown = [k for k in raw if k not in params]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not a hyperparameter of its factory (those are: "
+                             f"{', '.join(params) or 'none'})")
+        for key, text in raw.items():
+            _convert(est.name, key, text, params[key])
+    except (ValueError, TypeError) as e:
+        return (f"its spec {est.spec!r} does not name it again ({e}); an estimator's hyperparams "
+                "must be its factory's keyword arguments with values of their type, as worker "
+                "processes and --resume rebuild it from its spec")
+    return None
+
+
 def check_factory(name: str, factory: Any) -> Estimator:
     """Verify a factory against the contract (pluggy's ``_verify_hook``, for estimators).
 
@@ -251,6 +286,9 @@ def check_factory(name: str, factory: Any) -> Estimator:
     if est.path_surrogate is not None and est.randomness != "path":
         raise ContractError(f"estimator {name!r}: path_surrogate given but randomness is "
                             f"{est.randomness!r}, expected 'path'", argument=name)
+    why = spec_problem(est, hyperparameters(factory))
+    if why is not None:
+        raise ContractError(f"estimator {name!r}: {why}", argument=name)
     for widths in CHECK_WIDTHS:
         est.evals(widths)
         est.evals_in_memory(widths)
