@@ -104,8 +104,15 @@ PLUGIN = textwrap.dedent('''
         return Estimator("raises", surrogate, randomness="continuous")
 
 
+    def interrupts():
+        """Raises KeyboardInterrupt itself (no Ctrl-C was pressed)."""
+        def surrogate(problem, params, generator):
+            raise KeyboardInterrupt("raised by the plugin")
+        return Estimator("interrupts", surrogate, randomness="continuous")
+
+
     ESTIMATORS = {{"slow-once": slow_once, "crash": crash, "hang": hang, "hang-hard": hang_hard,
-                  "raises": raises}}
+                  "raises": raises, "interrupts": interrupts}}
 ''')
 
 
@@ -206,6 +213,21 @@ def test_processes_record_a_cell_past_its_timeout_and_go_on(tmp_path, plugin):
     assert "time limit of 3 s" in f.loc["hang", "error"]
     assert "did not stop; its worker process was killed and replaced" in f.loc["hang-hard", "error"]
     assert set(res.metrics["estimator"]) == {"st"}
+
+
+def test_a_keyboard_interrupt_raised_in_a_worker_is_that_cells_failure(tmp_path, plugin):
+    """A worker ignores Ctrl-C (the manager stops the workers), so a KeyboardInterrupt there was
+    raised by the estimator: it aborted the whole run with the worker's traceback; it is now that
+    cell's failure and the others finish."""
+    cfg = config(tmp_path / "out", problems=(ProblemSpec(arch="2-2-2-1", data_points=3),),
+                 estimators=("interrupts", "st"), seeds=(0,), plugins=(str(plugin),),
+                 executor="processes:2")
+    res = runner.run(cfg)
+    f = res.failures
+    assert list(f["estimator"]) == ["interrupts"] and list(f["stage"]) == ["estimate"], f
+    assert f["error"].item().startswith("KeyboardInterrupt: raised by the plugin (raised by the "
+                                        "estimator in a worker process")
+    assert set(res.metrics["estimator"]) == {"st"} and res.manifest["status"] == "complete"
 
 
 def test_processes_retry_a_crashed_worker_once_then_record_it(tmp_path, plugin):

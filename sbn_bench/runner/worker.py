@@ -134,7 +134,9 @@ def measure_shipped(cell: Cell, problem: Problem, reference: Reference | None, c
     """Measure one cell in a worker: rebuild its estimator (:func:`rebuild`; a throughput cell's
     estimators, :func:`rebuild_group`), then :func:`~sbn_bench.runner.cells.measure_cell` with
     ``config.threads`` torch threads. An estimator that cannot be rebuilt is a failure of stage
-    ``worker`` (of the whole cell: for a throughput cell, of its whole group)."""
+    ``worker`` (of the whole cell: for a throughput cell, of its whole group); a
+    ``KeyboardInterrupt`` the cell raises is its failure (a worker never gets Ctrl-C: the manager
+    does)."""
     torch.set_num_threads(config.threads)  # once for the process: concurrent cells never reset it
     try:
         if recipe.group:
@@ -148,8 +150,18 @@ def measure_shipped(cell: Cell, problem: Problem, reference: Reference | None, c
         return CellResult(cell, "failure", [failure_row(
             cell, WORKER_STAGE, f"the worker could not rebuild the {what}: {type(e).__name__}: "
                                 f"{e}")])
-    return measure_cell(cell, CellContext(problem, est, reference, config, group=group,
-                                          plugins=recipe.plugins, job=recipe.job), debug=debug)
+    try:
+        return measure_cell(cell, CellContext(problem, est, reference, config, group=group,
+                                              plugins=recipe.plugins, job=recipe.job), debug=debug)
+    except KeyboardInterrupt as e:
+        # a worker ignores Ctrl-C (the manager's to handle): this one was raised by the code it ran
+        if debug:
+            raise
+        stage = {"throughput": "throughput", "job": "job"}.get(cell.kind, "estimate")
+        return CellResult(cell, "failure", [failure_row(
+            cell, stage, f"KeyboardInterrupt: {e} (raised by the estimator in a worker process, "
+                         "where Ctrl-C does not reach; with executor 'serial' it stops the run as "
+                         "Ctrl-C does)")])
 
 
 def default_workers() -> int:
