@@ -346,6 +346,24 @@ def test_compare_warns_when_the_dtypes_differ(tmp_path: Path) -> None:
     assert any("float64 (run) and float32 (baseline)" in w for w in cmp.warnings)
 
 
+def test_compare_with_a_run_without_manifest_does_not_invent_a_device_difference(
+        tmp_path: Path) -> None:
+    """Without its manifest a run's device is its tables' 'cpu', the baseline's the manifest's
+    'cpu x86_64': the comparison was refused as 'device cpu (run) vs cpu x86_64 (baseline)' on one
+    machine; it now compares the two at the tables' level and says the run's facts are unknown.
+    A real difference of the tables' device is still refused."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    runner.run(tiny_config(a, estimators=("psa",)))
+    shutil.copytree(a, b)
+    (a / "manifest.json").unlink()
+    cmp = compare_runs(load_run(a), load_run(b))
+    assert not any("device" in w and "vs" in w for w in cmp.warnings), cmp.warnings
+    m = pd.read_csv(a / "metrics.csv")
+    m.assign(device="cuda").to_csv(a / "metrics.csv", index=False)
+    with pytest.raises(IncomparableRuns, match=r"device cuda \(run\) vs cpu \(baseline\)"):
+        compare_runs(load_run(a), load_run(b))
+
+
 def test_a_full_disk_while_writing_the_report_names_the_file(small_run: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import errno

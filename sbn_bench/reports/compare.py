@@ -39,6 +39,7 @@ from sbn_bench.reports.load import (
     device_of,
     estimator_versions,
     problem_fingerprints,
+    table_device,
 )
 from sbn_bench.reports.tables import (
     Table,
@@ -142,6 +143,10 @@ def check_comparable(run: Run, base: Run) -> tuple[list[str], list[str]]:
             unchecked.append(f"estimator {e!r}: no version in the "
                              f"{'run' if e not in va else 'baseline'} manifest")
     da, db = device_of(run), device_of(base)
+    if (run.manifest.get("device") is None) != (base.manifest.get("device") is None):
+        # one run's device is known only from its tables: compare at their level ('cpu' against
+        # the other's 'cpu x86_64' is no difference)
+        da, db = table_device(run), table_device(base)
     if da is not None and db is not None and da != db:
         diffs.append(f"device {da} (run) vs {db} (baseline)")
     elif da is None or db is None:

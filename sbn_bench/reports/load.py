@@ -631,8 +631,13 @@ def network_of(run: Run, problem: str, checkpoint: str) -> str | None:
 
 def device_of(run: Run) -> str | None:
     """The run's device as text (manifest first, then the tables)."""
-    return _first(_device_text(run.manifest.get("device")), _unique(run.metrics, "device"),
-                  _unique(run.throughput, "device"))
+    return _first(_device_text(run.manifest.get("device")), table_device(run))
+
+
+def table_device(run: Run) -> str | None:
+    """The device the run's tables name (``cpu``, ``cuda``): coarser than the manifest's (which
+    adds the machine), what two runs compare by when one has no manifest."""
+    return _first(_unique(run.metrics, "device"), _unique(run.throughput, "device"))
 
 
 def target_rrmse(run: Run) -> float | None:
