@@ -69,6 +69,13 @@ def make_folder(path: str | os.PathLike[str]) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
+        dangling = next((a for a in (path, *path.parents) if a.is_symlink() and not a.exists()),
+                        None)
+        if dangling is not None:  # mkdir will not make a folder through a link to nowhere
+            raise NotADirectoryError(
+                errno.ENOTDIR, f"Not a directory: {str(dangling)!r} is a symbolic link to "
+                f"{os.readlink(dangling)!r}, which does not exist (make that folder, or remove "
+                "the link)") from None
         blocker = next((a for a in (path, *path.parents) if a.exists() and not a.is_dir()), path)
         raise NotADirectoryError(errno.ENOTDIR, f"Not a directory: {str(blocker)!r} is a file, "
                                  "not a folder") from None

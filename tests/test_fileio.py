@@ -83,6 +83,13 @@ def test_a_file_in_the_way_of_the_folder_is_named(tmp_path: Path) -> None:
     with pytest.raises(WriteError, match=r"Not a directory: '.*afile' is a file, not a folder"):
         atomic_write_bytes(tmp_path / "afile" / "x.npz", b"data")  # the folder itself
     assert (tmp_path / "afile").read_text() == "x"
+    # a symbolic link to nowhere is named as one (it was called a file)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for target in (tmp_path / "dangling" / "x.npz", tmp_path / "dangling" / "sub" / "x.npz"):
+        with pytest.raises(WriteError, match=r"'.*dangling' is a symbolic link to '.*nowhere', "
+                                             r"which does not exist"):
+            atomic_write_bytes(target, b"data")
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_folder_lock_leaves_nothing_behind_when_its_block_raises(tmp_path: Path) -> None:
