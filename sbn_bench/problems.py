@@ -727,7 +727,7 @@ def save_problem(problem: Problem, path: str | os.PathLike[str], *, overwrite: b
                            "name such as problem.npz", argument="path", value=str(path),
                            expected="a file path")
     path = Path(path)
-    if not overwrite and path.exists():
+    if not overwrite and (path.exists() or path.is_symlink()):  # a link to nowhere is there too
         raise ProblemError(f"argument path={str(path)!r} exists; pass overwrite=True (--overwrite) "
                            "to replace it, or choose another file", argument="path",
                            value=str(path), expected="a path that does not exist yet")
@@ -750,8 +750,10 @@ def save_problem(problem: Problem, path: str | os.PathLike[str], *, overwrite: b
                            value=problem.name, expected=f"at most {MAX_FILE_BYTES} bytes of arrays")
     buf = io.BytesIO()
     np.savez(buf, **arrays)
+    # through a symbolic link to its target (a rename onto the link would replace the link)
+    dest = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(dest, buf.getvalue())
     except WriteError as e:
         raise ProblemError(f"cannot write problem file {str(path)!r}: {e.strerror or e}") from None
     return path

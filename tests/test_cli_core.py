@@ -281,3 +281,17 @@ def test_list_and_problem_are_callable_from_python(tmp_path: Path) -> None:
         save_problem(p, f, overwrite=False)
     assert e.value.argument == "path"
     save_problem(p, f)  # the default replaces, as before
+
+
+def test_problem_out_through_a_symbolic_link_writes_its_target(tmp_path: Path) -> None:
+    """A link to nowhere was replaced by a file without --overwrite (exists() is False for it),
+    and a link to a file was replaced by a file with it, leaving the target stale: the link is
+    now there to refuse, and --overwrite writes through it."""
+    target, link = tmp_path / "real.npz", tmp_path / "link.npz"
+    link.symlink_to(target)
+    r = CliRunner().invoke(main, ["problem", "--arch", "2-3-1", "--out", str(link)])
+    assert r.exit_code == 2 and "exists; pass --overwrite" in r.stderr and not target.exists()
+    _ok("problem", "--arch", "2-3-1", "--out", str(link), "--overwrite")
+    assert link.is_symlink() and load_problem(target).arch == "2-3-1"
+    _ok("problem", "--arch", "2-4-1", "--out", str(link), "--overwrite")
+    assert link.is_symlink() and load_problem(link).arch == "2-4-1"

@@ -141,7 +141,7 @@ def problem(ctx: click.Context, problem_file: Path | None, arch: str | None, pre
     Example: sbn-bench problem --preset paper --out paper.npz
     """
     spec = problem_spec(ctx, problem_file, arch, preset, seed, data_points, loss, noise)  # checked
-    if out.exists() and not overwrite:  # before building the problem: refused at once
+    if (out.exists() or out.is_symlink()) and not overwrite:  # before building the problem
         raise click.UsageError(f"--out {str(out)!r} exists; pass --overwrite to replace it, or "
                                "choose another file")
     p = build_problem(spec)
