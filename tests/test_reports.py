@@ -472,6 +472,16 @@ def test_cli_run_dir_that_does_not_exist_is_a_refused_value(tmp_path) -> None:
     assert "does not exist" in missing.output, missing.output
 
 
+@pytest.mark.parametrize("args, words", [(["--force"], "--force applies"),
+                                          (["--sigma", "2"], "--sigma applies"),
+                                          (["--force", "--sigma", "2"], "--force and --sigma apply")])
+def test_cli_comparison_options_without_compare_are_refused(tmp_path, args, words) -> None:
+    """--force and --sigma were accepted without --compare and did nothing."""
+    r = CliRunner().invoke(main, ["report", str(RUN_A), *args, "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and f"{words} only with --compare DIR2" in r.stderr, r.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_write_report_rejects_unknown_format(tmp_path) -> None:
     with pytest.raises(ValueError, match="formats"):
         write_report(RUN_A, formats=("pdf",), out_dir=tmp_path)

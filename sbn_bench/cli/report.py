@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sbn_bench.cli.base import FiniteFloatRange, FolderPath, friendly_errors, warn
+from sbn_bench.cli.base import FiniteFloatRange, FolderPath, friendly_errors, given, warn
 
 
 @click.command()
@@ -40,6 +40,12 @@ def report(run_dir: Path, compare_dir: Path | None, out_dir: Path | None, format
 
     Example: sbn-bench report runs/paper --compare runs/baseline
     """
+    ctx = click.get_current_context()
+    if compare_dir is None:
+        alone = [f"--{n}" for n in ("force", "sigma") if given(ctx, n)]
+        if alone:
+            raise click.UsageError(f"{' and '.join(alone)} {'apply' if len(alone) > 1 else 'applies'} "
+                                   "only with --compare DIR2 (the comparison with a baseline run)")
     from sbn_bench.reports import write_report  # imported when used: seaborn is slow to load
 
     written = write_report(run_dir, compare_dir, formats or ("md", "html"), out_dir=out_dir,
