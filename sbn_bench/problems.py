@@ -342,6 +342,9 @@ def validate(p: Problem, source: str | None = None) -> None:
     elif net.prior:
         raise _fail(src, "prior_logits", f"is only used by loss 'vae', not {p.loss!r}")
     object.__setattr__(p, "y", _normalise_labels(p.loss, p.y, n_out, src))
+    if p.loss == "vae" and not (p.y.shape == p.x.shape and torch.equal(p.y.to(p.x), p.x)):
+        raise _fail(src, "y", "differs from x; a binary VAE ('vae' loss) reconstructs its input, so "
+                              "its targets y are its inputs x")
 
 
 # --------------------------------------------------------------------------------------------

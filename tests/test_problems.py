@@ -518,3 +518,22 @@ def test_arrays_of_the_wrong_dimension_are_refused(tmp_path: Path, name: str, va
     np.savez(path, **arrays)
     with pytest.raises(ProblemError, match=words):
         load_problem(path)
+
+
+def test_a_vae_problem_whose_targets_are_not_its_inputs_is_refused(tmp_path: Path) -> None:
+    """A 'vae' problem file with y = 1 − x loaded, and its exact objective changed (3.046 →
+    2.988): a binary VAE reconstructs its input, so y must be x, in a file and in Python."""
+    import dataclasses
+
+    p = random_problem("4-3-4", 0, data_points=6, loss="vae")
+    assert torch.equal(p.y, p.x)
+    f = tmp_path / "vae.npz"
+    save_problem(p, f)
+    arrays = dict(np.load(f))
+    arrays["y"] = 1 - arrays["x"]
+    np.savez(f, **arrays)
+    with pytest.raises(ProblemError, match=r"'y' .*differs from x; a binary VAE .* its targets y "
+                                           r"are its inputs x"):
+        load_problem(f)
+    with pytest.raises(ProblemError, match="differs from x"):
+        dataclasses.replace(p, y=1 - p.x)
