@@ -339,3 +339,15 @@ def test_a_nan_estimator_fails_shapes_alone() -> None:
     with pytest.raises(kit.ConformanceError) as e:
         kit.check_estimator(nan)
     assert str(e.value).startswith("1 conformance check(s) failed") and "'shapes'" in str(e.value)
+
+
+def test_an_estimator_that_calls_sys_exit_fails_the_check() -> None:
+    """A plugin's sys.exit escaped the kit (and would end the pytest session using it); it fails
+    the check that met it, as any other exception does."""
+    def quitter() -> Estimator:
+        def surrogate(problem, params, generator):  # noqa: ANN001, ANN202
+            raise SystemExit(3)
+        return Estimator("quitter", surrogate, randomness="continuous", description="exits")
+
+    with pytest.raises(kit.ConformanceError, match=r"'shapes'.*it raised SystemExit: 3"):
+        kit.check_shapes(quitter())

@@ -289,8 +289,8 @@ def _check(fn: Callable[[Estimator], None]) -> Callable[[Estimator], None]:
         except (ConformanceError, CheckSkipped):
             _check_untouched(est, name)  # a modified problem explains the failure: said first
             raise
-        except Exception as e:  # noqa: BLE001 - whatever the estimator raised fails the check
-            _check_untouched(est, name)
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - whatever the estimator raised fails it
+            _check_untouched(est, name)  # (SystemExit too: a plugin's sys.exit would end pytest)
             raise _fail(est, name, f"it raised {type(e).__name__}: {e}") from e
         finally:
             _DEPTH.pop()
