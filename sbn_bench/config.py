@@ -269,7 +269,8 @@ class ProblemSpec:
         given = [k for k in ("preset", "arch", "file") if getattr(self, k) is not None]
         if len(given) != 1:
             what = "none was given" if not given else f"got {' and '.join(given)}"
-            raise ConfigError(f"a problem needs exactly one of preset, arch or file ({what})")
+            raise ConfigError(f"a problem needs exactly one of preset, arch or file ({what})",
+                              argument="problem", expected="exactly one of preset, arch or file")
         for k, example in (("preset", "'paper'"), ("arch", "'2-5-5-5-1'"), ("file", "'problem.npz'")):
             v = getattr(self, k)
             if v is not None and not isinstance(v, str):
@@ -327,7 +328,8 @@ class ProblemSpec:
                               "'\\' or control character, and no leading '.'", argument="name",
                               value=self.name, expected="a name such as 'paper-seed0'")
         if not self.checkpoints:
-            raise ConfigError("checkpoints is empty; expected at least one, e.g. {init = 'init'}")
+            raise ConfigError("checkpoints is empty; expected at least one, e.g. {init = 'init'}",
+                              argument="checkpoints", expected="at least one checkpoint")
         bad = [c for c in self.checkpoints if not isinstance(c, Checkpoint)]
         if bad:
             raise ConfigError(f"checkpoints holds {bad[0]!r}, expected Checkpoint(label, source) items, "
@@ -336,10 +338,13 @@ class ProblemSpec:
         labels = [c.label for c in self.checkpoints]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
-            raise ConfigError(f"checkpoint labels must be unique; repeated: {', '.join(dup)}")
+            raise ConfigError(f"checkpoint labels must be unique; repeated: {', '.join(dup)}",
+                              argument="checkpoints", expected="unique labels")
         for c in self.checkpoints:
             if not isinstance(c.label, str) or not c.label.strip():
-                raise ConfigError(f"checkpoint label {c.label!r} must be a non-empty string")
+                raise ConfigError(f"checkpoint label {c.label!r} must be a non-empty string",
+                                  argument="checkpoints", value=c.label,
+                                  expected="a non-empty string")
             if not isinstance(c.source, str) or not c.source:
                 raise ConfigError(f"checkpoint {c.label!r}: source {c.source!r} must be 'init' or a "
                                   "problem file")
@@ -680,7 +685,8 @@ class RunConfig:
             if len(set(self.M)) != len(self.M):
                 raise ConfigError(f"M={list(self.M)} has repeated values", argument="M")
         if not self.seeds:
-            raise ConfigError("seeds is empty; expected at least one seed")
+            raise ConfigError("seeds is empty; expected at least one seed", argument="seeds",
+                              value=(), expected="at least one seed")
         for s in self.seeds:
             _check_int("seeds", s, 0, MAX_SEED)
         if len(set(self.seeds)) != len(self.seeds):
@@ -744,11 +750,14 @@ class RunConfig:
             raise ConfigError(f"reference_cache={self.reference_cache!r} must be a folder",
                               argument="reference_cache", expected="a folder path")
         if not isinstance(self.throughput, ThroughputConfig):
-            raise ConfigError("throughput must be a ThroughputConfig")
+            raise ConfigError(f"throughput={self.throughput!r} must be a ThroughputConfig",
+                              argument="throughput", value=self.throughput,
+                              expected="a ThroughputConfig")
         names = [p.name for p in self.problems if p.name is not None]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ConfigError(f"problem names must be unique; repeated: {', '.join(dup)}")
+            raise ConfigError(f"problem names must be unique; repeated: {', '.join(dup)}",
+                              argument="problems", expected="unique problem names")
         by_file: dict[str, str] = {}
         for label in (p.label for p in self.problems):
             other = by_file.setdefault(slug(label), label)

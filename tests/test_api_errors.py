@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import sbn_bench as sb
-from sbn_bench.config import ProblemSpec, RunConfig
+from sbn_bench.config import ConfigError, ProblemSpec, RunConfig
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import adapt_estimator, estimate, load_registry
 from sbn_bench.runner.mcref import mc_reference
@@ -190,3 +190,17 @@ def test_an_error_without_a_value_says_so_and_keeps_it_across_processes() -> Non
     assert e.value is SbnBenchError.UNSET and repr(e.value) == "UNSET" and not e.value
     assert pickle.loads(pickle.dumps(e)).value is SbnBenchError.UNSET
     assert ArgumentError("x", argument="x", value=None).value is None  # None is a recorded value
+
+
+@pytest.mark.parametrize("make, argument", [
+    (lambda P: RunConfig(problems=P, seeds=()), "seeds"),
+    (lambda P: RunConfig(problems=P, throughput={"rounds": 3}), "throughput"),
+    (lambda P: ProblemSpec(arch="2-2-1", preset="paper"), "problem"),
+    (lambda P: RunConfig(problems=(ProblemSpec(arch="2-2-1", name="a"),
+                                   ProblemSpec(arch="2-3-1", name="a"))), "problems"),
+])
+def test_config_errors_name_their_argument(make, argument: str) -> None:
+    """The README says every SbnBenchError carries its argument; these had argument=None."""
+    with pytest.raises(ConfigError) as e:
+        make((ProblemSpec(arch="2-2-1"),))
+    assert e.value.argument == argument, e.value
