@@ -818,9 +818,13 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
             missing = [r.get("path") for r in old.get("plugins") or []
                        if isinstance(r, dict) and r.get("sha256") not in given_sha]
             if missing:
+                changed = isinstance(missing[0], str) and Path(missing[0]).is_file() and \
+                    str(missing[0]) in {str(r.get("path")) for r in plugin_records}
+                why = ("whose content has changed since (SHA-256); restore that content"
+                       if changed else "and no plugin file given now has its content (SHA-256); "
+                       "give the same --plugin files")
                 raise StudyError(f"cannot resume the study in {str(d)!r}: it was trained with plugin "
-                                 f"file {missing[0]!r}, and no plugin file given now has its content "
-                                 "(SHA-256); give the same --plugin files (or use another folder)",
+                                 f"file {missing[0]!r}, {why} (or use another folder)",
                                  argument="plugins", value=[str(p) for p in plugins],
                                  expected="the study's plugin files, unchanged")
             old_e = [e for e in old.get("estimators") or [] if isinstance(e, str)]

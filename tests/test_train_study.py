@@ -672,9 +672,17 @@ def test_plugin_estimators_train_in_a_study(study: ts.StudyResult, tmp_path: Pat
     assert np.isfinite(pb["rrmse"]).all()
     changed = tmp_path / "changed.py"
     changed.write_text(PLUGIN + "# edited\n")
-    with pytest.raises(ts.StudyError, match="trained with plugin file .*st_copy.py") as e:
+    with pytest.raises(ts.StudyError, match="trained with plugin file .*st_copy.py', and no plugin "
+                                            "file given now has its content") as e:
         ts.run_study("digits-conv", out=out, plugins=[changed], resume=True, **kw)
     assert e.value.argument == "plugins"
+    # the recorded file itself edited (resume_study gives the recorded paths): said as such
+    original = plugin.read_text()
+    plugin.write_text(PLUGIN + "# edited\n")
+    with pytest.raises(ts.StudyError, match="trained with plugin file .*st_copy.py', whose content "
+                                            "has changed since"):
+        ts.resume_study(out)
+    plugin.write_text(original)
     moved = tmp_path / "elsewhere" / "copy.py"
     moved.parent.mkdir()
     moved.write_text(PLUGIN)
