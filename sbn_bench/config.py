@@ -108,7 +108,7 @@ from typing import Any
 import torch
 
 from sbn_bench import problems, sweep, units
-from sbn_bench.errors import ArgumentError, SbnBenchError
+from sbn_bench.errors import ArgumentError, SbnBenchError, is_integer
 from sbn_bench.estimators import EstimatorSpecError, split_specs
 from sbn_bench.fileio import slug
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
@@ -266,6 +266,7 @@ class ProblemSpec:
     kl: str = "analytic"
 
     def __post_init__(self) -> None:
+        _plain_integers(self)
         given = [k for k in ("preset", "arch", "file") if getattr(self, k) is not None]
         if len(given) != 1:
             what = "none was given" if not given else f"got {' and '.join(given)}"
@@ -440,6 +441,7 @@ class ThroughputConfig:
     rel_width: float = 0.2
 
     def __post_init__(self) -> None:
+        _plain_integers(self)
         if not isinstance(self.enabled, bool):
             raise ConfigError(f"throughput.enabled={self.enabled!r} must be true or false",
                               argument="throughput.enabled")
@@ -632,6 +634,7 @@ class RunConfig:
     reference_cache: str | None = None
 
     def __post_init__(self) -> None:
+        _plain_integers(self)
         problems = (self.problems,) if isinstance(self.problems, ProblemSpec) else self.problems
         if isinstance(problems, (str, bytes)) or not isinstance(problems, Iterable):
             raise ConfigError(f"problems={problems!r} must be a ProblemSpec or a list of them",
@@ -853,6 +856,24 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
     return x
+
+
+def _plain_integers(config: Any) -> None:
+    """Turn a config's NumPy integers (``np.int64(100)``, a grid from ``np.arange``) into Python
+    ints, in its fields and in tuples or lists of them, before the checks: they are integers (as
+    :func:`sbn_bench.estimate` takes them), but the manifest's JSON writer would refuse them."""
+    def plain(v: Any) -> Any:
+        if is_integer(v) and not isinstance(v, int):
+            return int(v)
+        if isinstance(v, (tuple, list)) and any(is_integer(x) and not isinstance(x, int) for x in v):
+            return type(v)(plain(x) for x in v)
+        return v
+
+    for f in fields(config):
+        v = getattr(config, f.name)
+        new = plain(v)
+        if new is not v:
+            object.__setattr__(config, f.name, new)
 
 
 def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:

@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench import malloc, model, network
-from sbn_bench.errors import SbnBenchError
+from sbn_bench.errors import SbnBenchError, is_integer
 from sbn_bench.estimators import ContractError, Estimator, load_plugins, load_registry
 from sbn_bench.fileio import WriteError, atomic_write_bytes, folder_lock
 from sbn_bench.problems import Problem, save_problem
@@ -605,6 +605,10 @@ def train(
         not support the problem's noise or loss. TrainingDiverged: the parameters became non-finite
         (the log up to that epoch is written).
     """
+    # NumPy integers are integers (as estimate takes them); the manifest's JSON needs Python's
+    batch_size, epochs, seed, log_every, max_exact_bytes, num_threads = (
+        int(v) if is_integer(v) else v
+        for v in (batch_size, epochs, seed, log_every, max_exact_bytes, num_threads))
     check_plugins_argument(plugins)
     check_out_argument(out_dir, "out_dir")
     if progress is not None and not callable(progress):

@@ -61,7 +61,7 @@ from torch import Tensor
 
 from sbn_bench import data, malloc, model, network, problems
 from sbn_bench.config import ProblemSpec, RunConfig, parse_seeds, seed_tuple
-from sbn_bench.errors import SbnBenchError
+from sbn_bench.errors import SbnBenchError, is_integer
 from sbn_bench.estimators import Estimator, Registry, estimate, load_plugins
 from sbn_bench.fileio import WriteError, atomic_write_text, folder_lock
 from sbn_bench.problems import Problem
@@ -759,7 +759,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         except ValueError as e:
             raise TrainArgumentError("seeds", f"argument seeds={seeds!r}: {e}") from None
     try:
-        seeds = seed_tuple(seeds)
+        seeds = tuple(int(x) if is_integer(x) else x for x in seed_tuple(seeds))
     except ValueError as e:
         raise TrainArgumentError("seeds", f"argument seeds {e}") from None
     except TypeError:

@@ -204,3 +204,27 @@ def test_config_errors_name_their_argument(make, argument: str) -> None:
     with pytest.raises(ConfigError) as e:
         make((ProblemSpec(arch="2-2-1"),))
     assert e.value.argument == argument, e.value
+
+
+def test_numpy_integers_are_integers_everywhere(tmp_path) -> None:
+    """estimate() took np.int64 sample counts while RunConfig and train refused them ('must be an
+    integer'); they are taken as Python ints (the manifests' JSON needs those)."""
+    import json
+
+    from sbn_bench import runner
+    from sbn_bench.config import ThroughputConfig
+    from sbn_bench.train import train
+
+    cfg = RunConfig(problems=(ProblemSpec(arch="2-2-1", data_points=np.int64(4), seed=np.int32(1)),),
+                    estimators=("st",), samples=np.int64(20), M=tuple(np.array([1, 4])),
+                    seeds=[np.int64(0)], throughput=ThroughputConfig(enabled=False),
+                    out=str(tmp_path / "run"))
+    assert type(cfg.samples) is int and all(type(m) is int for m in cfg.M)
+    assert type(cfg.problems[0].data_points) is int and type(cfg.seeds[0]) is int
+    runner.run(cfg)
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]["samples"] == 20
+    res = train(sb.random_problem("2-3-1", 0, data_points=8), "st", epochs=np.int64(2),
+                batch_size=np.int32(4), seed=np.int64(1), out_dir=tmp_path / "t")
+    assert res.manifest["config"]["epochs"] == 2 and res.manifest["steps"] == 4
+    with pytest.raises(SbnBenchError, match="samples=True"):  # a bool is still no integer
+        RunConfig(problems=(ProblemSpec(arch="2-2-1"),), samples=True)
