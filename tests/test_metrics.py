@@ -367,3 +367,110 @@ def test_metric_rows_layout_and_values():
     metrics_seen = list(dict.fromkeys(r["metric"] for r in rows if r["layer"] == "1"))
     assert metrics_seen == list(EXACT_REFERENCE_METRICS)  # reference_cosine: MC reference only
     assert all((r["M"] is None) == (r["metric"] not in METRICS_WITH_M) for r in rows)
+
+
+def test_mc_reference_stderrs_are_calibrated():
+    """Against a Monte-Carlo reference (SPEC §8), the corrected figures are unbiased and their
+    stated errors match their spread: 300 replicates, each an estimator's S = 64 Gaussian samples
+    x ~ N(g + β, diag σ²) and a reference ĝ, the mean of N = 64 samples y ~ N(g, diag τ²) with
+    its ReferenceNoise built from a MomentAccumulator as runner/mcref.py does (32 batches);
+    P = 161, τ = σ (the two means equally noisy, so the cross term tr(C_E C_R) of the error of
+    ‖m − ĝ‖² matters), ‖β‖/‖g‖ ≈ 0.23 (resolved), target t = 1, group "all".
+
+    Failure rates: Z = 5 per check (module docstring), 8 checks.
+
+    * unbiased: mean ‖β‖²~ = ‖β‖² and mean ‖g‖²~ = ‖g‖² (z-tests); mean ε̂ = √(Στ²/N)/‖g‖, plus
+      the ratio's second-order bias (at most 2 (se(‖g‖)/‖g‖)² ε, from the data).
+    * ‖β‖² and ‖g‖, against closed forms (Gaussian): Var‖m − ĝ‖² = 4βᵀCβ + 2 tr(C²), C = diag(σ²/S
+      + τ²/N), plus Var(V̂/S) + Var(V̂_R/N) = Σ 2σ⁴/((S−1)S²) + Σ 2τ⁴/((N−1)N²); Var ‖ĝ‖²~ the same
+      with g and τ alone, and sd ‖g‖~ = sd ‖ĝ‖²~ / (2‖g‖) (delta method). The rms of the stated
+      error over the replicates must match within Z times its own sampling error, plus 2 % on the
+      high side for ‖β‖² (the clipped term of bias_sq_stderr errs high near β = 0); the
+      replicates' sd checks the closed form itself (relative error 1/√(2(R − 1)) of an sd).
+    * rel_bias, rrmse (M = 1, 10), samples_to_accuracy and reference_cosine: no closed form; the
+      replicates' sd over the mean stated error within exp(±(Z r + 0.1)), r = √(1/(2(R−1)) +
+      cv(stderr)²/R) the ratio's sampling error and 0.1 the delta method's own (it treats ‖β‖²
+      and ‖g‖ as uncorrelated, though both are taken to ĝ).
+
+    Not checked here: the cosines' errors against a Monte-Carlo reference add sin θ·ε, which
+    their docstring states as an upper bound (the noise along one direction), so only a lower
+    bound on their spread would be claimed; the cosine rows are left to the exact-reference
+    comparisons of tests/test_mcref.py.
+    """
+    from sbn_bench.metrics.stats import ReferenceNoise
+
+    groups = mt.Groups.of({"weight_1": torch.zeros(16, 8), "bias_1": torch.zeros(16),
+                           "weight_out": torch.zeros(1, 16), "bias_out": torch.zeros(1)})
+    P, S, N, R, t = groups.dim, 64, 64, 300, 1.0
+    g = torch.linspace(-1, 1, P, dtype=torch.float64) + 0.2
+    beta = 0.2 * torch.cos(torch.arange(P, dtype=torch.float64))
+    sigma = torch.linspace(0.5, 2.0, P, dtype=torch.float64)
+    tau = sigma.clone()
+    gen = torch.Generator().manual_seed(8)
+
+    def moments(x: torch.Tensor, batches: int) -> mt.MomentStats:
+        acc = mt.MomentAccumulator(x.shape[0], P, batches=batches)
+        acc.update(x)
+        return acc.result()
+
+    names = {"rel_bias": None, "rrmse": 1, "rrmse10": 10, "samples_to_accuracy": None,
+             "reference_cosine": None}
+    res: dict[str, list[tuple[float, float]]] = {k: [] for k in ("b2", "gn", "eps", *names)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add overhead (and contention)
+    try:
+        for _ in range(R):
+            st = moments(g + beta + sigma * torch.randn(S, P, generator=gen, dtype=torch.float64), 16)
+            r = moments(g + tau * torch.randn(N, P, generator=gen, dtype=torch.float64), 32)
+            noise = ReferenceNoise(N, r.m2 / (N - 1), r.batch_mean - r.mean,
+                                   r.batch_m2 / (r.batch_n[:, None] - 1))
+            gs = mt.mc_group_stats(st, r.mean, groups, noise=noise)
+            a = gs["all"]
+            assert a.mc_reference
+            res["b2"].append((a.bias_sq, a.bias_sq_se))
+            res["gn"].append((a.g_norm, a.g_norm_se))
+            res["eps"].append((a.reference_rel_error, math.nan))
+            rows = {(x["metric"], x["M"]): x for x in mt.metric_rows(
+                gs, [1, 10], None, mode="mc", cosine_mode="mc", target_rrmse=t)
+                if x["layer"] == "all"}
+            for k, m in names.items():
+                x = rows[(k.removesuffix("10"), m)]
+                res[k].append((x["value"], x["stderr"]))
+    finally:
+        torch.set_num_threads(threads)
+    v = {k: np.array(x)[:, 0] for k, x in res.items()}
+    se = {k: np.array(x)[:, 1] for k, x in res.items()}
+    assert all(np.isfinite(se[k]).all() for k in res if k != "eps"), "an unresolved replicate"
+
+    b2, gn2 = float((beta**2).sum()), float((g**2).sum())
+    eps = math.sqrt(float((tau**2).sum()) / N / gn2)
+    # unbiased: ‖β‖²~ and ‖g‖²~ (‖g‖~ itself is a square root: biased at second order)
+    for name, x, truth in (("‖β‖²", v["b2"], b2), ("‖g‖²", v["gn"] ** 2, gn2)):
+        tol = Z * x.std(ddof=1) / math.sqrt(R)
+        assert abs(x.mean() - truth) <= tol, f"{name}: expected {truth}, got {x.mean()} ± {tol}"
+    tol = Z * v["eps"].std(ddof=1) / math.sqrt(R) + 2 * float(np.mean((se["gn"] / v["gn"]) ** 2)) * eps
+    assert abs(v["eps"].mean() - eps) <= tol, f"ε: expected {eps}, got {v['eps'].mean()} ± {tol}"
+
+    # closed-form spreads of ‖β‖²~ and ‖g‖~ against the rms of their stated errors
+    c, cr = sigma**2 / S + tau**2 / N, tau**2 / N
+    v_ref = float((2 * tau**4 / ((N - 1) * N * N)).sum())
+    sd_b2 = math.sqrt(float((4 * beta**2 * c + 2 * c * c).sum())
+                      + float((2 * sigma**4 / ((S - 1) * S * S)).sum()) + v_ref)
+    sd_gn = math.sqrt(float((4 * g**2 * cr + 2 * cr * cr).sum()) + v_ref) / (2 * math.sqrt(gn2))
+    for name, x, s, sd, high in (("‖β‖²", v["b2"], se["b2"], sd_b2, 0.02),
+                                 ("‖g‖", v["gn"], se["gn"], sd_gn, 0.0)):
+        rms = math.sqrt(float(np.mean(s**2)))
+        err = float(np.std(s**2, ddof=1) / np.mean(s**2)) / 2 / math.sqrt(R)  # of rms / sd
+        assert 1 - Z * err <= rms / sd <= 1 + Z * err + high, (
+            f"{name}: rms stderr / true sd = {rms / sd:.3f}, expected 1 ± {Z * err:.3f}"
+            + (f" (+{high})" if high else ""))
+        emp = float(x.std(ddof=1)) / sd  # the closed form itself
+        assert abs(emp - 1) <= Z / math.sqrt(2 * (R - 1)), f"{name}: sd / closed form {emp:.3f}"
+
+    # the relative figures: replicates' sd over the mean stated error
+    for k in names:
+        cv = float(se[k].std(ddof=1) / se[k].mean())
+        band = Z * math.sqrt(1 / (2 * (R - 1)) + cv * cv / R) + 0.1
+        ratio = float(v[k].std(ddof=1) / se[k].mean())
+        assert abs(math.log(ratio)) <= band, (
+            f"{k}: sd / mean(stderr) = {ratio:.3f}, expected within exp(±{band:.3f})")

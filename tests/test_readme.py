@@ -9,7 +9,7 @@ from oracles import path_expectation
 
 from sbn_bench import problems
 from sbn_bench.estimators import load_registry
-from sbn_bench.reference import exact_gradient
+from sbn_bench.reference import exact_gradient, naive
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "reinforce_baseline.py"
@@ -58,7 +58,17 @@ def test_readme_from_python_block_runs(monkeypatch) -> None:
     exec(compile(code, "README.md:From Python", "exec"), scope)
     assert set(scope["g"]) == set(scope["problem"].params)
     assert scope["g"]["weight_1"].shape == (1000, 5, 2)
-    assert abs(scope["J"] - 0.810862227635) < 1e-9
+    # J, computed independently by naive enumeration of the 2^15 joint paths (one product per
+    # path and data point, sbn_bench.reference.naive, not the chain that exact_gradient uses),
+    # is what the block gives and what the README prints for `sbn-bench exact --preset paper`,
+    # to the digits printed
+    J = float(naive.objective(problems.paper_problem(0)))
+    assert abs(scope["J"] - J) <= 1e-12 * J, (scope["J"], J)
+    printed = re.search(r"^\$ sbn-bench exact --preset paper\n.*\nobjective J = (\d+\.(\d+))$", text,
+                        flags=re.M)
+    assert printed, "the README no longer shows `sbn-bench exact --preset paper`'s objective"
+    digits = len(printed.group(2))
+    assert digits >= 9 and printed.group(1) == f"{J:.{digits}f}", (printed.group(1), J)
 
 
 def test_docs_spec_is_the_shared_spec() -> None:

@@ -19,7 +19,7 @@ import torch
 
 from sbn_bench import model, provenance, runner
 from sbn_bench.config import ConfigError, ProblemSpec, RunConfig, ThroughputConfig
-from sbn_bench.estimators import PluginFileError
+from sbn_bench.estimators import EstimatorSpecError, PluginFileError
 from sbn_bench.reports.load import device_of, load_run, run_facts
 from sbn_bench.storage import RunDirError, RunStore, diff_dicts, part_problem
 
@@ -385,7 +385,14 @@ def test_a_hyperparameter_a_manifest_cannot_record_is_refused_before_any_write(
         ESTIMATORS = {"odd": odd}
     """)
     out = tmp_path / "r"
-    with pytest.raises(runner.RunError, match=r"estimator 'odd.*hyperparameter scale=\{1, 2\} is a "
+    # no spec names the value back: a broken factory at load (the registry's check), then a
+    # value a spec does name but the manifest cannot record ({1}: read back as the text '{1}')
+    with pytest.raises(EstimatorSpecError, match=r"estimator 'odd' failed to load: .*its spec "
+                                                  r"'odd:scale=\{1, 2\}' does not name it again"):
+        runner.run(config(out, estimators=("odd",), plugins=(p,)))
+    assert not out.exists()
+    Path(p).write_text(Path(p).read_text().replace("{1, 2}", "{1}"))
+    with pytest.raises(runner.RunError, match=r"estimator 'odd.*hyperparameter scale=\{1\} is a "
                                               r"set") as info:
         runner.run(config(out, estimators=("odd",), plugins=(p,)))
     assert info.value.argument == "odd:scale" and not out.exists()
