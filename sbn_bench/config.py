@@ -865,6 +865,8 @@ def _plain_integers(config: Any) -> None:
     def plain(v: Any) -> Any:
         if is_integer(v) and not isinstance(v, int):
             return int(v)
+        if type(v).__name__ == "ndarray" and v.ndim == 1 and v.dtype.kind in "iu":  # np.arange(…)
+            return tuple(int(x) for x in v)
         if isinstance(v, (tuple, list)) and any(is_integer(x) and not isinstance(x, int) for x in v):
             return type(v)(plain(x) for x in v)
         return v

@@ -342,7 +342,8 @@ def _stream_seeds(seed: int) -> dict[str, int]:
 def _rows(problem: Problem, idx: Tensor, params: dict[str, Tensor]) -> Problem:
     """The minibatch problem: rows ``idx`` of ``x``/``y`` with ``params``, without re-validation
     (:meth:`Problem.with_rows`)."""
-    return problem.with_rows(problem.x[idx], problem.y[idx], params)
+    return problem.with_rows(problem.x[idx], problem.y[idx], dict(params))  # (a copy: an
+    # estimator replacing an entry of its problem's params must not replace the live values)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -506,20 +507,22 @@ def _step_gradient(estimator: Estimator, sub: Problem, leaves: Mapping[str, Tens
         with torch.enable_grad():
             if not plain:
                 surr = network_surrogate(estimator, sub, views, g_est)
-            elif path_fn is not None:
+            elif path_fn is not None:  # (copies of the dict: see _rows)
                 states, _ = model.sample_states(views, sub.x, sub.noise_dist, 1, g_est)
-                surr = path_fn(sub, views, states)
+                surr = path_fn(sub, dict(views), states)
             else:
-                surr = estimator.surrogate(sub, views, g_est)
+                surr = estimator.surrogate(sub, dict(views), g_est)
             if not isinstance(surr, Tensor) or surr.shape != (1,):
                 shape = tuple(surr.shape) if isinstance(surr, Tensor) else type(surr).__name__
                 raise ContractError(f"estimator {estimator.spec!r} returned a surrogate of shape "
                                     f"{shape}, expected [S] = (1,)")
             raw = (torch.autograd.grad(surr.sum(), list(leaves.values()), allow_unused=True)
                    if surr.requires_grad else (None,) * len(leaves))
-    except (ContractError, KeyboardInterrupt):  # (Ctrl-C stops the training, as anywhere)
-        raise
+    except (SbnBenchError, MemoryError, KeyboardInterrupt):  # said in their own words (Ctrl-C
+        raise                                              # stops the training, as anywhere)
     except (Exception, SystemExit) as e:  # noqa: BLE001 - a plugin may raise anything
+        if isinstance(e, RuntimeError) and ("out of memory" in str(e) or "allocate" in str(e)):
+            raise  # the machine's limit, not the estimator's fault (the command line's hint)
         raise EstimatorFailed(f"estimator {estimator.spec!r} failed while estimating a training "
                               f"step's gradient: {type(e).__name__}: {e}",
                               argument="estimator", value=estimator.spec) from e

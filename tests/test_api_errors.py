@@ -216,11 +216,11 @@ def test_numpy_integers_are_integers_everywhere(tmp_path) -> None:
     from sbn_bench.train import train
 
     cfg = RunConfig(problems=(ProblemSpec(arch="2-2-1", data_points=np.int64(4), seed=np.int32(1)),),
-                    estimators=("st",), samples=np.int64(20), M=tuple(np.array([1, 4])),
-                    seeds=[np.int64(0)], throughput=ThroughputConfig(enabled=False),
+                    estimators=("st",), samples=np.int64(20), M=np.array([1, 4]),
+                    seeds=np.arange(1), throughput=ThroughputConfig(enabled=False),
                     out=str(tmp_path / "run"))
     assert type(cfg.samples) is int and all(type(m) is int for m in cfg.M)
-    assert type(cfg.problems[0].data_points) is int and type(cfg.seeds[0]) is int
+    assert type(cfg.problems[0].data_points) is int and cfg.seeds == (0,) and type(cfg.seeds[0]) is int
     runner.run(cfg)
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]["samples"] == 20
     res = train(sb.random_problem("2-3-1", 0, data_points=8), "st", epochs=np.int64(2),

@@ -354,7 +354,10 @@ def test_an_estimator_whose_spec_does_not_name_it_again_is_refused(tmp_path: Pat
         reg.create("late:c=2.0")
     assert e.value.usage is False
     for name in BUILTIN_FACTORIES:  # every built-in's spec names it again
-        assert registry.spec_problem(reg.create(name), registry.hyperparameters(reg.factories[name])) is None
+        assert registry.spec_problem(reg.create(name), reg.factories[name]) is None
+    for spec in ("concrete:tau=0.1", "reinforce-loo:k=5", "st-gumbel:tau=3.0", "arms:k=4"):
+        est = reg.create(spec)  # (create checks it too)
+        assert registry.spec_problem(est, reg.factories[est.name]) is None, spec
 
 
 def test_list_refuses_a_plugin_file_that_cannot_be_loaded(tmp_path: Path) -> None:

@@ -592,6 +592,7 @@ def test_a_grid_without_m_1_says_why_there_is_no_headline(tmp_path: Path) -> Non
                                   "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "no summary of rrmse at M=1: the M grid (2, 3) does not hold 1" in r.stdout
+    assert f"results in {out}/: metrics.csv" in r.stdout  # the rest of the summary still follows
     md = (out / "report" / "report.md").read_text(encoding="utf-8")
     head = md.split("## Headline", 1)[1].split("\n## ", 1)[0]
     assert "No headline: it ranks the estimators by rrmse at M = 1, and this run's M grid (2, 3) " \

@@ -402,14 +402,51 @@ def test_an_estimator_that_fails_or_writes_into_the_problem_stops_the_training(
         small: Problem, tmp_path: Path, kind: str, words: str) -> None:
     """An estimator writing into the parameters trained on from values it wrote (+1 per step)
     and the training exited 0; one raising gave a raw traceback, and SystemExit ended the process
-    with the plugin's status. Each is now EstimatorFailed, naming the estimator; the initial
-    parameters are untouched."""
-    before = {k: v.clone() for k, v in small.params.items()}
+    with the plugin's status. Each is now EstimatorFailed, naming the estimator."""
     with pytest.raises(EstimatorFailed, match=words) as e:
         train(small, _misbehaving(kind), epochs=2, batch_size=6, out_dir=tmp_path / "o")
     assert e.value.argument == "estimator" and kind in str(e.value)
-    assert all(torch.equal(before[k], small.params[k]) for k in before)
     assert not (tmp_path / "o" / "train_manifest.json").exists()
+
+
+def test_an_estimator_replacing_entries_of_its_dicts_cannot_change_the_training(
+        small: Problem, tmp_path: Path) -> None:
+    """Replacing an entry of the dicts an estimator gets bumps no version counter of the old
+    tensor: it wrote the live parameters (``problem.params["weight_1"] = w + 100`` ended in the
+    checkpoint) or cut a replica from the optimiser (weight_1 never moved again). The estimator
+    now gets copies of the dicts: a replaced entry of its problem is a modified problem (as
+    ``run`` finds it), and a replaced replica changes nothing."""
+    def replacing(kind: str) -> Estimator:
+        base = load_registry().create("reinforce")
+
+        def surrogate(problem: Problem, params, generator) -> torch.Tensor:
+            out = base.surrogate(problem, params, generator)
+            if kind == "problem":
+                problem.params["weight_1"] = problem.params["weight_1"] + 100.0
+            else:
+                params["weight_1"] = params["weight_1"].detach().clone()
+            return out
+
+        return Estimator(f"replaces-{kind}", surrogate, randomness="discrete", description=kind)
+
+    base = load_registry().create("reinforce")
+    plain = Estimator("plain", base.surrogate, randomness="discrete", description="reinforce")
+    want = train(small, plain, epochs=2, batch_size=6, seed=4, out_dir=tmp_path / "w").problem
+    with pytest.raises(EstimatorFailed, match="'replaces-problem' modified the problem"):
+        train(small, replacing("problem"), epochs=2, batch_size=6, seed=4, out_dir=tmp_path / "p")
+    got = train(small, replacing("replica"), epochs=2, batch_size=6, seed=4,
+                out_dir=tmp_path / "r").problem
+    assert all(torch.equal(got.params[k], want.params[k]) for k in want.params)
+
+
+def test_library_errors_in_a_step_keep_their_own_words(tmp_path: Path) -> None:
+    """Training ``exact`` on a net too large to enumerate raised ReferenceTooLarge with its hint;
+    wrapping every error of a step as the estimator's failure had hidden it."""
+    from sbn_bench.reference import ReferenceTooLarge
+
+    p = random_problem("2-40-1", 0, data_points=4)  # 2⁴⁰ paths: refused before any allocation
+    with pytest.raises(ReferenceTooLarge, match="exact reference refused"):
+        train(p, "exact", epochs=1, batch_size=4, out_dir=tmp_path / "o", exact_log=False)
 
 
 def test_non_finite_hyperparameters_are_written_as_text(small: Problem, tmp_path: Path) -> None:

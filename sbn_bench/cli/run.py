@@ -525,12 +525,11 @@ def _fmt(v: float) -> str:
 def _print_summary(result: runner_mod.RunResult) -> None:
     tab = result.summary(m=1)
     rrmse = result.metrics[result.metrics["metric"] == "rrmse"]
-    if tab.empty and not rrmse.empty:
+    if not rrmse.empty and not (rrmse["M"] == 1).any():
         grid = ", ".join(f"{m:g}" for m in sorted({float(m) for m in rrmse["M"] if m == m}))
         click.echo(f"no summary of rrmse at M=1: the M grid ({grid}) does not hold 1 "
                    "(metrics.csv and the report give the M measured)")
-        return
-    if not tab.empty:
+    elif not tab.empty:
         seeds = result.metrics["seed"].nunique() if "seed" in result.metrics.columns else 1
         click.echo("rrmse at M=1 (relative RMSE of one sample" + ("; mean over seeds" if seeds > 1
                                                                   else "") + "), per layer:")

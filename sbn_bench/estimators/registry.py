@@ -22,7 +22,7 @@ import os
 import re
 import sys
 import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -189,16 +189,16 @@ class Registry:
             raise EstimatorSpecError(f"estimator spec {spec!r}: the factory of {name!r} "
                                      f"({self.origins.get(name)}) returned {got}, expected an "
                                      f"sbn_bench.Estimator named {name!r}", argument=spec)
-        self._check_round_trip(est, params)
+        self._check_round_trip(est, factory)
         return est
 
-    def _check_round_trip(self, est: Estimator, params: Mapping[str, Any]) -> None:
+    def _check_round_trip(self, est: Estimator, factory: Factory) -> None:
         """:func:`spec_problem` for an estimator built from a spec.
 
         Raises:
             EstimatorSpecError: the plugin is at fault (exit status 1), naming its file.
         """
-        why = spec_problem(est, params)
+        why = spec_problem(est, factory)
         if why is not None:
             err = EstimatorSpecError(f"estimator {est.name!r} ({self.origins.get(est.name)}): {why}",
                                      argument=est.spec, value=est.spec,
@@ -244,23 +244,30 @@ def plugin_output() -> contextlib.AbstractContextManager[Any]:
     return contextlib.redirect_stdout(sys.stderr)
 
 
-def spec_problem(est: Estimator, params: Mapping[str, Any]) -> str | None:
+def spec_problem(est: Estimator, factory: Factory) -> str | None:
     """Why an estimator's own spec does not name it again, or None when it does: worker processes
     and ``--resume`` rebuild estimators from their spec, so a plugin declaring
     ``hyperparams=(("d", c),)`` for a factory taking ``c``, or a value no spec can spell (a tuple),
-    ran serially and failed in every worker. ``params``: the factory's hyperparameters."""
+    ran serially and failed in every worker. The spec is parsed as :meth:`Registry.create` parses
+    one, the factory called with its values, and the estimator it makes must have the same spec."""
+    params = hyperparameters(factory)
     try:
         _, raw = _split_spec(est.spec)
         unknown = [k for k in raw if k not in params]
         if unknown:
             raise ValueError(f"{unknown[0]!r} is not a hyperparameter of its factory (those are: "
                              f"{', '.join(params) or 'none'})")
-        for key, text in raw.items():
-            _convert(est.name, key, text, params[key])
-    except (ValueError, TypeError) as e:
-        return (f"its spec {est.spec!r} does not name it again ({e}); an estimator's hyperparams "
-                "must be its factory's keyword arguments with values of their type, as worker "
-                "processes and --resume rebuild it from its spec")
+        kwargs = {key: _convert(est.name, key, text, params[key]) for key, text in raw.items()}
+        with plugin_output():
+            again = factory(**kwargs)
+        if not isinstance(again, Estimator) or again.spec != est.spec:
+            made = again.spec if isinstance(again, Estimator) else type(again).__name__
+            raise ValueError(f"made from it, the factory gives {made!r}")
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - a plugin factory may raise anything
+        why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        return (f"its spec {est.spec!r} does not name it again ({why}); an estimator's "
+                "hyperparams must be its factory's keyword arguments with values of their type, "
+                "as worker processes and --resume rebuild it from its spec")
     return None
 
 
@@ -286,7 +293,7 @@ def check_factory(name: str, factory: Any) -> Estimator:
     if est.path_surrogate is not None and est.randomness != "path":
         raise ContractError(f"estimator {name!r}: path_surrogate given but randomness is "
                             f"{est.randomness!r}, expected 'path'", argument=name)
-    why = spec_problem(est, hyperparameters(factory))
+    why = spec_problem(est, factory)
     if why is not None:
         raise ContractError(f"estimator {name!r}: {why}", argument=name)
     for widths in CHECK_WIDTHS:

@@ -257,6 +257,12 @@ def seed_global_rngs(*parts: object) -> None:
     torch.manual_seed(seed)
 
 
+def failure_stage(cell: Cell) -> str:
+    """The ``failures.csv`` stage of whatever a cell's estimator raised: ``throughput`` or ``job``
+    for those cells, ``estimate`` for a statistics cell."""
+    return {"throughput": "throughput", "job": "job"}.get(cell.kind, "estimate")
+
+
 def modified_problem(stage: str, who: str) -> CellFailure:
     """The failure of a cell whose estimator modified the problem it was given."""
     return CellFailure(stage, f"{who} modified the problem it was given (its data or parameters) "
@@ -317,8 +323,8 @@ def _measure(cell: Cell, context: CellContext, debug: bool) -> CellResult:
     except (Exception, SystemExit) as e:  # noqa: BLE001 - an estimator may raise anything
         if debug:
             raise
-        stage = {"throughput": "throughput", "job": "job"}.get(cell.kind, "estimate")
-        return CellResult(cell, "failure", [failure_row(cell, stage, f"{type(e).__name__}: {e}")])
+        return CellResult(cell, "failure", [failure_row(cell, failure_stage(cell),
+                                                        f"{type(e).__name__}: {e}")])
 
 
 # --------------------------------------------------------------------------------------------

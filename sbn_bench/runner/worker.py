@@ -38,6 +38,7 @@ from sbn_bench.runner.cells import (
     JobFn,
     Reference,
     failure_row,
+    failure_stage,
     measure_cell,
 )
 from sbn_bench.version import __version__
@@ -157,11 +158,10 @@ def measure_shipped(cell: Cell, problem: Problem, reference: Reference | None, c
         # a worker ignores Ctrl-C (the manager's to handle): this one was raised by the code it ran
         if debug:
             raise
-        stage = {"throughput": "throughput", "job": "job"}.get(cell.kind, "estimate")
         return CellResult(cell, "failure", [failure_row(
-            cell, stage, f"KeyboardInterrupt: {e} (raised by the estimator in a worker process, "
-                         "where Ctrl-C does not reach; with executor 'serial' it stops the run as "
-                         "Ctrl-C does)")])
+            cell, failure_stage(cell),
+            f"KeyboardInterrupt: {e} (raised by the estimator in a worker process, where Ctrl-C "
+            "does not reach; with executor 'serial' it stops the run as Ctrl-C does)")])
 
 
 def default_workers() -> int:
