@@ -173,6 +173,16 @@ def test_arm_disarm_formulas_by_quadrature(name: str, u: Unit) -> None:
     assert abs(float(g.var(correction=0)) - var) <= 4 * scale ** 2 / n, (float(g.var()), var)
 
 
+def _assert_moments(what: str, x: torch.Tensor, mu: float, var: float, mu4: float) -> None:
+    """``NUM_SAMPLES`` estimates ``x`` against their law's mean ``mu``, variance ``var`` and fourth
+    central moment ``mu4``: ``|mean − μ| ≤ Z σ/√n``, ``|s² − σ²| ≤ Z √((μ₄ − σ⁴)/n)``."""
+    m, s2 = float(x.mean()), float(x.var())
+    tol_m = Z * math.sqrt(var / NUM_SAMPLES)
+    tol_v = Z * math.sqrt(max(mu4 - var ** 2, 0.0) / NUM_SAMPLES)
+    assert abs(m - mu) <= tol_m, f"{what}: mean {m:.6g}, expected {mu:.6g} ± {tol_m:.3g}"
+    assert abs(s2 - var) <= tol_v, f"{what}: variance {s2:.6g}, expected {var:.6g} ± {tol_v:.3g}"
+
+
 @pytest.mark.parametrize("name", ["arm", "disarm"])
 @pytest.mark.parametrize("u", UNITS, ids=UNIT_IDS)
 def test_arm_disarm_monte_carlo(name: str, u: Unit) -> None:
@@ -193,12 +203,7 @@ def test_arm_disarm_monte_carlo(name: str, u: Unit) -> None:
         else:
             scale = u.x0 if k == "weight_1" else 1.0
             mu4 = float(((scale * hidden - mu) ** 4).mean())
-        x = g[k].flatten()
-        m, s2 = float(x.mean()), float(x.var())
-        tol_m = Z * math.sqrt(var / NUM_SAMPLES)
-        tol_v = Z * math.sqrt(max(mu4 - var ** 2, 0.0) / NUM_SAMPLES)
-        assert abs(m - mu) <= tol_m, f"{name} {k}: mean {m:.6g}, expected {mu:.6g} ± {tol_m:.3g}"
-        assert abs(s2 - var) <= tol_v, f"{name} {k}: variance {s2:.6g}, expected {var:.6g} ± {tol_v:.3g}"
+        _assert_moments(f"{name} {k}", g[k].flatten(), mu, var, mu4)
 
 
 def _relaxed_by_u(name: str, u: Unit, tau: float, U: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -230,12 +235,7 @@ def test_relaxed_estimators_monte_carlo(name: str, u: Unit, tau: float) -> None:
     for k in NAMES:
         mu, var = float(law[k].mean()), float(law[k].var(correction=0))
         mu4 = float(((law[k] - mu) ** 4).mean())
-        x = g[k].flatten()
-        m, s2 = float(x.mean()), float(x.var())
-        tol_m = Z * math.sqrt(var / NUM_SAMPLES)
-        tol_v = Z * math.sqrt(max(mu4 - var ** 2, 0.0) / NUM_SAMPLES)
-        assert abs(m - mu) <= tol_m, f"{name} {k}: mean {m:.6g}, expected {mu:.6g} ± {tol_m:.3g}"
-        assert abs(s2 - var) <= tol_v, f"{name} {k}: variance {s2:.6g}, expected {var:.6g} ± {tol_v:.3g}"
+        _assert_moments(f"{name} {k}", g[k].flatten(), mu, var, mu4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
