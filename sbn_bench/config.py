@@ -108,7 +108,7 @@ from typing import Any
 import torch
 
 from sbn_bench import problems, sweep, units
-from sbn_bench.errors import ArgumentError, SbnBenchError, is_integer
+from sbn_bench.errors import ArgumentError, SbnBenchError, plain_int
 from sbn_bench.estimators import EstimatorSpecError, split_specs
 from sbn_bench.fileio import slug
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
@@ -863,13 +863,11 @@ def _plain_integers(config: Any) -> None:
     ints, in its fields and in tuples or lists of them, before the checks: they are integers (as
     :func:`sbn_bench.estimate` takes them), but the manifest's JSON writer would refuse them."""
     def plain(v: Any) -> Any:
-        if is_integer(v) and not isinstance(v, int):
-            return int(v)
         if type(v).__name__ == "ndarray" and v.ndim == 1 and v.dtype.kind in "iu":  # np.arange(…)
             return tuple(int(x) for x in v)
-        if isinstance(v, (tuple, list)) and any(is_integer(x) and not isinstance(x, int) for x in v):
-            return type(v)(plain(x) for x in v)
-        return v
+        if isinstance(v, (tuple, list)) and any(plain_int(x) is not x for x in v):
+            return type(v)(plain_int(x) for x in v)
+        return plain_int(v)
 
     for f in fields(config):
         v = getattr(config, f.name)

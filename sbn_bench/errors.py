@@ -98,6 +98,12 @@ def is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not _boolean(value)
 
 
+def plain_int(value: Any) -> Any:
+    """``value`` as a Python int when it is an integer of any kind (:func:`is_integer`: NumPy's
+    too, which JSON cannot write), else unchanged, for the checks that follow to judge."""
+    return int(value) if is_integer(value) and not isinstance(value, int) else value
+
+
 def check_seed(seed: object, argument: str = "seed", error: type[SbnBenchError] = ArgumentError) -> int:
     """``seed`` as an int, refused (``error``, naming ``argument``) unless a whole number in
     ``[0, 2^63)`` (torch generators take 64-bit signed seeds; a bool is not a seed)."""

@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench import malloc, model, network
-from sbn_bench.errors import SbnBenchError, is_integer
+from sbn_bench.errors import SbnBenchError, plain_int
 from sbn_bench.estimators import ContractError, Estimator, load_plugins, load_registry
 from sbn_bench.fileio import WriteError, atomic_write_bytes, folder_lock
 from sbn_bench.problems import Problem, save_problem
@@ -122,6 +122,18 @@ def check_out_argument(out: object, argument: str) -> None:
     if os.fspath(out) == "":
         raise TrainArgumentError(argument, f"argument {argument}='' is empty; expected a folder "
                                            "path (use '.' for the current folder)")
+
+
+def check_progress_argument(progress: object, call: str) -> None:
+    """Refuse a ``progress`` that is neither None nor callable (it would raise after the first
+    epoch or cell, with files written); ``call`` shows how it is called.
+
+    Raises:
+        TrainArgumentError: naming ``progress``.
+    """
+    if progress is not None and not callable(progress):
+        raise TrainArgumentError("progress", f"argument progress={progress!r} must be a function "
+                                             f"{call} or None")
 
 
 def check_trainable(estimator: Estimator) -> None:
@@ -268,8 +280,7 @@ def check_arguments(
         raise bad("problem", f"{type(problem).__name__} object, expected a Problem (random_problem, "
                              "preset_problem, load_problem)")
     for k in problem.param_names:  # what _State.diverged would stop at after the first epoch
-        v = problem.params[k]
-        big = float(v.detach().abs().max()) if v.numel() else 0.0
+        big = _largest(problem.params[k])
         if not big <= FLOAT32_MAX:
             raise TrainArgumentError(
                 "problem", f"argument problem ({problem.name!r}): its initial parameter {k} holds "
@@ -330,6 +341,11 @@ def parse_checkpoints(text: str) -> list[int]:
                                                     "an integer epoch (expected e.g. '1,100,2000')"
                                      ) from None
     return out
+
+
+def _largest(v: Tensor) -> float:
+    """The largest magnitude in ``v`` (0 when it is empty), to hold against float32's range."""
+    return float(v.detach().abs().max()) if v.numel() else 0.0
 
 
 def _stream_seeds(seed: int) -> dict[str, int]:
@@ -609,14 +625,11 @@ def train(
         (the log up to that epoch is written).
     """
     # NumPy integers are integers (as estimate takes them); the manifest's JSON needs Python's
-    batch_size, epochs, seed, log_every, max_exact_bytes, num_threads = (
-        int(v) if is_integer(v) else v
-        for v in (batch_size, epochs, seed, log_every, max_exact_bytes, num_threads))
+    batch_size, epochs, seed, log_every, max_exact_bytes, num_threads = map(
+        plain_int, (batch_size, epochs, seed, log_every, max_exact_bytes, num_threads))
     check_plugins_argument(plugins)
     check_out_argument(out_dir, "out_dir")
-    if progress is not None and not callable(progress):
-        raise TrainArgumentError("progress", f"argument progress={progress!r} must be a function "
-                                             "progress(epoch, epochs, row) or None")
+    check_progress_argument(progress, "progress(epoch, epochs, row)")
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
                                     or num_threads < 1):
         raise TrainArgumentError("num_threads", f"argument num_threads={num_threads!r} must be an "
@@ -685,7 +698,7 @@ class _State:
             if not torch.isfinite(v).all():
                 return (k, "became NaN or Inf", "lower the learning rate, or check the estimator "
                         "(one non-finite gradient sample makes the parameters NaN at once)")
-            big = float(v.abs().max()) if v.numel() else 0.0
+            big = _largest(v)
             if big > FLOAT32_MAX:
                 return (k, f"reached {big:.3g}, beyond float32's range (±{FLOAT32_MAX:.3g})",
                         "lower the learning rate")

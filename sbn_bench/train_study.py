@@ -61,7 +61,7 @@ from torch import Tensor
 
 from sbn_bench import data, malloc, model, network, problems
 from sbn_bench.config import ProblemSpec, RunConfig, parse_seeds, seed_tuple
-from sbn_bench.errors import SbnBenchError, is_integer
+from sbn_bench.errors import SbnBenchError, plain_int
 from sbn_bench.estimators import Estimator, Registry, estimate, load_plugins
 from sbn_bench.fileio import WriteError, atomic_write_text, folder_lock
 from sbn_bench.problems import Problem
@@ -84,6 +84,7 @@ from sbn_bench.train import (
     _stream_seeds,
     check_out_argument,
     check_plugins_argument,
+    check_progress_argument,
     check_trainable,
     training_files,
 )
@@ -743,9 +744,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         raise TrainArgumentError("estimators", f"argument estimators={estimators!r} must be a list "
                                                "of estimator specs such as ['st', 'psa'], not one "
                                                "string")
-    if progress is not None and not callable(progress):
-        raise TrainArgumentError("progress", f"argument progress={progress!r} must be a function "
-                                             "progress(done, total, message) or None")
+    check_progress_argument(progress, "progress(done, total, message)")
     # a plugin file that cannot be loaded is an error, a broken factory not requested a warning
     reg, warnings = load_plugins(plugins, [str(e).split(":")[0].strip() for e in specs])
     for w in warnings if warn is not None else ():
@@ -759,7 +758,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         except ValueError as e:
             raise TrainArgumentError("seeds", f"argument seeds={seeds!r}: {e}") from None
     try:
-        seeds = tuple(int(x) if is_integer(x) else x for x in seed_tuple(seeds))
+        seeds = tuple(map(plain_int, seed_tuple(seeds)))
     except ValueError as e:
         raise TrainArgumentError("seeds", f"argument seeds {e}") from None
     except TypeError:
@@ -818,8 +817,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
             missing = [r.get("path") for r in old.get("plugins") or []
                        if isinstance(r, dict) and r.get("sha256") not in given_sha]
             if missing:
-                changed = isinstance(missing[0], str) and Path(missing[0]).is_file() and \
-                    str(missing[0]) in {str(r.get("path")) for r in plugin_records}
+                changed = missing[0] in {r["path"] for r in plugin_records}  # given again, edited
                 why = ("whose content has changed since (SHA-256); restore that content"
                        if changed else "and no plugin file given now has its content (SHA-256); "
                        "give the same --plugin files")
