@@ -108,7 +108,7 @@ from typing import Any
 import torch
 
 from sbn_bench import problems, sweep, units
-from sbn_bench.errors import ArgumentError, SbnBenchError, plain_int
+from sbn_bench.errors import EMPTY_FOLDER, ArgumentError, SbnBenchError, plain_int
 from sbn_bench.estimators import EstimatorSpecError, split_specs
 from sbn_bench.fileio import slug
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
@@ -706,8 +706,7 @@ class RunConfig:
                 raise ConfigError(f"{name}={value!r} must be a folder path", argument=name, value=value,
                                   expected="a str or os.PathLike")
             if value is not None and os.fspath(value) == "":  # pathlib reads '' as '.'
-                raise ConfigError(f"{name}='' is empty; expected a folder path (use '.' for the "
-                                  "current folder)", argument=name, value=value,
+                raise ConfigError(f"{name}={EMPTY_FOLDER}", argument=name, value=value,
                                   expected="a folder path")
         if isinstance(self.reference_cache, os.PathLike):  # a Path, as out takes one
             object.__setattr__(self, "reference_cache", os.fspath(self.reference_cache))

@@ -98,6 +98,11 @@ def is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not _boolean(value)
 
 
+EMPTY_FOLDER = "'' is empty; expected a folder path (use '.' for the current folder)"
+"""Why an empty output folder is refused wherever one is given (pathlib reads ``''`` as ``.``:
+the files would land in the current folder unasked)."""
+
+
 def plain_int(value: Any) -> Any:
     """``value`` as a Python int when it is an integer of any kind (:func:`is_integer`: NumPy's
     too, which JSON cannot write), else unchanged, for the checks that follow to judge."""

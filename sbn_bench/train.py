@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench import malloc, model, network
-from sbn_bench.errors import SbnBenchError, plain_int
+from sbn_bench.errors import EMPTY_FOLDER, SbnBenchError, plain_int
 from sbn_bench.estimators import ContractError, Estimator, load_plugins, load_registry
 from sbn_bench.fileio import WriteError, atomic_write_bytes, folder_lock
 from sbn_bench.problems import Problem, save_problem
@@ -120,8 +120,7 @@ def check_out_argument(out: object, argument: str) -> None:
         raise TrainArgumentError(argument, f"argument {argument}={out!r} must be a folder path "
                                            "(str or os.PathLike)")
     if os.fspath(out) == "":
-        raise TrainArgumentError(argument, f"argument {argument}='' is empty; expected a folder "
-                                           "path (use '.' for the current folder)")
+        raise TrainArgumentError(argument, f"argument {argument}={EMPTY_FOLDER}")
 
 
 def check_progress_argument(progress: object, call: str) -> None:

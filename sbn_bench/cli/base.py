@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
-from sbn_bench.errors import SbnBenchError
+from sbn_bench.errors import EMPTY_FOLDER, SbnBenchError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -230,8 +230,7 @@ class FolderPath(click.Path):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and not value:
-            self.fail("'' is empty; expected a folder path (use '.' for the current folder)",
-                      param, ctx)
+            self.fail(EMPTY_FOLDER, param, ctx)
         return super().convert(value, param, ctx)
 
 

@@ -33,7 +33,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 
-from sbn_bench.errors import ArgumentError, SbnBenchError
+from sbn_bench.errors import EMPTY_FOLDER, ArgumentError, SbnBenchError
 from sbn_bench.fileio import WriteError, atomic_write_text
 from sbn_bench.reports import html, markdown
 from sbn_bench.reports.body import DetailsSection, HeadlineSection, StorySection, comparison_blocks
@@ -403,8 +403,7 @@ def write_report(
 
     if out_dir is not None:
         if os.fspath(out_dir) == "":  # pathlib reads '' as '.': the report would land here
-            raise ArgumentError("argument out_dir='' is empty; expected a folder path (use '.' for "
-                                "the current folder)", argument="out_dir", value="",
+            raise ArgumentError(f"argument out_dir={EMPTY_FOLDER}", argument="out_dir", value="",
                                 expected="a folder path")
         _check_out_dir(Path(out_dir))
     run = load_run(run_dir)
