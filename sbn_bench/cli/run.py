@@ -524,9 +524,10 @@ def _fmt(v: float) -> str:
 
 def _print_summary(result: runner_mod.RunResult) -> None:
     tab = result.summary(m=1)
-    rrmse = result.metrics[result.metrics["metric"] == "rrmse"]
-    if not rrmse.empty and not (rrmse["M"] == 1).any():
-        grid = ", ".join(f"{m:g}" for m in sorted({float(m) for m in rrmse["M"] if m == m}))
+    from sbn_bench.reports.load import m_grid_lacking_one  # loaded when a run has finished
+
+    grid = m_grid_lacking_one(result.metrics)
+    if grid is not None:
         click.echo(f"no summary of rrmse at M=1: the M grid ({grid}) does not hold 1 "
                    "(metrics.csv and the report give the M measured)")
     elif not tab.empty:

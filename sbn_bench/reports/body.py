@@ -26,7 +26,7 @@ from sbn_bench.metrics import layer_key
 from sbn_bench.reports import figures as fg
 from sbn_bench.reports.compare import Comparison, differences_table
 from sbn_bench.reports.families import ranked
-from sbn_bench.reports.load import Run, checkpoint_axis, is_init
+from sbn_bench.reports.load import Run, checkpoint_axis, is_init, m_grid_lacking_one
 from sbn_bench.reports.ranking import TIE_Z, rank
 from sbn_bench.reports.sections import Block, Bullets, Columns, Details, Heading, Plot, Text
 from sbn_bench.reports.tables import (
@@ -230,9 +230,8 @@ class HeadlineSection:
         return bool((run.metrics["metric"] == "rrmse").any())
 
     def blocks(self, run: Run) -> list[Block]:
-        rrmse = run.metrics[run.metrics["metric"] == "rrmse"]
-        if not (rrmse["M"] == 1.0).any():  # a grid such as --M 2,3: say why there is no headline
-            grid = ", ".join(f"{m:g}" for m in sorted(rrmse["M"].dropna().unique()))
+        grid = m_grid_lacking_one(run.metrics)
+        if grid is not None:  # a grid such as --M 2,3: say why there is no headline
             return [Heading("Headline"),
                     Text(f"No headline: it ranks the estimators by rrmse at M = 1, and this run's "
                          f"M grid ({grid}) does not hold 1. Run with M = 1 in the grid "

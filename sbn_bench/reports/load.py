@@ -414,6 +414,16 @@ def is_wide(row: pd.Series | dict) -> bool:
     return bool(math.isfinite(level) and level < schema.THROUGHPUT_CONFIDENCE - 1e-12)
 
 
+def m_grid_lacking_one(metrics: pd.DataFrame) -> str | None:
+    """The M grid of ``metrics``' ``rrmse`` rows (``"2, 3"``) when it has such rows and none at
+    M = 1, else None: the headline and the closing summary rank by rrmse at M = 1, and say so
+    when a grid such as ``--M 2,3`` does not hold it."""
+    rrmse = metrics[metrics["metric"] == "rrmse"]
+    if rrmse.empty or (rrmse["M"] == 1.0).any():
+        return None
+    return ", ".join(f"{m:g}" for m in sorted(float(m) for m in rrmse["M"].dropna().unique()))
+
+
 def checkpoint_epoch(label: str) -> int | None:
     """The training epoch a checkpoint label carries (``epoch100``, ``epoch_100``, ``e100``,
     ``100``); None for labels such as ``init`` or ``gd30-b``."""
