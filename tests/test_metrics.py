@@ -474,3 +474,46 @@ def test_mc_reference_stderrs_are_calibrated():
         ratio = float(v[k].std(ddof=1) / se[k].mean())
         assert abs(math.log(ratio)) <= band, (
             f"{k}: sd / mean(stderr) = {ratio:.3f}, expected within exp(±{band:.3f})")
+
+
+@pytest.mark.parametrize("N", [64, 1000])
+def test_reference_cosine_stderr_is_calibrated_for_heavy_tailed_references(N: int) -> None:
+    """``reference_cosine`` = (1 + ε²)^(−1/2) with ε² = (V̂_R/N)/‖g‖²~: its stated error must
+    include that of V̂_R/N, which dominates for a heavy-tailed estimator (a REINFORCE-like
+    reference whose V̂_R is itself noisy). Noise z³/√15 (z Gaussian: unit variance, kurtosis
+    3·(9!!)/15² ≈ 46); P = 21, 32 batches, 300 replicates; before, the error was taken from ‖g‖
+    alone and the replicates' sd was 1.8–2.0 times the stated error (N = 64, 1000).
+
+    Failure rate: the replicates' sd over the mean stated error must lie within
+    exp(±(Z r + 0.1)), r = √(1/(2(R−1)) + cv²/R) its sampling error (Z = 5: below 1e-6 per
+    case under normality) and 0.1 the delta method's own error."""
+    from sbn_bench.metrics.stats import ReferenceNoise
+
+    groups = mt.Groups.of({"weight_1": torch.zeros(2, 8), "bias_1": torch.zeros(2),
+                           "weight_out": torch.zeros(1, 2), "bias_out": torch.zeros(1)})
+    P, R = groups.dim, 300
+    g = torch.linspace(-1, 1, P, dtype=torch.float64) + 0.2
+    tau = torch.linspace(0.5, 2.0, P, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(11)
+    values, stderrs = [], []
+    for _ in range(R):
+        z = torch.randn(N, P, generator=gen, dtype=torch.float64)
+        acc = mt.MomentAccumulator(N, P, batches=32)
+        acc.update(g + tau * z**3 / math.sqrt(15.0))
+        r = acc.result()
+        noise = ReferenceNoise(N, r.m2 / (N - 1), r.batch_mean - r.mean,
+                               r.batch_m2 / (r.batch_n[:, None] - 1))
+        est = mt.MomentAccumulator(8, P, batches=4)
+        est.update(g + torch.randn(8, P, generator=gen, dtype=torch.float64))
+        gs = mt.mc_group_stats(est.result(), r.mean, groups, noise=noise)
+        (row,) = [x for x in mt.metric_rows(gs, [1], None, mode="mc", cosine_mode="mc",
+                                            target_rrmse=1.0)
+                  if x["layer"] == "all" and x["metric"] == "reference_cosine"]
+        values.append(row["value"])
+        stderrs.append(row["stderr"])
+    v, se = np.array(values), np.array(stderrs)
+    assert np.isfinite(se).all() and (se > 0).all()
+    cv = float(se.std(ddof=1) / se.mean())
+    band = Z * math.sqrt(1 / (2 * (R - 1)) + cv * cv / R) + 0.1
+    ratio = float(v.std(ddof=1) / se.mean())
+    assert abs(math.log(ratio)) <= band, f"sd / mean(stderr) = {ratio:.3f}, expected within exp(±{band:.3f})"

@@ -76,7 +76,8 @@ delta method. Nothing is exact then (``stderr > 0`` also for ``mode = "exact"`` 
 value is within two standard errors of zero is shown by the reports as an upper bound ``≤ value + 2
 stderr``. The cosines are taken to ``ĝ``: its noise pulls them down by a factor of about
 ``1/√(1 + ε²)`` (``ε = √(V̂_R/N)/‖g‖``, the group's relative error of the reference), which is
-reported as ``reference_cosine`` and added to the cosines' standard errors as ``|cos| (1 −
+reported as ``reference_cosine`` (its error from that of ``ε²``, both ``V̂_R/N``'s and
+``‖ĝ‖²``'s: :func:`corrected_norm`) and added to the cosines' standard errors as ``|cos| (1 −
 reference_cosine)``.
 
 **Exact mode** (``path`` estimators, small nets): for each data point ``d`` all paths ``p`` are

@@ -195,10 +195,10 @@ def _cosine_quantile(q: float) -> Callable[[GroupContext, int | None], Value | N
 def _reference_cosine(c: GroupContext, m: int | None) -> Value | None:
     if not c.stats.mc_reference:
         return None
-    eps, g = c.stats.reference_rel_error, c.stats.g_norm
+    eps = c.stats.reference_rel_error
     value = reference_resolution(eps)
-    # ε = √(V_R/N)/‖g‖: its error is dominated by that of ‖g‖ (delta method)
-    se = value**3 * eps * eps * safe_ratio(c.stats.g_norm_se, g) if math.isfinite(eps) else math.nan
+    # (1 + ε²)^(−1/2) has derivative −r³/2 in ε² (delta method; ε²'s error from both V̂_R/N and ‖ĝ‖²)
+    se = value**3 * c.stats.reference_rel_error_sq_se / 2 if math.isfinite(eps) else math.nan
     return value, se
 
 

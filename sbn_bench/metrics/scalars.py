@@ -168,6 +168,8 @@ class GroupStats:
     g_norm_se: float = 0.0
     reference_rel_error: float = 0.0
     """``ε = √(V̂_R/N) / ‖g‖`` of a Monte-Carlo reference in this group (0: the exact reference)."""
+    reference_rel_error_sq_se: float = 0.0
+    """The standard error of ``ε²`` (:func:`~sbn_bench.metrics.stats.corrected_norm`)."""
     mc_reference: bool = False
     """Measured against a Monte-Carlo reference (SPEC §8): ``g_norm`` and ``bias_sq`` are corrected
     for its noise and their standard errors include it."""

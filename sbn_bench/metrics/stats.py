@@ -195,10 +195,17 @@ standard errors (:func:`corrected_norm`)."""
 
 
 def corrected_norm(g: Tensor, noise: ReferenceNoise, groups: Groups, j: int, sl: slice,
-                   delta: float, delta_se: float) -> tuple[float, float, float]:
-    """``(‖g‖, its standard error, ε)`` of group ``j`` from a Monte-Carlo reference ``ĝ`` (SPEC §8):
-    ``‖g‖² ≈ ‖ĝ‖² − V̂_R/N``, the error of ``‖ĝ‖²`` by :func:`dist_sq_stderr` combined with that of
-    ``V̂_R/N``, and the reference's relative error ``ε = √(V̂_R/N) / ‖g‖``.
+                   delta: float, delta_se: float) -> tuple[float, float, float, float]:
+    """``(‖g‖, its standard error, ε, the standard error of ε²)`` of group ``j`` from a Monte-Carlo
+    reference ``ĝ`` (SPEC §8): ``‖g‖² ≈ ‖ĝ‖² − V̂_R/N``, the error of ``‖ĝ‖²`` by
+    :func:`dist_sq_stderr` combined with that of ``V̂_R/N``, and the reference's relative error
+    ``ε = √(V̂_R/N) / ‖g‖``.
+
+    ``ε² = δ / (r − δ)`` with ``r = ‖ĝ‖²`` and ``δ = V̂_R/N`` (``delta``, error ``delta_se``), so by
+    the delta method ``se(ε²) = √((δ se_r)² + (r se_δ)²) / (r − δ)²``, treating ``r`` and ``δ``
+    as uncorrelated (a mean and a variance: exactly so for Gaussian noise). The second term, ``δ``
+    in the numerator, dominates when ``ε`` is small; it is large for heavy-tailed estimators such
+    as REINFORCE, whose ``V̂_R`` is itself noisy.
 
     A group whose corrected ``‖g‖²`` is not significantly above zero (``≤`` :data:`RESOLVED_Z`
     standard errors: the reference's noise is about as large as its gradient) is not resolved:
@@ -208,11 +215,14 @@ def corrected_norm(g: Tensor, noise: ReferenceNoise, groups: Groups, j: int, sl:
     gj = g[sl].to(torch.float64)
     raw = float((gj * gj).sum())
     sq = raw - delta
-    se_sq = math.hypot(dist_sq_stderr(gj, [noise.batch_dev[:, sl].to(torch.float64)]), delta_se)
+    raw_se = dist_sq_stderr(gj, [noise.batch_dev[:, sl].to(torch.float64)])
+    se_sq = math.hypot(raw_se, delta_se)
     if delta > 0 and not sq > RESOLVED_Z * se_sq:
-        return math.sqrt(raw), math.inf, math.inf
+        return math.sqrt(raw), math.inf, math.inf, math.inf
     norm = math.sqrt(max(sq, 0.0))
-    return norm, norm_stderr(sq, se_sq), safe_ratio(math.sqrt(max(delta, 0.0)), norm)
+    eps_sq_se = safe_ratio(math.hypot(delta * raw_se, raw * delta_se), sq * sq)
+    return (norm, norm_stderr(sq, se_sq), safe_ratio(math.sqrt(max(delta, 0.0)), norm),
+            eps_sq_se)
 
 
 def leave_one_batch_out(stats: MomentStats) -> tuple[Tensor, Tensor, Tensor]:
@@ -517,10 +527,11 @@ def _mc_group_stats(stats: MomentStats, g: Tensor, groups: Groups, only_all: boo
             snr=snr_median(stats.mean[sl], var[sl]), snr_se=jackknife_stderr(snr_r))
         if noise is not None:
             d, d_se = float(delta[j]), float(delta_se[j])
-            norm, norm_se, eps = corrected_norm(g, noise, groups, j, sl, d, d_se)
+            norm, norm_se, eps, eps_sq_se = corrected_norm(g, noise, groups, j, sl, d, d_se)
             se = dist_sq_stderr(beta[sl], [bdev[:, sl], noise.batch_dev[:, sl].to(torch.float64)])
             st = replace(st, bias_sq=st.bias_sq - d, bias_sq_se=math.hypot(se, d_se), g_norm=norm,
-                         g_norm_se=norm_se, reference_rel_error=eps, mc_reference=True)
+                         g_norm_se=norm_se, reference_rel_error=eps,
+                         reference_rel_error_sq_se=eps_sq_se, mc_reference=True)
         out[name] = st
     return out
 
@@ -563,11 +574,11 @@ def _exact_group_stats(mean: Tensor, var: Tensor, g: Tensor, groups: Groups,
     delta, delta_se = _reference_terms(noise, groups)
     for j, (name, sl) in enumerate(zip(groups.names, groups.slices)):
         d, d_se = float(delta[j]), float(delta_se[j])
-        norm, norm_se, eps = corrected_norm(g, noise, groups, j, sl, d, d_se)
+        norm, norm_se, eps, eps_sq_se = corrected_norm(g, noise, groups, j, sl, d, d_se)
         se = dist_sq_stderr(beta[sl], [noise.batch_dev[:, sl].to(torch.float64)])
         out[name] = replace(out[name], bias_sq=out[name].bias_sq - d, bias_sq_se=math.hypot(se, d_se),
                             g_norm=norm, g_norm_se=norm_se, reference_rel_error=eps,
-                            mc_reference=True)
+                            reference_rel_error_sq_se=eps_sq_se, mc_reference=True)
     return out
 
 
