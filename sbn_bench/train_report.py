@@ -807,6 +807,27 @@ def publish(out: str | os.PathLike[str] = "reports/training-digits", *, executor
     return render_published(root, presets)
 
 
+def _failed_text(manifest: Mapping[str, Any]) -> str:
+    """``"; 2 of 24 cells failed (failures.csv)"`` from a study's ``study.json``, or ``""``."""
+    failed = manifest.get("failed") or 0
+    return f"; **{failed} of {manifest.get('cells')} cells failed** (failures.csv)" if failed else ""
+
+
+def failed_studies(out: str | os.PathLike[str] = "reports/training-digits",
+                   presets: Sequence[str] = PUBLISHED) -> list[str]:
+    """The presets of the published benchmark in ``out`` whose every cell failed (``study.json``
+    says so; as for a single study, ``sbn-bench train --publish`` then exits with status 1 after
+    writing the reports)."""
+    root = Path(out)
+    failed = []
+    for preset in presets:
+        path = root / preset / STUDY_NAME
+        manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if manifest.get("cells") and manifest.get("failed") == manifest.get("cells"):
+            failed.append(preset)
+    return failed
+
+
 def render_published(out: str | os.PathLike[str] = "reports/training-digits",
                      presets: Sequence[str] = PUBLISHED) -> dict[str, Path]:
     """The published benchmark's reports drawn again from its studies' tables (nothing trains,
@@ -839,7 +860,7 @@ def render_published(out: str | os.PathLike[str] = "reports/training-digits",
              "every number here is from a shared 2-core CPU machine (wall times are indicative)."),
         Bullets([f"[{p}]({p}/report.md) ([HTML]({p}/report.html)): "
                  f"{STUDY_PRESETS[p].description}; the cells' own times sum to "
-                 f"{per[p][1].get('cell_seconds', math.nan):.0f} s"
+                 f"{per[p][1].get('cell_seconds', math.nan):.0f} s" + _failed_text(per[p][1])
                  for p in presets]),
     ]
     blocks.append(_finals_overview(root, presets))
@@ -853,6 +874,6 @@ def render_published(out: str | os.PathLike[str] = "reports/training-digits",
 
 
 __all__ = ["FOCUS", "PUBLISHED", "REGENERATE", "Paired", "claim_better", "claim_bias_grows",
-           "claim_stable", "default_target", "evaluate_training_claims", "final_values",
+           "claim_stable", "default_target", "evaluate_training_claims", "failed_studies", "final_values",
            "instability", "merit", "paired", "paired_verdict", "publish", "render_published", "t_critical",
            "time_to_target", "write_training_report"]

@@ -304,6 +304,40 @@ def test_a_study_whose_every_cell_failed_exits_1(tmp_path: Path) -> None:
     assert (out / "failures.csv").is_file() and (out / "report.md").is_file()
 
 
+def test_publish_exits_1_when_every_cell_of_a_study_failed(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train --publish`` exited 0 when every cell of one of its studies had failed; it now
+    writes the reports (the index says how many cells failed) and exits 1 naming the study, as a
+    single study does. Two studies (one diverging, one fine) stand in for the published four."""
+    import functools
+
+    from click.testing import CliRunner
+
+    from sbn_bench import train_report
+    from sbn_bench.cli import main
+
+    real = ts.run_study
+
+    def small(preset: str, *, out: Path, seeds: tuple[int, ...], executor: str, resume: bool,
+              progress: object) -> ts.StudyResult:
+        lr = 1e308 if preset == "digits-vae-exact" else None
+        return real(preset, out=out, estimators=["st"], seeds=seeds, executor="serial",
+                    resume=resume, settings=tiny(preset, epochs=1, lr=lr, probe_epochs=()))
+
+    presets = ("digits-vae-exact", "digits-vae")
+    monkeypatch.setattr(train_report, "run_study", small)
+    monkeypatch.setattr(train_report, "publish",
+                        functools.partial(train_report.publish, presets=presets))
+    out = tmp_path / "pub"
+    r = CliRunner().invoke(main, ["train", "--publish", str(out), "--seeds", "0", "--quiet"])
+    assert r.exit_code == 1, r.output
+    assert ("every cell of the published study digits-vae-exact failed (see "
+            f"{out / 'digits-vae-exact' / 'failures.csv'})") in r.output
+    index = (out / "README.md").read_text(encoding="utf-8")
+    assert index.count("cells failed") == 1 and "**1 of 1 cells failed**" in index
+    assert train_report.failed_studies(out, presets) == ["digits-vae-exact"]
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(TrainArgumentError, match="probe_epochs"):
         ts.preset_settings("digits-vae", epochs=3, probe_epochs=(5,))

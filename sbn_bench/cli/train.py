@@ -237,6 +237,12 @@ def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out
             ctx.exit(interrupted_status())
         if not quiet:
             click.echo(f"published training benchmark: {paths['md']} and {paths['html']}")
+        failed = train_report.failed_studies(publish_dir)
+        if failed:  # as a single study whose every cell failed
+            tables = ", ".join(str(publish_dir / p / "failures.csv") for p in failed)
+            raise click.ClickException(
+                f"every cell of the published stud{'ies' if len(failed) > 1 else 'y'} "
+                f"{', '.join(failed)} failed (see {tables})")
         return
     resume_own = resume and preset is None  # the study's own preset, settings, estimators, …
     if preset not in train_study.STUDY_PRESETS and not resume_own:
