@@ -149,3 +149,35 @@ def test_published_commands_agree_with_the_readme() -> None:
             (ROOT / "reports" / folder / "README.md").exists(), folder
         assert f"--out reports/{folder}" in command or f"--publish reports/{folder}" in command
         assert command in readme, f"{command!r} is not in the README"
+
+
+def _slug(heading: str, seen: dict[str, int]) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation but ``-`` and ``_`` dropped,
+    spaces made ``-``; a repeated slug gets ``-1``, ``-2``, …"""
+    s = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+    n = seen.get(s, 0)
+    seen[s] = n + 1
+    return s if n == 0 else f"{s}-{n}"
+
+
+def _anchors(text: str) -> set[str]:
+    seen: dict[str, int] = {}
+    body = re.sub(r"```.*?```", "", text, flags=re.S)  # a '#' in a code block is no heading
+    return {_slug(h, seen) for h in re.findall(r"^#{1,6} (.+)$", body, flags=re.M)}
+
+
+def test_readme_links_resolve() -> None:
+    """Every ``](#anchor)`` of the Markdown documents names one of its headings, and every
+    relative link names a file or folder (``[throughput](#throughput)`` pointed nowhere)."""
+    for doc in ("README.md", "docs/SPEC.md", "reports/README.md"):
+        path = ROOT / doc
+        text = path.read_text(encoding="utf-8")
+        anchors = _anchors(text)
+        for target in re.findall(r"\]\(([^)\s]+)\)", re.sub(r"```.*?```", "", text, flags=re.S)):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            file, _, anchor = target.partition("#")
+            if not file:
+                assert anchor in anchors, f"{doc}: link #{anchor} names no heading"
+            else:
+                assert (path.parent / file).exists(), f"{doc}: link {target} names no file"
