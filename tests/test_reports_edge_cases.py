@@ -602,3 +602,22 @@ def test_a_grid_without_m_1_says_why_there_is_no_headline(tmp_path: Path) -> Non
                          samples=10, M=(1, 2), throughput=ThroughputConfig(enabled=False),
                          out=str(with_1)))
     assert "No headline" not in write_report(with_1, formats=("md",))["md"].read_text(encoding="utf-8")
+
+
+def test_the_headline_says_when_a_biased_deterministic_estimator_leads(tmp_path: Path) -> None:
+    """At M = 1 a biased estimator without randomness (tanh: one fixed gradient, rrmse = its
+    relative bias at every M) often leads; a reader took it for the best estimator. The headline
+    now says why, and only when such an estimator is among the leaders (st is biased but random)."""
+    def headline(estimators: tuple[str, ...], name: str) -> str:
+        out = tmp_path / name
+        runner.run(RunConfig(problems=(ProblemSpec(arch="2-3-3-1", data_points=5),),
+                             estimators=estimators, samples=20, M=(1, 2),
+                             throughput=ThroughputConfig(enabled=False), out=str(out)))
+        md = write_report(out, formats=("md",))["md"].read_text(encoding="utf-8")
+        return md.split("## Headline", 1)[1].split("\n## ", 1)[0]
+
+    with_tanh = headline(("reinforce", "tanh"), "tanh")
+    assert "columns: **tanh** 4." in with_tanh  # it leads every column here: the case in question
+    assert "**tanh** has no randomness and is biased: its rrmse is its relative bias at every M" \
+        in with_tanh
+    assert "no randomness" not in headline(("psa", "st"), "random")

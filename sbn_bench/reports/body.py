@@ -184,8 +184,26 @@ def headline_blocks(run: Run, problem: str) -> list[Block]:
         out.append(Text(f"Best or tied at M=1 in the {n} (checkpoint, layer) columns: "
                         + ", ".join(f"**{e}** {k}" for e, k in top)
                         + (" …" if len(counts) > 4 else "") + "."))
+        fixed = biased_deterministic(run, list(counts))
+        if fixed:
+            one = len(fixed) == 1
+            out.append(Text(
+                f"{', '.join(f'**{e}**' for e in fixed)} {'has' if one else 'have'} no randomness "
+                f"and {'is' if one else 'are'} biased: {'its' if one else 'their'} rrmse is "
+                f"{'its' if one else 'their'} relative bias at every M, so {'it' if one else 'they'} "
+                "may lead at M = 1 and gain nothing from more samples; the rrmse-against-M figures "
+                "under Results by problem and checkpoint show where the others pass "
+                f"{'it' if one else 'them'}."))
     out.append(best_table(run, problem))
     return out
+
+
+def biased_deterministic(run: Run, estimators: Sequence[str]) -> list[str]:
+    """Those of ``estimators`` that the manifest records as drawing no randomness and biased
+    (``tanh``, ``ap2``, …: one fixed gradient, whose rrmse does not fall with M), in run order."""
+    info = {e.get("spec"): e for e in run.manifest.get("estimators") or [] if isinstance(e, dict)}
+    return [e for e in run.estimators() if e in estimators and e in info
+            and info[e].get("randomness") == "none" and info[e].get("unbiased") is False]
 
 
 def across_problems_table(run: Run, problems: Sequence[str], m: float = 1.0) -> Table | None:
@@ -321,9 +339,6 @@ def checkpoint_blocks(run: Run, problem: str, checkpoint: str, limits: dict) -> 
         out.append(Text("No results."))
         if lines:
             out.append(Bullets([f"failed: {x}" for x in lines]))
-    tp = throughput_table(run, problem, checkpoint)
-    if tp is not None:
-        out.append(Details(tp.title, [Table("", tp.header, tp.rows, tp.notes, tp.anchor)], level=5))
     rows = cell_rows(run, problem, checkpoint)
     if not rows.empty:
         out.append(Plot(f"{slug(problem, checkpoint)}_accuracy",
@@ -333,6 +348,10 @@ def checkpoint_blocks(run: Run, problem: str, checkpoint: str, limits: dict) -> 
                         f"rrmse(M) (top) and 1 − cos(ḡ_M, g) (bottom) per layer, log-log, "
                         f"{cell_label(problem, checkpoint)}; y axes shared by every checkpoint of "
                         f"{problem}."))
+    # last, so that in Markdown (where it is a heading) nothing of the accuracy falls under it
+    tp = throughput_table(run, problem, checkpoint)
+    if tp is not None:
+        out.append(Details(tp.title, [Table("", tp.header, tp.rows, tp.notes, tp.anchor)], level=5))
     return out
 
 
@@ -356,20 +375,23 @@ class DetailsSection:
             for ck in cks:  # a single checkpoint is shown open: there is nothing else to pick
                 inner.append(Details(cell_label(p, ck), checkpoint_blocks(run, p, ck, limits),
                                      level=4, open=len(cks) == 1))
+            figures: list[Block] = []  # of every checkpoint: under a heading of their own
             if not rows.empty:
-                inner.append(Plot(f"{slug(p)}_bias_variance",
-                                  partial(fg.draw, fg.bias_variance_figure, rows, run.estimators(), sty,
-                                          cks, f"Bias vs standard deviation of one sample — {p}"),
-                                  f"Relative bias against relative standard deviation of one sample, "
-                                  f"per checkpoint (rows) and layer (columns), {p}; labels joined to "
-                                  f"their points by leader lines.", cost=0.7 * len(cks)))
+                figures.append(Plot(f"{slug(p)}_bias_variance",
+                                    partial(fg.draw, fg.bias_variance_figure, rows, run.estimators(), sty,
+                                            cks, f"Bias vs standard deviation of one sample — {p}"),
+                                    f"Relative bias against relative standard deviation of one sample, "
+                                    f"per checkpoint (rows) and layer (columns), {p}; labels joined to "
+                                    f"their points by leader lines.", cost=0.7 * len(cks)))
             tp = throughput_rows_of(run, p)
             if not tp.empty:
-                inner.append(Plot(f"{slug(p)}_throughput",
-                                  partial(fg.draw, fg.throughput_figure, tp, run.estimators(), sty,
-                                          f"Throughput — {p}"),
-                                  f"Throughput, median samples/s per estimator with the "
-                                  f"confidence interval of the median, {p}.", cost=0.2))
+                figures.append(Plot(f"{slug(p)}_throughput",
+                                    partial(fg.draw, fg.throughput_figure, tp, run.estimators(), sty,
+                                            f"Throughput — {p}"),
+                                    f"Throughput, median samples/s per estimator with the "
+                                    f"confidence interval of the median, {p}.", cost=0.2))
+            if figures:
+                inner.append(Details(f"Every checkpoint · {p}", figures, level=4, open=True))
             out.append(Details(p, inner, level=3, open=len(problems) == 1 or i == 0))
         orphans = orphan_failures(run)
         if not orphans.empty:
