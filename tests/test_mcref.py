@@ -644,6 +644,25 @@ def test_exact_reference_values_are_those_of_the_schema2_runner(tmp_path: Path) 
         assert ok.all(), gold[~ok].assign(ours=a[~ok])
 
 
+def test_the_recorded_group_epsilons_are_those_of_the_rows() -> None:
+    """``group_rel_errors`` (the manifest's "ε reached" per group) gave a finite ε for a group
+    whose corrected ‖g‖² was positive but not significantly so, where the rows say ∞; there the
+    true error was several times the stated one. Both now follow :func:`corrected_norm`: a coarse
+    REINFORCE reference (N = 50) leaves the hidden layers unresolved and resolves the output."""
+    p = random_problem("2-4-4-4-1", 0, data_points=20)
+    ref = mc_reference(p, estimator="reinforce", samples=50, seed=0)
+    groups = Groups.of(p.params)
+    acc = mt.MomentAccumulator(8, groups.dim, batches=4)
+    acc.update(ref.gradient + torch.randn(8, groups.dim, dtype=torch.float64,
+                                          generator=torch.Generator().manual_seed(0)))
+    rows = mt.mc_group_stats(acc.result(), ref.gradient, groups, noise=ref.noise)
+    eps = ref.group_rel_errors()
+    assert eps.keys() == rows.keys()
+    for name, st in rows.items():
+        assert eps[name] == pytest.approx(st.reference_rel_error, rel=1e-12), name
+    assert math.isinf(eps["1"]) and math.isfinite(eps["out"]) and math.isfinite(eps["all"])
+
+
 @pytest.mark.slow
 def test_the_layers_target_brings_every_layer_to_epsilon() -> None:
     p = random_problem("2-4-4-4-1", 0, data_points=20)

@@ -142,6 +142,7 @@ if TYPE_CHECKING:
         layer_scales,
         leave_one_batch_out,
         mc_group_stats,
+        reference_rel_errors,
         rescale_moments,
         snr_median,
         weighted_moments,
@@ -165,7 +166,8 @@ __all__ = [
     "corrected_bias_sq", "corrected_norm", "cosines", "dist_sq_stderr", "exact_group_stats",
     "hidden_layers", "jackknife_stderr", "layer_key", "layer_scales", "leave_one_batch_out",
     "mc_group_stats", "mean_stderr", "metric_rows", "mse", "norm_stderr", "quantile_stderr",
-    "reference_resolution", "rescale_moments", "rrmse", "safe_ratio", "samples_to_accuracy", "snr_median",
+    "reference_rel_errors", "reference_resolution", "rescale_moments", "rrmse", "safe_ratio",
+    "samples_to_accuracy", "snr_median",
     "sort_layers", "time_to_accuracy", "timed_rows", "undocumented_nans", "weighted_moments",
 ]
 

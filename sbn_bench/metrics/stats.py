@@ -211,7 +211,8 @@ def corrected_norm(g: Tensor, noise: ReferenceNoise, groups: Groups, j: int, sl:
     standard errors: the reference's noise is about as large as its gradient) is not resolved:
     ``‖g‖`` may be anything up to about ``‖ĝ‖``, and no delta method describes ``1/‖g‖`` there.
     ``‖ĝ‖`` is then returned with an infinite standard error and ``ε = ∞``: the relative metrics
-    stay finite (lower bounds) and say, by their errors, that they mean nothing."""
+    stay finite (not bounds: they may lie above or below the true values) and say, by their
+    errors, that they mean nothing."""
     gj = g[sl].to(torch.float64)
     raw = float((gj * gj).sum())
     sq = raw - delta
@@ -223,6 +224,17 @@ def corrected_norm(g: Tensor, noise: ReferenceNoise, groups: Groups, j: int, sl:
     eps_sq_se = safe_ratio(math.hypot(delta * raw_se, raw * delta_se), sq * sq)
     return (norm, norm_stderr(sq, se_sq), safe_ratio(math.sqrt(max(delta, 0.0)), norm),
             eps_sq_se)
+
+
+def reference_rel_errors(g: Tensor, noise: ReferenceNoise, groups: Groups) -> list[float]:
+    """``ε`` of a Monte-Carlo reference ``g = ĝ`` per group of ``groups``, as the metrics' rows
+    give it (:func:`corrected_norm`: ∞ where the corrected ``‖g‖²`` is not significantly
+    positive, the group's gradient lost in the reference's noise)."""
+    g = g.to(torch.float64)
+    noise = noise.to(g.device)
+    delta, delta_se = _reference_terms(noise, groups)
+    return [corrected_norm(g, noise, groups, j, sl, float(delta[j]), float(delta_se[j]))[2]
+            for j, sl in enumerate(groups.slices)]
 
 
 def leave_one_batch_out(stats: MomentStats) -> tuple[Tensor, Tensor, Tensor]:

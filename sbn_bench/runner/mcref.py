@@ -62,7 +62,7 @@ from sbn_bench.config import DEFAULT_REFERENCE_REL_ERROR, DEFAULT_REFERENCE_TIME
 from sbn_bench.errors import check_seed, check_whole, short_repr
 from sbn_bench.estimators import Estimator, Registry, estimate, load_registry
 from sbn_bench.fileio import atomic_write_bytes, atomic_write_text
-from sbn_bench.metrics import ALL, Groups, MomentAccumulator, ReferenceNoise
+from sbn_bench.metrics import ALL, Groups, MomentAccumulator, ReferenceNoise, reference_rel_errors
 from sbn_bench.problems import Problem, check_problem
 from sbn_bench.runner.cells import stable_seed
 from sbn_bench.runner.memory import RunError, itemsize, sample_bytes
@@ -195,13 +195,11 @@ class McReference:
 
     def group_rel_errors(self) -> dict[str, float]:
         """``ε = √(V̂_R/N) / ‖g‖`` per parameter group (``"1" … "L"``, ``"out"``, ``"all"``), with
-        ``‖g‖² ≈ ‖ĝ‖² − V̂_R/N`` (∞ where that is not positive; the metrics' rows also give ∞
-        where it is not significantly positive, :func:`sbn_bench.metrics.corrected_norm`)."""
+        ``‖g‖² ≈ ‖ĝ‖² − V̂_R/N``, and ∞ where that is not significantly positive: the value the
+        metrics' rows carry in ``reference_rel_error`` (:func:`sbn_bench.metrics.corrected_norm`;
+        a finite ε there understated the true error of such a group several times)."""
         groups = Groups.of({n: torch.empty(s) for n, s in self.params})
-        v = groups.sums(self.noise.variance) / self.samples
-        gsq = groups.sums(self.gradient * self.gradient) - v
-        return {name: _ratio(math.sqrt(float(v[j])), math.sqrt(max(float(gsq[j]), 0.0)))
-                for j, name in enumerate(groups.names)}
+        return dict(zip(groups.names, reference_rel_errors(self.gradient, self.noise, groups)))
 
 
 def _ratio(a: float, b: float) -> float:
