@@ -94,7 +94,7 @@ def test_problem_file_then_exact_gives_the_same_numbers(tmp_path: Path) -> None:
     # an existing file (it may be a trained checkpoint) is replaced only with --overwrite
     before = f.read_bytes()
     r = _invoke("problem", "--arch", "2-3-1", "--out", str(f))
-    assert r.exit_code == 2 and "exists; pass --overwrite" in r.output and f.read_bytes() == before
+    assert r.exit_code == 1 and "exists; pass --overwrite" in r.output and f.read_bytes() == before
     r = _ok("problem", "--arch", "4-d3:relu-3-d3:tanh-1", "--out", str(f), "--overwrite")
     written = load_problem(f)
     assert written.arch == "4-d3:relu-3-d3:tanh-1" and len(written.params) == 8
@@ -290,7 +290,7 @@ def test_problem_out_through_a_symbolic_link_writes_its_target(tmp_path: Path) -
     target, link = tmp_path / "real.npz", tmp_path / "link.npz"
     link.symlink_to(target)
     r = CliRunner().invoke(main, ["problem", "--arch", "2-3-1", "--out", str(link)])
-    assert r.exit_code == 2 and "exists; pass --overwrite" in r.stderr and not target.exists()
+    assert r.exit_code == 1 and "exists; pass --overwrite" in r.stderr and not target.exists()
     _ok("problem", "--arch", "2-3-1", "--out", str(link), "--overwrite")
     assert link.is_symlink() and load_problem(target).arch == "2-3-1"
     _ok("problem", "--arch", "2-4-1", "--out", str(link), "--overwrite")

@@ -142,7 +142,8 @@ def problem(ctx: click.Context, problem_file: Path | None, arch: str | None, pre
     """
     spec = problem_spec(ctx, problem_file, arch, preset, seed, data_points, loss, noise)  # checked
     if (out.exists() or out.is_symlink()) and not overwrite:  # before building the problem
-        raise click.UsageError(f"--out {str(out)!r} exists; pass --overwrite to replace it, or "
+        # exit status 1, as run's and train's --out that holds what they must not replace
+        raise click.ClickException(f"--out {str(out)!r} exists; pass --overwrite to replace it, or "
                                "choose another file")
     p = build_problem(spec)
     problems.save_problem(p, out, overwrite=overwrite)
