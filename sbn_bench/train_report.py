@@ -707,10 +707,10 @@ def study_blocks(out: Path, manifest: Mapping[str, Any], curves: pd.DataFrame, p
     if failed:  # the claims compare the cells that finished: say which are not among them
         table.notes.append("judged without the failed cells: " + ", ".join(failed)
                            + " (an estimator failed on every seed takes no part)")
-    blocks += [Heading("Results"), Text(VERDICT_LEGEND.replace(f"({VERDICT_Z:g} s.e., about 95 %)",
-                                                                 "(95 % Student t intervals over "
-                                                                 "paired seeds)")),
-               table]
+    legend = VERDICT_LEGEND.replace(f"({VERDICT_Z:g} s.e., about 95 %)",
+                                    "(95 % Student t intervals over paired seeds)")
+    legend = legend.replace(" Exact-mode values have no sampling error.", "")  # a study has none
+    blocks += [Heading("Results"), Text(legend), table]
     if estimators:
         blocks.append(final_table(curves, estimators, preset, target))
         blocks.append(significance_table(curves, estimators, preset))

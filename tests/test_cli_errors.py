@@ -700,3 +700,10 @@ def test_the_command_line_names_a_refused_setting_by_its_option(tmp_path) -> Non
     res = invoke(["run", "--resume", "--out", str(tmp_path / "d"), "--estimators", "reinforce,psa",
                   "-q", "--no-report"])
     assert res.exit_code == 1 and "raise memory_budget to at least" in res.output, res.output
+
+
+def test_resume_without_out_says_what_it_needs() -> None:
+    """``run --resume`` alone asked for a problem ("give exactly one of --problem FILE, …"),
+    though a resume needs the run's folder."""
+    res = invoke(["run", "--resume"])
+    assert res.exit_code == 2 and "--resume continues the run in --out DIR" in res.output, res.output

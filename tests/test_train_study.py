@@ -93,6 +93,8 @@ def test_report_written(study: ts.StudyResult) -> None:
     paths = tr.write_training_report(study.out)
     md = paths["md"].read_text()
     assert "The paper's training claims" in md and "Final test figures" in md
+    # the verdicts' legend is the run report's, told for a study (it has no exact-mode values)
+    assert "95 % Student t intervals over paired seeds" in md and "Exact-mode" not in md
     assert (paths["figures"] / "digits-conv-curves.png").stat().st_size > 10_000
     assert (paths["figures"] / "digits-conv-probes.png").exists()
     assert "data:image/png;base64," in paths["html"].read_text()

@@ -368,6 +368,10 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         cfg = _from_manifest(out, _given_settings(ctx, settings, seeds, seed),
                              _throughput_given(ctx, tp), m_grid)
     else:
+        if resume and out is None and not any(given(ctx, n) for n in ("problem_file", "arch", "preset")):
+            raise click.UsageError("--resume continues the run in --out DIR (sbn-bench run --out DIR "
+                                   "--resume); give --out, or a problem (--problem, --arch, --preset) "
+                                   "or --config")
         spec = problem_spec(ctx, problem_file, arch, preset, seed, data_points, loss, noise,
                             seed_has_other_use=True)
         if preset in PRESET_SAMPLES and not given(ctx, "samples"):
