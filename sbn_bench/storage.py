@@ -298,8 +298,9 @@ class RunStore:
             reason = e.strerror or str(e)
             code = errno.errorcode.get(e.errno or 0)
             raise RunDirError(f"cannot write in output folder {str(d)!r}: {reason}"
-                              + (f" [{code}]" if code else "") + "; choose another output folder "
-                              "or fix the folder's permissions", argument=str(d)) from None
+                              + (f" [{code}]" if code else "") + "; free space or fix the "
+                              "folder's permissions and run the same command again, or choose "
+                              "another output folder", argument=str(d)) from None
         store.manifest = manifest
         return store
 
@@ -318,9 +319,29 @@ class RunStore:
             os.close(self._lock)
             self._lock = None
 
+    def _unstarted(self) -> list[Path] | None:
+        """The temporary files of the first manifest's write when the folder holds only what a run
+        leaves before that write succeeds (its lock, an empty ``cells/``, those files: a full disk
+        or a kill at that moment), else None: such a folder is taken as empty, as the same command
+        run again (or resumed) should start the run there."""
+        strays = []
+        for p in self.out.iterdir():
+            if p.name == LOCK or (p.name == CELLS and p.is_dir() and not any(p.iterdir())):
+                continue
+            if p.is_file() and p.name.startswith(f".{MANIFEST}.") and p.name.endswith(".tmp"):
+                strays.append(p)
+                continue
+            return None
+        return strays
+
     def _check(self, manifest: dict[str, Any], resume: bool, existed: bool) -> None:
         d, mpath = self.out, self.out / MANIFEST
         has_any = existed and any(p.name != LOCK for p in d.iterdir())
+        strays = self._unstarted() if has_any else None
+        if strays is not None:
+            for p in strays:
+                p.unlink(missing_ok=True)
+            has_any = False
         if has_any and not resume and mpath.exists():
             raise RunDirError(f"output folder {str(d)!r} is not empty (it holds a previous run); "
                               "resume that run (resume=True, --resume) or choose another output "

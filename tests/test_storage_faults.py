@@ -221,6 +221,35 @@ def test_full_disk_during_a_run_is_one_line_and_resumable(tmp_path, monkeypatch,
     _assert_same_results(reference, out)
 
 
+@pytest.mark.parametrize("again", [[], ["--resume"]])
+def test_a_full_disk_at_the_first_manifest_leaves_a_folder_the_same_command_takes(
+        tmp_path, monkeypatch, reference, again):
+    """The first manifest's write failing (a full disk) or killed left ``.lock``, an empty
+    ``cells/`` (and the write's temporary file): the same command, with or without --resume, then
+    refused the folder for good ("it holds other files, not a run"). Nothing of a run is there:
+    it is taken as empty."""
+    out = tmp_path / "run"
+    args = ["run", "--arch", "2-2-2-1", "--data-points", "3", "--samples", "48", "--M", "1,4",
+            "--estimators", "psa,arm,tanh", "--seeds", "0,1", "--rounds", "1", "--warmup", "0",
+            "--throughput-batch", "8", "--no-report", "--quiet", "--out", str(out)]
+    _enospc_after(monkeypatch, 0)
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1 and "No space left on device [ENOSPC]" in res.output, res.output
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "cells"]
+    (out / ".manifest.json.k1ll3d.tmp").write_text("{\"sta")  # as a kill in the write leaves it
+    monkeypatch.undo()  # space is freed
+    res = CliRunner().invoke(main, [*args, *again])
+    assert res.exit_code == 0, res.output
+    _assert_same_results(reference, out)
+    assert not (out / ".manifest.json.k1ll3d.tmp").exists()
+    # a folder with anything else in it is still refused
+    other = tmp_path / "other"
+    (other / "cells").mkdir(parents=True)
+    (other / "notes.txt").write_text("mine")
+    res = CliRunner().invoke(main, [*args[:-1], str(other), *again])
+    assert res.exit_code == 1 and "choose another output folder" in res.output, res.output
+
+
 def _read_only(monkeypatch, folder: Path) -> None:
     """Make ``folder`` unwritable: chmod where it binds, else fail temporary files with EROFS."""
     if os.geteuid() != 0:
