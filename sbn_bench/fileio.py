@@ -95,6 +95,30 @@ def _open_lock(path: Path) -> int:
         return os.open(path, os.O_RDONLY)
 
 
+def wait_lock(folder: str | os.PathLike[str]) -> int:
+    """Take ``folder``'s lock (an ``flock`` on its :data:`LOCK` file, made if missing), waiting
+    while another process holds it: the open descriptor, to close to release it. For writers that
+    should queue rather than refuse (two reports into one folder). Its holder may remove the lock
+    file before it releases it (to leave the folder as it found it): a waiter that then gets the
+    removed file's lock takes the lock again on the file now at the path, as :func:`try_lock`."""
+    path = Path(folder) / LOCK
+    while True:
+        fd = _open_lock(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)
+
+
 def try_lock(folder: str | os.PathLike[str]) -> int | None:
     """Take ``folder``'s exclusive lock (an ``flock`` on its :data:`LOCK` file, made if missing;
     released by the system when the process ends, however it ends): the open descriptor, to close

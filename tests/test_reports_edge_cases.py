@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -621,3 +622,34 @@ def test_the_headline_says_when_a_biased_deterministic_estimator_leads(tmp_path:
     assert "**tanh** has no randomness and is biased: its rrmse is its relative bias at every M" \
         in with_tanh
     assert "no randomness" not in headline(("psa", "st"), "random")
+
+
+def test_a_second_report_writer_waits_for_the_first(tmp_path: Path) -> None:
+    """Each report writer removed every ``.report-*.tmp`` staging folder it found, a live
+    writer's too, which then failed with "No such file or directory … free space" (two
+    `sbn-bench report` of one run, or one beside a resumed run). A writer now holds the report
+    folder's lock: a second waits, and removes only the staging folders of writers that are gone.
+    Here the test holds the lock as a first writer would, with its staging folder."""
+    import threading
+
+    from sbn_bench.fileio import wait_lock
+
+    out = tmp_path / "r"
+    runner.run(RunConfig(problems=(ProblemSpec(arch="2-3-1", data_points=5),), estimators=("psa",),
+                         samples=10, M=(1, 2), throughput=ThroughputConfig(enabled=False),
+                         out=str(out)))
+    report = out / "report"
+    report.mkdir()
+    live = report / ".report-live.tmp"
+    live.mkdir()
+    fd = wait_lock(report)
+    result: dict[str, object] = {}
+    second = threading.Thread(target=lambda: result.update(write_report(out, formats=("md",))))
+    second.start()
+    second.join(timeout=5.0)  # without the lock it finishes in about 1 s, removing `live`
+    try:
+        assert second.is_alive() and live.is_dir(), "the second writer did not wait"
+    finally:
+        os.close(fd)  # the first writer is done (and, here, left its staging folder behind)
+        second.join()
+    assert Path(str(result["md"])).is_file() and not live.exists()

@@ -34,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sbn_bench.errors import EMPTY_FOLDER, ArgumentError, SbnBenchError
-from sbn_bench.fileio import WriteError, atomic_write_text
+from sbn_bench.fileio import LOCK, WriteError, atomic_write_text, wait_lock
 from sbn_bench.reports import html, markdown
 from sbn_bench.reports.body import DetailsSection, HeadlineSection, StorySection, comparison_blocks
 from sbn_bench.reports.compare import (
@@ -74,6 +74,15 @@ __all__ = [
     "significant",
     "write_report",
 ]
+
+
+def _unlock(out: Path, lock: int) -> None:
+    """Remove the report folder's lock file, then release it (a writer waiting on it takes the
+    lock again on a new file: :func:`~sbn_bench.fileio.wait_lock`): the folder keeps only the
+    report."""
+    with contextlib.suppress(OSError):
+        (out / LOCK).unlink()
+    os.close(lock)
 
 
 def _swap_in(staging: Path, out: Path, names: Sequence[str]) -> None:
@@ -427,17 +436,27 @@ def write_report(
         if warn is not None:
             warn(w)
     out = Path(out_dir) if out_dir is not None else run.path / "report"
+    lock: int | None = None
     try:
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
+        # one writer at a time: another report into ``out`` (a second `sbn-bench report`, a run
+        # resumed meanwhile) is waited for; it removed no staging folder but those of killed writers
+        lock = wait_lock(out)
         for stale in out.glob(".report-*.tmp"):  # staging folders of reports that were killed
             shutil.rmtree(stale, ignore_errors=True)
         # everything is written into a staging folder inside ``out`` and moved into place only once
         # the whole report has rendered: a failure leaves the previous report (or none) as it was
         staging = Path(tempfile.mkdtemp(prefix=".report-", suffix=".tmp", dir=out))
     except OSError as e:
+        if lock is not None:
+            _unlock(out, lock)
         raise WriteError(out, e, "free space or fix the folder's permissions, then write the report "
                                  "again") from None
+    except BaseException:
+        if lock is not None:
+            _unlock(out, lock)
+        raise
     try:
         drawn: list[Path] = []
         staged = _images_inside(_materialise(blocks, staging / "figures", drawn), staging / "figures")
@@ -456,6 +475,7 @@ def write_report(
         _swap_in(staging, out, names)
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        _unlock(out, lock)
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()  # only if still empty
@@ -465,6 +485,7 @@ def write_report(
                                        "the report again") from None
         raise
     shutil.rmtree(staging, ignore_errors=True)
+    _unlock(out, lock)
     if drawn or any(isinstance(b, Image) for b in walk(staged)):
         written["figures"] = out / "figures"
     return written
