@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from sbn_bench.errors import ArgumentError
-from sbn_bench.fileio import atomic_write_text, dir_mode
+from sbn_bench.fileio import atomic_write_bytes, atomic_write_text, dir_mode
 from sbn_bench.metrics import hidden_layers
 from sbn_bench.reports import write_report
 from sbn_bench.reports.load import Run
@@ -802,8 +802,8 @@ def run_paper(*, seed: int = 0, out: str | os.PathLike[str], samples: int = SAMP
         names = ["train_log.csv", "loss_curve.png", TRAINING_MANIFEST,
                  *(p.name for p in ck.paths.values())]
         for name in names:  # the run folder holds its checkpoints: the cache may be cleared
-            if (ck.directory / name).is_file():
-                shutil.copyfile(ck.directory / name, Path(out) / sub / name)
+            if (ck.directory / name).is_file():  # whole or not at all, as every file of a run
+                atomic_write_bytes(Path(out) / sub / name, (ck.directory / name).read_bytes())
         records.append({"train_seed": s, "problem": problem_name(s if seeds is not None else None),
                         "cached": ck.cached, "cache_dir": str(ck.directory),
                         "train_wall_s": round(ck.train_wall_s, 3), "dir": sub.as_posix()})
