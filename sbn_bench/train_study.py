@@ -853,6 +853,10 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         if kind == "auto":  # trainings are long: worker processes pay off from two cells on
             executor = resolve_auto(cells=len(todo))
         (d / CELLS_DIR).mkdir(parents=True, exist_ok=True)
+        if resume:  # temporary files of writes that were killed (as a run's resume removes them)
+            for stray in [*d.glob(".*.tmp"), *(d / CELLS_DIR).glob(".*.tmp")]:
+                stray.unlink(missing_ok=True)
+        earlier_runs = [r for r in old.get("runs", []) if isinstance(r, dict)] if resume else []
         manifest: dict[str, Any] = {
             "kind": "sbn-bench training study", "study_version": STUDY_VERSION, "preset": preset,
             "description": STUDY_PRESETS[preset].description, "settings": s.to_json(),
@@ -860,7 +864,10 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
             # the executor that trained the cells (a resume that trains none keeps the earlier one;
             # every invocation's is in "runs")
             "executor": executor if todo or not old.get("executor") else old["executor"],
-            "status": "running", "versions": _versions(), "plugins": plugin_records}
+            "status": "running", "versions": _versions(), "plugins": plugin_records,
+            # the earlier invocations' records from the start: a session killed outright (SIGKILL)
+            # must not lose them
+            **({"runs": earlier_runs} if earlier_runs else {})}
         atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
         job = functools.partial(train_cell, settings=s)
         config = RunConfig(problems=(ProblemSpec(preset=preset),), threads=s.threads, cell_timeout=None)
@@ -874,8 +881,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
 
         def runs_so_far(wall_s: float, **extra: Any) -> list[dict[str, Any]]:
             """The earlier invocations' records (when resuming) and this one's."""
-            earlier = [r for r in old.get("runs", []) if isinstance(r, dict)] if resume else []
-            return [*earlier, {"wall_s": wall_s, "ran": done - resumed, "resumed": resumed,
+            return [*earlier_runs, {"wall_s": wall_s, "ran": done - resumed, "resumed": resumed,
                                "executor": executor, **extra}]
 
         done = resumed

@@ -807,3 +807,30 @@ def test_claims_list_the_other_estimators_in_the_study_order() -> None:
     assert list(tr.final_values(c, "test_objective")) == list(finals)
     claim = tr.claim_better(c, "psa", "test_objective", "lower", "test objective")
     assert [p.split(":")[0] for p in claim.evidence.split("; ")] == ["vs disarm", "vs arms", "vs concrete"]
+
+
+def test_a_resumed_study_keeps_the_earlier_sessions_from_its_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """study.json was rewritten at a session's start without the earlier sessions' ``runs``,
+    which came back only at its end: a session killed outright (SIGKILL) lost them all. A resume
+    also left the temporary files of killed writes in the study (a run's resume removes them)."""
+    out = tmp_path / "s"
+    settings = tiny("digits-vae-exact", epochs=1, probe_epochs=())
+    ts.run_study("digits-vae-exact", out=out, estimators=["st"], seeds=[0], settings=settings,
+                 executor="serial")
+    first = json.loads((out / ts.STUDY_NAME).read_text())["runs"]
+    assert len(first) == 1
+    stray = out / ts.CELLS_DIR / ".st-seed1.json.k1ll3d.tmp"
+    stray.write_text("{")
+    seen: dict[str, object] = {}
+
+    def killed(kind: str) -> object:  # the session dies once its study.json is written
+        seen.update(json.loads((out / ts.STUDY_NAME).read_text()))
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(ts, "make_executor", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        ts.run_study("digits-vae-exact", out=out, estimators=["st"], seeds=[0, 1],
+                     settings=settings, executor="serial", resume=True)
+    assert seen["status"] == "running" and seen["runs"] == first
+    assert not stray.exists()
