@@ -434,6 +434,33 @@ def test_ctrl_c_marks_the_manifest_interrupted(tmp_path: Path) -> None:
     assert man["status"] == "interrupted" and man["cells"]["run"] == 1
 
 
+def test_a_second_ctrl_c_during_the_clean_up_is_ignored(tmp_path: Path, monkeypatch) -> None:
+    """A second Ctrl-C while the first one's clean-up assembled the tables escaped it and left the
+    manifest "running" for a dead run (attacker review): the clean-up ignores Ctrl-C and SIGTERM,
+    and the handlers are put back after."""
+    import os
+    import signal
+
+    out = tmp_path / "r"
+    real, calls = runner._assemble, []
+
+    def assemble(*a):  # the clean-up's assembly: the user presses Ctrl-C again
+        calls.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*a)
+
+    def stop(cell) -> None:
+        monkeypatch.setattr(runner, "_assemble", assemble)
+        raise KeyboardInterrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(config(out), on_cell_done=stop)
+    assert calls and signal.getsignal(signal.SIGINT) is before
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["status"] == "interrupted" and man["cells"]["run"] == 1, man
+
+
 @pytest.mark.parametrize("where", ["close", "assemble"])
 def test_ctrl_c_after_the_last_cell_still_marks_the_run(tmp_path: Path, monkeypatch, where) -> None:
     """Ctrl-C while the executor shuts down, or during the final assembly of the tables, left the

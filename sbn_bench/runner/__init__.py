@@ -37,9 +37,11 @@ directory and the plugin files' hashes: :func:`config_from_manifest` rebuilds th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import threading
 import time
 import warnings as warnings_mod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -499,17 +501,18 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
     except BaseException as e:
         # anywhere up to the final manifest (the cells, closing the executor, the last assembly):
         # keep the tables as complete as the part files and say why the run stopped, without
-        # hiding the cause
-        try:
-            _assemble(store, ids, plan)
-        except (OSError, SbnBenchError):
-            pass
-        try:
-            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "incomplete"
-            store.write_manifest({**store.manifest, "status": status, "executor": ran_on,
-                                  "cells": counts()})
-        except (OSError, SbnBenchError):
-            pass
+        # hiding the cause; a second Ctrl-C meanwhile would leave the manifest "running"
+        with _signals_held(isinstance(e, KeyboardInterrupt)):
+            try:
+                _assemble(store, ids, plan)
+            except (OSError, SbnBenchError):
+                pass
+            try:
+                status = "interrupted" if isinstance(e, KeyboardInterrupt) else "incomplete"
+                store.write_manifest({**store.manifest, "status": status, "executor": ran_on,
+                                      "cells": counts()})
+            except (OSError, SbnBenchError):
+                pass
         raise
     if plan.warnings:
         manifest["warnings"] = plan.warnings
@@ -517,6 +520,26 @@ def _run(config: RunConfig, plan: Plan, store: RunStore, progress: ProgressFn | 
     return RunResult(store.out, tables["metrics"], tables["throughput"], tables["failure"],
                      manifest, n_run, n_skip, n_fail, timed_metrics=tables["timed"],
                      warnings=list(plan.warnings))
+
+
+@contextlib.contextmanager
+def _signals_held(active: bool) -> Iterator[None]:
+    """Within the block, Ctrl-C and SIGTERM are ignored (when ``active``, on the main thread):
+    the clean-up after a first interruption (tables assembled, the manifest marked) finishes
+    however often the user presses Ctrl-C; the handlers before are put back after."""
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in before:
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def reference_cache_dir(config: RunConfig) -> Path:
