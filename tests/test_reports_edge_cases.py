@@ -653,3 +653,29 @@ def test_a_second_report_writer_waits_for_the_first(tmp_path: Path) -> None:
         os.close(fd)  # the first writer is done (and, here, left its staging folder behind)
         second.join()
     assert Path(str(result["md"])).is_file() and not live.exists()
+
+
+def test_the_exact_estimator_does_not_stretch_the_cosine_axis() -> None:
+    """The exact estimator's 1 − cos at round-off (1e-16) took the shared cosine axis down to
+    1e-16, squeezing every other curve into its top quarter; values below ROUND_OFF_ZERO no longer
+    set the limits (the line is named "off scale", its value 0)."""
+    from sbn_bench.reports.figures import ROUND_OFF_ZERO, accuracy_limits
+
+    rows = pd.DataFrame([
+        dict(checkpoint="init", estimator=e, layer="all", metric=metric, M=m, value=v, stderr=0.0,
+             mode="mc")
+        for e, gap in (("st", 0.3), ("psa", 0.05), ("exact", 1e-16))
+        for m in (1.0, 10.0)
+        for metric, v in (("rrmse", 10 * gap / m), ("cosine_mean", 1 - gap / m))])
+    lo, hi = accuracy_limits(rows)["cosine"]
+    assert ROUND_OFF_ZERO < lo < 0.005 and hi > 0.3
+
+
+def test_family_colours_are_darkened_for_text() -> None:
+    """Tick labels in a family's pale colour (tanh light green) were hard to read on white."""
+    from sbn_bench.reports.figures import legible
+
+    for colour in ("#b8e186", "#cab2d6", "#ffffb3", "#1f78b4", "black"):  # dark ones stay
+        r, g, b = legible(colour)
+        assert 0.2126 * r + 0.7152 * g + 0.0722 * b <= 0.35 + 1e-12
+    assert legible("#08306b") == pytest.approx(tuple(int("08306b"[i:i + 2], 16) / 255 for i in (0, 2, 4)))

@@ -287,6 +287,17 @@ def _fits(values: np.ndarray, lim: tuple[float, float] | None) -> bool:
     return lim is None or v.size == 0 or float(v.max()) <= lim[1] * 1.0001
 
 
+def legible(colour: Any, most: float = 0.35) -> tuple[float, float, float]:
+    """``colour`` darkened, keeping its hue, until its relative luminance is at most ``most``: text
+    in a family's pale colour (tanh's light green, disarm's lavender) reads on white."""
+    from matplotlib.colors import to_rgb
+
+    r, g, b = to_rgb(colour)
+    lum = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    f = min(1.0, most / lum) if lum > 0 else 1.0
+    return (r * f, g * f, b * f)
+
+
 def _off_scale_note(ax: Axes, names: Mapping[str, float]) -> None:
     if not names:
         return
@@ -400,7 +411,7 @@ def heatmap_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[s
     ax.set_xticks(range(len(cols)), [lay if lay.isdigit() else lay for _, lay in cols], fontsize=7)
     ax.set_yticks(range(len(ests)), ests, fontsize=7.5)
     for lab, e in zip(ax.get_yticklabels(), ests):
-        lab.set_color(sty[e].colour)
+        lab.set_color(legible(sty[e].colour))
         lab.set_fontweight("bold")
     ax.tick_params(length=0)
     # checkpoint groups: a label above each, white separators between them
@@ -502,8 +513,10 @@ def accuracy_limits(rows: pd.DataFrame) -> dict[str, tuple[float, float] | None]
         for layer in dict.fromkeys(lay for lay, _ in cs):
             panels.append({e: c[1] for (lay, e), c in cs.items() if lay == layer})
     cos = rows[rows["metric"].isin(["cosine_mean", "cosine_p15", "cosine_p85"]) & rows["M"].notna()]
+    gap = 1 - cos["value"].to_numpy(float)
+    # 1 − cos at round-off (the exact estimator's, ~1e-16) would stretch the axis over eight decades
     return {"rrmse": scale(panels, by=np.nanmin)[1],
-            "cosine": _log_limits(1 - cos["value"].to_numpy(float)) if not cos.empty else None}
+            "cosine": _log_limits(gap[gap > ROUND_OFF_ZERO]) if not cos.empty else None}
 
 
 def accuracy_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[str, Style],
@@ -557,6 +570,9 @@ def accuracy_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[
                         if (layer, e) not in cm:
                             continue
                         m, mean, _ = cm[(layer, e)]
+                        if not (1 - mean > ROUND_OFF_ZERO).any():  # at round-off: the exact gradient
+                            off[e] = 0.0
+                            continue
                         y = np.where(1 - mean > 0, 1 - mean, np.nan)
                         lo = hi = None
                         if (layer, e) in c85 and (layer, e) in c15 and len(c85[(layer, e)][1]) == len(m):
@@ -929,7 +945,7 @@ def throughput_figure(tp: pd.DataFrame, estimators: Sequence[str], sty: Mapping[
     ax.errorbar(y, pos, xerr=np.nan_to_num(err), fmt="none", ecolor="black", capsize=2.5, linewidth=0.9)
     ax.set_yticks(pos, labels)
     for lab, e in zip(ax.get_yticklabels(), order):
-        lab.set_color(sty[e].colour)
+        lab.set_color(legible(sty[e].colour))
     ax.set_ylim(len(order) - 0.5, -0.5)
     finite = y[np.isfinite(y) & (y > 0)]
     if finite.size and finite.max() / finite.min() > 30:
