@@ -309,6 +309,8 @@ def test_cli_report_writes_and_prints_paths(rendered) -> None:
     assert f"wrote {out / 'report.md'}" in res.output
     assert f"wrote {out / 'report.html'}" in res.output
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
+    # CPU runs have no peak memory (CUDA only): the throughput table says why its column is empty
+    assert "peak memory: measured on CUDA devices only" in (out / "report.md").read_text()
 
 
 def test_html_report_is_self_contained_with_every_figure(rendered, run_a) -> None:

@@ -465,6 +465,9 @@ def throughput_table(run: Run, problem: str, checkpoint: str) -> Table | None:
         notes.append("(wide): the confidence interval of the median is wider than the target, or "
                      "its level below the target (too few rounds); the figure is shown but never called "
                      "the fastest.")
+    if not any(math.isfinite(float(m)) for m in sub["peak_memory_bytes"]):
+        notes.append("peak memory: measured on CUDA devices only (torch's allocator statistics); "
+                     "— on the CPU.")
     if "adapt_s" in sub.columns:  # adaptive estimators (SPEC §3b): tuned first, timed after
         tuned = [(r["estimator"], float(r["adapt_s"])) for _, r in sub.iterrows()
                  if pd.notna(r["adapt_s"])]
