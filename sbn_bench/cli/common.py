@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -22,10 +23,21 @@ from sbn_bench.runner.executors import parse_executor
 from sbn_bench.runner.memory import RunError
 from sbn_bench.units import parse_size, size_text
 
+SEED_HELP = "Seed of an --arch or --preset problem."
+SEED_ALSO = {
+    "run": " Also the sampling seed, unless --seeds is given; with --config or --resume, the "
+           "sampling seed only, replacing the file's or run's seeds.",
+    "train": " Also the seed of the training (data order, noise), unless --train-seed is given.",
+}
 
-def problem_options(fn: F) -> F:
+
+def problem_options(fn: F | None = None, *, command: str | None = None) -> Any:
     """``--problem FILE | --arch A | --preset NAME`` with ``--seed``, ``--data-points``, ``--loss``,
-    ``--noise`` (the last three for ``--arch`` only)."""
+    ``--noise`` (the last three for ``--arch`` only); ``command`` (``run``, ``train``) adds what
+    ``--seed`` also seeds there (:data:`SEED_ALSO`). As ``@problem_options`` or
+    ``@problem_options(command="run")``."""
+    if fn is None:
+        return lambda f: problem_options(f, command=command)
     opts = [
         click.option("--problem", "problem_file",
                      type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -35,9 +47,7 @@ def problem_options(fn: F) -> F:
                      help="A named problem: 'paper' (SPEC §6), 'quick' (a small smoke test) or a digits "
                                   "preset (README: the digits presets)."),
         click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
-                     help="Seed of an --arch or --preset problem (run and train: also the seed of "
-                          "the sampling or training, unless given apart; with run --config or "
-                          "--resume: the sampling seed only, replacing the file's or run's seeds)."),
+                     help=SEED_HELP + SEED_ALSO.get(command or "", "")),
         click.option("--data-points", type=click.IntRange(min=1),
                      default=problems.DEFAULT_DATA_POINTS, show_default=True,
                      help="Data points of an --arch problem."),

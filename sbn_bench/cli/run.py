@@ -157,7 +157,7 @@ def _duration(seconds: float) -> str:
 
 
 @click.command()
-@problem_options
+@problem_options(command="run")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False,
                                                        path_type=Path),
               help="TOML file listing problems with checkpoints and settings (schema in the "
@@ -211,8 +211,8 @@ def _duration(seconds: float) -> str:
 @click.option("--executor", default="auto", show_default=True, callback=executor_callback,
               help="Where cells run: auto (worker processes, one per CPU, when the run is large "
                    "enough to repay starting them, else this process), serial (this process), "
-                   "processes[:N] (N worker processes, default one per CPU) or dask[:ADDRESS] (the "
-                   "Dask scheduler at ADDRESS, e.g. tcp://host:8786, or a local cluster; pip "
+                   "processes[:N] (N worker processes, default one per CPU) or dask[:ADDRESS|:N] (the "
+                   "Dask scheduler at ADDRESS, e.g. tcp://host:8786, or a local cluster of N workers; pip "
                    "install \"sbn-bench[dask]\"). The numbers are the same on every executor; "
                    "throughput cells run last, each alone.")
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,

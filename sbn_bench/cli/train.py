@@ -48,7 +48,7 @@ def _bad(e: SbnBenchError, seed_option: str = "--train-seed") -> click.ClickExce
 
 
 @click.command()
-@problem_options
+@problem_options(command="train")
 @plugin_option
 @click.option("--estimator", "estimator_spec", default="reinforce", show_default=True,
               help="Estimator spec, e.g. psa, concrete:tau=0.1 or exact (see sbn-bench list).")
