@@ -95,14 +95,16 @@ def _open_lock(path: Path) -> int:
         return os.open(path, os.O_RDONLY)
 
 
-def wait_lock(folder: str | os.PathLike[str]) -> int:
-    """Take ``folder``'s lock (an ``flock`` on its :data:`LOCK` file, made if missing), waiting
+def wait_lock(folder: str | os.PathLike[str], name: str = LOCK) -> int:
+    """Take a lock of ``folder`` (an ``flock`` on its file ``name``, made if missing), waiting
     while another process holds it: the open descriptor, to close to release it. For writers that
     should queue rather than refuse (two reports into one folder). Its holder may remove the lock
-    file before it releases it (to leave the folder as it found it): a waiter that then gets the
-    removed file's lock takes the lock again on the file now at the path, as :func:`try_lock`."""
-    path = Path(folder) / LOCK
-    while True:
+    file, and the folder it made, before it releases it (to leave things as it found them): a
+    waiter that then gets the removed file's lock takes the lock again on the file now at the path,
+    making the folder again, as :func:`try_lock`."""
+    path = Path(folder) / name
+    for _ in range(100):
+        make_folder(folder)
         fd = _open_lock(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -117,6 +119,7 @@ def wait_lock(folder: str | os.PathLike[str]) -> int:
         if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
             return fd
         os.close(fd)
+    raise OSError(errno.EAGAIN, f"cannot take the lock {str(path)!r}: it keeps being removed")
 
 
 def try_lock(folder: str | os.PathLike[str]) -> int | None:

@@ -853,8 +853,11 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         if kind == "auto":  # trainings are long: worker processes pay off from two cells on
             executor = resolve_auto(cells=len(todo))
         (d / CELLS_DIR).mkdir(parents=True, exist_ok=True)
-        if resume:  # temporary files of writes that were killed (as a run's resume removes them)
-            for stray in [*d.glob(".*.tmp"), *(d / CELLS_DIR).glob(".*.tmp")]:
+        if resume:  # temporary files of the study's writes that were killed (as a run's resume
+            # removes them); not the report's, which is written after the lock is released
+            ours = (STUDY_NAME, CURVES_NAME, PROBES_NAME, FAILURES_NAME)
+            for stray in [*(p for n in ours for p in d.glob(f".{n}.*.tmp")),
+                          *(d / CELLS_DIR).glob(".*.tmp")]:
                 stray.unlink(missing_ok=True)
         earlier_runs = [r for r in old.get("runs", []) if isinstance(r, dict)] if resume else []
         manifest: dict[str, Any] = {

@@ -624,14 +624,15 @@ def test_the_headline_says_when_a_biased_deterministic_estimator_leads(tmp_path:
     assert "no randomness" not in headline(("psa", "st"), "random")
 
 
-def test_a_second_report_writer_waits_for_the_first(tmp_path: Path) -> None:
+def test_a_second_report_writer_waits_for_the_first(tmp_path: Path, monkeypatch) -> None:
     """Each report writer removed every ``.report-*.tmp`` staging folder it found, a live
     writer's too, which then failed with "No such file or directory … free space" (two
     `sbn-bench report` of one run, or one beside a resumed run). A writer now holds the report
-    folder's lock: a second waits, and removes only the staging folders of writers that are gone.
-    Here the test holds the lock as a first writer would, with its staging folder."""
+    folder's own lock: a second waits, and removes only the staging folders of writers that are
+    gone. Here the test holds the lock as a first writer would, with its staging folder."""
     import threading
 
+    import sbn_bench.reports as reports_mod
     from sbn_bench.fileio import wait_lock
 
     out = tmp_path / "r"
@@ -642,17 +643,27 @@ def test_a_second_report_writer_waits_for_the_first(tmp_path: Path) -> None:
     report.mkdir()
     live = report / ".report-live.tmp"
     live.mkdir()
-    fd = wait_lock(report)
+    fd = wait_lock(report, reports_mod.REPORT_LOCK)
+    reached = threading.Event()
+    real = reports_mod.wait_lock
+
+    def waiting(*a, **k):  # the second writer has come to the lock
+        reached.set()
+        return real(*a, **k)
+
+    monkeypatch.setattr(reports_mod, "wait_lock", waiting)
     result: dict[str, object] = {}
     second = threading.Thread(target=lambda: result.update(write_report(out, formats=("md",))))
     second.start()
-    second.join(timeout=5.0)  # without the lock it finishes in about 1 s, removing `live`
     try:
+        assert reached.wait(timeout=120), "the second writer took no lock"
+        second.join(timeout=0.5)
         assert second.is_alive() and live.is_dir(), "the second writer did not wait"
     finally:
         os.close(fd)  # the first writer is done (and, here, left its staging folder behind)
         second.join()
     assert Path(str(result["md"])).is_file() and not live.exists()
+    assert sorted(p.name for p in report.iterdir()) == ["figures", "report.md"]  # no lock file left
 
 
 def test_the_exact_estimator_does_not_stretch_the_cosine_axis() -> None:
@@ -679,3 +690,18 @@ def test_family_colours_are_darkened_for_text() -> None:
         r, g, b = legible(colour)
         assert 0.2126 * r + 0.7152 * g + 0.0722 * b <= 0.35 + 1e-12
     assert legible("#08306b") == pytest.approx(tuple(int("08306b"[i:i + 2], 16) / 255 for i in (0, 2, 4)))
+
+
+def test_a_report_into_a_training_folder_is_refused(tmp_path: Path) -> None:
+    """A training's folder was taken as a report folder: the report's files mixed with its
+    checkpoints (a run's or a study's folder was already refused)."""
+    out = tmp_path / "r"
+    runner.run(RunConfig(problems=(ProblemSpec(arch="2-3-1", data_points=5),), estimators=("psa",),
+                         samples=10, M=(1, 2), throughput=ThroughputConfig(enabled=False),
+                         out=str(out)))
+    training = tmp_path / "t"
+    training.mkdir()
+    (training / "train_manifest.json").write_text('{"kind": "sbn-bench train"}')
+    with pytest.raises(RunDirError, match="is a training's folder"):
+        write_report(out, out_dir=training)
+    assert sorted(p.name for p in training.iterdir()) == ["train_manifest.json"]

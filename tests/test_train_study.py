@@ -822,6 +822,8 @@ def test_a_resumed_study_keeps_the_earlier_sessions_from_its_start(
     assert len(first) == 1
     stray = out / ts.CELLS_DIR / ".st-seed1.json.k1ll3d.tmp"
     stray.write_text("{")
+    report_tmp = out / ".report.md.wr1t1ng.tmp"  # a report being written meanwhile: not the study's
+    report_tmp.write_text("# ")
     seen: dict[str, object] = {}
 
     def killed(kind: str) -> object:  # the session dies once its study.json is written
@@ -833,4 +835,4 @@ def test_a_resumed_study_keeps_the_earlier_sessions_from_its_start(
         ts.run_study("digits-vae-exact", out=out, estimators=["st"], seeds=[0, 1],
                      settings=settings, executor="serial", resume=True)
     assert seen["status"] == "running" and seen["runs"] == first
-    assert not stray.exists()
+    assert not stray.exists() and report_tmp.exists()

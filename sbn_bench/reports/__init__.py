@@ -34,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sbn_bench.errors import EMPTY_FOLDER, ArgumentError, SbnBenchError
-from sbn_bench.fileio import LOCK, WriteError, atomic_write_text, wait_lock
+from sbn_bench.fileio import WriteError, atomic_write_text, wait_lock
 from sbn_bench.reports import html, markdown
 from sbn_bench.reports.body import DetailsSection, HeadlineSection, StorySection, comparison_blocks
 from sbn_bench.reports.compare import (
@@ -57,7 +57,7 @@ from sbn_bench.reports.sections import (
     render_sections,
     walk,
 )
-from sbn_bench.storage import MANIFEST, STUDY_MANIFEST
+from sbn_bench.storage import MANIFEST, STUDY_MANIFEST, TRAINING_MANIFEST
 
 FORMATS = ("md", "html")
 
@@ -76,12 +76,18 @@ __all__ = [
 ]
 
 
+REPORT_LOCK = ".report.lock"
+"""The report writers' lock file in the report folder: their own, not the ``.lock`` of runs,
+trainings and studies (a report into a folder one of them holds must not wait for it, nor take
+its lock file away)."""
+
+
 def _unlock(out: Path, lock: int) -> None:
     """Remove the report folder's lock file, then release it (a writer waiting on it takes the
     lock again on a new file: :func:`~sbn_bench.fileio.wait_lock`): the folder keeps only the
     report."""
     with contextlib.suppress(OSError):
-        (out / LOCK).unlink()
+        (out / REPORT_LOCK).unlink()
     os.close(lock)
 
 
@@ -323,8 +329,10 @@ def _load_baseline(compare_dir: str | os.PathLike[str]) -> Run:
                       argument="compare_dir", value=str(compare_dir), expected=e.expected) from None
 
 
-_RESULTS = ((MANIFEST, "run", "config"), (STUDY_MANIFEST, "training study", "kind"))
-"""The file that makes a folder an sbn-bench run's or training study's, and a key it holds."""
+_RESULTS = ((MANIFEST, "run", "config"), (STUDY_MANIFEST, "training study", "kind"),
+            (TRAINING_MANIFEST, "training", "kind"))
+"""The file that makes a folder an sbn-bench run's, training study's or training's, and a key it
+holds."""
 
 
 def _results_of(folder: Path) -> str | None:
@@ -442,7 +450,7 @@ def write_report(
         out.mkdir(parents=True, exist_ok=True)
         # one writer at a time: another report into ``out`` (a second `sbn-bench report`, a run
         # resumed meanwhile) is waited for; it removed no staging folder but those of killed writers
-        lock = wait_lock(out)
+        lock = wait_lock(out, REPORT_LOCK)
         for stale in out.glob(".report-*.tmp"):  # staging folders of reports that were killed
             shutil.rmtree(stale, ignore_errors=True)
         # everything is written into a staging folder inside ``out`` and moved into place only once
