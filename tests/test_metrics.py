@@ -476,13 +476,23 @@ def test_mc_reference_stderrs_are_calibrated():
             f"{k}: sd / mean(stderr) = {ratio:.3f}, expected within exp(±{band:.3f})")
 
 
-@pytest.mark.parametrize("N", [64, 1000])
-def test_reference_cosine_stderr_is_calibrated_for_heavy_tailed_references(N: int) -> None:
+NOISES = {  # unit variance, zero mean
+    "heavy": lambda z: z**3 / math.sqrt(15.0),  # symmetric, kurtosis 3·9!!/15² ≈ 46
+    "skew+": lambda z: (z * z - 1) / math.sqrt(2.0),  # χ²₁ centred: skewness +2.8
+    "skew-": lambda z: (1 - z * z) / math.sqrt(2.0),
+}
+
+
+@pytest.mark.parametrize(("N", "shape"), [(64, "heavy"), (1000, "heavy"), (1000, "skew+"),
+                                          (1000, "skew-")])
+def test_reference_cosine_stderr_is_calibrated_for_heavy_tailed_references(N: int, shape: str) -> None:
     """``reference_cosine`` = (1 + ε²)^(−1/2) with ε² = (V̂_R/N)/‖g‖²~: its stated error must
     include that of V̂_R/N, which dominates for a heavy-tailed estimator (a REINFORCE-like
-    reference whose V̂_R is itself noisy). Noise z³/√15 (z Gaussian: unit variance, kurtosis
-    3·(9!!)/15² ≈ 46); P = 21, 32 batches, 300 replicates; before, the error was taken from ‖g‖
-    alone and the replicates' sd was 1.8–2.0 times the stated error (N = 64, 1000).
+    reference whose V̂_R is itself noisy), and, for skewed noise, the covariance of ‖ĝ‖² and
+    V̂_R/N. P = 21, 32 batches, 300 replicates; before, the error was taken from ‖g‖ alone and the
+    replicates' sd was 1.8–2.0 times the stated error (heavy, N = 64 and 1000); without the
+    covariance, the stated error was about 2× too large (skew+, which this test catches) or
+    1.2–1.35× too small (skew−, within its band).
 
     Failure rate: the replicates' sd over the mean stated error must lie within
     exp(±(Z r + 0.1)), r = √(1/(2(R−1)) + cv²/R) its sampling error (Z = 5: below 1e-6 per
@@ -499,7 +509,7 @@ def test_reference_cosine_stderr_is_calibrated_for_heavy_tailed_references(N: in
     for _ in range(R):
         z = torch.randn(N, P, generator=gen, dtype=torch.float64)
         acc = mt.MomentAccumulator(N, P, batches=32)
-        acc.update(g + tau * z**3 / math.sqrt(15.0))
+        acc.update(g + tau * NOISES[shape](z))
         r = acc.result()
         noise = ReferenceNoise(N, r.m2 / (N - 1), r.batch_mean - r.mean,
                                r.batch_m2 / (r.batch_n[:, None] - 1))

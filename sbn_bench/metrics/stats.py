@@ -202,10 +202,12 @@ def corrected_norm(g: Tensor, noise: ReferenceNoise, groups: Groups, j: int, sl:
     ``ε = √(V̂_R/N) / ‖g‖``.
 
     ``ε² = δ / (r − δ)`` with ``r = ‖ĝ‖²`` and ``δ = V̂_R/N`` (``delta``, error ``delta_se``), so by
-    the delta method ``se(ε²) = √((δ se_r)² + (r se_δ)²) / (r − δ)²``, treating ``r`` and ``δ``
-    as uncorrelated (a mean and a variance: exactly so for Gaussian noise). The second term, ``δ``
-    in the numerator, dominates when ``ε`` is small; it is large for heavy-tailed estimators such
-    as REINFORCE, whose ``V̂_R`` is itself noisy.
+    the delta method ``se(ε²)² = ((δ se_r)² + (r se_δ)² − 2 δ r Cov(r, δ)) / (r − δ)⁴``. The term of
+    ``δ``'s own error dominates when ``ε`` is small; it is large for heavy-tailed estimators such as
+    REINFORCE, whose ``V̂_R`` is itself noisy. ``r`` and ``δ`` (a mean and a variance) are
+    uncorrelated for symmetric noise only: ``Cov(r, δ) ≈ cov_b(2 ĝ·d_b, v_b) / (B N)`` over the
+    reference's ``B`` batches (``d_b`` a batch mean's deviation, ``v_b`` its summed variance), as
+    ``r − E r ≈ 2 g·(ĝ − g)`` and ``δ`` is the batches' mean ``v_b / N``.
 
     A group whose corrected ``‖g‖²`` is not significantly above zero (``≤`` :data:`RESOLVED_Z`
     standard errors: the reference's noise is about as large as its gradient) is not resolved:
@@ -221,9 +223,24 @@ def corrected_norm(g: Tensor, noise: ReferenceNoise, groups: Groups, j: int, sl:
     if delta > 0 and not sq > RESOLVED_Z * se_sq:
         return math.sqrt(raw), math.inf, math.inf, math.inf
     norm = math.sqrt(max(sq, 0.0))
-    eps_sq_se = safe_ratio(math.hypot(delta * raw_se, raw * delta_se), sq * sq)
+    var_eps_sq = (delta * raw_se) ** 2 + (raw * delta_se) ** 2 \
+        - 2 * delta * raw * _raw_delta_cov(gj, noise, sl)
+    eps_sq_se = safe_ratio(math.sqrt(max(var_eps_sq, 0.0)), sq * sq)
     return (norm, norm_stderr(sq, se_sq), safe_ratio(math.sqrt(max(delta, 0.0)), norm),
             eps_sq_se)
+
+
+def _raw_delta_cov(gj: Tensor, noise: ReferenceNoise, sl: slice) -> float:
+    """``Cov(‖ĝ‖², V̂_R/N)`` of one group from the reference's batches (:func:`corrected_norm`):
+    ``cov_b(2 ĝ·d_b, v_b) / (B N)``; 0 with fewer than two batches."""
+    dev = noise.batch_dev[:, sl].to(torch.float64)
+    B = dev.shape[0]
+    if B < 2:
+        return 0.0
+    x = 2.0 * (dev @ gj)
+    y = noise.batch_variance[:, sl].to(torch.float64).sum(1)
+    cov = float(((x - x.mean()) * (y - y.mean())).sum()) / (B - 1)
+    return cov / (B * noise.samples)
 
 
 def reference_rel_errors(g: Tensor, noise: ReferenceNoise, groups: Groups) -> list[float]:
