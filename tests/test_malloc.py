@@ -55,10 +55,12 @@ def test_kept_memory_serves_an_estimator_call_without_page_faults() -> None:
     """ARM on the paper net (S = 100, float32) after 100 calls, page faults per call in the median
     of 7 windows of 5 calls: with the system's policy every call faults in hundreds of fresh pages
     (its 0.4–0.8 MB tensors are mmapped and unmapped, or the heap top trimmed); kept, fewer than
-    10 (measured: 430–660 against 0.2–0.4; a single window of the kept policy reached 12–51 in
-    about one of seven, when the heap grew, which made the one-window test flaky)."""
+    10 (measured: 88–925 against 0.2–0.4; a single window of the kept policy reached 12–51 in
+    about one of seven, when the heap grew, which made the one-window test flaky). The system's
+    count must exceed three times the kept bound, so that the count is seen to see what the policy
+    removes (it was > 100, and 88 once in CI on a loaded machine)."""
     policy, faults = _faults_per_call("system")
-    assert policy == "system" and faults > 100  # the count sees what the policy removes
+    assert policy == "system" and faults > 30  # the count sees what the policy removes
     policy, faults = _faults_per_call("keep")
     assert policy == "kept" and faults < 10
 
