@@ -16,6 +16,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 from sbn_bench.errors import SbnBenchError
 
@@ -96,30 +97,13 @@ def _open_lock(path: Path) -> int:
 
 
 def wait_lock(folder: str | os.PathLike[str], name: str = LOCK) -> int:
-    """Take a lock of ``folder`` (an ``flock`` on its file ``name``, made if missing), waiting
-    while another process holds it: the open descriptor, to close to release it. For writers that
-    should queue rather than refuse (two reports into one folder). Its holder may remove the lock
-    file, and the folder it made, before it releases it (to leave things as it found them): a
-    waiter that then gets the removed file's lock takes the lock again on the file now at the path,
-    making the folder again, as :func:`try_lock`."""
-    path = Path(folder) / name
-    for _ in range(100):
-        make_folder(folder)
-        fd = _open_lock(path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            held = os.fstat(fd)
-            try:
-                now = os.stat(path)
-            except FileNotFoundError:
-                now = None
-        except BaseException:
-            os.close(fd)
-            raise
-        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
-            return fd
-        os.close(fd)
-    raise OSError(errno.EAGAIN, f"cannot take the lock {str(path)!r}: it keeps being removed")
+    """Take a lock of ``folder`` (an ``flock`` on its file ``name``, made if missing, with the
+    folder), waiting while another process holds it: the open descriptor, to close to release it.
+    For writers that should queue rather than refuse (two reports into one folder). Its holder may
+    remove the lock file, and the folder it made, before it releases it (to leave things as it
+    found them): the waiter then takes the lock again, as :func:`try_lock`."""
+    make_folder(folder)
+    return cast(int, _take_lock(folder, name, wait=True))  # a waiting lock is taken or raises
 
 
 def try_lock(folder: str | os.PathLike[str]) -> int | None:
@@ -130,14 +114,26 @@ def try_lock(folder: str | os.PathLike[str]) -> int | None:
     A lock taken on a file that its holder removed meanwhile (:func:`folder_lock` removes a lock
     file it made when nothing else was written) locks nothing another process can see: the lock
     is taken again on the file now at the path."""
-    path = Path(folder) / LOCK
+    return _take_lock(folder, LOCK, wait=False)
+
+
+def _take_lock(folder: str | os.PathLike[str], name: str, wait: bool) -> int | None:
+    """:func:`try_lock` (``wait`` false: None when another process holds the lock) and
+    :func:`wait_lock`: an ``flock`` on ``folder/name``, taken again while the file it was taken on
+    is no longer the one at the path (removed or replaced by its holder meanwhile)."""
+    path = Path(folder) / name
     for _ in range(100):
         fd = _open_lock(path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
+            if wait:
+                raise
             return None
+        except BaseException:  # Ctrl-C while waiting
+            os.close(fd)
+            raise
         held = os.fstat(fd)
         try:
             now = os.stat(path)

@@ -599,9 +599,8 @@ def test_a_grid_without_m_1_says_why_there_is_no_headline(tmp_path: Path) -> Non
     assert "No headline: it ranks the estimators by rrmse at M = 1, and this run's M grid (2, 3) " \
            "does not hold 1" in head
     with_1 = tmp_path / "r1"
-    runner.run(RunConfig(problems=(ProblemSpec(arch="2-3-1", data_points=5),), estimators=("psa",),
-                         samples=10, M=(1, 2), throughput=ThroughputConfig(enabled=False),
-                         out=str(with_1)))
+    runner.run(tiny_config(with_1, problems=(ProblemSpec(arch="2-3-1", data_points=5),),
+                           samples=10, M=(1, 2)))
     assert "No headline" not in write_report(with_1, formats=("md",))["md"].read_text(encoding="utf-8")
 
 
@@ -636,9 +635,8 @@ def test_a_second_report_writer_waits_for_the_first(tmp_path: Path, monkeypatch)
     from sbn_bench.fileio import wait_lock
 
     out = tmp_path / "r"
-    runner.run(RunConfig(problems=(ProblemSpec(arch="2-3-1", data_points=5),), estimators=("psa",),
-                         samples=10, M=(1, 2), throughput=ThroughputConfig(enabled=False),
-                         out=str(out)))
+    runner.run(tiny_config(out, problems=(ProblemSpec(arch="2-3-1", data_points=5),),
+                           samples=10, M=(1, 2)))
     report = out / "report"
     report.mkdir()
     live = report / ".report-live.tmp"
@@ -696,9 +694,8 @@ def test_a_report_into_a_training_folder_is_refused(tmp_path: Path) -> None:
     """A training's folder was taken as a report folder: the report's files mixed with its
     checkpoints (a run's or a study's folder was already refused)."""
     out = tmp_path / "r"
-    runner.run(RunConfig(problems=(ProblemSpec(arch="2-3-1", data_points=5),), estimators=("psa",),
-                         samples=10, M=(1, 2), throughput=ThroughputConfig(enabled=False),
-                         out=str(out)))
+    runner.run(tiny_config(out, problems=(ProblemSpec(arch="2-3-1", data_points=5),),
+                           samples=10, M=(1, 2)))
     training = tmp_path / "t"
     training.mkdir()
     (training / "train_manifest.json").write_text('{"kind": "sbn-bench train"}')

@@ -218,22 +218,23 @@ def corrected_norm(g: Tensor, noise: ReferenceNoise, groups: Groups, j: int, sl:
     gj = g[sl].to(torch.float64)
     raw = float((gj * gj).sum())
     sq = raw - delta
-    raw_se = dist_sq_stderr(gj, [noise.batch_dev[:, sl].to(torch.float64)])
+    dev = noise.batch_dev[:, sl].to(torch.float64)
+    raw_se = dist_sq_stderr(gj, [dev])
     se_sq = math.hypot(raw_se, delta_se)
     if delta > 0 and not sq > RESOLVED_Z * se_sq:
         return math.sqrt(raw), math.inf, math.inf, math.inf
     norm = math.sqrt(max(sq, 0.0))
     var_eps_sq = (delta * raw_se) ** 2 + (raw * delta_se) ** 2 \
-        - 2 * delta * raw * _raw_delta_cov(gj, noise, sl)
+        - 2 * delta * raw * _raw_delta_cov(gj, dev, noise, sl)
     eps_sq_se = safe_ratio(math.sqrt(max(var_eps_sq, 0.0)), sq * sq)
     return (norm, norm_stderr(sq, se_sq), safe_ratio(math.sqrt(max(delta, 0.0)), norm),
             eps_sq_se)
 
 
-def _raw_delta_cov(gj: Tensor, noise: ReferenceNoise, sl: slice) -> float:
-    """``Cov(‖ĝ‖², V̂_R/N)`` of one group from the reference's batches (:func:`corrected_norm`):
-    ``cov_b(2 ĝ·d_b, v_b) / (B N)``; 0 with fewer than two batches."""
-    dev = noise.batch_dev[:, sl].to(torch.float64)
+def _raw_delta_cov(gj: Tensor, dev: Tensor, noise: ReferenceNoise, sl: slice) -> float:
+    """``Cov(‖ĝ‖², V̂_R/N)`` of one group (``gj``, its batch means' deviations ``dev [B, n]``) from
+    the reference's batches (:func:`corrected_norm`): ``cov_b(2 ĝ·d_b, v_b) / (B N)``; 0 with fewer
+    than two batches."""
     B = dev.shape[0]
     if B < 2:
         return 0.0

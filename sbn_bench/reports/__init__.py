@@ -456,14 +456,12 @@ def write_report(
         # everything is written into a staging folder inside ``out`` and moved into place only once
         # the whole report has rendered: a failure leaves the previous report (or none) as it was
         staging = Path(tempfile.mkdtemp(prefix=".report-", suffix=".tmp", dir=out))
-    except OSError as e:
+    except BaseException as e:
         if lock is not None:
             _unlock(out, lock)
-        raise WriteError(out, e, "free space or fix the folder's permissions, then write the report "
-                                 "again") from None
-    except BaseException:
-        if lock is not None:
-            _unlock(out, lock)
+        if isinstance(e, OSError):
+            raise WriteError(out, e, "free space or fix the folder's permissions, then write the "
+                                     "report again") from None
         raise
     try:
         drawn: list[Path] = []
