@@ -932,9 +932,13 @@ def _rel(base: Path, p: Any, key: str, must_exist: bool = False) -> str:
     if not isinstance(p, str) or not p:
         raise ConfigError(f"{key}={p!r} must be a file path (a string)", argument=key)
     path = Path(p)
-    # not normalised: "link/../x" is where the system's lookup (which follows the symbolic link)
-    # goes, and a lexical "x" could be another file
     full = path if path.is_absolute() else base / path
+    # normalised ("examples/../runs" → "runs") only where it names the same place: "link/../x" is
+    # where the system's lookup (which follows the symbolic link) goes, and a lexical "x" could be
+    # another file
+    lexical = Path(os.path.normpath(full))
+    if lexical != full and os.path.realpath(lexical) == os.path.realpath(full):
+        full = lexical
     if must_exist and not full.is_file():
         where = "" if path.is_absolute() else " (a relative path is read from the TOML file's folder)"
         what = f"{str(full)!r} is a folder" if full.is_dir() else f"there is no file {str(full)!r}"

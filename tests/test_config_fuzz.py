@@ -164,6 +164,12 @@ def test_relative_paths_follow_the_toml_files_folder_through_a_link(tmp_path: Pa
         spec = load_config(where / "cfg.toml").problems[0]
         assert Path(spec.file).read_text() == "meant", spec.file
 
+    # through the link the path stays as written; from the real folder it is normalised, as it
+    # names the same place (the output folder printed as "real/exp/../runs" before)
+    (real / "exp" / "cfg.toml").write_text('out = "../runs/a"\n[[problem]]\narch = "2-2-1"\n')
+    assert load_config(real / "exp" / "cfg.toml").out == str(real / "runs" / "a")
+    assert load_config(tmp_path / "link" / "cfg.toml").out == str(tmp_path / "link" / ".." / "runs" / "a")
+
 
 def test_a_missing_problem_file_is_refused_naming_the_toml_file_and_line(tmp_path: Path) -> None:
     """A ``file`` or checkpoint that does not exist is refused when the TOML file is read, naming
