@@ -173,6 +173,40 @@ def test_best_table_names_no_lowest_bias_when_an_unresolved_one_is_lower(tmp_pat
     assert n >= 2 and f"arm ({n}×)" in " ".join(table.notes), (n, table.notes)
 
 
+def _exact_bias_rows(rel_bias: float, rrmse_1: float) -> pd.DataFrame:
+    """One exact-mode estimator's rel_bias, bias_norm (‖g‖ = 0.5) and rrmse(M=1) in one layer."""
+    base = dict(problem="p", checkpoint="c", estimator="st", layer="out", mode="exact",
+                stderr=0.0)
+    return pd.DataFrame([{**base, "metric": "rel_bias", "M": math.nan, "value": rel_bias},
+                         {**base, "metric": "bias_norm", "M": math.nan, "value": 0.5 * rel_bias},
+                         {**base, "metric": "rrmse", "M": 1.0, "value": rrmse_1}])
+
+
+@pytest.mark.parametrize(("rel_bias", "rrmse_1", "shown"), [
+    (1.29e-12, 11.4, "≈0"),        # the paper run's epoch-2000 output layer: samples 11× ‖g‖
+    (1.29e-12, 0.05, "1.29e-12"),  # small samples: 1.29e-12 is above their round-off
+    (5.12e-11, 11.4, "5.12e-11"),  # above 1e-12 · (1 + 11.4): a bias, shown
+    (8e-13, math.nan, "≈0"),       # no rrmse: the plain floor
+])
+def test_an_exact_bias_is_zero_to_the_round_off_of_its_samples(rel_bias: float, rrmse_1: float,
+                                                               shown: str) -> None:
+    """An exact-mode bias is a weighted sum over every path of estimates whose size is
+    √E‖ĝ‖² ≤ ‖g‖(1 + rrmse(M=1)): its round-off floor grows with them. An unbiased estimator with
+    samples 11× its gradient showed a "relative bias" of 1.29e-12, and was ranked by it, where a
+    smaller estimator showed ≈0."""
+    from sbn_bench.reports.tables import fmt_estimate, metric_index
+
+    idx = metric_index(_exact_bias_rows(rel_bias, rrmse_1))
+    for metric in ("rel_bias", "bias_norm"):
+        est = idx[("st", "out", metric, None)]
+        want = shown if shown == "≈0" or metric == "rel_bias" else f"{0.5 * rel_bias:.3g}"
+        assert fmt_estimate(est, bound=True) == want, (metric, est)
+        assert est.significantly_positive() == (shown != "≈0")
+    # two round-off biases tie however their floors compare; a real bias is beaten by one
+    tiny, other = idx[("st", "out", "rel_bias", None)], Estimate(0.0, 0.0, "exact")
+    assert rank([other, tiny], "low").ranks == (["best", "tie"] if shown == "≈0" else ["best", ""])
+
+
 # --------------------------------------------------------------------------------------------
 # families and colours
 

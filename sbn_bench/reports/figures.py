@@ -686,7 +686,7 @@ def story_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[str
                 note = {**off}
                 _off_scale_note(ax, note)
                 if zero:
-                    what = "≈0 (unbiased)" if kind == "relative bias" else "≈0"
+                    what = "≈0 (unbiased in this layer)" if kind == "relative bias" else "≈0"
                     ax.text(0.02, 0.02, f"{what}: {_cut(zero, 3)}", transform=ax.transAxes,
                             fontsize=6.2, color="#555555", va="bottom", ha="left", zorder=5,
                             bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85))

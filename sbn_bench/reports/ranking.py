@@ -57,11 +57,15 @@ class Estimate:
         value: the value as stored in ``metrics.csv``.
         stderr: its standard error (0 or NaN when exact).
         mode: ``"exact"`` or ``"mc"`` (or ``"exact/mc"`` for seeds combined across modes).
+        roundoff: an exact value at most this large (in absolute value) is zero to working
+            precision (:data:`ROUND_ABS` by default; a bias is summed from terms of the size of
+            its estimator's samples, so its floor grows with them: :func:`bias_roundoff`).
     """
 
     value: float
     stderr: float
     mode: str = "mc"
+    roundoff: float = ROUND_ABS
 
     @property
     def uncertainty(self) -> float:
@@ -90,7 +94,7 @@ class Estimate:
             return False
         u = self.uncertainty
         if u == 0:
-            return self.value > ROUND_ABS
+            return self.value > self.roundoff
         return self.value > z * u
 
 
@@ -110,8 +114,27 @@ def close(a: Estimate, b: Estimate, z: float = TIE_Z) -> bool:
     u = math.hypot(a.uncertainty, b.uncertainty)
     d = abs(a.value - b.value)
     if u == 0:
-        return d <= ROUND_ABS + ROUND_REL * max(abs(a.value), abs(b.value))
+        return d <= _exact_tolerance(a, b)
     return d <= z * u
+
+
+def _exact_tolerance(a: Estimate, b: Estimate) -> float:
+    """How far two exact values may be apart and still be equal to working precision."""
+    return max(a.roundoff, b.roundoff) + ROUND_REL * max(abs(a.value), abs(b.value))
+
+
+def bias_roundoff(rrmse_1: float | None, grad_norm: float = 1.0) -> float:
+    """The round-off floor of an exact bias (``rel_bias``, or ``bias_norm`` with ``grad_norm`` =
+    ‖g‖): :data:`ROUND_ABS` × (‖g‖ + √MSE(1)) = ROUND_ABS · ‖g‖ · (1 + rrmse(M=1)).
+
+    An exact-mode mean is a weighted sum over every path of every data point of single-sample
+    estimates, whose size is √E‖ĝ‖² ≤ ‖g‖ + √MSE(1); its rounding error scales with them, not with
+    ‖g‖: an unbiased estimator whose samples are 10× ‖g‖ (late in training, an output layer with
+    a small gradient) shows a relative bias of 1e-12 that is rounding alone. ``rrmse_1`` None or
+    not finite: the plain :data:`ROUND_ABS` (× ``grad_norm``)."""
+    spread = rrmse_1 if rrmse_1 is not None and math.isfinite(rrmse_1) and rrmse_1 > 0 else 0.0
+    g = grad_norm if math.isfinite(grad_norm) and grad_norm > 0 else 1.0
+    return ROUND_ABS * g * (1.0 + spread)
 
 
 def z_score(a: Estimate, b: Estimate) -> float:
@@ -119,7 +142,7 @@ def z_score(a: Estimate, b: Estimate) -> float:
     u = math.hypot(a.uncertainty, b.uncertainty)
     d = abs(a.value - b.value)
     if u == 0:
-        return 0.0 if d <= ROUND_ABS + ROUND_REL * max(abs(a.value), abs(b.value)) else math.inf
+        return 0.0 if d <= _exact_tolerance(a, b) else math.inf
     return d / u
 
 

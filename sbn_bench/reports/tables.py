@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -26,7 +26,15 @@ from sbn_bench.fileio import slug
 from sbn_bench.metrics import layer_key
 from sbn_bench.reports.families import ranked
 from sbn_bench.reports.load import Run, is_mc_reference, is_wide, network_of, target_rrmse
-from sbn_bench.reports.ranking import ROUND_ABS, ROUND_REL, Better, Estimate, rank, upper_bound
+from sbn_bench.reports.ranking import (
+    ROUND_ABS,
+    ROUND_REL,
+    Better,
+    Estimate,
+    bias_roundoff,
+    rank,
+    upper_bound,
+)
 
 M_TARGETS = (1, 100)
 """The sample counts of the summary columns: a single sample and the average of 100."""
@@ -118,9 +126,9 @@ def fmt_estimate(est: Estimate, *, bound: bool = False) -> str:
     """An estimate as ``value ± stderr``; with ``bound`` (a non-negative quantity such as a bias),
     ``≤ x`` when the value is not significantly above zero
     (:func:`~sbn_bench.reports.ranking.upper_bound`) and ``≈0`` for an exact value at float64
-    round-off (below :data:`~sbn_bench.reports.ranking.ROUND_ABS`)."""
+    round-off (at most its ``roundoff``: :func:`~sbn_bench.reports.ranking.bias_roundoff`)."""
     if bound:
-        if est.uncertainty == 0 and est.finite and abs(est.value) <= ROUND_ABS:
+        if est.uncertainty == 0 and est.finite and abs(est.value) <= est.roundoff:
             return "≈0"
         ub = upper_bound(est)
         if ub is not None:
@@ -175,6 +183,10 @@ class Value(Estimate):
     reference_rel_error: float = 0.0
 
 
+BOUNDED_METRICS = frozenset({"rel_bias", "bias_norm"})
+"""Non-negative metrics shown as an upper bound ``≤ x`` when not significantly above zero."""
+
+
 def metric_index(rows: pd.DataFrame) -> dict[tuple[str, str, str, float | None], Value]:
     """``{(estimator, layer, metric, M or None): Value}`` for the rows of one (problem, checkpoint)."""
     out: dict[tuple[str, str, str, float | None], Value] = {}
@@ -184,12 +196,21 @@ def metric_index(rows: pd.DataFrame) -> dict[tuple[str, str, str, float | None],
             rows["estimator"], rows["layer"], rows["metric"], rows["M"], rows["value"], rows["stderr"],
             rows["mode"], refs, errs):
         key = (e, lay, met, None if (m is None or math.isnan(m)) else float(m))
-        out[key] = Value(float(v), float(se), str(mode), str(ref), float(err))
+        out[key] = Value(float(v), float(se), str(mode), reference=str(ref),
+                         reference_rel_error=float(err))
+    for key, val in out.items():  # an exact bias: its round-off floor grows with the samples' size
+        e, lay, met, _m = key
+        if met not in BOUNDED_METRICS or val.uncertainty != 0:
+            continue
+        rr = out.get((e, lay, "rrmse", 1.0))
+        rel = out.get((e, lay, "rel_bias", None))
+        g = 1.0
+        if met == "bias_norm":  # ‖g‖ = ‖β‖ / rel_bias where both are known
+            if rel is None or not (rel.finite and rel.value > 0 and val.finite):
+                continue
+            g = val.value / rel.value
+        out[key] = replace(val, roundoff=bias_roundoff(rr.value if rr is not None else None, g))
     return out
-
-
-BOUNDED_METRICS = frozenset({"rel_bias", "bias_norm"})
-"""Non-negative metrics shown as an upper bound ``≤ x`` when not significantly above zero."""
 
 
 def _throughput_rows(run: Run) -> dict[tuple[str, str, str], pd.Series]:
