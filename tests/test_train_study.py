@@ -606,6 +606,14 @@ def test_cli_study_refusals(tmp_path: Path) -> None:
     assert code == 2 and "Invalid value for '--estimators'" in out and "is adaptive" in out
     code, out = run("--preset", "paper", "--resume", "--out", str(tmp_path / "e"))
     assert code == 2 and "has no training study" in out
+    # no --preset at all: said so, not "None has no training study" (new-user review)
+    code, out = run("--estimators", "psa", "--out", str(tmp_path / "e"))
+    assert code == 2 and "a training study (--estimators / --seeds) needs --preset, one of " \
+        "digits-conv" in out and "None" not in out
+    # a list given to the single training's --estimator: pointed to --estimators (it said
+    # "estimator 'psa,st' is unknown; did you mean 'psa' or 'st'?")
+    code, out = run("--preset", "paper", "--estimator", "psa,st", "--out", str(tmp_path / "e"))
+    assert code == 2 and "'psa,st' is a list" in out and "--estimators psa,st" in out
     code, out = run("--executor", "serial", "--out", str(tmp_path / "e"))
     assert code == 2 and "options of a training study" in out
     code, out = run("--preset", "digits-vae", "--seeds", "0", "--plugin", str(tmp_path / "no.py"),

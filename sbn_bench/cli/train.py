@@ -144,6 +144,15 @@ def train(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
         raise _bad(e) from None
     # a --plugin file that cannot be loaded is an error before any work; broken factories in a
     # loadable file are warnings unless the one requested
+    try:
+        several = len(split_specs(estimator_spec)) > 1
+    except SbnBenchError:
+        several = False  # an empty item: the spec's own refusal below
+    if several:
+        raise click.BadParameter(f"{estimator_spec!r} is a list: --estimator trains one estimator "
+                                 "(a spec such as psa or concrete:tau=0.1); --estimators "
+                                 f"{estimator_spec} with a study --preset trains several",
+                                 param_hint="'--estimator'")
     reg, warnings = load_plugins(plugins, [estimator_spec.split(":")[0].strip()])
     for w in warnings:
         warn(w)
@@ -245,6 +254,10 @@ def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out
                 f"{', '.join(failed)} failed (see {tables})")
         return
     resume_own = resume and preset is None  # the study's own preset, settings, estimators, …
+    if preset is None and not resume_own:
+        raise click.UsageError(
+            "a training study (--estimators / --seeds) needs --preset, one of "
+            f"{', '.join(train_study.STUDY_PRESETS)} (or --out DIR --resume to continue one)")
     if preset not in train_study.STUDY_PRESETS and not resume_own:
         raise click.BadParameter(f"{preset!r} has no training study; expected one of "
                                  f"{', '.join(train_study.STUDY_PRESETS)}", param_hint="'--preset'")
