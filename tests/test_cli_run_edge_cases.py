@@ -162,7 +162,7 @@ def test_ctrl_c_says_how_to_resume_and_the_report_warns(tmp_path: Path,
     assert "incomplete" not in (out / "report" / "report.md").read_text(encoding="utf-8")
 
 
-def test_max_exact_bytes_takes_sizes(tmp_path: Path) -> None:
+def test_max_exact_bytes_takes_sizes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     base = ["exact", "--arch", "2-3-1", "--data-points", "100"]  # needs about 38 KB
     assert invoke([*base, "--max-exact-bytes", "1MiB"]).exit_code == 0
     assert invoke([*base, "--max-exact-bytes", "4GiB"]).exit_code == 0
@@ -171,6 +171,15 @@ def test_max_exact_bytes_takes_sizes(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "Invalid value for '--max-exact-bytes'" in r.output, r.output
     assert "limit of 1 KiB" in r.output and "(raise it with --max-exact-bytes," in r.output
     r = invoke(["exact", "--arch", "2-30-30-1"])  # the default limit: the problem fails (exit 1)
+    # 2.6e10 GiB: raising the limit is not offered where no machine has the memory (new-user
+    # review); the Monte-Carlo reference is named with the command that takes it
+    assert r.exit_code == 1 and "raise it" not in r.output, r.output
+    assert "(use fewer units per layer, or a Monte-Carlo reference: sbn-bench run --reference mc)" \
+        in " ".join(r.output.split())
+    from sbn_bench.reference import chain
+
+    monkeypatch.setattr(chain, "_physical_memory", lambda: float("inf"))
+    r = invoke(["exact", "--arch", "2-30-30-1"])
     assert r.exit_code == 1 and "(raise it with --max-exact-bytes," in r.output, r.output
     # a problem file over its own size limit (load_problem's max_bytes) is that file's failure,
     # whatever --max-exact-bytes says

@@ -19,6 +19,7 @@ References:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -147,9 +148,12 @@ def check_shape(widths: tuple[int, ...], num_data: int, max_bytes: int = DEFAULT
         needs = (f"{format_count(cost.states)} table entries, about {_size(cost.bytes)} of "
                  "memory" if cost.bytes != math.inf else
                  f"more than 2^{_MAX_EXACT_EXPONENT} table entries, beyond any memory")
+        # raising the limit helps only where the memory is there
+        raise_it = ("raise it with max_bytes= / --max-exact-bytes, "
+                    if cost.bytes <= _physical_memory() else "")
         raise ReferenceTooLarge(
-            f"{where} {needs}, over the limit of {_size(max_bytes)} (raise it with max_bytes= / "
-            "--max-exact-bytes, use fewer units per layer, or a Monte-Carlo reference)",
+            f"{where} {needs}, over the limit of {_size(max_bytes)} ({raise_it}use fewer units per "
+            "layer, or a Monte-Carlo reference: sbn-bench run --reference mc)",
             argument="max_bytes", value=max_bytes,
             expected=f"at least {_size(cost.bytes)} for this problem")
     if cost.states > MAX_EXACT_STATES:
@@ -160,6 +164,14 @@ def check_shape(widths: tuple[int, ...], num_data: int, max_bytes: int = DEFAULT
             argument="num_data", value=num_data,
             expected=f"at most {format_count(MAX_EXACT_STATES)} table entries")
     return cost
+
+
+def _physical_memory() -> float:
+    """This machine's memory in bytes (``inf`` where the system does not say)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return math.inf
 
 
 def _head_widths(problem: Problem) -> tuple[int, ...]:
