@@ -309,9 +309,10 @@ class _Builder:
                                      f"{part}_bias_{i}", kernel, stride, padding))
         self.shape = out
 
-    def finish(self, n_out: int, prior: bool, where: str) -> Network:
+    def finish(self, n_out: int, prior: bool, where: str,
+               how: str = "plain integers or c<C>k<K> tokens") -> Network:
         if not self.stochastic:
-            raise NetworkError(f"{where}: no stochastic layer (plain integers or c<C>k<K> tokens)",
+            raise NetworkError(f"{where}: no stochastic layer ({how})",
                                argument="arch", value=where, expected="at least one stochastic layer")
         if n_out < 1:
             raise NetworkError(f"{where}: the output width must be ≥ 1", argument="arch",
@@ -438,14 +439,17 @@ def from_layers(input_shape: Sequence[int], layers: Sequence[Mapping[str, object
                   kernel=_typed(spec, "kernel", int, 0, where), stride=_typed(spec, "stride", int, 1, where),
                   padding=_typed(spec, "padding", int, 0, where), stochastic=stochastic)
         else:
-            raise NetworkError(f"{where}: kind {kind!r} is unknown", argument="layers", value=kind,
-                               expected=f"one of {', '.join(('dense', *DETERMINISTIC_KINDS))}")
+            kinds = ", ".join(("dense", *DETERMINISTIC_KINDS))
+            what = f"kind {kind!r} is unknown" if "kind" in spec else "has no 'kind'"
+            raise NetworkError(f"{where}: {what} (expected one of {kinds})", argument="layers",
+                               value=kind, expected=f"one of {kinds}")
     last = layers[-1]
     if not isinstance(last, Mapping) or last.get("kind") != "linear" or last.get("stochastic"):
         raise NetworkError(f"{source}[{len(layers) - 1}] must be the output layer "
                            "{kind = \"linear\", units = n_out}", argument="layers", value=last,
                            expected="a final linear layer")
-    return b.finish(_typed(last, "units", int, 0, f"{source}[{len(layers) - 1}]"), prior, source)
+    return b.finish(_typed(last, "units", int, 0, f"{source}[{len(layers) - 1}]"), prior, source,
+                    'a layer with "stochastic": true')
 
 
 def _typed(spec: Mapping[str, object], key: str, kind: type, default: object, where: str) -> Any:

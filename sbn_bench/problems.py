@@ -431,7 +431,7 @@ def network_file(path: str | os.PathLike[str], *, prior: bool = False) -> Networ
                            argument="arch", value=str(path),
                            expected='{"input": [...], "layers": [...]}'))
     try:
-        return from_layers(d["input"], d["layers"], prior=prior, source=str(path))
+        return from_layers(d["input"], d["layers"], prior=prior, source=f"{path}: layers")
     except NetworkError as e:
         raise _in_file(ProblemError(str(e), argument="arch", value=e.value, expected=e.expected)) from None
 

@@ -707,3 +707,26 @@ def test_resume_without_out_says_what_it_needs() -> None:
     though a resume needs the run's folder."""
     res = invoke(["run", "--resume"])
     assert res.exit_code == 2 and "--resume continues the run in --out DIR" in res.output, res.output
+
+
+def test_no_problem_names_every_way_to_give_one(tmp_path: Path) -> None:
+    """``run`` with no problem named --problem, --arch and --preset only, not --config or a
+    resume (new-user review); the other commands take those three only."""
+    res = invoke(["run"])
+    assert res.exit_code == 2 and "--preset paper or --config FILE (none was given), or --out DIR " \
+        "--resume to continue a run" in " ".join(res.output.split()), res.output
+    res = invoke(["exact"])
+    assert res.exit_code == 2 and "--arch 2-5-5-5-1 or --preset paper (none was given)" in res.output
+    assert "--config" not in res.output
+
+
+def test_a_missing_arch_file_is_a_usage_error_as_a_missing_problem_file(tmp_path: Path) -> None:
+    """``--arch missing.json`` was exit 1 ("cannot read the layer list file") where ``--problem
+    missing.npz`` is exit 2; both are now the option's refusal."""
+    for cmd in ("exact", "run"):
+        res = invoke([cmd, "--arch", str(tmp_path / "missing.json")])
+        assert res.exit_code == 2, res.output
+        assert "Invalid value for '--arch'" in res.output and "there is no layer list file" in res.output
+    (tmp_path / "dir.json").mkdir()
+    res = invoke(["exact", "--arch", str(tmp_path / "dir.json")])
+    assert res.exit_code == 2 and "(it is a folder)" in res.output, res.output

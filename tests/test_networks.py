@@ -131,7 +131,16 @@ def test_a_json_layer_list_file_is_an_arch(tmp_path) -> None:
     cases = [(tmp_path / "missing.json", None, "cannot read the layer list file"),
              (tmp_path / "a.json", "{not json", "is not JSON"),
              (tmp_path / "b.json", json.dumps({"input": [4]}), "exactly the keys 'input'"),
-             (tmp_path / "c.json", json.dumps({"input": [4], "layers": layers[:1]}), "output")]
+             (tmp_path / "c.json", json.dumps({"input": [4], "layers": layers[:1]}), "output"),
+             # a layer is named by its index in "layers", and what a JSON file lacks is said in
+             # JSON's terms (new-user review: "c.json[0].units", "plain integers or … tokens")
+             (tmp_path / "d.json", json.dumps({"input": [4], "layers": [
+                 {"kind": "dense", "units": "3"}, layers[-1]]}),
+              r"d\.json: layers\[0\]\.units is '3', expected a whole number"),
+             (tmp_path / "e.json", json.dumps({"input": [4], "layers": [layers[0], layers[-1]]}),
+              r'e\.json: layers: no stochastic layer \(a layer with "stochastic": true\)'),
+             (tmp_path / "f.json", json.dumps({"input": [4], "layers": [{"units": 3}, layers[-1]]}),
+              r"f\.json: layers\[0\]: has no 'kind' \(expected one of dense, ")]
     for path, text, words in cases:
         if text is not None:
             path.write_text(text)

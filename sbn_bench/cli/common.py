@@ -76,8 +76,17 @@ def problem_spec(ctx: click.Context, problem_file: Path | None, arch: str | None
               if v is not None]
     if len(chosen) != 1:
         what = "none was given" if not chosen else f"got {' and '.join(chosen)}"
+        if ctx.info_name == "run":  # run also takes a TOML file, or the folder of a run to resume
+            raise click.UsageError(f"give exactly one of --problem FILE, --arch 2-5-5-5-1, "
+                                   f"--preset paper or --config FILE ({what}), or --out DIR "
+                                   "--resume to continue a run")
         raise click.UsageError(f"give exactly one of --problem FILE, --arch 2-5-5-5-1 or "
                                f"--preset paper ({what})")
+    if arch is not None and arch.strip().lower().endswith(".json") \
+            and not Path(arch.strip()).is_file():  # a missing file, as --problem's: exit 2
+        raise click.BadParameter(f"{arch!r}: there is no layer list file {arch.strip()!r}"
+                                 + (" (it is a folder)" if Path(arch.strip()).is_dir() else ""),
+                                 param_hint="'--arch'")
     only_arch = [f"--{n.replace('_', '-')}" for n in ("data_points", "loss", "noise")
                  if given(ctx, n)]
     if arch is None and only_arch:
