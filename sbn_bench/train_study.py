@@ -773,6 +773,10 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
                                           "and distinct")
     kind = check_executor(executor)
     d = Path(out)
+    if resume and warn is not None and (not d.exists() or d.is_dir() and not any(d.iterdir())):
+        # a typo in --out would otherwise start a long study over without a word, as for a run
+        warn(f"resume: {str(d)!r} holds no study to resume (it is empty or missing); starting a "
+             "new study there")
     fp = _fingerprint(s)
     manifest_path = d / STUDY_NAME
     old: dict[str, Any] = {}

@@ -844,3 +844,23 @@ def test_a_resumed_study_keeps_the_earlier_sessions_from_its_start(
                      settings=settings, executor="serial", resume=True)
     assert seen["status"] == "running" and seen["runs"] == first
     assert not stray.exists() and report_tmp.exists()
+
+
+def test_resume_into_a_missing_folder_warns_as_a_run_does(tmp_path: Path) -> None:
+    """``train --resume --out typo`` started a new study without a word, where ``run --resume``
+    warns (new-user review): a mistyped folder would start a long study over."""
+    said: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    def stop(done: int, total: int, message: str) -> None:
+        raise Stop  # the warning comes before any work: nothing more is needed
+
+    with pytest.raises(Stop):
+        ts.run_study("digits-vae-exact", out=tmp_path / "typo", estimators=["st"], seeds=[0],
+                     settings=tiny("digits-vae-exact", epochs=1, probe_epochs=(0, 1)), resume=True,
+                     warn=said.append,
+                     progress=stop, executor="serial")
+    assert said == [f"resume: {str(tmp_path / 'typo')!r} holds no study to resume (it is empty "
+                    "or missing); starting a new study there"]
