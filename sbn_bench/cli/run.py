@@ -253,7 +253,7 @@ def _duration(seconds: float) -> str:
 @click.option("--cache-dir", type=FolderPath(), default=None,
               help="--preset paper: where trained checkpoints are cached (default "
                    "$SBN_BENCH_CACHE or ~/.cache/sbn-bench).")
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but warnings and errors.")
 @click.pass_context
 @friendly_errors
 def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset: str | None,

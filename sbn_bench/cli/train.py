@@ -53,14 +53,18 @@ def _bad(e: SbnBenchError, seed_option: str = "--train-seed") -> click.ClickExce
 @click.option("--estimator", "estimator_spec", default="reinforce", show_default=True,
               help="Estimator spec, e.g. psa, concrete:tau=0.1 or exact (see sbn-bench list).")
 @click.option("--optimizer", type=click.Choice(training.OPTIMIZERS), default="sgd",
-              show_default=True, help="SGD with momentum, or Adam (default betas).")
-@click.option("--lr", type=float, default=0.03, show_default=True, help="Learning rate (> 0).")
+              help="SGD with momentum, or Adam (default betas) [default: sgd; a study: its "
+                   "preset's].")
+@click.option("--lr", type=float, default=0.03,
+              help="Learning rate (> 0) [default: 0.03; a study: its preset's].")
 @click.option("--momentum", type=float, default=None,
               help=f"SGD momentum in [0, 1) [default: {training.DEFAULT_SGD_MOMENTUM}]; "
                    "not allowed with --optimizer adam.")
-@click.option("--batch-size", type=int, default=10, show_default=True,
-              help="Data points per step, 1..D (larger than D is refused).")
-@click.option("--epochs", type=int, default=2000, show_default=True, help="Passes over the data.")
+@click.option("--batch-size", type=int, default=10,
+              help="Data points per step, 1..D (larger than D is refused) [default: 10; a study: "
+                   "its preset's].")
+@click.option("--epochs", type=int, default=2000,
+              help="Passes over the data [default: 2000; a study: its preset's].")
 @click.option("--checkpoints", "checkpoints_text", default="", metavar="E1,E2,...",
               help="Epochs after which to save the parameters, each in 1..EPOCHS, e.g. 1,100,2000. "
                    "The initial parameters (epoch 0) and the last epoch are always saved.")
@@ -95,7 +99,7 @@ def _bad(e: SbnBenchError, seed_option: str = "--train-seed") -> click.ClickExce
               type=FolderPath(),
               help="Run the published training benchmark (every study preset at its defaults, "
                    "seeds 0-2) into this folder, resuming, and write its index README.md.")
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but warnings and errors.")
 @click.pass_context
 @friendly_errors
 def train(ctx: click.Context, problem_file: Path | None, arch: str | None, preset: str | None,
