@@ -88,6 +88,14 @@ class Problem:
     def __post_init__(self) -> None:
         validate(self)
 
+    def __repr__(self) -> str:
+        """One line: name, network, data, loss, noise, dtype and device (the tensors' values, a
+        few hundred lines, are left out: :meth:`fingerprint` identifies them)."""
+        kl = f", kl={self.kl!r}" if self.loss == "vae" else ""
+        return (f"Problem(name={self.name!r}, arch={self.arch!r}, num_data={self.num_data}, "
+                f"loss={self.loss!r}, noise={self.noise!r}{kl}, dtype={self.x.dtype}, "
+                f"device={self.x.device})")
+
     @property
     def net(self) -> Network:
         """The network (always set after construction)."""

@@ -537,3 +537,13 @@ def test_a_vae_problem_whose_targets_are_not_its_inputs_is_refused(tmp_path: Pat
         load_problem(f)
     with pytest.raises(ProblemError, match="differs from x"):
         dataclasses.replace(p, y=1 - p.x)
+
+
+def test_a_problem_prints_as_one_line() -> None:
+    """``print(problem)`` dumped every tensor (about 150 lines for the paper's net; new-user
+    review): it is one line that says what the problem is."""
+    p = problems.random_problem("2-5-5-5-1", seed=0)
+    assert repr(p) == ("Problem(name='arch-2-5-5-5-1-seed0', arch='2-5-5-5-1', num_data=100, "
+                       "loss='logistic', noise='logistic', dtype=torch.float64, device=cpu)")
+    assert "\n" not in str(problems.preset_problem("digits-vae-exact")) and "kl='analytic'" in repr(
+        problems.preset_problem("digits-vae-exact"))
