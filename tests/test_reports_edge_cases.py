@@ -301,7 +301,13 @@ def test_markup_in_names_is_escaped_in_the_markdown(tmp_path: Path) -> None:
                                                       name="<script>alert(1)"),)))
     write_report(out, formats=("md",))
     md = (out / "report" / "report.md").read_text()
-    assert "<script>" not in md and "&lt;script&gt;alert(1)" in md
+    assert "<script>" not in md and "&lt;script>alert(1)" in md
+    # only what could open markup is an entity: the criteria read "a > b", "x < 2" in the raw file
+    from sbn_bench.reports.markdown import _esc, _esc_text
+
+    assert _esc("|a − b| > 3·s.e. & x < 2") == "\\|a − b\\| > 3·s.e. & x < 2"
+    assert _esc("&lt; <!-- x --> </b> <http://x>") == "&amp;lt; &lt;!-- x --> &lt;/b> &lt;http://x>"
+    assert _esc_text("> not a quote `<kept>` <b>") == "\\> not a quote `<kept>` &lt;b>"
 
 
 @pytest.mark.parametrize("names, words", [

@@ -9,6 +9,7 @@ the tests are these tables). The best value of a column is **bold**, its ties *i
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,21 +41,34 @@ TOC_LEVELS = (2, 3, 4)
 """Heading levels listed in the table of contents."""
 
 
+_MARKUP_LT = re.compile(r"<(?=[A-Za-z/!?])")
+"""A ``<`` that can open markup in Markdown (a tag, a comment, an autolink): ``< 2`` cannot."""
+_ENTITY_AMP = re.compile(r"&(?=#?[A-Za-z0-9]+;)")
+"""An ``&`` that would be read as the start of an entity (``&lt;``)."""
+
+
+def _no_markup(text: str) -> str:
+    """``text`` with what Markdown would read as HTML (a tag, an entity) made plain text; other
+    ``<``, ``>`` and ``&`` stay as they are, so that the raw file reads ``|a − b| > 3`` (a line
+    opening with ``>``, a quote, is escaped too)."""
+    text = _MARKUP_LT.sub("&lt;", _ENTITY_AMP.sub("&amp;", text))
+    return "\\>" + text[1:] if text.startswith(">") else text
+
+
 def _esc(text: str) -> str:
-    """Text for a Markdown table cell or line: one line, ``|`` escaped, and HTML's ``&``, ``<``, ``>``
-    as entities (a problem named ``<script>`` must not become markup where Markdown is rendered)."""
-    text = " ".join(str(text).split())
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace("|", "\\|"))
+    """Text for a Markdown table cell or line: one line, ``|`` escaped, and what could become HTML
+    markup as entities (a problem named ``<script>`` must not become markup where Markdown is
+    rendered: :func:`_no_markup`)."""
+    return _no_markup(" ".join(str(text).split())).replace("|", "\\|")
 
 
 def _esc_text(text: str) -> str:
     """A paragraph on one line with its little inline Markdown kept (``**bold**``, ```code```), and
-    HTML's ``&``, ``<``, ``>`` as entities outside code spans (names in it, e.g. a checkpoint label,
-    must not become markup; inside a code span they are shown as they are)."""
+    what could become HTML markup as entities outside code spans (names in it, e.g. a checkpoint
+    label, must not become markup; inside a code span they are shown as they are)."""
     parts = " ".join(str(text).split()).split("`")
-    return "`".join(p if i % 2 else p.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-                    for i, p in enumerate(parts))
+    return "`".join(p if i % 2 else _no_markup(p) if i == 0 else _MARKUP_LT.sub(
+        "&lt;", _ENTITY_AMP.sub("&amp;", p)) for i, p in enumerate(parts))
 
 
 def _cell(text: str, strong: bool, tie: bool) -> str:
