@@ -249,6 +249,21 @@ def test_figures_are_labelled_log_scaled_with_complete_legends(run_a) -> None:
     ax = fig.get_axes()[0]
     assert ax.get_xlabel().startswith("samples/s")
     assert sorted(t.get_text() for t in ax.get_yticklabels()) == sorted(tp["estimator"])
+    from matplotlib.collections import PathCollection
+
+    bars = len(ax.patches)
+    assert bars == len(tp) and ax.get_xscale() == "linear"
+    # over more than 30×, a log axis: a dot per estimator, no bar (whose length would start at the
+    # axis' arbitrary left edge; new-user review)
+    import numpy as np
+
+    wide = tp.assign(samples_per_s=tp["samples_per_s"] * np.geomspace(1, 100, len(tp)))
+    wide = wide.assign(samples_per_s_lo=wide["samples_per_s"] * 0.9,
+                       samples_per_s_hi=wide["samples_per_s"] * 1.1)
+    ax = draw(throughput_figure, wide, ests, sty, "tiny").get_axes()[0]
+    assert ax.get_xscale() == "log" and not ax.patches
+    dots = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert len(dots) == 1 and len(dots[0].get_offsets()) == len(tp)
 
 
 def test_bias_variance_frame_recovers_relative_sd(run_a) -> None:

@@ -913,7 +913,8 @@ def bias_variance_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Map
 
 def throughput_figure(tp: pd.DataFrame, estimators: Sequence[str], sty: Mapping[str, Style],
                       title: str) -> Figure | None:
-    """Median samples/s per estimator (over checkpoints when measured at several), horizontal bars,
+    """Median samples/s per estimator (over checkpoints when measured at several), horizontal bars
+    (dots where the axis is logarithmic: a bar's length would start at an arbitrary edge there),
     whiskers from the lowest to the highest bound of the confidence interval of the median over
     interleaved rounds (schema-1 runs: the 25th and 75th percentiles of the timed rounds); an
     estimator whose interval is wider than the target is labelled ``(wide)``."""
@@ -940,21 +941,31 @@ def throughput_figure(tp: pd.DataFrame, estimators: Sequence[str], sty: Mapping[
     FigureCanvasAgg(fig)
     ax = fig.add_axes((left / w, 0.5 / h, 5.2 / w, 0.22 * len(order) / h))
     pos = np.arange(len(order))
-    ax.barh(pos, y, color=[sty[e].colour for e in order], height=0.7)
+    finite = y[np.isfinite(y) & (y > 0)]
+    log = bool(finite.size and finite.max() / finite.min() > 30)
+    colours = [sty[e].colour for e in order]
+    if log:  # a dot per estimator: a bar's length on a log axis starts at an arbitrary edge
+        ax.scatter(y, pos, c=colours, s=36, zorder=3, edgecolors="white", linewidths=0.6)
+    else:
+        ax.barh(pos, y, color=colours, height=0.7)
     err = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
-    ax.errorbar(y, pos, xerr=np.nan_to_num(err), fmt="none", ecolor="black", capsize=2.5, linewidth=0.9)
+    ax.errorbar(y, pos, xerr=np.nan_to_num(err), fmt="none", ecolor="black", capsize=2.5,
+                linewidth=0.9, zorder=2)
     ax.set_yticks(pos, labels)
     for lab, e in zip(ax.get_yticklabels(), order):
         lab.set_color(legible(sty[e].colour))
     ax.set_ylim(len(order) - 0.5, -0.5)
-    finite = y[np.isfinite(y) & (y > 0)]
-    if finite.size and finite.max() / finite.min() > 30:
+    if log:
         ax.set_xscale("log")
         ax.set_xlabel(f"samples/s, median over timed rounds (log); whiskers: {whiskers}")
     else:
         ax.set_xlabel(f"samples/s, median over timed rounds; whiskers: {whiskers}")
         ax.xaxis.set_major_formatter(mpl.ticker.StrMethodFormatter("{x:,.0f}"))
-    ax.grid(axis="y", visible=False)
+    if log:  # guides from label to dot, and the log axis' minor lines
+        ax.grid(axis="y", visible=True, color="#eeeeee", linewidth=0.6)
+        ax.grid(axis="x", which="both", visible=True, color="#e4e4e4", linewidth=0.5)
+    else:
+        ax.grid(axis="y", visible=False)
     fig.suptitle(f"{title} — {devices}", x=left / w, ha="left", y=1 - 0.1 / h, va="top", fontsize=9.5)
     return fig
 
