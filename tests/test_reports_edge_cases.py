@@ -684,6 +684,16 @@ def test_the_exact_estimator_does_not_stretch_the_cosine_axis() -> None:
         for metric, v in (("rrmse", 10 * gap / m), ("cosine_mean", 1 - gap / m))])
     lo, hi = accuracy_limits(rows)["cosine"]
     assert ROUND_OFF_ZERO < lo < 0.005 and hi > 0.3
+    # both its panels name it, its rrmse of 0 as its 1 − cos (the rrmse panels left it out
+    # without a word; new-user review)
+    from sbn_bench.reports.figures import accuracy_figure, draw, styles
+
+    ests = ["st", "psa", "exact"]
+    fig = draw(accuracy_figure, rows.assign(value=lambda d: d["value"].where(
+        ~((d["estimator"] == "exact") & (d["metric"] == "rrmse")), 0.0)), ests,
+        styles(ests, {"st": "straight-through", "psa": "psa", "exact": "exact"}), "t")
+    notes = [t.get_text() for ax in fig.get_axes()[:2] for t in ax.texts]
+    assert notes == ["off scale: exact (0)"] * 2, notes
 
 
 def test_family_colours_are_darkened_for_text() -> None:

@@ -559,6 +559,9 @@ def accuracy_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[
                         if (layer, e) not in rr:
                             continue
                         m, y, se = rr[(layer, e)]
+                        if not (y > ROUNDOFF_RRMSE).any():  # the exact gradient: 0, no place on a log axis
+                            off[e] = 0.0
+                            continue
                         if not _fits(y, limits.get("rrmse")):
                             off[e] = float(np.nanmax(y))
                             continue
