@@ -412,5 +412,11 @@ def test_twenty_five_estimators_become_small_multiples_with_distinct_styles() ->
     assert len(fig.get_axes()) == 2 * len(groups) * 3  # (rrmse, 1 − cos) × groups, × layers 1, 2, all
     for ax in fig.get_axes():  # no panel holds more than MAX_LINES lines
         assert len(ax.get_lines()) <= MAX_LINES
+    # each group of rows says which families it holds, down the left edge beside its rows (the one
+    # legend alone did not; new-user review), every family once
+    labels = [t for t in fig.texts if t.get_rotation() == 90]
+    assert len(labels) == len(groups)
+    for t, group in zip(labels, groups):
+        assert " ".join(t.get_text().split()) == " · ".join(dict.fromkeys(fams[e] for e in group))
     fig = draw(bias_variance_figure, rows, ests, sty, ["init"], "many")
     assert len(fig.get_axes()) == len(groups) * 3  # one row per group, layers 1, 2, all

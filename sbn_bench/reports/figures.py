@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import sys
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -519,6 +520,20 @@ def accuracy_limits(rows: pd.DataFrame) -> dict[str, tuple[float, float] | None]
             "cosine": _log_limits(gap[gap > ROUND_OFF_ZERO]) if not cos.empty else None}
 
 
+def _group_labels(fig: Figure, axes: np.ndarray, groups: Sequence[Sequence[str]], per_group: int,
+                  sty: Mapping[str, Style]) -> None:
+    """Small multiples: the families of each group of rows, written down the figure's left edge
+    beside its ``per_group`` rows (the one legend alone did not say which row holds which)."""
+    w, h = fig.get_size_inches()
+    for gi, group in enumerate(groups):
+        top, bottom = axes[gi * per_group, 0].get_position(), axes[(gi + 1) * per_group - 1, 0].get_position()
+        fams = " · ".join(dict.fromkeys(sty[e].family for e in group))
+        chars = max(20, int((top.y1 - bottom.y0) * h / _text_inches(1)))  # that fit the rows' height
+        text = textwrap.fill(fams, chars, break_on_hyphens=False)
+        fig.text(0.14 / w, (top.y1 + bottom.y0) / 2, text, rotation=90, ha="center", va="center",
+                 fontsize=7.5, color="#333333", linespacing=1.1)
+
+
 def accuracy_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[str, Style],
                     title: str, limits: Mapping[str, tuple[float, float] | None] | None = None
                     ) -> Figure | None:
@@ -540,10 +555,12 @@ def accuracy_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[
     kinds = [k for k, d in (("rrmse", rr), ("cosine", cm)) if d]
     nrows = len(kinds) * len(groups)
     fig, axes = _grid(nrows, len(layers), sharex=True, sharey="row", title=title,
-                      right=_legend_room(present))
+                      right=_legend_room(present), left=1.05 if len(groups) > 1 else 0.75)
     for ax in axes.ravel():
         ax.set_xscale("log")
         ax.set_yscale("log")
+    if len(groups) > 1:
+        _group_labels(fig, axes, groups, len(kinds), sty)
     _decades(axes[0, 0], "x")
     for r in range(nrows):
         _decades(axes[r, 0], "y")
@@ -636,7 +653,9 @@ def story_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[str
     log_x = xlabel == "training epoch" and min(xs) > 0 and max(xs) / min(xs) >= 20
     nrows = len(kinds) * len(groups)
     fig, axes = _grid(nrows, len(layers), panel=(2.3, 1.8), sharex=True, sharey="row", title=title,
-                      right=_legend_room(present))
+                      right=_legend_room(present), left=1.05 if len(groups) > 1 else 0.75)
+    if len(groups) > 1:
+        _group_labels(fig, axes, groups, len(kinds), sty)
     for ax in axes.ravel():
         ax.set_yscale("log")
         if log_x:
@@ -689,8 +708,8 @@ def story_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[str
                 note = {**off}
                 _off_scale_note(ax, note)
                 if zero:
-                    what = "≈0 (unbiased in this layer)" if kind == "relative bias" else "≈0"
-                    ax.text(0.02, 0.02, f"{what}: {_cut(zero, 3)}", transform=ax.transAxes,
+                    what = "≈0, unbiased in this layer:\n" if kind == "relative bias" else "≈0: "
+                    ax.text(0.02, 0.02, f"{what}{_cut(zero, 2)}", transform=ax.transAxes,
                             fontsize=6.2, color="#555555", va="bottom", ha="left", zorder=5,
                             bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85))
                 if c == 0:
