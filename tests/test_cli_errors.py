@@ -730,3 +730,23 @@ def test_a_missing_arch_file_is_a_usage_error_as_a_missing_problem_file(tmp_path
     (tmp_path / "dir.json").mkdir()
     res = invoke(["exact", "--arch", str(tmp_path / "dir.json")])
     assert res.exit_code == 2 and "(it is a folder)" in res.output, res.output
+
+
+def test_hints_name_the_option_alone_on_the_command_line(tmp_path: Path) -> None:
+    """The library's hints name a setting both ways ("resume that run (resume=True, --resume)");
+    the command line shows the option alone (new-user review), the Python API both."""
+    from sbn_bench.cli.base import options_only
+
+    args = ["run", "--arch", "2-3-1", "--samples", "50", "--estimators", "st", "--no-throughput",
+            "--no-report", "-q", "--out", str(tmp_path / "r")]
+    assert invoke(args).exit_code == 0
+    res = invoke(args)
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1 and "resume that run (--resume) or choose another output folder " \
+        "(--out)" in text and "resume=True" not in text, res.output
+    assert options_only("(raise it with max_bytes= / --max-exact-bytes, or)") == \
+        "(raise it with --max-exact-bytes, or)"
+    kept = "a problem named 'resume=True, --resume' or /p/out=…, --out"  # quoted, a path
+    assert options_only(kept) == kept
+    with pytest.raises(Exception, match=r"\(resume=True, --resume\)"):  # the API keeps both
+        runner.run(runner.config_from_manifest(tmp_path / "r" / "manifest.json"))

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,7 +82,7 @@ def friendly_errors(fn: F) -> F:
             usage = _option_error(e)
             if usage is not None:
                 raise usage from None
-            raise click.ClickException(_config_origin(e) + cli_names(str(e), e)
+            raise click.ClickException(_config_origin(e) + options_only(cli_names(str(e), e))
                                        or type(e).__name__) from None
         except (MemoryError, RuntimeError) as e:
             # out of memory while allocating (torch raises RuntimeError "can't allocate memory"):
@@ -128,7 +129,7 @@ def _option_error(e: SbnBenchError) -> click.BadParameter | None:
     params += [p for p in ctx.command.params if p.name in shared and given(ctx, p.name)]
     if not params:  # the value came from a file or a default: no option of this command is at fault
         return None
-    return click.BadParameter(cli_names(without_name(str(e), e.argument), e), ctx=ctx,
+    return click.BadParameter(options_only(cli_names(without_name(str(e), e.argument), e)), ctx=ctx,
                               param_hint=" / ".join(p.get_error_hint(ctx) for p in params))
 
 
@@ -209,6 +210,18 @@ def cli_names(message: str, e: SbnBenchError) -> str:
     # "memory_budget=" → "--memory-budget="; "compare_dir, --compare" and the like → "--compare"
     return re.sub(rf"(?<![\w.\-/'\"]){re.escape(name)}(?:, {flag}| / {flag}| \({flag}\))?"
                   rf"(?![\w\-/'\"])", option, message)
+
+
+_BOTH_NAMES = re.compile(r"(?<![\w.\-/'\"])[a-z][a-z_]*=(?:True|…)?(?:, | / )(--[a-z][a-z-]*)")
+"""A hint that names a setting both ways, the library's and the option (``resume=True, --resume``,
+``out=…, --out``, ``max_bytes= / --max-exact-bytes``)."""
+
+
+def options_only(message: str) -> str:
+    """``message`` with each hint that names a setting both as the library's keyword and as the
+    command's option (``resume that run (resume=True, --resume)``) naming the option alone: a user
+    of the command line has no keyword to give."""
+    return _BOTH_NAMES.sub(r"\1", message)
 
 
 def without_name(message: str, argument: str) -> str:

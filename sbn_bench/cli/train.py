@@ -13,7 +13,7 @@ import click
 
 from sbn_bench import train as training
 from sbn_bench import train_report, train_study
-from sbn_bench.cli.base import FolderPath, interrupted_status, without_name
+from sbn_bench.cli.base import FolderPath, interrupted_status, options_only, without_name
 from sbn_bench.cli.common import (
     build_problem,
     executor_callback,
@@ -42,9 +42,10 @@ def _bad(e: SbnBenchError, seed_option: str = "--train-seed") -> click.ClickExce
     refused ``--out`` folder (what it holds: ``out_dir`` of a training, ``out`` of a study) is exit
     status 1, as for ``sbn-bench run``."""
     if e.argument in ("out_dir", "out"):
-        return click.ClickException(f"--out {without_name(str(e), e.argument)}")
+        return click.ClickException(f"--out {options_only(without_name(str(e), e.argument))}")
     option = seed_option if e.argument == "seed" else _OPTION_OF.get(e.argument, e.argument)
-    return click.BadParameter(without_name(str(e), e.argument or ""), param_hint=f"'{option}'")
+    return click.BadParameter(options_only(without_name(str(e), e.argument or "")),
+                              param_hint=f"'{option}'")
 
 
 @click.command()
@@ -240,7 +241,7 @@ def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out
             if e.argument != "out":
                 raise
             # a refused folder is exit status 1, as a refused --out
-            raise click.ClickException(f"--publish {without_name(str(e), 'out')}") from None
+            raise click.ClickException(f"--publish {options_only(without_name(str(e), 'out'))}") from None
         except KeyboardInterrupt:
             again = " ".join(shlex.quote(a) for a in [
                 "sbn-bench", "train", "--publish", str(publish_dir), "--executor", executor,
