@@ -438,7 +438,7 @@ def _gib(size: str) -> float:
 def _numbers(msg: str) -> tuple[float, float, float]:
     """(entries, memory in GiB, limit in GiB) of a size-guard message."""
     m = re.search(r"needs ([\d.eE+-]+) table entries, about (.+?) of memory, over the limit of "
-                  r"(.+?) \(raise", msg)
+                  r"(.+?) \((?:raise|use)", msg)
     assert m, f"message does not state entries, memory and limit: {msg}"
     return float(m.group(1)), _gib(m.group(2)), _gib(m.group(3))
 
