@@ -129,6 +129,11 @@ DEFAULT_MEMORY_BUDGET = 2**30
 DEFAULT_CELL_TIMEOUT = 3600.0
 """Seconds a cell may take by default (an hour: far above any built-in cell on the presets, which
 take seconds); a cell past it is recorded as failed and the run goes on."""
+MAX_CELL_TIMEOUT = 1e9
+"""The longest ``cell_timeout`` (seconds, 31 years): the system's timers overflow near 9.2e9."""
+
+MAX_TARGET_RRMSE = 1e100
+"""The largest ``target_rrmse``: ``t²‖g‖²`` overflows float64 above about 1e154."""
 MAX_SAMPLES = 10**9
 """Largest ``samples`` (and throughput batch): beyond it a run would not finish in any reasonable
 time on any machine."""
@@ -719,9 +724,11 @@ class RunConfig:
         _check_int("memory_budget", self.memory_budget, 1)
         _check_int("max_exact_bytes", self.max_exact_bytes, 1)
         if isinstance(self.target_rrmse, bool) or not isinstance(self.target_rrmse, (int, float)) \
-                or not math.isfinite(self.target_rrmse) or self.target_rrmse <= 0:
-            raise ConfigError(f"target_rrmse={self.target_rrmse!r} must be a number > 0",
-                              argument="target_rrmse")
+                or not math.isfinite(self.target_rrmse) or not 0 < self.target_rrmse <= MAX_TARGET_RRMSE:
+            # above the bound t²‖g‖² overflows float64 (every cell failed with OverflowError)
+            raise ConfigError(f"target_rrmse={self.target_rrmse!r} must be a number > 0 and ≤ "
+                              f"{MAX_TARGET_RRMSE:g}", argument="target_rrmse",
+                              value=self.target_rrmse, expected=f"0 < t ≤ {MAX_TARGET_RRMSE:g}")
         object.__setattr__(self, "target_rrmse", float(self.target_rrmse))
         _check_int("stderr_batches", self.stderr_batches, 2)
         _check_int("cosine_groups", self.cosine_groups, 1)
@@ -731,10 +738,13 @@ class RunConfig:
         _check_int("threads", self.threads, 1, MAX_THREADS)
         if self.cell_timeout is not None:
             if isinstance(self.cell_timeout, bool) or not isinstance(self.cell_timeout, (int, float)) \
-                    or not math.isfinite(self.cell_timeout) or self.cell_timeout <= 0:
+                    or not math.isfinite(self.cell_timeout) \
+                    or not 0 < self.cell_timeout <= MAX_CELL_TIMEOUT:
+                # above the bound the system's timers overflow (every cell failed, or a traceback)
                 raise ConfigError(f"cell_timeout={self.cell_timeout!r} must be a number of seconds "
-                                  "> 0, or None for no limit", argument="cell_timeout",
-                                  value=self.cell_timeout, expected="seconds > 0")
+                                  f"> 0 and ≤ {MAX_CELL_TIMEOUT:g} (31 years), or None for no "
+                                  "limit", argument="cell_timeout", value=self.cell_timeout,
+                                  expected=f"0 < seconds ≤ {MAX_CELL_TIMEOUT:g}")
             object.__setattr__(self, "cell_timeout", float(self.cell_timeout))
         parse_reference(self.reference)
         _check_choice("reference_target", self.reference_target, REFERENCE_TARGETS)

@@ -193,3 +193,19 @@ def test_a_missing_problem_file_is_refused_naming_the_toml_file_and_line(tmp_pat
     with pytest.raises(ConfigError, match=rf"line 2: problem 1: file='{tmp_path}/none.npz': there "
                                           rf"is no file '{tmp_path}/none.npz'$"):
         load_config(cfg)
+
+
+@pytest.mark.parametrize(("key", "ok", "bad"), [("cell_timeout", 1e9, 1e10),
+                                                 ("target_rrmse", 1e100, 1e160)])
+def test_bounds_beyond_which_every_cell_would_overflow_are_refused(key: str, ok: float,
+                                                                   bad: float) -> None:
+    """``cell_timeout=1e10`` overflowed the system's timers (every cell failed, or a traceback
+    under worker processes) and ``target_rrmse=1e160`` overflowed t²‖g‖² (every cell failed):
+    both are refused before any work, naming the bound (attacker review)."""
+    from sbn_bench.config import ProblemSpec, RunConfig
+
+    base = dict(problems=(ProblemSpec(arch="2-2-1"),), estimators=("st",))
+    assert getattr(RunConfig(**base, **{key: ok}), key) == ok
+    with pytest.raises(ConfigError, match=rf"{key}=\S+ must be .*≤ 1e\+(09|100)") as e:
+        RunConfig(**base, **{key: bad})
+    assert e.value.argument == key
