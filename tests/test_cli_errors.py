@@ -117,6 +117,18 @@ def test_a_baseline_that_is_not_a_run_is_named_as_the_baseline(tmp_path):
     res = invoke(["report", str(run), "--compare", str(empty)])
     assert_refused(res, 1, ["the baseline run (--compare)",
                             f"run directory {str(empty)!r} is empty"])
+    # a damaged table in the baseline is the file's failure, exit 1 as in DIR (it was 2, blamed on
+    # the option; attacker review)
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
+    m = pd.read_csv(damaged / "metrics.csv", dtype=str, keep_default_na=False)
+    m.loc[2, "mode"] = "bogus"
+    m.to_csv(damaged / "metrics.csv", index=False)
+    res = invoke(["report", str(run), "--compare", str(damaged), "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 1 and "Usage:" not in res.output and \
+        "the baseline run (--compare)" in res.output and "line 4" in res.output, res.output
 
 
 def test_huge_problems_are_refused_before_allocating(tmp_path):

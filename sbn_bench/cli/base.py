@@ -212,9 +212,10 @@ def cli_names(message: str, e: SbnBenchError) -> str:
                   rf"(?![\w\-/'\"])", option, message)
 
 
-_BOTH_NAMES = re.compile(r"(?<![\w.\-/'\"])[a-z][a-z_]*=(?:True|…)?(?:, | / )(--[a-z][a-z-]*)")
+_BOTH_NAMES = re.compile(r"(?<![\w.\-/'\"])(?:[a-z][a-z_]*=(?:True|…)?|[a-z]+_[a-z_]+)(?:, | / )"
+                         r"(--[a-z][a-z-]*)")
 """A hint that names a setting both ways, the library's and the option (``resume=True, --resume``,
-``out=…, --out``, ``max_bytes= / --max-exact-bytes``)."""
+``out=…, --out``, ``max_bytes= / --max-exact-bytes``, ``compare_dir, --compare``)."""
 
 
 def options_only(message: str) -> str:

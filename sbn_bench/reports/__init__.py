@@ -325,8 +325,12 @@ def _load_baseline(compare_dir: str | os.PathLike[str]) -> Run:
     try:
         return load_run(compare_dir)
     except SbnBenchError as e:
+        # the folder itself refused (missing, not a run) is the option's fault; a damaged file in
+        # it keeps its own argument (the file: exit status 1 on the command line, as for DIR)
+        folder = isinstance(e.argument, str) and Path(e.argument) == Path(compare_dir)
         raise type(e)(f"the baseline run (compare_dir, --compare): {e.message}",
-                      argument="compare_dir", value=str(compare_dir), expected=e.expected) from None
+                      argument="compare_dir" if folder or e.argument is None else e.argument,
+                      value=str(compare_dir), expected=e.expected) from None
 
 
 _RESULTS = ((MANIFEST, "run", "config"), (STUDY_MANIFEST, "training study", "kind"),
