@@ -278,6 +278,14 @@ def test_a_run_killed_before_its_first_assembly_has_a_report(small_run: Path) ->
         md = (small_run / "report" / "report.md").read_text()
         assert "never assembled" in md and "psa" in md and f"{total} of {total} cells done" in md
         assert not (small_run / "metrics.csv").exists()  # the report does not write the tables
+    # every part cut off as well: nothing to report, said so (exit 1), not an empty report headed
+    # "status complete" (attacker review)
+    parts = sorted((small_run / "cells").glob("*.csv"))
+    for part in parts:
+        part.write_text(part.read_text()[:50])
+    res = invoke(["report", small_run, "--format", "md"])
+    assert res.exit_code == 1 and f"none of its {len(parts)} part file(s)" in res.output, res.output
+    assert "--resume" in res.output
 
 
 @pytest.mark.parametrize(("column", "value", "words"), [

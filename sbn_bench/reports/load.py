@@ -164,8 +164,15 @@ def _tables_from_parts(path: Path) -> tuple[str, dict[str, pd.DataFrame]] | None
         if not cut:
             return None
         why = f"{', '.join(cut)} {'is' if len(cut) == 1 else 'are'} cut off mid-row"
+    parts = tables_from_parts(path)
+    files = sorted((path / "cells").glob("*.csv"))
+    if all(t.empty for t in parts.values()):  # nothing left to report: not an empty "complete" report
+        raise RunDirError(f"run directory {str(path)!r}: {why}, and none of its {len(files)} part "
+                          f"file(s) in {path / 'cells'} is complete (damaged or cut off); resume the "
+                          f"run to compute them again (sbn-bench run --out {path} --resume)",
+                          argument=str(path), expected="a run with complete results")
     return (f"{why}: the tables below are assembled from the complete part files in "
-            f"{path / 'cells'}", tables_from_parts(path))
+            f"{path / 'cells'}", parts)
 
 
 def load_run(run_dir: str | Path) -> Run:
