@@ -762,3 +762,20 @@ def test_hints_name_the_option_alone_on_the_command_line(tmp_path: Path) -> None
     assert options_only(kept) == kept
     with pytest.raises(Exception, match=r"\(resume=True, --resume\)"):  # the API keeps both
         runner.run(runner.config_from_manifest(tmp_path / "r" / "manifest.json"))
+
+
+def test_a_reference_cache_that_cannot_be_written_is_refused_before_any_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device or a file as the Monte-Carlo reference's cache failed every cell, the cause in
+    failures.csv only (attacker review): refused before any work, nothing written."""
+    args = ["run", "--arch", "2-2-1", "--estimators", "st", "--samples", "50", "--no-throughput",
+            "--no-report", "-q", "--reference", "mc:reinforce:100"]
+    res = invoke([*args, "--reference-cache", "/dev/null", "--out", str(tmp_path / "a")])
+    assert res.exit_code == 2 and "Invalid value for '--reference-cache': '/dev/null': cannot " \
+        "write there (Not a directory)" in " ".join(res.output.split()), res.output
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("SBN_BENCH_CACHE", str(tmp_path / "file"))
+    res = invoke([*args, "--out", str(tmp_path / "b")])
+    assert res.exit_code == 1 and "(from $SBN_BENCH_CACHE or the default): cannot write there" \
+        in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -41,6 +41,7 @@ import contextlib
 import json
 import math
 import os
+import tempfile
 import threading
 import time
 import warnings as warnings_mod
@@ -551,6 +552,23 @@ def reference_cache_dir(config: RunConfig) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "sbn-bench"
 
 
+def _check_cache_dir(cache: Path, default: bool) -> None:
+    """Refuse, before any work, a reference cache that cannot be a folder to write in (a file, a
+    device, a read-only place): every cell failed with the cause in ``failures.csv`` only."""
+    probe = cache / "mcref"
+    try:
+        probe.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        where = " (from $SBN_BENCH_CACHE or the default)" if default else ""
+        raise RunError(f"reference_cache={str(cache)!r}{where}: cannot write there "
+                       f"({e.strerror or e}); give a folder this user can write in",
+                       argument="reference_cache", value=str(cache),
+                       expected="a writable folder") from None
+
+
 def plan_mc_references(config: RunConfig, plan: Plan) -> None:
     """Choose R and N of every Monte-Carlo reference of the run (``plan.mc_plans``), before any
     work: the pilots run here (or are read from the cache), and a reference that the time budget
@@ -558,6 +576,8 @@ def plan_mc_references(config: RunConfig, plan: Plan) -> None:
     (:class:`~sbn_bench.runner.mcref.McReferenceError`, with the estimate)."""
     _, est, n = parse_reference(config.reference)
     previous = _previous_plans(config)
+    if any(plan.references.get((pname, label)) == "mc" for pname, label, _ in plan.problems):
+        _check_cache_dir(reference_cache_dir(config), config.reference_cache is None)
     for pname, label, prob in plan.problems:
         if plan.references.get((pname, label)) != "mc":
             continue
