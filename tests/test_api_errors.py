@@ -228,3 +228,19 @@ def test_numpy_integers_are_integers_everywhere(tmp_path) -> None:
     assert res.manifest["config"]["epochs"] == 2 and res.manifest["steps"] == 4
     with pytest.raises(SbnBenchError, match="samples=True"):  # a bool is still no integer
         RunConfig(problems=(ProblemSpec(arch="2-2-1"),), samples=True)
+
+
+def test_estimate_beyond_the_machines_memory_is_a_clear_error() -> None:
+    """``estimate(psa, problem, 10**12, g)`` leaked torch's raw allocation RuntimeError (the README
+    calls any other exception a bug; attacker review): an SbnBenchError naming num_samples."""
+    import torch
+
+    import sbn_bench as sb
+    from sbn_bench.errors import SbnBenchError
+    from sbn_bench.estimators import load_registry
+
+    psa = load_registry().create("psa")
+    with pytest.raises(SbnBenchError, match=r"num_samples=1000000000000: the estimate of 'psa' "
+                                            r"needs more memory than this machine has") as e:
+        sb.estimate(psa, sb.random_problem("2-2-1", 0), 10**12, torch.Generator())
+    assert e.value.argument == "num_samples" and isinstance(e.value, MemoryError)

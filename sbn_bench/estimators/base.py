@@ -85,6 +85,10 @@ class UnsupportedProblem(SbnBenchError, ValueError):
     ``argument`` is ``"noise"`` or ``"loss"``."""
 
 
+class EstimateMemoryError(SbnBenchError, MemoryError):
+    """:func:`estimate` ran out of memory for the samples asked (too many for this machine)."""
+
+
 class ContractError(SbnBenchError, TypeError):
     """An estimator (typically a plugin) that breaks the contract; ``argument`` names it."""
 
@@ -378,10 +382,20 @@ def estimate(
                             expected="a torch.Generator on the problem's device")
     _check_estimator_and_problem(estimator, problem)
     estimator.check_supports(problem)
-    reps = model.replicate(problem.params, num_samples)
-    with torch.enable_grad():
-        surr = estimator.surrogate(problem, reps, generator)
-        return _gradients(_with_kl(surr, problem, reps), reps, num_samples, estimator.spec)
+    try:
+        reps = model.replicate(problem.params, num_samples)
+        with torch.enable_grad():
+            surr = estimator.surrogate(problem, reps, generator)
+            return _gradients(_with_kl(surr, problem, reps), reps, num_samples, estimator.spec)
+    except (MemoryError, RuntimeError) as e:
+        text = " ".join(str(e).split())
+        if not (isinstance(e, MemoryError) or "allocate" in text or "out of memory" in text):
+            raise
+        raise EstimateMemoryError(
+            f"argument num_samples={num_samples}: the estimate of {estimator.spec!r} needs more "
+            f"memory than this machine has ({text[:200] or 'MemoryError'}); take fewer samples per "
+            "call (the runner splits them by memory_budget)", argument="num_samples",
+            value=num_samples, expected="fewer samples per call") from e
 
 
 def estimate_on_paths(
