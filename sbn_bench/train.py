@@ -331,14 +331,20 @@ def parse_checkpoints(text: str) -> list[int]:
     Raises:
         TrainArgumentError: an item that is not an integer.
     """
-    out = []
-    for item in filter(None, (s.strip() for s in text.split(","))):
+    out: list[int] = []
+    items = [s.strip() for s in text.split(",")]
+    if items == [""]:  # none given: the initial and the last epoch only
+        return out
+    for item in items:
         try:
             out.append(int(item))
         except ValueError:
-            raise TrainArgumentError("checkpoints", f"argument checkpoints={text!r}: {item!r} is not "
-                                                    "an integer epoch (expected e.g. '1,100,2000')"
-                                     ) from None
+            what = "an empty item" if not item else f"{item!r} is not an integer epoch"
+            raise TrainArgumentError("checkpoints", f"argument checkpoints={text!r}: {what} "
+                                                    "(expected e.g. '1,100,2000')") from None
+    if len(set(out)) != len(out):  # as --M and --seeds refuse a repeated value
+        raise TrainArgumentError("checkpoints", f"argument checkpoints={text!r} repeats an epoch "
+                                                "(expected distinct epochs, e.g. '1,100,2000')")
     return out
 
 

@@ -597,3 +597,15 @@ def test_training_with_an_adaptive_estimator_is_refused_before_any_work(tmp_path
     res = CliRunner().invoke(main, ["train", "--arch", "2-3-1", "--estimator", "rebar", "--epochs",
                                     "1", "--out", str(tmp_path / "c")])
     assert res.exit_code == 2 and "Invalid value for '--estimator'" in res.output, res.output
+
+
+@pytest.mark.parametrize(("text", "words"), [("1,1", "repeats an epoch"), ("1,", "an empty item"),
+                                             ("1,,2", "an empty item"), ("x", "'x' is not an integer")])
+def test_checkpoint_lists_are_refused_as_the_other_lists_are(text: str, words: str) -> None:
+    """``--checkpoints 1,1`` and ``1,`` were accepted silently where --M and --seeds refuse them
+    (attacker review); none given is the initial and last epoch only."""
+    from sbn_bench.train import parse_checkpoints
+
+    assert parse_checkpoints("") == [] and parse_checkpoints(" 1, 100 ") == [1, 100]
+    with pytest.raises(TrainArgumentError, match=words):
+        parse_checkpoints(text)
