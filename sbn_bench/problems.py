@@ -737,6 +737,9 @@ def save_problem(problem: Problem, path: str | os.PathLike[str], *, overwrite: b
         raise ProblemError(f"cannot write problem file {str(path)!r}: it is a folder; expected a file "
                            "name such as problem.npz", argument="path", value=str(path),
                            expected="a file path")
+    if not isinstance(overwrite, bool):  # "no" is truthy: it would overwrite
+        raise ProblemError(f"argument overwrite={overwrite!r} must be True or False",
+                           argument="overwrite", value=overwrite, expected="True or False")
     path = Path(path)
     if not overwrite and (path.exists() or path.is_symlink()):  # a link to nowhere is there too
         raise ProblemError(f"argument path={str(path)!r} exists; pass overwrite=True (--overwrite) "

@@ -547,3 +547,14 @@ def test_a_problem_prints_as_one_line() -> None:
                        "loss='logistic', noise='logistic', dtype=torch.float64, device=cpu)")
     assert "\n" not in str(problems.preset_problem("digits-vae-exact")) and "kl='analytic'" in repr(
         problems.preset_problem("digits-vae-exact"))
+
+
+def test_save_problem_takes_overwrite_as_a_bool(tmp_path: Path) -> None:
+    """``overwrite="no"`` overwrote the file (a truthy string; attacker review): refused."""
+    p = problems.random_problem("2-2-1", seed=0)
+    problems.save_problem(p, tmp_path / "p.npz")
+    before = (tmp_path / "p.npz").read_bytes()
+    with pytest.raises(problems.ProblemError, match=r"overwrite='no' must be True or False"):
+        problems.save_problem(problems.random_problem("2-2-1", seed=1), tmp_path / "p.npz",
+                              overwrite="no")  # type: ignore[arg-type]
+    assert (tmp_path / "p.npz").read_bytes() == before
