@@ -80,6 +80,16 @@ class ArgumentError(SbnBenchError, ValueError):
     """A Python argument out of its range (e.g. ``num_samples=0``)."""
 
 
+def is_out_of_memory(e: BaseException) -> bool:
+    """``e`` is running out of memory while allocating: a ``MemoryError``, or torch's
+    ``RuntimeError`` ("can't allocate memory", "CUDA out of memory"): the request was too large for
+    the machine, not a bug."""
+    if isinstance(e, MemoryError):
+        return True
+    text = " ".join(str(e).split()) if isinstance(e, RuntimeError) else ""
+    return "allocate" in text or "out of memory" in text
+
+
 def short_repr(value: object, limit: int = 80) -> str:
     """``repr(value)``, cut to ``limit`` characters with ``…`` (a value quoted in a message)."""
     text = repr(value)

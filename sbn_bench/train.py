@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench import malloc, model, network
-from sbn_bench.errors import EMPTY_FOLDER, SbnBenchError, plain_int
+from sbn_bench.errors import EMPTY_FOLDER, SbnBenchError, is_out_of_memory, plain_int
 from sbn_bench.estimators import ContractError, Estimator, load_plugins, load_registry
 from sbn_bench.fileio import WriteError, atomic_write_bytes, folder_lock
 from sbn_bench.problems import Problem, save_problem
@@ -542,7 +542,7 @@ def _step_gradient(estimator: Estimator, sub: Problem, leaves: Mapping[str, Tens
     except (SbnBenchError, MemoryError, KeyboardInterrupt):  # said in their own words (Ctrl-C
         raise                                              # stops the training, as anywhere)
     except (Exception, SystemExit) as e:  # noqa: BLE001 - a plugin may raise anything
-        if isinstance(e, RuntimeError) and ("out of memory" in str(e) or "allocate" in str(e)):
+        if isinstance(e, RuntimeError) and is_out_of_memory(e):
             raise  # the machine's limit, not the estimator's fault (the command line's hint)
         raise EstimatorFailed(f"estimator {estimator.spec!r} failed while estimating a training "
                               f"step's gradient: {type(e).__name__}: {e}",

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
-from sbn_bench.errors import EMPTY_FOLDER, SbnBenchError
+from sbn_bench.errors import EMPTY_FOLDER, SbnBenchError, is_out_of_memory
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -87,10 +87,9 @@ def friendly_errors(fn: F) -> F:
         except (MemoryError, RuntimeError) as e:
             # out of memory while allocating (torch raises RuntimeError "can't allocate memory"):
             # the request was too large for this machine, not a bug to show a traceback for
-            text = " ".join(str(e).split())
-            if os.environ.get("SBN_BENCH_DEBUG") or not (
-                    isinstance(e, MemoryError) or "allocate" in text or "out of memory" in text):
+            if os.environ.get("SBN_BENCH_DEBUG") or not is_out_of_memory(e):
                 raise
+            text = " ".join(str(e).split())
             raise click.ClickException(f"out of memory: {text or 'MemoryError'} (use a smaller "
                                        "problem, or lower --memory-budget / --chunk)") from None
 

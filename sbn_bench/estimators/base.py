@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench import model, network
-from sbn_bench.errors import ArgumentError, SbnBenchError, short_repr
+from sbn_bench.errors import ArgumentError, SbnBenchError, is_out_of_memory, short_repr
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES, Params
 from sbn_bench.problems import Problem, check_problem
 
@@ -388,9 +388,9 @@ def estimate(
             surr = estimator.surrogate(problem, reps, generator)
             return _gradients(_with_kl(surr, problem, reps), reps, num_samples, estimator.spec)
     except (MemoryError, RuntimeError) as e:
-        text = " ".join(str(e).split())
-        if not (isinstance(e, MemoryError) or "allocate" in text or "out of memory" in text):
+        if not is_out_of_memory(e):
             raise
+        text = " ".join(str(e).split())
         raise EstimateMemoryError(
             f"argument num_samples={num_samples}: the estimate of {estimator.spec!r} needs more "
             f"memory than this machine has ({text[:200] or 'MemoryError'}); take fewer samples per "
