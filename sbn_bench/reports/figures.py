@@ -980,13 +980,12 @@ def throughput_figure(tp: pd.DataFrame, estimators: Sequence[str], sty: Mapping[
     if log:
         ax.set_xscale("log")
         ax.set_xlabel(f"samples/s, median over timed rounds (log); whiskers: {whiskers}")
-    else:
-        ax.set_xlabel(f"samples/s, median over timed rounds; whiskers: {whiskers}")
-        ax.xaxis.set_major_formatter(mpl.ticker.StrMethodFormatter("{x:,.0f}"))
-    if log:  # guides from label to dot, and the log axis' minor lines
+        # guides from label to dot, and the log axis' minor lines
         ax.grid(axis="y", visible=True, color="#eeeeee", linewidth=0.6)
         ax.grid(axis="x", which="both", visible=True, color="#e4e4e4", linewidth=0.5)
     else:
+        ax.set_xlabel(f"samples/s, median over timed rounds; whiskers: {whiskers}")
+        ax.xaxis.set_major_formatter(mpl.ticker.StrMethodFormatter("{x:,.0f}"))
         ax.grid(axis="y", visible=False)
     fig.suptitle(f"{title} — {devices}", x=left / w, ha="left", y=1 - 0.1 / h, va="top", fontsize=9.5)
     return fig

@@ -165,9 +165,9 @@ def _tables_from_parts(path: Path) -> tuple[str, dict[str, pd.DataFrame]] | None
             return None
         why = f"{', '.join(cut)} {'is' if len(cut) == 1 else 'are'} cut off mid-row"
     parts = tables_from_parts(path)
-    files = sorted((path / "cells").glob("*.csv"))
     if all(t.empty for t in parts.values()):  # nothing left to report: not an empty "complete" report
-        raise RunDirError(f"run directory {str(path)!r}: {why}, and none of its {len(files)} part "
+        files = len(list((path / "cells").glob("*.csv")))
+        raise RunDirError(f"run directory {str(path)!r}: {why}, and none of its {files} part "
                           f"file(s) in {path / 'cells'} is complete (damaged or cut off); resume the "
                           f"run to compute them again (sbn-bench run --out {path} --resume)",
                           argument=str(path), expected="a run with complete results")

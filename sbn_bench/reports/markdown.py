@@ -47,11 +47,15 @@ _ENTITY_AMP = re.compile(r"&(?=#?[A-Za-z0-9]+;)")
 """An ``&`` that would be read as the start of an entity (``&lt;``)."""
 
 
-def _no_markup(text: str) -> str:
+def _no_html(text: str) -> str:
     """``text`` with what Markdown would read as HTML (a tag, an entity) made plain text; other
-    ``<``, ``>`` and ``&`` stay as they are, so that the raw file reads ``|a − b| > 3`` (a line
-    opening with ``>``, a quote, is escaped too)."""
-    text = _MARKUP_LT.sub("&lt;", _ENTITY_AMP.sub("&amp;", text))
+    ``<``, ``>`` and ``&`` stay as they are, so that the raw file reads ``|a − b| > 3``."""
+    return _MARKUP_LT.sub("&lt;", _ENTITY_AMP.sub("&amp;", text))
+
+
+def _no_markup(text: str) -> str:
+    """:func:`_no_html` of a line, a line opening with ``>`` (a quote) escaped too."""
+    text = _no_html(text)
     return "\\>" + text[1:] if text.startswith(">") else text
 
 
@@ -67,8 +71,8 @@ def _esc_text(text: str) -> str:
     what could become HTML markup as entities outside code spans (names in it, e.g. a checkpoint
     label, must not become markup; inside a code span they are shown as they are)."""
     parts = " ".join(str(text).split()).split("`")
-    return "`".join(p if i % 2 else _no_markup(p) if i == 0 else _MARKUP_LT.sub(
-        "&lt;", _ENTITY_AMP.sub("&amp;", p)) for i, p in enumerate(parts))
+    return "`".join(p if i % 2 else _no_markup(p) if i == 0 else _no_html(p)
+                    for i, p in enumerate(parts))
 
 
 def _cell(text: str, strong: bool, tie: bool) -> str:
