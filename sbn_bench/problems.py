@@ -383,6 +383,11 @@ def parse_arch(arch: str | Sequence[int]) -> tuple[int, ...]:
     return widths
 
 
+def layer_list_file(arch: object) -> str | None:
+    """The path of a JSON layer list file when ``arch`` names one (``net.json``), else None."""
+    return arch.strip() if isinstance(arch, str) and arch.strip().lower().endswith(".json") else None
+
+
 def network_of(arch: str | Sequence[int], loss: str = "logistic") -> Network:
     """The :class:`~sbn_bench.network.Network` of an architecture (plain widths or the full
     grammar); ``loss="vae"`` adds the prior's logits.
@@ -394,8 +399,8 @@ def network_of(arch: str | Sequence[int], loss: str = "logistic") -> Network:
         raise ProblemError(f"argument arch={arch!r} is a {type(arch).__name__}; expected a string such "
                            "as '2-5-5-5-1' or a sequence of widths", argument="arch", value=arch,
                            expected="an architecture string or widths")
-    if isinstance(arch, str) and arch.strip().lower().endswith(".json"):
-        return network_file(arch.strip(), prior=loss == "vae")
+    if (path := layer_list_file(arch)) is not None:
+        return network_file(path, prior=loss == "vae")
     if loss != "vae" and _is_plain_arch(arch):
         return Network.plain(parse_arch(arch))
     text = arch if isinstance(arch, str) else "-".join(map(str, arch))

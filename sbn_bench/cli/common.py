@@ -82,10 +82,10 @@ def problem_spec(ctx: click.Context, problem_file: Path | None, arch: str | None
                                    "--resume to continue a run")
         raise click.UsageError(f"give exactly one of --problem FILE, --arch 2-5-5-5-1 or "
                                f"--preset paper ({what})")
-    if arch is not None and arch.strip().lower().endswith(".json") \
-            and not Path(arch.strip()).is_file():  # a missing file, as --problem's: exit 2
-        raise click.BadParameter(f"{arch!r}: there is no layer list file {arch.strip()!r}"
-                                 + (" (it is a folder)" if Path(arch.strip()).is_dir() else ""),
+    layers = problems.layer_list_file(arch)
+    if layers is not None and not Path(layers).is_file():  # a missing file, as --problem's: exit 2
+        raise click.BadParameter(f"{arch!r}: there is no layer list file {layers!r}"
+                                 + (" (it is a folder)" if Path(layers).is_dir() else ""),
                                  param_hint="'--arch'")
     only_arch = [f"--{n.replace('_', '-')}" for n in ("data_points", "loss", "noise")
                  if given(ctx, n)]
