@@ -3,13 +3,16 @@
 Each preset problem is measured once, every estimator that supports it in interleaved rounds
 (:func:`sbn_bench.throughput.measure_group`, the method of ``sbn-bench run``: rounds calibrated to
 last ``--min-round`` seconds, the median over rounds with its confidence interval, ``wide`` when
-the interval is wider than 20%). The batch per call is what a 1 GiB memory budget allows (the run's
-planner, :func:`sbn_bench.runner.chunk_size`), capped by ``--max-batch``.
+the interval is wider than 20%). The batch per call is what ``--memory-budget`` allows (the run's
+planner, :func:`sbn_bench.runner.chunk_size`; its default is ``sbn-bench run``'s: 1 GiB on the CPU,
+on a GPU a quarter of its memory up to 16 GiB), capped by ``--max-batch``; a round repeats the call
+to last ``--min-round`` seconds, and the table's ``batch`` is the samples of one round.
 
 Usage::
 
     python benchmarks/throughput_table.py --device cuda --problems paper,digits-conv,digits-vae \
-        [--estimators psa,st,...] [--dtype float32] [--threads 1] [--max-batch 100000] [--out t.md]
+        [--estimators psa,st,...] [--dtype float32] [--threads 1] [--max-batch 100000] \
+        [--memory-budget SIZE] [--out t.md]
 
 ``benchmarks/gpu.sh`` runs it on a GPU; on a CPU it gives the figures of the README's tables.
 """
@@ -23,11 +26,12 @@ import time
 import torch
 
 from sbn_bench import malloc
-from sbn_bench.config import ProblemSpec, RunConfig
+from sbn_bench.config import ConfigError, ProblemSpec, RunConfig
 from sbn_bench.estimators import UnsupportedProblem, load_registry
 from sbn_bench.problems import PRESET_ESTIMATORS, preset_problem
 from sbn_bench.runner import chunk_size
 from sbn_bench.throughput import ThroughputSettings, measure_group
+from sbn_bench.units import format_bytes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated specs [default: every built-in supporting the problem]")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-batch", type=int, default=100_000)
+    ap.add_argument("--memory-budget", default=None,
+                    help="memory per estimate() call that sets the batch (sbn-bench run's option and "
+                         "default)")
     ap.add_argument("--min-round", type=float, default=0.2)
     ap.add_argument("--max-seconds", type=float, default=60.0)
     ap.add_argument("--out", default=None, help="also write the table to this file")
@@ -51,11 +58,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dtype = getattr(torch, a.dtype)
     reg = load_registry()
+    try:  # its memory budget only; RunConfig checks and parses it
+        config = RunConfig(problems=(ProblemSpec(preset="paper"),), device=device.type,
+                           memory_budget=a.memory_budget)
+    except ConfigError as e:
+        print(f"error: --memory-budget: {e}", file=sys.stderr)
+        return 2
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {a.threads} thread(s)"
     lines = [f"Device: {where}; torch {torch.__version__}; {a.dtype}; "
+             f"memory budget {format_bytes(config.memory_budget)}; "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
-             "| problem | estimator | batch | samples/s (95% interval) | wide |", "|---|---|---|---|---|"]
-    config = RunConfig(problems=(ProblemSpec(preset="paper"),))  # its memory budget only
+             "| problem | estimator | samples per round | samples/s (95% interval) | wide |",
+             "|---|---|---|---|---|"]
     for name in a.problems.split(","):
         problem = preset_problem(name)
         specs = (a.estimators.split(",") if a.estimators

@@ -73,7 +73,8 @@ and the valid keys; relative paths are relative to the TOML file's folder)::
 
 Options given on the command line override the TOML values.
 
-Memory budget (``memory_budget``, ``--memory-budget``; default 1 GiB): the most memory the
+Memory budget (``memory_budget``, ``--memory-budget``; default 1 GiB on the CPU, on a GPU a quarter
+of its memory up to 16 GiB, :func:`default_memory_budget`): the most memory the
 estimator's tensors may take in one ``estimate()`` call. The runner draws each cell's ``S`` samples
 in chunks of ``⌊budget / bytes per sample⌋`` (``--chunk`` fixes the chunk instead), where the bytes
 per sample are an upper estimate (:meth:`sbn_bench.estimators.Estimator.memory_per_sample`:
@@ -126,6 +127,9 @@ DEFAULT_ESTIMATORS = ("psa", "st", "reinforce", "arm", "concrete:tau=0.1", "tanh
 DEFAULT_M = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 DEFAULT_MAX_PATHS = MAX_PATHS
 DEFAULT_MEMORY_BUDGET = 2**30
+"""The default ``memory_budget`` on the CPU (1 GiB)."""
+MAX_DEFAULT_CUDA_MEMORY_BUDGET = 16 * 2**30
+"""The most that the default ``memory_budget`` on a GPU takes (see :func:`default_memory_budget`)."""
 DEFAULT_CELL_TIMEOUT = 3600.0
 """Seconds a cell may take by default (an hour: far above any built-in cell on the presets, which
 take seconds); a cell past it is recorded as failed and the run goes on."""
@@ -222,6 +226,22 @@ def named_m_grid(M: Any, samples: int) -> Any:
     (:func:`paper_m_grid`, :func:`default_m_grid`)."""
     grids = {"paper": paper_m_grid, "default": default_m_grid}
     return grids[M](samples) if isinstance(M, str) and M in grids else M
+
+
+def default_memory_budget(device: str | torch.device) -> int:
+    """The default ``memory_budget`` of a run on ``device``: 1 GiB on the CPU; on a CUDA device a
+    quarter of its memory, at most 16 GiB (1 GiB where no CUDA device is visible: such a run is
+    refused before any work anyway).
+
+    A GPU spends about 2 ms of kernel launches on every ``estimate()`` call whatever its size, so
+    the CPU's 1 GiB chunks (1,622 samples on the paper net in float32) kept an H200 at about a
+    tenth of what it does with 16 GiB chunks (README, "GPU"). A quarter leaves room for a second
+    worker process and for what the budget's upper estimate does not count."""
+    dev = torch.device(device)
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return DEFAULT_MEMORY_BUDGET
+    total = torch.cuda.get_device_properties(dev.index or 0).total_memory
+    return max(DEFAULT_MEMORY_BUDGET, min(MAX_DEFAULT_CUDA_MEMORY_BUDGET, total // 4))
 
 
 def parse_size(value: int | str, what: str = "memory_budget") -> int:
@@ -577,6 +597,7 @@ class RunConfig:
         chunk: samples per ``estimate()`` call; ``None``: as many as ``memory_budget`` allows.
         memory_budget: bytes the estimator's tensors may take per chunk (an upper estimate; see
             "Memory budget" in the module docstring); requests that cannot fit are refused.
+            ``None``: :func:`default_memory_budget` of ``device`` (1 GiB on the CPU).
         max_exact_bytes: memory limit of the exact reference (refused beyond).
         target_rrmse: the target ``t`` of ``samples_to_accuracy`` and ``time_to_accuracy_s``.
         stderr_batches: batches for batch-means standard errors (see :mod:`sbn_bench.metrics`).
@@ -620,7 +641,7 @@ class RunConfig:
     mode: str = "auto"
     max_paths: int = DEFAULT_MAX_PATHS
     chunk: int | None = None
-    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    memory_budget: int | None = None
     max_exact_bytes: int = DEFAULT_MAX_BYTES
     target_rrmse: float = 0.1
     stderr_batches: int = 32
@@ -718,6 +739,8 @@ class RunConfig:
         _check_int("max_paths", self.max_paths, 1)
         if self.chunk is not None:
             _check_int("chunk", self.chunk, 1)
+        if self.memory_budget is None:
+            object.__setattr__(self, "memory_budget", default_memory_budget(self.device))
         for name in ("memory_budget", "max_exact_bytes"):  # "1GiB" as --memory-budget and TOML
             if isinstance(getattr(self, name), str):
                 object.__setattr__(self, name, parse_size(getattr(self, name), name))

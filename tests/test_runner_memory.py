@@ -280,3 +280,46 @@ def test_sizes_are_written_in_their_unit_without_an_exponent() -> None:
     assert format_bytes(1.5 * 2**20) == "1.5 MiB (1,572,864 bytes)"
     assert format_bytes(1.5 * 2**40) == "1,536 GiB (1,649,267,441,664 bytes)"
     assert format_gib(4 * 2**30) == "4 GiB" and format_gib(2**30 * 2e6) == "2e+06 GiB"
+
+
+# --------------------------------------------------------------------------------------------
+# the default budget per device
+
+
+@pytest.mark.parametrize(("gpu_bytes", "expected"), [
+    (143_771 * 2**20, 16 * 2**30),   # an H200: a quarter is 35 GiB, capped at 16 GiB
+    (24 * 2**30, 6 * 2**30),         # a 24 GiB card: a quarter
+    (2 * 2**30, 2**30),              # a small card: never below the CPU's 1 GiB
+])
+def test_the_default_budget_on_a_gpu_is_a_quarter_of_its_memory_at_most_16_gib(
+        monkeypatch, gpu_bytes, expected):
+    """On a GPU the CPU's 1 GiB chunks leave it launch-bound (about 2 ms per call on an H200
+    whatever the chunk: README, "GPU"); the default takes a quarter of its memory, at most 16 GiB.
+    An explicit budget is kept, and the CPU's default stays 1 GiB."""
+    from types import SimpleNamespace
+
+    from sbn_bench import config as config_mod
+
+    asked: list[int] = []
+
+    def props(index: int) -> SimpleNamespace:
+        asked.append(index)
+        return SimpleNamespace(total_memory=gpu_bytes)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", props)
+    p = (ProblemSpec(preset="quick"),)
+    assert config_mod.default_memory_budget("cuda") == expected and asked == [0]
+    assert RunConfig(problems=p, device="cuda").memory_budget == expected
+    assert RunConfig(problems=p, device="cuda", memory_budget="3GiB").memory_budget == 3 * 2**30
+    assert RunConfig(problems=p).memory_budget == config_mod.DEFAULT_MEMORY_BUDGET == 2**30
+    assert config_mod.default_memory_budget("cpu") == 2**30
+
+
+def test_the_default_budget_without_a_cuda_device_is_the_cpus(monkeypatch):
+    from sbn_bench import config as config_mod
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert config_mod.default_memory_budget("cuda") == 2**30
+    result = CliRunner().invoke(main, ["run", "--help"], terminal_width=200)
+    assert "[default: (1GiB; on cuda a quarter of the GPU's memory, at most 16GiB)]" in result.output

@@ -130,11 +130,14 @@ def size_callback(ctx: click.Context | None, param: click.Parameter | None, valu
         raise click.BadParameter(without_name(str(e), e.argument or "")) from None
 
 
-def size_option(name: str, default: int, help: str) -> Callable[[F], F]:
+def size_option(name: str, default: int | None, help: str, default_text: str | None = None
+                ) -> Callable[[F], F]:
     """A ``--name SIZE`` option in bytes or a size such as 4GiB, 512MiB, 2GB (the one spelling of
-    every size option)."""
+    every size option). ``default=None`` passes None on (the library chooses), shown as
+    ``default_text``."""
     return click.option(name, type=click.STRING, callback=size_callback, metavar="SIZE",
-                        default=size_text(default), show_default=True,
+                        default=None if default is None else size_text(default),
+                        show_default=default_text if default is None else True,
                         help=help + " Bytes or a size such as 4GiB, 512MiB, 2GB.")
 
 

@@ -32,7 +32,6 @@ from sbn_bench.config import (
     DEFAULT_CELL_TIMEOUT,
     DEFAULT_ESTIMATORS,
     DEFAULT_MAX_PATHS,
-    DEFAULT_MEMORY_BUDGET,
     DEFAULT_REFERENCE_REL_ERROR,
     DEFAULT_REFERENCE_TIME_BUDGET,
     DEVICES,
@@ -187,7 +186,8 @@ def _duration(seconds: float) -> str:
               show_default=True, help="Exact mode only with at most this many paths per data point.")
 @click.option("--chunk", type=click.IntRange(min=1), default=None,
               help="Samples per estimator call (default: as many as --memory-budget allows).")
-@size_option("--memory-budget", DEFAULT_MEMORY_BUDGET, "Memory the estimator may use per chunk.")
+@size_option("--memory-budget", None, "Memory the estimator may use per chunk.",
+             default_text="1GiB; on cuda a quarter of the GPU's memory, at most 16GiB")
 @max_bytes_option
 @click.option("--target-rrmse", type=FiniteFloatRange(min=0, min_open=True), default=0.1,
               show_default=True, help="Target relative RMSE of time_to_accuracy_s.")
@@ -260,7 +260,7 @@ def run(ctx: click.Context, problem_file: Path | None, arch: str | None, preset:
         seed: int, data_points: int, loss: str, noise: str, config_file: Path | None,
         estimators: str, plugins: tuple[Path, ...], samples: int,
         m_grid: tuple[int, ...] | str | None, seeds: tuple[int, ...] | None, device: str,
-        dtype: str, mode: str, max_paths: int, chunk: int | None, memory_budget: int,
+        dtype: str, mode: str, max_paths: int, chunk: int | None, memory_budget: int | None,
         max_exact_bytes: int, target_rrmse: float, warmup: int, rounds: int,
         throughput_batch: int | None, no_throughput: bool, out: Path | None, resume: bool,
         no_report: bool, train_seeds: tuple[int, ...] | None, cache_dir: Path | None,

@@ -58,7 +58,13 @@ import torch
 from torch import Tensor
 
 from sbn_bench import model
-from sbn_bench.config import DEFAULT_REFERENCE_REL_ERROR, DEFAULT_REFERENCE_TIME_BUDGET, DEVICES, DTYPES
+from sbn_bench.config import (
+    DEFAULT_REFERENCE_REL_ERROR,
+    DEFAULT_REFERENCE_TIME_BUDGET,
+    DEVICES,
+    DTYPES,
+    default_memory_budget,
+)
 from sbn_bench.errors import check_seed, check_whole, short_repr
 from sbn_bench.estimators import Estimator, Registry, estimate, load_registry
 from sbn_bench.fileio import atomic_write_bytes, atomic_write_text
@@ -366,7 +372,7 @@ def _pilot(estimator: Estimator, prob: Problem, chunk: int, seed: int, device: t
 def plan_reference(problem: Problem, *, estimator: str | None = None, samples: int | None = None,
                    rel_error: float = DEFAULT_REL_ERROR, target: str = "network", seed: int = 0,
                    time_budget_s: float = DEFAULT_TIME_BUDGET_S, device: str = "cpu",
-                   dtype: str = "float32", memory_budget: int = 2**30,
+                   dtype: str = "float32", memory_budget: int | None = None,
                    registry: Registry | None = None, cache_dir: str | Path | None = None
                    ) -> ReferencePlan:
     """Choose R and N for ``problem`` (module docstring), or refuse.
@@ -461,9 +467,10 @@ def _plan_fits(plan: ReferencePlan, estimator: str | None, cands: list[Estimator
     return plan.estimator in {e.spec for e in cands or ()}
 
 
-def _check_where(seed: int, device: str | torch.device, dtype: str, memory_budget: int) -> int:
+def _check_where(seed: int, device: str | torch.device, dtype: str, memory_budget: int | None) -> int:
     """The arguments a reference and its plan share: refused here rather than by torch or a dict;
-    returns ``memory_budget`` as an int (``1e9`` is a whole number of bytes)."""
+    returns ``memory_budget`` as an int (``1e9`` is a whole number of bytes; None: the run's
+    default on ``device``, :func:`sbn_bench.config.default_memory_budget`)."""
     check_seed(seed, "seed", McReferenceError)
     try:
         kind = torch.device(device).type  # "cpu", "cuda", "cuda:0", torch.device(...)
@@ -475,6 +482,8 @@ def _check_where(seed: int, device: str | torch.device, dtype: str, memory_budge
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise McReferenceError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}", argument="dtype",
                                value=dtype, expected=f"one of {', '.join(DTYPES)}")
+    if memory_budget is None:
+        return default_memory_budget(kind)
     return int(check_whole(memory_budget, "memory_budget", error=McReferenceError, unit="bytes"))
 
 
@@ -614,7 +623,7 @@ def _make_plan(problem: Problem, estimator: str | None, candidates: list[Estimat
 def mc_reference(problem: Problem, *, estimator: str | None = None, samples: int | None = None,
                  rel_error: float = DEFAULT_REL_ERROR, target: str = "network", seed: int = 0,
                  time_budget_s: float = DEFAULT_TIME_BUDGET_S, cache_dir: str | Path | None = None,
-                 device: str = "cpu", dtype: str = "float32", memory_budget: int = 2**30,
+                 device: str = "cpu", dtype: str = "float32", memory_budget: int | None = None,
                  registry: Registry | None = None, plan: ReferencePlan | None = None
                  ) -> McReference:
     """The Monte-Carlo reference gradient of ``problem`` (SPEC §8; module docstring).
@@ -632,7 +641,8 @@ def mc_reference(problem: Problem, *, estimator: str | None = None, samples: int
             a given ``N`` is timed on a few batches of R first).
         cache_dir: where plans and references are cached (None: no cache).
         device, dtype: where and in which dtype the samples are drawn (accumulated in float64).
-        memory_budget: bytes of the estimator's tensors per chunk (the runner's memory planner).
+        memory_budget: bytes of the estimator's tensors per chunk (the runner's memory planner;
+            None: the run's default on ``device``).
         registry: where estimators come from (default: built-ins and entry points).
         plan: R and N already chosen (:func:`plan_reference`); the other choice arguments are
             then not used.
