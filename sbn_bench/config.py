@@ -190,6 +190,9 @@ def parse_reference(text: object) -> tuple[str, str | None, int | None]:
         raise ConfigError(f"reference={text!r} is not one of {expected}", argument="reference",
                           value=text, expected=expected)
     rest = t[3:]
+    if not rest.strip():  # 'mc:' ran as 'mc'
+        raise ConfigError(f"reference={text!r} ends with ':' and names nothing after it; expected "
+                          f"{expected}", argument="reference", value=text, expected=expected)
     head, sep, last = rest.rpartition(":")
     n: int | None = None
     if sep and last.strip().isdigit():

@@ -402,7 +402,9 @@ def from_layers(input_shape: Sequence[int], layers: Sequence[Mapping[str, object
     """A :class:`Network` from a list of layer tables (TOML/JSON), for what the grammar cannot say
     (e.g. a LeakyReLU slope): each ``{"kind": "dense"|"conv2d"|"linear"|"relu"|"leakyrelu"|"tanh",
     "stochastic": bool, "units": n}`` or, for conv2d, ``"channels", "kernel", "stride",
-    "padding"``; ``"slope"`` for leakyrelu. The last layer must be the output ``linear`` layer.
+    "padding"``; ``"slope"`` for leakyrelu. Each kind takes only its own keys (:data:`LAYER_KEYS`),
+    and only ``dense`` and ``conv2d`` can be stochastic. The last layer must be the output
+    ``linear`` layer.
 
     Raises:
         NetworkError: naming the layer (by index) and the problem.
@@ -429,6 +431,17 @@ def from_layers(input_shape: Sequence[int], layers: Sequence[Mapping[str, object
                                value=sorted(unknown), expected="kind, stochastic, units, channels, "
                                                                "kernel, stride, padding, slope")
         stochastic = _typed(spec, "stochastic", bool, False, where)
+        if kind in LAYER_KEYS:  # a key another kind takes was ignored here ("units" on a relu)
+            foreign = sorted(set(spec) - LAYER_KEYS[kind])
+            if foreign:
+                raise NetworkError(f"{where}: a {kind!r} layer takes no {', '.join(map(repr, foreign))} "
+                                   f"(its keys: {', '.join(sorted(LAYER_KEYS[kind]))})",
+                                   argument="layers", value=foreign,
+                                   expected=", ".join(sorted(LAYER_KEYS[kind])))
+            if stochastic and kind not in ("dense", "conv2d"):  # was read as deterministic, or dense
+                raise NetworkError(f"{where}: a {kind!r} layer cannot be stochastic (a stochastic layer is "
+                                   '{"kind": "dense", "stochastic": true, "units": n} or a conv2d)',
+                                   argument="layers", value=kind, expected="dense or conv2d")
         if kind in ACTIVATIONS:
             b.add(kind, where, slope=_typed(spec, "slope", float, LEAKY_SLOPE, where))
         elif kind in ("dense", "linear"):
@@ -450,6 +463,16 @@ def from_layers(input_shape: Sequence[int], layers: Sequence[Mapping[str, object
                            expected="a final linear layer")
     return b.finish(_typed(last, "units", int, 0, f"{source}[{len(layers) - 1}]"), prior, source,
                     'a layer with "stochastic": true')
+
+
+LAYER_KEYS: dict[str, set[str]] = {
+    "dense": {"kind", "stochastic", "units"}, "linear": {"kind", "stochastic", "units"},
+    "conv2d": {"kind", "stochastic", "channels", "kernel", "stride", "padding"},
+    "relu": {"kind", "stochastic"}, "tanh": {"kind", "stochastic"},
+    "leakyrelu": {"kind", "stochastic", "slope"},
+}
+"""The keys each kind of a layer table takes (:func:`from_layers`); ``stochastic`` is refused as
+true where the kind cannot be stochastic."""
 
 
 def _typed(spec: Mapping[str, object], key: str, kind: type, default: object, where: str) -> Any:
@@ -489,8 +512,8 @@ def from_description(d: Mapping[str, object], source: str = "network") -> Networ
                 kind = str(layer["kind"])
                 if kind == "flatten":
                     continue
-                spec: dict[str, object] = {"kind": "linear" if kind == "dense" else kind,
-                                           "stochastic": stochastic}
+                table_kind = ("dense" if stochastic else "linear") if kind in ("dense", "linear") else kind
+                spec: dict[str, object] = {"kind": table_kind, "stochastic": stochastic}
                 if kind in ("dense", "linear"):
                     spec["units"] = int(math.prod(layer["out"]))
                 elif kind == "conv2d":

@@ -417,6 +417,20 @@ def _in_file(e: ProblemError) -> ProblemError:
     return e
 
 
+class _RepeatedKey(ValueError):
+    """A JSON object gives a key twice."""
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's dict, refusing a key given twice (``json`` keeps the last silently)."""
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise _RepeatedKey(f"the key{'s' if len(twice) > 1 else ''} {', '.join(map(repr, twice))} "
+                           "given twice in one object; expected each key once")
+    return dict(pairs)
+
+
 def network_file(path: str | os.PathLike[str], *, prior: bool = False) -> Network:
     """The network of a JSON layer list file ``{"input": [C, H, W] or [n], "layers": [...]}``
     (:func:`sbn_bench.network.from_layers`: what the ``--arch`` grammar cannot say, e.g. a
@@ -428,10 +442,13 @@ def network_file(path: str | os.PathLike[str], *, prior: bool = False) -> Networ
     """
     where = f"argument arch={str(path)!r}"
     try:
-        d = json.loads(Path(path).read_text())
+        d = json.loads(Path(path).read_text(), object_pairs_hook=_no_repeated_keys)
     except OSError as e:
         raise _in_file(ProblemError(f"{where}: cannot read the layer list file ({e.strerror or e})",
                            argument="arch", value=str(path), expected="a readable JSON file")) from None
+    except _RepeatedKey as e:
+        raise _in_file(ProblemError(f"{where}: {e}", argument="arch", value=str(path),
+                           expected="each key once")) from None
     except (UnicodeDecodeError, ValueError) as e:
         raise _in_file(ProblemError(f"{where} is not JSON ({e})", argument="arch", value=str(path),
                            expected='{"input": [...], "layers": [...]}')) from None

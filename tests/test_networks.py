@@ -117,6 +117,18 @@ def test_layer_lists_say_what_the_grammar_cannot() -> None:
                                   {"kind": "linear", "units": None}])
     assert network.from_layers([4], [{"kind": "dense", "units": np.int64(3), "stochastic": True},
                                      out]).widths == (4, 3, 1)  # numpy whole numbers are whole numbers
+    # a key another kind takes was ignored, and "stochastic" on an activation or a linear layer
+    # too (attacker review): each built a network other than the one written
+    stoch = {"kind": "dense", "units": 3, "stochastic": True}
+    for bad, words in [({"kind": "relu", "units": 4}, r"layers\[1\]: a 'relu' layer takes no 'units'"),
+                       ({"kind": "tanh", "slope": 0.2}, r"a 'tanh' layer takes no 'slope'"),
+                       ({"kind": "dense", "units": 2, "kernel": 3}, r"a 'dense' layer takes no 'kernel'"),
+                       ({"kind": "tanh", "stochastic": True}, r"a 'tanh' layer cannot be stochastic"),
+                       ({"kind": "linear", "units": 2, "stochastic": True},
+                        r"a 'linear' layer cannot be stochastic")]:
+        with pytest.raises(NetworkError, match=words):
+            network.from_layers([4], [stoch, bad, out])
+    assert network.from_layers([4], [stoch, {"kind": "relu", "stochastic": False}, out]).widths == (4, 3, 1)
 
 
 def test_a_json_layer_list_file_is_an_arch(tmp_path) -> None:
@@ -140,7 +152,11 @@ def test_a_json_layer_list_file_is_an_arch(tmp_path) -> None:
              (tmp_path / "e.json", json.dumps({"input": [4], "layers": [layers[0], layers[-1]]}),
               r'e\.json: layers: no stochastic layer \(a layer with "stochastic": true\)'),
              (tmp_path / "f.json", json.dumps({"input": [4], "layers": [{"units": 3}, layers[-1]]}),
-              r"f\.json: layers\[0\]: has no 'kind' \(expected one of dense, ")]
+              r"f\.json: layers\[0\]: has no 'kind' \(expected one of dense, "),
+             # json keeps the last of a repeated key silently
+             (tmp_path / "g.json", '{"input": [4], "layers": [{"kind": "dense", "stochastic": true, '
+                                   '"units": 3, "units": 5}, {"kind": "linear", "units": 1}]}',
+              r"g\.json': the key 'units' given twice in one object")]
     for path, text, words in cases:
         if text is not None:
             path.write_text(text)
