@@ -89,6 +89,12 @@ def test_resume_needs_only_the_output_folder(tmp_path):
     (tmp_path / "none").mkdir()
     res = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "none"), "--resume"])
     assert res.exit_code == 2 and "no manifest.json in" in res.output and "--problem" in res.output
+    # a folder of other files: the problem options would be refused there too, so they are not
+    # asked for (the two hints contradicted each other: attacker review)
+    (tmp_path / "none" / "metrics.csv").write_text("x\n")
+    res = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "none"), "--resume"])
+    assert res.exit_code == 2 and "not an sbn-bench run folder: choose another --out" in res.output
+    assert "--problem" not in res.output, res.output
 
 
 @pytest.mark.slow

@@ -509,6 +509,8 @@ def _from_manifest(out: Path, overrides: dict[str, Any], throughput: dict[str, A
                               "settings without it: restore it (e.g. from a backup), or run again "
                               "in another folder", argument="out", value=str(out),
                               expected="a run folder with a readable manifest.json") from None
+        elif out.is_dir() and any(out.iterdir()):  # files, none a run's: options would be refused too
+            hint = "it holds other files, so it is not an sbn-bench run folder: choose another --out"
         else:
             hint = "give the run's problem options (--problem, --arch, --preset or --config)"
         raise click.UsageError(f"{e.message}; {hint}") from None
