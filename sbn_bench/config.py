@@ -190,9 +190,6 @@ def parse_reference(text: object) -> tuple[str, str | None, int | None]:
         raise ConfigError(f"reference={text!r} is not one of {expected}", argument="reference",
                           value=text, expected=expected)
     rest = t[3:]
-    if not rest.strip():  # 'mc:' ran as 'mc'
-        raise ConfigError(f"reference={text!r} ends with ':' and names nothing after it; expected "
-                          f"{expected}", argument="reference", value=text, expected=expected)
     head, sep, last = rest.rpartition(":")
     n: int | None = None
     if sep and last.strip().isdigit():
@@ -233,8 +230,9 @@ def named_m_grid(M: Any, samples: int) -> Any:
 
 def default_memory_budget(device: str | torch.device) -> int:
     """The default ``memory_budget`` of a run on ``device``: 1 GiB on the CPU; on a CUDA device a
-    quarter of its memory, at most 16 GiB (1 GiB where no CUDA device is visible: such a run is
-    refused before any work anyway).
+    quarter of its memory, at least 1 GiB and at most 16 GiB (1 GiB where no CUDA device is
+    visible: such a run is refused before any work anyway). Each worker process of a run may use
+    that much.
 
     A GPU spends about 2 ms of kernel launches on every ``estimate()`` call whatever its size, so
     the CPU's 1 GiB chunks (1,622 samples on the paper net in float32) kept an H200 at about a
@@ -742,6 +740,9 @@ class RunConfig:
         _check_int("max_paths", self.max_paths, 1)
         if self.chunk is not None:
             _check_int("chunk", self.chunk, 1)
+        # budget_defaulted: not a field (not in to_dict, ==, or the manifest): with_() chooses the
+        # default again for another device, and a resume takes the run's recorded budget
+        object.__setattr__(self, "budget_defaulted", self.memory_budget is None)
         if self.memory_budget is None:
             object.__setattr__(self, "memory_budget", default_memory_budget(self.device))
         for name in ("memory_budget", "max_exact_bytes"):  # "1GiB" as --memory-budget and TOML
@@ -832,7 +833,11 @@ class RunConfig:
         return _jsonable(d)
 
     def with_(self, **changes: Any) -> RunConfig:
-        """A copy with ``changes`` (validated again)."""
+        """A copy with ``changes`` (validated again). A default ``memory_budget`` stays the default:
+        chosen again for the copy's device (:func:`default_memory_budget`) unless ``changes`` give
+        one. (``dataclasses.replace`` keeps the number.)"""
+        if getattr(self, "budget_defaulted", False) and "memory_budget" not in changes:
+            changes = {**changes, "memory_budget": None}
         return replace(self, **changes)
 
     @classmethod

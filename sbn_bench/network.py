@@ -403,7 +403,8 @@ def from_layers(input_shape: Sequence[int], layers: Sequence[Mapping[str, object
     (e.g. a LeakyReLU slope): each ``{"kind": "dense"|"conv2d"|"linear"|"relu"|"leakyrelu"|"tanh",
     "stochastic": bool, "units": n}`` or, for conv2d, ``"channels", "kernel", "stride",
     "padding"``; ``"slope"`` for leakyrelu. Each kind takes only its own keys (:data:`LAYER_KEYS`),
-    and only ``dense`` and ``conv2d`` can be stochastic. The last layer must be the output
+    and activations cannot be stochastic (``linear`` with ``"stochastic": true`` is ``dense``). The
+    last layer must be the output
     ``linear`` layer.
 
     Raises:
@@ -438,7 +439,7 @@ def from_layers(input_shape: Sequence[int], layers: Sequence[Mapping[str, object
                                    f"(its keys: {', '.join(sorted(LAYER_KEYS[kind]))})",
                                    argument="layers", value=foreign,
                                    expected=", ".join(sorted(LAYER_KEYS[kind])))
-            if stochastic and kind not in ("dense", "conv2d"):  # was read as deterministic, or dense
+            if stochastic and kind in ACTIVATIONS:  # was read as deterministic without a word
                 raise NetworkError(f"{where}: a {kind!r} layer cannot be stochastic (a stochastic layer is "
                                    '{"kind": "dense", "stochastic": true, "units": n} or a conv2d)',
                                    argument="layers", value=kind, expected="dense or conv2d")
@@ -461,6 +462,11 @@ def from_layers(input_shape: Sequence[int], layers: Sequence[Mapping[str, object
         raise NetworkError(f"{source}[{len(layers) - 1}] must be the output layer "
                            "{kind = \"linear\", units = n_out}", argument="layers", value=last,
                            expected="a final linear layer")
+    _typed(last, "stochastic", bool, False, f"{source}[{len(layers) - 1}]")
+    if foreign := sorted(set(last) - LAYER_KEYS["linear"]):  # "slope" on it was ignored
+        raise NetworkError(f"{source}[{len(layers) - 1}]: the output layer takes no "
+                           f"{', '.join(map(repr, foreign))} (its keys: kind, units)", argument="layers",
+                           value=foreign, expected="kind, units")
     return b.finish(_typed(last, "units", int, 0, f"{source}[{len(layers) - 1}]"), prior, source,
                     'a layer with "stochastic": true')
 
@@ -472,7 +478,7 @@ LAYER_KEYS: dict[str, set[str]] = {
     "leakyrelu": {"kind", "stochastic", "slope"},
 }
 """The keys each kind of a layer table takes (:func:`from_layers`); ``stochastic`` is refused as
-true where the kind cannot be stochastic."""
+true on an activation."""
 
 
 def _typed(spec: Mapping[str, object], key: str, kind: type, default: object, where: str) -> Any:

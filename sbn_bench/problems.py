@@ -26,6 +26,7 @@ import math
 import os
 import re
 import zipfile
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -423,8 +424,7 @@ class _RepeatedKey(ValueError):
 
 def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object's dict, refusing a key given twice (``json`` keeps the last silently)."""
-    keys = [k for k, _ in pairs]
-    twice = sorted({k for k in keys if keys.count(k) > 1})
+    twice = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
     if twice:
         raise _RepeatedKey(f"the key{'s' if len(twice) > 1 else ''} {', '.join(map(repr, twice))} "
                            "given twice in one object; expected each key once")

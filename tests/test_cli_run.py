@@ -95,6 +95,9 @@ def test_resume_needs_only_the_output_folder(tmp_path):
     res = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "none"), "--resume"])
     assert res.exit_code == 2 and "not an sbn-bench run folder: choose another --out" in res.output
     assert "--problem" not in res.output, res.output
+    (tmp_path / "none" / "cells").mkdir()  # a run whose manifest was lost
+    res = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "none"), "--resume"])
+    assert res.exit_code == 2 and "its manifest.json is missing: restore it" in res.output, res.output
 
 
 @pytest.mark.slow

@@ -123,12 +123,17 @@ def test_layer_lists_say_what_the_grammar_cannot() -> None:
     for bad, words in [({"kind": "relu", "units": 4}, r"layers\[1\]: a 'relu' layer takes no 'units'"),
                        ({"kind": "tanh", "slope": 0.2}, r"a 'tanh' layer takes no 'slope'"),
                        ({"kind": "dense", "units": 2, "kernel": 3}, r"a 'dense' layer takes no 'kernel'"),
-                       ({"kind": "tanh", "stochastic": True}, r"a 'tanh' layer cannot be stochastic"),
-                       ({"kind": "linear", "units": 2, "stochastic": True},
-                        r"a 'linear' layer cannot be stochastic")]:
+                       ({"kind": "tanh", "stochastic": True}, r"a 'tanh' layer cannot be stochastic")]:
         with pytest.raises(NetworkError, match=words):
             network.from_layers([4], [stoch, bad, out])
+    for bad_out, words in [({**out, "slope": 0.1}, r"layers\[1\]: the output layer takes no 'slope'"),
+                           ({**out, "stochastic": 0}, r"layers\[1\]\.stochastic is 0, expected true")]:
+        with pytest.raises(NetworkError, match=words):  # the output layer's keys went unchecked
+            network.from_layers([4], [stoch, bad_out])
     assert network.from_layers([4], [stoch, {"kind": "relu", "stochastic": False}, out]).widths == (4, 3, 1)
+    # "linear" with "stochastic": true is a stochastic dense layer, as documented before
+    assert network.from_layers([4], [{"kind": "linear", "units": 3, "stochastic": True}, out]) == \
+        network.from_layers([4], [stoch, out])
 
 
 def test_a_json_layer_list_file_is_an_arch(tmp_path) -> None:

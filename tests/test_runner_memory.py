@@ -322,4 +322,38 @@ def test_the_default_budget_without_a_cuda_device_is_the_cpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert config_mod.default_memory_budget("cuda") == 2**30
     result = CliRunner().invoke(main, ["run", "--help"], terminal_width=200)
-    assert "[default: (1GiB; on cuda a quarter of the GPU's memory, at most 16GiB)]" in result.output
+    assert "[default: 1GiB; on cuda a quarter of the GPU's memory, from 1GiB to 16GiB]" in result.output
+
+
+def test_a_default_budget_follows_the_device_through_with_and_a_resume_keeps_the_recorded_one(
+        tmp_path, monkeypatch):
+    """with_() chooses the default again for another device (it kept the first device's number),
+    and resuming with the default takes the run's recorded budget: the default differs between
+    cards, and the finished cells refused the resume for a setting nobody gave (attacker review)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: SimpleNamespace(total_memory=80 * 2**30))
+    p = (ProblemSpec(arch="2-2-1", data_points=5),)
+    gpu = RunConfig(problems=p, device="cuda")
+    assert gpu.memory_budget == 16 * 2**30 and gpu.with_(device="cpu").memory_budget == 2**30
+    assert gpu.with_(samples=10).memory_budget == 16 * 2**30
+    assert RunConfig(problems=p).with_(device="cuda").memory_budget == 16 * 2**30
+    given = RunConfig(problems=p, device="cuda", memory_budget="3GiB")
+    assert given.with_(device="cpu").memory_budget == 3 * 2**30  # a given budget is kept
+    monkeypatch.undo()
+
+    out = tmp_path / "run"
+    first = RunConfig(problems=p, estimators=("st",), samples=20, seeds=(0,), memory_budget="2GiB",
+                      throughput=ThroughputConfig(enabled=False), out=str(out))
+    runner.run(first)
+    again = RunConfig(problems=p, estimators=("st", "reinforce"), samples=20, seeds=(0,),
+                      throughput=ThroughputConfig(enabled=False), out=str(out), resume=True)
+    assert again.memory_budget == 2**30  # the default here, not what the run recorded
+    runner.run(again)
+    import json
+    assert json.loads((out / "manifest.json").read_text())["config"]["memory_budget"] == 2 * 2**30
+    from sbn_bench.storage import RunDirError
+    with pytest.raises(RunDirError, match="memory_budget: 2147483648 → 1073741824"):  # a given one is checked
+        runner.run(again.with_(memory_budget="1GiB"))

@@ -135,10 +135,11 @@ def size_option(name: str, default: int | None, help: str, default_text: str | N
     """A ``--name SIZE`` option in bytes or a size such as 4GiB, 512MiB, 2GB (the one spelling of
     every size option). ``default=None`` passes None on (the library chooses), shown as
     ``default_text``."""
+    shown = f"  [default: {default_text}]" if default is None and default_text else ""
     return click.option(name, type=click.STRING, callback=size_callback, metavar="SIZE",
                         default=None if default is None else size_text(default),
-                        show_default=default_text if default is None else True,
-                        help=help + " Bytes or a size such as 4GiB, 512MiB, 2GB.")
+                        show_default=default is not None,
+                        help=help + " Bytes or a size such as 4GiB, 512MiB, 2GB." + shown)
 
 
 def executor_callback(ctx: click.Context, param: click.Parameter, value: str) -> str:

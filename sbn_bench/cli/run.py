@@ -187,7 +187,7 @@ def _duration(seconds: float) -> str:
 @click.option("--chunk", type=click.IntRange(min=1), default=None,
               help="Samples per estimator call (default: as many as --memory-budget allows).")
 @size_option("--memory-budget", None, "Memory the estimator may use per chunk.",
-             default_text="1GiB; on cuda a quarter of the GPU's memory, at most 16GiB")
+             default_text="1GiB; on cuda a quarter of the GPU's memory, from 1GiB to 16GiB")
 @max_bytes_option
 @click.option("--target-rrmse", type=FiniteFloatRange(min=0, min_open=True), default=0.1,
               show_default=True, help="Target relative RMSE of time_to_accuracy_s.")
@@ -509,6 +509,9 @@ def _from_manifest(out: Path, overrides: dict[str, Any], throughput: dict[str, A
                               "settings without it: restore it (e.g. from a backup), or run again "
                               "in another folder", argument="out", value=str(out),
                               expected="a run folder with a readable manifest.json") from None
+        elif (out / "cells").is_dir():  # a run whose manifest was lost
+            hint = ("it holds a run's cells/ but its manifest.json is missing: restore it (e.g. from "
+                    "a backup), or run again in another folder")
         elif out.is_dir() and any(out.iterdir()):  # files, none a run's: options would be refused too
             hint = "it holds other files, so it is not an sbn-bench run folder: choose another --out"
         else:

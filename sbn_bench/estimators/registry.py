@@ -309,15 +309,11 @@ def _split_spec(spec: str) -> tuple[str, dict[str, str]]:
                                  "expected a string such as 'psa' or 'concrete:tau=0.1'",
                                  argument=str(spec)[:60])
     spec = spec.strip()
-    name, colon, rest = spec.partition(":")
+    name, _, rest = spec.partition(":")
     name = name.strip()
     if not name:
         raise EstimatorSpecError(f"estimator spec {spec!r} has no name; expected NAME or "
                                  "NAME:key=value,...", argument=spec)
-    if colon and not rest.strip():  # 'psa:' ran as 'psa', while 'st::' was refused
-        raise EstimatorSpecError(f"estimator spec {spec!r} ends with ':' and no hyperparameters; "
-                                 f"expected {name!r} or {name + ':key=value'!r}", argument=spec,
-                                 value=spec, expected="NAME or NAME:key=value,...")
     raw: dict[str, str] = {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
@@ -366,8 +362,6 @@ def _convert(name: str, key: str, text: str, default: Any) -> Any:
             if text.lower() not in ("true", "false", "1", "0"):
                 raise ValueError
             return text.lower() in ("true", "1")
-        if kind in (int, float) and (not text.isascii() or "_" in text):
-            raise ValueError  # Python reads '1_0' as 10 and full-width '１' as 1
         if kind is int:
             return int(text)
         if kind is float:

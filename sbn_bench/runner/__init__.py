@@ -286,6 +286,7 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None,
     if config.out is None:
         raise RunError("config.out is not set; give an output folder (out=…, --out DIR)",
                        argument="out", value=None, expected="an output folder")
+    config = _recorded_budget(config)
     malloc.keep_freed_memory()  # the allocator's policy cells are measured under (recorded)
     plan = prepare(config)
     _warn(plan.warnings, warn)
@@ -592,6 +593,23 @@ def plan_mc_references(config: RunConfig, plan: Plan) -> None:
                 time_budget_s=config.reference_time_budget,
                 device=config.device, dtype=config.dtype, memory_budget=config.memory_budget,
                 registry=plan.registry, cache_dir=reference_cache_dir(config))
+
+
+def _recorded_budget(config: RunConfig) -> RunConfig:
+    """Resuming with the default memory budget: the run's recorded budget instead. The default
+    follows the device (:func:`sbn_bench.config.default_memory_budget`), so on another card, or
+    for a run made before it did, it would differ, and the finished cells would refuse the resume
+    for a setting nobody gave."""
+    if not (config.resume and config.out is not None and getattr(config, "budget_defaulted", False)):
+        return config
+    try:
+        recorded = json.loads((Path(config.out) / "manifest.json").read_text(encoding="utf-8"))
+        recorded = recorded["config"]["memory_budget"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return config  # no run there yet, or a manifest that the resume itself refuses
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1:
+        return config.with_(memory_budget=recorded)
+    return config
 
 
 def _previous_plans(config: RunConfig) -> dict[tuple[str, str, str], ReferencePlan]:
