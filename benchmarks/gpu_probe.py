@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 
+import click
 import torch
 
 from sbn_bench.estimators import estimate, load_registry
@@ -106,8 +107,13 @@ def cells(device: torch.device, samples: int) -> None:
             module.measure_cell = timed  # type: ignore[attr-defined]
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        cli_main(["run", "--preset", "paper", "--samples", str(samples), "--device", device.type,
-                  "--executor", "serial", "--no-report", "--out", f"{out}/run", "-q"], standalone_mode=False)
+        try:
+            cli_main(["run", "--preset", "paper", "--samples", str(samples), "--device", device.type,
+                      "--executor", "serial", "--no-report", "--out", f"{out}/run", "-q"],
+                     standalone_mode=False)
+        except click.ClickException as e:  # e.g. --samples 1: the run's own refusal, as its CLI says it
+            print(f"error: {e.format_message()}", file=sys.stderr)
+            raise SystemExit(2) from None
         wall = time.perf_counter() - t0
     print(f"CELLS run wall {wall:.1f} s; cells {sum(t for t, _ in times):.1f} s")
     for t, c in sorted(times, reverse=True):
@@ -121,9 +127,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated: scaling, profile, cells")
     ap.add_argument("--samples", type=int, default=2000, help="--samples of the timed paper run")
     a = ap.parse_args(argv)
-    device = torch.device(a.device)
+    try:
+        device = torch.device(a.device)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        print(f"error: --device {a.device!r}: expected cpu or cuda", file=sys.stderr)
+        return 2
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda: this torch has no CUDA device", file=sys.stderr)
+        print(f"error: --device {a.device}: this torch has no CUDA device", file=sys.stderr)
         return 2
     what = a.what.split(",")
     unknown = sorted(set(what) - {"scaling", "profile", "cells"})

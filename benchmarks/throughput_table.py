@@ -6,7 +6,9 @@ last ``--min-round`` seconds, the median over rounds with its confidence interva
 the interval is wider than 20%). The batch per call is what ``--memory-budget`` allows (the run's
 planner, :func:`sbn_bench.runner.chunk_size`; its default is ``sbn-bench run``'s: 1 GiB on the CPU,
 on a GPU a quarter of its memory up to 16 GiB), capped by ``--max-batch``; a round repeats the call
-to last ``--min-round`` seconds, and the table's ``batch`` is the samples of one round.
+to last ``--min-round`` seconds, and the table gives the samples of one round. Each estimator is
+checked before anything is measured: an unknown problem or spec, or a budget that does not hold
+one sample, is refused (exit status 2), as ``sbn-bench run`` refuses it.
 
 Usage::
 
@@ -20,68 +22,95 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from sbn_bench import malloc
 from sbn_bench.config import ConfigError, ProblemSpec, RunConfig
-from sbn_bench.estimators import UnsupportedProblem, load_registry
+from sbn_bench.errors import SbnBenchError
+from sbn_bench.estimators import load_registry
+from sbn_bench.estimators.registry import split_specs
 from sbn_bench.problems import PRESET_ESTIMATORS, preset_problem
 from sbn_bench.runner import chunk_size
+from sbn_bench.runner.memory import check_memory
 from sbn_bench.throughput import ThroughputSettings, measure_group
 from sbn_bench.units import format_bytes
 
 
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda [default: cpu]")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--problems", default="paper", help="comma-separated preset names")
     ap.add_argument("--estimators", default=None,
                     help="comma-separated specs [default: every built-in supporting the problem]")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--max-batch", type=int, default=100_000)
+    ap.add_argument("--threads", type=_positive(int), default=1)
+    ap.add_argument("--max-batch", type=_positive(int), default=100_000)
     ap.add_argument("--memory-budget", default=None,
                     help="memory per estimate() call that sets the batch (sbn-bench run's option and "
                          "default)")
-    ap.add_argument("--min-round", type=float, default=0.2)
-    ap.add_argument("--max-seconds", type=float, default=60.0)
+    ap.add_argument("--min-round", type=_positive(float), default=0.2)
+    ap.add_argument("--max-seconds", type=_positive(float), default=60.0)
     ap.add_argument("--out", default=None, help="also write the table to this file")
     a = ap.parse_args(argv)
-    malloc.keep_freed_memory()  # as sbn-bench measures (sbn_bench.malloc)
-    torch.set_num_threads(a.threads)
-    device = torch.device(a.device)
+    try:
+        device = torch.device(a.device)
+    except (RuntimeError, ValueError):
+        return _error(f"--device {a.device!r}: expected cpu or cuda")
+    if device.type not in ("cpu", "cuda"):
+        return _error(f"--device {a.device!r}: expected cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda: this torch has no CUDA device", file=sys.stderr)
-        return 2
-    dtype = getattr(torch, a.dtype)
-    reg = load_registry()
+        return _error(f"--device {a.device}: this torch has no CUDA device")
+    if a.out and not os.access(Path(a.out).resolve().parent, os.W_OK):  # before minutes of measuring
+        return _error(f"--out {a.out!r}: its folder does not exist or cannot be written")
     try:  # its memory budget only; RunConfig checks and parses it
         config = RunConfig(problems=(ProblemSpec(preset="paper"),), device=device.type,
                            memory_budget=a.memory_budget)
     except ConfigError as e:
-        print(f"error: --memory-budget: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e).replace("memory_budget=", "--memory-budget="))
+    reg = load_registry()
+    groups = []
+    try:  # every problem and estimator checked before anything is measured
+        for name in a.problems.split(","):
+            problem = preset_problem(name.strip())
+            specs = (split_specs(a.estimators) if a.estimators
+                     else list(PRESET_ESTIMATORS.get(name, ())) or reg.names())
+            ests = [e for e in map(reg.create, specs) if e.supports(problem)]
+            check_memory(config, [(name, "", problem)], ests)  # one sample fits, as a run refuses
+            groups.append((name, problem, ests))
+    except SbnBenchError as e:
+        return _error(str(e))
+    malloc.keep_freed_memory()  # as sbn-bench measures (sbn_bench.malloc)
+    torch.set_num_threads(a.threads)
+    dtype = getattr(torch, a.dtype)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {a.threads} thread(s)"
     lines = [f"Device: {where}; torch {torch.__version__}; {a.dtype}; "
              f"memory budget {format_bytes(config.memory_budget)}; "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
              "| problem | estimator | samples per round | samples/s (95% interval) | wide |",
              "|---|---|---|---|---|"]
-    for name in a.problems.split(","):
-        problem = preset_problem(name)
-        specs = (a.estimators.split(",") if a.estimators
-                 else list(PRESET_ESTIMATORS.get(name, ())) or reg.names())
-        ests = []
-        for spec in specs:
-            est = reg.create(spec)
-            try:
-                est.check_supports(problem)
-            except UnsupportedProblem:
-                continue
-            ests.append(est)
+    for name, problem, ests in groups:
         p = problem.to(device, dtype)
         batches = [min(a.max_batch, chunk_size(config, e, problem)) for e in ests]
         gens = [torch.Generator(device=device).manual_seed(i) for i in range(len(ests))]
