@@ -171,6 +171,12 @@ class ConfigFileError(ConfigError):
     usage = False  # a file's content is at fault, not a command-line option (exit status 1)
 
 
+def _decimal(text: str) -> bool:
+    """``text`` (stripped) is a whole number that int() reads: ``str.isdigit`` also takes '²',
+    which int() refused with a traceback."""
+    return text.strip().isdecimal()
+
+
 def parse_reference(text: object) -> tuple[str, str | None, int | None]:
     """``reference`` (``--reference``) as ``(kind, estimator, N)``: ``exact``, ``auto``, ``mc``,
     ``mc:ESTIMATOR``, ``mc:ESTIMATOR:N`` or ``mc::N`` (ESTIMATOR may carry hyperparameters,
@@ -192,9 +198,9 @@ def parse_reference(text: object) -> tuple[str, str | None, int | None]:
     rest = t[3:]
     head, sep, last = rest.rpartition(":")
     n: int | None = None
-    if sep and last.strip().isdigit():
+    if sep and _decimal(last):
         n, rest = int(last), head
-    elif not sep and rest.strip().isdigit():
+    elif not sep and _decimal(rest):
         raise ConfigError(f"reference={text!r}: {rest.strip()!r} is a number, not an estimator; "
                           f"write mc::{rest.strip()} for N samples of the default estimator",
                           argument="reference", value=text, expected=expected)

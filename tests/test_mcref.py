@@ -551,6 +551,7 @@ def test_reference_specs_parse(text, parsed) -> None:
     ("mc:5000", ["is a number, not an estimator", "mc::5000"]),
     ("mc:disarm:1", ["N=1 samples"]),
     ("monte-carlo", ["is not one of"]),
+    ("mc::\u00b2", ["is not an estimator spec"]),  # '²'.isdigit(): int() raised a raw ValueError
 ])
 def test_bad_reference_values_are_refused(tmp_path: Path, value: str, words: list[str]) -> None:
     with pytest.raises(ConfigError) as err:
