@@ -247,7 +247,11 @@ def default_memory_budget(device: str | torch.device) -> int:
     dev = torch.device(device)
     if dev.type != "cuda" or not torch.cuda.is_available():
         return DEFAULT_MEMORY_BUDGET
-    total = torch.cuda.get_device_properties(dev.index or 0).total_memory
+    try:
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(index).total_memory
+    except (RuntimeError, AssertionError):  # a driver that fails here fails the run up front
+        return DEFAULT_MEMORY_BUDGET
     return max(DEFAULT_MEMORY_BUDGET, min(MAX_DEFAULT_CUDA_MEMORY_BUDGET, total // 4))
 
 

@@ -307,6 +307,7 @@ def test_the_default_budget_on_a_gpu_is_a_quarter_of_its_memory_at_most_16_gib(
         return SimpleNamespace(total_memory=gpu_bytes)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", props)
     p = (ProblemSpec(preset="quick"),)
     assert config_mod.default_memory_budget("cuda") == expected and asked == [0]
@@ -321,6 +322,14 @@ def test_the_default_budget_without_a_cuda_device_is_the_cpus(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert config_mod.default_memory_budget("cuda") == 2**30
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def broken(index: int) -> None:
+        raise RuntimeError("CUDA driver initialization failed")
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", broken)
+    assert config_mod.default_memory_budget("cuda") == 2**30  # the run's own check reports it
     result = CliRunner().invoke(main, ["run", "--help"], terminal_width=200)
     assert "[default: 1GiB; on cuda a quarter of the GPU's memory, from 1GiB to 16GiB]" in result.output
 
@@ -333,6 +342,7 @@ def test_a_default_budget_follows_the_device_through_with_and_a_resume_keeps_the
     from types import SimpleNamespace
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda i: SimpleNamespace(total_memory=80 * 2**30))
     p = (ProblemSpec(arch="2-2-1", data_points=5),)
