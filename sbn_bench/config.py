@@ -104,7 +104,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -240,10 +240,11 @@ def default_memory_budget(device: str | torch.device) -> int:
     visible: such a run is refused before any work anyway). Each worker process of a run may use
     that much.
 
-    A GPU spends about 2 ms of kernel launches on every ``estimate()`` call whatever its size, so
-    the CPU's 1 GiB chunks (1,622 samples on the paper net in float32) kept an H200 at about a
-    tenth of what it does with 16 GiB chunks (README, "GPU"). A quarter leaves room for a second
-    worker process and for what the budget's upper estimate does not count."""
+    On an H200 a call of up to 10,000 paper-net samples costs about the same whatever its size
+    (2–4 ms of Python and kernel launches), so the CPU's 1 GiB chunks (1,622 ``st`` samples in
+    float32) kept it at about a tenth of what it does with 16 GiB chunks (README, "GPU"). A
+    quarter leaves room for a second worker process and for what the budget's upper estimate
+    does not count."""
     dev = torch.device(device)
     if dev.type != "cuda" or not torch.cuda.is_available():
         return DEFAULT_MEMORY_BUDGET
@@ -658,6 +659,10 @@ class RunConfig:
     stderr_batches: int = 32
     cosine_groups: int = 1000
     throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
+    budget_defaulted: ClassVar[bool] = False
+    """Whether ``memory_budget`` was left to :func:`default_memory_budget` (set per instance; not
+    a field, so not in :meth:`to_dict`, ``==`` or the manifest): :meth:`with_` chooses the default
+    again for another device, and a resume takes the run's recorded budget."""
     out: str | None = None
     resume: bool = False
     executor: str = "auto"
@@ -750,8 +755,6 @@ class RunConfig:
         _check_int("max_paths", self.max_paths, 1)
         if self.chunk is not None:
             _check_int("chunk", self.chunk, 1)
-        # budget_defaulted: not a field (not in to_dict, ==, or the manifest): with_() chooses the
-        # default again for another device, and a resume takes the run's recorded budget
         object.__setattr__(self, "budget_defaulted", self.memory_budget is None)
         if self.memory_budget is None:
             object.__setattr__(self, "memory_budget", default_memory_budget(self.device))
@@ -846,7 +849,7 @@ class RunConfig:
         """A copy with ``changes`` (validated again). A default ``memory_budget`` stays the default:
         chosen again for the copy's device (:func:`default_memory_budget`) unless ``changes`` give
         one. (``dataclasses.replace`` keeps the number.)"""
-        if getattr(self, "budget_defaulted", False) and "memory_budget" not in changes:
+        if self.budget_defaulted and "memory_budget" not in changes:
             changes = {**changes, "memory_budget": None}
         return replace(self, **changes)
 

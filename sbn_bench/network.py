@@ -404,8 +404,7 @@ def from_layers(input_shape: Sequence[int], layers: Sequence[Mapping[str, object
     "stochastic": bool, "units": n}`` or, for conv2d, ``"channels", "kernel", "stride",
     "padding"``; ``"slope"`` for leakyrelu. Each kind takes only its own keys (:data:`LAYER_KEYS`),
     and activations cannot be stochastic (``linear`` with ``"stochastic": true`` is ``dense``). The
-    last layer must be the output
-    ``linear`` layer.
+    last layer must be the output ``linear`` layer.
 
     Raises:
         NetworkError: naming the layer (by index) and the problem.
@@ -433,12 +432,7 @@ def from_layers(input_shape: Sequence[int], layers: Sequence[Mapping[str, object
                                                                "kernel, stride, padding, slope")
         stochastic = _typed(spec, "stochastic", bool, False, where)
         if kind in LAYER_KEYS:  # a key another kind takes was ignored here ("units" on a relu)
-            foreign = sorted(set(spec) - LAYER_KEYS[kind])
-            if foreign:
-                raise NetworkError(f"{where}: a {kind!r} layer takes no {', '.join(map(repr, foreign))} "
-                                   f"(its keys: {', '.join(sorted(LAYER_KEYS[kind]))})",
-                                   argument="layers", value=foreign,
-                                   expected=", ".join(sorted(LAYER_KEYS[kind])))
+            _own_keys(spec, LAYER_KEYS[kind], f"{where}: a {kind!r} layer")
             if stochastic and kind in ACTIVATIONS:  # was read as deterministic without a word
                 raise NetworkError(f"{where}: a {kind!r} layer cannot be stochastic (a stochastic layer is "
                                    '{"kind": "dense", "stochastic": true, "units": n} or a conv2d)',
@@ -463,10 +457,7 @@ def from_layers(input_shape: Sequence[int], layers: Sequence[Mapping[str, object
                            "{kind = \"linear\", units = n_out}", argument="layers", value=last,
                            expected="a final linear layer")
     _typed(last, "stochastic", bool, False, f"{source}[{len(layers) - 1}]")
-    if foreign := sorted(set(last) - LAYER_KEYS["linear"]):  # "slope" on it was ignored
-        raise NetworkError(f"{source}[{len(layers) - 1}]: the output layer takes no "
-                           f"{', '.join(map(repr, foreign))} (its keys: kind, units)", argument="layers",
-                           value=foreign, expected="kind, units")
+    _own_keys(last, LAYER_KEYS["linear"], f"{source}[{len(layers) - 1}]: the output layer")
     return b.finish(_typed(last, "units", int, 0, f"{source}[{len(layers) - 1}]"), prior, source,
                     'a layer with "stochastic": true')
 
@@ -479,6 +470,14 @@ LAYER_KEYS: dict[str, set[str]] = {
 }
 """The keys each kind of a layer table takes (:func:`from_layers`); ``stochastic`` is refused as
 true on an activation."""
+
+
+def _own_keys(spec: Mapping[str, object], keys: set[str], what: str) -> None:
+    """Refuse the keys of a layer table beyond ``keys`` (another kind's, which were ignored)."""
+    if foreign := sorted(set(spec) - keys):
+        own = ", ".join(sorted(keys))
+        raise NetworkError(f"{what} takes no {', '.join(map(repr, foreign))} (its keys: {own})",
+                           argument="layers", value=foreign, expected=own)
 
 
 def _typed(spec: Mapping[str, object], key: str, kind: type, default: object, where: str) -> Any:

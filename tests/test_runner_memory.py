@@ -286,6 +286,14 @@ def test_sizes_are_written_in_their_unit_without_an_exponent() -> None:
 # the default budget per device
 
 
+def fake_gpu(monkeypatch, properties) -> None:
+    """torch.cuda as on a machine with one CUDA device whose ``get_device_properties(index)`` is
+    ``properties`` (the default budget is tested without a GPU)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+
+
 @pytest.mark.parametrize(("gpu_bytes", "expected"), [
     (143_771 * 2**20, 16 * 2**30),   # an H200: a quarter is 35 GiB, capped at 16 GiB
     (24 * 2**30, 6 * 2**30),         # a 24 GiB card: a quarter
@@ -293,8 +301,8 @@ def test_sizes_are_written_in_their_unit_without_an_exponent() -> None:
 ])
 def test_the_default_budget_on_a_gpu_is_a_quarter_of_its_memory_at_most_16_gib(
         monkeypatch, gpu_bytes, expected):
-    """On a GPU the CPU's 1 GiB chunks leave it launch-bound (about 2 ms per call on an H200
-    whatever the chunk: README, "GPU"); the default takes a quarter of its memory, at most 16 GiB.
+    """On a GPU the CPU's 1 GiB chunks leave it launch-bound (2–4 ms per call on an H200 up to
+    10,000 samples: README, "GPU"); the default takes a quarter of its memory, at most 16 GiB.
     An explicit budget is kept, and the CPU's default stays 1 GiB."""
     from types import SimpleNamespace
 
@@ -306,9 +314,7 @@ def test_the_default_budget_on_a_gpu_is_a_quarter_of_its_memory_at_most_16_gib(
         asked.append(index)
         return SimpleNamespace(total_memory=gpu_bytes)
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", props)
+    fake_gpu(monkeypatch, props)
     p = (ProblemSpec(preset="quick"),)
     assert config_mod.default_memory_budget("cuda") == expected and asked == [0]
     assert RunConfig(problems=p, device="cuda").memory_budget == expected
@@ -322,13 +328,11 @@ def test_the_default_budget_without_a_cuda_device_is_the_cpus(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert config_mod.default_memory_budget("cuda") == 2**30
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
 
     def broken(index: int) -> None:
         raise RuntimeError("CUDA driver initialization failed")
 
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", broken)
+    fake_gpu(monkeypatch, broken)
     assert config_mod.default_memory_budget("cuda") == 2**30  # the run's own check reports it
     result = CliRunner().invoke(main, ["run", "--help"], terminal_width=200)
     assert "[default: 1GiB; on cuda a quarter of the GPU's memory, from 1GiB to 16GiB]" in result.output
@@ -341,10 +345,7 @@ def test_a_default_budget_follows_the_device_through_with_and_a_resume_keeps_the
     cards, and the finished cells refused the resume for a setting nobody gave (attacker review)."""
     from types import SimpleNamespace
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda i: SimpleNamespace(total_memory=80 * 2**30))
+    fake_gpu(monkeypatch, lambda i: SimpleNamespace(total_memory=80 * 2**30))
     p = (ProblemSpec(arch="2-2-1", data_points=5),)
     gpu = RunConfig(problems=p, device="cuda")
     assert gpu.memory_budget == 16 * 2**30 and gpu.with_(device="cpu").memory_budget == 2**30

@@ -342,13 +342,22 @@ def _left_out(store: RunStore, plan: Plan) -> str | None:
             "them again (--estimators, --seeds, problems) to keep them in the tables")
 
 
+def _recorded_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of the run in ``out`` as recorded, or ``{}`` where it is missing or
+    unreadable (:class:`RunStore` says why when it opens the folder)."""
+    try:
+        manifest = json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
 def _throughput_was_off(out: Path) -> bool:
     """Whether the run in ``out`` was last configured without throughput (False where its
-    manifest is missing or unreadable: :class:`RunStore` says why)."""
+    manifest is missing or unreadable)."""
     try:
-        tp = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["config"]["throughput"]
-        return tp.get("enabled") is False
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return _recorded_manifest(out)["config"]["throughput"].get("enabled") is False
+    except (KeyError, TypeError, AttributeError):
         return False
 
 
@@ -600,12 +609,11 @@ def _recorded_budget(config: RunConfig) -> RunConfig:
     follows the device (:func:`sbn_bench.config.default_memory_budget`), so on another card, or
     for a run made before it did, it would differ, and the finished cells would refuse the resume
     for a setting nobody gave."""
-    if not (config.resume and config.out is not None and getattr(config, "budget_defaulted", False)):
+    if not (config.resume and config.out is not None and config.budget_defaulted):
         return config
     try:
-        recorded = json.loads((Path(config.out) / "manifest.json").read_text(encoding="utf-8"))
-        recorded = recorded["config"]["memory_budget"]
-    except (OSError, ValueError, KeyError, TypeError):
+        recorded = _recorded_manifest(config.out)["config"]["memory_budget"]
+    except (KeyError, TypeError):
         return config  # no run there yet, or a manifest that the resume itself refuses
     if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1:
         return config.with_(memory_budget=recorded)
@@ -619,7 +627,7 @@ def _previous_plans(config: RunConfig) -> dict[tuple[str, str, str], ReferencePl
     if not config.resume or config.out is None:
         return {}
     try:
-        manifest = json.loads((Path(config.out) / "manifest.json").read_text(encoding="utf-8"))
+        manifest = _recorded_manifest(config.out)
         prints = {(p["problem"], p["checkpoint"]): p["sha256"] for p in manifest["problems"]}
         out = {}
         for r in manifest.get("references") or []:
@@ -631,7 +639,7 @@ def _previous_plans(config: RunConfig) -> dict[tuple[str, str, str], ReferencePl
                                      target=str(r.get("target", "network")),
                                      group=str(r.get("set_by_group", "all")))
         return out
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return {}
 
 
