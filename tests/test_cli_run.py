@@ -183,6 +183,11 @@ def test_bad_arguments_name_the_option(tmp_path, args, words):
     # the library's message without its own name of the setting (the option is named already)
     (["--reference", "mc::0"], 2, ["Invalid value for '--reference': 'mc::0': N=0 samples"]),
     (["--memory-budget", "0"], 2, ["Invalid value for '--memory-budget': '0' must be at least 1 byte"]),
+    # a Monte-Carlo reference over its time budget is the fault of a given N or target error too
+    (["--reference", "mc::1000000000000000"], 2, ["Invalid value for '--reference'", "the given N=",
+                                                  "over the time budget of 300 s"]),
+    (["--reference", "mc", "--reference-rel-error", "1e-6"], 2, [
+        "Invalid value for '--reference-rel-error'", "to reach a relative error of 1e-06"]),
     # a file named by an option that does not exist is a refused value (exit 2), as a folder is;
     # one that exists and is broken is an error of that file (exit 1)
     (["--plugin", "missing_plugin.py"], 2, ["Invalid value for '--plugin'", "missing_plugin.py",

@@ -506,13 +506,15 @@ def _check_args(rel_error: float, time_budget_s: float, samples: int | None) -> 
 
 def _given_n_too_costly(problem: Problem, plan: ReferencePlan, budget: float) -> None:
     t = plan.seconds_per_sample
-    raise McReferenceError(
+    err = McReferenceError(
         f"the Monte-Carlo reference of problem {problem.name!r} with the given N={plan.samples} "
         f"samples of {plan.estimator} would take about {plan.seconds:.3g} s ({t * 1e3:.3g} ms "
         f"each), over the time budget of {budget:g} s (within it: N ≈ {max(1, int(budget / t))}); "
         f"give a smaller N (--reference mc:{plan.estimator}:N) or raise --reference-time-budget",
         argument="reference_time_budget", value=budget,
         expected=f"at least {math.ceil(plan.seconds)} s")
+    err.blames = ("reference",)  # the given N shares the fault: on the command line, its usage error
+    raise err
 
 
 def _too_costly(problem: Problem, plan: ReferencePlan, rel_error: float, budget: float) -> None:
@@ -521,13 +523,15 @@ def _too_costly(problem: Problem, plan: ReferencePlan, rel_error: float, budget:
     if plan.g_norm_sq > 0:
         n_budget = max(1, int(budget / t))
         reach = math.sqrt(plan.variance / n_budget / plan.g_norm_sq)
-    raise McReferenceError(
+    err = McReferenceError(
         f"the Monte-Carlo reference of problem {problem.name!r} needs about N={plan.samples} "
         f"samples of {plan.estimator} ({t * 1e3:.3g} ms each, about {plan.seconds:.3g} s) to reach "
         f"a relative error of {rel_error:g}, over the time budget of {budget:g} s (within it: "
         f"ε ≈ {reach:.3g}); raise --reference-time-budget or --reference-rel-error, or give N "
         f"(--reference mc:{plan.estimator}:N)", argument="reference_time_budget", value=budget,
         expected=f"at least {math.ceil(plan.seconds)} s")
+    err.blames = ("reference_rel_error",)  # the target error shares the fault
+    raise err
 
 
 def _make_plan(problem: Problem, estimator: str | None, candidates: list[Estimator] | None,
