@@ -1067,7 +1067,14 @@ class _TomlFile:
         key = key or ""
         line = _line_of(self.text, key, table=table, index=index) if key or table else 0
         where = f"config file {str(self.path)!r}" + (f", line {line}" if line else "")
-        return ConfigFileError(f"{where}: {msg}", argument=key or str(self.path))
+        return ConfigFileError(f"{where}: {_toml_spelling(msg)}", argument=key or str(self.path))
+
+
+def _toml_spelling(msg: str) -> str:
+    """A message about a TOML file's value with Python's booleans spelled as TOML's (``samples=True``
+    → ``samples=true``); Python's other reprs of TOML values (``'a'``, ``[0, 'a']``, ``1.5``,
+    ``inf``) are valid TOML already."""
+    return re.sub(r"(?<=[=\[(, ])(True|False)\b", lambda m: m.group(1).lower(), msg)
 
 
 def _top_level_value(k: str, v: Any, base: Path) -> Any:

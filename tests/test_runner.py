@@ -537,6 +537,10 @@ def test_toml_config_with_checkpoints_runs(tmp_path):
     ("mode = 'fast'\n[[problem]]\npreset = 'quick'\n", 1, ["mode='fast'", "auto, exact, mc"]),
     ("samples = 3\n", 0, ["no [[problem]]"]),
     ("samples = 3\nproblem = []\n", 2, ["no [[problem]]"]),
+    # the file's values in TOML's spelling (Python's True was shown)
+    ("samples = true\n[[problem]]\npreset = 'quick'\n", 1, ["samples=true must be"]),
+    ("[[problem]]\narch = '2-2-1'\ndata_points = false\n", 3, ["data_points=false must be"]),
+    ("[[problem]]\npreset = 'quick'\n[throughput]\nrounds = true\n", 4, ["throughput.rounds=true"]),
 ])
 def test_toml_errors_name_file_line_and_key(tmp_path, text, line, words):
     f = tmp_path / "bad.toml"
@@ -549,6 +553,7 @@ def test_toml_errors_name_file_line_and_key(tmp_path, text, line, words):
         assert f"line {line}" in msg, msg
     for w in words:
         assert w in msg, msg
+    assert "True" not in msg and "False" not in msg, msg
 
 
 def test_missing_config_file(tmp_path):
