@@ -31,7 +31,7 @@ import pandas as pd
 
 from sbn_bench.errors import ArgumentError
 from sbn_bench.fileio import atomic_write_bytes, atomic_write_text, dir_mode
-from sbn_bench.metrics import hidden_layers
+from sbn_bench.metrics import SQUARED_METRICS, hidden_layers
 from sbn_bench.reports import write_report
 from sbn_bench.reports.load import Run
 from sbn_bench.reports.ranking import ROUND_ABS, ROUND_REL, TIE_Z, Estimate
@@ -170,7 +170,8 @@ class ClaimData:
                                                df["value"], se, mode):
             key = (c, e, lay, met, None if m is None or (isinstance(m, float) and math.isnan(m))
                    else float(m))
-            self.values[key] = Estimate(float(v), float(u) if u == u else math.nan, str(md))
+            self.values[key] = Estimate(float(v), float(u) if u == u else math.nan, str(md),
+                                        squared=met in SQUARED_METRICS)
         self.checkpoints = _checkpoints(df)
         self.layers = _hidden_layers(df)
         self.estimators = set(df["estimator"])

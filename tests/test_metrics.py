@@ -527,3 +527,36 @@ def test_reference_cosine_stderr_is_calibrated_for_heavy_tailed_references(N: in
     band = Z * math.sqrt(1 / (2 * (R - 1)) + cv * cv / R) + 0.1
     ratio = float(v.std(ddof=1) / se.mean())
     assert abs(math.log(ratio)) <= band, f"sd / mean(stderr) = {ratio:.3f}, expected within exp(±{band:.3f})"
+
+
+def test_an_unbiased_estimators_bias_is_rarely_called_significant():
+    """An unbiased estimator (Gaussian samples centred on g; P = 7, S = 256, 16 batches), 600
+    replicates: its bias ``v = √max(‖β‖²~, 0)`` with the stored delta-method stderr ``s`` is called
+    significantly above zero by the reports' rule, judged on the squared scale (``‖β‖²~ >
+    2 se(‖β‖²~)``), at most at the rate of a one-sided 2σ test, 2.3 %: a failure rate of 1e-3 allows
+    26 of 600 (binomial). The plain ``v > 2s`` (the rule before) is ``‖β‖²~ > se``, a 1σ test, which
+    such estimators passed in 10–13 % of cells; here it must exceed the squared rule's count. And two
+    independent replicates' biases, compared as ``report --compare`` does (3σ), differ in at most
+    1 % of 300 pairs (binomial at 0.27 % nominal, failure rate 1e-3: at most 5)."""
+    from sbn_bench.reports.compare import _significant
+    from sbn_bench.reports.tables import Value
+
+    g_ = mt.Groups.of({"weight_1": torch.zeros(2, 1), "bias_1": torch.zeros(2),
+                       "weight_out": torch.zeros(1, 2), "bias_out": torch.zeros(1)})
+    P, S, reps = g_.dim, 256, 600
+    gen = torch.Generator().manual_seed(11)
+    mu = torch.linspace(-1, 1, P, dtype=torch.float64)
+    sigma = torch.linspace(0.5, 2, P, dtype=torch.float64)
+    values = []
+    for _ in range(reps):
+        acc = mt.MomentAccumulator(S, P, batches=16)
+        acc.update(mu + sigma * torch.randn(S, P, generator=gen, dtype=torch.float64))
+        st = mt.mc_group_stats(acc.result(), mu, g_)["all"]
+        values.append(Value(math.sqrt(max(st.bias_sq, 0.0)), mt.norm_stderr(st.bias_sq, st.bias_sq_se),
+                            "mc", squared=True))
+    squared = sum(v.significantly_positive() for v in values)
+    plain = sum(v.value > 2 * v.stderr for v in values)
+    assert squared <= 26, f"{squared} of {reps} unbiased biases called significant"
+    assert plain > squared, (plain, squared)
+    flagged = sum(_significant("rel_bias", a, b, 3.0).flagged for a, b in zip(values[::2], values[1::2]))
+    assert flagged <= 5, f"{flagged} of {reps // 2} pairs of equal biases flagged"

@@ -283,7 +283,7 @@ def test_bias_variance_frame_recovers_relative_sd(run_a) -> None:
     # and a resolved bias are not
     rb = rows[rows["metric"] == "rel_bias"].set_index(["layer", "estimator"])
     want = {k for k, v, se in zip(rb.index, rb["value"], rb["stderr"])
-            if se > 0 and upper_bound(Estimate(v, se)) is not None}
+            if se > 0 and upper_bound(Estimate(v, se, squared=True)) is not None}
     assert ("1", "arm") in want
     assert any(v > 0 for k, v in rb["value"].items() if k in want)  # not only clipped zeros
     assert {(r["layer"], r["estimator"]) for _, r in bv.iterrows() if r["unresolved"]} == want

@@ -84,6 +84,18 @@ def test_a_bias_not_above_two_standard_errors_is_an_upper_bound() -> None:
     assert upper_bound(Estimate(1e-14, 0.0, "exact")) is None  # exact: the value itself
 
 
+def test_a_bias_is_judged_on_its_square() -> None:
+    """A bias v ± s (s the delta-method error of √x) is above zero when x = v² exceeds 2·se_x =
+    2·2vs, i.e. v > 4s, and resolved (may be ranked) when v > 2s; other metrics keep v > 2s, v > s."""
+    assert upper_bound(Estimate(0.2, 0.06, "mc", squared=True)) == pytest.approx(0.32)  # 0.2 < 0.24
+    assert upper_bound(Estimate(0.25, 0.06, "mc", squared=True)) is None
+    assert upper_bound(Estimate(0.0, 0.19, "mc", squared=True)) == pytest.approx(0.38)
+    assert not Estimate(0.1, 0.06, "mc", squared=True).resolved
+    assert Estimate(0.13, 0.06, "mc", squared=True).resolved
+    assert Estimate(0.1, 0.06, "mc").resolved and Estimate(0.13, 0.06, "mc").significantly_positive()
+    assert Estimate(1e-3, 0.0, "exact", squared=True).resolved  # exact values: no error to judge
+
+
 def _with_mc_reference(tmp_path: Path) -> Path:
     """run_a with the reference columns of a Monte-Carlo reference on arm's and psa's rows."""
     d = tmp_path / "mcref"

@@ -72,13 +72,15 @@ samples of an unbiased estimator R, ``V̂_R`` its per-sample variance): every sq
 ``samples_to_accuracy`` are computed from these. Their standard errors include the reference's:
 ``‖m − ĝ‖²`` by :func:`dist_sq_stderr` over both sets of batch means (the reference keeps ``B``
 batch means of its own), plus the error of ``V̂_R/N``; relative metrics add ``‖g‖``'s error by the
-delta method. Nothing is exact then (``stderr > 0`` also for ``mode = "exact"`` rows). A bias whose
-value is within two standard errors of zero is shown by the reports as an upper bound ``≤ value + 2
-stderr``. The cosines are taken to ``ĝ``: its noise pulls them down by a factor of about
-``1/√(1 + ε²)`` (``ε = √(V̂_R/N)/‖g‖``, the group's relative error of the reference), which is
-reported as ``reference_cosine`` (its error from that of ``ε²``, both ``V̂_R/N``'s and
-``‖ĝ‖²``'s: :func:`corrected_norm`) and added to the cosines' standard errors as ``|cos| (1 −
-reference_cosine)``.
+delta method. Nothing is exact then (``stderr > 0`` also for ``mode = "exact"`` rows). A bias that
+is not significantly above zero is shown by the reports as an upper bound ``≤ value + 2 stderr``;
+significance is judged on the squared scale, ``‖β‖²~ > 2 se(‖β‖²~)`` (``value > 4 stderr``: near zero
+the delta-method error of the square root understates its spread;
+:func:`~sbn_bench.metrics.scalars.squared_scale`). The cosines are taken to ``ĝ``: its noise pulls
+them down by a factor of about ``1/√(1 + ε²)`` (``ε = √(V̂_R/N)/‖g‖``, the group's relative error
+of the reference), which is reported as ``reference_cosine`` (its error from that of ``ε²``, both
+``V̂_R/N``'s and ``‖ĝ‖²``'s: :func:`corrected_norm`) and added to the cosines' standard errors as
+``|cos| (1 − reference_cosine)``.
 
 **Exact mode** (``path`` estimators, small nets): for each data point ``d`` all paths ``p`` are
 enumerated with their probabilities ``p_d(p)``; ``E ĝ = (1/D) Σ_d Σ_p p_d(p) ĝ_d(p)`` and, the
@@ -114,6 +116,7 @@ from sbn_bench.metrics.registry import (
 )
 from sbn_bench.metrics.scalars import (
     COSINE_QUANTILES,
+    SQUARED_METRICS,
     GroupStats,
     corrected_bias_sq,
     jackknife_stderr,
@@ -124,6 +127,7 @@ from sbn_bench.metrics.scalars import (
     rrmse,
     safe_ratio,
     samples_to_accuracy,
+    squared_scale,
     time_to_accuracy,
 )
 
@@ -160,14 +164,14 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "ALL", "BY_NAME", "COSINE_QUANTILES", "EXACT_REFERENCE_METRICS", "METRICS", "NAN_VALUES", "OUT",
-    "TIMED_METRICS",
+    "SQUARED_METRICS", "TIMED_METRICS",
     "CosineAccumulator", "GroupContext", "GroupStats", "Groups", "Metric", "MomentAccumulator",
     "MomentStats", "ReferenceNoise", "TimedMetric", "WeightedMoments", "better", "bias_sq_stderr",
     "corrected_bias_sq", "corrected_norm", "cosines", "dist_sq_stderr", "exact_group_stats",
     "hidden_layers", "jackknife_stderr", "layer_key", "layer_scales", "leave_one_batch_out",
     "mc_group_stats", "mean_stderr", "metric_rows", "mse", "norm_stderr", "quantile_stderr",
     "reference_rel_errors", "reference_resolution", "rescale_moments", "rrmse", "safe_ratio",
-    "samples_to_accuracy", "snr_median",
+    "samples_to_accuracy", "snr_median", "squared_scale",
     "sort_layers", "time_to_accuracy", "timed_rows", "undocumented_nans", "weighted_moments",
 ]
 

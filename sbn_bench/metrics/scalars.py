@@ -110,6 +110,25 @@ def norm_stderr(sq: float, se_sq: float) -> float:
     return bound if r == 0 else min(se_sq / (2 * r), bound)
 
 
+SQUARED_METRICS = frozenset({"rel_bias", "bias_norm"})
+"""Metrics that are the square root of an unbiased estimate clipped at 0 (``‖β‖ = √‖β‖²~``): their
+significance is judged on the squared scale (:func:`squared_scale`)."""
+
+
+def squared_scale(value: float, stderr: float) -> tuple[float, float]:
+    """``(x, se_x)``: a bias ``v = √x`` and its standard error ``s`` (:func:`norm_stderr`'s
+    ``min(se_x/(2v), √se_x)``) taken back to the squared scale, ``x = v²`` and ``se_x = max(2vs,
+    s²)`` (exact where ``s`` came from :func:`norm_stderr`; the relative bias's ``‖g‖`` cancels).
+
+    Near zero the square root's delta-method error ``se_x/(2v)`` is too small to test ``v`` against
+    zero: ``v > 2s`` is ``x > se_x``, a one-standard-error test, which an unbiased estimator passes
+    in about one cell in six. Whether a bias is above zero is therefore judged as ``x > z·se_x``
+    (:func:`is_resolved`, :meth:`sbn_bench.reports.ranking.Estimate.significantly_positive`), where
+    ``x = ‖β‖²~`` is unbiased and about normal."""
+    v, se = abs(value), stderr
+    return v * v, max(2.0 * v * se, se * se)
+
+
 def uncertainty(stderr: float | None, mode: str) -> float:
     """The standard error a stored value is judged with: ``stderr`` when positive, ``inf`` when
     infinite (nothing known: a group a Monte-Carlo reference does not resolve, even where mode is
@@ -125,16 +144,24 @@ def uncertainty(stderr: float | None, mode: str) -> float:
     return math.inf
 
 
-def is_resolved(value: float | None, stderr: float | None, mode: str) -> bool:
+def is_resolved(value: float | None, stderr: float | None, mode: str, *, squared: bool = False
+                ) -> bool:
     """Finite, not a clipped Monte-Carlo zero (0 with a positive :func:`uncertainty`, e.g. a
     bias-corrected ``‖β‖²`` below 0), and exact or larger (in absolute value) than its standard
-    error. The report's ranking and heatmap and the run's summary judge a value by this."""
+    error; with ``squared`` (a bias, :data:`SQUARED_METRICS`), its square larger than the square's
+    standard error (:func:`squared_scale`: ``v > 2s``). The report's ranking and heatmap and the
+    run's summary judge a value by this."""
     if value is None or not math.isfinite(value):
         return False
     u = uncertainty(stderr, mode)
     if value == 0 and u > 0:
         return False
-    return u == 0 or abs(value) > u
+    if u == 0:
+        return True
+    if squared and math.isfinite(u):
+        x, se_x = squared_scale(value, u)
+        return x > se_x
+    return abs(value) > u
 
 
 def safe_ratio(a: float, b: float) -> float:

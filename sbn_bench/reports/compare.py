@@ -7,7 +7,10 @@ A difference ``a − b`` is flagged when
 
 * Monte-Carlo values (standard errors ``s_a``, ``s_b``): ``|a − b| > z · √(s_a² + s_b²)`` with
   ``z =`` :data:`DEFAULT_SIGMA` (3: a two-sided false-flag rate of 0.27 % per comparison for
-  Gaussian errors; with 2 about 5 % of equal cells would be flagged in a large table);
+  Gaussian errors; with 2 about 5 % of equal cells would be flagged in a large table); a relative
+  bias, the square root of an unbiased estimate, is compared by its square (its standard error
+  taken back to that scale, :func:`~sbn_bench.metrics.scalars.squared_scale`), which is about
+  Gaussian even where the bias is near zero;
 * exact-mode values on both sides (no sampling error): ``|a − b| > 1e-12 · max(|a|, |b|) + 1e-12``,
   i.e. beyond float64 round-off of these quantities, which are relative to ``‖g‖`` and hence of
   order one;
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sbn_bench.errors import SbnBenchError
+from sbn_bench.metrics.scalars import SQUARED_METRICS, squared_scale
 from sbn_bench.reports.load import (
     Run,
     device_of,
@@ -44,6 +48,7 @@ from sbn_bench.reports.load import (
 from sbn_bench.reports.tables import (
     Table,
     TableCell,
+    Value,
     cell_label,
     cell_rows,
     fmt_names,
@@ -97,6 +102,19 @@ def significant(a: float, b: float, ua: float | None, ub: float | None,
         return Difference(d > sigma * u, d / u, False)
     tol = EXACT_REL * max(abs(a), abs(b)) + EXACT_ABS
     return Difference(d > tol, math.inf if d > tol else 0.0, True)
+
+
+def _significant(metric: str, a: Value, b: Value, sigma: float) -> Difference:
+    """:func:`significant` for two stored values of ``metric``; a bias with a standard error on
+    either side is compared on the squared scale (:func:`~sbn_bench.metrics.scalars.squared_scale`:
+    near zero the standard error of a square root understates its spread, and an unbiased
+    estimator's two biases, both noise, were flagged as different)."""
+    if metric in SQUARED_METRICS and (a.uncertainty > 0 or b.uncertainty > 0):
+        xa, sa = squared_scale(a.value, a.uncertainty) if a.uncertainty > 0 else (a.value**2, 0.0)
+        xb, sb = squared_scale(b.value, b.uncertainty) if b.uncertainty > 0 else (b.value**2, 0.0)
+        if math.isfinite(sa) and math.isfinite(sb):
+            return significant(xa, xb, sa, sb, sigma)
+    return significant(a.value, b.value, a.stderr, b.stderr, sigma)
 
 
 def intervals_differ(a: tuple[float, float], b: tuple[float, float]) -> Difference:
@@ -314,7 +332,7 @@ def compare_runs(run: Run, base: Run, *, force: bool = False, sigma: float = DEF
                     row += [TableCell("—"), TableCell("—"), TableCell("—")]
                     continue
                 cmp.compared += 1
-                diff = significant(va.value, vb.value, va.stderr, vb.stderr, sigma)
+                diff = _significant(metric, va, vb, sigma)
                 row += [TableCell(fmt_pm(va.value, va.stderr)), TableCell(fmt_pm(vb.value, vb.stderr)),
                         _ratio_cell(va.value, vb.value, diff)]
                 if diff.flagged:

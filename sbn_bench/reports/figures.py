@@ -49,7 +49,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-from sbn_bench.metrics import layer_key
+from sbn_bench.metrics import SQUARED_METRICS, layer_key
 from sbn_bench.reports.families import (
     OTHER,
     UNRANKED_FAMILIES,
@@ -337,7 +337,8 @@ def unresolved_cells(rows: pd.DataFrame, metric: str = "rrmse", m: float = 1.0) 
     :meth:`sbn_bench.runner.RunResult.unresolved`, marks a value when any one seed's is.)"""
     data = rows[(rows["metric"] == metric) & (rows["M"] == m)]
     return sum(1 for r in data.itertuples()
-               if (e := Estimate(float(r.value), float(r.stderr), str(r.mode))).finite
+               if (e := Estimate(float(r.value), float(r.stderr), str(r.mode),
+                                 squared=metric in SQUARED_METRICS)).finite
                and not e.resolved)
 
 
@@ -362,7 +363,8 @@ def heatmap_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Mapping[s
             if not data[(data["checkpoint"] == c) & (data["layer"] == lay)].empty]
     if not ests or not cols:
         return None
-    idx = {(r.estimator, r.checkpoint, r.layer): Estimate(float(r.value), float(r.stderr), str(r.mode))
+    idx = {(r.estimator, r.checkpoint, r.layer): Estimate(float(r.value), float(r.stderr), str(r.mode),
+                                                          squared=metric in SQUARED_METRICS)
            for r in data.itertuples()}
     vals = np.full((len(ests), len(cols)), np.nan)
     for i, e in enumerate(ests):
@@ -751,14 +753,14 @@ def bias_variance_frame(rows: pd.DataFrame) -> pd.DataFrame:
     bn = df["bias_norm"].clip(lower=0.0)
     gnorm = np.sqrt(bn**2 + V / df["M"]) / df["value"].where(df["value"] > 0)
     df = df.assign(rel_sd=np.sqrt(V) / gnorm.where(gnorm > 0))
-    # a Monte-Carlo bias not significantly above zero (clipped at 0, or at most TIE_Z standard
-    # errors): unresolved, where the tables show its upper bound (the same rule: upper_bound)
+    # a Monte-Carlo bias not significantly above zero (clipped at 0, or its square within TIE_Z
+    # standard errors of 0): unresolved, where the tables show its upper bound (upper_bound)
     if "stderr" in scalars.columns:
         se = scalars[scalars["metric"] == "rel_bias"].set_index(keys)["stderr"]
         se = se[~se.index.duplicated()].reindex(df.index).fillna(0.0)
     else:
         se = pd.Series(0.0, index=df.index)
-    df = df.assign(unresolved=[upper_bound(Estimate(float(v), float(u))) is not None
+    df = df.assign(unresolved=[upper_bound(Estimate(float(v), float(u), squared=True)) is not None
                                for v, u in zip(df["rel_bias"], se)])
     df = df[df["value"] > 0].reset_index()
     # an empty frame (e.g. only zero-error estimators, whose ‖g‖ cannot be recovered) has object
@@ -924,7 +926,8 @@ def bias_variance_figure(rows: pd.DataFrame, estimators: Sequence[str], sty: Map
     _legend(fig, by_family(present, {e: sty[e].family for e in present}), sty, extra)
     fig.text(0.01, 0.005, f"symlog axes: linear below {x_lin:g} (x) and {y_lin:g} (y), log above; "
              "a filled marker at bias 0 is zero to round-off; a hollow one a Monte-Carlo bias not "
-             "significantly above 0 (≤ 2 s.e., or clipped at 0): the tables give its upper bound",
+             "significantly above 0 (its square within 2 s.e. of 0, or clipped at 0): the tables give "
+             "its upper bound",
              fontsize=6.5, color="#555555")
     return fig
 

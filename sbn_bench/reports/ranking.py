@@ -23,9 +23,13 @@ Rules (``z`` = :data:`TIE_Z` = 2):
   clipped at ``0 ± 0.25`` against a biased one's ``0.69 ± 0.03``), there is no best: the data say
   the winner is a value the run cannot resolve (:attr:`Ranking.beaten_by`).
 
-The same ``z = 2`` decides the paper's verdicts (:mod:`sbn_bench.paper`); a bias that is not
-significantly above zero (``value ≤ 2·stderr``) is shown as an upper bound ``≤ value + 2·stderr``
-(:func:`upper_bound`).
+The same ``z = 2`` decides the paper's verdicts (:mod:`sbn_bench.paper`). A bias is the square
+root of an unbiased estimate ``x = ‖β‖²~`` clipped at 0, and near zero its delta-method standard
+error is too small to test it against zero (``value > 2·stderr`` is ``x > se_x``: an unbiased
+estimator passes it in about one cell in six); so a bias's rules are judged on the squared scale
+(:attr:`Estimate.squared`): resolved when ``x > se_x``, significantly above zero when ``x > 2·se_x``
+(``value > 4·stderr``). A bias that is not is shown as an upper bound ``≤ value + 2·stderr``
+(:func:`upper_bound`; at least ``√(x + 2·se_x)``).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sbn_bench.metrics.scalars import is_resolved, uncertainty
+from sbn_bench.metrics.scalars import is_resolved, squared_scale, uncertainty
 
 Better = Literal["low", "high"]
 Rank = Literal["best", "tie", "", "unresolved"]
@@ -60,12 +64,16 @@ class Estimate:
         roundoff: an exact value at most this large (in absolute value) is zero to working
             precision (:data:`ROUND_ABS` by default; a bias is summed from terms of the size of
             its estimator's samples, so its floor grows with them: :func:`bias_roundoff`).
+        squared: the value is the square root of an unbiased estimate clipped at 0 (a bias,
+            :data:`~sbn_bench.metrics.scalars.SQUARED_METRICS`): whether it is above zero is
+            judged on the squared scale (:func:`~sbn_bench.metrics.scalars.squared_scale`).
     """
 
     value: float
     stderr: float
     mode: str = "mc"
     roundoff: float = ROUND_ABS
+    squared: bool = False
 
     @property
     def uncertainty(self) -> float:
@@ -85,16 +93,22 @@ class Estimate:
     @property
     def resolved(self) -> bool:
         """Finite, not :attr:`clipped`, and exact or larger (in absolute value) than its standard
-        error (:func:`~sbn_bench.metrics.scalars.is_resolved`)."""
-        return is_resolved(self.value, self.stderr, self.mode)
+        error; a :attr:`squared` value's square larger than its own
+        (:func:`~sbn_bench.metrics.scalars.is_resolved`)."""
+        return is_resolved(self.value, self.stderr, self.mode, squared=self.squared)
 
     def significantly_positive(self, z: float = TIE_Z) -> bool:
-        """``value > z·stderr`` (an exact value: ``value`` above round-off)."""
+        """``value > z·stderr`` (an exact value: ``value`` above round-off); for a :attr:`squared`
+        value (a bias) ``x > z·se_x`` on the squared scale
+        (:func:`~sbn_bench.metrics.scalars.squared_scale`: ``value > 2z·stderr``)."""
         if not self.finite:
             return False
         u = self.uncertainty
         if u == 0:
             return self.value > self.roundoff
+        if self.squared and math.isfinite(u):
+            x, se_x = squared_scale(self.value, u)
+            return self.value > 0 and x > z * se_x
         return self.value > z * u
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from sbn_bench import metrics
 from sbn_bench.fileio import slug
-from sbn_bench.metrics import layer_key
+from sbn_bench.metrics import SQUARED_METRICS, layer_key
 from sbn_bench.reports.families import ranked
 from sbn_bench.reports.load import Run, is_mc_reference, is_wide, network_of, target_rrmse
 from sbn_bench.reports.ranking import (
@@ -183,8 +183,9 @@ class Value(Estimate):
     reference_rel_error: float = 0.0
 
 
-BOUNDED_METRICS = frozenset({"rel_bias", "bias_norm"})
-"""Non-negative metrics shown as an upper bound ``≤ x`` when not significantly above zero."""
+BOUNDED_METRICS = SQUARED_METRICS
+"""Non-negative metrics shown as an upper bound ``≤ x`` when not significantly above zero (judged on
+the squared scale: :attr:`~sbn_bench.reports.ranking.Estimate.squared`)."""
 
 
 def metric_index(rows: pd.DataFrame) -> dict[tuple[str, str, str, float | None], Value]:
@@ -196,8 +197,8 @@ def metric_index(rows: pd.DataFrame) -> dict[tuple[str, str, str, float | None],
             rows["estimator"], rows["layer"], rows["metric"], rows["M"], rows["value"], rows["stderr"],
             rows["mode"], refs, errs):
         key = (e, lay, met, None if (m is None or math.isnan(m)) else float(m))
-        out[key] = Value(float(v), float(se), str(mode), reference=str(ref),
-                         reference_rel_error=float(err))
+        out[key] = Value(float(v), float(se), str(mode), squared=met in SQUARED_METRICS,
+                         reference=str(ref), reference_rel_error=float(err))
     for key, val in out.items():  # an exact bias: its round-off floor grows with the samples' size
         e, lay, met, _m = key
         if met not in BOUNDED_METRICS or val.uncertainty != 0:
