@@ -65,6 +65,7 @@ from sbn_bench.problems import Problem, save_problem
 from sbn_bench.provenance import environment, file_record
 from sbn_bench.reference import DEFAULT_MAX_BYTES, ReferenceTooLarge, check_size, objective
 from sbn_bench.storage import CELLS, MANIFEST, STUDY_MANIFEST, TRAINING_MANIFEST
+from sbn_bench.units import format_bytes
 
 OPTIMIZERS = ("sgd", "adam")
 MAX_EPOCHS = 10**6
@@ -107,6 +108,10 @@ def check_plugins_argument(plugins: object) -> None:
     if isinstance(plugins, (str, bytes, os.PathLike)):
         raise TrainArgumentError("plugins", f"argument plugins={plugins!r} must be a list of "
                                             "plugin files, not one path")
+    if not isinstance(plugins, (list, tuple)) or not all(isinstance(p, (str, os.PathLike))
+                                                         for p in plugins):
+        raise TrainArgumentError("plugins", f"argument plugins={plugins!r} must be a list of "
+                                            "plugin file paths")
 
 
 def check_out_argument(out: object, argument: str) -> None:
@@ -584,6 +589,7 @@ def train(
     num_threads: int | None = 1,
     overwrite: bool = False,
     plugins: Sequence[str | os.PathLike[str]] = (),
+    memory_budget: int | str | None = None,
 ) -> TrainResult:
     """Train ``problem``'s network with one sample of ``estimator`` per minibatch step.
 
@@ -619,13 +625,19 @@ def train(
             training; when False (default) such a folder is refused before any work.
         plugins: plugin files (``--plugin``): a spec ``estimator`` may name their estimators, and
             ``train_manifest.json`` records each file's path and SHA-256 (as a run's manifest does).
+        memory_budget: bytes (or a size such as ``"2GiB"``) one step's gradient sample may take, by
+            the runner's estimate (:func:`sbn_bench.runner.memory.sample_bytes` for a minibatch);
+            None: :func:`sbn_bench.config.default_memory_budget` of the problem's device (1 GiB on
+            the CPU). A step over it is refused before any file is written, and so is
+            ``estimator="exact"`` on a minibatch too large for the exact reference.
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
-        TrainArgumentError: a bad argument, or ``out_dir`` holding a previous training's
-        outputs without ``overwrite``, before any work. UnsupportedProblem: the estimator does
+        TrainArgumentError: a bad argument, a step that does not fit ``memory_budget``, or
+        ``out_dir`` holding a previous training's outputs without ``overwrite``, before any work.
+        UnsupportedProblem: the estimator does
         not support the problem's noise or loss. TrainingDiverged: the parameters became non-finite
         (the log up to that epoch is written).
     """
@@ -648,9 +660,45 @@ def train(
                       batch_size=batch_size, epochs=epochs, checkpoints=checkpoints, seed=seed,
                       out_dir=out_dir, log_every=log_every, exact_log=exact_log,
                       max_exact_bytes=max_exact_bytes, progress=progress, overwrite=overwrite,
-                      plugins=plugins)
+                      plugins=plugins, memory_budget=memory_budget)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def check_step_fits(estimator: Estimator, problem: Problem, batch_size: int,
+                    memory_budget: int | str | None = None) -> None:
+    """Refuse, before any work, a training step that cannot fit: one gradient sample on a minibatch
+    of ``batch_size`` data points over ``memory_budget`` (the runner's estimate,
+    :func:`~sbn_bench.runner.memory.sample_bytes`; None: the device's default budget), or the
+    ``exact`` estimator on a minibatch too large for the exact reference.
+
+    Raises:
+        TrainArgumentError: naming ``memory_budget`` (or ``estimator`` for ``exact``), the need and
+            the budget.
+    """
+    from sbn_bench.config import default_memory_budget, parse_size
+    from sbn_bench.runner.memory import sample_bytes
+
+    budget = default_memory_budget(problem.x.device) if memory_budget is None else \
+        parse_size(memory_budget, "memory_budget")
+    rows = min(batch_size, problem.num_data)
+    if estimator.name == "exact":
+        try:
+            check_size(problem.with_rows(problem.x[:rows], problem.y[:rows]))
+        except ReferenceTooLarge as e:
+            raise TrainArgumentError("estimator", f"estimator 'exact' cannot train problem "
+                                                  f"{problem.name!r}: its minibatch of {rows} data "
+                                                  f"point(s) is too large for the exact gradient "
+                                                  f"({e})") from None
+        return
+    need = sample_bytes(estimator, problem, rows, 8)  # training runs in float64
+    if need > budget:
+        raise TrainArgumentError(
+            "memory_budget", f"refused before any work: one step's gradient sample of "
+            f"{estimator.spec} on {problem.name!r} ({problem.arch}, a minibatch of {rows}, float64) "
+            f"needs about {format_bytes(need)}, over memory_budget={format_bytes(budget)} "
+            f"(estimated; raise memory_budget to at least {format_bytes(need)}, or lower "
+            "batch_size)")
 
 
 class _ExactObjective:
@@ -735,7 +783,8 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
            momentum: float | None, batch_size: int, epochs: int, checkpoints: Iterable[int],
            seed: int, out_dir: str | os.PathLike[str], log_every: int, exact_log: bool,
            max_exact_bytes: int, progress: ProgressFn | None, overwrite: bool = False,
-           plugins: Sequence[str | os.PathLike[str]] = ()) -> TrainResult:
+           plugins: Sequence[str | os.PathLike[str]] = (),
+           memory_budget: int | str | None = None) -> TrainResult:
     t_start = time.perf_counter()
     cps = check_arguments(problem, optimizer=optimizer, lr=lr, momentum=momentum,
                           batch_size=batch_size, epochs=epochs, checkpoints=checkpoints, seed=seed,
@@ -750,6 +799,7 @@ def _train(problem: Problem, estimator: Estimator | str, *, optimizer: str, lr: 
     check_trainable(estimator)
     problem = problem.to(dtype=torch.float64)
     estimator.check_supports(problem)
+    check_step_fits(estimator, problem, batch_size, memory_budget)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         _check_out_dir(out, overwrite)  # refused, in its words, before a lock is tried

@@ -320,6 +320,36 @@ def test_unsupported_estimator_refused_before_any_work(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_a_step_over_the_memory_budget_is_refused_before_any_file(tmp_path: Path) -> None:
+    """One gradient sample per step must fit memory_budget (the runner's estimate for a minibatch):
+    reinforce-loo with 10^8 loss evaluations was killed by the kernel after writing epoch 0's
+    files; exact on a minibatch too large for the exact gradient wrote them before failing."""
+    p = random_problem("2-3-1", 0, data_points=20)
+    with pytest.raises(TrainArgumentError, match=r"refused before any work: one step's gradient "
+                       r"sample of reinforce-loo:k=100000000 .* a minibatch of 10, float64\) needs "
+                       r"about 238 GiB .* over memory_budget=1 GiB") as e:
+        train(p, "reinforce-loo:k=100000000", epochs=1, out_dir=tmp_path / "a")
+    assert e.value.argument == "memory_budget" and not (tmp_path / "a").exists()
+    with pytest.raises(TrainArgumentError, match="over memory_budget=1 KiB"):
+        train(p, "reinforce-loo:k=1000", epochs=1, out_dir=tmp_path / "b", memory_budget="1KiB")
+    assert not (tmp_path / "b").exists()
+    train(p, "reinforce-loo:k=1000", epochs=1, out_dir=tmp_path / "c", exact_log=False,
+          memory_budget="16MiB")  # fits: trains
+    big = random_problem("2-30-30-1", 0, data_points=4)
+    with pytest.raises(TrainArgumentError, match="estimator 'exact' cannot train .* minibatch of 4"):
+        train(big, "exact", epochs=1, batch_size=4, out_dir=tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+    res = CliRunner().invoke(main, ["train", "--arch", "2-3-1", "--estimator",
+                                    "reinforce-loo:k=100000000", "--epochs", "1",
+                                    "--out", str(tmp_path / "e")])
+    assert res.exit_code == 1 and "over --memory-budget=1 GiB" in res.output, res.output
+    res = CliRunner().invoke(main, ["train", "--arch", "2-3-1", "--estimator", "reinforce-loo:k=1000",
+                                    "--epochs", "1", "--memory-budget", "1KiB",
+                                    "--out", str(tmp_path / "e")])
+    assert res.exit_code == 2 and "Invalid value for '--memory-budget'" in res.output, res.output
+    assert not (tmp_path / "e").exists()
+
+
 def test_divergence_is_reported(small: Problem, tmp_path: Path) -> None:
     """An estimate with an infinite coordinate makes the parameters non-finite: refused at the end
     of that epoch, naming it, with the log so far written (no non-finite checkpoint)."""

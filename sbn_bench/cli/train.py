@@ -34,7 +34,7 @@ _OPTION_OF = {"optimizer": "--optimizer", "lr": "--lr", "momentum": "--momentum"
               "batch_size": "--batch-size", "epochs": "--epochs", "checkpoints": "--checkpoints",
               "seed": "--train-seed", "log_every": "--log-every",
               "max_exact_bytes": "--max-exact-bytes", "out_dir": "--out",
-              "estimator": "--estimator"}
+              "estimator": "--estimator", "memory_budget": "--memory-budget"}
 
 
 def _bad(e: SbnBenchError, seed_option: str = "--train-seed") -> click.ClickException:
@@ -43,6 +43,13 @@ def _bad(e: SbnBenchError, seed_option: str = "--train-seed") -> click.ClickExce
     status 1, as for ``sbn-bench run``."""
     if e.argument in ("out_dir", "out"):
         return click.ClickException(f"--out {options_only(without_name(str(e), e.argument))}")
+    ctx = click.get_current_context(silent=True)
+    if e.argument == "memory_budget":
+        text = str(e).replace("memory_budget", "--memory-budget").replace("batch_size", "--batch-size")
+        if ctx is None or not given(ctx, "memory_budget"):
+            # a step over the default budget: the request's fault, not a refused option (as for run)
+            return click.ClickException(text)
+        return click.BadParameter(text, param_hint="'--memory-budget'")
     option = seed_option if e.argument == "seed" else _OPTION_OF.get(e.argument, e.argument)
     return click.BadParameter(options_only(without_name(str(e), e.argument or "")),
                               param_hint=f"'{option}'")
@@ -75,7 +82,8 @@ def _bad(e: SbnBenchError, seed_option: str = "--train-seed") -> click.ClickExce
               type=FolderPath(),
               help="Output directory: checkpoint_epoch{E}.npz, train_log.csv, loss_curve.png, "
                    "train_manifest.json; for a study (--estimators/--seeds): study.json, cells/, "
-                   "curves.csv, probes.csv, report.md, report.html, figures/.")
+                   "curves.csv, probes.csv, report.md, report.html, figures/. Required, except "
+                   "with --publish (its own folder).")
 @click.option("--log-every", type=int, default=1, show_default=True,
               help="Compute the exact objective every this many epochs (and at checkpoints).")
 @click.option("--overwrite", is_flag=True,
@@ -84,6 +92,10 @@ def _bad(e: SbnBenchError, seed_option: str = "--train-seed") -> click.ClickExce
 @size_option("--max-exact-bytes", DEFAULT_MAX_BYTES,
              "Memory limit of the exact reference; above it training still runs but the exact "
              "objective is not logged (NaN, with a note in the manifest).")
+@size_option("--memory-budget", None,
+             "Memory one step's gradient sample may take (estimated); a step over it is refused "
+             "before any work.", default_text="1GiB; on cuda a quarter of the GPU's memory, from "
+             "1GiB to 16GiB")
 @click.option("--estimators", "estimators_text", default=None, metavar="SPEC,...",
               help="A training study: train each of these estimators (e.g. psa,st,arms:k=4) on a "
                    f"digits preset ({', '.join(train_study.STUDY_PRESETS)}), once per --seeds; "
@@ -108,7 +120,8 @@ def train(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
           data_points: int, loss: str, noise: str, plugins: tuple[Path, ...], estimator_spec: str,
           optimizer: str, lr: float, momentum: float | None, batch_size: int, epochs: int,
           checkpoints_text: str, train_seed: int | None, out_dir: Path, log_every: int,
-          overwrite: bool, max_exact_bytes: int, estimators_text: str | None,
+          overwrite: bool, max_exact_bytes: int, memory_budget: int | None,
+          estimators_text: str | None,
           seeds_text: str | None, executor: str, resume: bool, publish_dir: Path | None,
           quiet: bool) -> None:
     """Train a problem's network with a gradient estimator; write checkpoints (problem files),
@@ -179,7 +192,7 @@ def train(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
                 seed=seed if train_seed is None else train_seed, out_dir=out_dir,
                 log_every=log_every, max_exact_bytes=max_exact_bytes,
                 progress=progress if bar is not None else None, overwrite=overwrite,
-                plugins=plugins)
+                plugins=plugins, memory_budget=memory_budget)
         except training.TrainArgumentError as e:
             raise _bad(e, "--seed" if train_seed is None else "--train-seed") from None
         except KeyboardInterrupt:
@@ -207,7 +220,8 @@ def train(ctx: click.Context, problem_file: Path | None, arch: str | None, prese
 
 
 _SINGLE_ONLY = ("problem_file", "arch", "seed", "momentum", "checkpoints_text", "train_seed", "log_every",
-                "overwrite", "max_exact_bytes", "estimator_spec", "data_points", "loss", "noise")
+                "overwrite", "max_exact_bytes", "memory_budget", "estimator_spec", "data_points",
+                "loss", "noise")
 
 
 def _study(ctx: click.Context, preset: str | None, publish_dir: Path | None, out_dir: Path | None,
