@@ -1,7 +1,10 @@
 """An sbn-bench estimator plugin: REINFORCE with a constant baseline.
 
-Use it with ``sbn-bench list --plugin examples/reinforce_baseline.py`` or
-``sbn-bench run --plugin examples/reinforce_baseline.py --estimators reinforce-baseline:baseline=0.7``.
+Use it with::
+
+    sbn-bench list --plugin examples/reinforce_baseline.py
+    sbn-bench run --arch 2-5-5-1 --plugin examples/reinforce_baseline.py \
+        --estimators reinforce-baseline:baseline=0.7
 """
 
 from collections.abc import Sequence
