@@ -109,7 +109,7 @@ from typing import Any, ClassVar
 import torch
 
 from sbn_bench import problems, sweep, units
-from sbn_bench.errors import EMPTY_FOLDER, ArgumentError, SbnBenchError, plain_int
+from sbn_bench.errors import EMPTY_FOLDER, ArgumentError, SbnBenchError, check_path, plain_int
 from sbn_bench.estimators import EstimatorSpecError, split_specs
 from sbn_bench.fileio import slug
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
@@ -1227,6 +1227,7 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
     Raises:
         ConfigError: naming the file, the line (when known) and the bad key or value.
     """
+    check_path(path, "path", error=ConfigError)
     f = _TomlFile.read(Path(path))
     kw = _settings(f)
     swept = _sweep_specs(f)

@@ -153,7 +153,9 @@ class Problem:
                        x=self.x.clone(), y=self.y.clone(), meta=dict(self.meta))
 
     def with_params(self, params: Params, name: str | None = None) -> Problem:
-        """A copy with new (detached) parameters, e.g. a training checkpoint."""
+        """A copy with new (detached) parameters, e.g. a training checkpoint (checked by
+        :func:`check_params`)."""
+        check_params(self, params)
         return replace(self, params={k: v.detach().clone() for k, v in params.items()},
                        name=self.name if name is None else name)
 
@@ -360,6 +362,39 @@ def validate(p: Problem, source: str | None = None) -> None:
 # constructors
 
 
+def check_params(problem: Problem, params: object, argument: str = "params") -> None:
+    """Refuse ``params`` that are not this problem's: a mapping with exactly its parameter names,
+    each a floating-point :class:`torch.Tensor` of its shape.
+
+    Raises:
+        ProblemError: naming ``argument``, the parameter and what was expected.
+    """
+    if not isinstance(params, Mapping):
+        raise ProblemError(f"argument {argument}={short_repr(params, 60)} is a "
+                           f"{type(params).__name__}; expected a dict of tensors named "
+                           f"{', '.join(problem.param_names)}", argument=argument, value=params,
+                           expected="a dict of tensors")
+    names = set(problem.param_names)
+    missing, extra = sorted(names - set(params)), sorted(set(params) - names, key=str)
+    if missing or extra:
+        raise ProblemError(f"argument {argument} has " + "; ".join(
+            ([f"no {', '.join(map(repr, missing))}"] if missing else [])
+            + ([f"unknown {', '.join(map(repr, extra))}"] if extra else []))
+            + f" (problem {problem.name!r} has {', '.join(problem.param_names)})",
+            argument=argument, expected=", ".join(problem.param_names))
+    for k in problem.param_names:
+        v, want = params[k], tuple(problem.params[k].shape)
+        if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+            raise ProblemError(f"argument {argument}[{k!r}] is a {type(v).__name__}"
+                               + (f" of {v.dtype}" if isinstance(v, torch.Tensor) else "")
+                               + f"; expected a floating-point torch.Tensor of shape {want}",
+                               argument=argument, expected="floating-point tensors")
+        if tuple(v.shape) != want:
+            raise ProblemError(f"argument {argument}[{k!r}] has shape {tuple(v.shape)}; problem "
+                               f"{problem.name!r} needs {want}", argument=argument,
+                               expected=f"shape {want}")
+
+
 def _is_plain_arch(arch: str | Sequence[int]) -> bool:
     return not isinstance(arch, str) or bool(re.fullmatch(r"\s*\d+(-\d+)*\s*", arch))
 
@@ -377,6 +412,10 @@ def parse_arch(arch: str | Sequence[int]) -> tuple[int, ...]:
                                "(positive integers separated by '-', e.g. 2-5-5-5-1)", argument="arch")
         widths = tuple(int(q) for q in parts)
     else:
+        if isinstance(arch, Mapping) or not all(is_integer(w) for w in arch):
+            raise ProblemError(f"argument arch={short_repr(arch, 60)} must be a string such as "
+                               "'2-5-5-5-1' or a sequence of integers", argument="arch", value=arch,
+                               expected="a sequence of integers ≥ 1")
         widths = tuple(int(w) for w in arch)
     if len(widths) < 3 or min(widths) < 1:
         raise ProblemError(f"argument arch={arch!r} needs an input width, at least one stochastic "

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sbn_bench.errors import ArgumentError
+from sbn_bench.errors import ArgumentError, check_path
 from sbn_bench.fileio import atomic_write_bytes, atomic_write_text
 from sbn_bench.paper import VERDICT_LEGEND, Claim, Verdict, _verdict_cell, above, below, combine
 from sbn_bench.paper import Z as VERDICT_Z
@@ -777,6 +777,7 @@ def write_training_report(out: str | os.PathLike[str]) -> dict[str, Path]:
     Raises:
         StudyError: no finished study in ``out``.
     """
+    check_path(out, "out")
     d = Path(out)
     manifest, curves, probes = load_study(d)
     figures = d / "figures"
@@ -818,6 +819,7 @@ def failed_studies(out: str | os.PathLike[str] = "reports/training-digits",
     """The presets of the published benchmark in ``out`` whose every cell failed (``study.json``
     says so; as for a single study, ``sbn-bench train --publish`` then exits with status 1 after
     writing the reports)."""
+    check_path(out, "out")
     root = Path(out)
     failed = []
     for preset in presets:
@@ -837,6 +839,7 @@ def render_published(out: str | os.PathLike[str] = "reports/training-digits",
     Raises:
         StudyError: a preset's folder holds no finished study.
     """
+    check_path(out, "out")
     root = Path(out)
     rows, claim_names, per = [], [], {}
     for preset in presets:

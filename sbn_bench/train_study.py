@@ -61,7 +61,7 @@ from torch import Tensor
 
 from sbn_bench import data, malloc, model, network, problems
 from sbn_bench.config import ProblemSpec, RunConfig, parse_seeds, seed_tuple
-from sbn_bench.errors import SbnBenchError, plain_int
+from sbn_bench.errors import SbnBenchError, check_path, plain_int
 from sbn_bench.estimators import Estimator, Registry, estimate, load_plugins
 from sbn_bench.fileio import WriteError, atomic_write_text, folder_lock
 from sbn_bench.problems import Problem
@@ -998,6 +998,7 @@ def resume_study(out: str | os.PathLike[str], *, estimators: Sequence[str] | Non
             :func:`run_study` raises.
         TrainArgumentError: a ``settings`` name that is not a study setting.
     """
+    check_path(out, "out")
     d = Path(out)
     if not (d / STUDY_NAME).is_file():
         raise StudyError(f"argument out={str(d)!r} holds no training study ({STUDY_NAME}); start "
@@ -1030,6 +1031,7 @@ def load_study(out: str | os.PathLike[str]) -> tuple[dict[str, Any], Any, Any]:
     Raises:
         StudyError: no study in ``out``.
     """
+    check_path(out, "out")
     import pandas as pd
 
     d = Path(out)

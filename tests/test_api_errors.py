@@ -244,3 +244,44 @@ def test_estimate_beyond_the_machines_memory_is_a_clear_error() -> None:
                                             r"needs more memory than this machine has") as e:
         sb.estimate(psa, sb.random_problem("2-2-1", 0), 10**12, torch.Generator())
     assert e.value.argument == "num_samples" and isinstance(e.value, MemoryError)
+
+
+def test_paths_params_and_widths_of_the_wrong_kind_are_refused_by_name(prob, tmp_path) -> None:
+    """Found by an attacker review: each of these raised a raw TypeError, KeyError, ValueError,
+    AttributeError or RuntimeError from inside, or (a string, float or bool widths) went on with
+    something else than was given."""
+    from sbn_bench.estimators import load_plugins
+    from sbn_bench.reports import write_report
+    from sbn_bench.train_report import failed_studies, render_published, write_training_report
+    from sbn_bench.train_study import load_study, resume_study
+
+    for fn, arg in ((lambda: sb.resume_config(None), "out"), (lambda: sb.load_config(None), "path"),
+                    (lambda: resume_study(None), "out"), (lambda: write_training_report(None), "out"),
+                    (lambda: render_published(None), "out"), (lambda: failed_studies(None), "out"),
+                    (lambda: load_study(5), "out"), (lambda: write_report(None), "run_dir"),
+                    (lambda: write_report(b"r1"), "run_dir"),
+                    (lambda: write_report(tmp_path, compare_dir=5), "compare_dir"),
+                    (lambda: write_report(tmp_path, out_dir=5), "out_dir"),
+                    (lambda: write_report(tmp_path, formats=None), "formats"),
+                    (lambda: write_report(tmp_path, sigma="3"), "sigma"),
+                    (lambda: write_report(tmp_path, sections=5), "sections")):
+        _refused(fn, arg)
+    for bad in (None, 5, [5], [None], b"x"):
+        _refused(lambda bad=bad: load_plugins(bad), "plugins", "a path or a list of paths")
+        _refused(lambda bad=bad: load_registry(bad), "plugins")
+        _refused(lambda bad=bad: train(prob, "st", epochs=1, out_dir=tmp_path / "t", plugins=bad),
+                 "plugins")
+    # one path as a string is that file (it was read as its characters, and never raised)
+    _refused(lambda: load_plugins(str(tmp_path / "missing.py")), "plugins", "does not exist")
+    for arch in (["2-3-1"], [2, 3, None], [2, 3, "x"], [2.5, 3, 1], [True, 3, 1], {2: 1, 3: 1, 1: 1}):
+        _refused(lambda arch=arch: sb.random_problem(arch, 0), "arch", "a sequence of integers")
+    assert sb.random_problem(np.array([2, 3, 1]), 0).arch == "2-3-1"
+    params = dict(prob.params)
+    for bad, words in (({}, "has no 'bias_1'"), ({**params, "w": params["bias_1"]}, "unknown 'w'"),
+                       ("x", "is a str"), ({k: v.numpy() for k, v in params.items()}, "is a ndarray"),
+                       ({**params, "weight_1": params["weight_1"].T}, "has shape (2, 3)"),
+                       ({**params, "bias_1": params["bias_1"].long()}, "of torch.int64")):
+        _refused(lambda bad=bad: sb.exact_objective(prob, bad), "params", words)
+    _refused(lambda: prob.with_params(None), "params", "is a NoneType")
+    assert float(sb.exact_objective(prob, params)) == pytest.approx(float(sb.exact_objective(prob)))
+    assert not (tmp_path / "t").exists()

@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sbn_bench.errors import SbnBenchError, short_repr
+from sbn_bench.errors import ArgumentError, SbnBenchError, short_repr
 from sbn_bench.estimators import builtin
 from sbn_bench.estimators.base import RANDOMNESS, ContractError, Estimator
 
@@ -445,6 +445,22 @@ def load_plugin_source(registry: Registry, source: PluginSource) -> list[str]:
     return [n for n, f in table.items() if registry.add(str(n), f, origin)]
 
 
+def plugin_paths(plugins: object) -> tuple[str | os.PathLike[str], ...]:
+    """``plugins`` as a tuple of paths: one path (a string is one file, not its characters), or a
+    sequence of them.
+
+    Raises:
+        ArgumentError: naming ``plugins`` when it is neither (None, a number, bytes, …).
+    """
+    if isinstance(plugins, (str, os.PathLike)):
+        return (plugins,)
+    if isinstance(plugins, (list, tuple)) and all(isinstance(p, (str, os.PathLike)) for p in plugins):
+        return tuple(plugins)
+    raise ArgumentError(f"argument plugins={short_repr(plugins, 60)} must be a path or a list of "
+                        "paths of plugin files", argument="plugins", value=plugins,
+                        expected="a path or a list of paths")
+
+
 def load_registry(plugins: Sequence[str | os.PathLike[str]] = (), *, entry_points: bool = True
                   ) -> Registry:
     """Build the registry: entry points of group ``sbn_bench.estimators``, then plugin files.
@@ -452,8 +468,7 @@ def load_registry(plugins: Sequence[str | os.PathLike[str]] = (), *, entry_point
     When the package runs from a source tree without being installed, its entry points are
     absent; the built-ins are then registered from :mod:`sbn_bench.estimators.builtin` directly.
     """
-    if isinstance(plugins, (str, os.PathLike)):  # one file, not its characters
-        plugins = (plugins,)
+    plugins = plugin_paths(plugins)
     reg = Registry()
     if entry_points:
         for ep in _entry_points():
@@ -492,6 +507,7 @@ def load_plugins(plugins: Sequence[str | os.PathLike[str]], requested: Iterable[
     Raises:
         PluginFileError: naming each plugin file that cannot be loaded and why.
     """
+    plugins = plugin_paths(plugins)
     reg = load_registry(plugins)
     file_of = {f"plugin file {str(p)!r}": str(p) for p in plugins}
     origins = set(file_of)

@@ -29,7 +29,7 @@ from torch import Tensor
 from sbn_bench import model, network
 from sbn_bench.errors import SbnBenchError, check_whole
 from sbn_bench.model import Noise, Params
-from sbn_bench.problems import Problem, check_problem
+from sbn_bench.problems import Problem, check_params, check_problem
 from sbn_bench.units import format_bytes, format_count, format_gib
 
 DEFAULT_MAX_BYTES = 4 * 2**30
@@ -284,6 +284,8 @@ def objective_per_point(problem: Problem, params: Params | None = None,
     if params is None:  # the reference is float64 (a float32 problem computed in float32)
         problem = problem.to(dtype=torch.float64)
         params = problem.params
+    else:
+        check_params(problem, params)
     shared = _shared_tables(problem, params)
     D = problem.num_data
     c = data_chunk(problem.widths, D, problem.loss, _head_widths(problem))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -33,7 +34,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 
-from sbn_bench.errors import EMPTY_FOLDER, ArgumentError, SbnBenchError
+from sbn_bench.errors import EMPTY_FOLDER, ArgumentError, SbnBenchError, check_path
 from sbn_bench.fileio import WriteError, atomic_write_text, wait_lock
 from sbn_bench.reports import html, markdown
 from sbn_bench.reports.body import DetailsSection, HeadlineSection, StorySection, comparison_blocks
@@ -413,6 +414,20 @@ def write_report(
         IncomparableRuns: the runs differ (see ``force``).
         ValueError: an unknown format, or malformed result files.
     """
+    check_path(run_dir, "run_dir")
+    for name, value in (("compare_dir", compare_dir), ("out_dir", out_dir)):
+        if value is not None:
+            check_path(value, name)
+    if isinstance(formats, str) or not isinstance(formats, (list, tuple)):
+        raise ArgumentError(f"argument formats={formats!r} must be a list such as ['md', 'html']",
+                            argument="formats", value=formats, expected="a list of formats")
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or math.isnan(sigma):
+        raise ArgumentError(f"argument sigma={sigma!r} must be a number > 0", argument="sigma",
+                            value=sigma, expected="a number > 0")
+    if sections is not None and not isinstance(sections, (list, tuple)):
+        raise ArgumentError(f"argument sections={sections!r} must be a list of report sections or "
+                            "None", argument="sections", value=sections,
+                            expected="a list of ReportSection")
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ArgumentError(f"argument formats={list(formats)!r}: expected a non-empty subset of "

@@ -56,7 +56,7 @@ import pandas as pd
 
 from sbn_bench import malloc
 from sbn_bench.config import ConfigError, RunConfig, named_m_grid, parse_reference
-from sbn_bench.errors import SbnBenchError
+from sbn_bench.errors import SbnBenchError, check_path
 from sbn_bench.estimators import Registry
 from sbn_bench.metrics import sort_layers, timed_rows
 from sbn_bench.metrics.scalars import is_resolved
@@ -730,6 +730,7 @@ def resume_config(out: str | os.PathLike[str], *, throughput: Mapping[str, Any] 
             :func:`sbn_bench.paper.run_paper` and ``resume=True``).
         ConfigError: the manifest has no usable configuration, or an override is invalid.
     """
+    check_path(out, "out")
     folder = Path(out)
     path = folder / "manifest.json"
     if not path.is_file():
