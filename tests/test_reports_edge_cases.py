@@ -726,3 +726,16 @@ def test_a_report_into_a_training_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="is a training's folder"):
         write_report(out, out_dir=training)
     assert sorted(p.name for p in training.iterdir()) == ["train_manifest.json"]
+
+
+def test_the_figure_count_is_the_reports_own(tmp_path) -> None:
+    """``report --out`` into a folder whose figures/ holds the user's own PNG keeps it and counts
+    only the report's figures (it said one more)."""
+    out = tmp_path / "rep"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "mine.png").write_bytes(b"x")
+    r = invoke(["report", RUN_A, "--out", out])
+    assert r.exit_code == 0, r.output
+    ours = [f for f in (out / "figures").glob("*.png") if f.name != "mine.png"]
+    assert ours and f"wrote {len(ours)} figure(s)" in r.output, r.output
+    assert (out / "figures" / "mine.png").read_bytes() == b"x"

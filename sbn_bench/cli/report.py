@@ -54,5 +54,11 @@ def report(run_dir: Path, compare_dir: Path | None, out_dir: Path | None, format
         if key in written:
             click.echo(f"wrote {written[key]}")
     if "figures" in written:
-        n = len(list(written["figures"].glob("*.png")))
+        # the report's own figures, not other PNG files in a folder given as --out
+        from sbn_bench.reports import SECTION_IMAGE_PREFIX
+        from sbn_bench.reports.figures import FIGURE_KINDS
+
+        n = sum(1 for f in written["figures"].glob("*.png")
+                if f.name.startswith(SECTION_IMAGE_PREFIX) or any(f.stem.endswith(f"_{k}")
+                                                                  for k in FIGURE_KINDS))
         click.echo(f"wrote {n} figure(s) in {written['figures']} (PNG and SVG)")
