@@ -621,10 +621,12 @@ def cell_file(out: Path, estimator: str, seed: int) -> Path:
     return out / CELLS_DIR / f"{safe}-seed{seed}.json"
 
 
-def _read_cell(path: Path, estimator: str, seed: int, fingerprint: str, version: str
-               ) -> dict[str, Any] | None:
+def _read_cell(path: Path, estimator: str, seed: int, fingerprint: str, version: str,
+               settings: StudySettings) -> dict[str, Any] | None:
     """A finished cell's record, or None when missing, truncated, failed, from other settings, from
-    another version of the estimator or another random stream (:data:`sbn_bench.model.STREAM_VERSION`)."""
+    another version of the estimator or another random stream (:data:`sbn_bench.model.STREAM_VERSION`),
+    or without the curve rows of epoch 0 and the last epoch or the probe rows of every probe epoch
+    (a record edited or damaged: it would have left its cell out of the tables silently)."""
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -632,6 +634,13 @@ def _read_cell(path: Path, estimator: str, seed: int, fingerprint: str, version:
     if not isinstance(rec, dict) or rec.get("status") != "ok" or rec.get("estimator") != estimator \
             or rec.get("seed") != seed or rec.get("settings_fingerprint") != fingerprint \
             or rec.get("estimator_version") != version or rec.get("stream") != model.STREAM_VERSION:
+        return None
+    curves, probes_ = rec.get("curves"), rec.get("probes")
+    if not isinstance(curves, list) or not isinstance(probes_, list) \
+            or not all(isinstance(r, dict) for r in [*curves, *probes_]):
+        return None
+    if not {0, settings.epochs} <= {r.get("epoch") for r in curves} \
+            or not set(settings.probe_epochs) <= {r.get("epoch") for r in probes_}:
         return None
     return rec
 
@@ -848,7 +857,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         records: dict[tuple[str, int], dict[str, Any]] = {}
         todo = []
         for e, sd in cells:
-            rec = _read_cell(cell_file(d, e, sd), e, sd, fp, versions[e]) if resume else None
+            rec = _read_cell(cell_file(d, e, sd), e, sd, fp, versions[e], s) if resume else None
             if rec is not None:
                 records[(e, sd)] = rec
             else:

@@ -173,6 +173,19 @@ def test_resume_after_kill(study: ts.StudyResult, tmp_path: Path) -> None:
     # every invocation counted, the interrupted ones too (st seed 0 twice: truncated above)
     assert [r["ran"] for r in m["runs"]] == [2, 1, 4, 0] and m["cell_seconds"] > 0
     assert [bool(r.get("interrupted")) for r in m["runs"]] == [True, True, False, False]
+    # a record without its rows (edited, damaged) is trained again, not left out of the tables
+    cell = ts.cell_file(out, "psa", 1)
+    rec = json.loads(cell.read_text())
+    for field in ("curves", "probes"):
+        cell.write_text(json.dumps({**rec, field: rec[field][:1]}))
+        again_ran: list[str] = []
+        res = ts.run_study("digits-conv", out=out, estimators=ESTIMATORS, seeds=SEEDS,
+                           settings=tiny(), resume=True,
+                           progress=lambda d, n, m, log=again_ran: log.append(m))
+        assert res.ran == 1 and again_ran[0].startswith("psa seed 1"), (field, again_ran)
+    _, c, pc = ts.load_study(out)
+    pd.testing.assert_frame_equal(rows(a), rows(c))
+    pd.testing.assert_frame_equal(pa, pc)
 
 
 def test_resume_refuses_another_random_stream_and_retrains_another_estimator_version(
