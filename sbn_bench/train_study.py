@@ -1048,9 +1048,35 @@ def load_study(out: str | os.PathLike[str]) -> tuple[dict[str, Any], Any, Any]:
         raise StudyError(f"argument out={str(d)!r} holds no finished training study "
                          f"({STUDY_NAME} and {CURVES_NAME}); run sbn-bench train --seeds first",
                          argument="out")
-    manifest = json.loads((d / STUDY_NAME).read_text(encoding="utf-8"))
-    curves = pd.read_csv(d / CURVES_NAME)
-    probes_ = pd.read_csv(d / PROBES_NAME) if (d / PROBES_NAME).is_file() else pd.DataFrame(
+    again = f"sbn-bench train --out {str(d)!r} --resume writes it again from the study's cells"
+    try:
+        manifest = json.loads((d / STUDY_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise StudyError(f"the study in {str(d)!r}: its {STUDY_NAME} cannot be read ({e})",
+                         argument="out") from None
+    if not isinstance(manifest, dict):
+        raise StudyError(f"the study in {str(d)!r}: its {STUDY_NAME} is a JSON "
+                         f"{type(manifest).__name__}, not a study's record", argument="out")
+
+    def table(name: str, columns: Sequence[str]) -> Any:
+        path = d / name
+        try:
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):  # a write cut short: rows are missing
+                raise ValueError("cut off mid-row")
+            df = pd.read_csv(io.BytesIO(data))
+        except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise StudyError(f"the study in {str(d)!r}: its {name} cannot be read ({e}); {again}",
+                             argument="out") from None
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise StudyError(f"the study in {str(d)!r}: its {name} has no column "
+                             f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}; {again}",
+                             argument="out")
+        return df
+
+    curves = table(CURVES_NAME, CURVE_COLUMNS)
+    probes_ = table(PROBES_NAME, PROBE_COLUMNS) if (d / PROBES_NAME).is_file() else pd.DataFrame(
         columns=PROBE_COLUMNS)
     return manifest, curves, probes_
 

@@ -877,3 +877,25 @@ def test_resume_into_a_missing_folder_warns_as_a_run_does(tmp_path: Path) -> Non
                      progress=stop, executor="serial")
     assert said == [f"resume: {str(tmp_path / 'typo')!r} holds no study to resume (it is empty "
                     "or missing); starting a new study there"]
+
+
+def test_a_damaged_study_is_refused_by_its_report_with_the_resume(study: ts.StudyResult,
+                                                                   tmp_path: Path) -> None:
+    """write_training_report (through load_study) on damaged files raised a raw JSONDecodeError,
+    TypeError, EmptyDataError or KeyError, or drew a report from the rows before a cut (attacker
+    review): each is a StudyError naming the file, with the resume that writes the tables again."""
+    for name, text, words in ((ts.STUDY_NAME, "{", "cannot be read"),
+                              (ts.STUDY_NAME, "[]", "is a JSON list"),
+                              (ts.CURVES_NAME, "", "cannot be read"),
+                              (ts.CURVES_NAME, "a,b\n1,2\n", "has no column"),
+                              (ts.CURVES_NAME, None, "cut off mid-row"),
+                              (ts.PROBES_NAME, "", "cannot be read")):
+        d = tmp_path / f"s{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(study.out, d)
+        f = d / name
+        f.write_text(f.read_text()[:300] if text is None else text)
+        with pytest.raises(ts.StudyError, match=words) as e:
+            tr.write_training_report(d)
+        assert e.value.argument == "out" and name in str(e.value), str(e.value)
+        if name != ts.STUDY_NAME:
+            assert "--resume writes it again" in str(e.value)
