@@ -278,6 +278,16 @@ def test_a_run_killed_before_its_first_assembly_has_a_report(small_run: Path) ->
         md = (small_run / "report" / "report.md").read_text()
         assert "never assembled" in md and "psa" in md and f"{total} of {total} cells done" in md
         assert not (small_run / "metrics.csv").exists()  # the report does not write the tables
+    # one damaged part: its cell is missing, and the warning says so (it dropped it silently)
+    first = sorted((small_run / "cells").glob("metrics-*.csv"))[0]
+    kept = first.read_text()
+    first.write_text("garbage\n")
+    res = invoke(["report", small_run, "--format", "md"])
+    assert res.exit_code == 0, res.output
+    for out in (res.output, (small_run / "report" / "report.md").read_text()):
+        assert f"1 damaged part file(s) left out, their cells missing below ({first.name})" in out
+        assert "--resume" in out
+    first.write_text(kept)
     # every part cut off as well: nothing to report, said so (exit 1), not an empty report headed
     # "status complete" (attacker review)
     parts = sorted((small_run / "cells").glob("*.csv"))

@@ -29,6 +29,7 @@ from sbn_bench.storage import (
     STUDY_MANIFEST,
     TRAINING_MANIFEST,
     RunDirError,
+    damaged_parts,
     part_problem,
     processor_text,
     tables_from_parts,
@@ -171,8 +172,13 @@ def _tables_from_parts(path: Path) -> tuple[str, dict[str, pd.DataFrame]] | None
                           f"file(s) in {path / 'cells'} is complete (damaged or cut off); resume the "
                           f"run to compute them again (sbn-bench run --out {path} --resume)",
                           argument=str(path), expected="a run with complete results")
+    damaged = damaged_parts(path)
+    left_out = "" if not damaged else (
+        f"; {len(damaged)} damaged part file(s) left out, their cells missing below "
+        f"({', '.join(damaged[:3])}{', …' if len(damaged) > 3 else ''}): resume the run to compute "
+        f"them again (sbn-bench run --out {path} --resume)")
     return (f"{why}: the tables below are assembled from the complete part files in "
-            f"{path / 'cells'}", parts)
+            f"{path / 'cells'}{left_out}", parts)
 
 
 def load_run(run_dir: str | Path) -> Run:
