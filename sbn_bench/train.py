@@ -673,8 +673,8 @@ def check_step_fits(estimator: Estimator, problem: Problem, batch_size: int,
     ``exact`` estimator on a minibatch too large for the exact reference.
 
     Raises:
-        TrainArgumentError: naming ``memory_budget`` (or ``estimator`` for ``exact``), the need and
-            the budget.
+        TrainArgumentError: naming ``memory_budget``, the need and the budget.
+        ReferenceTooLarge: ``exact`` on a minibatch beyond the exact reference.
     """
     from sbn_bench.config import default_memory_budget, parse_size
     from sbn_bench.runner.memory import sample_bytes
@@ -682,14 +682,8 @@ def check_step_fits(estimator: Estimator, problem: Problem, batch_size: int,
     budget = default_memory_budget(problem.x.device) if memory_budget is None else \
         parse_size(memory_budget, "memory_budget")
     rows = min(batch_size, problem.num_data)
-    if estimator.name == "exact":
-        try:
-            check_size(problem.with_rows(problem.x[:rows], problem.y[:rows]))
-        except ReferenceTooLarge as e:
-            raise TrainArgumentError("estimator", f"estimator 'exact' cannot train problem "
-                                                  f"{problem.name!r}: its minibatch of {rows} data "
-                                                  f"point(s) is too large for the exact gradient "
-                                                  f"({e})") from None
+    if estimator.name == "exact":  # ReferenceTooLarge, in its own words, before any file
+        check_size(problem.with_rows(problem.x[:rows], problem.y[:rows]))
         return
     need = sample_bytes(estimator, problem, rows, 8)  # training runs in float64
     if need > budget:

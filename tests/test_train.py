@@ -336,7 +336,7 @@ def test_a_step_over_the_memory_budget_is_refused_before_any_file(tmp_path: Path
     train(p, "reinforce-loo:k=1000", epochs=1, out_dir=tmp_path / "c", exact_log=False,
           memory_budget="16MiB")  # fits: trains
     big = random_problem("2-30-30-1", 0, data_points=4)
-    with pytest.raises(TrainArgumentError, match="estimator 'exact' cannot train .* minibatch of 4"):
+    with pytest.raises(reference.ReferenceTooLarge, match="exact reference refused .* D=4"):
         train(big, "exact", epochs=1, batch_size=4, out_dir=tmp_path / "d")
     assert not (tmp_path / "d").exists()
     res = CliRunner().invoke(main, ["train", "--arch", "2-3-1", "--estimator",
