@@ -365,6 +365,10 @@ class ProblemSpec:
             raise ConfigError(f"name={self.name!r} names files of the report: expected no '/', "
                               "'\\' or control character, and no leading '.'", argument="name",
                               value=self.name, expected="a name such as 'paper-seed0'")
+        if not isinstance(self.checkpoints, (list, tuple)):
+            raise ConfigError(f"checkpoints={self.checkpoints!r} must be a tuple of Checkpoint(label, "
+                              "source) items", argument="checkpoints", value=self.checkpoints,
+                              expected="Checkpoint items")
         if not self.checkpoints:
             raise ConfigError("checkpoints is empty; expected at least one, e.g. {init = 'init'}",
                               argument="checkpoints", expected="at least one checkpoint")

@@ -140,7 +140,23 @@ class Problem:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
            ) -> Problem:
-        """A copy on ``device`` with floating tensors cast to ``dtype`` (labels keep integer type)."""
+        """A copy on ``device`` with floating tensors cast to ``dtype`` (labels keep integer type).
+
+        Raises:
+            ProblemError: ``dtype`` not a floating torch dtype, or ``device`` not a device.
+        """
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise ProblemError(f"argument dtype={dtype!r} must be a floating torch dtype such as "
+                               "torch.float32 or torch.float64", argument="dtype", value=dtype,
+                               expected="torch.float32 or torch.float64")
+        if device is not None:
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError) as e:
+                raise ProblemError(f"argument device={device!r} is not a torch device ({e})".split(
+                    "\n")[0][:200], argument="device", value=device,
+                    expected="a torch device such as 'cpu' or 'cuda'") from None
+
         def cast(t: Tensor) -> Tensor:
             return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
         return replace(self, params={k: cast(v) for k, v in self.params.items()},

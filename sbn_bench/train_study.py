@@ -61,7 +61,7 @@ from torch import Tensor
 
 from sbn_bench import data, malloc, model, network, problems
 from sbn_bench.config import ProblemSpec, RunConfig, parse_seeds, seed_tuple
-from sbn_bench.errors import SbnBenchError, check_path, plain_int
+from sbn_bench.errors import SbnBenchError, check_path, is_integer, plain_int
 from sbn_bench.estimators import Estimator, Registry, estimate, load_plugins
 from sbn_bench.fileio import WriteError, atomic_write_text, folder_lock
 from sbn_bench.problems import Problem
@@ -160,7 +160,12 @@ class StudySettings:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "probe_epochs", tuple(sorted({int(e) for e in self.probe_epochs})))
+        pe = self.probe_epochs
+        if isinstance(pe, (str, bytes)) or not isinstance(pe, (list, tuple, set, frozenset)) \
+                or not all(is_integer(e) for e in pe):
+            raise TrainArgumentError("probe_epochs", f"argument probe_epochs={pe!r} must be a list "
+                                                     "of epochs (integers), e.g. (0, 10, 50)")
+        object.__setattr__(self, "probe_epochs", tuple(sorted({int(e) for e in pe})))
 
     @property
     def vae(self) -> bool:
@@ -283,6 +288,9 @@ def preset_settings(preset: str, **overrides: Any) -> StudySettings:
     _check_setting_names(overrides)
     given = {k: v for k, v in overrides.items() if v is not None}
     base = STUDY_PRESETS[preset].settings
+    if "epochs" in given and (isinstance(given["epochs"], bool) or not is_integer(given["epochs"])):
+        raise TrainArgumentError("epochs", f"argument epochs={given['epochs']!r} must be an integer "
+                                           "≥ 1")
     if "epochs" in given and "probe_epochs" not in given:  # keep the probes inside the training
         given["probe_epochs"] = tuple(sorted({min(e, given["epochs"]) for e in base.probe_epochs}
                                              | {given["epochs"]}))

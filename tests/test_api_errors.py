@@ -285,3 +285,26 @@ def test_paths_params_and_widths_of_the_wrong_kind_are_refused_by_name(prob, tmp
     _refused(lambda: prob.with_params(None), "params", "is a NoneType")
     assert float(sb.exact_objective(prob, params)) == pytest.approx(float(sb.exact_objective(prob)))
     assert not (tmp_path / "t").exists()
+
+
+def test_more_arguments_of_the_wrong_kind_are_refused_by_name(prob) -> None:
+    """The rest of the attacker review's list: raw TypeError/ValueError/IndexError/RuntimeError,
+    or (an integer dtype, negative widths or data points) a result that was silently wrong."""
+    from sbn_bench.reference import enumerate_paths, estimate_cost, path_log_probs
+    from sbn_bench.train_study import preset_settings
+
+    _refused(lambda: load_registry().create_many(None), "estimators", "is a NoneType")
+    _refused(lambda: preset_settings("digits-vae-exact", epochs="2"), "epochs", "an integer")
+    _refused(lambda: preset_settings("digits-vae-exact", probe_epochs="0,1"), "probe_epochs")
+    _refused(lambda: ProblemSpec(arch="2-3-1", checkpoints=5), "checkpoints", "Checkpoint")
+    _refused(lambda: prob.to(dtype=torch.int64), "dtype", "floating")
+    _refused(lambda: prob.to(dtype="float32"), "dtype", "floating")
+    _refused(lambda: prob.to(device="nope"), "device", "is not a torch device")
+    for widths in (None, (2,), "2-3-1", (2, -3, 1), (2, 3.0, 1)):
+        _refused(lambda widths=widths: estimate_cost(widths, 5), "widths")
+    for D in (-1, 0, 2.5, None):
+        _refused(lambda D=D: estimate_cost((2, 3, 1), D), "num_data")
+    _refused(lambda: path_log_probs(prob, []), "paths", "one [P, n_k] tensor per stochastic layer")
+    paths = enumerate_paths(prob.widths, torch.float64, torch.device("cpu"))
+    assert path_log_probs(prob, paths)[1].shape == (2 ** prob.widths[1],)
+    assert preset_settings("digits-vae-exact", epochs=2, probe_epochs=[2, 0]).probe_epochs == (0, 2)

@@ -208,6 +208,11 @@ class Registry:
 
     def create_many(self, specs: str | Sequence[str]) -> list[Estimator]:
         """Build a list from ``"psa,st,concrete:tau=0.1"`` or a sequence of specs."""
+        if not isinstance(specs, (str, list, tuple)):
+            raise EstimatorSpecError(f"argument estimators={short_repr(specs, 60)} is a "
+                                     f"{type(specs).__name__}; expected 'psa,st,arm' or a list of "
+                                     "specs", argument="estimators", value=specs,
+                                     expected="e.g. 'psa,st,arm'")
         items = split_specs(specs) if isinstance(specs, str) else list(specs)
         if not items:
             raise EstimatorSpecError("argument estimators is empty; expected e.g. 'psa,st,arm'",

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench import model, network
-from sbn_bench.errors import SbnBenchError, check_whole
+from sbn_bench.errors import ArgumentError, SbnBenchError, check_whole, is_integer
 from sbn_bench.model import Noise, Params
 from sbn_bench.problems import Problem, check_params, check_problem
 from sbn_bench.units import format_bytes, format_count, format_gib
@@ -76,7 +76,20 @@ def estimate_cost(widths: tuple[int, ...], num_data: int, loss: str = "logistic"
     processed in chunks (:func:`data_chunk`): the tables shared by all data points (the
     transition matrices, the head on all ``2^{n_L}`` states, whose hidden widths are ``head``) plus
     one chunk's rows. The ``bernoulli`` and ``vae`` losses take ``D·2^{n_L}`` entries for the loss
-    table (a matrix product), the others ``D·2^{n_L}·n_out``."""
+    table (a matrix product), the others ``D·2^{n_L}·n_out``.
+
+    Raises:
+        ArgumentError: ``widths`` not three or more integers ≥ 1, or ``num_data`` not an integer
+            ≥ 1.
+    """
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or len(widths) < 3 \
+            or not all(is_integer(w) and w >= 1 for w in widths):
+        raise ArgumentError(f"argument widths={widths!r} must be a tuple of three or more integers "
+                            "≥ 1 (input, stochastic layers, output), e.g. (2, 5, 5, 5, 1)",
+                            argument="widths", value=widths, expected="integers ≥ 1")
+    if not is_integer(num_data) or num_data < 1:
+        raise ArgumentError(f"argument num_data={num_data!r} must be an integer ≥ 1",
+                            argument="num_data", value=num_data, expected="an integer ≥ 1")
     hidden = widths[1:-1]
     exponents = [hidden[0], *(a + b for a, b in zip(hidden[:-1], hidden[1:])), hidden[-1]]
     if max(exponents) > _MAX_EXACT_EXPONENT:

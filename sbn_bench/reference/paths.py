@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench import model, network
+from sbn_bench.errors import ArgumentError, short_repr
 from sbn_bench.problems import Problem
 
 MAX_PATHS = 2**16
@@ -46,7 +47,19 @@ def path_log_probs(problem: Problem, paths: Sequence[Tensor]) -> tuple[Tensor, T
 
     Returns:
         ``(first [D, 2^{n_1}], rest [P])``.
+
+    Raises:
+        ArgumentError: ``paths`` not one ``[P, n_k]`` tensor per stochastic layer
+            (:func:`enumerate_paths`).
     """
+    widths = [layer.n_out for layer in problem.net.stochastic]
+    if isinstance(paths, Tensor) or not isinstance(paths, Sequence) or len(paths) != len(widths) \
+            or not all(isinstance(t, Tensor) and t.dim() == 2 and t.shape[1] == n
+                       and t.shape[0] == paths[0].shape[0] for t, n in zip(paths, widths)):
+        raise ArgumentError(f"argument paths must be one [P, n_k] tensor per stochastic layer "
+                            f"(widths {widths}, as enumerate_paths gives), got "
+                            f"{short_repr(paths, 60)}", argument="paths",
+                            expected=f"{len(widths)} tensors [P, n_k]")
     params = {k: v.to(torch.float64) for k, v in problem.params.items()}
     noise, net = problem.noise_dist, problem.net
     n1 = net.stochastic[0].n_out
