@@ -400,6 +400,14 @@ def test_initial_parameters_beyond_float32_are_refused_before_any_work(small: Pr
                                                  r"beyond float32's range") as e:
         train(big, "st", epochs=1, out_dir=tmp_path / "o")
     assert e.value.argument == "problem" and not (tmp_path / "o").exists()
+    # on the command line, a --problem file's content: exit 1, as for run (it was a usage error of
+    # an option named 'problem')
+    save_problem(big.with_params({**small.params, "weight_1": small.params["weight_1"] + 3.5e38}),
+                 tmp_path / "big.npz")
+    res = CliRunner().invoke(main, ["train", "--problem", str(tmp_path / "big.npz"), "--epochs", "1",
+                                    "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and res.output.startswith("Error: ") and "Usage" not in res.output
+    assert "beyond float32's range" in res.output and not (tmp_path / "o").exists()
 
 
 def _misbehaving(kind: str) -> Estimator:

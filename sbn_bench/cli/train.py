@@ -43,6 +43,8 @@ def _bad(e: SbnBenchError, seed_option: str = "--train-seed") -> click.ClickExce
     status 1, as for ``sbn-bench run``."""
     if e.argument in ("out_dir", "out"):
         return click.ClickException(f"--out {options_only(without_name(str(e), e.argument))}")
+    if e.argument == "problem":  # the problem's content (a --problem file's weights): exit 1
+        return click.ClickException(options_only(str(e)))
     ctx = click.get_current_context(silent=True)
     if e.argument == "memory_budget":
         text = str(e).replace("memory_budget", "--memory-budget").replace("batch_size", "--batch-size")
