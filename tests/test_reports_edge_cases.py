@@ -478,6 +478,14 @@ def test_a_single_training_folder_is_named_as_one_by_report_and_run(tmp_path: Pa
     r = invoke(["run", "--arch", "2-2-1", "--out", tmp_path])
     assert r.exit_code == 1 and "it holds a training (train_manifest.json)" in r.output, r.output
     assert "resume" not in r.output
+    # an interrupted training has no manifest yet, only its log and checkpoints (it said "no
+    # metrics.csv: not a run directory")
+    for name in ("train_log.csv", "checkpoint_epoch0.npz"):
+        d = tmp_path.parent / f"{tmp_path.name}-{name.split('.')[0]}"
+        d.mkdir()
+        (d / name).write_text("x")
+        r = invoke(["report", d])
+        assert r.exit_code == 1 and "holds a single training, not a run" in r.output, r.output
     (tmp_path / "train_manifest.json").rename(tmp_path / "notes.txt")
     r = invoke(["run", "--arch", "2-2-1", "--out", tmp_path])
     assert r.exit_code == 1 and "it holds other files, not a run" in r.output

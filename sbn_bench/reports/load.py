@@ -135,7 +135,10 @@ def _read_csv(path: Path, columns: list[str], required: bool) -> pd.DataFrame:
                               "when the study finishes (from Python: "
                               "sbn_bench.train_report.write_training_report)",
                               argument=str(path.parent), expected=f"a folder with {path.name}")
-        if required and (path.parent / TRAINING_MANIFEST).is_file():
+        if required and ((path.parent / TRAINING_MANIFEST).is_file()
+                         or (path.parent / "train_log.csv").is_file()
+                         or any(path.parent.glob("checkpoint_epoch*.npz"))):
+            # (an interrupted training has its log and checkpoints but no manifest yet)
             raise RunDirError(f"{str(path.parent)!r} holds a single training, not a run: its "
                               "learning curve is loss_curve.png and train_log.csv, and its "
                               "checkpoints can be measured with sbn-bench run --problem "
