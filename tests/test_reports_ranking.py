@@ -96,6 +96,30 @@ def test_a_bias_is_judged_on_its_square() -> None:
     assert Estimate(1e-3, 0.0, "exact", squared=True).resolved  # exact values: no error to judge
 
 
+def test_a_relative_bias_is_judged_by_its_bias_norm_row() -> None:
+    """Against a Monte-Carlo reference rel_bias's stderr carries ‖g‖'s error too (e = 20 % here):
+    judged by it, a bias with x = 3 se_x showed as a bound (and none with e ≥ 0.25 could ever be
+    significant); its bias_norm row, whose x and se_x have no ‖g‖ term, decides (statistics
+    review)."""
+    from sbn_bench.metrics.scalars import norm_stderr
+    from sbn_bench.reports.tables import metric_index
+
+    x, se_x, G, e = 3.0, 1.0, 10.0, 0.2
+    bn_v, bn_s = math.sqrt(x), norm_stderr(x, se_x)
+    rb_v = bn_v / G
+    rb_s = math.hypot(bn_s / G, rb_v * e)  # registry._relative_se
+    rows = pd.DataFrame({"estimator": ["arm", "arm"], "layer": ["1", "1"],
+                         "metric": ["bias_norm", "rel_bias"], "M": [math.nan, math.nan],
+                         "value": [bn_v, rb_v], "stderr": [bn_s, rb_s], "mode": ["mc", "mc"],
+                         "reference": ["mc:reinforce:1000"] * 2, "reference_rel_error": [0.2] * 2})
+    idx = metric_index(rows)
+    alone = Estimate(rb_v, rb_s, "mc", squared=True)
+    assert not alone.significantly_positive() and upper_bound(alone) is not None
+    rb = idx[("arm", "1", "rel_bias", None)]
+    assert rb.significantly_positive() and upper_bound(rb) is None and rb.resolved
+    assert idx[("arm", "1", "bias_norm", None)].significantly_positive()
+
+
 def _with_mc_reference(tmp_path: Path) -> Path:
     """run_a with the reference columns of a Monte-Carlo reference on arm's and psa's rows."""
     d = tmp_path / "mcref"

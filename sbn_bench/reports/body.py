@@ -322,7 +322,7 @@ SUMMARY_LEGEND = (
     "value clipped at zero or smaller than its standard error is never marked, and when such a "
     f"value is better than the best resolved one by more than {TIE_Z:g} standard errors, nothing "
     "is. `±`: one standard error (Monte-Carlo mode); `≤ x`: a bias not significantly above zero "
-    f"(its bias-corrected square ‖β‖² within {TIE_Z:g} of its standard errors of zero: value ≤ "
+    f"(its bias-corrected square ‖β‖² within {TIE_Z:g} s.e. of zero: value ≤ "
     f"{2 * TIE_Z:g} s.e., since near zero the s.e. of a square root understates its spread), "
     f"x = value + {TIE_Z:g} s.e. Mode `exact`: mean and variance by enumerating every path (no "
     "sampling error in bias, variance and rrmse; the cosines come from sampled M-sample means and "

@@ -755,13 +755,15 @@ def bias_variance_frame(rows: pd.DataFrame) -> pd.DataFrame:
     df = df.assign(rel_sd=np.sqrt(V) / gnorm.where(gnorm > 0))
     # a Monte-Carlo bias not significantly above zero (clipped at 0, or its square within TIE_Z
     # standard errors of 0): unresolved, where the tables show its upper bound (upper_bound)
+    # (judged by the bias_norm row: against a Monte-Carlo reference rel_bias's error also carries
+    # ‖g‖'s, which has nothing to do with whether β = 0)
     if "stderr" in scalars.columns:
-        se = scalars[scalars["metric"] == "rel_bias"].set_index(keys)["stderr"]
+        se = scalars[scalars["metric"] == "bias_norm"].set_index(keys)["stderr"]
         se = se[~se.index.duplicated()].reindex(df.index).fillna(0.0)
     else:
         se = pd.Series(0.0, index=df.index)
     df = df.assign(unresolved=[upper_bound(Estimate(float(v), float(u), squared=True)) is not None
-                               for v, u in zip(df["rel_bias"], se)])
+                               for v, u in zip(df["bias_norm"], se)])
     df = df[df["value"] > 0].reset_index()
     # an empty frame (e.g. only zero-error estimators, whose ‖g‖ cannot be recovered) has object
     # columns, which numpy's isfinite refuses

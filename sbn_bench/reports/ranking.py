@@ -8,9 +8,10 @@ the metrics, SPEC §5).
 Rules (``z`` = :data:`TIE_Z` = 2):
 
 * **resolved**: a value may be called best only when it is resolved: exact, or a Monte-Carlo value
-  that is larger than its standard error. A clipped zero (``0 ± 0.057``: the bias estimate fell
-  below zero and was clipped) and a value whose standard error exceeds it are *unresolved*: they
-  are never best, nor tied with the best; the tables say which values were not ranked.
+  that is larger than its standard error (a bias: twice it, see below). A clipped zero
+  (``0 ± 0.057``: the bias estimate fell below zero and was clipped) and a value whose standard
+  error exceeds it are *unresolved*: they are never best, nor tied with the best; the tables say
+  which values were not ranked.
 * **best**: the best resolved value (lowest or highest, by the metric's ``better`` direction from
   the metric registry).
 * **tie**: a resolved value within ``z`` standard errors of the best,
@@ -26,7 +27,7 @@ Rules (``z`` = :data:`TIE_Z` = 2):
 The same ``z = 2`` decides the paper's verdicts (:mod:`sbn_bench.paper`). A bias is the square
 root of an unbiased estimate ``x = ‖β‖²~`` clipped at 0, and near zero its delta-method standard
 error is too small to test it against zero (``value > 2·stderr`` is ``x > se_x``: an unbiased
-estimator passes it in about one cell in six); so a bias's rules are judged on the squared scale
+estimator passes it in up to one cell in six); so a bias's rules are judged on the squared scale
 (:attr:`Estimate.squared`): resolved when ``x > se_x``, significantly above zero when ``x > 2·se_x``
 (``value > 4·stderr``). A bias that is not is shown as an upper bound ``≤ value + 2·stderr``
 (:func:`upper_bound`; at least ``√(x + 2·se_x)``).
@@ -67,6 +68,10 @@ class Estimate:
         squared: the value is the square root of an unbiased estimate clipped at 0 (a bias,
             :data:`~sbn_bench.metrics.scalars.SQUARED_METRICS`): whether it is above zero is
             judged on the squared scale (:func:`~sbn_bench.metrics.scalars.squared_scale`).
+        test: ``(x, se_x)`` to judge a :attr:`squared` value by instead of those its value and
+            standard error imply: a relative bias's, taken from its ``bias_norm`` row (against a
+            Monte-Carlo reference, ``rel_bias``'s standard error also carries ``‖g‖``'s, which
+            has nothing to do with whether ``β = 0``).
     """
 
     value: float
@@ -74,6 +79,16 @@ class Estimate:
     mode: str = "mc"
     roundoff: float = ROUND_ABS
     squared: bool = False
+    test: tuple[float, float] | None = None
+
+    def _squared_test(self) -> tuple[float, float] | None:
+        """``(x, se_x)`` of a :attr:`squared` Monte-Carlo value with a finite error, else None."""
+        u = self.uncertainty
+        if not self.squared or not self.finite or u == 0 or not math.isfinite(u):
+            return None
+        if self.test is not None and all(math.isfinite(t) for t in self.test) and self.test[1] > 0:
+            return self.test
+        return squared_scale(self.value, u)
 
     @property
     def uncertainty(self) -> float:
@@ -95,6 +110,9 @@ class Estimate:
         """Finite, not :attr:`clipped`, and exact or larger (in absolute value) than its standard
         error; a :attr:`squared` value's square larger than its own
         (:func:`~sbn_bench.metrics.scalars.is_resolved`)."""
+        test = self._squared_test()
+        if test is not None and self.value != 0:
+            return test[0] > test[1]
         return is_resolved(self.value, self.stderr, self.mode, squared=self.squared)
 
     def significantly_positive(self, z: float = TIE_Z) -> bool:
@@ -106,9 +124,9 @@ class Estimate:
         u = self.uncertainty
         if u == 0:
             return self.value > self.roundoff
-        if self.squared and math.isfinite(u):
-            x, se_x = squared_scale(self.value, u)
-            return self.value > 0 and x > z * se_x
+        test = self._squared_test()
+        if test is not None:
+            return self.value > 0 and test[0] > z * test[1]
         return self.value > z * u
 
 

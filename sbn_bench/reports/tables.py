@@ -23,7 +23,7 @@ import pandas as pd
 
 from sbn_bench import metrics
 from sbn_bench.fileio import slug
-from sbn_bench.metrics import SQUARED_METRICS, layer_key
+from sbn_bench.metrics import SQUARED_METRICS, layer_key, squared_scale
 from sbn_bench.reports.families import ranked
 from sbn_bench.reports.load import Run, is_mc_reference, is_wide, network_of, target_rrmse
 from sbn_bench.reports.ranking import (
@@ -199,6 +199,10 @@ def metric_index(rows: pd.DataFrame) -> dict[tuple[str, str, str, float | None],
         key = (e, lay, met, None if (m is None or math.isnan(m)) else float(m))
         out[key] = Value(float(v), float(se), str(mode), squared=met in SQUARED_METRICS,
                          reference=str(ref), reference_rel_error=float(err))
+    for key, val in out.items():  # a relative bias is judged against zero by its bias_norm row's
+        bn = out.get((key[0], key[1], "bias_norm", key[3])) if key[2] == "rel_bias" else None
+        if bn is not None and bn.finite and 0 < bn.uncertainty < math.inf:
+            out[key] = replace(val, test=squared_scale(bn.value, bn.uncertainty))
     for key, val in out.items():  # an exact bias: its round-off floor grows with the samples' size
         e, lay, met, _m = key
         if met not in BOUNDED_METRICS or val.uncertainty != 0:
