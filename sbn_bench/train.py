@@ -626,9 +626,9 @@ def train(
         plugins: plugin files (``--plugin``): a spec ``estimator`` may name their estimators, and
             ``train_manifest.json`` records each file's path and SHA-256 (as a run's manifest does).
         memory_budget: bytes (or a size such as ``"2GiB"``) one step's gradient sample may take, by
-            the runner's estimate (:func:`sbn_bench.runner.memory.sample_bytes` for a minibatch);
-            None: :func:`sbn_bench.config.default_memory_budget` of the problem's device (1 GiB on
-            the CPU). A step over it is refused before any file is written, and so is
+            the runner's estimate (:func:`sbn_bench.runner.memory.sample_bytes` for a minibatch,
+            an upper bound); None: :func:`train_memory_budget` (half the machine's memory on the
+            CPU). A step over it is refused before any file is written, and so is
             ``estimator="exact"`` on a minibatch too large for the exact reference.
 
     Returns:
@@ -665,22 +665,42 @@ def train(
         torch.set_num_threads(previous_threads)
 
 
+def train_memory_budget(device: torch.device | str) -> int:
+    """``train``'s default ``memory_budget``: on the CPU half the machine's physical memory (at least
+    1 GiB), on a GPU :func:`sbn_bench.config.default_memory_budget`'s. The runner's per-sample
+    estimate is an upper bound several times the real footprint (8-10x for a full-batch digits
+    step), so the run's 1 GiB chunk budget would refuse full-batch trainings that fit; the check is
+    there to refuse what cannot fit at all before the kernel's OOM killer does."""
+    from sbn_bench.config import default_memory_budget
+
+    if torch.device(device).type != "cpu":
+        return default_memory_budget(device)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # not a POSIX system: the run's default
+        return default_memory_budget(device)
+    return max(2**30, total // 2)
+
+
 def check_step_fits(estimator: Estimator, problem: Problem, batch_size: int,
                     memory_budget: int | str | None = None) -> None:
     """Refuse, before any work, a training step that cannot fit: one gradient sample on a minibatch
     of ``batch_size`` data points over ``memory_budget`` (the runner's estimate,
-    :func:`~sbn_bench.runner.memory.sample_bytes`; None: the device's default budget), or the
+    :func:`~sbn_bench.runner.memory.sample_bytes`; None: :func:`train_memory_budget`), or the
     ``exact`` estimator on a minibatch too large for the exact reference.
 
     Raises:
         TrainArgumentError: naming ``memory_budget``, the need and the budget.
         ReferenceTooLarge: ``exact`` on a minibatch beyond the exact reference.
     """
-    from sbn_bench.config import default_memory_budget, parse_size
+    from sbn_bench.config import parse_size
     from sbn_bench.runner.memory import sample_bytes
 
-    budget = default_memory_budget(problem.x.device) if memory_budget is None else \
-        parse_size(memory_budget, "memory_budget")
+    try:
+        budget = train_memory_budget(problem.x.device) if memory_budget is None else \
+            parse_size(memory_budget, "memory_budget")
+    except SbnBenchError as e:
+        raise TrainArgumentError("memory_budget", str(e)) from None
     rows = min(batch_size, problem.num_data)
     if estimator.name == "exact":  # ReferenceTooLarge, in its own words, before any file
         check_size(problem.with_rows(problem.x[:rows], problem.y[:rows]))
