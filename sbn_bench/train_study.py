@@ -42,6 +42,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -160,7 +161,15 @@ class StudySettings:
     threads: int = 1
 
     def __post_init__(self) -> None:
+        import numpy as np
+
+        for f in dataclasses.fields(self):  # numpy's numbers as Python's (train() takes them too)
+            v = getattr(self, f.name)
+            if isinstance(v, np.generic) and not isinstance(v, (np.str_, np.bytes_)):
+                object.__setattr__(self, f.name, v.item())
         pe = self.probe_epochs
+        if isinstance(pe, (np.ndarray, range)):
+            pe = pe.tolist() if isinstance(pe, np.ndarray) else list(pe)
         if isinstance(pe, (str, bytes)) or not isinstance(pe, (list, tuple, set, frozenset)) \
                 or not all(is_integer(e) for e in pe):
             raise TrainArgumentError("probe_epochs", f"argument probe_epochs={pe!r} must be a list "
@@ -650,6 +659,10 @@ def _read_cell(path: Path, estimator: str, seed: int, fingerprint: str, version:
     if not {0, settings.epochs} <= {r.get("epoch") for r in curves} \
             or not set(settings.probe_epochs) <= {r.get("epoch") for r in probes_}:
         return None
+    if not all(r.get("estimator") == estimator and r.get("seed") == seed for r in [*curves, *probes_]) \
+            or not all(set(CURVE_COLUMNS) <= r.keys() for r in curves) \
+            or not all(set(PROBE_COLUMNS) <= r.keys() for r in probes_):
+        return None  # rows of another cell, or without their columns
     return rec
 
 
@@ -1065,6 +1078,14 @@ def load_study(out: str | os.PathLike[str]) -> tuple[dict[str, Any], Any, Any]:
     if not isinstance(manifest, dict):
         raise StudyError(f"the study in {str(d)!r}: its {STUDY_NAME} is a JSON "
                          f"{type(manifest).__name__}, not a study's record", argument="out")
+    settings = manifest.get("settings")
+    if not isinstance(manifest.get("preset"), str) or not isinstance(settings, dict) \
+            or not is_integer(settings.get("epochs")) \
+            or not isinstance(manifest.get("estimators"), list) \
+            or not isinstance(manifest.get("seeds"), list) \
+            or not all(is_integer(s) for s in manifest["seeds"]):
+        raise StudyError(f"the study in {str(d)!r}: its {STUDY_NAME} is not a study's record (it "
+                         "needs preset, settings with epochs, estimators and seeds)", argument="out")
 
     def table(name: str, columns: Sequence[str]) -> Any:
         path = d / name
@@ -1086,6 +1107,29 @@ def load_study(out: str | os.PathLike[str]) -> tuple[dict[str, Any], Any, Any]:
     curves = table(CURVES_NAME, CURVE_COLUMNS)
     probes_ = table(PROBES_NAME, PROBE_COLUMNS) if (d / PROBES_NAME).is_file() else pd.DataFrame(
         columns=PROBE_COLUMNS)
+    for name, df in ((CURVES_NAME, curves), (PROBES_NAME, probes_)):
+        for col in ("seed", "epoch"):
+            if not pd.api.types.is_integer_dtype(df[col]) and len(df):
+                raise StudyError(f"the study in {str(d)!r}: its {name} has a {col} that is not an "
+                                 f"integer; {again}", argument="out")
+    if str(manifest.get("status", "")).startswith("complete"):
+        # a finished study's tables hold every cell that did not fail (a file cut at a row boundary
+        # reads as a shorter table)
+        failed = set()
+        if (d / FAILURES_NAME).is_file():
+            with contextlib.suppress(OSError, ValueError, pd.errors.EmptyDataError, KeyError):
+                f = pd.read_csv(d / FAILURES_NAME)
+                failed = {(str(e), int(s)) for e, s in zip(f["estimator"], f["seed"])}
+        have = {(str(e), int(s), int(ep)) for e, s, ep in zip(curves["estimator"], curves["seed"],
+                                                              curves["epoch"])}
+        last = int(settings["epochs"])
+        lost = [f"{e} seed {s}" for e in manifest["estimators"] for s in manifest["seeds"]
+                if (str(e), int(s)) not in failed
+                and not {(str(e), int(s), 0), (str(e), int(s), last)} <= have]
+        if lost:
+            raise StudyError(f"the study in {str(d)!r}: its {CURVES_NAME} lacks the rows of "
+                             f"{len(lost)} finished cell(s) ({', '.join(lost[:3])}"
+                             f"{', …' if len(lost) > 3 else ''}); {again}", argument="out")
     return manifest, curves, probes_
 
 

@@ -176,8 +176,11 @@ def test_resume_after_kill(study: ts.StudyResult, tmp_path: Path) -> None:
     # a record without its rows (edited, damaged) is trained again, not left out of the tables
     cell = ts.cell_file(out, "psa", 1)
     rec = json.loads(cell.read_text())
-    for field in ("curves", "probes"):
-        cell.write_text(json.dumps({**rec, field: rec[field][:1]}))
+    edits = [{"curves": rec["curves"][:1]}, {"probes": rec["probes"][:1]},
+             {"probes": [{**r, "estimator": "st"} for r in rec["probes"]]},
+             {"curves": [{k: v for k, v in r.items() if k != "test_objective"} for r in rec["curves"]]}]
+    for field in edits:
+        cell.write_text(json.dumps({**rec, **field}))
         again_ran: list[str] = []
         res = ts.run_study("digits-conv", out=out, estimators=ESTIMATORS, seeds=SEEDS,
                            settings=tiny(), resume=True,
@@ -886,6 +889,9 @@ def test_a_damaged_study_is_refused_by_its_report_with_the_resume(study: ts.Stud
     review): each is a StudyError naming the file, with the resume that writes the tables again."""
     for name, text, words in ((ts.STUDY_NAME, "{", "cannot be read"),
                               (ts.STUDY_NAME, "[]", "is a JSON list"),
+                              (ts.STUDY_NAME, "{}", "is not a study's record"),
+                              (ts.CURVES_NAME, "HEADER", r"lacks the rows of 6 finished cell\(s\)"),
+                              (ts.CURVES_NAME, "SEED", "has a seed that is not an integer"),
                               (ts.CURVES_NAME, "", "cannot be read"),
                               (ts.CURVES_NAME, "a,b\n1,2\n", "has no column"),
                               (ts.CURVES_NAME, None, "cut off mid-row"),
@@ -893,7 +899,15 @@ def test_a_damaged_study_is_refused_by_its_report_with_the_resume(study: ts.Stud
         d = tmp_path / f"s{len(list(tmp_path.iterdir()))}"
         shutil.copytree(study.out, d)
         f = d / name
-        f.write_text(f.read_text()[:300] if text is None else text)
+        lines = f.read_text().splitlines(keepends=True)
+        if text == "HEADER":  # cut at a row boundary: reads as a shorter table (attacker review)
+            text = lines[0]
+        elif text == "SEED":
+            cols = lines[0].rstrip("\n").split(",")
+            row = lines[1].rstrip("\n").split(",")
+            row[cols.index("seed")] = "zero"
+            text = "".join([lines[0], ",".join(row) + "\n", *lines[2:]])
+        f.write_text("".join(lines)[:300] if text is None else text)
         with pytest.raises(ts.StudyError, match=words) as e:
             tr.write_training_report(d)
         assert e.value.argument == "out" and name in str(e.value), str(e.value)
