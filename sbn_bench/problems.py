@@ -145,7 +145,8 @@ class Problem:
         Raises:
             ProblemError: ``dtype`` not a floating torch dtype, or ``device`` not a device.
         """
-        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        if dtype is not None and dtype not in (torch.float16, torch.bfloat16, torch.float32,
+                                               torch.float64):
             raise ProblemError(f"argument dtype={dtype!r} must be a floating torch dtype such as "
                                "torch.float32 or torch.float64", argument="dtype", value=dtype,
                                expected="torch.float32 or torch.float64")
@@ -156,11 +157,20 @@ class Problem:
                 raise ProblemError(f"argument device={device!r} is not a torch device ({e})".split(
                     "\n")[0][:200], argument="device", value=device,
                     expected="a torch device such as 'cpu' or 'cuda'") from None
+            if device.type == "meta":
+                raise ProblemError("argument device='meta' holds no data; expected 'cpu' or 'cuda'",
+                                   argument="device", value="meta", expected="'cpu' or 'cuda'")
 
         def cast(t: Tensor) -> Tensor:
             return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
-        return replace(self, params={k: cast(v) for k, v in self.params.items()},
-                       x=cast(self.x), y=cast(self.y))
+        try:
+            return replace(self, params={k: cast(v) for k, v in self.params.items()},
+                           x=cast(self.x), y=cast(self.y))
+        except (AssertionError, RuntimeError) as e:  # e.g. 'cuda' on a torch built without CUDA
+            text = " ".join(str(e).split())[:200]
+            raise ProblemError(f"argument device={str(device)!r} cannot hold the problem here "
+                               f"({text})", argument="device", value=str(device),
+                               expected="an available device, e.g. 'cpu'") from None
 
     def copy(self) -> Problem:
         """A copy with its own tensors (a cell's private problem: nothing it does to it reaches
@@ -409,6 +419,10 @@ def check_params(problem: Problem, params: object, argument: str = "params") -> 
             raise ProblemError(f"argument {argument}[{k!r}] has shape {tuple(v.shape)}; problem "
                                f"{problem.name!r} needs {want}", argument=argument,
                                expected=f"shape {want}")
+        if v.device != problem.x.device:
+            raise ProblemError(f"argument {argument}[{k!r}] is on {v.device}; problem "
+                               f"{problem.name!r} is on {problem.x.device}", argument=argument,
+                               expected=f"tensors on {problem.x.device}")
 
 
 def _is_plain_arch(arch: str | Sequence[int]) -> bool:
@@ -428,7 +442,10 @@ def parse_arch(arch: str | Sequence[int]) -> tuple[int, ...]:
                                "(positive integers separated by '-', e.g. 2-5-5-5-1)", argument="arch")
         widths = tuple(int(q) for q in parts)
     else:
-        if isinstance(arch, Mapping) or not all(is_integer(w) for w in arch):
+        if isinstance(arch, (np.ndarray, torch.Tensor)) and arch.ndim == 1:
+            arch = arch.tolist()
+        if not isinstance(arch, (list, tuple)) or not all(is_integer(w) for w in arch):
+            # (bytes are their character codes, a set has no order, an iterator would be used up)
             raise ProblemError(f"argument arch={short_repr(arch, 60)} must be a string such as "
                                "'2-5-5-5-1' or a sequence of integers", argument="arch", value=arch,
                                expected="a sequence of integers ≥ 1")

@@ -814,12 +814,25 @@ def _failed_text(manifest: Mapping[str, Any]) -> str:
     return f"; **{failed} of {manifest.get('cells')} cells failed** (failures.csv)" if failed else ""
 
 
+def _check_presets(presets: object) -> None:
+    """Refuse ``presets`` that are not a list of study presets (a string was read letter by
+    letter)."""
+    from sbn_bench.train_study import STUDY_PRESETS
+
+    if isinstance(presets, str) or not isinstance(presets, (list, tuple)) or not presets \
+            or not all(isinstance(p, str) and p in STUDY_PRESETS for p in presets):
+        raise ArgumentError(f"argument presets={presets!r} must be a non-empty list of study "
+                            f"presets ({', '.join(STUDY_PRESETS)})", argument="presets",
+                            value=presets, expected="a list of study presets")
+
+
 def failed_studies(out: str | os.PathLike[str] = "reports/training-digits",
                    presets: Sequence[str] = PUBLISHED) -> list[str]:
     """The presets of the published benchmark in ``out`` whose every cell failed (``study.json``
     says so; as for a single study, ``sbn-bench train --publish`` then exits with status 1 after
     writing the reports)."""
     check_path(out, "out")
+    _check_presets(presets)
     root = Path(out)
     failed = []
     for preset in presets:
@@ -840,6 +853,7 @@ def render_published(out: str | os.PathLike[str] = "reports/training-digits",
         StudyError: a preset's folder holds no finished study.
     """
     check_path(out, "out")
+    _check_presets(presets)
     root = Path(out)
     rows, claim_names, per = [], [], {}
     for preset in presets:

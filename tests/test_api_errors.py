@@ -304,7 +304,29 @@ def test_more_arguments_of_the_wrong_kind_are_refused_by_name(prob) -> None:
         _refused(lambda widths=widths: estimate_cost(widths, 5), "widths")
     for D in (-1, 0, 2.5, None):
         _refused(lambda D=D: estimate_cost((2, 3, 1), D), "num_data")
-    _refused(lambda: path_log_probs(prob, []), "paths", "one [P, n_k] tensor per stochastic layer")
+    _refused(lambda: path_log_probs(prob, []), "paths", "tensor of 0s and 1s per stochastic layer")
+    paths5 = [5 * t for t in enumerate_paths(prob.widths, torch.float64, torch.device("cpu"))]
+    _refused(lambda: path_log_probs(prob, paths5), "paths", "0s and 1s")
     paths = enumerate_paths(prob.widths, torch.float64, torch.device("cpu"))
     assert path_log_probs(prob, paths)[1].shape == (2 ** prob.widths[1],)
     assert preset_settings("digits-vae-exact", epochs=2, probe_epochs=[2, 0]).probe_epochs == (0, 2)
+    # second review: numpy's numbers are taken where train() takes them; unordered or byte archs,
+    # unavailable devices and presets that are not a list are refused by name
+    s = preset_settings("digits-vae", epochs=np.int64(2), batch_size=np.int64(10),
+                        lr=np.float32(0.01), probe_epochs=np.array([0, 2]))
+    assert (s.epochs, s.batch_size, s.probe_epochs) == (2, 10, (0, 2)) and type(s.epochs) is int
+    for arch in (b"2-3-1", {5, 3, 2}, (w for w in (2, 3, 1))):
+        _refused(lambda arch=arch: sb.random_problem(arch, 0), "arch")
+    assert sb.random_problem(torch.tensor([2, 3, 1]), 0).arch == "2-3-1"
+    _refused(lambda: prob.to(device="meta"), "device", "holds no data")
+    _refused(lambda: prob.to(dtype=torch.float8_e4m3fn), "dtype")
+    if not torch.cuda.is_available():
+        _refused(lambda: prob.to(device="cuda"), "device", "cannot hold the problem here")
+    _refused(lambda: sb.exact_objective(prob, {k: v.to("meta") for k, v in prob.params.items()}),
+             "params", "is on meta")
+    from sbn_bench.train_report import failed_studies, render_published
+    for presets in ("digits-vae", ["st1"], None):
+        _refused(lambda presets=presets: failed_studies("reports/training-digits", presets=presets),
+                 "presets")
+        _refused(lambda presets=presets: render_published("reports/training-digits", presets=presets),
+                 "presets")

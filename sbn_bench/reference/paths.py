@@ -55,9 +55,10 @@ def path_log_probs(problem: Problem, paths: Sequence[Tensor]) -> tuple[Tensor, T
     widths = [layer.n_out for layer in problem.net.stochastic]
     if isinstance(paths, Tensor) or not isinstance(paths, Sequence) or len(paths) != len(widths) \
             or not all(isinstance(t, Tensor) and t.dim() == 2 and t.shape[1] == n
-                       and t.shape[0] == paths[0].shape[0] for t, n in zip(paths, widths)):
-        raise ArgumentError(f"argument paths must be one [P, n_k] tensor per stochastic layer "
-                            f"(widths {widths}, as enumerate_paths gives), got "
+                       and t.shape[0] == paths[0].shape[0] and t.dtype == torch.float64
+                       and bool(((t == 0) | (t == 1)).all()) for t, n in zip(paths, widths)):
+        raise ArgumentError(f"argument paths must be one float64 [P, n_k] tensor of 0s and 1s per "
+                            f"stochastic layer (widths {widths}, as enumerate_paths gives), got "
                             f"{short_repr(paths, 60)}", argument="paths",
                             expected=f"{len(widths)} tensors [P, n_k]")
     params = {k: v.to(torch.float64) for k, v in problem.params.items()}

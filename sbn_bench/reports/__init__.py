@@ -421,9 +421,12 @@ def write_report(
     if isinstance(formats, str) or not isinstance(formats, (list, tuple)):
         raise ArgumentError(f"argument formats={formats!r} must be a list such as ['md', 'html']",
                             argument="formats", value=formats, expected="a list of formats")
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or math.isnan(sigma):
+    import numbers
+
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or math.isnan(sigma):
         raise ArgumentError(f"argument sigma={sigma!r} must be a number > 0", argument="sigma",
                             value=sigma, expected="a number > 0")
+    sigma = float(sigma)  # numpy's numbers as Python's
     if sections is not None and not isinstance(sections, (list, tuple)):
         raise ArgumentError(f"argument sections={sections!r} must be a list of report sections or "
                             "None", argument="sections", value=sections,
