@@ -1078,7 +1078,10 @@ def _toml_spelling(msg: str) -> str:
     """A message about a TOML file's value with Python's booleans spelled as TOML's (``samples=True``
     → ``samples=true``); Python's other reprs of TOML values (``'a'``, ``[0, 'a']``, ``1.5``,
     ``inf``) are valid TOML already."""
-    return re.sub(r"(?<=[=\[(, ])(True|False)\b", lambda m: m.group(1).lower(), msg)
+    parts = re.split(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""", msg)  # quoted: the user's text
+    return "".join(p if i % 2 else re.sub(r"(?<=[=\[(, ])(True|False)\b",
+                                          lambda m: m.group(1).lower(), p)
+                   for i, p in enumerate(parts))
 
 
 def _top_level_value(k: str, v: Any, base: Path) -> Any:

@@ -282,6 +282,8 @@ def test_a_bad_executor_in_a_config_file_names_the_file_and_line(tmp_path, spec,
     ("estimators = ['psa', 'psa']", "estimators lists psa more than once"),
     ("reference = 'mc:st'", "reference estimator 'st' is biased"),
     ("plugins = ['nope.py']", "nope.py' does not exist"),
+    # a Monte-Carlo reference over its time budget by the file's N (it named no file)
+    ("reference = 'mc::100000000000000'", "with the given N=100000000000000"),
 ])
 def test_a_value_of_a_config_file_refused_when_the_run_starts_names_the_file(tmp_path, setting,
                                                                               words):

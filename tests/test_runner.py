@@ -689,3 +689,11 @@ def test_auto_starts_processes_only_from_programs_that_are_safe_to_reimport(
     monkeypatch.setattr(executors, "default_workers", lambda: 2)
     assert executors.main_allows_processes() is allowed
     assert executors.resolve_auto(10**10, 10) == ("processes:2" if allowed else "serial")
+
+
+def test_toml_spelling_leaves_the_users_quoted_text_alone(tmp_path):
+    """Booleans are spelled as TOML's only outside quotes: a name 'a=True/b' was shown altered."""
+    f = tmp_path / "bad.toml"
+    f.write_text("[[problem]]\narch = '2-2-1'\nname = 'a=True/b'\n")
+    with pytest.raises(ConfigError, match=r"name='a=True/b'"):
+        load_config(f)

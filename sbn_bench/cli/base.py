@@ -148,6 +148,9 @@ def _config_origin(e: SbnBenchError) -> str:
         name = "estimators"
     elif e.argument in _FROM_CONFIG and not _is_folder_error(e):  # (a folder named plugins)
         name = str(e.argument)
+    elif any(b in ("reference", "reference_rel_error") for b in e.blames):
+        # a Monte-Carlo reference over its time budget: its N or target error from the file
+        name = next(b for b in e.blames if b in ("reference", "reference_rel_error"))
     else:
         return ""
     if given(ctx, name):

@@ -140,7 +140,8 @@ def _read_csv(path: Path, columns: list[str], required: bool) -> pd.DataFrame:
                          or any(path.parent.glob("checkpoint_epoch*.npz"))):
             # (an interrupted training has its log and checkpoints but no manifest yet)
             raise RunDirError(f"{str(path.parent)!r} holds a single training, not a run: its "
-                              "learning curve is loss_curve.png and train_log.csv, and its "
+                              "learning curve is train_log.csv (and, once it finishes, "
+                              "loss_curve.png), and its "
                               "checkpoints can be measured with sbn-bench run --problem "
                               "CHECKPOINT.npz --out ANOTHER_FOLDER",
                               argument=str(path.parent), expected=f"a folder with {path.name}")
