@@ -270,6 +270,16 @@ def test_bias_correction_is_unbiased():
     assert shift > 10 * tol
 
 
+def _gaussian_case(seed: int) -> tuple[mt.Groups, torch.Generator, torch.Tensor, torch.Tensor]:
+    """A 7-parameter two-layer group layout and Gaussian samples' means and sds (the calibration
+    tests' case)."""
+    g_ = mt.Groups.of({"weight_1": torch.zeros(2, 1), "bias_1": torch.zeros(2),
+                       "weight_out": torch.zeros(1, 2), "bias_out": torch.zeros(1)})
+    P = g_.dim
+    return (g_, torch.Generator().manual_seed(seed), torch.linspace(-1, 1, P, dtype=torch.float64),
+            torch.linspace(0.5, 2, P, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("shift", [0.1, 0.0])
 def test_mc_stderrs_are_calibrated(shift):
     """The reported stderr of the corrected ‖β‖² and of V̂ match the spread of those estimates
@@ -278,12 +288,8 @@ def test_mc_stderrs_are_calibrated(shift):
     1/√600 ≈ 4 % plus the approximations' own error (≈ 0.82 at β = 0, see the metrics docstring),
     so [0.65, 1.35] holds at well beyond 5σ; the SNR's jackknife error must not be too small
     (ratio ≤ 1.35)."""
-    g_ = mt.Groups.of({"weight_1": torch.zeros(2, 1), "bias_1": torch.zeros(2),
-                       "weight_out": torch.zeros(1, 2), "bias_out": torch.zeros(1)})
+    g_, gen, mu, sigma = _gaussian_case(5)
     P, S, reps = g_.dim, 256, 300
-    gen = torch.Generator().manual_seed(5)
-    mu = torch.linspace(-1, 1, P, dtype=torch.float64)
-    sigma = torch.linspace(0.5, 2, P, dtype=torch.float64)
     g = mu - shift
     res: dict[str, list[float]] = {k: [] for k in ("b2", "b2_se", "v", "v_se", "snr", "snr_se")}
     for _ in range(reps):
@@ -541,12 +547,8 @@ def test_an_unbiased_estimators_bias_is_rarely_called_significant():
     from sbn_bench.reports.compare import _significant
     from sbn_bench.reports.tables import Value
 
-    g_ = mt.Groups.of({"weight_1": torch.zeros(2, 1), "bias_1": torch.zeros(2),
-                       "weight_out": torch.zeros(1, 2), "bias_out": torch.zeros(1)})
+    g_, gen, mu, sigma = _gaussian_case(11)
     P, S, reps = g_.dim, 256, 600
-    gen = torch.Generator().manual_seed(11)
-    mu = torch.linspace(-1, 1, P, dtype=torch.float64)
-    sigma = torch.linspace(0.5, 2, P, dtype=torch.float64)
     values = []
     for _ in range(reps):
         acc = mt.MomentAccumulator(S, P, batches=16)
