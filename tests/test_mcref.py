@@ -637,11 +637,16 @@ def test_exact_reference_values_are_those_of_the_schema2_runner(tmp_path: Path) 
     assert list(ours.columns) == list(gold.columns) and len(ours) == len(gold)
     text = [c for c in gold.columns if c not in numeric]
     assert ours[text].astype(str).equals(gold[text].astype(str))
+    # the standard errors built on se(‖β‖²~) of Monte-Carlo rows changed on purpose on 4 December
+    # 2026 (tr(C_b²) by an unbiased estimator, metrics.stats.tr_cov_sq): 1.4 % at most here
+    sq_based = (gold["mode"] == "mc") & gold["metric"].isin(["bias_norm", "rel_bias", "mse", "rrmse",
+                                                           "samples_to_accuracy"])
     for c, rtol in (("value", 1e-6), ("stderr", 1e-4)):  # a percentile's s.e. amplifies: 4e-6
         a, b = ours[c].to_numpy(float), gold[c].to_numpy(float)
         assert (np.isnan(a) == np.isnan(b)).all(), c
+        tol = np.where(sq_based, 0.03, rtol) if c == "stderr" else rtol
         with np.errstate(invalid="ignore"):  # inf − inf
-            ok = (a == b) | np.isnan(b) | (np.abs(a - b) <= rtol * np.maximum(abs(a), abs(b)) + 1e-14)
+            ok = (a == b) | np.isnan(b) | (np.abs(a - b) <= tol * np.maximum(abs(a), abs(b)) + 1e-14)
         assert ok.all(), gold[~ok].assign(ours=a[~ok])
 
 

@@ -49,11 +49,12 @@ The ``S`` samples are cut into ``B`` consecutive batches (``stderr_batches``, de
 * ``‖β‖²~``: delta method, ``Var ≈ 4 βᵀ Cov(m) β + 2 tr(Cov(m)²)`` (exact for Gaussian estimates),
   with ``Cov(m) = C_b / B`` estimated from the batch means ``m_b`` (``C_b`` their covariance):
   ``βᵀC_bβ`` from the projections ``(m_b − m)·β̂`` minus the ``tr(Cov(m)²)`` that the noise of
-  ``β̂`` adds, ``tr(C_b²)`` by the U-statistic ``mean_{a≠b} ((m_a − m)·(m_b − m))²``. On Gaussian
-  test cases this is within about 10 % of the true spread, erring high when ``β = 0``; the
-  U-statistic of deviations centred at ``m`` is itself biased upward for a large effective dimension
-  ``P_eff = (tr C)²/tr(C²)``, by about ``1 − 2/B + P_eff/B²`` (a review's simulation: ``se`` ×1.38 at
-  ``P_eff = 1000``, ×2.4 at 5000 with ``B = 32``), which makes the bias tests conservative there.
+  ``β̂`` adds, ``tr(C_b²)`` by the unbiased estimator of Chen, Zhang & Zhong (2010) over distinct
+  quadruples of batch means (:func:`~sbn_bench.metrics.stats.tr_cov_sq`; until 4 December 2026 the
+  U-statistic ``mean_{a≠b} ((m_a − m)·(m_b − m))²``, biased by about ``1 − 2/B + P_eff/B²`` for
+  the effective dimension ``P_eff = (tr C)²/tr(C²)``: ``se`` ×1.38 at ``P_eff = 1000`` with
+  ``B = 32``). On Gaussian test cases this is within about 10 % of the true spread, erring high
+  when ``β = 0`` (the plug-in ``β̂ᵀCβ̂`` grows with the noise of ``β̂``).
   Then ``stderr(‖β‖) = min(se/(2‖β‖), √se)`` and ``stderr(rel_bias) = stderr(‖β‖)/‖g‖``.
 * ``mse(M)``: ``√(se(‖β‖²)² + (se(V)/M)²)``, treating ``‖β‖²~`` and ``V̂`` as uncorrelated (they
   are independent for Gaussian estimates); ``rrmse`` by the delta method ``se/(2√mse ‖g‖)``.
