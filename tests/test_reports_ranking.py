@@ -96,6 +96,18 @@ def test_a_bias_is_judged_on_its_square() -> None:
     assert Estimate(1e-3, 0.0, "exact", squared=True).resolved  # exact values: no error to judge
 
 
+def test_a_bound_is_not_the_lowest_bias_when_a_lower_bias_is_unresolved() -> None:
+    """st 0.131 ± 0.034 (resolved, but a bound: not above 4 s.e.) was named the clear lowest bias
+    while psa and reinforce, 0.051 ± 0.038, lower but unresolved, were left out (regression
+    review): the data cannot order biases that may all be zero, so nothing is best."""
+    psa, st = Estimate(0.0514, 0.0384, squared=True), Estimate(0.1306, 0.0335, squared=True)
+    r = rank([psa, st, psa], "low")
+    assert r.best is None and r.beaten_by == (0, 2)
+    # a best bias significantly above zero keeps the usual rule (lower unresolved within 2 s.e.)
+    r = rank([Estimate(0.0514, 0.0384, squared=True), Estimate(0.14, 0.03, squared=True)], "low")
+    assert r.best == 1 and r.beaten_by == ()
+
+
 def test_a_relative_bias_is_judged_by_its_bias_norm_row() -> None:
     """Against a Monte-Carlo reference rel_bias's stderr carries ‖g‖'s error too (e = 20 % here):
     judged by it, a bias with x = 3 se_x showed as a bound (and none with e ≥ 0.25 could ever be

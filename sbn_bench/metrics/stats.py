@@ -91,13 +91,13 @@ def tr_cov_sq(u: Tensor) -> float:
     ``B_k = B!/(B−k)!``. The U-statistic ``mean_{a≠b} ((u_a − ū)·(u_b − ū))²`` used until 4 December
     2026 is biased by about ``1 − 2/B + P_eff/B²`` (×1.9 at ``P_eff = 1000`` with ``B = 32``,
     ``P_eff = (tr C_b)²/tr(C_b²)``; 5 % low at ``P_eff = 10``). Clipped at 0; for ``B < 4``, where
-    no quadruple exists, that U-statistic (NaN for ``B < 2``)."""
+    no quadruple exists, that U-statistic of ``u`` as given (the callers pass deviations from the
+    overall mean; NaN for ``B < 2``)."""
     B = u.shape[0]
     if B < 4:
         if B < 2:
             return math.nan
-        centred = u - u.mean(0)
-        g = centred @ centred.T
+        g = u @ u.T  # u as given: the callers' deviations from the overall mean, as before
         o = g * g
         return max(float(o.sum() - o.diagonal().sum()) / (B * (B - 1)), 0.0)
     G = u @ u.T

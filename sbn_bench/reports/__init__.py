@@ -418,6 +418,9 @@ def write_report(
     for name, value in (("compare_dir", compare_dir), ("out_dir", out_dir)):
         if value is not None:
             check_path(value, name)
+    if isinstance(formats, (set, frozenset)):
+        formats = tuple(f for f in FORMATS if f in formats) + tuple(sorted(
+            (f for f in formats if f not in FORMATS), key=str))
     if isinstance(formats, str) or not isinstance(formats, (list, tuple)):
         raise ArgumentError(f"argument formats={formats!r} must be a list such as ['md', 'html']",
                             argument="formats", value=formats, expected="a list of formats")

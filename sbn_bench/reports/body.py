@@ -53,9 +53,10 @@ HEADLINE_LEGEND = (
     f"cannot be told from it (within {TIE_Z:g} standard errors, or equal to round-off for exact "
     "values) are boxed with a dashed line. The table names them: **tie** means the data do not "
     "separate them; the margin is the best's lead over the next estimator in standard errors "
-    "(∞ between exact values). A value clipped at zero or smaller than its standard error is never "
-    f"called best; when such a value is better than the best resolved one by more than {TIE_Z:g} "
-    "standard errors, the table says **undecided** and names it.")
+    "(∞ between exact values). A value clipped at zero or smaller than its standard error (a bias: "
+    "twice it) is never called best; when such a value is better than the best resolved one by more "
+    f"than {TIE_Z:g} standard errors, or is a lower bias than a best one that is itself not "
+    "significantly above zero, the table says **undecided** and names it.")
 
 
 def _problem_rows(run: Run, problem: str) -> pd.DataFrame:
@@ -132,7 +133,7 @@ def best_table(run: Run, problem: str, m: float = 1.0, *, compact: bool = False)
         return Table(title="", header=["checkpoint", "layer", f"best rrmse M={m:g}", "rrmse", "ties"],
                      rows=rows, anchor=slug("best", problem))
     if unresolved:
-        notes.append("not ranked for bias (clipped at 0 or smaller than its standard error: "
+        notes.append("not ranked for bias (clipped at 0 or at most twice its standard error: "
                      "the run cannot resolve it): " + ", ".join(f"{e} ({n}×)" for e, n in unresolved.items()))
     return Table(title="", header=["checkpoint", "layer", f"best rrmse M={m:g}", "rrmse", "ties",
                                    "next (margin)", "lowest rel. bias", "rel. bias", "bias ties"],
@@ -319,9 +320,10 @@ SUMMARY_LEGEND = (
     "the bias may reach the target within its errors, so no time is resolved) "
     "(SPEC §5). **Bold**: the best value of the column within the layer (lowest rrmse, bias and time; "
     f"highest cosine and samples/s); *italic*: within {TIE_Z:g} standard errors of it (a tie). A "
-    "value clipped at zero or smaller than its standard error is never marked, and when such a "
-    f"value is better than the best resolved one by more than {TIE_Z:g} standard errors, nothing "
-    "is. `±`: one standard error (Monte-Carlo mode); `≤ x`: a bias not significantly above zero "
+    "value clipped at zero or smaller than its standard error (a bias: twice it) is never marked, "
+    f"and when such a value is better than the best resolved one by more than {TIE_Z:g} standard "
+    "errors (a bias: is lower than a best one not significantly above zero), nothing is. `±`: one "
+    "standard error (Monte-Carlo mode); `≤ x`: a bias not significantly above zero "
     f"(its bias-corrected square ‖β‖² within {TIE_Z:g} s.e. of zero: value ≤ "
     f"{2 * TIE_Z:g} s.e., since near zero the s.e. of a square root understates its spread), "
     f"x = value + {TIE_Z:g} s.e. Mode `exact`: mean and variance by enumerating every path (no "

@@ -215,10 +215,13 @@ def rank(estimates: Sequence[Estimate | None], better: Better, z: float = TIE_Z)
     best = order[0]
     b = estimates[best]
     assert b is not None
+    # a best bias that is itself not significantly above zero (shown as a bound) is beaten by any
+    # lower unresolved bias: both may be zero, and the data cannot order them
+    loose = b.squared and b.uncertainty > 0 and not b.significantly_positive(z)
     beaten_by = tuple(i for i, e in enumerate(estimates)
                       if e is not None and not e.resolved and e.finite
                       and math.isfinite(e.uncertainty) and sign * (b.value - e.value) > 0
-                      and not close(e, b, z))
+                      and (loose or not close(e, b, z)))
     if beaten_by:
         for i in ok:
             ranks[i] = ""
