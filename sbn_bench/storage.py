@@ -471,29 +471,14 @@ class RunStore:
         return {kind: read_table(self.out / TABLES[kind][0], TABLES[kind][1]) for kind in kinds}
 
 
-def damaged_parts(run_dir: str | os.PathLike[str]) -> list[str]:
-    """The names of the part files in ``cells/`` that are not complete (unreadable, cut off,
-    another kind's): :func:`tables_from_parts` leaves them out."""
-    cells = Path(run_dir) / CELLS
-    bad = []
-    for kind in PART_KINDS:
-        for p in sorted(cells.glob(f"*.{kind}.csv")) if cells.is_dir() else []:
-            try:
-                text = p.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                bad.append(p.name)
-                continue
-            if part_problem(text, kind) is not None:
-                bad.append(p.name)
-    return bad
-
-
-def tables_from_parts(run_dir: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
+def tables_from_parts(run_dir: str | os.PathLike[str]) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """The tables of a run folder assembled in memory from its complete part files (``cells/``),
-    for a run whose tables were never written or were cut off (killed before its first assembly).
-    Incomplete parts are left out; rows come in the parts' file-name order."""
+    for a run whose tables were never written or were cut off (killed before its first assembly),
+    and the names of the part files left out as incomplete (unreadable, cut off, another kind's);
+    rows come in the parts' file-name order."""
     cells = Path(run_dir) / CELLS
     out = {}
+    damaged: list[str] = []
     for kind in PART_KINDS:
         fname, columns = TABLES[kind]
         body = []
@@ -501,9 +486,12 @@ def tables_from_parts(run_dir: str | os.PathLike[str]) -> dict[str, pd.DataFrame
             try:
                 text = p.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
+                damaged.append(p.name)
                 continue
             if part_problem(text, kind) is None:
                 body.append(text.split("\n", 1)[1].rsplit("#rows=", 1)[0])
+            else:
+                damaged.append(p.name)
         buf = io.StringIO(",".join(columns) + "\n" + "".join(body))
         out[kind] = parse_table(buf, columns, name=f"{cells}/*.{kind}.csv")
-    return out
+    return out, damaged

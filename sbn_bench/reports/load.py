@@ -29,7 +29,6 @@ from sbn_bench.storage import (
     STUDY_MANIFEST,
     TRAINING_MANIFEST,
     RunDirError,
-    damaged_parts,
     part_problem,
     processor_text,
     tables_from_parts,
@@ -169,14 +168,13 @@ def _tables_from_parts(path: Path) -> tuple[str, dict[str, pd.DataFrame]] | None
         if not cut:
             return None
         why = f"{', '.join(cut)} {'is' if len(cut) == 1 else 'are'} cut off mid-row"
-    parts = tables_from_parts(path)
+    parts, damaged = tables_from_parts(path)
     if all(t.empty for t in parts.values()):  # nothing left to report: not an empty "complete" report
         files = len(list((path / "cells").glob("*.csv")))
         raise RunDirError(f"run directory {str(path)!r}: {why}, and none of its {files} part "
                           f"file(s) in {path / 'cells'} is complete (damaged or cut off); resume the "
                           f"run to compute them again (sbn-bench run --out {path} --resume)",
                           argument=str(path), expected="a run with complete results")
-    damaged = damaged_parts(path)
     left_out = "" if not damaged else (
         f"; {len(damaged)} damaged part file(s) left out, their cells missing below "
         f"({', '.join(damaged[:3])}{', …' if len(damaged) > 3 else ''}): resume the run to compute "
