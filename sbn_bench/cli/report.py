@@ -54,11 +54,7 @@ def report(run_dir: Path, compare_dir: Path | None, out_dir: Path | None, format
         if key in written:
             click.echo(f"wrote {written[key]}")
     if "figures" in written:
-        # the report's own figures, not other PNG files in a folder given as --out
-        from sbn_bench.reports import SECTION_IMAGE_PREFIX
-        from sbn_bench.reports.figures import FIGURE_KINDS
+        from sbn_bench.reports import report_figures  # not other PNG files in an --out folder
 
-        n = sum(1 for f in written["figures"].glob("*.png")
-                if f.name.startswith(SECTION_IMAGE_PREFIX) or any(f.stem.endswith(f"_{k}")
-                                                                  for k in FIGURE_KINDS))
+        n = sum(1 for f in report_figures(written["figures"]) if f.suffix == ".png")
         click.echo(f"wrote {n} figure(s) in {written['figures']} (PNG and SVG)")

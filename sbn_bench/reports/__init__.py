@@ -92,6 +92,14 @@ def _unlock(out: Path, lock: int) -> None:
     os.close(lock)
 
 
+def report_figures(folder: Path) -> set[Path]:
+    """The files in a report's ``figures/`` folder that a report writes (``*_<kind>.png|svg`` of
+    this or an earlier version, and the copies of section images), as opposed to the user's own."""
+    ours = {p for kind in (*FIGURE_KINDS, *OLD_FIGURE_KINDS) for ext in ("png", "svg")
+            for p in folder.glob(f"*_{kind}.{ext}")}
+    return ours | set(folder.glob(f"{SECTION_IMAGE_PREFIX}*"))
+
+
 def _swap_in(staging: Path, out: Path, names: Sequence[str]) -> None:
     """Move the freshly written ``figures/`` and report files from ``staging`` into ``out``.
 
@@ -103,9 +111,7 @@ def _swap_in(staging: Path, out: Path, names: Sequence[str]) -> None:
     if final.is_dir():
         # files in figures/ that no report wrote (not ``*_<kind>.png|svg``, nor the copies of section
         # images) move over to the new folder
-        ours = {p for kind in (*FIGURE_KINDS, *OLD_FIGURE_KINDS) for ext in ("png", "svg")
-                for p in final.glob(f"*_{kind}.{ext}")}
-        ours |= set(final.glob(f"{SECTION_IMAGE_PREFIX}*"))
+        ours = report_figures(final)
         foreign = [p for p in final.iterdir() if p not in ours]
         if foreign:
             new.mkdir(exist_ok=True)
