@@ -123,8 +123,8 @@ def squared_scale(value: float, stderr: float) -> tuple[float, float]:
     Near zero the square root's delta-method error ``se_x/(2v)`` is too small to test ``v`` against
     zero: ``v > 2s`` is ``x > se_x``, a one-standard-error test, which an unbiased estimator passes
     in up to one cell in six (2–13 % in simulations and real runs). Whether a bias is above zero is
-    therefore judged as ``x > z·se_x``
-    (:func:`is_resolved`, :meth:`sbn_bench.reports.ranking.Estimate.significantly_positive`), where
+    therefore judged as ``x > z·se_x`` (:class:`sbn_bench.reports.ranking.Estimate`'s ``resolved``
+    with ``z = 1`` and ``significantly_positive``), where
     ``x = ‖β‖²~`` is unbiased (a centred weighted χ², skewed for few effective dimensions; ``se_x``
     errs high at ``β = 0``, which keeps the test's false-positive rate at or below the nominal
     2.3 %). A relative bias against a Monte-Carlo reference is judged by its ``bias_norm`` row
@@ -148,24 +148,17 @@ def uncertainty(stderr: float | None, mode: str) -> float:
     return math.inf
 
 
-def is_resolved(value: float | None, stderr: float | None, mode: str, *, squared: bool = False
-                ) -> bool:
+def is_resolved(value: float | None, stderr: float | None, mode: str) -> bool:
     """Finite, not a clipped Monte-Carlo zero (0 with a positive :func:`uncertainty`, e.g. a
     bias-corrected ``‖β‖²`` below 0), and exact or larger (in absolute value) than its standard
-    error; with ``squared`` (a bias, :data:`SQUARED_METRICS`), its square larger than the square's
-    standard error (:func:`squared_scale`: ``v > 2s``). The report's ranking and heatmap and the
-    run's summary judge a value by this."""
+    error. The report's ranking and heatmap and the run's summary judge a value by this; a bias is
+    judged on its square instead (:attr:`sbn_bench.reports.ranking.Estimate.resolved`)."""
     if value is None or not math.isfinite(value):
         return False
     u = uncertainty(stderr, mode)
     if value == 0 and u > 0:
         return False
-    if u == 0:
-        return True
-    if squared and math.isfinite(u):
-        x, se_x = squared_scale(value, u)
-        return x > se_x
-    return abs(value) > u
+    return u == 0 or abs(value) > u
 
 
 def safe_ratio(a: float, b: float) -> float:

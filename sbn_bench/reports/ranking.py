@@ -108,12 +108,12 @@ class Estimate:
     @property
     def resolved(self) -> bool:
         """Finite, not :attr:`clipped`, and exact or larger (in absolute value) than its standard
-        error; a :attr:`squared` value's square larger than its own
-        (:func:`~sbn_bench.metrics.scalars.is_resolved`)."""
+        error (:func:`~sbn_bench.metrics.scalars.is_resolved`); a :attr:`squared` Monte-Carlo value
+        not 0 and its square larger than the square's standard error."""
         test = self._squared_test()
-        if test is not None and self.value != 0:
-            return test[0] > test[1]
-        return is_resolved(self.value, self.stderr, self.mode, squared=self.squared)
+        if test is not None:
+            return self.value != 0 and test[0] > test[1]
+        return is_resolved(self.value, self.stderr, self.mode)
 
     def significantly_positive(self, z: float = TIE_Z) -> bool:
         """``value > z·stderr`` (an exact value: ``value`` above round-off); for a :attr:`squared`
