@@ -94,13 +94,12 @@ def tr_cov_sq(u: Tensor) -> float:
     no quadruple exists, that U-statistic of ``u`` as given (the callers pass deviations from the
     overall mean; NaN for ``B < 2``)."""
     B = u.shape[0]
-    if B < 4:
-        if B < 2:
-            return math.nan
-        g = u @ u.T  # u as given: the callers' deviations from the overall mean, as before
-        o = g * g
-        return max(float(o.sum() - o.diagonal().sum()) / (B * (B - 1)), 0.0)
+    if B < 2:
+        return math.nan
     G = u @ u.T
+    if B < 4:  # u as given (the callers' deviations from the overall mean), summed as before
+        o = G * G
+        return max(float(o.sum() - o.diagonal().sum()) / (B * (B - 1)), 0.0)
     off = G - torch.diag(G.diagonal())
     sq = off * off
     y1 = float(sq.sum())  # Σ_{a≠b} G_ab²
