@@ -60,6 +60,7 @@ from torch import Tensor
 from sbn_bench import malloc, model, network
 from sbn_bench.errors import EMPTY_FOLDER, SbnBenchError, is_out_of_memory, plain_int
 from sbn_bench.estimators import ContractError, Estimator, load_plugins, load_registry
+from sbn_bench.estimators.registry import plugin_paths
 from sbn_bench.fileio import WriteError, atomic_write_bytes, folder_lock
 from sbn_bench.problems import Problem, save_problem
 from sbn_bench.provenance import environment, file_record
@@ -108,10 +109,11 @@ def check_plugins_argument(plugins: object) -> None:
     if isinstance(plugins, (str, bytes, os.PathLike)):
         raise TrainArgumentError("plugins", f"argument plugins={plugins!r} must be a list of "
                                             "plugin files, not one path")
-    if not isinstance(plugins, (list, tuple)) or not all(isinstance(p, (str, os.PathLike))
-                                                         for p in plugins):
+    try:
+        plugin_paths(plugins)  # what a list of plugin files is, as load_plugins takes it
+    except SbnBenchError:
         raise TrainArgumentError("plugins", f"argument plugins={plugins!r} must be a list of "
-                                            "plugin file paths")
+                                            "plugin file paths") from None
 
 
 def check_out_argument(out: object, argument: str) -> None:
