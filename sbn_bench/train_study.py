@@ -988,25 +988,25 @@ def _versions() -> dict[str, Any]:
             "malloc": malloc.policy(), "stream": model.STREAM_VERSION}
 
 
-def _unreadable(d: Path, why: str) -> StudyError:
-    return StudyError(f"cannot resume the study in {str(d)!r}: its {STUDY_NAME} cannot be read "
+def _unreadable(d: Path, why: str, action: str = "resume") -> StudyError:
+    return StudyError(f"cannot {action} the study in {str(d)!r}: its {STUDY_NAME} cannot be read "
                       f"({why}); use another folder (or remove this one to start over)",
                       argument="out", value=str(d / STUDY_NAME),
                       expected=f"a {STUDY_NAME} written by a training study")
 
 
-def _read_study(d: Path) -> dict[str, Any]:
+def _read_study(d: Path, action: str = "resume") -> dict[str, Any]:
     """The study.json of the study in ``d`` (a JSON object).
 
     Raises:
-        StudyError: it cannot be read or is not a JSON object.
+        StudyError: it cannot be read or is not a JSON object (``cannot {action} the study``).
     """
     try:
         old = json.loads((d / STUDY_NAME).read_text(encoding="utf-8"))
         if not isinstance(old, dict):
-            raise ValueError(f"a JSON {type(old).__name__}, not an object")
+            raise ValueError(f"it is a JSON {type(old).__name__}, not an object")
     except (OSError, ValueError) as e:
-        raise _unreadable(d, str(e)) from None
+        raise _unreadable(d, str(e), action) from None
     return old
 
 
@@ -1070,14 +1070,7 @@ def load_study(out: str | os.PathLike[str]) -> tuple[dict[str, Any], Any, Any]:
                          f"({STUDY_NAME} and {CURVES_NAME}); run sbn-bench train --seeds first",
                          argument="out")
     again = f"sbn-bench train --out {str(d)!r} --resume writes it again from the study's cells"
-    try:
-        manifest = json.loads((d / STUDY_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise StudyError(f"the study in {str(d)!r}: its {STUDY_NAME} cannot be read ({e})",
-                         argument="out") from None
-    if not isinstance(manifest, dict):
-        raise StudyError(f"the study in {str(d)!r}: its {STUDY_NAME} is a JSON "
-                         f"{type(manifest).__name__}, not a study's record", argument="out")
+    manifest = _read_study(d, "load")
     settings = manifest.get("settings")
     if not isinstance(manifest.get("preset"), str) or not isinstance(settings, dict) \
             or not is_integer(settings.get("epochs")) \
