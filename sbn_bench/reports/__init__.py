@@ -22,6 +22,7 @@ import gc
 import json
 import math
 import multiprocessing
+import numbers
 import os
 import shutil
 import sys
@@ -430,8 +431,6 @@ def write_report(
     if isinstance(formats, str) or not isinstance(formats, (list, tuple)):
         raise ArgumentError(f"argument formats={formats!r} must be a list such as ['md', 'html']",
                             argument="formats", value=formats, expected="a list of formats")
-    import numbers
-
     if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or math.isnan(sigma):
         raise ArgumentError(f"argument sigma={sigma!r} must be a number > 0", argument="sigma",
                             value=sigma, expected="a number > 0")
