@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from sbn_bench import malloc, model, network
-from sbn_bench.errors import EMPTY_FOLDER, SbnBenchError, is_out_of_memory, plain_int
+from sbn_bench.errors import EMPTY_FOLDER, SbnBenchError, is_out_of_memory, plain_int, short_repr
 from sbn_bench.estimators import ContractError, Estimator, load_plugins, load_registry
 from sbn_bench.estimators.registry import plugin_paths
 from sbn_bench.fileio import WriteError, atomic_write_bytes, folder_lock
@@ -99,21 +99,18 @@ class TrainArgumentError(SbnBenchError, ValueError):
         super().__init__(message, argument=argument)
 
 
-def check_plugins_argument(plugins: object) -> None:
-    """Refuse ``plugins`` given as one path (a string is a sequence of characters, each of which
-    would be taken for a file).
+def plugins_argument(plugins: object) -> tuple[str | os.PathLike[str], ...]:
+    """``plugins`` as a tuple of plugin files, as :func:`~sbn_bench.estimators.load_plugins` reads
+    it: one path (a string is one file, not its characters) or a list of paths.
 
     Raises:
-        TrainArgumentError: naming ``plugins``.
+        TrainArgumentError: naming ``plugins`` when it is neither.
     """
-    if isinstance(plugins, (str, bytes, os.PathLike)):
-        raise TrainArgumentError("plugins", f"argument plugins={plugins!r} must be a list of "
-                                            "plugin files, not one path")
     try:
-        plugin_paths(plugins)  # what a list of plugin files is, as load_plugins takes it
+        return plugin_paths(plugins)
     except SbnBenchError:
-        raise TrainArgumentError("plugins", f"argument plugins={plugins!r} must be a list of "
-                                            "plugin file paths") from None
+        raise TrainArgumentError("plugins", f"argument plugins={short_repr(plugins, 60)} must be "
+                                            "a plugin file's path or a list of them") from None
 
 
 def check_out_argument(out: object, argument: str) -> None:
@@ -590,7 +587,7 @@ def train(
     progress: ProgressFn | None = None,
     num_threads: int | None = 1,
     overwrite: bool = False,
-    plugins: Sequence[str | os.PathLike[str]] = (),
+    plugins: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] = (),
     memory_budget: int | str | None = None,
 ) -> TrainResult:
     """Train ``problem``'s network with one sample of ``estimator`` per minibatch step.
@@ -625,8 +622,9 @@ def train(
         overwrite: when ``out_dir`` already holds a training's outputs (``checkpoint_epoch*.npz``,
             ``train_log.csv``, ``train_manifest.json``), remove them (and ``loss_curve.png``) before
             training; when False (default) such a folder is refused before any work.
-        plugins: plugin files (``--plugin``): a spec ``estimator`` may name their estimators, and
-            ``train_manifest.json`` records each file's path and SHA-256 (as a run's manifest does).
+        plugins: plugin files (``--plugin``; one path or a list): a spec ``estimator`` may name
+            their estimators, and ``train_manifest.json`` records each file's path and SHA-256 (as
+            a run's manifest does).
         memory_budget: bytes (or a size such as ``"2GiB"``) one step's gradient sample may take, by
             the runner's estimate (:func:`sbn_bench.runner.memory.sample_bytes` for a minibatch,
             an upper bound); None: :func:`train_memory_budget` (half the machine's memory on the
@@ -646,7 +644,7 @@ def train(
     # NumPy integers are integers (as estimate takes them); the manifest's JSON needs Python's
     batch_size, epochs, seed, log_every, max_exact_bytes, num_threads = map(
         plain_int, (batch_size, epochs, seed, log_every, max_exact_bytes, num_threads))
-    check_plugins_argument(plugins)
+    plugins = plugins_argument(plugins)
     check_out_argument(out_dir, "out_dir")
     check_progress_argument(progress, "progress(epoch, epochs, row)")
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)

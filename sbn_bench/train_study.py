@@ -84,9 +84,9 @@ from sbn_bench.train import (
     _step_gradient,
     _stream_seeds,
     check_out_argument,
-    check_plugins_argument,
     check_progress_argument,
     check_trainable,
+    plugins_argument,
     training_files,
 )
 
@@ -724,7 +724,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
               estimators: Sequence[str] | None = None, seeds: Sequence[int] | str = (0, 1, 2),
               settings: StudySettings | None = None, executor: str = "auto",
               resume: bool = False, progress: ProgressFn | None = None,
-              plugins: Sequence[str | os.PathLike[str]] = (),
+              plugins: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] = (),
               warn: Callable[[str], None] | None = None) -> StudyResult:
     """Train every ``(estimator, seed)`` cell of a study and write its files (``study.json``,
     ``cells/``, ``curves.csv``, ``probes.csv``, ``failures.csv``); its report is drawn from them
@@ -747,9 +747,9 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
             run (a cell's file is written atomically when it finishes). Without it, a folder that
             holds a study is refused.
         progress: called after each cell.
-        plugins: plugin files (``--plugin``) whose estimators ``estimators`` may name; their text
-            travels to the workers, their SHA-256 is recorded in ``study.json``, and a resume
-            needs files of the same content (under any path).
+        plugins: plugin files (``--plugin``; one path or a list) whose estimators ``estimators``
+            may name; their text travels to the workers, their SHA-256 is recorded in
+            ``study.json``, and a resume needs files of the same content (under any path).
         warn: called with each warning before any work (plugin estimators that failed to load,
             not requested).
 
@@ -768,7 +768,7 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         raise TrainArgumentError("settings", f"argument settings has preset {s.preset!r}, the "
                                              f"study {preset!r}")
     specs = STUDY_PRESETS[preset].estimators if estimators is None else estimators
-    check_plugins_argument(plugins)
+    plugins = plugins_argument(plugins)
     check_out_argument(out, "out")
     if isinstance(estimators, (str, bytes)):
         raise TrainArgumentError("estimators", f"argument estimators={estimators!r} must be a list "
@@ -1012,7 +1012,7 @@ def _read_study(d: Path, action: str = "resume") -> dict[str, Any]:
 
 def resume_study(out: str | os.PathLike[str], *, estimators: Sequence[str] | None = None,
                  seeds: Sequence[int] | None = None,
-                 plugins: Sequence[str | os.PathLike[str]] | None = None,
+                 plugins: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
                  executor: str = "auto", progress: ProgressFn | None = None,
                  warn: Callable[[str], None] | None = None, **settings: Any) -> StudyResult:
     """Continue the study in ``out`` with its own preset, settings, estimators, seeds and plugin

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from sbn_bench import model, problems, provenance, reference
 from sbn_bench.cli import main
+from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import Estimator, UnsupportedProblem, estimate, load_registry
 from sbn_bench.problems import Problem, load_problem, random_problem, save_problem
 from sbn_bench.reference import naive
@@ -517,12 +518,12 @@ def test_non_finite_hyperparameters_are_written_as_text(small: Problem, tmp_path
     assert m["estimator"]["hyperparams"] == {"c": "inf"}
 
 
-@pytest.mark.parametrize("kwargs, argument", [(dict(plugins="plug.py"), "plugins"),
+@pytest.mark.parametrize("kwargs, argument", [(dict(plugins=5), "plugins"),
+                                              (dict(plugins=b"plug.py"), "plugins"),
                                               (dict(progress=5), "progress")])
 def test_wrong_types_are_refused_before_any_work(small: Problem, tmp_path: Path, kwargs: dict,
                                                  argument: str) -> None:
-    """plugins='file.py' was read as one file per character (the manifest listed 23 'plugins');
-    progress=5 raised TypeError after the first epoch, leaving files behind."""
+    """progress=5 raised TypeError after the first epoch, leaving files behind."""
     with pytest.raises(TrainArgumentError, match=f"argument {argument}=") as e:
         train(small, "st", epochs=1, out_dir=tmp_path / "o", **kwargs)
     assert e.value.argument == argument and not (tmp_path / "o").exists()
@@ -656,3 +657,20 @@ def test_checkpoint_lists_are_refused_as_the_other_lists_are(text: str, words: s
     assert parse_checkpoints("") == [] and parse_checkpoints(" 1, 100 ") == [1, 100]
     with pytest.raises(TrainArgumentError, match=words):
         parse_checkpoints(text)
+
+
+def test_one_plugin_path_is_that_file(small: Problem, tmp_path: Path) -> None:
+    """plugins='file.py' is one file, as load_plugins reads it (it was read as one file per
+    character, then refused): its estimator trains and the manifest records that one file."""
+    plugin = tmp_path / "plug.py"
+    plugin.write_text(
+        "from sbn_bench.estimators.builtin.straight_through import st\n"
+        "import dataclasses\n"
+        "def mine():\n"
+        "    return dataclasses.replace(st(), name='mine')\n"
+        "ESTIMATORS = {'mine': mine}\n", encoding="utf-8")
+    res = train(small, "mine", epochs=1, out_dir=tmp_path / "o", plugins=str(plugin))
+    assert [r["path"] for r in res.manifest["plugins"]] == [str(plugin)]
+    with pytest.raises(SbnBenchError, match="missing.py") as e:
+        train(small, "st", epochs=1, out_dir=tmp_path / "m", plugins=str(tmp_path / "missing.py"))
+    assert e.value.argument == "plugins" and not (tmp_path / "m").exists()
