@@ -28,8 +28,11 @@ import time
 import click
 import torch
 
+from sbn_bench.config import ProblemSpec, RunConfig
+from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import estimate, load_registry
 from sbn_bench.problems import preset_problem
+from sbn_bench.runner.plan import check_device
 
 SCALING_ESTIMATORS = ("st", "tanh", "psa", "reinforce", "arm", "exact")
 
@@ -122,21 +125,18 @@ def cells(device: torch.device, samples: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda [default: cpu]")
     ap.add_argument("--what", default="scaling,profile,cells",
                     help="comma-separated: scaling, profile, cells")
     ap.add_argument("--samples", type=int, default=2000, help="--samples of the timed paper run")
     a = ap.parse_args(argv)
-    try:
-        device = torch.device(a.device)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        print(f"error: --device {a.device!r}: expected cpu or cuda", file=sys.stderr)
+    try:  # the device as sbn-bench run checks it
+        config = RunConfig(problems=(ProblemSpec(preset="paper"),), device=a.device)
+        check_device(config)
+    except SbnBenchError as e:
+        print(f"error: --device {a.device!r}: {e}", file=sys.stderr)
         return 2
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print(f"error: --device {a.device}: this torch has no CUDA device", file=sys.stderr)
-        return 2
+    device = torch.device(config.device)
     what = a.what.split(",")
     unknown = sorted(set(what) - {"scaling", "profile", "cells"})
     if unknown:

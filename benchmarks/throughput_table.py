@@ -32,13 +32,14 @@ from typing import Any
 import torch
 
 from sbn_bench import malloc
-from sbn_bench.config import ConfigError, ProblemSpec, RunConfig
+from sbn_bench.config import ProblemSpec, RunConfig
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import load_registry
 from sbn_bench.estimators.registry import split_specs
 from sbn_bench.problems import PRESET_ESTIMATORS, preset_problem
 from sbn_bench.runner import chunk_size
 from sbn_bench.runner.memory import check_memory
+from sbn_bench.runner.plan import check_device
 from sbn_bench.throughput import ThroughputSettings, measure_group
 from sbn_bench.units import format_bytes
 
@@ -74,21 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=_positive(float), default=60.0)
     ap.add_argument("--out", default=None, help="also write the table to this file")
     a = ap.parse_args(argv)
-    try:
-        device = torch.device(a.device)
-    except (RuntimeError, ValueError):
-        return _error(f"--device {a.device!r}: expected cpu or cuda")
-    if device.type not in ("cpu", "cuda"):
-        return _error(f"--device {a.device!r}: expected cpu or cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return _error(f"--device {a.device}: this torch has no CUDA device")
     if a.out and not os.access(Path(a.out).resolve().parent, os.W_OK):  # before minutes of measuring
         return _error(f"--out {a.out!r}: its folder does not exist or cannot be written")
-    try:  # its memory budget only; RunConfig checks and parses it
-        config = RunConfig(problems=(ProblemSpec(preset="paper"),), device=device.type,
+    try:  # the device and memory budget as sbn-bench run checks and parses them
+        config = RunConfig(problems=(ProblemSpec(preset="paper"),), device=a.device,
                            memory_budget=a.memory_budget)
-    except ConfigError as e:
-        return _error(str(e).replace("memory_budget=", "--memory-budget="))
+        check_device(config)
+    except SbnBenchError as e:
+        return _error(f"--{e.argument.replace('_', '-')} {e.value!r}: {e}" if e.argument else str(e))
+    device = torch.device(config.device)
     reg = load_registry()
     groups = []
     try:  # every problem and estimator checked before anything is measured
