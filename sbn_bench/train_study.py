@@ -802,6 +802,10 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         raise TrainArgumentError("seeds", f"argument seeds={list(seeds)!r} must be non-empty "
                                           "and distinct")
     kind = check_executor(executor)
+    # the data before any file: a missing scikit-learn (MissingExtra) or any other failure to
+    # build the study's problem is refused with nothing written, not as an interrupted study
+    # whose study.json then stands in the way of the same command
+    problems.digits_problem(preset, seeds[0])
     d = Path(out)
     if resume and warn is not None and (not d.exists() or d.is_dir() and not any(d.iterdir())):
         # a typo in --out would otherwise start a long study over without a word, as for a run

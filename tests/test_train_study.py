@@ -915,3 +915,21 @@ def test_a_damaged_study_is_refused_by_its_report_with_the_resume(study: ts.Stud
         assert e.value.argument == "out" and name in str(e.value), str(e.value)
         if name != ts.STUDY_NAME:
             assert "--resume writes it again" in str(e.value)
+
+
+def test_a_study_without_its_data_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without scikit-learn a study was refused only after writing study.json (status
+    "interrupted") and cells/, so the same command, scikit-learn installed, was then refused for
+    a folder that "already holds a training study"; the data are loaded before any file now."""
+    from sbn_bench import data
+    from sbn_bench.data import MissingExtra
+
+    def missing() -> None:
+        raise MissingExtra("the digits data need scikit-learn, which is not installed")
+
+    monkeypatch.setattr(data, "_raw", missing)
+    out = tmp_path / "study"
+    with pytest.raises(MissingExtra, match="scikit-learn"):
+        ts.run_study("digits-vae-exact", out=out, estimators=["st"], seeds=[0],
+                     settings=tiny("digits-vae-exact"), executor="serial")
+    assert not out.exists()
