@@ -95,8 +95,9 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 class TrainArgumentError(SbnBenchError, ValueError):
     """A training argument out of range; :attr:`argument` is its Python name (e.g. ``"lr"``)."""
 
-    def __init__(self, argument: str, message: str) -> None:
-        super().__init__(message, argument=argument)
+    def __init__(self, argument: str, message: str, *, value: Any = SbnBenchError.UNSET,
+                 expected: str | None = None) -> None:
+        super().__init__(message, argument=argument, value=value, expected=expected)
 
 
 def plugins_argument(plugins: object) -> tuple[str | os.PathLike[str], ...]:
@@ -110,7 +111,8 @@ def plugins_argument(plugins: object) -> tuple[str | os.PathLike[str], ...]:
         return plugin_paths(plugins)
     except SbnBenchError:
         raise TrainArgumentError("plugins", f"argument plugins={short_repr(plugins, 60)} must be "
-                                            "a plugin file's path or a list of them") from None
+                                            "a plugin file's path or a list of them", value=plugins,
+                                 expected="a path or a list of paths") from None
 
 
 def check_out_argument(out: object, argument: str) -> None:
@@ -276,12 +278,12 @@ def check_arguments(
     Raises:
         TrainArgumentError: naming the argument, its value and what was expected.
     """
-    def bad(arg: str, msg: str) -> TrainArgumentError:
-        return TrainArgumentError(arg, f"argument {arg}={msg}")
+    def bad(arg: str, msg: str, value: Any, expected: str) -> TrainArgumentError:
+        return TrainArgumentError(arg, f"argument {arg}={msg}", value=value, expected=expected)
 
     if not isinstance(problem, Problem):
         raise bad("problem", f"{type(problem).__name__} object, expected a Problem (random_problem, "
-                             "preset_problem, load_problem)")
+                             "preset_problem, load_problem)", problem, "a Problem")
     for k in problem.param_names:  # what _State.diverged would stop at after the first epoch
         big = _largest(problem.params[k])
         if not big <= FLOAT32_MAX:
@@ -291,40 +293,44 @@ def check_arguments(
                            "could not be measured in float32, the default of sbn-bench run: give "
                            "initial weights within that range")
     if optimizer not in OPTIMIZERS:
-        raise bad("optimizer", f"{optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}")
+        raise bad("optimizer", f"{optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}",
+                  optimizer, f"one of {', '.join(OPTIMIZERS)}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise bad("lr", f"{lr!r} must be a finite number > 0")
+        raise bad("lr", f"{lr!r} must be a finite number > 0", lr, "a finite number > 0")
     if momentum is not None:
         if optimizer != "sgd":
             raise bad("momentum", f"{momentum!r} applies to optimizer 'sgd' only (Adam uses its "
-                                  "default betas (0.9, 0.999))")
+                                  "default betas (0.9, 0.999))", momentum, "None with Adam")
         if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
-            raise bad("momentum", f"{momentum!r} must be in [0, 1)")
+            raise bad("momentum", f"{momentum!r} must be in [0, 1)", momentum, "a number in [0, 1)")
     for arg, v in (("batch_size", batch_size), ("epochs", epochs), ("log_every", log_every),
                    ("max_exact_bytes", max_exact_bytes)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise bad(arg, f"{v!r} must be an integer ≥ 1")
+            raise bad(arg, f"{v!r} must be an integer ≥ 1", v, "an integer ≥ 1")
     if epochs > MAX_EPOCHS:
         raise bad("epochs", f"{epochs!r} must be at most {MAX_EPOCHS:,} (a training that long would "
-                            "not finish)")
+                            "not finish)", epochs, f"at most {MAX_EPOCHS:,}")
     if batch_size > problem.num_data:
         raise bad("batch_size", f"{batch_size} exceeds the {problem.num_data} data points of "
                                 f"problem {problem.name!r}; use at most {problem.num_data} "
-                                "(= full-batch training)")
+                                "(= full-batch training)", batch_size,
+                  f"at most the {problem.num_data} data points")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise bad("seed", f"{seed!r} must be an integer ≥ 0")
+        raise bad("seed", f"{seed!r} must be an integer ≥ 0", seed, "an integer ≥ 0")
     if isinstance(checkpoints, (str, bytes)):
         raise bad("checkpoints", f"{checkpoints!r} is a string; expected a sequence of epochs such "
-                                 "as [1, 100] (the command line's text: parse_checkpoints)")
+                                 "as [1, 100] (the command line's text: parse_checkpoints)",
+                  checkpoints, "a sequence of epochs")
     try:
         given = list(checkpoints)
     except TypeError:
-        raise bad("checkpoints", f"{checkpoints!r} is not a sequence of epochs such as [1, 100]") from None
+        raise bad("checkpoints", f"{checkpoints!r} is not a sequence of epochs such as [1, 100]",
+                  checkpoints, "a sequence of epochs") from None
     cps = []
     for c in given:
         if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 1 <= c <= epochs:
             raise bad("checkpoints", f"{given!r}: epoch {c!r} is not within 1..{epochs} "
-                                     f"(epochs={epochs})")
+                                     f"(epochs={epochs})", given, f"epochs within 1..{epochs}")
         cps.append(int(c))
     return sorted(set(cps))
 
@@ -650,7 +656,8 @@ def train(
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
                                     or num_threads < 1):
         raise TrainArgumentError("num_threads", f"argument num_threads={num_threads!r} must be an "
-                                                "integer ≥ 1 or None")
+                                                "integer ≥ 1 or None", value=num_threads,
+                                 expected="an integer ≥ 1 or None")
     malloc.keep_freed_memory()
     previous_threads = torch.get_num_threads()
     if num_threads is not None:

@@ -186,36 +186,39 @@ class StudySettings:
         Raises:
             TrainArgumentError: naming the argument, its value and what was expected.
         """
-        def bad(arg: str, msg: str) -> TrainArgumentError:
-            return TrainArgumentError(arg, f"argument {arg}={msg}")
+        def bad(arg: str, msg: str, expected: str) -> TrainArgumentError:
+            return TrainArgumentError(arg, f"argument {arg}={msg}", value=getattr(self, arg),
+                                      expected=expected)
 
         if self.preset not in problems.DIGITS_ARCHS:
             raise bad("preset", f"{self.preset!r} is not a digits preset; expected one of "
-                                f"{', '.join(problems.DIGITS_ARCHS)}")
+                                f"{', '.join(problems.DIGITS_ARCHS)}",
+                      f"one of {', '.join(problems.DIGITS_ARCHS)}")
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"{self.optimizer!r} is unknown; expected one of "
-                                   f"{', '.join(OPTIMIZERS)}")
+                                   f"{', '.join(OPTIMIZERS)}", f"one of {', '.join(OPTIMIZERS)}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise bad("lr", f"{self.lr!r} must be a finite number > 0")
+            raise bad("lr", f"{self.lr!r} must be a finite number > 0", "a finite number > 0")
         if isinstance(self.epochs, int) and self.epochs > MAX_EPOCHS:
             raise bad("epochs", f"{self.epochs!r} must be at most {MAX_EPOCHS:,}, as for a single "
-                                "training")
+                                "training", f"at most {MAX_EPOCHS:,}")
         for arg, lo in (("epochs", 1), ("batch_size", 1), ("eval_every", 1), ("eval_samples", 1),
                         ("iwae_samples", 0), ("probe_batch", 1), ("probe_samples", 2),
                         ("reference_samples", 2), ("max_exact_bytes", 1), ("threads", 1)):
             v = getattr(self, arg)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise bad(arg, f"{v!r} must be an integer ≥ {lo}")
+                raise bad(arg, f"{v!r} must be an integer ≥ {lo}", f"an integer ≥ {lo}")
         if self.batch_size > problems.DIGITS_TRAIN:
             raise bad("batch_size", f"{self.batch_size} exceeds the {problems.DIGITS_TRAIN} "
-                                    "training images")
+                                    "training images", f"at most {problems.DIGITS_TRAIN}")
         if self.probe_batch > problems.DIGITS_TRAIN:
             raise bad("probe_batch", f"{self.probe_batch} exceeds the {problems.DIGITS_TRAIN} "
-                                     "training images")
+                                     "training images", f"at most {problems.DIGITS_TRAIN}")
         for e in self.probe_epochs:
             if not 0 <= e <= self.epochs:
                 raise bad("probe_epochs", f"{list(self.probe_epochs)!r}: epoch {e} is not within "
-                                          f"0..{self.epochs} (epochs={self.epochs})")
+                                          f"0..{self.epochs} (epochs={self.epochs})",
+                          f"epochs within 0..{self.epochs}")
         try:  # checked even where the exact reference serves: the settings record it
             reference_estimator(self.reference_estimator)  # type: ignore[arg-type]
         except McReferenceError as e:
@@ -293,7 +296,8 @@ def preset_settings(preset: str, **overrides: Any) -> StudySettings:
     """
     if preset not in STUDY_PRESETS:
         raise TrainArgumentError("preset", f"argument preset={preset!r} has no training study; "
-                                           f"expected one of {', '.join(STUDY_PRESETS)}")
+                                           f"expected one of {', '.join(STUDY_PRESETS)}",
+                                 value=preset, expected=f"one of {', '.join(STUDY_PRESETS)}")
     _check_setting_names(overrides)
     given = {k: v for k, v in overrides.items() if v is not None}
     base = STUDY_PRESETS[preset].settings
@@ -773,7 +777,8 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     if isinstance(estimators, (str, bytes)):
         raise TrainArgumentError("estimators", f"argument estimators={estimators!r} must be a list "
                                                "of estimator specs such as ['st', 'psa'], not one "
-                                               "string")
+                                               "string", value=estimators,
+                                 expected="a list of estimator specs")
     check_progress_argument(progress, "progress(done, total, message)")
     # a plugin file that cannot be loaded is an error, a broken factory not requested a warning
     reg, warnings = load_plugins(plugins, [str(e).split(":")[0].strip() for e in specs])
@@ -793,14 +798,17 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
         raise TrainArgumentError("seeds", f"argument seeds {e}") from None
     except TypeError:
         raise TrainArgumentError("seeds", f"argument seeds={seeds!r} must be a list of seeds such as "
-                                          "[0, 1, 2], or text such as '0-2'") from None
+                                          "[0, 1, 2], or text such as '0-2'", value=seeds,
+                                 expected="a list of seeds, or text such as '0-2'") from None
     for sd in seeds:
         if isinstance(sd, bool) or not isinstance(sd, int) or sd < 0:
             raise TrainArgumentError("seeds", f"argument seeds={list(seeds)!r}: {sd!r} is not an "
-                                              "integer ≥ 0")
+                                              "integer ≥ 0", value=list(seeds),
+                                     expected="integers ≥ 0")
     if not seeds or len(set(seeds)) != len(seeds):
         raise TrainArgumentError("seeds", f"argument seeds={list(seeds)!r} must be non-empty "
-                                          "and distinct")
+                                          "and distinct", value=list(seeds),
+                                 expected="distinct seeds, at least one")
     kind = check_executor(executor)
     # the data before any file: a missing scikit-learn (MissingExtra) or any other failure to
     # build the study's problem is refused with nothing written, not as an interrupted study

@@ -330,3 +330,30 @@ def test_more_arguments_of_the_wrong_kind_are_refused_by_name(prob) -> None:
                  "presets")
         _refused(lambda presets=presets: render_published("reports/training-digits", presets=presets),
                  "presets")
+
+
+def test_training_arguments_carry_their_value_and_what_was_expected(prob, tmp_path) -> None:
+    """TrainArgumentError named the argument only (value UNSET, expected None), where the README
+    says the library's errors carry all three, as ConfigError and ProblemError do."""
+    import sbn_bench.train_study as ts
+
+    for kw, arg, value, expected in ((dict(epochs=0), "epochs", 0, "≥ 1"),
+                                     (dict(lr=-1.0), "lr", -1.0, "> 0"),
+                                     (dict(batch_size=0), "batch_size", 0, "≥ 1"),
+                                     (dict(momentum=2.0), "momentum", 2.0, "[0, 1)"),
+                                     (dict(plugins=3), "plugins", 3, "path"),
+                                     (dict(num_threads=0), "num_threads", 0, "≥ 1"),
+                                     (dict(checkpoints=[9]), "checkpoints", [9], "1..1")):
+        with pytest.raises(SbnBenchError) as e:
+            train(prob, "st", out_dir=tmp_path / "t", **{"epochs": 1, "batch_size": 2, **kw})
+        assert (e.value.argument, e.value.value) == (arg, value), kw
+        assert expected in (e.value.expected or ""), (kw, e.value.expected)
+    for kw, arg in ((dict(lr=0.0), "lr"), (dict(batch_size=0), "batch_size"),
+                    (dict(probe_epochs=(0, 10**4)), "probe_epochs")):
+        with pytest.raises(SbnBenchError) as e:
+            ts.preset_settings("digits-vae-exact", **kw).check()
+        assert e.value.argument == arg and e.value.value == kw[arg] and e.value.expected, kw
+    with pytest.raises(SbnBenchError) as e:
+        ts.run_study("digits-vae-exact", out=tmp_path / "s", seeds=[1, 1])
+    assert (e.value.argument, e.value.value) == ("seeds", [1, 1]) and "distinct" in e.value.expected
+    assert not (tmp_path / "t").exists() and not (tmp_path / "s").exists()
