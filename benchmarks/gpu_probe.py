@@ -28,6 +28,7 @@ import time
 import click
 import torch
 
+from sbn_bench.cli.base import without_name
 from sbn_bench.config import ProblemSpec, RunConfig
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import estimate, load_registry
@@ -123,18 +124,30 @@ def cells(device: torch.device, samples: int) -> None:
         print(f"CELL {t:7.2f} s  {c}")
 
 
+def _positive_int(text: str) -> int:
+    """An integer ≥ 1, checked when the arguments are parsed (before minutes of probing)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer ≥ 1")
+    return value
+
+
+_positive_int.__name__ = "int"  # argparse's "invalid int value: 'x'"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda [default: cpu]")
     ap.add_argument("--what", default="scaling,profile,cells",
                     help="comma-separated: scaling, profile, cells")
-    ap.add_argument("--samples", type=int, default=2000, help="--samples of the timed paper run")
+    ap.add_argument("--samples", type=_positive_int, default=2000,
+                    help="--samples of the timed paper run")
     a = ap.parse_args(argv)
     try:  # the device as sbn-bench run checks it
         config = RunConfig(problems=(ProblemSpec(preset="paper"),), device=a.device)
         check_device(config)
-    except SbnBenchError as e:
-        print(f"error: --device {a.device!r}: {e}", file=sys.stderr)
+    except SbnBenchError as e:  # device='tpu' is not … → --device 'tpu' is not …
+        print(f"error: --device {without_name(str(e), 'device')}", file=sys.stderr)
         return 2
     device = torch.device(config.device)
     what = a.what.split(",")

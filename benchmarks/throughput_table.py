@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from sbn_bench import malloc
+from sbn_bench.cli.base import without_name
 from sbn_bench.config import ProblemSpec, RunConfig
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import load_registry
@@ -81,21 +82,26 @@ def main(argv: list[str] | None = None) -> int:
         config = RunConfig(problems=(ProblemSpec(preset="paper"),), device=a.device,
                            memory_budget=a.memory_budget)
         check_device(config)
-    except SbnBenchError as e:
-        return _error(f"--{e.argument.replace('_', '-')} {e.value!r}: {e}" if e.argument else str(e))
+    except SbnBenchError as e:  # device='tpu' is not … → --device 'tpu' is not …
+        option = f"--{(e.argument or '').replace('_', '-')}"
+        return _error(f"{option} {without_name(str(e), e.argument)}" if e.argument else str(e))
     device = torch.device(config.device)
     reg = load_registry()
     groups = []
+    option = "--problems"
     try:  # every problem and estimator checked before anything is measured
         for name in a.problems.split(","):
+            option = "--problems"
             problem = preset_problem(name.strip())
+            option = "--estimators"
             specs = (split_specs(a.estimators) if a.estimators
                      else list(PRESET_ESTIMATORS.get(name, ())) or reg.names())
             ests = [e for e in map(reg.create, specs) if e.supports(problem)]
+            option = "--memory-budget"
             check_memory(config, [(name, "", problem)], ests)  # one sample fits, as a run refuses
             groups.append((name, problem, ests))
     except SbnBenchError as e:
-        return _error(str(e))
+        return _error(f"{option}: {e}")
     malloc.keep_freed_memory()  # as sbn-bench measures (sbn_bench.malloc)
     torch.set_num_threads(a.threads)
     dtype = getattr(torch, a.dtype)
