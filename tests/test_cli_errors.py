@@ -760,6 +760,9 @@ def test_hints_name_the_option_alone_on_the_command_line(tmp_path: Path) -> None
         "(--out)" in text and "resume=True" not in text, res.output
     assert options_only("(raise it with max_bytes= / --max-exact-bytes, or)") == \
         "(raise it with --max-exact-bytes, or)"
+    assert options_only("pass resume=True (--resume) to finish it, or overwrite=True "
+                        "(--overwrite) to remove them") == \
+        "pass --resume to finish it, or --overwrite to remove them"
     kept = "a problem named 'resume=True, --resume' or /p/out=…, --out"  # quoted, a path
     assert options_only(kept) == kept
     with pytest.raises(Exception, match=r"\(resume=True, --resume\)"):  # the API keeps both

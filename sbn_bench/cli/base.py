@@ -220,11 +220,15 @@ _BOTH_NAMES = re.compile(r"(?<![\w.\-/'\"])(?:[a-z][a-z_]*=(?:True|…)?|[a-z]+_
 ``out=…, --out``, ``max_bytes= / --max-exact-bytes``, ``compare_dir, --compare``)."""
 
 
+_KEYWORD_THEN_OPTION = re.compile(r"(?<![\w.\-/'\"])[a-z][a-z_]*=(?:True|…) \((--[a-z][a-z-]*)\)")
+"""The same hint with the option in parentheses (``pass overwrite=True (--overwrite)``)."""
+
+
 def options_only(message: str) -> str:
     """``message`` with each hint that names a setting both as the library's keyword and as the
-    command's option (``resume that run (resume=True, --resume)``) naming the option alone: a user
-    of the command line has no keyword to give."""
-    return _BOTH_NAMES.sub(r"\1", message)
+    command's option (``resume that run (resume=True, --resume)``, ``pass resume=True
+    (--resume)``) naming the option alone: a user of the command line has no keyword to give."""
+    return _KEYWORD_THEN_OPTION.sub(r"\1", _BOTH_NAMES.sub(r"\1", message))
 
 
 def without_name(message: str, argument: str) -> str:

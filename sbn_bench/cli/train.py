@@ -96,8 +96,7 @@ def _bad(e: SbnBenchError, seed_option: str = "--train-seed") -> click.ClickExce
              "objective is not logged (NaN, with a note in the manifest).")
 @size_option("--memory-budget", None,
              "Memory one step's gradient sample may take (estimated, an upper bound); a step over it "
-             "is refused before any work.", default_text="half the machine's memory; on cuda a "
-             "quarter of the GPU's, from 1GiB to 16GiB")
+             "is refused before any work.", default_text="half the machine's memory")
 @click.option("--estimators", "estimators_text", default=None, metavar="SPEC,...",
               help="A training study: train each of these estimators (e.g. psa,st,arms:k=4) on a "
                    f"digits preset ({', '.join(train_study.STUDY_PRESETS)}), once per --seeds; "
