@@ -32,7 +32,7 @@ def parse_size(value: int | str, argument: str = "size") -> int:
     if isinstance(value, int):
         n = value
     else:
-        m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", str(value))
+        m = re.fullmatch(r"\s*([+-]?[0-9.eE+-]+)\s*([A-Za-z]*)\s*", str(value))
         unit = m.group(2).lower() if m else ""
         try:
             if m is None or unit not in SIZE_UNITS:

@@ -183,6 +183,8 @@ def test_bad_arguments_name_the_option(tmp_path, args, words):
     # the library's message without its own name of the setting (the option is named already)
     (["--reference", "mc::0"], 2, ["Invalid value for '--reference': 'mc::0': N=0 samples"]),
     (["--memory-budget", "0"], 2, ["Invalid value for '--memory-budget': '0' must be at least 1 byte"]),
+    # a negative size is below one byte, not "not a size" (new-user review)
+    (["--memory-budget", "-3"], 2, ["Invalid value for '--memory-budget': '-3' must be at least 1 byte"]),
     # a Monte-Carlo reference over its time budget is the fault of a given N or target error too
     (["--reference", "mc::1000000000000000"], 2, ["Invalid value for '--reference'", "the given N=",
                                                   "over the time budget of 300 s"]),
