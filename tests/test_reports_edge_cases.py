@@ -757,3 +757,12 @@ def test_the_figure_count_is_the_reports_own(tmp_path) -> None:
     ours = [f for f in (out / "figures").glob("*.png") if f.name != "mine.png"]
     assert ours and f"wrote {len(ours)} figure(s)" in r.output, r.output
     assert (out / "figures" / "mine.png").read_bytes() == b"x"
+
+
+def test_a_manifest_that_is_not_utf8_is_a_warning_not_a_traceback(small_run: Path) -> None:
+    """manifest.json holding bytes that are not UTF-8 raised UnicodeDecodeError out of
+    ``sbn-bench report`` (attacker review); it is an unreadable manifest like invalid JSON."""
+    (small_run / "manifest.json").write_bytes(b"\xff\xfe{}")
+    run = load_run(small_run)
+    assert any("manifest.json is not valid JSON" in w for w in run.warnings), run.warnings
+    assert len(run.metrics)

@@ -245,7 +245,7 @@ def load_run(run_dir: str | Path) -> Run:
     if mpath.is_file():
         try:
             loaded = json.loads(mpath.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # JSON is UTF-8 text
             warnings.append(f"manifest.json is not valid JSON ({e}); run facts are unknown")
         else:
             if isinstance(loaded, dict):
