@@ -109,8 +109,9 @@ from typing import Any, ClassVar
 import torch
 
 from sbn_bench import problems, sweep, units
-from sbn_bench.errors import EMPTY_FOLDER, ArgumentError, SbnBenchError, check_path, plain_int
+from sbn_bench.errors import EMPTY_FOLDER, ArgumentError, SbnBenchError, check_path, plain_int, short_repr
 from sbn_bench.estimators import EstimatorSpecError, split_specs
+from sbn_bench.estimators.registry import plugin_paths
 from sbn_bench.fileio import slug
 from sbn_bench.model import LOSS_NAMES, NOISE_NAMES
 from sbn_bench.problems import Problem
@@ -695,9 +696,19 @@ class RunConfig:
             except EstimatorSpecError as e:
                 raise ConfigError(str(e), argument="estimators", value=self.estimators) from None
         elif self.estimators is not None:
+            if not isinstance(self.estimators, (list, tuple)) or not all(
+                    isinstance(e, str) for e in self.estimators):  # b"psa" was read as 112, 115, …
+                raise ConfigError(f"estimators={short_repr(self.estimators, 60)} must be a list of "
+                                  "estimator specs or one string such as 'psa,st'",
+                                  argument="estimators", value=self.estimators,
+                                  expected="a list of specs or one string")
             object.__setattr__(self, "estimators", tuple(self.estimators))
-        plugins = (self.plugins,) if isinstance(self.plugins, (str, os.PathLike)) else self.plugins
-        object.__setattr__(self, "plugins", tuple(str(p) for p in plugins))
+        try:  # one path is one file, as load_plugins reads it; b"x.py" is not five files
+            plugins = plugin_paths(self.plugins)
+        except SbnBenchError as e:
+            raise ConfigError(str(e), argument="plugins", value=self.plugins,
+                              expected=e.expected) from None
+        object.__setattr__(self, "plugins", tuple(os.fspath(p) for p in plugins))
         object.__setattr__(self, "seeds", _one_or_many("seeds", self.seeds))
         if isinstance(self.M, str) and self.M in ("paper", "default"):  # as --M and TOML take it
             _check_int("samples", self.samples, 1, MAX_SAMPLES)
@@ -1097,9 +1108,11 @@ def _top_level_value(k: str, v: Any, base: Path) -> Any:
             raise ConfigError(f"estimators={v!r} must be a list of specs or one string",
                               argument="estimators")
         return tuple(v)
-    if k == "plugins":
+    if k == "plugins":  # a list, or one file (as the Python API and --plugin take it)
+        if isinstance(v, str):
+            v = [v]
         if not isinstance(v, list):
-            raise ConfigError(f"plugins={v!r} must be a list of files", argument="plugins")
+            raise ConfigError(f"plugins={v!r} must be a list of files or one file", argument="plugins")
         return tuple(_rel(base, p, "plugins") for p in v)
     if k == "M":
         return _m_value(v)

@@ -357,3 +357,29 @@ def test_training_arguments_carry_their_value_and_what_was_expected(prob, tmp_pa
         ts.run_study("digits-vae-exact", out=tmp_path / "s", seeds=[1, 1])
     assert (e.value.argument, e.value.value) == ("seeds", [1, 1]) and "distinct" in e.value.expected
     assert not (tmp_path / "t").exists() and not (tmp_path / "s").exists()
+
+
+def test_run_config_reads_plugins_and_estimators_as_train_does(tmp_path) -> None:
+    """RunConfig split b"rb.py" into the files '114', '98', …, turned [1, 2] into files '1' and
+    '2', took a dict's keys and raised a raw TypeError for None (attacker review); it reads
+    plugins as load_plugins, train and run_study do: one path or a list of paths. In a TOML file
+    one string is one file as well, as estimators = "psa" is one spec."""
+    import os
+
+    from sbn_bench.config import load_config
+
+    class BytesPath(os.PathLike):
+        def __fspath__(self):  # type: ignore[no-untyped-def]
+            return b"x.py"
+
+    spec = ProblemSpec(arch="2-3-1")
+    for bad in (b"rb.py", None, [1, 2], {"rb.py": 1}, (p for p in ["a.py"]), "", [""], BytesPath()):
+        _refused(lambda bad=bad: RunConfig(problems=(spec,), plugins=bad), "plugins",
+                 "a path or a list of paths")
+    for bad in (b"psa", ["psa", 3]):
+        _refused(lambda bad=bad: RunConfig(problems=(spec,), estimators=bad), "estimators",
+                 "a list of estimator specs")
+    assert RunConfig(problems=(spec,), plugins=tmp_path / "a.py").plugins == (str(tmp_path / "a.py"),)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("plugins = 'mine.py'\n[[problem]]\narch = '2-3-1'\n", encoding="utf-8")
+    assert load_config(cfg).plugins == (str(tmp_path / "mine.py"),)

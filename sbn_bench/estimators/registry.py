@@ -457,13 +457,20 @@ def plugin_paths(plugins: object) -> tuple[str | os.PathLike[str], ...]:
     Raises:
         ArgumentError: naming ``plugins`` when it is neither (None, a number, bytes, …).
     """
-    if isinstance(plugins, (str, os.PathLike)):
+    def is_path(p: object) -> bool:  # a non-empty text path ('' would be read as '.')
+        try:
+            return isinstance(p, (str, os.PathLike)) and isinstance(os.fspath(p), str) \
+                and os.fspath(p) != ""
+        except TypeError:  # an os.PathLike whose __fspath__ returns neither str nor bytes
+            return False
+
+    if isinstance(plugins, (str, os.PathLike)) and is_path(plugins):
         return (plugins,)
-    if isinstance(plugins, (list, tuple)) and all(isinstance(p, (str, os.PathLike)) for p in plugins):
+    if isinstance(plugins, (list, tuple)) and all(map(is_path, plugins)):
         return tuple(plugins)
     raise ArgumentError(f"argument plugins={short_repr(plugins, 60)} must be a path or a list of "
-                        "paths of plugin files", argument="plugins", value=plugins,
-                        expected="a path or a list of paths")
+                        "paths of plugin files (non-empty text)", argument="plugins",
+                        value=plugins, expected="a path or a list of paths")
 
 
 def load_registry(plugins: Sequence[str | os.PathLike[str]] = (), *, entry_points: bool = True
