@@ -62,7 +62,7 @@ from torch import Tensor
 
 from sbn_bench import data, malloc, model, network, problems
 from sbn_bench.config import ProblemSpec, RunConfig, parse_seeds, seed_tuple
-from sbn_bench.errors import SbnBenchError, check_path, is_integer, plain_int
+from sbn_bench.errors import SbnBenchError, check_path, is_integer, plain_int, short_repr
 from sbn_bench.estimators import Estimator, Registry, estimate, load_plugins
 from sbn_bench.fileio import WriteError, atomic_write_text, folder_lock
 from sbn_bench.problems import Problem
@@ -774,10 +774,13 @@ def run_study(preset: str = "digits-vae", *, out: str | os.PathLike[str],
     specs = STUDY_PRESETS[preset].estimators if estimators is None else estimators
     plugins = plugins_argument(plugins)
     check_out_argument(out, "out")
-    if isinstance(estimators, (str, bytes)):
-        raise TrainArgumentError("estimators", f"argument estimators={estimators!r} must be a list "
-                                               "of estimator specs such as ['st', 'psa'], not one "
-                                               "string", value=estimators,
+    if estimators is not None and not isinstance(estimators, (list, tuple)):  # a generator would
+        # be used up by the plugins' names below, and then read as empty
+        what = "not one string" if isinstance(estimators, (str, bytes)) else \
+            f"not a {type(estimators).__name__}"
+        raise TrainArgumentError("estimators", f"argument estimators={short_repr(estimators, 60)} "
+                                               "must be a list of estimator specs such as "
+                                               f"['st', 'psa'], {what}", value=estimators,
                                  expected="a list of estimator specs")
     check_progress_argument(progress, "progress(done, total, message)")
     # a plugin file that cannot be loaded is an error, a broken factory not requested a warning

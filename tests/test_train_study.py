@@ -297,10 +297,11 @@ def test_an_estimator_writing_into_the_weights_is_a_failed_cell(tmp_path: Path) 
 
 @pytest.mark.parametrize("kwargs, argument", [
     (dict(estimators="st"), "estimators"), (dict(seeds=3), "seeds"), (dict(progress=5), "progress"),
-    (dict(plugins=5), "plugins")])
+    (dict(plugins=5), "plugins"), (dict(estimators=(e for e in ["st"])), "estimators")])
 def test_arguments_of_the_wrong_type_are_refused(kwargs: dict, argument: str) -> None:
     """estimators='st' was read letter by letter ("estimator 's' is unknown"), seeds=3 raised a
-    raw TypeError, progress=5 a TypeError after the first cell."""
+    raw TypeError, progress=5 a TypeError after the first cell; a generator of estimators was used
+    up by the plugins' check and then called empty."""
     with pytest.raises(TrainArgumentError, match=f"argument {argument}=") as e:
         ts.run_study("digits-vae-exact", out="/nonexistent/x",
                      **{"estimators": ["st"], "seeds": [0], "settings": tiny("digits-vae-exact"),
