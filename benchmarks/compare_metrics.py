@@ -58,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    need = [*KEY, "mode", "value", "stderr"]
+    for path, df in ((args.a, a), (args.b, b)):
+        missing = [c for c in need if c not in df.columns]
+        if missing:  # failures.csv or throughput.csv given for a metrics.csv
+            print(f"error: {path!r} is not a metrics.csv (no column {', '.join(missing)})",
+                  file=sys.stderr)
+            return 2
     print(compare(a, b))
     return 0
 

@@ -36,7 +36,7 @@ from sbn_bench.cli.base import without_name
 from sbn_bench.config import ProblemSpec, RunConfig
 from sbn_bench.errors import SbnBenchError
 from sbn_bench.estimators import load_registry
-from sbn_bench.estimators.registry import split_specs
+from sbn_bench.fileio import atomic_write_text
 from sbn_bench.problems import PRESET_ESTIMATORS, preset_problem
 from sbn_bench.runner import chunk_size
 from sbn_bench.runner.memory import check_memory
@@ -76,11 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=_positive(float), default=60.0)
     ap.add_argument("--out", default=None, help="also write the table to this file")
     a = ap.parse_args(argv)
-    if a.out and not os.access(Path(a.out).resolve().parent, os.W_OK):  # before minutes of measuring
+    if a.out is not None and (a.out == "" or Path(a.out).is_dir()):  # before minutes of measuring
+        what = "is empty" if a.out == "" else "is a folder"
+        return _error(f"--out {a.out!r} {what}; expected a file name such as table.md")
+    if a.out and not os.access(Path(a.out).resolve().parent, os.W_OK):
         return _error(f"--out {a.out!r}: its folder does not exist or cannot be written")
-    try:  # the device and memory budget as sbn-bench run checks and parses them
+    try:  # the device, memory budget and estimators as sbn-bench run checks and parses them
         config = RunConfig(problems=(ProblemSpec(preset="paper"),), device=a.device,
-                           memory_budget=a.memory_budget)
+                           memory_budget=a.memory_budget, estimators=a.estimators)
         check_device(config)
     except SbnBenchError as e:  # device='tpu' is not … → --device 'tpu' is not …
         option = f"--{(e.argument or '').replace('_', '-')}"
@@ -94,9 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             option = "--problems"
             problem = preset_problem(name.strip())
             option = "--estimators"
-            specs = (split_specs(a.estimators) if a.estimators
+            specs = (list(config.estimators) if config.estimators is not None
                      else list(PRESET_ESTIMATORS.get(name, ())) or reg.names())
             ests = [e for e in map(reg.create, specs) if e.supports(problem)]
+            twice = sorted({e.spec for e in ests if [f.spec for f in ests].count(e.spec) > 1})
+            if twice:
+                return _error(f"--estimators lists {', '.join(twice)} more than once")
             option = "--memory-budget"
             check_memory(config, [(name, "", problem)], ests)  # one sample fits, as a run refuses
             groups.append((name, problem, ests))
@@ -125,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:
-        with open(a.out, "w") as f:
-            f.write(text)
+        atomic_write_text(a.out, text)
     return 0
 
 

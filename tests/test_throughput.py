@@ -255,15 +255,21 @@ def test_a_wide_figure_is_never_the_fastest(tmp_path: Path) -> None:
     assert "at level 96.9%, 75% (3 rounds)." in " ".join(tt.notes), tt.notes
 
 
-def test_throughput_table_script_runs_on_cpu(tmp_path, capsys) -> None:
-    """benchmarks/throughput_table.py (what benchmarks/gpu.sh runs on CUDA) works end to end on the CPU."""
+def _benchmark(name: str):  # type: ignore[no-untyped-def]
+    """The script ``benchmarks/NAME.py`` as a module."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput_table.py"
-    spec = importlib.util.spec_from_file_location("throughput_table", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_throughput_table_script_runs_on_cpu(tmp_path, capsys) -> None:
+    """benchmarks/throughput_table.py (what benchmarks/gpu.sh runs on CUDA) works end to end on the CPU."""
+    mod = _benchmark("throughput_table")
     out = tmp_path / "t.md"
     assert mod.main(["--problems", "quick", "--estimators", "st,tanh,arm", "--min-round", "0.01",
                      "--max-seconds", "1", "--out", str(out)]) == 0
@@ -272,3 +278,27 @@ def test_throughput_table_script_runs_on_cpu(tmp_path, capsys) -> None:
     assert all(float(r.split("|")[4].split("(")[0].replace(",", "")) > 0 for r in rows)
     if not torch.cuda.is_available():
         assert mod.main(["--device", "cuda", "--problems", "quick"]) == 2  # refused, not a CPU table
+
+
+def test_benchmark_scripts_refuse_bad_arguments_before_measuring(tmp_path, capsys) -> None:
+    """Attacker review: throughput_table measured for minutes, then failed to write an --out that
+    was a folder, and measured st twice for --estimators st,st; gpu_probe refused --samples 0 after
+    its scaling table and profile; compare_metrics given a failures.csv raised KeyError. Each is
+    one line and exit status 2 before any work now."""
+    table = _benchmark("throughput_table")
+    for argv, words in ((["--out", str(tmp_path)], "is a folder"),
+                        (["--estimators", "st,st"], "st more than once"),
+                        (["--estimators", ""], "empty"),
+                        (["--device", "tpu"], "--device 'tpu' is not one of cpu, cuda")):
+        assert table.main(["--problems", "quick", *argv]) == 2, argv
+        assert words in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit) as e:
+        _benchmark("gpu_probe").main(["--what", "profile,cells", "--samples", "0"])
+    assert e.value.code == 2 and "must be an integer ≥ 1" in capsys.readouterr().err
+    good = tmp_path / "metrics.csv"
+    pd.DataFrame({c: [] for c in ["problem", "checkpoint", "estimator", "layer", "metric", "M",
+                                  "seed", "mode", "value", "stderr"]}).to_csv(good, index=False)
+    bad = tmp_path / "failures.csv"
+    bad.write_text("problem,checkpoint,estimator,stage,error\n", encoding="utf-8")
+    assert _benchmark("compare_metrics").main([str(good), str(bad)]) == 2
+    assert "is not a metrics.csv" in capsys.readouterr().err
