@@ -461,3 +461,22 @@ def test_a_spec_with_a_string_hyperparameter_round_trips(tmp_path) -> None:
         est = reg.create(spec)
         assert dict(est.hyperparams)["mode"] == "raise"
         assert reg.create(est.spec) == est and est.spec == "strhp:mode='raise'"
+
+
+def test_one_plugin_file_under_two_spellings_is_loaded_once(tmp_path: Path, monkeypatch) -> None:
+    """--plugin p.py --plugin /abs/p.py was refused as a clash of the file's estimators with
+    themselves (attacker review), while the same spelling twice was accepted and recorded twice;
+    a file is loaded once, under its first spelling."""
+    from sbn_bench.estimators.registry import plugin_paths
+
+    plugin = tmp_path / "p.py"
+    plugin.write_text("from sbn_bench.estimators.builtin.straight_through import st\n"
+                      "import dataclasses\n"
+                      "def mine():\n"
+                      "    return dataclasses.replace(st(), name='mine')\n"
+                      "ESTIMATORS = {'mine': mine}\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    given = ["p.py", str(plugin), "./p.py", "p.py"]
+    assert plugin_paths(given) == ("p.py",)
+    reg = load_registry(given)
+    assert "mine" in reg.names() and not reg.errors

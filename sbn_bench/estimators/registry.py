@@ -452,7 +452,7 @@ def load_plugin_source(registry: Registry, source: PluginSource) -> list[str]:
 
 def plugin_paths(plugins: object) -> tuple[str | os.PathLike[str], ...]:
     """``plugins`` as a tuple of paths: one path (a string is one file, not its characters), or a
-    sequence of them.
+    sequence of them, each file once (the first spelling of a file named twice).
 
     Raises:
         ArgumentError: naming ``plugins`` when it is neither (None, a number, bytes, …).
@@ -467,7 +467,12 @@ def plugin_paths(plugins: object) -> tuple[str | os.PathLike[str], ...]:
     if isinstance(plugins, (str, os.PathLike)) and is_path(plugins):
         return (plugins,)
     if isinstance(plugins, (list, tuple)) and all(map(is_path, plugins)):
-        return tuple(plugins)
+        # one file named twice (or under two spellings: "p.py", "./p.py", its absolute path) is
+        # loaded once: its estimators would clash with themselves
+        seen: dict[str, str | os.PathLike[str]] = {}
+        for p in plugins:
+            seen.setdefault(os.path.realpath(p), p)
+        return tuple(seen.values())
     raise ArgumentError(f"argument plugins={short_repr(plugins, 60)} must be a path or a list of "
                         "paths of plugin files (non-empty text)", argument="plugins",
                         value=plugins, expected="a path or a list of paths")
