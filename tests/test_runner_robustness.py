@@ -119,9 +119,16 @@ def test_resume_takes_a_moved_plugin_file_of_the_same_content(tmp_path: Path) ->
     cfg = runner.resume_config(tmp_path / "l", plugins=str(real))  # one file, as RunConfig takes
     assert cfg.plugins == (str(real),) and runner.run(cfg).cells_skipped == 1
     # the run now records the file where it is; a changed content is refused as before
-    Path(moved).write_text(Path(moved).read_text() + "\n# changed\n")
+    original = Path(moved).read_text()
+    Path(moved).write_text(original + "\n# changed\n")
     with pytest.raises(RunDirError, match=r"plugin file '.*moved.py' \(SHA-256\)"):
         runner.run(runner.resume_config(tmp_path / "r"))
+    # ... unless the recorded content is given elsewhere: that copy stands for the edited file
+    # (both were loaded, and their estimators clashed: "rename the plugin's estimator")
+    copy = tmp_path / "copy.py"
+    copy.write_text(original)
+    cfg = runner.resume_config(tmp_path / "r", plugins=copy)
+    assert cfg.plugins == (str(copy),) and runner.run(cfg).cells_skipped == 4
 
 
 def _with_trailer(body: str, rows: int) -> str:

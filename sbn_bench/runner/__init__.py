@@ -58,6 +58,7 @@ from sbn_bench import malloc
 from sbn_bench.config import ConfigError, RunConfig, named_m_grid, parse_reference
 from sbn_bench.errors import SbnBenchError, check_path
 from sbn_bench.estimators import Registry
+from sbn_bench.estimators.registry import plugin_paths
 from sbn_bench.metrics import sort_layers, timed_rows
 from sbn_bench.metrics.scalars import is_resolved
 from sbn_bench.problems import Problem
@@ -757,14 +758,15 @@ def resume_config(out: str | os.PathLike[str], *, throughput: Mapping[str, Any] 
     except (ValueError, TypeError) as e:  # ConfigError is a ValueError
         raise ConfigError(f"cannot resume {str(folder)!r} from its manifest.json ({e})",
                           argument="out", value=str(folder)) from None
-    if isinstance(overrides.get("plugins"), (str, os.PathLike)):  # one file, as RunConfig takes it
-        overrides["plugins"] = (overrides["plugins"],)
+    if "plugins" in overrides:  # one file or a list, as RunConfig takes them
+        try:
+            overrides["plugins"] = plugin_paths(overrides["plugins"])
+        except SbnBenchError as e:
+            raise ConfigError(str(e), argument="plugins", value=overrides["plugins"],
+                              expected=e.expected) from None
     base = _moved_plugins(base, manifest, overrides.get("plugins", ()))
-    if "plugins" in overrides:  # the same file given again (another spelling of its path) once
-        by_file: dict[str, str] = {}
-        for p in [*base.plugins, *overrides["plugins"]]:
-            by_file.setdefault(os.path.realpath(p), p)
-        overrides["plugins"] = tuple(by_file.values())
+    if "plugins" in overrides:  # the run's files and these, each file once (under any spelling)
+        overrides["plugins"] = plugin_paths([*base.plugins, *overrides["plugins"]])
     if throughput:
         overrides["throughput"] = replace(base.throughput, **throughput)
     if "M" in overrides:
@@ -786,14 +788,18 @@ def _moved_plugins(base: RunConfig, manifest: Mapping[str, Any],
     given_sha = {file_sha256(p) for p in given if Path(p).is_file()}
     kept = []
     for i, p in enumerate(base.plugins):
-        if Path(p).exists():
-            kept.append(p)
-            continue
         # the manifest records the file's resolved path (through a link: its target, which may
         # be gone too); else the records pair with the configuration's files by position
         sha = recorded.get(str(Path(p).resolve()), recorded.get(str(p)))
         if sha is None and len(records) == len(base.plugins) and isinstance(records[i], dict):
             sha = records[i].get("sha256")
+        if Path(p).exists():
+            # edited since, with the recorded content given elsewhere: the copy stands for it (its
+            # estimators would otherwise clash with the edited file's)
+            if not (sha is not None and sha in given_sha and Path(p).is_file()
+                    and file_sha256(p) != sha):
+                kept.append(p)
+            continue
         if sha is not None and sha in given_sha:
             continue  # moved: the copy given stands for it
         raise RunDirError(
