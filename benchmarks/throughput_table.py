@@ -91,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(config.device)
     reg = load_registry()
     groups = []
-    option = "--problems"
     try:  # every problem and estimator checked before anything is measured
         for name in a.problems.split(","):
             option = "--problems"

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from sbn_bench.errors import ArgumentError, SbnBenchError, short_repr
 from sbn_bench.estimators import builtin
@@ -457,14 +457,17 @@ def plugin_paths(plugins: object) -> tuple[str | os.PathLike[str], ...]:
     Raises:
         ArgumentError: naming ``plugins`` when it is neither (None, a number, bytes, …).
     """
-    def is_path(p: object) -> bool:  # a non-empty text path ('' would be read as '.')
+    def is_path(p: object) -> TypeGuard[str | os.PathLike[str]]:
+        # a non-empty text path ('' would be read as '.')
+        if not isinstance(p, (str, os.PathLike)):
+            return False
         try:
-            return isinstance(p, (str, os.PathLike)) and isinstance(os.fspath(p), str) \
-                and os.fspath(p) != ""
+            text = os.fspath(p)
         except TypeError:  # an os.PathLike whose __fspath__ returns neither str nor bytes
             return False
+        return isinstance(text, str) and text != ""
 
-    if isinstance(plugins, (str, os.PathLike)) and is_path(plugins):
+    if is_path(plugins):
         return (plugins,)
     if isinstance(plugins, (list, tuple)) and all(map(is_path, plugins)):
         # one file named twice (or under two spellings: "p.py", "./p.py", its absolute path) is

@@ -765,8 +765,8 @@ def resume_config(out: str | os.PathLike[str], *, throughput: Mapping[str, Any] 
             raise ConfigError(str(e), argument="plugins", value=overrides["plugins"],
                               expected=e.expected) from None
     base = _moved_plugins(base, manifest, overrides.get("plugins", ()))
-    if "plugins" in overrides:  # the run's files and these, each file once (under any spelling)
-        overrides["plugins"] = plugin_paths([*base.plugins, *overrides["plugins"]])
+    if "plugins" in overrides:  # the run's files and these (RunConfig keeps each file once)
+        overrides["plugins"] = (*base.plugins, *overrides["plugins"])
     if throughput:
         overrides["throughput"] = replace(base.throughput, **throughput)
     if "M" in overrides:
