@@ -40,7 +40,7 @@ from sbn_bench.fileio import atomic_write_text
 from sbn_bench.problems import PRESET_ESTIMATORS, preset_problem
 from sbn_bench.runner import chunk_size
 from sbn_bench.runner.memory import check_memory
-from sbn_bench.runner.plan import check_device
+from sbn_bench.runner.plan import check_device, check_distinct
 from sbn_bench.throughput import ThroughputSettings, measure_group
 from sbn_bench.units import format_bytes
 
@@ -99,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             specs = (list(config.estimators) if config.estimators is not None
                      else list(PRESET_ESTIMATORS.get(name, ())) or reg.names())
             ests = [e for e in map(reg.create, specs) if e.supports(problem)]
-            twice = sorted({e.spec for e in ests if [f.spec for f in ests].count(e.spec) > 1})
-            if twice:
-                return _error(f"--estimators lists {', '.join(twice)} more than once")
+            check_distinct(ests)  # as sbn-bench run refuses an estimator listed twice
             option = "--memory-budget"
             check_memory(config, [(name, "", problem)], ests)  # one sample fits, as a run refuses
             groups.append((name, problem, ests))

@@ -173,6 +173,15 @@ def check_combinations(config: RunConfig, problems: Sequence[ProblemCheckpoint],
         raise RunError("refused before any work: " + ". ".join(parts), argument=argument)
 
 
+def check_distinct(estimators: Sequence[Estimator]) -> None:
+    """Refuse an estimator listed twice (by its canonical spec: ``psa`` and ``psa:`` are one)."""
+    specs = [e.spec for e in estimators]
+    dup = sorted({s for s in specs if specs.count(s) > 1})
+    if dup:
+        raise RunError(f"estimators lists {', '.join(dup)} more than once", argument="estimators",
+                       value=list(specs), expected="each estimator once")
+
+
 def check_hyperparameters(estimators: Sequence[Estimator]) -> None:
     """Every hyperparameter must be JSON (the manifest records it, a rerun rebuilds it from there).
 
@@ -265,11 +274,7 @@ def prepare(config: RunConfig) -> Plan:
     specs_in = config.estimator_specs
     reg, warnings = load_plugins(config.plugins, [s.split(":")[0].strip() for s in specs_in])
     ests = [reg.create(s) for s in specs_in]
-    specs = [e.spec for e in ests]
-    dup = sorted({s for s in specs if specs.count(s) > 1})
-    if dup:
-        raise RunError(f"estimators lists {', '.join(dup)} more than once", argument="estimators",
-                       value=list(specs), expected="each estimator once")
+    check_distinct(ests)
     check_hyperparameters(ests)
     check_shapes(config)
     problems: list[ProblemCheckpoint] = []
