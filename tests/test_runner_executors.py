@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -421,14 +422,27 @@ def test_dask_retries_a_worker_killed_mid_cell(tmp_path, plugin, cluster):
 
 
 @pytest.mark.slow
-def test_dask_records_a_cell_whose_worker_dies_twice(tmp_path, plugin, cluster):
-    cfg = config(tmp_path / "out", problems=(ProblemSpec(arch="2-2-2-1", data_points=3),),
-                 estimators=("crash", "st"), seeds=(0,), plugins=(str(plugin),),
-                 executor=f"dask:{cluster.scheduler_address}")
-    res = runner.run(cfg)
-    assert len((plugin.parent / "marks" / "crash.attempts").read_text().split()) == 2
+def test_dask_records_a_cell_whose_worker_dies_twice_also_alone_and_spares_its_bystander(
+        tmp_path, plugin):
+    # one single-threaded worker, so that the st cell waits on it behind the crash cell: the
+    # scheduler counts both deaths against both tasks and fails both with KilledWorker (as the
+    # shared two-worker cluster did at random when both went to one worker). The st cell must be
+    # cleared by running alone; the crash cell, alone too, kills its worker twice more
+    with dask.config.set(dask_executor.LOCAL_CONFIG):
+        own = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                       silence_logs=logging.CRITICAL)
+    try:
+        cfg = config(tmp_path / "out", problems=(ProblemSpec(arch="2-2-2-1", data_points=3),),
+                     estimators=("crash", "st"), seeds=(0,), plugins=(str(plugin),),
+                     executor=f"dask:{own.scheduler_address}")
+        res = runner.run(cfg)
+    finally:
+        own.close(timeout=30)
+    assert len((plugin.parent / "marks" / "crash.attempts").read_text().split()) == 4
     f = res.failures
-    assert list(f["stage"]) == ["worker"] and "died 2 times" in f["error"].item(), f
+    assert list(f["estimator"]) == ["crash"] and list(f["stage"]) == ["worker"], f
+    assert re.search(r"died 2 times .*among other cells, then 2 times .*alone", f["error"].item())
     assert set(res.metrics["estimator"]) == {"st"}
 
 

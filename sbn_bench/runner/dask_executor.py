@@ -20,8 +20,11 @@ Faults:
 
 * a worker that dies while measuring (killed, out of memory) is the scheduler's to handle: it runs
   the task again on another worker, up to ``distributed.scheduler.allowed-failures`` times (the
-  local cluster sets it to 1: a cell is retried once), then fails it with ``KilledWorker``, which
-  is recorded with stage ``worker``;
+  local cluster sets it to 1: a cell is retried once), then fails it with ``KilledWorker``. The
+  scheduler counts a death against every task assigned to the worker, those waiting behind the
+  one that killed it included, so a cell failed that way may be a bystander: once the other cells
+  are done it runs again alone on the cluster (the same number of tries), and only a cell that
+  kills its workers alone too is recorded, with stage ``worker``;
 * ``cell_timeout``: the task measures its cell in a thread of its own and waits for it at most that
   long; past it the task returns a ``timeout`` failure and the client restarts that worker (through
   its nanny), which ends the stuck computation;
@@ -33,6 +36,7 @@ Faults:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import logging
@@ -169,6 +173,11 @@ class _Lost(Exception):
     """A task's result did not reach the client (see :meth:`DaskExecutor._outcome`)."""
 
 
+class _Killed(Exception):
+    """A task failed with ``KilledWorker``: its workers died as many times as the scheduler allows
+    (see :meth:`DaskExecutor._outcome`); the message says how often and where."""
+
+
 def _connect(client_type: Any, address: str, timeout: float) -> Any:
     """``Client(address)``, given up after ``timeout`` (+ 5 s): Dask's own timeout covers the
     connection but not a server that accepts it and never answers, where ``Client`` waits
@@ -263,13 +272,20 @@ class DaskExecutor:
             return max(1, getattr(self, "workers", 1))
 
     def map(self, tasks: Iterable[Task]) -> Iterator[CellResult]:
-        """Submit the tasks to the cluster, a window at a time; yield each result as it arrives."""
+        """Submit the tasks to the cluster, a window at a time; yield each result as it arrives.
+
+        A cell failed with ``KilledWorker`` among others is held back and, once every other cell
+        is done, run again alone: only if its workers die then too is it recorded as failed.
+        """
         from distributed import as_completed
 
         client = self.client
         source = iter(tasks)
+        exhausted = False
         done = as_completed(loop=client.loop)
-        in_flight: dict[str, tuple[Cell, tuple[Any, ...], int]] = {}  # key: cell, arguments, losses
+        # key: cell, arguments, losses, whether it runs alone (a suspect of killing its workers)
+        in_flight: dict[str, tuple[Cell, tuple[Any, ...], int, bool]] = {}
+        suspects: collections.deque[tuple[Cell, tuple[Any, ...], str]] = collections.deque()
         shared: dict[Any, Any] = {}
         self.workers = self._threads()
 
@@ -287,37 +303,56 @@ class DaskExecutor:
             return shared[key][1]
 
         def submit_more() -> None:
-            while len(in_flight) < WINDOW_PER_THREAD * self.workers:
+            nonlocal exhausted
+            while not exhausted and len(in_flight) < WINDOW_PER_THREAD * self.workers:
                 try:
                     cell, ctx = next(source)
                 except StopIteration:
-                    return
+                    exhausted = True
+                    break
                 problem = shared_once("problem", ctx.problem)
                 reference = None if ctx.reference is None else shared_once("reference",
                                                                          ctx.reference)
                 config = shared_once("config", ctx.config)
-                submit(cell, (cell, problem, reference, config, recipe_of(ctx), self.debug), 0)
+                submit(cell, (cell, problem, reference, config, recipe_of(ctx), self.debug), 0,
+                       False)
+            if exhausted and not in_flight and suspects:  # the cluster is ours alone now
+                cell, args, _ = suspects[0]
+                submit(cell, args, 0, True)
 
-        def submit(cell: Cell, args: tuple[Any, ...], losses: int) -> None:
+        def submit(cell: Cell, args: tuple[Any, ...], losses: int, alone: bool) -> None:
             fut = client.submit(run_on_worker, *args, pure=False,
                                 key=f"sbn-bench-{cell.id}-{uuid.uuid4().hex[:8]}")
-            in_flight[fut.key] = (cell, args, losses)
+            in_flight[fut.key] = (cell, args, losses, alone)
             done.add(fut)
 
         try:
             submit_more()
             for fut in self._completed(done, in_flight):
-                cell, args, losses = in_flight.pop(fut.key)
+                cell, args, losses, alone = in_flight.pop(fut.key)
+                first = suspects.popleft()[2] if alone else ""
                 try:
                     outcome = self._outcome(fut, cell)
                 except _Lost as e:
                     if losses + 1 < MAX_LOSSES:  # not the cell's fault: run it again
-                        submit(cell, args, losses + 1)
+                        if alone:
+                            suspects.appendleft((cell, args, first))
+                        submit(cell, args, losses + 1, alone)
                         continue
                     outcome = CellResult(cell, "failure", [failure_row(
                         cell, WORKER_STAGE, f"the result of this cell was lost {MAX_LOSSES} times "
                                             f"before it reached the client (its worker left the "
                                             f"cluster each time; last: {e})")])
+                except _Killed as e:
+                    if not alone:  # perhaps a bystander of the cell that killed its workers
+                        suspects.append((cell, args, str(e)))
+                        submit_more()
+                        continue
+                    outcome = CellResult(cell, "failure", [failure_row(
+                        cell, WORKER_STAGE, f"the Dask worker measuring this cell died {first} among "
+                                            f"other cells, then {e} when the cell ran alone on the "
+                                            "cluster: killed, out of memory, or the estimator ended "
+                                            "the process; the cell is recorded as failed")])
                 yield outcome
                 if len(in_flight) < self.workers:
                     self.workers = self._threads()  # workers may have joined (adaptive clusters)
@@ -369,6 +404,8 @@ class DaskExecutor:
         Raises:
             _Lost: the task's result was lost before it reached the client (its worker left the
                 cluster, e.g. restarted after another cell's timeout): to be run again.
+            _Killed: the task failed with ``KilledWorker`` (its workers died as often as the
+                scheduler allows); the message says how often and on which worker last.
         """
         from distributed.scheduler import KilledWorker
 
@@ -393,8 +430,7 @@ class DaskExecutor:
                 raise _Lost(f"its worker {getattr(last, 'address', last)} was restarted after "
                             "another cell's time limit")
             where = f" (last on {getattr(last, 'address', last)})" if last is not None else ""
-            message = (f"the Dask worker measuring this cell died {what}{where}: killed, out of "
-                       "memory, or the estimator ended the process; the cell is recorded as failed")
+            raise _Killed(f"{what}{where}")
         else:
             if self.debug and exc is not None:
                 raise exc
