@@ -223,7 +223,8 @@ def small_networks(draw: st.DrawFn) -> problems.Problem:
     return p.with_params({k: v * scale for k, v in p.params.items()})
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(small_networks())
 def test_chain_equals_naive_enumeration_on_networks(problem) -> None:
     J, g = _grad(problem, chain.objective)
@@ -483,7 +484,7 @@ def test_malformed_v2_files_are_refused_naming_the_array(tmp_path, changes, word
     assert all(w in str(e.value) for w in words), str(e.value)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
 @given(st.data())
 def test_fuzzed_network_descriptions_are_refused_cleanly(tmp_path_factory, data) -> None:
     """Any mutation of a description either loads to a consistent problem or is a ProblemError
