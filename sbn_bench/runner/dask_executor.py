@@ -283,9 +283,10 @@ class DaskExecutor:
         source = iter(tasks)
         exhausted = False
         done = as_completed(loop=client.loop)
-        # key: cell, arguments, losses, whether it runs alone (a suspect of killing its workers)
-        in_flight: dict[str, tuple[Cell, tuple[Any, ...], int, bool]] = {}
-        suspects: collections.deque[tuple[Cell, tuple[Any, ...], str]] = collections.deque()
+        # key: cell, arguments, losses, and for a cell run alone (suspected of killing its
+        # workers) how often they died among other cells; None for a cell among others
+        in_flight: dict[str, tuple[Cell, tuple[Any, ...], int, str | None]] = {}
+        suspects: collections.deque[tuple[Cell, tuple[Any, ...], int, str]] = collections.deque()
         shared: dict[Any, Any] = {}
         self.workers = self._threads()
 
@@ -315,41 +316,37 @@ class DaskExecutor:
                                                                          ctx.reference)
                 config = shared_once("config", ctx.config)
                 submit(cell, (cell, problem, reference, config, recipe_of(ctx), self.debug), 0,
-                       False)
+                       None)
             if exhausted and not in_flight and suspects:  # the cluster is ours alone now
-                cell, args, _ = suspects[0]
-                submit(cell, args, 0, True)
+                submit(*suspects.popleft())
 
-        def submit(cell: Cell, args: tuple[Any, ...], losses: int, alone: bool) -> None:
+        def submit(cell: Cell, args: tuple[Any, ...], losses: int, died: str | None) -> None:
             fut = client.submit(run_on_worker, *args, pure=False,
                                 key=f"sbn-bench-{cell.id}-{uuid.uuid4().hex[:8]}")
-            in_flight[fut.key] = (cell, args, losses, alone)
+            in_flight[fut.key] = (cell, args, losses, died)
             done.add(fut)
 
         try:
             submit_more()
             for fut in self._completed(done, in_flight):
-                cell, args, losses, alone = in_flight.pop(fut.key)
-                first = suspects.popleft()[2] if alone else ""
+                cell, args, losses, died = in_flight.pop(fut.key)
                 try:
                     outcome = self._outcome(fut, cell)
                 except _Lost as e:
                     if losses + 1 < MAX_LOSSES:  # not the cell's fault: run it again
-                        if alone:
-                            suspects.appendleft((cell, args, first))
-                        submit(cell, args, losses + 1, alone)
+                        submit(cell, args, losses + 1, died)
                         continue
                     outcome = CellResult(cell, "failure", [failure_row(
                         cell, WORKER_STAGE, f"the result of this cell was lost {MAX_LOSSES} times "
                                             f"before it reached the client (its worker left the "
                                             f"cluster each time; last: {e})")])
                 except _Killed as e:
-                    if not alone:  # perhaps a bystander of the cell that killed its workers
-                        suspects.append((cell, args, str(e)))
+                    if died is None:  # perhaps a bystander of the cell that killed its workers
+                        suspects.append((cell, args, 0, str(e)))
                         submit_more()
                         continue
                     outcome = CellResult(cell, "failure", [failure_row(
-                        cell, WORKER_STAGE, f"the Dask worker measuring this cell died {first} among "
+                        cell, WORKER_STAGE, f"the Dask worker measuring this cell died {died} among "
                                             f"other cells, then {e} when the cell ran alone on the "
                                             "cluster: killed, out of memory, or the estimator ended "
                                             "the process; the cell is recorded as failed")])
